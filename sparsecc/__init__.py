@@ -1,0 +1,35 @@
+"""sparsecc: compile PyTorch models into sparse CPU executables.
+
+Importing sparsecc does not import torch: ``load`` and the runtime work in a torch-free process.
+``compile`` and ``prune`` import torch when called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparsecc.api import CompiledModel, Report, load
+from sparsecc.errors import (ArtifactError, CodegenError, InputError, ModelSpecError, PassError,
+                             RecipeError, SparseccError, TraceError, UnsupportedOpError)
+
+__version__ = "0.1.0"
+
+
+def compile(model: Any, example_inputs: Any, sparsity: float | None = None,
+            recipe: Any = None) -> CompiledModel:
+    """Compile an nn.Module for ``example_inputs``; ``sparsity`` prunes first (see ``prune``)."""
+    from sparsecc.compiler import compile as _compile
+
+    return _compile(model, example_inputs, sparsity=sparsity, recipe=recipe)
+
+
+def prune(model: Any, sparsity: float = 0.5, **options: Any):
+    """Return a pruned copy of ``model``; ``model`` is untouched."""
+    from sparsecc.compiler import prune as _prune
+
+    return _prune(model, sparsity, **options)
+
+
+__all__ = ["ArtifactError", "CodegenError", "CompiledModel", "InputError", "ModelSpecError",
+           "PassError", "RecipeError", "Report", "SparseccError", "TraceError",
+           "UnsupportedOpError", "compile", "load", "prune"]
