@@ -17,6 +17,7 @@ from sparsecc.ir.plan import ExecutionPlan, Sym, resolve_shape
 from sparsecc.ir.verify import verify_plan
 from sparsecc.runtime.ops import OPS, BindCtx
 from sparsecc.runtime.ops.registry import Step
+from sparsecc.runtime.threads import single_threaded_blas
 
 _ALIGN = 64
 
@@ -84,10 +85,9 @@ class Executor:
             nonlocal arena
             spec = plan.tensors[name]
             need = int(np.prod(shapes[name], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
-            fits = [b for b in pool if b.nbytes >= need]
+            fits = [i for i, b in enumerate(pool) if b.nbytes >= need]
             if fits:
-                block = min(fits, key=lambda b: b.nbytes)
-                pool.remove(block)
+                block = pool.pop(min(fits, key=lambda i: pool[i].nbytes))
             else:
                 block = _aligned(max(need, 1))
                 arena += block.nbytes
@@ -184,8 +184,9 @@ class Executor:
             dst = bound.arrays[name]
             _check_dtype(name, arr, dst.dtype)
             np.copyto(dst, arr, casting="unsafe")
-        for _, step in bound.steps:
-            step()
+        with single_threaded_blas():
+            for _, step in bound.steps:
+                step()
         return [bound.arrays[name].copy() for name in self.plan.outputs]
 
     def profile(self, arrays: list[np.ndarray], repeats: int = 20) -> dict[int, float]:
@@ -195,13 +196,14 @@ class Executor:
         for name, arr in zip(self.plan.inputs, arrays):
             np.copyto(bound.arrays[name], arr, casting="unsafe")
         times: dict[int, list[float]] = {i: [] for i, _ in bound.steps}
-        for _, step in bound.steps:
-            step()
-        for _ in range(repeats):
-            for i, step in bound.steps:
-                t0 = time.perf_counter()
+        with single_threaded_blas():
+            for _, step in bound.steps:
                 step()
-                times[i].append(time.perf_counter() - t0)
+            for _ in range(repeats):
+                for i, step in bound.steps:
+                    t0 = time.perf_counter()
+                    step()
+                    times[i].append(time.perf_counter() - t0)
         return {i: float(np.median(t)) for i, t in times.items()}
 
 

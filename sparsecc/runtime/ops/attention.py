@@ -54,14 +54,14 @@ def bind_sdpa(ctx: BindCtx):
 
     def run():
         np.matmul(q, kt, out=scores)
-        scores *= np.float32(scale)
+        np.multiply(scores, np.float32(scale), out=scores)
         if bias is not None:
-            scores += bias
+            np.add(scores, bias, out=scores)
         if mask is not None:
             if mask.dtype == np.bool_:
                 np.copyto(scores, -np.inf, where=~np.broadcast_to(mask, scores.shape))
             else:
-                scores += mask
+                np.add(scores, mask, out=scores)
         N.softmax_rows(rows, rows, False)
         np.matmul(scores, v, out=out)
 

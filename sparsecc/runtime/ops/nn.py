@@ -11,6 +11,7 @@ from sparsecc.codegen.numba import sparse as S
 from sparsecc.errors import InputError
 from sparsecc.ir.plan import Op
 from sparsecc.runtime.ops.registry import BindCtx, Shape, numel, register_op
+from sparsecc.runtime.threads import matmul_rows
 
 _NO_BIAS = np.zeros(1, np.float32)
 # Below this many rows a linear layer gathers from the row-major input directly; above it,
@@ -66,12 +67,19 @@ def bind_linear(ctx: BindCtx):
             np.copyto(o2, ot2.T)
 
         return run_csr
-    wt = ctx.params["weight"].T
+    w = ctx.params["weight"]
+    if x2.shape[0] == 1:
+        # A GEMV: W (O, K) @ x (K, 1) splits over output rows, each block contiguous.
+        xcol, ocol = x2.reshape(-1, 1), o2.reshape(-1, 1)
+        gemm = lambda: matmul_rows(w, xcol, ocol)  # noqa: E731
+    else:
+        wt = w.T
+        gemm = lambda: matmul_rows(x2, wt, o2)  # noqa: E731
     if not has_bias and code == 0:
-        return lambda: np.matmul(x2, wt, out=o2)
+        return gemm
 
     def run_dense():
-        np.matmul(x2, wt, out=o2)
+        gemm()
         A.bias_act_cols(o2, bias, has_bias, code, a, b)
 
     return run_dense
@@ -153,7 +161,8 @@ def bind_conv2d(ctx: BindCtx):
     def run_dense():
         if fill is not None:
             fill()
-        np.matmul(w2, cols, out=out3)
+        for i in range(n):
+            matmul_rows(w2, cols[i], out3[i])
         if tail:
             A.bias_act_rows(rows, bias, has_bias, cout, code, a, b)
 
