@@ -202,6 +202,9 @@ class Lowering:
         return plan
 
     def _outputs(self, arg: Any) -> tuple[list[str], str]:
+        if isinstance(arg, fx.Node) and isinstance(self.env[arg], (list, tuple)):
+            arg = list(self.env[arg])  # e.g. returning torch.split(...) directly
+            return [self.tensor(a, "model output") for a in arg], "tuple"
         if isinstance(arg, fx.Node):
             return [self.tensor(self.env[arg], "model output")], "single"
         if isinstance(arg, (tuple, list)) and all(isinstance(a, fx.Node) for a in arg):

@@ -193,17 +193,17 @@ class Executor:
         """Median seconds per op index over ``repeats`` runs (after one warm-up)."""
         arrays = [np.asarray(a) for a in arrays]
         bound = self.bind(self.batch_of(arrays))
-        for name, arr in zip(self.plan.inputs, arrays):
-            np.copyto(bound.arrays[name], arr, casting="unsafe")
         times: dict[int, list[float]] = {i: [] for i, _ in bound.steps}
         with single_threaded_blas():
-            for _, step in bound.steps:
-                step()
-            for _ in range(repeats):
+            for rep in range(repeats + 1):
+                # Input buffers may be reused by later ops: refill them every run.
+                for name, arr in zip(self.plan.inputs, arrays):
+                    np.copyto(bound.arrays[name], arr, casting="unsafe")
                 for i, step in bound.steps:
                     t0 = time.perf_counter()
                     step()
-                    times[i].append(time.perf_counter() - t0)
+                    if rep:
+                        times[i].append(time.perf_counter() - t0)
         return {i: float(np.median(t)) for i, t in times.items()}
 
 

@@ -1,36 +1,22 @@
-"""Threading for the dense path: single-threaded BLAS calls spread over our own workers.
+"""Keeping numpy's BLAS threads and numba's OpenMP workers from starving each other.
 
-numpy's OpenBLAS pthreads and numba's OpenMP workers both spin-wait after a parallel region;
-on a 2-core machine one team then starves the other, and a 0.3 ms model took 20 ms. So while
-sparsecc runs, numpy's BLAS is held at one thread (restored when the last concurrent call
-returns), and large GEMMs are split into row blocks run on a small pool plus the calling thread.
+numba's OpenMP workers spin-wait after every parallel region (libgomp does not yield), so a
+multi-threaded OpenBLAS GEMM right after a numba kernel ran 50-100x slower on a 2-core machine
+(a 0.3 ms model took 20 ms). While sparsecc runs, numpy's BLAS is held at one thread and restored
+when the last concurrent call returns. Splitting GEMMs over a Python thread pool bought nothing
+(measured: 2.09 ms vs 1.91 ms single call), so the dense path is single-threaded BLAS for now.
 """
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-import numpy as np
-
-from sparsecc.options import configure_numba
-
-# Below this many flops a GEMM runs in one call: a hand-off to the pool costs ~20 us.
-PARALLEL_GEMM_MIN_FLOPS = 2e6
 
 _lock = threading.Lock()
 _depth = 0
 _saved: list[tuple[object, int]] = []
 _blas: list[object] | None = None
-_pool: ThreadPoolExecutor | None = None
-
-
-def num_threads() -> int:
-    configure_numba()
-    import numba
-
-    return int(numba.get_num_threads())
 
 
 def _blas_controllers() -> list[object]:
@@ -67,36 +53,3 @@ def single_threaded_blas():
                 for lib, n in _saved:
                     if n != 1:
                         lib.set_num_threads(n)
-
-
-def _get_pool(workers: int) -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sparsecc")
-        return _pool
-
-
-def _chunks(total: int, parts: int) -> list[tuple[int, int]]:
-    step = -(-total // parts)
-    return [(s, min(total, s + step)) for s in range(0, total, step)]
-
-
-def matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out = a @ b, splitting the rows of ``a`` over threads when the GEMM is large.
-
-    a: (R, K), b: (K, M), out: (R, M), all C-contiguous so every row block of ``out`` is too.
-    """
-    threads = num_threads()
-    rows = a.shape[0]
-    flops = 2.0 * rows * a.shape[1] * b.shape[1]
-    if threads < 2 or rows < 2 * threads or flops < PARALLEL_GEMM_MIN_FLOPS:
-        np.matmul(a, b, out=out)
-        return
-    parts = _chunks(rows, threads)
-    pool = _get_pool(threads - 1)
-    futures = [pool.submit(np.matmul, a[r0:r1], b, out=out[r0:r1]) for r0, r1 in parts[1:]]
-    r0, r1 = parts[0]
-    np.matmul(a[r0:r1], b, out=out[r0:r1])
-    for f in futures:
-        f.result()

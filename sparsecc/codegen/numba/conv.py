@@ -9,16 +9,16 @@ from sparsecc.codegen.numba.activations import apply_act
 
 
 @njit(parallel=True, cache=True)
-def im2col(x, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, cols):
+def im2col(x, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols):
     """cols[n, (c, i, j), (oh, ow)] = x[n, c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] or 0.
 
     x: (N, C, H, W); cols: (N, cg*kh*kw, Ho*Wo). ``c0, cg`` select one group's channels.
+    ``ph, pw`` are the leading pads; the trailing ones follow from Ho, Wo (they may differ, as
+    in torch's padding='same' with an even kernel).
     """
     nb, _, h, w = x.shape
     krows = cg * kh * kw
-    ho_wo = cols.shape[2]
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    ho = ho_wo // wo
+    ho = cols.shape[2] // wo
     for t in prange(nb * krows):
         n = t // krows
         r = t - n * krows

@@ -11,7 +11,6 @@ from sparsecc.codegen.numba import sparse as S
 from sparsecc.errors import InputError
 from sparsecc.ir.plan import Op
 from sparsecc.runtime.ops.registry import BindCtx, Shape, numel, register_op
-from sparsecc.runtime.threads import matmul_rows
 
 _NO_BIAS = np.zeros(1, np.float32)
 # Below this many rows a linear layer gathers from the row-major input directly; above it,
@@ -71,10 +70,10 @@ def bind_linear(ctx: BindCtx):
     if x2.shape[0] == 1:
         # A GEMV: W (O, K) @ x (K, 1) splits over output rows, each block contiguous.
         xcol, ocol = x2.reshape(-1, 1), o2.reshape(-1, 1)
-        gemm = lambda: matmul_rows(w, xcol, ocol)  # noqa: E731
+        gemm = lambda: np.matmul(w, xcol, out=ocol)  # noqa: E731
     else:
         wt = w.T
-        gemm = lambda: matmul_rows(x2, wt, o2)  # noqa: E731
+        gemm = lambda: np.matmul(x2, wt, out=o2)  # noqa: E731
     if not has_bias and code == 0:
         return gemm
 
@@ -125,7 +124,7 @@ def _conv_flops(op: Op, ins: list[Shape], out: Shape, params: dict) -> float:
 def bind_conv2d(ctx: BindCtx):
     x, out = ctx.ins[0], ctx.out
     n, cin = x.shape[0], x.shape[1]
-    cout = out.shape[1]
+    cout, wo = out.shape[1], out.shape[3]
     kh, kw, sh, sw, ph, pw, dh, dw = _conv_geometry(ctx.op)
     groups = int(ctx.attr("groups"))
     bias, has_bias, code, a, b = epilogue(ctx)
@@ -143,7 +142,7 @@ def bind_conv2d(ctx: BindCtx):
         cols = ctx.scratch[0]
 
         def fill():
-            C.im2col(x, 0, cin, kh, kw, sh, sw, ph, pw, dh, dw, cols)
+            C.im2col(x, 0, cin, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols)
 
     if ctx.attr("fmt") == "csr":
         ip, ix, dv = ctx.params["indptr"], ctx.params["indices"], ctx.params["data"]
@@ -161,8 +160,7 @@ def bind_conv2d(ctx: BindCtx):
     def run_dense():
         if fill is not None:
             fill()
-        for i in range(n):
-            matmul_rows(w2, cols[i], out3[i])
+        np.matmul(w2, cols, out=out3)
         if tail:
             A.bias_act_rows(rows, bias, has_bias, cout, code, a, b)
 
@@ -171,7 +169,7 @@ def bind_conv2d(ctx: BindCtx):
 
 def _bind_grouped(ctx, x, out3, groups, bias, has_bias, code, a, b):
     kh, kw, sh, sw, ph, pw, dh, dw = _conv_geometry(ctx.op)
-    cin, cout = x.shape[1], out3.shape[1]
+    cin, cout, wo = x.shape[1], out3.shape[1], ctx.out.shape[3]
     cg, og = cin // groups, cout // groups
     w3 = ctx.params["weight"].reshape(groups, og, -1)
     cols, tmp = ctx.scratch
@@ -179,7 +177,7 @@ def _bind_grouped(ctx, x, out3, groups, bias, has_bias, code, a, b):
 
     def run_grouped():
         for g in range(groups):
-            C.im2col(x, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, cols)
+            C.im2col(x, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols)
             np.matmul(w3[g], cols, out=tmp)
             out3[:, g * og:(g + 1) * og] = tmp
         A.bias_act_rows(rows, bias, has_bias, cout, code, a, b)
