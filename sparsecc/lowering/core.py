@@ -216,7 +216,7 @@ class Lowering:
         info: NodeInfo = self.info(node)
         if node.op == "placeholder":
             if isinstance(info.value, TensorInfo):
-                name = self.fresh(node.name)
+                name = self.fresh(str(node.target).lstrip("*"))  # forward's parameter name
                 dtype = np_dtype(info.value.dtype, self.where())
                 self.tensors[name] = TensorSpec(name, info.value.shape, dtype)
                 self.inputs.append(name)

@@ -168,7 +168,8 @@ class Executor:
         n = plan.example_batch if n is None else n
         if n < 1:
             raise InputError(plan.inputs[0], "batch size must be at least 1")
-        if not plan.dynamic_batch and n != plan.example_batch:
+        if not plan.dynamic_batch and arrays and arrays[0].ndim and \
+                arrays[0].shape[0] != plan.example_batch:
             raise InputError(plan.inputs[0], f"this model was compiled for batch "
                                              f"{plan.example_batch} only (its forward fixes it)")
         for name, arr in zip(plan.inputs, arrays):

@@ -1,0 +1,148 @@
+"""Numba kernels against dense numpy / torch references over random shapes (Hypothesis).
+
+Shapes include 1-wide dims, empty rows, all-zero and fully dense matrices, every epilogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsecc.codegen.numba import activations as A
+from sparsecc.codegen.numba import conv as C
+from sparsecc.codegen.numba import norm as N
+from sparsecc.codegen.numba import sparse as S
+from sparsecc.formats.csr import dense_to_csr
+
+ACTS = {
+    "none": lambda x: x, "relu": F.relu, "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid, "leaky_relu": lambda x: F.leaky_relu(x, 0.3),
+    "elu": lambda x: F.elu(x, 0.3), "clamp": lambda x: x.clamp(-0.5, 0.7),
+}
+ACT_PARAMS = {"leaky_relu": (0.3, 0.0), "elu": (0.3, 0.0), "clamp": (-0.5, 0.7)}
+
+
+def _act_ref(name, y):
+    return ACTS[name](torch.from_numpy(y)).numpy()
+
+
+def _sparse_matrix(rng, rows, cols, density, empty_rows):
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w *= rng.random((rows, cols)) < density
+    if empty_rows and rows:
+        w[rng.random(rows) < 0.3] = 0.0
+    return w
+
+
+matrix = dict(rows=st.integers(1, 33), cols=st.integers(1, 40),
+              density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), empty_rows=st.booleans(),
+              seed=st.integers(0, 2**31), act=st.sampled_from(sorted(ACTS)),
+              with_bias=st.booleans())
+
+
+@settings(max_examples=80, deadline=None)
+@given(m=st.integers(1, 9), nb=st.integers(1, 3), **matrix)
+def test_csr_spmm(rows, cols, density, empty_rows, seed, act, with_bias, m, nb):
+    rng = np.random.default_rng(seed)
+    w = _sparse_matrix(rng, rows, cols, density, empty_rows)
+    b = rng.standard_normal((nb, cols, m)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    out = np.full((nb, rows, m), np.nan, np.float32)
+    a_, b_ = ACT_PARAMS.get(act, (0.0, 0.0))
+    S.csr_spmm(*dense_to_csr(w), b, out, bias, with_bias, A.act_code(act), a_, b_)
+    ref = w @ b + (bias[:, None] if with_bias else 0)
+    np.testing.assert_allclose(out, _act_ref(act, ref.astype(np.float32)), rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=80, deadline=None)
+@given(m=st.integers(1, 5), **matrix)
+def test_csr_spmv_rows(rows, cols, density, empty_rows, seed, act, with_bias, m):
+    rng = np.random.default_rng(seed)
+    w = _sparse_matrix(rng, rows, cols, density, empty_rows)
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    out = np.full((m, rows), np.nan, np.float32)
+    a_, b_ = ACT_PARAMS.get(act, (0.0, 0.0))
+    S.csr_spmv_rows(*dense_to_csr(w), x, out, bias, with_bias, A.act_code(act), a_, b_)
+    ref = x @ w.T + (bias if with_bias else 0)
+    np.testing.assert_allclose(out, _act_ref(act, ref.astype(np.float32)), rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), act=st.sampled_from(sorted(ACTS)),
+       rows=st.integers(1, 20), cols=st.integers(1, 20), with_bias=st.booleans())
+def test_epilogues(seed, act, rows, cols, with_bias):
+    rng = np.random.default_rng(seed)
+    y = (rng.standard_normal((rows, cols)) * 4).astype(np.float32)
+    bias = rng.standard_normal(max(rows, cols)).astype(np.float32)
+    a_, b_ = ACT_PARAMS.get(act, (0.0, 0.0))
+    code = A.act_code(act)
+    r = y.copy()
+    A.bias_act_rows(r, bias, with_bias, rows, code, a_, b_)
+    ref_r = _act_ref(act, y + (bias[:rows, None] if with_bias else 0))
+    np.testing.assert_allclose(r, ref_r, rtol=1e-5, atol=1e-6)
+    c = y.copy()
+    A.bias_act_cols(c, bias, with_bias, code, a_, b_)
+    ref_c = _act_ref(act, y + (bias[None, :cols] if with_bias else 0))
+    np.testing.assert_allclose(c, ref_c, rtol=1e-5, atol=1e-6)
+    flat = np.empty(y.size, np.float32)
+    A.act_flat(y.ravel(), flat, code, a_, b_)
+    np.testing.assert_allclose(flat, _act_ref(act, y).ravel(), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), c=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9),
+       k=st.integers(1, 3), stride=st.integers(1, 3), pad=st.integers(0, 2),
+       dil=st.integers(1, 2))
+def test_im2col_matches_unfold(seed, c, h, w, k, stride, pad, dil):
+    ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    if ho < 1 or wo < 1:
+        return
+    x = np.random.default_rng(seed).standard_normal((2, c, h, w)).astype(np.float32)
+    cols = np.full((2, c * k * k, ho * wo), np.nan, np.float32)
+    C.im2col(x, 0, c, k, k, stride, stride, pad, pad, dil, dil, wo, cols)
+    ref = F.unfold(torch.from_numpy(x), k, dilation=dil, padding=pad, stride=stride).numpy()
+    np.testing.assert_array_equal(cols, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), c=st.integers(1, 4), mult=st.integers(1, 2),
+       h=st.integers(1, 8), k=st.integers(1, 3), stride=st.integers(1, 2), pad=st.integers(0, 1),
+       act=st.sampled_from(["none", "relu", "clamp"]))
+def test_depthwise(seed, c, mult, h, k, stride, pad, act):
+    if h + 2 * pad < k:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, c, h, h + 1)).astype(np.float32)
+    wt = rng.standard_normal((c * mult, 1, k, k)).astype(np.float32)
+    bias = rng.standard_normal(c * mult).astype(np.float32)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride,
+                   pad, 1, c)
+    out = np.empty(tuple(ref.shape), np.float32)
+    a_, b_ = ACT_PARAMS.get(act, (0.0, 0.0))
+    C.depthwise_conv2d(x, wt.reshape(c * mult, k, k), bias, True, stride, stride, pad, pad, 1, 1,
+                       A.act_code(act), a_, b_, out)
+    np.testing.assert_allclose(out, _act_ref(act, ref.numpy()), rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), rows=st.integers(1, 9), d=st.integers(1, 40),
+       log=st.booleans())
+def test_softmax_and_layer_norm(seed, rows, d, log):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, d)) * 5).astype(np.float32)
+    out = np.empty_like(x)
+    N.softmax_rows(x, out, log)
+    t = torch.from_numpy(x)
+    ref = (t.log_softmax(-1) if log else t.softmax(-1)).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    wv, bv = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    N.layer_norm_rows(x, wv, bv, True, True, 1e-5, out)
+    ref = F.layer_norm(t, (d,), torch.from_numpy(wv), torch.from_numpy(bv)).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)

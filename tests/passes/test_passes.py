@@ -1,0 +1,153 @@
+"""Passes: before/after on small graphs, idempotence, the user's model untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sparsecc
+from sparsecc.frontend import capture
+from sparsecc.lowering import lower
+from sparsecc.passes import run_pass
+from sparsecc.passes.prune import prunable_layers, sparsity_of
+from tests.conftest import assert_matches
+
+
+def _bn_net():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 3 * 3, 5), nn.BatchNorm1d(5), nn.Dropout())
+    with torch.no_grad():
+        for bn in (net[1], net[5]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+    return net.eval()
+
+
+def _module_types(gm):
+    return [type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes
+            if n.op == "call_module"]
+
+
+def test_normalize_folds_bn_and_drops_dropout(seed):
+    net = _bn_net()
+    x = torch.randn(2, 3, 5, 5)
+    cap = capture(net, x)
+    assert "BatchNorm2d" in _module_types(cap.gm)
+    res = run_pass("normalize", cap.gm)
+    assert res.changed
+    assert _module_types(cap.gm) == ["Conv2d", "ReLU", "Flatten", "Linear"]
+    with torch.no_grad():
+        assert_matches(cap.gm(x), net(x))
+    again = run_pass("normalize", cap.gm)
+    assert not again.changed, "normalize must be idempotent"
+
+
+def test_bn_not_folded_when_conv_output_is_shared(seed):
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+            self.bn = nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    m = Shared().eval()
+    with torch.no_grad():
+        m.bn.running_var.fill_(4.0)
+    cap = capture(m, torch.randn(1, 2, 3, 3))
+    run_pass("normalize", cap.gm)
+    assert "BatchNorm2d" in _module_types(cap.gm)
+    x = torch.randn(3, 2, 3, 3)
+    with torch.no_grad():
+        assert_matches(sparsecc.compile(m, x)(x), m(x))
+
+
+def test_fuse_folds_activations_and_is_idempotent(seed):
+    net = _bn_net()
+    x = torch.randn(2, 3, 5, 5)
+    cap = capture(net, x)
+    run_pass("normalize", cap.gm)
+    plan = lower(cap)
+    kinds = [op.kind for op in plan.ops]
+    assert "act" in kinds
+    res = run_pass("fuse", plan)
+    assert res.changed and "act" not in [op.kind for op in plan.ops]
+    conv = next(op for op in plan.ops if op.kind == "conv2d")
+    assert conv.attrs["act"] == "relu"
+    assert not run_pass("fuse", plan).changed
+
+
+def test_select_format_threshold_and_idempotence(seed):
+    net = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+    with torch.no_grad():
+        net[0].weight.mul_((torch.rand(16, 16) < 0.1).float())
+    x = torch.randn(2, 16)
+    cap = capture(net, x)
+    plan = lower(cap)
+    assert run_pass("select-format", plan, {"csr_max_density": 0.35}).changed
+    fmts = [op.attrs["fmt"] for op in plan.ops]
+    assert fmts == ["csr", "dense"]
+    assert not run_pass("select-format", plan).changed
+    from sparsecc.api import CompiledModel
+
+    with torch.no_grad():
+        assert_matches(CompiledModel(plan)(x), net(x))
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9, 0.97, 1.0])
+def test_prune_exact_count(scope, sparsity, seed):
+    from sparsecc import zoo
+
+    model = zoo.lenet(seed=seed % 1000)
+    pruned = sparsecc.prune(model, sparsity, scope=scope)
+    assert sparsity_of(model) < 1e-6, "the input model must stay untouched"
+    if scope == "global":
+        assert abs(sparsity_of(pruned) - sparsity) <= 1e-3
+    else:
+        for _, m in prunable_layers(pruned):
+            got = float((m.weight == 0).float().mean())
+            # the closest achievable count is within half a weight of the target
+            assert abs(got - sparsity) <= max(1e-3, 0.5 / m.weight.numel()) + 1e-9
+    again = sparsecc.prune(pruned, sparsity, scope=scope)
+    for a, b in zip(pruned.parameters(), again.parameters()):
+        assert torch.equal(a, b), "pruning twice must change nothing"
+
+
+def test_prune_magnitude_keeps_largest(seed):
+    lin = nn.Linear(50, 40)
+    pruned = sparsecc.prune(lin, 0.75)
+    w, p = lin.weight.detach().abs(), pruned.weight.detach()
+    kept = w[p != 0]
+    dropped = w[p == 0]
+    assert kept.min() >= dropped.max()
+
+
+def test_prune_exclude_and_random(seed):
+    from sparsecc import zoo
+
+    model = zoo.mnist_cnn()
+    pruned = sparsecc.prune(model, 0.8, method="random", exclude=["conv_layers.0"], seed=seed)
+    assert torch.equal(pruned.conv_layers[0].weight, model.conv_layers[0].weight)
+    assert abs(sparsity_of(pruned, exclude=["conv_layers.0"]) - 0.8) <= 1e-3
+
+
+def test_prune_recipe_section(seed):
+    from sparsecc import zoo
+
+    model = zoo.mlp()
+    x = torch.randn(3, 784)
+    cm = sparsecc.compile(model, x, recipe={"prune": {"sparsity": 0.8, "scope": "layer"},
+                                            "formats": {"csr_max_density": 0.5}})
+    ref = sparsecc.prune(model, 0.8, scope="layer")
+    with torch.no_grad():
+        assert_matches(cm(x), ref(x))
+    assert all(op.attrs["fmt"] == "csr" for op in cm.plan.ops if op.kind == "linear")
+    assert np.isclose(np.mean([op.attrs["density"] for op in cm.plan.ops
+                               if op.kind == "linear"]), 0.2, atol=2e-3)
