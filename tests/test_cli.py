@@ -1,0 +1,97 @@
+"""The command line: compile -> run -> report, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+MODEL_FILE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def small():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+    def broken():
+        raise RuntimeError("no weights here")
+""")
+
+
+def sparsecc_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sparsecc.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    p = tmp_path / "models.py"
+    p.write_text(MODEL_FILE)
+    return p
+
+
+def test_compile_run_report(model_file, tmp_path, seed):
+    out = tmp_path / "m.scc"
+    res = sparsecc_cli("compile", f"{model_file}:small", "-o", out, "--input-shape", "1,1,8,8",
+                       "--sparsity", "0.5")
+    assert res.returncode == 0, res.stderr
+    assert out.is_file()
+    x = np.random.default_rng(seed).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    res = sparsecc_cli("run", out, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert res.returncode == 0, res.stderr
+    import sparsecc
+    from sparsecc.cli import resolve_factory
+
+    ref_model = sparsecc.prune(resolve_factory(f"{model_file}:small")(), 0.5)
+    with torch.no_grad():
+        ref = ref_model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ref, rtol=1e-4, atol=1e-5)
+    res = sparsecc_cli("report", out, "--repeats", "2")
+    assert res.returncode == 0, res.stderr
+    assert "conv2d+relu" in res.stdout and "linear" in res.stdout
+
+
+def test_compile_zoo_model_without_shape(tmp_path):
+    res = sparsecc_cli("compile", "sparsecc.zoo:lenet", "-o", tmp_path / "l.scc")
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["compile", "nope.module:f", "-o", "x.scc"], "cannot import nope.module"),
+    (["compile", "sparsecc.zoo", "-o", "x.scc"], "expected 'package.module:factory'"),
+    (["compile", "sparsecc.zoo:not_there", "-o", "x.scc"], "no callable 'not_there'"),
+    (["run", "missing.scc", "--input", "x.npy"], "missing.scc"),
+])
+def test_errors_are_one_line(args, needle, tmp_path):
+    res = sparsecc_cli(*args, cwd=tmp_path)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sparsecc: error:"), res.stderr
+    assert needle in lines[0]
+
+
+def test_factory_error_and_bad_input(model_file, tmp_path):
+    res = sparsecc_cli("compile", f"{model_file}:broken", "-o", tmp_path / "b.scc")
+    assert res.returncode != 0 and "no weights here" in res.stderr
+    out = tmp_path / "m.scc"
+    assert sparsecc_cli("compile", f"{model_file}:small", "-o", out, "--input-shape",
+                        "1,1,8,8").returncode == 0
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3), np.float32))
+    res = sparsecc_cli("run", out, "--input", tmp_path / "bad.npy")
+    assert res.returncode != 0
+    assert "expected 4 dims" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_bench_quick(model_file):
+    res = sparsecc_cli("bench", f"{model_file}:small", "--input-shape", "1,1,8,8", "--batch",
+                       "1,4", "--repeats", "5", "--sparsity", "0.8", "--vs", "torch,onnxruntime")
+    assert res.returncode == 0, res.stderr
+    assert "speedup" in res.stdout and "skipped" in res.stdout
+    rows = [ln for ln in res.stdout.splitlines() if ln.strip().startswith(("1 ", "4 "))]
+    assert len(rows) == 2
