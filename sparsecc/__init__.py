@@ -9,8 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from sparsecc.api import CompiledModel, Report, load
-from sparsecc.errors import (ArtifactError, CodegenError, InputError, ModelSpecError, PassError,
-                             RecipeError, SparseccError, TraceError, UnsupportedOpError)
+from sparsecc.errors import (
+    ArtifactError,
+    CodegenError,
+    InputError,
+    ModelSpecError,
+    PassError,
+    RecipeError,
+    SparseccError,
+    TraceError,
+    UnsupportedOpError,
+)
 
 __version__ = "0.1.0"
 

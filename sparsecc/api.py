@@ -59,8 +59,9 @@ class CompiledModel:
 
     def __repr__(self) -> str:
         p = self.plan
-        return (f"CompiledModel({len(p.ops)} ops, inputs={[format_shape(p.tensors[i].shape) for i in p.inputs]}, "
-                f"{sum(a.nbytes for a in p.constants.values()) / 1e6:.2f} MB of constants)")
+        shapes = [format_shape(p.tensors[i].shape) for i in p.inputs]
+        mb = sum(a.nbytes for a in p.constants.values()) / 1e6
+        return f"CompiledModel({len(p.ops)} ops, inputs={shapes}, {mb:.2f} MB of constants)"
 
 
 def load(path: str | Path) -> CompiledModel:

@@ -39,7 +39,8 @@ def resolve_factory(spec: str):
         try:
             mod_spec.loader.exec_module(module)
         except Exception as exc:
-            raise ModelSpecError(spec, f"importing {target} failed: {type(exc).__name__}: {exc}")
+            raise ModelSpecError(spec, f"importing {target} failed: {type(exc).__name__}: "
+                                       f"{exc}") from None
     else:
         try:
             module = importlib.import_module(target)

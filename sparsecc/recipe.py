@@ -28,7 +28,8 @@ def load_recipe(recipe: dict | str | Path | None) -> dict[str, Any]:
     if isinstance(recipe, (str, Path)):
         recipe = _read_yaml(Path(recipe))
     if not isinstance(recipe, dict):
-        raise RecipeError("<root>", f"a recipe is a mapping of sections, got {type(recipe).__name__}")
+        raise RecipeError("<root>", "a recipe is a mapping of sections, got "
+                                    f"{type(recipe).__name__}")
     from sparsecc.passes import make_options
 
     out: dict[str, Any] = {}
@@ -42,7 +43,8 @@ def load_recipe(recipe: dict | str | Path | None) -> dict[str, Any]:
         if section == "compile":
             bad = sorted(set(values) - COMPILE_KEYS)
             if bad:
-                raise RecipeError(f"compile.{bad[0]}", f"unknown option; known: {sorted(COMPILE_KEYS)}")
+                raise RecipeError(f"compile.{bad[0]}",
+                                  f"unknown option; known: {sorted(COMPILE_KEYS)}")
             out[section] = dict(values)
             continue
         try:

@@ -25,7 +25,7 @@ class Sym:
         return "N" if self.k == 1 else f"{self.k}N"
 
 
-Dim = Union[int, Sym]
+Dim = Union[int, Sym]  # noqa: UP007 (a runtime alias: must work on Python 3.10)
 _SYM_RE = re.compile(r"^(\d*)N$")
 
 
@@ -74,7 +74,7 @@ class TensorSpec:
 
 @dataclass
 class Op:
-    """One runtime step. ``inputs`` name activations or constants, ``params`` name constants by role."""
+    """One runtime step: ``inputs`` name activations or constants; ``params`` constants by role."""
 
     kind: str
     name: str

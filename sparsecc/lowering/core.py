@@ -9,8 +9,9 @@ depend on the inputs are folded to Python values and constants from the recorded
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

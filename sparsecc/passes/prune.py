@@ -1,8 +1,8 @@
 """Magnitude / random pruning of Conv and Linear weights (unstructured).
 
 Requires: an nn.Module. Guarantees: a new module (the input is untouched) in which exactly
-``round(sparsity * n)`` of the ``n`` weights in scope are zero, per scope; weights already zero count
-first. Re-running with the same options changes nothing (idempotent).
+``round(sparsity * n)`` of the ``n`` weights in scope are zero, per scope; weights already zero
+count first. Re-running with the same options changes nothing (idempotent).
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ section and the CLI name the same fields.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from sparsecc.errors import PassError
 

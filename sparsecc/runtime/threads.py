@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
-
 _lock = threading.Lock()
 _depth = 0
 _saved: list[tuple[object, int]] = []
