@@ -38,13 +38,14 @@ class CompiledModel:
             outs = [torch.from_numpy(o) for o in outs]
         return outs[0] if self.plan.output_kind == "single" else tuple(outs)
 
-    def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
-        """Random inputs of the compiled shapes (zeros for integer inputs)."""
+    def example_inputs(self, seed: int = 0, batch: int | None = None) -> list[np.ndarray]:
+        """Random inputs of the compiled shapes at ``batch`` (zeros for integer inputs)."""
         rng = np.random.default_rng(seed)
+        batch = self.plan.example_batch if batch is None else batch
         out = []
         for name in self.plan.inputs:
             spec = self.plan.tensors[name]
-            shape = resolve_shape(spec.shape, self.plan.example_batch)
+            shape = resolve_shape(spec.shape, batch)
             if spec.dtype.startswith("float"):
                 out.append(rng.standard_normal(shape).astype(spec.dtype))
             else:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsecc.errors import ModelSpecError
-
 
 @dataclass
 class Timing:
@@ -90,7 +88,10 @@ def bench_command(args) -> int:
 
 
 def _bench_batch(cm, model, batch: int, repeats: int, with_torch: bool) -> None:
-    inputs = _batched_examples(cm, batch)
+    if not cm.plan.dynamic_batch and batch != cm.plan.example_batch:
+        print(f"{batch:>5}  skipped: the model is compiled for batch {cm.plan.example_batch} only")
+        return
+    inputs = cm.example_inputs(batch=batch)
     fns = {"sparsecc": lambda: cm(*inputs)}
     err = "-"
     if model is not None and with_torch:
@@ -111,22 +112,3 @@ def _bench_batch(cm, model, batch: int, repeats: int, with_torch: bool) -> None:
     speed = f"{tt.median_ms / t['sparsecc'].median_ms:6.2f}x" if tt else "-"
     print(f"{batch:>5}  {str(t['sparsecc']):>30}  {str(tt) if tt else '-':>30}  {speed:>7}  "
           f"{err:>11}")
-
-
-def _batched_examples(cm, batch: int) -> list[np.ndarray]:
-    plan = cm.plan
-    if not plan.dynamic_batch and batch != plan.example_batch:
-        raise ModelSpecError("bench", f"the model is compiled for batch {plan.example_batch} only")
-    from sparsecc.ir.plan import resolve_shape
-
-    rng = np.random.default_rng(0)
-    out = []
-    for name in plan.inputs:
-        spec = plan.tensors[name]
-        shape = resolve_shape(spec.shape, batch)
-        if spec.dtype.startswith("float"):
-            out.append(rng.standard_normal(shape).astype(spec.dtype))
-        else:
-            out.append(np.zeros(shape, spec.dtype))
-    return out
-
