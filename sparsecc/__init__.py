@@ -32,13 +32,22 @@ def compile(model: Any, example_inputs: Any, sparsity: float | None = None,
     return _compile(model, example_inputs, sparsity=sparsity, recipe=recipe)
 
 
-def prune(model: Any, sparsity: float = 0.5, **options: Any):
+def prune(model: Any, sparsity: float | None = None, **options: Any):
     """Return a pruned copy of ``model``; ``model`` is untouched."""
     from sparsecc.compiler import prune as _prune
 
     return _prune(model, sparsity, **options)
 
 
-__all__ = ["ArtifactError", "CodegenError", "CompiledModel", "InputError", "ModelSpecError",
+def __getattr__(name: str):
+    # Torch-side helpers load on first use, so `import sparsecc` stays torch-free.
+    if name in ("Pruner", "CubicSchedule", "sensitivity"):
+        import sparsecc.pruning as pruning
+
+        return getattr(pruning, name)
+    raise AttributeError(f"module 'sparsecc' has no attribute {name!r}")
+
+
+__all__ = ["ArtifactError", "CubicSchedule", "Pruner", "sensitivity", "CodegenError", "CompiledModel", "InputError", "ModelSpecError",
            "PassError", "RecipeError", "Report", "SparseccError", "TraceError",
            "UnsupportedOpError", "compile", "load", "prune"]

@@ -21,7 +21,7 @@ from sparsecc.recipe import load_recipe
 from sparsecc.runtime.ops import OPS
 
 
-def prune(model: nn.Module, sparsity: float = 0.5, **options: Any) -> nn.Module:
+def prune(model: nn.Module, sparsity: float | None = None, **options: Any) -> nn.Module:
     """A pruned copy of ``model`` (see ``PruneOptions`` for the keyword options)."""
     _check_module(model)
     opts = make_options("prune", dict(options, sparsity=sparsity))

@@ -17,7 +17,7 @@ from typing import Any
 from sparsecc.errors import PassError, RecipeError
 
 SECTIONS = {"prune": "prune", "formats": "select-format", "fuse": "fuse",
-            "normalize": "normalize", "compile": None}
+            "normalize": "normalize", "compile": None, "schedule": None}
 COMPILE_KEYS = {"dynamic_batch"}
 
 
@@ -40,6 +40,9 @@ def load_recipe(recipe: dict | str | Path | None) -> dict[str, Any]:
             values = {}
         if not isinstance(values, dict):
             raise RecipeError(section, "a section is a mapping of options")
+        if section == "schedule":
+            out[section] = _schedule(values)
+            continue
         if section == "compile":
             bad = sorted(set(values) - COMPILE_KEYS)
             if bad:
@@ -53,6 +56,22 @@ def load_recipe(recipe: dict | str | Path | None) -> dict[str, Any]:
             key = _offending_key(str(exc), values)
             raise RecipeError(f"{section}.{key}" if key else section, str(exc)) from None
     return out
+
+
+def _schedule(values: dict):
+    import dataclasses
+
+    from sparsecc.pruning.schedule import CubicSchedule
+
+    known = {f.name for f in dataclasses.fields(CubicSchedule)}
+    bad = sorted(set(values) - known)
+    if bad:
+        raise RecipeError(f"schedule.{bad[0]}", f"unknown option; known: {sorted(known)}")
+    try:
+        return CubicSchedule(**values)
+    except (TypeError, ValueError) as exc:
+        key = _offending_key(str(exc), values)
+        raise RecipeError(f"schedule.{key}" if key else "schedule", str(exc)) from None
 
 
 def _offending_key(message: str, values: dict) -> str | None:
