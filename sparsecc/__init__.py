@@ -48,6 +48,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sparsecc' has no attribute {name!r}")
 
 
-__all__ = ["ArtifactError", "CubicSchedule", "Pruner", "sensitivity", "CodegenError", "CompiledModel", "InputError", "ModelSpecError",
-           "PassError", "RecipeError", "Report", "SparseccError", "TraceError",
-           "UnsupportedOpError", "compile", "load", "prune"]
+__all__ = ["ArtifactError", "CodegenError", "CompiledModel", "CubicSchedule", "InputError",
+           "ModelSpecError", "PassError", "Pruner", "RecipeError", "Report", "SparseccError",
+           "TraceError", "UnsupportedOpError", "compile", "load", "prune", "sensitivity"]

@@ -38,7 +38,7 @@ class SensitivityTable:
             out[layer] = max(ok, default=0.0)
         return out
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path, ylabel: str = "metric") -> Path:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -51,7 +51,7 @@ class SensitivityTable:
                     label=f"{layer} ({self.params[layer]})")
         ax.axhline(self.baseline, color="k", linestyle="--", linewidth=1, label="dense")
         ax.set_xlabel("sparsity of this layer alone (%)")
-        ax.set_ylabel("metric")
+        ax.set_ylabel(ylabel)
         ax.set_title("Per-layer pruning sensitivity")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
