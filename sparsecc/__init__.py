@@ -39,6 +39,13 @@ def prune(model: Any, sparsity: float | None = None, **options: Any):
     return _prune(model, sparsity, **options)
 
 
+def remove_channels(model: Any, example_inputs: Any, ratio: float = 0.5, **options: Any):
+    """Return a smaller copy of ``model`` with ``ratio`` of each channel group removed."""
+    from sparsecc.compiler import remove_channels as _remove
+
+    return _remove(model, example_inputs, ratio, **options)
+
+
 def __getattr__(name: str):
     # Torch-side helpers load on first use, so `import sparsecc` stays torch-free.
     if name in ("Pruner", "CubicSchedule", "sensitivity"):
@@ -50,4 +57,5 @@ def __getattr__(name: str):
 
 __all__ = ["ArtifactError", "CodegenError", "CompiledModel", "CubicSchedule", "InputError",
            "ModelSpecError", "PassError", "Pruner", "RecipeError", "Report", "SparseccError",
-           "TraceError", "UnsupportedOpError", "compile", "load", "prune", "sensitivity"]
+           "TraceError", "UnsupportedOpError", "compile", "load", "prune", "remove_channels",
+           "sensitivity"]

@@ -28,6 +28,18 @@ def prune(model: nn.Module, sparsity: float | None = None, **options: Any) -> nn
     return run_pass("prune", model, opts).ir
 
 
+def remove_channels(model: nn.Module, example_inputs: Any, ratio: float = 0.5,
+                    **options: Any) -> nn.Module:
+    """A smaller copy of ``model`` with ``ratio`` of each channel group removed.
+
+    The result is a GraphModule with the same output shapes; ``result.channel_report`` gives
+    channels, parameters and FLOPs before and after (see ``ChannelOptions`` for the options).
+    """
+    _check_module(model)
+    opts = make_options("channels", dict(options, ratio=ratio, example_inputs=example_inputs))
+    return run_pass("channels", model, opts).ir
+
+
 def compile(model: nn.Module, example_inputs: Any, sparsity: float | None = None,
             recipe: dict | str | Path | None = None) -> CompiledModel:
     """Compile ``model`` for the shapes of ``example_inputs`` (the batch size may vary later)."""
