@@ -58,11 +58,17 @@ class ChannelOptions:
 
 @dataclass
 class GroupReport:
+    """One channel group; params and FLOPs are those of its producing layers."""
+
     name: str
     units_before: int
     units_after: int
     channels_before: int
     channels_after: int
+    params_before: int = 0
+    params_after: int = 0
+    flops_before: float = 0.0
+    flops_after: float = 0.0
 
 
 @dataclass
@@ -79,8 +85,10 @@ class ChannelReport:
         lines = [f"params {self.params_before:,} -> {self.params_after:,} "
                  f"({self.params_after / max(self.params_before, 1):.1%}), FLOPs "
                  f"{self.flops_before / 1e6:.1f}M -> {self.flops_after / 1e6:.1f}M",
-                 "group | channels before -> after"]
-        lines += [f"{g.name} | {g.channels_before} -> {g.channels_after}" for g in self.groups]
+                 "group | channels | params of its layers | MFLOPs of its layers"]
+        lines += [f"{g.name} | {g.channels_before} -> {g.channels_after} | {g.params_before:,}"
+                  f" -> {g.params_after:,} | {g.flops_before / 1e6:.1f} -> "
+                  f"{g.flops_after / 1e6:.1f}" for g in self.groups]
         lines += [f"left alone: {s}" for s in self.skipped]
         return "\n".join(lines)
 
@@ -197,17 +205,19 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def _flops(gm, example) -> float:
-    cap = capture(gm, example)
-    total = 0.0
+def _layer_costs(gm, example) -> dict[str, tuple[int, float]]:
+    """(params, FLOPs) per conv/linear module at the example input."""
+    cap = capture(gm, example, dynamic_batch=False)
+    out = {}
     for node in cap.gm.graph.nodes:
         if node.op != "call_module":
             continue
         mod = cap.gm.get_submodule(node.target)
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            out = depgraph._shape(node)
-            total += 2.0 * float(np.prod(out)) * mod.weight[0].numel()
-    return total
+            flops = 2.0 * float(np.prod(depgraph._shape(node))) * mod.weight[0].numel()
+            prev = out.get(str(node.target), (0, 0.0))
+            out[str(node.target)] = (_params(mod), prev[1] + flops)
+    return out
 
 
 @register_pass("channels", options=ChannelOptions, level="module")
@@ -228,7 +238,7 @@ def channels_pass(model: nn.Module, opts: ChannelOptions) -> PassResult:
     removed = choose_removed(dg, groups, opts, score)
     keep = removal.keep_masks(dg, removed)
     before_params = _params(gm)
-    flops_before = _flops(gm, opts.example_inputs)
+    costs_before = _layer_costs(gm, opts.example_inputs)
     with torch.no_grad():
         ref_shapes = _out_shapes(gm, opts.example_inputs)
     removal.apply(dg, keep)
@@ -240,15 +250,21 @@ def channels_pass(model: nn.Module, opts: ChannelOptions) -> PassResult:
                                     f"{exc}") from None
     if new_shapes != ref_shapes:
         raise PassError("channels", f"output shapes changed: {ref_shapes} -> {new_shapes}")
+    costs_after = _layer_costs(gm, opts.example_inputs)
     reports = []
     for spaces, units in groups.items():
         gone = sum(1 for u in removed if frozenset(sid for sid, _ in u) == spaces)
         first = min(spaces)
         width = dg.spaces[first].size // max(len(units), 1)
+        owners = {s.owner for s in dg.slices if s.space in spaces and s.role == "out"}
+        pb, fb = (sum(costs_before.get(o, (0, 0.0))[i] for o in owners) for i in (0, 1))
+        pa, fa = (sum(costs_after.get(o, (0, 0.0))[i] for o in owners) for i in (0, 1))
         reports.append(GroupReport(_group_name(dg, spaces), len(units), len(units) - gone,
-                                   dg.spaces[first].size, dg.spaces[first].size - gone * width))
-    report = ChannelReport(reports, skipped, before_params, _params(gm), flops_before,
-                           _flops(gm, opts.example_inputs))
+                                   dg.spaces[first].size, dg.spaces[first].size - gone * width,
+                                   pb, pa, fb, fa))
+    report = ChannelReport(reports, skipped, before_params, _params(gm),
+                           sum(f for _, f in costs_before.values()),
+                           sum(f for _, f in costs_after.values()))
     gm.channel_report = report
     return PassResult(gm, bool(removed), [str(report)])
 

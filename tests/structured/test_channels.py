@@ -183,3 +183,26 @@ def test_batch_one_flatten_into_linear(seed):
     model = zoo.resnet_basic()
     small = sparsecc.remove_channels(model, torch.randn(1, 3, 32, 32), ratio=0.5)
     assert small.get_submodule("fc").in_features == 16
+
+
+def test_layer_norm_over_channels_needs_allow_inexact(seed):
+    model = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(2, 6)
+    kept = sparsecc.remove_channels(model, x, ratio=0.5)
+    assert kept.get_submodule("0").out_features == 16
+    assert any("layer_norm" in s for s in kept.channel_report.skipped)
+    cut = sparsecc.remove_channels(model, x, ratio=0.5, allow_inexact=True)
+    assert cut.get_submodule("1").normalized_shape == (8,)
+    assert cut.get_submodule("1").weight.shape == (8,) and cut(x).shape == (2, 3)
+
+
+def test_report_per_group_params_and_flops(seed):
+    small = sparsecc.remove_channels(zoo.mnist_cnn(), torch.randn(1, 1, 28, 28), ratio=0.5)
+    r = small.channel_report
+    by_name = {g.name: g for g in r.groups}
+    conv = by_name["conv_layers.3"]
+    assert conv.channels_before == 64 and conv.channels_after == 32
+    # conv_layers.3 loses half its outputs and half its inputs: ~ a quarter of its weights remain
+    assert conv.params_after == 32 * 16 * 9 + 32
+    assert 0.2 < conv.flops_after / conv.flops_before < 0.3
+    assert "conv_layers.3 | 64 -> 32" in str(r)
