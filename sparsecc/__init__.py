@@ -6,6 +6,7 @@ Importing sparsecc does not import torch: ``load`` and the runtime work in a tor
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from sparsecc.api import CompiledModel, Report, load
@@ -46,6 +47,13 @@ def remove_channels(model: Any, example_inputs: Any, ratio: float = 0.5, **optio
     return _remove(model, example_inputs, ratio, **options)
 
 
+def backend(**options: Any):
+    """A torch.compile backend with options bound (``backend="sparsecc"`` works too)."""
+    from sparsecc.dynamo import backend as _backend
+
+    return _backend(**options)
+
+
 def __getattr__(name: str):
     # Torch-side helpers load on first use, so `import sparsecc` stays torch-free.
     if name in ("Pruner", "CubicSchedule", "sensitivity"):
@@ -55,7 +63,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sparsecc' has no attribute {name!r}")
 
 
+if "torch" in sys.modules:  # torch is already loaded: make backend="sparsecc" known now
+    try:
+        from sparsecc.dynamo import register as _register
+
+        _register()
+    except Exception:  # an old torch without dynamo: torch.compile is simply not offered
+        pass
+
 __all__ = ["ArtifactError", "CodegenError", "CompiledModel", "CubicSchedule", "InputError",
            "ModelSpecError", "PassError", "Pruner", "RecipeError", "Report", "SparseccError",
-           "TraceError", "UnsupportedOpError", "compile", "load", "prune", "remove_channels",
+           "TraceError", "UnsupportedOpError", "backend", "compile", "load", "prune", "remove_channels",
            "sensitivity"]

@@ -96,13 +96,19 @@ def target_sparsity(opts: PruneOptions) -> float:
 def compute_masks(model: nn.Module, opts: PruneOptions,
                   sparsity: float | None = None) -> dict[str, torch.Tensor]:
     """Keep-masks (bool, weight-shaped) for every in-scope layer of ``model``."""
-    pat = parse_pattern(opts.pattern)
     layers = prunable_layers(model, opts.exclude, opts.min_params, opts.include_types)
     if not layers:
         raise PassError("prune", "no prunable weights in scope (check exclude/min_params)")
-    sparsity = target_sparsity(opts) if sparsity is None else sparsity
     weights = {name: mod.weight.detach() for name, mod in layers}
-    scores = _scores(model, opts, weights)
+    return masks_for_weights(weights, _scores(model, opts, weights), opts, sparsity)
+
+
+def masks_for_weights(weights: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
+                      opts: PruneOptions, sparsity: float | None = None) -> dict[str, torch.Tensor]:
+    """The mask mechanics over named weight tensors (no module needed: dynamo graphs hold
+    their weights as plain tensors)."""
+    pat = parse_pattern(opts.pattern)
+    sparsity = target_sparsity(opts) if sparsity is None else sparsity
     if pat.kind == "nm":
         if sparsity == 0.0:
             return {k: torch.ones_like(w, dtype=torch.bool) for k, w in weights.items()}

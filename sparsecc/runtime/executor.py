@@ -1,13 +1,16 @@
 """Binds an ExecutionPlan to buffers for one batch size and runs it.
 
-Buffers are allocated once per (thread, batch size) and reused by liveness: a value's storage
-returns to the pool after its last reader ran. Reshape outputs are views of their input's storage.
+Buffers are allocated once per batch size and reused by liveness: a value's storage returns to
+the pool after its last reader ran; reshape outputs are views of their input's storage. Calls
+from several threads at once each take a binding of their own from a pool and give it back, so
+concurrent calls never share buffers and short-lived threads (one per HTTP request) reuse them.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,17 +50,29 @@ class Executor:
     def __init__(self, plan: ExecutionPlan):
         verify_plan(plan, OPS.keys())
         self.plan = plan
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._free: dict[int, list[Bound]] = {}
         self._roots = {name: plan.storage_root(name) for name in plan.tensors}
 
     # ---- binding ------------------------------------------------------------------------
+    @contextmanager
+    def bound(self, n: int):
+        """A binding for batch ``n`` owned by the caller until the block ends."""
+        with self._lock:
+            free = self._free.setdefault(n, [])
+            b = free.pop() if free else None
+        if b is None:
+            b = self._bind(n)
+        try:
+            yield b
+        finally:
+            with self._lock:
+                self._free[n].append(b)
+
     def bind(self, n: int) -> Bound:
-        cache = getattr(self._local, "bound", None)
-        if cache is None:
-            cache = self._local.bound = {}
-        if n not in cache:
-            cache[n] = self._bind(n)
-        return cache[n]
+        """A binding for batch ``n`` (for inspection; running goes through ``bound``)."""
+        with self.bound(n) as b:
+            return b
 
     def _liveness(self) -> dict[str, int]:
         """Last op index reading each storage root (len(ops) for outputs)."""
@@ -180,20 +195,24 @@ class Executor:
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         arrays = [np.asarray(a) for a in arrays]
-        bound = self.bind(self.batch_of(arrays))
-        for name, arr in zip(self.plan.inputs, arrays):
-            dst = bound.arrays[name]
-            _check_dtype(name, arr, dst.dtype)
-            np.copyto(dst, arr, casting="unsafe")
-        with single_threaded_blas():
-            for _, step in bound.steps:
-                step()
-        return [bound.arrays[name].copy() for name in self.plan.outputs]
+        n = self.batch_of(arrays)
+        with self.bound(n) as bound:
+            for name, arr in zip(self.plan.inputs, arrays):
+                dst = bound.arrays[name]
+                _check_dtype(name, arr, dst.dtype)
+                np.copyto(dst, arr, casting="unsafe")
+            with single_threaded_blas():
+                for _, step in bound.steps:
+                    step()
+            return [bound.arrays[name].copy() for name in self.plan.outputs]
 
     def profile(self, arrays: list[np.ndarray], repeats: int = 20) -> dict[int, float]:
         """Median seconds per op index over ``repeats`` runs (after one warm-up)."""
         arrays = [np.asarray(a) for a in arrays]
-        bound = self.bind(self.batch_of(arrays))
+        with self.bound(self.batch_of(arrays)) as bound:
+            return self._profile(bound, arrays, repeats)
+
+    def _profile(self, bound: Bound, arrays: list[np.ndarray], repeats: int) -> dict[int, float]:
         times: dict[int, list[float]] = {i: [] for i, _ in bound.steps}
         with single_threaded_blas():
             for rep in range(repeats + 1):

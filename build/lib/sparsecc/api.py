@@ -1,0 +1,139 @@
+"""The compiled model as users hold it: call it, report it, save it, load it. No torch import.
+
+``CompiledModel`` accepts numpy arrays or torch tensors (torch is only touched when the caller
+passed torch tensors, so a loaded artifact runs in a process without torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsecc.formats.cost import estimate_seconds
+from sparsecc.ir.plan import ExecutionPlan, format_shape, resolve_shape
+from sparsecc.runtime.artifact import load_plan, save_plan
+from sparsecc.runtime.executor import Executor
+from sparsecc.runtime.ops import OPS
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+class CompiledModel:
+    def __init__(self, plan: ExecutionPlan):
+        self.plan = plan
+        self.executor = Executor(plan)
+
+    def __call__(self, *inputs: Any):
+        torch_in = any(_is_torch(x) for x in inputs)
+        arrays = [x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x) for x in inputs]
+        outs = self.executor.run(arrays)
+        if torch_in:
+            import torch
+
+            outs = [torch.from_numpy(o) for o in outs]
+        return outs[0] if self.plan.output_kind == "single" else tuple(outs)
+
+    def example_inputs(self, seed: int = 0, batch: int | None = None) -> list[np.ndarray]:
+        """Random inputs of the compiled shapes at ``batch`` (zeros for integer inputs)."""
+        rng = np.random.default_rng(seed)
+        batch = self.plan.example_batch if batch is None else batch
+        out = []
+        for name in self.plan.inputs:
+            spec = self.plan.tensors[name]
+            shape = resolve_shape(spec.shape, batch)
+            if spec.dtype.startswith("float"):
+                out.append(rng.standard_normal(shape).astype(spec.dtype))
+            else:
+                out.append(np.zeros(shape, spec.dtype))
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        return save_plan(self.plan, path)
+
+    def report(self, measure: bool = True, repeats: int = 20) -> Report:
+        return build_report(self, measure, repeats)
+
+    def __repr__(self) -> str:
+        p = self.plan
+        shapes = [format_shape(p.tensors[i].shape) for i in p.inputs]
+        mb = sum(a.nbytes for a in p.constants.values()) / 1e6
+        return f"CompiledModel({len(p.ops)} ops, inputs={shapes}, {mb:.2f} MB of constants)"
+
+
+def load(path: str | Path) -> CompiledModel:
+    """Load a saved artifact; never executes code from it and never imports torch."""
+    return CompiledModel(load_plan(path, OPS.keys()))
+
+
+# ---- report -------------------------------------------------------------------------------
+@dataclass
+class Report:
+    rows: list[dict[str, Any]]
+    batch: int
+
+    COLUMNS = ("name", "op", "shape", "density", "format", "mflops", "est_us", "measured_us")
+
+    def total(self, key: str) -> float:
+        return float(sum(r[key] for r in self.rows if r.get(key) is not None))
+
+    def __str__(self) -> str:
+        cells = [list(self.COLUMNS)]
+        for r in self.rows:
+            cells.append([_cell(r.get(c)) for c in self.COLUMNS])
+        cells.append(["total", "", "", "", "", _cell(self.total("mflops")),
+                      _cell(self.total("est_us")), _cell(self.total("measured_us"))])
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.COLUMNS))]
+        lines = [f"per-layer report at batch {self.batch}"]
+        for k, row in enumerate(cells):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            if k == 0 or k == len(cells) - 2:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def build_report(cm: CompiledModel, measure: bool, repeats: int) -> Report:
+    plan = cm.plan
+    n = plan.example_batch
+    shapes = {name: resolve_shape(t.shape, n) for name, t in plan.tensors.items()}
+    measured = cm.executor.profile(cm.example_inputs(), repeats) if measure else {}
+    rows = []
+    for i, op in enumerate(plan.ops):
+        if op.kind == "reshape":
+            continue
+        params = {r: plan.constants[c] for r, c in op.params.items()}
+        ins = [shapes[x] for x in op.inputs]
+        fn = OPS[op.kind].flops
+        flops = fn(op, ins, shapes[op.output], params) if fn else 0.0
+        nbytes = sum(a.nbytes for a in params.values()) + sum(
+            int(np.prod(shapes[x])) * np.dtype(plan.tensors[x].dtype).itemsize
+            for x in list(op.inputs) + [op.output])
+        fmt = op.attrs.get("fmt")
+        rows.append({
+            "name": op.layer or op.name, "op": op.kind + _act_suffix(op),
+            "shape": format_shape(shapes[op.output]),
+            "density": op.attrs.get("density"), "format": fmt,
+            "mflops": flops / 1e6,
+            "est_us": estimate_seconds(op.kind, fmt, flops, nbytes) * 1e6,
+            "measured_us": measured[i] * 1e6 if i in measured else None,
+        })
+    return Report(rows, n)
+
+
+def _act_suffix(op) -> str:
+    act = op.attrs.get("act")
+    return f"+{act}" if op.kind != "act" and act and act != "none" else ""

@@ -1,0 +1,185 @@
+"""sparsecc compile | run | report | bench — a one-line error and a non-zero exit on failure."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsecc.errors import InputError, ModelSpecError, SparseccError
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: expected e.g. 1,3,224,224") from None
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: dims must be positive")
+    return shape
+
+
+def resolve_factory(spec: str):
+    """``pkg.module:factory`` or ``path/to/file.py:factory`` -> the factory callable."""
+    if ":" not in spec:
+        raise ModelSpecError(spec, "expected 'package.module:factory' or 'file.py:factory'")
+    target, attr = spec.rsplit(":", 1)
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ModelSpecError(spec, f"file {target} not found")
+        mod_spec = importlib.util.spec_from_file_location(f"_sparsecc_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ModelSpecError(spec, f"importing {target} failed: {type(exc).__name__}: "
+                                       f"{exc}") from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ModelSpecError(spec, f"cannot import {target}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelSpecError(spec, f"{target} has no callable {attr!r}")
+    return factory
+
+
+def build_model(spec: str, input_shape: tuple[int, ...] | None):
+    import torch
+
+    try:
+        model = resolve_factory(spec)()
+    except SparseccError:
+        raise
+    except Exception as exc:
+        raise ModelSpecError(spec, f"the factory raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ModelSpecError(spec, f"the factory returned {type(model).__name__}, not an nn.Module")
+    shape = input_shape or getattr(model, "example_input_shape", None)
+    if shape is None:
+        raise ModelSpecError(spec, "no --input-shape given and the model has no "
+                                   "example_input_shape attribute")
+    dtype = getattr(model, "example_input_dtype", torch.float32)
+    if dtype.is_floating_point:
+        x = torch.randn(tuple(shape), dtype=dtype, generator=torch.Generator().manual_seed(0))
+    else:
+        x = torch.zeros(tuple(shape), dtype=dtype)
+    return model.eval(), x
+
+
+def cmd_compile(args) -> int:
+    import sparsecc
+
+    model, x = build_model(args.model, args.input_shape)
+    t0 = time.perf_counter()
+    cm = sparsecc.compile(model, x, sparsity=args.sparsity, recipe=args.recipe)
+    path = cm.save(args.output)
+    print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s -> {path} "
+          f"({path.stat().st_size / 1e6:.2f} MB)")
+    if args.report:
+        print(cm.report())
+    return 0
+
+
+def _load_input(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(path, "file not found")
+    try:
+        return np.load(p, allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(path, f"not a plain .npy array ({exc})") from None
+
+
+def cmd_run(args) -> int:
+    import sparsecc
+
+    rt = sparsecc.load(args.artifact)
+    inputs = [_load_input(p) for p in args.input]
+    out = rt(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    if args.output:
+        if len(outs) == 1:
+            np.save(args.output, outs[0])
+        else:
+            np.savez(args.output, *outs)
+        print(f"wrote {args.output}: " + ", ".join(str(o.shape) for o in outs))
+    else:
+        for o in outs:
+            print(np.array2string(o, threshold=50, precision=5))
+    return 0
+
+
+def cmd_report(args) -> int:
+    import sparsecc
+
+    rt = sparsecc.load(args.artifact)
+    print(rt.report(measure=not args.no_measure, repeats=args.repeats))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from sparsecc.bench import bench_command
+
+    return bench_command(args)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsecc", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="compile MODEL to a .scc artifact")
+    c.add_argument("model", help="package.module:factory or file.py:factory")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--input-shape", type=parse_shape)
+    c.add_argument("--sparsity", type=float)
+    c.add_argument("--recipe")
+    c.add_argument("--report", action="store_true", help="print the per-layer report")
+    c.set_defaults(fn=cmd_compile)
+    r = sub.add_parser("run", help="run an artifact on .npy input(s)")
+    r.add_argument("artifact")
+    r.add_argument("--input", action="append", required=True, help=".npy file (repeatable)")
+    r.add_argument("-o", "--output")
+    r.set_defaults(fn=cmd_run)
+    rep = sub.add_parser("report", help="per-layer report of an artifact")
+    rep.add_argument("artifact")
+    rep.add_argument("--no-measure", action="store_true")
+    rep.add_argument("--repeats", type=int, default=20)
+    rep.set_defaults(fn=cmd_report)
+    b = sub.add_parser("bench", help="latency of MODEL or an artifact vs torch")
+    b.add_argument("target", help="package.module:factory, file.py:factory or out.scc")
+    b.add_argument("--input-shape", type=parse_shape)
+    b.add_argument("--sparsity", type=float)
+    b.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    b.add_argument("--vs", default="torch", help="comma-separated peers (torch)")
+    b.add_argument("--repeats", type=int, default=50)
+    b.add_argument("--report", action="store_true", help="print the per-layer report")
+    b.add_argument("--save", help="also save the compiled artifact here")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SparseccError as exc:
+        print(f"sparsecc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _entry(argv: Any = None) -> None:
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,1 @@
+"""Kernel backends. Nothing here imports torch or fx: kernels see numpy arrays only."""

@@ -1,0 +1,69 @@
+"""Convolution helpers: im2col for the GEMM/SpMM path and a direct depthwise kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from sparsecc.codegen.numba.activations import apply_act
+
+
+@njit(parallel=True, cache=True)
+def im2col(x, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols):
+    """cols[n, (c, i, j), (oh, ow)] = x[n, c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] or 0.
+
+    x: (N, C, H, W); cols: (N, cg*kh*kw, Ho*Wo). ``c0, cg`` select one group's channels.
+    ``ph, pw`` are the leading pads; the trailing ones follow from Ho, Wo (they may differ, as
+    in torch's padding='same' with an even kernel).
+    """
+    nb, _, h, w = x.shape
+    krows = cg * kh * kw
+    ho = cols.shape[2] // wo
+    for t in prange(nb * krows):
+        n = t // krows
+        r = t - n * krows
+        c = r // (kh * kw)
+        ki = (r // kw) % kh
+        kj = r % kw
+        for oh in range(ho):
+            ih = oh * sh - ph + ki * dh
+            base = oh * wo
+            if ih < 0 or ih >= h:
+                for ow in range(wo):
+                    cols[n, r, base + ow] = 0.0
+            else:
+                for ow in range(wo):
+                    iw = ow * sw - pw + kj * dw
+                    if iw >= 0 and iw < w:
+                        cols[n, r, base + ow] = x[n, c0 + c, ih, iw]
+                    else:
+                        cols[n, r, base + ow] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out):
+    """Direct depthwise conv (groups == C_in, any channel multiplier), fused bias + activation.
+
+    x: (N, C, H, W); wt: (C_out, kh, kw); out: (N, C_out, Ho, Wo).
+    """
+    nb, cin, h, w = x.shape
+    _, cout, ho, wo = out.shape
+    kh, kw = wt.shape[1], wt.shape[2]
+    mult = cout // cin
+    for t in prange(nb * cout):
+        n = t // cout
+        oc = t - n * cout
+        ic = oc // mult
+        bv = bias[oc] if has_bias else np.float32(0.0)
+        for oh in range(ho):
+            for ow in range(wo):
+                acc = np.float32(0.0)
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= h:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw - pw + j * dw
+                        if iw >= 0 and iw < w:
+                            acc += wt[oc, i, j] * x[n, ic, ih, iw]
+                out[n, oc, oh, ow] = apply_act(acc + bv, code, a, b)

@@ -1,0 +1,49 @@
+"""CSR kernels (simple, correct; the fast specialised ones are a later issue).
+
+Indices are unsigned (u16 when the inner dimension fits, u32 otherwise): numba adds a
+negative-index wraparound check on signed indices that costs up to 2x in the inner loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from sparsecc.codegen.numba.activations import apply_act
+
+
+@njit(parallel=True, cache=True)
+def csr_spmm(indptr, indices, data, bmat, out, bias, has_bias, code, a, b):
+    """out[n] = act(A @ bmat[n] + bias) with A in CSR (O x K), bmat (N, K, M), out (N, O, M)."""
+    nb, rows, m = out.shape
+    for t in prange(nb * rows):
+        n = t // rows
+        o = t - n * rows
+        row = out[n, o]
+        src = bmat[n]
+        bv = bias[o] if has_bias else np.float32(0.0)
+        for j in range(m):
+            row[j] = bv
+        for p in range(indptr[o], indptr[o + 1]):
+            w = data[p]
+            col = src[indices[p]]
+            for j in range(m):
+                row[j] += w * col[j]
+        for j in range(m):
+            row[j] = apply_act(row[j], code, a, b)
+
+
+@njit(parallel=True, cache=True)
+def csr_spmv_rows(indptr, indices, data, x, out, bias, has_bias, code, a, b):
+    """out[r] = act(A @ x[r] + bias) for each row of x (M, K): linear with few rows."""
+    m, rows = out.shape
+    for t in prange(m * rows):
+        r = t // rows
+        o = t - r * rows
+        xr = x[r]
+        acc = np.float32(0.0)
+        for p in range(indptr[o], indptr[o + 1]):
+            acc += data[p] * xr[indices[p]]
+        if has_bias:
+            acc += bias[o]
+        out[r, o] = apply_act(acc, code, a, b)

@@ -1,0 +1,1 @@
+"""Storage formats: pure numpy pack/unpack, no torch."""

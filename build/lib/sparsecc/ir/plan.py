@@ -1,0 +1,153 @@
+"""ExecutionPlan: plain dataclasses and numpy arrays. No torch, no fx.
+
+Shapes are symbolic in the batch size N: a dimension is either an int or ``Sym(k)``, meaning
+``k * N``. The plan is compiled once and bound to concrete buffers per batch size at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sym:
+    """A dimension equal to ``k * N`` where N is the batch size of the call."""
+
+    k: int
+
+    def __str__(self) -> str:
+        return "N" if self.k == 1 else f"{self.k}N"
+
+
+Dim = Union[int, Sym]  # noqa: UP007 (a runtime alias: must work on Python 3.10)
+_SYM_RE = re.compile(r"^(\d*)N$")
+
+
+def resolve_shape(shape: tuple[Dim, ...], n: int) -> tuple[int, ...]:
+    return tuple(d.k * n if isinstance(d, Sym) else d for d in shape)
+
+
+def shape_to_json(shape: tuple[Dim, ...]) -> list:
+    return [str(d) if isinstance(d, Sym) else int(d) for d in shape]
+
+
+def shape_from_json(items: list) -> tuple[Dim, ...]:
+    out: list[Dim] = []
+    for d in items:
+        if isinstance(d, bool):
+            raise ValueError(f"bad dimension {d!r}")
+        if isinstance(d, int):
+            if d < 0:
+                raise ValueError(f"negative dimension {d}")
+            out.append(d)
+            continue
+        m = _SYM_RE.match(d) if isinstance(d, str) else None
+        if not m:
+            raise ValueError(f"bad dimension {d!r}")
+        out.append(Sym(int(m.group(1) or 1)))
+    return tuple(out)
+
+
+def format_shape(shape: tuple[Dim, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+@dataclass
+class TensorSpec:
+    """A value in the plan. ``alias_of`` marks a zero-copy view (reshape) of another value."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+    alias_of: str | None = None
+
+    @property
+    def is_batched(self) -> bool:
+        return any(isinstance(d, Sym) for d in self.shape)
+
+
+@dataclass
+class Op:
+    """One runtime step: ``inputs`` name activations or constants; ``params`` constants by role."""
+
+    kind: str
+    name: str
+    inputs: list[str]
+    output: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    layer: str = ""
+
+
+@dataclass
+class ExecutionPlan:
+    inputs: list[str]
+    outputs: list[str]
+    tensors: dict[str, TensorSpec]
+    ops: list[Op]
+    constants: dict[str, np.ndarray]
+    output_kind: str = "single"  # "single" | "tuple"
+    example_batch: int = 1
+    dynamic_batch: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def spec(self, name: str) -> TensorSpec:
+        return self.tensors[name]
+
+    def users(self) -> dict[str, list[int]]:
+        """Map each value name to the indices of the ops that read it."""
+        out: dict[str, list[int]] = {}
+        for i, op in enumerate(self.ops):
+            for name in op.inputs:
+                out.setdefault(name, []).append(i)
+        return out
+
+    def storage_root(self, name: str) -> str:
+        while (alias := self.tensors[name].alias_of) is not None:
+            name = alias
+        return name
+
+    # ---- JSON ---------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """Everything but the constant arrays, as JSON-able data."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "output_kind": self.output_kind,
+            "example_batch": self.example_batch,
+            "dynamic_batch": self.dynamic_batch,
+            "info": self.info,
+            "tensors": [
+                {"name": t.name, "shape": shape_to_json(t.shape), "dtype": t.dtype,
+                 **({"alias_of": t.alias_of} if t.alias_of else {})}
+                for t in self.tensors.values()
+            ],
+            "ops": [
+                {"kind": o.kind, "name": o.name, "inputs": o.inputs, "output": o.output,
+                 "attrs": o.attrs, "params": o.params, "layer": o.layer}
+                for o in self.ops
+            ],
+        }
+
+    @classmethod
+    def from_manifest(cls, m: dict[str, Any], constants: dict[str, np.ndarray]) -> ExecutionPlan:
+        tensors = {}
+        for t in m["tensors"]:
+            spec = TensorSpec(str(t["name"]), shape_from_json(t["shape"]), str(t["dtype"]),
+                              t.get("alias_of"))
+            tensors[spec.name] = spec
+        ops = [Op(str(o["kind"]), str(o["name"]), [str(i) for i in o["inputs"]], str(o["output"]),
+                  dict(o["attrs"]), {str(k): str(v) for k, v in o["params"].items()},
+                  str(o.get("layer", "")))
+               for o in m["ops"]]
+        return cls(inputs=[str(i) for i in m["inputs"]], outputs=[str(o) for o in m["outputs"]],
+                   tensors=tensors, ops=ops, constants=constants,
+                   output_kind=str(m["output_kind"]), example_batch=int(m["example_batch"]),
+                   dynamic_batch=bool(m["dynamic_batch"]), info=dict(m.get("info", {})))

@@ -1,0 +1,5 @@
+"""fx GraphModule (annotated by the frontend) -> ExecutionPlan."""
+
+from sparsecc.lowering.core import lower
+
+__all__ = ["lower"]

@@ -1,0 +1,244 @@
+"""Binds an ExecutionPlan to buffers for one batch size and runs it.
+
+Buffers are allocated once per batch size and reused by liveness: a value's storage returns to
+the pool after its last reader ran; reshape outputs are views of their input's storage. Calls
+from several threads at once each take a binding of their own from a pool and give it back, so
+concurrent calls never share buffers and short-lived threads (one per HTTP request) reuse them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsecc.errors import CodegenError, InputError
+from sparsecc.ir.plan import ExecutionPlan, Sym, resolve_shape
+from sparsecc.ir.verify import verify_plan
+from sparsecc.runtime.ops import OPS, BindCtx
+from sparsecc.runtime.ops.registry import Step
+from sparsecc.runtime.threads import single_threaded_blas
+
+_ALIGN = 64
+
+
+def _aligned(nbytes: int) -> np.ndarray:
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % _ALIGN
+    return raw[off:off + nbytes]
+
+
+def _view(block: np.ndarray, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return block[:nbytes].view(dtype).reshape(shape)
+
+
+@dataclass
+class Bound:
+    """A plan bound to concrete buffers for one batch size."""
+
+    n: int
+    arrays: dict[str, np.ndarray]
+    steps: list[tuple[int, Step]]
+    arena_bytes: int
+
+
+class Executor:
+    def __init__(self, plan: ExecutionPlan):
+        verify_plan(plan, OPS.keys())
+        self.plan = plan
+        self._lock = threading.Lock()
+        self._free: dict[int, list[Bound]] = {}
+        self._roots = {name: plan.storage_root(name) for name in plan.tensors}
+
+    # ---- binding ------------------------------------------------------------------------
+    @contextmanager
+    def bound(self, n: int):
+        """A binding for batch ``n`` owned by the caller until the block ends."""
+        with self._lock:
+            free = self._free.setdefault(n, [])
+            b = free.pop() if free else None
+        if b is None:
+            b = self._bind(n)
+        try:
+            yield b
+        finally:
+            with self._lock:
+                self._free[n].append(b)
+
+    def bind(self, n: int) -> Bound:
+        """A binding for batch ``n`` (for inspection; running goes through ``bound``)."""
+        with self.bound(n) as b:
+            return b
+
+    def _liveness(self) -> dict[str, int]:
+        """Last op index reading each storage root (len(ops) for outputs)."""
+        plan = self.plan
+        last: dict[str, int] = {}
+        for i, op in enumerate(plan.ops):
+            for name in op.inputs:
+                root = self._roots.get(name, name)
+                last[root] = max(last.get(root, -1), i)
+            root = self._roots[op.output]
+            last[root] = max(last.get(root, -1), i)
+        for name in plan.outputs:
+            last[self._roots[name]] = len(plan.ops)
+        return last
+
+    def _bind(self, n: int) -> Bound:
+        plan = self.plan
+        shapes = {name: resolve_shape(t.shape, n) for name, t in plan.tensors.items()}
+        arrays: dict[str, np.ndarray] = dict(plan.constants)
+        last = self._liveness()
+        pool: list[np.ndarray] = []
+        arena = 0
+
+        def take(name: str) -> None:
+            nonlocal arena
+            spec = plan.tensors[name]
+            need = int(np.prod(shapes[name], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+            fits = [i for i, b in enumerate(pool) if b.nbytes >= need]
+            if fits:
+                block = pool.pop(min(fits, key=lambda i: pool[i].nbytes))
+            else:
+                block = _aligned(max(need, 1))
+                arena += block.nbytes
+            arrays[name] = _view(block, shapes[name], spec.dtype)
+            owner[name] = block
+
+        owner: dict[str, np.ndarray] = {}
+        for name in plan.inputs:
+            take(name)
+        frees: dict[int, list[str]] = {}
+        for root, i in last.items():
+            if root not in plan.constants:
+                frees.setdefault(i, []).append(root)
+        for i, op in enumerate(plan.ops):
+            spec = plan.tensors[op.output]
+            if spec.alias_of is not None:
+                arrays[op.output] = arrays[spec.alias_of].reshape(shapes[op.output])
+            else:
+                take(op.output)
+            for root in frees.get(i, []):
+                if root in owner:
+                    pool.append(owner.pop(root))
+        scratch, ws_bytes = self._scratch(shapes)
+        steps = []
+        for i, op in enumerate(plan.ops):
+            ctx = BindCtx(op, [arrays[x] for x in op.inputs], arrays[op.output],
+                          {role: plan.constants[c] for role, c in op.params.items()},
+                          scratch[i])
+            try:
+                step = OPS[op.kind].bind(ctx)
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                raise CodegenError(op.layer or op.name,
+                                   f"cannot bind {op.kind}: {type(exc).__name__}: {exc}") from None
+            if step is not None:
+                steps.append((i, step))
+        return Bound(n, arrays, steps, arena + ws_bytes)
+
+    def _scratch(self, shapes: dict[str, tuple[int, ...]]) -> tuple[list[list[np.ndarray]], int]:
+        """One workspace shared by all ops (they run one after another), sized for the largest."""
+        plan = self.plan
+        needs = []
+        for op in plan.ops:
+            fn = OPS[op.kind].scratch
+            needs.append(fn(op, [shapes[x] for x in op.inputs], shapes[op.output]) if fn else [])
+        sizes = [sum(_round(np.prod(s, dtype=np.int64) * np.dtype(d).itemsize) for s, d in need)
+                 for need in needs]
+        block = _aligned(max(sizes, default=0) + _ALIGN)
+        out = []
+        for need in needs:
+            views, off = [], 0
+            for shape, dtype in need:
+                nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                views.append(block[off:off + nbytes].view(dtype).reshape(shape))
+                off += _round(nbytes)
+            out.append(views)
+        return out, block.nbytes
+
+    # ---- running ------------------------------------------------------------------------
+    def batch_of(self, arrays: list[np.ndarray]) -> int:
+        plan = self.plan
+        if len(arrays) != len(plan.inputs):
+            raise InputError("*", f"the model takes {len(plan.inputs)} input(s), got {len(arrays)}")
+        n = None
+        for name, arr in zip(plan.inputs, arrays):
+            spec = plan.tensors[name]
+            if arr.ndim != len(spec.shape):
+                raise InputError(name, f"expected {len(spec.shape)} dims "
+                                       f"{_fmt(spec.shape)}, got shape {tuple(arr.shape)}")
+            for d, got in zip(spec.shape, arr.shape):
+                if isinstance(d, Sym):
+                    if got % d.k:
+                        raise InputError(name, f"dim {got} is not a multiple of {d.k}")
+                    cand = got // d.k
+                    if n is not None and cand != n:
+                        raise InputError(name, f"batch {cand} disagrees with batch {n} "
+                                               "of another input")
+                    n = cand
+        n = plan.example_batch if n is None else n
+        if n < 1:
+            raise InputError(plan.inputs[0], "batch size must be at least 1")
+        if not plan.dynamic_batch and arrays and arrays[0].ndim and \
+                arrays[0].shape[0] != plan.example_batch:
+            raise InputError(plan.inputs[0], f"this model was compiled for batch "
+                                             f"{plan.example_batch} only (its forward fixes it)")
+        for name, arr in zip(plan.inputs, arrays):
+            want = resolve_shape(plan.tensors[name].shape, n)
+            if tuple(arr.shape) != want:
+                raise InputError(name, f"expected shape {want}, got {tuple(arr.shape)}")
+        return n
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        arrays = [np.asarray(a) for a in arrays]
+        n = self.batch_of(arrays)
+        with self.bound(n) as bound:
+            for name, arr in zip(self.plan.inputs, arrays):
+                dst = bound.arrays[name]
+                _check_dtype(name, arr, dst.dtype)
+                np.copyto(dst, arr, casting="unsafe")
+            with single_threaded_blas():
+                for _, step in bound.steps:
+                    step()
+            return [bound.arrays[name].copy() for name in self.plan.outputs]
+
+    def profile(self, arrays: list[np.ndarray], repeats: int = 20) -> dict[int, float]:
+        """Median seconds per op index over ``repeats`` runs (after one warm-up)."""
+        arrays = [np.asarray(a) for a in arrays]
+        with self.bound(self.batch_of(arrays)) as bound:
+            return self._profile(bound, arrays, repeats)
+
+    def _profile(self, bound: Bound, arrays: list[np.ndarray], repeats: int) -> dict[int, float]:
+        times: dict[int, list[float]] = {i: [] for i, _ in bound.steps}
+        with single_threaded_blas():
+            for rep in range(repeats + 1):
+                # Input buffers may be reused by later ops: refill them every run.
+                for name, arr in zip(self.plan.inputs, arrays):
+                    np.copyto(bound.arrays[name], arr, casting="unsafe")
+                for i, step in bound.steps:
+                    t0 = time.perf_counter()
+                    step()
+                    if rep:
+                        times[i].append(time.perf_counter() - t0)
+        return {i: float(np.median(t)) for i, t in times.items()}
+
+
+def _round(nbytes) -> int:
+    return int(-(-int(nbytes) // _ALIGN) * _ALIGN)
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _check_dtype(name: str, arr: np.ndarray, want: np.dtype) -> None:
+    if want.kind == "f" and arr.dtype.kind not in "fiub":
+        raise InputError(name, f"expected a float array, got dtype {arr.dtype}")
+    if want.kind in "iu" and arr.dtype.kind not in "iu":
+        raise InputError(name, f"expected an integer array (indices), got dtype {arr.dtype}")
+    if want.kind == "b" and arr.dtype.kind != "b":
+        raise InputError(name, f"expected a bool array, got dtype {arr.dtype}")

@@ -1,0 +1,1 @@
+"""Structured (channel) pruning: dependency graph, rules per op, physical removal."""
