@@ -262,7 +262,8 @@ def _node_info(node, info, s1, s2, rec1, data_dep) -> NodeInfo:
     const = None
     if not dep and isinstance(info, TensorInfo):
         const = rec1.kept.get(node)
-    return NodeInfo(info, dep, const, batch_dependent_scalar=not is_tensorish(s1) and _differ(s1, s2))
+    scalar_changes = not is_tensorish(s1) and _differ(s1, s2)
+    return NodeInfo(info, dep, const, batch_dependent_scalar=scalar_changes)
 
 
 def _differ(a: Any, b: Any) -> bool:
