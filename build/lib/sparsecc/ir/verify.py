@@ -43,8 +43,12 @@ def verify_plan(plan: ExecutionPlan, known_kinds: Collection[str]) -> None:
     for name in plan.outputs:
         if name not in defined:
             raise PlanInvalid(f"model output {name!r} is never computed")
-    if plan.output_kind not in ("single", "tuple"):
+    if plan.output_kind not in ("single", "tuple", "dict"):
         raise PlanInvalid(f"bad output_kind {plan.output_kind!r}")
+    if plan.output_kind == "dict":
+        keys = plan.info.get("output_keys")
+        if not isinstance(keys, list) or len(keys) != len(plan.outputs):
+            raise PlanInvalid("a dict output needs one key per output")
     if plan.output_kind == "single" and len(plan.outputs) != 1:
         raise PlanInvalid("output_kind 'single' needs exactly one output")
 

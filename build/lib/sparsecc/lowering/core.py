@@ -101,6 +101,7 @@ class Lowering:
         self.inputs: list[str] = []
         self.env: dict[fx.Node, Any] = {}
         self.node: fx.Node | None = None
+        self.output_keys: list[str] = []
 
     # ---- errors and metadata ------------------------------------------------------------
     def where(self, node: fx.Node | None = None) -> str:
@@ -197,12 +198,17 @@ class Lowering:
             else:
                 self.env[node] = self._lower_node(node)
         self.node = None
+        info = {"notes": list(self.cap.notes)}
+        if kind == "dict":
+            info["output_keys"] = self.output_keys
         plan = ExecutionPlan(self.inputs, outputs, self.tensors, self.ops, self.constants, kind,
-                             self.cap.example_batch, self.cap.dynamic_batch,
-                             {"notes": list(self.cap.notes)})
+                             self.cap.example_batch, self.cap.dynamic_batch, info)
         return plan
 
     def _outputs(self, arg: Any) -> tuple[list[str], str]:
+        if isinstance(arg, dict) and all(isinstance(a, fx.Node) for a in arg.values()):
+            self.output_keys = [str(k) for k in arg]
+            return [self.tensor(self.env[a], "model output") for a in arg.values()], "dict"
         if isinstance(arg, fx.Node) and isinstance(self.env[arg], (list, tuple)):
             arg = list(self.env[arg])  # e.g. returning torch.split(...) directly
             return [self.tensor(a, "model output") for a in arg], "tuple"
@@ -211,7 +217,7 @@ class Lowering:
         if isinstance(arg, (tuple, list)) and all(isinstance(a, fx.Node) for a in arg):
             return [self.tensor(self.env[a], "model output") for a in arg], "tuple"
         raise self.fail(f"model output of type {type(arg).__name__}",
-                        "return a tensor or a flat tuple of tensors")
+                        "return a tensor, a flat tuple or a dict of tensors")
 
     def _lower_node(self, node: fx.Node) -> Any:
         info: NodeInfo = self.info(node)

