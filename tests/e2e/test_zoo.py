@@ -61,3 +61,15 @@ def test_user_model_is_not_mutated(seed):
     for k in before:
         assert torch.equal(before[k], after[k]), k
     assert any(type(m).__name__ == "BatchNorm2d" for m in model.modules())
+
+
+def test_mobilenet_v2_imagenet_weights_classify_real_photos():
+    pytest.importorskip("skimage")
+    model = zoo.mobilenet_v2_imagenet()
+    x = torch.from_numpy(zoo.imagenet_photo("coffee"))
+    cm = sparsecc.compile(model, x)
+    with torch.no_grad():
+        ref = model(x)
+    assert int(ref.argmax()) == 967  # espresso
+    assert_matches(cm(x), ref, rtol=1e-4, atol=2e-5)
+    assert int(cm(x).argmax()) == 967
