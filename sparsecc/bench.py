@@ -80,7 +80,8 @@ def bench_command(args) -> int:
         specs = {"model": _custom_spec(args)}
         base["models"] = ["model"]
         base["sparsities"] = [0.0, args.sparsity] if args.sparsity else [0.0, 0.9]
-    engines = ENGINES if not args.vs else [e for e in ENGINES if e in args.vs.split(",")
+    default = base.get("engines", ENGINES)
+    engines = default if not args.vs else [e for e in ENGINES if e in args.vs.split(",")
                                            or e == "sparsecc"]
     unknown = sorted(set((args.vs or "").split(",")) - set(ENGINES) - {""})
     out = Path(args.out or f"results/bench/{time.strftime('%Y%m%d-%H%M')}")

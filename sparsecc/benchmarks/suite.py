@@ -45,7 +45,7 @@ class SuiteConfig:
 
 
 QUICK = dict(models=["mlp", "resnet18"], sparsities=[0.0, 0.9], batches=[1, 16], threads=[2],
-             min_runs=10, min_time=0.3)
+             min_runs=10, min_time=0.3, engines=[e for e in ENGINES if e != "torch.compile"])
 FULL = dict(models=["mlp", "resnet18", "resnet50", "mobilenet_v2", "minilm"],
             sparsities=[0.0, 0.5, 0.8, 0.9, 0.95], batches=[1, 16, 64], threads=[1, 2])
 
