@@ -210,10 +210,17 @@ def test_backend_name_resolves_without_importing_sparsecc():
 def test_runtime_extra_installs_no_torch(artifact, tmp_path, seed):
     """`pip install sparsecc[runtime]` in a fresh venv: no torch, and the artifact runs."""
     model, path = artifact
+    import shutil
+
+    # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "results", "*.egg-info", "__pycache__", ".hypothesis",
+        "docs", "bench"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
-    res = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[runtime]"],
+    res = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{src}[runtime]"],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     x = np.random.default_rng(seed).standard_normal((2, 1, 28, 28)).astype(np.float32)

@@ -1,1 +1,0 @@
-"""Kernel backends. Nothing here imports torch or fx: kernels see numpy arrays only."""

@@ -1,1 +1,0 @@
-"""Storage formats: pure numpy pack/unpack, no torch."""

@@ -1,1 +1,0 @@
-"""Structured (channel) pruning: dependency graph, rules per op, physical removal."""
