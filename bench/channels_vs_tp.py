@@ -15,7 +15,7 @@ import torch
 
 import sparsecc
 from sparsecc import zoo
-from sparsecc.bench import time_engines
+from sparsecc.benchmarks.engines import time_engines
 
 
 def tp_prune(model, x, ratio, ignored):

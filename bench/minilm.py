@@ -15,7 +15,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import sparsecc  # noqa: E402
-from sparsecc.bench import machine_line, time_engines  # noqa: E402
+from sparsecc.benchmarks.engines import time_engines  # noqa: E402
+from sparsecc.benchmarks.suite import machine_line  # noqa: E402
 from sparsecc.hf import compile_hf  # noqa: E402
 
 

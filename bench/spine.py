@@ -15,7 +15,8 @@ import torch
 
 import sparsecc
 from sparsecc import zoo
-from sparsecc.bench import machine_line, time_engines
+from sparsecc.benchmarks.engines import time_engines
+from sparsecc.benchmarks.suite import machine_line
 
 ERROR_MODELS = ["mlp", "lenet", "resnet_basic", "resnet_bottleneck", "mobilenet_v2_block",
                 "tiny_transformer", "mnist_cnn"]

@@ -1,63 +1,17 @@
-"""``sparsecc bench``: sparsecc vs torch eager on the same (pruned) weights, in one process.
-
-Method: warm-up, then ``repeats`` timed calls per engine, interleaved engine by engine per
-round so drift on a noisy machine hits both alike; medians with p10/p90 and the ratio of
-medians. A correctness column gives the max relative error against torch.
+"""``sparsecc bench``: the CLI side. The suite lives in ``sparsecc.benchmarks``; an artifact
+(no torch model to compare with) is timed alone.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-
-@dataclass
-class Timing:
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-
-    def __str__(self) -> str:
-        return f"{self.median_ms:.3f} ms [{self.p10_ms:.3f}-{self.p90_ms:.3f}]"
-
-
-def time_engines(fns: dict[str, Callable[[], object]], repeats: int,
-                 warmup: int = 3) -> dict[str, Timing]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {k: Timing(float(np.median(v)), float(np.percentile(v, 10)),
-                      float(np.percentile(v, 90))) for k, v in samples.items()}
-
-
-def max_rel_err(got, ref) -> float:
-    got = got if isinstance(got, tuple) else (got,)
-    ref = ref if isinstance(ref, tuple) else (ref,)
-    err = 0.0
-    for g, r in zip(got, ref):
-        g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
-        err = max(err, float(np.max(np.abs(g - r)) / (np.max(np.abs(r)) + 1e-12)))
-    return err
-
-
-def machine_line() -> str:
-    import numba
-
-    return (f"{platform.processor() or platform.machine()}, {numba.config.NUMBA_NUM_THREADS} "
-            f"threads, python {platform.python_version()}, numpy {np.__version__}, "
-            f"numba {numba.__version__}")
+from sparsecc.benchmarks.engines import time_engines
+from sparsecc.benchmarks.suite import machine_line
 
 
 def _floats(text: str | None) -> list[float] | None:

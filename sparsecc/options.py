@@ -1,9 +1,8 @@
-"""Frozen option dataclasses, and the one place environment variables are read."""
+"""The one place environment variables are read (pass options are dataclasses beside each pass)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 _NUMBA_CONFIGURED = False
 
@@ -12,6 +11,11 @@ def env_threads() -> int | None:
     """SPARSECC_THREADS caps the kernels' thread count (default: numba's, i.e. all cores)."""
     raw = os.environ.get("SPARSECC_THREADS")
     return int(raw) if raw else None
+
+
+def env_deepsparse_python() -> str | None:
+    """SPARSECC_DEEPSPARSE_PYTHON: the python of a venv holding deepsparse (bench peers)."""
+    return os.environ.get("SPARSECC_DEEPSPARSE_PYTHON") or None
 
 
 def configure_numba() -> None:
@@ -31,14 +35,3 @@ def configure_numba() -> None:
     threads = env_threads()
     if threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-
-@dataclass(frozen=True)
-class CompileOptions:
-    """Options of ``sparsecc.compile`` that are not part of a recipe."""
-
-    # CSR beats dense GEMM only well below half density with the simple kernels of the spine;
-    # the format-selection pass (cost model + autotune) replaces this threshold.
-    csr_max_density: float = 0.35
-    dynamic_batch: bool = True
-    fuse_epilogues: bool = True

@@ -27,6 +27,9 @@ class Timing:
     p90_ms: float
     runs: int
 
+    def __str__(self) -> str:
+        return f"{self.median_ms:.3f} ms [{self.p10_ms:.3f}-{self.p90_ms:.3f}]"
+
 
 def summarize(times_ms: list[float]) -> Timing:
     t = np.asarray(times_ms)
@@ -44,6 +47,22 @@ def time_call(fn: Callable[[], Any], min_runs: int, min_time: float) -> Timing:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return summarize(times)
+
+
+def time_engines(fns: dict[str, Callable[[], Any]], repeats: int,
+                 warmup: int = 3) -> dict[str, Timing]:
+    """Several engines timed in rounds (one call each per round), so drift on a noisy machine
+    hits them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: summarize(v) for k, v in samples.items()}
 
 
 class Skip(Exception):
@@ -131,7 +150,9 @@ def sparsecc_engine(cm, inputs, threads):
 
 # ---- DeepSparse, out of process -----------------------------------------------------------
 def deepsparse_python() -> str | None:
-    cand = os.environ.get("SPARSECC_DEEPSPARSE_PYTHON")
+    from sparsecc.options import env_deepsparse_python
+
+    cand = env_deepsparse_python()
     if cand:
         return cand if Path(cand).is_file() else None
     for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
@@ -192,4 +213,5 @@ class DeepSparse:
 
 
 __all__ = ["DeepSparse", "Skip", "Timing", "first_output", "onnx_export", "onnxruntime_engine",
-           "set_threads", "sparsecc_engine", "time_call", "torch_compile", "torch_eager"]
+           "set_threads", "sparsecc_engine", "time_call", "time_engines", "torch_compile",
+           "torch_eager"]

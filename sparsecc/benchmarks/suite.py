@@ -104,12 +104,17 @@ def _compile(spec: ModelSpec, model, inputs, dense: bool):
 
 def machine_info() -> dict:
     import numba
-    import torch
 
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "torch": torch.__version__,
+            "numba": numba.__version__, "torch": "not installed",
             "date": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:  # timing an artifact needs no torch
+        pass
     try:
         info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in
                            Path("/proc/cpuinfo").read_text().splitlines()
@@ -123,6 +128,12 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def machine_line() -> str:
+    i = machine_info()
+    return (f"{i['cpu']}, {i['cores']} cores, python {i['python']}, numpy {i['numpy']}, "
+            f"numba {i['numba']}, torch {i['torch']}")
 
 
 def rel_err(got: np.ndarray, ref: np.ndarray) -> float:

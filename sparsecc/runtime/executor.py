@@ -69,11 +69,6 @@ class Executor:
             with self._lock:
                 self._free[n].append(b)
 
-    def bind(self, n: int) -> Bound:
-        """A binding for batch ``n`` (for inspection; running goes through ``bound``)."""
-        with self.bound(n) as b:
-            return b
-
     def _liveness(self) -> dict[str, int]:
         """Last op index reading each storage root (len(ops) for outputs)."""
         plan = self.plan
