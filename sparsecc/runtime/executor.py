@@ -196,7 +196,7 @@ class Executor:
                 dst = bound.arrays[name]
                 _check_dtype(name, arr, dst.dtype)
                 np.copyto(dst, arr, casting="unsafe")
-            with single_threaded_blas():
+            with single_threaded_blas(), _kernel_guard():
                 for _, step in bound.steps:
                     step()
             return [bound.arrays[name].copy() for name in self.plan.outputs]
@@ -220,6 +220,26 @@ class Executor:
                     if rep:
                         times[i].append(time.perf_counter() - t0)
         return {i: float(np.median(t)) for i, t in times.items()}
+
+
+_WORKQUEUE_LOCK = threading.Lock()
+
+
+@contextmanager
+def _kernel_guard():
+    """numba's workqueue layer (the fallback where neither OpenMP nor TBB loads) aborts the
+    process when two threads launch parallel kernels at once: serialise calls there."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen, be careful
+        layer = None
+    if layer in (None, "workqueue"):
+        with _WORKQUEUE_LOCK:
+            yield
+    else:
+        yield
 
 
 def _round(nbytes) -> int:
