@@ -31,8 +31,11 @@ def bench_command(args) -> int:
     base = dict(QUICK if args.quick else FULL)
     specs = None
     if args.target:
-        specs = {"model": _custom_spec(args)}
-        base["models"] = ["model"]
+        spec = _custom_spec(args)
+        specs = {spec.name: spec}
+        if args.report or args.save:
+            _report_and_save(args)
+        base["models"] = [spec.name]
         base["sparsities"] = [0.0, args.sparsity] if args.sparsity else [0.0, 0.9]
     default = base.get("engines", ENGINES)
     engines = default if not args.vs else [e for e in ENGINES if e in args.vs.split(",")
@@ -71,6 +74,21 @@ def bench_command(args) -> int:
     return 0
 
 
+def _report_and_save(args) -> None:
+    """The compiled model at ``--sparsity``: its per-layer report and/or the saved artifact."""
+    import sparsecc
+    from sparsecc.cli import build_model
+
+    model, x = build_model(args.target, args.input_shape)
+    if args.sparsity:
+        model = sparsecc.prune(model, args.sparsity)
+    cm = sparsecc.compile(model, x)
+    if args.save:
+        print(f"saved {cm.save(args.save)}")
+    if args.report:
+        print(cm.report())
+
+
 def _custom_spec(args):
     from sparsecc.benchmarks.suite import ModelSpec
     from sparsecc.cli import build_model
@@ -85,7 +103,7 @@ def _custom_spec(args):
             return [rng.standard_normal((batch,) + shape).astype(dtype)]
         return [np.zeros((batch,) + shape, dtype)]
 
-    return ModelSpec("model", lambda: model, make)
+    return ModelSpec(args.target.rsplit(":", 1)[-1], lambda: model, make)
 
 
 def _bench_artifact(args) -> int:

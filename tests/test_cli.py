@@ -104,7 +104,18 @@ def test_bench_model_vs_peers(model_file, tmp_path):
         if r["engine"] == "sparsecc":
             assert r["max_rel_err"] < 1e-4 and r["speedup_vs_torch"] > 0
     assert (out / "table.md").read_text().count("| model | sparsity |") == 1
-    assert (out / "latency_model.png").is_file()
+    assert "| small | 80% |" in (out / "table.md").read_text()
+    assert (out / "latency_small.png").is_file()
+
+
+def test_bench_model_report_and_save(model_file, tmp_path):
+    art = tmp_path / "s.scc"
+    res = sparsecc_cli("bench", f"{model_file}:small", "--input-shape", "1,1,8,8", "--batch", "1",
+                       "--threads", "1", "--sparsity", "0.9", "--vs", "torch", "--report",
+                       "--save", art, "--out", tmp_path / "b")
+    assert res.returncode == 0, res.stderr
+    assert "per-layer report at batch 1" in res.stdout and "conv2d+relu" in res.stdout
+    assert art.is_file() and "| model | sparsity |" in res.stdout
 
 
 def test_bench_artifact(model_file, tmp_path):
