@@ -26,15 +26,18 @@ def bench_command(args) -> int:
     if args.target and args.target.endswith(".scc"):
         return _bench_artifact(args)
     from sparsecc.benchmarks import report
-    from sparsecc.benchmarks.suite import ENGINES, FULL, QUICK, SuiteConfig, machine_info
+    from sparsecc.benchmarks.suite import ENGINES, FULL, QUICK, SuiteConfig, machine_info, run_suite
 
     base = dict(QUICK if args.quick else FULL)
     specs = None
     if args.target:
-        spec = _custom_spec(args)
+        from sparsecc.cli import build_model
+
+        model, x = build_model(args.target, args.input_shape)
+        spec = _custom_spec(args.target, model, x)
         specs = {spec.name: spec}
         if args.report or args.save:
-            _report_and_save(args)
+            _report_and_save(args, model, x)
         base["models"] = [spec.name]
         base["sparsities"] = [0.0, args.sparsity] if args.sparsity else [0.0, 0.9]
     default = base.get("engines", ENGINES)
@@ -53,8 +56,6 @@ def bench_command(args) -> int:
           f"numba {info['numba']}, onnxruntime {info.get('onnxruntime', 'not installed')}")
     for name in unknown:
         print(f"note: engine {name!r} is unknown; skipped")
-    from sparsecc.benchmarks.suite import run_suite
-
     t0 = time.perf_counter()
     rows = run_suite(cfg, specs)
     table = report.markdown(rows, engines)
@@ -74,12 +75,10 @@ def bench_command(args) -> int:
     return 0
 
 
-def _report_and_save(args) -> None:
+def _report_and_save(args, model, x) -> None:
     """The compiled model at ``--sparsity``: its per-layer report and/or the saved artifact."""
     import sparsecc
-    from sparsecc.cli import build_model
 
-    model, x = build_model(args.target, args.input_shape)
     if args.sparsity:
         model = sparsecc.prune(model, args.sparsity)
     cm = sparsecc.compile(model, x)
@@ -89,11 +88,9 @@ def _report_and_save(args) -> None:
         print(cm.report())
 
 
-def _custom_spec(args):
+def _custom_spec(target: str, model, x):
     from sparsecc.benchmarks.suite import ModelSpec
-    from sparsecc.cli import build_model
 
-    model, x = build_model(args.target, args.input_shape)
     shape = tuple(x.shape[1:])
     dtype = x.numpy().dtype
 
@@ -103,7 +100,7 @@ def _custom_spec(args):
             return [rng.standard_normal((batch,) + shape).astype(dtype)]
         return [np.zeros((batch,) + shape, dtype)]
 
-    return ModelSpec(args.target.rsplit(":", 1)[-1], lambda: model, make)
+    return ModelSpec(target.rsplit(":", 1)[-1], lambda: model, make)
 
 
 def _bench_artifact(args) -> int:

@@ -171,7 +171,9 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                 compiled = {"sparsecc": _compile(spec, model, example, False)}
                 if "sparsecc-dense" in cfg.engines:
                     compiled["sparsecc-dense"] = _compile(spec, model, example, True)
-                onnx_path = _export(spec, model, example, cfg.out, s, log)
+                onnx_path = None
+                if {"onnxruntime", "deepsparse"} & set(cfg.engines):
+                    onnx_path = _export(spec, model, example, cfg.out, s, log)
                 for batch in cfg.batches:
                     inputs = spec.inputs(batch)
                     E.set_threads(max(cfg.threads))

@@ -93,7 +93,7 @@ class ChannelReport:
         return "\n".join(lines)
 
 
-def _importance(dg: depgraph.DepGraph, opts: ChannelOptions, model_for_grads) -> dict:
+def _importance(dg: depgraph.DepGraph, opts: ChannelOptions) -> dict:
     """Score per (space, index): summed over the producer parameters of that channel."""
     score = {sp.id: np.zeros(sp.size) for sp in dg.spaces}
     grads = _taylor_grads(dg, opts) if opts.importance == "taylor" else {}
@@ -234,7 +234,7 @@ def channels_pass(model: nn.Module, opts: ChannelOptions) -> PassResult:
                 if s.role == "out":
                     dg.lock(dg.spaces[s.space], f"{name}: excluded")
     groups, skipped = _groups(dg, opts)
-    score = _importance(dg, opts, gm)
+    score = _importance(dg, opts)
     removed = choose_removed(dg, groups, opts, score)
     keep = removal.keep_masks(dg, removed)
     before_params = _params(gm)

@@ -192,14 +192,17 @@ class Executor:
         arrays = [np.asarray(a) for a in arrays]
         n = self.batch_of(arrays)
         with self.bound(n) as bound:
-            for name, arr in zip(self.plan.inputs, arrays):
-                dst = bound.arrays[name]
-                _check_dtype(name, arr, dst.dtype)
-                np.copyto(dst, arr, casting="unsafe")
+            self._fill_inputs(bound, arrays)
             with single_threaded_blas(), _kernel_guard():
                 for _, step in bound.steps:
                     step()
             return [bound.arrays[name].copy() for name in self.plan.outputs]
+
+    def _fill_inputs(self, bound: Bound, arrays: list[np.ndarray]) -> None:
+        for name, arr in zip(self.plan.inputs, arrays):
+            dst = bound.arrays[name]
+            _check_dtype(name, arr, dst.dtype)
+            np.copyto(dst, arr, casting="unsafe")
 
     def profile(self, arrays: list[np.ndarray], repeats: int = 20) -> dict[int, float]:
         """Median seconds per op index over ``repeats`` runs (after one warm-up)."""
@@ -209,11 +212,10 @@ class Executor:
 
     def _profile(self, bound: Bound, arrays: list[np.ndarray], repeats: int) -> dict[int, float]:
         times: dict[int, list[float]] = {i: [] for i, _ in bound.steps}
-        with single_threaded_blas():
+        with single_threaded_blas(), _kernel_guard():
             for rep in range(repeats + 1):
                 # Input buffers may be reused by later ops: refill them every run.
-                for name, arr in zip(self.plan.inputs, arrays):
-                    np.copyto(bound.arrays[name], arr, casting="unsafe")
+                self._fill_inputs(bound, arrays)
                 for i, step in bound.steps:
                     t0 = time.perf_counter()
                     step()
