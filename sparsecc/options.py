@@ -35,3 +35,14 @@ def configure_numba() -> None:
     threads = env_threads()
     if threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def env_cache_dir():
+    """SPARSECC_CACHE_DIR: compiled kernels and autotune results (default ~/.cache/sparsecc)."""
+    from pathlib import Path
+
+    raw = os.environ.get("SPARSECC_CACHE_DIR")
+    if raw:
+        return Path(raw)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sparsecc"

@@ -67,3 +67,34 @@ def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, 
                         if iw >= 0 and iw < w:
                             acc += wt[oc, i, j] * x[n, ic, ih, iw]
                 out[n, oc, oh, ow] = apply_act(acc + bv, code, a, b)
+
+
+@njit(parallel=True, cache=True)
+def pad_planes(x, ph, pw, hp, wp, out):
+    """out[n, c, :hp*wp] = x[n, c] zero-padded by (ph, pw) on the leading sides into an (hp, wp)
+    plane, flattened; out's slack after each plane stays zero (the shifted conv reads into it)."""
+    nb, c, h, w = x.shape
+    for t in prange(nb * c):
+        n = t // c
+        ch = t - n * c
+        row = out[n, ch]
+        for i in range(hp):
+            ih = i - ph
+            for j in range(wp):
+                jw = j - pw
+                if ih >= 0 and ih < h and jw >= 0 and jw < w:
+                    row[i * wp + j] = x[n, ch, ih, jw]
+                else:
+                    row[i * wp + j] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def crop_rows(full, wp, wo, out):
+    """out[n, o, i, j] = full[n, o, i*wp + j] for j < wo: drops the shifted conv's wrap columns."""
+    nb, co, ho, _ = out.shape
+    for t in prange(nb * co):
+        n = t // co
+        o = t - n * co
+        for i in range(ho):
+            for j in range(wo):
+                out[n, o, i, j] = full[n, o, i * wp + j]

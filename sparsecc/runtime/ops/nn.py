@@ -7,15 +7,12 @@ import numpy as np
 from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as C
 from sparsecc.codegen.numba import pool as P
-from sparsecc.codegen.numba import sparse as S
 from sparsecc.errors import InputError
 from sparsecc.ir.plan import Op
+from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.registry import BindCtx, Shape, numel, register_op
 
 _NO_BIAS = np.zeros(1, np.float32)
-# Below this many rows a linear layer gathers from the row-major input directly; above it,
-# transposing once to features x batch lets the CSR kernel stream contiguous rows.
-_CSR_GATHER_MAX_ROWS = 4
 
 
 def epilogue(ctx: BindCtx) -> tuple[np.ndarray, bool, int, float, float]:
@@ -36,9 +33,8 @@ def weight_nnz(params: dict[str, np.ndarray]) -> int:
 
 # ---- linear -------------------------------------------------------------------------------
 def _linear_scratch(op: Op, ins: list[Shape], out: Shape) -> list[tuple[Shape, str]]:
-    m = numel(out[:-1])
-    if op.attrs.get("fmt") == "csr" and m > _CSR_GATHER_MAX_ROWS:
-        return [((1, ins[0][-1], m), "float32"), ((1, out[-1], m), "float32")]
+    if op.attrs.get("fmt") == "csr":
+        return SP.linear_scratch(op, numel(out[:-1]), ins[0][-1], out[-1])
     return []
 
 
@@ -54,18 +50,7 @@ def bind_linear(ctx: BindCtx):
     o2 = ctx.out.reshape(-1, ctx.out.shape[-1])
     bias, has_bias, code, a, b = epilogue(ctx)
     if ctx.attr("fmt") == "csr":
-        ip, ix, dv = ctx.params["indptr"], ctx.params["indices"], ctx.params["data"]
-        if not ctx.scratch:
-            return lambda: S.csr_spmv_rows(ip, ix, dv, x2, o2, bias, has_bias, code, a, b)
-        xt, ot = ctx.scratch
-        xt2, ot2 = xt[0], ot[0]
-
-        def run_csr():
-            np.copyto(xt2, x2.T)
-            S.csr_spmm(ip, ix, dv, xt, ot, bias, has_bias, code, a, b)
-            np.copyto(o2, ot2.T)
-
-        return run_csr
+        return SP.bind_linear(ctx, x2, o2, (bias, has_bias, code, a, b, ctx.attr("act", "none")))
     w = ctx.params["weight"]
     if x2.shape[0] == 1:
         # A GEMV: W (O, K) @ x (K, 1) splits over output rows, each block contiguous.
@@ -109,6 +94,10 @@ def _conv_scratch(op: Op, ins: list[Shape], out: Shape) -> list[tuple[Shape, str
     howo = out[2] * out[3]
     if _is_depthwise(op, cin) or (groups == 1 and _is_pointwise(op)):
         return []
+    if op.attrs.get("fmt") == "csr":
+        own = SP.conv_scratch(op, ins[0], out, SP.conv_method(op, ins[0], out))
+        if own is not None:
+            return own
     krows = (cin // groups) * kh * kw
     need = [((n, krows, howo), "float32")]
     if groups > 1:
@@ -135,9 +124,12 @@ def bind_conv2d(ctx: BindCtx):
     out3 = out.reshape(n, cout, -1)
     if groups > 1:
         return _bind_grouped(ctx, x, out3, groups, bias, has_bias, code, a, b)
+    method = SP.conv_method(ctx.op, x.shape, out.shape) if ctx.attr("fmt") == "csr" else ""
     if _is_pointwise(ctx.op):
         cols = x.reshape(n, cin, -1)
         fill = None
+    elif method == "shifted":
+        cols = fill = None
     else:
         cols = ctx.scratch[0]
 
@@ -145,14 +137,8 @@ def bind_conv2d(ctx: BindCtx):
             C.im2col(x, 0, cin, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols)
 
     if ctx.attr("fmt") == "csr":
-        ip, ix, dv = ctx.params["indptr"], ctx.params["indices"], ctx.params["data"]
-
-        def run_csr():
-            if fill is not None:
-                fill()
-            S.csr_spmm(ip, ix, dv, cols, out3, bias, has_bias, code, a, b)
-
-        return run_csr
+        epi = (bias, has_bias, code, a, b, ctx.attr("act", "none"))
+        return SP.bind_conv(ctx, x, out, cols, fill, epi, method)
     w2 = ctx.params["weight"].reshape(cout, -1)
     rows = out.reshape(n * cout, -1)
     tail = has_bias or code != 0

@@ -1,0 +1,419 @@
+"""LLVM IR for the sparse kernels (llvmlite.ir only: no binding, no compilation here).
+
+Every kernel has one C ABI, ``void k(i64 start, i64 stop, i64* args)``: it does the work items
+``[start, stop)`` and reads its pointers and sizes from ``args``. One ABI means one parallel
+driver (``codegen/llvm/driver.py``) runs any kernel, generic or specialised, over threads.
+
+Two kernel families:
+
+* ``spmm``: ``out[o, j] = act(bias[o] + sum_p data[p] * x[idx[p] * xrs + j])`` over contiguous ``j``
+  (features x batch for linear layers, channels x pixels for convs). A work item is one tile of
+  ``tile`` vectors along ``j`` (of one sample) times one block of output rows (blocks balanced by
+  nonzeros): the tile's slice of ``x`` stays in L1/L2 while the rows read it, and the
+  accumulators stay in registers across a row's nonzeros. The last tile of a row is masked.
+* ``spmv``: ``out[r, o] = act(bias[o] + sum_p data[p] * x[r, idx[p]])`` for few rows ``r`` in
+  the row-major layout (batch 1), vectorised over the nonzeros with gathers. A work item is one
+  output row ``o``.
+
+``pattern`` (a CSR ``indptr``/``indices`` pair) bakes the nonzero pattern into the code: column
+indices become immediates and the row loop disappears (LIBXSMM / SparseRT style); values still
+come from ``data``. Large patterns are split into one function per row chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+I1, I32, I64, F32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
+PTR = ir.IntType(8).as_pointer()
+VOID = ir.VoidType()
+KERNEL_TYPE = ir.FunctionType(VOID, [I64, I64, I64.as_pointer()])
+
+# Activations the epilogue does in vector registers; others run as a separate pass.
+FUSED_ACTS = ("none", "relu", "clamp")
+
+# args[] slots, shared by both families.
+A_INDPTR, A_IDX, A_DATA, A_X, A_OUT, A_BIAS = 0, 1, 2, 3, 4, 5
+A_ROWS, A_L, A_XRS, A_ORS, A_NTILES, A_XNS, A_ONS = 6, 7, 8, 9, 10, 11, 12
+A_NRB, A_RSPLIT = 13, 14  # row blocks per tile and their boundaries (rows, or chunks)
+N_ARGS = 15
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """What one compiled kernel does; its ``key`` names it in caches and artifacts."""
+
+    family: str  # "spmm" | "spmv"
+    vw: int  # floats per vector register (16 with AVX-512, 8 with AVX2)
+    tile: int = 1  # vectors per work item along j (spmm)
+    act: str = "none"
+    act_a: float = 0.0
+    act_b: float = 0.0
+    has_bias: bool = False
+    idx_bits: int = 32  # 16 or 32: width of the stored column indices (generic kernels)
+    pattern_hash: str = ""  # non-empty: the pattern is baked in (specialised kernel)
+
+    @property
+    def key(self) -> str:
+        act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
+        parts = [self.family, f"v{self.vw}", f"t{self.tile}", act, "b" if self.has_bias else "nb",
+                 f"i{self.idx_bits}"]
+        if self.pattern_hash:
+            parts.append(f"p{self.pattern_hash}")
+        return "_".join(parts)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.indptr) - 1
+
+
+# ---- small IR helpers ---------------------------------------------------------------------
+class _Fn:
+    """An IRBuilder with the handful of helpers the kernels need."""
+
+    def __init__(self, module: ir.Module, name: str, vw: int):
+        self.module, self.vw = module, vw
+        self.fn = ir.Function(module, KERNEL_TYPE, name)
+        self.fn.attributes.add("nounwind")
+        self.entry = self.fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+        self.vty = ir.VectorType(F32, vw)
+
+    def arg_i64(self, slot: int, name: str) -> ir.Value:
+        p = self.b.gep(self.fn.args[2], [I64(slot)], inbounds=True)
+        return self.b.load(p, name=name)
+
+    def arg_ptr(self, slot: int, name: str) -> ir.Value:
+        return self.b.inttoptr(self.arg_i64(slot, name + "_i"), F32.as_pointer(), name=name)
+
+    def alloca(self, ty, name: str) -> ir.Value:
+        with self.b.goto_block(self.entry):
+            self.b.position_at_start(self.entry)
+            return self.b.alloca(ty, name=name)
+
+    @contextmanager
+    def loop(self, start: ir.Value, stop: ir.Value, name: str):
+        """for (i = start; i < stop; ++i): yields i. The counter lives in an alloca (SROA
+        turns it into a phi)."""
+        b = self.b
+        ctr = self.alloca(I64, name)
+        b.store(start, ctr)
+        head = self.fn.append_basic_block(name + "_head")
+        body = self.fn.append_basic_block(name + "_body")
+        done = self.fn.append_basic_block(name + "_done")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.load(ctr)
+        b.cbranch(b.icmp_signed("<", i, stop), body, done)
+        b.position_at_end(body)
+        yield i
+        b.store(b.add(b.load(ctr), I64(1)), ctr)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def intrinsic(self, name: str, ret, args: Sequence) -> ir.Function:
+        if name in self.module.globals:
+            return self.module.globals[name]
+        return ir.Function(self.module, ir.FunctionType(ret, list(args)), name)
+
+    def splat(self, v: ir.Value) -> ir.Value:
+        undef = ir.Constant(self.vty, ir.Undefined)
+        v0 = self.b.insert_element(undef, v, I32(0))
+        return self.b.shuffle_vector(v0, undef, ir.Constant(ir.VectorType(I32, self.vw),
+                                                            [0] * self.vw))
+
+    def vload(self, ptr: ir.Value, mask: ir.Value | None) -> ir.Value:
+        vptr = self.b.bitcast(ptr, self.vty.as_pointer())
+        if mask is None:
+            return self.b.load(vptr, align=4)
+        f = self.intrinsic(f"llvm.masked.load.v{self.vw}f32.p0", self.vty,
+                           [self.vty.as_pointer(), I32, mask.type, self.vty])
+        return self.b.call(f, [vptr, I32(4), mask, ir.Constant(self.vty, [0.0] * self.vw)])
+
+    def vstore(self, val: ir.Value, ptr: ir.Value, mask: ir.Value | None) -> None:
+        vptr = self.b.bitcast(ptr, self.vty.as_pointer())
+        if mask is None:
+            self.b.store(val, vptr, align=4)
+            return
+        f = self.intrinsic(f"llvm.masked.store.v{self.vw}f32.p0", VOID,
+                           [self.vty, self.vty.as_pointer(), I32, mask.type])
+        self.b.call(f, [val, vptr, I32(4), mask])
+
+    def fma(self, a, x, acc):
+        ty = acc.type
+        suffix = f"v{self.vw}f32" if isinstance(ty, ir.VectorType) else "f32"
+        f = self.intrinsic(f"llvm.fma.{suffix}", ty, [ty, ty, ty])
+        return self.b.call(f, [a, x, acc])
+
+    def act(self, v: ir.Value, spec: KernelSpec) -> ir.Value:
+        if spec.act == "none":
+            return v
+        ty = v.type
+        suffix = f"v{self.vw}f32" if isinstance(ty, ir.VectorType) else "f32"
+        fmax = self.intrinsic(f"llvm.maxnum.{suffix}", ty, [ty, ty])
+        fmin = self.intrinsic(f"llvm.minnum.{suffix}", ty, [ty, ty])
+
+        def const(c):
+            return ir.Constant(ty, [c] * self.vw) if isinstance(ty, ir.VectorType) \
+                else ir.Constant(F32, c)
+
+        if spec.act == "relu":
+            return self.b.call(fmax, [v, const(0.0)])
+        if spec.act == "clamp":
+            return self.b.call(fmin, [self.b.call(fmax, [v, const(spec.act_a)]),
+                                      const(spec.act_b)])
+        raise ValueError(f"activation {spec.act!r} is not fused in LLVM kernels")
+
+    def load_f32(self, base: ir.Value, index: ir.Value) -> ir.Value:
+        return self.b.load(self.b.gep(base, [index], inbounds=True))
+
+    def load_idx(self, base: ir.Value, index: ir.Value, bits: int) -> ir.Value:
+        ity = ir.IntType(bits)
+        p = self.b.bitcast(base, ity.as_pointer())
+        return self.b.zext(self.b.load(self.b.gep(p, [index], inbounds=True)), I64)
+
+
+# ---- spmm ---------------------------------------------------------------------------------
+def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
+              pattern: Pattern | None = None) -> None:
+    """A spmm kernel; with ``pattern``, the nonzero pattern is baked in (see module doc)."""
+    k = _Fn(module, name, spec.vw)
+    b = k.b
+    indptr = b.inttoptr(k.arg_i64(A_INDPTR, "indptr_i"), I64.as_pointer())
+    idx = b.inttoptr(k.arg_i64(A_IDX, "idx_i"), PTR)
+    data, x, out = k.arg_ptr(A_DATA, "data"), k.arg_ptr(A_X, "x"), k.arg_ptr(A_OUT, "out")
+    bias = k.arg_ptr(A_BIAS, "bias")
+    L = k.arg_i64(A_L, "L")
+    xrs, ors = k.arg_i64(A_XRS, "xrs"), k.arg_i64(A_ORS, "ors")
+    ntiles, xns, ons = k.arg_i64(A_NTILES, "ntiles"), k.arg_i64(A_XNS, "xns"), k.arg_i64(A_ONS,
+                                                                                         "ons")
+    width = spec.vw * spec.tile
+    lanes = ir.Constant(ir.VectorType(I64, spec.vw), list(range(spec.vw)))
+    nrb = k.arg_i64(A_NRB, "nrb")
+    rsplit = b.inttoptr(k.arg_i64(A_RSPLIT, "rsplit_i"), I64.as_pointer())
+    row_fns = _spmm_row_chunks(module, name, spec, pattern) if pattern is not None else None
+    with k.loop(k.fn.args[0], k.fn.args[1], "w") as w:
+        wt = b.sdiv(w, nrb)
+        rb = b.sub(w, b.mul(wt, nrb))
+        r0 = b.load(b.gep(rsplit, [rb], inbounds=True))
+        r1 = b.load(b.gep(rsplit, [b.add(rb, I64(1))], inbounds=True))
+        n = b.sdiv(wt, ntiles)
+        j0 = b.mul(b.sub(wt, b.mul(n, ntiles)), I64(width))
+        xb = b.gep(x, [b.add(b.mul(n, xns), j0)], inbounds=True)
+        ob = b.gep(out, [b.add(b.mul(n, ons), j0)], inbounds=True)
+        full = b.icmp_signed("<=", b.add(j0, I64(width)), L)
+        with b.if_else(full) as (then, other):
+            with then:
+                _spmm_tile(k, spec, None, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
+                           row_fns)
+            with other:
+                # Lane l of vector v is live when j0 + v*vw + l < L.
+                rem = b.sub(L, j0)
+                masks = []
+                for v in range(spec.tile):
+                    pos = b.add(lanes, _splat_i64(b, spec.vw, v * spec.vw))
+                    masks.append(b.icmp_signed("<", pos, _splat_i64_val(b, spec.vw, rem)))
+                _spmm_tile(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
+                           row_fns)
+    b.ret_void()
+
+
+def _splat_i64(b, vw, c):
+    return ir.Constant(ir.VectorType(I64, vw), [c] * vw)
+
+
+def _splat_i64_val(b, vw, v):
+    vty = ir.VectorType(I64, vw)
+    undef = ir.Constant(vty, ir.Undefined)
+    v0 = b.insert_element(undef, v, I32(0))
+    return b.shuffle_vector(v0, undef, ir.Constant(ir.VectorType(I32, vw), [0] * vw))
+
+
+def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
+               row_fns):
+    """Rows [r0, r1) of one j tile: generic kernels loop over the CSR arrays; specialised
+    ones call their row-chunk functions [r0, r1) through a switch."""
+    b = k.b
+    if row_fns is not None:
+        extra = list(masks) if masks is not None else []
+        with k.loop(r0, r1, "c") as c:
+            after = k.fn.append_basic_block("c_next")
+            sw = b.switch(c, after)
+            for ci, (fn_full, fn_masked) in enumerate(row_fns):
+                blk = k.fn.append_basic_block(f"c{ci}")
+                sw.add_case(I64(ci), blk)
+                b.position_at_end(blk)
+                b.call(fn_masked if masks is not None else fn_full,
+                       [data, xb, ob, bias, xrs, ors, *extra])
+                b.branch(after)
+            b.position_at_end(after)
+        return
+    with k.loop(r0, r1, "o") as o:
+        acc = _init_acc(k, spec, bias, o)
+        accp = [k.alloca(k.vty, f"acc{v}") for v in range(spec.tile)]
+        for v in range(spec.tile):
+            b.store(acc[v], accp[v])
+        p0 = b.load(b.gep(indptr, [o], inbounds=True))
+        p1 = b.load(b.gep(indptr, [b.add(o, I64(1))], inbounds=True))
+        with k.loop(p0, p1, "p") as p:
+            wv = k.splat(k.load_f32(data, p))
+            base = b.gep(xb, [b.mul(k.load_idx(idx, p, spec.idx_bits), xrs)], inbounds=True)
+            for v in range(spec.tile):
+                xv = k.vload(b.gep(base, [I64(v * spec.vw)], inbounds=True),
+                             None if masks is None else masks[v])
+                b.store(k.fma(wv, xv, b.load(accp[v])), accp[v])
+        orow = b.gep(ob, [b.mul(o, ors)], inbounds=True)
+        for v in range(spec.tile):
+            res = k.act(b.load(accp[v]), spec)
+            k.vstore(res, b.gep(orow, [I64(v * spec.vw)], inbounds=True),
+                     None if masks is None else masks[v])
+
+
+def _init_acc(k: _Fn, spec: KernelSpec, bias, o) -> list[ir.Value]:
+    if spec.has_bias:
+        bv = k.splat(k.load_f32(bias, o))
+        return [bv] * spec.tile
+    return [ir.Constant(k.vty, [0.0] * spec.vw)] * spec.tile
+
+
+# Nonzeros per generated function in a specialised kernel: bounds LLVM's time per function
+# (it grows faster than linearly with function size) and the code each call brings in.
+CHUNK_NNZ = 2048
+
+
+def _spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
+    """(full, masked) function pairs, each doing a run of rows with the pattern baked in."""
+    bounds = chunk_bounds(pattern.indptr)
+    return [tuple(_emit_row_chunk(module, f"{name}_c{c}_{tag}", spec, pattern,
+                                  int(bounds[c]), int(bounds[c + 1]), masked)
+                  for tag, masked in (("f", False), ("m", True)))
+            for c in range(len(bounds) - 1)]
+
+
+def chunk_bounds(indptr: np.ndarray) -> np.ndarray:
+    """Row boundaries of a specialised kernel's functions: runs of rows with at most
+    CHUNK_NNZ nonzeros (a longer row gets a function of its own)."""
+    rows = len(indptr) - 1
+    bounds = [0]
+    start = 0
+    while start < rows:
+        stop = start + 1
+        while stop < rows and indptr[stop + 1] - indptr[start] <= CHUNK_NNZ:
+            stop += 1
+        bounds.append(stop)
+        start = stop
+    return np.asarray(bounds, np.int64)
+
+
+def _emit_row_chunk(module, name, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
+                    masked: bool) -> ir.Function:
+    vty = ir.VectorType(F32, spec.vw)
+    mty = ir.VectorType(I1, spec.vw)
+    fp = F32.as_pointer()
+    argtys = [fp, fp, fp, fp, I64, I64] + ([mty] * spec.tile if masked else [])
+    fn = ir.Function(module, ir.FunctionType(VOID, argtys), name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    fn.attributes.add("nounwind")
+    k = _Fn.__new__(_Fn)
+    k.module, k.vw, k.fn, k.vty = module, spec.vw, fn, vty
+    k.entry = fn.append_basic_block("entry")
+    k.b = ir.IRBuilder(k.entry)
+    b = k.b
+    data, xb, ob, bias, xrs, ors = fn.args[:6]
+    masks = list(fn.args[6:]) if masked else None
+    ip, ix = pattern.indptr, pattern.indices
+    for o in range(r0, r1):
+        acc = _init_acc(k, spec, bias, I64(o))
+        for p in range(int(ip[o]), int(ip[o + 1])):
+            wv = k.splat(k.load_f32(data, I64(p)))
+            base = b.gep(xb, [b.mul(I64(int(ix[p])), xrs)], inbounds=True)
+            acc = [k.fma(wv, k.vload(b.gep(base, [I64(v * spec.vw)], inbounds=True),
+                                     None if masks is None else masks[v]), acc[v])
+                   for v in range(spec.tile)]
+        orow = b.gep(ob, [b.mul(I64(o), ors)], inbounds=True)
+        for v in range(spec.tile):
+            k.vstore(k.act(acc[v], spec), b.gep(orow, [I64(v * spec.vw)], inbounds=True),
+                     None if masks is None else masks[v])
+    b.ret_void()
+    return fn
+
+
+# ---- spmv ---------------------------------------------------------------------------------
+def emit_spmv(module: ir.Module, name: str, spec: KernelSpec) -> None:
+    """Gather-based CSR x dense-rows kernel; work item = output row o, for every batch row."""
+    k = _Fn(module, name, spec.vw)
+    b = k.b
+    vw = spec.vw
+    indptr = b.inttoptr(k.arg_i64(A_INDPTR, "indptr_i"), I64.as_pointer())
+    idx = b.inttoptr(k.arg_i64(A_IDX, "idx_i"), PTR)
+    data, x, out = k.arg_ptr(A_DATA, "data"), k.arg_ptr(A_X, "x"), k.arg_ptr(A_OUT, "out")
+    bias = k.arg_ptr(A_BIAS, "bias")
+    nrows_x, xrs, ors = k.arg_i64(A_L, "m"), k.arg_i64(A_XRS, "xrs"), k.arg_i64(A_ORS, "ors")
+    ity = ir.IntType(spec.idx_bits)
+    ivty = ir.VectorType(ity, vw)
+    pvty = ir.VectorType(F32.as_pointer(), vw)
+    mty = ir.VectorType(I1, vw)
+    gather = k.intrinsic(f"llvm.masked.gather.v{vw}f32.v{vw}p0", k.vty,
+                         [pvty, I32, mty, k.vty])
+    lanes = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
+    with k.loop(k.fn.args[0], k.fn.args[1], "o") as o:
+        p0 = b.load(b.gep(indptr, [o], inbounds=True))
+        p1 = b.load(b.gep(indptr, [b.add(o, I64(1))], inbounds=True))
+        with k.loop(I64(0), nrows_x, "r") as r:
+            xr = b.gep(x, [b.mul(r, xrs)], inbounds=True)
+            accp = k.alloca(k.vty, "acc")
+            b.store(ir.Constant(k.vty, [0.0] * vw), accp)
+            nfull = b.add(p0, b.mul(b.sdiv(b.sub(p1, p0), I64(vw)), I64(vw)))
+            step = k.alloca(I64, "pp")
+            b.store(p0, step)
+            head = k.fn.append_basic_block("g_head")
+            body = k.fn.append_basic_block("g_body")
+            tail = k.fn.append_basic_block("g_tail")
+            b.branch(head)
+            b.position_at_end(head)
+            p = b.load(step)
+            b.cbranch(b.icmp_signed("<", p, nfull), body, tail)
+            b.position_at_end(body)
+            iv = b.load(b.bitcast(b.gep(b.bitcast(idx, ity.as_pointer()), [p], inbounds=True),
+                                  ivty.as_pointer()), align=2)
+            # llvmlite's gep takes no vector index: form base + 4 * idx as integers.
+            i64v = ir.VectorType(I64, vw)
+            offs = b.shl(b.zext(iv, i64v), ir.Constant(i64v, [2] * vw))
+            ptrs = b.inttoptr(b.add(_splat_i64_val(b, vw, b.ptrtoint(xr, I64)), offs), pvty)
+            allm = ir.Constant(mty, [1] * vw)
+            xv = b.call(gather, [ptrs, I32(4), allm, ir.Constant(k.vty, [0.0] * vw)])
+            dv = b.load(b.bitcast(b.gep(data, [p], inbounds=True), k.vty.as_pointer()), align=4)
+            b.store(k.fma(dv, xv, b.load(accp)), accp)
+            b.store(b.add(p, I64(vw)), step)
+            b.branch(head)
+            b.position_at_end(tail)
+            red = k.intrinsic(f"llvm.vector.reduce.fadd.v{vw}f32", F32, [F32, k.vty])
+            total = b.call(red, [ir.Constant(F32, 0.0), b.load(accp)], fastmath=("reassoc",))
+            sp = k.alloca(F32, "s")
+            b.store(total, sp)
+            with k.loop(nfull, p1, "q") as q:
+                xs = k.load_f32(xr, k.load_idx(idx, q, spec.idx_bits))
+                b.store(k.fma(k.load_f32(data, q), xs, b.load(sp)), sp)
+            s = b.load(sp)
+            if spec.has_bias:
+                s = b.fadd(s, k.load_f32(bias, o))
+            s = k.act(s, spec) if spec.act != "none" else s
+            b.store(s, b.gep(out, [b.add(b.mul(r, ors), o)], inbounds=True))
+    del lanes
+    b.ret_void()
+
+
+def new_module(name: str) -> ir.Module:
+    return ir.Module(name=name)

@@ -1,0 +1,138 @@
+"""The one module that touches llvmlite.binding: host target, IR -> object code, object -> code.
+
+Object code is cached on disk under a key of (IR text hash, CPU name, CPU features, llvmlite
+version), so a kernel is compiled once per machine. Loading object code links it into an MCJIT
+engine without running LLVM's optimiser again; that is what an artifact's saved code uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import llvmlite
+import llvmlite.binding as llvm
+
+from sparsecc.errors import CodegenError
+from sparsecc.options import env_cache_dir
+
+_LOCK = threading.Lock()
+_ENGINES: list = []  # engines own the loaded code; kept alive for the process
+
+
+@dataclass(frozen=True)
+class Host:
+    cpu: str
+    features: str
+
+    @property
+    def vector_width(self) -> int:
+        """float32 lanes of the widest vector registers LLVM will use here."""
+        feats = set(self.features.split(","))
+        if "+avx512f" in feats:
+            return 16
+        if "+avx2" in feats or "+avx" in feats:
+            return 8
+        return 4
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha256(f"{self.cpu}|{self.features}".encode()).hexdigest()[:16]
+        return f"{self.cpu}-{digest}-llvmlite{llvmlite.__version__}"
+
+
+@cache
+def _init() -> None:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+@cache
+def host() -> Host:
+    _init()
+    feats = llvm.get_host_cpu_features()
+    # Gathers are legal on every AVX2 CPU; LLVM's tuning prefers not to emit them on some Intel
+    # parts (a microcode mitigation made them slow), but our spmv kernel asks for one on purpose.
+    return Host(llvm.get_host_cpu_name(), feats.flatten())
+
+
+def _target_machine(h: Host):
+    _init()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=h.cpu, features=h.features, opt=3,
+                                        reloc="pic", codemodel="default")
+
+
+def _optimize(mod, tm) -> None:
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pb = llvm.create_pass_builder(tm, pto)
+    pm = pb.getModulePassManager()
+    pm.run(mod, pb)
+
+
+def cache_dir() -> Path:
+    d = env_cache_dir() / "llvm"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def compile_ir(ir_text: str, h: Host | None = None) -> bytes:
+    """Object code for ``ir_text`` for host ``h`` (default: this machine), via the disk cache."""
+    h = h or host()
+    key = hashlib.sha256(f"{h.key}\n{ir_text}".encode()).hexdigest()[:32]
+    path = cache_dir() / f"{key}.o"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    with _LOCK:
+        try:
+            mod = llvm.parse_assembly(ir_text)
+            mod.verify()
+        except RuntimeError as e:
+            raise CodegenError("llvm", f"generated IR does not verify: {e}") from None
+        tm = _target_machine(h)
+        mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
+        _optimize(mod, tm)
+        obj = tm.emit_object(mod)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(obj)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a recompile next time
+    return obj
+
+
+def assembly(ir_text: str) -> str:
+    """The host assembly for ``ir_text`` (for inspection and code-size figures)."""
+    h = host()
+    with _LOCK:
+        mod = llvm.parse_assembly(ir_text)
+        tm = _target_machine(h)
+        mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
+        _optimize(mod, tm)
+        return tm.emit_assembly(mod)
+
+
+def load_object(obj: bytes, names: list[str]) -> dict[str, int]:
+    """Link object code into the process; the address of each exported function in ``names``."""
+    h = host()
+    with _LOCK:
+        tm = _target_machine(h)
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        try:
+            engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        except RuntimeError as e:
+            raise CodegenError("llvm", f"object code does not load: {e}") from None
+        engine.finalize_object()
+        addrs = {n: engine.get_function_address(n) for n in names}
+        _ENGINES.append(engine)
+    missing = [n for n, a in addrs.items() if not a]
+    if missing:
+        raise CodegenError("llvm", f"object code lacks functions {missing}")
+    return addrs

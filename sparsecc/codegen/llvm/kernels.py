@@ -1,0 +1,138 @@
+"""Compiled LLVM sparse kernels: spec (+ pattern) -> object code -> a callable address.
+
+``build`` goes through the disk cache (``jit.compile_ir``); ``from_object`` links object code an
+artifact carried, without LLVM's optimiser. Kernels are memoised per process by their key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsecc.codegen.llvm import driver, emit, jit
+
+_MEMO: dict[str, LlvmKernel] = {}
+_MEMO_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LlvmKernel:
+    spec: emit.KernelSpec
+    addr: int
+    obj: bytes
+    host_key: str
+
+    @property
+    def code_bytes(self) -> int:
+        return len(self.obj)
+
+
+def pattern_hash(indptr: np.ndarray, indices: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(indptr, np.int64).tobytes())
+    h.update(np.ascontiguousarray(indices, np.uint32).tobytes())
+    return h.hexdigest()[:20]
+
+
+def kernel_ir(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> str:
+    mod = emit.new_module(spec.key)
+    if spec.family == "spmm":
+        emit.emit_spmm(mod, "kernel", spec, pattern)
+    elif spec.family == "spmv":
+        emit.emit_spmv(mod, "kernel", spec)
+    else:
+        raise ValueError(f"unknown kernel family {spec.family!r}")
+    return str(mod)
+
+
+def build(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> LlvmKernel:
+    """Compile (or fetch from the caches) the kernel for ``spec``."""
+    with _MEMO_LOCK:
+        hit = _MEMO.get(spec.key)
+    if hit is not None:
+        return hit
+    obj = jit.compile_ir(kernel_ir(spec, pattern))
+    return from_object(spec, obj)
+
+
+def from_object(spec: emit.KernelSpec, obj: bytes) -> LlvmKernel:
+    addr = jit.load_object(obj, ["kernel"])["kernel"]
+    k = LlvmKernel(spec, addr, obj, jit.host().key)
+    with _MEMO_LOCK:
+        return _MEMO.setdefault(spec.key, k)
+
+
+class Launch:
+    """One kernel bound to fixed buffers: its args block and its work split, ready to run.
+
+    ``spmm``: ``x`` holds ``n`` samples of (K rows of length >= L) at ``xns`` floats apart, read
+    at ``x[idx * xrs + j]``; ``out`` holds (rows, L) per sample at row stride ``ors``.
+    """
+
+    def __init__(self, kernel: LlvmKernel, arrays: dict[str, np.ndarray], ints: dict[str, int],
+                 splits: np.ndarray, keep: tuple = ()):
+        args = np.zeros(emit.N_ARGS, np.int64)
+        for slot, name in ((emit.A_INDPTR, "indptr"), (emit.A_IDX, "indices"),
+                           (emit.A_DATA, "data"), (emit.A_X, "x"), (emit.A_OUT, "out"),
+                           (emit.A_BIAS, "bias"), (emit.A_RSPLIT, "rsplit")):
+            if name in arrays:
+                args[slot] = arrays[name].ctypes.data
+        for slot, name in ((emit.A_ROWS, "rows"), (emit.A_L, "L"), (emit.A_XRS, "xrs"),
+                           (emit.A_ORS, "ors"), (emit.A_NTILES, "ntiles"), (emit.A_XNS, "xns"),
+                           (emit.A_ONS, "ons"), (emit.A_NRB, "nrb")):
+            args[slot] = int(ints.get(name, 0))
+        self.kernel, self.args, self.splits = kernel, args, splits
+        self._keep = (arrays, keep)  # the addresses in args stay valid while self lives
+
+    def __call__(self) -> None:
+        driver.run_split(self.kernel.addr, self.splits, self.args)
+
+
+def spmm_tile(L: int, vw: int) -> int:
+    """Vectors per work item: wide enough to amortise the row's index/value loads, not wider
+    than the data."""
+    need = -(-L // vw)
+    for t in (4, 2, 1):
+        if need >= t:
+            return t
+    return 1
+
+
+def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: int, L: int,
+                xrs: int, ors: int, xns: int, ons: int, threads: int,
+                row_bounds: np.ndarray | None = None) -> Launch:
+    """A Launch for a spmm kernel; ``row_bounds`` are the specialised kernel's chunk bounds."""
+    spec = kernel.spec
+    ntiles = -(-L // (spec.vw * spec.tile))
+    units = row_bounds if row_bounds is not None else indptr
+    nunits = len(units) - 1
+    # Split rows too when there are too few tiles to keep every thread busy and balanced.
+    want = 4 * max(threads, 1)
+    nrb = max(1, min(nunits, -(-want // max(n * ntiles, 1)))) if threads > 1 else 1
+    if row_bounds is None:
+        rsplit = driver.nnz_splits(indptr, nrb)
+    else:
+        nnz_at = indptr[row_bounds]
+        rsplit = np.searchsorted(nnz_at, (np.arange(nrb + 1) * nnz_at[-1]) // nrb)
+        rsplit = np.unique(np.clip(rsplit, 0, nunits)).astype(np.int64)
+        rsplit[0], rsplit[-1] = 0, nunits
+    nrb = len(rsplit) - 1
+    items = n * ntiles * nrb
+    splits = driver.even_splits(items, threads * 4 if items >= threads * 4 else threads)
+    arrays = dict(indptr=indptr, indices=indices, data=data, bias=bias, x=x, out=out,
+                  rsplit=rsplit)
+    ints = dict(rows=len(indptr) - 1, L=L, xrs=xrs, ors=ors, ntiles=ntiles, xns=xns, ons=ons,
+                nrb=nrb)
+    return Launch(kernel, arrays, ints, splits)
+
+
+def spmv_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, m: int, threads: int
+                ) -> Launch:
+    """x (m, K) row-major, out (m, O) row-major; work items are output rows, split by nnz."""
+    splits = driver.nnz_splits(indptr, max(threads, 1) * 4)
+    arrays = dict(indptr=indptr, indices=indices, data=data, bias=bias, x=x, out=out)
+    ints = dict(L=m, xrs=x.shape[-1], ors=out.shape[-1])
+    return Launch(kernel, arrays, ints, splits)
