@@ -118,3 +118,64 @@ def test_object_code_round_trip():
     obj = jit.compile_ir(kernels.kernel_ir(spec))
     addr = jit.load_object(obj, ["kernel"])["kernel"]
     assert addr and obj[:4] == b"\x7fELF"
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 40), cols=st.integers(1, 40),
+       block=st.sampled_from([(4, 1), (8, 1), (1, 4), (2, 2), (16, 1)]),
+       density=st.sampled_from([0.0, 0.2, 1.0]), L=st.integers(1, 70), act=st.sampled_from(
+           sorted(FUSED)), bias=st.booleans(), threads=st.sampled_from([1, 2]))
+def test_bsr_matches_dense(seed, rows, cols, block, density, L, act, bias, threads):
+    from sparsecc.formats.bsr import bsr_to_dense, dense_to_bsr
+
+    r, c = block
+    cols = -(-cols // c) * c  # the runtime only packs BSR when the columns divide
+    rng = np.random.default_rng(seed)
+    w = _matrix(rng, rows, cols, density, False)
+    ip, ix, dv = dense_to_bsr(w, r, c)
+    np.testing.assert_array_equal(bsr_to_dense(ip, ix, dv, w.shape), w)
+    w = bsr_to_dense(ip, ix, dv, w.shape)
+    x = rng.standard_normal((1, cols, L)).astype(np.float32)
+    bv = np.zeros(-(-rows // r) * r, np.float32)
+    bv[:rows] = rng.standard_normal(rows)
+    out = np.full((1, rows, L), np.nan, np.float32)
+    spec = emit.KernelSpec("bsr", jit.host().vector_width,
+                           kernels.spmm_tile(L, jit.host().vector_width, r), act,
+                           *((-0.5, 0.7) if act == "clamp" else (0.0, 0.0)), bias,
+                           16, block=(r, c))
+    kernels.spmm_launch(kernels.build(spec), ip, ix, dv.reshape(-1), bv, x, out, n=1, L=L,
+                        xrs=L, ors=L, xns=0, ons=0, threads=threads, rows=rows)()
+    ref = w @ x[0] + (bv[:rows, None] if bias else 0)
+    np.testing.assert_allclose(out[0], FUSED[act](ref), rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 40), cols=st.integers(1, 50),
+       nm=st.sampled_from([(2, 4), (1, 4), (4, 8), (1, 1)]), L=st.integers(1, 70),
+       act=st.sampled_from(sorted(FUSED)), bias=st.booleans())
+def test_nm_matches_dense(seed, rows, cols, nm, L, act, bias):
+    from sparsecc.formats.nm import dense_to_nm, nm_to_dense
+
+    n_, m_ = nm
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    pad = -cols % m_
+    g = np.pad(w, ((0, 0), (0, pad))).reshape(rows, -1, m_)
+    keep = np.argsort(rng.random(g.shape), axis=2)[:, :, :n_]
+    mask = np.zeros(g.shape, bool)
+    np.put_along_axis(mask, keep, True, axis=2)
+    w = (g * mask).reshape(rows, -1)[:, :cols]
+    vals, offs = dense_to_nm(w, n_, m_)
+    np.testing.assert_array_equal(nm_to_dense(vals, offs, n_, m_, cols), w)
+    x = rng.standard_normal((1, cols, L)).astype(np.float32)
+    bv = rng.standard_normal(rows).astype(np.float32)
+    out = np.full((1, rows, L), np.nan, np.float32)
+    spec = emit.KernelSpec("nm", jit.host().vector_width, kernels.spmm_tile(L, 16), act,
+                           *((-0.5, 0.7) if act == "clamp" else (0.0, 0.0)), bias, 8,
+                           block=nm)
+    gn = vals.shape[1]
+    kernels.spmm_launch(kernels.build(spec), np.arange(rows + 1, dtype=np.int64) * gn,
+                        offs.reshape(-1), vals.reshape(-1), bv, x, out, n=1, L=L, xrs=L, ors=L,
+                        xns=0, ons=0, threads=2, gn=gn)()
+    ref = w @ x[0] + (bv[:, None] if bias else 0)
+    np.testing.assert_allclose(out[0], FUSED[act](ref), rtol=1e-4, atol=1e-5)

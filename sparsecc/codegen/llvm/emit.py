@@ -41,14 +41,15 @@ FUSED_ACTS = ("none", "relu", "clamp")
 A_INDPTR, A_IDX, A_DATA, A_X, A_OUT, A_BIAS = 0, 1, 2, 3, 4, 5
 A_ROWS, A_L, A_XRS, A_ORS, A_NTILES, A_XNS, A_ONS = 6, 7, 8, 9, 10, 11, 12
 A_NRB, A_RSPLIT = 13, 14  # row blocks per tile and their boundaries (rows, or chunks)
-N_ARGS = 15
+A_GN = 15  # N:M: stored values per row
+N_ARGS = 16
 
 
 @dataclass(frozen=True)
 class KernelSpec:
     """What one compiled kernel does; its ``key`` names it in caches and artifacts."""
 
-    family: str  # "spmm" | "spmv"
+    family: str  # "spmm" | "spmv" (CSR), "bsr" (R x C blocks), "nm" (N:M packed)
     vw: int  # floats per vector register (16 with AVX-512, 8 with AVX2)
     tile: int = 1  # vectors per work item along j (spmm)
     act: str = "none"
@@ -57,12 +58,15 @@ class KernelSpec:
     has_bias: bool = False
     idx_bits: int = 32  # 16 or 32: width of the stored column indices (generic kernels)
     pattern_hash: str = ""  # non-empty: the pattern is baked in (specialised kernel)
+    block: tuple[int, int] = (1, 1)  # bsr: (R, C); nm: (N, M)
 
     @property
     def key(self) -> str:
         act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
         parts = [self.family, f"v{self.vw}", f"t{self.tile}", act, "b" if self.has_bias else "nb",
                  f"i{self.idx_bits}"]
+        if self.family in ("bsr", "nm"):
+            parts.append(f"blk{self.block[0]}x{self.block[1]}")
         if self.pattern_hash:
             parts.append(f"p{self.pattern_hash}")
         return "_".join(parts)
@@ -259,16 +263,30 @@ def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs
                 b.branch(after)
             b.position_at_end(after)
         return
+    if spec.family == "bsr":
+        _bsr_rows(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors)
+        return
     with k.loop(r0, r1, "o") as o:
         acc = _init_acc(k, spec, bias, o)
         accp = [k.alloca(k.vty, f"acc{v}") for v in range(spec.tile)]
         for v in range(spec.tile):
             b.store(acc[v], accp[v])
-        p0 = b.load(b.gep(indptr, [o], inbounds=True))
-        p1 = b.load(b.gep(indptr, [b.add(o, I64(1))], inbounds=True))
+        if spec.family == "nm":
+            gn = k.arg_i64(A_GN, "gn")
+            p0 = b.mul(o, gn)
+            p1 = b.add(p0, gn)
+        else:
+            p0 = b.load(b.gep(indptr, [o], inbounds=True))
+            p1 = b.load(b.gep(indptr, [b.add(o, I64(1))], inbounds=True))
         with k.loop(p0, p1, "p") as p:
             wv = k.splat(k.load_f32(data, p))
-            base = b.gep(xb, [b.mul(k.load_idx(idx, p, spec.idx_bits), xrs)], inbounds=True)
+            if spec.family == "nm":
+                n_, m_ = spec.block
+                col = b.add(b.mul(b.udiv(b.sub(p, p0), I64(n_)), I64(m_)),
+                            k.load_idx(idx, p, 8))
+            else:
+                col = k.load_idx(idx, p, spec.idx_bits)
+            base = b.gep(xb, [b.mul(col, xrs)], inbounds=True)
             for v in range(spec.tile):
                 xv = k.vload(b.gep(base, [I64(v * spec.vw)], inbounds=True),
                              None if masks is None else masks[v])
@@ -278,6 +296,41 @@ def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs
             res = k.act(b.load(accp[v]), spec)
             k.vstore(res, b.gep(orow, [I64(v * spec.vw)], inbounds=True),
                      None if masks is None else masks[v])
+
+
+def _bsr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors):
+    """Block rows [r0, r1): each x vector loaded once feeds the R rows of its block."""
+    b = k.b
+    r, c = spec.block
+    rows = k.arg_i64(A_ROWS, "rows")
+    with k.loop(r0, r1, "br") as br:
+        row0 = b.mul(br, I64(r))
+        accp = [[k.alloca(k.vty, f"acc{i}_{v}") for v in range(spec.tile)] for i in range(r)]
+        for i in range(r):
+            init = _init_acc(k, spec, bias, b.add(row0, I64(i)))
+            for v in range(spec.tile):
+                b.store(init[v], accp[i][v])
+        p0 = b.load(b.gep(indptr, [br], inbounds=True))
+        p1 = b.load(b.gep(indptr, [b.add(br, I64(1))], inbounds=True))
+        with k.loop(p0, p1, "p") as p:
+            col0 = b.mul(k.load_idx(idx, p, spec.idx_bits), I64(c))
+            vals = b.mul(p, I64(r * c))
+            for cc in range(c):
+                base = b.gep(xb, [b.mul(b.add(col0, I64(cc)), xrs)], inbounds=True)
+                xs = [k.vload(b.gep(base, [I64(v * spec.vw)], inbounds=True),
+                              None if masks is None else masks[v]) for v in range(spec.tile)]
+                for i in range(r):
+                    wv = k.splat(k.load_f32(data, b.add(vals, I64(i * c + cc))))
+                    for v in range(spec.tile):
+                        b.store(k.fma(wv, xs[v], b.load(accp[i][v])), accp[i][v])
+        for i in range(r):
+            row = b.add(row0, I64(i))
+            with b.if_then(b.icmp_signed("<", row, rows)):
+                orow = b.gep(ob, [b.mul(row, ors)], inbounds=True)
+                for v in range(spec.tile):
+                    k.vstore(k.act(b.load(accp[i][v]), spec),
+                             b.gep(orow, [I64(v * spec.vw)], inbounds=True),
+                             None if masks is None else masks[v])
 
 
 def _init_acc(k: _Fn, spec: KernelSpec, bias, o) -> list[ir.Value]:

@@ -39,7 +39,7 @@ def pattern_hash(indptr: np.ndarray, indices: np.ndarray) -> str:
 
 def kernel_ir(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> str:
     mod = emit.new_module(spec.key)
-    if spec.family == "spmm":
+    if spec.family in ("spmm", "bsr", "nm"):
         emit.emit_spmm(mod, "kernel", spec, pattern)
     elif spec.family == "spmv":
         emit.emit_spmv(mod, "kernel", spec)
@@ -82,7 +82,7 @@ class Launch:
                 args[slot] = arrays[name].ctypes.data
         for slot, name in ((emit.A_ROWS, "rows"), (emit.A_L, "L"), (emit.A_XRS, "xrs"),
                            (emit.A_ORS, "ors"), (emit.A_NTILES, "ntiles"), (emit.A_XNS, "xns"),
-                           (emit.A_ONS, "ons"), (emit.A_NRB, "nrb")):
+                           (emit.A_ONS, "ons"), (emit.A_NRB, "nrb"), (emit.A_GN, "gn")):
             args[slot] = int(ints.get(name, 0))
         self.kernel, self.args, self.splits = kernel, args, splits
         self._keep = (arrays, keep)  # the addresses in args stay valid while self lives
@@ -91,20 +91,25 @@ class Launch:
         driver.run_split(self.kernel.addr, self.splits, self.args)
 
 
-def spmm_tile(L: int, vw: int) -> int:
+def spmm_tile(L: int, vw: int, block_rows: int = 1) -> int:
     """Vectors per work item: wide enough to amortise the row's index/value loads, not wider
-    than the data."""
+    than the data, and few enough that block_rows x tile accumulators stay in registers
+    (32 vector registers with AVX-512, 16 with AVX2)."""
     need = -(-L // vw)
+    regs = 32 if vw >= 16 else 16
     for t in (4, 2, 1):
-        if need >= t:
+        if need >= t and block_rows * t + t <= regs - 4:
             return t
     return 1
 
 
 def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: int, L: int,
                 xrs: int, ors: int, xns: int, ons: int, threads: int,
-                row_bounds: np.ndarray | None = None) -> Launch:
-    """A Launch for a spmm kernel; ``row_bounds`` are the specialised kernel's chunk bounds."""
+                row_bounds: np.ndarray | None = None, rows: int | None = None,
+                gn: int = 0) -> Launch:
+    """A Launch for a spmm/bsr/nm kernel; ``row_bounds`` are a specialised kernel's chunk
+    bounds. ``indptr`` is per row (block row for bsr; for nm, ``arange(rows+1) * gn``, used
+    only to split the work); ``rows`` is the true output row count (bsr)."""
     spec = kernel.spec
     ntiles = -(-L // (spec.vw * spec.tile))
     units = row_bounds if row_bounds is not None else indptr
@@ -124,8 +129,8 @@ def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: i
     splits = driver.even_splits(items, threads * 4 if items >= threads * 4 else threads)
     arrays = dict(indptr=indptr, indices=indices, data=data, bias=bias, x=x, out=out,
                   rsplit=rsplit)
-    ints = dict(rows=len(indptr) - 1, L=L, xrs=xrs, ors=ors, ntiles=ntiles, xns=xns, ons=ons,
-                nrb=nrb)
+    ints = dict(rows=rows if rows is not None else len(indptr) - 1, L=L, xrs=xrs, ors=ors,
+                ntiles=ntiles, xns=xns, ons=ons, nrb=nrb, gn=gn)
     return Launch(kernel, arrays, ints, splits)
 
 
