@@ -1,22 +1,69 @@
-"""A roofline estimate of an op's time, for the report (calibrated by measurement later).
+"""An analytic cost model: estimated seconds of a weight-bearing layer per storage format.
 
-Pure functions over sizes: no torch, no kernels.
+Pure functions over sizes (no torch, no kernels), so the format pass and the report can use them
+and they can be unit-tested. The rates are for the kernels in this repo on the reference machine
+(2 cores with AVX-512; see ``bench/kernels.py`` for the measurements behind them) and scale with
+the thread count and vector width. They only need to rank formats roughly: ``autotune=True``
+measures the close calls.
 """
 
 from __future__ import annotations
 
-# Effective rates on the reference machine (2 Zen 3 cores, AVX2+FMA), measured with the spine's
-# kernels: BLAS GEMM sustains ~60 GFLOP/s; the simple CSR kernels ~20 GFLOP/s of useful work;
-# DRAM streams ~24 GB/s.
-DENSE_FLOPS = 60e9
-CSR_FLOPS = 20e9
-OTHER_FLOPS = 8e9
+from dataclasses import dataclass
+
+# Effective per-core rates (measured with bench/kernels.py, medians):
+DENSE_FLOPS = 90e9  # single-threaded OpenBLAS GEMM after im2col (runtime holds BLAS at 1 thread)
+DENSE_GEMV_BYTES = 50e9  # GEMV streams the weights
+VEC_FMAS = 2.2e9  # vector FMAs/s per core in the spmm kernels (load-bound: x vector + broadcast)
+BSR_GAIN = 1.6  # an R x 1 block shares each x load across R rows
+INDEX_NS = 0.5e-9  # per stored index per tile: load, decode, address
+GATHER_NNZ = 4.5e9  # nonzeros/s per core in the gather spmv
+COPY_BYTES = 8e9  # per core: im2col, padding, transposes
+LAUNCH_S = 4e-6  # a parallel launch
 DRAM_BYTES = 24e9
+OTHER_FLOPS = 8e9
+
+
+@dataclass(frozen=True)
+class LayerGeom:
+    """A linear or conv layer as the kernels see it: out (n, rows, L) = W (rows, k) @ x (k, L)
+    per sample. For a linear layer n = 1 and L = batch rows; for a conv, L = Ho*Wo."""
+
+    rows: int
+    k: int
+    n: int
+    L: int
+    conv_kxk: bool = False  # needs im2col (dense) or padding + shifted planes (sparse)
+    shift_waste: float = 0.0  # extra positions the shifted conv computes (wrap columns)
+    strided: bool = False  # a kxk conv the shifted path cannot do: im2col for sparse too
+
+
+def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int) -> float:
+    """Seconds for one call of a layer with ``stored`` values in format ``fmt``."""
+    t = max(threads, 1)
+    if fmt == "dense":
+        flops = 2.0 * g.rows * g.k * g.n * g.L
+        gemm = flops / DENSE_FLOPS if g.L > 1 else g.rows * g.k * 4 / DENSE_GEMV_BYTES
+        copy = g.n * g.k * g.L * 8 / (COPY_BYTES * t) if g.conv_kxk else 0.0
+        return gemm + copy + LAUNCH_S
+    if fmt == "csr" and g.L == 1 and not g.conv_kxk:
+        return stored / (GATHER_NNZ * t) + LAUNCH_S
+    L = g.L * (1.0 + g.shift_waste) if g.conv_kxk and not g.strided else g.L
+    vecs = -(-int(L) // vw)
+    tile = min(4, vecs) or 1
+    tiles = -(-vecs // tile)
+    rate = VEC_FMAS * (BSR_GAIN if fmt.startswith("bsr") and fmt.endswith("x1") else 1.0)
+    fma = stored * vecs * g.n / (rate * t)
+    index = stored * tiles * g.n * INDEX_NS / t
+    copy = 0.0
+    if g.conv_kxk:
+        # strided: im2col (k x L floats); shifted: pad in + crop out (~ input and output planes)
+        moved = g.k * g.L if g.strided else (g.k / 9.0 + g.rows) * L
+        copy = g.n * moved * 8 / (COPY_BYTES * t)
+    return fma + index + copy + LAUNCH_S
 
 
 def estimate_seconds(kind: str, fmt: str | None, flops: float, nbytes: float) -> float:
-    if kind in ("linear", "conv2d", "matmul", "sdpa"):
-        rate = CSR_FLOPS if fmt == "csr" else DENSE_FLOPS
-    else:
-        rate = OTHER_FLOPS
+    """A roofline figure for ops without a layer model (pooling, norms, elementwise...)."""
+    rate = DENSE_FLOPS if kind in ("matmul", "sdpa") else OTHER_FLOPS
     return max(flops / rate, nbytes / DRAM_BYTES)

@@ -1,8 +1,14 @@
-"""Choose a storage format per weight-bearing op (dense or CSR) from its density.
+"""Choose a storage format (dense, CSR, BSR RxC, N:M) per linear/conv2d op.
 
 Requires: a plan whose linear/conv2d ops hold a dense ``weight`` param. Guarantees: every such op
-has ``attrs['density']``; ops at or below ``csr_max_density`` (and not grouped) hold CSR params
-instead, with ``attrs['weight_shape']`` to unpack them. Weights are never changed. Idempotent.
+has ``attrs['density']``, ``attrs['est_us']`` ({format: estimated microseconds}) and, with
+``autotune``, ``attrs['measured_us']``; the chosen format's params replace ``weight`` (with
+``attrs['weight_shape']`` to unpack them). Weight values are never changed. Idempotent.
+
+Policy: the candidates are the formats the weight fits without padding zeros (see
+``formats.pack.candidates``); the analytic model (``formats.cost``) ranks them at ``batch``;
+with ``autotune`` every candidate the model puts within ``tune_margin`` of the best is timed on
+this machine and the fastest wins (cached on disk). Dense stays dense when it is faster.
 """
 
 from __future__ import annotations
@@ -11,49 +17,121 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsecc.formats.csr import dense_to_csr, density
-from sparsecc.ir.plan import ExecutionPlan, TensorSpec
+from sparsecc.formats import cost
+from sparsecc.formats.csr import density
+from sparsecc.formats.pack import candidates, pack, parse_format, stored_values
+from sparsecc.ir.plan import ExecutionPlan, Op, TensorSpec, resolve_shape
 from sparsecc.passes.registry import PassResult, register_pass
 
 WEIGHTED = ("linear", "conv2d")
+FORMAT_CHOICES = ("auto", "dense", "csr")
 
 
 @dataclass(frozen=True)
 class SelectFormatOptions:
-    # With the spine's simple CSR kernels, CSR wins over BLAS only well below half density.
-    csr_max_density: float = 0.35
+    # Above this density a layer stays dense without asking the model (never measured faster).
+    csr_max_density: float = 0.7
+    autotune: bool = False
+    batch: int = 0  # the batch the choice is made for; 0: the plan's example batch
+    tune_margin: float = 3.0  # time candidates estimated within this factor of the best
+    backend: str = "llvm"  # "llvm" | "numba": kernels for sparse formats
+    force: str = "auto"  # "auto" | a format for every eligible layer (benchmarks, tests)
+    blocked: bool = True  # consider BSR and N:M when the weight fits them
 
     def __post_init__(self):
         if not 0.0 <= self.csr_max_density <= 1.0:
             raise ValueError(f"csr_max_density={self.csr_max_density} is not in [0, 1]")
+        if self.backend not in ("llvm", "numba"):
+            raise ValueError(f"backend={self.backend!r}: expected 'llvm' or 'numba'")
+        if self.batch < 0 or self.tune_margin < 1.0:
+            raise ValueError("batch must be >= 0 and tune_margin >= 1")
+        if self.force != "auto":
+            parse_format(self.force)
 
 
 @register_pass("select-format", options=SelectFormatOptions, level="plan")
 def select_format(plan: ExecutionPlan, opts: SelectFormatOptions) -> PassResult:
-    """Pick dense or CSR per linear/conv2d op; writes params and attrs['fmt'/'density']."""
+    """Pick a format per linear/conv2d op; writes params and attrs (see module doc)."""
     changed = False
+    batch = opts.batch or plan.example_batch
     for op in plan.ops:
         if op.kind not in WEIGHTED or op.attrs.get("fmt") != "dense":
             continue
         w = plan.constants[op.params["weight"]]
         op.attrs["density"] = round(density(w), 6)
-        if int(op.attrs.get("groups", 1)) != 1 or op.attrs["density"] > opts.csr_max_density:
-            continue
-        _to_csr(plan, op, w)
-        changed = True
+        op.attrs["backend"] = opts.backend
+        if int(op.attrs.get("groups", 1)) != 1:
+            continue  # grouped / depthwise convs run dense kernels
+        fmt = _choose(plan, op, w, batch, opts)
+        if fmt != "dense":
+            _to_sparse(plan, op, w, fmt)
+            changed = True
     if changed:
         _drop_unused_constants(plan)
     return PassResult(plan, changed)
 
 
-def _to_csr(plan: ExecutionPlan, op, w: np.ndarray) -> None:
+def layer_geom(op: Op, in_shape, out_shape) -> cost.LayerGeom:
+    if op.kind == "linear":
+        m = int(np.prod(in_shape[:-1]))
+        return cost.LayerGeom(rows=int(out_shape[-1]), k=int(in_shape[-1]), n=1, L=m)
+    kh, kw = (int(v) for v in op.attrs["kernel"])
+    stride = tuple(int(v) for v in op.attrs["stride"])
+    n, cin = int(in_shape[0]), int(in_shape[1])
+    ho, wo = int(out_shape[2]), int(out_shape[3])
+    kxk = (kh, kw) != (1, 1) or stride != (1, 1) or any(int(p) for p in op.attrs["padding"])
+    dw = int(op.attrs["dilation"][1])
+    waste = dw * (kw - 1) / max(wo, 1)
+    return cost.LayerGeom(rows=int(out_shape[1]), k=cin * kh * kw, n=n, L=ho * wo,
+                          conv_kxk=kxk, shift_waste=waste, strided=stride != (1, 1))
+
+
+def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
+            opts: SelectFormatOptions) -> str:
+    w2 = w.reshape(w.shape[0], -1)
+    in_shape = resolve_shape(plan.tensors[op.inputs[0]].shape, batch)
+    out_shape = resolve_shape(plan.tensors[op.output].shape, batch)
+    g = layer_geom(op, in_shape, out_shape)
+    kxk = op.kind == "conv2d" and tuple(int(v) for v in op.attrs["kernel"]) != (1, 1)
+    cands = candidates(w2, conv_kxk=kxk) if opts.blocked else ["dense", "csr"]
+    if opts.force != "auto":
+        return opts.force if opts.force in cands or opts.force in ("dense", "csr") else "csr"
+    from sparsecc.codegen.llvm.jit import host
+    from sparsecc.runtime.ops.sparse import llvm_available, threads
+
+    vw = host().vector_width if llvm_available() else 8
+    nthreads = threads()
+    est = {f: cost.estimate(f, g, stored_values(f, w2), nthreads, vw) for f in cands}
+    if opts.backend == "numba":  # the numba kernels run every sparse format as CSR, slower
+        est = {f: (t if f == "dense" else est["csr"] * 3.0) for f, t in est.items()}
+    op.attrs["est_us"] = {f: round(t * 1e6, 3) for f, t in est.items()}
+    best = min(est, key=est.get)
+    if not opts.autotune:
+        return best if op.attrs["density"] <= opts.csr_max_density else "dense"
+    close = [f for f in est if est[f] <= est[best] * opts.tune_margin or f == "dense"]
+    from sparsecc.runtime import autotune
+
+    bias = plan.constants[op.params["bias"]] if "bias" in op.params else None
+    packed = {f: pack(f, w2) for f in close}
+    attrs = dict(op.attrs, weight_shape=[int(d) for d in w.shape])
+    probe = Op(op.kind, op.name, op.inputs, op.output, attrs, {}, op.layer)
+    for f, params in packed.items():
+        if f == "dense":
+            params["weight"] = w
+    measured = autotune.measure_formats(probe, w2, packed, bias, in_shape, out_shape,
+                                        nthreads, host().key if llvm_available() else "numba")
+    op.attrs["measured_us"] = {f: round(t * 1e6, 3) for f, t in measured.items()}
+    return min(measured, key=measured.get)
+
+
+def _to_sparse(plan: ExecutionPlan, op: Op, w: np.ndarray, fmt: str) -> None:
     base = op.params.pop("weight")
-    for role, arr in zip(("indptr", "indices", "data"), dense_to_csr(w.reshape(w.shape[0], -1))):
+    for role, arr in pack(fmt, w.reshape(w.shape[0], -1)).items():
         name = f"{base}.{role}"
         plan.constants[name] = arr
         plan.tensors[name] = TensorSpec(name, tuple(arr.shape), str(arr.dtype))
         op.params[role] = name
-    op.attrs["fmt"] = "csr"
+    op.attrs["fmt"] = fmt
     op.attrs["weight_shape"] = [int(d) for d in w.shape]
 
 

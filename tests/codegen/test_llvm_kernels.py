@@ -47,9 +47,10 @@ shapes = dict(rows=st.integers(1, 70), cols=st.integers(1, 90),
 
 @settings(max_examples=40, deadline=None)
 @given(**shapes, L=st.integers(1, 140), n=st.integers(1, 3), tile=st.sampled_from([1, 2, 4]),
-       threads=st.sampled_from([1, 2]))
+       threads=st.sampled_from([1, 2]), npanel=st.sampled_from([1, 2, 5]))
 def test_spmm_matches_scipy(rows, cols, density, empty_rows, seed, act, bias, bits, L, n, tile,
-                            threads):
+                            threads, npanel):
+    """Including column panels (partial sums through out; activation after the last)."""
     rng = np.random.default_rng(seed)
     w = _matrix(rng, rows, cols, density, empty_rows)
     x = rng.standard_normal((n, cols, L)).astype(np.float32)
@@ -57,8 +58,10 @@ def test_spmm_matches_scipy(rows, cols, density, empty_rows, seed, act, bias, bi
     out = np.full((n, rows, L), np.nan, np.float32)
     ip, ix, dv = _csr(w, bits)
     kern = kernels.build(_spec("spmm", act, bias, bits, tile))
+    per = -(-cols // npanel)
+    panels = (ix.astype(np.int64) // per, -(-cols // per)) if npanel > 1 else None
     kernels.spmm_launch(kern, ip, ix, dv, bv, x, out, n=n, L=L, xrs=L, ors=L, xns=cols * L,
-                        ons=rows * L, threads=threads)()
+                        ons=rows * L, threads=threads, panels=panels)()
     ref = np.stack([sp.csr_matrix(w) @ x[i] for i in range(n)])
     if bias:
         ref += bv[None, :, None]
@@ -104,9 +107,10 @@ def test_shifted_conv_matches_torch(seed, cin, cout, h, w, k, pad, dil, density)
     offs = shifted_offsets(ix, k, k, dil, dil, plane, wp)
     kern = kernels.build(_spec("spmm", "none", False, 32, 2))
     C.pad_planes(x, pad, pad, hp, wp, padded[:, :cin * plane].reshape(2, cin, plane))
+    panels = (offs.astype(np.int64) // plane // 2, -(-cin // 2))  # 2 channels per panel
     kernels.spmm_launch(kern, ip, offs, dv, np.zeros(1, np.float32), padded, full, n=2,
                         L=ho * wp, xrs=1, ors=ho * wp, xns=padded.shape[1], ons=cout * ho * wp,
-                        threads=2)()
+                        threads=2, panels=panels)()
     C.crop_rows(full, wp, wo, out)
     ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt), padding=pad, dilation=dil).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)

@@ -42,7 +42,8 @@ A_INDPTR, A_IDX, A_DATA, A_X, A_OUT, A_BIAS = 0, 1, 2, 3, 4, 5
 A_ROWS, A_L, A_XRS, A_ORS, A_NTILES, A_XNS, A_ONS = 6, 7, 8, 9, 10, 11, 12
 A_NRB, A_RSPLIT = 13, 14  # row blocks per tile and their boundaries (rows, or chunks)
 A_GN = 15  # N:M: stored values per row
-N_ARGS = 16
+A_NPANEL = 16  # CSR: column panels; indptr is (panels, rows + 1), nonzeros by (panel, row)
+N_ARGS = 17
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,9 @@ class _Fn:
             return self.b.alloca(ty, name=name)
 
     @contextmanager
-    def loop(self, start: ir.Value, stop: ir.Value, name: str):
-        """for (i = start; i < stop; ++i): yields i. The counter lives in an alloca (SROA
-        turns it into a phi)."""
+    def loop(self, start: ir.Value, stop: ir.Value, name: str, step: int = 1):
+        """for (i = start; i < stop; i += step): yields i. The counter lives in an alloca
+        (SROA turns it into a phi)."""
         b = self.b
         ctr = self.alloca(I64, name)
         b.store(start, ctr)
@@ -122,7 +123,7 @@ class _Fn:
         b.cbranch(b.icmp_signed("<", i, stop), body, done)
         b.position_at_end(body)
         yield i
-        b.store(b.add(b.load(ctr), I64(1)), ctr)
+        b.store(b.add(b.load(ctr), I64(step)), ctr)
         b.branch(head)
         b.position_at_end(done)
 
@@ -266,11 +267,31 @@ def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs
     if spec.family == "bsr":
         _bsr_rows(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors)
         return
+    # FMA latency x issue width needs ~8 independent chains: unroll the nonzeros when the
+    # tile alone does not provide them (each unrolled step has its own accumulators).
+    unroll = max(1, min(4, 8 // spec.tile))
+    if spec.family == "nm":
+        _csr_rows(k, spec, masks, None, idx, data, xb, ob, bias, r0, r1, xrs, ors, unroll,
+                  None, None)
+        return
+    # Column panels: the nonzeros of each panel of x rows are done for all rows of the tile
+    # before the next panel, so the panel's slice of x stays in L1; partial sums go through out.
+    npanel = k.arg_i64(A_NPANEL, "npanel")
+    stride = b.add(k.arg_i64(A_ROWS, "rows"), I64(1))
+    with k.loop(I64(0), npanel, "panel") as panel:
+        ip = b.gep(indptr, [b.mul(panel, stride)], inbounds=True)
+        first = b.icmp_signed("==", panel, I64(0))
+        last = b.icmp_signed("==", panel, b.sub(npanel, I64(1)))
+        _csr_rows(k, spec, masks, ip, idx, data, xb, ob, bias, r0, r1, xrs, ors, unroll,
+                  first, last)
+
+
+def _csr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors, unroll,
+              first, last):
+    """Rows [r0, r1) of a tile for CSR (one panel: ``first``/``last`` say whether the sums start
+    from the bias and end in the activation, else from/into out) or N:M (no panels)."""
+    b = k.b
     with k.loop(r0, r1, "o") as o:
-        acc = _init_acc(k, spec, bias, o)
-        accp = [k.alloca(k.vty, f"acc{v}") for v in range(spec.tile)]
-        for v in range(spec.tile):
-            b.store(acc[v], accp[v])
         if spec.family == "nm":
             gn = k.arg_i64(A_GN, "gn")
             p0 = b.mul(o, gn)
@@ -278,7 +299,29 @@ def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs
         else:
             p0 = b.load(b.gep(indptr, [o], inbounds=True))
             p1 = b.load(b.gep(indptr, [b.add(o, I64(1))], inbounds=True))
-        with k.loop(p0, p1, "p") as p:
+        orow = b.gep(ob, [b.mul(o, ors)], inbounds=True)
+        init = _init_acc(k, spec, bias, o)
+        zero = ir.Constant(k.vty, [0.0] * spec.vw)
+        accp = [[k.alloca(k.vty, f"acc{u}_{v}") for v in range(spec.tile)]
+                for u in range(unroll)]
+        for u in range(1, unroll):
+            for v in range(spec.tile):
+                b.store(zero, accp[u][v])
+        if first is None:
+            for v in range(spec.tile):
+                b.store(init[v], accp[0][v])
+        else:
+            with b.if_else(first) as (then, other):
+                with then:
+                    for v in range(spec.tile):
+                        b.store(init[v], accp[0][v])
+                with other:
+                    for v in range(spec.tile):
+                        prev = k.vload(b.gep(orow, [I64(v * spec.vw)], inbounds=True),
+                                       None if masks is None else masks[v])
+                        b.store(prev, accp[0][v])
+
+        def step(p, u):
             wv = k.splat(k.load_f32(data, p))
             if spec.family == "nm":
                 n_, m_ = spec.block
@@ -290,10 +333,21 @@ def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs
             for v in range(spec.tile):
                 xv = k.vload(b.gep(base, [I64(v * spec.vw)], inbounds=True),
                              None if masks is None else masks[v])
-                b.store(k.fma(wv, xv, b.load(accp[v])), accp[v])
-        orow = b.gep(ob, [b.mul(o, ors)], inbounds=True)
+                b.store(k.fma(wv, xv, b.load(accp[u][v])), accp[u][v])
+
+        pmain = b.add(p0, b.mul(b.sdiv(b.sub(p1, p0), I64(unroll)), I64(unroll)))
+        with k.loop(p0, pmain, "p", step=unroll) as p:
+            for u in range(unroll):
+                step(b.add(p, I64(u)), u)
+        with k.loop(pmain, p1, "pr") as p:
+            step(p, 0)
         for v in range(spec.tile):
-            res = k.act(b.load(accp[v]), spec)
+            total = b.load(accp[0][v])
+            for u in range(1, unroll):
+                total = b.fadd(total, b.load(accp[u][v]))
+            res = k.act(total, spec)
+            if last is not None and spec.act != "none":
+                res = b.select(last, res, total)
             k.vstore(res, b.gep(orow, [I64(v * spec.vw)], inbounds=True),
                      None if masks is None else masks[v])
 

@@ -82,8 +82,9 @@ class Launch:
                 args[slot] = arrays[name].ctypes.data
         for slot, name in ((emit.A_ROWS, "rows"), (emit.A_L, "L"), (emit.A_XRS, "xrs"),
                            (emit.A_ORS, "ors"), (emit.A_NTILES, "ntiles"), (emit.A_XNS, "xns"),
-                           (emit.A_ONS, "ons"), (emit.A_NRB, "nrb"), (emit.A_GN, "gn")):
-            args[slot] = int(ints.get(name, 0))
+                           (emit.A_ONS, "ons"), (emit.A_NRB, "nrb"), (emit.A_GN, "gn"),
+                           (emit.A_NPANEL, "npanel")):
+            args[slot] = int(ints.get(name, 1 if name == "npanel" else 0))
         self.kernel, self.args, self.splits = kernel, args, splits
         self._keep = (arrays, keep)  # the addresses in args stay valid while self lives
 
@@ -103,13 +104,49 @@ def spmm_tile(L: int, vw: int, block_rows: int = 1) -> int:
     return 1
 
 
+# Bytes of L1 a column panel's slice of x may take (of 32-48 KB on current x86 cores).
+PANEL_L1_BYTES = 32 * 1024
+
+
+def panelize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, panel_of: np.ndarray,
+             npanel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR reordered panel-major: (indptr (npanel, rows+1) of global positions, indices,
+    data), the nonzeros of panel p, row o at indptr[p, o]:indptr[p, o+1]."""
+    rows = len(indptr) - 1
+    row = np.repeat(np.arange(rows, dtype=np.int64), np.diff(indptr))
+    key = panel_of.astype(np.int64) * rows + row
+    order = np.argsort(key, kind="stable")
+    counts = np.bincount(key, minlength=npanel * rows).reshape(npanel, rows)
+    ip = np.zeros((npanel, rows + 1), np.int64)
+    np.cumsum(counts, axis=1, out=ip[:, 1:])
+    ip += np.concatenate([[0], np.cumsum(counts.sum(axis=1))[:-1]])[:, None]
+    return ip, np.ascontiguousarray(indices[order]), np.ascontiguousarray(data[order])
+
+
+def panel_rows(tile_floats: int, footprint_rows: float = 1.0) -> int:
+    """x rows per column panel so one panel's x slice (rows x tile floats, each row touching
+    ``footprint_rows`` rows' worth of data) fits PANEL_L1_BYTES; at least 64 rows (fewer and
+    the per-panel partial sums cost more than the cache misses they save)."""
+    return max(64, int(PANEL_L1_BYTES // (4 * tile_floats * footprint_rows)))
+
+
+def column_panels(x_row_of_nnz: np.ndarray, x_rows: int, tile_floats: int,
+                  footprint_rows: float = 1.0) -> tuple[np.ndarray, int] | None:
+    """(panel id per nonzero, panel count) for spmm_launch, or None when one panel fits."""
+    per = panel_rows(tile_floats, footprint_rows)
+    if x_rows <= per:
+        return None
+    return (x_row_of_nnz.astype(np.int64) // per, -(-x_rows // per))
+
+
 def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: int, L: int,
                 xrs: int, ors: int, xns: int, ons: int, threads: int,
                 row_bounds: np.ndarray | None = None, rows: int | None = None,
-                gn: int = 0) -> Launch:
+                gn: int = 0, panels: tuple[np.ndarray, int] | None = None) -> Launch:
     """A Launch for a spmm/bsr/nm kernel; ``row_bounds`` are a specialised kernel's chunk
     bounds. ``indptr`` is per row (block row for bsr; for nm, ``arange(rows+1) * gn``, used
-    only to split the work); ``rows`` is the true output row count (bsr)."""
+    only to split the work); ``rows`` is the true output row count (bsr). ``panels``:
+    (panel id per nonzero, panel count) for CSR column panels."""
     spec = kernel.spec
     ntiles = -(-L // (spec.vw * spec.tile))
     units = row_bounds if row_bounds is not None else indptr
@@ -127,10 +164,15 @@ def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: i
     nrb = len(rsplit) - 1
     items = n * ntiles * nrb
     splits = driver.even_splits(items, threads * 4 if items >= threads * 4 else threads)
+    nrows = rows if rows is not None else len(indptr) - 1
+    npanel = 1
+    if panels is not None and panels[1] > 1 and spec.family == "spmm":
+        npanel = panels[1]
+        indptr, indices, data = panelize(indptr, indices, data, panels[0], npanel)
     arrays = dict(indptr=indptr, indices=indices, data=data, bias=bias, x=x, out=out,
                   rsplit=rsplit)
-    ints = dict(rows=rows if rows is not None else len(indptr) - 1, L=L, xrs=xrs, ors=ors,
-                ntiles=ntiles, xns=xns, ons=ons, nrb=nrb, gn=gn)
+    ints = dict(rows=nrows, L=L, xrs=xrs, ors=ors,
+                ntiles=ntiles, xns=xns, ons=ons, nrb=nrb, gn=gn, npanel=npanel)
     return Launch(kernel, arrays, ints, splits)
 
 

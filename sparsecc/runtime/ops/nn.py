@@ -33,7 +33,7 @@ def weight_nnz(params: dict[str, np.ndarray]) -> int:
 
 # ---- linear -------------------------------------------------------------------------------
 def _linear_scratch(op: Op, ins: list[Shape], out: Shape) -> list[tuple[Shape, str]]:
-    if op.attrs.get("fmt") == "csr":
+    if SP.is_sparse(op.attrs.get("fmt")):
         return SP.linear_scratch(op, numel(out[:-1]), ins[0][-1], out[-1])
     return []
 
@@ -49,7 +49,7 @@ def bind_linear(ctx: BindCtx):
     x2 = x.reshape(-1, k)
     o2 = ctx.out.reshape(-1, ctx.out.shape[-1])
     bias, has_bias, code, a, b = epilogue(ctx)
-    if ctx.attr("fmt") == "csr":
+    if SP.is_sparse(ctx.attr("fmt")):
         return SP.bind_linear(ctx, x2, o2, (bias, has_bias, code, a, b, ctx.attr("act", "none")))
     w = ctx.params["weight"]
     if x2.shape[0] == 1:
@@ -94,7 +94,7 @@ def _conv_scratch(op: Op, ins: list[Shape], out: Shape) -> list[tuple[Shape, str
     howo = out[2] * out[3]
     if _is_depthwise(op, cin) or (groups == 1 and _is_pointwise(op)):
         return []
-    if op.attrs.get("fmt") == "csr":
+    if SP.is_sparse(op.attrs.get("fmt")):
         own = SP.conv_scratch(op, ins[0], out, SP.conv_method(op, ins[0], out))
         if own is not None:
             return own
@@ -124,7 +124,7 @@ def bind_conv2d(ctx: BindCtx):
     out3 = out.reshape(n, cout, -1)
     if groups > 1:
         return _bind_grouped(ctx, x, out3, groups, bias, has_bias, code, a, b)
-    method = SP.conv_method(ctx.op, x.shape, out.shape) if ctx.attr("fmt") == "csr" else ""
+    method = SP.conv_method(ctx.op, x.shape, out.shape) if SP.is_sparse(ctx.attr("fmt")) else ""
     if _is_pointwise(ctx.op):
         cols = x.reshape(n, cin, -1)
         fill = None
@@ -136,7 +136,7 @@ def bind_conv2d(ctx: BindCtx):
         def fill():
             C.im2col(x, 0, cin, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols)
 
-    if ctx.attr("fmt") == "csr":
+    if SP.is_sparse(ctx.attr("fmt")):
         epi = (bias, has_bias, code, a, b, ctx.attr("act", "none"))
         return SP.bind_conv(ctx, x, out, cols, fill, epi, method)
     w2 = ctx.params["weight"].reshape(cout, -1)

@@ -1,4 +1,5 @@
-"""CSR linear and conv2d: which kernel runs, in which layout, with which scratch.
+"""Sparse (CSR, BSR, N:M) linear and conv2d: which kernel runs, in which layout, with which
+scratch.
 
 Backends: ``llvm`` (vector kernels emitted by ``codegen/llvm``, the default) and ``numba`` (the
 portable fallback, also used when LLVM code cannot be built here). Paths:
@@ -15,17 +16,74 @@ portable fallback, also used when LLVM code cannot be built here). Paths:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as C
 from sparsecc.codegen.numba import sparse as S
 from sparsecc.errors import CodegenError
+from sparsecc.formats.bsr import bsr_to_dense
+from sparsecc.formats.csr import dense_to_csr
+from sparsecc.formats.nm import nm_to_dense
+from sparsecc.formats.pack import parse_format
 from sparsecc.ir.plan import Op
 
 _LLVM_STATE: dict[str, object] = {}
 # Above this wasted fraction of computed positions (the wrap columns), im2col wins.
 _SHIFT_MAX_WASTE = 0.5
+
+
+def is_sparse(fmt: str | None) -> bool:
+    return fmt is not None and fmt != "dense"
+
+
+@dataclass
+class SparseWeight:
+    """A packed weight as the kernels take it (``family`` names the LLVM kernel family)."""
+
+    family: str  # "spmm" (CSR) | "bsr" | "nm"
+    block: tuple[int, int]
+    indptr: np.ndarray  # per row (block row for bsr; synthetic for nm: work split only)
+    indices: np.ndarray  # column (block column; N:M offset)
+    data: np.ndarray
+    rows: int
+    gn: int = 0  # N:M values per row
+
+    @property
+    def idx_bits(self) -> int:
+        return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(self.indices.dtype, 32)
+
+
+def sparse_weight(op: Op, params: dict[str, np.ndarray]) -> SparseWeight:
+    kind, blk = parse_format(op.attrs["fmt"])
+    rows = int(op.attrs["weight_shape"][0])
+    if kind == "csr":
+        return SparseWeight("spmm", blk, params["indptr"], params["indices"], params["data"],
+                            rows)
+    if kind == "bsr":
+        return SparseWeight("bsr", blk, params["indptr"], params["indices"], params["data"],
+                            rows)
+    gn = params["data"].shape[0] // max(rows, 1)
+    indptr = np.arange(rows + 1, dtype=np.int64) * gn
+    return SparseWeight("nm", blk, indptr, params["indices"], params["data"], rows, gn)
+
+
+def as_csr(op: Op, params: dict[str, np.ndarray]):
+    """(indptr, indices, data) of any sparse format: the numba kernels' input."""
+    kind, (a, b) = parse_format(op.attrs["fmt"])
+    if kind == "csr":
+        return params["indptr"], params["indices"], params["data"]
+    shape = op.attrs["weight_shape"]
+    rows, cols = int(shape[0]), int(np.prod(shape[1:]))
+    if kind == "bsr":
+        dense = bsr_to_dense(params["indptr"], params["indices"],
+                             params["data"].reshape(-1, a, b), (rows, cols))
+    else:
+        dense = nm_to_dense(params["data"].reshape(rows, -1),
+                            params["indices"].reshape(rows, -1), a, b, cols)
+    return dense_to_csr(dense)
 
 
 def llvm_available() -> bool:
@@ -52,14 +110,15 @@ def threads() -> int:
     return int(numba.get_num_threads())
 
 
-def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, tile: int = 1):
+def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, tile: int = 1,
+            block: tuple[int, int] = (1, 1)):
     from sparsecc.codegen.llvm import emit, jit, kernels
 
     act, a, b = ctx_act
     fused = act if act in emit.FUSED_ACTS else "none"
     spec = emit.KernelSpec(family, jit.host().vector_width, tile, fused,
                            a if fused == "clamp" else 0.0, b if fused == "clamp" else 0.0,
-                           has_bias, idx_bits)
+                           has_bias, idx_bits, block=block)
     try:
         return kernels.build(spec), fused != act
     except CodegenError as e:
@@ -71,77 +130,114 @@ def _act_tail(out: np.ndarray, code: int, a: float, b: float):
     return lambda: A.act_flat(flat, flat, code, a, b)
 
 
-def _idx_bits(indices: np.ndarray) -> int:
-    return 16 if indices.dtype == np.uint16 else 32
-
-
 # ---- linear -------------------------------------------------------------------------------
 def linear_scratch(op: Op, m: int, k: int, o: int) -> list[tuple[tuple[int, ...], str]]:
-    if m > 1:
-        return [((k, m), "float32"), ((o, m), "float32")]
-    return []
+    """Transpose buffers for the features x batch kernels, except where the layout pass
+    already hands the tensor over in that layout (or m == 1, where both layouts coincide)."""
+    if m <= 1:
+        return []
+    need = []
+    if not op.attrs.get("in_kn"):
+        need.append(((k, m), "float32"))
+    if not op.attrs.get("out_kn"):
+        need.append(((o, m), "float32"))
+    return need
+
+
+def _kn_buffers(ctx, x2, o2):
+    """(x as K x m, out as O x m, copy-in or None, copy-out or None)."""
+    m, k = x2.shape
+    o = o2.shape[1]
+    scratch = list(ctx.scratch)
+    if m <= 1 or ctx.attr("in_kn"):
+        xt, cin = x2.reshape(k, m), None
+    else:
+        xt = scratch.pop(0)
+        cin = lambda: np.copyto(xt, x2.T)  # noqa: E731
+    if m <= 1 or ctx.attr("out_kn"):
+        ot, cout = o2.reshape(o, m), None
+    else:
+        ot = scratch.pop(0)
+        cout = lambda: np.copyto(o2, ot.T)  # noqa: E731
+    return xt, ot, cin, cout
 
 
 def bind_linear(ctx, x2: np.ndarray, o2: np.ndarray, epi: tuple):
+    """x2 (m, K) and o2 (m, O) are the plan's buffers; with attrs in_kn / out_kn they hold
+    K x m / O x m data (the layout pass decided so) and are read/written as such."""
     bias, has_bias, code, a, b, act = epi
-    ip, ix, dv = ctx.params["indptr"], ctx.params["indices"], ctx.params["data"]
+    sw = sparse_weight(ctx.op, ctx.params)
     m = x2.shape[0]
+    xt, ot, cin, cout = _kn_buffers(ctx, x2, o2)
     if backend_of(ctx.op) == "numba":
+        ip, ix, dv = as_csr(ctx.op, ctx.params)
         if m <= 1:
             return lambda: S.csr_spmv_rows(ip, ix, dv, x2, o2, bias, has_bias, code, a, b)
-        xt, ot = ctx.scratch
         xt3, ot3 = xt.reshape(1, *xt.shape), ot.reshape(1, *ot.shape)
-
-        def run_numba():
-            np.copyto(xt, x2.T)
-            S.csr_spmm(ip, ix, dv, xt3, ot3, bias, has_bias, code, a, b)
-            np.copyto(o2, ot.T)
-
-        return run_numba
+        run = lambda: S.csr_spmm(ip, ix, dv, xt3, ot3, bias, has_bias, code, a, b)  # noqa: E731
+        return _sequence(cin, run, None, cout)
     from sparsecc.codegen.llvm import jit, kernels
 
-    if m <= 1:
-        kern, tail = _kernel("spmv", ctx.op, (act, a, b), has_bias, _idx_bits(ix))
-        launch = kernels.spmv_launch(kern, ip, ix, dv, bias, x2, o2, m=m, threads=threads())
-        return _with_tail(launch, o2, tail, code, a, b)
-    xt, ot = ctx.scratch
-    tile = kernels.spmm_tile(m, jit.host().vector_width)
-    kern, tail = _kernel("spmm", ctx.op, (act, a, b), has_bias, _idx_bits(ix), tile)
-    launch = kernels.spmm_launch(kern, ip, ix, dv, bias, xt, ot, n=1, L=m, xrs=m, ors=m,
-                                 xns=0, ons=0, threads=threads())
-    post = _act_tail(ot, code, a, b) if tail else None
-
-    def run_llvm():
-        np.copyto(xt, x2.T)
-        launch()
-        if post is not None:
-            post()
-        np.copyto(o2, ot.T)
-
-    return run_llvm
+    if m <= 1 and sw.family == "spmm":
+        kern, tail = _kernel("spmv", ctx.op, (act, a, b), has_bias, sw.idx_bits)
+        launch = kernels.spmv_launch(kern, sw.indptr, sw.indices, sw.data, bias, x2, o2, m=m,
+                                     threads=threads())
+        return _sequence(None, launch, _act_tail(o2, code, a, b) if tail else None, None)
+    tile = kernels.spmm_tile(m, jit.host().vector_width, sw.block[0] if sw.family == "bsr"
+                             else 1)
+    kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, sw.idx_bits, tile, sw.block)
+    launch = kernels.spmm_launch(kern, sw.indptr, sw.indices, sw.data, _bias_for(sw, bias), xt,
+                                 ot, n=1, L=m, xrs=m, ors=m, xns=0, ons=0, threads=threads(),
+                                 rows=sw.rows, gn=sw.gn,
+                                 panels=_panels(sw, sw.indices, x2.shape[1], kern))
+    return _sequence(cin, launch, _act_tail(ot, code, a, b) if tail else None, cout)
 
 
-def _with_tail(launch, out, tail: bool, code, a, b):
-    if not tail:
-        return launch
-    post = _act_tail(out, code, a, b)
+def _panels(sw: SparseWeight, x_row_of_nnz: np.ndarray, x_rows: int, kern, reach: float = 1.0):
+    if sw.family != "spmm":
+        return None
+    from sparsecc.codegen.llvm import kernels
+
+    return kernels.column_panels(x_row_of_nnz, x_rows, kern.spec.tile * kern.spec.vw, reach)
+
+
+def _bias_for(sw: SparseWeight, bias: np.ndarray) -> np.ndarray:
+    """BSR reads a bias per row of its last (padded) block row: pad the bias to match."""
+    if sw.family != "bsr" or bias.shape[0] <= 1:
+        return bias
+    r = sw.block[0]
+    full = -(-sw.rows // r) * r
+    if bias.shape[0] >= full:
+        return bias
+    out = np.zeros(full, np.float32)
+    out[:bias.shape[0]] = bias
+    return out
+
+
+def _sequence(*steps):
+    todo = tuple(s for s in steps if s is not None)
+    if len(todo) == 1:
+        return todo[0]
 
     def run():
-        launch()
-        post()
+        for s in todo:
+            s()
 
     return run
 
 
 # ---- conv2d -------------------------------------------------------------------------------
 def conv_method(op: Op, in_shape, out_shape) -> str:
-    """"pointwise" | "shifted" | "im2col" for a CSR conv (groups == 1)."""
+    """"pointwise" | "shifted" | "im2col" for a sparse conv (groups == 1)."""
     kh, kw = (int(v) for v in op.attrs["kernel"])
     sh, sw = (int(v) for v in op.attrs["stride"])
     ph, pw = (int(v) for v in op.attrs["padding"])
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return "pointwise"
-    if op.attrs.get("backend", "llvm") != "llvm" or (sh, sw) != (1, 1):
+    kind, blk = parse_format(op.attrs["fmt"])
+    shiftable = kind == "csr" or (kind == "bsr" and blk[1] == 1)
+    if (op.attrs.get("backend", "llvm") != "llvm" or not llvm_available() or (sh, sw) != (1, 1)
+            or not shiftable):
         return "im2col"
     dw = int(op.attrs["dilation"][1])
     wo = int(out_shape[3])
@@ -170,7 +266,7 @@ def conv_scratch(op: Op, in_shape, out_shape, method: str):
 
 def shifted_offsets(indices: np.ndarray, kh: int, kw: int, dh: int, dw: int, plane: int,
                     wp: int) -> np.ndarray:
-    """CSR column (c, dy, dx) -> offset of its first read in the padded flat planes."""
+    """Weight column (c, dy, dx) -> offset of its first read in the padded flat planes."""
     col = indices.astype(np.int64)
     c, r = np.divmod(col, kh * kw)
     dy, dx = np.divmod(r, kw)
@@ -182,45 +278,34 @@ def bind_conv(ctx, x: np.ndarray, out: np.ndarray, cols, fill, epi: tuple, metho
     """``cols``/``fill``: im2col columns (N, K, HoWo) and the function filling them (or x as
     (N, Cin, HW) and None for pointwise)."""
     bias, has_bias, code, a, b, act = epi
-    ip, ix, dv = ctx.params["indptr"], ctx.params["indices"], ctx.params["data"]
     n, cout = out.shape[0], out.shape[1]
     out3 = out.reshape(n, cout, -1)
     if backend_of(ctx.op) == "numba":
-        def run_numba():
-            if fill is not None:
-                fill()
-            S.csr_spmm(ip, ix, dv, cols, out3, bias, has_bias, code, a, b)
-
-        return run_numba
+        ip, ix, dv = as_csr(ctx.op, ctx.params)
+        run = lambda: S.csr_spmm(ip, ix, dv, cols, out3, bias, has_bias, code, a, b)  # noqa
+        return _sequence(fill, run)
     from sparsecc.codegen.llvm import jit, kernels
 
     vw = jit.host().vector_width
+    sw = sparse_weight(ctx.op, ctx.params)
     if method == "shifted":
-        return _bind_shifted(ctx, x, out, epi, vw)
+        return _bind_shifted(ctx, sw, x, out, epi, vw)
     L = out3.shape[2]
     krows = cols.shape[1]
-    kern, tail = _kernel("spmm", ctx.op, (act, a, b), has_bias, _idx_bits(ix),
-                         kernels.spmm_tile(L, vw))
-    launch = kernels.spmm_launch(kern, ip, ix, dv, bias, cols, out3, n=n, L=L, xrs=L, ors=L,
-                                 xns=krows * L, ons=cout * L, threads=threads())
-    post = _act_tail(out3, code, a, b) if tail else None
-
-    def run_llvm():
-        if fill is not None:
-            fill()
-        launch()
-        if post is not None:
-            post()
-
-    return run_llvm
+    tile = kernels.spmm_tile(L, vw, sw.block[0] if sw.family == "bsr" else 1)
+    kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, sw.idx_bits, tile, sw.block)
+    launch = kernels.spmm_launch(kern, sw.indptr, sw.indices, sw.data, _bias_for(sw, bias), cols,
+                                 out3, n=n, L=L, xrs=L, ors=L, xns=krows * L, ons=cout * L,
+                                 threads=threads(), rows=sw.rows, gn=sw.gn,
+                                 panels=_panels(sw, sw.indices, krows, kern))
+    return _sequence(fill, launch, _act_tail(out3, code, a, b) if tail else None)
 
 
-def _bind_shifted(ctx, x, out, epi, vw):
+def _bind_shifted(ctx, sw: SparseWeight, x, out, epi, vw):
     from sparsecc.codegen.llvm import kernels
 
     bias, has_bias, code, a, b, act = epi
     op = ctx.op
-    ip, ix, dv = ctx.params["indptr"], ctx.params["indices"], ctx.params["data"]
     n, cin = x.shape[0], x.shape[1]
     cout, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     kh, kw, dh, dw, hp, wp, _ = _shift_geometry(op, out.shape)
@@ -228,18 +313,19 @@ def _bind_shifted(ctx, x, out, epi, vw):
     plane = hp * wp
     padded, full = ctx.scratch
     planes = padded[:, :cin * plane].reshape(n, cin, plane)
-    offs = shifted_offsets(ix, kh, kw, dh, dw, plane, wp)
+    # BSR here has 1-wide blocks, so a block column is a weight column.
+    offs = shifted_offsets(sw.indices, kh, kw, dh, dw, plane, wp)
     L = ho * wp
-    kern, tail = _kernel("spmm", op, (act, a, b), has_bias, 32, kernels.spmm_tile(L, vw))
-    launch = kernels.spmm_launch(kern, ip, offs, dv, bias, padded, full, n=n, L=L, xrs=1, ors=L,
-                                 xns=padded.shape[1], ons=cout * L, threads=threads())
+    tile = kernels.spmm_tile(L, vw, sw.block[0] if sw.family == "bsr" else 1)
+    kern, tail = _kernel(sw.family, op, (act, a, b), has_bias, 32, tile, sw.block)
+    # Panels over input channels: a channel's reads in one tile span the tile plus the
+    # kernel's (kh - 1) * dh rows of the padded plane.
+    tile_w = kern.spec.tile * vw
+    reach = 1.0 + (kh - 1) * dh * wp / tile_w
+    panels = _panels(sw, offs // plane, cin, kern, reach)
+    launch = kernels.spmm_launch(kern, sw.indptr, offs, sw.data, _bias_for(sw, bias), padded,
+                                 full, n=n, L=L, xrs=1, ors=L, xns=padded.shape[1],
+                                 ons=cout * L, threads=threads(), rows=sw.rows, panels=panels)
     post = _act_tail(out, code, a, b) if tail else None
-
-    def run_shifted():
-        C.pad_planes(x, ph, pw, hp, wp, planes)
-        launch()
-        C.crop_rows(full, wp, wo, out)
-        if post is not None:
-            post()
-
-    return run_shifted
+    return _sequence(lambda: C.pad_planes(x, ph, pw, hp, wp, planes), launch,
+                     lambda: C.crop_rows(full, wp, wo, out), post)

@@ -1,0 +1,369 @@
+"""Kernel sweep: one layer at a time, every engine timed in the same process and rounds.
+
+Layers: linear 1024^2 and 4096^2, ResNet-50 1x1 and 3x3 convs, MobileNetV2 1x1 convs.
+Sparsity x batch x threads grid; engines:
+  torch dense | numpy/OpenBLAS dense (sparsecc's dense kernels: BLAS, im2col for kxk) |
+  torch CSR (linear, 1x1) | scipy CSR (linear, 1x1; one thread) |
+  sparsecc numba CSR | sparsecc llvm CSR | sparsecc llvm BSR 4x1 (on a 4x1-block-pruned copy of
+  the weight at the same sparsity) | sparsecc auto (compiled with autotune; whole executor call)
+  and sparsecc dense through the same executor (the autotune guarantee is auto <= 1.05 x that).
+Columns per engine: median ms [p10-p90], speedup over torch dense; for sparsecc llvm CSR also
+achieved GB/s, GFLOP/s and the DRAM-roofline fraction (bytes moved / DRAM bandwidth over time).
+
+Usage:
+  .venv/bin/python bench/kernels.py --quick          # the issue's target cells (~3 min)
+  .venv/bin/python bench/kernels.py                  # the full grid (~20 min)
+Writes results/kernels/<stamp>.jsonl, .md and speedup_vs_sparsity.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
+
+import sparsecc
+from sparsecc.benchmarks.engines import summarize
+from sparsecc.benchmarks.suite import machine_info
+from sparsecc.formats.pack import pack
+from sparsecc.ir.plan import Op
+from sparsecc.runtime.ops.registry import OPS, BindCtx
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    kind: str  # linear | conv
+    cin: int
+    cout: int
+    hw: int = 1
+    k: int = 1
+    stride: int = 1
+
+    @property
+    def pad(self) -> int:
+        return self.k // 2
+
+
+LAYERS = [
+    Layer("linear 1024x1024", "linear", 1024, 1024),
+    Layer("linear 4096x4096", "linear", 4096, 4096),
+    Layer("r50 1x1 64>256 @56", "conv", 64, 256, 56),
+    Layer("r50 1x1 256>64 @56", "conv", 256, 64, 56),
+    Layer("r50 1x1 512>128 @28", "conv", 512, 128, 28),
+    Layer("r50 1x1 1024>256 @14", "conv", 1024, 256, 14),
+    Layer("r50 1x1 2048>512 @7", "conv", 2048, 512, 7),
+    Layer("r50 3x3 64 @56", "conv", 64, 64, 56, 3),
+    Layer("r50 3x3 128 @28", "conv", 128, 128, 28, 3),
+    Layer("r50 3x3 256 @14", "conv", 256, 256, 14, 3),
+    Layer("r50 3x3 512 @7", "conv", 512, 512, 7, 3),
+    Layer("r50 3x3/2 128 @56", "conv", 128, 128, 56, 3, 2),
+    Layer("mv2 1x1 24>144 @56", "conv", 24, 144, 56),
+    Layer("mv2 1x1 144>24 @56", "conv", 144, 24, 56),
+    Layer("mv2 1x1 96>576 @14", "conv", 96, 576, 14),
+    Layer("mv2 1x1 320>1280 @7", "conv", 320, 1280, 7),
+]
+QUICK_LAYERS = ["linear 4096x4096", "r50 1x1 256>64 @56", "r50 1x1 1024>256 @14",
+                "r50 3x3 64 @56", "r50 3x3 256 @14"]
+
+
+def _module(layer: Layer) -> torch.nn.Module:
+    if layer.kind == "linear":
+        return torch.nn.Linear(layer.cin, layer.cout, bias=False)
+    return torch.nn.Conv2d(layer.cin, layer.cout, layer.k, layer.stride, layer.pad, bias=False)
+
+
+def _input(layer: Layer, batch: int, rng) -> np.ndarray:
+    shape = (batch, layer.cin) if layer.kind == "linear" else (batch, layer.cin, layer.hw,
+                                                               layer.hw)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _prune(w: np.ndarray, sparsity: float, block: int = 1) -> np.ndarray:
+    """Magnitude pruning, unstructured or in (block x 1) output-row blocks."""
+    w2 = w.reshape(w.shape[0], -1).copy()
+    if block == 1:
+        cut = np.quantile(np.abs(w2), sparsity) if sparsity > 0 else -1
+        w2[np.abs(w2) <= cut] = 0
+        return w2.reshape(w.shape)
+    rows = w2.shape[0] // block * block
+    blocks = np.abs(w2[:rows]).reshape(rows // block, block, -1).sum(1)
+    cut = np.quantile(blocks, sparsity) if sparsity > 0 else -1
+    keep = np.repeat(blocks > cut, block, axis=0)
+    w2[:rows] *= keep
+    return w2.reshape(w.shape)
+
+
+def _op(layer: Layer, fmt: str, backend: str = "llvm") -> Op:
+    attrs = {"fmt": fmt, "backend": backend, "act": "none"}
+    if layer.kind == "conv":
+        attrs.update(kernel=[layer.k] * 2, stride=[layer.stride] * 2, padding=[layer.pad] * 2,
+                     dilation=[1, 1], groups=1)
+    return Op("linear" if layer.kind == "linear" else "conv2d", "op", ["x"], "y", attrs, {},
+              layer.name)
+
+
+def _bound(layer: Layer, w: np.ndarray, fmt: str, x: np.ndarray, y: np.ndarray,
+           backend: str = "llvm"):
+    """A sparsecc kernel bound to buffers exactly as the runtime binds it."""
+    op = _op(layer, fmt, backend)
+    params = pack(fmt, w.reshape(w.shape[0], -1))
+    if fmt == "dense":
+        params = {"weight": w}
+    else:
+        op.attrs["weight_shape"] = list(w.shape)
+    need = OPS[op.kind].scratch(op, [x.shape], y.shape) if OPS[op.kind].scratch else []
+    scratch = [np.empty(s, d) for s, d in need]
+    return OPS[op.kind].bind(BindCtx(op, [x], y, params, scratch))
+
+
+def _compiled(layer: Layer, w: np.ndarray, x: np.ndarray, formats: dict):
+    mod = _module(layer).eval()
+    with torch.no_grad():
+        mod.weight.copy_(torch.from_numpy(w))
+    cm = sparsecc.compile(mod, torch.from_numpy(x), recipe={"formats": formats})
+    fmt = next(op.attrs.get("fmt") for op in cm.plan.ops if op.kind in ("linear", "conv2d"))
+    return (lambda: cm(x)), fmt
+
+
+def _engines(layer: Layer, w: np.ndarray, wb: np.ndarray, x: np.ndarray, threads: int):
+    out_shape = F.linear(torch.from_numpy(x[:1]), torch.from_numpy(w)).shape if \
+        layer.kind == "linear" else F.conv2d(torch.from_numpy(x[:1]), torch.from_numpy(w),
+                                             stride=layer.stride, padding=layer.pad).shape
+    y = np.empty((x.shape[0], *out_shape[1:]), np.float32)
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    fns, refs = {}, {}
+    if layer.kind == "linear":
+        fns["torch dense"] = lambda: F.linear(xt, wt)
+        w_csr_t = wt.to_sparse_csr()
+        fns["torch CSR"] = lambda: (w_csr_t @ xt.T).T
+        w_sp = sp.csr_matrix(w)
+        fns["scipy CSR"] = lambda: (w_sp @ x.T).T
+    else:
+        fns["torch dense"] = lambda: F.conv2d(xt, wt, stride=layer.stride, padding=layer.pad)
+        if layer.k == 1 and layer.stride == 1:
+            w2 = w.reshape(w.shape[0], -1)
+            w_csr_t = torch.from_numpy(w2).to_sparse_csr()
+            x3 = xt.reshape(x.shape[0], layer.cin, -1)
+            fns["torch CSR"] = lambda: torch.stack([w_csr_t @ x3[i] for i in range(x3.shape[0])])
+            w_sp = sp.csr_matrix(w2)
+            x3n = x.reshape(x.shape[0], layer.cin, -1)
+            fns["scipy CSR"] = lambda: np.stack([w_sp @ x3n[i] for i in range(x3n.shape[0])])
+    ys = {}
+    for name, fmt, weight, backend in (("numpy/OpenBLAS dense", "dense", w, "llvm"),
+                                       ("sparsecc numba CSR", "csr", w, "numba"),
+                                       ("sparsecc llvm CSR", "csr", w, "llvm"),
+                                       ("sparsecc llvm BSR4x1", "bsr4x1", wb, "llvm")):
+        ys[name] = np.empty_like(y)
+        step = _bound(layer, weight, fmt, x, ys[name], backend)
+        fns[name] = step
+        refs[name] = weight
+    fns["sparsecc dense (compiled)"], _ = _compiled(layer, w, x, {"force": "dense"})
+    fns["sparsecc auto (compiled)"], auto_fmt = _compiled(layer, w, x, {"autotune": True})
+    refs.update({"sparsecc dense (compiled)": w, "sparsecc auto (compiled)": w})
+    return fns, ys, refs, auto_fmt
+
+
+def _check(name, got, layer, x, weight) -> float:
+    ref = F.linear(torch.from_numpy(x), torch.from_numpy(weight)) if layer.kind == "linear" \
+        else F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), stride=layer.stride,
+                      padding=layer.pad)
+    ref = ref.numpy()
+    g = got.detach().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+    return float(np.max(np.abs(g.reshape(ref.shape) - ref)) / (np.max(np.abs(ref)) + 1e-12))
+
+
+def time_blocks(fns: dict, repeats: int, rounds: int = 3) -> dict:
+    """Each engine in warm blocks of consecutive calls (a kernel benchmark: its weights stay in
+    cache, as between calls of one layer), the blocks of all engines alternating over
+    ``rounds`` so machine drift hits every engine alike. Median and p10/p90 over all calls."""
+    per = max(1, -(-repeats // rounds))
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            fn()
+            for _ in range(per):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: summarize(v) for k, v in samples.items()}
+
+
+def dram_bandwidth() -> float:
+    a = np.ones(64 * 2**20, np.float32)
+    b = np.empty_like(a)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        times.append(time.perf_counter() - t0)
+    return 2 * a.nbytes / min(times)
+
+
+def run_cell(layer: Layer, sparsity: float, batch: int, threads: int, repeats: int,
+             bw: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    w0 = (rng.standard_normal((layer.cout, layer.cin, layer.k, layer.k)) *
+          np.sqrt(2 / (layer.cin * layer.k ** 2))).astype(np.float32)
+    if layer.kind == "linear":
+        w0 = w0.reshape(layer.cout, layer.cin)
+    w, wb = _prune(w0, sparsity), _prune(w0, sparsity, block=4)
+    x = _input(layer, batch, rng)
+    torch.set_num_threads(threads)
+    numba.set_num_threads(threads)
+    with threadpool_limits(threads):
+        fns, ys, refs, auto_fmt = _engines(layer, w, wb, x, threads)
+        for name, fn in fns.items():
+            out = fn()
+            refs[name] = _check(name, ys.get(name, out) if out is None else out, layer, x,
+                                refs.get(name, w))
+        timings = time_blocks(fns, repeats)
+    base = timings["torch dense"].median_ms
+    nnz = int(np.count_nonzero(w))
+    L = batch if layer.kind == "linear" else batch * (layer.hw // layer.stride) ** 2
+    idx_bytes = 2 if w.reshape(w.shape[0], -1).shape[1] <= 65536 else 4
+    moved = nnz * (4 + idx_bytes) + (layer.cout + 1) * 8 + 4 * x.size + 4 * layer.cout * L
+    rows = []
+    for name, t in timings.items():
+        row = {"layer": layer.name, "sparsity": sparsity, "batch": batch, "threads": threads,
+               "engine": name, "median_ms": t.median_ms, "p10_ms": t.p10_ms, "p90_ms": t.p90_ms,
+               "runs": t.runs, "speedup_vs_torch_dense": base / t.median_ms,
+               "max_rel_err": refs[name]}
+        if name == "sparsecc llvm CSR":
+            sec = t.median_ms / 1e3
+            row.update(gbps=moved / sec / 1e9, gflops=2 * nnz * L / sec / 1e9,
+                       dram_roofline_ms=moved / bw * 1e3,
+                       roofline_fraction=(moved / bw) / sec)
+        if name == "sparsecc auto (compiled)":
+            row["auto_format"] = auto_fmt
+            row["vs_compiled_dense"] = (timings["sparsecc dense (compiled)"].median_ms /
+                                        t.median_ms)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["layer"], r["sparsity"], r["batch"], r["threads"]), {})[
+            r["engine"]] = r
+    short = {e: e.replace("sparsecc ", "").replace(" (compiled)", "*") for e in engines}
+    head = ("| layer | sp | batch | thr | " + " | ".join(short[e] for e in engines) +
+            " | llvm CSR GB/s | roof % | auto fmt |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (layer, s, b, th), by in cells.items():
+        vals = []
+        for e in engines:
+            r = by.get(e)
+            vals.append("-" if r is None else
+                        f"{r['median_ms']:.3f} ({r['speedup_vs_torch_dense']:.2f}x)")
+        c = by.get("sparsecc llvm CSR", {})
+        a = by.get("sparsecc auto (compiled)", {})
+        lines.append(f"| {layer} | {s} | {b} | {th} | " + " | ".join(vals) +
+                     f" | {c.get('gbps', 0):.1f} | {100 * c.get('roofline_fraction', 0):.0f} | "
+                     f"{a.get('auto_format', '-')} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if r["batch"] == 1 and r["threads"] == max(x["threads"] for x in rows)]
+    layers = list(dict.fromkeys(r["layer"] for r in sel))
+    if not layers:
+        return
+    cols = 4
+    nrows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    for ax, layer in zip(axes.flat, layers):
+        for eng in dict.fromkeys(r["engine"] for r in sel):
+            pts = sorted((r["sparsity"], r["speedup_vs_torch_dense"]) for r in sel
+                         if r["layer"] == layer and r["engine"] == eng)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=eng)
+        ax.axhline(1.0, color="gray", lw=0.5)
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("speedup vs torch dense")
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle("batch 1: speedup over torch dense (same process, medians)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--layers", default="", help="comma-separated substrings of layer names")
+    ap.add_argument("--sparsity", default="")
+    ap.add_argument("--batch", default="")
+    ap.add_argument("--threads", default="")
+    ap.add_argument("--repeats", type=int, default=0)
+    ap.add_argument("--out", default="results/kernels")
+    a = ap.parse_args(argv)
+    layers = [lay for lay in LAYERS if lay.name in QUICK_LAYERS] if a.quick else LAYERS
+    if a.layers:
+        layers = [lay for lay in LAYERS if any(s in lay.name for s in a.layers.split(","))]
+    sparsities = [float(s) for s in a.sparsity.split(",")] if a.sparsity else (
+        [0.9] if a.quick else [0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
+    batches = [int(b) for b in a.batch.split(",")] if a.batch else ([1, 64] if a.quick
+                                                                     else [1, 16, 64])
+    threads = [int(t) for t in a.threads.split(",")] if a.threads else ([2] if a.quick
+                                                                       else [1, 2])
+    repeats = a.repeats or (30 if a.quick else 20)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    info = machine_info()
+    bw = dram_bandwidth()
+    info["dram_gbps_numpy_copy"] = round(bw / 1e9, 1)
+    print(json.dumps(info))
+    rows: list[dict] = []
+    jpath = out / f"{stamp}.jsonl"
+    t0 = time.perf_counter()
+    with jpath.open("w") as f:
+        f.write(json.dumps({"machine": info}) + "\n")
+        for layer in layers:
+            for b in batches:
+                # convs at batch 64 take minutes per cell on 2 cores: linear layers only
+                if layer.kind == "conv" and b > 16:
+                    continue
+                for th in threads:
+                    for s in sparsities:
+                        cell = run_cell(layer, s, b, th, repeats, bw)
+                        rows += cell
+                        for r in cell:
+                            f.write(json.dumps(r) + "\n")
+                        f.flush()
+                        best = {r["engine"]: r["speedup_vs_torch_dense"] for r in cell}
+                        print(f"[{time.perf_counter() - t0:6.0f}s] {layer.name} s={s} b={b} "
+                              f"t={th}: llvm CSR {best['sparsecc llvm CSR']:.2f}x, "
+                              f"auto {best['sparsecc auto (compiled)']:.2f}x", flush=True)
+    md = markdown(rows)
+    (out / f"{stamp}.md").write_text(
+        f"# kernel sweep {info['date']}\n\n{json.dumps(info)}\n\n"
+        "Cells: median ms (speedup over torch dense); * = whole compiled-model call.\n\n"
+        + md + "\n")
+    plot(rows, out / f"{stamp}-speedup_vs_sparsity.png")
+    print(md)
+    print(f"wrote {jpath}, .md, -speedup_vs_sparsity.png in {time.perf_counter() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

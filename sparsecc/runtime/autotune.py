@@ -1,0 +1,106 @@
+"""Measured format choice: time one layer in each candidate format on this machine, once.
+
+Results are cached on disk (``<cache dir>/autotune.json``) under a key of the layer's geometry,
+epilogue, nonzero-pattern hash, candidate format, batch, thread count and CPU, so compiling the
+same model again costs no measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+
+import numpy as np
+
+from sparsecc.ir.plan import Op
+from sparsecc.options import env_cache_dir
+from sparsecc.runtime.ops.registry import OPS, BindCtx
+from sparsecc.runtime.threads import single_threaded_blas
+
+_LOCK = threading.Lock()
+# Bump when kernels change enough to invalidate old measurements.
+KERNEL_VERSION = 1
+
+
+def _cache_path():
+    d = env_cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    return d / "autotune.json"
+
+
+def _load() -> dict:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(entries: dict) -> None:
+    path = _cache_path()
+    with _LOCK:
+        data = _load()
+        data.update(entries)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+
+def layer_key(op: Op, w: np.ndarray, in_shape, out_shape, fmt: str, threads: int,
+              host: str) -> str:
+    geo = {k: op.attrs.get(k) for k in ("kernel", "stride", "padding", "dilation", "groups",
+                                         "act", "act_a", "act_b")}
+    h = hashlib.sha256()
+    h.update(np.packbits(w != 0).tobytes())
+    text = json.dumps([op.kind, list(in_shape), list(out_shape), list(w.shape), geo, fmt,
+                       threads, host, KERNEL_VERSION, "bias" in op.params], default=str)
+    h.update(text.encode())
+    return h.hexdigest()[:32]
+
+
+def measure(op: Op, params: dict[str, np.ndarray], in_shape, out_shape, *, repeats: int = 15,
+            budget_s: float = 0.25) -> float:
+    """Median seconds of one call of ``op`` (bound with ``params``) on random inputs."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(in_shape).astype(np.float32)
+    out = np.empty(out_shape, np.float32)
+    fn = OPS[op.kind].scratch
+    need = fn(op, [tuple(in_shape)], tuple(out_shape)) if fn else []
+    scratch = [np.empty(s, d) for s, d in need]
+    step = OPS[op.kind].bind(BindCtx(op, [x], out, params, scratch))
+    times = []
+    with single_threaded_blas():
+        step()  # warm-up: compiles kernels, faults in pages
+        start = time.perf_counter()
+        while len(times) < repeats and (time.perf_counter() - start < budget_s or len(times) < 3):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def measure_formats(op: Op, w: np.ndarray, packed: dict[str, dict[str, np.ndarray]],
+                    bias: np.ndarray | None, in_shape, out_shape, threads: int, host: str
+                    ) -> dict[str, float]:
+    """{format: median seconds} for each packed candidate, from the disk cache when known."""
+    cache = _load()
+    got, new = {}, {}
+    for fmt, params in packed.items():
+        key = layer_key(op, w, in_shape, out_shape, fmt, threads, host)
+        if key in cache:
+            got[fmt] = float(cache[key])
+            continue
+        cand = dataclasses.replace(op, attrs=dict(op.attrs, fmt=fmt), params=dict(op.params))
+        full = dict(params)
+        if bias is not None:
+            full["bias"] = bias
+        got[fmt] = new[key] = measure(cand, full, in_shape, out_shape)
+    if new:
+        _store(new)
+    return got
