@@ -37,6 +37,7 @@ from sparsecc.benchmarks.suite import machine_info
 from sparsecc.formats.pack import pack
 from sparsecc.ir.plan import Op
 from sparsecc.runtime.ops.registry import OPS, BindCtx
+from sparsecc.runtime.threads import single_threaded_blas
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,19 @@ def _bound(layer: Layer, w: np.ndarray, fmt: str, x: np.ndarray, y: np.ndarray,
     return OPS[op.kind].bind(BindCtx(op, [x], y, params, scratch))
 
 
+def _blas1(step, hold: bool):
+    """As the runtime runs sparse kernels: numpy's BLAS held at one thread (its spinning
+    workers would otherwise compete with numba's)."""
+    if not hold:
+        return step
+
+    def run():
+        with single_threaded_blas():
+            step()
+
+    return run
+
+
 def _compiled(layer: Layer, w: np.ndarray, x: np.ndarray, formats: dict):
     mod = _module(layer).eval()
     with torch.no_grad():
@@ -164,8 +178,7 @@ def _engines(layer: Layer, w: np.ndarray, wb: np.ndarray, x: np.ndarray, threads
                                        ("sparsecc llvm CSR", "csr", w, "llvm"),
                                        ("sparsecc llvm BSR4x1", "bsr4x1", wb, "llvm")):
         ys[name] = np.empty_like(y)
-        step = _bound(layer, weight, fmt, x, ys[name], backend)
-        fns[name] = step
+        fns[name] = _blas1(_bound(layer, weight, fmt, x, ys[name], backend), fmt != "dense")
         refs[name] = weight
     fns["sparsecc dense (compiled)"], _ = _compiled(layer, w, x, {"force": "dense"})
     fns["sparsecc auto (compiled)"], auto_fmt = _compiled(layer, w, x, {"autotune": True})
@@ -196,6 +209,7 @@ def time_blocks(fns: dict, repeats: int, rounds: int = 3) -> dict:
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append((time.perf_counter() - t0) * 1e3)
+            time.sleep(0.005)  # let the engine's worker threads stop spinning
     return {k: summarize(v) for k, v in samples.items()}
 
 

@@ -57,6 +57,7 @@ def compile(model: nn.Module, example_inputs: Any, sparsity: float | None = None
     plan = lower(cap)
     run_pass("fuse", plan, sections.get("fuse"))
     run_pass("select-format", plan, sections.get("formats"))
+    run_pass("layout", plan, sections.get("layout"))
     try:
         verify_plan(plan, OPS.keys())
     except PlanInvalid as exc:  # a bug in a pass, not in the user's model

@@ -2,7 +2,8 @@
 
 ```yaml
 prune: {sparsity: 0.9, scope: global}
-formats: {csr_max_density: 0.35}
+formats: {autotune: true, backend: llvm}   # also csr_max_density, batch, force, blocked
+layout: {enabled: true}
 fuse: {epilogues: true}
 compile: {dynamic_batch: true}
 ```
@@ -16,7 +17,7 @@ from typing import Any
 
 from sparsecc.errors import PassError, RecipeError
 
-SECTIONS = {"prune": "prune", "formats": "select-format", "fuse": "fuse",
+SECTIONS = {"prune": "prune", "formats": "select-format", "layout": "layout", "fuse": "fuse",
             "normalize": "normalize", "compile": None, "schedule": None}
 COMPILE_KEYS = {"dynamic_batch"}
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Effective per-core rates (measured with bench/kernels.py, medians):
-DENSE_FLOPS = 90e9  # single-threaded OpenBLAS GEMM after im2col (runtime holds BLAS at 1 thread)
+DENSE_FLOPS = 85e9  # single-threaded OpenBLAS GEMM after im2col (runtime holds BLAS at 1 thread)
 DENSE_GEMV_BYTES = 50e9  # GEMV streams the weights
 VEC_FMAS = 2.2e9  # vector FMAs/s per core in the spmm kernels (load-bound: x vector + broadcast)
-BSR_GAIN = 1.6  # an R x 1 block shares each x load across R rows
+# An R x 1 block shares each x vector load across R rows (measured, dense 3x3 and 1x1 layers):
+BSR_GAIN = {1: 1.0, 2: 1.3, 4: 1.9, 8: 2.2, 16: 2.1}
 INDEX_NS = 0.5e-9  # per stored index per tile: load, decode, address
 GATHER_NNZ = 4.5e9  # nonzeros/s per core in the gather spmv
 COPY_BYTES = 8e9  # per core: im2col, padding, transposes
@@ -52,7 +53,10 @@ def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int) -> floa
     vecs = -(-int(L) // vw)
     tile = min(4, vecs) or 1
     tiles = -(-vecs // tile)
-    rate = VEC_FMAS * (BSR_GAIN if fmt.startswith("bsr") and fmt.endswith("x1") else 1.0)
+    rate = VEC_FMAS
+    if fmt.startswith("bsr"):
+        r, c = (int(v) for v in fmt[3:].split("x"))
+        rate *= BSR_GAIN.get(r, 2.0) if c == 1 else 1.1
     fma = stored * vecs * g.n / (rate * t)
     index = stored * tiles * g.n * INDEX_NS / t
     copy = 0.0

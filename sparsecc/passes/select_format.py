@@ -29,8 +29,9 @@ FORMAT_CHOICES = ("auto", "dense", "csr")
 
 @dataclass(frozen=True)
 class SelectFormatOptions:
-    # Above this density a layer stays dense without asking the model (never measured faster).
-    csr_max_density: float = 0.7
+    # Above this density a layer stays in the dense format whatever the model or ``force`` say
+    # (1.0: the model decides; dense weights may run faster as BSR 8x1 than through BLAS).
+    csr_max_density: float = 1.0
     autotune: bool = False
     batch: int = 0  # the batch the choice is made for; 0: the plan's example batch
     tune_margin: float = 3.0  # time candidates estimated within this factor of the best
@@ -94,6 +95,8 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
     g = layer_geom(op, in_shape, out_shape)
     kxk = op.kind == "conv2d" and tuple(int(v) for v in op.attrs["kernel"]) != (1, 1)
     cands = candidates(w2, conv_kxk=kxk) if opts.blocked else ["dense", "csr"]
+    if op.attrs["density"] > opts.csr_max_density:
+        return "dense"
     if opts.force != "auto":
         return opts.force if opts.force in cands or opts.force in ("dense", "csr") else "csr"
     from sparsecc.codegen.llvm.jit import host
@@ -107,7 +110,7 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
     op.attrs["est_us"] = {f: round(t * 1e6, 3) for f, t in est.items()}
     best = min(est, key=est.get)
     if not opts.autotune:
-        return best if op.attrs["density"] <= opts.csr_max_density else "dense"
+        return best
     close = [f for f in est if est[f] <= est[best] * opts.tune_margin or f == "dense"]
     from sparsecc.runtime import autotune
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from llvmlite import ir
@@ -209,12 +209,15 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
     rsplit = b.inttoptr(k.arg_i64(A_RSPLIT, "rsplit_i"), I64.as_pointer())
     row_fns = _spmm_row_chunks(module, name, spec, pattern) if pattern is not None else None
     with k.loop(k.fn.args[0], k.fn.args[1], "w") as w:
-        wt = b.sdiv(w, nrb)
-        rb = b.sub(w, b.mul(wt, nrb))
+        # Tiles vary fastest: a thread's contiguous run of items covers whole row blocks, so
+        # the cheap last (partial) tile of each row block does not unbalance the threads.
+        rest = b.sdiv(w, ntiles)
+        t = b.sub(w, b.mul(rest, ntiles))
+        n = b.sdiv(rest, nrb)
+        rb = b.sub(rest, b.mul(n, nrb))
         r0 = b.load(b.gep(rsplit, [rb], inbounds=True))
         r1 = b.load(b.gep(rsplit, [b.add(rb, I64(1))], inbounds=True))
-        n = b.sdiv(wt, ntiles)
-        j0 = b.mul(b.sub(wt, b.mul(n, ntiles)), I64(width))
+        j0 = b.mul(t, I64(width))
         xb = b.gep(x, [b.add(b.mul(n, xns), j0)], inbounds=True)
         ob = b.gep(out, [b.add(b.mul(n, ons), j0)], inbounds=True)
         full = b.icmp_signed("<=", b.add(j0, I64(width)), L)
@@ -229,8 +232,23 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
                 for v in range(spec.tile):
                     pos = b.add(lanes, _splat_i64(b, spec.vw, v * spec.vw))
                     masks.append(b.icmp_signed("<", pos, _splat_i64_val(b, spec.vw, rem)))
-                _spmm_tile(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
-                           row_fns)
+                if row_fns is not None or spec.tile == 1:
+                    _spmm_tile(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
+                               ors, row_fns)
+                else:
+                    # Only the live vectors: a variant per count (a masked-off vector would
+                    # still cost its loads and FMAs).
+                    live = b.sdiv(b.add(rem, I64(spec.vw - 1)), I64(spec.vw))
+                    done = k.fn.append_basic_block("tail_done")
+                    sw = b.switch(live, done)
+                    for nv in range(1, spec.tile + 1):
+                        blk = k.fn.append_basic_block(f"tail{nv}")
+                        sw.add_case(I64(nv), blk)
+                        b.position_at_end(blk)
+                        _spmm_tile(k, replace(spec, tile=nv), masks[:nv], indptr, idx, data, xb,
+                                   ob, bias, r0, r1, xrs, ors, None)
+                        b.branch(done)
+                    b.position_at_end(done)
     b.ret_void()
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as C
 from sparsecc.codegen.numba import pool as P
+from sparsecc.codegen.numba import sparse as S
 from sparsecc.errors import InputError
 from sparsecc.ir.plan import Op
 from sparsecc.runtime.ops import sparse as SP
@@ -53,9 +54,7 @@ def bind_linear(ctx: BindCtx):
         return SP.bind_linear(ctx, x2, o2, (bias, has_bias, code, a, b, ctx.attr("act", "none")))
     w = ctx.params["weight"]
     if x2.shape[0] == 1:
-        # A GEMV: W (O, K) @ x (K, 1) splits over output rows, each block contiguous.
-        xcol, ocol = x2.reshape(-1, 1), o2.reshape(-1, 1)
-        gemm = lambda: np.matmul(w, xcol, out=ocol)  # noqa: E731
+        return lambda: S.dense_gemv(w, x2, o2, bias, has_bias, code, a, b)
     else:
         wt = w.T
         gemm = lambda: np.matmul(x2, wt, out=o2)  # noqa: E731

@@ -1,0 +1,142 @@
+"""select-format (cost model, autotune, blocked formats) and the layout pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsecc
+from sparsecc.formats import cost
+from sparsecc.frontend import capture
+from sparsecc.lowering import lower
+from sparsecc.passes import run_pass
+from tests.conftest import assert_matches
+
+
+def _plan(net, x, fmt_opts=None):
+    plan = lower(capture(net, x))
+    run_pass("fuse", plan)
+    run_pass("select-format", plan, fmt_opts or {})
+    return plan
+
+
+def _linears(plan):
+    return [op for op in plan.ops if op.kind == "linear"]
+
+
+def test_dense_weights_stay_dense_and_sparse_go_sparse(seed):
+    net = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512)).eval()
+    with torch.no_grad():
+        net[2].weight.mul_((torch.rand(512, 512) < 0.05).float())
+    plan = _plan(net, torch.randn(1, 512))
+    fmts = [op.attrs["fmt"] for op in _linears(plan)]
+    # batch 1: the dense layer runs the GEMV (the BSR kernel wastes lanes at width 1)
+    assert fmts[0] == "dense" and fmts[1] == "csr", fmts
+    for op in _linears(plan):
+        est = op.attrs["est_us"]
+        assert set(est) >= {"dense", "csr"} and all(v > 0 for v in est.values())
+
+
+def test_cost_model_ranks_sparsity():
+    g = cost.LayerGeom(rows=1024, k=1024, n=1, L=64)
+    dense = cost.estimate("dense", g, 1024 * 1024, 2, 16)
+    sparse = [cost.estimate("csr", g, int(1024 * 1024 * d), 2, 16) for d in (0.05, 0.2, 0.5)]
+    assert sparse[0] < sparse[1] < sparse[2]
+    assert sparse[0] < dense / 4
+    # one thread: fully dense CSR loses to BLAS
+    assert cost.estimate("csr", g, 1024 * 1024, 1, 16) > cost.estimate("dense", g, 1024**2, 1, 16)
+    # a 4x1-blocked pattern of the same count is cheaper than CSR
+    assert cost.estimate("bsr4x1", g, 50000, 2, 16) < cost.estimate("csr", g, 50000, 2, 16)
+
+
+def test_autotune_measures_and_caches(seed, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSECC_CACHE_DIR", str(tmp_path))
+    net = nn.Sequential(nn.Linear(256, 256)).eval()
+    with torch.no_grad():
+        net[0].weight.mul_((torch.rand(256, 256) < 0.1).float())
+    x = torch.randn(4, 256)
+    plan = _plan(net, x, {"autotune": True})
+    op = _linears(plan)[0]
+    measured = op.attrs["measured_us"]
+    assert "dense" in measured and "csr" in measured
+    assert op.attrs["fmt"] == min(measured, key=measured.get)
+    cache = (tmp_path / "autotune.json").read_text()
+    assert len(cache) > 10
+    # a second compile reads the same figures from the cache instead of timing again
+    again = _linears(_plan(net, x, {"autotune": True}))[0]
+    assert again.attrs["measured_us"] == measured
+
+
+@pytest.mark.parametrize("pattern,fmt", [("4x1", "bsr4x1"), ("2:4", "nm2:4")])
+def test_blocked_patterns_get_blocked_formats(seed, pattern, fmt):
+    net = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 64)).eval()
+    pruned = sparsecc.prune(net, sparsity=0.5, pattern=pattern, scope="layer")
+    x = torch.randn(8, 256)
+    cm = sparsecc.compile(pruned, x, recipe={"formats": {"force": fmt}})
+    assert [op.attrs["fmt"] for op in _linears(cm.plan)] == [fmt, fmt]
+    with torch.no_grad():
+        assert_matches(cm(x), pruned(x))
+    rt = sparsecc.load(_saved(cm))
+    assert_matches(rt(x.numpy()), pruned(x).detach().numpy())
+
+
+def _saved(cm):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "m.scc"
+    cm.save(path)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["llvm", "numba"])
+def test_every_format_matches_torch_on_convs(seed, backend):
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1),
+                        nn.ReLU6(), nn.Conv2d(16, 8, 3, stride=2, padding=1)).eval()
+    pruned = sparsecc.prune(net, sparsity=0.75, pattern="4x1", scope="layer")
+    x = torch.randn(2, 8, 13, 11)
+    with torch.no_grad():
+        ref = pruned(x)
+    for fmt in ("csr", "bsr4x1", "dense"):
+        cm = sparsecc.compile(pruned, x, recipe={"formats": {"force": fmt, "backend": backend}})
+        assert_matches(cm(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_layout_pass_hands_over_and_is_idempotent(seed):
+    net = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 80), nn.GELU(),
+                        nn.Linear(80, 32)).eval()
+    pruned = sparsecc.prune(net, sparsity=0.8)
+    x = torch.randn(7, 64)
+    plan = _plan(pruned, x, {"force": "csr"})
+    assert run_pass("layout", plan).changed
+    lin = _linears(plan)
+    assert [bool(op.attrs.get("in_kn")) for op in lin] == [False, True, True]
+    assert [bool(op.attrs.get("out_kn")) for op in lin] == [True, True, False]
+    assert not run_pass("layout", plan).changed
+    from sparsecc.api import CompiledModel
+
+    with torch.no_grad():
+        assert_matches(CompiledModel(plan)(x), pruned(x))
+        assert_matches(CompiledModel(plan)(x[:1]), pruned(x[:1]))
+
+
+def test_layout_keeps_torch_layout_for_shared_and_output_tensors(seed):
+    class Fork(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(32, 32), nn.Linear(32, 16), nn.Linear(32, 16)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) + h.sum(-1, keepdim=True), self.c(h)
+
+    net = sparsecc.prune(Fork().eval(), sparsity=0.8)
+    x = torch.randn(5, 32)
+    plan = _plan(net, x, {"force": "csr"})
+    run_pass("layout", plan)
+    assert not any(op.attrs.get("out_kn") for op in _linears(plan))  # h also feeds a sum
+    from sparsecc.api import CompiledModel
+
+    with torch.no_grad():
+        assert_matches(CompiledModel(plan)(x), net(x))
