@@ -6,6 +6,7 @@ passed torch tensors, so a loaded artifact runs in a process without torch).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,10 @@ class CompiledModel:
                 out.append(np.zeros(shape, spec.dtype))
         return out
 
-    def save(self, path: str | Path) -> Path:
-        return save_plan(self.plan, path)
+    def save(self, path: str | Path, native: bool = True) -> Path:
+        """Write the artifact; with ``native``, also the object code of the LLVM kernels this
+        plan uses at its example batch, for this CPU (others rebuild them at load)."""
+        return save_plan(self.plan, path, _native_code(self) if native else None)
 
     def report(self, measure: bool = True, repeats: int = 20) -> Report:
         return build_report(self, measure, repeats)
@@ -67,9 +70,51 @@ class CompiledModel:
         return f"CompiledModel({len(p.ops)} ops, inputs={shapes}, {mb:.2f} MB of constants)"
 
 
-def load(path: str | Path) -> CompiledModel:
-    """Load a saved artifact; never executes code from it and never imports torch."""
-    return CompiledModel(load_plan(path, OPS.keys()))
+def load(path: str | Path, native: bool = False) -> CompiledModel:
+    """Load a saved artifact; never imports torch.
+
+    By default nothing in the artifact is executed: kernels are rebuilt from the plan (from the
+    local kernel cache when this machine built them before). ``native=True`` links the object
+    code stored in the artifact when it was built for this CPU (no LLVM compilation at all),
+    and falls back to rebuilding when it was not: only for artifacts from a trusted source.
+    """
+    plan = load_plan(path, OPS.keys())
+    if native:
+        _link_native(path)
+    return CompiledModel(plan)
+
+
+def _native_code(cm: CompiledModel):
+    from sparsecc.runtime.artifact import NativeCode
+    from sparsecc.runtime.ops.sparse import llvm_available
+
+    if not llvm_available():
+        return None
+    from sparsecc.codegen.llvm import jit, kernels
+
+    with kernels.recording() as used:
+        cm.executor._bind(cm.plan.example_batch)
+    code = NativeCode(jit.host().key)
+    for key, k in used.items():
+        code.kernels[key] = (dataclasses.asdict(k.spec), k.obj)
+    return code
+
+
+def _link_native(path) -> int:
+    """Link the artifact's object code if it matches this CPU; the number of kernels linked."""
+    from sparsecc.runtime.artifact import read_native
+    from sparsecc.runtime.ops.sparse import llvm_available
+
+    native = read_native(path)
+    if native is None or not llvm_available():
+        return 0
+    from sparsecc.codegen.llvm import jit, kernels
+
+    if native.host != jit.host().key:
+        return 0  # another CPU: kernels are rebuilt for this one when the plan is bound
+    for spec_fields, obj in native.kernels.values():
+        kernels.from_object(kernels.spec_from_dict(spec_fields), obj)
+    return len(native.kernels)
 
 
 # ---- report -------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
-"""The .scc artifact: a zip holding a JSON manifest (the plan) and safetensors weights.
+"""The .scc artifact: a zip holding a JSON manifest (the plan) and safetensors weights, and
+optionally the LLVM object code of its kernels for one CPU (``native/``).
 
 No pickle anywhere: loading parses JSON and raw tensor bytes, and maps op kinds to a fixed table,
-so nothing in an artifact can run code. A SHA-256 over both members catches truncation and
-tampering; a schema number newer than this reader's is refused.
+so nothing in an artifact can run code. The optional object code is machine code: it is only
+linked when the caller asks (``load(path, native=True)``) *and* its CPU key matches this
+machine; otherwise kernels are rebuilt from the plan (or fetched from the local cache). A
+SHA-256 over all members catches truncation and tampering by accident, not by an author who
+recomputes it: native code is for artifacts you trust. A schema number newer than this
+reader's is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +28,79 @@ from sparsecc.ir.verify import PlanInvalid, verify_plan
 
 MAGIC = "sparsecc-artifact"
 _MANIFEST, _WEIGHTS, _CHECKSUM = "manifest.json", "weights.safetensors", "SHA256"
+_NATIVE_INDEX = "native/index.json"
 
 
-def _digest(manifest: bytes, weights: bytes) -> str:
+@dataclass
+class NativeCode:
+    """Object code per kernel for one CPU: host key, {kernel key: (spec fields, object)}."""
+
+    host: str
+    kernels: dict[str, tuple[dict, bytes]] = field(default_factory=dict)
+
+
+def _digest(manifest: bytes, weights: bytes, extra: list[bytes] = ()) -> str:
     h = hashlib.sha256()
     h.update(len(manifest).to_bytes(8, "little"))
     h.update(manifest)
     h.update(weights)
+    for blob in extra:  # the native members (none in artifacts without native code)
+        h.update(len(blob).to_bytes(8, "little"))
+        h.update(blob)
     return h.hexdigest()
 
 
-def save_plan(plan: ExecutionPlan, path: str | Path) -> Path:
+def _native_members(native: NativeCode | None) -> list[tuple[str, bytes]]:
+    if native is None or not native.kernels:
+        return []
+    index = {"host": native.host, "kernels": [
+        {"key": key, "spec": spec, "file": f"native/{i}.o",
+         "sha256": hashlib.sha256(obj).hexdigest()}
+        for i, (key, (spec, obj)) in enumerate(sorted(native.kernels.items()))]}
+    members = [(_NATIVE_INDEX, json.dumps(index, indent=1, sort_keys=True).encode())]
+    members += [(f"native/{i}.o", obj)
+                for i, (_, (_, obj)) in enumerate(sorted(native.kernels.items()))]
+    return members
+
+
+def save_plan(plan: ExecutionPlan, path: str | Path, native: NativeCode | None = None) -> Path:
     path = Path(path)
     manifest = dict(plan.manifest(), magic=MAGIC)
     mbytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
     wbytes = st_save({k: np.ascontiguousarray(v) for k, v in plan.constants.items()})
+    extra = _native_members(native)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(_MANIFEST, mbytes)
         zf.writestr(_WEIGHTS, wbytes)
-        zf.writestr(_CHECKSUM, _digest(mbytes, wbytes))
+        for name, blob in extra:
+            zf.writestr(name, blob)
+        zf.writestr(_CHECKSUM, _digest(mbytes, wbytes, [b for _, b in extra]))
     tmp.replace(path)
     return path
+
+
+def read_native(path: str | Path) -> NativeCode | None:
+    """The artifact's object code (checked against its index), or None if it has none.
+
+    Call after ``load_plan`` (which verified the checksum over every member)."""
+    where = str(path)
+    with zipfile.ZipFile(path) as zf:
+        if _NATIVE_INDEX not in zf.namelist():
+            return None
+        try:
+            index = json.loads(zf.read(_NATIVE_INDEX))
+            out = NativeCode(str(index["host"]))
+            for item in index["kernels"]:
+                obj = zf.read(str(item["file"]))
+                if hashlib.sha256(obj).hexdigest() != item["sha256"]:
+                    raise ArtifactError(where, f"native code {item['file']} does not match "
+                                               "its index")
+                out.kernels[str(item["key"])] = (dict(item["spec"]), obj)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(where, f"bad native-code index: {exc}") from None
+    return out
 
 
 def load_plan(path: str | Path, known_kinds) -> ExecutionPlan:
@@ -60,9 +116,15 @@ def load_plan(path: str | Path, known_kinds) -> ExecutionPlan:
                 raise ArtifactError(where, f"not a sparsecc artifact (missing {sorted(missing)})")
             mbytes, wbytes = zf.read(_MANIFEST), zf.read(_WEIGHTS)
             stored = zf.read(_CHECKSUM).decode("ascii", "replace").strip()
+            extra = []
+            if _NATIVE_INDEX in names:
+                extra = [zf.read(_NATIVE_INDEX)]
+                extra += [zf.read(n) for n in sorted(
+                    (n for n in names if n.startswith("native/") and n.endswith(".o")),
+                    key=lambda n: int(n[len("native/"):-2]) if n[7:-2].isdigit() else -1)]
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
         raise ArtifactError(where, f"unreadable or truncated ({exc})") from None
-    if stored != _digest(mbytes, wbytes):
+    if stored != _digest(mbytes, wbytes, extra):
         raise ArtifactError(where, "checksum mismatch: the file was modified or corrupted")
     try:
         manifest = json.loads(mbytes)

@@ -36,7 +36,12 @@ def test_roundtrip_identical(compiled, seed):
 def test_artifact_has_no_pickle(compiled):
     _, _, path = compiled
     with zipfile.ZipFile(path) as zf:
-        assert sorted(zf.namelist()) == ["SHA256", "manifest.json", "weights.safetensors"]
+        names = zf.namelist()
+        plain = sorted(n for n in names if not n.startswith("native/"))
+        assert plain == ["SHA256", "manifest.json", "weights.safetensors"]
+        # the optional object code: an index and ELF objects, linked only on request
+        native = [n for n in names if n.startswith("native/")]
+        assert all(n == "native/index.json" or n.endswith(".o") for n in native)
         json.loads(zf.read("manifest.json"))
         blob = b"".join(zf.read(n) for n in zf.namelist())
     # Pickle streams start with PROTO (0x80) followed by the protocol number.

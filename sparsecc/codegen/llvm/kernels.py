@@ -6,8 +6,10 @@ artifact carried, without LLVM's optimiser. Kernels are memoised per process by 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,7 @@ from sparsecc.codegen.llvm import driver, emit, jit
 
 _MEMO: dict[str, LlvmKernel] = {}
 _MEMO_LOCK = threading.Lock()
+_RECORD = threading.local()
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,38 @@ def build(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> LlvmKer
     """Compile (or fetch from the caches) the kernel for ``spec``."""
     with _MEMO_LOCK:
         hit = _MEMO.get(spec.key)
-    if hit is not None:
-        return hit
-    obj = jit.compile_ir(kernel_ir(spec, pattern))
-    return from_object(spec, obj)
+    if hit is None:
+        hit = from_object(spec, jit.compile_ir(kernel_ir(spec, pattern)))
+    rec = getattr(_RECORD, "kernels", None)
+    if rec is not None:
+        rec[spec.key] = hit
+    return hit
+
+
+@contextmanager
+def recording():
+    """Collect {key: kernel} of every kernel built (or reused) in this thread meanwhile."""
+    prev = getattr(_RECORD, "kernels", None)
+    _RECORD.kernels = out = {}
+    try:
+        yield out
+    finally:
+        _RECORD.kernels = prev
+
+
+def spec_from_dict(d: dict) -> emit.KernelSpec:
+    """A KernelSpec from its saved fields (an artifact's native-code index); strict types."""
+    fields = {f.name: f.type for f in dataclasses.fields(emit.KernelSpec)}
+    if set(d) != set(fields):
+        raise ValueError(f"kernel spec fields {sorted(d)} != {sorted(fields)}")
+    vals = dict(d)
+    vals["block"] = tuple(int(v) for v in d["block"])
+    for name in ("vw", "tile", "idx_bits"):
+        vals[name] = int(d[name])
+    for name in ("act_a", "act_b"):
+        vals[name] = float(d[name])
+    vals["has_bias"] = bool(d["has_bias"])
+    return emit.KernelSpec(**vals)
 
 
 def from_object(spec: emit.KernelSpec, obj: bytes) -> LlvmKernel:

@@ -165,19 +165,38 @@ def _kn_buffers(ctx, x2, o2):
 def bind_linear(ctx, x2: np.ndarray, o2: np.ndarray, epi: tuple):
     """x2 (m, K) and o2 (m, O) are the plan's buffers; with attrs in_kn / out_kn they hold
     K x m / O x m data (the layout pass decided so) and are read/written as such."""
+    bufs = _kn_buffers(ctx, x2, o2)
+    if backend_of(ctx.op) == "llvm":
+        try:
+            return _linear_llvm(ctx, x2, o2, epi, *bufs)
+        except CodegenError as exc:
+            _fell_back(ctx.op, exc)
+    return _linear_numba(ctx, x2, o2, epi, *bufs)
+
+
+def _fell_back(op: Op, exc: Exception) -> None:
+    import warnings
+
+    warnings.warn(f"{op.layer or op.name}: LLVM kernel unavailable ({exc}); using the numba "
+                  "kernels", RuntimeWarning, stacklevel=3)
+
+
+def _linear_numba(ctx, x2, o2, epi, xt, ot, cin, cout):
+    bias, has_bias, code, a, b, _ = epi
+    ip, ix, dv = as_csr(ctx.op, ctx.params)
+    if x2.shape[0] <= 1:
+        return lambda: S.csr_spmv_rows(ip, ix, dv, x2, o2, bias, has_bias, code, a, b)
+    xt3, ot3 = xt.reshape(1, *xt.shape), ot.reshape(1, *ot.shape)
+    run = lambda: S.csr_spmm(ip, ix, dv, xt3, ot3, bias, has_bias, code, a, b)  # noqa: E731
+    return _sequence(cin, run, None, cout)
+
+
+def _linear_llvm(ctx, x2, o2, epi, xt, ot, cin, cout):
+    from sparsecc.codegen.llvm import jit, kernels
+
     bias, has_bias, code, a, b, act = epi
     sw = sparse_weight(ctx.op, ctx.params)
     m = x2.shape[0]
-    xt, ot, cin, cout = _kn_buffers(ctx, x2, o2)
-    if backend_of(ctx.op) == "numba":
-        ip, ix, dv = as_csr(ctx.op, ctx.params)
-        if m <= 1:
-            return lambda: S.csr_spmv_rows(ip, ix, dv, x2, o2, bias, has_bias, code, a, b)
-        xt3, ot3 = xt.reshape(1, *xt.shape), ot.reshape(1, *ot.shape)
-        run = lambda: S.csr_spmm(ip, ix, dv, xt3, ot3, bias, has_bias, code, a, b)  # noqa: E731
-        return _sequence(cin, run, None, cout)
-    from sparsecc.codegen.llvm import jit, kernels
-
     if m <= 1 and sw.family == "spmm":
         kern, tail = _kernel("spmv", ctx.op, (act, a, b), has_bias, sw.idx_bits)
         launch = kernels.spmv_launch(kern, sw.indptr, sw.indices, sw.data, bias, x2, o2, m=m,
@@ -276,16 +295,39 @@ def shifted_offsets(indices: np.ndarray, kh: int, kw: int, dh: int, dw: int, pla
 
 def bind_conv(ctx, x: np.ndarray, out: np.ndarray, cols, fill, epi: tuple, method: str):
     """``cols``/``fill``: im2col columns (N, K, HoWo) and the function filling them (or x as
-    (N, Cin, HW) and None for pointwise)."""
+    (N, Cin, HW) and None for pointwise; both None for the shifted method)."""
+    if backend_of(ctx.op) == "llvm":
+        try:
+            return _conv_llvm(ctx, x, out, cols, fill, epi, method)
+        except CodegenError as exc:
+            _fell_back(ctx.op, exc)
+    if cols is None:  # scratch was planned for the shifted LLVM path: im2col on our own
+        cols, fill = _own_im2col(ctx.op, x, out)
+    bias, has_bias, code, a, b, _ = epi
+    n, cout = out.shape[0], out.shape[1]
+    out3 = out.reshape(n, cout, -1)
+    ip, ix, dv = as_csr(ctx.op, ctx.params)
+    run = lambda: S.csr_spmm(ip, ix, dv, cols, out3, bias, has_bias, code, a, b)  # noqa: E731
+    return _sequence(fill, run)
+
+
+def _own_im2col(op: Op, x, out):
+    kh, kw = (int(v) for v in op.attrs["kernel"])
+    sh, sw = (int(v) for v in op.attrs["stride"])
+    ph, pw = (int(v) for v in op.attrs["padding"])
+    dh, dw = (int(v) for v in op.attrs["dilation"])
+    n, cin = x.shape[0], x.shape[1]
+    wo = out.shape[3]
+    cols = np.empty((n, cin * kh * kw, out.shape[2] * wo), np.float32)
+    return cols, lambda: C.im2col(x, 0, cin, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols)
+
+
+def _conv_llvm(ctx, x, out, cols, fill, epi, method):
+    from sparsecc.codegen.llvm import jit, kernels
+
     bias, has_bias, code, a, b, act = epi
     n, cout = out.shape[0], out.shape[1]
     out3 = out.reshape(n, cout, -1)
-    if backend_of(ctx.op) == "numba":
-        ip, ix, dv = as_csr(ctx.op, ctx.params)
-        run = lambda: S.csr_spmm(ip, ix, dv, cols, out3, bias, has_bias, code, a, b)  # noqa
-        return _sequence(fill, run)
-    from sparsecc.codegen.llvm import jit, kernels
-
     vw = jit.host().vector_width
     sw = sparse_weight(ctx.op, ctx.params)
     if method == "shifted":

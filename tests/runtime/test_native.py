@@ -1,0 +1,131 @@
+"""LLVM object code in artifacts: linked without compiling when the CPU matches, rebuilt when
+it does not, numba kernels when LLVM cannot build; results identical in every case."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sparsecc
+from sparsecc import api
+from sparsecc.codegen.llvm import jit, kernels
+from sparsecc.errors import CodegenError
+from sparsecc.runtime import artifact as art
+
+
+def _net():
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 32), nn.ReLU(),
+                        nn.Linear(32, 10)).eval()
+    return sparsecc.prune(net, 0.85)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    model = _net()
+    x = torch.randn(2, 3, 8, 8)
+    cm = sparsecc.compile(model, x, recipe={"formats": {"force": "csr"}})
+    path = cm.save(tmp_path_factory.mktemp("native") / "m.scc")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    return path, x.numpy(), ref
+
+
+def test_artifact_carries_object_code_for_this_cpu(saved):
+    path, _, _ = saved
+    native = art.read_native(path)
+    assert native is not None and native.host == jit.host().key
+    assert len(native.kernels) >= 2
+    for spec, obj in native.kernels.values():
+        assert obj[:4] == b"\x7fELF"
+        assert kernels.spec_from_dict(spec).vw == jit.host().vector_width
+
+
+def test_native_load_links_and_matches(saved):
+    path, x, ref = saved
+    assert api._link_native(path) >= 2
+    rt = sparsecc.load(path, native=True)
+    np.testing.assert_allclose(rt(x), ref, rtol=1e-4, atol=1e-5)
+
+
+NATIVE_RUN = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    t0 = time.perf_counter()
+    import sparsecc
+    from sparsecc import api
+    from sparsecc.codegen.llvm import jit
+    linked = api._link_native(sys.argv[1])
+    compiled = []
+    real = jit.compile_ir
+    jit.compile_ir = lambda *a, **k: compiled.append(1) or real(*a, **k)
+    rt = sparsecc.load(sys.argv[1])
+    y = rt(np.load(sys.argv[2]))
+    np.save(sys.argv[3], y)
+    print(linked, len(compiled), time.perf_counter() - t0)
+""")
+
+
+def test_fresh_process_runs_without_compiling(saved, tmp_path):
+    """A new process (empty kernel memo; empty disk cache) links the artifact's code and never
+    calls LLVM's compiler."""
+    path, x, ref = saved
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "run.py").write_text(NATIVE_RUN)
+    env = dict(__import__("os").environ, SPARSECC_CACHE_DIR=str(tmp_path / "empty-cache"))
+    res = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(path),
+                          str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    linked, compiled, _ = res.stdout.split()
+    assert int(linked) >= 2 and int(compiled) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_key_mismatch_rebuilds(saved, tmp_path):
+    path, x, ref = saved
+    # Re-save the artifact as if it had been built on another CPU.
+    native = art.read_native(path)
+    native.host = jit.Host("some-other-cpu", "+sse2").key
+    plan = sparsecc.load(path).plan
+    moved = art.save_plan(plan, tmp_path / "other.scc", native)
+    assert api._link_native(moved) == 0  # not linked: wrong CPU
+    rt = sparsecc.load(moved, native=True)
+    np.testing.assert_allclose(rt(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_llvm_failure_falls_back_to_numba(saved, monkeypatch):
+    path, x, ref = saved
+
+    def broken(spec, pattern=None):
+        raise CodegenError("llvm", "simulated failure")
+
+    monkeypatch.setattr(kernels, "build", broken)
+    rt = sparsecc.load(path)
+    with pytest.warns(RuntimeWarning, match="numba"):
+        y = rt(x)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_tampered_native_code_is_refused(saved, tmp_path):
+    path, _, _ = saved
+    out = tmp_path / "bad.scc"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
+        for name in zin.namelist():
+            blob = zin.read(name)
+            if name.endswith(".o"):
+                blob = blob[:-8] + b"\x90" * 8
+            zout.writestr(name, blob)
+    with pytest.raises(sparsecc.SparseccError, match="checksum"):
+        sparsecc.load(out, native=True)
+    index = json.loads(zipfile.ZipFile(path).read("native/index.json"))
+    assert index["host"] == jit.host().key
