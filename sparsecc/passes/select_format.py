@@ -38,12 +38,18 @@ class SelectFormatOptions:
     backend: str = "llvm"  # "llvm" | "numba": kernels for sparse formats
     force: str = "auto"  # "auto" | a format for every eligible layer (benchmarks, tests)
     blocked: bool = True  # consider BSR and N:M when the weight fits them
+    # Pattern-specialised LLVM kernels for CSR layers (codegen/llvm: offsets as immediates).
+    # Compile time grows with the nonzeros (~0.2 ms each here): the budget caps it per layer.
+    specialize: bool = False
+    specialize_max_nnz: int = 20000
 
     def __post_init__(self):
         if not 0.0 <= self.csr_max_density <= 1.0:
             raise ValueError(f"csr_max_density={self.csr_max_density} is not in [0, 1]")
         if self.backend not in ("llvm", "numba"):
             raise ValueError(f"backend={self.backend!r}: expected 'llvm' or 'numba'")
+        if self.specialize_max_nnz < 0:
+            raise ValueError("specialize_max_nnz must be >= 0")
         if self.batch < 0 or self.tune_margin < 1.0:
             raise ValueError("batch must be >= 0 and tune_margin >= 1")
         if self.force != "auto":
@@ -67,6 +73,8 @@ def select_format(plan: ExecutionPlan, opts: SelectFormatOptions) -> PassResult:
         if fmt != "dense":
             _to_sparse(plan, op, w, fmt)
             changed = True
+            if fmt == "csr" and opts.specialize and opts.backend == "llvm":
+                _maybe_specialize(plan, op, batch, opts)
     if changed:
         _drop_unused_constants(plan)
     return PassResult(plan, changed)
@@ -125,6 +133,40 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
                                         nthreads, host().key if llvm_available() else "numba")
     op.attrs["measured_us"] = {f: round(t * 1e6, 3) for f, t in measured.items()}
     return min(measured, key=measured.get)
+
+
+def _maybe_specialize(plan: ExecutionPlan, op: Op, batch: int, opts: SelectFormatOptions):
+    """Mark a CSR op for a pattern-specialised kernel when it is within the compile budget
+    and (with autotune) measures faster than the generic kernel."""
+    nnz = int(plan.constants[op.params["data"]].shape[0])
+    if nnz == 0 or nnz > opts.specialize_max_nnz:
+        return
+    if not opts.autotune:
+        op.attrs["specialize"] = True
+        return
+    from sparsecc.codegen.llvm.jit import host
+    from sparsecc.codegen.llvm.kernels import pattern_hash
+    from sparsecc.runtime import autotune
+    from sparsecc.runtime.ops.sparse import threads
+
+    in_shape = resolve_shape(plan.tensors[op.inputs[0]].shape, batch)
+    out_shape = resolve_shape(plan.tensors[op.output].shape, batch)
+    params = {role: plan.constants[name] for role, name in op.params.items()}
+    w_mask = np.zeros(1, np.float32)  # the pattern enters the key through its hash below
+    pat = pattern_hash(params["indptr"], params["indices"])
+    timed = {}
+    for flag in (False, True):
+        probe = Op(op.kind, op.name, op.inputs, op.output, dict(op.attrs, specialize=flag),
+                   {}, op.layer)
+        key = autotune.layer_key(probe, w_mask, in_shape, out_shape,
+                                 f"csr-spec{int(flag)}-{pat}",
+                                 threads(), host().key)
+        timed[flag] = autotune.cached_measure(key, probe, params, in_shape, out_shape)
+    op.attrs["measured_us"] = dict(op.attrs.get("measured_us", {}),
+                                   **{"csr": round(timed[False] * 1e6, 3),
+                                      "csr-specialized": round(timed[True] * 1e6, 3)})
+    if timed[True] < 0.95 * timed[False]:
+        op.attrs["specialize"] = True
 
 
 def _to_sparse(plan: ExecutionPlan, op: Op, w: np.ndarray, fmt: str) -> None:

@@ -85,6 +85,17 @@ def measure(op: Op, params: dict[str, np.ndarray], in_shape, out_shape, *, repea
     return float(np.median(times))
 
 
+def cached_measure(key: str, op: Op, params: dict[str, np.ndarray], in_shape, out_shape
+                   ) -> float:
+    """``measure`` through the disk cache under ``key``."""
+    cache = _load()
+    if key in cache:
+        return float(cache[key])
+    t = measure(op, params, in_shape, out_shape)
+    _store({key: t})
+    return t
+
+
 def measure_formats(op: Op, w: np.ndarray, packed: dict[str, dict[str, np.ndarray]],
                     bias: np.ndarray | None, in_shape, out_shape, threads: int, host: str
                     ) -> dict[str, float]:

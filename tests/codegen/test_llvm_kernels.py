@@ -183,3 +183,28 @@ def test_nm_matches_dense(seed, rows, cols, nm, L, act, bias):
                         xns=0, ons=0, threads=2, gn=gn)()
     ref = w @ x[0] + (bv[:, None] if bias else 0)
     np.testing.assert_allclose(out[0], FUSED[act](ref), rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(rows=st.integers(1, 24), cols=st.integers(1, 40), density=st.sampled_from([0.0, 0.2, 1.0]),
+       empty_rows=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       act=st.sampled_from(sorted(FUSED)), bias=st.booleans(), L=st.integers(1, 40),
+       tile=st.sampled_from([1, 2]), baked_stride=st.booleans(), threads=st.sampled_from([1, 2]))
+def test_specialised_spmm_matches_scipy(rows, cols, density, empty_rows, seed, act, bias, L, tile,
+                                        baked_stride, threads):
+    """The pattern baked into the code (offsets as immediates, one function per row chunk)."""
+    rng = np.random.default_rng(seed)
+    w = _matrix(rng, rows, cols, density, empty_rows)
+    x = rng.standard_normal((2, cols, L)).astype(np.float32)
+    bv = rng.standard_normal(rows).astype(np.float32)
+    out = np.full((2, rows, L), np.nan, np.float32)
+    ip, ix, dv = _csr(w, 16)
+    spec = emit.KernelSpec("spmm", jit.host().vector_width, tile, act,
+                           *((-0.5, 0.7) if act == "clamp" else (0.0, 0.0)), bias, 16,
+                           pattern_hash=kernels.pattern_hash(ip, ix),
+                           xrs=L if baked_stride else 0)
+    kern = kernels.build(spec, emit.Pattern(ip, ix))
+    kernels.spmm_launch(kern, ip, ix, dv, bv, x, out, n=2, L=L, xrs=L, ors=L, xns=cols * L,
+                        ons=rows * L, threads=threads, row_bounds=emit.chunk_bounds(ip))()
+    ref = np.stack([w @ x[i] for i in range(2)]) + (bv[None, :, None] if bias else 0)
+    np.testing.assert_allclose(out, FUSED[act](ref), rtol=1e-4, atol=1e-5)

@@ -140,3 +140,24 @@ def test_layout_keeps_torch_layout_for_shared_and_output_tensors(seed):
 
     with torch.no_grad():
         assert_matches(CompiledModel(plan)(x), net(x))
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_specialize_option(seed, autotune, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSECC_CACHE_DIR", str(tmp_path))
+    net = nn.Sequential(nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 24)).eval()
+    pruned = sparsecc.prune(net, sparsity=0.9)
+    for batch in (1, 5):
+        x = torch.randn(batch, 48)
+        cm = sparsecc.compile(pruned, x, recipe={"formats": {
+            "force": "csr", "specialize": True, "autotune": autotune,
+            "specialize_max_nnz": 300}})
+        lin = _linears(cm.plan)
+        if not autotune:
+            assert all(op.attrs.get("specialize") for op in lin)
+        else:
+            assert all("csr-specialized" in op.attrs["measured_us"] for op in lin)
+        other = torch.randn(3, 48)  # another batch: the kernels bake its row stride
+        with torch.no_grad():
+            assert_matches(cm(x), pruned(x))
+            assert_matches(cm(other), pruned(other))

@@ -60,15 +60,16 @@ def host() -> Host:
     return Host(llvm.get_host_cpu_name(), feats.flatten())
 
 
-def _target_machine(h: Host):
+def _target_machine(h: Host, opt: int = 3):
     _init()
     target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=h.cpu, features=h.features, opt=3,
-                                        reloc="pic", codemodel="default")
+    # The large code model: MCJIT may place a big object's sections > 2 GB apart.
+    return target.create_target_machine(cpu=h.cpu, features=h.features, opt=opt,
+                                        reloc="pic", codemodel="large")
 
 
-def _optimize(mod, tm) -> None:
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+def _optimize(mod, tm, opt: int = 3) -> None:
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt)
     pb = llvm.create_pass_builder(tm, pto)
     pm = pb.getModulePassManager()
     pm.run(mod, pb)
@@ -80,10 +81,14 @@ def cache_dir() -> Path:
     return d
 
 
-def compile_ir(ir_text: str, h: Host | None = None) -> bytes:
-    """Object code for ``ir_text`` for host ``h`` (default: this machine), via the disk cache."""
+def compile_ir(ir_text: str, h: Host | None = None, opt: int = 3) -> bytes:
+    """Object code for ``ir_text`` for host ``h`` (default: this machine), via the disk cache.
+
+    ``opt`` 0 (no IR optimisation, O1 code generation) is for the specialised kernels:
+    straight-line code of thousands of FMAs, already minimal as emitted, where the optimiser
+    costs seconds per layer and buys nothing measurable."""
     h = h or host()
-    key = hashlib.sha256(f"{h.key}\n{ir_text}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{h.key}|O{opt}\n{ir_text}".encode()).hexdigest()[:32]
     path = cache_dir() / f"{key}.o"
     try:
         return path.read_bytes()
@@ -95,9 +100,10 @@ def compile_ir(ir_text: str, h: Host | None = None) -> bytes:
             mod.verify()
         except RuntimeError as e:
             raise CodegenError("llvm", f"generated IR does not verify: {e}") from None
-        tm = _target_machine(h)
+        tm = _target_machine(h, max(opt, 1))
         mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
-        _optimize(mod, tm)
+        if opt > 0:
+            _optimize(mod, tm, opt)
         obj = tm.emit_object(mod)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:

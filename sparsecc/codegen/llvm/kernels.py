@@ -48,7 +48,7 @@ def kernel_ir(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> str
         emit.emit_spmv(mod, "kernel", spec)
     else:
         raise ValueError(f"unknown kernel family {spec.family!r}")
-    return str(mod)
+    return emit.module_text(mod)
 
 
 def build(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> LlvmKernel:
@@ -56,7 +56,8 @@ def build(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> LlvmKer
     with _MEMO_LOCK:
         hit = _MEMO.get(spec.key)
     if hit is None:
-        hit = from_object(spec, jit.compile_ir(kernel_ir(spec, pattern)))
+        opt = 0 if spec.pattern_hash else 3
+        hit = from_object(spec, jit.compile_ir(kernel_ir(spec, pattern), opt=opt))
     rec = getattr(_RECORD, "kernels", None)
     if rec is not None:
         rec[spec.key] = hit
@@ -81,7 +82,7 @@ def spec_from_dict(d: dict) -> emit.KernelSpec:
         raise ValueError(f"kernel spec fields {sorted(d)} != {sorted(fields)}")
     vals = dict(d)
     vals["block"] = tuple(int(v) for v in d["block"])
-    for name in ("vw", "tile", "idx_bits"):
+    for name in ("vw", "tile", "idx_bits", "xrs"):
         vals[name] = int(d[name])
     for name in ("act_a", "act_b"):
         vals[name] = float(d[name])
@@ -189,9 +190,9 @@ def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: i
         rsplit = driver.nnz_splits(indptr, nrb)
     else:
         nnz_at = indptr[row_bounds]
-        rsplit = np.searchsorted(nnz_at, (np.arange(nrb + 1) * nnz_at[-1]) // nrb)
-        rsplit = np.unique(np.clip(rsplit, 0, nunits)).astype(np.int64)
-        rsplit[0], rsplit[-1] = 0, nunits
+        cuts = np.searchsorted(nnz_at, (np.arange(1, nrb) * nnz_at[-1]) // nrb)
+        rsplit = np.unique(np.concatenate([[0], np.clip(cuts, 0, nunits), [nunits]]))
+        rsplit = rsplit.astype(np.int64)
     nrb = len(rsplit) - 1
     items = n * ntiles * nrb
     splits = driver.even_splits(items, threads * 4 if items >= threads * 4 else threads)

@@ -16,7 +16,7 @@ portable fallback, also used when LLVM code cannot be built here). Paths:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -111,7 +111,10 @@ def threads() -> int:
 
 
 def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, tile: int = 1,
-            block: tuple[int, int] = (1, 1)):
+            block: tuple[int, int] = (1, 1), pattern=None):
+    """(kernel, whether the activation still needs a pass of its own). ``pattern``:
+    (indptr, column-or-offset per nonzero, x row stride) to bake in, for ops the format pass
+    marked ``specialize``."""
     from sparsecc.codegen.llvm import emit, jit, kernels
 
     act, a, b = ctx_act
@@ -119,10 +122,24 @@ def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, 
     spec = emit.KernelSpec(family, jit.host().vector_width, tile, fused,
                            a if fused == "clamp" else 0.0, b if fused == "clamp" else 0.0,
                            has_bias, idx_bits, block=block)
+    baked = None
+    if pattern is not None and family == "spmm" and op.attrs.get("specialize"):
+        indptr, cols, xrs = pattern
+        spec = replace(spec, pattern_hash=kernels.pattern_hash(indptr, cols), xrs=int(xrs))
+        baked = emit.Pattern(indptr, cols)
     try:
-        return kernels.build(spec), fused != act
+        return kernels.build(spec, baked), fused != act
     except CodegenError as e:
         raise CodegenError(op.layer or op.name, str(e)) from None
+
+
+def _row_bounds(kern, indptr):
+    """A specialised kernel's work units are its row-chunk functions."""
+    if not kern.spec.pattern_hash:
+        return None
+    from sparsecc.codegen.llvm import emit
+
+    return emit.chunk_bounds(indptr)
 
 
 def _act_tail(out: np.ndarray, code: int, a: float, b: float):
@@ -197,18 +214,21 @@ def _linear_llvm(ctx, x2, o2, epi, xt, ot, cin, cout):
     bias, has_bias, code, a, b, act = epi
     sw = sparse_weight(ctx.op, ctx.params)
     m = x2.shape[0]
-    if m <= 1 and sw.family == "spmm":
+    if m <= 1 and sw.family == "spmm" and not ctx.op.attrs.get("specialize"):
         kern, tail = _kernel("spmv", ctx.op, (act, a, b), has_bias, sw.idx_bits)
         launch = kernels.spmv_launch(kern, sw.indptr, sw.indices, sw.data, bias, x2, o2, m=m,
                                      threads=threads())
         return _sequence(None, launch, _act_tail(o2, code, a, b) if tail else None, None)
     tile = kernels.spmm_tile(m, jit.host().vector_width, sw.block[0] if sw.family == "bsr"
                              else 1)
-    kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, sw.idx_bits, tile, sw.block)
+    kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, sw.idx_bits, tile, sw.block,
+                         (sw.indptr, sw.indices, m))
+    rb = _row_bounds(kern, sw.indptr)
     launch = kernels.spmm_launch(kern, sw.indptr, sw.indices, sw.data, _bias_for(sw, bias), xt,
                                  ot, n=1, L=m, xrs=m, ors=m, xns=0, ons=0, threads=threads(),
-                                 rows=sw.rows, gn=sw.gn,
-                                 panels=_panels(sw, sw.indices, x2.shape[1], kern))
+                                 rows=sw.rows, gn=sw.gn, row_bounds=rb,
+                                 panels=None if rb is not None else
+                                 _panels(sw, sw.indices, x2.shape[1], kern))
     return _sequence(cin, launch, _act_tail(ot, code, a, b) if tail else None, cout)
 
 
@@ -335,11 +355,14 @@ def _conv_llvm(ctx, x, out, cols, fill, epi, method):
     L = out3.shape[2]
     krows = cols.shape[1]
     tile = kernels.spmm_tile(L, vw, sw.block[0] if sw.family == "bsr" else 1)
-    kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, sw.idx_bits, tile, sw.block)
+    kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, sw.idx_bits, tile, sw.block,
+                         (sw.indptr, sw.indices, L))
+    rb = _row_bounds(kern, sw.indptr)
     launch = kernels.spmm_launch(kern, sw.indptr, sw.indices, sw.data, _bias_for(sw, bias), cols,
                                  out3, n=n, L=L, xrs=L, ors=L, xns=krows * L, ons=cout * L,
-                                 threads=threads(), rows=sw.rows, gn=sw.gn,
-                                 panels=_panels(sw, sw.indices, krows, kern))
+                                 threads=threads(), rows=sw.rows, gn=sw.gn, row_bounds=rb,
+                                 panels=None if rb is not None else
+                                 _panels(sw, sw.indices, krows, kern))
     return _sequence(fill, launch, _act_tail(out3, code, a, b) if tail else None)
 
 
@@ -359,15 +382,18 @@ def _bind_shifted(ctx, sw: SparseWeight, x, out, epi, vw):
     offs = shifted_offsets(sw.indices, kh, kw, dh, dw, plane, wp)
     L = ho * wp
     tile = kernels.spmm_tile(L, vw, sw.block[0] if sw.family == "bsr" else 1)
-    kern, tail = _kernel(sw.family, op, (act, a, b), has_bias, 32, tile, sw.block)
+    kern, tail = _kernel(sw.family, op, (act, a, b), has_bias, 32, tile, sw.block,
+                         (sw.indptr, offs, 1))
+    rb = _row_bounds(kern, sw.indptr)
     # Panels over input channels: a channel's reads in one tile span the tile plus the
     # kernel's (kh - 1) * dh rows of the padded plane.
     tile_w = kern.spec.tile * vw
     reach = 1.0 + (kh - 1) * dh * wp / tile_w
-    panels = _panels(sw, offs // plane, cin, kern, reach)
+    panels = None if rb is not None else _panels(sw, offs // plane, cin, kern, reach)
     launch = kernels.spmm_launch(kern, sw.indptr, offs, sw.data, _bias_for(sw, bias), padded,
                                  full, n=n, L=L, xrs=1, ors=L, xns=padded.shape[1],
-                                 ons=cout * L, threads=threads(), rows=sw.rows, panels=panels)
+                                 ons=cout * L, threads=threads(), rows=sw.rows, panels=panels,
+                                 row_bounds=rb)
     post = _act_tail(out, code, a, b) if tail else None
     return _sequence(lambda: C.pad_planes(x, ph, pw, hp, wp, planes), launch,
                      lambda: C.crop_rows(full, wp, wo, out), post)
