@@ -161,3 +161,19 @@ def test_specialize_option(seed, autotune, tmp_path, monkeypatch):
         with torch.no_grad():
             assert_matches(cm(x), pruned(x))
             assert_matches(cm(other), pruned(other))
+
+
+@pytest.mark.parametrize("act", [nn.GELU(), nn.SiLU(), nn.Hardswish(), nn.Sigmoid(), nn.Tanh(),
+                                 nn.LeakyReLU(0.2), nn.ReLU6(), nn.ReLU()])
+@pytest.mark.parametrize("fmt", ["csr", "bsr4x1"])
+def test_every_epilogue_through_sparse_kernels(seed, act, fmt):
+    """Fused (relu, clamp) and unfused (the rest: a pass right after the kernel) activations
+    behind the LLVM sparse kernels, for linear (batch 1 and 6) and conv layers."""
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), act, nn.Conv2d(8, 8, 1), act,
+                        nn.Flatten(), nn.Linear(8 * 5 * 5, 12), act).eval()
+    pruned = sparsecc.prune(net, sparsity=0.7, pattern="4x1", scope="layer")
+    for batch in (1, 6):
+        x = torch.randn(batch, 4, 5, 5)
+        cm = sparsecc.compile(pruned, x, recipe={"formats": {"force": fmt}})
+        with torch.no_grad():
+            assert_matches(cm(x), pruned(x), rtol=1e-4, atol=1e-5)
