@@ -18,6 +18,12 @@ Writes results/kernels/<stamp>.jsonl, .md and speedup_vs_sparsity.png.
 
 from __future__ import annotations
 
+import os
+
+# Before numpy loads OpenBLAS: its idle workers would otherwise spin ~0.1 s after each 2-thread
+# call and take the cores from the next engine's threads (a 50x slowdown measured).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import argparse
 import json
 import time

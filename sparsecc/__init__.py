@@ -9,8 +9,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from sparsecc.api import CompiledModel, Report, load
-from sparsecc.errors import (
+from sparsecc.options import quiet_blas_spin
+
+quiet_blas_spin()  # before numpy loads OpenBLAS, when sparsecc is imported first
+
+from sparsecc.api import CompiledModel, Report, load  # noqa: E402
+from sparsecc.errors import (  # noqa: E402
     ArtifactError,
     CodegenError,
     InputError,

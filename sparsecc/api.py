@@ -175,7 +175,9 @@ def build_report(cm: CompiledModel, measure: bool, repeats: int) -> Report:
             "shape": format_shape(shapes[op.output]),
             "density": op.attrs.get("density"), "format": fmt,
             "mflops": flops / 1e6,
-            "est_us": estimate_seconds(op.kind, fmt, flops, nbytes) * 1e6,
+            "est_us": (op.attrs["est_us"].get(fmt) if isinstance(op.attrs.get("est_us"), dict)
+                       and fmt in op.attrs["est_us"]
+                       else estimate_seconds(op.kind, fmt, flops, nbytes) * 1e6),
             "measured_us": measured[i] * 1e6 if i in measured else None,
         })
     return Report(rows, n)

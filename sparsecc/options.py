@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 _NUMBA_CONFIGURED = False
 
@@ -35,6 +36,19 @@ def configure_numba() -> None:
     threads = env_threads()
     if threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def quiet_blas_spin() -> None:
+    """Default OPENBLAS_THREAD_TIMEOUT to its minimum unless the user set it.
+
+    OpenBLAS's idle workers busy-wait ~2^28 cycles (~0.1 s) after each call; on a 2-core
+    machine they then take the cores from the kernels' threads, and a 0.07 ms sparse layer run
+    right after a 2-thread numpy matmul took 3.3 ms (bench, same process). OpenBLAS reads the
+    variable when it loads, so this only helps when sparsecc is imported before numpy (the
+    CLI, the bench scripts); otherwise set it in the environment.
+    """
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
 def env_cache_dir():
