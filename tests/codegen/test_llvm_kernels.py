@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsecc.codegen.llvm import emit, jit, kernels
+from sparsecc.codegen.llvm import emit, emit_specialized, jit, kernels
 from sparsecc.formats.csr import dense_to_csr
 from sparsecc.runtime.ops.sparse import shifted_offsets
 
@@ -204,7 +204,8 @@ def test_specialised_spmm_matches_scipy(rows, cols, density, empty_rows, seed, a
                            pattern_hash=kernels.pattern_hash(ip, ix),
                            xrs=L if baked_stride else 0)
     kern = kernels.build(spec, emit.Pattern(ip, ix))
+    bounds = emit_specialized.chunk_bounds(ip)
     kernels.spmm_launch(kern, ip, ix, dv, bv, x, out, n=2, L=L, xrs=L, ors=L, xns=cols * L,
-                        ons=rows * L, threads=threads, row_bounds=emit.chunk_bounds(ip))()
+                        ons=rows * L, threads=threads, row_bounds=bounds)()
     ref = np.stack([w @ x[i] for i in range(2)]) + (bv[None, :, None] if bias else 0)
     np.testing.assert_allclose(out, FUSED[act](ref), rtol=1e-4, atol=1e-5)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsecc.codegen.llvm import driver, emit, jit
+from sparsecc.codegen.llvm import driver, emit, emit_specialized, jit
 
 _MEMO: dict[str, LlvmKernel] = {}
 _MEMO_LOCK = threading.Lock()
@@ -48,7 +48,7 @@ def kernel_ir(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> str
         emit.emit_spmv(mod, "kernel", spec)
     else:
         raise ValueError(f"unknown kernel family {spec.family!r}")
-    return emit.module_text(mod)
+    return emit_specialized.module_text(mod)
 
 
 def build(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> LlvmKernel:

@@ -8,28 +8,45 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(inline="always", cache=True)
+def _window_max(plane, r0, c0, i0, i1, j0, j1, dh, dw, best):
+    for i in range(i0, i1):
+        row = plane[r0 + i * dh]
+        for j in range(j0, j1):
+            v = row[c0 + j * dw]
+            # "not <=" is also true for NaN, which propagates as in torch.
+            if not v <= best:
+                best = v
+    return best
+
+
 @njit(parallel=True, cache=True)
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
     nb, c, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
+    neg_inf = np.float32(-np.inf)
+    # Output columns whose whole window is inside the input: no clipping needed there.
+    lo = min(wo, max(0, -(-pw // sw)))
+    hi = max(lo, min(wo, (w - 1 - (kw - 1) * dw + pw) // sw + 1))
     for t in prange(nb * c):
         n = t // c
         ch = t - n * c
+        plane = x[n, ch]
+        res = out[n, ch]
         for oh in range(ho):
+            r0 = oh * sh - ph
+            i0 = max(0, (-r0 + dh - 1) // dh)
+            i1 = min(kh, (h - 1 - r0) // dh + 1)
+            for ow in range(lo, hi):
+                res[oh, ow] = _window_max(plane, r0, ow * sw - pw, i0, i1, 0, kw, dh, dw,
+                                          neg_inf)
             for ow in range(wo):
-                best = -np.inf
-                for i in range(kh):
-                    ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    for j in range(kw):
-                        iw = ow * sw - pw + j * dw
-                        if iw >= 0 and iw < w:
-                            v = x[n, ch, ih, iw]
-                            # NaN propagates, as in torch.
-                            if v > best or math.isnan(v):
-                                best = v
-                out[n, ch, oh, ow] = best
+                if lo <= ow < hi:
+                    continue
+                c0 = ow * sw - pw
+                j0 = max(0, (-c0 + dw - 1) // dw)
+                j1 = min(kw, (w - 1 - c0) // dw + 1)
+                res[oh, ow] = _window_max(plane, r0, c0, i0, i1, j0, j1, dh, dw, neg_inf)
 
 
 @njit(parallel=True, cache=True)

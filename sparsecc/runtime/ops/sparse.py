@@ -137,9 +137,9 @@ def _row_bounds(kern, indptr):
     """A specialised kernel's work units are its row-chunk functions."""
     if not kern.spec.pattern_hash:
         return None
-    from sparsecc.codegen.llvm import emit
+    from sparsecc.codegen.llvm import emit_specialized
 
-    return emit.chunk_bounds(indptr)
+    return emit_specialized.chunk_bounds(indptr)
 
 
 def _act_tail(out: np.ndarray, code: int, a: float, b: float):
