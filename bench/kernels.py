@@ -11,8 +11,8 @@ Columns per engine: median ms [p10-p90], speedup over torch dense; for sparsecc 
 achieved GB/s, GFLOP/s and the DRAM-roofline fraction (bytes moved / DRAM bandwidth over time).
 
 Usage:
-  .venv/bin/python bench/kernels.py --quick          # the issue's target cells (~3 min)
-  .venv/bin/python bench/kernels.py                  # the full grid (~20 min)
+  .venv/bin/python bench/kernels.py --quick          # the issue's target cells (~20 s)
+  .venv/bin/python bench/kernels.py                  # the full grid (~17 min)
 Writes results/kernels/<stamp>.jsonl, .md and speedup_vs_sparsity.png.
 """
 

@@ -55,9 +55,8 @@ def bind_linear(ctx: BindCtx):
     w = ctx.params["weight"]
     if x2.shape[0] == 1:
         return lambda: S.dense_gemv(w, x2, o2, bias, has_bias, code, a, b)
-    else:
-        wt = w.T
-        gemm = lambda: np.matmul(x2, wt, out=o2)  # noqa: E731
+    wt = w.T
+    gemm = lambda: np.matmul(x2, wt, out=o2)  # noqa: E731
     if not has_bias and code == 0:
         return gemm
 
