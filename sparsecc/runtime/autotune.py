@@ -22,8 +22,8 @@ from sparsecc.runtime.ops.registry import OPS, BindCtx
 from sparsecc.runtime.threads import single_threaded_blas
 
 _LOCK = threading.Lock()
-# Bump when kernels change enough to invalidate old measurements.
-KERNEL_VERSION = 1
+# Bump when kernels or the timing method change enough to invalidate old measurements.
+KERNEL_VERSION = 2
 
 
 def _cache_path():
@@ -64,25 +64,39 @@ def layer_key(op: Op, w: np.ndarray, in_shape, out_shape, fmt: str, threads: int
     return h.hexdigest()[:32]
 
 
-def measure(op: Op, params: dict[str, np.ndarray], in_shape, out_shape, *, repeats: int = 15,
-            budget_s: float = 0.25) -> float:
-    """Median seconds of one call of ``op`` (bound with ``params``) on random inputs."""
+def _bind(op: Op, params: dict[str, np.ndarray], in_shape, out_shape):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(in_shape).astype(np.float32)
     out = np.empty(out_shape, np.float32)
     fn = OPS[op.kind].scratch
     need = fn(op, [tuple(in_shape)], tuple(out_shape)) if fn else []
     scratch = [np.empty(s, d) for s, d in need]
-    step = OPS[op.kind].bind(BindCtx(op, [x], out, params, scratch))
-    times = []
+    return OPS[op.kind].bind(BindCtx(op, [x], out, params, scratch))
+
+
+def measure_many(steps: dict[str, object], *, rounds: int = 5, per_round: int = 4,
+                 budget_s: float = 0.5) -> dict[str, float]:
+    """Median seconds per step, the steps timed in alternating short blocks (a burst of machine
+    noise then hits every candidate alike instead of deciding the ranking)."""
+    times: dict[str, list[float]] = {k: [] for k in steps}
     with single_threaded_blas():
-        step()  # warm-up: compiles kernels, faults in pages
+        for step in steps.values():
+            step()  # warm-up: compiles kernels, faults in pages
         start = time.perf_counter()
-        while len(times) < repeats and (time.perf_counter() - start < budget_s or len(times) < 3):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for r in range(rounds):
+            for name, step in steps.items():
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    step()
+                    times[name].append(time.perf_counter() - t0)
+            if r >= 1 and time.perf_counter() - start > budget_s:
+                break
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def measure(op: Op, params: dict[str, np.ndarray], in_shape, out_shape) -> float:
+    """Median seconds of one call of ``op`` (bound with ``params``) on random inputs."""
+    return measure_many({"op": _bind(op, params, in_shape, out_shape)})["op"]
 
 
 def cached_measure(key: str, op: Op, params: dict[str, np.ndarray], in_shape, out_shape
@@ -99,19 +113,21 @@ def cached_measure(key: str, op: Op, params: dict[str, np.ndarray], in_shape, ou
 def measure_formats(op: Op, w: np.ndarray, packed: dict[str, dict[str, np.ndarray]],
                     bias: np.ndarray | None, in_shape, out_shape, threads: int, host: str
                     ) -> dict[str, float]:
-    """{format: median seconds} for each packed candidate, from the disk cache when known."""
+    """{format: median seconds} for each packed candidate, from the disk cache when known.
+
+    Uncached candidates are timed together (interleaved), and then all of them are, so a
+    ranking never mixes a fresh figure with one from another moment."""
     cache = _load()
-    got, new = {}, {}
+    keys = {fmt: layer_key(op, w, in_shape, out_shape, fmt, threads, host) for fmt in packed}
+    if all(k in cache for k in keys.values()):
+        return {fmt: float(cache[k]) for fmt, k in keys.items()}
+    steps = {}
     for fmt, params in packed.items():
-        key = layer_key(op, w, in_shape, out_shape, fmt, threads, host)
-        if key in cache:
-            got[fmt] = float(cache[key])
-            continue
         cand = dataclasses.replace(op, attrs=dict(op.attrs, fmt=fmt), params=dict(op.params))
         full = dict(params)
         if bias is not None:
             full["bias"] = bias
-        got[fmt] = new[key] = measure(cand, full, in_shape, out_shape)
-    if new:
-        _store(new)
+        steps[fmt] = _bind(cand, full, in_shape, out_shape)
+    got = measure_many(steps)
+    _store({keys[fmt]: t for fmt, t in got.items()})
     return got
