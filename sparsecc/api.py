@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from sparsecc.errors import ArtifactError
 from sparsecc.formats.cost import estimate_seconds
 from sparsecc.ir.plan import ExecutionPlan, format_shape, resolve_shape
 from sparsecc.runtime.artifact import load_plan, save_plan
@@ -112,8 +113,12 @@ def _link_native(path) -> int:
 
     if native.host != jit.host().key:
         return 0  # another CPU: kernels are rebuilt for this one when the plan is bound
-    for spec_fields, obj in native.kernels.values():
-        kernels.from_object(kernels.spec_from_dict(spec_fields), obj)
+    for key, (spec_fields, obj) in native.kernels.items():
+        try:
+            spec = kernels.spec_from_dict(spec_fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(str(path), f"native kernel {key}: bad spec ({exc})") from None
+        kernels.from_object(spec, obj)
     return len(native.kernels)
 
 
