@@ -42,7 +42,7 @@ from sparsecc.benchmarks.engines import summarize
 from sparsecc.benchmarks.suite import machine_info
 from sparsecc.formats.pack import pack
 from sparsecc.ir.plan import Op
-from sparsecc.runtime.ops.registry import OPS, BindCtx
+from sparsecc.runtime.ops.registry import bind_alone
 from sparsecc.runtime.threads import single_threaded_blas
 
 
@@ -120,17 +120,16 @@ def _op(layer: Layer, fmt: str, backend: str = "llvm") -> Op:
 
 
 def _bound(layer: Layer, w: np.ndarray, fmt: str, x: np.ndarray, y: np.ndarray,
-           backend: str = "llvm"):
+           backend: str = "llvm", **attrs):
     """A sparsecc kernel bound to buffers exactly as the runtime binds it."""
     op = _op(layer, fmt, backend)
+    op.attrs.update(attrs)
     params = pack(fmt, w.reshape(w.shape[0], -1))
     if fmt == "dense":
         params = {"weight": w}
     else:
         op.attrs["weight_shape"] = list(w.shape)
-    need = OPS[op.kind].scratch(op, [x.shape], y.shape) if OPS[op.kind].scratch else []
-    scratch = [np.empty(s, d) for s, d in need]
-    return OPS[op.kind].bind(BindCtx(op, [x], y, params, scratch))
+    return bind_alone(op, [x], y, params)
 
 
 def _blas1(step, hold: bool):

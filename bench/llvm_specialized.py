@@ -39,23 +39,15 @@ import kernels as KB  # noqa: E402  (bench/kernels.py: layers, binding helpers, 
 import sparsecc  # noqa: E402
 from sparsecc.benchmarks.suite import machine_info  # noqa: E402
 from sparsecc.codegen.llvm import kernels as LK  # noqa: E402
-from sparsecc.formats.pack import pack  # noqa: E402
-from sparsecc.runtime.ops.registry import OPS, BindCtx  # noqa: E402
 
 LAYERS = ["linear 1024x1024", "linear 4096x4096", "r50 1x1 64>256 @56", "r50 1x1 256>64 @56",
           "r50 1x1 512>128 @28", "r50 1x1 1024>256 @14", "r50 1x1 2048>512 @7"]
 
 
 def _bind(layer, w, x, y, backend, specialize):
-    op = KB._op(layer, "csr", backend)
-    op.attrs["specialize"] = specialize
-    op.attrs["weight_shape"] = list(w.shape)
-    params = pack("csr", w.reshape(w.shape[0], -1))
-    need = OPS[op.kind].scratch(op, [x.shape], y.shape) if OPS[op.kind].scratch else []
-    scratch = [np.empty(s, d) for s, d in need]
     with LK.recording() as used:
         t0 = time.perf_counter()
-        step = OPS[op.kind].bind(BindCtx(op, [x], y, params, scratch))
+        step = KB._bound(layer, w, "csr", x, y, backend, specialize=specialize)
         bind_s = time.perf_counter() - t0
     code = sum(k.code_bytes for k in used.values() if k.spec.pattern_hash)
     return KB._blas1(step, True), bind_s, code

@@ -100,11 +100,11 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
     w2 = w.reshape(w.shape[0], -1)
     in_shape = resolve_shape(plan.tensors[op.inputs[0]].shape, batch)
     out_shape = resolve_shape(plan.tensors[op.output].shape, batch)
+    if op.attrs["density"] > opts.csr_max_density:
+        return "dense"
     g = layer_geom(op, in_shape, out_shape)
     kxk = op.kind == "conv2d" and tuple(int(v) for v in op.attrs["kernel"]) != (1, 1)
     cands = candidates(w2, conv_kxk=kxk) if opts.blocked else ["dense", "csr"]
-    if op.attrs["density"] > opts.csr_max_density:
-        return "dense"
     if opts.force != "auto":
         return opts.force if opts.force in cands or opts.force in ("dense", "csr") else "csr"
     from sparsecc.codegen.llvm.jit import host
@@ -152,20 +152,18 @@ def _maybe_specialize(plan: ExecutionPlan, op: Op, batch: int, opts: SelectForma
     in_shape = resolve_shape(plan.tensors[op.inputs[0]].shape, batch)
     out_shape = resolve_shape(plan.tensors[op.output].shape, batch)
     params = {role: plan.constants[name] for role, name in op.params.items()}
-    w_mask = np.zeros(1, np.float32)  # the pattern enters the key through its hash below
     pat = pattern_hash(params["indptr"], params["indices"])
-    timed = {}
-    for flag in (False, True):
+    variants = {}
+    for name, flag in (("csr", False), ("csr-specialized", True)):
         probe = Op(op.kind, op.name, op.inputs, op.output, dict(op.attrs, specialize=flag),
                    {}, op.layer)
-        key = autotune.layer_key(probe, w_mask, in_shape, out_shape,
-                                 f"csr-spec{int(flag)}-{pat}",
-                                 threads(), host().key)
-        timed[flag] = autotune.cached_measure(key, probe, params, in_shape, out_shape)
+        key = autotune.layer_key(probe, pat, in_shape, out_shape, name, threads(), host().key,
+                                 "bias" in params)
+        variants[name] = (key, probe, params)
+    timed = autotune.measure_variants(variants, in_shape, out_shape)
     op.attrs["measured_us"] = dict(op.attrs.get("measured_us", {}),
-                                   **{"csr": round(timed[False] * 1e6, 3),
-                                      "csr-specialized": round(timed[True] * 1e6, 3)})
-    if timed[True] < 0.95 * timed[False]:
+                                   **{k: round(t * 1e6, 3) for k, t in timed.items()})
+    if timed["csr-specialized"] < 0.95 * timed["csr"]:
         op.attrs["specialize"] = True
 
 

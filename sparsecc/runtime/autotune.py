@@ -18,7 +18,7 @@ import numpy as np
 
 from sparsecc.ir.plan import Op
 from sparsecc.options import env_cache_dir
-from sparsecc.runtime.ops.registry import OPS, BindCtx
+from sparsecc.runtime.ops.registry import bind_alone
 from sparsecc.runtime.threads import single_threaded_blas
 
 _LOCK = threading.Lock()
@@ -52,26 +52,25 @@ def _store(entries: dict) -> None:
             pass
 
 
-def layer_key(op: Op, w: np.ndarray, in_shape, out_shape, fmt: str, threads: int,
-              host: str) -> str:
+def layer_key(op: Op, pattern_id: str, in_shape, out_shape, variant: str, threads: int,
+              host: str, has_bias: bool) -> str:
+    """The cache key of one measured variant of a layer (``pattern_id`` hashes its nonzeros)."""
     geo = {k: op.attrs.get(k) for k in ("kernel", "stride", "padding", "dilation", "groups",
                                          "act", "act_a", "act_b")}
-    h = hashlib.sha256()
-    h.update(np.packbits(w != 0).tobytes())
-    text = json.dumps([op.kind, list(in_shape), list(out_shape), list(w.shape), geo, fmt,
-                       threads, host, KERNEL_VERSION, "bias" in op.params], default=str)
-    h.update(text.encode())
-    return h.hexdigest()[:32]
+    text = json.dumps([op.kind, list(in_shape), list(out_shape), pattern_id, geo, variant,
+                       threads, host, KERNEL_VERSION, has_bias], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def weight_pattern_id(w: np.ndarray) -> str:
+    h = hashlib.sha256(np.packbits(w != 0).tobytes())
+    h.update(repr(w.shape).encode())
+    return h.hexdigest()[:20]
 
 
 def _bind(op: Op, params: dict[str, np.ndarray], in_shape, out_shape):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(in_shape).astype(np.float32)
-    out = np.empty(out_shape, np.float32)
-    fn = OPS[op.kind].scratch
-    need = fn(op, [tuple(in_shape)], tuple(out_shape)) if fn else []
-    scratch = [np.empty(s, d) for s, d in need]
-    return OPS[op.kind].bind(BindCtx(op, [x], out, params, scratch))
+    x = np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)
+    return bind_alone(op, [x], np.empty(out_shape, np.float32), params)
 
 
 def measure_many(steps: dict[str, object], *, rounds: int = 5, per_round: int = 4,
@@ -94,40 +93,31 @@ def measure_many(steps: dict[str, object], *, rounds: int = 5, per_round: int = 
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def measure(op: Op, params: dict[str, np.ndarray], in_shape, out_shape) -> float:
-    """Median seconds of one call of ``op`` (bound with ``params``) on random inputs."""
-    return measure_many({"op": _bind(op, params, in_shape, out_shape)})["op"]
+def measure_variants(variants: dict[str, tuple[str, Op, dict[str, np.ndarray]]], in_shape,
+                     out_shape) -> dict[str, float]:
+    """{name: median seconds} for variants given as {name: (cache key, op, params)}.
 
-
-def cached_measure(key: str, op: Op, params: dict[str, np.ndarray], in_shape, out_shape
-                   ) -> float:
-    """``measure`` through the disk cache under ``key``."""
+    From the disk cache when every variant is there; otherwise all of them are timed together
+    (interleaved) and stored, so a ranking never mixes figures taken at different moments."""
     cache = _load()
-    if key in cache:
-        return float(cache[key])
-    t = measure(op, params, in_shape, out_shape)
-    _store({key: t})
-    return t
+    if all(key in cache for key, _, _ in variants.values()):
+        return {name: float(cache[key]) for name, (key, _, _) in variants.items()}
+    steps = {name: _bind(op, params, in_shape, out_shape)
+             for name, (_, op, params) in variants.items()}
+    got = measure_many(steps)
+    _store({variants[name][0]: t for name, t in got.items()})
+    return got
 
 
 def measure_formats(op: Op, w: np.ndarray, packed: dict[str, dict[str, np.ndarray]],
                     bias: np.ndarray | None, in_shape, out_shape, threads: int, host: str
                     ) -> dict[str, float]:
-    """{format: median seconds} for each packed candidate, from the disk cache when known.
-
-    Uncached candidates are timed together (interleaved), and then all of them are, so a
-    ranking never mixes a fresh figure with one from another moment."""
-    cache = _load()
-    keys = {fmt: layer_key(op, w, in_shape, out_shape, fmt, threads, host) for fmt in packed}
-    if all(k in cache for k in keys.values()):
-        return {fmt: float(cache[k]) for fmt, k in keys.items()}
-    steps = {}
+    """{format: median seconds} for each packed candidate of ``op``'s weight ``w``."""
+    pattern = weight_pattern_id(w)
+    variants = {}
     for fmt, params in packed.items():
         cand = dataclasses.replace(op, attrs=dict(op.attrs, fmt=fmt), params=dict(op.params))
-        full = dict(params)
-        if bias is not None:
-            full["bias"] = bias
-        steps[fmt] = _bind(cand, full, in_shape, out_shape)
-    got = measure_many(steps)
-    _store({keys[fmt]: t for fmt, t in got.items()})
-    return got
+        full = dict(params) if bias is None else dict(params, bias=bias)
+        key = layer_key(op, pattern, in_shape, out_shape, fmt, threads, host, bias is not None)
+        variants[fmt] = (key, cand, full)
+    return measure_variants(variants, in_shape, out_shape)

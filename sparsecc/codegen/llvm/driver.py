@@ -35,11 +35,6 @@ def run_split(addr, splits, args):
             _call_kernel(addr, splits[i], splits[i + 1], ptr)
 
 
-@njit(cache=True)
-def run_serial(addr, start, stop, args):
-    _call_kernel(addr, start, stop, args.ctypes.data)
-
-
 def even_splits(items: int, parts: int) -> np.ndarray:
     parts = max(1, min(parts, items))
     return (np.arange(parts + 1, dtype=np.int64) * items) // parts

@@ -238,7 +238,7 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
                 rem = b.sub(L, j0)
                 masks = []
                 for v in range(spec.tile):
-                    pos = b.add(lanes, _splat_i64(b, spec.vw, v * spec.vw))
+                    pos = b.add(lanes, _const_i64_vec(spec.vw, v * spec.vw))
                     masks.append(b.icmp_signed("<", pos, _splat_i64_val(b, spec.vw, rem)))
                 if row_fns is not None or spec.tile == 1:
                     _spmm_tile(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
@@ -260,7 +260,7 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
     b.ret_void()
 
 
-def _splat_i64(b, vw, c):
+def _const_i64_vec(vw, c):
     return ir.Constant(ir.VectorType(I64, vw), [c] * vw)
 
 

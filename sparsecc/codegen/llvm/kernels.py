@@ -26,7 +26,6 @@ class LlvmKernel:
     spec: emit.KernelSpec
     addr: int
     obj: bytes
-    host_key: str
 
     @property
     def code_bytes(self) -> int:
@@ -91,8 +90,13 @@ def spec_from_dict(d: dict) -> emit.KernelSpec:
 
 
 def from_object(spec: emit.KernelSpec, obj: bytes) -> LlvmKernel:
-    addr = jit.load_object(obj, ["kernel"])["kernel"]
-    k = LlvmKernel(spec, addr, obj, jit.host().key)
+    """Link ``obj`` as the kernel for ``spec``, unless this process already has that kernel
+    (each link keeps an execution engine alive for the process)."""
+    with _MEMO_LOCK:
+        hit = _MEMO.get(spec.key)
+    if hit is not None:
+        return hit
+    k = LlvmKernel(spec, jit.load_object(obj, ["kernel"])["kernel"], obj)
     with _MEMO_LOCK:
         return _MEMO.setdefault(spec.key, k)
 
@@ -105,7 +109,7 @@ class Launch:
     """
 
     def __init__(self, kernel: LlvmKernel, arrays: dict[str, np.ndarray], ints: dict[str, int],
-                 splits: np.ndarray, keep: tuple = ()):
+                 splits: np.ndarray):
         args = np.zeros(emit.N_ARGS, np.int64)
         for slot, name in ((emit.A_INDPTR, "indptr"), (emit.A_IDX, "indices"),
                            (emit.A_DATA, "data"), (emit.A_X, "x"), (emit.A_OUT, "out"),
@@ -118,7 +122,7 @@ class Launch:
                            (emit.A_NPANEL, "npanel")):
             args[slot] = int(ints.get(name, 1 if name == "npanel" else 0))
         self.kernel, self.args, self.splits = kernel, args, splits
-        self._keep = (arrays, keep)  # the addresses in args stay valid while self lives
+        self._keep = arrays  # the addresses in args stay valid while self lives
 
     def __call__(self) -> None:
         driver.run_split(self.kernel.addr, self.splits, self.args)
@@ -186,13 +190,8 @@ def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: i
     # Split rows too when there are too few tiles to keep every thread busy and balanced.
     want = 4 * max(threads, 1)
     nrb = max(1, min(nunits, -(-want // max(n * ntiles, 1)))) if threads > 1 else 1
-    if row_bounds is None:
-        rsplit = driver.nnz_splits(indptr, nrb)
-    else:
-        nnz_at = indptr[row_bounds]
-        cuts = np.searchsorted(nnz_at, (np.arange(1, nrb) * nnz_at[-1]) // nrb)
-        rsplit = np.unique(np.concatenate([[0], np.clip(cuts, 0, nunits), [nunits]]))
-        rsplit = rsplit.astype(np.int64)
+    # Row blocks balanced by nonzeros, over rows or over a specialised kernel's chunks.
+    rsplit = driver.nnz_splits(indptr if row_bounds is None else indptr[row_bounds], nrb)
     nrb = len(rsplit) - 1
     items = n * ntiles * nrb
     splits = driver.even_splits(items, threads * 4 if items >= threads * 4 else threads)

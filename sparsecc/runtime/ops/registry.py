@@ -52,6 +52,15 @@ def register_op(kind: str, *, scratch: ScratchFn | None = None, flops: FlopsFn |
     return deco
 
 
+def bind_alone(op: Op, ins: list[np.ndarray], out: np.ndarray,
+               params: dict[str, np.ndarray]) -> Step | None:
+    """Bind one op outside an executor, its scratch allocated here (autotune, benchmarks)."""
+    fn = OPS[op.kind].scratch
+    need = fn(op, [tuple(x.shape) for x in ins], tuple(out.shape)) if fn else []
+    scratch = [np.empty(shape, dtype) for shape, dtype in need]
+    return OPS[op.kind].bind(BindCtx(op, ins, out, params, scratch))
+
+
 def numel(shape: Shape) -> int:
     return int(np.prod(shape, dtype=np.int64))
 

@@ -16,6 +16,7 @@ portable fallback, also used when LLVM code cannot be built here). Paths:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,7 +31,6 @@ from sparsecc.formats.nm import nm_to_dense
 from sparsecc.formats.pack import parse_format
 from sparsecc.ir.plan import Op
 
-_LLVM_STATE: dict[str, object] = {}
 # Above this wasted fraction of computed positions (the wrap columns), im2col wins.
 _SHIFT_MAX_WASTE = 0.5
 
@@ -55,16 +55,18 @@ class SparseWeight:
     def idx_bits(self) -> int:
         return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(self.indices.dtype, 32)
 
+    @property
+    def block_rows(self) -> int:
+        """Output rows that share each x load (R of a BSR RxC block; 1 otherwise)."""
+        return self.block[0] if self.family == "bsr" else 1
+
 
 def sparse_weight(op: Op, params: dict[str, np.ndarray]) -> SparseWeight:
     kind, blk = parse_format(op.attrs["fmt"])
     rows = int(op.attrs["weight_shape"][0])
-    if kind == "csr":
-        return SparseWeight("spmm", blk, params["indptr"], params["indices"], params["data"],
-                            rows)
-    if kind == "bsr":
-        return SparseWeight("bsr", blk, params["indptr"], params["indices"], params["data"],
-                            rows)
+    if kind in ("csr", "bsr"):
+        return SparseWeight("spmm" if kind == "csr" else "bsr", blk, params["indptr"],
+                            params["indices"], params["data"], rows)
     gn = params["data"].shape[0] // max(rows, 1)
     indptr = np.arange(rows + 1, dtype=np.int64) * gn
     return SparseWeight("nm", blk, indptr, params["indices"], params["data"], rows, gn)
@@ -86,17 +88,15 @@ def as_csr(op: Op, params: dict[str, np.ndarray]):
     return dense_to_csr(dense)
 
 
+@functools.cache
 def llvm_available() -> bool:
-    if "ok" not in _LLVM_STATE:
-        try:
-            from sparsecc.codegen.llvm import jit
+    try:
+        from sparsecc.codegen.llvm import jit
 
-            jit.host()
-            _LLVM_STATE["ok"] = True
-        except Exception as e:  # no usable LLVM target here: numba kernels only
-            _LLVM_STATE["ok"] = False
-            _LLVM_STATE["why"] = str(e)
-    return bool(_LLVM_STATE["ok"])
+        jit.host()
+        return True
+    except Exception:  # no usable LLVM target here: numba kernels only
+        return False
 
 
 def backend_of(op: Op) -> str:
@@ -209,7 +209,7 @@ def _linear_numba(ctx, x2, o2, epi, xt, ot, cin, cout):
 
 
 def _linear_llvm(ctx, x2, o2, epi, xt, ot, cin, cout):
-    from sparsecc.codegen.llvm import jit, kernels
+    from sparsecc.codegen.llvm import kernels
 
     bias, has_bias, code, a, b, act = epi
     sw = sparse_weight(ctx.op, ctx.params)
@@ -219,25 +219,34 @@ def _linear_llvm(ctx, x2, o2, epi, xt, ot, cin, cout):
         launch = kernels.spmv_launch(kern, sw.indptr, sw.indices, sw.data, bias, x2, o2, m=m,
                                      threads=threads())
         return _sequence(None, launch, _act_tail(o2, code, a, b) if tail else None, None)
-    tile = kernels.spmm_tile(m, jit.host().vector_width, sw.block[0] if sw.family == "bsr"
-                             else 1)
-    kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, sw.idx_bits, tile, sw.block,
-                         (sw.indptr, sw.indices, m))
+    launch, post = _spmm(ctx, sw, epi, x=xt, out=ot, n=1, L=m, xrs=m, ors=m, xns=0, ons=0,
+                         indices=sw.indices, idx_bits=sw.idx_bits, panel_of=sw.indices,
+                         x_rows=x2.shape[1])
+    return _sequence(cin, launch, post, cout)
+
+
+def _spmm(ctx, sw: SparseWeight, epi: tuple, *, x, out, n: int, L: int, xrs: int, ors: int,
+          xns: int, ons: int, indices: np.ndarray, idx_bits: int, panel_of: np.ndarray,
+          x_rows: int, reach: int = 0):
+    """The spmm/bsr/nm kernel of one layer bound to ``x``/``out``: (launch, the activation pass
+    on ``out`` or None). ``indices`` are what the kernel reads x rows by (columns, or plane
+    offsets for the shifted conv); ``panel_of`` maps each nonzero to one of ``x_rows`` rows for
+    the CSR column panels, each reading ``reach`` floats past its tile."""
+    from sparsecc.codegen.llvm import jit, kernels
+
+    bias, has_bias, code, a, b, act = epi
+    tile = kernels.spmm_tile(L, jit.host().vector_width, sw.block_rows)
+    kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, idx_bits, tile, sw.block,
+                         (sw.indptr, indices, xrs))
     rb = _row_bounds(kern, sw.indptr)
-    launch = kernels.spmm_launch(kern, sw.indptr, sw.indices, sw.data, _bias_for(sw, bias), xt,
-                                 ot, n=1, L=m, xrs=m, ors=m, xns=0, ons=0, threads=threads(),
-                                 rows=sw.rows, gn=sw.gn, row_bounds=rb,
-                                 panels=None if rb is not None else
-                                 _panels(sw, sw.indices, x2.shape[1], kern))
-    return _sequence(cin, launch, _act_tail(ot, code, a, b) if tail else None, cout)
-
-
-def _panels(sw: SparseWeight, x_row_of_nnz: np.ndarray, x_rows: int, kern, reach: float = 1.0):
-    if sw.family != "spmm":
-        return None
-    from sparsecc.codegen.llvm import kernels
-
-    return kernels.column_panels(x_row_of_nnz, x_rows, kern.spec.tile * kern.spec.vw, reach)
+    panels = None
+    if rb is None and sw.family == "spmm":
+        tile_floats = kern.spec.tile * kern.spec.vw
+        panels = kernels.column_panels(panel_of, x_rows, tile_floats, 1.0 + reach / tile_floats)
+    launch = kernels.spmm_launch(kern, sw.indptr, indices, sw.data, _bias_for(sw, bias), x, out,
+                                 n=n, L=L, xrs=xrs, ors=ors, xns=xns, ons=ons, threads=threads(),
+                                 rows=sw.rows, gn=sw.gn, row_bounds=rb, panels=panels)
+    return launch, (_act_tail(out, code, a, b) if tail else None)
 
 
 def _bias_for(sw: SparseWeight, bias: np.ndarray) -> np.ndarray:
@@ -275,8 +284,7 @@ def conv_method(op: Op, in_shape, out_shape) -> str:
         return "pointwise"
     kind, blk = parse_format(op.attrs["fmt"])
     shiftable = kind == "csr" or (kind == "bsr" and blk[1] == 1)
-    if (op.attrs.get("backend", "llvm") != "llvm" or not llvm_available() or (sh, sw) != (1, 1)
-            or not shiftable):
+    if backend_of(op) != "llvm" or (sh, sw) != (1, 1) or not shiftable:
         return "im2col"
     dw = int(op.attrs["dilation"][1])
     wo = int(out_shape[3])
@@ -343,33 +351,19 @@ def _own_im2col(op: Op, x, out):
 
 
 def _conv_llvm(ctx, x, out, cols, fill, epi, method):
-    from sparsecc.codegen.llvm import jit, kernels
-
-    bias, has_bias, code, a, b, act = epi
-    n, cout = out.shape[0], out.shape[1]
-    out3 = out.reshape(n, cout, -1)
-    vw = jit.host().vector_width
     sw = sparse_weight(ctx.op, ctx.params)
     if method == "shifted":
-        return _bind_shifted(ctx, sw, x, out, epi, vw)
-    L = out3.shape[2]
-    krows = cols.shape[1]
-    tile = kernels.spmm_tile(L, vw, sw.block[0] if sw.family == "bsr" else 1)
-    kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, sw.idx_bits, tile, sw.block,
-                         (sw.indptr, sw.indices, L))
-    rb = _row_bounds(kern, sw.indptr)
-    launch = kernels.spmm_launch(kern, sw.indptr, sw.indices, sw.data, _bias_for(sw, bias), cols,
-                                 out3, n=n, L=L, xrs=L, ors=L, xns=krows * L, ons=cout * L,
-                                 threads=threads(), rows=sw.rows, gn=sw.gn, row_bounds=rb,
-                                 panels=None if rb is not None else
-                                 _panels(sw, sw.indices, krows, kern))
-    return _sequence(fill, launch, _act_tail(out3, code, a, b) if tail else None)
+        return _bind_shifted(ctx, sw, x, out, epi)
+    n, cout = out.shape[0], out.shape[1]
+    out3 = out.reshape(n, cout, -1)
+    L, krows = out3.shape[2], cols.shape[1]
+    launch, post = _spmm(ctx, sw, epi, x=cols, out=out3, n=n, L=L, xrs=L, ors=L,
+                         xns=krows * L, ons=cout * L, indices=sw.indices, idx_bits=sw.idx_bits,
+                         panel_of=sw.indices, x_rows=krows)
+    return _sequence(fill, launch, post)
 
 
-def _bind_shifted(ctx, sw: SparseWeight, x, out, epi, vw):
-    from sparsecc.codegen.llvm import kernels
-
-    bias, has_bias, code, a, b, act = epi
+def _bind_shifted(ctx, sw: SparseWeight, x, out, epi):
     op = ctx.op
     n, cin = x.shape[0], x.shape[1]
     cout, ho, wo = out.shape[1], out.shape[2], out.shape[3]
@@ -381,19 +375,13 @@ def _bind_shifted(ctx, sw: SparseWeight, x, out, epi, vw):
     # BSR here has 1-wide blocks, so a block column is a weight column.
     offs = shifted_offsets(sw.indices, kh, kw, dh, dw, plane, wp)
     L = ho * wp
-    tile = kernels.spmm_tile(L, vw, sw.block[0] if sw.family == "bsr" else 1)
-    kern, tail = _kernel(sw.family, op, (act, a, b), has_bias, 32, tile, sw.block,
-                         (sw.indptr, offs, 1))
-    rb = _row_bounds(kern, sw.indptr)
-    # Panels over input channels: a channel's reads in one tile span the tile plus the
-    # kernel's (kh - 1) * dh rows of the padded plane.
-    tile_w = kern.spec.tile * vw
-    reach = 1.0 + (kh - 1) * dh * wp / tile_w
-    panels = None if rb is not None else _panels(sw, offs // plane, cin, kern, reach)
-    launch = kernels.spmm_launch(kern, sw.indptr, offs, sw.data, _bias_for(sw, bias), padded,
-                                 full, n=n, L=L, xrs=1, ors=L, xns=padded.shape[1],
-                                 ons=cout * L, threads=threads(), rows=sw.rows, panels=panels,
-                                 row_bounds=rb)
-    post = _act_tail(out, code, a, b) if tail else None
+    # Panels over input channels: a channel's reads in one tile also span the kernel's
+    # (kh - 1) * dh rows of the padded plane.
+    launch, post = _spmm(ctx, sw, epi, x=padded, out=full, n=n, L=L, xrs=1, ors=L,
+                         xns=padded.shape[1], ons=cout * L, indices=offs, idx_bits=32,
+                         panel_of=offs // plane, x_rows=cin, reach=(kh - 1) * dh * wp)
+    if post is not None:  # the activation after the crop: only the real columns
+        _, _, code, a, b, _ = epi
+        post = _act_tail(out, code, a, b)
     return _sequence(lambda: C.pad_planes(x, ph, pw, hp, wp, planes), launch,
                      lambda: C.crop_rows(full, wp, wo, out), post)
