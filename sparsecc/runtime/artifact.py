@@ -53,14 +53,13 @@ def _digest(manifest: bytes, weights: bytes, extra: list[bytes] = ()) -> str:
 def _native_members(native: NativeCode | None) -> list[tuple[str, bytes]]:
     if native is None or not native.kernels:
         return []
+    items = sorted(native.kernels.items())
     index = {"host": native.host, "kernels": [
         {"key": key, "spec": spec, "file": f"native/{i}.o",
          "sha256": hashlib.sha256(obj).hexdigest()}
-        for i, (key, (spec, obj)) in enumerate(sorted(native.kernels.items()))]}
+        for i, (key, (spec, obj)) in enumerate(items)]}
     members = [(_NATIVE_INDEX, json.dumps(index, indent=1, sort_keys=True).encode())]
-    members += [(f"native/{i}.o", obj)
-                for i, (_, (_, obj)) in enumerate(sorted(native.kernels.items()))]
-    return members
+    return members + [(f"native/{i}.o", obj) for i, (_, (_, obj)) in enumerate(items)]
 
 
 def save_plan(plan: ExecutionPlan, path: str | Path, native: NativeCode | None = None) -> Path:
