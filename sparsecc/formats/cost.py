@@ -34,9 +34,9 @@ class LayerGeom:
     k: int
     n: int
     L: int
-    conv_kxk: bool = False  # needs im2col (dense) or padding + shifted planes (sparse)
+    conv_kxk: bool = False  # needs im2col (dense) or padding into shifted planes (sparse)
     shift_waste: float = 0.0  # extra positions the shifted conv computes (wrap columns)
-    strided: bool = False  # a kxk conv the shifted path cannot do: im2col for sparse too
+    planes: float = 0.0  # floats of padded (phase) planes the shifted conv fills per sample
 
 
 def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int) -> float:
@@ -49,7 +49,9 @@ def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int) -> floa
         return gemm + copy + LAUNCH_S
     if fmt == "csr" and g.L == 1 and not g.conv_kxk:
         return stored / (GATHER_NNZ * t) + LAUNCH_S
-    L = g.L * (1.0 + g.shift_waste) if g.conv_kxk and not g.strided else g.L
+    # blocks wider than one column cannot read shifted planes: im2col for those
+    shifted = g.conv_kxk and not (fmt.startswith("bsr") and not fmt.endswith("x1"))
+    L = g.L * (1.0 + g.shift_waste) if shifted else g.L
     vecs = -(-int(L) // vw)
     tile = min(4, vecs) or 1
     tiles = -(-vecs // tile)
@@ -61,8 +63,8 @@ def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int) -> floa
     index = stored * tiles * g.n * INDEX_NS / t
     copy = 0.0
     if g.conv_kxk:
-        # strided: im2col (k x L floats); shifted: pad in + crop out (~ input and output planes)
-        moved = g.k * g.L if g.strided else (g.k / 9.0 + g.rows) * L
+        # im2col: k x L floats; shifted: planes in + crop out
+        moved = (g.planes + g.rows * L) if shifted else g.k * g.L
         copy = g.n * moved * 8 / (COPY_BYTES * t)
     return fma + index + copy + LAUNCH_S
 

@@ -22,6 +22,7 @@ from sparsecc.formats.csr import density
 from sparsecc.formats.pack import candidates, pack, parse_format, stored_values
 from sparsecc.ir.plan import ExecutionPlan, Op, TensorSpec, resolve_shape
 from sparsecc.passes.registry import PassResult, register_pass
+from sparsecc.runtime.ops.sparse import Shift
 
 WEIGHTED = ("linear", "conv2d")
 FORMAT_CHOICES = ("auto", "dense", "csr")
@@ -89,10 +90,10 @@ def layer_geom(op: Op, in_shape, out_shape) -> cost.LayerGeom:
     n, cin = int(in_shape[0]), int(in_shape[1])
     ho, wo = int(out_shape[2]), int(out_shape[3])
     kxk = (kh, kw) != (1, 1) or stride != (1, 1) or any(int(p) for p in op.attrs["padding"])
-    dw = int(op.attrs["dilation"][1])
-    waste = dw * (kw - 1) / max(wo, 1)
+    shift = Shift.of(op, out_shape)
     return cost.LayerGeom(rows=int(out_shape[1]), k=cin * kh * kw, n=n, L=ho * wo,
-                          conv_kxk=kxk, shift_waste=waste, strided=stride != (1, 1))
+                          conv_kxk=kxk, shift_waste=(shift.wq - wo) / max(wo, 1),
+                          planes=cin * shift.phases * shift.plane)
 
 
 def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,

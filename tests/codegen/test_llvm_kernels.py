@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsecc.codegen.llvm import emit, emit_specialized, jit, kernels
+from sparsecc.codegen.numba import conv as C
 from sparsecc.formats.csr import dense_to_csr
-from sparsecc.runtime.ops.sparse import shifted_offsets
+from sparsecc.runtime.ops.sparse import Shift
 
 FUSED = {"none": lambda y: y, "relu": lambda y: np.maximum(y, 0),
          "clamp": lambda y: np.clip(y, -0.5, 0.7)}
@@ -83,36 +84,38 @@ def test_spmv_matches_scipy(rows, cols, density, empty_rows, seed, act, bias, bi
     np.testing.assert_allclose(out, FUSED[act](ref), rtol=1e-4, atol=1e-5)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), cin=st.integers(1, 9), cout=st.integers(1, 9),
        h=st.integers(1, 13), w=st.integers(1, 21), k=st.sampled_from([1, 2, 3, 5]),
-       pad=st.integers(0, 2), dil=st.sampled_from([1, 2]), density=st.sampled_from([0.0, 0.3, 1.0]))
-def test_shifted_conv_matches_torch(seed, cin, cout, h, w, k, pad, dil, density):
-    """The im2col-free kxk conv: pad into flat planes, SpMM at plane offsets, crop."""
-    from sparsecc.codegen.numba import conv as C
-
-    ho, wo = h + 2 * pad - dil * (k - 1), w + 2 * pad - dil * (k - 1)
+       pad=st.integers(0, 2), dil=st.sampled_from([1, 2]), stride=st.sampled_from([1, 2, 3]),
+       density=st.sampled_from([0.0, 0.3, 1.0]))
+def test_shifted_conv_matches_torch(seed, cin, cout, h, w, k, pad, dil, stride, density):
+    """The im2col-free kxk conv: pad into flat (phase) planes, SpMM at plane offsets, crop."""
+    ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
     if ho < 1 or wo < 1:
         return
     rng = np.random.default_rng(seed)
     wt = _matrix(rng, cout, cin * k * k, density, False).reshape(cout, cin, k, k)
     x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
-    hp, wp = ho + dil * (k - 1), wo + dil * (k - 1)
-    plane = hp * wp
-    padded = np.full((2, cin * plane + dil * (k - 1) + 64), np.nan, np.float32)
-    padded[:, cin * plane:] = 0.0
-    full = np.zeros((2, cout, ho * wp), np.float32)
+    g = Shift(k, k, stride, stride, dil, dil, pad, pad, ho, wo)
+    rows = cin * g.phases
+    padded = np.full((2, rows * g.plane + g.slack), np.nan, np.float32)
+    padded[:, rows * g.plane:] = 0.0
+    L = ho * g.wq
+    full = np.zeros((2, cout, L), np.float32)
     out = np.zeros((2, cout, ho, wo), np.float32)
     ip, ix, dv = dense_to_csr(wt.reshape(cout, -1))
-    offs = shifted_offsets(ix, k, k, dil, dil, plane, wp)
+    offs = g.offsets(ix)
     kern = kernels.build(_spec("spmm", "none", False, 32, 2))
-    C.pad_planes(x, pad, pad, hp, wp, padded[:, :cin * plane].reshape(2, cin, plane))
-    panels = (offs.astype(np.int64) // plane // 2, -(-cin // 2))  # 2 channels per panel
+    g.fill(x, padded[:, :rows * g.plane].reshape(2, rows, g.plane))
+    panels = (offs.astype(np.int64) // g.plane // 2, -(-rows // 2))  # 2 planes per panel
     kernels.spmm_launch(kern, ip, offs, dv, np.zeros(1, np.float32), padded, full, n=2,
-                        L=ho * wp, xrs=1, ors=ho * wp, xns=padded.shape[1], ons=cout * ho * wp,
+                        L=L, xrs=1, ors=L, xns=padded.shape[1], ons=cout * L,
                         threads=2, panels=panels)()
-    C.crop_rows(full, wp, wo, out)
-    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt), padding=pad, dilation=dil).numpy()
+    C.crop_rows(full, g.wq, wo, out)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt), padding=pad, dilation=dil,
+                   stride=stride).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 

@@ -70,22 +70,38 @@ def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, 
 
 
 @njit(parallel=True, cache=True)
-def pad_planes(x, ph, pw, hp, wp, out):
-    """out[n, c, :hp*wp] = x[n, c] zero-padded by (ph, pw) on the leading sides into an (hp, wp)
-    plane, flattened; out's slack after each plane stays zero (the shifted conv reads into it)."""
+def phase_planes(x, ph, pw, sh, sw, pys, pxs, hq, wq, out):
+    """Polyphase planes of x zero-padded by (ph, pw): plane (c, py, px) holds padded rows
+    py, py+sh, ... and columns px, px+sw, ... of channel c as an (hq, wq) block, flattened, at
+    out[n, (c*len(pys) + iy)*len(pxs) + ix]. Stride 1 with one phase is plain zero padding. out's
+    slack after the last plane stays zero (the shifted conv reads into it)."""
     nb, c, h, w = x.shape
-    for t in prange(nb * c):
-        n = t // c
-        ch = t - n * c
-        row = out[n, ch]
-        for i in range(hp):
-            ih = i - ph
-            for j in range(wp):
-                jw = j - pw
-                if ih >= 0 and ih < h and jw >= 0 and jw < w:
-                    row[i * wp + j] = x[n, ch, ih, jw]
-                else:
-                    row[i * wp + j] = 0.0
+    npy, npx = pys.shape[0], pxs.shape[0]
+    per = c * npy * npx
+    for t in prange(nb * per):
+        n = t // per
+        r = t - n * per
+        ch = r // (npy * npx)
+        k = r - ch * npy * npx
+        py, px = pys[k // npx], pxs[k % npx]
+        row = out[n, r]
+        for i in range(hq):
+            ih = i * sh + py - ph
+            # the branchy form vectorizes (masked); sw == 1 spelled out keeps loads contiguous
+            if sw == 1:
+                for j in range(wq):
+                    jw = j + px - pw
+                    if ih >= 0 and ih < h and jw >= 0 and jw < w:
+                        row[i * wq + j] = x[n, ch, ih, jw]
+                    else:
+                        row[i * wq + j] = 0.0
+            else:
+                for j in range(wq):
+                    jw = j * sw + px - pw
+                    if ih >= 0 and ih < h and jw >= 0 and jw < w:
+                        row[i * wq + j] = x[n, ch, ih, jw]
+                    else:
+                        row[i * wq + j] = 0.0
 
 
 @njit(parallel=True, cache=True)

@@ -8,10 +8,11 @@ portable fallback, also used when LLVM code cannot be built here). Paths:
 * linear, several rows: SpMM over features x batch (the input is transposed into scratch, the
   output transposed back, unless the layout pass already hands over features x batch);
 * conv 1x1 stride 1: SpMM over channels x pixels of each sample, no copy;
-* conv kxk stride 1 ("shifted"): the input is zero-padded once into flat planes of width Wp; a
-  nonzero (c, dy, dx) then reads the plane at a fixed offset, so the conv is one SpMM over
-  Ho*Wp positions whose wrap-around columns are cropped afterwards (no im2col);
-* other convs: im2col + SpMM.
+* other convs ("shifted", im2col-free): the input is zero-padded once into flat planes of
+  width Wq, one per channel and stride phase; a nonzero (c, dy, dx) then reads its plane at a
+  fixed offset, so the conv is one SpMM over Ho*Wq positions whose wrap-around columns are
+  cropped afterwards;
+* im2col + SpMM: the numba backend, and blocks wider than one column.
 """
 
 from __future__ import annotations
@@ -275,6 +276,81 @@ def _sequence(*steps):
 
 
 # ---- conv2d -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shift:
+    """Geometry of the im2col-free ("shifted") conv. The padded input is split into polyphase
+    planes (stride s: padded rows py, py+s, ... of one phase; only the phases some tap reads),
+    each (hq, wq) and flattened. Tap (dy, dx) of channel c then reads its phase plane at one
+    fixed offset for every output position oh*wq + ow, so the conv is one SpMM over ho*wq
+    positions; the wq - wo wrap columns per row are cropped afterwards."""
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    ph: int
+    pw: int
+    ho: int
+    wo: int
+
+    @staticmethod
+    def of(op: Op, out_shape) -> Shift:
+        a = op.attrs
+        return Shift(*(int(v) for v in (*a["kernel"], *a["stride"], *a["dilation"],
+                                         *a["padding"], out_shape[2], out_shape[3])))
+
+    @functools.cached_property
+    def pys(self) -> np.ndarray:
+        return np.unique(np.arange(self.kh) * self.dh % self.sh).astype(np.int64)
+
+    @functools.cached_property
+    def pxs(self) -> np.ndarray:
+        return np.unique(np.arange(self.kw) * self.dw % self.sw).astype(np.int64)
+
+    @property
+    def phases(self) -> int:
+        return len(self.pys) * len(self.pxs)
+
+    @property
+    def hq(self) -> int:
+        return self.ho + (self.kh - 1) * self.dh // self.sh
+
+    @property
+    def wq(self) -> int:
+        return self.wo + (self.kw - 1) * self.dw // self.sw
+
+    @property
+    def plane(self) -> int:
+        return self.hq * self.wq
+
+    @property
+    def slack(self) -> int:
+        """Floats after the last plane that the wrap columns of its last rows read."""
+        return self.wq - self.wo + 64
+
+    @property
+    def reach(self) -> int:
+        """How far past its own position a tap reads within one plane."""
+        return (self.kh - 1) * self.dh // self.sh * self.wq
+
+    def offsets(self, indices: np.ndarray) -> np.ndarray:
+        """Weight column (c, dy, dx) -> offset of its first read in the flat phase planes."""
+        col = indices.astype(np.int64)
+        c, r = np.divmod(col, self.kh * self.kw)
+        dy, dx = np.divmod(r, self.kw)
+        qy, py = np.divmod(dy * self.dh, self.sh)
+        qx, px = np.divmod(dx * self.dw, self.sw)
+        phase = np.searchsorted(self.pys, py) * len(self.pxs) + np.searchsorted(self.pxs, px)
+        off = (c * self.phases + phase) * self.plane + qy * self.wq + qx
+        return off.astype(np.uint32)
+
+    def fill(self, x: np.ndarray, planes: np.ndarray) -> None:
+        C.phase_planes(x, self.ph, self.pw, self.sh, self.sw, self.pys, self.pxs, self.hq,
+                       self.wq, planes)
+
+
 def conv_method(op: Op, in_shape, out_shape) -> str:
     """"pointwise" | "shifted" | "im2col" for a sparse conv (groups == 1)."""
     kh, kw = (int(v) for v in op.attrs["kernel"])
@@ -284,41 +360,22 @@ def conv_method(op: Op, in_shape, out_shape) -> str:
         return "pointwise"
     kind, blk = parse_format(op.attrs["fmt"])
     shiftable = kind == "csr" or (kind == "bsr" and blk[1] == 1)
-    if backend_of(op) != "llvm" or (sh, sw) != (1, 1) or not shiftable:
+    if backend_of(op) != "llvm" or not shiftable:
         return "im2col"
-    dw = int(op.attrs["dilation"][1])
-    wo = int(out_shape[3])
-    wp = wo + dw * (kw - 1)
-    return "shifted" if (wp - wo) / wp <= _SHIFT_MAX_WASTE else "im2col"
-
-
-def _shift_geometry(op: Op, out_shape):
-    kh, kw = (int(v) for v in op.attrs["kernel"])
-    dh, dw = (int(v) for v in op.attrs["dilation"])
-    ho, wo = int(out_shape[2]), int(out_shape[3])
-    hp, wp = ho + dh * (kh - 1), wo + dw * (kw - 1)
-    slack = dw * (kw - 1) + 64
-    return kh, kw, dh, dw, hp, wp, slack
+    g = Shift.of(op, out_shape)
+    if g.phases * g.plane >= 2**31 // max(int(in_shape[1]), 1):
+        return "im2col"  # offsets are u32 and the planes would not fit them
+    return "shifted" if (g.wq - g.wo) / g.wq <= _SHIFT_MAX_WASTE else "im2col"
 
 
 def conv_scratch(op: Op, in_shape, out_shape, method: str):
     n, cin = int(in_shape[0]), int(in_shape[1])
     cout = int(out_shape[1])
     if method == "shifted":
-        _, _, _, _, hp, wp, slack = _shift_geometry(op, out_shape)
-        return [((n, cin * hp * wp + slack), "float32"),
-                ((n, cout, int(out_shape[2]) * wp), "float32")]
+        g = Shift.of(op, out_shape)
+        return [((n, cin * g.phases * g.plane + g.slack), "float32"),
+                ((n, cout, g.ho * g.wq), "float32")]
     return None  # the dense path's scratch (im2col columns) serves
-
-
-def shifted_offsets(indices: np.ndarray, kh: int, kw: int, dh: int, dw: int, plane: int,
-                    wp: int) -> np.ndarray:
-    """Weight column (c, dy, dx) -> offset of its first read in the padded flat planes."""
-    col = indices.astype(np.int64)
-    c, r = np.divmod(col, kh * kw)
-    dy, dx = np.divmod(r, kw)
-    off = c * plane + dy * dh * wp + dx * dw
-    return off.astype(np.uint32)
 
 
 def bind_conv(ctx, x: np.ndarray, out: np.ndarray, cols, fill, epi: tuple, method: str):
@@ -364,24 +421,20 @@ def _conv_llvm(ctx, x, out, cols, fill, epi, method):
 
 
 def _bind_shifted(ctx, sw: SparseWeight, x, out, epi):
-    op = ctx.op
-    n, cin = x.shape[0], x.shape[1]
-    cout, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-    kh, kw, dh, dw, hp, wp, _ = _shift_geometry(op, out.shape)
-    ph, pw = (int(v) for v in op.attrs["padding"])
-    plane = hp * wp
+    n, cin, cout = x.shape[0], x.shape[1], out.shape[1]
+    g = Shift.of(ctx.op, out.shape)
     padded, full = ctx.scratch
-    planes = padded[:, :cin * plane].reshape(n, cin, plane)
+    rows = cin * g.phases
+    planes = padded[:, :rows * g.plane].reshape(n, rows, g.plane)
     # BSR here has 1-wide blocks, so a block column is a weight column.
-    offs = shifted_offsets(sw.indices, kh, kw, dh, dw, plane, wp)
-    L = ho * wp
-    # Panels over input channels: a channel's reads in one tile also span the kernel's
-    # (kh - 1) * dh rows of the padded plane.
+    offs = g.offsets(sw.indices)
+    L = g.ho * g.wq
+    # Panels over phase planes: a plane's reads in one tile also span the taps' reach.
     launch, post = _spmm(ctx, sw, epi, x=padded, out=full, n=n, L=L, xrs=1, ors=L,
                          xns=padded.shape[1], ons=cout * L, indices=offs, idx_bits=32,
-                         panel_of=offs // plane, x_rows=cin, reach=(kh - 1) * dh * wp)
+                         panel_of=offs // g.plane, x_rows=rows, reach=g.reach)
     if post is not None:  # the activation after the crop: only the real columns
         _, _, code, a, b, _ = epi
         post = _act_tail(out, code, a, b)
-    return _sequence(lambda: C.pad_planes(x, ph, pw, hp, wp, planes), launch,
-                     lambda: C.crop_rows(full, wp, wo, out), post)
+    return _sequence(lambda: g.fill(x, planes), launch,
+                     lambda: C.crop_rows(full, g.wq, g.wo, out), post)
