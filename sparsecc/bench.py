@@ -50,7 +50,7 @@ def bench_command(args) -> int:
                       batches=_ints(args.batch) or base["batches"],
                       threads=_ints(args.threads) or base["threads"], engines=engines,
                       min_runs=base.get("min_runs", 30), min_time=base.get("min_time", 2.0),
-                      out=out)
+                      dense_cells=base.get("dense_cells", "all"), out=out)
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, "
           f"numba {info['numba']}, onnxruntime {info.get('onnxruntime', 'not installed')}")
@@ -65,7 +65,8 @@ def bench_command(args) -> int:
                                                       config={k: getattr(cfg, k) for k in (
                                                           "models", "sparsities", "batches",
                                                           "threads", "engines", "min_runs",
-                                                          "min_time")}), indent=1))
+                                                          "min_time", "dense_cells")}),
+                                                  indent=1))
     try:
         report.plots(rows, out)
     except ImportError:

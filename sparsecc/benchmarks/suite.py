@@ -41,13 +41,17 @@ class SuiteConfig:
     min_runs: int = 30
     min_time: float = 2.0
     compile_cells: str = "headline"  # torch.compile only at 90 % / batch 1 / most threads
+    # sparsecc-dense (all layers dense: im2col + OpenBLAS, GEMV) does the same work whatever
+    # the weights; "zero" times it once per batch/threads, on the unpruned model.
+    dense_cells: str = "all"  # "all" | "zero"
     out: Path = Path("results/bench")
 
 
 QUICK = dict(models=["mlp", "resnet18"], sparsities=[0.0, 0.9], batches=[1, 16], threads=[2],
              min_runs=10, min_time=0.3, engines=[e for e in ENGINES if e != "torch.compile"])
 FULL = dict(models=["mlp", "resnet18", "resnet50", "mobilenet_v2", "minilm"],
-            sparsities=[0.0, 0.5, 0.8, 0.9, 0.95], batches=[1, 16, 64], threads=[1, 2])
+            sparsities=[0.0, 0.5, 0.8, 0.9, 0.95], batches=[1, 16, 64], threads=[1, 2],
+            dense_cells="zero")
 
 
 def _randn(shape):
@@ -169,7 +173,7 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                 model = sparsecc.prune(base, s) if s > 0 else base
                 example = spec.inputs(1)
                 compiled = {"sparsecc": _compile(spec, model, example, False)}
-                if "sparsecc-dense" in cfg.engines:
+                if "sparsecc-dense" in cfg.engines and (s == 0 or cfg.dense_cells == "all"):
                     compiled["sparsecc-dense"] = _compile(spec, model, example, True)
                 onnx_path = None
                 if {"onnxruntime", "deepsparse"} & set(cfg.engines):
@@ -214,9 +218,12 @@ def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
     rows, torch_ms = [], None
     for engine in cfg.engines:
         row = dict(cell, engine=engine)
+        start = time.perf_counter()
         try:
             if engine == "torch.compile" and cfg.compile_cells == "headline" and not headline:
                 raise E.Skip("measured only at 90 % / batch 1 (compiling costs ~30 s a cell)")
+            if engine == "sparsecc-dense" and engine not in compiled:
+                raise E.Skip("dense baseline: timed at 0 % (the same work at any sparsity)")
             timing, out = _measure(engine, cfg, model, inputs, compiled, onnx_path, spec, ds,
                                    cell["threads"])
             row.update(median_ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
@@ -227,6 +234,7 @@ def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
             row["skipped"] = str(skip)
         except Exception as exc:  # a peer failing on a model is a note, not a crash
             row["skipped"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        row["wall_s"] = round(time.perf_counter() - start, 3)  # set-up, warm-up and timing
         rows.append(row)
     for row in rows:
         if torch_ms and "median_ms" in row:
