@@ -212,3 +212,25 @@ def test_specialised_spmm_matches_scipy(rows, cols, density, empty_rows, seed, a
                         ons=rows * L, threads=threads, row_bounds=bounds)()
     ref = np.stack([w @ x[i] for i in range(2)]) + (bv[None, :, None] if bias else 0)
     np.testing.assert_allclose(out, FUSED[act](ref), rtol=1e-4, atol=1e-5)
+
+
+def test_specialised_spmm_several_chunks_and_samples():
+    """A pattern over several chunk functions, three samples and a masked tail: chunks are
+    the outermost work unit, so every (chunk, sample, tile) must be visited exactly once."""
+    rng = np.random.default_rng(7)
+    rows, cols, L, n = 300, 200, 37, 3
+    w = _matrix(rng, rows, cols, 0.1, True)
+    ip, ix, dv = _csr(w, 16)
+    assert len(emit_specialized.chunk_bounds(ip)) > 3
+    x = rng.standard_normal((n, cols, L)).astype(np.float32)
+    bv = rng.standard_normal(rows).astype(np.float32)
+    spec = emit.KernelSpec("spmm", jit.host().vector_width, 2, "relu", 0.0, 0.0, True, 16,
+                           pattern_hash=kernels.pattern_hash(ip, ix), xrs=L)
+    kern = kernels.build(spec, emit.Pattern(ip, ix))
+    for threads in (1, 2):
+        out = np.full((n, rows, L), np.nan, np.float32)
+        kernels.spmm_launch(kern, ip, ix, dv, bv, x, out, n=n, L=L, xrs=L, ors=L,
+                            xns=cols * L, ons=rows * L, threads=threads,
+                            row_bounds=emit_specialized.chunk_bounds(ip))()
+        ref = np.stack([w @ x[i] for i in range(n)]) + bv[None, :, None]
+        np.testing.assert_allclose(out, np.maximum(ref, 0), rtol=1e-4, atol=1e-5)

@@ -44,8 +44,7 @@ A_ROWS, A_L, A_XRS, A_ORS, A_NTILES, A_XNS, A_ONS = 6, 7, 8, 9, 10, 11, 12
 A_NRB, A_RSPLIT = 13, 14  # row blocks per tile and their boundaries (rows, or chunks)
 A_GN = 15  # N:M: stored values per row
 A_NPANEL = 16  # CSR: column panels; indptr is (panels, rows + 1), nonzeros by (panel, row)
-A_N = 17  # samples (specialised kernels walk row blocks outermost)
-N_ARGS = 18
+N_ARGS = 17
 
 
 @dataclass(frozen=True)
@@ -217,20 +216,13 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         from sparsecc.codegen.llvm.emit_specialized import spmm_row_chunks
 
         row_fns = spmm_row_chunks(module, name, spec, pattern)
-    nsamp = k.arg_i64(A_N, "nsamples") if row_fns is not None else None
     with k.loop(k.fn.args[0], k.fn.args[1], "w") as w:
         # Tiles vary fastest: a thread's contiguous run of items covers whole row blocks, so
         # the cheap last (partial) tile of each row block does not unbalance the threads.
         rest = b.sdiv(w, ntiles)
         t = b.sub(w, b.mul(rest, ntiles))
-        if row_fns is None:
-            n = b.sdiv(rest, nrb)
-            rb = b.sub(rest, b.mul(n, nrb))
-        else:
-            # Row blocks (runs of chunk functions) outermost: one chunk's code serves every
-            # tile of every sample before the next chunk's is fetched.
-            rb = b.sdiv(rest, nsamp)
-            n = b.sub(rest, b.mul(rb, nsamp))
+        n = b.sdiv(rest, nrb)
+        rb = b.sub(rest, b.mul(n, nrb))
         r0 = b.load(b.gep(rsplit, [rb], inbounds=True))
         r1 = b.load(b.gep(rsplit, [b.add(rb, I64(1))], inbounds=True))
         j0 = b.mul(t, I64(width))

@@ -119,7 +119,7 @@ class Launch:
         for slot, name in ((emit.A_ROWS, "rows"), (emit.A_L, "L"), (emit.A_XRS, "xrs"),
                            (emit.A_ORS, "ors"), (emit.A_NTILES, "ntiles"), (emit.A_XNS, "xns"),
                            (emit.A_ONS, "ons"), (emit.A_NRB, "nrb"), (emit.A_GN, "gn"),
-                           (emit.A_NPANEL, "npanel"), (emit.A_N, "n")):
+                           (emit.A_NPANEL, "npanel")):
             args[slot] = int(ints.get(name, 1 if name == "npanel" else 0))
         self.kernel, self.args, self.splits = kernel, args, splits
         self._keep = arrays  # the addresses in args stay valid while self lives
@@ -185,16 +185,13 @@ def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: i
     (panel id per nonzero, panel count) for CSR column panels."""
     spec = kernel.spec
     ntiles = -(-L // (spec.vw * spec.tile))
-    if row_bounds is None:
-        # Split rows too when there are too few tiles to keep every thread busy and balanced;
-        # row blocks balanced by nonzeros.
-        want = 4 * max(threads, 1)
-        nrb = max(1, min(len(indptr) - 1, -(-want // max(n * ntiles, 1)))) if threads > 1 else 1
-        rsplit = driver.nnz_splits(indptr, nrb)
-    else:
-        # A specialised kernel: each chunk function its own row block (walked outermost, so
-        # its code is fetched once for all tiles and samples).
-        rsplit = np.arange(len(row_bounds), dtype=np.int64)
+    units = row_bounds if row_bounds is not None else indptr
+    nunits = len(units) - 1
+    # Split rows too when there are too few tiles to keep every thread busy and balanced.
+    want = 4 * max(threads, 1)
+    nrb = max(1, min(nunits, -(-want // max(n * ntiles, 1)))) if threads > 1 else 1
+    # Row blocks balanced by nonzeros, over rows or over a specialised kernel's chunks.
+    rsplit = driver.nnz_splits(indptr if row_bounds is None else indptr[row_bounds], nrb)
     nrb = len(rsplit) - 1
     items = n * ntiles * nrb
     splits = driver.even_splits(items, threads * 4 if items >= threads * 4 else threads)
@@ -206,7 +203,7 @@ def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: i
     arrays = dict(indptr=indptr, indices=indices, data=data, bias=bias, x=x, out=out,
                   rsplit=rsplit)
     ints = dict(rows=nrows, L=L, xrs=xrs, ors=ors,
-                ntiles=ntiles, xns=xns, ons=ons, nrb=nrb, gn=gn, npanel=npanel, n=n)
+                ntiles=ntiles, xns=xns, ons=ons, nrb=nrb, gn=gn, npanel=npanel)
     return Launch(kernel, arrays, ints, splits)
 
 
