@@ -29,3 +29,12 @@ def test_time_call_slow_engine_one_warmup_at_least_three_runs():
     t = time_call(fn, min_runs=30, min_time=0.5)
     assert t.runs == 3 and len(calls) == 1 + 3
     assert t.median_ms >= 300
+
+
+def test_time_call_counts_the_callers_warm_call():
+    fn, calls = _counter(0.0)
+    time_call(fn, min_runs=4, min_time=60.0, warmed_s=0.01)  # one more warm-up: 2 in all
+    assert len(calls) == 1 + 4
+    calls.clear()
+    time_call(fn, min_runs=4, min_time=60.0, warmed_s=1.0)  # warm enough already
+    assert len(calls) == 4

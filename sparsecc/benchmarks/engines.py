@@ -38,17 +38,17 @@ def summarize(times_ms: list[float]) -> Timing:
 
 
 def time_call(fn: Callable[[], Any], min_runs: int, min_time: float,
-              warm_s: float = 0.25) -> Timing:
+              warm_s: float = 0.25, warmed_s: float = 0.0) -> Timing:
     """>= min_runs calls or >= min_time seconds, whichever comes first; at least 3 calls.
-    Warm-up: up to 2 calls, fewer once they have taken ``warm_s`` (a 2-second call needs no
-    second warm-up; the caller's correctness call before this one already warmed caches)."""
-    spent = 0.0
-    for _ in range(2):
+    Warm-up: up to 2 calls, fewer once the warm-up has taken ``warm_s``; ``warmed_s`` is what
+    the caller's own untimed calls (its correctness call) already spent, so a 2-second engine
+    is not run again just to warm up."""
+    spent, calls = warmed_s, 1 if warmed_s > 0 else 0
+    while calls < 2 and spent < warm_s:
         t0 = time.perf_counter()
         fn()
         spent += time.perf_counter() - t0
-        if spent >= warm_s:
-            break
+        calls += 1
     times, start = [], time.perf_counter()
     while len(times) < 3 or (len(times) < min_runs and time.perf_counter() - start < min_time):
         t0 = time.perf_counter()
