@@ -20,7 +20,7 @@ from sparsecc.ir.plan import ExecutionPlan, Sym, resolve_shape
 from sparsecc.ir.verify import verify_plan
 from sparsecc.runtime.ops import OPS, BindCtx
 from sparsecc.runtime.ops.registry import Step
-from sparsecc.runtime.threads import single_threaded_blas
+from sparsecc.runtime.threads import kernel_threads, single_threaded_blas
 
 _ALIGN = 64
 
@@ -51,15 +51,18 @@ class Executor:
         verify_plan(plan, OPS.keys())
         self.plan = plan
         self._lock = threading.Lock()
-        self._free: dict[int, list[Bound]] = {}
+        self._free: dict[tuple[int, int], list[Bound]] = {}
         self._roots = {name: plan.storage_root(name) for name in plan.tensors}
 
     # ---- binding ------------------------------------------------------------------------
     @contextmanager
     def bound(self, n: int):
-        """A binding for batch ``n`` owned by the caller until the block ends."""
+        """A binding for batch ``n`` owned by the caller until the block ends. Bindings are
+        kept per kernel thread count too: a kernel's work split is fixed when it is bound, and
+        one bound for 1 thread would leave the second core idle after ``set_num_threads(2)``."""
+        key = (n, kernel_threads())
         with self._lock:
-            free = self._free.setdefault(n, [])
+            free = self._free.setdefault(key, [])
             b = free.pop() if free else None
         if b is None:
             b = self._bind(n)
@@ -67,7 +70,7 @@ class Executor:
             yield b
         finally:
             with self._lock:
-                self._free[n].append(b)
+                self._free[key].append(b)
 
     def _liveness(self) -> dict[str, int]:
         """Last op index reading each storage root (len(ops) for outputs)."""

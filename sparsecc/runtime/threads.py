@@ -52,3 +52,11 @@ def single_threaded_blas():
                 for lib, n in _saved:
                     if n != 1:
                         lib.set_num_threads(n)
+
+
+def kernel_threads() -> int:
+    """Threads the kernels launched from the calling thread run on (numba's setting, which is
+    per thread)."""
+    import numba
+
+    return int(numba.get_num_threads())

@@ -235,3 +235,27 @@ def test_runtime_extra_installs_no_torch(artifact, tmp_path, seed):
     with torch.no_grad():
         np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
                                    model(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_binding_follows_the_kernel_thread_count():
+    """A binding's work splits are fixed when bound: after set_num_threads(2) a plan bound at
+    1 thread gets a binding of its own (else the second core idles), with the same results."""
+    import numba
+
+    torch.manual_seed(0)
+    model = sparsecc.prune(nn.Sequential(nn.Linear(64, 256), nn.ReLU(),
+                                         nn.Linear(256, 32)).eval(), 0.9)
+    x = torch.randn(16, 64)
+    cm = sparsecc.compile(model, (x,))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        y1 = cm(x.numpy())
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        y2 = cm(x.numpy())
+    finally:
+        numba.set_num_threads(before)
+    keys = set(cm.executor._free)
+    assert {(16, 1), (16, min(2, numba.config.NUMBA_NUM_THREADS))} <= keys
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y2, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)

@@ -31,6 +31,7 @@ from sparsecc.formats.csr import dense_to_csr
 from sparsecc.formats.nm import nm_to_dense
 from sparsecc.formats.pack import parse_format
 from sparsecc.ir.plan import Op
+from sparsecc.runtime.threads import kernel_threads as threads
 
 # Above this wasted fraction of computed positions (the wrap columns), im2col wins.
 _SHIFT_MAX_WASTE = 0.5
@@ -103,12 +104,6 @@ def llvm_available() -> bool:
 def backend_of(op: Op) -> str:
     want = op.attrs.get("backend", "llvm")
     return "llvm" if want == "llvm" and llvm_available() else "numba"
-
-
-def threads() -> int:
-    import numba
-
-    return int(numba.get_num_threads())
 
 
 def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, tile: int = 1,
