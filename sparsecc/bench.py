@@ -61,6 +61,8 @@ def bench_command(args) -> int:
     table = report.markdown(rows, engines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
+    versus = report.versus(rows, 0.9 if 0.9 in cfg.sparsities else max(cfg.sparsities))
+    (out / "versus.md").write_text(versus + "\n")
     (out / "machine.json").write_text(json.dumps(dict(info, seconds=time.perf_counter() - t0,
                                                       config={k: getattr(cfg, k) for k in (
                                                           "models", "sparsities", "batches",
@@ -72,7 +74,9 @@ def bench_command(args) -> int:
     except ImportError:
         print("note: matplotlib is not installed; no plots")
     print(table)
-    print(f"\nwrote {out}/results.jsonl, table.md, *.png in {time.perf_counter() - t0:.0f} s")
+    print("\n" + versus)
+    print(f"\nwrote {out}/results.jsonl, table.md, versus.md, *.png in "
+          f"{time.perf_counter() - t0:.0f} s")
     return 0
 
 

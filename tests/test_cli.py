@@ -106,6 +106,9 @@ def test_bench_model_vs_peers(model_file, tmp_path):
     assert (out / "table.md").read_text().count("| model | sparsity |") == 1
     assert "| small | 80% |" in (out / "table.md").read_text()
     assert (out / "latency_small.png").is_file()
+    versus = (out / "versus.md").read_text()
+    assert "sparsecc at 80% sparsity" in versus and "| small | 4 | 1 |" in versus
+    assert all(r["wall_s"] >= 0 for r in rows)
 
 
 def test_bench_model_report_and_save(model_file, tmp_path):

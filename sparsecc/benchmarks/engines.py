@@ -189,8 +189,9 @@ class DeepSparse:
     def _start(self):
         if self.proc is None or self.proc.poll() is not None:
             env = dict(os.environ, NM_DISABLE_ANALYTICS="1")
+            self.err = (self.tmp / "worker.err").open("w")
             self.proc = subprocess.Popen([self.python, str(WORKER)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=self.err,
                                          text=True, env=env)
 
     def measure(self, onnx_path, inputs, threads, min_runs, min_time):
@@ -211,12 +212,21 @@ class DeepSparse:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
+            code = self.proc.wait(timeout=30)
             self.proc = None
-            raise Skip("the DeepSparse worker died")
+            raise Skip(f"the DeepSparse worker died (exit {code}{self._why()})")
         res = json.loads(line)
         if not res["ok"]:
             raise Skip(f"DeepSparse: {res['error'][:200]}")
         return summarize(res["times_ms"]), np.load(out)
+
+    def _why(self) -> str:
+        """The worker's last words: its crash report's signal line, else its last line."""
+        lines = [ln.strip() for ln in (self.tmp / "worker.err").read_text(errors="replace")
+                 .splitlines() if ln.strip().isprintable() and ln.strip()]
+        sig = [ln for ln in lines if "Received signal" in ln]
+        last = (sig or lines)[-1:]
+        return f": {last[0][:160]}" if last else ""
 
     def close(self):
         if self.proc is not None and self.proc.poll() is None:

@@ -43,6 +43,37 @@ def markdown(rows: list[dict], engines: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def versus(rows: list[dict], sparsity: float = 0.9) -> str:
+    """sparsecc against each peer at ``sparsity``, per model, batch and threads: the peer's
+    median over sparsecc's (> 1: sparsecc is faster). The last two columns compare with the
+    unpruned model: ONNX Runtime at 0 %, and the fastest engine of all at 0 %."""
+    cells = defaultdict(dict)
+    for r in rows:
+        if "median_ms" in r:
+            cells[(r["model"], r["sparsity"], r["batch"], r["threads"])][r["engine"]] = r
+    peers = [e for e in ENGINES if e != "sparsecc"
+             and any(e in by for (_, s, _, _), by in cells.items() if s == sparsity)]
+    head = ("| model | batch | threads | sparsecc ms | " + " | ".join(f"vs {e}" for e in peers)
+            + " | vs onnxruntime at 0 % | vs fastest at 0 % |")
+    lines = [f"sparsecc at {sparsity:.0%} sparsity: each peer's median / sparsecc's "
+             "(> 1: sparsecc faster)", "", head, "|" + "---|" * (len(peers) + 6)]
+    for (m, s, b, t), by in sorted(cells.items()):
+        if s != sparsity or "sparsecc" not in by:
+            continue
+        ms = by["sparsecc"]["median_ms"]
+        zero = cells.get((m, 0.0, b, t), {})
+
+        def ratio(row):
+            return "—" if row is None else f"{row['median_ms'] / ms:.2f}x"
+
+        fastest = min(zero.values(), key=lambda r: r["median_ms"], default=None)
+        lines.append(f"| {m} | {b} | {t} | {ms:.2f} | "
+                     + " | ".join(ratio(by.get(e)) for e in peers)
+                     + f" | {ratio(zero.get('onnxruntime'))} | {ratio(fastest)}"
+                     + (f" ({fastest['engine']})" if fastest else "") + " |")
+    return "\n".join(lines)
+
+
 def plots(rows: list[dict], out: Path, threads: int | None = None) -> list[Path]:
     import matplotlib
 
