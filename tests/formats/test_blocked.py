@@ -71,3 +71,18 @@ def test_candidates_and_parse():
     assert parse_format("bsr8x1") == ("bsr", (8, 1))
     assert parse_format("nm2:4") == ("nm", (2, 4))
     assert set(pack("bsr4x1", w)) == {"indptr", "indices", "data"}
+
+
+def test_dense_enough_weights_are_offered_as_bsr8x1_with_zeros():
+    """Unstructured weights >= 40 % dense may run as BSR 8x1 with their zeros stored (dense
+    work at the BSR rate); sparser ones are not offered it, and the packing stays exact."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 72)).astype(np.float32)
+    half = w * (rng.random(w.shape) < 0.5)
+    sparse = w * (rng.random(w.shape) < 0.2)
+    assert "bsr8x1" in candidates(half, conv_kxk=True)
+    assert "bsr8x1" not in candidates(sparse, conv_kxk=True)
+    assert "bsr8x1" not in candidates(half[:5], conv_kxk=True)  # fewer rows than a block
+    p = pack("bsr8x1", half)
+    back = bsr_to_dense(p["indptr"], p["indices"], p["data"].reshape(-1, 8, 1), half.shape)
+    np.testing.assert_array_equal(back, half)
