@@ -189,10 +189,11 @@ class DeepSparse:
     def _start(self):
         if self.proc is None or self.proc.poll() is not None:
             env = dict(os.environ, NM_DISABLE_ANALYTICS="1")
-            self.err = (self.tmp / "worker.err").open("w")
-            self.proc = subprocess.Popen([self.python, str(WORKER)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self.err,
-                                         text=True, env=env)
+            # the worker's stderr goes to a file: its crash report is the skip note's reason
+            with (self.tmp / "worker.err").open("w") as err:
+                self.proc = subprocess.Popen([self.python, str(WORKER)], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, stderr=err, text=True,
+                                             env=env)
 
     def measure(self, onnx_path, inputs, threads, min_runs, min_time):
         if not self.available:
