@@ -175,14 +175,16 @@ def build_report(cm: CompiledModel, measure: bool, repeats: int) -> Report:
             int(np.prod(shapes[x])) * np.dtype(plan.tensors[x].dtype).itemsize
             for x in list(op.inputs) + [op.output])
         fmt = op.attrs.get("fmt")
+        # the format pass's per-format estimates when it made them, else the op's roofline
+        est = op.attrs.get("est_us")
+        est_us = (est[fmt] if isinstance(est, dict) and fmt in est
+                  else estimate_seconds(op.kind, fmt, flops, nbytes) * 1e6)
         rows.append({
             "name": op.layer or op.name, "op": op.kind + _act_suffix(op),
             "shape": format_shape(shapes[op.output]),
             "density": op.attrs.get("density"), "format": fmt,
             "mflops": flops / 1e6,
-            "est_us": (op.attrs["est_us"].get(fmt) if isinstance(op.attrs.get("est_us"), dict)
-                       and fmt in op.attrs["est_us"]
-                       else estimate_seconds(op.kind, fmt, flops, nbytes) * 1e6),
+            "est_us": est_us,
             "measured_us": measured[i] * 1e6 if i in measured else None,
         })
     return Report(rows, n)

@@ -3,7 +3,7 @@
 Standalone on purpose: that venv holds numpy 1.x and deepsparse 1.8.0, not sparsecc. Reads JSON
 commands on stdin, one per line, answers one JSON line each:
   {"onnx": path, "batch": b, "threads": t, "inputs": [npy paths], "min_runs": n,
-   "min_time": seconds, "out": npy path}
+   "min_time": seconds, "warm_s": seconds, "out": npy path}
   -> {"ok": true, "times_ms": [...]} or {"ok": false, "error": "..."}
 DeepSparse is a comparison point only (evaluation licence); never a dependency of sparsecc.
 """
@@ -35,7 +35,7 @@ def main():
             outs = eng.run(xs)  # the output for the correctness column, and warm-up 1
             spent, calls = time.perf_counter() - t0, 1
             np.save(cmd["out"], outs[0])
-            while calls < 2 and spent < 0.25:  # as the suite's time_call
+            while calls < 2 and spent < cmd["warm_s"]:  # as the suite's time_call
                 t0 = time.perf_counter()
                 eng.run(xs)
                 spent += time.perf_counter() - t0

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 WORKER = Path(__file__).with_name("deepsparse_worker.py")
+# Warm-up budget per engine and cell (the DeepSparse worker gets it with each command).
+WARM_S = 0.25
 
 
 @dataclass
@@ -38,7 +40,7 @@ def summarize(times_ms: list[float]) -> Timing:
 
 
 def time_call(fn: Callable[[], Any], min_runs: int, min_time: float,
-              warm_s: float = 0.25, warmed_s: float = 0.0) -> Timing:
+              warm_s: float = WARM_S, warmed_s: float = 0.0) -> Timing:
     """>= min_runs calls or >= min_time seconds, whichever comes first; at least 3 calls.
     Warm-up: up to 2 calls, fewer once the warm-up has taken ``warm_s``; ``warmed_s`` is what
     the caller's own untimed calls (its correctness call) already spent, so a 2-second engine
@@ -208,7 +210,8 @@ class DeepSparse:
             paths.append(str(p))
         out = self.tmp / "out.npy"
         cmd = {"onnx": str(onnx_path), "batch": int(inputs[0].shape[0]), "threads": threads,
-               "inputs": paths, "min_runs": min_runs, "min_time": min_time, "out": str(out)}
+               "inputs": paths, "min_runs": min_runs, "min_time": min_time, "warm_s": WARM_S,
+               "out": str(out)}
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -223,8 +226,8 @@ class DeepSparse:
 
     def _why(self) -> str:
         """The worker's last words: its crash report's signal line, else its last line."""
-        lines = [ln.strip() for ln in (self.tmp / "worker.err").read_text(errors="replace")
-                 .splitlines() if ln.strip().isprintable() and ln.strip()]
+        text = (self.tmp / "worker.err").read_text(errors="replace")
+        lines = [ln for ln in map(str.strip, text.splitlines()) if ln and ln.isprintable()]
         sig = [ln for ln in lines if "Received signal" in ln]
         last = (sig or lines)[-1:]
         return f": {last[0][:160]}" if last else ""

@@ -23,11 +23,17 @@ def _cell(row: dict | None) -> str:
                                         else "")
 
 
-def markdown(rows: list[dict], engines: list[str] | None = None) -> str:
-    present = [e for e in (engines or ENGINES) if any(r["engine"] == e for r in rows)]
+def _by_cell(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """{(model, sparsity, batch, threads): {engine: row}}, in the rows' order."""
     cells = defaultdict(dict)
     for r in rows:
         cells[(r["model"], r["sparsity"], r["batch"], r["threads"])][r["engine"]] = r
+    return cells
+
+
+def markdown(rows: list[dict], engines: list[str] | None = None) -> str:
+    present = [e for e in (engines or ENGINES) if any(r["engine"] == e for r in rows)]
+    cells = _by_cell(rows)
     head = ("| model | sparsity | batch | threads | " + " | ".join(present)
             + " | sparsecc max rel err |")
     lines = ["median ms (x faster than torch eager), same process and weights", "", head,
@@ -47,10 +53,7 @@ def versus(rows: list[dict], sparsity: float = 0.9) -> str:
     """sparsecc against each peer at ``sparsity``, per model, batch and threads: the peer's
     median over sparsecc's (> 1: sparsecc is faster). The last two columns compare with the
     unpruned model: ONNX Runtime at 0 %, and the fastest engine of all at 0 %."""
-    cells = defaultdict(dict)
-    for r in rows:
-        if "median_ms" in r:
-            cells[(r["model"], r["sparsity"], r["batch"], r["threads"])][r["engine"]] = r
+    cells = _by_cell([r for r in rows if "median_ms" in r])
     peers = [e for e in ENGINES if e != "sparsecc"
              and any(e in by for (_, s, _, _), by in cells.items() if s == sparsity)]
     head = ("| model | batch | threads | sparsecc ms | " + " | ".join(f"vs {e}" for e in peers)
