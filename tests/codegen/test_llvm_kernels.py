@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
+import pytest
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -191,8 +192,8 @@ def test_nm_matches_dense(seed, rows, cols, nm, L, act, bias):
 @settings(max_examples=12, deadline=None)
 @given(rows=st.integers(1, 24), cols=st.integers(1, 40), density=st.sampled_from([0.0, 0.2, 1.0]),
        empty_rows=st.booleans(), seed=st.integers(0, 2**31 - 1),
-       act=st.sampled_from(sorted(FUSED)), bias=st.booleans(), L=st.integers(1, 40),
-       tile=st.sampled_from([1, 2]), baked_stride=st.booleans(), threads=st.sampled_from([1, 2]))
+       act=st.sampled_from(sorted(FUSED)), bias=st.booleans(), L=st.integers(1, 70),
+       tile=st.sampled_from([1, 2, 4]), baked_stride=st.booleans(), threads=st.sampled_from([1, 2]))
 def test_specialised_spmm_matches_scipy(rows, cols, density, empty_rows, seed, act, bias, L, tile,
                                         baked_stride, threads):
     """The pattern baked into the code (offsets as immediates, one function per row chunk)."""
@@ -205,7 +206,7 @@ def test_specialised_spmm_matches_scipy(rows, cols, density, empty_rows, seed, a
     spec = emit.KernelSpec("spmm", jit.host().vector_width, tile, act,
                            *((-0.5, 0.7) if act == "clamp" else (0.0, 0.0)), bias, 16,
                            pattern_hash=kernels.pattern_hash(ip, ix),
-                           xrs=L if baked_stride else 0)
+                           xrs=L if baked_stride else 0, span=L)
     kern = kernels.build(spec, emit.Pattern(ip, ix))
     bounds = emit_specialized.chunk_bounds(ip)
     kernels.spmm_launch(kern, ip, ix, dv, bv, x, out, n=2, L=L, xrs=L, ors=L, xns=cols * L,
@@ -225,7 +226,7 @@ def test_specialised_spmm_several_chunks_and_samples():
     x = rng.standard_normal((n, cols, L)).astype(np.float32)
     bv = rng.standard_normal(rows).astype(np.float32)
     spec = emit.KernelSpec("spmm", jit.host().vector_width, 2, "relu", 0.0, 0.0, True, 16,
-                           pattern_hash=kernels.pattern_hash(ip, ix), xrs=L)
+                           pattern_hash=kernels.pattern_hash(ip, ix), xrs=L, span=L)
     kern = kernels.build(spec, emit.Pattern(ip, ix))
     for threads in (1, 2):
         out = np.full((n, rows, L), np.nan, np.float32)
@@ -234,3 +235,21 @@ def test_specialised_spmm_several_chunks_and_samples():
                             row_bounds=emit_specialized.chunk_bounds(ip))()
         ref = np.stack([w @ x[i] for i in range(n)]) + bv[None, :, None]
         np.testing.assert_allclose(out, np.maximum(ref, 0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("span", "vw", "tile", "want"), [
+    (64, 16, 4, None),                                            # no tail
+    (49, 16, 4, [(0, 16, 16), (16, 16, 16), (32, 16, 16), (48, 1, 1)]),  # ResNet-50 @7
+    (196, 16, 4, [(0, 4, 4)]),                                    # @14: 3 full tiles + 4
+    (1, 16, 1, [(0, 1, 1)]),                                      # batch 1: scalar
+    (13, 8, 2, [(0, 8, 8), (8, 8, 5)]),                           # masked: 5 of 8 lanes
+    (22, 8, 4, [(0, 8, 8), (8, 8, 8), (16, 8, 6)]),
+])
+def test_tail_pieces_cover_exactly_the_extent(span, vw, tile, want):
+    got = emit_specialized.pieces(span, vw, tile, tail=True)
+    if want is None:
+        assert got == []
+        return
+    assert got == want
+    width = vw * tile
+    assert sum(live for _, _, live in got) == span % width

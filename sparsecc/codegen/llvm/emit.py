@@ -62,6 +62,7 @@ class KernelSpec:
     pattern_hash: str = ""  # non-empty: the pattern is baked in (specialised kernel)
     block: tuple[int, int] = (1, 1)  # bsr: (R, C); nm: (N, M)
     xrs: int = 0  # specialised: the x row stride baked in (0: read from args)
+    span: int = 0  # specialised: the extent L along j baked in (sizes the tail tile)
 
     @property
     def key(self) -> str:
@@ -74,6 +75,8 @@ class KernelSpec:
             parts.append(f"p{self.pattern_hash}")
         if self.xrs:
             parts.append(f"s{self.xrs}")
+        if self.span:
+            parts.append(f"l{self.span}")
         return "_".join(parts)
 
 
@@ -277,16 +280,19 @@ def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs
     ones call their row-chunk functions [r0, r1) through a switch."""
     b = k.b
     if row_fns is not None:
-        extra = list(masks) if masks is not None else []
+        # The tail variant has the tail's extent baked in; a variant the extent never needs
+        # is absent (its tile never runs).
+        fns = [tail if masks is not None else full for full, tail in row_fns]
+        if any(f is None for f in fns):
+            return
         with k.loop(r0, r1, "c") as c:
             after = k.fn.append_basic_block("c_next")
             sw = b.switch(c, after)
-            for ci, (fn_full, fn_masked) in enumerate(row_fns):
+            for ci, fn in enumerate(fns):
                 blk = k.fn.append_basic_block(f"c{ci}")
                 sw.add_case(I64(ci), blk)
                 b.position_at_end(blk)
-                b.call(fn_masked if masks is not None else fn_full,
-                       [data, xb, ob, bias, xrs, ors, *extra])
+                b.call(fn, [data, xb, ob, bias, xrs, ors])
                 b.branch(after)
             b.position_at_end(after)
         return

@@ -20,32 +20,59 @@ from sparsecc.codegen.llvm.emit import F32, I1, I32, I64, VOID, KernelSpec, Patt
 CHUNK_NNZ = 2048
 
 
+def pieces(span: int, vw: int, tile: int, tail: bool) -> list[tuple[int, int, int]]:
+    """The vectors of one tile as (first float, lanes, live lanes): ``tile`` full vectors, or
+    for the tail tile (``span`` mod the tile width) the full vectors it needs and a last piece
+    that is exact where it can be (8, 4, 2 lanes, or a scalar) and masked to its live lanes
+    otherwise. The extent is baked in, so no lane is computed that nobody reads."""
+    if not tail:
+        return [(v * vw, vw, vw) for v in range(tile)]
+    rem = span % (vw * tile)
+    out = [(v * vw, vw, vw) for v in range(rem // vw)]
+    last = rem % vw
+    if last:
+        lanes = last if last & (last - 1) == 0 else vw
+        out.append((rem - last, lanes, last))
+    return out
+
+
 def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
-    """(full, masked) function pairs, each doing a run of rows with the pattern baked in;
-    their bodies go to ``module.sparsecc_bodies`` for ``module_text``."""
+    """(full, tail) function pairs, each doing a run of rows with the pattern baked in; a
+    variant the extent ``spec.span`` never needs is None. Bodies go to
+    ``module.sparsecc_bodies`` for ``module_text``."""
+    if spec.span <= 0:
+        raise ValueError("a specialised kernel needs its extent (KernelSpec.span)")
     bounds = chunk_bounds(pattern.indptr)
     fp = F32.as_pointer()
-    mty = ir.VectorType(I1, spec.vw)
-    vty = ir.VectorType(F32, spec.vw)
-    for iname, ret, args in (
-            (f"llvm.fma.v{spec.vw}f32", vty, [vty] * 3),
-            (f"llvm.maxnum.v{spec.vw}f32", vty, [vty] * 2),
-            (f"llvm.minnum.v{spec.vw}f32", vty, [vty] * 2),
-            (f"llvm.masked.load.v{spec.vw}f32.p0", vty, [vty.as_pointer(), I32, mty, vty]),
-            (f"llvm.masked.store.v{spec.vw}f32.p0", VOID, [vty, vty.as_pointer(), I32, mty])):
-        if iname not in module.globals:
-            ir.Function(module, ir.FunctionType(ret, args), iname)
+    width = spec.vw * spec.tile
+    variants = []
+    if spec.span >= width:
+        variants.append(("f", pieces(spec.span, spec.vw, spec.tile, False)))
+    if spec.span % width:
+        variants.append(("t", pieces(spec.span, spec.vw, spec.tile, True)))
+    for lanes in sorted({p[1] for _, ps in variants for p in ps}):
+        vt = F32 if lanes == 1 else ir.VectorType(F32, lanes)
+        sfx = "f32" if lanes == 1 else f"v{lanes}f32"
+        mty = ir.VectorType(I1, lanes)
+        for iname, ret, args in (
+                (f"llvm.fma.{sfx}", vt, [vt] * 3),
+                (f"llvm.maxnum.{sfx}", vt, [vt] * 2),
+                (f"llvm.minnum.{sfx}", vt, [vt] * 2),
+                (f"llvm.masked.load.{sfx}.p0", vt, [fp, I32, mty, vt]),
+                (f"llvm.masked.store.{sfx}.p0", VOID, [vt, fp, I32, mty])):
+            if iname not in module.globals and (lanes > 1 or "masked" not in iname):
+                ir.Function(module, ir.FunctionType(ret, args), iname)
     bodies = module.__dict__.setdefault("sparsecc_bodies", [])
     pairs = []
     for c in range(len(bounds) - 1):
-        pair = []
-        for tag, masked in (("f", False), ("m", True)):
+        pair = {}
+        for tag, ps in variants:
             fname = f"{name}_c{c}_{tag}"
-            argtys = [fp, fp, fp, fp, I64, I64] + ([mty] * spec.tile if masked else [])
-            pair.append(ir.Function(module, ir.FunctionType(VOID, argtys), fname))
+            pair[tag] = ir.Function(module, ir.FunctionType(VOID, [fp, fp, fp, fp, I64, I64]),
+                                    fname)
             bodies.append(_row_chunk_text(fname, spec, pattern, int(bounds[c]),
-                                          int(bounds[c + 1]), masked))
-        pairs.append(tuple(pair))
+                                          int(bounds[c + 1]), ps))
+        pairs.append((pair.get("f"), pair.get("t")))
     return pairs
 
 
@@ -63,20 +90,15 @@ def module_text(module: ir.Module) -> str:
 
 
 def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
-                    masked: bool) -> str:
+                    pcs: list[tuple[int, int, int]]) -> str:
     """One specialised row-chunk function as IR text: column offsets are immediates, values
-    come from ``data``; ``chains`` accumulators per vector hide the FMA latency."""
-    vw, tile = spec.vw, spec.tile
-    vt = f"<{vw} x float>"
-    mt = f"<{vw} x i1>"
-    margs = "".join(f", {mt} %m{v}" for v in range(tile)) if masked else ""
+    come from ``data``; ``chains`` accumulators per piece hide the FMA latency."""
+    vw = spec.vw
     out = [f"define internal void @{name}(ptr %data, ptr %xb, ptr %ob, ptr %bias, i64 %xrs, "
-           f"i64 %ors{margs}) noinline nounwind {{", "entry:"]
+           f"i64 %ors) noinline nounwind {{", "entry:"]
     emit_ = out.append
-    chains = max(1, min(4, 8 // tile))
+    chains = max(1, min(4, 8 // len(pcs)))
     ip, ix = pattern.indptr, pattern.indices
-    zero = "zeroinitializer"
-    fma = f"@llvm.fma.v{vw}f32"
     n = 0
 
     def tmp():
@@ -84,19 +106,35 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
         n += 1
         return f"%t{n}"
 
-    def splat(scalar):
-        a, b = tmp(), tmp()
-        emit_(f"  {a} = insertelement {vt} poison, float {scalar}, i64 0")
-        emit_(f"  {b} = shufflevector {vt} {a}, {vt} poison, <{vw} x i32> zeroinitializer")
-        return b
+    def ty(lanes):
+        return "float" if lanes == 1 else f"<{lanes} x float>"
 
-    def vload(ptr, v):
+    def sfx(lanes):
+        return "f32" if lanes == 1 else f"v{lanes}f32"
+
+    def zero(lanes):
+        return "0.0" if lanes == 1 else "zeroinitializer"
+
+    def mask(lanes, live):
+        return f"<{lanes} x i1> <" + ", ".join(f"i1 {'true' if i < live else 'false'}" for i in range(lanes)) + ">"
+
+    def splats(scalar):
+        got = {1: scalar}
+        for lanes in sorted({p[1] for p in pcs} - {1}):
+            a, b = tmp(), tmp()
+            emit_(f"  {a} = insertelement {ty(lanes)} poison, float {scalar}, i64 0")
+            emit_(f"  {b} = shufflevector {ty(lanes)} {a}, {ty(lanes)} poison, "
+                  f"<{lanes} x i32> zeroinitializer")
+            got[lanes] = b
+        return got
+
+    def vload(ptr, lanes, live):
         r = tmp()
-        if masked:
-            emit_(f"  {r} = call {vt} @llvm.masked.load.v{vw}f32.p0(ptr {ptr}, i32 4, "
-                  f"{mt} %m{v}, {vt} zeroinitializer)")
+        if live < lanes:
+            emit_(f"  {r} = call {ty(lanes)} @llvm.masked.load.{sfx(lanes)}.p0(ptr {ptr}, i32 4, "
+                  f"{mask(lanes, live)}, {ty(lanes)} zeroinitializer)")
         else:
-            emit_(f"  {r} = load {vt}, ptr {ptr}, align 4")
+            emit_(f"  {r} = load {ty(lanes)}, ptr {ptr}, align 4")
         return r
 
     def gep(base, off):
@@ -108,14 +146,15 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
         if spec.has_bias:
             bv = tmp()
             emit_(f"  {bv} = load float, ptr {gep('%bias', o)}")
-            first = splat(bv)
+            b0 = splats(bv)
+            first = [b0[p[1]] for p in pcs]
         else:
-            first = zero
-        accs = [[first] * tile] + [[zero] * tile for _ in range(chains - 1)]
+            first = [zero(p[1]) for p in pcs]
+        accs = [list(first)] + [[zero(p[1]) for p in pcs] for _ in range(chains - 1)]
         for j, p in enumerate(range(int(ip[o]), int(ip[o + 1]))):
             s_ = tmp()
             emit_(f"  {s_} = load float, ptr {gep('%data', p)}")
-            w = splat(s_)
+            w = splats(s_)
             col = int(ix[p])
             if spec.xrs:
                 base = gep("%xb", col * spec.xrs)
@@ -124,59 +163,62 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
                 emit_(f"  {off} = mul i64 %xrs, {col}")
                 base = gep("%xb", off)
             acc = accs[j % chains]
-            for v in range(tile):
-                xv = vload(gep(base, v * vw) if v else base, v)
+            for v, (first_f, lanes, live) in enumerate(pcs):
+                xv = vload(gep(base, first_f) if first_f else base, lanes, live)
                 r = tmp()
-                emit_(f"  {r} = call {vt} {fma}({vt} {w}, {vt} {xv}, {vt} {acc[v]})")
+                emit_(f"  {r} = call {ty(lanes)} @llvm.fma.{sfx(lanes)}({ty(lanes)} {w[lanes]}, "
+                      f"{ty(lanes)} {xv}, {ty(lanes)} {acc[v]})")
                 acc[v] = r
         total = accs[0]
         for extra in accs[1:]:
             nxt = []
-            for a_, e_ in zip(total, extra):
-                if e_ == zero:
+            for (_, lanes, _), a_, e_ in zip(pcs, total, extra):
+                if e_ == zero(lanes):
                     nxt.append(a_)
                     continue
                 r = tmp()
-                emit_(f"  {r} = fadd {vt} {a_}, {e_}")
+                emit_(f"  {r} = fadd {ty(lanes)} {a_}, {e_}")
                 nxt.append(r)
             total = nxt
         ooff = tmp()
         emit_(f"  {ooff} = mul i64 %ors, {o}")
         rowp = gep("%ob", ooff)
-        for v in range(tile):
-            val = _act_text(emit_, tmp, total[v], spec, vt)
-            ptr = gep(rowp, v * vw) if v else rowp
-            if masked:
-                emit_(f"  call void @llvm.masked.store.v{vw}f32.p0({vt} {val}, ptr {ptr}, "
-                      f"i32 4, {mt} %m{v})")
+        for (first_f, lanes, live), acc_v in zip(pcs, total):
+            val = _act_text(emit_, tmp, acc_v, spec, ty(lanes), lanes)
+            ptr = gep(rowp, first_f) if first_f else rowp
+            if live < lanes:
+                emit_(f"  call void @llvm.masked.store.{sfx(lanes)}.p0({ty(lanes)} {val}, "
+                      f"ptr {ptr}, i32 4, {mask(lanes, live)})")
             else:
-                emit_(f"  store {vt} {val}, ptr {ptr}, align 4")
+                emit_(f"  store {ty(lanes)} {val}, ptr {ptr}, align 4")
     emit_("  ret void")
     emit_("}")
     return "\n".join(out)
 
 
-def _act_text(emit_, tmp, v: str, spec: KernelSpec, vt: str) -> str:
+def _act_text(emit_, tmp, v: str, spec: KernelSpec, vt: str, lanes: int) -> str:
     if spec.act == "none":
         return v
-    if v == "zeroinitializer":
+    z = "0.0" if lanes == 1 else "zeroinitializer"
+    if v == z:
         v0 = tmp()
-        emit_(f"  {v0} = fadd {vt} zeroinitializer, zeroinitializer")
+        emit_(f"  {v0} = fadd {vt} {z}, {z}")
         v = v0
-    vw = spec.vw
+    sfx = "f32" if lanes == 1 else f"v{lanes}f32"
 
     def const(c):
         # LLVM takes a float constant as the hex of the double it widens to.
         bits = struct.pack(">d", float(np.float32(c))).hex().upper()
-        return f"<{', '.join(f'float 0x{bits}' for _ in range(vw))}>"
+        one = f"float 0x{bits}"
+        return one.split(" ", 1)[1] if lanes == 1 else f"<{', '.join([one] * lanes)}>"
 
     r = tmp()
     if spec.act == "relu":
-        emit_(f"  {r} = call {vt} @llvm.maxnum.v{vw}f32({vt} {v}, {vt} zeroinitializer)")
+        emit_(f"  {r} = call {vt} @llvm.maxnum.{sfx}({vt} {v}, {vt} {z})")
         return r
-    emit_(f"  {r} = call {vt} @llvm.maxnum.v{vw}f32({vt} {v}, {vt} {const(spec.act_a)})")
+    emit_(f"  {r} = call {vt} @llvm.maxnum.{sfx}({vt} {v}, {vt} {const(spec.act_a)})")
     r2 = tmp()
-    emit_(f"  {r2} = call {vt} @llvm.minnum.v{vw}f32({vt} {r}, {vt} {const(spec.act_b)})")
+    emit_(f"  {r2} = call {vt} @llvm.minnum.{sfx}({vt} {r}, {vt} {const(spec.act_b)})")
     return r2
 
 

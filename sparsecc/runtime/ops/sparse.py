@@ -109,8 +109,8 @@ def backend_of(op: Op) -> str:
 def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, tile: int = 1,
             block: tuple[int, int] = (1, 1), pattern=None):
     """(kernel, whether the activation still needs a pass of its own). ``pattern``:
-    (indptr, column-or-offset per nonzero, x row stride) to bake in, for ops the format pass
-    marked ``specialize``."""
+    (indptr, column-or-offset per nonzero, x row stride, extent L) to bake in, for ops the
+    format pass marked ``specialize``."""
     from sparsecc.codegen.llvm import emit, jit, kernels
 
     act, a, b = ctx_act
@@ -120,8 +120,9 @@ def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, 
                            has_bias, idx_bits, block=block)
     baked = None
     if pattern is not None and family == "spmm" and op.attrs.get("specialize"):
-        indptr, cols, xrs = pattern
-        spec = replace(spec, pattern_hash=kernels.pattern_hash(indptr, cols), xrs=int(xrs))
+        indptr, cols, xrs, span = pattern
+        spec = replace(spec, pattern_hash=kernels.pattern_hash(indptr, cols), xrs=int(xrs),
+                       span=int(span))
         baked = emit.Pattern(indptr, cols)
     try:
         return kernels.build(spec, baked), fused != act
@@ -233,7 +234,7 @@ def _spmm(ctx, sw: SparseWeight, epi: tuple, *, x, out, n: int, L: int, xrs: int
     bias, has_bias, code, a, b, act = epi
     tile = kernels.spmm_tile(L, jit.host().vector_width, sw.block_rows)
     kern, tail = _kernel(sw.family, ctx.op, (act, a, b), has_bias, idx_bits, tile, sw.block,
-                         (sw.indptr, indices, xrs))
+                         (sw.indptr, indices, xrs, L))
     rb = _row_bounds(kern, sw.indptr)
     panels = None
     if rb is None and sw.family == "spmm":
