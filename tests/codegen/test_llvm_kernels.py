@@ -7,9 +7,9 @@ tails (lengths that are not a multiple of the vector width), u16 and u32 indices
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
-import pytest
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st

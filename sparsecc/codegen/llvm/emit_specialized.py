@@ -93,7 +93,6 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
                     pcs: list[tuple[int, int, int]]) -> str:
     """One specialised row-chunk function as IR text: column offsets are immediates, values
     come from ``data``; ``chains`` accumulators per piece hide the FMA latency."""
-    vw = spec.vw
     out = [f"define internal void @{name}(ptr %data, ptr %xb, ptr %ob, ptr %bias, i64 %xrs, "
            f"i64 %ors) noinline nounwind {{", "entry:"]
     emit_ = out.append
@@ -116,7 +115,8 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
         return "0.0" if lanes == 1 else "zeroinitializer"
 
     def mask(lanes, live):
-        return f"<{lanes} x i1> <" + ", ".join(f"i1 {'true' if i < live else 'false'}" for i in range(lanes)) + ">"
+        bits = ", ".join(f"i1 {'true' if i < live else 'false'}" for i in range(lanes))
+        return f"<{lanes} x i1> <{bits}>"
 
     def splats(scalar):
         got = {1: scalar}
