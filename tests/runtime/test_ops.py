@@ -158,6 +158,12 @@ CASES = {
         q, q, q, is_causal=True, scale=0.3)), randn(2, 5, 4)),
     "sdpa_float_mask": (lambda: Fn(lambda s, q, m: F.scaled_dot_product_attention(
         q, q, q, attn_mask=m)), lambda b: (torch.randn(b, 2, 4, 3), torch.randn(b, 1, 4, 4))),
+    "sdpa_bool_mask": (lambda: Fn(lambda s, q, v, m: F.scaled_dot_product_attention(
+        q, q, v, attn_mask=m)),
+        lambda b: (torch.randn(b, 3, 7, 9), torch.randn(b, 3, 7, 1),
+                   torch.arange(7).expand(b, 1, 1, 7) < 5)),
+    "sdpa_5d_numpy_path": (lambda: Fn(lambda s, q: F.scaled_dot_product_attention(q, q, q)),
+                           randn(2, 2, 3, 4)),
     # embedding, selection, casts
     "embedding": (lambda: nn.Embedding(11, 4), lambda b: (torch.randint(0, 11, (b, 5)),)),
     "where_masked_fill": (lambda: Fn(lambda s, x: torch.where(x > 0, x, 0.5 * x)

@@ -17,6 +17,36 @@ ACT_CODES: dict[str, int] = {
 }
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
+# erf in float32 as x * P(x^2) / Q(x^2) on [-4, 4] (+-1 beyond, to float32 precision): the
+# rational approximation Eigen and XLA use; max abs error 4.2e-7 against float64 erf. Pure
+# arithmetic, so the loops vectorise (math.erf is a scalar libm call: ~10x slower here).
+_ERF_P = tuple(np.float32(c) for c in (
+    -2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+    -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02))
+_ERF_Q = tuple(np.float32(c) for c in (
+    -1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+    -1.42647390514189e-02))
+_F4, _HALF, _ONE = np.float32(4.0), np.float32(0.5), np.float32(1.0)
+_RSQRT2 = np.float32(0.7071067811865476)
+
+
+@njit(inline="always", cache=True)
+def erf32(v):
+    x = min(max(v, -_F4), _F4)
+    x2 = x * x
+    p = _ERF_P[0]
+    for c in _ERF_P[1:]:
+        p = p * x2 + c
+    q = _ERF_Q[0]
+    for c in _ERF_Q[1:]:
+        q = q * x2 + c
+    return x * p / q
+
+
+@njit(inline="always", cache=True)
+def gelu32(v):
+    return _HALF * v * (_ONE + erf32(v * _RSQRT2))
+
 
 def act_code(name: str) -> int:
     return ACT_CODES[name]
@@ -32,7 +62,7 @@ def apply_act(v, code, a, b):
     if code == 2:
         return min(max(v, a), b)
     if code == 3:
-        return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+        return gelu32(np.float32(v))
     if code == 4:
         return 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
     if code == 5:
@@ -58,6 +88,10 @@ def act_flat(x, out, code, a, b):
     n = x.shape[0]
     chunk = 4096
     for c in prange((n + chunk - 1) // chunk):
+        if code == 3:  # a loop of its own so it vectorises
+            for i in range(c * chunk, min(n, (c + 1) * chunk)):
+                out[i] = gelu32(x[i])
+            continue
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
             out[i] = apply_act(x[i], code, a, b)
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from sparsecc.codegen.numba import attention as AT
 from sparsecc.codegen.numba import norm as N
 from sparsecc.ir.plan import Op
 from sparsecc.runtime.ops.registry import BindCtx, Shape, numel, register_op
@@ -45,6 +46,9 @@ def bind_sdpa(ctx: BindCtx):
     ql, sl = q.shape[-2], k.shape[-2]
     scale = ctx.attr("scale")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    fused = _fused_sdpa(q, k, v, mask, out, scale, bool(ctx.attr("is_causal")))
+    if fused is not None:
+        return fused
     kt = np.swapaxes(k, -1, -2)
     rows = scores.reshape(-1, sl)
     bias = None
@@ -66,3 +70,36 @@ def bind_sdpa(ctx: BindCtx):
         np.matmul(scores, v, out=out)
 
     return run
+
+
+def _as4(a: np.ndarray) -> np.ndarray | None:
+    """A 4-D view of a (..., rows, cols) array with at most two leading dims, else None."""
+    if a.ndim > 4 or a.ndim < 2:
+        return None
+    return a.reshape((1,) * (4 - a.ndim) + a.shape)
+
+
+def _fused_sdpa(q, k, v, mask, out, scale: float, causal: bool):
+    """The one-pass numba attention for float32 q/k/v/out with at most two leading dims (and
+    the same ones), else None (the numpy path). Views only: the closure reads the plan's
+    buffers as they are at each call."""
+    arrays = [_as4(a) for a in (q, k, v, out)]
+    if any(a is None or a.dtype != np.float32 for a in arrays):
+        return None
+    q4, k4, v4, o4 = arrays
+    if not (q4.shape[:2] == k4.shape[:2] == v4.shape[:2] == o4.shape[:2]):
+        return None
+    shape = q4.shape[:3] + (k4.shape[2],)
+    if mask is None:
+        m4, kind = np.zeros((1, 1, 1, 1), np.float32), AT.MASK_NONE
+    elif mask.dtype == np.bool_:
+        m4, kind = mask, AT.MASK_KEEP
+    elif mask.dtype == np.float32:
+        m4, kind = mask, AT.MASK_ADD
+    else:
+        return None
+    try:
+        m4 = np.broadcast_to(m4, shape)
+    except ValueError:
+        return None
+    return lambda: AT.sdpa4(q4, k4, v4, m4, kind, causal, scale, o4)

@@ -25,6 +25,7 @@ import numpy as np
 from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as C
 from sparsecc.codegen.numba import sparse as S
+from sparsecc.codegen.numba import transpose as T
 from sparsecc.errors import CodegenError
 from sparsecc.formats.bsr import bsr_to_dense
 from sparsecc.formats.csr import dense_to_csr
@@ -167,12 +168,12 @@ def _kn_buffers(ctx, x2, o2):
         xt, cin = x2.reshape(k, m), None
     else:
         xt = scratch.pop(0)
-        cin = lambda: np.copyto(xt, x2.T)  # noqa: E731
+        cin = lambda: T.transpose_into(x2, xt)  # noqa: E731
     if m <= 1 or ctx.attr("out_kn"):
         ot, cout = o2.reshape(o, m), None
     else:
         ot = scratch.pop(0)
-        cout = lambda: np.copyto(o2, ot.T)  # noqa: E731
+        cout = lambda: T.transpose_into(ot, o2)  # noqa: E731
     return xt, ot, cin, cout
 
 
