@@ -141,11 +141,24 @@ def _row_bounds(kern, indptr):
 
 
 def _act_tail(out: np.ndarray, code: int, a: float, b: float):
+    if not out.flags.c_contiguous:  # a padded features x batch buffer: row by row, in place
+        rows = out.reshape(-1, out.shape[-1])
+        if not np.shares_memory(rows, out):
+            raise AssertionError("activation tail: out must reshape to rows without a copy")
+        none = np.zeros(1, np.float32)
+        return lambda: A.bias_act_rows(rows, none, False, 1, code, a, b)
     flat = out.reshape(-1)
     return lambda: A.act_flat(flat, flat, code, a, b)
 
 
 # ---- linear -------------------------------------------------------------------------------
+def kn_stride(m: int) -> int:
+    """Row stride (floats) of a features x batch scratch buffer for batch m: a row of 2^k
+    floats puts every feature row in the same L1 sets (8 KB apart at m = 2048, 12 ways), so
+    such rows get one cache line of padding (a 384 -> 1536 layer at m = 2048: 3.0 -> 2.1 ms)."""
+    return m + 16 if m >= 64 and m % 32 == 0 else m
+
+
 def linear_scratch(op: Op, m: int, k: int, o: int) -> list[tuple[tuple[int, ...], str]]:
     """Transpose buffers for the features x batch kernels, except where the layout pass
     already hands the tensor over in that layout (or m == 1, where both layouts coincide)."""
@@ -153,9 +166,9 @@ def linear_scratch(op: Op, m: int, k: int, o: int) -> list[tuple[tuple[int, ...]
         return []
     need = []
     if not op.attrs.get("in_kn"):
-        need.append(((k, m), "float32"))
+        need.append(((k, kn_stride(m)), "float32"))
     if not op.attrs.get("out_kn"):
-        need.append(((o, m), "float32"))
+        need.append(((o, kn_stride(m)), "float32"))
     return need
 
 
@@ -167,12 +180,12 @@ def _kn_buffers(ctx, x2, o2):
     if m <= 1 or ctx.attr("in_kn"):
         xt, cin = x2.reshape(k, m), None
     else:
-        xt = scratch.pop(0)
+        xt = scratch.pop(0)[:, :m]
         cin = lambda: T.transpose_into(x2, xt)  # noqa: E731
     if m <= 1 or ctx.attr("out_kn"):
         ot, cout = o2.reshape(o, m), None
     else:
-        ot = scratch.pop(0)
+        ot = scratch.pop(0)[:, :m]
         cout = lambda: T.transpose_into(ot, o2)  # noqa: E731
     return xt, ot, cin, cout
 
@@ -217,7 +230,8 @@ def _linear_llvm(ctx, x2, o2, epi, xt, ot, cin, cout):
         launch = kernels.spmv_launch(kern, sw.indptr, sw.indices, sw.data, bias, x2, o2, m=m,
                                      threads=threads())
         return _sequence(None, launch, _act_tail(o2, code, a, b) if tail else None, None)
-    launch, post = _spmm(ctx, sw, epi, x=xt, out=ot, n=1, L=m, xrs=m, ors=m, xns=0, ons=0,
+    launch, post = _spmm(ctx, sw, epi, x=xt, out=ot, n=1, L=m, xrs=xt.strides[0] // 4,
+                         ors=ot.strides[0] // 4, xns=0, ons=0,
                          indices=sw.indices, idx_bits=sw.idx_bits, panel_of=sw.indices,
                          x_rows=x2.shape[1])
     return _sequence(cin, launch, post, cout)
