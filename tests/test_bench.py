@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sparsecc.benchmarks.engines import time_call
+from sparsecc.benchmarks.engines import MIN_CALLS, time_call
 
 
 def _counter(seconds: float):
@@ -24,11 +24,14 @@ def test_time_call_fast_engine_gets_two_warmups_and_min_runs():
     assert t.p10_ms <= t.median_ms <= t.p90_ms
 
 
-def test_time_call_slow_engine_one_warmup_at_least_three_runs():
+def test_time_call_slow_engine_one_warmup_at_least_two_runs():
     fn, calls = _counter(0.3)  # one warm-up call already exceeds the warm-up budget
-    t = time_call(fn, min_runs=30, min_time=0.5)
-    assert t.runs == 3 and len(calls) == 1 + 3
+    t = time_call(fn, min_runs=30, min_time=0.5)  # 2 timed calls pass min_time
+    assert t.runs == MIN_CALLS == 2 and len(calls) == 1 + 2
     assert t.median_ms >= 300
+    calls.clear()
+    t = time_call(fn, min_runs=30, min_time=0.8)  # the third call is needed for 0.8 s
+    assert t.runs == 3 and len(calls) == 1 + 3
 
 
 def test_time_call_counts_the_callers_warm_call():

@@ -3,7 +3,7 @@
 Standalone on purpose: that venv holds numpy 1.x and deepsparse 1.8.0, not sparsecc. Reads JSON
 commands on stdin, one per line, answers one JSON line each:
   {"onnx": path, "batch": b, "threads": t, "inputs": [npy paths], "min_runs": n,
-   "min_time": seconds, "warm_s": seconds, "out": npy path}
+   "min_time": seconds, "min_calls": n, "warm_s": seconds, "out": npy path}
   -> {"ok": true, "times_ms": [...]} or {"ok": false, "error": "..."}
 DeepSparse is a comparison point only (evaluation licence); never a dependency of sparsecc.
 """
@@ -41,9 +41,10 @@ def main():
                 spent += time.perf_counter() - t0
                 calls += 1
             times, start = [], time.perf_counter()
-            # >= min_runs runs or >= min_time seconds, whichever first; never fewer than 3
-            while len(times) < 3 or (len(times) < cmd["min_runs"]
-                                     and time.perf_counter() - start < cmd["min_time"]):
+            # >= min_runs runs or >= min_time seconds, whichever first; never fewer than
+            # min_calls
+            while len(times) < cmd["min_calls"] or (
+                    len(times) < cmd["min_runs"] and time.perf_counter() - start < cmd["min_time"]):
                 t0 = time.perf_counter()
                 eng.run(xs)
                 times.append((time.perf_counter() - t0) * 1e3)

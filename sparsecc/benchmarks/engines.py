@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 WORKER = Path(__file__).with_name("deepsparse_worker.py")
-# Warm-up budget per engine and cell (the DeepSparse worker gets it with each command).
+# Warm-up budget per engine and cell, and the fewest timed calls (so a cell whose calls take
+# >= 2 s each still has a spread); the DeepSparse worker gets both with each command.
 WARM_S = 0.25
+MIN_CALLS = 2
 
 
 @dataclass
@@ -41,7 +43,7 @@ def summarize(times_ms: list[float]) -> Timing:
 
 def time_call(fn: Callable[[], Any], min_runs: int, min_time: float,
               warm_s: float = WARM_S, warmed_s: float = 0.0) -> Timing:
-    """>= min_runs calls or >= min_time seconds, whichever comes first; at least 3 calls.
+    """>= min_runs calls or >= min_time seconds, whichever comes first; at least MIN_CALLS.
     Warm-up: up to 2 calls, fewer once the warm-up has taken ``warm_s``; ``warmed_s`` is what
     the caller's own untimed calls (its correctness call) already spent, so a 2-second engine
     is not run again just to warm up."""
@@ -52,7 +54,8 @@ def time_call(fn: Callable[[], Any], min_runs: int, min_time: float,
         spent += time.perf_counter() - t0
         calls += 1
     times, start = [], time.perf_counter()
-    while len(times) < 3 or (len(times) < min_runs and time.perf_counter() - start < min_time):
+    while len(times) < MIN_CALLS or (len(times) < min_runs
+                                     and time.perf_counter() - start < min_time):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
@@ -211,6 +214,7 @@ class DeepSparse:
         out = self.tmp / "out.npy"
         cmd = {"onnx": str(onnx_path), "batch": int(inputs[0].shape[0]), "threads": threads,
                "inputs": paths, "min_runs": min_runs, "min_time": min_time, "warm_s": WARM_S,
+               "min_calls": MIN_CALLS,
                "out": str(out)}
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()

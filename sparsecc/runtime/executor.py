@@ -20,6 +20,7 @@ from sparsecc.ir.plan import ExecutionPlan, Sym, resolve_shape
 from sparsecc.ir.verify import verify_plan
 from sparsecc.runtime.ops import OPS, BindCtx
 from sparsecc.runtime.ops.registry import Step
+from sparsecc.runtime.ops.sparse import kn_nbytes
 from sparsecc.runtime.threads import kernel_threads, single_threaded_blas
 
 _ALIGN = 64
@@ -94,10 +95,15 @@ class Executor:
         pool: list[np.ndarray] = []
         arena = 0
 
+        kn = {op.output for op in plan.ops if op.attrs.get("out_kn")}
+
         def take(name: str) -> None:
             nonlocal arena
             spec = plan.tensors[name]
             need = int(np.prod(shapes[name], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+            if name in kn:  # features x batch hand-over: rows padded (ops/sparse.kn_stride)
+                shape = shapes[name]
+                need = max(need, kn_nbytes(int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]))
             fits = [i for i, b in enumerate(pool) if b.nbytes >= need]
             if fits:
                 block = pool.pop(min(fits, key=lambda i: pool[i].nbytes))

@@ -111,22 +111,24 @@ def test_im2col_matches_unfold(seed, c, h, w, k, stride, pad, dil):
     np.testing.assert_array_equal(cols, ref)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**31), c=st.integers(1, 4), mult=st.integers(1, 2),
-       h=st.integers(1, 8), k=st.integers(1, 3), stride=st.integers(1, 2), pad=st.integers(0, 1),
-       act=st.sampled_from(["none", "relu", "clamp"]))
-def test_depthwise(seed, c, mult, h, k, stride, pad, act):
-    if h + 2 * pad < k:
+       h=st.integers(1, 20), w=st.integers(1, 20), kh=st.integers(1, 3), kw=st.integers(1, 5),
+       sh=st.integers(1, 3), sw=st.integers(1, 2), ph=st.integers(0, 2), pw=st.integers(0, 1),
+       dh=st.integers(1, 2), dw=st.integers(1, 2), bias=st.booleans(),
+       act=st.sampled_from(["none", "relu", "clamp", "gelu"]))
+def test_depthwise(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act):
+    if h + 2 * ph < (kh - 1) * dh + 1 or w + 2 * pw < (kw - 1) * dw + 1:
         return
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2, c, h, h + 1)).astype(np.float32)
-    wt = rng.standard_normal((c * mult, 1, k, k)).astype(np.float32)
-    bias = rng.standard_normal(c * mult).astype(np.float32)
-    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride,
-                   pad, 1, c)
-    out = np.empty(tuple(ref.shape), np.float32)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c * mult, 1, kh, kw)).astype(np.float32)
+    bv = rng.standard_normal(c * mult).astype(np.float32)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
+                   torch.from_numpy(bv) if bias else None, (sh, sw), (ph, pw), (dh, dw), c)
+    out = np.full(tuple(ref.shape), np.nan, np.float32)
     a_, b_ = ACT_PARAMS.get(act, (0.0, 0.0))
-    C.depthwise_conv2d(x, wt.reshape(c * mult, k, k), bias, True, stride, stride, pad, pad, 1, 1,
+    C.depthwise_conv2d(x, wt.reshape(c * mult, kh, kw), bv, bias, sh, sw, ph, pw, dh, dw,
                        A.act_code(act), a_, b_, out)
     np.testing.assert_allclose(out, _act_ref(act, ref.numpy()), rtol=1e-4, atol=1e-5)
 

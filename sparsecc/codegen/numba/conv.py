@@ -44,29 +44,58 @@ def im2col(x, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols):
 def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out):
     """Direct depthwise conv (groups == C_in, any channel multiplier), fused bias + activation.
 
-    x: (N, C, H, W); wt: (C_out, kh, kw); out: (N, C_out, Ho, Wo).
+    x: (N, C, H, W); wt: (C_out, kh, kw); out: (N, C_out, Ho, Wo). Per output plane the padded
+    input is split into its stride phases (as the shifted conv does; one plane at stride 1),
+    each flattened with rows wq apart; tap (i, j) then adds w * (its phase plane from one fixed
+    offset) over all ho * wq positions at once — one long contiguous loop per tap, vectorised,
+    no per-row set-up — and the wq - wo wrap columns are dropped when the plane is stored.
     """
     nb, cin, h, w = x.shape
     _, cout, ho, wo = out.shape
     kh, kw = wt.shape[1], wt.shape[2]
     mult = cout // cin
+    hq = ho + ((kh - 1) * dh) // sh
+    wq = wo + ((kw - 1) * dw) // sw
+    plane = hq * wq
+    slack = wq + 1
+    npos = ho * wq
+    # Loops index views by their own range variable: numba wraps negative indices, and an
+    # index it cannot prove >= 0 (p + off) costs a select per element and the vectorisation.
     for t in prange(nb * cout):
         n = t // cout
         oc = t - n * cout
         ic = oc // mult
-        bv = bias[oc] if has_bias else np.float32(0.0)
-        for oh in range(ho):
-            for ow in range(wo):
-                acc = np.float32(0.0)
-                for i in range(kh):
-                    ih = oh * sh - ph + i * dh
+        planes = np.zeros((sh * sw, plane + slack), np.float32)
+        for py in range(sh):
+            for px in range(sw):
+                pl = planes[py * sw + px]
+                # phase columns c with 0 <= c * sw + px - pw < w
+                c0 = max(0, (pw - px + sw - 1) // sw)
+                c1 = min(wq, (w - 1 + pw - px) // sw + 1)
+                if c1 <= c0:
+                    continue
+                for r in range(hq):
+                    ih = r * sh + py - ph
                     if ih < 0 or ih >= h:
                         continue
-                    for j in range(kw):
-                        iw = ow * sw - pw + j * dw
-                        if iw >= 0 and iw < w:
-                            acc += wt[oc, i, j] * x[n, ic, ih, iw]
-                out[n, oc, oh, ow] = apply_act(acc + bv, code, a, b)
+                    row = pl[r * wq + c0:r * wq + c1]
+                    src = x[n, ic, ih, c0 * sw + px - pw:]
+                    for q in range(c1 - c0):
+                        row[q] = src[q * sw]
+        acc = np.empty(npos, np.float32)
+        acc[:] = bias[oc] if has_bias else np.float32(0.0)
+        for i in range(kh):
+            for j in range(kw):
+                wv = wt[oc, i, j]
+                off = ((i * dh) // sh) * wq + (j * dw) // sw
+                src = planes[((i * dh) % sh) * sw + (j * dw) % sw, off:off + npos]
+                for p in range(npos):
+                    acc[p] += wv * src[p]
+        for oh in range(ho):
+            ar = acc[oh * wq:oh * wq + wo]
+            orow = out[n, oc, oh]
+            for ow in range(wo):
+                orow[ow] = apply_act(ar[ow], code, a, b)
 
 
 @njit(parallel=True, cache=True)

@@ -172,18 +172,42 @@ def linear_scratch(op: Op, m: int, k: int, o: int) -> list[tuple[tuple[int, ...]
     return need
 
 
+def kn_nbytes(m: int, o: int) -> int:
+    """Bytes a features x batch hand-over tensor of m rows of o features takes (padded rows);
+    the executor sizes its buffer so."""
+    return o * kn_stride(m) * 4 if m > 1 else m * o * 4
+
+
+def _kn_view(a2: np.ndarray, rows: int, m: int) -> np.ndarray:
+    """The (rows, m) features x batch view of a hand-over tensor's buffer, rows kn_stride(m)
+    apart when the buffer behind ``a2`` has room for them (the executor makes it so), else
+    dense. Producer and consumer see the same buffer, so they agree."""
+    stride = kn_stride(m)
+    root = a2
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    end = root.ctypes.data + root.nbytes
+    if stride == m or a2.ctypes.data + rows * stride * 4 > end:
+        return a2.reshape(rows, m)
+    return np.lib.stride_tricks.as_strided(a2, (rows, m), (stride * 4, 4))
+
+
 def _kn_buffers(ctx, x2, o2):
     """(x as K x m, out as O x m, copy-in or None, copy-out or None)."""
     m, k = x2.shape
     o = o2.shape[1]
     scratch = list(ctx.scratch)
-    if m <= 1 or ctx.attr("in_kn"):
+    if m <= 1:
         xt, cin = x2.reshape(k, m), None
+    elif ctx.attr("in_kn"):
+        xt, cin = _kn_view(x2, k, m), None
     else:
         xt = scratch.pop(0)[:, :m]
         cin = lambda: T.transpose_into(x2, xt)  # noqa: E731
-    if m <= 1 or ctx.attr("out_kn"):
+    if m <= 1:
         ot, cout = o2.reshape(o, m), None
+    elif ctx.attr("out_kn"):
+        ot, cout = _kn_view(o2, o, m), None
     else:
         ot = scratch.pop(0)[:, :m]
         cout = lambda: T.transpose_into(ot, o2)  # noqa: E731
