@@ -164,6 +164,14 @@ CASES = {
                    torch.arange(7).expand(b, 1, 1, 7) < 5)),
     "sdpa_5d_numpy_path": (lambda: Fn(lambda s, q: F.scaled_dot_product_attention(q, q, q)),
                            randn(2, 2, 3, 4)),
+    "sdpa_fully_masked_rows": (lambda: Fn(lambda s, q, m: F.scaled_dot_product_attention(
+        q, q, q, attn_mask=m)), lambda b: (torch.randn(b, 2, 4, 3),
+                                           torch.arange(4).expand(b, 1, 4, 4) < torch.arange(
+                                               4).view(4, 1) - 1)),
+    "sdpa_fully_masked_rows_5d": (lambda: Fn(lambda s, q, m: F.scaled_dot_product_attention(
+        q, q, q, attn_mask=m)), lambda b: (torch.randn(b, 2, 2, 4, 3),
+                                           torch.arange(4).expand(b, 1, 1, 4, 4) < torch.arange(
+                                               4).view(4, 1) - 1)),
     # embedding, selection, casts
     "embedding": (lambda: nn.Embedding(11, 4), lambda b: (torch.randint(0, 11, (b, 5)),)),
     "where_masked_fill": (lambda: Fn(lambda s, x: torch.where(x > 0, x, 0.5 * x)

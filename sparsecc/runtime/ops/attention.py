@@ -66,8 +66,11 @@ def bind_sdpa(ctx: BindCtx):
                 np.copyto(scores, -np.inf, where=~np.broadcast_to(mask, scores.shape))
             else:
                 np.add(scores, mask, out=scores)
+        # rows with every key masked give 0, as torch's SDPA does (softmax alone gives NaN)
+        dead = np.all(scores == -np.inf, axis=-1, keepdims=True)
         N.softmax_rows(rows, rows, False)
         np.matmul(scores, v, out=out)
+        np.copyto(out, np.float32(0.0), where=dead)
 
     return run
 
