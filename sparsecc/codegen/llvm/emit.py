@@ -237,30 +237,39 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
                 _spmm_tile(k, spec, None, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
                            row_fns)
             with other:
-                # Lane l of vector v is live when j0 + v*vw + l < L.
-                rem = b.sub(L, j0)
-                masks = []
-                for v in range(spec.tile):
-                    pos = b.add(lanes, _const_i64_vec(spec.vw, v * spec.vw))
-                    masks.append(b.icmp_signed("<", pos, _splat_i64_val(b, spec.vw, rem)))
-                if row_fns is not None or spec.tile == 1:
-                    _spmm_tile(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
-                               ors, row_fns)
+                if row_fns is not None:  # the tail variant has its live lanes baked in
+                    _spmm_tile(k, spec, [], indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
+                               row_fns)
                 else:
-                    # Only the live vectors: a variant per count (a masked-off vector would
-                    # still cost its loads and FMAs).
-                    live = b.sdiv(b.add(rem, I64(spec.vw - 1)), I64(spec.vw))
-                    done = k.fn.append_basic_block("tail_done")
-                    sw = b.switch(live, done)
-                    for nv in range(1, spec.tile + 1):
-                        blk = k.fn.append_basic_block(f"tail{nv}")
-                        sw.add_case(I64(nv), blk)
-                        b.position_at_end(blk)
-                        _spmm_tile(k, replace(spec, tile=nv), masks[:nv], indptr, idx, data, xb,
-                                   ob, bias, r0, r1, xrs, ors, None)
-                        b.branch(done)
-                    b.position_at_end(done)
+                    _masked_tail(k, spec, b.sub(L, j0), lanes, indptr, idx, data, xb, ob, bias,
+                                 r0, r1, xrs, ors)
     b.ret_void()
+
+
+def _masked_tail(k: _Fn, spec, rem, lanes, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors):
+    """The last tile of a generic kernel, ``rem`` floats wide: lane l of vector v is live when
+    v*vw + l < rem."""
+    b = k.b
+    masks = []
+    for v in range(spec.tile):
+        pos = b.add(lanes, _const_i64_vec(spec.vw, v * spec.vw))
+        masks.append(b.icmp_signed("<", pos, _splat_i64_val(b, spec.vw, rem)))
+    if spec.tile == 1:
+        _spmm_tile(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors, None)
+        return
+    # Only the live vectors: a variant per count (a masked-off vector would still cost its
+    # loads and FMAs).
+    live = b.sdiv(b.add(rem, I64(spec.vw - 1)), I64(spec.vw))
+    done = k.fn.append_basic_block("tail_done")
+    sw = b.switch(live, done)
+    for nv in range(1, spec.tile + 1):
+        blk = k.fn.append_basic_block(f"tail{nv}")
+        sw.add_case(I64(nv), blk)
+        b.position_at_end(blk)
+        _spmm_tile(k, replace(spec, tile=nv), masks[:nv], indptr, idx, data, xb, ob, bias, r0,
+                   r1, xrs, ors, None)
+        b.branch(done)
+    b.position_at_end(done)
 
 
 def _const_i64_vec(vw, c):

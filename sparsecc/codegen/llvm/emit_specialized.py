@@ -20,6 +20,20 @@ from sparsecc.codegen.llvm.emit import F32, I1, I32, I64, VOID, KernelSpec, Patt
 CHUNK_NNZ = 2048
 
 
+def _ty(lanes: int) -> str:
+    """IR type of a piece: a scalar float for one lane, else a vector."""
+    return "float" if lanes == 1 else f"<{lanes} x float>"
+
+
+def _sfx(lanes: int) -> str:
+    """Intrinsic suffix of a piece's type (llvm.fma.f32, llvm.fma.v16f32, ...)."""
+    return "f32" if lanes == 1 else f"v{lanes}f32"
+
+
+def _zero(lanes: int) -> str:
+    return "0.0" if lanes == 1 else "zeroinitializer"
+
+
 def pieces(span: int, vw: int, tile: int, tail: bool) -> list[tuple[int, int, int]]:
     """The vectors of one tile as (first float, lanes, live lanes): ``tile`` full vectors, or
     for the tail tile (``span`` mod the tile width) the full vectors it needs and a last piece
@@ -52,7 +66,7 @@ def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
         variants.append(("t", pieces(spec.span, spec.vw, spec.tile, True)))
     for lanes in sorted({p[1] for _, ps in variants for p in ps}):
         vt = F32 if lanes == 1 else ir.VectorType(F32, lanes)
-        sfx = "f32" if lanes == 1 else f"v{lanes}f32"
+        sfx = _sfx(lanes)
         mty = ir.VectorType(I1, lanes)
         for iname, ret, args in (
                 (f"llvm.fma.{sfx}", vt, [vt] * 3),
@@ -105,15 +119,6 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
         n += 1
         return f"%t{n}"
 
-    def ty(lanes):
-        return "float" if lanes == 1 else f"<{lanes} x float>"
-
-    def sfx(lanes):
-        return "f32" if lanes == 1 else f"v{lanes}f32"
-
-    def zero(lanes):
-        return "0.0" if lanes == 1 else "zeroinitializer"
-
     def mask(lanes, live):
         bits = ", ".join(f"i1 {'true' if i < live else 'false'}" for i in range(lanes))
         return f"<{lanes} x i1> <{bits}>"
@@ -122,19 +127,20 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
         got = {1: scalar}
         for lanes in sorted({p[1] for p in pcs} - {1}):
             a, b = tmp(), tmp()
-            emit_(f"  {a} = insertelement {ty(lanes)} poison, float {scalar}, i64 0")
-            emit_(f"  {b} = shufflevector {ty(lanes)} {a}, {ty(lanes)} poison, "
+            emit_(f"  {a} = insertelement {_ty(lanes)} poison, float {scalar}, i64 0")
+            emit_(f"  {b} = shufflevector {_ty(lanes)} {a}, {_ty(lanes)} poison, "
                   f"<{lanes} x i32> zeroinitializer")
             got[lanes] = b
         return got
 
     def vload(ptr, lanes, live):
         r = tmp()
+        t = _ty(lanes)
         if live < lanes:
-            emit_(f"  {r} = call {ty(lanes)} @llvm.masked.load.{sfx(lanes)}.p0(ptr {ptr}, i32 4, "
-                  f"{mask(lanes, live)}, {ty(lanes)} zeroinitializer)")
+            emit_(f"  {r} = call {t} @llvm.masked.load.{_sfx(lanes)}.p0(ptr {ptr}, i32 4, "
+                  f"{mask(lanes, live)}, {t} zeroinitializer)")
         else:
-            emit_(f"  {r} = load {ty(lanes)}, ptr {ptr}, align 4")
+            emit_(f"  {r} = load {t}, ptr {ptr}, align 4")
         return r
 
     def gep(base, off):
@@ -149,8 +155,8 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
             b0 = splats(bv)
             first = [b0[p[1]] for p in pcs]
         else:
-            first = [zero(p[1]) for p in pcs]
-        accs = [list(first)] + [[zero(p[1]) for p in pcs] for _ in range(chains - 1)]
+            first = [_zero(p[1]) for p in pcs]
+        accs = [list(first)] + [[_zero(p[1]) for p in pcs] for _ in range(chains - 1)]
         for j, p in enumerate(range(int(ip[o]), int(ip[o + 1]))):
             s_ = tmp()
             emit_(f"  {s_} = load float, ptr {gep('%data', p)}")
@@ -165,46 +171,45 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
             acc = accs[j % chains]
             for v, (first_f, lanes, live) in enumerate(pcs):
                 xv = vload(gep(base, first_f) if first_f else base, lanes, live)
-                r = tmp()
-                emit_(f"  {r} = call {ty(lanes)} @llvm.fma.{sfx(lanes)}({ty(lanes)} {w[lanes]}, "
-                      f"{ty(lanes)} {xv}, {ty(lanes)} {acc[v]})")
+                r, t = tmp(), _ty(lanes)
+                emit_(f"  {r} = call {t} @llvm.fma.{_sfx(lanes)}({t} {w[lanes]}, {t} {xv}, "
+                      f"{t} {acc[v]})")
                 acc[v] = r
         total = accs[0]
         for extra in accs[1:]:
             nxt = []
             for (_, lanes, _), a_, e_ in zip(pcs, total, extra):
-                if e_ == zero(lanes):
+                if e_ == _zero(lanes):
                     nxt.append(a_)
                     continue
                 r = tmp()
-                emit_(f"  {r} = fadd {ty(lanes)} {a_}, {e_}")
+                emit_(f"  {r} = fadd {_ty(lanes)} {a_}, {e_}")
                 nxt.append(r)
             total = nxt
         ooff = tmp()
         emit_(f"  {ooff} = mul i64 %ors, {o}")
         rowp = gep("%ob", ooff)
         for (first_f, lanes, live), acc_v in zip(pcs, total):
-            val = _act_text(emit_, tmp, acc_v, spec, ty(lanes), lanes)
+            val = _act_text(emit_, tmp, acc_v, spec, lanes)
             ptr = gep(rowp, first_f) if first_f else rowp
             if live < lanes:
-                emit_(f"  call void @llvm.masked.store.{sfx(lanes)}.p0({ty(lanes)} {val}, "
+                emit_(f"  call void @llvm.masked.store.{_sfx(lanes)}.p0({_ty(lanes)} {val}, "
                       f"ptr {ptr}, i32 4, {mask(lanes, live)})")
             else:
-                emit_(f"  store {ty(lanes)} {val}, ptr {ptr}, align 4")
+                emit_(f"  store {_ty(lanes)} {val}, ptr {ptr}, align 4")
     emit_("  ret void")
     emit_("}")
     return "\n".join(out)
 
 
-def _act_text(emit_, tmp, v: str, spec: KernelSpec, vt: str, lanes: int) -> str:
+def _act_text(emit_, tmp, v: str, spec: KernelSpec, lanes: int) -> str:
     if spec.act == "none":
         return v
-    z = "0.0" if lanes == 1 else "zeroinitializer"
+    vt, z, sfx = _ty(lanes), _zero(lanes), _sfx(lanes)
     if v == z:
         v0 = tmp()
         emit_(f"  {v0} = fadd {vt} {z}, {z}")
         v = v0
-    sfx = "f32" if lanes == 1 else f"v{lanes}f32"
 
     def const(c):
         # LLVM takes a float constant as the hex of the double it widens to.
