@@ -32,7 +32,6 @@ def sdpa4(q, k, v, mask, mask_kind, causal, scale, out):
             for d in range(nd):
                 kt[d, j] = k[a, b, j, d]
         row = np.empty(ns, np.float32)
-        bits = np.empty(ns, np.int32)
         acc = np.empty(ne, np.float32)
         for i in range(nl):
             row[:] = 0.0
@@ -60,7 +59,7 @@ def sdpa4(q, k, v, mask, mask_kind, causal, scale, out):
                 for e in range(ne):
                     out[a, b, i, e] = 0.0
                 continue
-            softmax_inplace32(row, bits)
+            softmax_inplace32(row)
             for j in range(ns):
                 p = row[j]
                 for e in range(ne):

@@ -7,14 +7,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# exp in float32 for the softmax: 2^n * e^r with n = round(y / ln 2), r = y - n ln 2 (ln 2 in
-# two parts), e^r by Cephes' expf polynomial (~1 ulp), 2^n built in the exponent bits. Pure
-# arithmetic, so the row loops vectorise (math.exp is a scalar libm call).
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
-_EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                                       4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
-_EXP_MIN = np.float32(-87.0)  # below: exp underflows float32's normal range; taken as 0
+from sparsecc.codegen.numba.mathf import exp32
+
 _ROWS_PER_TASK = 64
 # No nnan / ninf: masked scores are -inf and a fully masked row must give NaN, as in torch.
 # No reassoc / contract: sums keep their order and multiply-adds their two roundings, so the
@@ -46,31 +40,19 @@ def layer_norm_rows(x, weight, bias, has_weight, has_bias, eps, out):
 
 
 @njit(inline="always", cache=True, fastmath=_FM)
-def softmax_inplace32(row, bits):
-    """Softmax of one float32 row in place; ``bits`` is int32 scratch of the row's length."""
+def softmax_inplace32(row):
+    """Softmax of one float32 row in place (exp32: pure arithmetic, so the loop vectorises)."""
     d = row.shape[0]
-    scale = bits.view(np.float32)
     m = np.float32(-np.inf)
     for j in range(d):
         m = max(m, row[j])
     if m == -np.inf:
         m = np.float32(0.0)  # a fully masked row: NaN below, as torch gives
-    for j in range(d):
-        y = row[j] - m
-        live = y > _EXP_MIN
-        y = max(y, _EXP_MIN)
-        n = np.floor(y * _LOG2E + np.float32(0.5))
-        z = y - n * _LN2_HI - n * _LN2_LO
-        p = _EXP_P[0]
-        for c in _EXP_P[1:]:
-            p = p * z + c
-        row[j] = (p * z * z + z + np.float32(1.0)) if live else np.float32(0.0)
-        bits[j] = (np.int32(n) + np.int32(127)) << 23
+    for j in range(d):  # its own loop: the serial sum below would keep it from vectorising
+        row[j] = exp32(row[j] - m)
     s = np.float32(0.0)
     for j in range(d):
-        e = row[j] * scale[j]
-        row[j] = e
-        s += e
+        s += row[j]
     inv = np.float32(1.0) / s
     for j in range(d):
         row[j] *= inv
@@ -81,11 +63,10 @@ def _softmax_rows32(x, out):
     rows, d = x.shape
     ntask = (rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
     for t in prange(ntask):
-        bits = np.empty(d, np.int32)
         for r in range(t * _ROWS_PER_TASK, min(rows, (t + 1) * _ROWS_PER_TASK)):
             for j in range(d):
                 out[r, j] = x[r, j]
-            softmax_inplace32(out[r], bits)
+            softmax_inplace32(out[r])
 
 
 def softmax_rows(x, out, log):

@@ -143,10 +143,15 @@ def _row_bounds(kern, indptr):
 def _act_tail(out: np.ndarray, code: int, a: float, b: float):
     if not out.flags.c_contiguous:  # a padded features x batch buffer: row by row, in place
         rows = out.reshape(-1, out.shape[-1])
-        if not np.shares_memory(rows, out):
-            raise AssertionError("activation tail: out must reshape to rows without a copy")
-        none = np.zeros(1, np.float32)
-        return lambda: A.bias_act_rows(rows, none, False, 1, code, a, b)
+        if not np.shares_memory(rows, out) or rows.strides[1] != rows.itemsize:
+            raise AssertionError("activation tail: out must reshape to unit-stride rows")
+        n, cols = rows.shape
+        stride = rows.strides[0] // rows.itemsize
+        # one flat view from the first row's start to the last row's end (padding included;
+        # only the rows' own floats are touched)
+        flat = np.lib.stride_tricks.as_strided(rows, shape=((n - 1) * stride + cols,),
+                                               strides=(rows.itemsize,))
+        return lambda: A.act_padded_rows(flat, n, cols, stride, code, a, b)
     flat = out.reshape(-1)
     return lambda: A.act_flat(flat, flat, code, a, b)
 
