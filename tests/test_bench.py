@@ -24,14 +24,18 @@ def test_time_call_fast_engine_gets_two_warmups_and_min_runs():
     assert t.p10_ms <= t.median_ms <= t.p90_ms
 
 
-def test_time_call_slow_engine_one_warmup_at_least_two_runs():
+def test_time_call_slow_engine_one_warmup_then_until_min_time():
     fn, calls = _counter(0.3)  # one warm-up call already exceeds the warm-up budget
     t = time_call(fn, min_runs=30, min_time=0.5)  # 2 timed calls pass min_time
-    assert t.runs == MIN_CALLS == 2 and len(calls) == 1 + 2
+    assert t.runs == 2 and len(calls) == 1 + 2
     assert t.median_ms >= 300
     calls.clear()
     t = time_call(fn, min_runs=30, min_time=0.8)  # the third call is needed for 0.8 s
     assert t.runs == 3 and len(calls) == 1 + 3
+    calls.clear()
+    t = time_call(fn, min_runs=30, min_time=0.25)  # one call alone takes min_time
+    assert t.runs == MIN_CALLS == 1 and len(calls) == 1 + 1
+    assert t.p10_ms == t.median_ms == t.p90_ms
 
 
 def test_time_call_counts_the_callers_warm_call():
@@ -41,3 +45,31 @@ def test_time_call_counts_the_callers_warm_call():
     calls.clear()
     time_call(fn, min_runs=4, min_time=60.0, warmed_s=1.0)  # warm enough already
     assert len(calls) == 4
+
+
+def _tiny_suite(tmp_path, engines):
+    import numpy as np
+
+    from sparsecc import zoo
+    from sparsecc.benchmarks.suite import ModelSpec, SuiteConfig, _randn, run_suite
+
+    spec = ModelSpec("tiny", lambda: zoo.mlp((24, 40, 7)), _randn((24,)))
+    cfg = SuiteConfig(models=["tiny"], sparsities=[0.0, 0.8], batches=[1, 3], threads=[1, 2],
+                      engines=engines, min_runs=3, min_time=0.01, out=tmp_path)
+    rows = run_suite(cfg, {"tiny": spec}, log=lambda m: None)
+    assert len(rows) == 2 * 2 * 2 * len(engines)
+    assert all(np.isfinite(r["max_rel_err"]) and r["max_rel_err"] < 1e-5 for r in rows)
+    return rows
+
+
+def test_suite_correctness_column_uses_torchs_own_output_as_reference(tmp_path):
+    rows = _tiny_suite(tmp_path, ["torch", "sparsecc"])
+    # torch's first cell of each batch is the reference itself
+    first = [r for r in rows if r["engine"] == "torch" and r["threads"] == 1]
+    assert first and all(r["max_rel_err"] == 0.0 for r in first)
+    assert all("speedup_vs_torch" in r for r in rows)
+
+
+def test_suite_without_torch_engine_still_checks_correctness(tmp_path):
+    rows = _tiny_suite(tmp_path, ["sparsecc"])
+    assert all("speedup_vs_torch" not in r for r in rows)

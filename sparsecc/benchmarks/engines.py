@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 WORKER = Path(__file__).with_name("deepsparse_worker.py")
-# Warm-up budget per engine and cell, and the fewest timed calls (so a cell whose calls take
-# >= 2 s each still has a spread); the DeepSparse worker gets both with each command.
+# Warm-up budget per engine and cell, and the fewest timed calls; the DeepSparse worker gets
+# both with each command. One call is enough when it alone takes the cell's min_time (>= 2 s
+# in the full suite): such a cell reports runs=1 and p10 = p90 = median. Two was the floor
+# before; it cost the full grid ~160 s of batch-64 calls at 1 thread.
 WARM_S = 0.25
-MIN_CALLS = 2
+MIN_CALLS = 1
 
 
 @dataclass

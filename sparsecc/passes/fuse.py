@@ -1,4 +1,5 @@
-"""Plan-level clean-ups: fold an activation into the linear/conv producing it; drop dead ops.
+"""Plan-level clean-ups: fold an activation into the linear/conv/float arithmetic producing it;
+drop dead ops.
 
 Requires: a verified ExecutionPlan. Guarantees: the same outputs; fewer ops and buffers. Idempotent.
 """
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from sparsecc.ir.plan import ExecutionPlan
 from sparsecc.passes.registry import PassResult, register_pass
 
-FUSABLE_PRODUCERS = ("linear", "conv2d")
+FUSABLE_PRODUCERS = ("linear", "conv2d", "binary")
+_FUSABLE_BINARY = ("add", "sub", "mul", "div")  # float arithmetic (a residual add + ReLU)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ def fuse_epilogues(plan: ExecutionPlan) -> int:
     drop: set[int] = set()
     for op in plan.ops:
         if op.kind not in FUSABLE_PRODUCERS or op.attrs.get("act", "none") != "none":
+            continue
+        if op.kind == "binary" and (op.attrs.get("fn") not in _FUSABLE_BINARY
+                                    or plan.tensors[op.output].dtype != "float32"):
             continue
         readers = users.get(op.output, [])
         if len(readers) != 1 or op.output in outputs:

@@ -111,6 +111,25 @@ def test_epilogues(seed, act, rows, cols, with_bias):
 
 
 @settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), act=st.sampled_from(sorted(ACTS)),
+       fn=st.sampled_from(sorted(A.BINARY_CODES)),
+       n=st.sampled_from([1, 2, 7, 4095, 4096, 4097, 9000]),
+       alias=st.sampled_from(["none", "x", "y"]))
+def test_binary_act(seed, act, fn, n, alias):
+    """x (+|-|*) y then the activation, in 4096-float chunks over both cores; out may be x or
+    y (a buffer the executor reuses)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    y = (rng.standard_normal(n) * 3).astype(np.float32)
+    op = {"add": np.add, "sub": np.subtract, "mul": np.multiply}[fn]
+    ref = _act_ref(act, op(x, y))
+    a_, b_ = ACT_PARAMS.get(act, (0.0, 0.0))
+    out = {"none": np.full(n, np.nan, np.float32), "x": x, "y": y}[alias]
+    A.binary_act(x, y, out, A.BINARY_CODES[fn], A.act_code(act), a_, b_)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**31), c=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9),
        k=st.integers(1, 3), stride=st.integers(1, 3), pad=st.integers(0, 2),
        dil=st.integers(1, 2))

@@ -83,6 +83,47 @@ def test_fuse_folds_activations_and_is_idempotent(seed):
     assert not run_pass("fuse", plan).changed
 
 
+class _Residuals(nn.Module):
+    """A residual add + ReLU (same shapes), a broadcast add + GELU, a sub + clamp, an int add
+    + ReLU (not fused: integer arithmetic) and a residual whose sum is also read elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x, k):
+        y = torch.relu(self.conv(x) + x)
+        z = nn.functional.gelu(y + self.conv.bias.view(1, 3, 1, 1))
+        w = torch.clamp(z - y, -0.3, 0.4)
+        s = z * w
+        i = torch.relu(k + k)
+        return torch.relu(s) + s, i
+
+
+def test_fuse_folds_activations_into_float_arithmetic(seed):
+    m = _Residuals().eval()
+    x, k = torch.randn(2, 3, 5, 7), torch.randint(-5, 5, (2, 4))
+    cap = capture(m, (x, k))
+    run_pass("normalize", cap.gm)
+    plan = lower(cap)
+    run_pass("fuse", plan)
+    binary = [op for op in plan.ops if op.kind == "binary"]
+    fused = sorted(op.attrs.get("act", "none") for op in binary)
+    # y (relu), the broadcast z (gelu), w (clamp); s keeps its act op: two readers;
+    # the int add keeps its act op
+    assert fused.count("relu") == 1 and fused.count("gelu") == 1 and fused.count("clamp") == 1
+    assert sum(op.kind == "act" for op in plan.ops) == 2
+    from sparsecc.api import CompiledModel
+
+    cm = CompiledModel(plan)
+    for batch in (1, 3):
+        xb, kb = torch.randn(batch, 3, 5, 7), torch.randint(-5, 5, (batch, 4))
+        with torch.no_grad():
+            got, ref = cm(xb, kb), m(xb, kb)
+        assert_matches(got[0], ref[0])
+        np.testing.assert_array_equal(np.asarray(got[1]), ref[1].numpy())
+
+
 def test_select_format_threshold_and_idempotence(seed):
     net = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
     with torch.no_grad():

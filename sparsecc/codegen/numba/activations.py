@@ -65,53 +65,70 @@ def apply_act(v, code, a, b):
     return v
 
 
-# error_model="numpy": a float division is plain IEEE (no zero test raising ZeroDivisionError),
-# which is what lets the GELU loop vectorise.
-@njit(cache=True, error_model="numpy")
-def gelu_into(x, out):
-    """out[i] = gelu(x[i]) over distinct 1-D arrays: the vectorised GELU loop the epilogues call
-    (apply_act's per-element branch keeps a loop from vectorising)."""
-    for i in range(x.shape[0]):
-        out[i] = gelu32(x[i])
+# Whole-array loops, one per common activation so each vectorises (apply_act's per-element
+# branch on the code keeps a loop scalar). error_model="numpy": a float division is plain IEEE
+# (no zero test raising ZeroDivisionError), which GELU's loop needs to vectorise; so do the
+# callers, which inline _act_loop.
+@njit(inline="always", cache=True, error_model="numpy")
+def _act_loop(src, dst, code, a, b):
+    n = src.shape[0]
+    if code == 0:
+        if src.ctypes.data != dst.ctypes.data:
+            for i in range(n):
+                dst[i] = src[i]
+    elif code == 1:
+        zero = np.float32(0.0)
+        for i in range(n):
+            v = src[i]
+            dst[i] = v if v > zero else zero * v
+    elif code == 2:
+        lo, hi = np.float32(a), np.float32(b)
+        for i in range(n):
+            dst[i] = min(max(src[i], lo), hi)
+    elif code == 3:
+        for i in range(n):
+            dst[i] = gelu32(src[i])
+    else:
+        for i in range(n):
+            dst[i] = apply_act(src[i], code, a, b)
 
 
 @njit(cache=True, error_model="numpy")
-def gelu_inplace(x):
-    """gelu_into for x == out: with two names for one array LLVM's overlap test sends the loop
-    to its scalar version (~8x slower)."""
-    for i in range(x.shape[0]):
-        x[i] = gelu32(x[i])
+def act_into(x, out, code, a, b):
+    """out[i] = act(x[i]) over distinct 1-D arrays."""
+    _act_loop(x, out, code, a, b)
+
+
+@njit(cache=True, error_model="numpy")
+def act_inplace(y, code, a, b):
+    """act_into for x == out: with two names for one array LLVM's overlap test sends the loop
+    to its scalar version (GELU ~8x slower)."""
+    _act_loop(y, y, code, a, b)
+
+
+_CHUNK = 4096
 
 
 @njit(parallel=True, cache=True)
 def act_flat(x, out, code, a, b):
     """out[i] = act(x[i]) over flat contiguous arrays (may alias)."""
     n = x.shape[0]
-    chunk = 4096
-    for c in prange((n + chunk - 1) // chunk):
-        if code == 3:  # a function of its own so it vectorises
-            lo, hi = c * chunk, min(n, (c + 1) * chunk)
-            if x.ctypes.data == out.ctypes.data:
-                gelu_inplace(out[lo:hi])
-            else:
-                gelu_into(x[lo:hi], out[lo:hi])
-            continue
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            out[i] = apply_act(x[i], code, a, b)
+    same = x.ctypes.data == out.ctypes.data
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        lo, hi = c * _CHUNK, min(n, (c + 1) * _CHUNK)
+        if same:
+            act_inplace(out[lo:hi], code, a, b)
+        else:
+            act_into(x[lo:hi], out[lo:hi], code, a, b)
 
 
 @njit(parallel=True, cache=True)
 def act_padded_rows(flat, rows, cols, stride, code, a, b):
     """The activation in place on ``rows`` rows of ``cols`` floats, ``stride`` apart in the
     contiguous ``flat`` (a padded features x batch buffer). Each row is a contiguous slice, so
-    the loops vectorise (a strided 2-D view in numba does not: ~3x slower even for relu)."""
+    the loops vectorise (a strided 2-D view in numba does not)."""
     for r in prange(rows):
-        row = flat[r * stride:r * stride + cols]
-        if code == 3:
-            gelu_inplace(row)
-            continue
-        for c in range(cols):
-            row[c] = apply_act(row[c], code, a, b)
+        act_inplace(flat[r * stride:r * stride + cols], code, a, b)
 
 
 @njit(parallel=True, cache=True)
@@ -119,15 +136,11 @@ def bias_act_rows(y, bias, has_bias, period, code, a, b):
     """y: (R, C); row r gets bias[r % period] then the activation (conv layout: channel rows)."""
     rows, cols = y.shape
     for r in prange(rows):
-        bv = bias[r % period] if has_bias else np.float32(0.0)
-        if code == 3:
-            if has_bias:
-                for c in range(cols):
-                    y[r, c] += bv
-            gelu_inplace(y[r])
-            continue
-        for c in range(cols):
-            y[r, c] = apply_act(y[r, c] + bv, code, a, b)
+        if has_bias:
+            bv = bias[r % period]
+            for c in range(cols):
+                y[r, c] += bv
+        act_inplace(y[r], code, a, b)
 
 
 @njit(parallel=True, cache=True)
@@ -135,12 +148,48 @@ def bias_act_cols(y, bias, has_bias, code, a, b):
     """y: (M, O); column o gets bias[o] then the activation (linear layout: features last)."""
     rows, cols = y.shape
     for r in prange(rows):
-        if code == 3:
-            if has_bias:
-                for c in range(cols):
-                    y[r, c] += bias[c]
-            gelu_inplace(y[r])
-            continue
-        for c in range(cols):
-            bv = bias[c] if has_bias else np.float32(0.0)
-            y[r, c] = apply_act(y[r, c] + bv, code, a, b)
+        if has_bias:
+            for c in range(cols):
+                y[r, c] += bias[c]
+        act_inplace(y[r], code, a, b)
+
+
+# Binary arithmetic on same-shape float32 arrays with an activation after it, in chunks that
+# stay in L1 between the two (a residual add + ReLU: one pass over memory instead of two, on
+# both cores; numpy's ufuncs run on one).
+BINARY_CODES: dict[str, int] = {"add": 0, "sub": 1, "mul": 2}
+
+
+@njit(inline="always", cache=True)
+def _binop(u, v, fn):
+    if fn == 0:
+        return u + v
+    if fn == 1:
+        return u - v
+    return u * v
+
+
+@njit(cache=True, error_model="numpy")
+def _binary_chunk(x, y, out, fn):
+    # out may be x or y (a reused buffer): each case its own loop so none is an aliased pair
+    n = out.shape[0]
+    if out.ctypes.data == x.ctypes.data:
+        for i in range(n):
+            out[i] = _binop(out[i], y[i], fn)
+    elif out.ctypes.data == y.ctypes.data:
+        for i in range(n):
+            out[i] = _binop(x[i], out[i], fn)
+    else:
+        for i in range(n):
+            out[i] = _binop(x[i], y[i], fn)
+
+
+@njit(parallel=True, cache=True)
+def binary_act(x, y, out, fn, code, a, b):
+    """out = act(x (+|-|*) y) over flat float32 arrays of one length (out may be x or y)."""
+    n = out.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        lo, hi = c * _CHUNK, min(n, (c + 1) * _CHUNK)
+        _binary_chunk(x[lo:hi], y[lo:hi], out[lo:hi], fn)
+        if code != 0:
+            act_inplace(out[lo:hi], code, a, b)

@@ -37,6 +37,8 @@ def bind_act(ctx: BindCtx):
 
 @register_op("binary", flops=elementwise_flops)
 def bind_binary(ctx: BindCtx):
+    """numpy's ufunc with broadcasting; same-shape float32 add/sub/mul (a residual add) run as
+    one numba pass over both cores, with the activation the fuse pass folded in (attr act)."""
     fn = BINARY[ctx.attr("fn")]
     out = ctx.out
     if len(ctx.ins) == 2:
@@ -44,8 +46,27 @@ def bind_binary(ctx: BindCtx):
     else:
         scalar = ctx.attr("scalar")
         lhs, rhs = (scalar, ctx.ins[0]) if ctx.attr("scalar_first") else (ctx.ins[0], scalar)
-    # The plan carries torch's result dtype; numpy's promotion may differ for mixed int/float.
-    return lambda: fn(lhs, rhs, out=out, casting="unsafe")
+    act = ctx.attr("act", "none")
+    code, a, b = A.act_code(act), float(ctx.attr("act_a", 0.0)), float(ctx.attr("act_b", 0.0))
+    fused = A.BINARY_CODES.get(ctx.attr("fn"))
+    if fused is not None and _same_f32(out, lhs, rhs):
+        x, y, o = lhs.reshape(-1), rhs.reshape(-1), out.reshape(-1)
+        return lambda: A.binary_act(x, y, o, fused, code, a, b)
+    if act == "none":
+        # The plan carries torch's result dtype; numpy's promotion may differ for mixed int/float.
+        return lambda: fn(lhs, rhs, out=out, casting="unsafe")
+    flat = out.reshape(-1)
+
+    def run():
+        fn(lhs, rhs, out=out, casting="unsafe")
+        A.act_flat(flat, flat, code, a, b)
+
+    return run
+
+
+def _same_f32(out, *ins) -> bool:
+    return all(isinstance(t, np.ndarray) and t.dtype == np.float32 and t.shape == out.shape
+               and t.flags.c_contiguous for t in (out, *ins))
 
 
 @register_op("unary", flops=elementwise_flops)

@@ -12,6 +12,7 @@ from sparsecc.errors import InputError
 from sparsecc.ir.plan import Op
 from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.registry import BindCtx, Shape, numel, register_op
+from sparsecc.runtime.threads import split_matmul
 
 _NO_BIAS = np.zeros(1, np.float32)
 
@@ -56,7 +57,7 @@ def bind_linear(ctx: BindCtx):
     if x2.shape[0] == 1:
         return lambda: S.dense_gemv(w, x2, o2, bias, has_bias, code, a, b)
     wt = w.T
-    gemm = lambda: np.matmul(x2, wt, out=o2)  # noqa: E731
+    gemm = split_matmul(x2, wt, o2)
     if not has_bias and code == 0:
         return gemm
 
@@ -140,11 +141,12 @@ def bind_conv2d(ctx: BindCtx):
     w2 = ctx.params["weight"].reshape(cout, -1)
     rows = out.reshape(n * cout, -1)
     tail = has_bias or code != 0
+    gemm = split_matmul(w2, cols, out3)
 
     def run_dense():
         if fill is not None:
             fill()
-        np.matmul(w2, cols, out=out3)
+        gemm()
         if tail:
             A.bias_act_rows(rows, bias, has_bias, cout, code, a, b)
 
