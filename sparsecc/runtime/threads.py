@@ -82,33 +82,44 @@ def _gemm_pool(n: int):
     return _pool
 
 
-def split_matmul(a, b, out):
+def split_matmul(a, b, out, post=None):
     """A callable computing out = a @ b (a 2-D; b 2-D, or 3-D stacked as numpy broadcasts it),
     split over the calling thread's kernel threads when the GEMM is large enough: by samples
     of a stacked b when there are enough of them, else by b's columns. Plain np.matmul
-    otherwise."""
+    otherwise. ``post(idx)``, if given, finishes ``out[idx]`` (idx: a samples slice, or
+    ``(..., columns slice)``) in the thread that computed it — a serial epilogue: a numba
+    parallel region between two GEMMs leaves OpenMP workers spinning on the cores the next
+    GEMM's threads need (a dense MLP at batch 16: 16.8 -> 10.6 ms)."""
     import numpy as np
 
     m, k = a.shape
     stack = b.shape[0] if b.ndim == 3 else 1
     n = b.shape[-1]
     want = kernel_threads()
-    if want < 2 or 2.0 * m * k * n * stack < SPLIT_MIN_FLOPS:
-        return lambda: np.matmul(a, b, out=out)
-    if stack >= want:
-        edges = [stack * i // want for i in range(want + 1)]
-        pieces = [(b[lo:hi], out[lo:hi]) for lo, hi in zip(edges, edges[1:])]
-    else:
-        parts = min(want, n // (SPLIT_MIN_COLS // 2))
-        if parts < 2:
+    by_sample = b.ndim == 3 and stack >= 2 and stack >= want
+    parts = 1
+    if want >= 2 and 2.0 * m * k * n * stack >= SPLIT_MIN_FLOPS:
+        parts = want if by_sample else min(want, n // (SPLIT_MIN_COLS // 2))
+    total = stack if by_sample else n
+    edges = [total * i // max(parts, 1) for i in range(max(parts, 1) + 1)]
+    idxs = [(slice(lo, hi),) if by_sample else (Ellipsis, slice(lo, hi))
+            for lo, hi in zip(edges, edges[1:])]
+
+    def piece(idx):
+        np.matmul(a, b[idx], out=out[idx])
+        if post is not None:
+            post(idx)
+
+    if parts < 2:
+        whole = (Ellipsis, slice(0, n))
+        if post is None:
             return lambda: np.matmul(a, b, out=out)
-        edges = [n * i // parts for i in range(parts + 1)]
-        pieces = [(b[..., lo:hi], out[..., lo:hi]) for lo, hi in zip(edges, edges[1:])]
+        return lambda: piece(whole)
 
     def run():
-        pool = _gemm_pool(len(pieces))
-        futs = [pool.submit(np.matmul, a, bp, out=op) for bp, op in pieces[1:]]
-        np.matmul(a, pieces[0][0], out=pieces[0][1])
+        pool = _gemm_pool(len(idxs))
+        futs = [pool.submit(piece, idx) for idx in idxs[1:]]
+        piece(idxs[0])
         for f in futs:
             f.result()
 

@@ -182,3 +182,28 @@ def test_softmax_and_layer_norm(seed, rows, d, log):
     N.layer_norm_rows(x, wv, bv, True, True, 1e-5, out)
     ref = F.layer_norm(t, (d,), torch.from_numpy(wv), torch.from_numpy(bv)).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 2), c=st.integers(1, 3),
+       h=st.integers(1, 12), w=st.integers(1, 12), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2),
+       ceil=st.booleans(), nans=st.booleans())
+def test_max_pool2d(seed, n, c, h, w, kh, kw, sh, sw, dh, dw, ceil, nans):
+    """Separable max pooling against torch: padding, dilation, ceil mode, NaN propagation."""
+    from hypothesis import assume
+
+    from sparsecc.codegen.numba import pool as P
+
+    rng = np.random.default_rng(seed)
+    ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
+    assume((kh - 1) * dh + 1 <= h + 2 * ph and (kw - 1) * dw + 1 <= w + 2 * pw)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    if nans:
+        x[rng.random(x.shape) < 0.05] = np.nan
+        x[rng.random(x.shape) < 0.05] = -np.inf
+    ref = F.max_pool2d(torch.from_numpy(x), (kh, kw), (sh, sw), (ph, pw), (dh, dw),
+                       ceil_mode=ceil).numpy()
+    out = np.full(ref.shape, 7.0, np.float32)
+    P.max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
+    np.testing.assert_array_equal(out, ref)

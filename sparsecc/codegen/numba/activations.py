@@ -131,27 +131,50 @@ def act_padded_rows(flat, rows, cols, stride, code, a, b):
         act_inplace(flat[r * stride:r * stride + cols], code, a, b)
 
 
+@njit(inline="always", cache=True)
+def _bias_act_row(y, r, bv, has_bias, code, a, b):
+    if has_bias:
+        for c in range(y.shape[1]):
+            y[r, c] += bv
+    act_inplace(y[r], code, a, b)
+
+
+@njit(inline="always", cache=True)
+def _bias_act_cols_row(y, r, bias, has_bias, code, a, b):
+    if has_bias:
+        for c in range(y.shape[1]):
+            y[r, c] += bias[c]
+    act_inplace(y[r], code, a, b)
+
+
 @njit(parallel=True, cache=True)
 def bias_act_rows(y, bias, has_bias, period, code, a, b):
     """y: (R, C); row r gets bias[r % period] then the activation (conv layout: channel rows)."""
-    rows, cols = y.shape
-    for r in prange(rows):
-        if has_bias:
-            bv = bias[r % period]
-            for c in range(cols):
-                y[r, c] += bv
-        act_inplace(y[r], code, a, b)
+    for r in prange(y.shape[0]):
+        _bias_act_row(y, r, bias[r % period] if has_bias else np.float32(0.0), has_bias, code,
+                      a, b)
 
 
 @njit(parallel=True, cache=True)
 def bias_act_cols(y, bias, has_bias, code, a, b):
     """y: (M, O); column o gets bias[o] then the activation (linear layout: features last)."""
-    rows, cols = y.shape
-    for r in prange(rows):
-        if has_bias:
-            for c in range(cols):
-                y[r, c] += bias[c]
-        act_inplace(y[r], code, a, b)
+    for r in prange(y.shape[0]):
+        _bias_act_cols_row(y, r, bias, has_bias, code, a, b)
+
+
+# The same two on the calling thread: a GEMM piece's epilogue, run by the thread that computed
+# the piece (no OpenMP region between two GEMMs; see runtime.threads.split_matmul).
+@njit(cache=True)
+def bias_act_rows_serial(y, bias, has_bias, period, code, a, b):
+    for r in range(y.shape[0]):
+        _bias_act_row(y, r, bias[r % period] if has_bias else np.float32(0.0), has_bias, code,
+                      a, b)
+
+
+@njit(cache=True)
+def bias_act_cols_serial(y, bias, has_bias, code, a, b):
+    for r in range(y.shape[0]):
+        _bias_act_cols_row(y, r, bias, has_bias, code, a, b)
 
 
 # Binary arithmetic on same-shape float32 arrays with an activation after it, in chunks that

@@ -9,23 +9,19 @@ from numba import njit, prange
 
 
 @njit(inline="always", cache=True)
-def _window_max(plane, r0, c0, i0, i1, j0, j1, dh, dw, best):
-    for i in range(i0, i1):
-        row = plane[r0 + i * dh]
-        for j in range(j0, j1):
-            v = row[c0 + j * dw]
-            # "not <=" is also true for NaN, which propagates as in torch.
-            if not v <= best:
-                best = v
-    return best
+def _pick(v, best):
+    # the larger, and NaN once either is NaN (torch propagates NaN through max pooling)
+    return v if (v > best) | (v != v) else best
 
 
 @njit(parallel=True, cache=True)
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
+    """Separable: per output row, the max over the window's input rows (one vectorised pass
+    across the row), then the max across each window's columns of that."""
     nb, c, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
     neg_inf = np.float32(-np.inf)
-    # Output columns whose whole window is inside the input: no clipping needed there.
+    # Output columns whose whole window is inside the input row.
     lo = min(wo, max(0, -(-pw // sw)))
     hi = max(lo, min(wo, (w - 1 - (kw - 1) * dw + pw) // sw + 1))
     for t in prange(nb * c):
@@ -33,20 +29,37 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
         ch = t - n * c
         plane = x[n, ch]
         res = out[n, ch]
+        col = np.empty(w, np.float32)
         for oh in range(ho):
             r0 = oh * sh - ph
             i0 = max(0, (-r0 + dh - 1) // dh)
             i1 = min(kh, (h - 1 - r0) // dh + 1)
-            for ow in range(lo, hi):
-                res[oh, ow] = _window_max(plane, r0, ow * sw - pw, i0, i1, 0, kw, dh, dw,
-                                          neg_inf)
+            if i1 <= i0:
+                col[:] = neg_inf
+            else:
+                first = plane[r0 + i0 * dh]
+                for k in range(w):
+                    col[k] = first[k]
+                for i in range(i0 + 1, i1):
+                    row = plane[r0 + i * dh]
+                    for k in range(w):
+                        col[k] = _pick(row[k], col[k])
+            for ow in range(lo, hi):  # windows inside the row: no clipping
+                c0 = ow * sw - pw
+                best = col[c0]
+                for j in range(1, kw):
+                    best = _pick(col[c0 + j * dw], best)
+                res[oh, ow] = best
             for ow in range(wo):
                 if lo <= ow < hi:
                     continue
                 c0 = ow * sw - pw
                 j0 = max(0, (-c0 + dw - 1) // dw)
                 j1 = min(kw, (w - 1 - c0) // dw + 1)
-                res[oh, ow] = _window_max(plane, r0, c0, i0, i1, j0, j1, dh, dw, neg_inf)
+                best = neg_inf
+                for j in range(j0, j1):
+                    best = _pick(col[c0 + j * dw], best)
+                res[oh, ow] = best
 
 
 @njit(parallel=True, cache=True)

@@ -56,16 +56,10 @@ def bind_linear(ctx: BindCtx):
     w = ctx.params["weight"]
     if x2.shape[0] == 1:
         return lambda: S.dense_gemv(w, x2, o2, bias, has_bias, code, a, b)
-    wt = w.T
-    gemm = split_matmul(x2, wt, o2)
     if not has_bias and code == 0:
-        return gemm
-
-    def run_dense():
-        gemm()
-        A.bias_act_cols(o2, bias, has_bias, code, a, b)
-
-    return run_dense
+        return split_matmul(x2, w.T, o2)
+    return split_matmul(x2, w.T, o2, lambda idx: A.bias_act_cols_serial(
+        o2[idx], bias[idx[-1]] if has_bias else bias, has_bias, code, a, b))
 
 
 # ---- conv2d -------------------------------------------------------------------------------
@@ -139,16 +133,19 @@ def bind_conv2d(ctx: BindCtx):
         epi = (bias, has_bias, code, a, b, ctx.attr("act", "none"))
         return SP.bind_conv(ctx, x, out, cols, fill, epi, method)
     w2 = ctx.params["weight"].reshape(cout, -1)
-    rows = out.reshape(n * cout, -1)
-    tail = has_bias or code != 0
-    gemm = split_matmul(w2, cols, out3)
+    post = None
+    if has_bias or code != 0:
+        def post(idx):  # some samples, or some columns of every sample
+            part = out3[idx]
+            rows = part.reshape(-1, part.shape[-1])  # (samples x channels) rows: a view
+            A.bias_act_rows_serial(rows, bias, has_bias, cout, code, a, b)
+    gemm = split_matmul(w2, cols, out3, post)
+    if fill is None:
+        return gemm
 
     def run_dense():
-        if fill is not None:
-            fill()
+        fill()
         gemm()
-        if tail:
-            A.bias_act_rows(rows, bias, has_bias, cout, code, a, b)
 
     return run_dense
 
