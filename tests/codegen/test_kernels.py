@@ -152,6 +152,20 @@ def test_im2col_matches_unfold(seed, c, h, w, k, stride, pad, dil):
        dh=st.integers(1, 2), dw=st.integers(1, 2), bias=st.booleans(),
        act=st.sampled_from(["none", "relu", "clamp", "gelu"]))
 def test_depthwise(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act):
+    _depthwise_case(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), c=st.integers(1, 3), mult=st.integers(1, 2),
+       h=st.integers(1, 20), w=st.integers(1, 20), sh=st.integers(1, 2), sw=st.integers(1, 3),
+       ph=st.integers(0, 1), pw=st.integers(0, 2), dh=st.integers(1, 2), dw=st.integers(1, 2),
+       bias=st.booleans(), act=st.sampled_from(["none", "relu", "clamp", "gelu"]))
+def test_depthwise_3x3(seed, c, mult, h, w, sh, sw, ph, pw, dh, dw, bias, act):
+    """3x3 has its own kernel path (all nine taps in one pass)."""
+    _depthwise_case(seed, c, mult, h, w, 3, 3, sh, sw, ph, pw, dh, dw, bias, act)
+
+
+def _depthwise_case(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act):
     if h + 2 * ph < (kh - 1) * dh + 1 or w + 2 * pw < (kw - 1) * dw + 1:
         return
     rng = np.random.default_rng(seed)

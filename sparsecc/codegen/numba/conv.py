@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from sparsecc.codegen.numba.activations import apply_act
+from sparsecc.codegen.numba.activations import act_inplace
 
 
 @njit(parallel=True, cache=True)
@@ -83,19 +83,44 @@ def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, 
                     for q in range(c1 - c0):
                         row[q] = src[q * sw]
         acc = np.empty(npos, np.float32)
-        acc[:] = bias[oc] if has_bias else np.float32(0.0)
-        for i in range(kh):
-            for j in range(kw):
-                wv = wt[oc, i, j]
-                off = ((i * dh) // sh) * wq + (j * dw) // sw
-                src = planes[((i * dh) % sh) * sw + (j * dw) % sw, off:off + npos]
-                for p in range(npos):
-                    acc[p] += wv * src[p]
+        bv = bias[oc] if has_bias else np.float32(0.0)
+        if kh == 3 and kw == 3:  # all nine taps in one pass: 9 loads and 1 store per vector
+            s0, s1, s2 = _tap(planes, 0, 0, dh, dw, sh, sw, wq, npos), \
+                _tap(planes, 0, 1, dh, dw, sh, sw, wq, npos), \
+                _tap(planes, 0, 2, dh, dw, sh, sw, wq, npos)
+            s3, s4, s5 = _tap(planes, 1, 0, dh, dw, sh, sw, wq, npos), \
+                _tap(planes, 1, 1, dh, dw, sh, sw, wq, npos), \
+                _tap(planes, 1, 2, dh, dw, sh, sw, wq, npos)
+            s6, s7, s8 = _tap(planes, 2, 0, dh, dw, sh, sw, wq, npos), \
+                _tap(planes, 2, 1, dh, dw, sh, sw, wq, npos), \
+                _tap(planes, 2, 2, dh, dw, sh, sw, wq, npos)
+            w0, w1, w2 = wt[oc, 0, 0], wt[oc, 0, 1], wt[oc, 0, 2]
+            w3, w4, w5 = wt[oc, 1, 0], wt[oc, 1, 1], wt[oc, 1, 2]
+            w6, w7, w8 = wt[oc, 2, 0], wt[oc, 2, 1], wt[oc, 2, 2]
+            for p in range(npos):
+                acc[p] = (bv + w0 * s0[p] + w1 * s1[p] + w2 * s2[p] + w3 * s3[p] + w4 * s4[p]
+                          + w5 * s5[p] + w6 * s6[p] + w7 * s7[p] + w8 * s8[p])
+        else:
+            acc[:] = bv
+            for i in range(kh):
+                for j in range(kw):
+                    wv = wt[oc, i, j]
+                    src = _tap(planes, i, j, dh, dw, sh, sw, wq, npos)
+                    for p in range(npos):
+                        acc[p] += wv * src[p]
+        act_inplace(acc, code, a, b)  # wrap columns included: one contiguous loop
         for oh in range(ho):
             ar = acc[oh * wq:oh * wq + wo]
             orow = out[n, oc, oh]
             for ow in range(wo):
-                orow[ow] = apply_act(ar[ow], code, a, b)
+                orow[ow] = ar[ow]
+
+
+@njit(inline="always", cache=True)
+def _tap(planes, i, j, dh, dw, sh, sw, wq, npos):
+    """Tap (i, j)'s input over all output positions: its stride phase's plane from one offset."""
+    off = ((i * dh) // sh) * wq + (j * dw) // sw
+    return planes[((i * dh) % sh) * sw + (j * dw) % sw, off:off + npos]
 
 
 @njit(parallel=True, cache=True)
