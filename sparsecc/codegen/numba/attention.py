@@ -31,6 +31,12 @@ def sdpa4(q, k, v, mask, mask_kind, causal, scale, out):
         for j in range(ns):
             for d in range(nd):
                 kt[d, j] = k[a, b, j, d]
+        # v copied contiguous too: a (B, H, S, E) view of (B, S, H, E) data has unit stride
+        # along E, but numba cannot know it and the p v loop would not vectorise
+        vc = np.empty((ns, ne), np.float32)
+        for j in range(ns):
+            for e in range(ne):
+                vc[j, e] = v[a, b, j, e]
         row = np.empty(ns, np.float32)
         acc = np.empty(ne, np.float32)
         for i in range(nl):
@@ -62,7 +68,8 @@ def sdpa4(q, k, v, mask, mask_kind, causal, scale, out):
             softmax_inplace32(row)
             for j in range(ns):
                 p = row[j]
+                vj = vc[j]
                 for e in range(ne):
-                    acc[e] += p * v[a, b, j, e]
+                    acc[e] += p * vj[e]
             for e in range(ne):
                 out[a, b, i, e] = acc[e]
