@@ -109,8 +109,8 @@ def plots(rows: list[dict], out: Path, threads: int | None = None) -> list[Path]
     bars = [r for r in rows if r["sparsity"] == 0.9 and r["threads"] == threads
             and "speedup_vs_torch" in r and r["engine"] != "torch"]
     if bars:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
         groups = sorted({(r["model"], r["batch"]) for r in bars})
+        fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * len(groups)), 4.5))
         engines = [e for e in ENGINES if e != "torch" and any(r["engine"] == e for r in bars)]
         width = 0.8 / max(len(engines), 1)
         for i, engine in enumerate(engines):
@@ -119,7 +119,8 @@ def plots(rows: list[dict], out: Path, threads: int | None = None) -> list[Path]
             ax.bar([j + i * width for j in range(len(groups))], vals, width, label=engine)
         ax.axhline(1.0, color="k", linewidth=1)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
-        ax.set_xticklabels([f"{m}\nb{b}" for m, b in groups], fontsize=8)
+        ax.set_xticklabels([f"{m}\nb{b}" for m, b in groups], fontsize=8, rotation=35,
+                           ha="right")  # model names like mobilenet_v2 overlap otherwise
         ax.set_ylabel("speedup over torch eager")
         ax.set_title(f"90 % sparsity, {threads} thread(s)")
         ax.legend(fontsize=8)
