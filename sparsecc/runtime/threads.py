@@ -70,16 +70,20 @@ def kernel_threads() -> int:
 # split (the hand-off costs ~50 us, and each half must still be worth a BLAS call).
 SPLIT_MIN_FLOPS = 2e7
 SPLIT_MIN_COLS = 256
-_pool = None
+_pool: tuple[object, int] | None = None  # (executor, its worker count)
+_pool_lock = threading.Lock()
 
 
 def _gemm_pool(n: int):
+    """The shared pool with at least n - 1 workers (the calling thread computes one piece)."""
     global _pool
-    if _pool is None or _pool._max_workers < n - 1:
-        from concurrent.futures import ThreadPoolExecutor
+    with _pool_lock:
+        if _pool is None or _pool[1] < n - 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-        _pool = ThreadPoolExecutor(max(1, n - 1), thread_name_prefix="sparsecc-gemm")
-    return _pool
+            workers = max(1, n - 1)
+            _pool = (ThreadPoolExecutor(workers, thread_name_prefix="sparsecc-gemm"), workers)
+        return _pool[0]
 
 
 def split_matmul(a, b, out, post=None):
