@@ -57,15 +57,11 @@ def sdpa4(q, k, v, mask, mask_kind, causal, scale, out):
             if causal:
                 for j in range(i + 1, ns):
                     row[j] = -np.inf
-            acc[:] = 0.0
-            top = np.float32(-np.inf)
-            for j in range(ns):
-                top = max(top, row[j])
-            if top == -np.inf:  # every key masked: torch's SDPA gives 0 (its "safe" softmax)
+            if not softmax_inplace32(row):  # every key masked: torch's SDPA gives 0 there
                 for e in range(ne):
                     out[a, b, i, e] = 0.0
                 continue
-            softmax_inplace32(row)
+            acc[:] = 0.0
             for j in range(ns):
                 p = row[j]
                 vj = vc[j]

@@ -51,34 +51,10 @@ def exp32(v):
     return e if v == v else v
 
 
-# erf(x) = x * P(x^2) / Q(x^2) on [-4, 4] (+-1 beyond, to float32 precision): the rational
-# approximation Eigen and XLA use; max abs error 4.2e-7 against float64 erf.
-_ERF_P = tuple(np.float32(c) for c in (
-    -2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-    -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02))
-_ERF_Q = tuple(np.float32(c) for c in (
-    -1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-    -1.42647390514189e-02))
-_F4 = np.float32(4.0)
-
-
-@njit(inline="always", cache=True)
-def erf32(v):
-    x = min(max(v, -_F4), _F4)
-    x2 = x * x
-    p = _ERF_P[0]
-    for c in _ERF_P[1:]:
-        p = p * x2 + c
-    q = _ERF_Q[0]
-    for c in _ERF_Q[1:]:
-        q = q * x2 + c
-    return x * p / q
-
-
 # erfc(z) for z >= 0 as t * exp(-z^2 + S(t)), t = 1 / (1 + z/2), S a degree-9 polynomial
-# (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7 for every z >= 0). erf's absolute
-# error becomes a large relative one in 1 - erf(z) once that is small (GELU's negative tail:
-# 4.2e-7 on 8.8e-4 at x = -3.1), so the tail takes this form instead.
+# (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7 for every z >= 0). An erf with a
+# small absolute error (Eigen's rational one: 4.2e-7) becomes a large relative one in
+# 1 - erf(z) once that is small (GELU's negative tail: 4.2e-7 on 8.8e-4 at x = -3.1).
 _ERFC_S = tuple(np.float32(c) for c in (
     0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418,
     0.37409196, 1.00002368, -1.26551223))

@@ -41,13 +41,16 @@ def layer_norm_rows(x, weight, bias, has_weight, has_bias, eps, out):
 
 @njit(inline="always", cache=True, fastmath=_FM)
 def softmax_inplace32(row):
-    """Softmax of one float32 row in place (exp32: pure arithmetic, so the loop vectorises)."""
+    """Softmax of one float32 row in place (exp32: pure arithmetic, so the loop vectorises).
+    Returns False for a fully masked row (every entry -inf), which comes out NaN as in torch's
+    softmax; attention, whose torch counterpart gives 0 there, checks it."""
     d = row.shape[0]
     m = np.float32(-np.inf)
     for j in range(d):
         m = max(m, row[j])
-    if m == -np.inf:
-        m = np.float32(0.0)  # a fully masked row: NaN below, as torch gives
+    live = m != -np.inf
+    if not live:
+        m = np.float32(0.0)  # NaN below
     for j in range(d):  # its own loop: the serial sum below would keep it from vectorising
         row[j] = exp32(row[j] - m)
     s = np.float32(0.0)
@@ -56,6 +59,7 @@ def softmax_inplace32(row):
     inv = np.float32(1.0) / s
     for j in range(d):
         row[j] *= inv
+    return live
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)

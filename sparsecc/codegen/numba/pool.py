@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
@@ -109,9 +107,7 @@ def adaptive_pool2d(x, is_max, out):
                     best = -np.inf
                     for ih in range(hs, he):
                         for iw in range(ws, we):
-                            v = x[n, ch, ih, iw]
-                            if v > best or math.isnan(v):
-                                best = v
+                            best = _pick(x[n, ch, ih, iw], best)
                     out[n, ch, oh, ow] = best
                 else:
                     acc = 0.0
