@@ -253,3 +253,69 @@ def test_tail_pieces_cover_exactly_the_extent(span, vw, tile, want):
     assert got == want
     width = vw * tile
     assert sum(live for _, _, live in got) == span % width
+
+
+def _specialised_spmv(w, act, bias, m, threads, rng):
+    rows, cols = w.shape
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    bv = rng.standard_normal(rows).astype(np.float32)
+    out = np.full((m, rows), np.nan, np.float32)
+    ip, ix, dv = _csr(w, 32)
+    spec = emit.KernelSpec("spmv", jit.host().vector_width, 1, act,
+                           *((-0.5, 0.7) if act == "clamp" else (0.0, 0.0)), bias, 32,
+                           pattern_hash=kernels.pattern_hash(ip, ix), xrs=cols)
+    kern = kernels.build(spec, emit.Pattern(ip, ix))
+    bounds = emit_specialized.chunk_bounds(ip, emit_specialized.spmv_chunk_nnz(int(ip[-1])))
+    kernels.spmv_launch(kern, ip, ix, dv, bv, x, out, m=m, threads=threads,
+                        row_bounds=bounds)()
+    ref = (w.astype(np.float64) @ x.T.astype(np.float64)).T + (bv if bias else 0)
+    np.testing.assert_allclose(out, FUSED[act](ref), rtol=1e-4, atol=1e-5)
+    return bounds
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 90), density=st.sampled_from([0.0, 0.2, 1.0]),
+       empty_rows=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       act=st.sampled_from(sorted(FUSED)), bias=st.booleans(), m=st.integers(1, 3),
+       threads=st.sampled_from([1, 2]))
+def test_specialised_spmv_matches_dense(rows, cols, density, empty_rows, seed, act, bias, m,
+                                        threads):
+    """Batch-1 rows with the pattern baked in: exact gathers per row, the last one masked,
+    the column vectors a table in the object code."""
+    rng = np.random.default_rng(seed)
+    _specialised_spmv(_matrix(rng, rows, cols, density, empty_rows), act, bias, m, threads, rng)
+
+
+def test_specialised_spmv_chunks_long_rows_and_wide_x():
+    """Many chunk functions (a row longer than a chunk gets its own), and an x wider than
+    16-bit indices reach (a 32-bit table)."""
+    rng = np.random.default_rng(3)
+    w = _matrix(rng, 300, 200, 0.1, True)
+    w[17] = rng.standard_normal(200)  # one dense row
+    bounds = _specialised_spmv(w, "relu", True, 1, 2, rng)
+    assert len(bounds) > 10
+    assert emit_specialized.spmv_index_bits(200) == 16
+    wide = _matrix(rng, 5, 70_000, 0.002, False)
+    wide[2, -1] = 1.5  # the last column, past 2^16
+    assert emit_specialized.spmv_index_bits(70_000) == 32
+    _specialised_spmv(wide, "none", False, 1, 1, rng)
+
+
+def test_specialised_spmm_windows_over_a_wide_x():
+    """Loads through window bases (short displacements): x rows far apart (many windows per
+    row) and more nonzeros than one value window."""
+    rng = np.random.default_rng(5)
+    rows, cols, L = 40, 3000, 16
+    w = _matrix(rng, rows, cols, 0.05, False)
+    ip, ix, dv = _csr(w, 16)
+    x = rng.standard_normal((1, cols, L)).astype(np.float32)
+    bv = rng.standard_normal(rows).astype(np.float32)
+    out = np.full((1, rows, L), np.nan, np.float32)
+    spec = emit.KernelSpec("spmm", jit.host().vector_width, 1, "none", 0.0, 0.0, True, 16,
+                           pattern_hash=kernels.pattern_hash(ip, ix), xrs=L, span=L)
+    text = kernels.kernel_ir(spec, emit.Pattern(ip, ix))
+    assert text.count('asm sideeffect ""') > rows  # x windows restart every row
+    kern = kernels.build(spec, emit.Pattern(ip, ix))
+    kernels.spmm_launch(kern, ip, ix, dv, bv, x, out, n=1, L=L, xrs=L, ors=L, xns=0, ons=0,
+                        threads=2, row_bounds=emit_specialized.chunk_bounds(ip))()
+    np.testing.assert_allclose(out[0], w @ x[0] + bv[:, None], rtol=1e-4, atol=1e-5)

@@ -28,12 +28,21 @@ def _net():
     return sparsecc.prune(net, 0.85)
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+@pytest.fixture(scope="module", params=["generic", "specialised"])
+def saved(tmp_path_factory, request):
+    """Generic kernels at batch 2; or every layer pattern-specialised at batch 1 (the linears
+    then run the specialised spmv kernels, the convs the specialised spmm ones)."""
     torch.manual_seed(0)
     model = _net()
+    formats = {"force": "csr"}
     x = torch.randn(2, 3, 8, 8)
-    cm = sparsecc.compile(model, x, recipe={"formats": {"force": "csr"}})
+    if request.param == "specialised":
+        formats.update(specialize=True, specialize_max_nnz=10**6)
+        x = x[:1]
+    cm = sparsecc.compile(model, x, recipe={"formats": formats})
+    if request.param == "specialised":
+        native = [op for op in cm.plan.ops if op.attrs.get("specialize")]
+        assert len(native) == 4
     path = cm.save(tmp_path_factory.mktemp("native") / "m.scc")
     with torch.no_grad():
         ref = model(x).numpy()
@@ -41,13 +50,18 @@ def saved(tmp_path_factory):
 
 
 def test_artifact_carries_object_code_for_this_cpu(saved):
-    path, _, _ = saved
+    path, x, _ = saved
     native = art.read_native(path)
     assert native is not None and native.host == jit.host().key
     assert len(native.kernels) >= 2
+    specs = []
     for spec, obj in native.kernels.values():
         assert obj[:4] == b"\x7fELF"
-        assert kernels.spec_from_dict(spec).vw == jit.host().vector_width
+        specs.append(kernels.spec_from_dict(spec))
+        assert specs[-1].vw == jit.host().vector_width
+    if x.shape[0] == 1:  # the specialised artifact: both families carry their pattern
+        baked = {s.family for s in specs if s.pattern_hash}
+        assert baked == {"spmm", "spmv"}
 
 
 def test_native_load_links_and_matches(saved):

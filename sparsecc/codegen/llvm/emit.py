@@ -436,8 +436,13 @@ def _init_acc(k: _Fn, spec: KernelSpec, bias, o) -> list[ir.Value]:
 
 
 # ---- spmv ---------------------------------------------------------------------------------
-def emit_spmv(module: ir.Module, name: str, spec: KernelSpec) -> None:
-    """Gather-based CSR x dense-rows kernel; work item = output row o, for every batch row."""
+def emit_spmv(module: ir.Module, name: str, spec: KernelSpec,
+              pattern: Pattern | None = None) -> None:
+    """Gather-based CSR x dense-rows kernel; work item = output row o, for every batch row.
+    With ``pattern``: work item = one of the row-chunk functions (``emit_specialized``)."""
+    if pattern is not None:
+        _spmv_specialised(module, name, spec, pattern)
+        return
     k = _Fn(module, name, spec.vw)
     b = k.b
     vw = spec.vw
@@ -495,6 +500,31 @@ def emit_spmv(module: ir.Module, name: str, spec: KernelSpec) -> None:
                 s = b.fadd(s, k.load_f32(bias, o))
             s = k.act(s, spec) if spec.act != "none" else s
             b.store(s, b.gep(out, [b.add(b.mul(r, ors), o)], inbounds=True))
+    b.ret_void()
+
+
+def _spmv_specialised(module: ir.Module, name: str, spec: KernelSpec, pattern: Pattern):
+    from sparsecc.codegen.llvm.emit_specialized import spmv_row_chunks
+
+    fns = spmv_row_chunks(module, name, spec, pattern)
+    k = _Fn(module, name, spec.vw)
+    b = k.b
+    data, x, out = k.arg_ptr(A_DATA, "data"), k.arg_ptr(A_X, "x"), k.arg_ptr(A_OUT, "out")
+    bias = k.arg_ptr(A_BIAS, "bias")
+    nrows_x, xrs, ors = k.arg_i64(A_L, "m"), k.arg_i64(A_XRS, "xrs"), k.arg_i64(A_ORS, "ors")
+    with k.loop(k.fn.args[0], k.fn.args[1], "c") as c:
+        with k.loop(I64(0), nrows_x, "r") as r:
+            xr = b.gep(x, [b.mul(r, xrs)], inbounds=True)
+            orow = b.gep(out, [b.mul(r, ors)], inbounds=True)
+            after = k.fn.append_basic_block("c_next")
+            sw = b.switch(c, after)
+            for ci, fn in enumerate(fns):
+                blk = k.fn.append_basic_block(f"c{ci}")
+                sw.add_case(I64(ci), blk)
+                b.position_at_end(blk)
+                b.call(fn, [data, xr, orow, bias])
+                b.branch(after)
+            b.position_at_end(after)
     b.ret_void()
 
 

@@ -148,7 +148,27 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
         emit_(f"  {r} = getelementptr inbounds float, ptr {base}, i64 {off}")
         return r
 
+    # Window bases (see _near): data's advance with the nonzeros, x's restart every row.
+    near = {}
+    vbytes = 4 * max(p[1] for p in pcs)
+    x_windows = bool(spec.xrs) and spec.xrs * 4 * 8 <= 256 * vbytes
+
+    def _near(base, off, scale):
+        """A pointer to ``base + off`` floats as a window base + a displacement that fits the
+        EVEX disp8 (x ``scale`` bytes): without it every x load past 8 KB and every value
+        past 512 B carries a 4-byte displacement (a 4096^2 layer: ~20 -> ~14 bytes of code
+        per nonzero). The base goes through an empty asm so LLVM cannot fold it back."""
+        span = 256 * scale // 4
+        mid = off // span * span + span // 2
+        cur = near.get(base)
+        if cur is None or cur[0] != mid:
+            g, r = gep(base, mid), tmp()
+            emit_(f'  {r} = call ptr asm sideeffect "", "=r,0"(ptr {g})')
+            cur = near[base] = (mid, r)
+        return gep(cur[1], off - mid)
+
     for o in range(r0, r1):
+        near.pop("%xb", None)
         if spec.has_bias:
             bv = tmp()
             emit_(f"  {bv} = load float, ptr {gep('%bias', o)}")
@@ -159,10 +179,12 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
         accs = [list(first)] + [[_zero(p[1]) for p in pcs] for _ in range(chains - 1)]
         for j, p in enumerate(range(int(ip[o]), int(ip[o + 1]))):
             s_ = tmp()
-            emit_(f"  {s_} = load float, ptr {gep('%data', p)}")
+            emit_(f"  {s_} = load float, ptr {_near('%data', p, 4)}")
             w = splats(s_)
             col = int(ix[p])
-            if spec.xrs:
+            if x_windows:
+                base = _near("%xb", col * spec.xrs, vbytes)
+            elif spec.xrs:
                 base = gep("%xb", col * spec.xrs)
             else:
                 off = tmp()
@@ -227,16 +249,168 @@ def _act_text(emit_, tmp, v: str, spec: KernelSpec, lanes: int) -> str:
     return r2
 
 
-def chunk_bounds(indptr: np.ndarray) -> np.ndarray:
-    """Row boundaries of a specialised kernel's functions: runs of rows with at most
-    CHUNK_NNZ nonzeros (a longer row gets a function of its own)."""
+def chunk_bounds(indptr: np.ndarray, cap: int = CHUNK_NNZ) -> np.ndarray:
+    """Row boundaries of a specialised kernel's functions: runs of rows with at most ``cap``
+    nonzeros (a longer row gets a function of its own)."""
     rows = len(indptr) - 1
     bounds = [0]
     start = 0
     while start < rows:
         stop = start + 1
-        while stop < rows and indptr[stop + 1] - indptr[start] <= CHUNK_NNZ:
+        while stop < rows and indptr[stop + 1] - indptr[start] <= cap:
             stop += 1
         bounds.append(stop)
         start = stop
     return np.asarray(bounds, np.int64)
+
+
+# ---- spmv: batch-1 rows, x gathered through index vectors kept in the object ----------------
+# Nonzeros per spmv chunk function, at most: one gather does vw of them, so a chunk's code is
+# ~16x smaller than a spmm chunk's; at least 16 chunks per kernel keep two threads balanced.
+SPMV_CHUNK_MAX, SPMV_CHUNK_MIN = 8192, 256
+
+
+def spmv_chunk_nnz(nnz: int) -> int:
+    return int(min(SPMV_CHUNK_MAX, max(SPMV_CHUNK_MIN, nnz // 16)))
+
+
+def spmv_index_bits(k: int) -> int:
+    """Width of the baked index table: 16 bits when every column of x fits."""
+    return 16 if k <= 1 << 16 else 32
+
+
+def spmv_row_chunks(module, name, spec: KernelSpec, pattern: Pattern) -> list[ir.Function]:
+    """Functions ``void f(ptr data, ptr xrow, ptr orow, ptr bias)``, one per run of rows, for
+    a row-major x row (batch 1). Each row is unrolled into its exact number of vw-wide gathers
+    (the last one under a constant mask); the gathers' column vectors are a read-only table in
+    the object code (the pattern), the values come from ``data``. Unlike the spmm chunks, no
+    column is an immediate: one scalar FMA per nonzero with an immediate offset is 5-28 MB of
+    code for a 4096^2 layer (slower than reading indices), and a gather does vw nonzeros in
+    ~30 bytes of code plus 2 bytes of table per nonzero."""
+    if spec.xrs <= 0:
+        raise ValueError("a specialised spmv kernel needs its x width (KernelSpec.xrs)")
+    vw = spec.vw
+    bits = spmv_index_bits(spec.xrs)
+    if pattern.indices.size and int(pattern.indices.max()) >= spec.xrs:
+        raise ValueError("a column index is past the x width")
+    fp = F32.as_pointer()
+    vt = ir.VectorType(F32, vw)
+    mty = ir.VectorType(I1, vw)
+    for iname, ret, args in (
+            (f"llvm.fma.v{vw}f32", vt, [vt] * 3),
+            (f"llvm.masked.gather.v{vw}f32.v{vw}p0", vt,
+             [ir.VectorType(fp, vw), I32, mty, vt]),
+            (f"llvm.masked.load.v{vw}f32.p0", vt, [fp, I32, mty, vt]),
+            (f"llvm.vector.reduce.fadd.v{vw}f32", F32, [F32, vt]),
+            ("llvm.maxnum.f32", F32, [F32, F32]),
+            ("llvm.minnum.f32", F32, [F32, F32])):
+        if iname not in module.globals:
+            ir.Function(module, ir.FunctionType(ret, args), iname)
+    bounds = chunk_bounds(pattern.indptr, spmv_chunk_nnz(int(pattern.indptr[-1])))
+    bodies = module.__dict__.setdefault("sparsecc_bodies", [])
+    fns = []
+    for c in range(len(bounds) - 1):
+        r0, r1 = int(bounds[c]), int(bounds[c + 1])
+        table = _spmv_table(pattern, r0, r1, vw, bits)
+        tab = None
+        if table.size:
+            ty = ir.ArrayType(ir.IntType(8), table.nbytes)
+            tab = ir.GlobalVariable(module, ty, f"{name}_c{c}_ix")
+            tab.initializer = ir.Constant(ty, bytearray(table.tobytes()))
+            tab.global_constant = True
+            tab.linkage = "internal"
+            tab.align = 64
+        fname = f"{name}_c{c}"
+        fns.append(ir.Function(module, ir.FunctionType(VOID, [fp, fp, fp, fp]), fname))
+        bodies.append(_spmv_chunk_text(fname, tab.name if tab else "", spec, pattern, r0, r1,
+                                       bits))
+    return fns
+
+
+def _spmv_table(pattern: Pattern, r0: int, r1: int, vw: int, bits: int) -> np.ndarray:
+    """Columns of rows [r0, r1), each row padded to a multiple of vw with column 0 (masked)."""
+    ip, ix = pattern.indptr, pattern.indices
+    dt = np.uint16 if bits == 16 else np.uint32
+    parts = []
+    for o in range(r0, r1):
+        n = int(ip[o + 1] - ip[o])
+        pad = -n % vw
+        parts.append(np.asarray(ix[ip[o]:ip[o + 1]], dt))
+        if pad:
+            parts.append(np.zeros(pad, dt))
+    return np.concatenate(parts) if parts else np.zeros(0, dt)
+
+
+def _spmv_chunk_text(name: str, tab: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
+                     bits: int) -> str:
+    vw = spec.vw
+    vt, it = f"<{vw} x float>", f"<{vw} x i{bits}>"
+    out = [f"define internal void @{name}(ptr %data, ptr %xr, ptr %or, ptr %bias) "
+           "noinline nounwind {", "entry:"]
+    emit_ = out.append
+    ip = pattern.indptr
+    n_ = 0
+
+    def tmp():
+        nonlocal n_
+        n_ += 1
+        return f"%t{n_}"
+
+    def mask(live):
+        if live == vw:
+            return f"<{vw} x i1> <{', '.join(['i1 true'] * vw)}>"
+        return f"<{vw} x i1> <{', '.join(f'i1 {str(i < live).lower()}' for i in range(vw))}>"
+
+    pos = 0  # entries of the table used so far
+    for o in range(r0, r1):
+        p0, n = int(ip[o]), int(ip[o + 1] - ip[o])
+        groups = -(-n // vw)
+        chains = max(1, min(4, groups))
+        accs = ["zeroinitializer"] * chains
+        for g in range(groups):
+            live = min(vw, n - g * vw)
+            tp, iv, pp, xv, dp, dv, r = (tmp() for _ in range(7))
+            emit_(f"  {tp} = getelementptr inbounds i8, ptr @\"{tab}\", i64 {pos * bits // 8}")
+            emit_(f"  {iv} = load {it}, ptr {tp}, align {bits // 8}")
+            if bits == 16:
+                iz = tmp()
+                emit_(f"  {iz} = zext {it} {iv} to <{vw} x i32>")
+            else:
+                iz = iv
+            emit_(f"  {pp} = getelementptr inbounds float, ptr %xr, <{vw} x i32> {iz}")
+            emit_(f"  {xv} = call {vt} @llvm.masked.gather.v{vw}f32.v{vw}p0(<{vw} x ptr> {pp}, "
+                  f"i32 4, {mask(live)}, {vt} zeroinitializer)")
+            emit_(f"  {dp} = getelementptr inbounds float, ptr %data, i64 {p0 + g * vw}")
+            if live == vw:
+                emit_(f"  {dv} = load {vt}, ptr {dp}, align 4")
+            else:
+                emit_(f"  {dv} = call {vt} @llvm.masked.load.v{vw}f32.p0(ptr {dp}, i32 4, "
+                      f"{mask(live)}, {vt} zeroinitializer)")
+            c = g % chains
+            emit_(f"  {r} = call {vt} @llvm.fma.v{vw}f32({vt} {dv}, {vt} {xv}, {vt} {accs[c]})")
+            accs[c] = r
+            pos += vw
+        total = accs[0]
+        for extra in accs[1:]:
+            r = tmp()
+            emit_(f"  {r} = fadd {vt} {total}, {extra}")
+            total = r
+        s = tmp()
+        if groups:
+            emit_(f"  {s} = call reassoc float @llvm.vector.reduce.fadd.v{vw}f32(float 0.0, "
+                  f"{vt} {total})")
+        else:
+            emit_(f"  {s} = fadd float 0.0, 0.0")
+        if spec.has_bias:
+            bp, bv, s2 = tmp(), tmp(), tmp()
+            emit_(f"  {bp} = getelementptr inbounds float, ptr %bias, i64 {o}")
+            emit_(f"  {bv} = load float, ptr {bp}, align 4")
+            emit_(f"  {s2} = fadd float {s}, {bv}")
+            s = s2
+        val = _act_text(emit_, tmp, s, spec, 1)
+        op_ = tmp()
+        emit_(f"  {op_} = getelementptr inbounds float, ptr %or, i64 {o}")
+        emit_(f"  store float {val}, ptr {op_}, align 4")
+    emit_("  ret void")
+    emit_("}")
+    return "\n".join(out)

@@ -44,7 +44,7 @@ def kernel_ir(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> str
     if spec.family in ("spmm", "bsr", "nm"):
         emit.emit_spmm(mod, "kernel", spec, pattern)
     elif spec.family == "spmv":
-        emit.emit_spmv(mod, "kernel", spec)
+        emit.emit_spmv(mod, "kernel", spec, pattern)
     else:
         raise ValueError(f"unknown kernel family {spec.family!r}")
     return emit_specialized.module_text(mod)
@@ -207,10 +207,12 @@ def spmm_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, n: i
     return Launch(kernel, arrays, ints, splits)
 
 
-def spmv_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, m: int, threads: int
-                ) -> Launch:
-    """x (m, K) row-major, out (m, O) row-major; work items are output rows, split by nnz."""
-    splits = driver.nnz_splits(indptr, max(threads, 1) * 4)
+def spmv_launch(kernel: LlvmKernel, indptr, indices, data, bias, x, out, *, m: int, threads: int,
+                row_bounds: np.ndarray | None = None) -> Launch:
+    """x (m, K) row-major, out (m, O) row-major; work items are output rows (or a specialised
+    kernel's row chunks, ``row_bounds``), split by nnz."""
+    units = indptr if row_bounds is None else indptr[row_bounds]
+    splits = driver.nnz_splits(units, max(threads, 1) * 4)
     arrays = dict(indptr=indptr, indices=indices, data=data, bias=bias, x=x, out=out)
     ints = dict(L=m, xrs=x.shape[-1], ors=out.shape[-1])
     return Launch(kernel, arrays, ints, splits)

@@ -120,7 +120,7 @@ def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, 
                            a if fused == "clamp" else 0.0, b if fused == "clamp" else 0.0,
                            has_bias, idx_bits, block=block)
     baked = None
-    if pattern is not None and family == "spmm" and op.attrs.get("specialize"):
+    if pattern is not None and family in ("spmm", "spmv") and op.attrs.get("specialize"):
         indptr, cols, xrs, span = pattern
         spec = replace(spec, pattern_hash=kernels.pattern_hash(indptr, cols), xrs=int(xrs),
                        span=int(span))
@@ -135,9 +135,11 @@ def _row_bounds(kern, indptr):
     """A specialised kernel's work units are its row-chunk functions."""
     if not kern.spec.pattern_hash:
         return None
-    from sparsecc.codegen.llvm import emit_specialized
+    from sparsecc.codegen.llvm import emit_specialized as es
 
-    return emit_specialized.chunk_bounds(indptr)
+    if kern.spec.family == "spmv":
+        return es.chunk_bounds(indptr, es.spmv_chunk_nnz(int(indptr[-1])))
+    return es.chunk_bounds(indptr)
 
 
 def _act_tail(out: np.ndarray, code: int, a: float, b: float):
@@ -254,10 +256,11 @@ def _linear_llvm(ctx, x2, o2, epi, xt, ot, cin, cout):
     bias, has_bias, code, a, b, act = epi
     sw = sparse_weight(ctx.op, ctx.params)
     m = x2.shape[0]
-    if m <= 1 and sw.family == "spmm" and not ctx.op.attrs.get("specialize"):
-        kern, tail = _kernel("spmv", ctx.op, (act, a, b), has_bias, sw.idx_bits)
+    if m <= 1 and sw.family == "spmm":
+        kern, tail = _kernel("spmv", ctx.op, (act, a, b), has_bias, sw.idx_bits,
+                             pattern=(sw.indptr, sw.indices, x2.shape[1], 0))
         launch = kernels.spmv_launch(kern, sw.indptr, sw.indices, sw.data, bias, x2, o2, m=m,
-                                     threads=threads())
+                                     threads=threads(), row_bounds=_row_bounds(kern, sw.indptr))
         return _sequence(None, launch, _act_tail(o2, code, a, b) if tail else None, None)
     launch, post = _spmm(ctx, sw, epi, x=xt, out=ot, n=1, L=m, xrs=xt.strides[0] // 4,
                          ors=ot.strides[0] // 4, xns=0, ons=0,
