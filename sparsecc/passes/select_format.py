@@ -39,18 +39,27 @@ class SelectFormatOptions:
     backend: str = "llvm"  # "llvm" | "numba": kernels for sparse formats
     force: str = "auto"  # "auto" | a format for every eligible layer (benchmarks, tests)
     blocked: bool = True  # consider BSR and N:M when the weight fits them
-    # Pattern-specialised LLVM kernels for CSR layers (codegen/llvm: offsets as immediates).
-    # Compile time grows with the nonzeros (~0.2 ms each here): the budget caps it per layer.
-    specialize: bool = False
+    # Pattern-specialised LLVM kernels for CSR layers (codegen/llvm/emit_specialized.py).
+    # "auto": only where they win without measuring — linears that run one input row at the
+    # plan's batch get the specialised SpMV (1.2x the generic gather kernel while its code,
+    # ~5-9 bytes per nonzero, stays in L2; ~10-25 s of compile per million nonzeros), at most
+    # ``specialize_spmv_max_nnz`` nonzeros per layer; other batches run generic kernels.
+    # True: every CSR layer within ``specialize_max_nnz`` (the SpMM kind compiles at ~0.1 ms
+    # per nonzero and wins or loses by layer: see docs/bench/kernels/llvm_specialized.md; with
+    # ``autotune`` kept only where it measures >= 5 % faster). False: never.
+    specialize: bool | str = "auto"
     specialize_max_nnz: int = 20000
+    specialize_spmv_max_nnz: int = 150_000
 
     def __post_init__(self):
         if not 0.0 <= self.csr_max_density <= 1.0:
             raise ValueError(f"csr_max_density={self.csr_max_density} is not in [0, 1]")
         if self.backend not in ("llvm", "numba"):
             raise ValueError(f"backend={self.backend!r}: expected 'llvm' or 'numba'")
-        if self.specialize_max_nnz < 0:
-            raise ValueError("specialize_max_nnz must be >= 0")
+        if self.specialize_max_nnz < 0 or self.specialize_spmv_max_nnz < 0:
+            raise ValueError("specialize_max_nnz and specialize_spmv_max_nnz must be >= 0")
+        if self.specialize not in (True, False, "auto"):
+            raise ValueError(f"specialize={self.specialize!r}: expected true, false or 'auto'")
         if self.batch < 0 or self.tune_margin < 1.0:
             raise ValueError("batch must be >= 0 and tune_margin >= 1")
         if self.force != "auto":
@@ -74,7 +83,7 @@ def select_format(plan: ExecutionPlan, opts: SelectFormatOptions) -> PassResult:
         if fmt != "dense":
             _to_sparse(plan, op, w, fmt)
             changed = True
-            if fmt == "csr" and opts.specialize and opts.backend == "llvm":
+            if fmt == "csr" and opts.backend == "llvm":
                 _maybe_specialize(plan, op, batch, opts)
     if changed:
         _drop_unused_constants(plan)
@@ -137,26 +146,32 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
 
 
 def _maybe_specialize(plan: ExecutionPlan, op: Op, batch: int, opts: SelectFormatOptions):
-    """Mark a CSR op for a pattern-specialised kernel when it is within the compile budget
-    and (with autotune) measures faster than the generic kernel."""
+    """Mark a CSR op for pattern-specialised kernels (``attrs['specialize']``: True, or "spmv"
+    for the one-row kernel only) when ``opts.specialize`` asks for them, the layer is within
+    the compile budget and (with autotune) they measure faster than the generic kernel."""
     nnz = int(plan.constants[op.params["data"]].shape[0])
-    if nnz == 0 or nnz > opts.specialize_max_nnz:
+    in_shape = resolve_shape(plan.tensors[op.inputs[0]].shape, batch)
+    if opts.specialize == "auto":
+        one_row = op.kind == "linear" and int(np.prod(in_shape[:-1])) == 1
+        flag, cap = "spmv", (opts.specialize_spmv_max_nnz if one_row else 0)
+    else:
+        flag, cap = opts.specialize, opts.specialize_max_nnz
+    if not flag or nnz == 0 or nnz > cap:
         return
     if not opts.autotune:
-        op.attrs["specialize"] = True
+        op.attrs["specialize"] = flag
         return
     from sparsecc.codegen.llvm.jit import host
     from sparsecc.codegen.llvm.kernels import pattern_hash
     from sparsecc.runtime import autotune
     from sparsecc.runtime.ops.sparse import threads
 
-    in_shape = resolve_shape(plan.tensors[op.inputs[0]].shape, batch)
     out_shape = resolve_shape(plan.tensors[op.output].shape, batch)
     params = {role: plan.constants[name] for role, name in op.params.items()}
     pat = pattern_hash(params["indptr"], params["indices"])
     variants = {}
-    for name, flag in (("csr", False), ("csr-specialized", True)):
-        probe = Op(op.kind, op.name, op.inputs, op.output, dict(op.attrs, specialize=flag),
+    for name, attr in (("csr", False), ("csr-specialized", flag)):
+        probe = Op(op.kind, op.name, op.inputs, op.output, dict(op.attrs, specialize=attr),
                    {}, op.layer)
         key = autotune.layer_key(probe, pat, in_shape, out_shape, name, threads(), host().key,
                                  "bias" in params)
@@ -165,7 +180,7 @@ def _maybe_specialize(plan: ExecutionPlan, op: Op, batch: int, opts: SelectForma
     op.attrs["measured_us"] = dict(op.attrs.get("measured_us", {}),
                                    **{k: round(t * 1e6, 3) for k, t in timed.items()})
     if timed["csr-specialized"] < 0.95 * timed["csr"]:
-        op.attrs["specialize"] = True
+        op.attrs["specialize"] = flag
 
 
 def _to_sparse(plan: ExecutionPlan, op: Op, w: np.ndarray, fmt: str) -> None:

@@ -23,7 +23,7 @@ from sparsecc.runtime.threads import single_threaded_blas
 
 _LOCK = threading.Lock()
 # Bump when kernels or the timing method change enough to invalidate old measurements.
-KERNEL_VERSION = 4
+KERNEL_VERSION = 5
 
 
 def _cache_path():

@@ -163,6 +163,33 @@ def test_specialize_option(seed, autotune, tmp_path, monkeypatch):
             assert_matches(cm(other), pruned(other))
 
 
+def test_specialize_auto_is_the_one_row_kernel_only(seed):
+    """The default: linears that run one row at the compile batch get the specialised SpMV
+    (within its nonzero cap); at other batches the same plan runs generic kernels."""
+    from sparsecc.codegen.llvm import kernels
+
+    net = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 40)).eval()
+    pruned = sparsecc.prune(net, sparsity=0.8)
+    x1 = torch.randn(1, 64)
+    cm = sparsecc.compile(pruned, x1, recipe={"formats": {"force": "csr"}})
+    assert [op.attrs.get("specialize") for op in _linears(cm.plan)] == ["spmv", "spmv"]
+    with kernels.recording() as used, torch.no_grad():
+        assert_matches(cm(x1), pruned(x1))
+    assert {(k.spec.family, bool(k.spec.pattern_hash)) for k in used.values()} == {
+        ("spmv", True)}
+    x4 = torch.randn(4, 64)
+    with kernels.recording() as used, torch.no_grad():
+        assert_matches(cm(x4), pruned(x4))
+    assert not any(k.spec.pattern_hash for k in used.values())
+    # compiled at batch 4, or with the cap below the layers' nonzeros: generic kernels
+    for xb, opts in ((x4, {}), (x1, {"specialize_spmv_max_nnz": 100}),
+                     (x1, {"specialize": False})):
+        cm = sparsecc.compile(pruned, xb, recipe={"formats": {"force": "csr", **opts}})
+        assert not any(op.attrs.get("specialize") for op in _linears(cm.plan))
+    with pytest.raises(sparsecc.SparseccError, match="specialize"):
+        sparsecc.compile(pruned, x1, recipe={"formats": {"specialize": "always"}})
+
+
 @pytest.mark.parametrize("act", [nn.GELU(), nn.SiLU(), nn.Hardswish(), nn.Sigmoid(), nn.Tanh(),
                                  nn.LeakyReLU(0.2), nn.ReLU6(), nn.ReLU()])
 @pytest.mark.parametrize("fmt", ["csr", "bsr4x1"])

@@ -120,7 +120,7 @@ def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, 
                            a if fused == "clamp" else 0.0, b if fused == "clamp" else 0.0,
                            has_bias, idx_bits, block=block)
     baked = None
-    if pattern is not None and family in ("spmm", "spmv") and op.attrs.get("specialize"):
+    if pattern is not None and bakes(op, family):
         indptr, cols, xrs, span = pattern
         spec = replace(spec, pattern_hash=kernels.pattern_hash(indptr, cols), xrs=int(xrs),
                        span=int(span))
@@ -129,6 +129,13 @@ def _kernel(family: str, op: Op, ctx_act: tuple, has_bias: bool, idx_bits: int, 
         return kernels.build(spec, baked), fused != act
     except CodegenError as e:
         raise CodegenError(op.layer or op.name, str(e)) from None
+
+
+def bakes(op: Op, family: str) -> bool:
+    """Whether ``op`` runs a pattern-specialised kernel of ``family``: attrs['specialize'] is
+    True (any CSR kernel) or "spmv" (the one-row kernel only)."""
+    want = op.attrs.get("specialize")
+    return family in ("spmm", "spmv") and (want is True or want == family)
 
 
 def _row_bounds(kern, indptr):
