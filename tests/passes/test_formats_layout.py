@@ -183,11 +183,20 @@ def test_specialize_auto_is_the_one_row_kernel_only(seed):
     assert not any(k.spec.pattern_hash for k in used.values())
     # compiled at batch 4, or with the cap below the layers' nonzeros: generic kernels
     for xb, opts in ((x4, {}), (x1, {"specialize_spmv_max_nnz": 100}),
-                     (x1, {"specialize": False})):
+                     (x1, {"specialize_spmv_budget_kb": 1}), (x1, {"specialize": False})):
         cm = sparsecc.compile(pruned, xb, recipe={"formats": {"force": "csr", **opts}})
         assert not any(op.attrs.get("specialize") for op in _linears(cm.plan))
     with pytest.raises(sparsecc.SparseccError, match="specialize"):
         sparsecc.compile(pruned, x1, recipe={"formats": {"specialize": "always"}})
+    # the L2 budget is shared: room for the first layer's code and values only
+    from sparsecc.codegen.llvm.emit_specialized import spmv_code_bytes
+
+    first = _linears(cm.plan)[0]
+    nnz0 = int(cm.plan.constants[first.params["data"]].shape[0])
+    room = (spmv_code_bytes(nnz0, 48) + 4 * nnz0) // 1024 + 1
+    cm = sparsecc.compile(pruned, x1, recipe={"formats": {
+        "force": "csr", "specialize_spmv_budget_kb": room}})
+    assert [op.attrs.get("specialize") for op in _linears(cm.plan)] == ["spmv", None]
 
 
 @pytest.mark.parametrize("act", [nn.GELU(), nn.SiLU(), nn.Hardswish(), nn.Sigmoid(), nn.Tanh(),
