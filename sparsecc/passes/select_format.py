@@ -3,7 +3,9 @@
 Requires: a plan whose linear/conv2d ops hold a dense ``weight`` param. Guarantees: every such op
 has ``attrs['density']``, ``attrs['est_us']`` ({format: estimated microseconds}) and, with
 ``autotune``, ``attrs['measured_us']``; the chosen format's params replace ``weight`` (with
-``attrs['weight_shape']`` to unpack them). Weight values are never changed. Idempotent.
+``attrs['weight_shape']`` to unpack them); CSR ops chosen for pattern-specialised LLVM
+kernels have ``attrs['specialize']`` (True: any; "spmv": the one-row kernel only). Weight
+values are never changed. Idempotent.
 
 Policy: the candidates are the formats the weight fits without padding zeros (see
 ``formats.pack.candidates``); the analytic model (``formats.cost``) ranks them at ``batch``;

@@ -114,14 +114,16 @@ def compile_ir(ir_text: str, h: Host | None = None, opt: int = 3) -> bytes:
     return obj
 
 
-def assembly(ir_text: str) -> str:
-    """The host assembly for ``ir_text`` (for inspection and code-size figures)."""
+def assembly(ir_text: str, opt: int = 3) -> str:
+    """The host assembly for ``ir_text`` built as ``compile_ir(ir_text, opt=opt)`` builds it
+    (for inspection; specialised kernels are built with ``opt=0``)."""
     h = host()
     with _LOCK:
         mod = llvm.parse_assembly(ir_text)
-        tm = _target_machine(h)
+        tm = _target_machine(h, max(opt, 1))
         mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
-        _optimize(mod, tm)
+        if opt > 0:
+            _optimize(mod, tm, opt)
         return tm.emit_assembly(mod)
 
 
