@@ -42,7 +42,7 @@ from sparsecc.benchmarks.engines import summarize
 from sparsecc.benchmarks.suite import machine_info
 from sparsecc.formats.pack import pack
 from sparsecc.ir.plan import Op
-from sparsecc.runtime.ops.registry import bind_alone
+from sparsecc.runtime.ops.registry import aligned_copy, aligned_empty, bind_alone
 from sparsecc.runtime.threads import single_threaded_blas
 
 
@@ -94,7 +94,8 @@ def _module(layer: Layer) -> torch.nn.Module:
 def _input(layer: Layer, batch: int, rng) -> np.ndarray:
     shape = (batch, layer.cin) if layer.kind == "linear" else (batch, layer.cin, layer.hw,
                                                                layer.hw)
-    return rng.standard_normal(shape).astype(np.float32)
+    # aligned as the executor's buffers are (numpy's own start 16 bytes apart)
+    return aligned_copy(rng.standard_normal(shape).astype(np.float32))
 
 
 def _prune(w: np.ndarray, sparsity: float, block: int = 1) -> np.ndarray:
@@ -160,7 +161,7 @@ def _engines(layer: Layer, w: np.ndarray, wb: np.ndarray, x: np.ndarray, threads
     out_shape = F.linear(torch.from_numpy(x[:1]), torch.from_numpy(w)).shape if \
         layer.kind == "linear" else F.conv2d(torch.from_numpy(x[:1]), torch.from_numpy(w),
                                              stride=layer.stride, padding=layer.pad).shape
-    y = np.empty((x.shape[0], *out_shape[1:]), np.float32)
+    y = aligned_empty((x.shape[0], *out_shape[1:]))
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
     fns, refs = {}, {}
     if layer.kind == "linear":
@@ -184,7 +185,7 @@ def _engines(layer: Layer, w: np.ndarray, wb: np.ndarray, x: np.ndarray, threads
                                        ("sparsecc numba CSR", "csr", w, "numba"),
                                        ("sparsecc llvm CSR", "csr", w, "llvm"),
                                        ("sparsecc llvm BSR4x1", "bsr4x1", wb, "llvm")):
-        ys[name] = np.empty_like(y)
+        ys[name] = aligned_empty(y.shape)
         fns[name] = _blas1(_bound(layer, weight, fmt, x, ys[name], backend), fmt != "dense")
         refs[name] = weight
     fns["sparsecc dense (compiled)"], _ = _compiled(layer, w, x, {"force": "dense"})

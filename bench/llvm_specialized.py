@@ -39,6 +39,7 @@ import kernels as KB  # noqa: E402  (bench/kernels.py: layers, binding helpers, 
 import sparsecc  # noqa: E402
 from sparsecc.benchmarks.suite import machine_info  # noqa: E402
 from sparsecc.codegen.llvm import kernels as LK  # noqa: E402
+from sparsecc.runtime.ops.registry import aligned_empty  # noqa: E402
 
 LAYERS = ["linear 1024x1024", "linear 4096x4096", "r50 1x1 64>256 @56", "r50 1x1 256>64 @56",
           "r50 1x1 512>128 @28", "r50 1x1 1024>256 @14", "r50 1x1 2048>512 @7"]
@@ -68,7 +69,7 @@ def run_cell(layer, sparsity, batch, repeats, max_nnz):
                                 ("llvm specialised", "llvm", True)):
         if spec and nnz > max_nnz:
             continue
-        y = np.empty(ref.shape, np.float32)
+        y = aligned_empty(ref.shape)
         fn, bind_s, code = _bind(layer, w, x, y, backend, spec)
         fn()
         err = float(np.max(np.abs(y - ref)) / (np.max(np.abs(ref)) + 1e-12))

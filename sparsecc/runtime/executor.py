@@ -20,11 +20,10 @@ from sparsecc.errors import CodegenError, InputError
 from sparsecc.ir.plan import ExecutionPlan, Sym, resolve_shape
 from sparsecc.ir.verify import verify_plan
 from sparsecc.runtime.ops import OPS, BindCtx
-from sparsecc.runtime.ops.registry import Step
+from sparsecc.runtime.ops.registry import ALIGN as _ALIGN
+from sparsecc.runtime.ops.registry import Step, aligned_empty
 from sparsecc.runtime.ops.sparse import kn_nbytes
 from sparsecc.runtime.threads import kernel_threads, single_threaded_blas
-
-_ALIGN = 64
 
 
 class _Recycled:
@@ -70,9 +69,7 @@ def _aligned(nbytes: int, owned: list[np.ndarray] | None = None) -> np.ndarray:
     ``owned``, the executor's list that goes back to the recycler when the executor does."""
     block = _RECYCLED.take(nbytes)
     if block is None:
-        raw = np.empty(nbytes + _ALIGN, np.uint8)
-        off = (-raw.ctypes.data) % _ALIGN
-        block = raw[off:off + nbytes]
+        block = aligned_empty((nbytes,), np.uint8)
     if owned is not None:
         owned.append(block)
     return block

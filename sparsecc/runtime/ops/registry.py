@@ -52,12 +52,33 @@ def register_op(kind: str, *, scratch: ScratchFn | None = None, flops: FlopsFn |
     return deco
 
 
+ALIGN = 64  # bytes: one cache line, one AVX-512 vector
+
+
+def aligned_empty(shape, dtype="float32") -> np.ndarray:
+    """An uninitialised array starting on an ALIGN-byte boundary. numpy's own start 16 bytes
+    apart, so a 64-byte vector load from one straddles two cache lines: a layer timed on such
+    buffers ran a BSR 8x1 kernel 15.1 ms against 10.4 ms on the executor's aligned ones."""
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off:off + nbytes].view(dt).reshape(shape)
+
+
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    out = aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def bind_alone(op: Op, ins: list[np.ndarray], out: np.ndarray,
                params: dict[str, np.ndarray]) -> Step | None:
-    """Bind one op outside an executor, its scratch allocated here (autotune, benchmarks)."""
+    """Bind one op outside an executor, its scratch allocated here (aligned as the
+    executor's; autotune, benchmarks)."""
     fn = OPS[op.kind].scratch
     need = fn(op, [tuple(x.shape) for x in ins], tuple(out.shape)) if fn else []
-    scratch = [np.empty(shape, dtype) for shape, dtype in need]
+    scratch = [aligned_empty(shape, dtype) for shape, dtype in need]
     return OPS[op.kind].bind(BindCtx(op, ins, out, params, scratch))
 
 
