@@ -16,6 +16,7 @@ this machine and the fastest wins (cached on disk). Dense stays dense when it is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -45,7 +46,8 @@ class SelectFormatOptions:
     # "auto": only where they win without measuring — linears that run one input row at the
     # plan's batch get the specialised SpMV (1.2x the generic gather kernel while its code,
     # ~5-9 bytes per nonzero, stays in L2; ~10-25 s of compile per million nonzeros), at most
-    # ``specialize_spmv_max_nnz`` nonzeros per layer; other batches run generic kernels.
+    # ``specialize_spmv_max_nnz`` nonzeros per layer and ``specialize_spmv_budget_kb`` of
+    # code + values per plan (see _SpmvBudget); other batches run generic kernels.
     # True: every CSR layer within ``specialize_max_nnz`` (the SpMM kind compiles at ~0.1 ms
     # per nonzero and wins or loses by layer: see docs/bench/kernels/llvm_specialized.md; with
     # ``autotune`` kept only where it measures >= 5 % faster). False: never.
@@ -154,7 +156,7 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
 def l2_bytes() -> int:
     """This machine's L2 per core (Linux sysfs), or 1 MB when it does not say."""
     try:
-        text = open("/sys/devices/system/cpu/cpu0/cache/index2/size").read().strip().upper()
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip().upper()
         scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
         return int(text.rstrip("KM")) * scale
     except (OSError, ValueError):
@@ -167,8 +169,8 @@ class _SpmvBudget:
     generic kernel), but a forward pass runs its layers one after another and they evict each
     other. Measured on an MLP of three 1024^2 layers at batch 1 (2 MB L2): at 90 % (0.55 MB
     of code + 0.4 MB of values per layer) specialising all three cost 0.080 vs 0.071 ms, two
-    0.066 vs 0.063, one 0.067 vs 0.064 — hence the 64k-nonzero cap per layer; at 95 % all
-    three (1.6 MB in all) 0.044 vs 0.046, at 98 % 0.032 vs 0.037."""
+    0.066 vs 0.063, one 0.067 vs 0.064 — hence the 64k-nonzero cap per layer; at 95 % two
+    of them (the budget stops the third) 0.044 vs 0.046, at 98 % all three 0.032 vs 0.035."""
 
     def __init__(self, opts: SelectFormatOptions):
         kb = opts.specialize_spmv_budget_kb

@@ -15,10 +15,10 @@ Two kernel families:
   the row-major layout (batch 1), vectorised over the nonzeros with gathers. A work item is one
   output row ``o``.
 
-``pattern`` (a CSR ``indptr``/``indices`` pair) bakes the nonzero pattern into the code: column
-indices become immediates and the row loop disappears (LIBXSMM / SparseRT style); values still
-come from ``data``. Large patterns are split into one function per row chunk
-(``emit_specialized.py``).
+``pattern`` (a CSR ``indptr``/``indices`` pair) bakes the nonzero pattern into the code and
+the row loop disappears (LIBXSMM / SparseRT style): spmm column offsets become immediates,
+spmv rows become exact runs of gathers over a column table in the object; values still come
+from ``data``. Patterns are split into one function per row chunk (``emit_specialized.py``).
 """
 
 from __future__ import annotations

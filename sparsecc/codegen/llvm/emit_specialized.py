@@ -1,9 +1,11 @@
-"""Pattern-specialised row chunks for the spmm kernel: the nonzero pattern as immediates.
+"""Pattern-specialised row chunks: the nonzero pattern baked into the code.
 
-Each chunk function does a run of output rows for one tile: per nonzero one broadcast of its
-value (from ``data``, so the object code holds no weights) and one FMA per vector with x read at
-a constant offset. Bodies are written as IR text (llvmlite's builder costs ~0.5 ms per nonzero,
-text ~10 us); the module gets declarations and ``module_text`` splices the bodies in.
+spmm: each chunk function does a run of output rows for one tile: per nonzero one broadcast of
+its value (from ``data``, so the object code holds no weights) and one FMA per vector with x
+read at a constant offset. spmv (one x row): each output row is its exact run of gathers, the
+columns a read-only table in the object (see ``spmv_row_chunks``). Bodies are written as IR
+text (llvmlite's builder costs ~0.5 ms per nonzero, text ~10 us); the module gets
+declarations and ``module_text`` splices the bodies in.
 """
 
 from __future__ import annotations
