@@ -134,6 +134,19 @@ class _Fn:
         b.branch(head)
         b.position_at_end(done)
 
+    def call_nth(self, c: ir.Value, fns: Sequence[ir.Function], args: list) -> None:
+        """Call ``fns[c]`` (a specialised kernel's row-chunk functions) through a switch."""
+        b = self.b
+        after = self.fn.append_basic_block("c_next")
+        sw = b.switch(c, after)
+        for ci, fn in enumerate(fns):
+            blk = self.fn.append_basic_block(f"c{ci}")
+            sw.add_case(I64(ci), blk)
+            b.position_at_end(blk)
+            b.call(fn, args)
+            b.branch(after)
+        b.position_at_end(after)
+
     def intrinsic(self, name: str, ret, args: Sequence) -> ir.Function:
         if name in self.module.globals:
             return self.module.globals[name]
@@ -295,15 +308,7 @@ def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs
         if any(f is None for f in fns):
             return
         with k.loop(r0, r1, "c") as c:
-            after = k.fn.append_basic_block("c_next")
-            sw = b.switch(c, after)
-            for ci, fn in enumerate(fns):
-                blk = k.fn.append_basic_block(f"c{ci}")
-                sw.add_case(I64(ci), blk)
-                b.position_at_end(blk)
-                b.call(fn, [data, xb, ob, bias, xrs, ors])
-                b.branch(after)
-            b.position_at_end(after)
+            k.call_nth(c, fns, [data, xb, ob, bias, xrs, ors])
         return
     if spec.family == "bsr":
         _bsr_rows(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors)
@@ -516,15 +521,7 @@ def _spmv_specialised(module: ir.Module, name: str, spec: KernelSpec, pattern: P
         with k.loop(I64(0), nrows_x, "r") as r:
             xr = b.gep(x, [b.mul(r, xrs)], inbounds=True)
             orow = b.gep(out, [b.mul(r, ors)], inbounds=True)
-            after = k.fn.append_basic_block("c_next")
-            sw = b.switch(c, after)
-            for ci, fn in enumerate(fns):
-                blk = k.fn.append_basic_block(f"c{ci}")
-                sw.add_case(I64(ci), blk)
-                b.position_at_end(blk)
-                b.call(fn, [data, xr, orow, bias])
-                b.branch(after)
-            b.position_at_end(after)
+            k.call_nth(c, fns, [data, xr, orow, bias])
     b.ret_void()
 
 
