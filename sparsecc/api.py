@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsecc.errors import ArtifactError
+from sparsecc.errors import ArtifactError, MemoryBudgetError
 from sparsecc.formats.cost import estimate_seconds
 from sparsecc.ir.plan import ExecutionPlan, format_shape, resolve_shape
 from sparsecc.runtime.artifact import load_plan, save_plan
@@ -26,9 +26,9 @@ def _is_torch(x: Any) -> bool:
 
 
 class CompiledModel:
-    def __init__(self, plan: ExecutionPlan):
+    def __init__(self, plan: ExecutionPlan, max_memory: int | str | None = None):
         self.plan = plan
-        self.executor = Executor(plan)
+        self.executor = Executor(plan, max_memory)
 
     def __call__(self, *inputs: Any):
         torch_in = any(_is_torch(x) for x in inputs)
@@ -71,8 +71,14 @@ class CompiledModel:
         return f"CompiledModel({len(p.ops)} ops, inputs={shapes}, {mb:.2f} MB of constants)"
 
 
-def load(path: str | Path, native: bool = False) -> CompiledModel:
+def load(path: str | Path, native: bool = False,
+         max_memory: int | str | None = None) -> CompiledModel:
     """Load a saved artifact; never imports torch.
+
+    Every artifact is verified before it runs (``ir.verify``: a plan that passes cannot read or
+    write outside its buffers), whatever its checksum says. ``max_memory`` (bytes, or "8G")
+    bounds the activation memory any batch may take (default ``SPARSECC_MAX_MEMORY`` or 16 GiB):
+    a larger request is refused before anything is allocated.
 
     By default nothing in the artifact is executed: kernels are rebuilt from the plan (from the
     local kernel cache when this machine built them before). ``native=True`` links the object
@@ -82,7 +88,10 @@ def load(path: str | Path, native: bool = False) -> CompiledModel:
     plan = load_plan(path, OPS.keys())
     if native:
         _link_native(path)
-    return CompiledModel(plan)
+    try:
+        return CompiledModel(plan, max_memory)
+    except MemoryBudgetError as exc:
+        raise ArtifactError(str(path), str(exc)) from None
 
 
 def _native_code(cm: CompiledModel):

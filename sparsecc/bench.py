@@ -23,6 +23,10 @@ def _ints(text: str | None) -> list[int] | None:
 
 
 def bench_command(args) -> int:
+    if getattr(args, "save", None):
+        from sparsecc.cli import output_path
+
+        output_path(args.save, what="--save")
     if args.target and args.target.endswith(".scc"):
         return _bench_artifact(args)
     from sparsecc.benchmarks import report

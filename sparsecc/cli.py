@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 from sparsecc.errors import InputError, ModelSpecError, SparseccError
+from sparsecc.options import env_debug
+
+MAX_INPUT_ELEMENTS = 1 << 31
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -22,7 +25,73 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"bad shape {text!r}: expected e.g. 1,3,224,224") from None
     if not shape or any(d < 1 for d in shape):
         raise argparse.ArgumentTypeError(f"bad shape {text!r}: dims must be positive")
+    total = 1
+    for d in shape:
+        total *= d
+    if total > MAX_INPUT_ELEMENTS:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: {total} elements is more than "
+                                         f"{MAX_INPUT_ELEMENTS}")
     return shape
+
+
+def sparsity_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"bad sparsity {text!r}: expected a number in [0, 1]")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"bad value {text!r}: expected a positive integer")
+    return value
+
+
+def int_list(text: str) -> str:
+    """Comma-separated positive integers (checked; the text is kept for the bench)."""
+    for part in text.split(","):
+        if part.strip():
+            positive_int(part.strip())
+    if not text.strip(" ,"):
+        raise argparse.ArgumentTypeError("expected comma-separated positive integers")
+    return text
+
+
+def sparsity_list(text: str) -> str:
+    for part in text.split(","):
+        if part.strip():
+            sparsity_arg(part.strip())
+    if not text.strip(" ,"):
+        raise argparse.ArgumentTypeError("expected comma-separated sparsities in [0, 1]")
+    return text
+
+
+def output_path(path: str, *, what: str) -> Path:
+    """A file to write: not a folder, in a folder that exists (no tree is made silently)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise UsageError(f"{what} {path}: folder {p.parent} does not exist")
+    return p
+
+
+class UsageError(SparseccError):
+    """A command-line argument the command cannot use (exit code 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"sparsecc: error: {message} (see {self.prog} -h)\n")
 
 
 def resolve_factory(spec: str):
@@ -78,10 +147,11 @@ def build_model(spec: str, input_shape: tuple[int, ...] | None):
 def cmd_compile(args) -> int:
     import sparsecc
 
+    out = output_path(args.output, what="output")
     model, x = build_model(args.model, args.input_shape)
     t0 = time.perf_counter()
     cm = sparsecc.compile(model, x, sparsity=args.sparsity, recipe=args.recipe)
-    path = cm.save(args.output)
+    path = cm.save(out)
     print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s -> {path} "
           f"({path.stat().st_size / 1e6:.2f} MB)")
     if args.report:
@@ -102,15 +172,18 @@ def _load_input(path: str) -> np.ndarray:
 def cmd_run(args) -> int:
     import sparsecc
 
+    target = output_path(args.output, what="output") if args.output else None
     rt = sparsecc.load(args.artifact)
     inputs = [_load_input(p) for p in args.input]
     out = rt(*inputs)
-    outs = out if isinstance(out, tuple) else (out,)
-    if args.output:
-        if len(outs) == 1:
-            np.save(args.output, outs[0])
-        else:
-            np.savez(args.output, *outs)
+    outs = tuple(out.values()) if isinstance(out, dict) else out if isinstance(out, tuple) \
+        else (out,)
+    if target is not None:
+        with open(target, "wb") as f:  # exactly this name (np.save(path) would add .npy)
+            if len(outs) == 1:
+                np.save(f, outs[0])
+            else:
+                np.savez(f, *outs)
         print(f"wrote {args.output}: " + ", ".join(str(o.shape) for o in outs))
     else:
         for o in outs:
@@ -133,13 +206,13 @@ def cmd_bench(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sparsecc", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="sparsecc", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     c = sub.add_parser("compile", help="compile MODEL to a .scc artifact")
     c.add_argument("model", help="package.module:factory or file.py:factory")
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--input-shape", type=parse_shape)
-    c.add_argument("--sparsity", type=float)
+    c.add_argument("--sparsity", type=sparsity_arg)
     c.add_argument("--recipe")
     c.add_argument("--report", action="store_true", help="print the per-layer report")
     c.set_defaults(fn=cmd_compile)
@@ -151,7 +224,7 @@ def make_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="per-layer report of an artifact")
     rep.add_argument("artifact")
     rep.add_argument("--no-measure", action="store_true")
-    rep.add_argument("--repeats", type=int, default=20)
+    rep.add_argument("--repeats", type=positive_int, default=20)
     rep.set_defaults(fn=cmd_report)
     b = sub.add_parser("bench", help="the benchmark suite, or one MODEL / artifact, vs peers")
     b.add_argument("target", nargs="?",
@@ -159,15 +232,15 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a 1-2 minute subset of the suite")
     b.add_argument("--models", help="suite models, comma-separated (mlp,resnet18,resnet50,"
                                     "mobilenet_v2,minilm)")
-    b.add_argument("--sparsities", help="comma-separated, e.g. 0,0.5,0.9")
-    b.add_argument("--threads", help="comma-separated thread counts, e.g. 1,2")
+    b.add_argument("--sparsities", type=sparsity_list, help="comma-separated, e.g. 0,0.5,0.9")
+    b.add_argument("--threads", type=int_list, help="comma-separated thread counts, e.g. 1,2")
     b.add_argument("--out", help="results folder (default results/bench/<date>)")
     b.add_argument("--input-shape", type=parse_shape)
-    b.add_argument("--sparsity", type=float)
-    b.add_argument("--batch", help="comma-separated batch sizes")
+    b.add_argument("--sparsity", type=sparsity_arg)
+    b.add_argument("--batch", type=int_list, help="comma-separated batch sizes")
     b.add_argument("--vs", help="comma-separated engines: torch,torch.compile,onnxruntime,"
                                 "deepsparse,sparsecc-dense (sparsecc always runs)")
-    b.add_argument("--repeats", type=int, default=50)
+    b.add_argument("--repeats", type=positive_int, default=50)
     b.add_argument("--report", action="store_true", help="print the per-layer report")
     b.add_argument("--save", help="also save the compiled artifact here")
     b.set_defaults(fn=cmd_bench)
@@ -181,8 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     except SparseccError as exc:
         print(f"sparsecc: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file we could not read or write
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"sparsecc: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if env_debug():
+            raise
+        print(f"sparsecc: internal error: {type(exc).__name__}: {exc} (SPARSECC_DEBUG=1 shows "
+              "the traceback; please report it)", file=sys.stderr)
+        return 1
 
 
 def _entry(argv: Any = None) -> None:

@@ -47,8 +47,10 @@ def compile(model: nn.Module, example_inputs: Any, sparsity: float | None = None
     sections = load_recipe(recipe)
     prune_opts = sections.get("prune")
     if sparsity is not None:
-        base = prune_opts if prune_opts is not None else make_options("prune", {})
-        prune_opts = dataclasses.replace(base, sparsity=sparsity)
+        # validated exactly as prune() validates it (PassError naming the option)
+        base = {} if prune_opts is None else {
+            f.name: getattr(prune_opts, f.name) for f in dataclasses.fields(prune_opts)}
+        prune_opts = make_options("prune", dict(base, sparsity=sparsity))
     if prune_opts is not None:
         model = run_pass("prune", model, prune_opts).ir
     compile_opts = sections.get("compile", {})

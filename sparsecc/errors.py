@@ -33,8 +33,9 @@ class UnsupportedOpError(SparseccError):
 class PassError(SparseccError):
     """A pass could not do what it was asked (bad option, impossible target, ...)."""
 
-    def __init__(self, pass_name: str, message: str):
+    def __init__(self, pass_name: str, message: str, key: str | None = None):
         self.pass_name = pass_name
+        self.key = key  # the option at fault, when one is
         super().__init__(f"pass {pass_name!r}: {message}")
 
 
@@ -76,3 +77,16 @@ class ModelSpecError(SparseccError):
     def __init__(self, spec: str, message: str):
         self.spec = spec
         super().__init__(f"model {spec!r}: {message}")
+
+
+class MemoryBudgetError(SparseccError):
+    """A plan, or one batch size of it, would need more memory than the budget allows
+    (``max_memory=`` / ``SPARSECC_MAX_MEMORY``)."""
+
+
+class RunError(SparseccError):
+    """An op failed on the data while running (numpy refused it); names the op."""
+
+    def __init__(self, op: str, message: str):
+        self.op = op
+        super().__init__(f"op {op!r} failed: {message}")

@@ -14,6 +14,41 @@ def env_threads() -> int | None:
     return int(raw) if raw else None
 
 
+def env_debug() -> bool:
+    """SPARSECC_DEBUG=1: the CLI shows the traceback of an internal error."""
+    return os.environ.get("SPARSECC_DEBUG", "") not in ("", "0")
+
+
+DEFAULT_MAX_MEMORY = 16 << 30
+
+
+def env_max_memory() -> int:
+    """SPARSECC_MAX_MEMORY: the most bytes of activations and scratch a plan may ask for at one
+    batch size (default 16 GiB; suffixes K, M, G accepted). A plan or a batch over it is refused
+    before anything is allocated: a crafted artifact cannot make the process allocate more."""
+    raw = os.environ.get("SPARSECC_MAX_MEMORY", "").strip()
+    if not raw:
+        return DEFAULT_MAX_MEMORY
+    return parse_bytes(raw, "SPARSECC_MAX_MEMORY")
+
+
+def parse_bytes(raw, what: str) -> int:
+    from sparsecc.errors import SparseccError
+
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        text = str(raw).strip().upper().removesuffix("B").removesuffix("I")
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+        try:
+            value = int(float(text[:-1] if mult > 1 else text) * mult)
+        except (ValueError, OverflowError):
+            raise SparseccError(f"{what}={raw!r}: expected a byte count such as 8G") from None
+    if value < 1:
+        raise SparseccError(f"{what}={raw!r}: must be positive")
+    return value
+
+
 def env_deepsparse_python() -> str | None:
     """SPARSECC_DEEPSPARSE_PYTHON: the python of a venv holding deepsparse (bench peers)."""
     return os.environ.get("SPARSECC_DEEPSPARSE_PYTHON") or None

@@ -19,7 +19,7 @@ from sparsecc.errors import PassError, RecipeError
 
 SECTIONS = {"prune": "prune", "formats": "select-format", "layout": "layout", "fuse": "fuse",
             "normalize": "normalize", "compile": None, "schedule": None}
-COMPILE_KEYS = {"dynamic_batch"}
+COMPILE_KEYS = {"dynamic_batch": bool}
 
 
 def load_recipe(recipe: dict | str | Path | None) -> dict[str, Any]:
@@ -45,29 +45,40 @@ def load_recipe(recipe: dict | str | Path | None) -> dict[str, Any]:
             out[section] = _schedule(values)
             continue
         if section == "compile":
-            bad = sorted(set(values) - COMPILE_KEYS)
-            if bad:
-                raise RecipeError(f"compile.{bad[0]}",
-                                  f"unknown option; known: {sorted(COMPILE_KEYS)}")
-            out[section] = dict(values)
+            out[section] = _compile_section(values)
             continue
         try:
             out[section] = make_options(SECTIONS[section], values)
         except PassError as exc:
-            key = _offending_key(str(exc), values)
-            raise RecipeError(f"{section}.{key}" if key else section, str(exc)) from None
+            raise RecipeError(f"{section}.{exc.key}" if exc.key else section, str(exc)) from None
     return out
+
+
+def _compile_section(values: dict) -> dict:
+    for key, value in values.items():
+        if key not in COMPILE_KEYS:
+            raise RecipeError(f"compile.{key}", f"unknown option; known: {sorted(COMPILE_KEYS)}")
+        if not isinstance(value, COMPILE_KEYS[key]):
+            raise RecipeError(f"compile.{key}", f"{value!r:.60}: expected true or false")
+    return dict(values)
 
 
 def _schedule(values: dict):
     import dataclasses
+    import typing
 
+    from sparsecc.passes.registry import type_problem
     from sparsecc.pruning.schedule import CubicSchedule
 
     known = {f.name for f in dataclasses.fields(CubicSchedule)}
     bad = sorted(set(values) - known)
     if bad:
         raise RecipeError(f"schedule.{bad[0]}", f"unknown option; known: {sorted(known)}")
+    hints = typing.get_type_hints(CubicSchedule)
+    for key, value in values.items():
+        problem = type_problem(value, hints[key])
+        if problem:
+            raise RecipeError(f"schedule.{key}", f"{value!r:.60}: {problem}")
     try:
         return CubicSchedule(**values)
     except (TypeError, ValueError) as exc:

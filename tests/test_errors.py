@@ -103,14 +103,15 @@ def test_recipe_error_names_key(tmp_path):
         sparsecc.compile(m, x, recipe=bad)
 
 
-def test_codegen_error_names_layer():
+def test_invalid_plan_names_op_and_layer():
     plan = ExecutionPlan(
         inputs=["x"], outputs=["y"],
         tensors={"x": TensorSpec("x", (2, 3)), "y": TensorSpec("y", (2, 3))},
         ops=[Op("binary", "mul_1", ["x"], "y", {"fn": "no-such-fn", "scalar": 2.0},
                 layer="block.mul")],
         constants={})
-    with pytest.raises(sparsecc.CodegenError, match=r"block\.mul"):
+    # the verifier refuses it before any kernel is bound
+    with pytest.raises(sparsecc.SparseccError, match=r"mul_1.*block\.mul.*no-such-fn"):
         Executor(plan).run([np.ones((2, 3), np.float32)])
 
 

@@ -47,7 +47,7 @@ def shape_from_json(items: list) -> tuple[Dim, ...]:
                 raise ValueError(f"negative dimension {d}")
             out.append(d)
             continue
-        m = _SYM_RE.match(d) if isinstance(d, str) else None
+        m = _SYM_RE.match(d) if isinstance(d, str) and len(d) < 16 else None
         if not m:
             raise ValueError(f"bad dimension {d!r}")
         out.append(Sym(int(m.group(1) or 1)))
@@ -138,16 +138,55 @@ class ExecutionPlan:
 
     @classmethod
     def from_manifest(cls, m: dict[str, Any], constants: dict[str, np.ndarray]) -> ExecutionPlan:
+        """The plan a manifest describes; strict about types (a JSON edit must not turn a list
+        into a string that ``str()`` would accept). Raises ValueError naming the field."""
         tensors = {}
-        for t in m["tensors"]:
-            spec = TensorSpec(str(t["name"]), shape_from_json(t["shape"]), str(t["dtype"]),
-                              t.get("alias_of"))
+        for t in _list(m, "tensors"):
+            alias = t.get("alias_of") if isinstance(t, dict) else None
+            spec = TensorSpec(_str(t, "name"), shape_from_json(_list(t, "shape")),
+                              _str(t, "dtype"), None if alias is None else _str(t, "alias_of"))
             tensors[spec.name] = spec
-        ops = [Op(str(o["kind"]), str(o["name"]), [str(i) for i in o["inputs"]], str(o["output"]),
-                  dict(o["attrs"]), {str(k): str(v) for k, v in o["params"].items()},
-                  str(o.get("layer", "")))
-               for o in m["ops"]]
-        return cls(inputs=[str(i) for i in m["inputs"]], outputs=[str(o) for o in m["outputs"]],
+        ops = []
+        for o in _list(m, "ops"):
+            attrs, params = _dict(o, "attrs"), _dict(o, "params")
+            ops.append(Op(_str(o, "kind"), _str(o, "name"), _strs(o, "inputs"), _str(o, "output"),
+                          dict(attrs), {str(k): _str(params, k) for k in params},
+                          _str(o, "layer") if "layer" in o else ""))
+        dyn = m.get("dynamic_batch")
+        if not isinstance(dyn, bool):
+            raise ValueError(f"dynamic_batch must be true or false, got {dyn!r:.40}")
+        batch = m.get("example_batch")
+        if isinstance(batch, bool) or not isinstance(batch, int):
+            raise ValueError(f"example_batch must be an integer, got {batch!r:.40}")
+        return cls(inputs=_strs(m, "inputs"), outputs=_strs(m, "outputs"),
                    tensors=tensors, ops=ops, constants=constants,
-                   output_kind=str(m["output_kind"]), example_batch=int(m["example_batch"]),
-                   dynamic_batch=bool(m["dynamic_batch"]), info=dict(m.get("info", {})))
+                   output_kind=_str(m, "output_kind"), example_batch=batch,
+                   dynamic_batch=dyn, info=dict(_dict(m, "info")) if "info" in m else {})
+
+
+def _field(d: Any, key: str, kind: type) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise ValueError(f"missing field {key!r}")
+    v = d[key]
+    if not isinstance(v, kind):
+        raise ValueError(f"field {key!r} must be a {kind.__name__}, got {type(v).__name__}")
+    return v
+
+
+def _str(d: Any, key: str) -> str:
+    return _field(d, key, str)
+
+
+def _list(d: Any, key: str) -> list:
+    return _field(d, key, list)
+
+
+def _dict(d: Any, key: str) -> dict:
+    return _field(d, key, dict)
+
+
+def _strs(d: Any, key: str) -> list[str]:
+    items = _list(d, key)
+    if not all(isinstance(x, str) for x in items):
+        raise ValueError(f"field {key!r} must be a list of names")
+    return list(items)

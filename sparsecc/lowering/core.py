@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from sparsecc.errors import UnsupportedOpError
+from sparsecc.errors import TraceError, UnsupportedOpError
 from sparsecc.frontend import META, Captured, NodeInfo, TensorInfo
 from sparsecc.ir.plan import Dim, ExecutionPlan, Op, TensorSpec
 
@@ -234,6 +234,11 @@ class Lowering:
         if not isinstance(info.value, (TensorInfo, tuple)) or (
                 isinstance(info.value, tuple) and not all(isinstance(v, TensorInfo)
                                                           for v in info.value)):
+            if _reads_tensor_values(node):
+                raise TraceError(self.where(node), (
+                    "takes a Python number from a tensor computed from the inputs (.item(), "
+                    ".tolist(), float(t), ...); the compiled model would freeze the example's "
+                    "value. Keep it a tensor (x * x.amax() instead of x * x.max().item())"))
             # A shape computation such as x.size(0): keep its recorded value.
             return BatchScalar(node.name, info.value) if info.batch_dependent_scalar else info.value
         result = self._dispatch(node)
@@ -289,6 +294,27 @@ class Lowering:
             raise self.fail(f"{what} with arguments it does not take ({exc})") from None
         bound.apply_defaults()
         return fn(self, node, dict(bound.arguments))
+
+
+# Non-tensor results of these read a tensor's metadata, not its values: fine to record.
+_META_METHODS = {"size", "dim", "numel", "stride", "ndimension", "nelement", "__len__",
+                 "is_contiguous", "is_floating_point", "element_size", "get_device"}
+_META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "requires_grad", "layout",
+               "is_sparse", "is_quantized"}
+
+
+def _reads_tensor_values(node: fx.Node) -> bool:
+    """Whether a node with a non-tensor result reads the values of an input-dependent tensor
+    (x.max().item()), as opposed to its shape (x.size(0)) or other numbers."""
+    if node.op == "call_method" and node.target in _META_METHODS:
+        return False
+    if node.op == "call_function":
+        if node.target is getattr and len(node.args) > 1 and node.args[1] in _META_ATTRS:
+            return False
+        if node.target in (len, torch.numel):
+            return False
+    return any(isinstance(n.meta.get(META), NodeInfo) and n.meta[META].data_dependent
+               and isinstance(n.meta[META].value, TensorInfo) for n in node.all_input_nodes)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from sparsecc.formats import cost
 from sparsecc.formats.csr import density
-from sparsecc.formats.pack import candidates, pack, parse_format, stored_values
+from sparsecc.formats.pack import candidates, pack, stored_values
 from sparsecc.ir.plan import ExecutionPlan, Op, TensorSpec, resolve_shape
 from sparsecc.passes.registry import PassResult, register_pass
 from sparsecc.runtime.ops.sparse import Shift
@@ -70,7 +70,13 @@ class SelectFormatOptions:
         if self.batch < 0 or self.tune_margin < 1.0:
             raise ValueError("batch must be >= 0 and tune_margin >= 1")
         if self.force != "auto":
-            parse_format(self.force)
+            from sparsecc.ir.rules import PlanInvalid, parse_fmt
+
+            try:
+                parse_fmt(self.force)  # the runtime's bounds: R, C >= 1; 1 <= N <= M <= 255
+            except PlanInvalid:
+                raise ValueError(f"force={self.force!r}: expected auto, dense, csr, bsrRxC "
+                                 "(R, C >= 1) or nmN:M (1 <= N <= M)") from None
 
 
 @register_pass("select-format", options=SelectFormatOptions, level="plan")

@@ -89,7 +89,7 @@ def read_native(path: str | Path) -> NativeCode | None:
         if _NATIVE_INDEX not in zf.namelist():
             return None
         try:
-            index = json.loads(zf.read(_NATIVE_INDEX))
+            index = parse_json(zf.read(_NATIVE_INDEX), where, "native-code index")
             out = NativeCode(str(index["host"]))
             for item in index["kernels"]:
                 obj = zf.read(str(item["file"]))
@@ -102,6 +102,64 @@ def read_native(path: str | Path) -> NativeCode | None:
     return out
 
 
+# Zip hygiene: sizes and counts are checked against these before any member is read.
+MAX_MEMBERS = 4096
+MAX_MANIFEST = 64 << 20
+MAX_NATIVE = 1 << 30  # all object code together
+MAX_JSON_DEPTH = 64
+
+
+def _members(zf: zipfile.ZipFile, where: str, file_size: int) -> dict[str, zipfile.ZipInfo]:
+    """The archive's members by name, refused before reading unless each is stored (sparsecc
+    never compresses, so nothing can inflate), its declared size fits the file and its cap."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise ArtifactError(where, f"{len(infos)} members (at most {MAX_MEMBERS})")
+    out: dict[str, zipfile.ZipInfo] = {}
+    native = 0
+    for info in infos:
+        name = info.filename
+        if name in out:
+            raise ArtifactError(where, f"member {name!r} appears twice")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise ArtifactError(where, f"member {name!r} is compressed; artifacts store "
+                                       "members as they are")
+        if info.file_size > file_size:
+            raise ArtifactError(where, f"member {name!r} claims {info.file_size} bytes, more "
+                                       "than the file holds")
+        cap = {_MANIFEST: MAX_MANIFEST, _CHECKSUM: 256, _NATIVE_INDEX: MAX_MANIFEST}.get(name)
+        if cap is not None and info.file_size > cap:
+            raise ArtifactError(where, f"member {name!r} is {info.file_size} bytes (at most "
+                                       f"{cap})")
+        if name.startswith("native/"):
+            native += info.file_size
+        out[name] = info
+    if native > MAX_NATIVE:
+        raise ArtifactError(where, f"{native} bytes of native code (at most {MAX_NATIVE})")
+    return out
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of brackets in a JSON text, outside strings (linear, no recursion:
+    json.loads of 200k nested brackets would raise RecursionError)."""
+    import re
+
+    text = re.sub(rb'"(?:[^"\\]|\\.)*"', b"", data)
+    arr = np.frombuffer(text, np.uint8)
+    step = (np.isin(arr, (ord("["), ord("{"))).astype(np.int64)
+            - np.isin(arr, (ord("]"), ord("}"))).astype(np.int64))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def parse_json(data: bytes, where: str, what: str):
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise ArtifactError(where, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(where, f"{what} is not valid JSON ({str(exc)[:200]})") from None
+
+
 def load_plan(path: str | Path, known_kinds) -> ExecutionPlan:
     path = Path(path)
     where = str(path)
@@ -109,7 +167,8 @@ def load_plan(path: str | Path, known_kinds) -> ExecutionPlan:
         raise ArtifactError(where, "no such file")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
+            members = _members(zf, where, path.stat().st_size)
+            names = set(members)
             missing = {_MANIFEST, _WEIGHTS, _CHECKSUM} - names
             if missing:
                 raise ArtifactError(where, f"not a sparsecc artifact (missing {sorted(missing)})")
@@ -121,18 +180,16 @@ def load_plan(path: str | Path, known_kinds) -> ExecutionPlan:
                 extra += [zf.read(n) for n in sorted(
                     (n for n in names if n.startswith("native/") and n.endswith(".o")),
                     key=lambda n: int(n[len("native/"):-2]) if n[7:-2].isdigit() else -1)]
-    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, ValueError,
+            NotImplementedError) as exc:
         raise ArtifactError(where, f"unreadable or truncated ({exc})") from None
     if stored != _digest(mbytes, wbytes, extra):
         raise ArtifactError(where, "checksum mismatch: the file was modified or corrupted")
-    try:
-        manifest = json.loads(mbytes)
-    except ValueError as exc:
-        raise ArtifactError(where, f"manifest is not valid JSON ({exc})") from None
+    manifest = parse_json(mbytes, where, "manifest")
     if not isinstance(manifest, dict) or manifest.get("magic") != MAGIC:
         raise ArtifactError(where, "manifest is not a sparsecc plan")
     schema = manifest.get("schema")
-    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema > SCHEMA_VERSION:
         raise ArtifactError(where, f"schema {schema!r} is newer than this sparsecc reads "
                                    f"(<= {SCHEMA_VERSION}); upgrade sparsecc")
     try:
@@ -142,6 +199,6 @@ def load_plan(path: str | Path, known_kinds) -> ExecutionPlan:
     try:
         plan = ExecutionPlan.from_manifest(manifest, constants)
         verify_plan(plan, known_kinds)
-    except (PlanInvalid, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (PlanInvalid, KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ArtifactError(where, f"invalid plan: {type(exc).__name__}: {exc}") from None
     return plan

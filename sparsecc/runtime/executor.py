@@ -8,6 +8,7 @@ concurrent calls never share buffers and short-lived threads (one per HTTP reque
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsecc.errors import CodegenError, InputError
+from sparsecc.errors import CodegenError, InputError, MemoryBudgetError, RunError
 from sparsecc.ir.plan import ExecutionPlan, Sym, resolve_shape
-from sparsecc.ir.verify import verify_plan
+from sparsecc.ir.verify import PlanInvalid, verify_batch, verify_plan
+from sparsecc.options import env_max_memory, parse_bytes
 from sparsecc.runtime.ops import OPS, BindCtx
 from sparsecc.runtime.ops.registry import ALIGN as _ALIGN
 from sparsecc.runtime.ops.registry import Step, aligned_empty
@@ -92,9 +94,13 @@ class Bound:
 
 
 class Executor:
-    def __init__(self, plan: ExecutionPlan):
+    def __init__(self, plan: ExecutionPlan, max_memory: int | str | None = None):
         verify_plan(plan, OPS.keys())
         self.plan = plan
+        self.max_memory = env_max_memory() if max_memory is None else parse_bytes(
+            max_memory, "max_memory")
+        self._verified: set[int] = set()
+        self.check_batch(plan.example_batch)  # a plan over the budget is refused up front
         self._lock = threading.Lock()
         self._free: dict[tuple[int, int], list[Bound]] = {}
         self._roots = {name: plan.storage_root(name) for name in plan.tensors}
@@ -118,12 +124,39 @@ class Executor:
                 donor = next((lst.pop() for (m, _), lst in self._free.items() if m == n and lst),
                              None)
         if b is None:
+            self.check_batch(n)
             b = self._bind(n, donor)
         try:
             yield b
         finally:
             with self._lock:
                 self._free[key].append(b)
+
+    def check_batch(self, n: int) -> int:
+        """Verify the plan's rules at batch ``n`` and that its buffers fit the memory budget;
+        the bytes they may take (every activation and the largest scratch, an upper bound)."""
+        plan = self.plan
+        if n not in self._verified:
+            try:
+                verify_batch(plan, n)
+            except PlanInvalid as exc:
+                raise InputError(plan.inputs[0], f"the plan cannot run at batch {n}: {exc}"
+                                 ) from None
+        shapes = {name: resolve_shape(t.shape, n) for name, t in plan.tensors.items()}
+        total = sum(_nbytes(shapes[name], t.dtype) for name, t in plan.tensors.items()
+                    if t.alias_of is None and name not in plan.constants)
+        scratch = 0
+        for op in plan.ops:
+            fn = OPS[op.kind].scratch
+            need = fn(op, [shapes[x] for x in op.inputs], shapes[op.output]) if fn else []
+            scratch = max(scratch, sum(_nbytes(sh, dt) for sh, dt in need))
+        if total + scratch > self.max_memory:
+            raise MemoryBudgetError(
+                f"batch {n} needs up to {(total + scratch) / 2**30:.2f} GiB of activations and "
+                f"scratch, over the {self.max_memory / 2**30:.2f} GiB budget (raise it with "
+                "max_memory= or SPARSECC_MAX_MEMORY)")
+        self._verified.add(n)
+        return total + scratch
 
     def _liveness(self) -> dict[str, int]:
         """Last op index reading each storage root (len(ops) for outputs)."""
@@ -272,8 +305,14 @@ class Executor:
         with self.bound(n) as bound:
             self._fill_inputs(bound, arrays)
             with single_threaded_blas(), _kernel_guard():
-                for _, step in bound.steps:
-                    step()
+                for i, step in bound.steps:
+                    try:
+                        step()
+                    except (ValueError, TypeError, ArithmeticError, IndexError) as exc:
+                        # numpy refusing the data (an integer power < 0, ...): name the op
+                        op = self.plan.ops[i]
+                        raise RunError(op.layer or op.name,
+                                       f"{type(exc).__name__}: {exc}") from None
             return [bound.arrays[name].copy() for name in self.plan.outputs]
 
     def _fill_inputs(self, bound: Bound, arrays: list[np.ndarray]) -> None:
@@ -320,6 +359,10 @@ def _kernel_guard():
             yield
     else:
         yield
+
+
+def _nbytes(shape, dtype) -> int:
+    return math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
 
 
 def _round(nbytes) -> int:

@@ -35,6 +35,10 @@ PTR = ir.IntType(8).as_pointer()
 VOID = ir.VoidType()
 KERNEL_TYPE = ir.FunctionType(VOID, [I64, I64, I64.as_pointer()])
 
+# Bumped when the code a spec names changes meaning (2: NaN-keeping relu/clamp), so object code
+# cached in an artifact under an old key is rebuilt rather than linked.
+KEY_VERSION = "k2"
+
 # Activations the epilogue does in vector registers; others run as a separate pass.
 FUSED_ACTS = ("none", "relu", "clamp")
 
@@ -67,8 +71,8 @@ class KernelSpec:
     @property
     def key(self) -> str:
         act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
-        parts = [self.family, f"v{self.vw}", f"t{self.tile}", act, "b" if self.has_bias else "nb",
-                 f"i{self.idx_bits}"]
+        parts = [KEY_VERSION, self.family, f"v{self.vw}", f"t{self.tile}", act,
+                 "b" if self.has_bias else "nb", f"i{self.idx_bits}"]
         if self.family in ("bsr", "nm"):
             parts.append(f"blk{self.block[0]}x{self.block[1]}")
         if self.pattern_hash:
@@ -182,22 +186,22 @@ class _Fn:
         return self.b.call(f, [a, x, acc])
 
     def act(self, v: ir.Value, spec: KernelSpec) -> ir.Value:
+        """The fused activation as compare + select, not maxnum/minnum: those return the other
+        operand for a NaN, and torch's relu/clamp keep NaN (relu(-0.0) stays -0.0 as well)."""
         if spec.act == "none":
             return v
         ty = v.type
-        suffix = f"v{self.vw}f32" if isinstance(ty, ir.VectorType) else "f32"
-        fmax = self.intrinsic(f"llvm.maxnum.{suffix}", ty, [ty, ty])
-        fmin = self.intrinsic(f"llvm.minnum.{suffix}", ty, [ty, ty])
 
         def const(c):
             return ir.Constant(ty, [c] * self.vw) if isinstance(ty, ir.VectorType) \
                 else ir.Constant(F32, c)
 
         if spec.act == "relu":
-            return self.b.call(fmax, [v, const(0.0)])
+            return self.b.select(self.b.fcmp_ordered("<", v, const(0.0)), const(0.0), v)
         if spec.act == "clamp":
-            return self.b.call(fmin, [self.b.call(fmax, [v, const(spec.act_a)]),
-                                      const(spec.act_b)])
+            lo, hi = const(spec.act_a), const(spec.act_b)
+            v = self.b.select(self.b.fcmp_ordered("<", v, lo), lo, v)
+            return self.b.select(self.b.fcmp_ordered(">", v, hi), hi, v)
         raise ValueError(f"activation {spec.act!r} is not fused in LLVM kernels")
 
     def load_f32(self, base: ir.Value, index: ir.Value) -> ir.Value:

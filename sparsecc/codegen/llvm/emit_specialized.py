@@ -72,8 +72,6 @@ def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
         mty = ir.VectorType(I1, lanes)
         for iname, ret, args in (
                 (f"llvm.fma.{sfx}", vt, [vt] * 3),
-                (f"llvm.maxnum.{sfx}", vt, [vt] * 2),
-                (f"llvm.minnum.{sfx}", vt, [vt] * 2),
                 (f"llvm.masked.load.{sfx}.p0", vt, [fp, I32, mty, vt]),
                 (f"llvm.masked.store.{sfx}.p0", VOID, [vt, fp, I32, mty])):
             if iname not in module.globals and (lanes > 1 or "masked" not in iname):
@@ -229,7 +227,7 @@ def _row_chunk_text(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: 
 def _act_text(emit_, tmp, v: str, spec: KernelSpec, lanes: int) -> str:
     if spec.act == "none":
         return v
-    vt, z, sfx = _ty(lanes), _zero(lanes), _sfx(lanes)
+    vt, z = _ty(lanes), _zero(lanes)
     if v == z:
         v0 = tmp()
         emit_(f"  {v0} = fadd {vt} {z}, {z}")
@@ -241,14 +239,18 @@ def _act_text(emit_, tmp, v: str, spec: KernelSpec, lanes: int) -> str:
         one = f"float 0x{bits}"
         return one.split(" ", 1)[1] if lanes == 1 else f"<{', '.join([one] * lanes)}>"
 
-    r = tmp()
-    if spec.act == "relu":
-        emit_(f"  {r} = call {vt} @llvm.maxnum.{sfx}({vt} {v}, {vt} {z})")
+    # compare + select rather than maxnum/minnum, which drop a NaN (torch keeps it)
+    mt = "i1" if lanes == 1 else f"<{lanes} x i1>"
+
+    def pick(op: str, val: str, bound: str) -> str:
+        c, r = tmp(), tmp()
+        emit_(f"  {c} = fcmp {op} {vt} {val}, {bound}")
+        emit_(f"  {r} = select {mt} {c}, {vt} {bound}, {vt} {val}")
         return r
-    emit_(f"  {r} = call {vt} @llvm.maxnum.{sfx}({vt} {v}, {vt} {const(spec.act_a)})")
-    r2 = tmp()
-    emit_(f"  {r2} = call {vt} @llvm.minnum.{sfx}({vt} {r}, {vt} {const(spec.act_b)})")
-    return r2
+
+    if spec.act == "relu":
+        return pick("olt", v, z)
+    return pick("ogt", pick("olt", v, const(spec.act_a)), const(spec.act_b))
 
 
 def chunk_bounds(indptr: np.ndarray, cap: int = CHUNK_NNZ) -> np.ndarray:
@@ -310,9 +312,7 @@ def spmv_row_chunks(module, name, spec: KernelSpec, pattern: Pattern) -> list[ir
             (f"llvm.masked.gather.v{vw}f32.v{vw}p0", vt,
              [ir.VectorType(fp, vw), I32, mty, vt]),
             (f"llvm.masked.load.v{vw}f32.p0", vt, [fp, I32, mty, vt]),
-            (f"llvm.vector.reduce.fadd.v{vw}f32", F32, [F32, vt]),
-            ("llvm.maxnum.f32", F32, [F32, F32]),
-            ("llvm.minnum.f32", F32, [F32, F32])):
+            (f"llvm.vector.reduce.fadd.v{vw}f32", F32, [F32, vt])):
         if iname not in module.globals:
             ir.Function(module, ir.FunctionType(ret, args), iname)
     bounds = chunk_bounds(pattern.indptr, spmv_chunk_nnz(int(pattern.indptr[-1])))

@@ -31,6 +31,12 @@ def gelu32(v):
     return v * (h if v < _ZERO else _ONE - h)
 
 
+@njit(inline="always", cache=True)
+def _clamp(v, lo, hi):
+    w = lo if v < lo else v
+    return hi if w > hi else w
+
+
 def act_code(name: str) -> int:
     return ACT_CODES[name]
 
@@ -40,10 +46,12 @@ def apply_act(v, code, a, b):
     # Branches are on a loop-invariant code, so they predict perfectly.
     if code == 0:
         return v
+    # relu / clamp / hardtanh as torch's: NaN stays NaN, relu(-inf) is 0, -0.0 stays -0.0
+    # (0 * v, once used for relu, turned -inf into NaN; min/max may drop a NaN)
     if code == 1:
-        return v if v > 0.0 else 0.0 * v
+        return 0.0 if v < 0.0 else v
     if code == 2:
-        return min(max(v, a), b)
+        return _clamp(v, a, b)
     if code == 3:
         return gelu32(np.float32(v))
     if code == 4:
@@ -55,9 +63,9 @@ def apply_act(v, code, a, b):
     if code == 7:
         return math.tanh(v)
     if code == 8:
-        return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
+        return v * _clamp(v + 3.0, 0.0, 6.0) / 6.0
     if code == 9:
-        return min(max(v + 3.0, 0.0), 6.0) / 6.0
+        return _clamp(v + 3.0, 0.0, 6.0) / 6.0
     if code == 10:
         return v if v >= 0.0 else a * v
     if code == 11:
@@ -80,11 +88,11 @@ def _act_loop(src, dst, code, a, b):
         zero = np.float32(0.0)
         for i in range(n):
             v = src[i]
-            dst[i] = v if v > zero else zero * v
+            dst[i] = zero if v < zero else v
     elif code == 2:
         lo, hi = np.float32(a), np.float32(b)
         for i in range(n):
-            dst[i] = min(max(src[i], lo), hi)
+            dst[i] = _clamp(src[i], lo, hi)
     elif code == 3:
         for i in range(n):
             dst[i] = gelu32(src[i])

@@ -49,7 +49,9 @@ def csr_spmv_rows(indptr, indices, data, x, out, bias, has_bias, code, a, b):
         out[r, o] = apply_act(acc, code, a, b)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+# reassoc + contract vectorise the dot product; not the full fastmath set, whose nnan/ninf
+# let LLVM drop a NaN at the activation (torch keeps it)
+@njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
 def dense_gemv(w, x, out, bias, has_bias, code, a, b):
     """out[0, o] = act(w[o] . x[0] + bias[o]): a GEMV over all threads (the runtime holds BLAS
     at one thread, and a GEMV is bandwidth-bound: two cores stream the weights ~2x faster)."""
