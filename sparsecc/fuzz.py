@@ -36,9 +36,21 @@ from pathlib import Path
 import numpy as np
 
 FAILURES = ("crash", "hang", "raw", "silent")
-STRUCTURAL_ATTRS = {"kernel", "stride", "padding", "dilation", "groups", "axis", "perm",
-                    "index", "ndims", "axes", "weight_shape", "fmt", "mode", "keepdim",
-                    "in_kn", "out_kn", "fn", "scalar_first"}
+# Attribute edits that can never describe a valid plan (another value of most attributes can:
+# a pool's stride, a softmax's axis, a slice's bounds...). Any attribute given a value of
+# another JSON type (a list for a number...) is invalid too, except None and the report-only
+# ones.
+STRUCTURAL_ATTRS = {"conv2d": {"kernel", "groups", "weight_shape", "in_kn", "out_kn"},
+                    "linear": {"weight_shape", "in_kn", "out_kn"}}
+REPORT_ONLY = {"density", "est_us", "measured_us"}
+
+
+def _kind_of(v) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    return type(v).__name__
 
 
 # ---- the artifact as data -----------------------------------------------------------------
@@ -151,11 +163,14 @@ def mutate_manifest(parts: Parts, rng) -> tuple[str, bool]:
     if what in ("attr", "drop_attr") and op["attrs"]:
         key = _pick(rng, sorted(op["attrs"]))
         old = op["attrs"][key]
+        structural = key in STRUCTURAL_ATTRS.get(op["kind"], ())
         if what == "drop_attr":
             del op["attrs"][key]
-            return f"attr-drop-{key}", key in STRUCTURAL_ATTRS
+            return f"attr-drop-{key}", structural and bool(old)
         op["attrs"][key] = new = _odd_value(rng, old)
-        return f"attr-{key}", key in STRUCTURAL_ATTRS and new != old
+        retyped = None not in (new, old) and _kind_of(new) != _kind_of(old) \
+            and key not in REPORT_ONLY
+        return f"attr-{key}", (structural and new != old) or retyped
     if what == "input" and op["inputs"]:
         i = int(rng.integers(len(op["inputs"])))
         op["inputs"][i] = _pick(rng, tensors)["name"]
@@ -164,7 +179,7 @@ def mutate_manifest(parts: Parts, rng) -> tuple[str, bool]:
         role = _pick(rng, sorted(op["params"]))
         if rng.random() < 0.3:
             del op["params"][role]
-            return "param-drop", True
+            return f"param-drop-{role}", role != "bias"  # no bias: another valid model
         op["params"][role] = _pick(rng, sorted(parts.weights))
         return "param-swap", False
     if what == "kind":
@@ -181,13 +196,21 @@ def mutate_manifest(parts: Parts, rng) -> tuple[str, bool]:
     key = _pick(rng, ["example_batch", "dynamic_batch", "output_kind", "inputs", "outputs",
                       "schema", "magic", "info"])
     old = m.get(key)
-    m[key] = _odd_value(rng, old)
-    return f"top-{key}", key not in ("dynamic_batch", "info") and m[key] != old
+    m[key] = new = _odd_value(rng, old)
+    if key in ("magic", "schema"):
+        return f"top-{key}", new != old
+    # another type is invalid; another value of the same type may describe a valid plan
+    # (fewer outputs, another example batch)
+    return f"top-{key}", key not in ("dynamic_batch", "info") and type(new) is not type(old)
 
 
-def mutate_weights(parts: Parts, rng) -> tuple[str, bool]:
+def mutate_weights(parts: Parts, rng, avoid: set[str] | None = None) -> tuple[str, bool]:
+    """One edit of one array; ``avoid``: arrays an earlier edit of a stacked case touched (a
+    second edit could undo the first), updated with this one's."""
     w = parts.weights
-    name = _pick(rng, sorted(w))
+    avoid = set() if avoid is None else avoid
+    name = _pick(rng, [k for k in sorted(w) if k not in avoid] or sorted(w))
+    avoid.add(name)
     arr = w[name].reshape(-1)
     role = name.rsplit(".", 1)[-1]
     what = _pick(rng, ["index", "index", "truncate", "extend", "dtype", "flatten", "values",
@@ -196,20 +219,27 @@ def mutate_weights(parts: Parts, rng) -> tuple[str, bool]:
         arr = arr.copy()
         i = int(rng.integers(arr.size))
         if what == "inrange":
-            if role == "indptr":
-                return "index-none", False
+            if role == "indptr":  # move one row boundary inside the range: still monotone?
+                j = int(rng.integers(1, arr.size)) if arr.size > 1 else 0
+                arr[j] = int(rng.integers(arr[j - 1] if j else 0, arr[-1] + 1))
+                w[name] = arr
+                return "indptr-moved", bool(np.any(np.diff(arr) < 0))
             arr[i] = arr[int(rng.integers(arr.size))]
             w[name] = arr.reshape(w[name].shape)
             return "index-inrange", False
         info = np.iinfo(arr.dtype)
-        if role == "indptr":
-            arr[_pick(rng, [i, arr.size - 1])] = _pick(rng, [10 ** 9, -1, -(10 ** 9),
-                                                             int(arr[-1]) + 1])
-        else:
-            arr[i] = _pick(rng, [info.max, min(60000, info.max), int(arr.max()) + 1,
-                                 min(65535, info.max)])
+        if role == "indptr":  # past the end, negative, or one more than the index count
+            j = _pick(rng, [i, arr.size - 1])
+            before = int(arr[j])
+            arr[j] = _pick(rng, [10 ** 9, -1, -(10 ** 9), int(arr[-1]) + 1])
+            bad = int(arr[j]) != before
+        else:  # the seeds' layers have < 60000 columns: those values are out of range
+            value = _pick(rng, [info.max, min(60000, info.max), int(arr.max()) + 1,
+                                min(65535, info.max)])
+            arr[i] = value
+            bad = value >= 60000
         w[name] = arr.reshape(w[name].shape)
-        return f"{role}-out-of-range", bool(np.any(arr != parts.weights.get(name, arr)))
+        return f"{role}-out-of-range", bad
     if what == "truncate" and arr.size:
         w[name] = arr[:-int(rng.integers(1, arr.size + 1))].copy()
         return f"{role}-truncate", True
@@ -226,12 +256,15 @@ def mutate_weights(parts: Parts, rng) -> tuple[str, bool]:
     if what == "drop":
         del w[name]
         return f"{role}-drop", True
-    if arr.dtype.kind == "f" and arr.size:
-        arr = arr.copy()
-        arr[int(rng.integers(arr.size))] = _pick(rng, [np.nan, np.inf, -np.inf, 1e30, 0.0])
-        w[name] = arr.reshape(w[name].shape)
-        return "values", False
-    return "none", False
+    floats = [k for k in sorted(w) if w[k].dtype.kind == "f" and w[k].size and k not in avoid]
+    if not floats:
+        return "none", False
+    name = _pick(rng, floats)
+    avoid.add(name)
+    arr = w[name].reshape(-1).copy()
+    arr[int(rng.integers(arr.size))] = _pick(rng, [np.nan, np.inf, -np.inf, 1e30, 0.0])
+    w[name] = arr.reshape(w[name].shape)
+    return "values", False
 
 
 _BOMBS: dict[str, bytes] = {}
@@ -289,7 +322,20 @@ def mutate_zip(parts: Parts, rng) -> tuple[str, bool, bytes]:
 def make_case(seed_path: Path, rng) -> Case:
     parts = read_parts(seed_path)
     r = rng.random()
-    if r < 0.45:
+    if r < 0.15:  # two or three edits at once
+        names, bad, touched = [], False, set()
+        for _ in range(int(rng.integers(2, 4))):
+            try:
+                if rng.random() < 0.5:
+                    name, b = mutate_manifest(parts, rng)
+                else:
+                    name, b = mutate_weights(parts, rng, touched)
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                break  # an earlier edit left nothing for this one to work on
+            names.append(name)
+            bad = bad or b
+        return Case("+".join(names) or "none", bad, write_parts(parts))
+    if r < 0.55:
         name, bad = mutate_manifest(parts, rng)
     elif r < 0.85:
         name, bad = mutate_weights(parts, rng)
@@ -334,8 +380,8 @@ def _run_one(req: dict) -> dict:
     res: dict = {}
     try:
         try:
-            rt = sparsecc.load(req["path"], native=req.get("native", False),
-                               max_memory=req.get("max_memory"))
+            extra = {"max_memory": req["max_memory"]} if req.get("max_memory") else {}
+            rt = sparsecc.load(req["path"], native=req.get("native", False), **extra)
         except sparsecc.SparseccError as exc:
             res = {"status": "rejected", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             return res

@@ -77,6 +77,35 @@ def test_errors_are_one_line(args, needle, tmp_path):
     assert needle in lines[0]
 
 
+@pytest.mark.parametrize("args", [
+    ["compile", "sparsecc.zoo:mlp", "-o", "x.scc", "--sparsity", "1.5"],
+    ["compile", "sparsecc.zoo:mlp", "-o", "x.scc", "--input-shape", "99999999999999999999,64"],
+    ["compile", "sparsecc.zoo:mlp", "-o", "."],
+    ["compile", "sparsecc.zoo:mlp", "-o", "new/dir/x.scc"],
+    ["bench", "sparsecc.zoo:mlp", "--batch", "abc"],
+    ["report", "missing.scc", "--repeats", "0"],
+    ["run", "x.scc", "--input", "x.npy", "-o", "missing/y.npy"],
+    ["frobnicate"],
+])
+def test_misuse_is_one_line_with_exit_2(args, tmp_path):
+    res = sparsecc_cli(*args, cwd=tmp_path)
+    assert res.returncode == 2, res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sparsecc: error:"), res.stderr
+    assert not (tmp_path / "new").exists()  # no folder tree made behind the user's back
+
+
+def test_run_writes_exactly_the_named_file(model_file, tmp_path):
+    art = tmp_path / "m.scc"
+    assert sparsecc_cli("compile", f"{model_file}:small", "-o", art,
+                        "--input-shape", "1,1,8,8").returncode == 0
+    np.save(tmp_path / "x.npy", np.ones((2, 1, 8, 8), np.float32))
+    res = sparsecc_cli("run", art, "--input", tmp_path / "x.npy", "-o", tmp_path / "out.bin")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out.bin").is_file() and not (tmp_path / "out.bin.npy").exists()
+    assert np.load(tmp_path / "out.bin").shape == (2, 3)
+
+
 def test_factory_error_and_bad_input(model_file, tmp_path):
     res = sparsecc_cli("compile", f"{model_file}:broken", "-o", tmp_path / "b.scc")
     assert res.returncode != 0 and "no weights here" in res.stderr

@@ -148,3 +148,47 @@ def test_all_errors_are_sparsecc_errors():
                 sparsecc.CodegenError, sparsecc.ArtifactError, sparsecc.RecipeError,
                 sparsecc.InputError, sparsecc.ModelSpecError):
         assert issubclass(cls, sparsecc.SparseccError)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, float("nan"), "abc", True])
+def test_compile_validates_sparsity_as_prune_does(value):
+    with pytest.raises(sparsecc.PassError, match=r"prune.*sparsity"):
+        sparsecc.compile(nn.Linear(3, 3), torch.randn(1, 3), sparsity=value)
+    with pytest.raises(sparsecc.PassError, match=r"prune.*sparsity"):
+        sparsecc.prune(nn.Linear(3, 3), sparsity=value)
+
+
+@pytest.mark.parametrize("recipe, key", [
+    ({"formats": {"autotune": "yes"}}, "formats.autotune"),
+    ({"compile": {"dynamic_batch": "no"}}, "compile.dynamic_batch"),
+    ({"layout": {"enabled": 7}}, "layout.enabled"),
+    ({"formats": {"force": "nm5:4"}}, "formats.force"),
+    ({"formats": {"force": "bsr0x1"}}, "formats.force"),
+    ({"prune": {"sparsity": 0.5, "sparsty": 0.5}}, "prune.sparsty"),
+    ({"formats": {"specialize_max_nnz": 1e30}}, "formats.specialize_max_nnz"),
+    ({"prune": {"sparsity": 0.5, "exclude": [1, 2]}}, "prune.exclude"),
+    ({"prune": {"sparsity": 0.5, "overrides": {"fc": "x"}}}, "prune.overrides"),
+    ({"schedule": {"final_sparsity": 0.5, "frequency": "x"}}, "schedule.frequency"),
+])
+def test_recipe_values_are_type_checked_by_full_key(recipe, key):
+    with pytest.raises(sparsecc.RecipeError) as err:
+        sparsecc.compile(nn.Linear(3, 3), torch.randn(1, 3), recipe=recipe)
+    assert err.value.key == key, str(err.value)
+
+
+class ItemScalar(nn.Module):
+    def forward(self, x):
+        return x * x.max().item()
+
+
+class ShapeScalar(nn.Module):
+    def forward(self, x):
+        return x.reshape(x.size(0), -1) * x.shape[1]
+
+
+def test_python_scalar_from_a_tensor_is_refused():
+    with pytest.raises(sparsecc.TraceError, match=r"item.*x \* x.amax\(\)"):
+        sparsecc.compile(ItemScalar(), torch.tensor([[1.0, 2.0, 5.0]]))
+    # shapes are fine: they are metadata, not values
+    cm = sparsecc.compile(ShapeScalar(), torch.randn(2, 3))
+    np.testing.assert_array_equal(cm(np.ones((4, 3), np.float32)), np.full((4, 3), 3.0))

@@ -189,7 +189,9 @@ def load_plan(path: str | Path, known_kinds) -> ExecutionPlan:
     if not isinstance(manifest, dict) or manifest.get("magic") != MAGIC:
         raise ArtifactError(where, "manifest is not a sparsecc plan")
     schema = manifest.get("schema")
-    if not isinstance(schema, int) or isinstance(schema, bool) or schema > SCHEMA_VERSION:
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        raise ArtifactError(where, f"schema {schema!r:.40} is not a schema version")
+    if schema > SCHEMA_VERSION:
         raise ArtifactError(where, f"schema {schema!r} is newer than this sparsecc reads "
                                    f"(<= {SCHEMA_VERSION}); upgrade sparsecc")
     try:
