@@ -60,10 +60,14 @@ def backend(**options: Any):
 
 def __getattr__(name: str):
     # Torch-side helpers load on first use, so `import sparsecc` stays torch-free.
-    if name in ("Pruner", "CubicSchedule", "sensitivity"):
+    if name in ("Pruner", "CubicSchedule", "sensitivity", "RigL", "SET", "lottery_ticket"):
         import sparsecc.pruning as pruning
 
         return getattr(pruning, name)
+    if name == "sweep":
+        from sparsecc.sweep import sweep
+
+        return sweep
     raise AttributeError(f"module 'sparsecc' has no attribute {name!r}")
 
 
@@ -75,7 +79,7 @@ if "torch" in sys.modules:  # torch is already loaded: make backend="sparsecc" k
     except Exception:  # an old torch without dynamo: torch.compile is simply not offered
         pass
 
-__all__ = ["ArtifactError", "CodegenError", "CompiledModel", "CubicSchedule", "InputError",
-           "ModelSpecError", "PassError", "Pruner", "RecipeError", "Report", "SparseccError",
-           "TraceError", "UnsupportedOpError", "backend", "compile", "load", "prune",
-           "remove_channels", "sensitivity"]
+__all__ = ["SET", "ArtifactError", "CodegenError", "CompiledModel", "CubicSchedule",
+           "InputError", "ModelSpecError", "PassError", "Pruner", "RecipeError", "Report",
+           "RigL", "SparseccError", "TraceError", "UnsupportedOpError", "backend", "compile",
+           "load", "lottery_ticket", "prune", "remove_channels", "sensitivity", "sweep"]

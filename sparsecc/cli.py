@@ -199,6 +199,29 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from sparsecc.sweep import sweep
+
+    res = sweep(args.model, args.metric,
+                sparsities=[float(v) for v in args.sparsities.split(",") if v.strip()],
+                patterns=[p.strip() for p in args.patterns.split(",") if p.strip()],
+                methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                train=args.train, steps=args.steps, scheduler=args.scheduler, out=args.output,
+                batch=args.batch, input_shape=args.input_shape, seed=args.seed,
+                threads=args.threads, repeats=args.repeats, workers=args.workers)
+    print(res.pareto_markdown())
+    for note in res.notes:
+        print(f"note: {note}")
+    print(f"wrote {res.out}/points.jsonl, pareto.md, pareto.png")
+    return 0
+
+
+def scheduler_arg(text: str) -> str:
+    if text in ("local", "dask") or text.startswith("tcp://"):
+        return text
+    raise argparse.ArgumentTypeError(f"bad scheduler {text!r}: local, dask or tcp://host:port")
+
+
 def cmd_bench(args) -> int:
     from sparsecc.bench import bench_command
 
@@ -244,6 +267,24 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--report", action="store_true", help="print the per-layer report")
     b.add_argument("--save", help="also save the compiled artifact here")
     b.set_defaults(fn=cmd_bench)
+    w = sub.add_parser("sweep", help="accuracy/latency sweep: sparsity x pattern x method")
+    w.add_argument("model", help="package.module:factory or file.py:factory")
+    w.add_argument("--metric", required=True, help="module:function(model) -> float")
+    w.add_argument("--sparsities", type=sparsity_list, default="0.5,0.8,0.9")
+    w.add_argument("--patterns", default="unstructured", help="e.g. unstructured,2:4,4x1")
+    w.add_argument("--methods", default="oneshot", help="oneshot,gradual,rigl,set")
+    w.add_argument("--train", help="module:function(model, steps, on_optimizer): fine-tuning")
+    w.add_argument("--steps", type=int, default=0, help="fine-tuning budget per point")
+    w.add_argument("--scheduler", type=scheduler_arg, default="local",
+                   help="local (default), dask (a LocalCluster) or tcp://host:8786")
+    w.add_argument("--workers", type=positive_int, default=2, help="dask LocalCluster workers")
+    w.add_argument("-o", "--output", default="sweep")
+    w.add_argument("--input-shape", type=parse_shape)
+    w.add_argument("--batch", type=positive_int, default=1, help="latency batch size")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--threads", type=positive_int, default=1, help="torch threads per point")
+    w.add_argument("--repeats", type=positive_int, default=50)
+    w.set_defaults(fn=cmd_sweep)
     return p
 
 

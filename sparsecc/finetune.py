@@ -6,6 +6,7 @@ optional ``Pruner`` whose masks follow the optimizer. Returns the wall time it t
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -50,3 +51,25 @@ def finetune(model: nn.Module, images: np.ndarray, labels: np.ndarray, steps: in
     if pruner is not None:
         model = pruner.finalize()
     return model.eval(), seconds
+
+
+# ---- the MNIST task as sweep callbacks (sparsecc sweep sparsecc.zoo:mnist_cnn --metric
+# sparsecc.finetune:mnist_accuracy --train sparsecc.finetune:mnist_train) --------------------
+@functools.cache
+def _mnist(split: str):
+    from sparsecc import zoo
+
+    return zoo.mnist(split)
+
+
+def mnist_accuracy(model: nn.Module) -> float:
+    """Top-1 accuracy on MNIST-10k (the real test set)."""
+    return accuracy(model, *_mnist("test"))
+
+
+def mnist_train(model: nn.Module, steps: int, on_optimizer=None) -> nn.Module:
+    """Fine-tune on MNIST-60k for ``steps`` batches of 128 (Adam, 5e-4 cosine to 5e-5, seed 0);
+    ``on_optimizer(model, optimizer)`` attaches a Pruner / RigL / SET (a sweep's)."""
+    out, _ = finetune(model, *_mnist("train"), steps, lr=5e-4, lr_final=5e-5,
+                      pruner_factory=on_optimizer)
+    return out

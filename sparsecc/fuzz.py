@@ -378,31 +378,35 @@ def _run_one(req: dict) -> dict:
     import sparsecc
 
     res: dict = {}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         try:
             extra = {"max_memory": req["max_memory"]} if req.get("max_memory") else {}
-            rt = sparsecc.load(req["path"], native=req.get("native", False), **extra)
+            try:
+                rt = sparsecc.load(req["path"], native=req.get("native", False), **extra)
+            finally:  # how far loading alone raised the high-water mark (0: not at all)
+                load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                res["load_growth_mb"] = (load_peak - peak) / 1024
         except sparsecc.SparseccError as exc:
-            res = {"status": "rejected", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            res.update(status="rejected", error=f"{type(exc).__name__}: {str(exc)[:300]}")
             return res
         outs = {}
         for batch in req["batches"]:
             try:
                 got = rt(*_inputs(rt, batch, req["seed"]))
             except sparsecc.SparseccError as exc:
-                res = {"status": "run-error",
-                       "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                res.update(status="run-error", error=f"{type(exc).__name__}: {str(exc)[:300]}")
                 return res
             got = got if isinstance(got, tuple) else tuple(got.values()) if isinstance(
                 got, dict) else (got,)
             for k, g in enumerate(got):
                 outs[f"b{batch}_{k}"] = np.asarray(g)
         np.savez(req["out"], **outs)
-        res = {"status": "ok"}
+        res["status"] = "ok"
         return res
     except Exception as exc:  # noqa: BLE001 - this is what the fuzzer looks for
-        res = {"status": "raw", "error": "".join(
-            traceback.format_exception_only(type(exc), exc)).strip()[-600:]}
+        res.update(status="raw", error="".join(
+            traceback.format_exception_only(type(exc), exc)).strip()[-600:])
         return res
     finally:
         res["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -542,7 +546,8 @@ class Summary:
     counts: Counter = field(default_factory=Counter)
     by_mutation: dict[str, Counter] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
-    max_rss_mb: float = 0.0
+    max_rss_mb: float = 0.0  # workers' high-water mark (kernel compilation included)
+    max_load_growth_mb: float = 0.0  # the most one load raised it
     seconds: float = 0.0
 
     @property
@@ -628,10 +633,12 @@ def _record(summary: Summary, k: int, case: Case, seed_path: Path, status: str, 
             log) -> None:
     summary.counts[status] += 1
     summary.by_mutation.setdefault(case.name, Counter())[status] += 1
-    summary.max_rss_mb = max(summary.max_rss_mb, float(res.get("rss_mb", 0.0)))
+    summary.max_rss_mb = max(summary.max_rss_mb, float(res.get("rss_mb") or 0.0))
+    summary.max_load_growth_mb = max(summary.max_load_growth_mb,
+                                     float(res.get("load_growth_mb") or 0.0))
     row = {"case": k, "seed": seed_path.stem, "mutation": case.name, "status": status,
            "must_reject": case.must_reject, "error": res.get("error", "")[:300],
-           "rss_mb": res.get("rss_mb")}
+           "rss_mb": res.get("rss_mb"), "load_growth_mb": res.get("load_growth_mb")}
     if status in FAILURES:
         summary.failures.append(row)
     if log is not None:
@@ -661,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
                      timeout=args.timeout, work=out / "work", log=log, progress=True)
     print(s.table())
     print(f"{args.cases} cases in {s.seconds:.0f} s; failures {s.failed}; "
-          f"worker peak RSS {s.max_rss_mb:.0f} MB; log {out / f'fuzz-{stamp}.jsonl'}")
+          f"worker peak RSS {s.max_rss_mb:.0f} MB, the most one load added to it "
+          f"{s.max_load_growth_mb:.1f} MB; log {out / f'fuzz-{stamp}.jsonl'}")
     for f in s.failures[:20]:
         print(json.dumps(f))
     return 1 if s.failed else 0

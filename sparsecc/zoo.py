@@ -336,16 +336,19 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def mnist_cnn() -> nn.Module:
-    """digit-recognizer-py's MNIST CNN (3 conv + 2 fc) with its trained weights."""
+def mnist_cnn(pretrained: bool = True, seed: int = 0) -> nn.Module:
+    """digit-recognizer-py's MNIST CNN (3 conv + 2 fc) with its trained weights, or freshly
+    initialised (``pretrained=False``, seeded: sparse training from scratch)."""
     root = _package_dir("digit_recognizer")
     spec = importlib.util.spec_from_file_location("_sparsecc_digit_model", root / "model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    torch.manual_seed(seed)
     model = mod.CNN()
-    state = torch.load(root / "models" / "handwriting_model.pth", map_location="cpu",
-                       weights_only=True)
-    model.load_state_dict(state)
+    if pretrained:
+        state = torch.load(root / "models" / "handwriting_model.pth", map_location="cpu",
+                           weights_only=True)
+        model.load_state_dict(state)
     return _tag(model, (1, 1, 28, 28))
 
 

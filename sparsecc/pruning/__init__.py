@@ -1,4 +1,5 @@
-"""Pruning: mask mechanics, importance, schedules, the gradual Pruner, sensitivity analysis.
+"""Pruning: mask mechanics, importance, schedules, the gradual Pruner, sensitivity analysis,
+dynamic sparse training (RigL, SET) and lottery tickets.
 
 Exports resolve lazily: the ``prune`` pass imports the mask mechanics from here, and the
 Pruner imports the pass.
@@ -7,7 +8,8 @@ Pruner imports the pass.
 from importlib import import_module
 
 _EXPORTS = {"CubicSchedule": "schedule", "Pattern": "masks", "parse_pattern": "masks",
-            "Pruner": "pruner", "SensitivityTable": "sweep", "sensitivity": "sweep"}
+            "Pruner": "pruner", "SensitivityTable": "sweep", "sensitivity": "sweep",
+            "RigL": "dst", "SET": "dst", "lottery_ticket": "lottery"}
 
 
 def __getattr__(name: str):

@@ -29,7 +29,9 @@ def test_campaign_has_no_failures(seeds, tmp_path, seed):
     # the campaign did reach both sides: edits refused, and harmless edits accepted
     assert summary.counts["rejected"] > CASES // 4
     assert summary.counts["same"] + summary.counts["changed"] > 0
-    assert summary.max_rss_mb < 2048
+    # loading never allocates beyond the (tiny) seed models' own size; running is bounded by
+    # the campaign's SPARSECC_MAX_MEMORY (2G) plus numba/LLVM compiling kernels in the worker
+    assert summary.max_load_growth_mb < 64, summary.max_load_growth_mb
 
 
 @pytest.mark.parametrize("what, status", [("abort", "crash"), ("hang", "hang")])
