@@ -54,23 +54,22 @@ def positive_int(text: str) -> int:
     return value
 
 
-def int_list(text: str) -> str:
-    """Comma-separated positive integers (checked; the text is kept for the bench)."""
-    for part in text.split(","):
-        if part.strip():
-            positive_int(part.strip())
-    if not text.strip(" ,"):
-        raise argparse.ArgumentTypeError("expected comma-separated positive integers")
+def _checked_list(text: str, item, what: str) -> str:
+    """Comma-separated items, each checked by ``item`` (the text is kept for the bench)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}")
+    for part in parts:
+        item(part)
     return text
+
+
+def int_list(text: str) -> str:
+    return _checked_list(text, positive_int, "positive integers")
 
 
 def sparsity_list(text: str) -> str:
-    for part in text.split(","):
-        if part.strip():
-            sparsity_arg(part.strip())
-    if not text.strip(" ,"):
-        raise argparse.ArgumentTypeError("expected comma-separated sparsities in [0, 1]")
-    return text
+    return _checked_list(text, sparsity_arg, "sparsities in [0, 1]")
 
 
 def output_path(path: str, *, what: str) -> Path:

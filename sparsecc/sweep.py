@@ -188,7 +188,7 @@ class SweepResult:
                 " PPE | front |")
         lines = [f"dense: metric {self.dense['metric']:.4f}, latency "
                  f"{self.dense['latency_ms']:.3f} ms, {self.dense['params']} params, "
-                 f"{self.dense['mflops']:.2f} MFLOPs", "", head, "|---|---|---|---|---|---|---|---|"]
+                 f"{self.dense['mflops']:.2f} MFLOPs", "", head, "|---" * 8 + "|"]
         for r in sorted(self.rows, key=lambda r: r["latency_ms"]):
             lines.append(
                 f"| {r['method']} {r['pattern']} | {r['achieved_sparsity']:.3f} | "

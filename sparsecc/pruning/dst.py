@@ -218,7 +218,7 @@ class DynamicSparse:
 
     def _reset_state(self, p: torch.Tensor, changed: torch.Tensor) -> None:
         state = self.optimizer.state.get(p, {})
-        for key, value in state.items():
+        for value in state.values():
             if torch.is_tensor(value) and value.shape == p.shape:
                 with torch.no_grad():
                     value.masked_fill_(changed, 0.0)

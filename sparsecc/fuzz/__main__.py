@@ -1,0 +1,5 @@
+import sys
+
+from sparsecc.fuzz.harness import main
+
+sys.exit(main())
