@@ -13,8 +13,8 @@ from sparsecc.sweep import make_points, sweep
 
 MODEL, METRIC, TRAIN = ("sparsecc.zoo:mnist_cnn", "sparsecc.finetune:mnist_accuracy",
                         "sparsecc.finetune:mnist_train")
-GRID = dict(sparsities=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95], patterns=["unstructured", "2:4", "4x1"],
-            methods=["oneshot"])
+# CI-sized (5 points + the dense reference); the 22-point run with fine-tuning is in the README
+GRID = dict(sparsities=[0.5, 0.9], patterns=["unstructured", "2:4", "4x1"], methods=["oneshot"])
 
 
 def test_grid_skips_what_cannot_run():
@@ -37,11 +37,11 @@ def local(tmp_path_factory):
 @pytest.mark.slow
 def test_local_sweep_writes_table_json_png(local):
     res, out = local
-    assert len(res.rows) == 13
+    assert len(res.rows) == 5
     lines = (out / "points.jsonl").read_text().splitlines()
-    assert len(lines) == 14 and json.loads(lines[0])["kind"] == "dense"
+    assert len(lines) == 6 and json.loads(lines[0])["kind"] == "dense"
     table = (out / "pareto.md").read_text()
-    assert "**yes**" in table and table.count("\n| ") >= 13
+    assert "**yes**" in table and table.count("\n| ") >= 6
     assert (out / "pareto.png").stat().st_size > 10_000
     assert res.dense["metric"] > 0.98
     for r in res.rows:
@@ -80,5 +80,6 @@ def test_training_methods_and_cli(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "s" / "points.jsonl").open()]
     assert {r["method"] for r in rows} == {"dense", "oneshot", "gradual", "rigl", "set"}
     for r in rows[1:]:
-        assert abs(r["achieved_sparsity"] - 0.9) < 1e-3, r
+        # exact masks; a weight regrown at zero may still be zero after 20 steps (RigL/SET)
+        assert 0.9 - 1e-3 <= r["achieved_sparsity"] <= 0.9 + 0.01, r
         assert r["metric"] > 0.5

@@ -207,8 +207,10 @@ class DynamicSparse:
         self._dense_grads.clear()
         self.updates.append(record)
 
-    def _grow(self, name: str, inactive_after_drop: torch.Tensor, n: int) -> torch.Tensor:
-        candidates = ~inactive_after_drop
+    def _grow(self, name: str, active_after_drop: torch.Tensor, n: int) -> torch.Tensor:
+        """n indices among the weights inactive after the drop (RigL's reference also lets a
+        just-dropped weight be grown again)."""
+        candidates = ~active_after_drop
         if self.grow == "gradient" and name in self._dense_grads:
             score = self._dense_grads[name].reshape(-1).abs()
         else:
