@@ -79,7 +79,7 @@ def test_two_four(data):
 @pytest.mark.slow
 def test_rigl_from_scratch_90(data):
     """RigL at 90 % (ERK) trains the MNIST CNN from a random initialisation to >= 98.8 % on
-    MNIST-10k (3000 steps: ~190 s on 2 cores here; bench/sparse_training_mnist.py compares it
+    MNIST-10k (3000 steps: ~180 s on 2 cores here; bench/sparse_training_mnist.py compares it
     with SET and gradual pruning on the same budget)."""
     _, _, test, train = data
     steps = 3000
