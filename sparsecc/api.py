@@ -42,8 +42,10 @@ class CompiledModel:
             return dict(zip(self.plan.info["output_keys"], outs))
         return outs[0] if self.plan.output_kind == "single" else tuple(outs)
 
-    def example_inputs(self, seed: int = 0, batch: int | None = None) -> list[np.ndarray]:
-        """Random inputs of the compiled shapes at ``batch`` (zeros for integer inputs)."""
+    def example_inputs(self, seed: int = 0, batch: int | None = None,
+                       int_high: int = 0) -> list[np.ndarray]:
+        """Random inputs of the compiled shapes at ``batch``; integer and bool inputs are zeros,
+        or random in [0, ``int_high``) / random bools when ``int_high`` > 0."""
         rng = np.random.default_rng(seed)
         batch = self.plan.example_batch if batch is None else batch
         out = []
@@ -52,8 +54,12 @@ class CompiledModel:
             shape = resolve_shape(spec.shape, batch)
             if spec.dtype.startswith("float"):
                 out.append(rng.standard_normal(shape).astype(spec.dtype))
-            else:
+            elif int_high <= 0:
                 out.append(np.zeros(shape, spec.dtype))
+            elif spec.dtype == "bool":
+                out.append(rng.random(shape) < 0.5)
+            else:
+                out.append(rng.integers(0, int_high, shape).astype(spec.dtype))
         return out
 
     def save(self, path: str | Path, native: bool = True) -> Path:

@@ -24,8 +24,6 @@ dense parameters) — the fraction of the dense quality kept per fraction of par
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -57,24 +55,13 @@ class Point:
 
 
 def resolve(spec: str | Callable) -> Callable:
-    """A callable, or ``pkg.module:name`` / ``file.py:name`` resolved to one."""
+    """A callable, or ``pkg.module:name`` / ``file.py:name`` resolved to one (as the CLI's
+    MODEL argument)."""
     if callable(spec):
         return spec
-    if not isinstance(spec, str) or ":" not in spec:
-        raise PassError("sweep", f"{spec!r} is not 'package.module:function' or 'file.py:f'")
-    target, name = spec.rsplit(":", 1)
-    if target.endswith(".py"):
-        mspec = importlib.util.spec_from_file_location(f"_sweep_{Path(target).stem}", target)
-        if mspec is None:
-            raise PassError("sweep", f"cannot load {target}")
-        module = importlib.util.module_from_spec(mspec)
-        mspec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise PassError("sweep", f"{target} has no callable {name!r}")
-    return fn
+    from sparsecc.cli import resolve_factory
+
+    return resolve_factory(str(spec))
 
 
 def make_points(sparsities: Sequence[float], patterns: Sequence[str], methods: Sequence[str],
@@ -262,22 +249,16 @@ def sweep(model, metric, sparsities: Sequence[float] = (0.5, 0.8, 0.9),
 def _timed(result: dict, shape, repeats: int) -> dict:
     """Latency of one point's artifact, here, alone (median and spread over ``repeats``)."""
     import sparsecc
+    from sparsecc.benchmarks.engines import time_engines
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p.scc"
         path.write_bytes(result["artifact"])
         cm = sparsecc.load(path)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(3):
-        cm(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        cm(x)
-        times.append((time.perf_counter() - t0) * 1e3)
+    t = time_engines({"p": lambda: cm(x)}, repeats)["p"]
     row = dict(result["row"])
-    row["latency_ms"] = float(np.median(times))
-    row["latency_p10"], row["latency_p90"] = (float(v) for v in np.percentile(times, [10, 90]))
+    row["latency_ms"], row["latency_p10"], row["latency_p90"] = t.median_ms, t.p10_ms, t.p90_ms
     return row
 
 

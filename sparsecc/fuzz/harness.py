@@ -19,23 +19,6 @@ from sparsecc.fuzz.mutate import FAILURES, Case, make_case
 
 
 # ---- the worker (a separate process: a crash there is a crash seen, not suffered) ---------
-def _inputs(rt, batch: int, seed: int) -> list[np.ndarray]:
-    from sparsecc.ir.plan import resolve_shape
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for name in rt.plan.inputs:
-        spec = rt.plan.tensors[name]
-        shape = resolve_shape(spec.shape, batch)
-        if spec.dtype.startswith("float"):
-            out.append(rng.standard_normal(shape).astype(spec.dtype))
-        elif spec.dtype == "bool":
-            out.append(rng.random(shape) < 0.5)
-        else:
-            out.append(rng.integers(0, 50, shape).astype(spec.dtype))
-    return out
-
-
 def _run_one(req: dict) -> dict:
     import resource
     import traceback
@@ -58,7 +41,7 @@ def _run_one(req: dict) -> dict:
         outs = {}
         for batch in req["batches"]:
             try:
-                got = rt(*_inputs(rt, batch, req["seed"]))
+                got = rt(*rt.example_inputs(req["seed"], batch, int_high=50))
             except sparsecc.SparseccError as exc:
                 res.update(status="run-error", error=f"{type(exc).__name__}: {str(exc)[:300]}")
                 return res

@@ -36,11 +36,14 @@ MAX_DIM = 1 << 40  # no dimension is larger; sizes are checked against a budget 
 __all__ = ["PlanInvalid", "verify_plan", "verify_batch", "DTYPES"]
 
 
-def verify_plan(plan: ExecutionPlan, known_kinds: Collection[str]) -> None:
-    """Structure, then every op's rule at the batch sizes a call will most likely use."""
+def verify_plan(plan: ExecutionPlan, known_kinds: Collection[str]) -> frozenset[int]:
+    """Structure, then every op's rule at the batch sizes a call will most likely use; returns
+    those batch sizes (an executor need not verify them again)."""
     _structure(plan, known_kinds)
-    for n in sorted({plan.example_batch} | ({1, 2} if plan.dynamic_batch else set())):
+    batches = frozenset({plan.example_batch} | ({1, 2} if plan.dynamic_batch else set()))
+    for n in sorted(batches):
         verify_batch(plan, n)
+    return batches
 
 
 def verify_batch(plan: ExecutionPlan, n: int) -> None:

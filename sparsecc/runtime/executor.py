@@ -95,11 +95,10 @@ class Bound:
 
 class Executor:
     def __init__(self, plan: ExecutionPlan, max_memory: int | str | None = None):
-        verify_plan(plan, OPS.keys())
+        self._verified = set(verify_plan(plan, OPS.keys()))  # batch sizes whose rules hold
         self.plan = plan
         self.max_memory = env_max_memory() if max_memory is None else parse_bytes(
             max_memory, "max_memory")
-        self._verified: set[int] = set()
         self.check_batch(plan.example_batch)  # a plan over the budget is refused up front
         self._lock = threading.Lock()
         self._free: dict[tuple[int, int], list[Bound]] = {}
