@@ -144,3 +144,75 @@ def load_object(obj: bytes, names: list[str]) -> dict[str, int]:
     if missing:
         raise CodegenError("llvm", f"object code lacks functions {missing}")
     return addrs
+
+
+def compile_linked(texts: list[str], exports: list[str], allowed, h: Host | None = None
+                   ) -> bytes:
+    """Object code of the IR modules ``texts`` linked into one, every definition but
+    ``exports`` made internal, optimised at O3 (via the disk cache). ``allowed`` matches the
+    undefined symbols the object may keep (libm, libgomp, ...); any other is a CodegenError."""
+    h = h or host()
+    digest = hashlib.sha256(f"{h.key}|linked|{','.join(exports)}".encode())
+    for t in texts:
+        digest.update(hashlib.sha256(t.encode()).digest())
+    path = cache_dir() / f"{digest.hexdigest()[:32]}.o"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    with _LOCK:
+        tm = _target_machine(h, 3)
+        try:
+            mods = [llvm.parse_assembly(t) for t in texts]
+        except RuntimeError as e:
+            raise CodegenError("llvm", f"generated IR does not parse: {e}") from None
+        main = mods[0]
+        for m in mods:
+            m.triple, m.data_layout = tm.triple, str(tm.target_data)
+        for m in mods[1:]:
+            main.link_in(m)
+        keep = set(exports)
+        for f in main.functions:
+            if not f.is_declaration and f.name not in keep:
+                f.linkage = "internal"
+        for g in main.global_variables:
+            if not g.is_declaration and g.name not in keep:
+                g.linkage = "internal"
+        try:
+            main.verify()
+        except RuntimeError as e:
+            raise CodegenError("llvm", f"linked IR does not verify: {e}") from None
+        _optimize(main, tm, 3)
+        undefined = sorted(f.name for f in main.functions if f.is_declaration
+                           and not f.name.startswith("llvm.") and not allowed(f.name))
+        undefined += sorted(g.name for g in main.global_variables if g.is_declaration)
+        if undefined:
+            raise CodegenError("llvm", f"the library would need symbols {undefined[:8]}")
+        obj = tm.emit_object(main)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(obj)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return obj
+
+
+def load_objects(objs: list[bytes], names: list[str]) -> dict[str, int]:
+    """Link several objects into one engine (they may call each other); function addresses."""
+    h = host()
+    with _LOCK:
+        tm = _target_machine(h)
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        try:
+            for obj in objs:
+                engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        except RuntimeError as e:
+            raise CodegenError("llvm", f"object code does not load: {e}") from None
+        engine.finalize_object()
+        addrs = {n: engine.get_function_address(n) for n in names}
+        _ENGINES.append(engine)
+    missing = [n for n, a in addrs.items() if not a]
+    if missing:
+        raise CodegenError("llvm", f"object code lacks functions {missing}")
+    return addrs

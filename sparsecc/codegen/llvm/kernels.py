@@ -39,12 +39,14 @@ def pattern_hash(indptr: np.ndarray, indices: np.ndarray) -> str:
     return h.hexdigest()[:20]
 
 
-def kernel_ir(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> str:
+def kernel_ir(spec: emit.KernelSpec, pattern: emit.Pattern | None = None,
+              name: str = "kernel") -> str:
+    """The kernel's module; its one exported function is ``name``."""
     mod = emit.new_module(spec.key)
     if spec.family in ("spmm", "bsr", "nm"):
-        emit.emit_spmm(mod, "kernel", spec, pattern)
+        emit.emit_spmm(mod, name, spec, pattern)
     elif spec.family == "spmv":
-        emit.emit_spmv(mod, "kernel", spec, pattern)
+        emit.emit_spmv(mod, name, spec, pattern)
     else:
         raise ValueError(f"unknown kernel family {spec.family!r}")
     return emit_specialized.module_text(mod)

@@ -16,28 +16,36 @@ def im2col(x, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols):
     ``ph, pw`` are the leading pads; the trailing ones follow from Ho, Wo (they may differ, as
     in torch's padding='same' with an even kernel).
     """
-    nb, _, h, w = x.shape
+    nb = x.shape[0]
+    krows = cg * kh * kw
+    for t in prange(nb * krows):
+        im2col_row(x, t, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols)
+
+
+@njit(inline="always", cache=True)
+def im2col_row(x, t, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols):
+    """Row t (sample t // krows, row t % krows) of im2col; also the native library's kernel."""
+    h, w = x.shape[2], x.shape[3]
     krows = cg * kh * kw
     ho = cols.shape[2] // wo
-    for t in prange(nb * krows):
-        n = t // krows
-        r = t - n * krows
-        c = r // (kh * kw)
-        ki = (r // kw) % kh
-        kj = r % kw
-        for oh in range(ho):
-            ih = oh * sh - ph + ki * dh
-            base = oh * wo
-            if ih < 0 or ih >= h:
-                for ow in range(wo):
+    n = t // krows
+    r = t - n * krows
+    c = r // (kh * kw)
+    ki = (r // kw) % kh
+    kj = r % kw
+    for oh in range(ho):
+        ih = oh * sh - ph + ki * dh
+        base = oh * wo
+        if ih < 0 or ih >= h:
+            for ow in range(wo):
+                cols[n, r, base + ow] = 0.0
+        else:
+            for ow in range(wo):
+                iw = ow * sw - pw + kj * dw
+                if iw >= 0 and iw < w:
+                    cols[n, r, base + ow] = x[n, c0 + c, ih, iw]
+                else:
                     cols[n, r, base + ow] = 0.0
-            else:
-                for ow in range(wo):
-                    iw = ow * sw - pw + kj * dw
-                    if iw >= 0 and iw < w:
-                        cols[n, r, base + ow] = x[n, c0 + c, ih, iw]
-                    else:
-                        cols[n, r, base + ow] = 0.0
 
 
 @njit(parallel=True, cache=True)
@@ -50,10 +58,9 @@ def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, 
     offset) over all ho * wq positions at once — one long contiguous loop per tap, vectorised,
     no per-row set-up — and the wq - wo wrap columns are dropped when the plane is stored.
     """
-    nb, cin, h, w = x.shape
+    nb = x.shape[0]
     _, cout, ho, wo = out.shape
     kh, kw = wt.shape[1], wt.shape[2]
-    mult = cout // cin
     hq = ho + ((kh - 1) * dh) // sh
     wq = wo + ((kw - 1) * dw) // sw
     plane = hq * wq
@@ -62,58 +69,83 @@ def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, 
     # Loops index views by their own range variable: numba wraps negative indices, and an
     # index it cannot prove >= 0 (p + off) costs a select per element and the vectorisation.
     for t in prange(nb * cout):
-        n = t // cout
-        oc = t - n * cout
-        ic = oc // mult
-        planes = np.zeros((sh * sw, plane + slack), np.float32)
-        for py in range(sh):
-            for px in range(sw):
-                pl = planes[py * sw + px]
-                # phase columns c with 0 <= c * sw + px - pw < w
-                c0 = max(0, (pw - px + sw - 1) // sw)
-                c1 = min(wq, (w - 1 + pw - px) // sw + 1)
-                if c1 <= c0:
-                    continue
-                for r in range(hq):
-                    ih = r * sh + py - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    row = pl[r * wq + c0:r * wq + c1]
-                    src = x[n, ic, ih, c0 * sw + px - pw:]
-                    for q in range(c1 - c0):
-                        row[q] = src[q * sw]
+        planes = np.empty((sh * sw, plane + slack), np.float32)
         acc = np.empty(npos, np.float32)
-        bv = bias[oc] if has_bias else np.float32(0.0)
-        if kh == 3 and kw == 3:  # all nine taps in one pass: 9 loads and 1 store per vector
-            s0, s1, s2 = _tap(planes, 0, 0, dh, dw, sh, sw, wq, npos), \
-                _tap(planes, 0, 1, dh, dw, sh, sw, wq, npos), \
-                _tap(planes, 0, 2, dh, dw, sh, sw, wq, npos)
-            s3, s4, s5 = _tap(planes, 1, 0, dh, dw, sh, sw, wq, npos), \
-                _tap(planes, 1, 1, dh, dw, sh, sw, wq, npos), \
-                _tap(planes, 1, 2, dh, dw, sh, sw, wq, npos)
-            s6, s7, s8 = _tap(planes, 2, 0, dh, dw, sh, sw, wq, npos), \
-                _tap(planes, 2, 1, dh, dw, sh, sw, wq, npos), \
-                _tap(planes, 2, 2, dh, dw, sh, sw, wq, npos)
-            w0, w1, w2 = wt[oc, 0, 0], wt[oc, 0, 1], wt[oc, 0, 2]
-            w3, w4, w5 = wt[oc, 1, 0], wt[oc, 1, 1], wt[oc, 1, 2]
-            w6, w7, w8 = wt[oc, 2, 0], wt[oc, 2, 1], wt[oc, 2, 2]
-            for p in range(npos):
-                acc[p] = (bv + w0 * s0[p] + w1 * s1[p] + w2 * s2[p] + w3 * s3[p] + w4 * s4[p]
-                          + w5 * s5[p] + w6 * s6[p] + w7 * s7[p] + w8 * s8[p])
-        else:
-            acc[:] = bv
-            for i in range(kh):
-                for j in range(kw):
-                    wv = wt[oc, i, j]
-                    src = _tap(planes, i, j, dh, dw, sh, sw, wq, npos)
-                    for p in range(npos):
-                        acc[p] += wv * src[p]
-        act_inplace(acc, code, a, b)  # wrap columns included: one contiguous loop
-        for oh in range(ho):
-            ar = acc[oh * wq:oh * wq + wo]
-            orow = out[n, oc, oh]
-            for ow in range(wo):
-                orow[ow] = ar[ow]
+        depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out, t,
+                        planes, acc)
+
+
+def depthwise_scratch(h_out, w_out, kh, kw, sh, sw, dh, dw) -> int:
+    """Floats of scratch one depthwise_plane call needs (its planes, then its accumulator)."""
+    hq = h_out + ((kh - 1) * dh) // sh
+    wq = w_out + ((kw - 1) * dw) // sw
+    return sh * sw * (hq * wq + wq + 1) + h_out * wq
+
+
+@njit(inline="always", cache=True)
+def depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out, t, planes,
+                    acc):
+    """Output plane t (sample t // C_out, channel t % C_out) of depthwise_conv2d; ``planes``
+    (sh*sw, plane + slack) and ``acc`` (ho*wq,) are its scratch."""
+    h, w = x.shape[2], x.shape[3]
+    cin = x.shape[1]
+    _, cout, ho, wo = out.shape
+    kh, kw = wt.shape[1], wt.shape[2]
+    mult = cout // cin
+    hq = ho + ((kh - 1) * dh) // sh
+    wq = wo + ((kw - 1) * dw) // sw
+    npos = ho * wq
+    n = t // cout
+    oc = t - n * cout
+    ic = oc // mult
+    planes[:] = 0.0  # padding and the slack the wrap columns read
+    for py in range(sh):
+        for px in range(sw):
+            pl = planes[py * sw + px]
+            # phase columns c with 0 <= c * sw + px - pw < w
+            c0 = max(0, (pw - px + sw - 1) // sw)
+            c1 = min(wq, (w - 1 + pw - px) // sw + 1)
+            if c1 <= c0:
+                continue
+            for r in range(hq):
+                ih = r * sh + py - ph
+                if ih < 0 or ih >= h:
+                    continue
+                row = pl[r * wq + c0:r * wq + c1]
+                src = x[n, ic, ih, c0 * sw + px - pw:]
+                for q in range(c1 - c0):
+                    row[q] = src[q * sw]
+    bv = bias[oc] if has_bias else np.float32(0.0)
+    if kh == 3 and kw == 3:  # all nine taps in one pass: 9 loads and 1 store per vector
+        s0, s1, s2 = _tap(planes, 0, 0, dh, dw, sh, sw, wq, npos), \
+            _tap(planes, 0, 1, dh, dw, sh, sw, wq, npos), \
+            _tap(planes, 0, 2, dh, dw, sh, sw, wq, npos)
+        s3, s4, s5 = _tap(planes, 1, 0, dh, dw, sh, sw, wq, npos), \
+            _tap(planes, 1, 1, dh, dw, sh, sw, wq, npos), \
+            _tap(planes, 1, 2, dh, dw, sh, sw, wq, npos)
+        s6, s7, s8 = _tap(planes, 2, 0, dh, dw, sh, sw, wq, npos), \
+            _tap(planes, 2, 1, dh, dw, sh, sw, wq, npos), \
+            _tap(planes, 2, 2, dh, dw, sh, sw, wq, npos)
+        w0, w1, w2 = wt[oc, 0, 0], wt[oc, 0, 1], wt[oc, 0, 2]
+        w3, w4, w5 = wt[oc, 1, 0], wt[oc, 1, 1], wt[oc, 1, 2]
+        w6, w7, w8 = wt[oc, 2, 0], wt[oc, 2, 1], wt[oc, 2, 2]
+        for p in range(npos):
+            acc[p] = (bv + w0 * s0[p] + w1 * s1[p] + w2 * s2[p] + w3 * s3[p] + w4 * s4[p]
+                      + w5 * s5[p] + w6 * s6[p] + w7 * s7[p] + w8 * s8[p])
+    else:
+        acc[:] = bv
+        for i in range(kh):
+            for j in range(kw):
+                wv = wt[oc, i, j]
+                src = _tap(planes, i, j, dh, dw, sh, sw, wq, npos)
+                for p in range(npos):
+                    acc[p] += wv * src[p]
+    act_inplace(acc, code, a, b)  # wrap columns included: one contiguous loop
+    for oh in range(ho):
+        ar = acc[oh * wq:oh * wq + wo]
+        orow = out[n, oc, oh]
+        for ow in range(wo):
+            orow[ow] = ar[ow]
 
 
 @njit(inline="always", cache=True)
@@ -129,42 +161,57 @@ def phase_planes(x, ph, pw, sh, sw, pys, pxs, hq, wq, out):
     py, py+sh, ... and columns px, px+sw, ... of channel c as an (hq, wq) block, flattened, at
     out[n, (c*len(pys) + iy)*len(pxs) + ix]. Stride 1 with one phase is plain zero padding. out's
     slack after the last plane stays zero (the shifted conv reads into it)."""
-    nb, c, h, w = x.shape
+    nb, c = x.shape[0], x.shape[1]
+    per = c * pys.shape[0] * pxs.shape[0]
+    for t in prange(nb * per):
+        phase_row(x, t, ph, pw, sh, sw, pys, pxs, hq, wq, out)
+
+
+@njit(inline="always", cache=True)
+def phase_row(x, t, ph, pw, sh, sw, pys, pxs, hq, wq, out):
+    """Plane t (sample t // per, plane t % per) of phase_planes."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
     npy, npx = pys.shape[0], pxs.shape[0]
     per = c * npy * npx
-    for t in prange(nb * per):
-        n = t // per
-        r = t - n * per
-        ch = r // (npy * npx)
-        k = r - ch * npy * npx
-        py, px = pys[k // npx], pxs[k % npx]
-        row = out[n, r]
-        for i in range(hq):
-            ih = i * sh + py - ph
-            # the branchy form vectorizes (masked); sw == 1 spelled out keeps loads contiguous
-            if sw == 1:
-                for j in range(wq):
-                    jw = j + px - pw
-                    if ih >= 0 and ih < h and jw >= 0 and jw < w:
-                        row[i * wq + j] = x[n, ch, ih, jw]
-                    else:
-                        row[i * wq + j] = 0.0
-            else:
-                for j in range(wq):
-                    jw = j * sw + px - pw
-                    if ih >= 0 and ih < h and jw >= 0 and jw < w:
-                        row[i * wq + j] = x[n, ch, ih, jw]
-                    else:
-                        row[i * wq + j] = 0.0
+    n = t // per
+    r = t - n * per
+    ch = r // (npy * npx)
+    k = r - ch * npy * npx
+    py, px = pys[k // npx], pxs[k % npx]
+    row = out[n, r]
+    for i in range(hq):
+        ih = i * sh + py - ph
+        # the branchy form vectorizes (masked); sw == 1 spelled out keeps loads contiguous
+        if sw == 1:
+            for j in range(wq):
+                jw = j + px - pw
+                if ih >= 0 and ih < h and jw >= 0 and jw < w:
+                    row[i * wq + j] = x[n, ch, ih, jw]
+                else:
+                    row[i * wq + j] = 0.0
+        else:
+            for j in range(wq):
+                jw = j * sw + px - pw
+                if ih >= 0 and ih < h and jw >= 0 and jw < w:
+                    row[i * wq + j] = x[n, ch, ih, jw]
+                else:
+                    row[i * wq + j] = 0.0
 
 
 @njit(parallel=True, cache=True)
 def crop_rows(full, wp, wo, out):
     """out[n, o, i, j] = full[n, o, i*wp + j] for j < wo: drops the shifted conv's wrap columns."""
-    nb, co, ho, _ = out.shape
+    nb, co = out.shape[0], out.shape[1]
     for t in prange(nb * co):
-        n = t // co
-        o = t - n * co
-        for i in range(ho):
-            for j in range(wo):
-                out[n, o, i, j] = full[n, o, i * wp + j]
+        crop_plane(full, t, wp, wo, out)
+
+
+@njit(inline="always", cache=True)
+def crop_plane(full, t, wp, wo, out):
+    """Plane t (sample t // C, channel t % C) of crop_rows."""
+    co, ho = out.shape[1], out.shape[2]
+    n = t // co
+    o = t - n * co
+    for i in range(ho):
+        for j in range(wo):
+            out[n, o, i, j] = full[n, o, i * wp + j]

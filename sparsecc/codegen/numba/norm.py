@@ -19,24 +19,29 @@ _FM = {"nsz", "arcp"}
 
 @njit(parallel=True, cache=True)
 def layer_norm_rows(x, weight, bias, has_weight, has_bias, eps, out):
-    rows, d = x.shape
-    for r in prange(rows):
-        s = 0.0
-        for j in range(d):
-            s += x[r, j]
-        mean = s / d
-        v = 0.0
-        for j in range(d):
-            t = x[r, j] - mean
-            v += t * t
-        inv = 1.0 / math.sqrt(v / d + eps)
-        for j in range(d):
-            y = (x[r, j] - mean) * inv
-            if has_weight:
-                y = y * weight[j]
-            if has_bias:
-                y = y + bias[j]
-            out[r, j] = y
+    for r in prange(x.shape[0]):
+        layer_norm_row(x, weight, bias, has_weight, has_bias, eps, out, r)
+
+
+@njit(inline="always", cache=True)
+def layer_norm_row(x, weight, bias, has_weight, has_bias, eps, out, r):
+    d = x.shape[1]
+    s = 0.0
+    for j in range(d):
+        s += x[r, j]
+    mean = s / d
+    v = 0.0
+    for j in range(d):
+        t = x[r, j] - mean
+        v += t * t
+    inv = 1.0 / math.sqrt(v / d + eps)
+    for j in range(d):
+        y = (x[r, j] - mean) * inv
+        if has_weight:
+            y = y * weight[j]
+        if has_bias:
+            y = y + bias[j]
+        out[r, j] = y
 
 
 @njit(inline="always", cache=True, fastmath=_FM)

@@ -1,0 +1,408 @@
+"""The native library's non-GEMM, non-sparse kernels, written in numba and linked as LLVM IR.
+
+Every kernel has the one ABI of ``codegen/llvm``: ``void k(i64 start, i64 stop, i64* args)``,
+doing work items ``[start, stop)`` serially; the library's parallel-for hands out the items.
+Pointers and sizes come from ``args`` (floats as the bits of a float64). Kernels call the same
+per-item functions as the numba backend's ``prange`` kernels (``im2col_row``, ``max_pool_plane``,
+...), so both backends compute one thing one way.
+
+numba compiles each kernel as a ``cfunc``; ``kernel_ir`` takes the IR of its inner function
+(numba's calling convention, no Python API) and drops the cfunc wrapper, which calls into
+CPython to report exceptions. Kernels here cannot raise: no bounds checks, ``error_model``
+numpy, no allocation. Scratch comes from the arena, one slice per thread (``omp_get_thread_num``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.core.extending import intrinsic
+
+from sparsecc.codegen.numba import activations as A
+from sparsecc.codegen.numba import conv as C
+from sparsecc.codegen.numba import norm as N
+from sparsecc.codegen.numba import pool as P
+
+_SIG = types.void(types.int64, types.int64, types.CPointer(types.int64))
+_OPTS = dict(error_model="numpy", boundscheck=False)
+KERNELS: dict = {}  # name -> the Python function, compiled on first use (kernel_ir)
+
+
+def _kernel(fn):
+    KERNELS[fn.__name__] = fn
+    return fn
+_BIG = 1 << 40  # extent of a carray whose real extent the kernel does not need
+
+
+@intrinsic
+def _f32p(typingctx, addr):
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+
+    return types.CPointer(types.float32)(types.int64), codegen
+
+
+@intrinsic
+def _i64p(typingctx, addr):
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+
+    return types.CPointer(types.int64)(types.int64), codegen
+
+
+@intrinsic
+def _f64(typingctx, bits):
+    """The float64 whose bit pattern is ``bits``."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+# The thread's index in the library's pool (0 outside a parallel region): picks its scratch.
+_thread_num = types.ExternalFunction("omp_get_thread_num", types.int32())
+
+
+def f64_bits(v: float) -> int:
+    """An args slot holding the float ``v`` (read back with ``_f64``)."""
+    return int(np.array(float(v), np.float64).view(np.int64))
+
+
+@njit(inline="always", **_OPTS)
+def _f32(a, i, n):
+    return carray(_f32p(a[i]), n)
+
+
+@njit(inline="always", **_OPTS)
+def _scratch(a, i):
+    """The address of this thread's scratch: args[i] the base, args[i+1] floats per thread,
+    args[i+2] the threads it was sized for. A call on the caller's thread uses any one slice
+    (the caller may be thread 5 of its own OpenMP team: clamped, not trusted)."""
+    return a[i] + 4 * a[i + 1] * min(np.int64(_thread_num()), a[i + 2] - 1)
+
+
+# ---- elementwise --------------------------------------------------------------------------
+@_kernel
+def k_act(start, stop, a):
+    """[x, out, code, a, b]: out[i] = act(x[i]) (x may be out); items: elements."""
+    x, out = _f32(a, 0, stop), _f32(a, 1, stop)
+    code, p, q = a[2], _f64(a[3]), _f64(a[4])
+    if a[0] == a[1]:
+        A.act_inplace(out[start:stop], code, p, q)
+    else:
+        A.act_into(x[start:stop], out[start:stop], code, p, q)
+
+
+@njit(inline="always", **_OPTS)
+def _binop(u, v, fn):
+    if fn == 0:
+        return u + v
+    if fn == 1:
+        return u - v
+    if fn == 2:
+        return u * v
+    if fn == 3:
+        return u / v
+    if fn == 4:  # torch.maximum / minimum propagate NaN
+        return u if (u > v) | (u != u) else v
+    return u if (u < v) | (u != u) else v
+
+
+BINARY_FNS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "maximum": 4, "minimum": 5}
+RANK = 6  # strided kernels take shapes padded to this rank
+
+
+@njit(inline="always", **_OPTS)
+def _offsets(a, base, r):
+    """Row r of a rank-6 shape (dims a[base:base+6]) -> (its index along dims 0..4)."""
+    i4 = r % a[base + 4]
+    r //= a[base + 4]
+    i3 = r % a[base + 3]
+    r //= a[base + 3]
+    i2 = r % a[base + 2]
+    r //= a[base + 2]
+    i1 = r % a[base + 1]
+    i0 = r // a[base + 1]
+    return i0, i1, i2, i3, i4
+
+
+@njit(inline="always", **_OPTS)
+def _dot5(a, base, i0, i1, i2, i3, i4):
+    return i0 * a[base] + i1 * a[base + 1] + i2 * a[base + 2] + i3 * a[base + 3] + \
+        i4 * a[base + 4]
+
+
+@_kernel
+def k_binary(start, stop, a):
+    """[x, y, out, fn, code, a, b, dims(6), x strides(6), y strides(6)] (elements; a stride 0
+    broadcasts): out = act(x fn y), out contiguous; items: rows (all dims but the last)."""
+    x, y, out = _f32(a, 0, _BIG), _f32(a, 1, _BIG), _f32(a, 2, _BIG)
+    fn, code, p, q = a[3], a[4], _f64(a[5]), _f64(a[6])
+    d5 = a[12]
+    xs5, ys5 = a[18], a[24]
+    for r in range(start, stop):
+        i0, i1, i2, i3, i4 = _offsets(a, 7, r)
+        xo = _dot5(a, 13, i0, i1, i2, i3, i4)
+        yo = _dot5(a, 19, i0, i1, i2, i3, i4)
+        o = out[r * d5:(r + 1) * d5]
+        if xs5 == 1 and ys5 == 1:
+            xr, yr = x[xo:xo + d5], y[yo:yo + d5]
+            for j in range(d5):
+                o[j] = _binop(xr[j], yr[j], fn)
+        elif xs5 == 1 and ys5 == 0:
+            xr, yv = x[xo:xo + d5], y[yo]
+            for j in range(d5):
+                o[j] = _binop(xr[j], yv, fn)
+        elif xs5 == 0 and ys5 == 1:
+            xv, yr = x[xo], y[yo:yo + d5]
+            for j in range(d5):
+                o[j] = _binop(xv, yr[j], fn)
+        else:
+            for j in range(d5):
+                o[j] = _binop(x[xo + j * xs5], y[yo + j * ys5], fn)
+        if code != 0:
+            A.act_inplace(o, code, p, q)
+
+
+@njit(inline="always", **_OPTS)
+def _copy_rows(start, stop, a, x, out):
+    d5, xs5, os5 = a[7], a[13], a[19]
+    for r in range(start, stop):
+        i0, i1, i2, i3, i4 = _offsets(a, 2, r)
+        xo = _dot5(a, 8, i0, i1, i2, i3, i4)
+        oo = _dot5(a, 14, i0, i1, i2, i3, i4)
+        if xs5 == 1 and os5 == 1:
+            xr, orow = x[xo:xo + d5], out[oo:oo + d5]
+            for j in range(d5):
+                orow[j] = xr[j]
+        else:
+            for j in range(d5):
+                out[oo + j * os5] = x[xo + j * xs5]
+
+
+@_kernel
+def k_copy32(start, stop, a):
+    """[x, out, dims(6), x strides(6), out strides(6)]: a strided copy of 4-byte elements
+    (permute, slice, cat, stack, expand, the features x batch transposes); items: rows."""
+    _copy_rows(start, stop, a, _f32(a, 0, _BIG), _f32(a, 1, _BIG))
+
+
+@_kernel
+def k_copy64(start, stop, a):
+    """k_copy32 for 8-byte elements (token ids)."""
+    _copy_rows(start, stop, a, carray(_i64p(a[0]), _BIG), carray(_i64p(a[1]), _BIG))
+
+
+# ---- conv helpers and pooling -------------------------------------------------------------
+@njit(inline="always", **_OPTS)
+def _nchw(a, i, base):
+    """The (N, C, H, W) float32 array at args[i], dims args[base:base+4]."""
+    return carray(_f32p(a[i]), (a[base], a[base + 1], a[base + 2], a[base + 3]))
+
+
+@_kernel
+def k_im2col(start, stop, a):
+    """[x, cols, N, C, H, W, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo]; items: N*cg*kh*kw
+    rows of cols (N, cg*kh*kw, ho*wo)."""
+    x = _nchw(a, 0, 2)
+    cols = carray(_f32p(a[1]), (a[2], a[7] * a[8] * a[9], a[16] * a[17]))
+    for t in range(start, stop):
+        C.im2col_row(x, t, a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
+                     a[17], cols)
+
+
+@_kernel
+def k_maxpool(start, stop, a):
+    """[x, out, N, C, H, W, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, scratch, per, threads];
+    items: N*C
+    planes."""
+    x = _nchw(a, 0, 2)
+    out = carray(_f32p(a[1]), (a[2], a[3], a[6], a[7]))
+    col = carray(_f32p(_scratch(a, 16)), a[5])
+    for t in range(start, stop):
+        P.max_pool_plane(x, t, a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], out, col)
+
+
+@_kernel
+def k_avgpool(start, stop, a):
+    """[x, out, N, C, H, W, ho, wo, kh, kw, sh, sw, ph, pw, include_pad, divisor]."""
+    x = _nchw(a, 0, 2)
+    out = carray(_f32p(a[1]), (a[2], a[3], a[6], a[7]))
+    for t in range(start, stop):
+        P.avg_pool_plane(x, t, a[8], a[9], a[10], a[11], a[12], a[13], a[14] != 0, a[15], out)
+
+
+@_kernel
+def k_adaptive(start, stop, a):
+    """[x, out, N, C, H, W, ho, wo, is_max]."""
+    x = _nchw(a, 0, 2)
+    out = carray(_f32p(a[1]), (a[2], a[3], a[6], a[7]))
+    for t in range(start, stop):
+        P.adaptive_plane(x, t, a[8] != 0, out)
+
+
+@_kernel
+def k_depthwise(start, stop, a):
+    """[x, wt, bias, has_bias, out, N, C, H, W, Co, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw,
+    code, a, b, scratch, per, threads]; items: N*Co output planes."""
+    x = _nchw(a, 0, 5)
+    wt = carray(_f32p(a[1]), (a[9], a[12], a[13]))
+    bias = _f32(a, 2, a[9])
+    out = carray(_f32p(a[4]), (a[5], a[9], a[10], a[11]))
+    sh, sw, dh, dw = a[14], a[15], a[18], a[19]
+    hq = a[10] + ((a[12] - 1) * dh) // sh
+    wq = a[11] + ((a[13] - 1) * dw) // sw
+    buf = _scratch(a, 23)
+    width = hq * wq + wq + 1
+    planes = carray(_f32p(buf), (sh * sw, width))
+    acc = carray(_f32p(buf + 4 * sh * sw * width), a[10] * wq)
+    for t in range(start, stop):
+        C.depthwise_plane(x, wt, bias, a[3] != 0, sh, sw, a[16], a[17], dh, dw, a[20],
+                          _f64(a[21]), _f64(a[22]), out, t, planes, acc)
+
+
+@intrinsic
+def _strided3(typingctx, addr, n, rows, plane, stride):
+    """A (n, rows, plane) float32 array at ``addr``, samples ``stride`` floats apart."""
+    arr = types.Array(types.float32, 3, "A")
+
+    def codegen(context, builder, sig, args):
+        from numba.np.arrayobj import make_array, populate_array
+
+        ptr, n_, rows_, plane_, stride_ = args
+        ary = make_array(arr)(context, builder)
+        four = ir.IntType(64)(4)
+        populate_array(ary, data=builder.inttoptr(ptr, ir.FloatType().as_pointer()),
+                       shape=[n_, rows_, plane_],
+                       strides=[builder.mul(stride_, four), builder.mul(plane_, four), four],
+                       itemsize=context.get_constant(types.intp, 4), meminfo=None)
+        return ary._getvalue()
+
+    return arr(types.int64, types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@_kernel
+def k_phase(start, stop, a):
+    """[x, planes, N, C, H, W, ph, pw, sh, sw, pys, npy, pxs, npx, hq, wq, stride]: the shifted
+    conv's polyphase planes, samples ``stride`` floats apart; items: N*C*npy*npx planes."""
+    x = _nchw(a, 0, 2)
+    pys, pxs = carray(_i64p(a[10]), a[11]), carray(_i64p(a[12]), a[13])
+    out = _strided3(a[1], a[2], a[3] * a[11] * a[13], a[14] * a[15], a[16])
+    for t in range(start, stop):
+        C.phase_row(x, t, a[6], a[7], a[8], a[9], pys, pxs, a[14], a[15], out)
+
+
+@_kernel
+def k_crop(start, stop, a):
+    """[full, out, N, Co, ho, wo, wq]: out[n, o, i, j] = full[n, o, i*wq + j]; items N*Co."""
+    full = carray(_f32p(a[0]), (a[2], a[3], a[4] * a[6]))
+    out = carray(_f32p(a[1]), (a[2], a[3], a[4], a[5]))
+    for t in range(start, stop):
+        C.crop_plane(full, t, a[6], a[5], out)
+
+
+# ---- rows: softmax, layer norm; embedding ---------------------------------------------------
+@_kernel
+def k_softmax(start, stop, a):
+    """[x, out, d, log]: (log-)softmax of rows of d floats; items: rows."""
+    d = a[2]
+    x, out = _f32(a, 0, stop * d), _f32(a, 1, stop * d)
+    for r in range(start, stop):
+        xr, orow = x[r * d:(r + 1) * d], out[r * d:(r + 1) * d]
+        if a[3] == 0:
+            for j in range(d):
+                orow[j] = xr[j]
+            N.softmax_inplace32(orow)
+        else:
+            m = -math.inf
+            for j in range(d):
+                m = max(m, xr[j])
+            if m == -math.inf:
+                m = 0.0
+            s = 0.0
+            for j in range(d):
+                s += math.exp(xr[j] - m)
+            ls = math.log(s)
+            for j in range(d):
+                orow[j] = xr[j] - m - ls
+
+
+@_kernel
+def k_layernorm(start, stop, a):
+    """[x, out, d, weight, bias, has_w, has_b, eps]; items: rows."""
+    d = a[2]
+    x = carray(_f32p(a[0]), (stop, d))
+    out = carray(_f32p(a[1]), (stop, d))
+    w, b = _f32(a, 3, d), _f32(a, 4, d)
+    for r in range(start, stop):
+        N.layer_norm_row(x, w, b, a[5] != 0, a[6] != 0, _f64(a[7]), out, r)
+
+
+@_kernel
+def k_embedding(start, stop, a):
+    """[idx (int64), table, out, rows, dim, err]: out[i] = table[idx[i]]; an index outside
+    [0, rows) writes zeros and sets the int64 at ``err`` to 1 (the run reports it)."""
+    idx = carray(_i64p(a[0]), stop)
+    rows, d = a[3], a[4]
+    table, out = _f32(a, 1, rows * d), _f32(a, 2, stop * d)
+    err = carray(_i64p(a[5]), 1)
+    for i in range(start, stop):
+        k = idx[i]
+        o = out[i * d:(i + 1) * d]
+        if k < 0 or k >= rows:
+            err[0] = 1
+            for j in range(d):
+                o[j] = 0.0
+        else:
+            src = table[k * d:(k + 1) * d]
+            for j in range(d):
+                o[j] = src[j]
+
+
+# ---- IR extraction ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KernelIR:
+    """One kernel's numba IR: ``text`` defines ``inner`` with numba's calling convention,
+    ``i32 inner(ptr retptr, ptr excinfo, i64 start, i64 stop, ptr args)``."""
+
+    name: str
+    inner: str
+    text: str
+
+
+_IR: dict[str, KernelIR] = {}
+_IR_LOCK = threading.Lock()
+
+
+def kernel_ir(name: str) -> KernelIR:
+    """The IR of kernel ``name``, compiled by numba on first use. The OpenMP runtime must be
+    loaded first (``runtime.load_gomp``): numba links the kernel in this process too and
+    aborts on a symbol it cannot find."""
+    from sparsecc.native.runtime import load_gomp
+
+    load_gomp()
+    with _IR_LOCK:
+        hit = _IR.get(name)
+        if hit is None:
+            hit = _IR[name] = _extract(name, cfunc(_SIG, **_OPTS)(KERNELS[name]))
+    return hit
+
+
+def _extract(name: str, fn) -> KernelIR:
+    text = fn._library.get_llvm_str()
+    wrapper = fn.native_name  # "cfunc." + the inner function's mangled name
+    inner = wrapper[len("cfunc."):]
+    # Drop the wrapper's body (it reports exceptions through the CPython API); its now unused
+    # declarations go with dead-code elimination once the module is linked.
+    pat = re.compile(r'^define [^\n]*@"?' + re.escape(wrapper) + r'"?\(.*?^}\n', re.S | re.M)
+    text, n = pat.subn("", text)
+    if n != 1:
+        raise RuntimeError(f"native kernel {name}: numba's cfunc wrapper not found")
+    return KernelIR(name, inner, text)

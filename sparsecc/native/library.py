@@ -1,0 +1,122 @@
+"""The native library of one plan: build it (object code per CPU), load it into this process,
+call it from Python.
+
+``build`` lowers the plan (``lower.py``), emits the main module (``module.py``) and compiles
+it with the numba kernels' IR linked in, plus one object per sparse kernel. ``NativeRunner``
+links those objects into the process (llvmlite's JIT, no system linker) and calls ``run``
+through ctypes; ``export.py`` links the same objects into a shared library with ``cc``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparsecc.codegen.llvm import jit
+from sparsecc.codegen.llvm import kernels as LK
+from sparsecc.ir.plan import ExecutionPlan
+from sparsecc.native import module as M
+from sparsecc.native.lower import Lowering, Program
+from sparsecc.native.runtime import load_gomp
+from sparsecc.runtime.ops.registry import aligned_empty
+from sparsecc.runtime.threads import kernel_threads
+
+
+@dataclass
+class NativeLibrary:
+    """Everything needed to run one plan natively on one CPU: object code and the weights."""
+
+    prefix: str
+    host: str
+    objects: dict[str, bytes]  # "main" and one per sparse kernel
+    blob: bytes
+    arena: tuple[int, int]
+    scratch_per_thread: int
+    argspace_slots: int
+    labels: dict[int, str]
+    build_seconds: float = 0.0
+    program: Program | None = field(default=None, repr=False)
+
+    @property
+    def code_bytes(self) -> int:
+        return sum(len(o) for o in self.objects.values())
+
+    @property
+    def exports(self) -> list[str]:
+        return [f"{self.prefix}_run", f"{self.prefix}_arena_bytes",
+                f"{self.prefix}_argspace_slots"]
+
+
+def build(plan: ExecutionPlan, prefix: str = "scc", threads: int | None = None
+          ) -> NativeLibrary:
+    """Lower and compile ``plan``; raises lower.Unsupported (an op not native yet) or
+    CodegenError (no LLVM target / OpenMP here)."""
+    t0 = time.perf_counter()
+    load_gomp()
+    h = jit.host()
+    prog = Lowering(plan, h.vector_width, threads or kernel_threads()).run()
+    blob, offsets = prog.blob()
+    text = M.main_ir(prog, prefix, offsets)
+    lib = NativeLibrary(prefix, h.key, {}, blob, prog.arena, prog.scratch_per_thread,
+                        prog.argspace_slots, dict(prog.labels), program=prog)
+    lib.objects["main"] = jit.compile_linked([text] + M.numba_texts(prog), lib.exports,
+                                             M.ALLOWED_EXTERNALS.match)
+    for sym, k in prog.kernels.items():
+        if k.kind == "sparse":
+            ir_text = LK.kernel_ir(k.spec, k.pattern, name=M.sparse_symbol(prefix, k))
+            lib.objects[sym] = jit.compile_ir(ir_text, opt=0 if k.spec.pattern_hash else 3)
+    lib.build_seconds = time.perf_counter() - t0
+    return lib
+
+
+_RUN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
+_SIZE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_int32)
+
+
+class _Context:
+    """One caller's arena and args blocks for one batch size and thread count."""
+
+    def __init__(self, arena_bytes: int, slots: int, n: int, threads: int):
+        self.arena = aligned_empty((max(arena_bytes, 64),), np.uint8)
+        self.argspace = np.zeros(max(slots, 1), np.int64)
+        self.n, self.threads = n, threads
+        self.arena_ptr = self.arena.ctypes.data
+        self.args_ptr = self.argspace.ctypes.data
+
+
+class NativeRunner:
+    """A NativeLibrary linked into this process. Thread-safe: each concurrent call takes a
+    context (arena + args blocks) of its own from a pool."""
+
+    def __init__(self, lib: NativeLibrary):
+        load_gomp()
+        objs = [lib.objects["main"]] + [o for k, o in lib.objects.items() if k != "main"]
+        addrs = jit.load_objects(objs, lib.exports)
+        self.lib = lib
+        self._run = _RUN(addrs[lib.exports[0]])
+        self._arena = _SIZE(addrs[lib.exports[1]])
+        self.weights = aligned_empty((max(len(lib.blob), 64),), np.uint8)
+        self.weights[:len(lib.blob)] = np.frombuffer(lib.blob, np.uint8)
+        self.weights_ptr = self.weights.ctypes.data
+        self._lock = threading.Lock()
+        self._free: dict[tuple[int, int], list[_Context]] = {}
+
+    def context(self, n: int, threads: int) -> _Context:
+        with self._lock:
+            free = self._free.get((n, threads))
+            if free:
+                return free.pop()
+        return _Context(self._arena(n, threads), self.lib.argspace_slots, n, threads)
+
+    def give_back(self, ctx: _Context) -> None:
+        with self._lock:
+            self._free.setdefault((ctx.n, ctx.threads), []).append(ctx)
+
+    def call(self, ctx: _Context, in_ptrs, out_ptrs) -> int:
+        return self._run(self.weights_ptr, ctx.arena_ptr, ctx.args_ptr, ctx.n, in_ptrs,
+                         out_ptrs, ctx.threads)

@@ -1,0 +1,793 @@
+"""ExecutionPlan -> Program: the whole model as a list of kernel calls over one arena.
+
+Each op becomes one or more ``Call``s of a kernel with the common ABI; every pointer and size
+in a call's args block is a ``Slot``: an expression in the batch N, a tensor's address (+ an
+offset), a constant's offset in the weights blob, or this call's per-thread scratch. Buffers
+(activations and per-op temporaries) get arena offsets that are affine in N, packed by
+lifetime at build time, so ``run`` derives every address from N alone.
+
+Ops this backend does not lower raise ``Unsupported`` naming the layer; the model then runs on
+the executor (numba/BLAS) and its report says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparsecc.codegen.llvm import emit as E_
+from sparsecc.codegen.llvm import kernels as LK
+from sparsecc.codegen.numba import activations as A
+from sparsecc.codegen.numba import conv as CV
+from sparsecc.ir.plan import ExecutionPlan, Op, Sym
+from sparsecc.native import gemm as G
+from sparsecc.native.expr import E, const, dim, lift, linear, numel
+from sparsecc.native.kernels import BINARY_FNS, RANK, f64_bits
+from sparsecc.runtime.ops import sparse as SP
+from sparsecc.runtime.ops.shape import index_from_attr
+
+
+class Unsupported(Exception):
+    """An op the native backend does not lower (yet); the message names it."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    kind: str  # "int" | "tensor" | "weight" | "scratch" | "err"
+    expr: E | None = None  # int value, or byte offset from the tensor's start
+    name: str = ""  # tensor / temporary name; weight name
+
+
+def I(v) -> Slot:  # noqa: E743 (an int slot)
+    return Slot("int", lift(v))
+
+
+def F(v: float) -> Slot:
+    return Slot("int", const(f64_bits(v)))
+
+
+def T(name: str, elem_off=0, itemsize: int = 4) -> Slot:
+    return Slot("tensor", lift(elem_off) * itemsize, name)
+
+
+def W(name: str) -> Slot:
+    return Slot("weight", None, name)
+
+
+SCRATCH = Slot("scratch")
+THREADS = Slot("threads")
+ERR = Slot("err")
+
+
+@dataclass
+class Kernel:
+    """A kernel the library links: numba-authored (``numba``: its name in native.kernels),
+    the dense GEMM (``gemm``: a GemmSpec) or a sparse LLVM kernel (``sparse``: spec+pattern)."""
+
+    symbol: str
+    kind: str
+    gemm: G.GemmSpec | None = None
+    spec: E_.KernelSpec | None = None
+    pattern: E_.Pattern | None = None
+
+
+@dataclass
+class Call:
+    kernel: str  # Kernel.symbol
+    args: list[Slot]
+    items: E
+    cost: float  # rough flops per item: small calls run on the calling thread
+    scratch: int = 0  # floats of per-thread scratch
+    only_if: tuple[E, str, int] | None = None  # run only when expr (==|!=) value
+
+
+@dataclass
+class Buffer:
+    name: str
+    nbytes: E
+    first: int  # op index of the first write
+    last: int  # op index of the last use
+    offset: tuple[int, int] = (0, 0)  # (a, b): arena byte offset a*N + b
+
+
+@dataclass
+class Program:
+    plan: ExecutionPlan
+    calls: list[Call] = field(default_factory=list)
+    kernels: dict[str, Kernel] = field(default_factory=dict)
+    buffers: dict[str, Buffer] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # blob members by name
+    where: dict[str, tuple[str, E]] = field(default_factory=dict)  # tensor -> (root, offset)
+    labels: dict[int, str] = field(default_factory=dict)  # op index -> kernel label
+    arena: tuple[int, int] = (0, 0)  # bytes: a*N + b
+    scratch_per_thread: int = 0  # floats
+    argspace_slots: int = 0  # i64 slots of all args blocks (+1: the error flag)
+    weight_offsets: dict[str, int] = field(default_factory=dict)
+
+    def blob(self) -> tuple[bytes, dict[str, int]]:
+        """The weights blob (each member 64-byte aligned) and the offset of each member."""
+        parts, offs, pos = [], {}, 0
+        for name, arr in self.weights.items():
+            raw = np.ascontiguousarray(arr).tobytes()
+            offs[name] = pos
+            pad = -len(raw) % 64
+            parts += [raw, b"\0" * pad]
+            pos += len(raw) + pad
+        return b"".join(parts), offs
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _strides(shape: list[E]) -> list[E]:
+    out, acc = [], const(1)
+    for d in reversed(shape):
+        out.append(acc)
+        acc = acc * d
+    return out[::-1]
+
+
+def _pad(shape: list[E], strides: list[E], fill=1, sfill=0) -> tuple[list[E], list[E]]:
+    if len(shape) > RANK:
+        raise Unsupported(f"rank {len(shape)} > {RANK}")
+    k = RANK - len(shape)
+    return [const(fill)] * k + list(shape), [const(sfill)] * k + list(strides)
+
+
+def _act(op: Op) -> tuple[str, float, float]:
+    return op.attrs.get("act", "none"), float(op.attrs.get("act_a", 0.0)), \
+        float(op.attrs.get("act_b", 0.0))
+
+
+def _fused(act: str) -> str:
+    return act if act in E_.FUSED_ACTS else "none"
+
+
+class Lowering:
+    def __init__(self, plan: ExecutionPlan, vw: int, threads: int):
+        self.plan, self.vw, self.threads = plan, vw, max(1, threads)
+        self.p = Program(plan)
+        self.i = 0  # current op index
+        self.temps: list[tuple[str, E]] = []
+
+    # ---- shapes, constants, temporaries ---------------------------------------------------
+    def shape(self, name: str) -> list[E]:
+        return [dim(d) for d in self.plan.tensors[name].shape]
+
+    def example(self, name: str) -> tuple[int, ...]:
+        n = max(2, self.plan.example_batch)
+        return tuple(d.k * n if isinstance(d, Sym) else d for d in self.plan.tensors[name].shape)
+
+    def const(self, name: str, arr: np.ndarray | None = None) -> Slot:
+        if name not in self.p.weights:
+            a = self.plan.constants[name] if arr is None else arr
+            self.p.weights[name] = np.ascontiguousarray(a)
+        return W(name)
+
+    def derived(self, tag: str, arr: np.ndarray) -> Slot:
+        """A constant computed here (a transposed weight, split points): named by content."""
+        arr = np.ascontiguousarray(arr)
+        h = hashlib.sha256(arr.tobytes() + str((arr.dtype, arr.shape)).encode()).hexdigest()
+        return self.const(f"~{tag}.{h[:16]}", arr)
+
+    def temp(self, tag: str, nbytes: E) -> str:
+        name = f"~tmp{self.i}.{tag}"
+        self.p.buffers[name] = Buffer(name, nbytes, self.i, self.i)
+        return name
+
+    def call(self, kernel: str, args: list[Slot], items: E, cost: float, scratch: int = 0,
+             only_if=None) -> None:
+        self.p.calls.append(Call(kernel, args, lift(items), float(cost), scratch, only_if))
+
+    def numba(self, name: str) -> str:
+        self.p.kernels.setdefault(name, Kernel(name, "numba"))
+        return name
+
+    def gemm_kernel(self, spec: G.GemmSpec) -> str:
+        sym = spec.key
+        self.p.kernels.setdefault(sym, Kernel(sym, "gemm", gemm=spec))
+        return sym
+
+    def sparse_kernel(self, spec: E_.KernelSpec, pattern: E_.Pattern | None) -> str:
+        sym = "sp_" + hashlib.sha256(spec.key.encode()).hexdigest()[:20]
+        self.p.kernels.setdefault(sym, Kernel(sym, "sparse", spec=spec, pattern=pattern))
+        return sym
+
+    def act_pass(self, out: str, act: str, a: float, b: float) -> None:
+        if act != "none":
+            self.act_on(out, (act, a, b))
+
+    # ---- driver ---------------------------------------------------------------------------
+    def run(self) -> Program:
+        plan = self.plan
+        roots = {name: plan.storage_root(name) for name in plan.tensors}
+        for name in plan.tensors:
+            if name not in plan.constants:
+                self.p.where[name] = (roots[name], const(0))
+        for i, op in enumerate(plan.ops):
+            self.i = i
+            fn = getattr(self, "op_" + op.kind, None)
+            if fn is None:
+                raise Unsupported(f"{op.layer or op.name}: {op.kind} is not native yet")
+            ncalls = len(self.p.calls)
+            try:
+                label = fn(op)
+            except Unsupported as exc:
+                raise Unsupported(f"{op.layer or op.name}: {exc}") from None
+            if op.kind != "reshape" or len(self.p.calls) > ncalls:
+                self.p.labels[i] = label or "native"
+        for call in self.p.calls:  # a constant read as a tensor (a cat of a constant, ...)
+            for slot in call.args:
+                if slot.kind == "tensor" and slot.name in plan.constants:
+                    self.const(slot.name)
+        self._buffers(roots)
+        return self.p
+
+    def _buffers(self, roots: dict[str, str]) -> None:
+        """Lifetimes of the activations (inputs come from the caller), then arena offsets."""
+        plan = self.plan
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for i, op in enumerate(plan.ops):
+            for name in op.inputs:
+                if name in plan.constants:
+                    continue
+                r = roots[name]
+                last[r] = max(last.get(r, -1), i)
+            r = roots[op.output]
+            first.setdefault(r, i)
+            last[r] = max(last.get(r, -1), i)
+        for name in plan.outputs:
+            last[roots[name]] = len(plan.ops)
+        for r, f in first.items():
+            if r in plan.inputs or r in plan.constants:
+                continue
+            spec = plan.tensors[r]
+            # (a features x batch hand-over has rows N apart here: no padding, same size)
+            nbytes = numel(self.shape(r)) * np.dtype(spec.dtype).itemsize
+            self.p.buffers[r] = Buffer(r, nbytes, f, last[r])
+        self.p.arena = _pack(list(self.p.buffers.values()))
+        self.p.scratch_per_thread = max((c.scratch for c in self.p.calls), default=0)
+
+    # ---- elementwise ----------------------------------------------------------------------
+    def op_reshape(self, op: Op):
+        return None
+
+    def op_act(self, op: Op):
+        act, a, b = _act(op)
+        self.call(self.numba("k_act"), [T(op.inputs[0]), T(op.output), I(A.act_code(act)),
+                                        F(a), F(b)], numel(self.shape(op.output)), 8.0)
+
+    def op_binary(self, op: Op):
+        fn = BINARY_FNS.get(op.attrs.get("fn"))
+        out = op.output
+        if fn is None or self.plan.tensors[out].dtype != "float32":
+            raise Unsupported(f"binary {op.attrs.get('fn')} -> {self.plan.tensors[out].dtype}")
+        oshape = self.shape(out)
+        operands = []
+        if len(op.inputs) == 2:
+            names = list(op.inputs)
+        else:
+            scalar = np.array([float(op.attrs["scalar"])], np.float32)
+            s = self.derived("scalar", scalar)
+            names = [s, op.inputs[0]] if op.attrs.get("scalar_first") else [op.inputs[0], s]
+        for x in names:
+            if isinstance(x, Slot):
+                operands.append((x, [const(0)] * len(oshape)))
+                continue
+            if self.plan.tensors[x].dtype != "float32":
+                raise Unsupported(f"binary on {self.plan.tensors[x].dtype}")
+            operands.append((self.tensor_slot(x), self.bcast_strides(x, oshape)))
+        dims, _ = _pad(oshape, oshape)
+        (xs_slot, xs), (ys_slot, ys) = operands
+        _, xs = _pad(oshape, xs)
+        _, ys = _pad(oshape, ys)
+        act, a, b = _act(op)
+        rows = const(1)
+        for d in dims[:-1]:
+            rows = rows * d
+        self.call(self.numba("k_binary"),
+                  [xs_slot, ys_slot, T(out), I(fn), I(A.act_code(act)), F(a), F(b)]
+                  + [I(d) for d in dims] + [I(s) for s in xs] + [I(s) for s in ys],
+                  rows, float(self.example(out)[-1]) if oshape else 1.0)
+
+    def tensor_slot(self, name: str) -> Slot:
+        if name in self.plan.constants:
+            return self.const(name)
+        return T(name)
+
+    def bcast_strides(self, name: str, oshape: list[E]) -> list[E]:
+        shape = self.shape(name) if name not in self.plan.constants else \
+            [const(d) for d in self.plan.constants[name].shape]
+        strides = _strides(shape)
+        k = len(oshape) - len(shape)
+        out = [const(0)] * k
+        for d, s, o in zip(shape, strides, oshape[k:]):
+            out.append(const(0) if (d.is_const() and d.value == 1 and not
+                                    (o.is_const() and o.value == 1)) else s)
+        return out
+
+    # ---- data movement --------------------------------------------------------------------
+    def copy(self, src: Slot, dst: Slot, dims: list[E], xs: list[E], os_: list[E],
+             itemsize: int) -> None:
+        _, os_ = _pad(dims, os_)
+        dims, xs = _pad(dims, xs)
+        rows = const(1)
+        for d in dims[:-1]:
+            rows = rows * d
+        kern = {4: "k_copy32", 8: "k_copy64"}.get(itemsize)
+        if kern is None:
+            raise Unsupported(f"copy of {itemsize}-byte elements")
+        self.call(self.numba(kern), [src, dst] + [I(d) for d in dims] + [I(s) for s in xs]
+                  + [I(s) for s in os_], rows, 4.0)
+
+    def _item(self, name: str) -> int:
+        return np.dtype(self.plan.tensors[name].dtype).itemsize
+
+    def op_copy(self, op: Op):
+        x, out = op.inputs[0], op.output
+        n = numel(self.shape(out))
+        size = self._item(out)
+        self.copy(T(x, itemsize=size), T(out, itemsize=size), [n], [const(1)], [const(1)],
+                  size)
+
+    def op_permute(self, op: Op):
+        x, out = op.inputs[0], op.output
+        perm = [int(p) for p in op.attrs["perm"]]
+        xs = _strides(self.shape(x))
+        size = self._item(out)
+        oshape = self.shape(out)
+        self.copy(T(x, itemsize=size), T(out, itemsize=size), oshape, [xs[p] for p in perm],
+                  _strides(oshape), size)
+
+    def op_expand(self, op: Op):
+        x, out = op.inputs[0], op.output
+        oshape = self.shape(out)
+        size = self._item(out)
+        self.copy(T(x, itemsize=size), T(out, itemsize=size), oshape,
+                  self.bcast_strides(x, oshape), _strides(oshape), size)
+
+    def op_slice(self, op: Op):
+        x, out = op.inputs[0], op.output
+        key = index_from_attr(op.attrs["index"])
+        shape = self.shape(x)
+        strides = _strides(shape)
+        if Ellipsis in key:
+            k = key.index(Ellipsis)
+            fill = len(shape) - (len(key) - 1 - sum(1 for it in key if it is None))
+            key = key[:k] + (slice(None),) * fill + key[k + 1:]
+        off, dims, st = const(0), [], []
+        axis = 0
+        for it in key:
+            if it is None:
+                dims.append(const(1))
+                st.append(const(0))
+                continue
+            d, s = shape[axis], strides[axis]
+            axis += 1
+            if isinstance(it, int):
+                if not d.is_const():
+                    if it < 0:
+                        raise Unsupported("a negative index along the batch")
+                    off = off + s * it
+                    continue
+                off = off + s * (it % d.value)
+                continue
+            if it == slice(None):
+                dims.append(d)
+                st.append(s)
+                continue
+            if not d.is_const():
+                raise Unsupported("a bounded slice along the batch")
+            start, stop, step = it.indices(d.value)
+            dims.append(const(len(range(start, stop, step))))
+            st.append(s * step)
+            off = off + s * start
+        dims += shape[axis:]
+        st += strides[axis:]
+        size = self._item(out)
+        oshape = self.shape(out)
+        if len(dims) != len(oshape):
+            raise Unsupported("slice result rank")
+        self.copy(T(x, off, size), T(out, itemsize=size), dims, st, _strides(dims), size)
+
+    def op_cat(self, op: Op):
+        out = op.output
+        axis = int(op.attrs["axis"]) % len(self.plan.tensors[out].shape)
+        oshape = self.shape(out)
+        ost = _strides(oshape)
+        size = self._item(out)
+        pos = const(0)
+        for x in op.inputs:
+            xshape = self.shape(x)
+            self.copy(self.tensor_slot(x) if x in self.plan.constants else T(x, itemsize=size),
+                      T(out, pos * ost[axis], size), xshape, _strides(xshape), ost, size)
+            pos = pos + xshape[axis]
+
+    def op_stack(self, op: Op):
+        out = op.output
+        axis = int(op.attrs["axis"]) % len(self.plan.tensors[out].shape)
+        oshape = self.shape(out)
+        ost = _strides(oshape)
+        size = self._item(out)
+        for j, x in enumerate(op.inputs):
+            xshape = self.shape(x)
+            self.copy(T(x, itemsize=size), T(out, ost[axis] * j, size), xshape,
+                      _strides(xshape), ost[:axis] + ost[axis + 1:], size)
+
+    # ---- rows -----------------------------------------------------------------------------
+    def op_softmax(self, op: Op):
+        x, out = op.inputs[0], op.output
+        shape = self.shape(out)
+        if int(op.attrs["axis"]) % len(shape) != len(shape) - 1:
+            raise Unsupported("softmax over an inner axis")
+        d = shape[-1]
+        self.call(self.numba("k_softmax"), [T(x), T(out), I(d), I(int(bool(op.attrs.get(
+            "log", False))))], numel(shape[:-1]), 6.0 * self.example(out)[-1])
+
+    def op_layer_norm(self, op: Op):
+        x, out = op.inputs[0], op.output
+        shape = self.shape(out)
+        k = int(op.attrs["ndims"])
+        d = numel(shape[len(shape) - k:])
+        w, b = op.params.get("weight"), op.params.get("bias")
+        zero = self.derived("zero", np.zeros(1, np.float32))
+        self.call(self.numba("k_layernorm"),
+                  [T(x), T(out), I(d), self.const(w) if w else zero, self.const(b) if b else zero,
+                   I(int(w is not None)), I(int(b is not None)), F(float(op.attrs["eps"]))],
+                  numel(shape[:len(shape) - k]), 8.0 * d(1))
+
+    def op_embedding(self, op: Op):
+        idx, out = op.inputs[0], op.output
+        if self.plan.tensors[idx].dtype != "int64":
+            raise Unsupported(f"embedding indices of {self.plan.tensors[idx].dtype}")
+        table = self.plan.constants[op.params["weight"]]
+        self.call(self.numba("k_embedding"),
+                  [T(idx, itemsize=8), self.const(op.params["weight"]), T(out),
+                   I(table.shape[0]), I(int(np.prod(table.shape[1:]))), ERR],
+                  numel(self.shape(idx)), float(table.shape[-1]))
+
+    # ---- pooling --------------------------------------------------------------------------
+    def _nchw(self, name: str) -> list[Slot]:
+        return [I(d) for d in self.shape(name)]
+
+    def op_pool2d(self, op: Op):
+        x, out = op.inputs[0], op.output
+        a = op.attrs
+        kh, kw = (int(v) for v in a["kernel"])
+        sh, sw = (int(v) for v in a["stride"])
+        ph, pw = (int(v) for v in a["padding"])
+        ho, wo = self.shape(out)[2:]
+        planes = numel(self.shape(out)[:2])
+        cost = float(kh * kw * ho(1) * wo(1))
+        if a["mode"] == "max":
+            dh, dw = (int(v) for v in a["dilation"])
+            w = self.example(x)[3]
+            self.call(self.numba("k_maxpool"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
+                                                I(kh), I(kw), I(sh), I(sw), I(ph), I(pw),
+                                                I(dh), I(dw), SCRATCH, I(w), THREADS],
+                      planes, cost, scratch=w)
+            return
+        div = int(a.get("divisor_override") or 0)
+        self.call(self.numba("k_avgpool"), [T(x), T(out), *self._nchw(x), I(ho), I(wo), I(kh),
+                                            I(kw), I(sh), I(sw), I(ph), I(pw),
+                                            I(int(bool(a.get("count_include_pad", True)))),
+                                            I(div)], planes, cost)
+
+    def op_adaptive_pool2d(self, op: Op):
+        x, out = op.inputs[0], op.output
+        ho, wo = self.shape(out)[2:]
+        hw = self.example(x)[2] * self.example(x)[3]
+        self.call(self.numba("k_adaptive"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
+                                             I(int(op.attrs["mode"] == "max"))],
+                  numel(self.shape(out)[:2]), float(hw))
+
+    # ---- linear ---------------------------------------------------------------------------
+    def op_linear(self, op: Op):
+        x, out = op.inputs[0], op.output
+        xs, os_ = self.shape(x), self.shape(out)
+        k, o = xs[-1].value, os_[-1].value
+        m = numel(xs[:-1])
+        act, a, b = _act(op)
+        bias = op.params.get("bias")
+        if not SP.is_sparse(op.attrs.get("fmt")):
+            if op.attrs.get("in_kn") or op.attrs.get("out_kn"):
+                raise Unsupported("a dense linear in the features x batch layout")
+            wt = self.derived("wT", self.plan.constants[op.params["weight"]].reshape(o, k).T)
+            self.gemm(x=T(x), w=wt, out=T(out), bias=bias, bias_mode="col", M=m, Nn=o, K=k,
+                      lda=k, ldb=o, ldc=o, act=(act, a, b))
+            self.act_pass(out, act if _fused(act) != act else "none", a, b)
+            return "native dense"
+        return self.sparse_linear(op, x, out, m, k, o, (act, a, b), bias)
+
+    def gemm(self, *, x: Slot, w: Slot, out: Slot, bias, bias_mode: str, M, Nn, K, lda, ldb,
+             ldc, act, batch=1, sa=0, sb=0, sc=0, amod=1, bmod=1, sbias=0, a_is_w=False):
+        """One GEMM call; ``a_is_w``: the weight is A (conv: W x cols), else B (linear)."""
+        actn, pa, pb = act
+        fused = _fused(actn)
+        spec = G.GemmSpec(self.vw, bias_mode if bias else "none", fused,
+                          pa if fused == "clamp" else 0.0, pb if fused == "clamp" else 0.0)
+        sym = self.gemm_kernel(spec)
+        M, Nn, K = lift(M), lift(Nn), lift(K)
+        tm, tn = M.cdiv(G.MR), Nn.cdiv(spec.nr)
+        bslot = self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
+        A_, B_ = (w, x) if a_is_w else (x, w)
+        args = [A_, B_, out, bslot, I(M), I(Nn), I(K), I(lda), I(ldb), I(ldc), I(sa), I(sb),
+                I(sc), I(amod), I(bmod), I(sbias), I(tm), I(tn)]
+        per_item = 2.0 * G.MR * spec.nr * K(1)
+        self.call(sym, args, lift(batch) * tm * tn, per_item)
+
+    def _sparse_spec(self, op: Op, family: str, sw: SP.SparseWeight, act, has_bias: bool,
+                     idx_bits: int, tile: int = 1, pattern=None):
+        actn, pa, pb = act
+        fused = _fused(actn)
+        spec = E_.KernelSpec(family, self.vw, tile, fused, pa if fused == "clamp" else 0.0,
+                             pb if fused == "clamp" else 0.0, has_bias, idx_bits,
+                             block=sw.block)
+        baked = None
+        if pattern is not None and SP.bakes(op, family):
+            indptr, cols, xrs, span = pattern
+            from dataclasses import replace
+
+            spec = replace(spec, pattern_hash=LK.pattern_hash(indptr, cols), xrs=int(xrs),
+                           span=int(span))
+            baked = E_.Pattern(indptr, cols)
+        return spec, baked, fused != actn
+
+    def sparse_linear(self, op: Op, x: str, out: str, m: E, k: int, o: int, act, bias):
+        params = {r: self.plan.constants[c] for r, c in op.params.items()}
+        sw = SP.sparse_weight(op, params)
+        bias_arr = SP._bias_for(sw, params["bias"]) if bias else np.zeros(1, np.float32)
+        bslot = self.derived("bias", bias_arr)
+        label = "native sparse generic"
+        guard = None
+        if m(1) == 1 and sw.family == "spmm":
+            # one row (batch 1): the gather kernel on the row-major input; both layouts of a
+            # features x batch hand-over coincide for one row
+            spec, baked, tail = self._sparse_spec(op, "spmv", sw, act, bias is not None,
+                                                  sw.idx_bits,
+                                                  pattern=(sw.indptr, sw.indices, k, 0))
+            units = sw.indptr
+            if baked is not None:
+                from sparsecc.codegen.llvm import emit_specialized as es
+
+                units = es.chunk_bounds(sw.indptr, es.spmv_chunk_nnz(int(sw.indptr[-1])))
+                label = "native sparse specialised"
+            args = self._sparse_args(sw, bslot, T(x), T(out), L=m, xrs=k, ors=o)
+            one = (m, "==", 1)
+            self.call(self.sparse_kernel(spec, baked), args, len(units) - 1,
+                      2.0 * sw.data.size / max(len(units) - 1, 1), only_if=one)
+            if tail:
+                self.act_on(out, act, one)
+            guard = (m, "!=", 1)
+        # several rows: SpMM over features x batch (rows m floats apart)
+        if op.attrs.get("in_kn"):
+            xt = T(x)
+        else:
+            name = self.temp("xt", m * k * 4)
+            self.copy(T(x), T(name), [const(k), m], [const(1), const(k)], [m, const(1)], 4)
+            self._guard_last(guard)
+            xt = T(name)
+        ot_name = None if op.attrs.get("out_kn") else self.temp("ot", m * o * 4)
+        ot = T(out) if ot_name is None else T(ot_name)
+        tile = LK.spmm_tile(m(max(2, self.plan.example_batch)), self.vw, sw.block_rows)
+        spec, _, tail = self._sparse_spec(op, sw.family, sw, act, bias is not None,
+                                          sw.idx_bits, tile)
+        self.spmm(op, sw, spec, False, bslot, xt, ot, n=1, L=m, xrs=m, ors=m, xns=0, ons=0,
+                  indices=sw.indices, x_rows=k, guard=guard)
+        if tail:
+            self.act_on(ot_name or out, act, guard)
+        if ot_name is not None:
+            self.copy(T(ot_name), T(out), [m, const(o)], [const(1), m], [const(o), const(1)],
+                      4)
+            self._guard_last(guard)
+        return label
+
+    def _guard_last(self, guard) -> None:
+        if guard is not None:
+            self.p.calls[-1].only_if = guard
+
+    def act_on(self, name: str, act, guard=None) -> None:
+        """The activation in place on a tensor or temporary (``guard``: as Call.only_if)."""
+        actn, a, b = act
+        n = self.p.buffers[name].nbytes.fdiv(4) if name in self.p.buffers else \
+            numel(self.shape(name))
+        self.call(self.numba("k_act"), [T(name), T(name), I(A.act_code(actn)), F(a), F(b)], n,
+                  8.0, only_if=guard)
+
+    def _sparse_args(self, sw: SP.SparseWeight, bias: Slot, x: Slot, out: Slot, **ints):
+        slots = [I(0)] * E_.N_ARGS
+        slots[E_.A_INDPTR] = self.derived("indptr", sw.indptr)
+        slots[E_.A_IDX] = self.derived("idx", ints.pop("indices", sw.indices))
+        slots[E_.A_DATA] = self.derived("data", ints.pop("data", sw.data))
+        slots[E_.A_X], slots[E_.A_OUT], slots[E_.A_BIAS] = x, out, bias
+        for slot, key in ((E_.A_ROWS, "rows"), (E_.A_L, "L"), (E_.A_XRS, "xrs"),
+                          (E_.A_ORS, "ors"), (E_.A_NTILES, "ntiles"), (E_.A_XNS, "xns"),
+                          (E_.A_ONS, "ons"), (E_.A_NRB, "nrb"), (E_.A_GN, "gn"),
+                          (E_.A_NPANEL, "npanel")):
+            if key in ints:
+                slots[slot] = I(ints[key])
+        if "rsplit" in ints:
+            slots[E_.A_RSPLIT] = ints["rsplit"]
+        if "indptr" in ints:
+            slots[E_.A_INDPTR] = ints["indptr"]
+        return slots
+
+    def spmm(self, op: Op, sw: SP.SparseWeight, spec: E_.KernelSpec, specialise: bool,
+             bias: Slot,
+             x: Slot, out: Slot, *, n, L, xrs, ors, xns, ons, indices, x_rows, reach=0,
+             guard=None, panel_of=None):
+        from sparsecc.codegen.llvm import driver
+
+        baked = None
+        if specialise and SP.bakes(op, sw.family) and lift(L).is_const() \
+                and lift(xrs).is_const():
+            from dataclasses import replace
+
+            spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
+                           xrs=lift(xrs).value, span=lift(L).value)
+            baked = E_.Pattern(sw.indptr, indices)
+        sym = self.sparse_kernel(spec, baked)
+        L = lift(L)
+        ntiles = L.cdiv(spec.vw * spec.tile)
+        row_bounds = None
+        if baked is not None:
+            from sparsecc.codegen.llvm import emit_specialized as es
+
+            row_bounds = es.chunk_bounds(sw.indptr)
+        units = row_bounds if row_bounds is not None else sw.indptr
+        nunits = len(units) - 1
+        want = 4 * self.threads
+        n_ex = lift(n)(max(1, self.plan.example_batch))
+        tiles_ex = max(n_ex * ntiles(max(1, self.plan.example_batch)), 1)
+        nrb = max(1, min(nunits, -(-want // tiles_ex))) if self.threads > 1 else 1
+        rsplit = driver.nnz_splits(sw.indptr if row_bounds is None else sw.indptr[row_bounds],
+                                   nrb)
+        nrb = len(rsplit) - 1
+        indptr, idx, data = sw.indptr, indices, sw.data
+        npanel = 1
+        if row_bounds is None and sw.family == "spmm":
+            tile_floats = spec.tile * spec.vw
+            panels = LK.column_panels(panel_of if panel_of is not None else indices, x_rows,
+                                      tile_floats, 1.0 + reach / tile_floats)
+            if panels is not None and panels[1] > 1:
+                npanel = panels[1]
+                indptr, idx, data = LK.panelize(indptr, idx, data, panels[0], npanel)
+        args = self._sparse_args(sw, bias, x, out, indices=idx, data=data,
+                                 rows=sw.rows, L=L, xrs=xrs, ors=ors, ntiles=ntiles, xns=xns,
+                                 ons=ons, nrb=nrb, gn=sw.gn, npanel=npanel,
+                                 rsplit=self.derived("rsplit", rsplit),
+                                 indptr=self.derived("indptr", indptr))
+        per_item = 2.0 * sw.data.size / nrb * spec.vw * spec.tile
+        self.call(sym, args, lift(n) * ntiles * nrb, per_item, only_if=guard)
+        return "native sparse specialised" if baked is not None else "native sparse generic"
+
+    # ---- conv2d ---------------------------------------------------------------------------
+    def op_conv2d(self, op: Op):
+        x, out = op.inputs[0], op.output
+        a = op.attrs
+        kh, kw = (int(v) for v in a["kernel"])
+        sh, sw_ = (int(v) for v in a["stride"])
+        ph, pw = (int(v) for v in a["padding"])
+        dh, dw = (int(v) for v in a["dilation"])
+        groups = int(a["groups"])
+        nb, cin, h, w = self.shape(x)
+        _, cout, ho, wo = self.shape(out)
+        cin_, cout_, ho_, wo_ = cin.value, cout.value, ho.value, wo.value
+        act = _act(op)
+        bias = op.params.get("bias")
+        sparse = SP.is_sparse(a.get("fmt"))
+        hw = ho_ * wo_
+        if not sparse and groups == cin_ and cin_ > 1:
+            per = CV.depthwise_scratch(ho_, wo_, kh, kw, sh, sw_, dh, dw)
+            wt = self.const(op.params["weight"])
+            bslot = self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
+            self.call(self.numba("k_depthwise"),
+                      [T(x), wt, bslot, I(int(bias is not None)), T(out), I(nb), I(cin), I(h),
+                       I(w), I(cout), I(ho), I(wo), I(kh), I(kw), I(sh), I(sw_), I(ph), I(pw),
+                       I(dh), I(dw), I(A.act_code(act[0])), F(act[1]), F(act[2]), SCRATCH,
+                       I(per), THREADS], nb * cout_, 2.0 * kh * kw * hw, scratch=per)
+            return "native depthwise"
+        pointwise = (kh, kw, sh, sw_, ph, pw) == (1, 1, 1, 1, 0, 0)
+        cg = cin_ // groups
+        krows = cin_ * kh * kw
+
+        def im2col() -> str:
+            cols = self.temp("cols", nb * krows * hw * 4)
+            self.call(self.numba("k_im2col"),
+                      [T(x), T(cols), I(nb), I(cin), I(h), I(w), I(0), I(cin), I(kh), I(kw),
+                       I(sh), I(sw_), I(ph), I(pw), I(dh), I(dw), I(ho), I(wo)],
+                      nb * krows, float(hw))
+            return cols
+
+        if not sparse:
+            weight = self.const(op.params["weight"])
+            og = cout_ // groups
+            kg = cg * kh * kw
+            src = T(x) if pointwise and groups == 1 else T(im2col())
+            self.gemm(x=src, w=weight, out=T(out), bias=bias, bias_mode="row", M=og, Nn=hw,
+                      K=kg, lda=kg, ldb=hw, ldc=hw, act=act, batch=nb * groups,
+                      sa=og * kg, sb=kg * hw, sc=og * hw, amod=groups, bmod=nb * groups,
+                      sbias=og, a_is_w=True)
+            self.act_pass(out, act[0] if _fused(act[0]) != act[0] else "none", act[1], act[2])
+            return "native dense"
+        if groups != 1:
+            raise Unsupported("a sparse grouped conv")
+        params = {r: self.plan.constants[c] for r, c in op.params.items()}
+        swt = SP.sparse_weight(op, params)
+        bias_arr = SP._bias_for(swt, params["bias"]) if bias else np.zeros(1, np.float32)
+        bslot = self.derived("bias", bias_arr)
+        method = SP.conv_method(op, self.example(x), self.example(out))
+        if method == "shifted":
+            return self._shifted(op, swt, x, out, bslot, act)
+        xsrc = T(x) if method == "pointwise" else T(im2col())
+        rows_in = cin_ if method == "pointwise" else krows
+        tile = LK.spmm_tile(hw, self.vw, swt.block_rows)
+        spec, _, tail = self._sparse_spec(op, swt.family, swt, act, bias is not None,
+                                          swt.idx_bits, tile)
+        label = self.spmm(op, swt, spec, True, bslot, xsrc, T(out), n=nb, L=hw, xrs=hw,
+                          ors=hw, xns=rows_in * hw, ons=cout_ * hw, indices=swt.indices,
+                          x_rows=rows_in)
+        if tail:
+            self.act_pass(out, *act)
+        return label
+
+    def _shifted(self, op: Op, swt, x: str, out: str, bslot: Slot, act) -> str:
+        nb, cin, h, w = self.shape(x)
+        cout = self.shape(out)[1].value
+        g = SP.Shift.of(op, self.example(out))
+        rows = cin.value * g.phases
+        per_sample = rows * g.plane + g.slack
+        planes = self.temp("planes", nb * per_sample * 4)
+        pys = self.derived("pys", g.pys)
+        pxs = self.derived("pxs", g.pxs)
+        self.call(self.numba("k_phase"),
+                  [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
+                   I(g.sw), pys, I(len(g.pys)), pxs, I(len(g.pxs)), I(g.hq), I(g.wq),
+                   I(per_sample)], nb * rows, float(g.plane))
+        L = g.ho * g.wq
+        full = self.temp("full", nb * cout * L * 4)
+        offs = g.offsets(swt.indices)
+        tile = LK.spmm_tile(L, self.vw, swt.block_rows)
+        spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
+                                          tile)
+        label = self.spmm(op, swt, spec, True, bslot, T(planes), T(full), n=nb, L=L, xrs=1,
+                          ors=L, xns=per_sample, ons=cout * L, indices=offs, x_rows=rows,
+                          reach=g.reach, panel_of=offs // g.plane)
+        self.call(self.numba("k_crop"), [T(full), T(out), I(nb), I(cout), I(g.ho), I(g.wo),
+                                         I(g.wq)], nb * cout, float(g.ho * g.wo))
+        if tail:
+            self.act_pass(out, *act)
+        return label
+
+
+def _pack(bufs: list[Buffer]) -> tuple[int, int]:
+    """Arena offsets by lifetime (greedy, largest first): a buffer may share bytes with one
+    whose lifetime does not overlap. Sizes a*N + b are bounded per coefficient, so offsets
+    valid at one N are valid at all. Returns the arena's size as (a, b)."""
+    sized = []
+    for buf in bufs:
+        a, b = linear(buf.nbytes)
+        sized.append((buf, -(-a // 64) * 64, max(-(-b // 64) * 64, 0 if a else 64)))
+    sized.sort(key=lambda t: (t[1], t[2]), reverse=True)
+    placed: list[tuple[Buffer, int, int, int, int]] = []  # buf, oa, ob, a, b
+    top = (0, 0)
+    for buf, a, b in sized:
+        live = [p for p in placed if not (p[0].last < buf.first or buf.last < p[0].first)]
+        ends = [(p[1] + p[3], p[2] + p[4]) for p in live]
+        worst = (max((e[0] for e in ends), default=0), max((e[1] for e in ends), default=0))
+        for oa, ob in sorted({(0, 0), *ends}) + [worst]:
+            if all(_disjoint((oa, ob, a, b), p[1:]) for p in live):
+                break
+        buf.offset = (oa, ob)
+        placed.append((buf, oa, ob, a, b))
+        top = (max(top[0], oa + a), max(top[1], ob + b))
+    return top
+
+
+def _disjoint(p, q) -> bool:
+    """Whether ranges [oa*N + ob, + a*N + b) are disjoint for every N >= 1: one ends before
+    the other starts in both coefficients."""
+    oa, ob, a, b = p
+    qa, qb, qa_len, qb_len = q
+    return (oa + a <= qa and ob + b <= qb) or (qa + qa_len <= oa and qb + qb_len <= ob)

@@ -1,0 +1,266 @@
+"""Program -> object code: the model's ``run`` and every kernel it calls, over one thread pool.
+
+The main module holds, as LLVM IR:
+
+* ``<p>_run(weights, arena, argspace, N, inputs, outputs, threads) -> i32``: fills each call's
+  args block from N (every slot an expression in N) and runs the call through ``pfor``;
+  returns 0, or 1 when a kernel flagged bad input (an embedding index out of range);
+* ``<p>_arena_bytes(N, threads)`` and ``<p>_argspace_slots()``;
+* ``pfor``: a parallel-for over libgomp's pool (``GOMP_parallel``; items handed out by an
+  atomic counter in chunks); calls too small to pay for waking the pool run on the caller;
+* the GEMM kernels (``gemm.py``) and the numba kernels' IR, linked in, everything but the
+  entry points internal so two models link into one program.
+
+Sparse kernels stay objects of their own (the LLVM kernel cache's, one per spec and pattern:
+specialised ones are built without the IR optimiser, which would take seconds per layer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from llvmlite import ir
+
+from sparsecc.codegen.llvm import emit as E_
+from sparsecc.codegen.llvm import emit_specialized as ES
+from sparsecc.native import gemm as G
+from sparsecc.native import kernels as NK
+from sparsecc.native.expr import E, N
+from sparsecc.native.lower import Program
+
+I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+P8, P64 = I8.as_pointer(), I64.as_pointer()
+KFN = E_.KERNEL_TYPE
+# Below this many (rough) flops a call runs on the calling thread: waking the pool costs
+# a few microseconds.
+SERIAL_FLOPS = 30_000
+# Symbols the library may leave to the loader: libm, libc's memory functions, libgomp.
+ALLOWED_EXTERNALS = re.compile(
+    r"^(GOMP_parallel|omp_get_thread_num|memcpy|memset|memmove|"
+    r"(exp|log|tanh|sqrt|erf|erfc|pow|sin|cos|expm1|log1p)f?)$")
+
+
+def main_ir(prog: Program, prefix: str, weight_offsets: dict[str, int]) -> str:
+    mod = ir.Module(name=f"{prefix}_main")
+    kernels = {}
+    for sym, k in prog.kernels.items():
+        if k.kind == "gemm":
+            G.emit_gemm(mod, f"{prefix}_{sym}", k.gemm)
+            fn = mod.globals[f"{prefix}_{sym}"]
+        elif k.kind == "numba":
+            fn = _numba_wrapper(mod, prefix, NK.kernel_ir(sym))
+        else:
+            fn = ir.Function(mod, KFN, sparse_symbol(prefix, k))
+        kernels[sym] = fn
+    pfor = _emit_pfor(mod, prefix)
+    _emit_run(mod, prefix, prog, kernels, pfor, weight_offsets)
+    _emit_sizes(mod, prefix, prog)
+    return ES.module_text(mod)
+
+
+def sparse_symbol(prefix: str, k) -> str:
+    return f"{prefix}_{k.symbol}"
+
+
+def numba_texts(prog: Program) -> list[str]:
+    return [NK.kernel_ir(sym).text for sym, k in prog.kernels.items() if k.kind == "numba"]
+
+
+def _numba_wrapper(mod: ir.Module, prefix: str, kir: NK.KernelIR) -> ir.Function:
+    inner = ir.Function(mod, ir.FunctionType(I32, [P8, P8, I64, I64, P64]), kir.inner)
+    fn = ir.Function(mod, KFN, f"{prefix}_{kir.name}")
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ret = b.alloca(I64)
+    exc = b.alloca(P8)
+    b.call(inner, [b.bitcast(ret, P8), b.bitcast(exc, P8), *fn.args])
+    b.ret_void()
+    return fn
+
+
+def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
+    """pfor(fn, args, items, cost, threads): fn over [0, items) on ``threads`` threads."""
+    ctx_t = ir.LiteralStructType([KFN.as_pointer(), P64, I64, I64, I64])
+    worker_t = ir.FunctionType(ir.VoidType(), [P8])
+    gomp = ir.Function(mod, ir.FunctionType(ir.VoidType(), [worker_t.as_pointer(), P8, I32, I32]),
+                       "GOMP_parallel")
+    worker = ir.Function(mod, worker_t, f"{prefix}_pfor_worker")
+    worker.linkage = "internal"
+    b = ir.IRBuilder(worker.append_basic_block("entry"))
+    ctx = b.bitcast(worker.args[0], ctx_t.as_pointer())
+
+    def field(i):
+        return b.gep(ctx, [I32(0), I32(i)], inbounds=True)
+
+    fnp, args, items, grain = (b.load(field(i)) for i in range(4))
+    counter = field(4)
+    head = worker.append_basic_block("head")
+    body = worker.append_basic_block("body")
+    done = worker.append_basic_block("done")
+    b.branch(head)
+    b.position_at_end(head)
+    start = b.atomic_rmw("add", counter, grain, "monotonic")
+    b.cbranch(b.icmp_signed("<", start, items), body, done)
+    b.position_at_end(body)
+    stop = b.add(start, grain)
+    stop = b.select(b.icmp_signed("<", stop, items), stop, items)
+    b.call(fnp, [start, stop, args])
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret_void()
+
+    pfor = ir.Function(mod, ir.FunctionType(ir.VoidType(), [KFN.as_pointer(), P64, I64, I64,
+                                                            I32]), f"{prefix}_pfor")
+    pfor.linkage = "internal"
+    fn, args, items, cost, threads = pfor.args
+    b = ir.IRBuilder(pfor.append_basic_block("entry"))
+    serial = pfor.append_basic_block("serial")
+    par = pfor.append_basic_block("parallel")
+    out = pfor.append_basic_block("out")
+    nothing = b.icmp_signed("<=", items, I64(0))
+    few = b.or_(b.icmp_signed("<=", threads, I32(1)),
+                b.or_(b.icmp_signed("<=", items, I64(1)),
+                      b.icmp_signed("<", b.mul(items, cost), I64(SERIAL_FLOPS))))
+    b.cbranch(nothing, out, pfor.append_basic_block("go"))
+    b.position_at_end(pfor.blocks[-1])
+    b.cbranch(few, serial, par)
+    b.position_at_end(serial)
+    b.call(fn, [I64(0), items, args])
+    b.branch(out)
+    b.position_at_end(par)
+    ctx = b.alloca(ctx_t)
+    t64 = b.sext(threads, I64)
+    grain = b.sdiv(items, b.mul(t64, I64(4)))
+    grain = b.select(b.icmp_signed("<", grain, I64(1)), I64(1), grain)
+    for i, v in enumerate((fn, args, items, grain, I64(0))):
+        b.store(v, b.gep(ctx, [I32(0), I32(i)], inbounds=True))
+    b.call(gomp, [worker, b.bitcast(ctx, P8), threads, I32(0)])
+    b.branch(out)
+    b.position_at_end(out)
+    b.ret_void()
+    return pfor
+
+
+def _arena_layout(prog: Program) -> dict[str, tuple[int, int]]:
+    return {name: buf.offset for name, buf in prog.buffers.items()}
+
+
+def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None:
+    fty = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32])
+    fn = ir.Function(mod, fty, f"{prefix}_run")
+    weights, arena, argspace, n, ins, outs, threads = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    memo: dict = {}
+    plan = prog.plan
+    layout = _arena_layout(prog)
+    scratch_a, scratch_b = prog.arena
+
+    def ev(e: E) -> ir.Value:
+        return e.emit(b, n, memo)
+
+    def addr(base: ir.Value, off: ir.Value) -> ir.Value:
+        return b.add(b.ptrtoint(base, I64), off)
+
+    bases: dict[str, ir.Value] = {}
+
+    def tensor_base(name: str) -> ir.Value:
+        """The address of a tensor's storage (arena, or the caller's input) as i64."""
+        root, off = prog.where.get(name, (name, None))
+        if root in bases:
+            return bases[root]
+        if root in plan.constants:
+            v = addr(weights, I64(weight_offsets[root]))
+        elif root in plan.inputs:
+            p = b.load(b.gep(ins, [I64(plan.inputs.index(root))], inbounds=True))
+            v = b.ptrtoint(p, I64)
+        else:
+            oa, ob = layout[root]
+            v = addr(arena, ev(N * oa + ob))
+        bases[root] = v
+        return v
+
+    b.store(I64(0), argspace)  # slot 0: the error flag kernels may set
+    err_addr = b.ptrtoint(argspace, I64)
+    scratch_addr = addr(arena, ev(N * scratch_a + scratch_b))
+    pos = 1
+    for call in prog.calls:
+        block = b.gep(argspace, [I64(pos)], inbounds=True)
+        values = []
+        for slot in call.args:
+            if slot.kind == "int":
+                values.append(ev(slot.expr))
+            elif slot.kind == "tensor":
+                values.append(b.add(tensor_base(slot.name), ev(slot.expr)))
+            elif slot.kind == "weight":
+                values.append(addr(weights, I64(weight_offsets[slot.name])))
+            elif slot.kind == "scratch":
+                values.append(scratch_addr)
+            elif slot.kind == "threads":
+                values.append(b.sext(threads, I64))
+            elif slot.kind == "err":
+                values.append(err_addr)
+            else:
+                raise ValueError(slot.kind)
+        run_it = None
+        if call.only_if is not None:
+            e, op, v = call.only_if
+            run_it = b.icmp_signed(op, ev(e), I64(v))
+            then = fn.append_basic_block("call")
+            after = fn.append_basic_block("after")
+            b.cbranch(run_it, then, after)
+            b.position_at_end(then)
+            memo_before = dict(memo)
+            bases_before = dict(bases)
+        for i, v in enumerate(values):
+            b.store(v, b.gep(block, [I64(i)], inbounds=True))
+        b.call(pfor, [kernels[call.kernel], block, ev(call.items),
+                      I64(max(1, int(call.cost))), threads])
+        if run_it is not None:
+            b.branch(after)
+            b.position_at_end(after)
+            memo.clear()
+            memo.update(memo_before)  # values computed in the branch do not dominate here
+            bases.clear()
+            bases.update(bases_before)
+        pos += len(call.args)
+    # outputs: copy out of the arena (or the input they alias)
+    memcpy = mod.declare_intrinsic("llvm.memcpy", [P8, P8, I64])
+    from sparsecc.native.expr import numel
+
+    for j, name in enumerate(plan.outputs):
+        spec = plan.tensors[name]
+        import numpy as np
+
+        nbytes = ev(numel([_d(d) for d in spec.shape]) * np.dtype(spec.dtype).itemsize)
+        dst = b.load(b.gep(outs, [I64(j)], inbounds=True))
+        src = b.inttoptr(tensor_base(name), P8)
+        b.call(memcpy, [dst, src, nbytes, ir.Constant(ir.IntType(1), 0)])
+    flag = b.load(argspace)
+    b.ret(b.trunc(flag, I32))
+    prog.argspace_slots = pos
+
+
+def _d(d):
+    from sparsecc.native.expr import dim
+
+    return dim(d)
+
+
+def _emit_sizes(mod, prefix, prog: Program) -> None:
+    fn = ir.Function(mod, ir.FunctionType(I64, [I64, I32]), f"{prefix}_arena_bytes")
+    n, threads = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    a0, b0 = prog.arena
+    main = b.add(b.mul(n, I64(a0)), I64(b0))
+    scratch = b.mul(b.sext(threads, I64), I64(4 * prog.scratch_per_thread + 64))
+    b.ret(b.add(b.add(main, scratch), I64(64)))
+    fn = ir.Function(mod, ir.FunctionType(I64, []), f"{prefix}_argspace_slots")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.ret(I64(prog.argspace_slots))
+
+
+def program_key(prog: Program, prefix: str, host_key: str) -> str:
+    h = hashlib.sha256()
+    h.update(f"{prefix}|{host_key}".encode())
+    return h.hexdigest()
