@@ -16,6 +16,7 @@ import numpy as np
 from sparsecc.errors import ArtifactError, MemoryBudgetError
 from sparsecc.formats.cost import estimate_seconds
 from sparsecc.ir.plan import ExecutionPlan, format_shape, resolve_shape
+from sparsecc.options import env_native
 from sparsecc.runtime.artifact import load_plan, save_plan
 from sparsecc.runtime.executor import Executor
 from sparsecc.runtime.ops import OPS
@@ -26,18 +27,49 @@ def _is_torch(x: Any) -> bool:
 
 
 class CompiledModel:
-    def __init__(self, plan: ExecutionPlan, max_memory: int | str | None = None):
+    """A compiled plan, run by its native library (the whole model as one native function:
+    ``sparsecc.native``) when every op of the plan has native code and this machine can build
+    it, else by the executor (numba kernels and BLAS, op by op from Python).
+    ``native_status`` says which, and why not the library."""
+
+    def __init__(self, plan: ExecutionPlan, max_memory: int | str | None = None,
+                 native: bool | None = None, library=None):
         self.plan = plan
         self.executor = Executor(plan, max_memory)
+        self.native = None
+        self.native_status = "off (SPARSECC_NATIVE=0)"
+        if native if native is not None else env_native():
+            self._start_native(library)
+
+    def _start_native(self, library=None) -> None:
+        from sparsecc.errors import CodegenError
+        from sparsecc.native.lower import Unsupported
+
+        try:
+            from sparsecc.native.library import build
+            from sparsecc.native.model import NativeModel
+
+            lib = library if library is not None else build(self.plan)
+            self.native = NativeModel(self.executor, lib)
+            self.native_status = (f"native library ({lib.code_bytes / 1e3:.0f} kB of code, "
+                                  f"built in {lib.build_seconds:.1f} s)")
+        except (Unsupported, CodegenError) as exc:
+            self.native = None
+            self.native_status = f"executor (numba/BLAS): not native because {exc}"
 
     def __call__(self, *inputs: Any):
         torch_in = any(_is_torch(x) for x in inputs)
-        arrays = [x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x) for x in inputs]
-        outs = self.executor.run(arrays)
-        if torch_in:
-            import torch
+        nm = self.native
+        if nm is not None and torch_in and all(_is_torch(x) for x in inputs):
+            outs = nm.run_torch(inputs)
+        else:
+            arrays = [x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x)
+                      for x in inputs]
+            outs = nm.run(arrays) if nm is not None else self.executor.run(arrays)
+            if torch_in:
+                import torch
 
-            outs = [torch.from_numpy(o) for o in outs]
+                outs = [torch.from_numpy(o) for o in outs]
         if self.plan.output_kind == "dict":
             return dict(zip(self.plan.info["output_keys"], outs))
         return outs[0] if self.plan.output_kind == "single" else tuple(outs)

@@ -19,6 +19,12 @@ def env_debug() -> bool:
     return os.environ.get("SPARSECC_DEBUG", "") not in ("", "0")
 
 
+def env_native() -> bool:
+    """SPARSECC_NATIVE=0 runs every model on the executor (numba kernels, BLAS) instead of
+    its native library (for comparisons; the default is the library wherever it builds)."""
+    return os.environ.get("SPARSECC_NATIVE", "1") not in ("0", "")
+
+
 DEFAULT_MAX_MEMORY = 16 << 30
 
 

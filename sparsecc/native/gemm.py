@@ -68,7 +68,7 @@ def emit_gemm(module: ir.Module, name: str, spec: GemmSpec) -> None:
         ab = b.srem(bi, amod)
         a_base = b.gep(A, [b.add(b.mul(ab, sa), b.mul(i0, lda))], inbounds=True)
         b_base = b.gep(B, [b.add(b.mul(b.srem(bi, bmod), sb), j0)], inbounds=True)
-        c_base = b.gep(Cm, [b.add(b.mul(bi, sc), b.mul(i0, ldc))], inbounds=True)
+        c_base = b.gep(Cm, [b.add(b.add(b.mul(bi, sc), b.mul(i0, ldc)), j0)], inbounds=True)
         bias_base = b.gep(bias, [b.mul(ab, sbias)], inbounds=True)
         rows = b.sub(M, i0)
         ncols = b.sub(N, j0)
@@ -86,18 +86,18 @@ def emit_gemm(module: ir.Module, name: str, spec: GemmSpec) -> None:
             b.position_at_end(blk)
             with b.if_else(full_cols) as (then, other):
                 with then:
-                    _tile(k, spec, mr, None, a_base, b_base, c_base, bias_base, j0, K, lda,
+                    _tile(k, spec, mr, None, a_base, b_base, c_base, bias_base, i0, j0, K, lda,
                           ldb, ldc)
                 with other:
-                    _tile(k, spec, mr, masks, a_base, b_base, c_base, bias_base, j0, K, lda,
-                          ldb, ldc)
+                    _tile(k, spec, mr, masks, a_base, b_base, c_base, bias_base, i0, j0, K,
+                          lda, ldb, ldc)
             b.branch(after)
         b.position_at_end(after)
     b.ret_void()
 
 
-def _tile(k: _Fn, spec: GemmSpec, mr: int, masks, a_base, b_base, c_base, bias_base, j0, K,
-          lda, ldb, ldc) -> None:
+def _tile(k: _Fn, spec: GemmSpec, mr: int, masks, a_base, b_base, c_base, bias_base, i0, j0,
+          K, lda, ldb, ldc) -> None:
     b = k.b
     vw = spec.vw
     zero = ir.Constant(k.vty, [0.0] * vw)
@@ -119,7 +119,7 @@ def _tile(k: _Fn, spec: GemmSpec, mr: int, masks, a_base, b_base, c_base, bias_b
             val = b.load(accs[i][v])
             mask = None if masks is None else masks[v]
             if spec.bias == "row":
-                val = b.fadd(val, k.splat(k.load_f32(bias_base, I64(i))))
+                val = b.fadd(val, k.splat(k.load_f32(bias_base, b.add(i0, I64(i)))))
             elif spec.bias == "col":
                 off = b.add(j0, I64(v * vw))
                 val = b.fadd(val, k.vload(b.gep(bias_base, [off], inbounds=True), mask))

@@ -32,7 +32,7 @@ class NativeLibrary:
 
     prefix: str
     host: str
-    objects: dict[str, bytes]  # "main" and one per sparse kernel
+    objects: dict[str, bytes]  # "main", and each sparse kernel's by its spec key
     blob: bytes
     arena: tuple[int, int]
     scratch_per_thread: int
@@ -63,18 +63,20 @@ def build(plan: ExecutionPlan, prefix: str = "scc", threads: int | None = None
     text = M.main_ir(prog, prefix, offsets)
     lib = NativeLibrary(prefix, h.key, {}, blob, prog.arena, prog.scratch_per_thread,
                         prog.argspace_slots, dict(prog.labels), program=prog)
-    lib.objects["main"] = jit.compile_linked([text] + M.numba_texts(prog), lib.exports,
-                                             M.ALLOWED_EXTERNALS.match)
-    for sym, k in prog.kernels.items():
-        if k.kind == "sparse":
-            ir_text = LK.kernel_ir(k.spec, k.pattern, name=M.sparse_symbol(prefix, k))
-            lib.objects[sym] = jit.compile_ir(ir_text, opt=0 if k.spec.pattern_hash else 3)
+    sparse = {M.sparse_symbol(prefix, k) for k in prog.kernels.values() if k.kind == "sparse"}
+    lib.objects["main"] = jit.compile_linked(
+        [text] + M.numba_texts(prog), lib.exports,
+        lambda name: name in sparse or M.ALLOWED_EXTERNALS.match(name) is not None)
+    for k in prog.kernels.values():
+        if k.kind == "sparse":  # the LLVM kernel cache's object (its function is "kernel")
+            lib.objects[k.spec.key] = LK.build(k.spec, k.pattern).obj
     lib.build_seconds = time.perf_counter() - t0
     return lib
 
 
 _RUN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
+                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+                        ctypes.c_void_p)
 _SIZE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_int32)
 
 
@@ -94,9 +96,18 @@ class NativeRunner:
     context (arena + args blocks) of its own from a pool."""
 
     def __init__(self, lib: NativeLibrary):
+        import llvmlite.binding as llvm
+
         load_gomp()
-        objs = [lib.objects["main"]] + [o for k, o in lib.objects.items() if k != "main"]
-        addrs = jit.load_objects(objs, lib.exports)
+        # Each object in an engine of its own: MCJIT places a second object's sections in
+        # one engine without their alignment (a 64-byte aligned constant load then faults).
+        # The main object finds the sparse kernels as process symbols.
+        for k in lib.program.kernels.values():
+            if k.kind == "sparse":
+                obj = lib.objects.get(k.spec.key)
+                kern = LK.from_object(k.spec, obj) if obj else LK.build(k.spec, k.pattern)
+                llvm.add_symbol(M.sparse_symbol(lib.prefix, k), kern.addr)
+        addrs = jit.load_objects([lib.objects["main"]], lib.exports)
         self.lib = lib
         self._run = _RUN(addrs[lib.exports[0]])
         self._arena = _SIZE(addrs[lib.exports[1]])
@@ -117,6 +128,8 @@ class NativeRunner:
         with self._lock:
             self._free.setdefault((ctx.n, ctx.threads), []).append(ctx)
 
-    def call(self, ctx: _Context, in_ptrs, out_ptrs) -> int:
+    def call(self, ctx: _Context, in_ptrs, out_ptrs, times=None) -> int:
+        """Run at the context's batch; ``times`` (int64 per plan op, or None): adds the
+        cycles each op took."""
         return self._run(self.weights_ptr, ctx.arena_ptr, ctx.args_ptr, ctx.n, in_ptrs,
-                         out_ptrs, ctx.threads)
+                         out_ptrs, ctx.threads, times)

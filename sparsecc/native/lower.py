@@ -81,6 +81,7 @@ class Call:
     cost: float  # rough flops per item: small calls run on the calling thread
     scratch: int = 0  # floats of per-thread scratch
     only_if: tuple[E, str, int] | None = None  # run only when expr (==|!=) value
+    op: int = 0  # the plan op it belongs to (profiles)
 
 
 @dataclass
@@ -177,7 +178,8 @@ class Lowering:
 
     def call(self, kernel: str, args: list[Slot], items: E, cost: float, scratch: int = 0,
              only_if=None) -> None:
-        self.p.calls.append(Call(kernel, args, lift(items), float(cost), scratch, only_if))
+        self.p.calls.append(Call(kernel, args, lift(items), float(cost), scratch, only_if,
+                                 self.i))
 
     def numba(self, name: str) -> str:
         self.p.kernels.setdefault(name, Kernel(name, "numba"))

@@ -34,7 +34,7 @@ P8, P64 = I8.as_pointer(), I64.as_pointer()
 KFN = E_.KERNEL_TYPE
 # Below this many (rough) flops a call runs on the calling thread: waking the pool costs
 # a few microseconds.
-SERIAL_FLOPS = 30_000
+SERIAL_FLOPS = int(__import__("os").environ.get("SCC_SERIAL", 30_000))
 # Symbols the library may leave to the loader: libm, libc's memory functions, libgomp.
 ALLOWED_EXTERNALS = re.compile(
     r"^(GOMP_parallel|omp_get_thread_num|memcpy|memset|memmove|"
@@ -147,10 +147,12 @@ def _arena_layout(prog: Program) -> dict[str, tuple[int, int]]:
 
 
 def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None:
-    fty = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32])
+    fty = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32, P64])
     fn = ir.Function(mod, fty, f"{prefix}_run")
-    weights, arena, argspace, n, ins, outs, threads = fn.args
+    weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    cycles = mod.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
+    timed = b.icmp_unsigned("!=", b.ptrtoint(times, I64), I64(0))
     memo: dict = {}
     plan = prog.plan
     layout = _arena_layout(prog)
@@ -214,8 +216,12 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None
             bases_before = dict(bases)
         for i, v in enumerate(values):
             b.store(v, b.gep(block, [I64(i)], inbounds=True))
+        t0 = b.call(cycles, [])
         b.call(pfor, [kernels[call.kernel], block, ev(call.items),
                       I64(max(1, int(call.cost))), threads])
+        with b.if_then(timed):  # profiling: cycles per op into times[op]
+            slot = b.gep(times, [I64(call.op)], inbounds=True)
+            b.store(b.add(b.load(slot), b.sub(b.call(cycles, []), t0)), slot)
         if run_it is not None:
             b.branch(after)
             b.position_at_end(after)
