@@ -174,8 +174,10 @@ def _link_native(path) -> int:
 class Report:
     rows: list[dict[str, Any]]
     batch: int
+    backend: str = ""
 
-    COLUMNS = ("name", "op", "shape", "density", "format", "mflops", "est_us", "measured_us")
+    COLUMNS = ("name", "op", "shape", "density", "format", "kernel", "mflops", "est_us",
+               "measured_us", "gflops")
 
     def total(self, key: str) -> float:
         return float(sum(r[key] for r in self.rows if r.get(key) is not None))
@@ -184,10 +186,13 @@ class Report:
         cells = [list(self.COLUMNS)]
         for r in self.rows:
             cells.append([_cell(r.get(c)) for c in self.COLUMNS])
-        cells.append(["total", "", "", "", "", _cell(self.total("mflops")),
-                      _cell(self.total("est_us")), _cell(self.total("measured_us"))])
+        total = ["total", "", "", "", "", "", _cell(self.total("mflops")),
+                 _cell(self.total("est_us")), _cell(self.total("measured_us"))]
+        us = self.total("measured_us")
+        total.append(_cell(self.total("mflops") / us * 1e3) if us else "-")
+        cells.append(total)
         widths = [max(len(row[i]) for row in cells) for i in range(len(self.COLUMNS))]
-        lines = [f"per-layer report at batch {self.batch}"]
+        lines = [f"per-layer report at batch {self.batch}; runs on: {self.backend}"]
         for k, row in enumerate(cells):
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
             if k == 0 or k == len(cells) - 2:
@@ -209,7 +214,9 @@ def build_report(cm: CompiledModel, measure: bool, repeats: int) -> Report:
     plan = cm.plan
     n = plan.example_batch
     shapes = {name: resolve_shape(t.shape, n) for name, t in plan.tensors.items()}
-    measured = cm.executor.profile(cm.example_inputs(), repeats) if measure else {}
+    runner = cm.native if cm.native is not None else cm.executor
+    measured = runner.profile(cm.example_inputs(), repeats) if measure else {}
+    labels = cm.native.lib.labels if cm.native is not None else {}
     rows = []
     for i, op in enumerate(plan.ops):
         if op.kind == "reshape":
@@ -232,9 +239,22 @@ def build_report(cm: CompiledModel, measure: bool, repeats: int) -> Report:
             "density": op.attrs.get("density"), "format": fmt,
             "mflops": flops / 1e6,
             "est_us": est_us,
+            "kernel": labels.get(i, "-") if cm.native is not None else _executor_kernel(op),
             "measured_us": measured[i] * 1e6 if i in measured else None,
+            "gflops": flops / measured[i] / 1e9 if measured.get(i) else None,
         })
-    return Report(rows, n)
+    return Report(rows, n, cm.native_status)
+
+
+def _executor_kernel(op) -> str:
+    """The executor's kernel family for an op (the report's kernel column off the library)."""
+    from sparsecc.runtime.ops.sparse import backend_of, is_sparse
+
+    if op.kind in ("linear", "conv2d"):
+        if is_sparse(op.attrs.get("fmt")):
+            return f"{backend_of(op)} sparse"
+        return "numba" if op.kind == "conv2d" and op.attrs.get("groups", 1) > 1 else "BLAS"
+    return "numba/numpy"
 
 
 def _act_suffix(op) -> str:

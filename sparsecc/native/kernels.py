@@ -231,6 +231,33 @@ def k_maxpool(start, stop, a):
 
 
 @_kernel
+def k_maxpool_rows(start, stop, a):
+    """[x, out, H, W, ho, wo, k, s]: k x k max pooling at stride s, no padding or dilation
+    (the common case); items: output rows of all planes, each from its k input rows. The
+    2x2/2 window is spelled out so the row loop vectorises (interleaved loads)."""
+    x, out = _f32(a, 0, _BIG), _f32(a, 1, _BIG)
+    h, w, ho, wo, k, s = a[2], a[3], a[4], a[5], a[6], a[7]
+    for r in range(start, stop):
+        t = r // ho
+        oh = r - t * ho
+        base = t * h * w + oh * s * w
+        o = out[r * wo:(r + 1) * wo]
+        if k == 2 and s == 2:
+            r0, r1 = x[base:base + w], x[base + w:base + 2 * w]
+            for j in range(wo):
+                o[j] = P._pick(P._pick(r0[2 * j + 1], r0[2 * j]),
+                               P._pick(r1[2 * j + 1], r1[2 * j]))
+        else:
+            for j in range(wo):
+                best = x[base + j * s]
+                for i in range(k):
+                    row = x[base + i * w + j * s:base + i * w + j * s + k]
+                    for q in range(k):
+                        best = P._pick(row[q], best)
+                o[j] = best
+
+
+@_kernel
 def k_avgpool(start, stop, a):
     """[x, out, N, C, H, W, ho, wo, kh, kw, sh, sw, ph, pw, include_pad, divisor]."""
     x = _nchw(a, 0, 2)

@@ -464,6 +464,12 @@ class Lowering:
         cost = float(kh * kw * ho(1) * wo(1))
         if a["mode"] == "max":
             dh, dw = (int(v) for v in a["dilation"])
+            if kh == kw and sh == sw and (ph, pw, dh, dw) == (0, 0, 1, 1):
+                h, w = self.shape(x)[2:]
+                self.call(self.numba("k_maxpool_rows"), [T(x), T(out), I(h), I(w), I(ho),
+                                                         I(wo), I(kh), I(sh)],
+                          planes * ho, float(kh * kw * wo(1)))
+                return
             w = self.example(x)[3]
             self.call(self.numba("k_maxpool"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
                                                 I(kh), I(kw), I(sh), I(sw), I(ph), I(pw),
