@@ -25,6 +25,7 @@ from numba import carray, cfunc, njit, types
 from numba.core.extending import intrinsic
 
 from sparsecc.codegen.numba import activations as A
+from sparsecc.codegen.numba import attention as AT
 from sparsecc.codegen.numba import conv as C
 from sparsecc.codegen.numba import norm as N
 from sparsecc.codegen.numba import pool as P
@@ -54,6 +55,22 @@ def _i64p(typingctx, addr):
         return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
 
     return types.CPointer(types.int64)(types.int64), codegen
+
+
+def _ptr_intrinsic(ty, llty):
+    @intrinsic
+    def cast(typingctx, addr):
+        def codegen(context, builder, sig, args):
+            return builder.inttoptr(args[0], llty.as_pointer())
+
+        return types.CPointer(ty)(types.int64), codegen
+
+    return cast
+
+
+_u8p = _ptr_intrinsic(types.uint8, ir.IntType(8))
+_i32p = _ptr_intrinsic(types.int32, ir.IntType(32))
+_f64p = _ptr_intrinsic(types.float64, ir.DoubleType())
 
 
 @intrinsic
@@ -195,6 +212,12 @@ def k_copy32(start, stop, a):
 
 
 @_kernel
+def k_copy8(start, stop, a):
+    """k_copy32 for 1-byte elements (bool masks)."""
+    _copy_rows(start, stop, a, carray(_u8p(a[0]), _BIG), carray(_u8p(a[1]), _BIG))
+
+
+@_kernel
 def k_copy64(start, stop, a):
     """k_copy32 for 8-byte elements (token ids)."""
     _copy_rows(start, stop, a, carray(_i64p(a[0]), _BIG), carray(_i64p(a[1]), _BIG))
@@ -333,6 +356,172 @@ def k_crop(start, stop, a):
     out = carray(_f32p(a[1]), (a[2], a[3], a[4], a[5]))
     for t in range(start, stop):
         C.crop_plane(full, t, a[6], a[5], out)
+
+
+def _view4_factory(dtype):
+    """An intrinsic: (addr, 4 dims, 4 element strides) -> a 4-D ``dtype`` array (any strides:
+    a stride 0 broadcasts)."""
+    arr = types.Array(dtype, 4, "A")
+
+    @intrinsic
+    def view4(typingctx, addr, d0, d1, d2, d3, s0, s1, s2, s3):
+        def codegen(context, builder, sig, args):
+            from numba.np.arrayobj import make_array, populate_array
+
+            ary = make_array(arr)(context, builder)
+            size = context.get_abi_sizeof(context.get_data_type(dtype))
+            isz = ir.IntType(64)(size)
+            ptr = builder.inttoptr(args[0], context.get_data_type(dtype).as_pointer())
+            populate_array(ary, data=ptr, shape=list(args[1:5]),
+                           strides=[builder.mul(x, isz) for x in args[5:9]],
+                           itemsize=context.get_constant(types.intp, size), meminfo=None)
+            return ary._getvalue()
+
+        return arr(*([types.int64] * 9)), codegen
+
+    return view4
+
+
+_view4_f32 = _view4_factory(types.float32)
+_view4_bool = _view4_factory(types.boolean)
+
+
+@njit(inline="always", **_OPTS)
+def _v4(a, i, base):
+    """The float32 4-D array at args[i], dims args[base:base+4], strides args[base+4:base+8]."""
+    return _view4_f32(a[i], a[base], a[base + 1], a[base + 2], a[base + 3], a[base + 4],
+                      a[base + 5], a[base + 6], a[base + 7])
+
+
+@_kernel
+def k_sdpa(start, stop, a):
+    """[q, k, v, out, mask, mask_kind, causal, scale, scratch, per, threads, q dims(4) and
+    strides(4), k (8), v (8), out (8), mask (8)]: softmax(q k^T * scale + mask) v, one (batch,
+    head) per item (sdpa_head: the numba backend's body); a bool mask when kind is KEEP."""
+    q, k, v, out = _v4(a, 0, 11), _v4(a, 1, 19), _v4(a, 2, 27), _v4(a, 3, 35)
+    nd, ns, ne = a[14], a[21], a[30]
+    buf = _scratch(a, 8)
+    kt = carray(_f32p(buf), (nd, ns))
+    vc = carray(_f32p(buf + 4 * nd * ns), (ns, ne))
+    row = carray(_f32p(buf + 4 * (nd + ne) * ns), ns)
+    acc = carray(_f32p(buf + 4 * ((nd + ne) * ns + ns)), ne)
+    sc = np.float32(_f64(a[7]))
+    if a[5] == AT.MASK_KEEP:
+        mb = _view4_bool(a[4], a[43], a[44], a[45], a[46], a[47], a[48], a[49], a[50])
+        for t in range(start, stop):
+            AT.sdpa_head(q, k, v, mb, a[5], a[6] != 0, sc, out, t, kt, vc, row, acc)
+    else:
+        mf = _v4(a, 4, 43)
+        for t in range(start, stop):
+            AT.sdpa_head(q, k, v, mf, a[5], a[6] != 0, sc, out, t, kt, vc, row, acc)
+
+
+# Element types of the any-dtype kernels (binary comparisons, casts, reductions).
+DTYPES = {"float32": 0, "int64": 1, "bool": 2, "int32": 3, "float64": 4}
+ANY_FNS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "maximum": 4, "minimum": 5, "eq": 6,
+           "ne": 7, "lt": 8, "le": 9, "gt": 10, "ge": 11, "and": 12, "or": 13}
+
+
+@njit(inline="always", **_OPTS)
+def _load(addr, i, dt):
+    if dt == 0:
+        return np.float64(carray(_f32p(addr), i + 1)[i])
+    if dt == 1:
+        return np.float64(carray(_i64p(addr), i + 1)[i])
+    if dt == 2:
+        return np.float64(carray(_u8p(addr), i + 1)[i] != 0)
+    if dt == 3:
+        return np.float64(carray(_i32p(addr), i + 1)[i])
+    return carray(_f64p(addr), i + 1)[i]
+
+
+@njit(inline="always", **_OPTS)
+def _store(addr, i, dt, v):
+    if dt == 0:
+        carray(_f32p(addr), i + 1)[i] = np.float32(v)
+    elif dt == 1:
+        carray(_i64p(addr), i + 1)[i] = np.int64(v)
+    elif dt == 2:
+        carray(_u8p(addr), i + 1)[i] = np.uint8(v != 0)
+    elif dt == 3:
+        carray(_i32p(addr), i + 1)[i] = np.int32(v)
+    else:
+        carray(_f64p(addr), i + 1)[i] = v
+
+
+@njit(inline="always", **_OPTS)
+def _anyop(u, v, fn):
+    if fn <= 5:
+        return np.float64(_binop(u, v, fn))
+    if fn == 6:
+        return 1.0 if u == v else 0.0
+    if fn == 7:
+        return 1.0 if u != v else 0.0
+    if fn == 8:
+        return 1.0 if u < v else 0.0
+    if fn == 9:
+        return 1.0 if u <= v else 0.0
+    if fn == 10:
+        return 1.0 if u > v else 0.0
+    if fn == 11:
+        return 1.0 if u >= v else 0.0
+    if fn == 12:
+        return 1.0 if (u != 0) and (v != 0) else 0.0
+    return 1.0 if (u != 0) or (v != 0) else 0.0
+
+
+@_kernel
+def k_binary_any(start, stop, a):
+    """[x, y, out, fn, xdt, ydt, odt, dims(6), x strides(6), y strides(6)]: k_binary for any
+    element types (DTYPES; comparisons give bool), computed in float64, scalar; items: rows.
+    ``fn`` -1: a cast of x (y unread)."""
+    fn, xdt, ydt, odt = a[3], a[4], a[5], a[6]
+    d5, xs5, ys5 = a[12], a[18], a[24]
+    for r in range(start, stop):
+        i0, i1, i2, i3, i4 = _offsets(a, 7, r)
+        xo = _dot5(a, 13, i0, i1, i2, i3, i4)
+        yo = _dot5(a, 19, i0, i1, i2, i3, i4)
+        for j in range(d5):
+            u = _load(a[0], xo + j * xs5, xdt)
+            if fn < 0:
+                val = u
+            else:
+                val = _anyop(u, _load(a[1], yo + j * ys5, ydt), fn)
+            _store(a[2], r * d5 + j, odt, val)
+
+
+REDUCE_FNS = {"sum": 0, "mean": 1, "amax": 2, "amin": 3}
+
+
+@_kernel
+def k_reduce(start, stop, a):
+    """[x, out, fn, kept dims(4), kept strides(4), reduced dims(4), reduced strides(4)]
+    (float32; accumulated in float64; NaN propagates through amax/amin); items: outputs."""
+    x, out = _f32(a, 0, _BIG), _f32(a, 1, _BIG)
+    fn = a[2]
+    count = a[11] * a[12] * a[13] * a[14]
+    for r in range(start, stop):
+        k3 = r % a[6]
+        q = r // a[6]
+        k2 = q % a[5]
+        q //= a[5]
+        k1 = q % a[4]
+        k0 = q // a[4]
+        base = k0 * a[7] + k1 * a[8] + k2 * a[9] + k3 * a[10]
+        acc = 0.0 if fn <= 1 else np.float64(x[base])
+        for j0 in range(a[11]):
+            for j1 in range(a[12]):
+                for j2 in range(a[13]):
+                    off = base + j0 * a[15] + j1 * a[16] + j2 * a[17]
+                    for j3 in range(a[14]):
+                        v = np.float64(x[off + j3 * a[18]])
+                        if fn <= 1:
+                            acc += v
+                        elif fn == 2:
+                            acc = v if (v > acc) | (v != v) else acc
+                        else:
+                            acc = v if (v < acc) | (v != v) else acc
+        out[r] = np.float32(acc / count if fn == 1 else acc)
 
 
 # ---- rows: softmax, layer norm; embedding ---------------------------------------------------

@@ -13,6 +13,7 @@ the executor (numba/BLAS) and its report says why.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,7 @@ from sparsecc.codegen.numba import conv as CV
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
 from sparsecc.native import gemm as G
 from sparsecc.native.expr import E, const, dim, lift, linear, numel
-from sparsecc.native.kernels import BINARY_FNS, RANK, f64_bits
+from sparsecc.native.kernels import ANY_FNS, BINARY_FNS, DTYPES, RANK, REDUCE_FNS, f64_bits
 from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.shape import index_from_attr
 
@@ -261,37 +262,122 @@ class Lowering:
                                         F(a), F(b)], numel(self.shape(op.output)), 8.0)
 
     def op_binary(self, op: Op):
-        fn = BINARY_FNS.get(op.attrs.get("fn"))
         out = op.output
-        if fn is None or self.plan.tensors[out].dtype != "float32":
-            raise Unsupported(f"binary {op.attrs.get('fn')} -> {self.plan.tensors[out].dtype}")
         oshape = self.shape(out)
-        operands = []
+        fname = op.attrs.get("fn")
         if len(op.inputs) == 2:
             names = list(op.inputs)
         else:
-            scalar = np.array([float(op.attrs["scalar"])], np.float32)
+            scalar = np.array([float(op.attrs["scalar"])], np.float64)
             s = self.derived("scalar", scalar)
             names = [s, op.inputs[0]] if op.attrs.get("scalar_first") else [op.inputs[0], s]
+        dts = [("float64" if isinstance(x, Slot) else self._dtype(x)) for x in names]
+        fast = fname in BINARY_FNS and self._dtype(out) == "float32" and \
+            all(d == "float32" for d in dts)
+        operands = []
         for x in names:
             if isinstance(x, Slot):
-                operands.append((x, [const(0)] * len(oshape)))
-                continue
-            if self.plan.tensors[x].dtype != "float32":
-                raise Unsupported(f"binary on {self.plan.tensors[x].dtype}")
-            operands.append((self.tensor_slot(x), self.bcast_strides(x, oshape)))
+                operands.append((x if not fast else self.derived(
+                    "scalar32", np.array([float(op.attrs["scalar"])], np.float32)),
+                    [const(0)] * len(oshape)))
+            else:
+                operands.append((self.tensor_slot(x), self.bcast_strides(x, oshape)))
         dims, _ = _pad(oshape, oshape)
         (xs_slot, xs), (ys_slot, ys) = operands
         _, xs = _pad(oshape, xs)
         _, ys = _pad(oshape, ys)
+        rows = numel(dims[:-1])
+        cost = float(self.example(out)[-1]) if oshape else 1.0
+        tail = [I(d) for d in dims] + [I(s) for s in xs] + [I(s) for s in ys]
         act, a, b = _act(op)
-        rows = const(1)
-        for d in dims[:-1]:
-            rows = rows * d
-        self.call(self.numba("k_binary"),
-                  [xs_slot, ys_slot, T(out), I(fn), I(A.act_code(act)), F(a), F(b)]
-                  + [I(d) for d in dims] + [I(s) for s in xs] + [I(s) for s in ys],
-                  rows, float(self.example(out)[-1]) if oshape else 1.0)
+        if fast:
+            self.call(self.numba("k_binary"),
+                      [xs_slot, ys_slot, T(out), I(BINARY_FNS[fname]), I(A.act_code(act)),
+                       F(a), F(b)] + tail, rows, cost)
+            return
+        if fname not in ANY_FNS or any(d not in DTYPES for d in dts + [self._dtype(out)]):
+            raise Unsupported(f"binary {fname} on {dts} -> {self._dtype(out)}")
+        self.call(self.numba("k_binary_any"),
+                  [xs_slot, ys_slot, T(out), I(ANY_FNS[fname])] +
+                  [I(DTYPES[d]) for d in dts + [self._dtype(out)]] + tail, rows, cost)
+        self.act_pass(out, act, a, b)
+
+    def op_cast(self, op: Op):
+        x, out = op.inputs[0], op.output
+        dts = [self._dtype(x), self._dtype(out)]
+        if any(d not in DTYPES for d in dts):
+            raise Unsupported(f"cast {dts[0]} -> {dts[1]}")
+        n = numel(self.shape(out))
+        dims, xs = _pad([n], [const(1)])
+        self.call(self.numba("k_binary_any"),
+                  [T(x), T(x), T(out), I(-1), I(DTYPES[dts[0]]), I(DTYPES[dts[0]]),
+                   I(DTYPES[dts[1]])] + [I(d) for d in dims] + [I(s) for s in xs] * 2,
+                  const(1), float(n(1)))
+
+    def _dtype(self, name: str) -> str:
+        if name in self.plan.constants:
+            return str(self.plan.constants[name].dtype)
+        return self.plan.tensors[name].dtype
+
+    def op_reduce(self, op: Op):
+        x, out = op.inputs[0], op.output
+        fn = REDUCE_FNS.get(op.attrs.get("fn"))
+        if fn is None or self._dtype(x) != "float32" or self._dtype(out) != "float32":
+            raise Unsupported(f"reduce {op.attrs.get('fn')} on {self._dtype(x)}")
+        shape = self.shape(x)
+        st = _strides(shape)
+        axes = sorted({int(a) % len(shape) for a in op.attrs["axes"]})
+        kept = [i for i in range(len(shape)) if i not in axes]
+        if len(kept) > 4 or len(axes) > 4:
+            raise Unsupported("reduce over more than 4 kept or reduced dims")
+
+        def four(idx):
+            d = [shape[i] for i in idx]
+            s_ = [st[i] for i in idx]
+            return [const(1)] * (4 - len(d)) + d, [const(0)] * (4 - len(d)) + s_
+
+        kd, ks = four(kept)
+        rd, rs = four(axes)
+        self.call(self.numba("k_reduce"),
+                  [T(x), T(out), I(fn)] + [I(v) for v in kd + ks + rd + rs],
+                  numel(kd), float(numel(rd)(1)))
+
+    def op_sdpa(self, op: Op):
+        q, k, v = op.inputs[:3]
+        mask = op.inputs[3] if len(op.inputs) > 3 else None
+        out = op.output
+        shapes = [self.shape(t) for t in (q, k, v, out)]
+        if any(len(sh) not in (3, 4) for sh in shapes):
+            raise Unsupported("attention over other than 3-D or 4-D tensors")
+        q4, k4, v4, o4 = ([const(1)] * (4 - len(sh)) + sh for sh in shapes)
+        if not (q4[:2] == k4[:2] == v4[:2] == o4[:2]):
+            raise Unsupported("attention with broadcast batch or head dims")
+        nd, ns, ne = q4[3], k4[2], v4[3]
+        if not (nd.is_const() and ns.is_const() and ne.is_const()):
+            raise Unsupported("attention with a batch-sized sequence or head")
+        scale = op.attrs.get("scale")
+        scale = 1.0 / math.sqrt(nd.value) if scale is None else float(scale)
+        from sparsecc.codegen.numba import attention as AT
+
+        full = [q4[0], q4[1], q4[2], ns]
+        if mask is None:
+            kind, mslot, ms = AT.MASK_NONE, self.derived("zero", np.zeros(1, np.float32)), \
+                [const(0)] * 4
+        else:
+            mdt = self._dtype(mask)
+            if mdt not in ("bool", "float32"):
+                raise Unsupported(f"an attention mask of {mdt}")
+            kind = AT.MASK_KEEP if mdt == "bool" else AT.MASK_ADD
+            mslot = self.tensor_slot(mask)
+            ms = self.bcast_strides(mask, full)
+        per = (nd.value + ne.value) * ns.value + ns.value + ne.value
+        slots = [T(q), T(k), T(v), T(out), mslot, I(kind), I(int(bool(op.attrs.get(
+            "is_causal")))), F(scale), SCRATCH, I(per), THREADS]
+        for dims in (q4, k4, v4, o4):
+            slots += [I(d) for d in dims] + [I(s) for s in _strides(dims)]
+        slots += [I(d) for d in full] + [I(s) for s in ms]
+        self.call(self.numba("k_sdpa"), slots, q4[0] * q4[1],
+                  2.0 * q4[2](1) * ns.value * (nd.value + ne.value), scratch=per)
 
     def tensor_slot(self, name: str) -> Slot:
         if name in self.plan.constants:
@@ -317,7 +403,7 @@ class Lowering:
         rows = const(1)
         for d in dims[:-1]:
             rows = rows * d
-        kern = {4: "k_copy32", 8: "k_copy64"}.get(itemsize)
+        kern = {1: "k_copy8", 4: "k_copy32", 8: "k_copy64"}.get(itemsize)
         if kern is None:
             raise Unsupported(f"copy of {itemsize}-byte elements")
         self.call(self.numba(kern), [src, dst] + [I(d) for d in dims] + [I(s) for s in xs]
