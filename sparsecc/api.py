@@ -41,7 +41,7 @@ class CompiledModel:
         if native if native is not None else env_native():
             self._start_native(library)
 
-    def _start_native(self, library=None) -> None:
+    def _start_native(self, library=None, prebuilt: dict[str, bytes] | None = None) -> None:
         from sparsecc.errors import CodegenError
         from sparsecc.native.lower import Unsupported
 
@@ -49,7 +49,7 @@ class CompiledModel:
             from sparsecc.native.library import build
             from sparsecc.native.model import NativeModel
 
-            lib = library if library is not None else build(self.plan)
+            lib = library if library is not None else build(self.plan, prebuilt=prebuilt)
             self.native = NativeModel(self.executor, lib)
             self.native_status = (f"native library ({lib.code_bytes / 1e3:.0f} kB of code, "
                                   f"built in {lib.build_seconds:.1f} s)")
@@ -124,12 +124,14 @@ def load(path: str | Path, native: bool = False,
     and falls back to rebuilding when it was not: only for artifacts from a trusted source.
     """
     plan = load_plan(path, OPS.keys())
-    if native:
-        _link_native(path)
+    prebuilt = _link_native(path) if native else None
     try:
-        return CompiledModel(plan, max_memory)
+        cm = CompiledModel(plan, max_memory, native=False)
     except MemoryBudgetError as exc:
         raise ArtifactError(str(path), str(exc)) from None
+    if env_native():
+        cm._start_native(prebuilt=prebuilt)
+    return cm
 
 
 def _native_code(cm: CompiledModel):
@@ -145,28 +147,35 @@ def _native_code(cm: CompiledModel):
     code = NativeCode(jit.host().key)
     for key, k in used.items():
         code.kernels[key] = (dataclasses.asdict(k.spec), k.obj)
+    if cm.native is not None:
+        lib = cm.native.lib
+        code.libraries[lib.main_key] = lib.objects["main"]
+        for k in lib.program.kernels.values():
+            if k.kind == "sparse":
+                code.kernels[k.spec.key] = (dataclasses.asdict(k.spec), lib.objects[k.spec.key])
     return code
 
 
-def _link_native(path) -> int:
-    """Link the artifact's object code if it matches this CPU; the number of kernels linked."""
+def _link_native(path) -> dict[str, bytes] | None:
+    """Link the artifact's kernel objects if they match this CPU; its native library objects
+    (by cache key) for the library build to use instead of compiling, or None."""
     from sparsecc.runtime.artifact import read_native
     from sparsecc.runtime.ops.sparse import llvm_available
 
     native = read_native(path)
     if native is None or not llvm_available():
-        return 0
+        return None
     from sparsecc.codegen.llvm import jit, kernels
 
     if native.host != jit.host().key:
-        return 0  # another CPU: kernels are rebuilt for this one when the plan is bound
+        return None  # another CPU: kernels are rebuilt for this one when the plan is bound
     for key, (spec_fields, obj) in native.kernels.items():
         try:
             spec = kernels.spec_from_dict(spec_fields)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(str(path), f"native kernel {key}: bad spec ({exc})") from None
         kernels.from_object(spec, obj)
-    return len(native.kernels)
+    return dict(native.libraries)
 
 
 # ---- report -------------------------------------------------------------------------------

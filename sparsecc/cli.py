@@ -227,6 +227,21 @@ def cmd_bench(args) -> int:
     return bench_command(args)
 
 
+def cmd_export_c(args) -> int:
+    from sparsecc.api import load
+    from sparsecc.native.export import export_c
+    from sparsecc.native.lower import Unsupported
+
+    cm = load(args.artifact, native=False)
+    try:
+        so, hdr = export_c(cm.plan, args.dir, args.prefix)
+    except Unsupported as exc:
+        raise SparseccError(f"{args.artifact}: not every layer has native code yet ({exc}); "
+                            "the model runs in Python only") from None
+    print(f"wrote {so} ({so.stat().st_size / 1e6:.2f} MB) and {hdr}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = Parser(prog="sparsecc", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -266,6 +281,12 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--report", action="store_true", help="print the per-layer report")
     b.add_argument("--save", help="also save the compiled artifact here")
     b.set_defaults(fn=cmd_bench)
+    x = sub.add_parser("export-c", help="the artifact as a C library: DIR/libPREFIX.so + "
+                                        "DIR/PREFIX.h")
+    x.add_argument("artifact")
+    x.add_argument("dir")
+    x.add_argument("--prefix", default="sparsecc_model", help="begins every symbol")
+    x.set_defaults(fn=cmd_export_c)
     w = sub.add_parser("sweep", help="accuracy/latency sweep: sparsity x pattern x method")
     w.add_argument("model", help="package.module:factory or file.py:factory")
     w.add_argument("--metric", required=True, help="module:function(model) -> float")

@@ -490,6 +490,24 @@ def k_binary_any(start, stop, a):
             _store(a[2], r * d5 + j, odt, val)
 
 
+@_kernel
+def k_where(start, stop, a):
+    """[cond (bool), x, y, out, dims(6), cond strides(6), x strides(6), y strides(6)]: out =
+    cond ? x : y in float32 (a scalar branch is a 1-element constant at stride 0); items:
+    rows."""
+    cond = carray(_u8p(a[0]), _BIG)
+    x, y, out = _f32(a, 1, _BIG), _f32(a, 2, _BIG), _f32(a, 3, _BIG)
+    d5, cs5, xs5, ys5 = a[9], a[15], a[21], a[27]
+    for r in range(start, stop):
+        i0, i1, i2, i3, i4 = _offsets(a, 4, r)
+        co = _dot5(a, 10, i0, i1, i2, i3, i4)
+        xo = _dot5(a, 16, i0, i1, i2, i3, i4)
+        yo = _dot5(a, 22, i0, i1, i2, i3, i4)
+        o = out[r * d5:(r + 1) * d5]
+        for j in range(d5):
+            o[j] = x[xo + j * xs5] if cond[co + j * cs5] != 0 else y[yo + j * ys5]
+
+
 REDUCE_FNS = {"sum": 0, "mean": 1, "amax": 2, "amin": 3}
 
 
@@ -583,6 +601,21 @@ def k_embedding(start, stop, a):
 
 
 # ---- IR extraction ------------------------------------------------------------------------
+def source_hash() -> str:
+    """Identifies the kernels' source (this file, the numba kernels it calls, numba): part of
+    the library cache key, so a cached library is found without compiling any kernel."""
+    import hashlib
+    from pathlib import Path
+
+    import numba
+
+    from sparsecc.codegen import numba as nb_pkg
+
+    h = hashlib.sha256(numba.__version__.encode())
+    for path in sorted(Path(nb_pkg.__file__).parent.glob("*.py")) + [Path(__file__)]:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:24]
+
 @dataclass(frozen=True)
 class KernelIR:
     """One kernel's numba IR: ``text`` defines ``inner`` with numba's calling convention,

@@ -10,6 +10,7 @@ through ctypes; ``export.py`` links the same objects into a shared library with 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 from sparsecc.codegen.llvm import jit
 from sparsecc.codegen.llvm import kernels as LK
 from sparsecc.ir.plan import ExecutionPlan
+from sparsecc.native import kernels as NK
 from sparsecc.native import module as M
 from sparsecc.native.lower import Lowering, Program
 from sparsecc.native.runtime import load_gomp
@@ -39,6 +41,7 @@ class NativeLibrary:
     argspace_slots: int
     labels: dict[int, str]
     build_seconds: float = 0.0
+    main_key: str = ""  # the main object's cache key (artifacts store it under this)
     program: Program | None = field(default=None, repr=False)
 
     @property
@@ -47,14 +50,15 @@ class NativeLibrary:
 
     @property
     def exports(self) -> list[str]:
-        return [f"{self.prefix}_run", f"{self.prefix}_arena_bytes",
-                f"{self.prefix}_argspace_slots"]
+        return [f"{self.prefix}__run", f"{self.prefix}__arena_bytes",
+                f"{self.prefix}__argspace_slots"]
 
 
-def build(plan: ExecutionPlan, prefix: str = "scc", threads: int | None = None
-          ) -> NativeLibrary:
+def build(plan: ExecutionPlan, prefix: str = "scc", threads: int | None = None,
+          prebuilt: dict[str, bytes] | None = None) -> NativeLibrary:
     """Lower and compile ``plan``; raises lower.Unsupported (an op not native yet) or
-    CodegenError (no LLVM target / OpenMP here)."""
+    CodegenError (no LLVM target / OpenMP here). ``prebuilt``: main objects by cache key
+    (a trusted artifact's), used instead of compiling when one matches."""
     t0 = time.perf_counter()
     load_gomp()
     h = jit.host()
@@ -64,9 +68,12 @@ def build(plan: ExecutionPlan, prefix: str = "scc", threads: int | None = None
     lib = NativeLibrary(prefix, h.key, {}, blob, prog.arena, prog.scratch_per_thread,
                         prog.argspace_slots, dict(prog.labels), program=prog)
     sparse = {M.sparse_symbol(prefix, k) for k in prog.kernels.values() if k.kind == "sparse"}
-    lib.objects["main"] = jit.compile_linked(
-        [text] + M.numba_texts(prog), lib.exports,
-        lambda name: name in sparse or M.ALLOWED_EXTERNALS.match(name) is not None)
+    key = "|".join([hashlib.sha256(text.encode()).hexdigest(), NK.source_hash(),
+                    *M.numba_names(prog)])
+    lib.main_key, lib.objects["main"] = jit.compile_linked(
+        key, lambda: [text] + M.numba_texts(prog), lib.exports,
+        lambda name: name in sparse or M.ALLOWED_EXTERNALS.match(name) is not None,
+        prebuilt)
     for k in prog.kernels.values():
         if k.kind == "sparse":  # the LLVM kernel cache's object (its function is "kernel")
             lib.objects[k.spec.key] = LK.build(k.spec, k.pattern).obj

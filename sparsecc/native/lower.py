@@ -302,6 +302,33 @@ class Lowering:
                   [I(DTYPES[d]) for d in dts + [self._dtype(out)]] + tail, rows, cost)
         self.act_pass(out, act, a, b)
 
+    def op_where(self, op: Op):
+        ins = list(op.inputs)
+        out = op.output
+        cond = ins.pop(0)
+        oshape = self.shape(out)
+        if self._dtype(cond) != "bool" or self._dtype(out) != "float32":
+            raise Unsupported(f"where -> {self._dtype(out)}")
+        branches = []
+        for key in ("a", "b"):
+            val = op.attrs.get(key)
+            if val is None:
+                name = ins.pop(0)
+                if self._dtype(name) != "float32":
+                    raise Unsupported(f"where over {self._dtype(name)}")
+                branches.append((self.tensor_slot(name), self.bcast_strides(name, oshape)))
+            else:
+                c = self.derived("scalar32", np.array([float(val)], np.float32))
+                branches.append((c, [const(0)] * len(oshape)))
+        dims, cs = _pad(oshape, self.bcast_strides(cond, oshape))
+        (xs_slot, xs), (ys_slot, ys) = branches
+        _, xs = _pad(oshape, xs)
+        _, ys = _pad(oshape, ys)
+        self.call(self.numba("k_where"),
+                  [self.tensor_slot(cond), xs_slot, ys_slot, T(out)] +
+                  [I(v) for v in dims + cs + xs + ys], numel(dims[:-1]),
+                  float(self.example(out)[-1]) if oshape else 1.0)
+
     def op_cast(self, op: Op):
         x, out = op.inputs[0], op.output
         dts = [self._dtype(x), self._dtype(out)]

@@ -49,7 +49,7 @@ def main_ir(prog: Program, prefix: str, weight_offsets: dict[str, int]) -> str:
             G.emit_gemm(mod, f"{prefix}_{sym}", k.gemm)
             fn = mod.globals[f"{prefix}_{sym}"]
         elif k.kind == "numba":
-            fn = _numba_wrapper(mod, prefix, NK.kernel_ir(sym))
+            fn = _numba_wrapper(mod, prefix, sym)
         else:
             fn = ir.Function(mod, KFN, sparse_symbol(prefix, k))
         kernels[sym] = fn
@@ -63,13 +63,30 @@ def sparse_symbol(prefix: str, k) -> str:
     return f"{prefix}_{k.symbol}"
 
 
+def inner_symbol(name: str) -> str:
+    """The name a numba kernel's inner function gets in the library (numba's own mangled
+    name is only known once numba compiled it: renaming lets a cached library skip that)."""
+    return f"sparsecc_nk_{name}"
+
+
 def numba_texts(prog: Program) -> list[str]:
-    return [NK.kernel_ir(sym).text for sym, k in prog.kernels.items() if k.kind == "numba"]
+    """The IR of the numba kernels ``prog`` calls, inner functions renamed (compiles them)."""
+    out = []
+    for sym, k in prog.kernels.items():
+        if k.kind == "numba":
+            kir = NK.kernel_ir(sym)
+            out.append(re.sub(r'@"?' + re.escape(kir.inner) + r'"?(?=\()',
+                              "@" + inner_symbol(sym), kir.text))
+    return out
 
 
-def _numba_wrapper(mod: ir.Module, prefix: str, kir: NK.KernelIR) -> ir.Function:
-    inner = ir.Function(mod, ir.FunctionType(I32, [P8, P8, I64, I64, P64]), kir.inner)
-    fn = ir.Function(mod, KFN, f"{prefix}_{kir.name}")
+def numba_names(prog: Program) -> list[str]:
+    return sorted(sym for sym, k in prog.kernels.items() if k.kind == "numba")
+
+
+def _numba_wrapper(mod: ir.Module, prefix: str, name: str) -> ir.Function:
+    inner = ir.Function(mod, ir.FunctionType(I32, [P8, P8, I64, I64, P64]), inner_symbol(name))
+    fn = ir.Function(mod, KFN, f"{prefix}_{name}")
     fn.attributes.add("nounwind")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ret = b.alloca(I64)
@@ -148,7 +165,7 @@ def _arena_layout(prog: Program) -> dict[str, tuple[int, int]]:
 
 def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None:
     fty = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32, P64])
-    fn = ir.Function(mod, fty, f"{prefix}_run")
+    fn = ir.Function(mod, fty, f"{prefix}__run")
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     cycles = mod.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
@@ -254,14 +271,14 @@ def _d(d):
 
 
 def _emit_sizes(mod, prefix, prog: Program) -> None:
-    fn = ir.Function(mod, ir.FunctionType(I64, [I64, I32]), f"{prefix}_arena_bytes")
+    fn = ir.Function(mod, ir.FunctionType(I64, [I64, I32]), f"{prefix}__arena_bytes")
     n, threads = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     a0, b0 = prog.arena
     main = b.add(b.mul(n, I64(a0)), I64(b0))
     scratch = b.mul(b.sext(threads, I64), I64(4 * prog.scratch_per_thread + 64))
     b.ret(b.add(b.add(main, scratch), I64(64)))
-    fn = ir.Function(mod, ir.FunctionType(I64, []), f"{prefix}_argspace_slots")
+    fn = ir.Function(mod, ir.FunctionType(I64, []), f"{prefix}__argspace_slots")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     b.ret(I64(prog.argspace_slots))
 

@@ -33,10 +33,12 @@ _NATIVE_INDEX = "native/index.json"
 
 @dataclass
 class NativeCode:
-    """Object code per kernel for one CPU: host key, {kernel key: (spec fields, object)}."""
+    """Object code for one CPU: host key, {kernel key: (spec fields, object)} and the native
+    library's main object {cache key: object} (``sparsecc.native``)."""
 
     host: str
     kernels: dict[str, tuple[dict, bytes]] = field(default_factory=dict)
+    libraries: dict[str, bytes] = field(default_factory=dict)
 
 
 def _digest(manifest: bytes, weights: bytes, extra: list[bytes] = ()) -> str:
@@ -51,15 +53,19 @@ def _digest(manifest: bytes, weights: bytes, extra: list[bytes] = ()) -> str:
 
 
 def _native_members(native: NativeCode | None) -> list[tuple[str, bytes]]:
-    if native is None or not native.kernels:
+    if native is None or not (native.kernels or native.libraries):
         return []
     items = sorted(native.kernels.items())
+    libs = sorted(native.libraries.items())
     index = {"host": native.host, "kernels": [
         {"key": key, "spec": spec, "file": f"native/{i}.o",
          "sha256": hashlib.sha256(obj).hexdigest()}
-        for i, (key, (spec, obj)) in enumerate(items)]}
+        for i, (key, (spec, obj)) in enumerate(items)], "libraries": [
+        {"key": key, "file": f"native/{len(items) + i}.o",
+         "sha256": hashlib.sha256(obj).hexdigest()} for i, (key, obj) in enumerate(libs)]}
     members = [(_NATIVE_INDEX, json.dumps(index, indent=1, sort_keys=True).encode())]
-    return members + [(f"native/{i}.o", obj) for i, (_, (_, obj)) in enumerate(items)]
+    objs = [obj for _, (_, obj) in items] + [obj for _, obj in libs]
+    return members + [(f"native/{i}.o", obj) for i, obj in enumerate(objs)]
 
 
 def save_plan(plan: ExecutionPlan, path: str | Path, native: NativeCode | None = None) -> Path:
@@ -97,6 +103,12 @@ def read_native(path: str | Path) -> NativeCode | None:
                     raise ArtifactError(where, f"native code {item['file']} does not match "
                                                "its index")
                 out.kernels[str(item["key"])] = (dict(item["spec"]), obj)
+            for item in index.get("libraries", []):
+                obj = zf.read(str(item["file"]))
+                if hashlib.sha256(obj).hexdigest() != item["sha256"]:
+                    raise ArtifactError(where, f"native code {item['file']} does not match "
+                                               "its index")
+                out.libraries[str(item["key"])] = obj
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(where, f"bad native-code index: {exc}") from None
     return out

@@ -146,20 +146,30 @@ def load_object(obj: bytes, names: list[str]) -> dict[str, int]:
     return addrs
 
 
-def compile_linked(texts: list[str], exports: list[str], allowed, h: Host | None = None
-                   ) -> bytes:
-    """Object code of the IR modules ``texts`` linked into one, every definition but
-    ``exports`` made internal, optimised at O3 (via the disk cache). ``allowed`` matches the
-    undefined symbols the object may keep (libm, libgomp, ...); any other is a CodegenError."""
+def linked_key(key: str, exports: list[str], h: Host | None = None) -> str:
+    """The cache key of compile_linked's object for the caller's ``key`` (which must name
+    everything the IR is made of) on host ``h``."""
     h = h or host()
-    digest = hashlib.sha256(f"{h.key}|linked|{','.join(exports)}".encode())
-    for t in texts:
-        digest.update(hashlib.sha256(t.encode()).digest())
-    path = cache_dir() / f"{digest.hexdigest()[:32]}.o"
+    return hashlib.sha256(f"{h.key}|linked|{','.join(exports)}|{key}".encode()).hexdigest()[:32]
+
+
+def compile_linked(key: str, make_texts, exports: list[str], allowed,
+                   prebuilt: dict[str, bytes] | None = None) -> tuple[str, bytes]:
+    """(cache key, object code) of the IR modules ``make_texts()`` returns, linked into one,
+    every definition but ``exports`` made internal, optimised at O3. ``key`` identifies the
+    texts: a hit in ``prebuilt`` (an artifact's objects) or the disk cache skips producing
+    them. ``allowed`` matches the undefined symbols the object may keep (libm, libgomp, ...);
+    any other is a CodegenError."""
+    h = host()
+    ckey = linked_key(key, exports, h)
+    if prebuilt and ckey in prebuilt:
+        return ckey, prebuilt[ckey]
+    path = cache_dir() / f"{ckey}.o"
     try:
-        return path.read_bytes()
+        return ckey, path.read_bytes()
     except OSError:
         pass
+    texts = make_texts()
     with _LOCK:
         tm = _target_machine(h, 3)
         try:
@@ -195,7 +205,7 @@ def compile_linked(texts: list[str], exports: list[str], allowed, h: Host | None
         os.replace(tmp, path)
     except OSError:
         pass
-    return obj
+    return ckey, obj
 
 
 def load_objects(objs: list[bytes], names: list[str]) -> dict[str, int]:
