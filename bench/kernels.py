@@ -10,9 +10,14 @@ Sparsity x batch x threads grid; engines:
 Columns per engine: median ms [p10-p90], speedup over torch dense; for sparsecc llvm CSR also
 achieved GB/s, GFLOP/s and the DRAM-roofline fraction (bytes moved / DRAM bandwidth over time).
 
+--gemm: the native library's dense GEMM (the register-blocked microkernel every dense layer
+runs on, called through a compiled one-layer model) against OpenBLAS (numpy matmul) and torch
+at layer shapes, in GFLOP/s and % of the 2-core FMA peak.
+
 Usage:
   .venv/bin/python bench/kernels.py --quick          # the issue's target cells (~20 s)
   .venv/bin/python bench/kernels.py                  # the full grid (~17 min)
+  .venv/bin/python bench/kernels.py --gemm           # dense GEMM vs OpenBLAS / torch
 Writes results/kernels/<stamp>.jsonl, .md and speedup_vs_sparsity.png.
 """
 
@@ -329,9 +334,69 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+PEAK_GFLOPS = 320.0  # 2 cores x 2.5 GHz x 2 FMA x 16 lanes x 2 (the brief's machine)
+GEMM_SHAPES = [  # (label, M, N, K): C[M x N] = A[M x K] B[K x N]
+    ("linear b1 1024x1024", 1, 1024, 1024),
+    ("linear b16 1024x1024", 16, 1024, 1024),
+    ("linear b64 1024x4096", 64, 4096, 1024),
+    ("minilm ffn 128x1536x384", 128, 1536, 384),
+    ("conv 1x1 64<-256 @56x56", 64, 3136, 256),
+    ("conv 3x3 64<-64 @56x56 (im2col K)", 64, 3136, 576),
+]
+
+
+def gemm_table(threads: int, repeats: int) -> list[dict]:
+    """The native GEMM vs numpy/OpenBLAS vs torch at GEMM_SHAPES, ``threads`` threads each."""
+    rows = []
+    rng = np.random.default_rng(0)
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    for label, m, n, k in GEMM_SHAPES:
+        # y = x W^T with W (n, k): a Linear layer, so the library runs its GEMM alone
+        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        lin = torch.nn.Linear(k, n, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w))
+        cm = sparsecc.compile(lin, torch.from_numpy(x[:1]))
+        assert cm.native is not None, cm.native_status
+        out = [np.empty((m, n), np.float32)]
+        wt = np.ascontiguousarray(w.T)
+        xt = torch.from_numpy(x)
+        y_np = np.empty((m, n), np.float32)
+        fns = {
+            "sparsecc native GEMM": lambda: cm.native.run([x], out),
+            "numpy/OpenBLAS": lambda: np.matmul(x, wt, out=y_np),
+            "torch": lambda: F.linear(xt, lin.weight),
+        }
+        with threadpool_limits(threads):
+            t = time_blocks(fns, repeats)
+        err = float(np.abs(out[0] - x @ wt).max() / (np.abs(x @ wt).max() + 1e-9))
+        flops = 2.0 * m * n * k
+        for name, tm in t.items():
+            g = flops / (tm.median_ms * 1e-3) / 1e9
+            rows.append({"shape": label, "engine": name, "threads": threads,
+                         "median_ms": round(tm.median_ms, 4), "p10_ms": round(tm.p10_ms, 4),
+                         "p90_ms": round(tm.p90_ms, 4), "gflops": round(g, 1),
+                         "pct_peak": round(100 * g / (PEAK_GFLOPS * min(threads, 2) / 2), 1),
+                         "max_rel_err": err})
+    return rows
+
+
+def gemm_markdown(rows: list[dict]) -> str:
+    lines = ["| shape | threads | engine | median ms [p10-p90] | GFLOP/s | % of peak |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['threads']} | {r['engine']} | {r['median_ms']:.3f} "
+                     f"[{r['p10_ms']:.3f}-{r['p90_ms']:.3f}] | {r['gflops']} | "
+                     f"{r['pct_peak']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--gemm", action="store_true", help="the dense GEMM table only")
     ap.add_argument("--layers", default="", help="comma-separated substrings of layer names")
     ap.add_argument("--sparsity", default="")
     ap.add_argument("--batch", default="")
@@ -356,6 +421,20 @@ def main(argv=None) -> None:
     bw = dram_bandwidth()
     info["dram_gbps_numpy_copy"] = round(bw / 1e9, 1)
     print(json.dumps(info))
+    if a.gemm:
+        rows = []
+        for th in threads if a.threads else [1, 2]:
+            rows += gemm_table(th, repeats)
+        md = gemm_markdown(rows)
+        (out / f"{stamp}-gemm.md").write_text(
+            f"# dense GEMM {info['date']}\n\n{json.dumps(info)}\n\n"
+            f"% of peak: of {PEAK_GFLOPS:.0f} GFLOP/s for 2 threads, half that for 1.\n\n"
+            + md + "\n")
+        with (out / f"{stamp}-gemm.jsonl").open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        print(md)
+        return
     rows: list[dict] = []
     jpath = out / f"{stamp}.jsonl"
     t0 = time.perf_counter()

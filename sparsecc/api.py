@@ -149,7 +149,12 @@ def _native_code(cm: CompiledModel):
         code.kernels[key] = (dataclasses.asdict(k.spec), k.obj)
     if cm.native is not None:
         lib = cm.native.lib
+        from sparsecc.codegen.llvm.jit import linked_key
+        from sparsecc.native import module as NM
+
         code.libraries[lib.main_key] = lib.objects["main"]
+        code.libraries[linked_key(NM.kernels_key(), NM.kernels_exports())] = \
+            lib.objects["numba"]
         for k in lib.program.kernels.values():
             if k.kind == "sparse":
                 code.kernels[k.spec.key] = (dataclasses.asdict(k.spec), lib.objects[k.spec.key])

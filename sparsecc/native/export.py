@@ -224,8 +224,9 @@ def export_c(plan: ExecutionPlan, out_dir: str | Path, prefix: str = "sparsecc_m
     with tempfile.TemporaryDirectory(prefix="sparsecc-export-") as tmp:
         t = Path(tmp)
         files = []
-        (t / "main.o").write_bytes(lib.objects["main"])
-        files.append(t / "main.o")
+        for part in ("main", "numba"):
+            (t / f"{part}.o").write_bytes(lib.objects[part])
+            files.append(t / f"{part}.o")
         for k in prog.kernels.values():
             if k.kind == "sparse":  # the kernel again, under its prefixed name
                 text = LK.kernel_ir(k.spec, k.pattern, name=M.sparse_symbol(prefix, k))

@@ -20,7 +20,6 @@ import numpy as np
 from sparsecc.codegen.llvm import jit
 from sparsecc.codegen.llvm import kernels as LK
 from sparsecc.ir.plan import ExecutionPlan
-from sparsecc.native import kernels as NK
 from sparsecc.native import module as M
 from sparsecc.native.lower import Lowering, Program
 from sparsecc.native.runtime import load_gomp
@@ -34,7 +33,7 @@ class NativeLibrary:
 
     prefix: str
     host: str
-    objects: dict[str, bytes]  # "main", and each sparse kernel's by its spec key
+    objects: dict[str, bytes]  # "main", "numba" (the kernels), each sparse kernel's by spec key
     blob: bytes
     arena: tuple[int, int]
     scratch_per_thread: int
@@ -68,17 +67,45 @@ def build(plan: ExecutionPlan, prefix: str = "scc", threads: int | None = None,
     lib = NativeLibrary(prefix, h.key, {}, blob, prog.arena, prog.scratch_per_thread,
                         prog.argspace_slots, dict(prog.labels), program=prog)
     sparse = {M.sparse_symbol(prefix, k) for k in prog.kernels.values() if k.kind == "sparse"}
-    key = "|".join([hashlib.sha256(text.encode()).hexdigest(), NK.source_hash(),
-                    *M.numba_names(prog)])
+    numba = set(M.kernels_exports())
     lib.main_key, lib.objects["main"] = jit.compile_linked(
-        key, lambda: [text] + M.numba_texts(prog), lib.exports,
-        lambda name: name in sparse or M.ALLOWED_EXTERNALS.match(name) is not None,
+        hashlib.sha256(text.encode()).hexdigest(), lambda: [text], lib.exports,
+        lambda name: name in sparse or name in numba or M.ALLOWED_EXTERNALS.match(name),
         prebuilt)
+    lib.objects["numba"] = kernels_object(prebuilt)
     for k in prog.kernels.values():
         if k.kind == "sparse":  # the LLVM kernel cache's object (its function is "kernel")
             lib.objects[k.spec.key] = LK.build(k.spec, k.pattern).obj
     lib.build_seconds = time.perf_counter() - t0
     return lib
+
+
+def kernels_object(prebuilt: dict[str, bytes] | None = None) -> bytes:
+    """The numba kernels' object (every kernel; built once per machine, then from the disk
+    cache or a trusted artifact without compiling anything)."""
+    _, obj = jit.compile_linked(M.kernels_key(), M.kernels_texts, M.kernels_exports(),
+                                lambda name: M.ALLOWED_EXTERNALS.match(name) is not None,
+                                prebuilt)
+    return obj
+
+
+_KERNELS_LOADED: dict[bytes, dict[str, int]] = {}
+_KERNELS_LOCK = threading.Lock()
+
+
+def _load_kernels(obj: bytes) -> None:
+    """Link the numba kernels' object once per process; its entry points become process
+    symbols for the main objects to call."""
+    import llvmlite.binding as llvm
+
+    key = hashlib.sha256(obj).digest()
+    with _KERNELS_LOCK:
+        if key in _KERNELS_LOADED:
+            return
+        addrs = jit.load_objects([obj], M.kernels_exports())
+        for name, addr in addrs.items():
+            llvm.add_symbol(name, addr)
+        _KERNELS_LOADED[key] = addrs
 
 
 _RUN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -114,6 +141,7 @@ class NativeRunner:
                 obj = lib.objects.get(k.spec.key)
                 kern = LK.from_object(k.spec, obj) if obj else LK.build(k.spec, k.pattern)
                 llvm.add_symbol(M.sparse_symbol(lib.prefix, k), kern.addr)
+        _load_kernels(lib.objects["numba"])
         addrs = jit.load_objects([lib.objects["main"]], lib.exports)
         self.lib = lib
         self._run = _RUN(addrs[lib.exports[0]])

@@ -1,6 +1,6 @@
 """Program -> object code: the model's ``run`` and every kernel it calls, over one thread pool.
 
-The main module holds, as LLVM IR:
+The main module (small: built per model) holds, as LLVM IR:
 
 * ``<p>_run(weights, arena, argspace, N, inputs, outputs, threads) -> i32``: fills each call's
   args block from N (every slot an expression in N) and runs the call through ``pfor``;
@@ -8,11 +8,12 @@ The main module holds, as LLVM IR:
 * ``<p>_arena_bytes(N, threads)`` and ``<p>_argspace_slots()``;
 * ``pfor``: a parallel-for over libgomp's pool (``GOMP_parallel``; items handed out by an
   atomic counter in chunks); calls too small to pay for waking the pool run on the caller;
-* the GEMM kernels (``gemm.py``) and the numba kernels' IR, linked in, everything but the
-  entry points internal so two models link into one program.
+* the GEMM kernels (``gemm.py``) at the specs the model uses; everything but the entry
+  points internal.
 
-Sparse kernels stay objects of their own (the LLVM kernel cache's, one per spec and pattern:
-specialised ones are built without the IR optimiser, which would take seconds per layer).
+The numba kernels are one object of their own, built once per machine (``kernels_texts``),
+and each sparse kernel is one too (the LLVM kernel cache's, per spec and pattern: specialised
+ones are built without the IR optimiser, which would take seconds per layer).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main_ir(prog: Program, prefix: str, weight_offsets: dict[str, int]) -> str:
             G.emit_gemm(mod, f"{prefix}_{sym}", k.gemm)
             fn = mod.globals[f"{prefix}_{sym}"]
         elif k.kind == "numba":
-            fn = _numba_wrapper(mod, prefix, sym)
+            fn = ir.Function(mod, KFN, kernel_symbol(sym))
         else:
             fn = ir.Function(mod, KFN, sparse_symbol(prefix, k))
         kernels[sym] = fn
@@ -63,37 +64,44 @@ def sparse_symbol(prefix: str, k) -> str:
     return f"{prefix}_{k.symbol}"
 
 
-def inner_symbol(name: str) -> str:
-    """The name a numba kernel's inner function gets in the library (numba's own mangled
-    name is only known once numba compiled it: renaming lets a cached library skip that)."""
+def kernel_symbol(name: str) -> str:
+    """A numba kernel's entry point (the common ABI) in the kernels object."""
     return f"sparsecc_nk_{name}"
 
 
-def numba_texts(prog: Program) -> list[str]:
-    """The IR of the numba kernels ``prog`` calls, inner functions renamed (compiles them)."""
-    out = []
-    for sym, k in prog.kernels.items():
-        if k.kind == "numba":
-            kir = NK.kernel_ir(sym)
-            out.append(re.sub(r'@"?' + re.escape(kir.inner) + r'"?(?=\()',
-                              "@" + inner_symbol(sym), kir.text))
-    return out
+def _inner_symbol(name: str) -> str:
+    # numba's mangled name is only known once numba compiled the kernel; renamed, the main
+    # module can call it without compiling anything
+    return f"sparsecc_nki_{name}"
 
 
-def numba_names(prog: Program) -> list[str]:
-    return sorted(sym for sym, k in prog.kernels.items() if k.kind == "numba")
+def kernels_key() -> str:
+    return "numba-kernels|" + NK.source_hash() + "|" + ",".join(sorted(NK.KERNELS))
 
 
-def _numba_wrapper(mod: ir.Module, prefix: str, name: str) -> ir.Function:
-    inner = ir.Function(mod, ir.FunctionType(I32, [P8, P8, I64, I64, P64]), inner_symbol(name))
-    fn = ir.Function(mod, KFN, f"{prefix}_{name}")
-    fn.attributes.add("nounwind")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    ret = b.alloca(I64)
-    exc = b.alloca(P8)
-    b.call(inner, [b.bitcast(ret, P8), b.bitcast(exc, P8), *fn.args])
-    b.ret_void()
-    return fn
+def kernels_exports() -> list[str]:
+    return [kernel_symbol(n) for n in sorted(NK.KERNELS)]
+
+
+def kernels_texts() -> list[str]:
+    """Every numba kernel's IR (compiles them) and a module of their ABI entry points: the
+    kernels object, built once per machine and shared by every model's library."""
+    mod = ir.Module(name="sparsecc_numba_kernels")
+    texts = []
+    for name in sorted(NK.KERNELS):
+        kir = NK.kernel_ir(name)
+        texts.append(re.sub(r'@"?' + re.escape(kir.inner) + r'"?(?=\()',
+                            "@" + _inner_symbol(name), kir.text))
+        inner = ir.Function(mod, ir.FunctionType(I32, [P8, P8, I64, I64, P64]),
+                            _inner_symbol(name))
+        fn = ir.Function(mod, KFN, kernel_symbol(name))
+        fn.attributes.add("nounwind")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ret = b.alloca(I64)
+        exc = b.alloca(P8)
+        b.call(inner, [b.bitcast(ret, P8), b.bitcast(exc, P8), *fn.args])
+        b.ret_void()
+    return [str(mod)] + texts
 
 
 def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:

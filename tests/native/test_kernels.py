@@ -1,0 +1,111 @@
+"""The native library's kernels against numpy/torch: the GEMM at odd shapes, and the ops whose
+native lowering has cases the zoo does not reach (broadcasts, strides, dtypes, empty rows)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+from llvmlite import ir
+
+import sparsecc
+from sparsecc.codegen.llvm import emit_specialized as ES
+from sparsecc.codegen.llvm import jit
+from sparsecc.native import gemm as G
+from tests.conftest import assert_matches
+
+
+def _gemm_fn(spec: G.GemmSpec):
+    mod = ir.Module("gemm_test")
+    G.emit_gemm(mod, "g", spec)
+    addr = jit.load_object(jit.compile_ir(ES.module_text(mod)), ["g"])["g"]
+    return ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(addr)
+
+
+@pytest.mark.parametrize("bias", ["none", "row", "col"])
+@pytest.mark.parametrize("act", ["none", "relu", "clamp"])
+def test_gemm_odd_shapes(bias, act, rng):
+    spec = G.GemmSpec(jit.host().vector_width, bias, act, -0.5 if act == "clamp" else 0.0,
+                      0.75 if act == "clamp" else 0.0)
+    f = _gemm_fn(spec)
+    for M, N, K in [(1, 1, 1), (1, 8, 8), (6, 32, 1), (7, 33, 3), (13, 100, 70), (2, 5, 0),
+                    (32, 784, 9), (12, 64, 130)]:
+        batch = 2
+        A = rng.standard_normal((batch, M, K)).astype(np.float32)
+        B = rng.standard_normal((batch, K, N)).astype(np.float32)
+        B[:, :, :1] = 0.0  # an all-zero output column
+        bvec = rng.standard_normal(max(M, N)).astype(np.float32)
+        C = np.full((batch, M, N), np.nan, np.float32)
+        tm, tn = -(-M // G.MR), -(-N // spec.nr)
+        args = np.array([A.ctypes.data, B.ctypes.data, C.ctypes.data, bvec.ctypes.data, M, N,
+                         K, K, N, N, M * K, K * N, M * N, batch, batch, 0, tm, tn], np.int64)
+        f(0, batch * tm * tn, args.ctypes.data)
+        ref = A @ B
+        if bias == "row":
+            ref = ref + bvec[:M, None]
+        elif bias == "col":
+            ref = ref + bvec[:N]
+        if act == "relu":
+            ref = np.maximum(ref, 0)
+        elif act == "clamp":
+            ref = np.clip(ref, -0.5, 0.75)
+        np.testing.assert_allclose(C, ref, rtol=1e-4, atol=1e-5, err_msg=f"{M}x{N}x{K}")
+
+
+class Ops(torch.nn.Module):
+    """Broadcasting binaries (float and int compares), where, casts, reductions, slices with
+    steps, permutes, cat/stack/expand and softmax/log_softmax over the last axis."""
+
+    def forward(self, x, ids):
+        a = torch.relu(x[:, 1:, ::2] * 2.0 - x[:, :1, 1::2])  # (N, 4, 3)
+        b = torch.maximum(a, x[:, :4, :3].mean(dim=1, keepdim=True))
+        keep = ids != 3
+        c = torch.where(keep[:, :, None], b, torch.tensor(-1.5))
+        d = torch.cat([c, c.permute(0, 2, 1).reshape(c.shape[0], 4, 3)], dim=2)
+        e = torch.stack([d, d * 0.5], dim=1).sum(dim=(1, 3))
+        f = torch.log_softmax(d, dim=-1) + torch.softmax(d, dim=-1)
+        g = (ids > 2).float() + keep.to(torch.float32)
+        return e, f, g, x.amax(dim=2)
+
+
+def test_odd_ops_match_torch(seed):
+    model = Ops().eval()
+    x = torch.randn(2, 5, 6)
+    ids = torch.randint(0, 6, (2, 4))
+    cm = sparsecc.compile(model, (x, ids))
+    assert cm.native is not None, cm.native_status
+    for batch in (1, 3, 8):
+        xb, ib = torch.randn(batch, 5, 6), torch.randint(0, 6, (batch, 4))
+        with torch.no_grad():
+            assert_matches(cm(xb, ib), model(xb, ib))
+
+
+def test_one_wide_and_empty_rows(seed):
+    """1-wide dims everywhere, and a layer whose rows are all zero (empty CSR rows)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(9, 1), torch.nn.Linear(1, 7),
+                                torch.nn.Linear(7, 5))
+    with torch.no_grad():
+        model[5].weight[1:4] = 0.0
+    model = sparsecc.prune(model, 0.5, scope="layer")
+    cm = sparsecc.compile(model, torch.randn(1, 1, 3, 3))
+    assert cm.native is not None, cm.native_status
+    for batch in (1, 2, 9):
+        x = torch.randn(batch, 1, 3, 3)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
+def test_all_zero_layer(seed):
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    with torch.no_grad():
+        model[0].weight.zero_()
+    model = sparsecc.prune(model, 0.9, scope="layer")
+    cm = sparsecc.compile(model, torch.randn(1, 16))
+    assert cm.native is not None, cm.native_status
+    for batch in (1, 5):
+        x = torch.randn(batch, 16)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
