@@ -23,6 +23,13 @@ def seed(request) -> int:
 
 
 @pytest.fixture
+def executor_only(monkeypatch):
+    """Compile without the native library: tests of the executor's own machinery (bindings,
+    split GEMMs, kernel choices) run through it, as the fallback path does."""
+    monkeypatch.setenv("SPARSECC_NATIVE", "0")
+
+
+@pytest.fixture
 def rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
 

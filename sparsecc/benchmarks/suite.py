@@ -19,7 +19,10 @@ import numpy as np
 
 from sparsecc.benchmarks import engines as E
 
-ENGINES = ["torch", "torch.compile", "onnxruntime", "deepsparse", "sparsecc-dense", "sparsecc"]
+# sparsecc runs its native library; sparsecc-executor runs the same plan op by op from Python
+# (numba kernels, BLAS: the path before the library, kept for this comparison).
+ENGINES = ["torch", "torch.compile", "onnxruntime", "deepsparse", "sparsecc-dense",
+           "sparsecc-executor", "sparsecc"]
 
 
 @dataclass
@@ -173,6 +176,11 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                 model = sparsecc.prune(base, s) if s > 0 else base
                 example = spec.inputs(1)
                 compiled = {"sparsecc": _compile(spec, model, example, False)}
+                if "sparsecc-executor" in cfg.engines:
+                    from sparsecc.api import CompiledModel
+
+                    compiled["sparsecc-executor"] = CompiledModel(compiled["sparsecc"].plan,
+                                                                  native=False)
                 if "sparsecc-dense" in cfg.engines and (s == 0 or cfg.dense_cells == "all"):
                     compiled["sparsecc-dense"] = _compile(spec, model, example, True)
                 onnx_path = None

@@ -29,6 +29,7 @@ from sparsecc.codegen.numba import attention as AT
 from sparsecc.codegen.numba import conv as C
 from sparsecc.codegen.numba import norm as N
 from sparsecc.codegen.numba import pool as P
+from sparsecc.codegen.numba import transpose as TR
 
 _SIG = types.void(types.int64, types.int64, types.CPointer(types.int64))
 _OPTS = dict(error_model="numpy", boundscheck=False)
@@ -223,6 +224,21 @@ def k_copy64(start, stop, a):
     _copy_rows(start, stop, a, carray(_i64p(a[0]), _BIG), carray(_i64p(a[1]), _BIG))
 
 
+@_kernel
+def k_transpose(start, stop, a):
+    """[src, dst, m, k]: dst (k, m) = src (m, k)^T in TR.TILE-square tiles; items: tiles."""
+    src = carray(_f32p(a[0]), (a[2], a[3]))
+    dst = carray(_f32p(a[1]), (a[3], a[2]))
+    for t in range(start, stop):
+        TR.transpose_tile(src, dst, t)
+
+
+def transpose_tiles(m, k):
+    """Work items of k_transpose for an (m, k) source (expressions or ints)."""
+    return m.cdiv(TR.TILE) * k.cdiv(TR.TILE) if hasattr(m, "cdiv") else \
+        -(-m // TR.TILE) * -(-k // TR.TILE)
+
+
 # ---- conv helpers and pooling -------------------------------------------------------------
 @njit(inline="always", **_OPTS)
 def _nchw(a, i, base):
@@ -398,7 +414,11 @@ def k_sdpa(start, stop, a):
     """[q, k, v, out, mask, mask_kind, causal, scale, scratch, per, threads, q dims(4) and
     strides(4), k (8), v (8), out (8), mask (8)]: softmax(q k^T * scale + mask) v, one (batch,
     head) per item (sdpa_head: the numba backend's body); a bool mask when kind is KEEP."""
-    q, k, v, out = _v4(a, 0, 11), _v4(a, 1, 19), _v4(a, 2, 27), _v4(a, 3, 35)
+    # q, k, v and out are plan tensors (contiguous): C arrays, so the loops vectorise
+    q = carray(_f32p(a[0]), (a[11], a[12], a[13], a[14]))
+    k = carray(_f32p(a[1]), (a[19], a[20], a[21], a[22]))
+    v = carray(_f32p(a[2]), (a[27], a[28], a[29], a[30]))
+    out = carray(_f32p(a[3]), (a[35], a[36], a[37], a[38]))
     nd, ns, ne = a[14], a[21], a[30]
     buf = _scratch(a, 8)
     kt = carray(_f32p(buf), (nd, ns))
@@ -506,6 +526,54 @@ def k_where(start, stop, a):
         o = out[r * d5:(r + 1) * d5]
         for j in range(d5):
             o[j] = x[xo + j * xs5] if cond[co + j * cs5] != 0 else y[yo + j * ys5]
+
+
+UNARY_FNS = {"exp": 0, "log": 1, "sqrt": 2, "neg": 3, "abs": 4, "reciprocal": 5, "rsqrt": 6,
+             "sin": 7, "cos": 8}
+
+
+@_kernel
+def k_unary(start, stop, a):
+    """[x, out, fn]: float32 math per element (UNARY_FNS, numpy's float32 semantics: log of a
+    negative is NaN, 1/0 is inf); items: elements."""
+    x, out = _f32(a, 0, stop), _f32(a, 1, stop)
+    fn = a[2]
+    for i in range(start, stop):
+        v = x[i]
+        if fn == 0:
+            r = np.exp(v)
+        elif fn == 1:
+            r = np.log(v)
+        elif fn == 2:
+            r = np.sqrt(v)
+        elif fn == 3:
+            r = -v
+        elif fn == 4:
+            r = abs(v)
+        elif fn == 5:
+            r = np.float32(1.0) / v
+        elif fn == 6:
+            r = np.float32(1.0) / np.sqrt(v)
+        elif fn == 7:
+            r = np.sin(v)
+        else:
+            r = np.cos(v)
+        out[i] = r
+
+
+@_kernel
+def k_affine(start, stop, a):
+    """[x, out, scale, shift, C, inner]: out = x * scale[c] + shift[c] per channel c of
+    (N, C, inner) data; items: N*C planes."""
+    x, out = _f32(a, 0, _BIG), _f32(a, 1, _BIG)
+    c, inner = a[4], a[5]
+    scale, shift = _f32(a, 2, c), _f32(a, 3, c)
+    for t in range(start, stop):
+        ch = t % c
+        sc, sh = scale[ch], shift[ch]
+        xr, orow = x[t * inner:(t + 1) * inner], out[t * inner:(t + 1) * inner]
+        for j in range(inner):
+            orow[j] = xr[j] * sc + sh
 
 
 REDUCE_FNS = {"sum": 0, "mean": 1, "amax": 2, "amin": 3}

@@ -115,7 +115,8 @@ _SIZE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_int32)
 
 
 class _Context:
-    """One caller's arena and args blocks for one batch size and thread count."""
+    """One caller's arena and args blocks for one batch size (sized for ``threads``, the
+    most threads a call may use)."""
 
     def __init__(self, arena_bytes: int, slots: int, n: int, threads: int):
         self.arena = aligned_empty((max(arena_bytes, 64),), np.uint8)
@@ -127,10 +128,12 @@ class _Context:
 
 class NativeRunner:
     """A NativeLibrary linked into this process. Thread-safe: each concurrent call takes a
-    context (arena + args blocks) of its own from a pool."""
+    context (arena + args blocks) of its own from a pool. Arenas are sized for numba's most
+    threads, so ``numba.set_num_threads`` takes effect at the next call."""
 
     def __init__(self, lib: NativeLibrary):
         import llvmlite.binding as llvm
+        import numba
 
         load_gomp()
         # Each object in an engine of its own: MCJIT places a second object's sections in
@@ -142,29 +145,33 @@ class NativeRunner:
                 kern = LK.from_object(k.spec, obj) if obj else LK.build(k.spec, k.pattern)
                 llvm.add_symbol(M.sparse_symbol(lib.prefix, k), kern.addr)
         _load_kernels(lib.objects["numba"])
-        addrs = jit.load_objects([lib.objects["main"]], lib.exports)
+        addrs = jit.load_objects([lib.objects["main"]], lib.exports, owner=self)
         self.lib = lib
-        self._run = _RUN(addrs[lib.exports[0]])
+        self.run_addr = addrs[lib.exports[0]]
+        self._run = _RUN(self.run_addr)
         self._arena = _SIZE(addrs[lib.exports[1]])
+        self.max_threads = int(numba.config.NUMBA_NUM_THREADS)
         self.weights = aligned_empty((max(len(lib.blob), 64),), np.uint8)
         self.weights[:len(lib.blob)] = np.frombuffer(lib.blob, np.uint8)
         self.weights_ptr = self.weights.ctypes.data
-        self._lock = threading.Lock()
-        self._free: dict[tuple[int, int], list[_Context]] = {}
+        self._free: dict[int, list[_Context]] = {}
 
-    def context(self, n: int, threads: int) -> _Context:
-        with self._lock:
-            free = self._free.get((n, threads))
-            if free:
-                return free.pop()
-        return _Context(self._arena(n, threads), self.lib.argspace_slots, n, threads)
+    def context(self, n: int) -> _Context:
+        free = self._free.get(n)
+        if free:
+            try:
+                return free.pop()  # atomic under the GIL: no lock on the hot path
+            except IndexError:
+                pass
+        return _Context(self._arena(n, self.max_threads), self.lib.argspace_slots, n,
+                        self.max_threads)
 
     def give_back(self, ctx: _Context) -> None:
-        with self._lock:
-            self._free.setdefault((ctx.n, ctx.threads), []).append(ctx)
+        self._free.setdefault(ctx.n, []).append(ctx)
 
-    def call(self, ctx: _Context, in_ptrs, out_ptrs, times=None) -> int:
-        """Run at the context's batch; ``times`` (int64 per plan op, or None): adds the
-        cycles each op took."""
+    def call(self, ctx: _Context, in_ptrs, out_ptrs, times=None, threads=None) -> int:
+        """Run at the context's batch (ctypes; the hot path is NativeModel's numba call);
+        ``times`` (int64 per plan op, or None): adds the cycles each op took."""
+        th = min(threads or kernel_threads(), ctx.threads)
         return self._run(self.weights_ptr, ctx.arena_ptr, ctx.args_ptr, ctx.n, in_ptrs,
-                         out_ptrs, ctx.threads, times)
+                         out_ptrs, th, times)

@@ -25,7 +25,15 @@ from sparsecc.codegen.numba import conv as CV
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
 from sparsecc.native import gemm as G
 from sparsecc.native.expr import E, const, dim, lift, linear, numel
-from sparsecc.native.kernels import ANY_FNS, BINARY_FNS, DTYPES, RANK, REDUCE_FNS, f64_bits
+from sparsecc.native.kernels import (
+    ANY_FNS,
+    BINARY_FNS,
+    DTYPES,
+    RANK,
+    REDUCE_FNS,
+    UNARY_FNS,
+    f64_bits,
+)
 from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.shape import index_from_attr
 
@@ -217,6 +225,10 @@ class Lowering:
                 label = fn(op)
             except Unsupported as exc:
                 raise Unsupported(f"{op.layer or op.name}: {exc}") from None
+            except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+                # an attribute the verifier lets default (the executor applies the default)
+                raise Unsupported(f"{op.layer or op.name}: cannot lower {op.kind} "
+                                  f"({type(exc).__name__}: {exc})") from None
             if op.kind != "reshape" or len(self.p.calls) > ncalls:
                 self.p.labels[i] = label or "native"
         for call in self.p.calls:  # a constant read as a tensor (a cat of a constant, ...)
@@ -258,6 +270,20 @@ class Lowering:
 
     def op_act(self, op: Op):
         act, a, b = _act(op)
+        x, out = op.inputs[0], op.output
+        if self._dtype(x) != "float32" or self._dtype(out) != "float32":
+            dts = [self._dtype(x), self._dtype(out)]
+            if act != "relu" or dts[0] != dts[1] or dts[0] not in DTYPES:
+                raise Unsupported(f"{act} on {dts[0]}")
+            n = numel(self.shape(out))  # relu of integers: max(x, 0)
+            dims, xs = _pad([n], [const(1)])
+            zero = self.derived("scalar", np.zeros(1, np.float64))
+            dt = DTYPES[dts[0]]
+            self.call(self.numba("k_binary_any"),
+                      [T(x), zero, T(out), I(ANY_FNS["maximum"]), I(dt), I(DTYPES["float64"]),
+                       I(dt)] + [I(d) for d in dims] + [I(s) for s in xs] +
+                      [I(0)] * len(xs), const(1), float(n(1)))
+            return
         self.call(self.numba("k_act"), [T(op.inputs[0]), T(op.output), I(A.act_code(act)),
                                         F(a), F(b)], numel(self.shape(op.output)), 8.0)
 
@@ -328,6 +354,50 @@ class Lowering:
                   [self.tensor_slot(cond), xs_slot, ys_slot, T(out)] +
                   [I(v) for v in dims + cs + xs + ys], numel(dims[:-1]),
                   float(self.example(out)[-1]) if oshape else 1.0)
+
+    def op_unary(self, op: Op):
+        x, out = op.inputs[0], op.output
+        fn = UNARY_FNS.get(op.attrs.get("fn"))
+        if fn is None or self._dtype(x) != "float32" or self._dtype(out) != "float32":
+            raise Unsupported(f"unary {op.attrs.get('fn')} on {self._dtype(x)}")
+        self.call(self.numba("k_unary"), [T(x), T(out), I(fn)], numel(self.shape(out)), 20.0)
+
+    def op_affine(self, op: Op):
+        x, out = op.inputs[0], op.output
+        shape = self.shape(x)
+        if self._dtype(x) != "float32" or len(shape) < 2:
+            raise Unsupported("affine on other than float32 (N, C, ...) data")
+        inner = numel(shape[2:])
+        self.call(self.numba("k_affine"),
+                  [T(x), T(out), self.const(op.params["scale"]), self.const(op.params["shift"]),
+                   I(shape[1]), I(inner)], numel(shape[:2]), 2.0 * inner(1))
+
+    def op_matmul(self, op: Op):
+        a_, b_ = op.inputs
+        out = op.output
+        sa_, sb_, so = self.shape(a_), self.shape(b_), self.shape(out)
+        if len(sa_) < 2 or len(sb_) < 2 or any(self._dtype(t) != "float32"
+                                                for t in (a_, b_, out)):
+            raise Unsupported("matmul of 1-D or non-float32 operands")
+        m, k = sa_[-2], sa_[-1]
+        n = sb_[-1]
+        batch = numel(so[:-2])
+        ab, bb = numel(sa_[:-2]), numel(sb_[:-2])
+
+        def mode(count, lead):
+            if lead == so[-2 - len(lead):-2] and len(lead) == len(so) - 2:
+                return batch, True  # one per output batch entry
+            if count.is_const() and count.value == 1:
+                return const(1), False  # broadcast
+            raise Unsupported("matmul with partly broadcast batch dims")
+
+        amod, a_step = mode(ab, sa_[:-2])
+        bmod, b_step = mode(bb, sb_[:-2])
+        self.gemm(x=self.tensor_slot(a_), w=self.tensor_slot(b_), out=T(out), bias=None,
+                  bias_mode="none", M=m, Nn=n, K=k, lda=k, ldb=n, ldc=n,
+                  act=("none", 0.0, 0.0), batch=batch, sa=m * k if a_step else 0,
+                  sb=k * n if b_step else 0, sc=m * n, amod=amod, bmod=bmod)
+        return "native dense"
 
     def op_cast(self, op: Op):
         x, out = op.inputs[0], op.output
@@ -686,8 +756,7 @@ class Lowering:
             xt = T(x)
         else:
             name = self.temp("xt", m * k * 4)
-            self.copy(T(x), T(name), [const(k), m], [const(1), const(k)], [m, const(1)], 4)
-            self._guard_last(guard)
+            self.transpose(T(x), T(name), m, const(k), guard)
             xt = T(name)
         ot_name = None if op.attrs.get("out_kn") else self.temp("ot", m * o * 4)
         ot = T(out) if ot_name is None else T(ot_name)
@@ -699,10 +768,15 @@ class Lowering:
         if tail:
             self.act_on(ot_name or out, act, guard)
         if ot_name is not None:
-            self.copy(T(ot_name), T(out), [m, const(o)], [const(1), m], [const(o), const(1)],
-                      4)
-            self._guard_last(guard)
+            self.transpose(T(ot_name), T(out), const(o), m, guard)
         return label
+
+    def transpose(self, src: Slot, dst: Slot, m: E, k: E, guard=None) -> None:
+        """dst (k, m) = src (m, k)^T, contiguous both."""
+        from sparsecc.native.kernels import transpose_tiles
+
+        self.call(self.numba("k_transpose"), [src, dst, I(m), I(k)], transpose_tiles(m, k),
+                  1024.0, only_if=guard)
 
     def _guard_last(self, guard) -> None:
         if guard is not None:

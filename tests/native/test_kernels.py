@@ -56,7 +56,12 @@ def test_gemm_odd_shapes(bias, act, rng):
 
 class Ops(torch.nn.Module):
     """Broadcasting binaries (float and int compares), where, casts, reductions, slices with
-    steps, permutes, cat/stack/expand and softmax/log_softmax over the last axis."""
+    steps, permutes, cat/stack/expand, softmax/log_softmax over the last axis, matmul (batched
+    and with a shared operand), unary math."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.randn(5, 5))
 
     def forward(self, x, ids):
         a = torch.relu(x[:, 1:, ::2] * 2.0 - x[:, :1, 1::2])  # (N, 4, 3)
@@ -67,7 +72,9 @@ class Ops(torch.nn.Module):
         e = torch.stack([d, d * 0.5], dim=1).sum(dim=(1, 3))
         f = torch.log_softmax(d, dim=-1) + torch.softmax(d, dim=-1)
         g = (ids > 2).float() + keep.to(torch.float32)
-        return e, f, g, x.amax(dim=2)
+        h = torch.matmul(x, x.transpose(1, 2)) + x[:, :, :5] @ self.w  # batched and shared B
+        u = torch.exp(-x.abs()) + torch.rsqrt(x * x + 1.0) + torch.sin(x)
+        return e, f, g, x.amax(dim=2), h, u
 
 
 def test_odd_ops_match_torch(seed):

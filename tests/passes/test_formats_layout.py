@@ -163,7 +163,7 @@ def test_specialize_option(seed, autotune, tmp_path, monkeypatch):
             assert_matches(cm(other), pruned(other))
 
 
-def test_specialize_auto_is_the_one_row_kernel_only(seed):
+def test_specialize_auto_is_the_one_row_kernel_only(seed, executor_only):
     """The default: linears that run one row at the compile batch get the specialised SpMV
     (within its nonzero cap); at other batches the same plan runs generic kernels."""
     from sparsecc.codegen.llvm import kernels

@@ -237,7 +237,7 @@ def test_runtime_extra_installs_no_torch(artifact, tmp_path, seed):
                                    model(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_binding_follows_the_kernel_thread_count():
+def test_binding_follows_the_kernel_thread_count(executor_only):
     """A binding's work splits are fixed when bound: after set_num_threads(2) a plan bound at
     1 thread gets a binding of its own (else the second core idles), with the same results."""
     import numba

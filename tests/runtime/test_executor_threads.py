@@ -11,7 +11,7 @@ import sparsecc
 from tests.conftest import assert_matches
 
 
-def test_thread_switch_reuses_buffers_and_stays_exact(seed):
+def test_thread_switch_reuses_buffers_and_stays_exact(seed, executor_only):
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
     net = sparsecc.prune(net, 0.7)
@@ -32,7 +32,7 @@ def test_thread_switch_reuses_buffers_and_stays_exact(seed):
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 
 
-def test_buffers_of_a_dropped_model_are_recycled(seed):
+def test_buffers_of_a_dropped_model_are_recycled(seed, executor_only):
     import gc
 
     from sparsecc.runtime import executor as X

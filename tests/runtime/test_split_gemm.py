@@ -33,7 +33,7 @@ def test_split_matmul_matches_numpy(seed, shape):
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 
 
-def test_dense_conv_and_linear_split_with_their_epilogues(seed, monkeypatch):
+def test_dense_conv_and_linear_split_with_their_epilogues(seed, executor_only, monkeypatch):
     """Dense convs and linears big enough to split (by columns at batch 1, by samples above),
     each piece adding its bias and activation: exact against torch."""
     import torch

@@ -129,21 +129,7 @@ def assembly(ir_text: str, opt: int = 3) -> str:
 
 def load_object(obj: bytes, names: list[str]) -> dict[str, int]:
     """Link object code into the process; the address of each exported function in ``names``."""
-    h = host()
-    with _LOCK:
-        tm = _target_machine(h)
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-        try:
-            engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-        except RuntimeError as e:
-            raise CodegenError("llvm", f"object code does not load: {e}") from None
-        engine.finalize_object()
-        addrs = {n: engine.get_function_address(n) for n in names}
-        _ENGINES.append(engine)
-    missing = [n for n, a in addrs.items() if not a]
-    if missing:
-        raise CodegenError("llvm", f"object code lacks functions {missing}")
-    return addrs
+    return load_objects([obj], names)
 
 
 def linked_key(key: str, exports: list[str], h: Host | None = None) -> str:
@@ -208,8 +194,12 @@ def compile_linked(key: str, make_texts, exports: list[str], allowed,
     return ckey, obj
 
 
-def load_objects(objs: list[bytes], names: list[str]) -> dict[str, int]:
-    """Link several objects into one engine (they may call each other); function addresses."""
+def load_objects(objs: list[bytes], names: list[str], owner=None) -> dict[str, int]:
+    """Link objects into one engine (they may call each other; but MCJIT may misalign a second
+    object's sections there: objects with 64-byte constants go one per engine); the address
+    of each exported function in ``names``.
+    With ``owner``, the engine (and its code) is freed when ``owner`` is garbage-collected
+    (a model's library); without, it lives as long as the process."""
     h = host()
     with _LOCK:
         tm = _target_machine(h)
@@ -221,8 +211,18 @@ def load_objects(objs: list[bytes], names: list[str]) -> dict[str, int]:
             raise CodegenError("llvm", f"object code does not load: {e}") from None
         engine.finalize_object()
         addrs = {n: engine.get_function_address(n) for n in names}
-        _ENGINES.append(engine)
+        if owner is None:
+            _ENGINES.append(engine)
+        else:
+            import weakref
+
+            weakref.finalize(owner, _close_engine, engine)
     missing = [n for n, a in addrs.items() if not a]
     if missing:
         raise CodegenError("llvm", f"object code lacks functions {missing}")
     return addrs
+
+
+def _close_engine(engine) -> None:
+    with _LOCK:
+        engine.close()

@@ -19,10 +19,18 @@ def transpose_into(src, dst):
     nbm = (m + TILE - 1) // TILE
     nbk = (k + TILE - 1) // TILE
     for t in prange(nbm * nbk):
-        i0 = (t // nbk) * TILE
-        j0 = (t % nbk) * TILE
-        i1 = min(m, i0 + TILE)
-        j1 = min(k, j0 + TILE)
-        for j in range(j0, j1):
-            for i in range(i0, i1):
-                dst[j, i] = src[i, j]
+        transpose_tile(src, dst, t)
+
+
+@njit(inline="always", cache=True)
+def transpose_tile(src, dst, t):
+    """Tile t (row-major over TILE x TILE tiles of src) of transpose_into."""
+    m, k = src.shape
+    nbk = (k + TILE - 1) // TILE
+    i0 = (t // nbk) * TILE
+    j0 = (t % nbk) * TILE
+    i1 = min(m, i0 + TILE)
+    j1 = min(k, j0 + TILE)
+    for j in range(j0, j1):
+        for i in range(i0, i1):
+            dst[j, i] = src[i, j]
