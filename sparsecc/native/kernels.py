@@ -282,10 +282,11 @@ def k_maxpool_rows(start, stop, a):
         base = t * h * w + oh * s * w
         o = out[r * wo:(r + 1) * wo]
         if k == 2 and s == 2:
-            r0, r1 = x[base:base + w], x[base + w:base + 2 * w]
+            r0, r1 = x[base:base + 2 * wo], x[base + w:base + w + 2 * wo]
             for j in range(wo):
-                o[j] = P._pick(P._pick(r0[2 * j + 1], r0[2 * j]),
-                               P._pick(r1[2 * j + 1], r1[2 * j]))
+                a0 = P._pick(r1[2 * j], r0[2 * j])
+                a1 = P._pick(r1[2 * j + 1], r0[2 * j + 1])
+                o[j] = P._pick(a1, a0)
         else:
             for j in range(wo):
                 best = x[base + j * s]

@@ -158,6 +158,9 @@ class Lowering:
         self.plan, self.vw, self.threads = plan, vw, max(1, threads)
         self.p = Program(plan)
         self.i = 0  # current op index
+        # conv outputs left in their wide rows for the pool that reads them: name -> (the
+        # temporary holding them, its row length)
+        self.wide: dict[str, tuple[str, int]] = {}
         self.temps: list[tuple[str, E]] = []
 
     # ---- shapes, constants, temporaries ---------------------------------------------------
@@ -647,12 +650,16 @@ class Lowering:
         cost = float(kh * kw * ho(1) * wo(1))
         if a["mode"] == "max":
             dh, dw = (int(v) for v in a["dilation"])
-            if kh == kw and sh == sw and (ph, pw, dh, dw) == (0, 0, 1, 1):
+            if self._rows_pool(op):
                 h, w = self.shape(x)[2:]
-                self.call(self.numba("k_maxpool_rows"), [T(x), T(out), I(h), I(w), I(ho),
+                src = T(x)
+                if x in self.wide:  # the conv before left its rows wq wide (no crop)
+                    full, w = self.wide[x]
+                    src = T(full)
+                self.call(self.numba("k_maxpool_rows"), [src, T(out), I(h), I(w), I(ho),
                                                          I(wo), I(kh), I(sh)],
                           planes * ho, float(kh * kw * wo(1)))
-                return
+                return "native (fused crop)" if x in self.wide else None
             w = self.example(x)[3]
             self.call(self.numba("k_maxpool"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
                                                 I(kh), I(kw), I(sh), I(sw), I(ph), I(pw),
@@ -949,11 +956,45 @@ class Lowering:
         label = self.spmm(op, swt, spec, True, bslot, T(planes), T(full), n=nb, L=L, xrs=1,
                           ors=L, xns=per_sample, ons=cout * L, indices=offs, x_rows=rows,
                           reach=g.reach, panel_of=offs // g.plane)
+        pool = self._pool_reader(out) if not tail else None
+        if pool is not None:
+            # cross-layer: the max pool after this conv reads the conv's rows in place
+            # (wq floats apart, wrap columns never read) and the crop pass disappears
+            self.p.buffers[full].last = pool
+            self.wide[out] = (full, g.wq)
+            return label
         self.call(self.numba("k_crop"), [T(full), T(out), I(nb), I(cout), I(g.ho), I(g.wo),
                                          I(g.wq)], nb * cout, float(g.ho * g.wo))
         if tail:
             self.act_pass(out, *act)
         return label
+
+    def _pool_reader(self, name: str) -> int | None:
+        """The index of the op reading ``name`` when it is its only reader and a max pool
+        k_maxpool_rows runs (k x k, stride k... no padding or dilation), else None."""
+        plan = self.plan
+        if name in plan.outputs or any(t.alias_of == name for t in plan.tensors.values()):
+            return None
+        readers = [j for j, op in enumerate(plan.ops) if name in op.inputs]
+        if len(readers) != 1:
+            return None
+        op = plan.ops[readers[0]]
+        return readers[0] if op.kind == "pool2d" and self._rows_pool(op) else None
+
+    def _rows_pool(self, op: Op) -> bool:
+        """Whether k_maxpool_rows runs this pool: max, square window = stride, no padding or
+        dilation, every window inside the input (no ceil_mode partial window)."""
+        a = op.attrs
+        if a.get("mode") != "max":
+            return False
+        kh, kw = (int(v) for v in a["kernel"])
+        sh, sw = (int(v) for v in a["stride"])
+        if kh != kw or sh != sw or tuple(a["padding"]) != (0, 0) or \
+                tuple(a.get("dilation", (1, 1))) != (1, 1):
+            return False
+        h, w = self.example(op.inputs[0])[2:]
+        ho, wo = self.example(op.output)[2:]
+        return (ho - 1) * sh + kh <= h and (wo - 1) * sw + kw <= w
 
 
 def _pack(bufs: list[Buffer]) -> tuple[int, int]:
