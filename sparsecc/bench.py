@@ -54,7 +54,8 @@ def bench_command(args) -> int:
                       batches=_ints(args.batch) or base["batches"],
                       threads=_ints(args.threads) or base["threads"], engines=engines,
                       min_runs=base.get("min_runs", 30), min_time=base.get("min_time", 2.0),
-                      dense_cells=base.get("dense_cells", "all"), out=out)
+                      dense_cells=base.get("dense_cells", "all"), out=out,
+                      recipe=getattr(args, "recipe", None))
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, "
           f"numba {info['numba']}, onnxruntime {info.get('onnxruntime', 'not installed')}")
@@ -90,7 +91,7 @@ def _report_and_save(args, model, x) -> None:
 
     if args.sparsity:
         model = sparsecc.prune(model, args.sparsity)
-    cm = sparsecc.compile(model, x)
+    cm = sparsecc.compile(model, x, recipe=getattr(args, "recipe", None))
     if args.save:
         print(f"saved {cm.save(args.save)}")
     if args.report:

@@ -280,6 +280,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=positive_int, default=50)
     b.add_argument("--report", action="store_true", help="print the per-layer report")
     b.add_argument("--save", help="also save the compiled artifact here")
+    b.add_argument("--recipe", help="compile recipe (YAML/JSON) for the sparsecc engine")
     b.set_defaults(fn=cmd_bench)
     x = sub.add_parser("export-c", help="the artifact as a C library: DIR/libPREFIX.so + "
                                         "DIR/PREFIX.h")

@@ -48,6 +48,7 @@ class SuiteConfig:
     # the weights; "zero" times it once per batch/threads, on the unpruned model.
     dense_cells: str = "all"  # "all" | "zero"
     out: Path = Path("results/bench")
+    recipe: Any = None  # a compile recipe (dict / path) for the sparsecc engines
 
 
 QUICK = dict(models=["mlp", "resnet18"], sparsities=[0.0, 0.9], batches=[1, 16], threads=[2],
@@ -95,12 +96,17 @@ def model_specs() -> dict[str, ModelSpec]:
     }
 
 
-def _compile(spec: ModelSpec, model, inputs, dense: bool):
+def _compile(spec: ModelSpec, model, inputs, dense: bool, recipe=None):
     import torch
 
     import sparsecc
 
-    recipe = {"formats": {"csr_max_density": 0.0}} if dense else None
+    if isinstance(recipe, (str, Path)):
+        from sparsecc.recipe import _read_yaml
+
+        recipe = _read_yaml(Path(recipe))
+    if dense:  # the dense baseline: the recipe's other sections, every layer dense
+        recipe = dict(recipe or {}, formats={"csr_max_density": 0.0})
     if spec.kind == "hf":
         from sparsecc.hf import trace_hf
 
@@ -175,7 +181,7 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
             for s in cfg.sparsities:
                 model = sparsecc.prune(base, s) if s > 0 else base
                 example = spec.inputs(1)
-                compiled = {"sparsecc": _compile(spec, model, example, False)}
+                compiled = {"sparsecc": _compile(spec, model, example, False, cfg.recipe)}
                 if "sparsecc-executor" in cfg.engines:
                     from sparsecc.api import CompiledModel
 

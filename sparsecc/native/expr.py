@@ -65,6 +65,13 @@ class E:
             return const(max(self.value, o.value))
         return E("max", (self, o))
 
+    def gt(self, o) -> E:
+        """1 where self > o, else 0."""
+        o = lift(o)
+        if self.op == "c" and o.op == "c":
+            return const(int(self.value > o.value))
+        return E("gt", (self, o))
+
     def __call__(self, n: int) -> int:
         """The value at batch ``n``."""
         if self.op == "c":
@@ -73,7 +80,7 @@ class E:
             return n
         x, y = (a(n) for a in self.args)
         return {"+": lambda: x + y, "*": lambda: x * y, "cdiv": lambda: -(-x // y),
-                "fdiv": lambda: x // y, "max": lambda: max(x, y),
+                "fdiv": lambda: x // y, "max": lambda: max(x, y), "gt": lambda: int(x > y),
                 "min": lambda: min(x, y)}[self.op]()
 
     def emit(self, b: ir.IRBuilder, n: ir.Value, memo: dict) -> ir.Value:
@@ -95,6 +102,8 @@ class E:
             v = b.sdiv(x, y)
         elif self.op == "max":
             v = b.select(b.icmp_signed(">", x, y), x, y)
+        elif self.op == "gt":
+            v = b.zext(b.icmp_signed(">", x, y), I64)
         else:
             v = b.select(b.icmp_signed("<", x, y), x, y)
         memo[self] = v
@@ -141,10 +150,9 @@ def numel(shape) -> E:
 def linear(e: E) -> tuple[int, int]:
     """(a, b) with e(n) <= a*n + b for every n >= 1, exact when e is affine; from e(1), e(2)
     and checked on larger n (sizes here are affine in N or bounded by the slope found)."""
-    v1, v2 = e(1), e(2)
-    a = max(v2 - v1, 0)
-    b = max(v1 - a, 0)
-    for n in (3, 7, 64, 1000):
+    a = max(e(3) - e(2), 0)  # the slope past batch 1 (a padded stride is affine from 2 on)
+    b = max(max(e(n) - a * n for n in (1, 2, 3)), 0)
+    for n in (4, 7, 64, 1000):
         if e(n) > a * n + b:
             raise ValueError(f"size {e!r} is not affine in the batch")
     return a, b

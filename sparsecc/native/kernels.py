@@ -226,11 +226,23 @@ def k_copy64(start, stop, a):
 
 @_kernel
 def k_transpose(start, stop, a):
-    """[src, dst, m, k]: dst (k, m) = src (m, k)^T in TR.TILE-square tiles; items: tiles."""
-    src = carray(_f32p(a[0]), (a[2], a[3]))
-    dst = carray(_f32p(a[1]), (a[3], a[2]))
+    """[src, dst, m, k, src row stride, dst row stride]: dst (k, m) = src (m, k)^T in
+    TR.TILE-square tiles (rows may be padded: the features x batch layout); items: tiles.
+    C arrays over the padded rows (a strided view would keep the loops scalar)."""
+    m, k = a[2], a[3]
+    src = carray(_f32p(a[0]), (m, a[4]))
+    dst = carray(_f32p(a[1]), (k, a[5]))
+    tile = TR.TILE
+    nbk = (k + tile - 1) // tile
     for t in range(start, stop):
-        TR.transpose_tile(src, dst, t)
+        i0 = (t // nbk) * tile
+        j0 = (t % nbk) * tile
+        i1 = min(m, i0 + tile)
+        j1 = min(k, j0 + tile)
+        for j in range(j0, j1):
+            row = dst[j]
+            for i in range(i0, i1):
+                row[i] = src[i, j]
 
 
 def transpose_tiles(m, k):
@@ -276,10 +288,14 @@ def k_maxpool_rows(start, stop, a):
     2x2/2 window is spelled out so the row loop vectorises (interleaved loads)."""
     x, out = _f32(a, 0, _BIG), _f32(a, 1, _BIG)
     h, w, ho, wo, k, s = a[2], a[3], a[4], a[5], a[6], a[7]
+    t = start // ho  # plane and row, stepped along (no division per row)
+    oh = start - t * ho
     for r in range(start, stop):
-        t = r // ho
-        oh = r - t * ho
         base = t * h * w + oh * s * w
+        oh += 1
+        if oh == ho:
+            oh = 0
+            t += 1
         o = out[r * wo:(r + 1) * wo]
         if k == 2 and s == 2:
             r0, r1 = x[base:base + 2 * wo], x[base + w:base + w + 2 * wo]
@@ -498,6 +514,20 @@ def k_binary_any(start, stop, a):
     ``fn`` -1: a cast of x (y unread)."""
     fn, xdt, ydt, odt = a[3], a[4], a[5], a[6]
     d5, xs5, ys5 = a[12], a[18], a[24]
+    if fn < 0 and xs5 == 1 and odt == 0 and xdt in (1, 2):  # int64 / bool -> float32 casts
+        for r in range(start, stop):
+            i0, i1, i2, i3, i4 = _offsets(a, 7, r)
+            xo = _dot5(a, 13, i0, i1, i2, i3, i4)
+            o = carray(_f32p(a[2]), (r + 1) * d5)[r * d5:]
+            if xdt == 1:
+                xi = carray(_i64p(a[0]), xo + d5)[xo:]
+                for j in range(d5):
+                    o[j] = np.float32(xi[j])
+            else:
+                xb = carray(_u8p(a[0]), xo + d5)[xo:]
+                for j in range(d5):
+                    o[j] = np.float32(1.0) if xb[j] != 0 else np.float32(0.0)
+        return
     for r in range(start, stop):
         i0, i1, i2, i3, i4 = _offsets(a, 7, r)
         xo = _dot5(a, 13, i0, i1, i2, i3, i4)
