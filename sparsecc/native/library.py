@@ -156,6 +156,9 @@ class NativeRunner:
         self.weights_ptr = self.weights.ctypes.data
         self._free: dict[int, list[_Context]] = {}
 
+    def arena_bytes(self, n: int) -> int:
+        return int(self._arena(n, self.max_threads))
+
     def context(self, n: int) -> _Context:
         free = self._free.get(n)
         if free:

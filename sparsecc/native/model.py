@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import literal_unroll, njit, types
 from numba.core.extending import intrinsic
 
-from sparsecc.errors import InputError
+from sparsecc.errors import InputError, MemoryBudgetError
 from sparsecc.ir.plan import resolve_shape
 from sparsecc.native.library import NativeLibrary, NativeRunner
 from sparsecc.runtime.executor import Executor, _check_dtype
@@ -102,6 +102,12 @@ class NativeModel:
                 _check_dtype(name, a, np.dtype(self.plan.tensors[name].dtype))
             n = ex.batch_of(arrays)
             ex.check_batch(n)  # verified rules and the memory budget at this batch
+            need = self.runner.arena_bytes(n)
+            if need > ex.max_memory:
+                raise MemoryBudgetError(
+                    f"batch {n} needs {need / 2**30:.2f} GiB of native arena, over the "
+                    f"{ex.max_memory / 2**30:.2f} GiB budget (raise it with max_memory= or "
+                    "SPARSECC_MAX_MEMORY)")
             plan = self.plan
             sig = _Signature(n, [resolve_shape(plan.tensors[o].shape, n) for o in plan.outputs],
                              [np.dtype(plan.tensors[o].dtype) for o in plan.outputs],

@@ -24,6 +24,7 @@ def test_mnist_accuracy_equals_torch(sparsity):
     if sparsity:
         model = sparsecc.prune(model, sparsity)
     cm = sparsecc.compile(model, torch.from_numpy(images[:1]))
+    assert cm.native is not None, cm.native_status  # the native library runs it
 
     def run_torch(x):
         with torch.no_grad():

@@ -43,6 +43,7 @@ def test_minilm_matches_torch(mini, sparsity):
     tok, model = mini
     enc = tok(SENTENCES[:2], padding="max_length", max_length=24, return_tensors="pt")
     cm = compile_hf(model, enc, sparsity=sparsity)
+    assert cm.native is not None, cm.native_status  # the native library runs it
     ref_model = sparsecc.prune(model, sparsity) if sparsity else model
     for batch in (SENTENCES[:2], SENTENCES):
         e = tok(batch, padding="max_length", max_length=24, return_tensors="pt")
@@ -84,6 +85,7 @@ def test_bert_base_shaped_from_config():
     mask[1, 20:] = 0
     enc = {"input_ids": ids, "attention_mask": mask}
     cm = compile_hf(model, enc)
+    assert cm.native is not None, cm.native_status  # the native library runs it
     with torch.no_grad():
         ref = model(**enc)
     _check(cm(ids, mask), ref, mask.bool())

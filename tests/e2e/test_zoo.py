@@ -28,6 +28,7 @@ def test_zoo_model_matches_torch(name, sparsity, seed):
         # Per-layer zeros leave every layer with live weights (global pruning can empty some).
         model = sparsecc.prune(model, sparsity, scope="layer")
     cm = sparsecc.compile(model, zoo.example_input(model, 1, seed=seed))
+    assert cm.native is not None, cm.native_status  # the native library runs it
     for batch in (1, 8):
         _compare(model, cm, batch, seed + batch)
     if sparsity:
@@ -39,6 +40,7 @@ def test_zoo_model_matches_torch(name, sparsity, seed):
 def test_full_size_models(name, seed):
     model = sparsecc.prune(zoo.ZOO[name](), 0.9, scope="layer")
     cm = sparsecc.compile(model, zoo.example_input(model, 1, seed=seed))
+    assert cm.native is not None, cm.native_status  # the native library runs it
     _compare(model, cm, 1, seed)
     _compare(model, cm, 2, seed + 1)
 
@@ -68,6 +70,7 @@ def test_mobilenet_v2_imagenet_weights_classify_real_photos():
     model = zoo.mobilenet_v2_imagenet()
     x = torch.from_numpy(zoo.imagenet_photo("coffee"))
     cm = sparsecc.compile(model, x)
+    assert cm.native is not None, cm.native_status  # the native library runs it
     with torch.no_grad():
         ref = model(x)
     assert int(ref.argmax()) == 967  # espresso
