@@ -73,7 +73,8 @@ def run(name: str, sparsity: float | None, batches: list[int], repeats: int) -> 
             x = zoo.example_input(model, b, seed=b)
             inputs[b] = [x.numpy()]
             with torch.no_grad():
-                ref[b] = model(x).numpy()
+                out = model(x)
+            ref[b] = (out[0] if isinstance(out, tuple) else out).numpy()
 
         def first(out):
             return np.asarray(out[0] if isinstance(out, tuple) else out)

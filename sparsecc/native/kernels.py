@@ -29,16 +29,22 @@ from sparsecc.codegen.numba import attention as AT
 from sparsecc.codegen.numba import conv as C
 from sparsecc.codegen.numba import norm as N
 from sparsecc.codegen.numba import pool as P
+from sparsecc.codegen.numba import sparse as SPK
 from sparsecc.codegen.numba import transpose as TR
 
 _SIG = types.void(types.int64, types.int64, types.CPointer(types.int64))
 _OPTS = dict(error_model="numpy", boundscheck=False)
 KERNELS: dict = {}  # name -> the Python function, compiled on first use (kernel_ir)
+_EXTRA: dict[str, dict] = {}  # name -> numba options beyond _OPTS
 
 
-def _kernel(fn):
-    KERNELS[fn.__name__] = fn
-    return fn
+def _kernel(fn=None, **extra):
+    def deco(f):
+        KERNELS[f.__name__] = f
+        _EXTRA[f.__name__] = extra
+        return f
+
+    return deco(fn) if fn is not None else deco
 _BIG = 1 << 40  # extent of a carray whose real extent the kernel does not need
 
 
@@ -249,6 +255,17 @@ def transpose_tiles(m, k):
     """Work items of k_transpose for an (m, k) source (expressions or ints)."""
     return m.cdiv(TR.TILE) * k.cdiv(TR.TILE) if hasattr(m, "cdiv") else \
         -(-m // TR.TILE) * -(-k // TR.TILE)
+
+
+@_kernel(fastmath={"reassoc", "contract"})
+def k_gemv(start, stop, a):
+    """[w (O, K), x (K,), out (O,), bias, has_bias, O, K, code, a, b]: one input row through a
+    dense layer, a dot product per output (weights read row-major: streamed, not strided as
+    the GEMM's K x N panel would read them); items: outputs."""
+    w = carray(_f32p(a[0]), (a[5], a[6]))
+    x, out, bias = _f32(a, 1, a[6]), _f32(a, 2, a[5]), _f32(a, 3, a[5])
+    for o in range(start, stop):
+        out[o] = SPK.gemv_row(w, x, o, bias, a[4] != 0, a[7], _f64(a[8]), _f64(a[9]))
 
 
 # ---- conv helpers and pooling -------------------------------------------------------------
@@ -739,7 +756,7 @@ def kernel_ir(name: str) -> KernelIR:
     with _IR_LOCK:
         hit = _IR.get(name)
         if hit is None:
-            hit = _IR[name] = _extract(name, cfunc(_SIG, **_OPTS)(KERNELS[name]))
+            hit = _IR[name] = _extract(name, cfunc(_SIG, **_OPTS, **_EXTRA[name])(KERNELS[name]))
     return hit
 
 

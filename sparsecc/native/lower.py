@@ -89,7 +89,8 @@ class Call:
     items: E
     cost: float  # rough flops per item: small calls run on the calling thread
     scratch: int = 0  # floats of per-thread scratch
-    only_if: tuple[E, str, int] | None = None  # run only when expr (==|!=) value
+    # run only when every (expr, "==" | "!=" | "<" | ">=", value) holds
+    only_if: list[tuple[E, str, int]] | None = None
     op: int = 0  # the plan op it belongs to (profiles)
 
 
@@ -190,8 +191,8 @@ class Lowering:
 
     def call(self, kernel: str, args: list[Slot], items: E, cost: float, scratch: int = 0,
              only_if=None) -> None:
-        self.p.calls.append(Call(kernel, args, lift(items), float(cost), scratch, only_if,
-                                 self.i))
+        self.p.calls.append(Call(kernel, args, lift(items), float(cost), scratch,
+                                 _conds(only_if), self.i))
 
     def numba(self, name: str) -> str:
         self.p.kernels.setdefault(name, Kernel(name, "numba"))
@@ -699,10 +700,21 @@ class Lowering:
         if not SP.is_sparse(op.attrs.get("fmt")):
             if op.attrs.get("in_kn") or op.attrs.get("out_kn"):
                 raise Unsupported("a dense linear in the features x batch layout")
+            guard = None
+            if m(1) == 1:  # one row (batch 1): a GEMV over the row-major weight
+                zero = self.derived("zero", np.zeros(1, np.float32))
+                self.call(self.numba("k_gemv"),
+                          [self.const(op.params["weight"]), T(x), T(out),
+                           self.const(bias) if bias else zero, I(int(bias is not None)), I(o),
+                           I(k), I(A.act_code(act)), F(a), F(b)], const(o), 2.0 * k,
+                          only_if=[(m, "==", 1)])
+                guard = [(m, "!=", 1)]
             wt = self.derived("wT", self.plan.constants[op.params["weight"]].reshape(o, k).T)
             self.gemm(x=T(x), w=wt, out=T(out), bias=bias, bias_mode="col", M=m, Nn=o, K=k,
                       lda=k, ldb=o, ldc=o, act=(act, a, b))
-            self.act_pass(out, act if _fused(act) != act else "none", a, b)
+            self._guard_last(guard)
+            if _fused(act) != act:
+                self.act_on(out, (act, a, b), guard)
             return "native dense"
         return self.sparse_linear(op, x, out, m, k, o, (act, a, b), bias)
 
@@ -799,7 +811,8 @@ class Lowering:
 
     def _guard_last(self, guard) -> None:
         if guard is not None:
-            self.p.calls[-1].only_if = guard
+            call = self.p.calls[-1]
+            call.only_if = (call.only_if or []) + _conds(guard)
 
     def act_on(self, name: str, act, guard=None, n: E | None = None) -> None:
         """The activation in place on ``n`` floats (default: all) of a tensor or temporary
@@ -853,13 +866,17 @@ class Lowering:
             row_bounds = es.chunk_bounds(sw.indptr)
         units = row_bounds if row_bounds is not None else sw.indptr
         nunits = len(units) - 1
+        # Row blocks per tile: enough items for every thread when there are few tiles (batch
+        # 1), one block (the x tile read once) when there are many: the choice is made at run
+        # time between the two, as the executor makes it when it binds a batch.
         want = 4 * self.threads
-        n_ex = lift(n)(max(1, self.plan.example_batch))
-        tiles_ex = max(n_ex * ntiles(max(1, self.plan.example_batch)), 1)
-        nrb = max(1, min(nunits, -(-want // tiles_ex))) if self.threads > 1 else 1
-        rsplit = driver.nnz_splits(sw.indptr if row_bounds is None else sw.indptr[row_bounds],
-                                   nrb)
-        nrb = len(rsplit) - 1
+        tiles = lift(n) * ntiles
+        tiles_1 = max(tiles(1), 1)
+        nrb_few = max(1, min(nunits, -(-want // tiles_1))) if self.threads > 1 else 1
+        variants = [(1, guard)]
+        if nrb_few > 1:
+            variants = [(nrb_few, _conds(guard or []) + [(tiles, "<", want)]),
+                        (1, _conds(guard or []) + [(tiles, ">=", want)])]
         indptr, idx, data = sw.indptr, indices, sw.data
         npanel = 1
         if row_bounds is None and sw.family == "spmm":
@@ -869,13 +886,17 @@ class Lowering:
             if panels is not None and panels[1] > 1:
                 npanel = panels[1]
                 indptr, idx, data = LK.panelize(indptr, idx, data, panels[0], npanel)
-        args = self._sparse_args(sw, bias, x, out, indices=idx, data=data,
-                                 rows=sw.rows, L=L, xrs=xrs, ors=ors, ntiles=ntiles, xns=xns,
-                                 ons=ons, nrb=nrb, gn=sw.gn, npanel=npanel,
-                                 rsplit=self.derived("rsplit", rsplit),
-                                 indptr=self.derived("indptr", indptr))
-        per_item = 2.0 * sw.data.size / nrb * spec.vw * spec.tile
-        self.call(sym, args, lift(n) * ntiles * nrb, per_item, only_if=guard)
+        for nrb, cond in variants:
+            rsplit = driver.nnz_splits(sw.indptr if row_bounds is None else
+                                       sw.indptr[row_bounds], nrb)
+            nrb = len(rsplit) - 1
+            args = self._sparse_args(sw, bias, x, out, indices=idx, data=data,
+                                     rows=sw.rows, L=L, xrs=xrs, ors=ors, ntiles=ntiles,
+                                     xns=xns, ons=ons, nrb=nrb, gn=sw.gn, npanel=npanel,
+                                     rsplit=self.derived("rsplit", rsplit),
+                                     indptr=self.derived("indptr", indptr))
+            per_item = 2.0 * sw.data.size / nrb * spec.vw * spec.tile
+            self.call(sym, args, tiles * nrb, per_item, only_if=cond)
         return "native sparse specialised" if baked is not None else "native sparse generic"
 
     # ---- conv2d ---------------------------------------------------------------------------
@@ -1009,6 +1030,13 @@ class Lowering:
         h, w = self.example(op.inputs[0])[2:]
         ho, wo = self.example(op.output)[2:]
         return (ho - 1) * sh + kh <= h and (wo - 1) * sw + kw <= w
+
+
+def _conds(guard) -> list | None:
+    """A guard as a list of conditions (one condition may be given bare)."""
+    if guard is None:
+        return None
+    return [guard] if isinstance(guard, tuple) else list(guard)
 
 
 def kn_stride(m: E) -> E:

@@ -231,9 +231,10 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None
             else:
                 raise ValueError(slot.kind)
         run_it = None
-        if call.only_if is not None:
-            e, op, v = call.only_if
-            run_it = b.icmp_signed(op, ev(e), I64(v))
+        if call.only_if:
+            run_it = ir.Constant(ir.IntType(1), 1)
+            for e, op, v in call.only_if:
+                run_it = b.and_(run_it, b.icmp_signed(op, ev(e), I64(v)))
             then = fn.append_basic_block("call")
             after = fn.append_basic_block("after")
             b.cbranch(run_it, then, after)

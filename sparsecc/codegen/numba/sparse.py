@@ -55,13 +55,18 @@ def csr_spmv_rows(indptr, indices, data, x, out, bias, has_bias, code, a, b):
 def dense_gemv(w, x, out, bias, has_bias, code, a, b):
     """out[0, o] = act(w[o] . x[0] + bias[o]): a GEMV over all threads (the runtime holds BLAS
     at one thread, and a GEMV is bandwidth-bound: two cores stream the weights ~2x faster)."""
-    rows, k = w.shape
     xr = x[0]
-    for o in prange(rows):
-        wr = w[o]
-        acc = np.float32(0.0)
-        for j in range(k):
-            acc += wr[j] * xr[j]
-        if has_bias:
-            acc += bias[o]
-        out[0, o] = apply_act(acc, code, a, b)
+    for o in prange(w.shape[0]):
+        out[0, o] = gemv_row(w, xr, o, bias, has_bias, code, a, b)
+
+
+@njit(inline="always", fastmath={"reassoc", "contract"}, cache=True)
+def gemv_row(w, xr, o, bias, has_bias, code, a, b):
+    """Output o of dense_gemv (also the native library's GEMV)."""
+    wr = w[o]
+    acc = np.float32(0.0)
+    for j in range(w.shape[1]):
+        acc += wr[j] * xr[j]
+    if has_bias:
+        acc += bias[o]
+    return apply_act(acc, code, a, b)
