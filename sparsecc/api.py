@@ -56,6 +56,13 @@ class CompiledModel:
         except (Unsupported, CodegenError) as exc:
             self.native = None
             self.native_status = f"executor (numba/BLAS): not native because {exc}"
+        except Exception as exc:  # noqa: BLE001 (a bug in the backend: run, but say so)
+            import warnings
+
+            self.native = None
+            self.native_status = (f"executor (numba/BLAS): the native library failed to build "
+                                  f"({type(exc).__name__}: {str(exc)[:300]})")
+            warnings.warn(self.native_status, RuntimeWarning, stacklevel=3)
 
     def __call__(self, *inputs: Any):
         torch_in = any(_is_torch(x) for x in inputs)
@@ -118,10 +125,11 @@ def load(path: str | Path, native: bool = False,
     bounds the activation memory any batch may take (default ``SPARSECC_MAX_MEMORY`` or 16 GiB):
     a larger request is refused before anything is allocated.
 
-    By default nothing in the artifact is executed: kernels are rebuilt from the plan (from the
-    local kernel cache when this machine built them before). ``native=True`` links the object
-    code stored in the artifact when it was built for this CPU (no LLVM compilation at all),
-    and falls back to rebuilding when it was not: only for artifacts from a trusted source.
+    By default nothing in the artifact is executed: kernels and the model's native library
+    are rebuilt from the plan (from the local cache when this machine built them before).
+    ``native=True`` links the object code stored in the artifact (kernels and library) when it
+    was built for this CPU (no LLVM compilation at all), and falls back to rebuilding when it
+    was not: only for artifacts from a trusted source.
     """
     plan = load_plan(path, OPS.keys())
     prebuilt = _link_native(path) if native else None
