@@ -597,11 +597,12 @@ class Lowering:
             d, s = shape[axis], strides[axis]
             axis += 1
             if isinstance(it, int):
+                # an index along the batch may be past N at run time, and one past a fixed
+                # dim is a bad plan: neither may read outside x (the executor raises there)
                 if not d.is_const():
-                    if it < 0:
-                        raise Unsupported("a negative index along the batch")
-                    off = off + s * it
-                    continue
+                    raise Unsupported("an integer index along the batch")
+                if not -d.value <= it < d.value:
+                    raise Unsupported(f"index {it} out of range for a dim of {d.value}")
                 off = off + s * (it % d.value)
                 continue
             if it == slice(None):
