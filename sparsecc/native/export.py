@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sparsecc.codegen.llvm import jit
 from sparsecc.codegen.llvm import kernels as LK
 from sparsecc.errors import SparseccError
 from sparsecc.ir.plan import ExecutionPlan, Sym
@@ -229,9 +228,9 @@ def export_c(plan: ExecutionPlan, out_dir: str | Path, prefix: str = "sparsecc_m
             files.append(t / f"{part}.o")
         for k in prog.kernels.values():
             if k.kind == "sparse":  # the kernel again, under its prefixed name
-                text = LK.kernel_ir(k.spec, k.pattern, name=M.sparse_symbol(prefix, k))
                 path = t / f"{k.symbol}.o"
-                path.write_bytes(jit.compile_ir(text, opt=0 if k.spec.pattern_hash else 3))
+                path.write_bytes(LK.kernel_object(k.spec, k.pattern,
+                                                  M.sparse_symbol(prefix, k)))
                 files.append(path)
         (t / "weights.bin").write_bytes(lib.blob or b"\0")
         (t / "weights.S").write_text(

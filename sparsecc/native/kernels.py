@@ -14,6 +14,7 @@ numpy, no allocation. Scratch comes from the arena, one slice per thread (``omp_
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -717,6 +718,7 @@ def k_embedding(start, stop, a):
 
 
 # ---- IR extraction ------------------------------------------------------------------------
+@functools.cache
 def source_hash() -> str:
     """Identifies the kernels' source (this file, the numba kernels it calls, numba): part of
     the library cache key, so a cached library is found without compiling any kernel."""

@@ -110,12 +110,10 @@ class Program:
     kernels: dict[str, Kernel] = field(default_factory=dict)
     buffers: dict[str, Buffer] = field(default_factory=dict)
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # blob members by name
-    where: dict[str, tuple[str, E]] = field(default_factory=dict)  # tensor -> (root, offset)
     labels: dict[int, str] = field(default_factory=dict)  # op index -> kernel label
     arena: tuple[int, int] = (0, 0)  # bytes: a*N + b
     scratch_per_thread: int = 0  # floats
     argspace_slots: int = 0  # i64 slots of all args blocks (+1: the error flag)
-    weight_offsets: dict[str, int] = field(default_factory=dict)
 
     def blob(self) -> tuple[bytes, dict[str, int]]:
         """The weights blob (each member 64-byte aligned) and the offset of each member."""
@@ -193,7 +191,6 @@ class Lowering:
         # conv outputs left in their wide rows for the pool that reads them: name -> (the
         # temporary holding them, its row length)
         self.wide: dict[str, tuple[str, int]] = {}
-        self.temps: list[tuple[str, E]] = []
 
     # ---- shapes, constants, temporaries ---------------------------------------------------
     def shape(self, name: str) -> list[E]:
@@ -247,9 +244,6 @@ class Lowering:
     def run(self) -> Program:
         plan = self.plan
         roots = {name: plan.storage_root(name) for name in plan.tensors}
-        for name in plan.tensors:
-            if name not in plan.constants:
-                self.p.where[name] = (roots[name], const(0))
         for i, op in enumerate(plan.ops):
             self.i = i
             fn = getattr(self, "op_" + op.kind, None)
@@ -624,28 +618,26 @@ class Lowering:
         self.copy(T(x, off, size), T(out, itemsize=size), dims, st, _strides(dims), size)
 
     def op_cat(self, op: Op):
+        self._join(op, stack=False)
+
+    def op_stack(self, op: Op):
+        self._join(op, stack=True)
+
+    def _join(self, op: Op, stack: bool) -> None:
+        """cat / stack: each input copied into its place along the axis (a constant input
+        is read from the weights: tensor slots naming constants resolve there)."""
         out = op.output
         axis = int(op.attrs["axis"]) % len(self.plan.tensors[out].shape)
-        oshape = self.shape(out)
-        ost = _strides(oshape)
+        ost = _strides(self.shape(out))
         size = self._item(out)
+        # stack: the inputs' dims skip the new axis
+        into = ost[:axis] + ost[axis + 1:] if stack else ost
         pos = const(0)
         for x in op.inputs:
             xshape = self.shape(x)
-            self.copy(self.tensor_slot(x) if x in self.plan.constants else T(x, itemsize=size),
-                      T(out, pos * ost[axis], size), xshape, _strides(xshape), ost, size)
-            pos = pos + xshape[axis]
-
-    def op_stack(self, op: Op):
-        out = op.output
-        axis = int(op.attrs["axis"]) % len(self.plan.tensors[out].shape)
-        oshape = self.shape(out)
-        ost = _strides(oshape)
-        size = self._item(out)
-        for j, x in enumerate(op.inputs):
-            xshape = self.shape(x)
-            self.copy(T(x, itemsize=size), T(out, ost[axis] * j, size), xshape,
-                      _strides(xshape), ost[:axis] + ost[axis + 1:], size)
+            self.copy(T(x, itemsize=size), T(out, pos * ost[axis], size), xshape,
+                      _strides(xshape), into, size)
+            pos = pos + (const(1) if stack else xshape[axis])
 
     # ---- rows -----------------------------------------------------------------------------
     def op_softmax(self, op: Op):

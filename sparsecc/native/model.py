@@ -52,36 +52,38 @@ def _call_run(typingctx, addr, weights, arena, args, n, ins, outs, threads):
     return sig, codegen
 
 
+@njit  # not inline="always": literal_unroll does not survive numba's inlining
+def _addresses(arrays):
+    """An int64 array of the data addresses of a tuple of arrays (any dtypes)."""
+    out = np.empty(len(arrays), np.int64)
+    i = 0
+    for a in literal_unroll(arrays):
+        out[i] = a.ctypes.data
+        i += 1
+    return out
+
+
+@njit(inline="always")
+def _run(addr, weights, arena, args, n, max_threads, ip, op):
+    th = min(numba.get_num_threads(), max_threads)
+    return _call_run(addr, weights, arena, args, n, ip.ctypes.data, op.ctypes.data, th)
+
+
 # The hot path: numba unboxes arrays in ~0.1 us where ``a.ctypes.data`` takes ~2 us, and
 # calls without ctypes' argument conversion; nogil, so concurrent calls run in parallel.
-@njit(nogil=True)  # not cache=True: get_num_threads is a dynamic global
+# Not cache=True: get_num_threads is a dynamic global.
+@njit(nogil=True)
 def _invoke_arrays(addr, weights, arena, args, n, max_threads, ins, outs):
-    ip = np.empty(len(ins), np.int64)
-    op = np.empty(len(outs), np.int64)
-    i = 0
-    for a in literal_unroll(ins):
-        ip[i] = a.ctypes.data
-        i += 1
-    i = 0
-    for a in literal_unroll(outs):
-        op[i] = a.ctypes.data
-        i += 1
-    th = min(numba.get_num_threads(), max_threads)
-    return _call_run(addr, weights, arena, args, n, ip.ctypes.data, op.ctypes.data, th)
+    return _run(addr, weights, arena, args, n, max_threads, _addresses(ins), _addresses(outs))
 
 
-@njit(nogil=True)  # not cache=True: get_num_threads is a dynamic global
+@njit(nogil=True)
 def _invoke_mixed(addr, weights, arena, args, n, max_threads, ins, outs):
+    """``ins`` as addresses already (torch's data_ptr), ``outs`` arrays."""
     ip = np.empty(len(ins), np.int64)
-    op = np.empty(len(outs), np.int64)
     for i in range(len(ins)):
         ip[i] = ins[i]
-    i = 0
-    for a in literal_unroll(outs):
-        op[i] = a.ctypes.data
-        i += 1
-    th = min(numba.get_num_threads(), max_threads)
-    return _call_run(addr, weights, arena, args, n, ip.ctypes.data, op.ctypes.data, th)
+    return _run(addr, weights, arena, args, n, max_threads, ip, _addresses(outs))
 
 
 class NativeModel:

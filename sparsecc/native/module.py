@@ -171,10 +171,6 @@ def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
     return pfor
 
 
-def _arena_layout(prog: Program) -> dict[str, tuple[int, int]]:
-    return {name: buf.offset for name, buf in prog.buffers.items()}
-
-
 def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None:
     fty = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32, P64])
     fn = ir.Function(mod, fty, f"{prefix}__run")
@@ -184,7 +180,6 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None
     timed = b.icmp_unsigned("!=", b.ptrtoint(times, I64), I64(0))
     memo: dict = {}
     plan = prog.plan
-    layout = _arena_layout(prog)
     scratch_a, scratch_b = prog.arena
 
     def ev(e: E) -> ir.Value:
@@ -197,7 +192,7 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None
 
     def tensor_base(name: str) -> ir.Value:
         """The address of a tensor's storage (arena, or the caller's input) as i64."""
-        root, off = prog.where.get(name, (name, None))
+        root = plan.storage_root(name) if name in plan.tensors else name  # or a temporary
         if root in bases:
             return bases[root]
         if root in plan.constants:
@@ -206,7 +201,7 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None
             p = b.load(b.gep(ins, [I64(plan.inputs.index(root))], inbounds=True))
             v = b.ptrtoint(p, I64)
         else:
-            oa, ob = layout[root]
+            oa, ob = prog.buffers[root].offset
             v = addr(arena, ev(N * oa + ob))
         bases[root] = v
         return v

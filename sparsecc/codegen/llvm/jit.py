@@ -81,6 +81,22 @@ def cache_dir() -> Path:
     return d
 
 
+def _cached(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _cache(path: Path, obj: bytes) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(obj)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a recompile next time
+
+
 def compile_ir(ir_text: str, h: Host | None = None, opt: int = 3) -> bytes:
     """Object code for ``ir_text`` for host ``h`` (default: this machine), via the disk cache.
 
@@ -90,10 +106,9 @@ def compile_ir(ir_text: str, h: Host | None = None, opt: int = 3) -> bytes:
     h = h or host()
     key = hashlib.sha256(f"{h.key}|O{opt}\n{ir_text}".encode()).hexdigest()[:32]
     path = cache_dir() / f"{key}.o"
-    try:
-        return path.read_bytes()
-    except OSError:
-        pass
+    hit = _cached(path)
+    if hit is not None:
+        return hit
     with _LOCK:
         try:
             mod = llvm.parse_assembly(ir_text)
@@ -105,12 +120,7 @@ def compile_ir(ir_text: str, h: Host | None = None, opt: int = 3) -> bytes:
         if opt > 0:
             _optimize(mod, tm, opt)
         obj = tm.emit_object(mod)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(obj)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs a recompile next time
+    _cache(path, obj)
     return obj
 
 
@@ -151,10 +161,9 @@ def compile_linked(key: str, make_texts, exports: list[str], allowed,
     if prebuilt and ckey in prebuilt:
         return ckey, prebuilt[ckey]
     path = cache_dir() / f"{ckey}.o"
-    try:
-        return ckey, path.read_bytes()
-    except OSError:
-        pass
+    hit = _cached(path)
+    if hit is not None:
+        return ckey, hit
     texts = make_texts()
     with _LOCK:
         tm = _target_machine(h, 3)
@@ -185,12 +194,7 @@ def compile_linked(key: str, make_texts, exports: list[str], allowed,
         if undefined:
             raise CodegenError("llvm", f"the library would need symbols {undefined[:8]}")
         obj = tm.emit_object(main)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(obj)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    _cache(path, obj)
     return ckey, obj
 
 

@@ -52,13 +52,19 @@ def kernel_ir(spec: emit.KernelSpec, pattern: emit.Pattern | None = None,
     return emit_specialized.module_text(mod)
 
 
+def kernel_object(spec: emit.KernelSpec, pattern: emit.Pattern | None = None,
+                  name: str = "kernel") -> bytes:
+    """Object code of the kernel (via the disk cache); specialised kernels skip the IR
+    optimiser (see jit.compile_ir)."""
+    return jit.compile_ir(kernel_ir(spec, pattern, name), opt=0 if spec.pattern_hash else 3)
+
+
 def build(spec: emit.KernelSpec, pattern: emit.Pattern | None = None) -> LlvmKernel:
     """Compile (or fetch from the caches) the kernel for ``spec``."""
     with _MEMO_LOCK:
         hit = _MEMO.get(spec.key)
     if hit is None:
-        opt = 0 if spec.pattern_hash else 3
-        hit = from_object(spec, jit.compile_ir(kernel_ir(spec, pattern), opt=opt))
+        hit = from_object(spec, kernel_object(spec, pattern))
     rec = getattr(_RECORD, "kernels", None)
     if rec is not None:
         rec[spec.key] = hit
