@@ -55,7 +55,8 @@ def bench_command(args) -> int:
                       threads=_ints(args.threads) or base["threads"], engines=engines,
                       min_runs=base.get("min_runs", 30), min_time=base.get("min_time", 2.0),
                       dense_cells=base.get("dense_cells", "all"), out=out,
-                      recipe=getattr(args, "recipe", None))
+                      recipe=getattr(args, "recipe", None),
+                      profile=getattr(args, "profile", None) or "global")
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, "
           f"numba {info['numba']}, onnxruntime {info.get('onnxruntime', 'not installed')}")
@@ -71,8 +72,9 @@ def bench_command(args) -> int:
     (out / "machine.json").write_text(json.dumps(dict(info, seconds=time.perf_counter() - t0,
                                                       config={k: getattr(cfg, k) for k in (
                                                           "models", "sparsities", "batches",
-                                                          "threads", "engines", "min_runs",
-                                                          "min_time", "dense_cells")}),
+                                                          "threads", "profile", "engines",
+                                                          "min_runs", "min_time",
+                                                          "dense_cells")}),
                                                   indent=1))
     try:
         report.plots(rows, out)

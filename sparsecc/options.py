@@ -25,6 +25,12 @@ def env_native() -> bool:
     return os.environ.get("SPARSECC_NATIVE", "1") not in ("0", "")
 
 
+def env_native_fuse() -> bool:
+    """SPARSECC_NATIVE_FUSE=0 keeps the native library's cross-layer fusions off (a residual
+    add in the conv before it): for measuring what they bring."""
+    return os.environ.get("SPARSECC_NATIVE_FUSE", "1") not in ("0", "")
+
+
 DEFAULT_MAX_MEMORY = 16 << 30
 
 

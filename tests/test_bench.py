@@ -73,3 +73,25 @@ def test_suite_correctness_column_uses_torchs_own_output_as_reference(tmp_path):
 def test_suite_without_torch_engine_still_checks_correctness(tmp_path):
     rows = _tiny_suite(tmp_path, ["sparsecc"])
     assert all("speedup_vs_torch" not in r for r in rows)
+
+
+def test_uniform_profile_keeps_first_conv_and_classifier_dense(seed):
+    import torch
+
+    from sparsecc import zoo
+    from sparsecc.benchmarks.suite import prune_profile
+    from sparsecc.passes.prune import prunable_layers
+
+    model = zoo.resnet18()
+    uniform = dict(prunable_layers(prune_profile(model, 0.9, "uniform")))
+    assert torch.count_nonzero(uniform["conv1"].weight) == uniform["conv1"].weight.numel()
+    assert torch.count_nonzero(uniform["fc"].weight) == uniform["fc"].weight.numel()
+    for name, mod in uniform.items():
+        if name not in ("conv1", "fc"):
+            density = torch.count_nonzero(mod.weight).item() / mod.weight.numel()
+            assert abs(density - 0.1) < 2e-3, (name, density)
+    # global: one threshold, so layer densities spread (the first conv is pruned too)
+    spread = [torch.count_nonzero(m.weight).item() / m.weight.numel()
+              for m in dict(prunable_layers(prune_profile(model, 0.9, "global"))).values()]
+    assert max(spread) - min(spread) > 0.05
+    assert prune_profile(model, 0.0, "uniform") is model

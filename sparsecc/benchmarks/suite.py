@@ -49,6 +49,7 @@ class SuiteConfig:
     dense_cells: str = "all"  # "all" | "zero"
     out: Path = Path("results/bench")
     recipe: Any = None  # a compile recipe (dict / path) for the sparsecc engines
+    profile: str = "global"  # how the sparsity is spread over layers: see prune_profile
 
 
 QUICK = dict(models=["mlp", "resnet18"], sparsities=[0.0, 0.9], batches=[1, 16], threads=[2],
@@ -94,6 +95,42 @@ def model_specs() -> dict[str, ModelSpec]:
         "minilm": ModelSpec("minilm", minilm, minilm_inputs, ["input_ids", "attention_mask"],
                             "hf"),
     }
+
+
+PROFILES = ("global", "uniform")
+
+
+def profile_exclude(model) -> list[str]:
+    """The layers a published pruned model keeps dense: the first conv (3 input channels, a
+    few % of the FLOPs, most of the accuracy) and the classifier (the last Linear, when it is
+    the model's last prunable layer)."""
+    import torch.nn as nn
+
+    from sparsecc.passes.prune import prunable_layers
+
+    layers = prunable_layers(model)
+    keep = []
+    if layers and isinstance(layers[0][1], nn.Conv2d):
+        keep.append(layers[0][0])
+    if len(layers) > 1 and isinstance(layers[-1][1], nn.Linear):
+        keep.append(layers[-1][0])
+    return keep
+
+
+def prune_profile(model, sparsity: float, profile: str = "global"):
+    """``global``: one magnitude threshold over every Conv/Linear weight (layers end up at
+    very different densities, some empty). ``uniform``: ``sparsity`` in every prunable layer
+    except the first conv and the classifier (profile_exclude), the shape of published
+    pruned90 models."""
+    import sparsecc
+
+    if sparsity <= 0:
+        return model
+    if profile == "global":
+        return sparsecc.prune(model, sparsity)
+    if profile == "uniform":
+        return sparsecc.prune(model, sparsity, scope="layer", exclude=profile_exclude(model))
+    raise ValueError(f"profile {profile!r} is not one of {PROFILES}")
 
 
 def _compile(spec: ModelSpec, model, inputs, dense: bool, recipe=None):
@@ -160,8 +197,6 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
               log: Callable[[str], None] = print) -> list[dict]:
     import torch
 
-    import sparsecc
-
     specs = specs or model_specs()
     cfg.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -179,7 +214,7 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                 progress.advance(len(cfg.sparsities) * len(cfg.batches) * len(cfg.threads))
                 continue
             for s in cfg.sparsities:
-                model = sparsecc.prune(base, s) if s > 0 else base
+                model = prune_profile(base, s, cfg.profile)
                 example = spec.inputs(1)
                 compiled = {"sparsecc": _compile(spec, model, example, False, cfg.recipe)}
                 if "sparsecc-executor" in cfg.engines:
@@ -197,7 +232,8 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                     ref: dict = {}  # torch's output for these inputs, from its first cell
                     for threads in cfg.threads:
                         E.set_threads(threads)
-                        cell = dict(model=mname, sparsity=s, batch=batch, threads=threads)
+                        cell = dict(model=mname, sparsity=s, batch=batch, threads=threads,
+                                    profile=cfg.profile)
                         for row in _cell(cfg, cell, model, inputs, ref, compiled, onnx_path,
                                          spec, ds):
                             rows.append(row)

@@ -409,6 +409,18 @@ def k_crop(start, stop, a):
         C.crop_plane(full, t, a[6], a[5], out)
 
 
+@_kernel
+def k_crop_res(start, stop, a):
+    """[full, res, out, N, Co, ho, wo, wq, code, a, b]: out[n, o, i, j] = act(full[n, o,
+    i*wq + j] + res[n, o, i, j]); items N*Co."""
+    full = carray(_f32p(a[0]), (a[3], a[4], a[5] * a[7]))
+    res = carray(_f32p(a[1]), (a[3], a[4], a[5], a[6]))
+    out = carray(_f32p(a[2]), (a[3], a[4], a[5], a[6]))
+    p, q = _f64(a[9]), _f64(a[10])
+    for t in range(start, stop):
+        C.crop_res_plane(full, t, a[7], a[6], res, out, a[8], p, q)
+
+
 def _view4_factory(dtype):
     """An intrinsic: (addr, 4 dims, 4 element strides) -> a 4-D ``dtype`` array (any strides:
     a stride 0 broadcasts)."""

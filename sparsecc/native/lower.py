@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from sparsecc.native.kernels import (
     UNARY_FNS,
     f64_bits,
 )
+from sparsecc.options import env_native_fuse
 from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.shape import index_from_attr
 
@@ -191,6 +192,9 @@ class Lowering:
         # conv outputs left in their wide rows for the pool that reads them: name -> (the
         # temporary holding them, its row length)
         self.wide: dict[str, tuple[str, int]] = {}
+        # residual adds fused into the conv before them: add op index -> (conv op index, the
+        # conv's own output, which is never written)
+        self.fused: dict[int, tuple[int, str]] = {}
 
     # ---- shapes, constants, temporaries ---------------------------------------------------
     def shape(self, name: str) -> list[E]:
@@ -246,6 +250,10 @@ class Lowering:
         roots = {name: plan.storage_root(name) for name in plan.tensors}
         for i, op in enumerate(plan.ops):
             self.i = i
+            if i in self.fused:
+                conv = plan.ops[self.fused[i][0]]
+                self.p.labels[i] = f"fused into {conv.layer or conv.name}"
+                continue
             fn = getattr(self, "op_" + op.kind, None)
             if fn is None:
                 raise Unsupported(f"{op.layer or op.name}: {op.kind} is not native yet")
@@ -273,14 +281,18 @@ class Lowering:
         kn = {op.output for op in plan.ops if op.attrs.get("out_kn")}
         first: dict[str, int] = {}
         last: dict[str, int] = {}
-        for i, op in enumerate(plan.ops):
+        dropped = {conv_out for _, conv_out in self.fused.values()}
+        for j, op in enumerate(plan.ops):
+            i = self.fused[j][0] if j in self.fused else j  # a fused add runs in its conv
             for name in op.inputs:
-                if name in plan.constants:
+                if name in plan.constants or name in dropped:
                     continue
                 r = roots[name]
                 last[r] = max(last.get(r, -1), i)
+            if op.output in dropped:
+                continue
             r = roots[op.output]
-            first.setdefault(r, i)
+            first[r] = min(first.get(r, i), i)
             last[r] = max(last.get(r, -1), i)
         for name in plan.outputs:
             last[roots[name]] = len(plan.ops)
@@ -772,7 +784,6 @@ class Lowering:
         baked = None
         if pattern is not None and SP.bakes(op, family):
             indptr, cols, xrs, span = pattern
-            from dataclasses import replace
 
             spec = replace(spec, pattern_hash=LK.pattern_hash(indptr, cols), xrs=int(xrs),
                            span=int(span))
@@ -872,14 +883,12 @@ class Lowering:
     def spmm(self, op: Op, sw: SP.SparseWeight, spec: E_.KernelSpec, specialise: bool,
              bias: Slot,
              x: Slot, out: Slot, *, n, L, xrs, ors, xns, ons, indices, x_rows, reach=0,
-             guard=None, panel_of=None):
+             guard=None, panel_of=None, res: Slot | None = None):
         from sparsecc.codegen.llvm import driver
 
         baked = None
         if specialise and SP.bakes(op, sw.family) and lift(L).is_const() \
-                and lift(xrs).is_const():
-            from dataclasses import replace
-
+                and lift(xrs).is_const() and not spec.residual:
             spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
                            xrs=lift(xrs).value, span=lift(L).value)
             baked = E_.Pattern(sw.indptr, indices)
@@ -922,6 +931,8 @@ class Lowering:
                                      xns=xns, ons=ons, nrb=nrb, gn=sw.gn, npanel=npanel,
                                      rsplit=self.derived("rsplit", rsplit),
                                      indptr=self.derived("indptr", indptr))
+            if res is not None:
+                args[E_.A_RES] = res
             per_item = 2.0 * sw.data.size / nrb * spec.vw * spec.tile
             self.call(sym, args, tiles * nrb, per_item, only_if=cond)
         return "native sparse specialised" if baked is not None else "native sparse generic"
@@ -984,17 +995,25 @@ class Lowering:
         method = SP.conv_method(op, self.example(x), self.example(out))
         if method == "shifted":
             return self._shifted(op, swt, x, out, bslot, act)
+        res = None if SP.bakes(op, swt.family) else self._residual(op, act)
+        res_slot = None
+        if res is not None:  # write act(conv + other) into the add's output
+            j, other, act = res
+            self.fused[j] = (self.i, out)
+            out, res_slot = self.plan.ops[j].output, T(other)
         xsrc = T(x) if method == "pointwise" else T(im2col())
         rows_in = cin_ if method == "pointwise" else krows
         tile = LK.spmm_tile(hw, self.vw, swt.block_rows)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, bias is not None,
                                           swt.idx_bits, tile)
+        if res_slot is not None:
+            spec = replace(spec, residual=True)
         label = self.spmm(op, swt, spec, True, bslot, xsrc, T(out), n=nb, L=hw, xrs=hw,
                           ors=hw, xns=rows_in * hw, ons=cout_ * hw, indices=swt.indices,
-                          x_rows=rows_in)
+                          x_rows=rows_in, res=res_slot)
         if tail:
             self.act_pass(out, *act)
-        return label
+        return label + (" + residual add" if res_slot is not None else "")
 
     def _shifted(self, op: Op, swt, x: str, out: str, bslot: Slot, act) -> str:
         nb, cin, h, w = self.shape(x)
@@ -1018,6 +1037,15 @@ class Lowering:
         label = self.spmm(op, swt, spec, True, bslot, T(planes), T(full), n=nb, L=L, xrs=1,
                           ors=L, xns=per_sample, ons=cout * L, indices=offs, x_rows=rows,
                           reach=g.reach, panel_of=offs // g.plane)
+        res = self._residual(op, act) if not tail else None
+        if res is not None:  # crop, add the residual and activate in one pass
+            j, other, (actn, pa, pb) = res
+            self.fused[j] = (self.i, out)
+            self.call(self.numba("k_crop_res"),
+                      [T(full), T(other), T(self.plan.ops[j].output), I(nb), I(cout),
+                       I(g.ho), I(g.wo), I(g.wq), I(A.act_code(actn)), F(pa), F(pb)],
+                      nb * cout, 2.0 * g.ho * g.wo)
+            return label + " + residual add"
         pool = self._pool_reader(out) if not tail else None
         if pool is not None:
             # cross-layer: the max pool after this conv reads the conv's rows in place
@@ -1042,6 +1070,38 @@ class Lowering:
             return None
         op = plan.ops[readers[0]]
         return readers[0] if op.kind == "pool2d" and self._rows_pool(op) else None
+
+    def _residual(self, op: Op, act) -> tuple[int, str, tuple[str, float, float]] | None:
+        """(add op index, the other addend, the add's activation) when ``op`` (a conv with no
+        activation of its own) feeds only an elementwise float32 add of a same-shaped tensor
+        computed before it, whose activation the kernels fuse: then the conv writes
+        act(conv + other) into the add's output and the add disappears."""
+        plan = self.plan
+        name = op.output
+        if not env_native_fuse() or act[0] != "none" or name in plan.outputs or \
+                any(t.alias_of == name for t in plan.tensors.values()):
+            return None
+        readers = [j for j, o in enumerate(plan.ops) if name in o.inputs]
+        if len(readers) != 1:
+            return None
+        j = readers[0]
+        add = plan.ops[j]
+        if add.kind != "binary" or add.attrs.get("fn") != "add" or len(add.inputs) != 2 or \
+                add.inputs[0] == add.inputs[1] or _fused(_act(add)[0]) != _act(add)[0]:
+            return None
+        other = add.inputs[1] if add.inputs[0] == name else add.inputs[0]
+        if other in plan.constants or plan.tensors[add.output].alias_of is not None or \
+                add.output in plan.inputs:
+            return None
+        if any(self._dtype(t) != "float32" for t in (name, other, add.output)):
+            return None
+        if plan.tensors[other].shape != plan.tensors[name].shape or \
+                plan.tensors[add.output].shape != plan.tensors[name].shape:
+            return None
+        made = [k for k, o in enumerate(plan.ops) if o.output == other]
+        if other not in plan.inputs and (not made or made[0] >= self.i):
+            return None  # computed after the conv (a ResNet's downsample branch)
+        return j, other, _act(add)
 
     def _rows_pool(self, op: Op) -> bool:
         """Whether k_maxpool_rows runs this pool: max, square window = stride, no padding or

@@ -48,7 +48,8 @@ A_ROWS, A_L, A_XRS, A_ORS, A_NTILES, A_XNS, A_ONS = 6, 7, 8, 9, 10, 11, 12
 A_NRB, A_RSPLIT = 13, 14  # row blocks per tile and their boundaries (rows, or chunks)
 A_GN = 15  # N:M: stored values per row
 A_NPANEL = 16  # CSR: column panels; indptr is (panels, rows + 1), nonzeros by (panel, row)
-N_ARGS = 17
+A_RES = 17  # residual: a tensor laid out as out, added before the activation
+N_ARGS = 18
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class KernelSpec:
     block: tuple[int, int] = (1, 1)  # bsr: (R, C); nm: (N, M)
     xrs: int = 0  # specialised: the x row stride baked in (0: read from args)
     span: int = 0  # specialised: the extent L along j baked in (sizes the tail tile)
+    # spmm/bsr/nm: out = act(acc + res), res read at out's offsets from args[A_RES] (the
+    # residual add of a ResNet block fused into the conv before it)
+    residual: bool = False
 
     @property
     def key(self) -> str:
@@ -81,6 +85,8 @@ class KernelSpec:
             parts.append(f"s{self.xrs}")
         if self.span:
             parts.append(f"l{self.span}")
+        if self.residual:
+            parts.append("res")
         return "_".join(parts)
 
 
@@ -105,6 +111,7 @@ class _Fn:
         self.entry = self.fn.append_basic_block("entry")
         self.b = ir.IRBuilder(self.entry)
         self.vty = ir.VectorType(F32, vw)
+        self.res: ir.Value | None = None  # spmm with a residual: its tile's base pointer
 
     def arg_i64(self, slot: int, name: str) -> ir.Value:
         p = self.b.gep(self.fn.args[2], [I64(slot)], inbounds=True)
@@ -235,6 +242,9 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
     if pattern is not None:
         from sparsecc.codegen.llvm.emit_specialized import spmm_row_chunks
 
+        if spec.residual:
+            raise ValueError("a residual is not fused into pattern-specialised kernels")
+
         row_fns = spmm_row_chunks(module, name, spec, pattern)
     with k.loop(k.fn.args[0], k.fn.args[1], "w") as w:
         # Tiles vary fastest: a thread's contiguous run of items covers whole row blocks, so
@@ -248,6 +258,8 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         j0 = b.mul(t, I64(width))
         xb = b.gep(x, [b.add(b.mul(n, xns), j0)], inbounds=True)
         ob = b.gep(out, [b.add(b.mul(n, ons), j0)], inbounds=True)
+        if spec.residual:  # the residual's tile, at out's offsets
+            k.res = b.gep(k.arg_ptr(A_RES, "res"), [b.add(b.mul(n, ons), j0)], inbounds=True)
         full = b.icmp_signed("<=", b.add(j0, I64(width)), L)
         with b.if_else(full) as (then, other):
             with then:
@@ -395,11 +407,17 @@ def _csr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
             total = b.load(accp[0][v])
             for u in range(1, unroll):
                 total = b.fadd(total, b.load(accp[u][v]))
-            res = k.act(total, spec)
-            if last is not None and spec.act != "none":
-                res = b.select(last, res, total)
-            k.vstore(res, b.gep(orow, [I64(v * spec.vw)], inbounds=True),
-                     None if masks is None else masks[v])
+            mask = None if masks is None else masks[v]
+            if spec.residual:
+                rv = k.vload(b.gep(k.res, [b.add(b.mul(o, ors), I64(v * spec.vw))],
+                                   inbounds=True), mask)
+                final = k.act(b.fadd(total, rv), spec)
+                res = final if last is None else b.select(last, final, total)
+            else:
+                res = k.act(total, spec)
+                if last is not None and spec.act != "none":
+                    res = b.select(last, res, total)
+            k.vstore(res, b.gep(orow, [I64(v * spec.vw)], inbounds=True), mask)
 
 
 def _bsr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors):
@@ -432,9 +450,14 @@ def _bsr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
             with b.if_then(b.icmp_signed("<", row, rows)):
                 orow = b.gep(ob, [b.mul(row, ors)], inbounds=True)
                 for v in range(spec.tile):
-                    k.vstore(k.act(b.load(accp[i][v]), spec),
-                             b.gep(orow, [I64(v * spec.vw)], inbounds=True),
-                             None if masks is None else masks[v])
+                    mask = None if masks is None else masks[v]
+                    total = b.load(accp[i][v])
+                    if spec.residual:
+                        rrow = b.gep(k.res, [b.mul(row, ors)], inbounds=True)
+                        total = b.fadd(total, k.vload(
+                            b.gep(rrow, [I64(v * spec.vw)], inbounds=True), mask))
+                    k.vstore(k.act(total, spec),
+                             b.gep(orow, [I64(v * spec.vw)], inbounds=True), mask)
 
 
 def _init_acc(k: _Fn, spec: KernelSpec, bias, o) -> list[ir.Value]:

@@ -85,6 +85,7 @@ def recording():
 def spec_from_dict(d: dict) -> emit.KernelSpec:
     """A KernelSpec from its saved fields (an artifact's native-code index); strict types."""
     fields = {f.name: f.type for f in dataclasses.fields(emit.KernelSpec)}
+    d = {"residual": False, **d}  # indexes written before the field existed
     if set(d) != set(fields):
         raise ValueError(f"kernel spec fields {sorted(d)} != {sorted(fields)}")
     vals = dict(d)
@@ -94,6 +95,7 @@ def spec_from_dict(d: dict) -> emit.KernelSpec:
     for name in ("act_a", "act_b"):
         vals[name] = float(d[name])
     vals["has_bias"] = bool(d["has_bias"])
+    vals["residual"] = bool(d["residual"])
     return emit.KernelSpec(**vals)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from sparsecc.codegen.numba.activations import act_inplace
+from sparsecc.codegen.numba.activations import act_inplace, apply_act
 
 
 @njit(parallel=True, cache=True)
@@ -219,3 +219,26 @@ def crop_plane(full, t, wp, wo, out):
         d = dst[i]
         for j in range(wo):
             d[j] = s[j]
+
+
+@njit(inline="always", cache=True)
+def crop_res_plane(full, t, wp, wo, res, out, code, a, b):
+    """crop_plane fused with a residual add and an activation: out = act(full + res); relu
+    (code 1, NaN-keeping as torch's) has its own loop so it vectorises."""
+    co, ho = out.shape[1], out.shape[2]
+    n = t // co
+    o = t - n * co
+    src = full[n, o]
+    rsd = res[n, o]
+    dst = out[n, o]
+    for i in range(ho):
+        s = src[i * wp:i * wp + wo]
+        r = rsd[i]
+        d = dst[i]
+        if code == 1:
+            for j in range(wo):
+                v = s[j] + r[j]
+                d[j] = 0.0 if v < 0.0 else v
+        else:
+            for j in range(wo):
+                d[j] = apply_act(s[j] + r[j], code, a, b)
