@@ -10,6 +10,9 @@ Sparsity x batch x threads grid; engines:
 Columns per engine: median ms [p10-p90], speedup over torch dense; for sparsecc llvm CSR also
 achieved GB/s, GFLOP/s and the DRAM-roofline fraction (bytes moved / DRAM bandwidth over time).
 
+--convs: ResNet / MobileNetV2 1x1 and 3x3 convs (90 % per layer, batch 1 and 16) through the
+native library, in GFLOP/s of the sparse FLOPs and % of the FMA peak (the #18 sweep targets).
+
 --gemm: the native library's dense GEMM (the register-blocked microkernel every dense layer
 runs on, called through a compiled one-layer model) against OpenBLAS (numpy matmul) and torch
 at layer shapes, in GFLOP/s and % of the 2-core FMA peak.
@@ -18,6 +21,7 @@ Usage:
   .venv/bin/python bench/kernels.py --quick          # the issue's target cells (~20 s)
   .venv/bin/python bench/kernels.py                  # the full grid (~17 min)
   .venv/bin/python bench/kernels.py --gemm           # dense GEMM vs OpenBLAS / torch
+  .venv/bin/python bench/kernels.py --convs          # native convs, GFLOP/s (~3 min)
 Writes results/kernels/<stamp>.jsonl, .md and speedup_vs_sparsity.png.
 """
 
@@ -393,10 +397,68 @@ def gemm_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+CONV_SHAPES = [  # (label, cin, cout, kernel, stride, input size): ResNet / MobileNetV2 layers
+    ("resnet50 1x1 64->256 @56", 64, 256, 1, 1, 56),
+    ("resnet50 1x1 256->64 @56", 256, 64, 1, 1, 56),
+    ("resnet50 1x1 512->128 @28", 512, 128, 1, 1, 28),
+    ("resnet50 1x1 256->1024 @14", 256, 1024, 1, 1, 14),
+    ("resnet50 1x1 s2 256->512 @56", 256, 512, 1, 2, 56),
+    ("resnet 3x3 64->64 @56", 64, 64, 3, 1, 56),
+    ("resnet 3x3 128->128 @28", 128, 128, 3, 1, 28),
+    ("resnet 3x3 256->256 @14", 256, 256, 3, 1, 14),
+    ("resnet 3x3 512->512 @7", 512, 512, 3, 1, 7),
+    ("resnet 3x3 s2 128->128 @56", 128, 128, 3, 2, 56),
+    ("mobilenet 1x1 32->192 @56", 32, 192, 1, 1, 56),
+    ("mobilenet 1x1 192->32 @28", 192, 32, 1, 1, 28),
+    ("mobilenet 1x1 576->96 @14", 576, 96, 1, 1, 14),
+]
+
+
+def conv_table(sparsity: float, batches: list[int], repeats: int) -> list[dict]:
+    """Each conv alone through the native library (2 threads), timed by the library's cycle
+    counters (the conv's own calls: phase planes, kernel, crop), in GFLOP/s of the sparse
+    FLOPs (2 x nonzeros x output pixels) and % of the FMA peak."""
+    rows = []
+    for label, cin, cout, k, stride, hw in CONV_SHAPES:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
+                                    torch.nn.AdaptiveAvgPool2d(1)).eval()
+        model = sparsecc.prune(model, sparsity, scope="layer")
+        nnz = int(torch.count_nonzero(model[0].weight))
+        ho = (hw + 2 * (k // 2) - k) // stride + 1
+        for batch in batches:
+            x = torch.randn(batch, cin, hw, hw)
+            cm = sparsecc.compile(model, x)  # the report measures at the compile batch
+            assert cm.native is not None, cm.native_status
+            with torch.no_grad():
+                ref = model(x).numpy()
+            err = float(np.abs(cm(x.numpy()) - ref).max() / (np.abs(ref).max() + 1e-9))
+            us = sorted(cm.report(repeats=repeats).rows[0]["measured_us"]
+                        for _ in range(3))[1]
+            g = 2.0 * nnz * ho * ho * batch / (us * 1e-6) / 1e9
+            rows.append({"layer": label, "batch": batch, "sparsity": sparsity,
+                         "kernel": cm.report(measure=False).rows[0]["kernel"],
+                         "median_us": round(us, 1), "gflops": round(g, 1),
+                         "pct_peak": round(100 * g / PEAK_GFLOPS, 1), "max_rel_err": err})
+            print(rows[-1])
+    return rows
+
+
+def conv_markdown(rows: list[dict]) -> str:
+    lines = ["| layer | batch | kernel | us (median of 3 reports) | GFLOP/s | % of peak |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['batch']} | {r['kernel']} | {r['median_us']} | "
+                     f"{r['gflops']} | {r['pct_peak']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gemm", action="store_true", help="the dense GEMM table only")
+    ap.add_argument("--convs", action="store_true",
+                    help="ResNet/MobileNet convs through the native library, GFLOP/s")
     ap.add_argument("--layers", default="", help="comma-separated substrings of layer names")
     ap.add_argument("--sparsity", default="")
     ap.add_argument("--batch", default="")
@@ -421,6 +483,18 @@ def main(argv=None) -> None:
     bw = dram_bandwidth()
     info["dram_gbps_numpy_copy"] = round(bw / 1e9, 1)
     print(json.dumps(info))
+    if a.convs:
+        rows = conv_table(float(a.sparsity or 0.9), [int(b) for b in (a.batch or "1,16")
+                                                    .split(",")], a.repeats or 10)
+        md = conv_markdown(rows)
+        (out / f"{stamp}-convs.md").write_text(
+            f"# native convs {info['date']}\n\n{json.dumps(info)}\n\n"
+            f"% of peak: of {PEAK_GFLOPS:.0f} GFLOP/s (2 threads).\n\n" + md + "\n")
+        with (out / f"{stamp}-convs.jsonl").open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        print(md)
+        return
     if a.gemm:
         rows = []
         for th in threads if a.threads else [1, 2]:

@@ -115,6 +115,10 @@ class Program:
     arena: tuple[int, int] = (0, 0)  # bytes: a*N + b
     scratch_per_thread: int = 0  # floats
     argspace_slots: int = 0  # i64 slots of all args blocks (+1: the error flag)
+    # > 0: a batch over this many samples runs as chunks of it (batch_chunk), each chunk
+    # through the whole model; bytes per sample of each input and output, to step through them
+    chunk: int = 0
+    sample_bytes: tuple[list[int], list[int]] = ([], [])
 
     def blob(self) -> tuple[bytes, dict[str, int]]:
         """The weights blob (each member 64-byte aligned) and the offset of each member."""
@@ -273,6 +277,7 @@ class Lowering:
                 if slot.kind == "tensor" and slot.name in plan.constants:
                     self.const(slot.name)
         self._buffers(roots)
+        self.p.chunk, self.p.sample_bytes = batch_chunk(plan, self.p.arena[0])
         return self.p
 
     def _buffers(self, roots: dict[str, str]) -> None:
@@ -1117,6 +1122,42 @@ class Lowering:
         h, w = self.example(op.inputs[0])[2:]
         ho, wo = self.example(op.output)[2:]
         return (ho - 1) * sh + kh <= h and (wo - 1) * sw + kw <= w
+
+
+# Activation bytes per call above which a batch runs in chunks of samples: each chunk goes
+# through the whole model while its activations stay in the caches (L2 + a share of L3).
+# ResNet-50 at 90 %, batch 16 (~6 MB of activations per sample): 286 ms in one call, 235 ms in
+# chunks of 2, 234 in chunks of 1 (medians, same process).
+CHUNK_BYTES = 12 << 20
+# Op kinds that treat every sample on its own (when every tensor's leading dim is the batch).
+PER_SAMPLE = frozenset({"conv2d", "pool2d", "adaptive_pool2d", "act", "binary", "unary",
+                        "affine", "linear", "reshape"})
+
+
+def batch_chunk(plan: ExecutionPlan, per_sample: int) -> tuple[int, tuple[list[int],
+                                                                          list[int]]]:
+    """(samples per chunk, bytes per sample of each input and output) when the model may run a
+    batch chunk by chunk: only per-sample ops, every activation's leading dim is the batch N
+    and no other dim depends on N (so samples never mix); (0, ...) otherwise or when the whole
+    batch's activations are small anyway."""
+    none: tuple[int, tuple[list[int], list[int]]] = (0, ([], []))
+    if per_sample <= 0 or any(op.kind not in PER_SAMPLE for op in plan.ops):
+        return none
+    for name, t in plan.tensors.items():
+        if name in plan.constants:
+            continue
+        lead = t.shape[0] if t.shape else None
+        if not (isinstance(lead, Sym) and lead.k == 1) or \
+                any(isinstance(d, Sym) for d in t.shape[1:]):
+            return none
+
+    def per(name: str) -> int:
+        t = plan.tensors[name]
+        return int(np.prod([int(d) for d in t.shape[1:]], dtype=np.int64)) * \
+            np.dtype(t.dtype).itemsize
+
+    chunk = max(1, CHUNK_BYTES // per_sample)
+    return chunk, ([per(n) for n in plan.inputs], [per(n) for n in plan.outputs])
 
 
 def _conds(guard) -> list | None:

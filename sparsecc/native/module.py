@@ -171,9 +171,57 @@ def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
     return pfor
 
 
+RUN_TYPE = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32, P64])
+
+
+def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
+    """``run`` when the batch may be split (Program.chunk): the body over chunks of samples,
+    inputs and outputs stepped a chunk at a time; stops at the first chunk that flags an
+    error."""
+    fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run")
+    weights, arena, argspace, n, ins, outs, threads, times = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    chunk = I64(prog.chunk)
+    whole = fn.append_basic_block("whole")
+    split = fn.append_basic_block("split")
+    b.cbranch(b.icmp_signed("<=", n, chunk), whole, split)
+    b.position_at_end(whole)
+    b.ret(b.call(body, list(fn.args)))
+    b.position_at_end(split)
+    in_bytes, out_bytes = prog.sample_bytes
+    ins_c = b.alloca(P8, len(in_bytes) or 1)
+    outs_c = b.alloca(P8, len(out_bytes) or 1)
+    pos = b.alloca(I64)
+    b.store(I64(0), pos)
+    head = fn.append_basic_block("head")
+    step = fn.append_basic_block("step")
+    done = fn.append_basic_block("done")
+    failed = fn.append_basic_block("failed")
+    b.branch(head)
+    b.position_at_end(head)
+    c = b.load(pos)
+    b.cbranch(b.icmp_signed("<", c, n), step, done)
+    b.position_at_end(step)
+    rest = b.sub(n, c)
+    nc = b.select(b.icmp_signed("<", rest, chunk), rest, chunk)
+    for src, dst, sizes in ((ins, ins_c, in_bytes), (outs, outs_c, out_bytes)):
+        for k, size in enumerate(sizes):
+            p = b.load(b.gep(src, [I64(k)], inbounds=True))
+            b.store(b.gep(p, [b.mul(c, I64(size))]), b.gep(dst, [I64(k)], inbounds=True))
+    rc = b.call(body, [weights, arena, argspace, nc, ins_c, outs_c, threads, times])
+    b.store(b.add(c, chunk), pos)
+    b.cbranch(b.icmp_signed("!=", rc, I32(0)), failed, head)
+    b.position_at_end(failed)
+    b.ret(rc)
+    b.position_at_end(done)
+    b.ret(I32(0))
+
+
 def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None:
-    fty = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32, P64])
-    fn = ir.Function(mod, fty, f"{prefix}__run")
+    fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run" if not prog.chunk else f"{prefix}__body")
+    if prog.chunk:
+        fn.linkage = "internal"
+        _emit_chunks(mod, prefix, prog, fn)
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     cycles = mod.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
@@ -272,6 +320,8 @@ def _emit_sizes(mod, prefix, prog: Program) -> None:
     fn = ir.Function(mod, ir.FunctionType(I64, [I64, I32]), f"{prefix}__arena_bytes")
     n, threads = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if prog.chunk:  # one chunk's worth: the arena is reused chunk after chunk
+        n = b.select(b.icmp_signed("<", n, I64(prog.chunk)), n, I64(prog.chunk))
     a0, b0 = prog.arena
     main = b.add(b.mul(n, I64(a0)), I64(b0))
     scratch = b.mul(b.sext(threads, I64), I64(4 * prog.scratch_per_thread + 64))

@@ -1,0 +1,64 @@
+"""A batch run chunk by chunk (Program.chunk): models of per-sample ops step through a large
+batch a few samples at a time so the activations stay in cache; the result must not change,
+and a model whose ops may mix samples must never be split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsecc
+from sparsecc.native import lower as NL
+from tests.conftest import assert_matches
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        y = torch.relu(self.c2(y) + y)
+        y = nn.functional.max_pool2d(y, 2)
+        return self.fc(torch.flatten(y, 1))
+
+
+def _compile(model, x, monkeypatch, budget):
+    monkeypatch.setattr(NL, "CHUNK_BYTES", budget)
+    cm = sparsecc.compile(model, x)
+    assert cm.native is not None, cm.native_status
+    return cm, cm.native.lib.program
+
+
+@pytest.mark.parametrize("samples", [1, 2, 3])
+def test_chunked_batches_match_torch(samples, monkeypatch, seed):
+    model = sparsecc.prune(Net().eval(), 0.7, scope="layer")
+    x = torch.randn(1, 3, 8, 8)
+    _, prog = _compile(model, x, monkeypatch, 1 << 40)
+    per_sample = prog.arena[0]
+    cm, prog = _compile(model, x, monkeypatch, per_sample * samples)
+    assert prog.chunk == samples
+    assert prog.sample_bytes == ([3 * 8 * 8 * 4], [5 * 4])
+    # the arena holds one chunk whatever the batch
+    assert cm.native.runner.arena_bytes(64) == cm.native.runner.arena_bytes(samples)
+    for batch in (1, samples, samples + 1, 7, 16):
+        xb = torch.randn(batch, 3, 8, 8)
+        with torch.no_grad():
+            ref = model(xb)
+        assert_matches(cm(xb), ref)
+        assert_matches(cm(xb.numpy()), ref.numpy())
+
+
+def test_models_that_mix_samples_are_not_split(monkeypatch, seed):
+    class Mix(nn.Module):
+        def forward(self, x):  # a sum over the batch: every sample reads all the others
+            return torch.relu(x.sum(dim=0, keepdim=True) + x)
+
+    cm, prog = _compile(Mix().eval(), torch.randn(2, 6), monkeypatch, 1)
+    assert prog.chunk == 0
+    x = torch.randn(5, 6)
+    assert_matches(cm(x), Mix()(x))
