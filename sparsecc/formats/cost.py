@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Effective per-core rates (measured with bench/kernels.py, medians):
-DENSE_FLOPS = 85e9  # single-threaded OpenBLAS GEMM after im2col (runtime holds BLAS at 1 thread)
+# Effective per-core rates (measured with bench/kernels.py, medians) on the reference machine;
+# ``calibrate.py`` measures the machine-dependent ones on the machine it runs on (Rates).
+DENSE_FLOPS = 85e9  # per core: the native GEMM runs on every thread
 DENSE_GEMV_BYTES = 50e9  # GEMV streams the weights
 VEC_FMAS = 2.2e9  # vector FMAs/s per core in the spmm kernels (load-bound: x vector + broadcast)
 # An R x 1 block shares each x vector load across R rows (measured, dense 3x3 and 1x1 layers):
@@ -23,6 +24,42 @@ COPY_BYTES = 8e9  # per core: im2col, padding, transposes
 LAUNCH_S = 4e-6  # a parallel launch
 DRAM_BYTES = 24e9
 OTHER_FLOPS = 8e9
+
+
+# Weights up to this many bytes are read from the caches (L2s) by a batch-1 layer called
+# again; larger ones stream from L3/DRAM (the calibrated GEMV and SpMV rates differ 3-7x).
+CACHED_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class Rates:
+    """The machine-dependent rates of the model, per core (defaults: the reference machine)."""
+
+    dense_flops: float = DENSE_FLOPS
+    # a dense kxk conv as a whole (im2col + GEMM at a conv's shape), flops/s; 0: not measured
+    # (then dense_flops plus the im2col copy at COPY_BYTES)
+    conv_flops: float = 0.0
+    dense_gemv_bytes: float = DENSE_GEMV_BYTES  # weights past CACHED_BYTES
+    cached_gemv_bytes: float = DENSE_GEMV_BYTES  # weights within CACHED_BYTES
+    vec_fmas: float = VEC_FMAS
+    row_ns: float = 0.0  # spmm: per output row per tile (accumulator set-up, stores, exit)
+    gather_nnz: float = GATHER_NNZ  # SpMV, values + indices past CACHED_BYTES
+    cached_gather_nnz: float = GATHER_NNZ
+    bsr8_gain: float = BSR_GAIN[8]  # BSR 8x1 (a dense-ish layer's blocked candidate)
+    source: str = "defaults (reference machine)"
+
+
+DEFAULT_RATES = Rates()
+_current: list[Rates] = []  # set by use_rates (calibrate.load_or_measure)
+
+
+def use_rates(rates: Rates | None) -> None:
+    """The rates ``estimate`` uses from now on (None: the defaults)."""
+    _current[:] = [rates] if rates is not None else []
+
+
+def current_rates() -> Rates:
+    return _current[0] if _current else DEFAULT_RATES
 
 
 @dataclass(frozen=True)
@@ -39,28 +76,39 @@ class LayerGeom:
     planes: float = 0.0  # floats of padded (phase) planes the shifted conv fills per sample
 
 
-def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int) -> float:
+def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int,
+             rates: Rates | None = None) -> float:
     """Seconds for one call of a layer with ``stored`` values in format ``fmt``."""
     t = max(threads, 1)
+    r_ = rates or current_rates()
     if fmt == "dense":
         flops = 2.0 * g.rows * g.k * g.n * g.L
-        gemm = flops / DENSE_FLOPS if g.L > 1 else g.rows * g.k * 4 / DENSE_GEMV_BYTES
+        wbytes = g.rows * g.k * 4
+        gemv = r_.cached_gemv_bytes if wbytes <= CACHED_BYTES else r_.dense_gemv_bytes
+        # a few rows (batch 16 through a 4096^2 layer) stream the weights: the roofline's max
+        if g.conv_kxk and r_.conv_flops > 0:
+            return flops / (r_.conv_flops * t) + LAUNCH_S
+        gemm = max(flops / (r_.dense_flops * t), wbytes / (gemv * t))
         copy = g.n * g.k * g.L * 8 / (COPY_BYTES * t) if g.conv_kxk else 0.0
         return gemm + copy + LAUNCH_S
     if fmt == "csr" and g.L == 1 and not g.conv_kxk:
-        return stored / (GATHER_NNZ * t) + LAUNCH_S
+        gather = r_.cached_gather_nnz if stored * 6 <= CACHED_BYTES else r_.gather_nnz
+        return stored / (gather * t) + LAUNCH_S
     # blocks wider than one column cannot read shifted planes: im2col for those
     shifted = g.conv_kxk and not (fmt.startswith("bsr") and not fmt.endswith("x1"))
     L = g.L * (1.0 + g.shift_waste) if shifted else g.L
     vecs = -(-int(L) // vw)
     tile = min(4, vecs) or 1
     tiles = -(-vecs // tile)
-    rate = VEC_FMAS
+    rate = r_.vec_fmas
+    rows = g.rows  # accumulator sets per tile: rows, or block rows
     if fmt.startswith("bsr"):
         r, c = (int(v) for v in fmt[3:].split("x"))
-        rate *= BSR_GAIN.get(r, 2.0) if c == 1 else 1.1
+        gain = r_.bsr8_gain if r == 8 else BSR_GAIN.get(r, 2.0)
+        rate *= gain if c == 1 else 1.1
+        rows = -(-g.rows // r)
     fma = stored * vecs * g.n / (rate * t)
-    index = stored * tiles * g.n * INDEX_NS / t
+    index = (stored * INDEX_NS + rows * r_.row_ns * 1e-9) * tiles * g.n / t
     copy = 0.0
     if g.conv_kxk:
         # im2col: k x L floats; shifted: planes in + crop out

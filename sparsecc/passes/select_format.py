@@ -132,11 +132,13 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
     if opts.force != "auto":
         return opts.force if opts.force in cands or opts.force in ("dense", "csr") else "csr"
     from sparsecc.codegen.llvm.jit import host
+    from sparsecc.formats import calibrate
     from sparsecc.runtime.ops.sparse import llvm_available, threads
 
     vw = host().vector_width if llvm_available() else 8
     nthreads = threads()
-    est = {f: cost.estimate(f, g, stored_values(f, w2), nthreads, vw) for f in cands}
+    rates = calibrate.rates_for(nthreads)  # this machine's, measured once and cached
+    est = {f: cost.estimate(f, g, stored_values(f, w2), nthreads, vw, rates) for f in cands}
     if opts.backend == "numba":  # the numba kernels run every sparse format as CSR, slower
         est = {f: (t if f == "dense" else est["csr"] * 3.0) for f, t in est.items()}
     op.attrs["est_us"] = {f: round(t * 1e6, 3) for f, t in est.items()}
