@@ -26,8 +26,9 @@ def env_native() -> bool:
 
 
 def env_native_fuse() -> bool:
-    """SPARSECC_NATIVE_FUSE=0 keeps the native library's cross-layer fusions off (a residual
-    add in the conv before it): for measuring what they bring."""
+    """SPARSECC_NATIVE_FUSE=0 keeps the native library's cross-layer rewrites off (a residual
+    add fused into the conv before it, a large batch run in chunks of samples): for measuring
+    what they bring."""
     return os.environ.get("SPARSECC_NATIVE_FUSE", "1") not in ("0", "")
 
 

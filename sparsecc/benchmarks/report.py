@@ -56,10 +56,13 @@ def versus(rows: list[dict], sparsity: float = 0.9) -> str:
     cells = _by_cell([r for r in rows if "median_ms" in r])
     peers = [e for e in ENGINES if e != "sparsecc"
              and any(e in by for (_, s, _, _), by in cells.items() if s == sparsity)]
-    head = ("| model | batch | threads | sparsecc ms | " + " | ".join(f"vs {e}" for e in peers)
+    head = ("| model | batch | threads | sparsecc ms | GFLOP/s (% of peak) | "
+            + " | ".join(f"vs {e}" for e in peers)
             + " | vs onnxruntime at 0 % | vs fastest at 0 % |")
     lines = [f"sparsecc at {sparsity:.0%} sparsity: each peer's median / sparsecc's "
-             "(> 1: sparsecc faster)", "", head, "|" + "---|" * (len(peers) + 6)]
+             "(> 1: sparsecc faster); sparsecc's GFLOP/s count the FLOPs its plan does "
+             "(sparse layers: 2 x nonzeros x positions), peak 320 GFLOP/s", "", head,
+             "|" + "---|" * (len(peers) + 7)]
     for (m, s, b, t), by in sorted(cells.items()):
         if s != sparsity or "sparsecc" not in by:
             continue
@@ -70,7 +73,9 @@ def versus(rows: list[dict], sparsity: float = 0.9) -> str:
             return "—" if row is None else f"{row['median_ms'] / ms:.2f}x"
 
         fastest = min(zero.values(), key=lambda r: r["median_ms"], default=None)
-        lines.append(f"| {m} | {b} | {t} | {ms:.2f} | "
+        g = by["sparsecc"].get("gflops")
+        gf = "—" if g is None else f"{g:.1f} ({by['sparsecc']['pct_peak']:.0f} %)"
+        lines.append(f"| {m} | {b} | {t} | {ms:.2f} | {gf} | "
                      + " | ".join(ratio(by.get(e)) for e in peers)
                      + f" | {ratio(zero.get('onnxruntime'))} | {ratio(fastest)}"
                      + (f" ({fastest['engine']})" if fastest else "") + " |")

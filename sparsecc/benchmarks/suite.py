@@ -217,6 +217,8 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                 model = prune_profile(base, s, cfg.profile)
                 example = spec.inputs(1)
                 compiled = {"sparsecc": _compile(spec, model, example, False, cfg.recipe)}
+                # the plan's FLOPs per sample (sparse: 2 x nonzeros x positions), for GFLOP/s
+                mflops = _mflops_per_sample(compiled["sparsecc"])
                 if "sparsecc-executor" in cfg.engines:
                     from sparsecc.api import CompiledModel
 
@@ -236,6 +238,10 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                                     profile=cfg.profile)
                         for row in _cell(cfg, cell, model, inputs, ref, compiled, onnx_path,
                                          spec, ds):
+                            if row["engine"].startswith("sparsecc") and "median_ms" in row \
+                                    and row["engine"] != "sparsecc-dense" and mflops:
+                                row["gflops"] = round(mflops * batch / row["median_ms"], 1)
+                                row["pct_peak"] = round(100 * row["gflops"] / PEAK_GFLOPS, 1)
                             rows.append(row)
                             jsonl.write(json.dumps(row) + "\n")
                             jsonl.flush()
@@ -248,6 +254,17 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
         if ds is not None:
             ds.close()
     return rows
+
+
+PEAK_GFLOPS = 320.0  # 2 cores x 2.5 GHz x 2 FMA x 16 lanes x 2 (the brief's machine)
+
+
+def _mflops_per_sample(cm) -> float:
+    try:
+        rep = cm.report(measure=False)
+        return rep.total("mflops") / max(cm.plan.example_batch, 1)
+    except Exception:  # the column is a nicety; never fail a bench over it
+        return 0.0
 
 
 def _export(spec, model, example, out: Path, s: float, log) -> Path | None:

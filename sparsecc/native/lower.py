@@ -1141,7 +1141,8 @@ def batch_chunk(plan: ExecutionPlan, per_sample: int) -> tuple[int, tuple[list[i
     and no other dim depends on N (so samples never mix); (0, ...) otherwise or when the whole
     batch's activations are small anyway."""
     none: tuple[int, tuple[list[int], list[int]]] = (0, ([], []))
-    if per_sample <= 0 or any(op.kind not in PER_SAMPLE for op in plan.ops):
+    if not env_native_fuse() or per_sample <= 0 or \
+            any(op.kind not in PER_SAMPLE for op in plan.ops):
         return none
     for name, t in plan.tensors.items():
         if name in plan.constants:
