@@ -150,27 +150,31 @@ def test_im2col_matches_unfold(seed, c, h, w, k, stride, pad, dil):
        h=st.integers(1, 20), w=st.integers(1, 20), kh=st.integers(1, 3), kw=st.integers(1, 5),
        sh=st.integers(1, 3), sw=st.integers(1, 2), ph=st.integers(0, 2), pw=st.integers(0, 1),
        dh=st.integers(1, 2), dw=st.integers(1, 2), bias=st.booleans(),
-       act=st.sampled_from(["none", "relu", "clamp", "gelu"]))
-def test_depthwise(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act):
-    _depthwise_case(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act)
+       act=st.sampled_from(["none", "relu", "clamp", "gelu"]),
+       keep=st.sampled_from([1.0, 0.7, 0.2, 0.0]))
+def test_depthwise(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act, keep):
+    _depthwise_case(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act, keep)
 
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31), c=st.integers(1, 3), mult=st.integers(1, 2),
        h=st.integers(1, 20), w=st.integers(1, 20), sh=st.integers(1, 2), sw=st.integers(1, 3),
        ph=st.integers(0, 1), pw=st.integers(0, 2), dh=st.integers(1, 2), dw=st.integers(1, 2),
-       bias=st.booleans(), act=st.sampled_from(["none", "relu", "clamp", "gelu"]))
-def test_depthwise_3x3(seed, c, mult, h, w, sh, sw, ph, pw, dh, dw, bias, act):
-    """3x3 has its own kernel path (all nine taps in one pass)."""
-    _depthwise_case(seed, c, mult, h, w, 3, 3, sh, sw, ph, pw, dh, dw, bias, act)
+       bias=st.booleans(), act=st.sampled_from(["none", "relu", "clamp", "gelu"]),
+       keep=st.sampled_from([1.0, 0.7, 0.2, 0.0]))
+def test_depthwise_3x3(seed, c, mult, h, w, sh, sw, ph, pw, dh, dw, bias, act, keep):
+    """3x3 has its own kernel path (all nine taps in one pass, for >= 5 nonzero taps); pruned
+    weights (``keep`` of the taps nonzero) skip zero taps and the phases only they read."""
+    _depthwise_case(seed, c, mult, h, w, 3, 3, sh, sw, ph, pw, dh, dw, bias, act, keep)
 
 
-def _depthwise_case(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act):
+def _depthwise_case(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, act, keep=1.0):
     if h + 2 * ph < (kh - 1) * dh + 1 or w + 2 * pw < (kw - 1) * dw + 1:
         return
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, c, h, w)).astype(np.float32)
     wt = rng.standard_normal((c * mult, 1, kh, kw)).astype(np.float32)
+    wt *= rng.random(wt.shape) < keep  # pruned: some channels keep no tap at all
     bv = rng.standard_normal(c * mult).astype(np.float32)
     ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
                    torch.from_numpy(bv) if bias else None, (sh, sw), (ph, pw), (dh, dw), c)

@@ -98,10 +98,30 @@ def depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, o
     n = t // cout
     oc = t - n * cout
     ic = oc // mult
-    planes[:] = 0.0  # padding and the slack the wrap columns read
+    bv = bias[oc] if has_bias else np.float32(0.0)
+    # Zero taps are skipped, as the sparse formats skip zeros (a pruned depthwise layer keeps
+    # ~1 of its 9 taps): only the stride phases a nonzero tap reads are filled, and a channel
+    # without one is its bias.
+    nz = 0
+    for i in range(kh):
+        for j in range(kw):
+            if wt[oc, i, j] != 0.0:
+                nz += 1
+    if nz == 0:
+        acc[:npos] = bv
+    # most taps nonzero: all nine in one pass (9 loads, 1 store per vector) over every phase
+    fused = kh == 3 and kw == 3 and nz >= 5
     for py in range(sh):
         for px in range(sw):
+            used = fused
+            for i in range(kh):
+                for j in range(kw):
+                    if wt[oc, i, j] != 0.0 and (i * dh) % sh == py and (j * dw) % sw == px:
+                        used = True
+            if not used:
+                continue
             pl = planes[py * sw + px]
+            pl[:] = 0.0  # padding and the slack the wrap columns read
             # phase columns c with 0 <= c * sw + px - pw < w
             c0 = max(0, (pw - px + sw - 1) // sw)
             c1 = min(wq, (w - 1 + pw - px) // sw + 1)
@@ -115,8 +135,9 @@ def depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, o
                 src = x[n, ic, ih, c0 * sw + px - pw:]
                 for q in range(c1 - c0):
                     row[q] = src[q * sw]
-    bv = bias[oc] if has_bias else np.float32(0.0)
-    if kh == 3 and kw == 3:  # all nine taps in one pass: 9 loads and 1 store per vector
+    if nz == 0:
+        pass
+    elif fused:
         s0, s1, s2 = _tap(planes, 0, 0, dh, dw, sh, sw, wq, npos), \
             _tap(planes, 0, 1, dh, dw, sh, sw, wq, npos), \
             _tap(planes, 0, 2, dh, dw, sh, sw, wq, npos)
@@ -137,6 +158,8 @@ def depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, o
         for i in range(kh):
             for j in range(kw):
                 wv = wt[oc, i, j]
+                if wv == 0.0:
+                    continue
                 src = _tap(planes, i, j, dh, dw, sh, sw, wq, npos)
                 for p in range(npos):
                     acc[p] += wv * src[p]
