@@ -182,11 +182,21 @@ def _thread_area(prog: Program) -> int:
     return -(-(main + 8 * prog.argspace_slots) // 64) * 64
 
 
-def _step_io(b, prog: Program, ins, outs, c) -> tuple[ir.Value, ir.Value]:
-    """Pointer arrays to the inputs and outputs of the chunk starting at sample ``c``."""
+def _io_arrays(b, prog: Program) -> tuple[ir.Value, ir.Value]:
+    """Stack arrays for a chunk's input and output pointers: made once, in the function's
+    entry block (an alloca in the chunk loop would grow the stack chunk after chunk)."""
     in_bytes, out_bytes = prog.sample_bytes
-    ins_c = b.alloca(P8, len(in_bytes) or 1)
-    outs_c = b.alloca(P8, len(out_bytes) or 1)
+    entry = b.function.entry_basic_block
+    with b.goto_block(entry):
+        b.position_at_start(entry)
+        return b.alloca(P8, len(in_bytes) or 1), b.alloca(P8, len(out_bytes) or 1)
+
+
+def _step_io(b, prog: Program, ins, outs, c, arrays) -> tuple[ir.Value, ir.Value]:
+    """Fill ``arrays`` with the input and output pointers of the chunk starting at sample
+    ``c``."""
+    in_bytes, out_bytes = prog.sample_bytes
+    ins_c, outs_c = arrays
     for src, dst, sizes in ((ins, ins_c, in_bytes), (outs, outs_c, out_bytes)):
         for k, size in enumerate(sizes):
             p = b.load(b.gep(src, [I64(k)], inbounds=True))
@@ -244,6 +254,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
         return wb.gep(wctx, [I32(0), I32(i)], inbounds=True)
 
     w_weights, w_arena, w_n, w_ins, w_outs = (wb.load(field(i)) for i in range(5))
+    w_arrays = _io_arrays(wb, prog)
     tid = wb.sext(wb.call(tid_fn, []), I64)
     mine = wb.gep(w_arena, [wb.mul(tid, I64(_thread_area(prog)))])
     args_off = _thread_area(prog) - 8 * prog.argspace_slots
@@ -258,7 +269,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     wb.position_at_end(step)
     rest = wb.sub(w_n, c)
     nc = wb.select(wb.icmp_signed("<", rest, chunk), rest, chunk)
-    ins_c, outs_c = _step_io(wb, prog, w_ins, w_outs, c)
+    ins_c, outs_c = _step_io(wb, prog, w_ins, w_outs, c, w_arrays)
     rc = wb.call(body, [w_weights, mine, my_args, nc, ins_c, outs_c, I32(1),
                         ir.Constant(P64, None)])
     with wb.if_then(wb.icmp_signed("!=", rc, I32(0))):
@@ -268,6 +279,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     wb.ret_void()
 
     b.position_at_end(serial)
+    arrays = _io_arrays(b, prog)
     pos = b.alloca(I64)
     b.store(I64(0), pos)
     head = fn.append_basic_block("head")
@@ -281,7 +293,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     b.position_at_end(step)
     rest = b.sub(n, c)
     nc = b.select(b.icmp_signed("<", rest, chunk), rest, chunk)
-    ins_c, outs_c = _step_io(b, prog, ins, outs, c)
+    ins_c, outs_c = _step_io(b, prog, ins, outs, c, arrays)
     rc = b.call(body, [weights, arena, argspace, nc, ins_c, outs_c, threads, times])
     b.store(b.add(c, chunk), pos)
     b.cbranch(b.icmp_signed("!=", rc, I32(0)), failed, head)
