@@ -66,3 +66,26 @@ def test_models_that_mix_samples_are_not_split(monkeypatch, seed):
     assert prog.chunk == 0
     x = torch.randn(5, 6)
     assert_matches(cm(x), Mix()(x))
+
+
+def test_chunk_loops_keep_a_fixed_stack(monkeypatch, seed):
+    """The chunk loops (serial and sample-parallel) allocate their pointer arrays once, in the
+    entry block: an alloca inside a loop would grow the stack with every chunk."""
+    import re
+
+    from sparsecc.native import module as M
+
+    model = sparsecc.prune(Net().eval(), 0.7, scope="layer")
+    _, prog = _compile(model, torch.randn(1, 3, 8, 8), monkeypatch, 1)
+    assert prog.chunk == 1
+    text = M.main_ir(prog, "t", prog.blob()[1])
+    for fname in ("t__run", "t_samples_worker"):
+        body = text[text.index(f'@"{fname}"('):]
+        body = body[:body.index("\n}\n")]
+        blocks = re.split(r'\n(?="?[\w.]+"?:\n)', body.split("{\n", 1)[1])
+        assert blocks[0].startswith("entry:")
+        assert blocks[0].count("alloca") >= 2, fname
+        for blk in blocks[1:]:
+            label = blk.split(":", 1)[0].strip('"')
+            if label in ("head", "step"):  # the loop's blocks
+                assert "alloca" not in blk, (fname, label)
