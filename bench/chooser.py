@@ -70,25 +70,9 @@ def chosen(model, x: np.ndarray, calibrated: bool) -> str:
     return next(op.attrs["fmt"] for op in plan.ops if op.kind in ("linear", "conv2d"))
 
 
-def time_formats(model, x: np.ndarray, fmts: list[str], rounds: int = 5) -> dict[str, float]:
-    runs = {}
-    for f in fmts:
-        cm = sparsecc.compile(model, torch.from_numpy(x[:1]), recipe={"formats": {"force": f}})
-        assert cm.native is not None, cm.native_status
-        out = [np.empty((x.shape[0],) + tuple(cm(x[:1]).shape[1:]), np.float32)]
-        runs[f] = (lambda cm=cm, out=out: cm.native.run([x], out))
-        runs[f]()
-    ts: dict[str, list[float]] = {f: [] for f in fmts}
-    for _ in range(rounds):
-        for f, fn in runs.items():
-            reps = []
-            start = time.perf_counter()
-            while len(reps) < 3 or time.perf_counter() - start < 0.05:
-                t0 = time.perf_counter()
-                fn()
-                reps.append(time.perf_counter() - t0)
-            ts[f].append(float(np.median(reps)))
-    return {f: float(np.median(v)) for f, v in ts.items()}
+def time_formats(model, x: np.ndarray, fmts: list[str]) -> dict[str, float]:
+    """Seconds per call of each forced format (calibrate's runner and interleaved rounds)."""
+    return calibrate.time_all({f: calibrate.runner(model, x, f) for f in fmts}, round_s=0.05)
 
 
 def main(argv=None) -> None:

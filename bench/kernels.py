@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 
 import sparsecc
 from sparsecc.benchmarks.engines import summarize
-from sparsecc.benchmarks.suite import machine_info
+from sparsecc.benchmarks.suite import PEAK_GFLOPS, machine_info
 from sparsecc.formats.pack import pack
 from sparsecc.ir.plan import Op
 from sparsecc.runtime.ops.registry import aligned_copy, aligned_empty, bind_alone
@@ -338,7 +338,6 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-PEAK_GFLOPS = 320.0  # 2 cores x 2.5 GHz x 2 FMA x 16 lanes x 2 (the brief's machine)
 GEMM_SHAPES = [  # (label, M, N, K): C[M x N] = A[M x K] B[K x N]
     ("linear b1 1024x1024", 1, 1024, 1024),
     ("linear b16 1024x1024", 16, 1024, 1024),

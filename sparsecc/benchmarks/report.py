@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from sparsecc.benchmarks.suite import ENGINES
+from sparsecc.benchmarks.suite import ENGINES, PEAK_GFLOPS
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -61,7 +61,8 @@ def versus(rows: list[dict], sparsity: float = 0.9) -> str:
             + " | vs onnxruntime at 0 % | vs fastest at 0 % |")
     lines = [f"sparsecc at {sparsity:.0%} sparsity: each peer's median / sparsecc's "
              "(> 1: sparsecc faster); sparsecc's GFLOP/s count the FLOPs its plan does "
-             "(sparse layers: 2 x nonzeros x positions), peak 320 GFLOP/s", "", head,
+             f"(sparse layers: 2 x nonzeros x positions), peak {PEAK_GFLOPS:.0f} GFLOP/s", "",
+             head,
              "|" + "---|" * (len(peers) + 7)]
     for (m, s, b, t), by in sorted(cells.items()):
         if s != sparsity or "sparsecc" not in by:

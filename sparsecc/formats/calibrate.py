@@ -30,6 +30,7 @@ from sparsecc.formats import cost
 VERSION = 4
 _LOCK = threading.Lock()
 _busy = threading.local()  # set while measuring: the one-layer compiles must not recurse
+_MEMO: dict = {}  # cache file -> rates read or measured by this process
 
 
 def enabled() -> bool:
@@ -72,8 +73,9 @@ def rates_for(threads: int) -> cost.Rates:
         return cost.DEFAULT_RATES
     with _LOCK:
         path = _path(threads)
-        hit = _read(path)
+        hit = _MEMO.get(path) or _read(path)  # the format pass asks once per layer
         if hit is not None:
+            _MEMO[path] = hit
             return hit
         try:
             rates = measure(threads)
@@ -82,13 +84,14 @@ def rates_for(threads: int) -> cost.Rates:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(asdict(rates), indent=1))
         os.replace(tmp, path)
+        _MEMO[path] = rates
         return rates
 
 
 ROUNDS = 5  # timing rounds; every layer once per round, the median across rounds kept
 
 
-def _runner(model, x: np.ndarray, fmt: str):
+def runner(model, x: np.ndarray, fmt: str):
     """A call of ``model`` compiled with ``fmt`` forced, on the native library, outputs
     preallocated (what the kernels cost, not the Python around them)."""
     import torch
@@ -107,15 +110,16 @@ def _runner(model, x: np.ndarray, fmt: str):
     return call
 
 
-def _time_all(runs: dict[str, object]) -> dict[str, float]:
+def time_all(runs: dict[str, object], round_s: float = 0.02) -> dict[str, float]:
     """Median seconds of each call over ROUNDS interleaved rounds (a round: each call repeated
-    for ~20 ms, its median), so a slow spell of this shared machine hits every layer alike."""
+    for ``round_s``, at least 3 times, its median), so a slow spell of this shared machine hits
+    every call alike."""
     per: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(ROUNDS):
         for k, fn in runs.items():
             ts: list[float] = []
             start = time.perf_counter()
-            while len(ts) < 3 or time.perf_counter() - start < 0.02:
+            while len(ts) < 3 or time.perf_counter() - start < round_s:
                 t0 = time.perf_counter()
                 fn()
                 ts.append(time.perf_counter() - t0)
@@ -140,21 +144,21 @@ def measure(threads: int) -> cost.Rates:
         runs, sizes = {}, {}
         # dense GEMM: Linear 1024 -> 1024 at batch 256
         lin = torch.nn.Linear(1024, 1024, bias=False).eval()
-        runs["gemm"] = _runner(lin, rng.standard_normal((256, 1024)).astype(np.float32),
+        runs["gemm"] = runner(lin, rng.standard_normal((256, 1024)).astype(np.float32),
                                "dense")
         # a dense 3x3 conv as a whole (im2col + GEMM): 128 -> 128 at 28x28
         conv3 = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).eval()
-        runs["conv3x3"] = _runner(conv3, rng.standard_normal((1, 128, 28, 28))
+        runs["conv3x3"] = runner(conv3, rng.standard_normal((1, 128, 28, 28))
                                   .astype(np.float32), "dense")
         # dense GEMV at batch 1: a layer past the caches (4096^2, 64 MB) and one within
         # (1024^2, 4 MB); the gather SpMV on the same layers at 90 %
         for size in (4096, 1024):
             big = torch.nn.Linear(size, size, bias=False).eval()
             x1 = rng.standard_normal((1, size)).astype(np.float32)
-            runs[f"gemv{size}"] = _runner(big, x1, "dense")
+            runs[f"gemv{size}"] = runner(big, x1, "dense")
             sparse_big = sparsecc.prune(big, 0.9, scope="layer")
             sizes[f"spmv{size}"] = int(torch.count_nonzero(sparse_big.weight))
-            runs[f"spmv{size}"] = _runner(sparse_big, x1, "csr")
+            runs[f"spmv{size}"] = runner(sparse_big, x1, "csr")
         # spmm: the vector-FMA rate and the per-row cost from two 1x1 convs at 28x28, long
         # rows (256 -> 256 at 50 %: 128 nonzeros a row) and short ones (64 -> 256 at 90 %)
         xc = rng.standard_normal((1, 256, 28, 28)).astype(np.float32)
@@ -162,11 +166,11 @@ def measure(threads: int) -> cost.Rates:
             conv = sparsecc.prune(torch.nn.Conv2d(cin, 256, 1, bias=False).eval(), sparsity,
                                   scope="layer")
             sizes[f"conv{cin}"] = int(torch.count_nonzero(conv.weight))
-            runs[f"conv{cin}"] = _runner(conv, np.ascontiguousarray(xc[:, :cin]), "csr")
+            runs[f"conv{cin}"] = runner(conv, np.ascontiguousarray(xc[:, :cin]), "csr")
         # BSR 8x1 of a dense layer (the dense-ish candidate), batch 64
-        runs["bsr8"] = _runner(lin, rng.standard_normal((64, 1024)).astype(np.float32),
+        runs["bsr8"] = runner(lin, rng.standard_normal((64, 1024)).astype(np.float32),
                                "bsr8x1")
-        sec = _time_all(runs)
+        sec = time_all(runs)
         launch = cost.LAUNCH_S
         dense_flops = 2.0 * 256 * 1024 * 1024 / sec["gemm"] / t
         conv_flops = 2.0 * 128 * 128 * 9 * 784 / max(sec["conv3x3"] - launch, 1e-7) / t

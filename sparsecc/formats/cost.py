@@ -50,16 +50,6 @@ class Rates:
 
 
 DEFAULT_RATES = Rates()
-_current: list[Rates] = []  # set by use_rates (calibrate.load_or_measure)
-
-
-def use_rates(rates: Rates | None) -> None:
-    """The rates ``estimate`` uses from now on (None: the defaults)."""
-    _current[:] = [rates] if rates is not None else []
-
-
-def current_rates() -> Rates:
-    return _current[0] if _current else DEFAULT_RATES
 
 
 @dataclass(frozen=True)
@@ -80,7 +70,7 @@ def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int,
              rates: Rates | None = None) -> float:
     """Seconds for one call of a layer with ``stored`` values in format ``fmt``."""
     t = max(threads, 1)
-    r_ = rates or current_rates()
+    r_ = rates or DEFAULT_RATES
     if fmt == "dense":
         flops = 2.0 * g.rows * g.k * g.n * g.L
         wbytes = g.rows * g.k * 4
