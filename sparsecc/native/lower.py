@@ -1064,17 +1064,23 @@ class Lowering:
             self.act_pass(out, *act)
         return label
 
-    def _pool_reader(self, name: str) -> int | None:
-        """The index of the op reading ``name`` when it is its only reader and a max pool
-        k_maxpool_rows runs (k x k, stride k... no padding or dilation), else None."""
+    def _only_reader(self, name: str) -> int | None:
+        """The index of the one op reading ``name``, when ``name`` is not a plan output, no
+        tensor aliases it and exactly one op reads it (so that op may take over its bytes)."""
         plan = self.plan
         if name in plan.outputs or any(t.alias_of == name for t in plan.tensors.values()):
             return None
         readers = [j for j, op in enumerate(plan.ops) if name in op.inputs]
-        if len(readers) != 1:
+        return readers[0] if len(readers) == 1 else None
+
+    def _pool_reader(self, name: str) -> int | None:
+        """The index of the op reading ``name`` when it is its only reader and a max pool
+        k_maxpool_rows runs (k x k, stride k... no padding or dilation), else None."""
+        j = self._only_reader(name)
+        if j is None:
             return None
-        op = plan.ops[readers[0]]
-        return readers[0] if op.kind == "pool2d" and self._rows_pool(op) else None
+        op = self.plan.ops[j]
+        return j if op.kind == "pool2d" and self._rows_pool(op) else None
 
     def _residual(self, op: Op, act) -> tuple[int, str, tuple[str, float, float]] | None:
         """(add op index, the other addend, the add's activation) when ``op`` (a conv with no
@@ -1083,13 +1089,11 @@ class Lowering:
         act(conv + other) into the add's output and the add disappears."""
         plan = self.plan
         name = op.output
-        if not env_native_fuse() or act[0] != "none" or name in plan.outputs or \
-                any(t.alias_of == name for t in plan.tensors.values()):
+        if not env_native_fuse() or act[0] != "none":
             return None
-        readers = [j for j, o in enumerate(plan.ops) if name in o.inputs]
-        if len(readers) != 1:
+        j = self._only_reader(name)
+        if j is None:
             return None
-        j = readers[0]
         add = plan.ops[j]
         if add.kind != "binary" or add.attrs.get("fn") != "add" or len(add.inputs) != 2 or \
                 add.inputs[0] == add.inputs[1] or _fused(_act(add)[0]) != _act(add)[0]:
