@@ -32,6 +32,12 @@ def env_native_fuse() -> bool:
     return os.environ.get("SPARSECC_NATIVE_FUSE", "1") not in ("0", "")
 
 
+def env_native_kernels() -> str:
+    """SPARSECC_NATIVE_KERNELS=numba runs attention on the numba-authored kernel instead of
+    the LLVM one (the previous kernel, kept for A/B measurements and as a reference)."""
+    return os.environ.get("SPARSECC_NATIVE_KERNELS", "llvm")
+
+
 DEFAULT_MAX_MEMORY = 16 << 30
 
 

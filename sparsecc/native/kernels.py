@@ -31,7 +31,6 @@ from sparsecc.codegen.numba import conv as C
 from sparsecc.codegen.numba import norm as N
 from sparsecc.codegen.numba import pool as P
 from sparsecc.codegen.numba import sparse as SPK
-from sparsecc.codegen.numba import transpose as TR
 
 _SIG = types.void(types.int64, types.int64, types.CPointer(types.int64))
 _OPTS = dict(error_model="numpy", boundscheck=False)
@@ -215,7 +214,7 @@ def _copy_rows(start, stop, a, x, out):
 @_kernel
 def k_copy32(start, stop, a):
     """[x, out, dims(6), x strides(6), out strides(6)]: a strided copy of 4-byte elements
-    (permute, slice, cat, stack, expand, the features x batch transposes); items: rows."""
+    (permute, slice, cat, stack, expand); items: rows."""
     _copy_rows(start, stop, a, _f32(a, 0, _BIG), _f32(a, 1, _BIG))
 
 
@@ -229,33 +228,6 @@ def k_copy8(start, stop, a):
 def k_copy64(start, stop, a):
     """k_copy32 for 8-byte elements (token ids)."""
     _copy_rows(start, stop, a, carray(_i64p(a[0]), _BIG), carray(_i64p(a[1]), _BIG))
-
-
-@_kernel
-def k_transpose(start, stop, a):
-    """[src, dst, m, k, src row stride, dst row stride]: dst (k, m) = src (m, k)^T in
-    TR.TILE-square tiles (rows may be padded: the features x batch layout); items: tiles.
-    C arrays over the padded rows (a strided view would keep the loops scalar)."""
-    m, k = a[2], a[3]
-    src = carray(_f32p(a[0]), (m, a[4]))
-    dst = carray(_f32p(a[1]), (k, a[5]))
-    tile = TR.TILE
-    nbk = (k + tile - 1) // tile
-    for t in range(start, stop):
-        i0 = (t // nbk) * tile
-        j0 = (t % nbk) * tile
-        i1 = min(m, i0 + tile)
-        j1 = min(k, j0 + tile)
-        for j in range(j0, j1):
-            row = dst[j]
-            for i in range(i0, i1):
-                row[i] = src[i, j]
-
-
-def transpose_tiles(m, k):
-    """Work items of k_transpose for an (m, k) source (expressions or ints)."""
-    return m.cdiv(TR.TILE) * k.cdiv(TR.TILE) if hasattr(m, "cdiv") else \
-        -(-m // TR.TILE) * -(-k // TR.TILE)
 
 
 @_kernel(fastmath={"reassoc", "contract"})

@@ -34,7 +34,7 @@ from sparsecc.native.kernels import (
     UNARY_FNS,
     f64_bits,
 )
-from sparsecc.options import env_native_fuse
+from sparsecc.options import env_native_fuse, env_native_kernels
 from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.shape import index_from_attr
 
@@ -74,11 +74,14 @@ ERR = Slot("err")
 @dataclass
 class Kernel:
     """A kernel the library links: numba-authored (``numba``: its name in native.kernels),
-    the dense GEMM (``gemm``: a GemmSpec) or a sparse LLVM kernel (``sparse``: spec+pattern)."""
+    the dense GEMM (``gemm``: a GemmSpec), another kernel emitted into the main module
+    (``ir``: a spec with ``key`` and ``emit(module, name)``, e.g. transpose.TransposeSpec) or
+    a sparse LLVM kernel (``sparse``: spec+pattern)."""
 
     symbol: str
     kind: str
     gemm: G.GemmSpec | None = None
+    ir_spec: object | None = None
     spec: E_.KernelSpec | None = None
     pattern: E_.Pattern | None = None
 
@@ -238,6 +241,10 @@ class Lowering:
         sym = spec.key
         self.p.kernels.setdefault(sym, Kernel(sym, "gemm", gemm=spec))
         return sym
+
+    def ir_kernel(self, spec) -> str:
+        self.p.kernels.setdefault(spec.key, Kernel(spec.key, "ir", ir_spec=spec))
+        return spec.key
 
     def sparse_kernel(self, spec: E_.KernelSpec, pattern: E_.Pattern | None) -> str:
         sym = "sp_" + hashlib.sha256(spec.key.encode()).hexdigest()[:20]
@@ -523,9 +530,29 @@ class Lowering:
             kind = AT.MASK_KEEP if mdt == "bool" else AT.MASK_ADD
             mslot = self.tensor_slot(mask)
             ms = self.bcast_strides(mask, full)
+        causal = bool(op.attrs.get("is_causal"))
+        if env_native_kernels() != "numba":
+            from sparsecc.native import attention as NA
+
+            spec = NA.AttentionSpec(self.vw, nd.value, ne.value, ns.value, kind, causal)
+            per = spec.scratch_floats()
+            slots = [I(0)] * NA.N_SLOTS
+            slots[NA.S_Q], slots[NA.S_K], slots[NA.S_V], slots[NA.S_OUT] = T(q), T(k), T(v), \
+                T(out)
+            slots[NA.S_MASK] = mslot
+            slots[NA.S_B], slots[NA.S_L] = I(q4[1]), I(q4[2])
+            nblk = q4[2].cdiv(NA.QB)
+            slots[NA.S_NBLK] = I(nblk)
+            for slot, st in zip((NA.S_MSA, NA.S_MSB, NA.S_MSI, NA.S_MSJ), ms):
+                slots[slot] = I(st)
+            slots[NA.S_SCALE], slots[NA.S_SCRATCH] = F(scale), SCRATCH
+            slots[NA.S_PER], slots[NA.S_THREADS] = I(per), THREADS
+            self.call(self.ir_kernel(spec), slots, q4[0] * q4[1] * nblk, spec.flops(NA.QB),
+                      scratch=per)
+            return "native attention"
         per = (nd.value + ne.value) * ns.value + ns.value + ne.value
-        slots = [T(q), T(k), T(v), T(out), mslot, I(kind), I(int(bool(op.attrs.get(
-            "is_causal")))), F(scale), SCRATCH, I(per), THREADS]
+        slots = [T(q), T(k), T(v), T(out), mslot, I(kind), I(int(causal)), F(scale), SCRATCH,
+                 I(per), THREADS]
         for dims in (q4, k4, v4, o4):
             slots += [I(d) for d in dims] + [I(s) for s in _strides(dims)]
         slots += [I(d) for d in full] + [I(s) for s in ms]
@@ -845,12 +872,12 @@ class Lowering:
     def transpose(self, src: Slot, dst: Slot, m: E, k: E, guard=None, src_ld=None,
                   dst_ld=None) -> None:
         """dst (k, m) = src (m, k)^T; rows src_ld / dst_ld floats apart (default: dense)."""
-        from sparsecc.native.kernels import transpose_tiles
+        from sparsecc.native import transpose as TRN
 
-        self.call(self.numba("k_transpose"),
+        self.call(self.ir_kernel(TRN.TransposeSpec(self.vw)),
                   [src, dst, I(m), I(k), I(k if src_ld is None else src_ld),
-                   I(m if dst_ld is None else dst_ld)], transpose_tiles(m, k), 1024.0,
-                  only_if=guard)
+                   I(m if dst_ld is None else dst_ld)], TRN.tiles(lift(m), lift(k)),
+                  2.0 * TRN.TB * TRN.TB, only_if=guard)
 
     def _guard_last(self, guard) -> None:
         if guard is not None:

@@ -50,6 +50,9 @@ def main_ir(prog: Program, prefix: str, weight_offsets: dict[str, int]) -> str:
         if k.kind == "gemm":
             G.emit_gemm(mod, f"{prefix}_{sym}", k.gemm)
             fn = mod.globals[f"{prefix}_{sym}"]
+        elif k.kind == "ir":
+            k.ir_spec.emit(mod, f"{prefix}_{sym}")
+            fn = mod.globals[f"{prefix}_{sym}"]
         elif k.kind == "numba":
             fn = ir.Function(mod, KFN, kernel_symbol(sym))
         else:

@@ -1,0 +1,400 @@
+"""Scaled dot-product attention as one LLVM kernel: ``softmax(q k^T * scale + mask) v``.
+
+A work item is QB query rows of one (batch, head). Its keys are transposed into this thread's
+scratch (kt: D rows of S keys, vw x vw blocks through register shuffles), so the scores are
+register tiles of RQ query rows x KV key vectors: per step of d, KV vector loads of kt, RQ
+broadcasts of q and RQ x KV FMAs. The QB x S score block stays in L1; the softmax runs over
+it row by row with a vector exp; p v is a register tile of RV rows x E/vw vectors, one
+broadcast of p and E/vw loads of v's row per key. The 1/sum is applied when storing.
+
+Keys no row of the item can attend to are skipped, exactly: an additive mask <= -1e30 (the
+-3.4e38 of Hugging Face's padding mask) makes exp underflow to 0 for any finite score, and so
+does False in a boolean mask or a causal future. The item computes keys [0, jend), jend one past
+the last key some row may attend to; a row that can attend to no key at all keeps every key
+(with an additive mask, torch's softmax then spreads over them; with -inf everywhere the row
+is 0, the numba kernel's convention).
+
+ABI ``void k(i64 start, i64 stop, i64* args)``; slots below; items: heads x ceil(L / QB).
+q, k, v, out are contiguous (heads, L|S, D|E); the mask is read at
+``a*ms_a + b*ms_b + i*ms_i + j*ms_j`` for head t = a*B + b.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from sparsecc.codegen.llvm.emit import F32, I32, I64, _Fn
+from sparsecc.native.transpose import _shuffle_rounds
+
+(S_Q, S_K, S_V, S_OUT, S_MASK, S_B, S_L, S_NBLK, S_MSA, S_MSB, S_MSI, S_MSJ, S_SCALE,
+ S_SCRATCH, S_PER, S_THREADS) = range(16)
+N_SLOTS = 16
+QB = 32
+MASK_NONE, MASK_ADD, MASK_KEEP = 0, 1, 2  # as codegen.numba.attention
+DEAD = -1e30  # an additive mask at or below this removes the key (exp underflows to 0)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    vw: int
+    d: int
+    e: int
+    s: int
+    mask: int = MASK_NONE
+    causal: bool = False
+
+    @property
+    def sp(self) -> int:  # a score row's length in scratch: whole vectors
+        return -(-self.s // self.vw) * self.vw
+
+    @property
+    def key(self) -> str:
+        return (f"sdpa_v{self.vw}_d{self.d}_e{self.e}_s{self.s}_m{self.mask}"
+                f"_c{int(self.causal)}")
+
+    def scratch_floats(self) -> int:
+        return self.d * self.sp + QB * self.sp + 2 * QB + self.vw
+
+    def flops(self, rows: int) -> float:
+        return 2.0 * rows * self.s * (self.d + self.e)
+
+    def emit(self, module: ir.Module, name: str) -> None:
+        emit_attention(module, name, self)
+
+
+class _K(_Fn):
+    """_Fn with the few vector helpers attention needs beyond the spmm kernels'."""
+
+    def c(self, v: float) -> ir.Constant:
+        return ir.Constant(self.vty, [v] * self.vw)
+
+    def vmul(self, a, b_):
+        return self.b.fmul(a, b_)
+
+    def vfma(self, a, x, acc):
+        return self.fma(a, x, acc)
+
+    def floor(self, v):
+        f = self.intrinsic(f"llvm.floor.v{self.vw}f32", self.vty, [self.vty])
+        return self.b.call(f, [v])
+
+    def reduce(self, kind: str, v):
+        f = self.intrinsic(f"llvm.vector.reduce.{kind}.v{self.vw}f32", F32, [self.vty])
+        return self.b.call(f, [v])
+
+    def vexp(self, x):
+        """exp(x) for x <= 0 (Cephes' expf polynomial, ~1 ulp); 0 below -87.3; NaN stays
+        NaN. 2^n goes through the float 1.5 * 2^23 trick: no float -> int conversion, so no
+        poison for NaN or -inf lanes."""
+        b, c = self.b, self.c
+        lo = c(-87.3)
+        small = b.fcmp_ordered("<", x, lo)
+        xc = b.select(small, lo, x)
+        n = self.floor(self.fma(xc, c(1.44269504088896341), c(0.5)))
+        r = self.fma(n, c(-0.693359375), xc)
+        r = self.fma(n, c(2.12194440e-4), r)
+        p = c(1.9875691500e-4)
+        for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                     5.0000001201e-1):
+            p = self.fma(p, r, c(coef))
+        y = b.fadd(self.fma(p, b.fmul(r, r), r), c(1.0))
+        ivty = ir.VectorType(I32, self.vw)
+        magic = b.bitcast(b.fadd(n, c(12582912.0)), ivty)  # low bits: n + 0x400000
+        e = b.shl(b.add(magic, ir.Constant(ivty, [127 - 0x4B400000] * self.vw)),
+                  ir.Constant(ivty, [23] * self.vw))
+        y = b.fmul(y, b.bitcast(e, self.vty))
+        return b.select(small, c(0.0), y)
+
+    def lanes_lt(self, base, limit):
+        """Mask: lane l is live when base + l < limit (i64 values)."""
+        b = self.b
+        lanes = ir.Constant(ir.VectorType(I64, self.vw), list(range(self.vw)))
+        from sparsecc.codegen.llvm.emit import _splat_i64_val
+        return b.icmp_signed("<", b.add(_splat_i64_val(b, self.vw, base), lanes),
+                             _splat_i64_val(b, self.vw, limit))
+
+
+def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> None:
+    vw, D, E, S, sp = spec.vw, spec.d, spec.e, spec.s, spec.sp
+    k = _K(module, name, vw)
+    b = k.b
+    q, kk, v, out = (k.arg_ptr(i, n) for i, n in ((S_Q, "q"), (S_K, "k"), (S_V, "v"),
+                                                  (S_OUT, "out")))
+    maskp = k.arg_ptr(S_MASK, "mask")
+    B, L, nblk = k.arg_i64(S_B, "B"), k.arg_i64(S_L, "L"), k.arg_i64(S_NBLK, "nblk")
+    msa, msb, msi, msj = (k.arg_i64(s, n) for s, n in ((S_MSA, "msa"), (S_MSB, "msb"),
+                                                       (S_MSI, "msi"), (S_MSJ, "msj")))
+    scale = b.fptrunc(b.bitcast(k.arg_i64(S_SCALE, "scale_bits"), ir.DoubleType()), F32)
+    per, threads = k.arg_i64(S_PER, "per"), k.arg_i64(S_THREADS, "threads")
+    tid_fn = k.intrinsic("omp_get_thread_num", I32, [])
+    tid = b.sext(b.call(tid_fn, []), I64)
+    last = b.sub(threads, I64(1))
+    tid = b.select(b.icmp_signed("<", tid, last), tid, last)
+    tid = b.select(b.icmp_signed("<", tid, I64(0)), I64(0), tid)
+    scratch = b.gep(k.arg_ptr(S_SCRATCH, "scratch"), [b.mul(tid, per)], inbounds=True)
+    kt = scratch
+    sc = b.gep(scratch, [I64(D * sp)], inbounds=True)
+    rowinv = b.gep(sc, [I64(QB * sp)], inbounds=True)
+    scale_v = k.splat(scale)
+    mask_is_byte = spec.mask == MASK_KEEP
+    mbase_i8 = b.bitcast(maskp, ir.IntType(8).as_pointer())
+
+    def smin(x, y):
+        return b.select(b.icmp_signed("<", x, y), x, y)
+
+    def smax(x, y):
+        return b.select(b.icmp_signed(">", x, y), x, y)
+
+    def live(off):
+        """Key at mask element offset ``off`` may be attended to (i1)."""
+        if mask_is_byte:
+            return b.icmp_unsigned("!=", b.load(b.gep(mbase_i8, [off], inbounds=True)),
+                                   ir.Constant(ir.IntType(8), 0))
+        val = b.load(b.gep(maskp, [off], inbounds=True))
+        return b.fcmp_unordered(">", val, ir.Constant(F32, DEAD))
+
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+        head = b.sdiv(t, nblk)
+        i0 = b.mul(b.sub(t, b.mul(head, nblk)), I64(QB))
+        rows = smin(I64(QB), b.sub(L, i0))
+        ha = b.sdiv(head, B)
+        mhead = b.add(b.mul(ha, msa), b.mul(b.sub(head, b.mul(ha, B)), msb))
+        qh = b.gep(q, [b.add(b.mul(head, b.mul(L, I64(D))), b.mul(i0, I64(D)))], inbounds=True)
+        kh = b.gep(kk, [b.mul(head, I64(S * D))], inbounds=True)
+        vh = b.gep(v, [b.mul(head, I64(S * E))], inbounds=True)
+        oh = b.gep(out, [b.add(b.mul(head, b.mul(L, I64(E))), b.mul(i0, I64(E)))],
+                   inbounds=True)
+
+        # ---- jend: one past the last key any row of the item may attend to
+        jend_p = k.alloca(I64, "jend")
+        b.store(I64(0), jend_p)
+        with k.loop(I64(0), rows, "lr") as r:
+            i = b.add(i0, r)
+            row_end = I64(S)
+            if spec.mask != MASK_NONE:
+                rend = k.alloca(I64, "rend")
+                b.store(I64(S), rend)  # no live key: keep them all
+                jp = k.alloca(I64, "jscan")
+                b.store(I64(S - 1), jp)
+                scan = k.fn.append_basic_block("scan")
+                found = k.fn.append_basic_block("found")
+                nxt = k.fn.append_basic_block("scan_next")
+                done = k.fn.append_basic_block("scan_done")
+                b.branch(scan)
+                b.position_at_end(scan)
+                j = b.load(jp)
+                b.cbranch(b.icmp_signed("<", j, I64(0)), done, nxt)
+                b.position_at_end(nxt)
+                off = b.add(mhead, b.add(b.mul(i, msi), b.mul(j, msj)))
+                b.store(b.sub(j, I64(1)), jp)
+                b.cbranch(live(off), found, scan)
+                b.position_at_end(found)
+                b.store(b.add(j, I64(1)), rend)
+                b.branch(done)
+                b.position_at_end(done)
+                row_end = b.load(rend)
+            if spec.causal:
+                row_end = smin(row_end, b.add(i, I64(1)))
+                row_end = smax(row_end, I64(1))
+            b.store(smax(b.load(jend_p), row_end), jend_p)
+        jend = b.load(jend_p)
+        nvec = b.sdiv(b.add(jend, I64(vw - 1)), I64(vw))
+
+        # ---- kt[d, j] = k[j, d] for j < jend (blocks of vw x vw, then the edges)
+        _transpose_keys(k, kh, kt, jend, D, sp)
+
+        # ---- scores: sc[r, j] = (q[r] . k[j]) * scale (+ mask), j < nvec * vw
+        RQ, KV = (4, 4) if vw >= 16 else (4, 2)
+        _scores(k, spec, qh, kt, sc, rows, nvec, RQ, KV, scale_v)
+
+        # ---- mask, causal and padding lanes; softmax rows in place; 1/sum per row
+        with k.loop(I64(0), rows, "sr") as r:
+            i = b.add(i0, r)
+            srow = b.gep(sc, [b.mul(r, I64(sp))], inbounds=True)
+            mrow = b.add(mhead, b.mul(i, msi))
+            mx_p = k.alloca(k.vty, "mx")
+            b.store(k.c(-math.inf), mx_p)
+            with k.loop(I64(0), nvec, "sj") as jv:
+                j0 = b.mul(jv, I64(vw))
+                ptr = b.gep(srow, [j0], inbounds=True)
+                val = k.vload(ptr, None)
+                if spec.mask != MASK_NONE:
+                    val = _apply_mask(k, spec, val, maskp, mbase_i8, mrow, j0, msj)
+                keep = k.lanes_lt(j0, jend)
+                if spec.causal:
+                    keep = b.and_(keep, k.lanes_lt(j0, b.add(i, I64(1))))
+                val = b.select(keep, val, k.c(-math.inf))
+                k.vstore(val, ptr, None)
+                mx = b.load(mx_p)
+                b.store(b.select(b.fcmp_unordered(">", val, mx), val, mx), mx_p)
+            m = k.reduce("fmax", b.load(mx_p))
+            # every key -inf: exp(x - 0) is 0 everywhere, the row is 0
+            m = b.select(b.fcmp_ordered("==", m, ir.Constant(F32, -math.inf)),
+                         ir.Constant(F32, 0.0), m)
+            mv = k.splat(m)
+            sum_p = k.alloca(k.vty, "sum")
+            b.store(k.c(0.0), sum_p)
+            with k.loop(I64(0), nvec, "ej") as jv:
+                ptr = b.gep(srow, [b.mul(jv, I64(vw))], inbounds=True)
+                p = k.vexp(b.fsub(k.vload(ptr, None), mv))
+                k.vstore(p, ptr, None)
+                b.store(b.fadd(b.load(sum_p), p), sum_p)
+            s_ = _hsum(k, b.load(sum_p))
+            inv = b.select(b.fcmp_ordered(">", s_, ir.Constant(F32, 0.0)),
+                           b.fdiv(ir.Constant(F32, 1.0), s_), ir.Constant(F32, 0.0))
+            # a NaN sum (a NaN score) must stay NaN
+            inv = b.select(b.fcmp_unordered("uno", s_, s_), s_, inv)
+            b.store(inv, b.gep(rowinv, [r], inbounds=True))
+
+        # ---- out[r] = (sum_j p[r, j] v[j]) / sum
+        ev = -(-E // vw)
+        RV = max(1, min(8, (16 if vw >= 16 else 12) // ev))
+        _pv(k, spec, sc, rowinv, vh, oh, rows, jend, RV, ev)
+    b.ret_void()
+
+
+def _hsum(k: _K, v):
+    """Horizontal sum of a vector (a fixed tree: the same at every call)."""
+    b = k.b
+    n = k.vw
+    while n > 1:
+        h = n // 2
+        lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, h), list(range(h))))
+        hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, h), list(range(h, n))))
+        v = b.fadd(lo, hi)
+        n = h
+    return b.extract_element(v, I32(0))
+
+
+def _apply_mask(k: _K, spec: AttentionSpec, val, maskp, mbase_i8, mrow, j0, msj):
+    """The mask over lanes j0..j0+vw of one score row: a vector load when its key stride is 1
+    (lanes past S not read), a gather otherwise (e.g. a mask broadcast along the keys)."""
+    b, vw = k.b, k.vw
+    from sparsecc.codegen.llvm.emit import _splat_i64_val
+    inkeys = k.lanes_lt(j0, I64(spec.s))
+    base = b.add(mrow, b.mul(j0, msj))
+    lanes = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
+    offs = b.add(_splat_i64_val(b, vw, base), b.mul(lanes, _splat_i64_val(b, vw, msj)))
+    byte = spec.mask == MASK_KEEP
+    ety = ir.IntType(8) if byte else F32
+    vty = ir.VectorType(ety, vw)
+    ptr0 = mbase_i8 if byte else maskp
+    zero = ir.Constant(vty, [0] * vw if byte else [0.0] * vw)
+    slot = k.alloca(vty, "mvals")
+    with b.if_else(b.icmp_signed("==", msj, I64(1))) as (unit, other):
+        with unit:
+            vptr = b.bitcast(b.gep(ptr0, [base], inbounds=True), vty.as_pointer())
+            f = k.intrinsic(f"llvm.masked.load.v{vw}{'i8' if byte else 'f32'}.p0", vty,
+                            [vty.as_pointer(), I32, inkeys.type, vty])
+            b.store(b.call(f, [vptr, I32(1 if byte else 4), inkeys, zero]), slot)
+        with other:
+            esz = 1 if byte else 4
+            addrs = b.add(_splat_i64_val(b, vw, b.ptrtoint(ptr0, I64)),
+                          b.mul(offs, ir.Constant(ir.VectorType(I64, vw), [esz] * vw)))
+            ptrs = b.inttoptr(addrs, ir.VectorType(ety.as_pointer(), vw))
+            g = k.intrinsic(f"llvm.masked.gather.v{vw}{'i8' if byte else 'f32'}.v{vw}p0", vty,
+                            [ptrs.type, I32, inkeys.type, vty])
+            b.store(b.call(g, [ptrs, I32(1 if byte else 4), inkeys, zero]), slot)
+    m = b.load(slot)
+    if not byte:
+        return b.fadd(val, m)
+    return b.select(b.icmp_unsigned("!=", m, zero), val, k.c(-math.inf))
+
+
+def _transpose_keys(k: _K, kh, kt, jend, D: int, sp: int) -> None:
+    b, vw = k.b, k.vw
+    jfull = b.mul(b.sdiv(jend, I64(vw)), I64(vw))
+    dfull = (D // vw) * vw
+    with k.loop(I64(0), jfull, "tj", step=vw) as j0:
+        for d0 in range(0, dfull, vw):
+            rows = [k.vload(b.gep(kh, [b.add(b.mul(b.add(j0, I64(r)), I64(D)), I64(d0))],
+                                  inbounds=True), None) for r in range(vw)]
+            cols = _shuffle_rounds(b, rows, vw)
+            for c in range(vw):
+                k.vstore(cols[c], b.gep(kt, [b.add(I64((d0 + c) * sp), j0)], inbounds=True),
+                         None)
+        for d in range(dfull, D):  # the d edge of full key blocks
+            with k.loop(j0, b.add(j0, I64(vw)), "tjd") as j:
+                val = b.load(b.gep(kh, [b.add(b.mul(j, I64(D)), I64(d))], inbounds=True))
+                b.store(val, b.gep(kt, [b.add(I64(d * sp), j)], inbounds=True))
+    with k.loop(jfull, jend, "tje") as j:  # the key edge
+        for d in range(D):
+            val = b.load(b.gep(kh, [b.add(b.mul(j, I64(D)), I64(d))], inbounds=True))
+            b.store(val, b.gep(kt, [b.add(I64(d * sp), j)], inbounds=True))
+
+
+def _scores(k: _K, spec: AttentionSpec, qh, kt, sc, rows, nvec, RQ: int, KV: int,
+            scale_v) -> None:
+    """sc[r, jv*vw..] for rows [0, rows) and key vectors [0, nvec): RQ x KV register tiles
+    (a row or key-vector tail takes the narrower tile). Lanes past jend read kt's stale
+    columns: finite or not, they are overwritten with -inf before the softmax."""
+    b, vw, D, sp = k.b, k.vw, spec.d, spec.sp
+
+    def tile(r0, jv0, rq: int, kv: int):
+        accs = [[k.c(0.0) for _ in range(kv)] for _ in range(rq)]
+        for d in range(D):
+            kvec = [k.vload(b.gep(kt, [b.add(I64(d * sp), b.mul(b.add(jv0, I64(c)), I64(vw)))],
+                                  inbounds=True), None) for c in range(kv)]
+            for r in range(rq):
+                qv = k.splat(b.load(b.gep(qh, [b.add(b.mul(b.add(r0, I64(r)), I64(D)), I64(d))],
+                                          inbounds=True)))
+                for c in range(kv):
+                    accs[r][c] = k.fma(qv, kvec[c], accs[r][c])
+        for r in range(rq):
+            srow = b.gep(sc, [b.mul(b.add(r0, I64(r)), I64(sp))], inbounds=True)
+            for c in range(kv):
+                k.vstore(b.fmul(accs[r][c], scale_v),
+                         b.gep(srow, [b.mul(b.add(jv0, I64(c)), I64(vw))], inbounds=True), None)
+
+    rfull = b.mul(b.sdiv(rows, I64(RQ)), I64(RQ))
+    kfull = b.mul(b.sdiv(nvec, I64(KV)), I64(KV))
+
+    def over_keys(r0, rq):
+        with k.loop(I64(0), kfull, "qk", step=KV) as jv0:
+            tile(r0, jv0, rq, KV)
+        with k.loop(kfull, nvec, "qk1") as jv0:
+            tile(r0, jv0, rq, 1)
+
+    with k.loop(I64(0), rfull, "qr", step=RQ) as r0:
+        over_keys(r0, RQ)
+    with k.loop(rfull, rows, "qr1") as r0:
+        over_keys(r0, 1)
+
+
+def _pv(k: _K, spec: AttentionSpec, sc, rowinv, vh, oh, rows, jend, RV: int, ev: int) -> None:
+    b, vw, E, sp = k.b, k.vw, spec.e, spec.sp
+    emask = None
+    if E % vw:
+        emask = k.lanes_lt(I64((ev - 1) * vw), I64(E))
+
+    def tile(r0, rv: int):
+        accs = [[k.c(0.0) for _ in range(ev)] for _ in range(rv)]
+        slots = [[k.alloca(k.vty, f"pv{r}_{c}") for c in range(ev)] for r in range(rv)]
+        for r in range(rv):
+            for c in range(ev):
+                b.store(accs[r][c], slots[r][c])
+        with k.loop(I64(0), jend, "pj") as j:
+            vrow = b.gep(vh, [b.mul(j, I64(E))], inbounds=True)
+            vv = [k.vload(b.gep(vrow, [I64(c * vw)], inbounds=True),
+                          emask if c == ev - 1 else None) for c in range(ev)]
+            for r in range(rv):
+                pr = k.splat(b.load(b.gep(sc, [b.add(b.mul(b.add(r0, I64(r)), I64(sp)), j)],
+                                          inbounds=True)))
+                for c in range(ev):
+                    b.store(k.fma(pr, vv[c], b.load(slots[r][c])), slots[r][c])
+        for r in range(rv):
+            inv = k.splat(b.load(b.gep(rowinv, [b.add(r0, I64(r))], inbounds=True)))
+            orow = b.gep(oh, [b.mul(b.add(r0, I64(r)), I64(E))], inbounds=True)
+            for c in range(ev):
+                k.vstore(b.fmul(b.load(slots[r][c]), inv),
+                         b.gep(orow, [I64(c * vw)], inbounds=True),
+                         emask if c == ev - 1 else None)
+
+    rfull = b.mul(b.sdiv(rows, I64(RV)), I64(RV))
+    with k.loop(I64(0), rfull, "vr", step=RV) as r0:
+        tile(r0, RV)
+    with k.loop(rfull, rows, "vr1") as r0:
+        tile(r0, 1)
