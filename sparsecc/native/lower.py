@@ -202,6 +202,10 @@ class Lowering:
         # residual adds fused into the conv before them: add op index -> (conv op index, the
         # conv's own output, which is never written)
         self.fused: dict[int, tuple[int, str]] = {}
+        # head permutes fused into the sparse linear beside them (_head_permutes): linear op
+        # index -> (the permute's output it writes, B, S, H, D) / (the tensor it reads, ...)
+        self.dst_heads: dict[int, tuple[str, E, E, E, E]] = {}
+        self.src_heads: dict[int, tuple[str, E, E, E, E]] = {}
 
     # ---- shapes, constants, temporaries ---------------------------------------------------
     def shape(self, name: str) -> list[E]:
@@ -259,6 +263,7 @@ class Lowering:
     def run(self) -> Program:
         plan = self.plan
         roots = {name: plan.storage_root(name) for name in plan.tensors}
+        self._head_permutes()
         for i, op in enumerate(plan.ops):
             self.i = i
             if i in self.fused:
@@ -293,15 +298,16 @@ class Lowering:
         kn = {op.output for op in plan.ops if op.attrs.get("out_kn")}
         first: dict[str, int] = {}
         last: dict[str, int] = {}
-        dropped = {conv_out for _, conv_out in self.fused.values()}
+        # tensors a fusion never writes, and the views of them
+        dropped = {roots[conv_out] for _, conv_out in self.fused.values()}
         for j, op in enumerate(plan.ops):
             i = self.fused[j][0] if j in self.fused else j  # a fused add runs in its conv
             for name in op.inputs:
-                if name in plan.constants or name in dropped:
+                if name in plan.constants or roots[name] in dropped:
                     continue
                 r = roots[name]
                 last[r] = max(last.get(r, -1), i)
-            if op.output in dropped:
+            if roots[op.output] in dropped:
                 continue
             r = roots[op.output]
             first[r] = min(first.get(r, i), i)
@@ -345,6 +351,8 @@ class Lowering:
 
     def op_binary(self, op: Op):
         out = op.output
+        if self._add_norm(op):
+            return "native add + layer_norm"
         oshape = self.shape(out)
         fname = op.attrs.get("fn")
         if len(op.inputs) == 2:
@@ -693,12 +701,52 @@ class Lowering:
         self.call(self.numba("k_softmax"), [T(x), T(out), I(d), I(int(bool(op.attrs.get(
             "log", False))))], numel(shape[:-1]), 6.0 * self.example(out)[-1])
 
+    def _add_norm(self, op: Op) -> bool:
+        """An add of two same-shaped float32 tensors whose only reader is a layer norm: one
+        kernel computes norm(a + b) and the sum is never stored (a transformer's residual)."""
+        if not env_native_fuse() or env_native_kernels() == "numba":
+            return False
+        if op.attrs.get("fn") != "add" or len(op.inputs) != 2 or _act(op)[0] != "none":
+            return False
+        j = self._only_reader(op.output)
+        if j is None or self.plan.ops[j].kind != "layer_norm" or \
+                self.plan.ops[j].inputs[0] != op.output:
+            return False
+        shape = self.plan.tensors[op.output].shape
+        if any(self.plan.tensors[t].shape != shape or self._dtype(t) != "float32"
+               for t in (*op.inputs, op.output, self.plan.ops[j].output)) or \
+                any(t in self.plan.constants for t in op.inputs):
+            return False
+        self.fused[j] = (self.i, op.output)
+        self._norm(self.plan.ops[j], T(op.inputs[0]), T(op.inputs[1]))
+        return True
+
+    def _norm(self, op: Op, x: Slot, res: Slot | None) -> None:
+        from sparsecc.native import norm as NM
+
+        shape = self.shape(op.output)
+        k = int(op.attrs["ndims"])
+        d = numel(shape[len(shape) - k:])
+        w, b = op.params.get("weight"), op.params.get("bias")
+        spec = NM.LayerNormSpec(self.vw, res is not None, w is not None, b is not None)
+        zero = self.derived("zero", np.zeros(1, np.float32))
+        slots = [I(0)] * NM.N_SLOTS
+        slots[NM.L_A], slots[NM.L_R], slots[NM.L_OUT] = x, res or zero, T(op.output)
+        slots[NM.L_W] = self.const(w) if w else zero
+        slots[NM.L_B] = self.const(b) if b else zero
+        slots[NM.L_D], slots[NM.L_EPS] = I(d), F(float(op.attrs["eps"]))
+        self.call(self.ir_kernel(spec), slots, numel(shape[:len(shape) - k]), 8.0 * d(1))
+
     def op_layer_norm(self, op: Op):
         x, out = op.inputs[0], op.output
         shape = self.shape(out)
         k = int(op.attrs["ndims"])
         d = numel(shape[len(shape) - k:])
         w, b = op.params.get("weight"), op.params.get("bias")
+        if env_native_kernels() != "numba" and self._dtype(x) == "float32" and \
+                self._dtype(out) == "float32":
+            self._norm(op, T(x), None)
+            return None
         zero = self.derived("zero", np.zeros(1, np.float32))
         self.call(self.numba("k_layernorm"),
                   [T(x), T(out), I(d), self.const(w) if w else zero, self.const(b) if b else zero,
@@ -823,6 +871,11 @@ class Lowering:
         return spec, baked, fused != actn
 
     def sparse_linear(self, op: Op, x: str, out: str, m: E, k: int, o: int, act, bias):
+        dst_heads, src_heads = self.dst_heads.get(self.i), self.src_heads.get(self.i)
+        if dst_heads is not None:  # write the permuted (B, H, S, D) layout directly
+            out = dst_heads[0]
+        if src_heads is not None:  # read the unpermuted (B, H, S, E) tensor
+            x = src_heads[0]
         params = {r: self.plan.constants[c] for r, c in op.params.items()}
         sw = SP.sparse_weight(op, params)
         bias_arr = SP._bias_for(sw, params["bias"]) if bias else np.zeros(1, np.float32)
@@ -854,7 +907,12 @@ class Lowering:
             xt = T(x)
         else:
             name = self.temp("xt", ld * k * 4)
-            self.transpose(T(x), T(name), m, const(k), guard, dst_ld=ld)
+            if src_heads is not None:  # block (b, h): (S, E) at (b*H + h)*S*E -> (E, S)
+                _, B, S, H, Eh = src_heads
+                self.transpose(T(x), T(name), S, Eh, guard, src_ld=Eh, dst_ld=ld,
+                               blocks=(B, H, H * S * Eh, S * Eh, S, Eh * ld))
+            else:
+                self.transpose(T(x), T(name), m, const(k), guard, dst_ld=ld)
             xt = T(name)
         ot_name = None if op.attrs.get("out_kn") else self.temp("ot", ld * o * 4)
         ot = T(out) if ot_name is None else T(ot_name)
@@ -865,19 +923,29 @@ class Lowering:
                   indices=sw.indices, x_rows=k, guard=guard)
         if tail:  # over the padded rows too: a flat pass, the padding is never read
             self.act_on(ot_name or out, act, guard, n=ld * o)
-        if ot_name is not None:
+        if ot_name is not None and dst_heads is not None:
+            # block (b, h): (D, S) of the features x batch output at h*D*ld + b*S -> (S, D)
+            _, B, S, H, D = dst_heads
+            self.transpose(T(ot_name), T(out), D, S, guard, src_ld=ld, dst_ld=D,
+                           blocks=(B, H, S, D * ld, H * S * D, S * D))
+        elif ot_name is not None:
             self.transpose(T(ot_name), T(out), const(o), m, guard, src_ld=ld)
         return label
 
     def transpose(self, src: Slot, dst: Slot, m: E, k: E, guard=None, src_ld=None,
-                  dst_ld=None) -> None:
-        """dst (k, m) = src (m, k)^T; rows src_ld / dst_ld floats apart (default: dense)."""
+                  dst_ld=None, blocks=None) -> None:
+        """dst (k, m) = src (m, k)^T; rows src_ld / dst_ld floats apart (default: dense).
+        ``blocks``: (nb1, nb2, ss1, ss2, ds1, ds2), the same over nb1 x nb2 blocks (see
+        native.transpose)."""
         from sparsecc.native import transpose as TRN
 
+        nb1, nb2, ss1, ss2, ds1, ds2 = blocks or (const(1), const(1), const(0), const(0),
+                                                  const(0), const(0))
         self.call(self.ir_kernel(TRN.TransposeSpec(self.vw)),
                   [src, dst, I(m), I(k), I(k if src_ld is None else src_ld),
-                   I(m if dst_ld is None else dst_ld)], TRN.tiles(lift(m), lift(k)),
-                  2.0 * TRN.TB * TRN.TB, only_if=guard)
+                   I(m if dst_ld is None else dst_ld), I(nb2), I(ss1), I(ss2), I(ds1), I(ds2)],
+                  lift(nb1) * lift(nb2) * TRN.tiles(lift(m), lift(k)), 2.0 * TRN.TB * TRN.TB,
+                  only_if=guard)
 
     def _guard_last(self, guard) -> None:
         if guard is not None:
@@ -1090,6 +1158,77 @@ class Lowering:
         if tail:
             self.act_pass(out, *act)
         return label
+
+    def _readers(self, name: str) -> list[int]:
+        return [j for j, op in enumerate(self.plan.ops) if name in op.inputs]
+
+    def _view_chain(self, name: str) -> tuple[int, int] | None:
+        """(reshape op, its reader) when ``name``'s only reader is a reshape (a view) whose
+        only reader is one op, neither is a plan output and nothing else views ``name``."""
+        plan = self.plan
+        rs = self._readers(name)
+        if len(rs) != 1 or plan.ops[rs[0]].kind != "reshape" or name in plan.outputs:
+            return None
+        view = plan.ops[rs[0]].output
+        if plan.tensors[view].alias_of != name or view in plan.outputs or \
+                sum(t.alias_of in (name, view) for t in plan.tensors.values()) != 1:
+            return None
+        nxt = self._readers(view)
+        return (rs[0], nxt[0]) if len(nxt) == 1 else None
+
+    def _head_permutes(self) -> None:
+        """Attention's head split and merge, fused into the sparse linears beside them. A
+        linear's (B, S, H*D) output viewed as (B, S, H, D) and permuted to (B, H, S, D) is
+        written in that layout by the linear's output transpose; a (B, H, S, E) tensor
+        permuted to (B, S, H, E) and viewed as (B, S, H*E) is read by the next linear's input
+        transpose. Both are blocks of the transpose kernel: the permute passes disappear."""
+        plan = self.plan
+        if not env_native_fuse():
+            return
+
+        def sparse_rows(op: Op) -> bool:
+            return op.kind == "linear" and SP.is_sparse(op.attrs.get("fmt")) and \
+                self._dtype(op.output) == "float32"
+
+        def heads_perm(op: Op) -> bool:
+            return op.kind == "permute" and [int(p) for p in op.attrs["perm"]] == [0, 2, 1, 3] \
+                and self._dtype(op.output) == "float32"
+
+        for li, op in enumerate(plan.ops):
+            if not sparse_rows(op):
+                continue
+            if not op.attrs.get("out_kn"):  # output side: linear -> view -> permute
+                chain = self._view_chain(op.output)
+                if chain is not None and heads_perm(plan.ops[chain[1]]):
+                    pi = chain[1]
+                    B, S, H, D = self.shape(plan.ops[chain[0]].output) \
+                        if len(self.shape(plan.ops[chain[0]].output)) == 4 else [None] * 4
+                    os_ = self.shape(op.output)
+                    if B is not None and len(os_) == 3 and os_[0] == B and os_[1] == S and \
+                            S.is_const() and H.is_const() and D.is_const() and \
+                            H.value * D.value == os_[2].value:
+                        self.dst_heads[li] = (plan.ops[pi].output, B, S, H, D)
+                        self.fused[pi] = (li, op.output)
+            if not op.attrs.get("in_kn"):  # input side: permute -> view -> linear
+                x = op.inputs[0]
+                made = [j for j, o in enumerate(plan.ops) if o.output == plan.tensors[x].alias_of]
+                if plan.tensors[x].alias_of is None or len(made) != 1 or \
+                        not heads_perm(plan.ops[made[0]]):
+                    continue
+                pi = made[0]
+                perm_out = plan.ops[pi].output
+                chain = self._view_chain(perm_out)
+                if chain is None or chain[1] != li or self._readers(x) != [li]:
+                    continue
+                src = plan.ops[pi].inputs[0]
+                ps = self.shape(perm_out)
+                xs = self.shape(x)
+                if len(ps) == 4 and len(xs) == 3 and xs[0] == ps[0] and xs[1] == ps[1] and \
+                        all(d.is_const() for d in ps[1:]) and \
+                        ps[2].value * ps[3].value == xs[2].value and \
+                        plan.tensors[src].alias_of is None and src not in plan.constants:
+                    self.src_heads[li] = (src, ps[0], ps[1], ps[2], ps[3])
+                    self.fused[pi] = (li, perm_out)
 
     def _only_reader(self, name: str) -> int | None:
         """The index of the one op reading ``name``, when ``name`` is not a plan output, no

@@ -1,7 +1,7 @@
-"""The LLVM transpose and attention kernels called directly, at the host's vector width and
-at AVX2's (an object built for haswell), against numpy; and attention through compile against
-torch. Shapes off every vector and tile multiple, masks with dead keys, dead rows and strides
-0/1/other."""
+"""The LLVM transpose, attention and layer-norm kernels called directly, at the host's vector
+width and at AVX2's (an object built for haswell), against numpy; and through compile against
+torch (attention, the head permutes fused into the linears, add + layer norm). Shapes off
+every vector and tile multiple, masks with dead keys, dead rows and strides 0/1/other."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import sparsecc
 from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
 from sparsecc.native import attention as NA
+from sparsecc.native import norm as NM
 from sparsecc.native import transpose as TRN
 from tests.conftest import assert_matches
 
@@ -45,11 +46,31 @@ def test_transpose_odd_shapes_and_strides(vw, rng):
                                  (128, 384, 0, 16), (65, 64, 0, 1), (200, 3, 1, 2)]:
         src = rng.standard_normal((m, k + ls_pad)).astype(np.float32)
         dst = np.full((k, m + ld_pad), np.nan, np.float32)
-        args = np.array([src.ctypes.data, dst.ctypes.data, m, k, k + ls_pad, m + ld_pad],
-                        np.int64)
+        args = np.array([src.ctypes.data, dst.ctypes.data, m, k, k + ls_pad, m + ld_pad,
+                         1, 0, 0, 0, 0], np.int64)
         f(0, TRN.tiles(m, k), args.ctypes.data)
         np.testing.assert_array_equal(dst[:, :m], src[:, :k].T)
         assert np.isnan(dst[:, m:]).all()  # the row padding is not written
+
+
+@pytest.mark.parametrize("vw", WIDTHS)
+def test_transpose_blocks(vw, rng):
+    """The batched form: a features x batch (H*D, B*S) buffer into (B, H, S, D), and back."""
+    f = _kernel(TRN.TransposeSpec(vw))
+    for B, S, H, D in [(1, 1, 1, 1), (2, 7, 3, 5), (3, 128, 2, 32), (2, 33, 4, 17)]:
+        ld = B * S + 16
+        kn = rng.standard_normal((H * D, ld)).astype(np.float32)
+        heads = np.full((B, H, S, D), np.nan, np.float32)
+        args = np.array([kn.ctypes.data, heads.ctypes.data, D, S, ld, D, H, S, D * ld,
+                         H * S * D, S * D], np.int64)
+        f(0, B * H * TRN.tiles(D, S), args.ctypes.data)
+        want = kn[:, :B * S].reshape(H, D, B, S).transpose(2, 0, 3, 1)
+        np.testing.assert_array_equal(heads, want)
+        back = np.full((H * D, ld), np.nan, np.float32)
+        args = np.array([heads.ctypes.data, back.ctypes.data, S, D, D, ld, H, H * S * D,
+                         S * D, S, D * ld], np.int64)
+        f(0, B * H * TRN.tiles(S, D), args.ctypes.data)
+        np.testing.assert_array_equal(back[:, :B * S], kn[:, :B * S])
 
 
 def _reference(q, k, v, mask, kind, causal, scale):
@@ -177,3 +198,93 @@ def test_attention_compiled_matches_torch(case):
     for batch in (B,) if case in ("causal", "none") else (1, B):
         xs = [a[:batch] for a in args]
         assert_matches(cm(*xs), model(*xs))
+
+
+@pytest.mark.parametrize("vw", WIDTHS)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+def test_layernorm_kernel(vw, residual, affine, rng):
+    f = _kernel(NM.LayerNormSpec(vw, residual, affine, affine))
+    for rows, d in [(1, 1), (3, 7), (5, 16), (4, 384), (2, 33), (0, 8)]:
+        a = (rng.standard_normal((rows, d)) * 3 + 5).astype(np.float32)  # off-centre
+        r = rng.standard_normal((rows, d)).astype(np.float32)
+        w = rng.standard_normal(d).astype(np.float32)
+        bias = rng.standard_normal(d).astype(np.float32)
+        out = np.full((rows, d + 1), np.nan, np.float32)[:, :d].copy()
+        args = np.array([a.ctypes.data, r.ctypes.data, out.ctypes.data, w.ctypes.data,
+                         bias.ctypes.data, d, np.array([1e-5]).view(np.int64)[0]], np.int64)
+        f(0, rows, args.ctypes.data)
+        x = (a + r if residual else a).astype(np.float64)
+        ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        if affine:
+            ref = ref * w + bias
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4, err_msg=f"{rows, d}")
+
+
+class _Block(torch.nn.Module):
+    """A transformer's residual: LayerNorm(dense(x) + x), then one without affine params."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.dense = torch.nn.Linear(d, d)
+        self.ln = torch.nn.LayerNorm(d)
+        self.ln2 = torch.nn.LayerNorm(d, elementwise_affine=False)
+
+    def forward(self, x):
+        h = self.ln(self.dense(x) + x)
+        return self.ln2(h + 1.0) * 2, h
+
+
+@pytest.mark.parametrize("d", [1, 24, 37])
+def test_add_layernorm_fused_matches_torch(d):
+    torch.manual_seed(2)
+    model = _Block(d).eval()
+    with torch.no_grad():
+        model.ln.weight.normal_()
+        model.ln.bias.normal_()
+    model = sparsecc.prune(model, 0.5)
+    x = torch.randn(2, 5, d)
+    cm = sparsecc.compile(model, x)
+    rep = str(cm.report())
+    assert "native add + layer_norm" in rep and "fused into" in rep
+    for batch in (1, 3):
+        xb = torch.randn(batch, 5, d)
+        for got, want in zip(cm(xb), model(xb)):
+            assert_matches(got, want)
+
+
+class _SelfAttention(torch.nn.Module):
+    """Hugging Face's BertSelfAttention shape: view + transpose(1, 2) per head, SDPA, then
+    transpose back, reshape and the output dense."""
+
+    def __init__(self, heads, dim):
+        super().__init__()
+        self.h, self.d = heads, dim
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(heads * dim, heads * dim)
+                                          for _ in range(4))
+
+    def forward(self, x, mask):
+        B, S, _ = x.shape
+
+        def split(t):
+            return t.view(B, S, self.h, self.d).transpose(1, 2)
+
+        a = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)),
+                                           split(self.v(x)), attn_mask=mask)
+        return self.o(a.transpose(1, 2).reshape(B, S, self.h * self.d))
+
+
+@pytest.mark.parametrize("heads,dim,seq", [(3, 5, 7), (2, 16, 33), (1, 1, 1)])
+def test_head_permutes_fused_into_linears(heads, dim, seq):
+    torch.manual_seed(3)
+    model = sparsecc.prune(_SelfAttention(heads, dim).eval(), 0.6)
+    mask = torch.zeros(2, 1, seq, seq)
+    mask[1, ..., seq // 2 + 1:] = torch.finfo(torch.float32).min
+    x = torch.randn(2, seq, heads * dim)
+    cm = sparsecc.compile(model, (x, mask), recipe={"formats": {"force": "csr"}})
+    rep = str(cm.report())
+    assert rep.count("fused into") == 4, rep  # three head splits and the merge
+    for batch in (1, 2, 5):
+        xb, mb = torch.randn(batch, seq, heads * dim), mask[:1].repeat(batch, 1, 1, 1)
+        mb[-1, ..., :1] = torch.finfo(torch.float32).min
+        assert_matches(cm(xb, mb), model(xb, mb))
