@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import F32, I32, I64, _Fn
+from sparsecc.codegen.llvm.emit import F32, I32, I64
 from sparsecc.native.transpose import _shuffle_rounds
+from sparsecc.native.vmath import _K, _hsum
 
 (S_Q, S_K, S_V, S_OUT, S_MASK, S_B, S_L, S_NBLK, S_MSA, S_MSB, S_MSI, S_MSJ, S_SCALE,
  S_SCRATCH, S_PER, S_THREADS) = range(16)
@@ -63,58 +64,6 @@ class AttentionSpec:
 
     def emit(self, module: ir.Module, name: str) -> None:
         emit_attention(module, name, self)
-
-
-class _K(_Fn):
-    """_Fn with the few vector helpers attention needs beyond the spmm kernels'."""
-
-    def c(self, v: float) -> ir.Constant:
-        return ir.Constant(self.vty, [v] * self.vw)
-
-    def vmul(self, a, b_):
-        return self.b.fmul(a, b_)
-
-    def vfma(self, a, x, acc):
-        return self.fma(a, x, acc)
-
-    def floor(self, v):
-        f = self.intrinsic(f"llvm.floor.v{self.vw}f32", self.vty, [self.vty])
-        return self.b.call(f, [v])
-
-    def reduce(self, kind: str, v):
-        f = self.intrinsic(f"llvm.vector.reduce.{kind}.v{self.vw}f32", F32, [self.vty])
-        return self.b.call(f, [v])
-
-    def vexp(self, x):
-        """exp(x) for x <= 0 (Cephes' expf polynomial, ~1 ulp); 0 below -87.3; NaN stays
-        NaN. 2^n goes through the float 1.5 * 2^23 trick: no float -> int conversion, so no
-        poison for NaN or -inf lanes."""
-        b, c = self.b, self.c
-        lo = c(-87.3)
-        small = b.fcmp_ordered("<", x, lo)
-        xc = b.select(small, lo, x)
-        n = self.floor(self.fma(xc, c(1.44269504088896341), c(0.5)))
-        r = self.fma(n, c(-0.693359375), xc)
-        r = self.fma(n, c(2.12194440e-4), r)
-        p = c(1.9875691500e-4)
-        for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-                     5.0000001201e-1):
-            p = self.fma(p, r, c(coef))
-        y = b.fadd(self.fma(p, b.fmul(r, r), r), c(1.0))
-        ivty = ir.VectorType(I32, self.vw)
-        magic = b.bitcast(b.fadd(n, c(12582912.0)), ivty)  # low bits: n + 0x400000
-        e = b.shl(b.add(magic, ir.Constant(ivty, [127 - 0x4B400000] * self.vw)),
-                  ir.Constant(ivty, [23] * self.vw))
-        y = b.fmul(y, b.bitcast(e, self.vty))
-        return b.select(small, c(0.0), y)
-
-    def lanes_lt(self, base, limit):
-        """Mask: lane l is live when base + l < limit (i64 values)."""
-        b = self.b
-        lanes = ir.Constant(ir.VectorType(I64, self.vw), list(range(self.vw)))
-        from sparsecc.codegen.llvm.emit import _splat_i64_val
-        return b.icmp_signed("<", b.add(_splat_i64_val(b, self.vw, base), lanes),
-                             _splat_i64_val(b, self.vw, limit))
 
 
 def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> None:
@@ -254,19 +203,6 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> None:
         RV = max(1, min(8, (16 if vw >= 16 else 12) // ev))
         _pv(k, spec, sc, rowinv, vh, oh, rows, jend, RV, ev)
     b.ret_void()
-
-
-def _hsum(k: _K, v):
-    """Horizontal sum of a vector (a fixed tree: the same at every call)."""
-    b = k.b
-    n = k.vw
-    while n > 1:
-        h = n // 2
-        lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, h), list(range(h))))
-        hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, h), list(range(h, n))))
-        v = b.fadd(lo, hi)
-        n = h
-    return b.extract_element(v, I32(0))
 
 
 def _apply_mask(k: _K, spec: AttentionSpec, val, maskp, mbase_i8, mrow, j0, msj):

@@ -921,19 +921,24 @@ class Lowering:
                                           sw.idx_bits, tile)
         self.spmm(op, sw, spec, False, bslot, xt, ot, n=1, L=m, xrs=ld, ors=ld, xns=0, ons=0,
                   indices=sw.indices, x_rows=k, guard=guard)
-        if tail:  # over the padded rows too: a flat pass, the padding is never read
+        from sparsecc.native import transpose as TRN
+
+        t_act = "none"
+        if tail and ot_name is not None and act[0] in TRN.ACTS:
+            t_act = act[0]  # applied by the output transpose: no pass of its own
+        elif tail:  # over the padded rows too: a flat pass, the padding is never read
             self.act_on(ot_name or out, act, guard, n=ld * o)
         if ot_name is not None and dst_heads is not None:
             # block (b, h): (D, S) of the features x batch output at h*D*ld + b*S -> (S, D)
             _, B, S, H, D = dst_heads
             self.transpose(T(ot_name), T(out), D, S, guard, src_ld=ld, dst_ld=D,
-                           blocks=(B, H, S, D * ld, H * S * D, S * D))
+                           blocks=(B, H, S, D * ld, H * S * D, S * D), act=t_act)
         elif ot_name is not None:
-            self.transpose(T(ot_name), T(out), const(o), m, guard, src_ld=ld)
+            self.transpose(T(ot_name), T(out), const(o), m, guard, src_ld=ld, act=t_act)
         return label
 
     def transpose(self, src: Slot, dst: Slot, m: E, k: E, guard=None, src_ld=None,
-                  dst_ld=None, blocks=None) -> None:
+                  dst_ld=None, blocks=None, act: str = "none") -> None:
         """dst (k, m) = src (m, k)^T; rows src_ld / dst_ld floats apart (default: dense).
         ``blocks``: (nb1, nb2, ss1, ss2, ds1, ds2), the same over nb1 x nb2 blocks (see
         native.transpose)."""
@@ -941,7 +946,7 @@ class Lowering:
 
         nb1, nb2, ss1, ss2, ds1, ds2 = blocks or (const(1), const(1), const(0), const(0),
                                                   const(0), const(0))
-        self.call(self.ir_kernel(TRN.TransposeSpec(self.vw)),
+        self.call(self.ir_kernel(TRN.TransposeSpec(self.vw, act)),
                   [src, dst, I(m), I(k), I(k if src_ld is None else src_ld),
                    I(m if dst_ld is None else dst_ld), I(nb2), I(ss1), I(ss2), I(ds1), I(ds2)],
                   lift(nb1) * lift(nb2) * TRN.tiles(lift(m), lift(k)), 2.0 * TRN.TB * TRN.TB,

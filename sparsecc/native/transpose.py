@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import F32, I32, I64, _Fn
+from sparsecc.codegen.llvm.emit import I32, I64
+from sparsecc.native.vmath import _K
 
 TB = 64  # tile edge, floats
 T_SRC, T_DST, T_M, T_K, T_LS, T_LD, T_NB2, T_SS1, T_SS2, T_DS1, T_DS2 = range(11)
@@ -35,16 +36,20 @@ def tiles(m, k):
     return -(-m // TB) * -(-k // TB)
 
 
+ACTS = ("none", "gelu")  # applied to each value on its way (a linear's unfused activation)
+
+
 @dataclass(frozen=True)
 class TransposeSpec:
     vw: int
+    act: str = "none"
 
     @property
     def key(self) -> str:
-        return f"transpose_v{self.vw}"
+        return f"transpose_v{self.vw}" + ("" if self.act == "none" else f"_{self.act}")
 
     def emit(self, module: ir.Module, name: str) -> None:
-        emit_transpose(module, name, self.vw)
+        emit_transpose(module, name, self.vw, self.act)
 
 
 def _shuffle_rounds(b: ir.IRBuilder, rows: list[ir.Value], n: int) -> list[ir.Value]:
@@ -66,8 +71,9 @@ def _shuffle_rounds(b: ir.IRBuilder, rows: list[ir.Value], n: int) -> list[ir.Va
     return rows
 
 
-def emit_transpose(module: ir.Module, name: str, vw: int) -> None:
-    k = _Fn(module, name, vw)
+def emit_transpose(module: ir.Module, name: str, vw: int, act: str = "none") -> None:
+    k = _K(module, name, vw)
+
     b = k.b
     src, dst = k.arg_ptr(T_SRC, "src"), k.arg_ptr(T_DST, "dst")
     m, kk = k.arg_i64(T_M, "m"), k.arg_i64(T_K, "k")
@@ -108,15 +114,22 @@ def emit_transpose(module: ir.Module, name: str, vw: int) -> None:
         # the edges: rows [iv, i1) x all columns, and rows [i0, iv) x columns [jv, j1)
         _scalar(k, src, dst, ls, ld, iv, i1, j0, j1)
         _scalar(k, src, dst, ls, ld, i0, iv, jv, j1)
+        if act == "gelu":
+            # over the tile's destination rows, in L1 now: one vector at a time (applied to
+            # the 16 registers of a block, the activation's temporaries spilled: 3.7x slower)
+            with k.loop(j0, j1, "aj") as j:
+                row = b.gep(dst, [b.mul(j, ld)], inbounds=True)
+                with k.loop(i0, i1, "ai", step=vw) as i:
+                    live = k.lanes_lt(i, i1)
+                    ptr = b.gep(row, [i], inbounds=True)
+                    k.vstore(k.gelu(k.vload(ptr, live)), ptr, live)
     b.ret_void()
 
 
-def _scalar(k: _Fn, src, dst, ls, ld, i0, i1, j0, j1) -> None:
+def _scalar(k: _K, src, dst, ls, ld, i0, i1, j0, j1) -> None:
     b = k.b
     with k.loop(j0, j1, "sj") as j:
         with k.loop(i0, i1, "si") as i:
             v = b.load(b.gep(src, [b.add(b.mul(i, ls), j)], inbounds=True))
             b.store(v, b.gep(dst, [b.add(b.mul(j, ld), i)], inbounds=True))
 
-
-__all__ = ["F32", "TB", "TransposeSpec", "emit_transpose", "tiles"]
