@@ -187,8 +187,9 @@ def _act(op: Op) -> tuple[str, float, float]:
         float(op.attrs.get("act_b", 0.0))
 
 
-def _fused(act: str) -> str:
-    return act if act in E_.FUSED_ACTS else "none"
+def _fused(act: str, generic: bool = False) -> str:
+    """The activation a kernel applies itself (``generic``: an IR-builder spmm, never baked)."""
+    return act if act in (E_.GENERIC_ACTS if generic else E_.FUSED_ACTS) else "none"
 
 
 class Lowering:
@@ -206,6 +207,10 @@ class Lowering:
         # index -> (the permute's output it writes, B, S, H, D) / (the tensor it reads, ...)
         self.dst_heads: dict[int, tuple[str, E, E, E, E]] = {}
         self.src_heads: dict[int, tuple[str, E, E, E, E]] = {}
+        # a row-major input already transposed to features x batch by an earlier sparse
+        # linear (q, k and v read one tensor): (its name, the transpose's run condition) ->
+        # the temporary holding it
+        self.xt_of: dict[tuple, str] = {}
 
     # ---- shapes, constants, temporaries ---------------------------------------------------
     def shape(self, name: str) -> list[E]:
@@ -855,9 +860,9 @@ class Lowering:
         self.call(sym, args, lift(batch) * tm * tn, per_item)
 
     def _sparse_spec(self, op: Op, family: str, sw: SP.SparseWeight, act, has_bias: bool,
-                     idx_bits: int, tile: int = 1, pattern=None):
+                     idx_bits: int, tile: int = 1, pattern=None, generic: bool = False):
         actn, pa, pb = act
-        fused = _fused(actn)
+        fused = _fused(actn, generic and family == "spmm" and pattern is None)
         spec = E_.KernelSpec(family, self.vw, tile, fused, pa if fused == "clamp" else 0.0,
                              pb if fused == "clamp" else 0.0, has_bias, idx_bits,
                              block=sw.block)
@@ -905,8 +910,14 @@ class Lowering:
         ld = kn_stride(m)
         if op.attrs.get("in_kn"):
             xt = T(x)
+        elif src_heads is None and (x, guard) in self.xt_of:  # one transpose for all readers
+            name = self.xt_of[(x, guard)]  # (run under the same condition)
+            self.p.buffers[name].last = self.i
+            xt = T(name)
         else:
             name = self.temp("xt", ld * k * 4)
+            if src_heads is None:
+                self.xt_of[(x, guard)] = name
             if src_heads is not None:  # block (b, h): (S, E) at (b*H + h)*S*E -> (E, S)
                 _, B, S, H, Eh = src_heads
                 self.transpose(T(x), T(name), S, Eh, guard, src_ld=Eh, dst_ld=ld,
@@ -918,7 +929,7 @@ class Lowering:
         ot = T(out) if ot_name is None else T(ot_name)
         tile = LK.spmm_tile(m(max(2, self.plan.example_batch)), self.vw, sw.block_rows)
         spec, _, tail = self._sparse_spec(op, sw.family, sw, act, bias is not None,
-                                          sw.idx_bits, tile)
+                                          sw.idx_bits, tile, generic=True)
         self.spmm(op, sw, spec, False, bslot, xt, ot, n=1, L=m, xrs=ld, ors=ld, xns=0, ons=0,
                   indices=sw.indices, x_rows=k, guard=guard)
         from sparsecc.native import transpose as TRN

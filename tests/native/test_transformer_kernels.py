@@ -288,3 +288,19 @@ def test_head_permutes_fused_into_linears(heads, dim, seq):
         xb, mb = torch.randn(batch, seq, heads * dim), mask[:1].repeat(batch, 1, 1, 1)
         mb[-1, ..., :1] = torch.finfo(torch.float32).min
         assert_matches(cm(xb, mb), model(xb, mb))
+
+
+@pytest.mark.parametrize("k_in", [24, 384])  # 384: three column panels, GELU on the last
+def test_gelu_fused_into_sparse_linears(k_in):
+    """An FFN: Linear + GELU handed over features x batch to the next Linear (GELU in the
+    spmm's epilogue), and a Linear + GELU as the model output (GELU in the output transpose)."""
+    torch.manual_seed(4)
+    ffn = torch.nn.Sequential(torch.nn.Linear(k_in, 96), torch.nn.GELU(),
+                              torch.nn.Linear(96, 40), torch.nn.GELU())
+    model = sparsecc.prune(ffn.eval(), 0.7)
+    x = torch.randn(3, 50, k_in) * 3
+    cm = sparsecc.compile(model, x, recipe={"formats": {"force": "csr"}})
+    assert "linear+gelu" in str(cm.report())
+    for batch in (1, 4):
+        xb = torch.randn(batch, 50, k_in) * 3
+        assert_matches(cm(xb), model(xb))

@@ -41,6 +41,9 @@ KEY_VERSION = "k2"
 
 # Activations the epilogue does in vector registers; others run as a separate pass.
 FUSED_ACTS = ("none", "relu", "clamp")
+# and in the IR-builder (generic, non-baked) kernels only: the specialised kernels' text
+# emitter has no GELU
+GENERIC_ACTS = FUSED_ACTS + ("gelu",)
 
 # args[] slots, shared by both families.
 A_INDPTR, A_IDX, A_DATA, A_X, A_OUT, A_BIAS = 0, 1, 2, 3, 4, 5
@@ -209,6 +212,12 @@ class _Fn:
             lo, hi = const(spec.act_a), const(spec.act_b)
             v = self.b.select(self.b.fcmp_ordered("<", v, lo), lo, v)
             return self.b.select(self.b.fcmp_ordered(">", v, hi), hi, v)
+        if spec.act == "gelu":
+            from sparsecc.codegen.llvm import vmath
+
+            if isinstance(ty, ir.VectorType):
+                return vmath.gelu(self, v)
+            return self.b.extract_element(vmath.gelu(self, self.splat(v)), I32(0))
         raise ValueError(f"activation {spec.act!r} is not fused in LLVM kernels")
 
     def load_f32(self, base: ir.Value, index: ir.Value) -> ir.Value:
@@ -413,6 +422,15 @@ def _csr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
                                    inbounds=True), mask)
                 final = k.act(b.fadd(total, rv), spec)
                 res = final if last is None else b.select(last, final, total)
+            elif last is not None and spec.act not in FUSED_ACTS:
+                # an expensive activation (GELU) computed on the last column panel only
+                ptr = b.gep(orow, [I64(v * spec.vw)], inbounds=True)
+                with b.if_else(last) as (then, other):
+                    with then:
+                        k.vstore(k.act(total, spec), ptr, mask)
+                    with other:
+                        k.vstore(total, ptr, mask)
+                continue
             else:
                 res = k.act(total, spec)
                 if last is not None and spec.act != "none":
