@@ -1034,7 +1034,8 @@ class Lowering:
         if row_bounds is None and sw.family == "spmm":
             tile_floats = spec.tile * spec.vw
             panels = LK.column_panels(panel_of if panel_of is not None else indices, x_rows,
-                                      tile_floats, 1.0 + reach / tile_floats)
+                                      tile_floats, 1.0 + reach / tile_floats,
+                                      out_rows=sw.rows if op.kind == "linear" else None)
             if panels is not None and panels[1] > 1:
                 npanel = panels[1]
                 indptr, idx, data = LK.panelize(indptr, idx, data, panels[0], npanel)
