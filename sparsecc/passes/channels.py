@@ -9,8 +9,9 @@ producers' weights and biases zero) are removed without changing any output.
 from __future__ import annotations
 
 import copy
+import fnmatch
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,9 @@ class ChannelOptions:
     exclude: tuple[str, ...] = ()  # modules whose output channels stay
     min_channels: int = 1
     allow_inexact: bool = False  # also prune channels a layer_norm normalises over
+    # per-group ratios: a glob over the group's producing layers -> its ratio (first match;
+    # scope="layer"), e.g. {"*.intermediate.dense": 0.5, "*.attention.self.*": 0.25}
+    overrides: Mapping[str, float] = field(default_factory=dict)
     seed: int = 0
     calibration: Iterable[Any] | None = None
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None
@@ -54,6 +58,15 @@ class ChannelOptions:
                 raise ValueError(f"{name}={v!r} must be a positive int")
         object.__setattr__(self, "exclude", tuple([self.exclude] if isinstance(
             self.exclude, str) else self.exclude))
+        if self.overrides:
+            if not isinstance(self.overrides, Mapping):
+                raise ValueError(f"overrides={self.overrides!r} must be a dict of glob -> ratio")
+            if self.scope != "layer":
+                raise ValueError("overrides need scope='layer' (one ratio per group)")
+            for pat, r in self.overrides.items():
+                if not isinstance(pat, str) or isinstance(r, bool) or \
+                        not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
+                    raise ValueError(f"overrides[{pat!r}]={r!r} must be a ratio in [0, 1)")
 
 
 @dataclass
@@ -170,6 +183,17 @@ def _keep_count(n: int, ratio: float, opts: ChannelOptions) -> int:
     return int(min(n, max(keep, opts.min_channels, 1)))
 
 
+def _group_ratio(dg, spaces, opts: ChannelOptions) -> float:
+    """opts.ratio, or the first override whose glob matches one of the group's producers."""
+    if not opts.overrides:
+        return opts.ratio
+    owners = sorted({s.owner for s in dg.slices if s.space in spaces and s.role == "out"})
+    for pat, r in opts.overrides.items():
+        if any(fnmatch.fnmatchcase(o, pat) for o in owners):
+            return float(r)
+    return opts.ratio
+
+
 def choose_removed(dg, groups, opts: ChannelOptions, score) -> list:
     ranked = {}
     for spaces, units in groups.items():
@@ -177,8 +201,8 @@ def choose_removed(dg, groups, opts: ChannelOptions, score) -> list:
         ranked[spaces] = (units, s)
     removed = []
     if opts.scope == "layer":
-        for units, s in ranked.values():
-            keep = _keep_count(len(units), opts.ratio, opts)
+        for spaces, (units, s) in ranked.items():
+            keep = _keep_count(len(units), _group_ratio(dg, spaces, opts), opts)
             order = np.argsort(s, kind="stable")
             removed += [units[i] for i in order[:len(units) - keep]]
         return removed
@@ -270,7 +294,10 @@ def channels_pass(model: nn.Module, opts: ChannelOptions) -> PassResult:
 
 
 def _out_shapes(gm, example):
+    """Shapes of every output tensor (nested tuples, lists and dicts: a Hugging Face model's
+    ModelOutput comes back as a dict)."""
+    from torch.utils._pytree import tree_leaves
+
     xs = example if isinstance(example, (tuple, list)) else (example,)
     out = gm(*xs)
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return [tuple(o.shape) for o in outs]
+    return [tuple(o.shape) for o in tree_leaves(out) if isinstance(o, torch.Tensor)]

@@ -164,7 +164,25 @@ def _rank(node: fx.Node) -> int:
 
 
 def _default_axis(node: fx.Node) -> int:
-    return 1 if _rank(node) >= 2 else 0
+    """The channel axis of a tensor no op gave one (a model input): its features are the last
+    axis when a Linear or LayerNorm reads it (a sequence model's (batch, tokens, features)),
+    else axis 1 (NCHW, or (batch, features))."""
+    rank = _rank(node)
+    if rank < 2:
+        return 0
+    if rank >= 3 and any(_reads_last_axis(dg_user) for dg_user in node.users):
+        return rank - 1
+    return 1
+
+
+def _reads_last_axis(user: fx.Node) -> bool:
+    if user.op == "call_module":
+        try:
+            mod = user.graph.owning_module.get_submodule(str(user.target))
+        except AttributeError:
+            return False
+        return isinstance(mod, (nn.Linear, nn.LayerNorm))
+    return _canonical(user) in ("linear", "layer_norm")
 
 
 def _canonical(node: fx.Node) -> str | None:

@@ -277,6 +277,52 @@ def sdpa(dg: DepGraph, node: fx.Node) -> None:
         dg.head_dims[sp.id] = width
 
 
+def matmul(dg: DepGraph, node: fx.Node) -> None:
+    """Batched a @ b (rank >= 3, equal ranks): attention written with ``@``. The batch axes
+    that carry channels (heads) must match in a and b; a channel contraction axis (q's head
+    dim against k's) ties a and b index by index; every channel of a batch entry (head)
+    ties to that entry in the output, so a head goes whole: its q and k dims, its scores, its
+    v dims and its output. b's column axis, when it carries channels (v's head dim), passes
+    to the output's last axis."""
+    a, b = node.args[0], node.args[1]
+    sa, sb = _in_space(dg, a), _in_space(dg, b)
+    r = _rank(node)
+    if r < 3 or len(_shape(a)) != r or len(_shape(b)) != r:
+        raise _Unsafe("matmul other than batched, equal ranks")
+    batch = set(range(r - 2))
+    ca, cb, nb = r - 1, r - 2, r - 1
+    bat_a = tuple(x for x in sa.axes if x in batch)
+    bat_b = tuple(x for x in sb.axes if x in batch)
+    if (r - 2) in sa.axes or bat_a != bat_b or \
+            [_shape(a)[x] for x in bat_a] != [_shape(b)[x] for x in bat_b]:
+        raise _Unsafe("matmul whose channel axes do not line up")
+    if set(sa.axes) - batch - {ca} or set(sb.axes) - batch - {cb, nb} or \
+            (cb in sb.axes and nb in sb.axes):
+        raise _Unsafe("matmul over channel axes it cannot follow")
+    if (ca in sa.axes) != (cb in sb.axes):
+        raise _Unsafe("matmul contracting channels against non-channels")
+    nbat = int(np.prod([_shape(a)[x] for x in bat_a])) if bat_a else 1
+    if not bat_a and ca not in sa.axes and nb not in sb.axes:
+        raise _Unsafe("matmul with no channel axis in its output")
+    out_axes = bat_a + ((r - 1,) if nb in sb.axes else ())
+    if not out_axes:
+        raise _Unsafe("matmul output carries no channels")
+    out = dg.new_space(node, out_axes)
+    da = sa.size // nbat  # channels per batch entry in a (contraction dims, or 1)
+    dn = out.size // nbat  # ... in the output (b's columns, or 1)
+    if ca in sa.axes:
+        dg.tie(sa, sb)  # contraction: index by index
+    if nb in sb.axes:
+        dg.tie(sb, out)
+    db = sb.size // nbat
+    dg.tie(sa, out, ((h * da + i, h * dn + j) for h in range(nbat) for i in range(da)
+                     for j in range(dn)))
+    dg.tie(sb, out, ((h * db + i, h * dn) for h in range(nbat) for i in range(db)))
+    if nbat > 1:
+        for sp, width in ((sa, da), (sb, db), (out, dn)):
+            dg.head_dims[sp.id] = width
+
+
 def _perm_args(node: fx.Node) -> list[int]:
     dims = list(node.args[1:]) or list(node.kwargs.get("dims", []))
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
@@ -311,4 +357,5 @@ FUNCTION_HANDLERS = {
     "softmax": lambda dg, n: softmax_like(dg, n, n.args[0], n.args[1] if len(n.args) > 1
                                           else n.kwargs.get("dim")),
     "sdpa": sdpa,
+    "matmul": matmul,
 }

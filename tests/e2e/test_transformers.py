@@ -89,3 +89,48 @@ def test_bert_base_shaped_from_config():
     with torch.no_grad():
         ref = model(**enc)
     _check(cm(ids, mask), ref, mask.bool())
+
+
+def test_minilm_remove_heads_and_ffn_neurons(mini):
+    """Hugging Face's BERT graph (transformers' fx tracer): 25 % of the heads and 50 % of the
+    FFN neurons per layer removed, the residual stream whole. Dead units (zeroed producers)
+    are exactly the ones removed, so the outputs do not move; the compiled result matches."""
+    import copy
+
+    from sparsecc.hf import trace_hf
+
+    tok, model = mini
+    model = copy.deepcopy(model)
+    cfg = model.config
+    dh = cfg.hidden_size // cfg.num_attention_heads
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            ffn = layer.intermediate.dense
+            ffn.weight[0::2] = 0.0
+            ffn.bias[0::2] = 0.0
+            for lin in (layer.attention.self.query, layer.attention.self.key,
+                        layer.attention.self.value):
+                lin.weight[: 3 * dh] = 0.0  # heads 0-2 of 12
+                lin.bias[: 3 * dh] = 0.0
+    enc = tok(SENTENCES, padding=True, return_tensors="pt")
+    args = (enc["input_ids"], enc["attention_mask"])
+    gm = trace_hf(model, ["input_ids", "attention_mask"])
+    small = sparsecc.remove_channels(gm, args, ratio=0.5, overrides={
+        "*.attention.self.*": 0.25, "*.intermediate.dense": 0.5})
+    layer0 = "encoder.layer.0."
+    assert small.get_submodule(layer0 + "attention.self.query").out_features == 9 * dh
+    assert small.get_submodule(layer0 + "attention.output.dense").in_features == 9 * dh
+    assert small.get_submodule(layer0 + "intermediate.dense").out_features == 768
+    assert small.get_submodule(layer0 + "output.dense").out_features == 384  # stream whole
+    h, f = cfg.hidden_size, cfg.intermediate_size
+    saved = cfg.num_hidden_layers * (3 * (3 * dh * h + 3 * dh) + 3 * dh * h
+                                     + (f // 2) * h + f // 2 + h * (f // 2))
+    before = sum(p.numel() for p in model.parameters())
+    assert small.channel_report.params_after == before - saved
+    with torch.no_grad():
+        ref, got = model(*args), small(*args)
+    mask = enc["attention_mask"].bool()
+    for key in ("last_hidden_state", "pooler_output"):
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5)
+    cm = sparsecc.compile(small, args)
+    _check(cm(*args), got, mask)

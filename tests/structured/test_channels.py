@@ -65,8 +65,30 @@ class SEBlock(nn.Module):
         return self.out(x).flatten(1)
 
 
+class PlainEncoder(nn.Module):
+    """The encoder block of issue 19: a qkv Linear, attention written with ``@``, transpose
+    and softmax, an FFN and two LayerNorms, over (batch, tokens, features)."""
+
+    def __init__(self, d=32, heads=4, ff=64):
+        super().__init__()
+        self.h, self.dh = heads, d // heads
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.view(B, T, self.h, self.dh).transpose(1, 2) for t in (q, k, v))
+        a = ((q @ k.transpose(-2, -1)) / self.dh ** 0.5).softmax(dim=-1)
+        o = (a @ v).transpose(1, 2).reshape(B, T, D)
+        x = self.ln1(x + self.proj(o))
+        return self.ln2(x + self.fc2(torch.relu(self.fc1(x))))
+
+
 def _models():
     return {
+        "plain_encoder": (lambda: PlainEncoder().eval(), (2, 10, 32)),
         "chain_mnist": (zoo.mnist_cnn, (2, 1, 28, 28)),  # flatten -> linear
         "residual": (zoo.resnet_basic, (2, 3, 32, 32)),
         "bottleneck": (zoo.resnet_bottleneck, (2, 3, 32, 32)),
@@ -206,3 +228,32 @@ def test_report_per_group_params_and_flops(seed):
     assert conv.params_after == 32 * 16 * 9 + 32
     assert 0.2 < conv.flops_after / conv.flops_before < 0.3
     assert "conv_layers.3 | 64 -> 32" in str(r)
+
+
+def test_plain_encoder_heads_and_ffn_neurons(seed):
+    """Features are a Linear's last axis whatever the rank: the (2, 10, 32) encoder loses whole
+    heads (through view, transpose and both matmuls) and FFN neurons; the residual stream,
+    normalised by the LayerNorms, stays whole."""
+    model = PlainEncoder().eval()
+    x = torch.randn(2, 10, 32)
+    small = sparsecc.remove_channels(model, x, ratio=0.5)
+    assert small.get_submodule("qkv").out_features == 48  # 2 of 4 heads, 8 wide, in q, k, v
+    assert small.get_submodule("proj").in_features == 16
+    assert small.get_submodule("fc1").out_features == 32
+    assert small.get_submodule("fc2").out_features == 32  # the residual stream stays
+    assert small(x).shape == x.shape
+    cm = sparsecc.compile(small, x)
+    with torch.no_grad():
+        assert_matches(cm(x), small(x))
+
+
+def test_channel_overrides_per_group(seed):
+    model = PlainEncoder(heads=8, ff=64).eval()
+    x = torch.randn(2, 10, 32)
+    small = sparsecc.remove_channels(model, x, ratio=0.5, overrides={"qkv": 0.25})
+    assert small.get_submodule("qkv").out_features == 3 * 6 * 4  # 6 of 8 heads
+    assert small.get_submodule("fc1").out_features == 32
+    with pytest.raises(sparsecc.SparseccError):
+        sparsecc.remove_channels(model, x, overrides={"qkv": 1.5})
+    with pytest.raises(sparsecc.SparseccError):
+        sparsecc.remove_channels(model, x, scope="global", overrides={"qkv": 0.5})
