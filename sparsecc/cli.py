@@ -268,7 +268,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="package.module:factory, file.py:factory or out.scc (default: the suite)")
     b.add_argument("--quick", action="store_true", help="a 1-2 minute subset of the suite")
     b.add_argument("--models", help="suite models, comma-separated (mlp,resnet18,resnet50,"
-                                    "mobilenet_v2,minilm)")
+                                    "mobilenet_v2,minilm; also bert_base)")
     b.add_argument("--sparsities", type=sparsity_list, help="comma-separated, e.g. 0,0.5,0.9")
     b.add_argument("--threads", type=int_list, help="comma-separated thread counts, e.g. 1,2")
     b.add_argument("--profile", choices=["global", "uniform"], default="global",

