@@ -290,16 +290,18 @@ def test_head_permutes_fused_into_linears(heads, dim, seq):
         assert_matches(cm(xb, mb), model(xb, mb))
 
 
+@pytest.mark.parametrize("fmt", ["csr", "bsr4x1"])
 @pytest.mark.parametrize("k_in", [24, 384])  # 384: three column panels, GELU on the last
-def test_gelu_fused_into_sparse_linears(k_in):
-    """An FFN: Linear + GELU handed over features x batch to the next Linear (GELU in the
-    spmm's epilogue), and a Linear + GELU as the model output (GELU in the output transpose)."""
+def test_gelu_fused_into_sparse_linears(k_in, fmt):
+    """An FFN: Linear + GELU handed over features x batch to the next Linear, and a Linear +
+    GELU as the model output. CSR: GELU in the spmm's epilogue; BSR (whose kernels apply no
+    GELU): in the output transpose, or a pass over the handed-over buffer."""
     torch.manual_seed(4)
     ffn = torch.nn.Sequential(torch.nn.Linear(k_in, 96), torch.nn.GELU(),
                               torch.nn.Linear(96, 40), torch.nn.GELU())
     model = sparsecc.prune(ffn.eval(), 0.7)
     x = torch.randn(3, 50, k_in) * 3
-    cm = sparsecc.compile(model, x, recipe={"formats": {"force": "csr"}})
+    cm = sparsecc.compile(model, x, recipe={"formats": {"force": fmt}})
     assert "linear+gelu" in str(cm.report())
     for batch in (1, 4):
         xb = torch.randn(batch, 50, k_in) * 3
