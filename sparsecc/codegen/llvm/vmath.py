@@ -67,7 +67,8 @@ def recip(k, d):
     else:
         return b.fdiv(splat_c(k, 1.0), d)
     e = k.fma(b.fsub(splat_c(k, 0.0), d), r, splat_c(k, 1.0))  # 1 - d r
-    return k.fma(r, e, r)
+    # d = inf: the estimate is 0 and 1 - inf * 0 NaN; keep the 0 (gelu(inf) = inf)
+    return b.select(b.fcmp_ordered("==", r, splat_c(k, 0.0)), r, k.fma(r, e, r))
 
 
 def gelu(k, v):
