@@ -4,8 +4,8 @@ A work item is QB query rows of one (batch, head). Its keys are transposed into 
 scratch (kt: D rows of S keys, vw x vw blocks through register shuffles), so the scores are
 register tiles of RQ query rows x KV key vectors: per step of d, KV vector loads of kt, RQ
 broadcasts of q and RQ x KV FMAs. The QB x S score block stays in L1; the softmax runs over
-it row by row with a vector exp; p v is a register tile of RV rows x E/vw vectors, one
-broadcast of p and E/vw loads of v's row per key. The 1/sum is applied when storing.
+it 4 rows in lockstep with a vector exp; p v is a register tile of RV rows x E/vw vectors,
+one broadcast of p and E/vw loads of v's row per key. The 1/sum is applied when storing.
 
 Keys no row of the item can attend to are skipped, exactly: an additive mask <= -1e30 (the
 -3.4e38 of Hugging Face's padding mask) makes exp underflow to 0 for any finite score, and so
