@@ -44,6 +44,9 @@ class GemmSpec:
         act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
         return f"gemm_v{self.vw}_{self.bias}_{act}".replace(".", "p").replace("-", "m")
 
+    def emit(self, module: ir.Module, name: str) -> None:
+        emit_gemm(module, name, self)
+
 
 def emit_gemm(module: ir.Module, name: str, spec: GemmSpec) -> None:
     k = _Fn(module, name, spec.vw)

@@ -73,14 +73,13 @@ ERR = Slot("err")
 
 @dataclass
 class Kernel:
-    """A kernel the library links: numba-authored (``numba``: its name in native.kernels),
-    the dense GEMM (``gemm``: a GemmSpec), another kernel emitted into the main module
-    (``ir``: a spec with ``key`` and ``emit(module, name)``, e.g. transpose.TransposeSpec) or
-    a sparse LLVM kernel (``sparse``: spec+pattern)."""
+    """A kernel the library links: numba-authored (``numba``: its name in native.kernels), one
+    emitted into the main module (``ir``: a spec with ``key`` and ``emit(module, name)``: the
+    dense GEMM's GemmSpec, transpose/attention/layer-norm specs) or a sparse LLVM kernel
+    (``sparse``: spec+pattern)."""
 
     symbol: str
     kind: str
-    gemm: G.GemmSpec | None = None
     ir_spec: object | None = None
     spec: E_.KernelSpec | None = None
     pattern: E_.Pattern | None = None
@@ -245,11 +244,6 @@ class Lowering:
     def numba(self, name: str) -> str:
         self.p.kernels.setdefault(name, Kernel(name, "numba"))
         return name
-
-    def gemm_kernel(self, spec: G.GemmSpec) -> str:
-        sym = spec.key
-        self.p.kernels.setdefault(sym, Kernel(sym, "gemm", gemm=spec))
-        return sym
 
     def ir_kernel(self, spec) -> str:
         self.p.kernels.setdefault(spec.key, Kernel(spec.key, "ir", ir_spec=spec))
@@ -744,14 +738,14 @@ class Lowering:
 
     def op_layer_norm(self, op: Op):
         x, out = op.inputs[0], op.output
-        shape = self.shape(out)
-        k = int(op.attrs["ndims"])
-        d = numel(shape[len(shape) - k:])
-        w, b = op.params.get("weight"), op.params.get("bias")
         if env_native_kernels() != "numba" and self._dtype(x) == "float32" and \
                 self._dtype(out) == "float32":
             self._norm(op, T(x), None)
             return None
+        shape = self.shape(out)
+        k = int(op.attrs["ndims"])
+        d = numel(shape[len(shape) - k:])
+        w, b = op.params.get("weight"), op.params.get("bias")
         zero = self.derived("zero", np.zeros(1, np.float32))
         self.call(self.numba("k_layernorm"),
                   [T(x), T(out), I(d), self.const(w) if w else zero, self.const(b) if b else zero,
@@ -849,7 +843,7 @@ class Lowering:
         fused = _fused(actn)
         spec = G.GemmSpec(self.vw, bias_mode if bias else "none", fused,
                           pa if fused == "clamp" else 0.0, pb if fused == "clamp" else 0.0)
-        sym = self.gemm_kernel(spec)
+        sym = self.ir_kernel(spec)
         M, Nn, K = lift(M), lift(Nn), lift(K)
         tm, tn = M.cdiv(G.MR), Nn.cdiv(spec.nr)
         bslot = self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
@@ -1218,10 +1212,10 @@ class Lowering:
                 chain = self._view_chain(op.output)
                 if chain is not None and heads_perm(plan.ops[chain[1]]):
                     pi = chain[1]
-                    B, S, H, D = self.shape(plan.ops[chain[0]].output) \
-                        if len(self.shape(plan.ops[chain[0]].output)) == 4 else [None] * 4
+                    # the view is the 4-D permute's input
+                    B, S, H, D = self.shape(plan.ops[chain[0]].output)
                     os_ = self.shape(op.output)
-                    if B is not None and len(os_) == 3 and os_[0] == B and os_[1] == S and \
+                    if len(os_) == 3 and os_[0] == B and os_[1] == S and \
                             S.is_const() and H.is_const() and D.is_const() and \
                             H.value * D.value == os_[2].value:
                         self.dst_heads[li] = (plan.ops[pi].output, B, S, H, D)

@@ -25,7 +25,6 @@ from llvmlite import ir
 
 from sparsecc.codegen.llvm import emit as E_
 from sparsecc.codegen.llvm import emit_specialized as ES
-from sparsecc.native import gemm as G
 from sparsecc.native import kernels as NK
 from sparsecc.native.expr import E, N, numel
 from sparsecc.native.lower import Program
@@ -47,10 +46,7 @@ def main_ir(prog: Program, prefix: str, weight_offsets: dict[str, int]) -> str:
     mod = ir.Module(name=f"{prefix}_main")
     kernels = {}
     for sym, k in prog.kernels.items():
-        if k.kind == "gemm":
-            G.emit_gemm(mod, f"{prefix}_{sym}", k.gemm)
-            fn = mod.globals[f"{prefix}_{sym}"]
-        elif k.kind == "ir":
+        if k.kind == "ir":
             k.ir_spec.emit(mod, f"{prefix}_{sym}")
             fn = mod.globals[f"{prefix}_{sym}"]
         elif k.kind == "numba":

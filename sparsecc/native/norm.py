@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import F32, I64, _splat_i64_val
+from sparsecc.codegen.llvm.emit import F32, I64
 from sparsecc.native.attention import _K, _hsum
 
 L_A, L_R, L_OUT, L_W, L_B, L_D, L_EPS = range(7)
@@ -48,9 +48,7 @@ def emit_layernorm(module: ir.Module, name: str, spec: LayerNormSpec) -> None:
     eps = b.fptrunc(b.bitcast(k.arg_i64(L_EPS, "eps_bits"), ir.DoubleType()), F32)
     nfull = b.mul(b.sdiv(d, I64(vw)), I64(vw))
     has_tail = b.icmp_signed("<", nfull, d)
-    lanes = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
-    tail = b.icmp_signed("<", b.add(_splat_i64_val(b, vw, nfull), lanes),
-                         _splat_i64_val(b, vw, d))
+    tail = k.lanes_lt(nfull, d)
     dinv = b.fdiv(ir.Constant(F32, 1.0), b.sitofp(d, F32))
 
     def over(row_fn, acc_init=None):

@@ -14,7 +14,7 @@ class _K(_Fn):
     """_Fn with the vector helpers these kernels need beyond the spmm kernels'."""
 
     def c(self, v: float) -> ir.Constant:
-        return ir.Constant(self.vty, [v] * self.vw)
+        return LV.splat_c(self, v)
 
     def reduce(self, kind: str, v):
         f = self.intrinsic(f"llvm.vector.reduce.{kind}.v{self.vw}f32", F32, [self.vty])

@@ -119,8 +119,7 @@ def _importance(dg: depgraph.DepGraph, opts: ChannelOptions) -> dict:
                 continue
         elif s.role != "out":
             continue
-        obj, attr = removal._get(dg.gm, s.owner, s.name)
-        t = getattr(obj, attr).detach().double()
+        t = _param(dg, s)
         if opts.importance == "taylor":
             g = grads.get((s.owner, s.name))
             t = (t * g).abs() if g is not None else torch.zeros_like(t)
@@ -128,9 +127,7 @@ def _importance(dg: depgraph.DepGraph, opts: ChannelOptions) -> dict:
             t = t * t
         else:
             t = t.abs()
-        dims = [d for d in range(t.dim()) if d != s.dim]
-        vec = t.sum(dim=dims).numpy() if dims else t.numpy()
-        score[s.space] += vec
+        score[s.space] += _per_index(t, s.dim)
     if opts.importance == "random":
         score = {k: rng.random(v.shape) for k, v in score.items()}
     return score
@@ -169,11 +166,20 @@ def _activation_scores(dg: depgraph.DepGraph, opts: ChannelOptions) -> dict:
     for s in dg.slices:
         if s.role != "in" or s.space not in sums:
             continue
-        obj, attr = removal._get(dg.gm, s.owner, s.name)
-        t = getattr(obj, attr).detach().double().abs()
-        dims = [d for d in range(t.dim()) if d != s.dim]
-        score[s.space] += sums[s.space] * (t.sum(dim=dims).numpy() if dims else t.numpy())
+        score[s.space] += sums[s.space] * _per_index(_param(dg, s).abs(), s.dim)
     return score
+
+
+def _param(dg: depgraph.DepGraph, s) -> torch.Tensor:
+    """The parameter (or buffer, or constant) a ParamSlice names, detached, in float64."""
+    obj, attr = removal._get(dg.gm, s.owner, s.name)
+    return getattr(obj, attr).detach().double()
+
+
+def _per_index(t: torch.Tensor, dim: int) -> np.ndarray:
+    """``t`` summed over every dim but ``dim``: one value per channel index."""
+    dims = [d for d in range(t.dim()) if d != dim]
+    return t.sum(dim=dims).numpy() if dims else t.numpy()
 
 
 def _taylor_grads(dg, opts: ChannelOptions) -> dict:
