@@ -16,7 +16,14 @@ is 0, the numba kernel's convention).
 
 ABI ``void k(i64 start, i64 stop, i64* args)``; slots below; items: heads x ceil(L / QB).
 q, k, v, out are contiguous (heads, L|S, D|E); the mask is read at
-``a*ms_a + b*ms_b + i*ms_i + j*ms_j`` for head t = a*B + b.
+``a*ms_a + b*ms_b + i*ms_i + j*ms_j`` for head t = a*B + b (B: the heads per sample).
+
+With ``q_kn`` / ``k_kn``, q / k are instead the features x tokens output of the sparse linear
+that computed them (native.lower: head h's D rows from h*D, sample a's tokens from column
+a*L | a*S, rows ``q_ld`` / ``k_ld`` floats apart): q's elements are broadcast from there and
+k's rows are already kt, so neither the linear's output transpose nor the key transpose runs.
+Key vectors past S read the next sample's columns or the row padding (kn_stride), which is
+why k_kn needs S >= 2; those lanes are set to -inf before the softmax like any past jend.
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ from sparsecc.native.transpose import _shuffle_rounds
 from sparsecc.native.vmath import _K, _hsum
 
 (S_Q, S_K, S_V, S_OUT, S_MASK, S_B, S_L, S_NBLK, S_MSA, S_MSB, S_MSI, S_MSJ, S_SCALE,
- S_SCRATCH, S_PER, S_THREADS) = range(16)
-N_SLOTS = 16
+ S_SCRATCH, S_PER, S_THREADS, S_QLD, S_KLD) = range(18)
+N_SLOTS = 18
 QB = 32
 MASK_NONE, MASK_ADD, MASK_KEEP = 0, 1, 2  # as codegen.numba.attention
 DEAD = -1e30  # an additive mask at or below this removes the key (exp underflows to 0)
@@ -46,6 +53,8 @@ class AttentionSpec:
     s: int
     mask: int = MASK_NONE
     causal: bool = False
+    q_kn: bool = False
+    k_kn: bool = False
 
     @property
     def sp(self) -> int:  # a score row's length in scratch: whole vectors
@@ -54,7 +63,7 @@ class AttentionSpec:
     @property
     def key(self) -> str:
         return (f"sdpa_v{self.vw}_d{self.d}_e{self.e}_s{self.s}_m{self.mask}"
-                f"_c{int(self.causal)}")
+                f"_c{int(self.causal)}_kn{int(self.q_kn)}{int(self.k_kn)}")
 
     def scratch_floats(self) -> int:
         return self.d * self.sp + QB * self.sp + 2 * QB + self.vw
@@ -78,13 +87,13 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> None:
                                                        (S_MSI, "msi"), (S_MSJ, "msj")))
     scale = b.fptrunc(b.bitcast(k.arg_i64(S_SCALE, "scale_bits"), ir.DoubleType()), F32)
     per, threads = k.arg_i64(S_PER, "per"), k.arg_i64(S_THREADS, "threads")
+    qld, kld = k.arg_i64(S_QLD, "q_ld"), k.arg_i64(S_KLD, "k_ld")
     tid_fn = k.intrinsic("omp_get_thread_num", I32, [])
     tid = b.sext(b.call(tid_fn, []), I64)
     last = b.sub(threads, I64(1))
     tid = b.select(b.icmp_signed("<", tid, last), tid, last)
     tid = b.select(b.icmp_signed("<", tid, I64(0)), I64(0), tid)
     scratch = b.gep(k.arg_ptr(S_SCRATCH, "scratch"), [b.mul(tid, per)], inbounds=True)
-    kt = scratch
     sc = b.gep(scratch, [I64(D * sp)], inbounds=True)
     rowinv = b.gep(sc, [I64(QB * sp)], inbounds=True)
     scale_v = k.splat(scale)
@@ -102,8 +111,15 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> None:
         rows = smin(I64(QB), b.sub(L, i0))
         ha = b.sdiv(head, B)
         mhead = b.add(b.mul(ha, msa), b.mul(b.sub(head, b.mul(ha, B)), msb))
-        qh = b.gep(q, [b.add(b.mul(head, b.mul(L, I64(D))), b.mul(i0, I64(D)))], inbounds=True)
-        kh = b.gep(kk, [b.mul(head, I64(S * D))], inbounds=True)
+        hb = b.sub(head, b.mul(ha, B))
+        if spec.q_kn:  # q[r, d] at qh[d * q_ld + r]
+            qh = b.gep(q, [b.add(b.mul(b.mul(hb, I64(D)), qld), b.add(b.mul(ha, L), i0))],
+                       inbounds=True)
+            q_rs, q_ds = I64(1), qld
+        else:  # q[r, d] at qh[r * D + d]
+            qh = b.gep(q, [b.add(b.mul(head, b.mul(L, I64(D))), b.mul(i0, I64(D)))],
+                       inbounds=True)
+            q_rs, q_ds = I64(D), I64(1)
         vh = b.gep(v, [b.mul(head, I64(S * E))], inbounds=True)
         oh = b.gep(out, [b.add(b.mul(head, b.mul(L, I64(E))), b.mul(i0, I64(E)))],
                    inbounds=True)
@@ -123,12 +139,26 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> None:
         jend = b.load(jend_p)
         nvec = b.sdiv(b.add(jend, I64(vw - 1)), I64(vw))
 
-        # ---- kt[d, j] = k[j, d] for j < jend (blocks of vw x vw, then the edges)
-        _transpose_keys(k, kh, kt, jend, D, sp)
+        # ---- kt[d, j] = k[j, d] for j < jend (blocks of vw x vw, then the edges), rows kt_ld
+        # floats apart
+        if spec.k_kn:  # copied into scratch: the score tiles then read L1, not L2 / L3
+            ksrc = b.gep(kk, [b.add(b.mul(b.mul(hb, I64(D)), kld), b.mul(ha, I64(S)))],
+                         inbounds=True)
+            kt, kt_ld = scratch, I64(sp)
+            with k.loop(I64(0), I64(D), "kc") as d:
+                src = b.gep(ksrc, [b.mul(d, kld)], inbounds=True)
+                dst = b.gep(kt, [b.mul(d, I64(sp))], inbounds=True)
+                with k.loop(I64(0), b.mul(nvec, I64(vw)), "kcj", step=vw) as j0:
+                    k.vstore(k.vload(b.gep(src, [j0], inbounds=True), None),
+                             b.gep(dst, [j0], inbounds=True), None)
+        else:
+            kt, kt_ld = scratch, I64(sp)
+            kh = b.gep(kk, [b.mul(head, I64(S * D))], inbounds=True)
+            _transpose_keys(k, kh, kt, jend, D, sp)
 
         # ---- scores: sc[r, j] = (q[r] . k[j]) * scale, j < nvec * vw
         RQ, KV = (4, 4) if vw >= 16 else (4, 2)
-        _scores(k, spec, qh, kt, sc, rows, nvec, RQ, KV, scale_v)
+        _scores(k, spec, (qh, q_rs, q_ds), (kt, kt_ld), sc, rows, nvec, RQ, KV, scale_v)
 
         # ---- mask, causal and padding lanes; softmax rows in place; 1/sum per row. SR rows
         # in lockstep: one row's chain (max, reduce, exp, sum, reduce, divide) is latency-bound
@@ -289,23 +319,30 @@ def _transpose_keys(k: _K, kh, kt, jend, D: int, sp: int) -> None:
             b.store(val, b.gep(kt, [b.add(I64(d * sp), j)], inbounds=True))
 
 
-def _scores(k: _K, spec: AttentionSpec, qh, kt, sc, rows, nvec, RQ: int, KV: int,
+def _scores(k: _K, spec: AttentionSpec, qs, kts, sc, rows, nvec, RQ: int, KV: int,
             scale_v) -> None:
     """sc[r, jv*vw..] for rows [0, rows) and key vectors [0, nvec): RQ x KV register tiles
-    (a row or key-vector tail takes the narrower tile). Lanes past jend read kt's stale
-    columns: finite or not, they are overwritten with -inf before the softmax."""
+    (a row or key-vector tail takes the narrower tile). q[r, d] is at qh[r*q_rs + d*q_ds] and
+    kt's rows kt_ld floats apart (qs = (qh, q_rs, q_ds), kts = (kt, kt_ld)). Lanes past jend
+    read kt's stale columns: finite or not, they are overwritten with -inf before the softmax."""
     b, vw, D, sp = k.b, k.vw, spec.d, spec.sp
+    qh, q_rs, q_ds = qs
+    kt, kt_ld = kts
 
     def tile(r0, jv0, rq: int, kv: int):
         accs = [[k.c(0.0) for _ in range(kv)] for _ in range(rq)]
+        krow = kt
+        qcol = qh
         for d in range(D):
-            kvec = [k.vload(b.gep(kt, [b.add(I64(d * sp), b.mul(b.add(jv0, I64(c)), I64(vw)))],
-                                  inbounds=True), None) for c in range(kv)]
+            kvec = [k.vload(b.gep(krow, [b.mul(b.add(jv0, I64(c)), I64(vw))], inbounds=True),
+                            None) for c in range(kv)]
             for r in range(rq):
-                qv = k.splat(b.load(b.gep(qh, [b.add(b.mul(b.add(r0, I64(r)), I64(D)), I64(d))],
+                qv = k.splat(b.load(b.gep(qcol, [b.mul(b.add(r0, I64(r)), q_rs)],
                                           inbounds=True)))
                 for c in range(kv):
                     accs[r][c] = k.fma(qv, kvec[c], accs[r][c])
+            krow = b.gep(krow, [kt_ld], inbounds=True)
+            qcol = b.gep(qcol, [q_ds], inbounds=True)
         for r in range(rq):
             srow = b.gep(sc, [b.mul(b.add(r0, I64(r)), I64(sp))], inbounds=True)
             for c in range(kv):

@@ -206,6 +206,12 @@ class Lowering:
         # index -> (the permute's output it writes, B, S, H, D) / (the tensor it reads, ...)
         self.dst_heads: dict[int, tuple[str, E, E, E, E]] = {}
         self.src_heads: dict[int, tuple[str, E, E, E, E]] = {}
+        # attention's q / k left in the features x tokens layout of the sparse linear that
+        # computed them (no output transpose; attention reads them there): the permute's
+        # output -> the row stride (floats)
+        self.kn_heads: dict[str, E] = {}
+        # the residual stream's tensors held as features x tokens (_kn_stream)
+        self.kn_res: set[str] = set()
         # a row-major input already transposed to features x batch by an earlier sparse
         # linear (q, k and v read one tensor): (its name, the transpose's run condition) ->
         # the temporary holding it
@@ -263,6 +269,7 @@ class Lowering:
         plan = self.plan
         roots = {name: plan.storage_root(name) for name in plan.tensors}
         self._head_permutes()
+        self._kn_stream()
         for i, op in enumerate(plan.ops):
             self.i = i
             if i in self.fused:
@@ -294,7 +301,7 @@ class Lowering:
     def _buffers(self, roots: dict[str, str]) -> None:
         """Lifetimes of the activations (inputs come from the caller), then arena offsets."""
         plan = self.plan
-        kn = {op.output for op in plan.ops if op.attrs.get("out_kn")}
+        kn = {op.output for op in plan.ops if op.attrs.get("out_kn")} | self.kn_res
         first: dict[str, int] = {}
         last: dict[str, int] = {}
         # tensors a fusion never writes, and the views of them
@@ -321,6 +328,9 @@ class Lowering:
             if r in kn:  # a features x batch hand-over: rows kn_stride(m) apart
                 shape = self.shape(r)
                 nbytes = shape[-1] * kn_stride(numel(shape[:-1])) * 4
+            elif r in self.kn_heads:  # (B, H, S, D) held as (H*D, B*S) rows
+                B, H, S, D = self.shape(r)
+                nbytes = H * D * self.kn_heads[r] * 4
             self.p.buffers[r] = Buffer(r, nbytes, f, last[r])
         self.p.arena = _pack(list(self.p.buffers.values()))
         self.p.scratch_per_thread = max((c.scratch for c in self.p.calls), default=0)
@@ -350,8 +360,9 @@ class Lowering:
 
     def op_binary(self, op: Op):
         out = op.output
-        if self._add_norm(op):
-            return "native add + layer_norm"
+        kn = self._add_norm(op)
+        if kn is not None:
+            return "native add + layer_norm" + (KN_LABEL if kn else "")
         oshape = self.shape(out)
         fname = op.attrs.get("fn")
         if len(op.inputs) == 2:
@@ -541,9 +552,12 @@ class Lowering:
         if env_native_kernels() != "numba":
             from sparsecc.native import attention as NA
 
-            spec = NA.AttentionSpec(self.vw, nd.value, ne.value, ns.value, kind, causal)
+            spec = NA.AttentionSpec(self.vw, nd.value, ne.value, ns.value, kind, causal,
+                                    q in self.kn_heads, k in self.kn_heads)
             per = spec.scratch_floats()
             slots = [I(0)] * NA.N_SLOTS
+            slots[NA.S_QLD] = I(self.kn_heads.get(q, const(0)))
+            slots[NA.S_KLD] = I(self.kn_heads.get(k, const(0)))
             slots[NA.S_Q], slots[NA.S_K], slots[NA.S_V], slots[NA.S_OUT] = T(q), T(k), T(v), \
                 T(out)
             slots[NA.S_MASK] = mslot
@@ -556,7 +570,9 @@ class Lowering:
             slots[NA.S_PER], slots[NA.S_THREADS] = I(per), THREADS
             self.call(self.ir_kernel(spec), slots, q4[0] * q4[1] * nblk, spec.flops(NA.QB),
                       scratch=per)
-            return "native attention"
+            kn = "q, k" if spec.q_kn and spec.k_kn else "q" if spec.q_kn else \
+                "k" if spec.k_kn else ""
+            return "native attention" + (f" ({kn} {KN_LABEL[2:]}" if kn else "")
         per = (nd.value + ne.value) * ns.value + ns.value + ne.value
         slots = [T(q), T(k), T(v), T(out), mslot, I(kind), I(int(causal)), F(scale), SCRATCH,
                  I(per), THREADS]
@@ -700,48 +716,81 @@ class Lowering:
         self.call(self.numba("k_softmax"), [T(x), T(out), I(d), I(int(bool(op.attrs.get(
             "log", False))))], numel(shape[:-1]), 6.0 * self.example(out)[-1])
 
-    def _add_norm(self, op: Op) -> bool:
-        """An add of two same-shaped float32 tensors whose only reader is a layer norm: one
-        kernel computes norm(a + b) and the sum is never stored (a transformer's residual)."""
-        if not env_native_fuse() or env_native_kernels() == "numba":
-            return False
+    def _norm_add(self, i: int) -> int | None:
+        """The layer norm op reading the output of add op ``i``, when one kernel computes
+        norm(a + b) and the sum is never stored (a transformer's residual): an add of two
+        same-shaped float32 tensors whose only reader is that norm."""
+        op = self.plan.ops[i]
+        if not env_native_fuse() or env_native_kernels() == "numba" or op.kind != "binary":
+            return None
         if op.attrs.get("fn") != "add" or len(op.inputs) != 2 or _act(op)[0] != "none":
-            return False
+            return None
         j = self._only_reader(op.output)
         if j is None or self.plan.ops[j].kind != "layer_norm" or \
                 self.plan.ops[j].inputs[0] != op.output:
-            return False
+            return None
         shape = self.plan.tensors[op.output].shape
         if any(self.plan.tensors[t].shape != shape or self._dtype(t) != "float32"
                for t in (*op.inputs, op.output, self.plan.ops[j].output)) or \
                 any(t in self.plan.constants for t in op.inputs):
-            return False
-        self.fused[j] = (self.i, op.output)
-        self._norm(self.plan.ops[j], T(op.inputs[0]), T(op.inputs[1]))
-        return True
+            return None
+        return j
 
-    def _norm(self, op: Op, x: Slot, res: Slot | None) -> None:
+    def _add_norm(self, op: Op) -> bool | None:
+        """The add and the norm reading it as one kernel (_norm_add): whether it runs on the
+        features x tokens layout; None when they are not fused."""
+        j = self._norm_add(self.i)
+        if j is None:
+            return None
+        self.fused[j] = (self.i, op.output)
+        return self._norm(j, *op.inputs)
+
+    def _norm(self, j: int, x: str, res: str | None) -> bool:
+        """Layer norm op ``j`` of x (+ res), in the features x tokens layout when its output
+        is part of the residual stream held that way (_kn_stream; an input held in the other
+        layout is transposed first)."""
         from sparsecc.native import norm as NM
 
+        op = self.plan.ops[j]
         shape = self.shape(op.output)
         k = int(op.attrs["ndims"])
         d = numel(shape[len(shape) - k:])
+        rows = numel(shape[:len(shape) - k])
+        kn = op.output in self.kn_res
         w, b = op.params.get("weight"), op.params.get("bias")
-        spec = NM.LayerNormSpec(self.vw, res is not None, w is not None, b is not None)
+        spec = NM.LayerNormSpec(self.vw, res is not None, w is not None, b is not None, kn)
         zero = self.derived("zero", np.zeros(1, np.float32))
         slots = [I(0)] * NM.N_SLOTS
-        slots[NM.L_A], slots[NM.L_R], slots[NM.L_OUT] = x, res or zero, T(op.output)
+        slots[NM.L_A] = self._layout(x, kn, rows, d)
+        slots[NM.L_R] = zero if res is None else self._layout(res, kn, rows, d)
+        slots[NM.L_OUT] = T(op.output)
         slots[NM.L_W] = self.const(w) if w else zero
         slots[NM.L_B] = self.const(b) if b else zero
         slots[NM.L_D], slots[NM.L_EPS] = I(d), F(float(op.attrs["eps"]))
-        self.call(self.ir_kernel(spec), slots, numel(shape[:len(shape) - k]), 8.0 * d(1))
+        if kn:
+            slots[NM.L_LD], slots[NM.L_M] = I(kn_stride(rows)), I(rows)
+            self.call(self.ir_kernel(spec), slots, rows.cdiv(self.vw), 8.0 * d(1) * self.vw)
+        else:
+            self.call(self.ir_kernel(spec), slots, rows, 8.0 * d(1))
+        return kn
+
+    def _layout(self, name: str, kn: bool, m: E, d: E) -> Slot:
+        """``name`` (m rows of d) as a slot in the layout asked for: itself, or a transposed
+        copy in a temporary when it is held in the other one (see _kn_stream)."""
+        if (name in self.kn_res) == kn:
+            return T(name)
+        tmp = self.temp("kn" if kn else "rm", d * kn_stride(m) * 4)
+        if kn:
+            self.transpose(T(name), T(tmp), m, d, dst_ld=kn_stride(m))
+        else:
+            self.transpose(T(name), T(tmp), d, m, src_ld=kn_stride(m))
+        return T(tmp)
 
     def op_layer_norm(self, op: Op):
         x, out = op.inputs[0], op.output
         if env_native_kernels() != "numba" and self._dtype(x) == "float32" and \
                 self._dtype(out) == "float32":
-            self._norm(op, T(x), None)
-            return None
+            return "native layer_norm" + (KN_LABEL if self._norm(self.i, x, None) else "")
         shape = self.shape(out)
         k = int(op.attrs["ndims"])
         d = numel(shape[len(shape) - k:])
@@ -751,6 +800,57 @@ class Lowering:
                   [T(x), T(out), I(d), self.const(w) if w else zero, self.const(b) if b else zero,
                    I(int(w is not None)), I(int(b is not None)), F(float(op.attrs["eps"]))],
                   numel(shape[:len(shape) - k]), 8.0 * d(1))
+
+    def _kn_stream(self) -> None:
+        """A transformer's residual stream held as features x tokens, the layout the sparse
+        linears compute in, so that their input and output transposes disappear: a float32
+        layer norm over the last dim whose every reader is a sparse linear (as its input) or
+        a residual add fused into a layer norm writes that layout (native.norm's kn kernel),
+        and a sparse linear whose only reader is such a norm's residual add writes it too.
+        An input held in the other layout is transposed where it is read (_layout): e.g. the
+        embeddings' sum once, and the stream at the last norm, whose output the model returns."""
+        plan = self.plan
+        if not env_native_fuse() or env_native_kernels() == "numba":
+            return
+        adds = {}  # layer norm op index -> the residual add fused into it
+        for i in range(len(plan.ops)):
+            j = self._norm_add(i)
+            if j is not None:
+                adds[j] = i
+        add_ops = set(adds.values())
+
+        def kn_reader(r: int, t: str) -> bool:
+            op = plan.ops[r]
+            if r in add_ops:
+                return True
+            return op.kind == "linear" and SP.is_sparse(op.attrs.get("fmt")) and \
+                op.inputs[0] == t and t not in op.inputs[1:] and r not in self.src_heads \
+                and not op.attrs.get("in_kn") and self._dtype(op.output) == "float32"
+
+        for j, op in enumerate(plan.ops):
+            t = op.output
+            if op.kind != "layer_norm" or int(op.attrs["ndims"]) != 1 or \
+                    self._dtype(op.inputs[0]) != "float32" or self._dtype(t) != "float32" or \
+                    len(self.shape(t)) < 2:
+                continue
+            readers = self._readers(t)
+            if readers and t not in plan.outputs and plan.tensors[t].alias_of is None and \
+                    not any(s.alias_of == t for s in plan.tensors.values()) and \
+                    all(kn_reader(r, t) for r in readers):
+                self.kn_res.add(t)
+        for j, i in adds.items():
+            if plan.ops[j].output not in self.kn_res:
+                continue
+            for a in plan.ops[i].inputs:
+                made = [li for li, o in enumerate(plan.ops) if o.output == a]
+                if len(made) != 1 or self._only_reader(a) != i:
+                    continue
+                li = made[0]
+                lop = plan.ops[li]
+                if lop.kind == "linear" and SP.is_sparse(lop.attrs.get("fmt")) and \
+                        not lop.attrs.get("out_kn") and li not in self.dst_heads and \
+                        plan.tensors[a].alias_of is None:
+                    self.kn_res.add(a)
 
     def op_embedding(self, op: Op):
         idx, out = op.inputs[0], op.output
@@ -902,7 +1002,7 @@ class Lowering:
             guard = (m, "!=", 1)
         # several rows: SpMM over features x batch (rows kn_stride(m) floats apart)
         ld = kn_stride(m)
-        if op.attrs.get("in_kn"):
+        if op.attrs.get("in_kn") or x in self.kn_res:
             xt = T(x)
         elif src_heads is None and (x, guard) in self.xt_of:  # one transpose for all readers
             name = self.xt_of[(x, guard)]  # (run under the same condition)
@@ -919,7 +1019,10 @@ class Lowering:
             else:
                 self.transpose(T(x), T(name), m, const(k), guard, dst_ld=ld)
             xt = T(name)
-        ot_name = None if op.attrs.get("out_kn") else self.temp("ot", ld * o * 4)
+        # written as features x batch in place: a hand-over, or attention's q / k
+        in_place = op.attrs.get("out_kn") or out in self.kn_res or \
+            (dst_heads is not None and out in self.kn_heads)
+        ot_name = None if in_place else self.temp("ot", ld * o * 4)
         ot = T(out) if ot_name is None else T(ot_name)
         tile = LK.spmm_tile(m(max(2, self.plan.example_batch)), self.vw, sw.block_rows)
         spec, _, tail = self._sparse_spec(op, sw.family, sw, act, bias is not None,
@@ -1220,6 +1323,7 @@ class Lowering:
                             H.value * D.value == os_[2].value:
                         self.dst_heads[li] = (plan.ops[pi].output, B, S, H, D)
                         self.fused[pi] = (li, op.output)
+                        self._qk_kn(plan.ops[pi].output, B, S)
             if not op.attrs.get("in_kn"):  # input side: permute -> view -> linear
                 x = op.inputs[0]
                 made = [j for j, o in enumerate(plan.ops) if o.output == plan.tensors[x].alias_of]
@@ -1240,6 +1344,21 @@ class Lowering:
                         plan.tensors[src].alias_of is None and src not in plan.constants:
                     self.src_heads[li] = (src, ps[0], ps[1], ps[2], ps[3])
                     self.fused[pi] = (li, perm_out)
+
+    def _qk_kn(self, name: str, B: E, S: E) -> None:
+        """Leave a linear's head-split output ``name`` (B, H, S, D) in its features x tokens
+        layout when attention alone reads it, as q or k (native.attention's q_kn / k_kn)."""
+        plan = self.plan
+        readers = self._readers(name)
+        if env_native_kernels() == "numba" or len(readers) != 1 or name in plan.outputs or \
+                any(t.alias_of == name for t in plan.tensors.values()):
+            return
+        op = plan.ops[readers[0]]
+        if op.kind != "sdpa" or name not in op.inputs[:2] or name in op.inputs[2:]:
+            return
+        if name == op.inputs[1] and S.value < 2:  # key vectors past S read the row padding
+            return
+        self.kn_heads[name] = kn_stride(B * S)
 
     def _only_reader(self, name: str) -> int | None:
         """The index of the one op reading ``name``, when ``name`` is not a plan output, no
@@ -1340,6 +1459,9 @@ def batch_chunk(plan: ExecutionPlan, per_sample: int) -> tuple[int, tuple[list[i
 
     chunk = max(1, CHUNK_BYTES // per_sample)
     return chunk, ([per(n) for n in plan.inputs], [per(n) for n in plan.outputs])
+
+
+KN_LABEL = " (features x tokens)"
 
 
 def _conds(guard) -> list | None:

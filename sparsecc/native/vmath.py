@@ -20,6 +20,10 @@ class _K(_Fn):
         f = self.intrinsic(f"llvm.vector.reduce.{kind}.v{self.vw}f32", F32, [self.vty])
         return self.b.call(f, [v])
 
+    def vsqrt(self, x):
+        f = self.intrinsic(f"llvm.sqrt.v{self.vw}f32", self.vty, [self.vty])
+        return self.b.call(f, [x])
+
     def vexp(self, x):
         return LV.exp(self, x)
 

@@ -90,16 +90,34 @@ def _reference(q, k, v, mask, kind, causal, scale):
     return np.einsum("hls,hse->hle", p, v.astype(np.float64))
 
 
-def _run_attention(vw, q, k, v, mask, kind, causal, scale, B, mstrides):
+def _features_x_tokens(t, B, ld):
+    """(A*B, n, D) heads -> a sparse linear's (B*D rows, A*n tokens + padding) output, rows
+    ld floats apart, the padding NaN (the layout attention's q_kn / k_kn read)."""
+    AB, n, D = t.shape
+    A = AB // B
+    buf = np.full((B * D, ld), np.nan, np.float32)
+    buf[:, :A * n] = t.reshape(A, B, n, D).transpose(1, 3, 0, 2).reshape(B * D, A * n)
+    return buf
+
+
+def _run_attention(vw, q, k, v, mask, kind, causal, scale, B, mstrides, q_kn=False,
+                   k_kn=False):
     H, L, D = q.shape
     S, E = v.shape[1:]
-    spec = NA.AttentionSpec(vw, D, E, S, kind, causal)
+    spec = NA.AttentionSpec(vw, D, E, S, kind, causal, q_kn, k_kn)
     f = _kernel(spec)
     out = np.full((H, L, E), np.nan, np.float32)
     per = spec.scratch_floats()
     scratch = np.full(per, np.nan, np.float32)
     nblk = -(-L // NA.QB)
     args = np.zeros(NA.N_SLOTS, np.int64)
+    A = H // B
+    if q_kn:
+        args[NA.S_QLD] = A * L + 16
+        q = _features_x_tokens(q, B, A * L + 16)
+    if k_kn:
+        args[NA.S_KLD] = A * S + 16
+        k = _features_x_tokens(k, B, A * S + 16)
     for slot, arr in ((NA.S_Q, q), (NA.S_K, k), (NA.S_V, v), (NA.S_OUT, out),
                       (NA.S_SCRATCH, scratch)):
         args[slot] = arr.ctypes.data
@@ -115,7 +133,10 @@ def _run_attention(vw, q, k, v, mask, kind, causal, scale, B, mstrides):
 @pytest.mark.parametrize("vw", WIDTHS)
 @pytest.mark.parametrize("kind", [NA.MASK_NONE, NA.MASK_ADD, NA.MASK_KEEP])
 @pytest.mark.parametrize("causal", [False, True])
-def test_attention_kernel(vw, kind, causal, rng):
+@pytest.mark.parametrize("kn", [False, True], ids=["heads", "qk_kn"])
+def test_attention_kernel(vw, kind, causal, kn, rng):
+    """kn: q and k read from a sparse linear's features x tokens output (NaN row padding,
+    the next sample's tokens past S)."""
     for A, B, L, S, D, E in [(1, 1, 1, 1, 1, 1), (1, 12, 128, 128, 32, 32), (2, 3, 37, 45, 17, 19),
                              (1, 2, 65, 33, 40, 24), (2, 1, 5, 70, 64, 8), (1, 1, 33, 16, 16, 16)]:
         H = A * B
@@ -136,7 +157,7 @@ def test_attention_kernel(vw, kind, causal, rng):
                 mask[0, L // 2, :] = False  # a row with no key: 0
             mstr = [L * S, 0, S, 1]
             full = np.repeat(mask, B, axis=0)
-        out = _run_attention(vw, q, k, v, mask, kind, causal, scale, B, mstr)
+        out = _run_attention(vw, q, k, v, mask, kind, causal, scale, B, mstr, kn, kn)
         ref = _reference(q, k, v, full, kind, causal, scale)
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5,
                                    err_msg=f"{(A, B, L, S, D, E)}")
@@ -156,6 +177,10 @@ def test_attention_mask_strides(vw, rng):
     out = _run_attention(vw, q, k, v, mt, NA.MASK_ADD, False, 0.3, 1, [S * L, 0, 1, L])
     ref = _reference(q, k, v, mt.transpose(0, 2, 1), NA.MASK_ADD, False, 0.3)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
+    for q_kn, k_kn in ((True, False), (False, True)):  # one of them features x tokens
+        out = _run_attention(vw, q, k, v, mt, NA.MASK_ADD, False, 0.3, H, [0, S * L, 1, L],
+                             q_kn, k_kn)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
 
 
 def test_attention_nan_propagates(rng):
@@ -219,6 +244,33 @@ def test_layernorm_kernel(vw, residual, affine, rng):
         if affine:
             ref = ref * w + bias
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4, err_msg=f"{rows, d}")
+
+
+@pytest.mark.parametrize("vw", WIDTHS)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+def test_layernorm_kernel_features_x_tokens(vw, residual, affine, rng):
+    """The kn form: d rows of m tokens, ld floats apart; the padding past m is not written."""
+    f = _kernel(NM.LayerNormSpec(vw, residual, affine, affine, kn=True))
+    for m, d, pad in [(1, 1, 0), (3, 7, 16), (16, 5, 1), (37, 384, 16), (128, 33, 3),
+                      (0, 8, 16)]:
+        ld = m + pad
+        a = (rng.standard_normal((d, ld)) * 3 + 5).astype(np.float32)  # off-centre
+        r = rng.standard_normal((d, ld)).astype(np.float32)
+        w = rng.standard_normal(d).astype(np.float32)
+        bias = rng.standard_normal(d).astype(np.float32)
+        out = np.full((d, ld), np.nan, np.float32)
+        args = np.zeros(NM.N_SLOTS, np.int64)
+        args[:NM.L_D] = [t.ctypes.data for t in (a, r, out, w, bias)]
+        args[NM.L_D], args[NM.L_EPS] = d, np.array([1e-5]).view(np.int64)[0]
+        args[NM.L_LD], args[NM.L_M] = ld, m
+        f(0, -(-m // vw), args.ctypes.data)
+        x = (a + r if residual else a)[:, :m].T.astype(np.float64)
+        ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        if affine:
+            ref = ref * w + bias
+        np.testing.assert_allclose(out[:, :m].T, ref, rtol=1e-4, atol=1e-4, err_msg=f"{m, d}")
+        assert np.isnan(out[:, m:]).all()
 
 
 class _Block(torch.nn.Module):
@@ -306,3 +358,66 @@ def test_gelu_fused_into_sparse_linears(k_in, fmt):
     for batch in (1, 4):
         xb = torch.randn(batch, 50, k_in) * 3
         assert_matches(cm(xb), model(xb))
+
+
+class _Encoder(torch.nn.Module):
+    """Two post-LN encoder layers shaped like Hugging Face's BERT: an input LayerNorm, q/k/v
+    split into heads, SDPA with an additive padding mask, the merge and output dense, add +
+    LayerNorm, Linear + GELU + Linear, add + LayerNorm."""
+
+    def __init__(self, heads, dim, ffn, layers=2):
+        super().__init__()
+        self.h, self.d = heads, dim
+        width = heads * dim
+        self.ln_in = torch.nn.LayerNorm(width)
+        self.layers = torch.nn.ModuleList()
+        for _ in range(layers):
+            m = torch.nn.Module()
+            m.q, m.k, m.v, m.o = (torch.nn.Linear(width, width) for _ in range(4))
+            m.ln1, m.ln2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+            m.up, m.down = torch.nn.Linear(width, ffn), torch.nn.Linear(ffn, width)
+            self.layers.append(m)
+
+    def forward(self, x, mask):
+        B, S, _ = x.shape
+
+        def split(t):
+            return t.view(B, S, self.h, self.d).transpose(1, 2)
+
+        h = self.ln_in(x)
+        for m in self.layers:
+            a = F.scaled_dot_product_attention(split(m.q(h)), split(m.k(h)), split(m.v(h)),
+                                               attn_mask=mask)
+            a = m.o(a.transpose(1, 2).reshape(B, S, self.h * self.d))
+            h = m.ln1(a + h)
+            h = m.ln2(m.down(F.gelu(m.up(h))) + h)
+        return h
+
+
+@pytest.mark.parametrize("heads,dim,seq", [(2, 16, 33), (3, 5, 7), (2, 8, 1)])
+def test_residual_stream_features_x_tokens(heads, dim, seq):
+    """The residual stream held as features x tokens between the sparse linears and the
+    add + layer norms (q and k read there by attention when seq >= 2), transposed at the
+    input norm and back for the returned hidden state; batch 1 (one row when seq is 1)."""
+    torch.manual_seed(5)
+    model = sparsecc.prune(_Encoder(heads, dim, 3 * heads * dim).eval(), 0.7)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.normal_()
+                mod.bias.normal_()
+    mask = torch.zeros(2, 1, seq, seq)
+    mask[1, ..., seq // 2 + 1:] = torch.finfo(torch.float32).min
+    x = torch.randn(2, seq, heads * dim) * 2 + 1
+    cm = sparsecc.compile(model, (x, mask), recipe={"formats": {"force": "csr"}})
+    rep = str(cm.report())
+    assert cm.native is not None
+    # the input norm and the first three add + norms; the last one returns row-major
+    assert rep.count("layer_norm (features x tokens)") == 4, rep
+    # attention reads q and k where the linears wrote them (k needs 2 keys or more)
+    assert rep.count("native attention (q, k features x tokens)" if seq > 1 else
+                     "native attention (q features x tokens)") == 2, rep
+    for batch in (1, 2, 5):
+        xb, mb = torch.randn(batch, seq, heads * dim) * 2 + 1, mask[:1].repeat(batch, 1, 1, 1)
+        mb[-1, ..., :1] = torch.finfo(torch.float32).min
+        assert_matches(cm(xb, mb), model(xb, mb))
