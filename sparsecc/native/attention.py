@@ -333,7 +333,7 @@ def _scores(k: _K, spec: AttentionSpec, qs, kts, sc, rows, nvec, RQ: int, KV: in
         accs = [[k.c(0.0) for _ in range(kv)] for _ in range(rq)]
         krow = kt
         qcol = qh
-        for d in range(D):
+        for _ in range(D):
             kvec = [k.vload(b.gep(krow, [b.mul(b.add(jv0, I64(c)), I64(vw))], inbounds=True),
                             None) for c in range(kv)]
             for r in range(rq):

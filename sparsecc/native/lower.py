@@ -827,7 +827,7 @@ class Lowering:
                 op.inputs[0] == t and t not in op.inputs[1:] and r not in self.src_heads \
                 and not op.attrs.get("in_kn") and self._dtype(op.output) == "float32"
 
-        for j, op in enumerate(plan.ops):
+        for op in plan.ops:
             t = op.output
             if op.kind != "layer_norm" or int(op.attrs["ndims"]) != 1 or \
                     self._dtype(op.inputs[0]) != "float32" or self._dtype(t) != "float32" or \
