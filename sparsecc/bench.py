@@ -54,6 +54,7 @@ def bench_command(args) -> int:
                       batches=_ints(args.batch) or base["batches"],
                       threads=_ints(args.threads) or base["threads"], engines=engines,
                       min_runs=base.get("min_runs", 30), min_time=base.get("min_time", 2.0),
+                      rounds=base.get("rounds", 4),
                       dense_cells=base.get("dense_cells", "all"), out=out,
                       recipe=getattr(args, "recipe", None),
                       profile=getattr(args, "profile", None) or "global")
@@ -73,7 +74,7 @@ def bench_command(args) -> int:
                                                       config={k: getattr(cfg, k) for k in (
                                                           "models", "sparsities", "batches",
                                                           "threads", "profile", "engines",
-                                                          "min_runs", "min_time",
+                                                          "min_runs", "min_time", "rounds",
                                                           "dense_cells")}),
                                                   indent=1))
     try:

@@ -49,6 +49,12 @@ def time_call(fn: Callable[[], Any], min_runs: int, min_time: float,
     Warm-up: up to 2 calls, fewer once the warm-up has taken ``warm_s``; ``warmed_s`` is what
     the caller's own untimed calls (its correctness call) already spent, so a 2-second engine
     is not run again just to warm up."""
+    return summarize(sample_call(fn, min_runs, min_time, warm_s, warmed_s))
+
+
+def sample_call(fn: Callable[[], Any], min_runs: int, min_time: float,
+                warm_s: float = WARM_S, warmed_s: float = 0.0) -> list[float]:
+    """time_call's samples (ms), unsummarised: a bench round's share of a cell."""
     spent, calls = warmed_s, 1 if warmed_s > 0 else 0
     while calls < 2 and spent < warm_s:
         t0 = time.perf_counter()
@@ -61,7 +67,7 @@ def time_call(fn: Callable[[], Any], min_runs: int, min_time: float,
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return summarize(times)
+    return times
 
 
 def time_engines(fns: dict[str, Callable[[], Any]], repeats: int,
@@ -203,6 +209,11 @@ class DeepSparse:
                                              env=env)
 
     def measure(self, onnx_path, inputs, threads, min_runs, min_time):
+        times, out = self.samples(onnx_path, inputs, threads, min_runs, min_time)
+        return summarize(times), out
+
+    def samples(self, onnx_path, inputs, threads, min_runs, min_time):
+        """The worker's timed calls (ms; its engine is compiled once and kept) and output."""
         if not self.available:
             raise Skip("DeepSparse is not set up (./dev peers creates .venv-deepsparse)")
         if onnx_path is None:
@@ -228,7 +239,7 @@ class DeepSparse:
         res = json.loads(line)
         if not res["ok"]:
             raise Skip(f"DeepSparse: {res['error'][:200]}")
-        return summarize(res["times_ms"]), np.load(out)
+        return list(res["times_ms"]), np.load(out)
 
     def _why(self) -> str:
         """The worker's last words: its crash report's signal line, else its last line."""
@@ -245,5 +256,5 @@ class DeepSparse:
 
 
 __all__ = ["DeepSparse", "Skip", "Timing", "first_output", "onnx_export", "onnxruntime_engine",
-           "set_threads", "sparsecc_engine", "time_call", "time_engines", "torch_compile",
-           "torch_eager"]
+           "sample_call", "set_threads", "sparsecc_engine", "time_call", "time_engines",
+           "torch_compile", "torch_eager"]

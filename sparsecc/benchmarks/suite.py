@@ -43,6 +43,10 @@ class SuiteConfig:
     engines: list[str]
     min_runs: int = 30
     min_time: float = 2.0
+    # a cell's timing is split into rounds, every engine timed once per round in turn, so
+    # that a slow spell of this shared machine (often tens of seconds) falls on all engines
+    # alike instead of on whichever was running
+    rounds: int = 4
     compile_cells: str = "headline"  # torch.compile only at 90 % / batch 1 / most threads
     # sparsecc-dense (all layers dense: im2col + OpenBLAS, GEMV) does the same work whatever
     # the weights; "zero" times it once per batch/threads, on the unpruned model.
@@ -53,7 +57,8 @@ class SuiteConfig:
 
 
 QUICK = dict(models=["mlp", "resnet18"], sparsities=[0.0, 0.9], batches=[1, 16], threads=[2],
-             min_runs=10, min_time=0.3, engines=[e for e in ENGINES if e != "torch.compile"])
+             min_runs=10, min_time=0.3, rounds=1,
+             engines=[e for e in ENGINES if e != "torch.compile"])
 FULL = dict(models=["mlp", "resnet18", "resnet50", "mobilenet_v2", "minilm"],
             sparsities=[0.0, 0.5, 0.8, 0.9, 0.95], batches=[1, 16, 64], threads=[1, 2],
             dense_cells="zero")
@@ -294,7 +299,7 @@ def _export(spec, model, example, out: Path, s: float, log) -> Path | None:
 def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
     headline = cell["sparsity"] == 0.9 and cell["batch"] == 1 and \
         cell["threads"] == max(cfg.threads)
-    rows, outs, torch_ms = [], [], None
+    rows, outs, samplers = [], [], {}
     for engine in cfg.engines:
         row = dict(cell, engine=engine)
         start = time.perf_counter()
@@ -303,13 +308,11 @@ def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
                 raise E.Skip("measured only at 90 % / batch 1 (compiling costs ~30 s a cell)")
             if engine == "sparsecc-dense" and engine not in compiled:
                 raise E.Skip("dense baseline: timed at 0 % (the same work at any sparsity)")
-            timing, out = _measure(engine, cfg, model, inputs, compiled, onnx_path, spec, ds,
-                                   cell["threads"])
-            row.update(median_ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
-                       runs=timing.runs)
+            sampler, out = _prepare(engine, model, inputs, compiled, onnx_path, spec, ds,
+                                    cell["threads"])
+            samplers[engine] = (row, sampler, [])
             outs.append((row, out))
             if engine == "torch":
-                torch_ms = timing.median_ms
                 ref.setdefault("out", out)
         except E.Skip as skip:
             row["skipped"] = str(skip)
@@ -317,20 +320,45 @@ def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
             row["skipped"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         row["wall_s"] = round(time.perf_counter() - start, 3)  # set-up, warm-up and timing
         rows.append(row)
+    rounds = max(1, cfg.rounds)
+    for _ in range(rounds):
+        for engine, (row, sampler, times) in list(samplers.items()):
+            start = time.perf_counter()
+            try:
+                times += sampler(-(-cfg.min_runs // rounds), cfg.min_time / rounds)
+            except Exception as exc:
+                row["skipped"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                del samplers[engine]
+            row["wall_s"] = round(row["wall_s"] + time.perf_counter() - start, 3)
+    torch_ms = None
+    for engine, (row, _, times) in samplers.items():
+        timing = E.summarize(times)
+        row.update(median_ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
+                   runs=timing.runs)
+        if engine == "torch":
+            torch_ms = timing.median_ms
     if outs and "out" not in ref:  # torch not among the engines (or failed): run it once
         E.set_threads(cell["threads"])
         ref["out"] = E.torch_eager(model, inputs, cell["threads"])()
     for row, out in outs:
-        row["max_rel_err"] = rel_err(out, ref["out"])
+        if "skipped" not in row:
+            row["max_rel_err"] = rel_err(out, ref["out"])
     for row in rows:
         if torch_ms and "median_ms" in row:
             row["speedup_vs_torch"] = torch_ms / row["median_ms"]
     return rows
 
 
-def _measure(engine, cfg, model, inputs, compiled, onnx_path, spec, ds, threads):
+def _prepare(engine, model, inputs, compiled, onnx_path, spec, ds, threads):
+    """(sampler(min_runs, min_time) -> ms samples, the engine's output): the engine is set up
+    and run once (its output for the error column; the first round's warm-up)."""
     if engine == "deepsparse":
-        return ds.measure(onnx_path, inputs, threads, cfg.min_runs, cfg.min_time)
+        times, out = ds.samples(onnx_path, inputs, threads, 1, 0.0)
+
+        def ds_sampler(n, t):
+            return ds.samples(onnx_path, inputs, threads, n, t)[0]
+
+        return ds_sampler, out
     if engine == "torch":
         fn = E.torch_eager(model, inputs, threads)
     elif engine == "torch.compile":
@@ -343,7 +371,14 @@ def _measure(engine, cfg, model, inputs, compiled, onnx_path, spec, ds, threads)
         raise E.Skip(f"unknown engine {engine}")
     t0 = time.perf_counter()
     out = fn()  # the correctness call doubles as the first warm-up
-    return E.time_call(fn, cfg.min_runs, cfg.min_time, warmed_s=time.perf_counter() - t0), out
+    warmed = [time.perf_counter() - t0]
+
+    def sampler(n, t):
+        times = E.sample_call(fn, n, t, warmed_s=warmed[0])
+        warmed[0] = 0.0  # later rounds warm up again: other engines ran in between
+        return times
+
+    return sampler, out
 
 
 class _Quiet:

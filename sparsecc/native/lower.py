@@ -1425,13 +1425,32 @@ class Lowering:
 
 
 # Activation bytes per call above which a batch runs in chunks of samples: each chunk goes
-# through the whole model while its activations stay in the caches (L2 + a share of L3).
-# ResNet-50 at 90 %, batch 16 (~6 MB of activations per sample): 286 ms in one call, 235 ms in
-# chunks of 2, 234 in chunks of 1 (medians, same process).
-CHUNK_BYTES = 12 << 20
-# Op kinds that treat every sample on its own (when every tensor's leading dim is the batch).
+# through the whole model while its activations stay in the caches (L2 + a share of L3); with
+# enough chunks each thread runs its own (module._emit_chunks). ResNet-50 at 90 %, batch 16
+# (~6-9 MB of activations per sample): 286 ms in one call, 235 ms in chunks of 2, 234 in
+# chunks of 1. Same process, batch 16, 6 vs 12 MB: MiniLM (1.4 MB a sample, 4 vs 9 samples a
+# chunk) 58.4 vs 67.3 ms, MobileNetV2 36.4 vs 40.0, ResNet-18 and -50 level (one sample).
+CHUNK_BYTES = 6 << 20
+# Op kinds that treat every sample on its own (when every tensor's leading dim is the batch;
+# a permute, slice or expand that moved or resized it would break that, and batch_chunk checks
+# every tensor).
 PER_SAMPLE = frozenset({"conv2d", "pool2d", "adaptive_pool2d", "act", "binary", "unary",
-                        "affine", "linear", "reshape"})
+                        "affine", "linear", "reshape", "sdpa", "embedding", "permute", "slice",
+                        "expand", "cast", "where"})
+
+
+def _per_sample(plan: ExecutionPlan, op: Op) -> bool:
+    """Whether ``op`` treats every sample on its own, given that every tensor it touches has
+    the batch as its leading dim: a norm or softmax over dims that include the batch mixes
+    samples."""
+    if op.kind in PER_SAMPLE:
+        return True
+    rank = len(plan.tensors[op.output].shape)
+    if op.kind == "layer_norm":
+        return int(op.attrs["ndims"]) < rank
+    if op.kind == "softmax":
+        return int(op.attrs["axis"]) % rank != 0
+    return False
 
 
 def batch_chunk(plan: ExecutionPlan, per_sample: int) -> tuple[int, tuple[list[int],
@@ -1442,7 +1461,7 @@ def batch_chunk(plan: ExecutionPlan, per_sample: int) -> tuple[int, tuple[list[i
     batch's activations are small anyway."""
     none: tuple[int, tuple[list[int], list[int]]] = (0, ([], []))
     if not env_native_fuse() or per_sample <= 0 or \
-            any(op.kind not in PER_SAMPLE for op in plan.ops):
+            not all(_per_sample(plan, op) for op in plan.ops):
         return none
     for name, t in plan.tensors.items():
         if name in plan.constants:

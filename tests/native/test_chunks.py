@@ -89,3 +89,27 @@ def test_chunk_loops_keep_a_fixed_stack(monkeypatch, seed):
             label = blk.split(":", 1)[0].strip('"')
             if label in ("head", "step"):  # the loop's blocks
                 assert "alloca" not in blk, (fname, label)
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_encoder_chunks_match_torch(samples, monkeypatch, seed):
+    """An encoder (embedding-free BERT layers: layer norms, attention with a padding mask,
+    the residual stream held features x tokens) runs chunk by chunk too; the mask and the
+    per-sample token layout must follow each chunk."""
+    from tests.native.test_transformer_kernels import _Encoder
+
+    model = sparsecc.prune(_Encoder(2, 8, 48).eval(), 0.7)
+    seq = 9
+    mask = torch.zeros(1, 1, seq, seq)
+    x = torch.randn(1, seq, 16)
+    _, prog = _compile(model, (x, mask), monkeypatch, 1 << 40)
+    cm, prog = _compile(model, (x, mask), monkeypatch, prog.arena[0] * samples)
+    assert prog.chunk == samples
+    for batch in (1, 4, 13):
+        xb = torch.randn(batch, seq, 16)
+        mb = torch.zeros(batch, 1, seq, seq)
+        mb[::2, ..., seq - 3:] = torch.finfo(torch.float32).min  # padding in every other
+        with torch.no_grad():
+            ref = model(xb, mb)
+        assert_matches(cm(xb, mb), ref)
+
