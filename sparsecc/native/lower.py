@@ -1207,6 +1207,10 @@ class Lowering:
         bias_arr = SP._bias_for(swt, params["bias"]) if bias else np.zeros(1, np.float32)
         bslot = self.derived("bias", bias_arr)
         method = SP.conv_method(op, self.example(x), self.example(out))
+        empty = swt.data.size == 0 and swt.family == "spmm"
+        if empty:  # no weight left: act(bias (+ residual)) per channel; x is never read, so
+            method = "pointwise"  # no phases, crop or im2col (ResNet-18's emptied layer4
+            # convs at batch 1: ~70 us each through the shifted path)
         if method == "shifted":
             return self._shifted(op, swt, x, out, bslot, act)
         res = None if SP.bakes(op, swt.family) else self._residual(op, act)
@@ -1216,7 +1220,7 @@ class Lowering:
             self.fused[j] = (self.i, out)
             out, res_slot = self.plan.ops[j].output, T(other)
         xsrc = T(x) if method == "pointwise" else T(im2col())
-        rows_in = cin_ if method == "pointwise" else krows
+        rows_in = 1 if empty else cin_ if method == "pointwise" else krows  # (1: no panels)
         tile = LK.spmm_tile(hw, self.vw, swt.block_rows)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, bias is not None,
                                           swt.idx_bits, tile)
@@ -1227,7 +1231,8 @@ class Lowering:
                           x_rows=rows_in, res=res_slot)
         if tail:
             self.act_pass(out, *act)
-        return label + (" + residual add" if res_slot is not None else "")
+        return label + (" + residual add" if res_slot is not None else "") + \
+            (" (no weights: bias only)" if empty else "")
 
     def _shifted(self, op: Op, swt, x: str, out: str, bslot: Slot, act) -> str:
         nb, cin, h, w = self.shape(x)

@@ -118,6 +118,42 @@ def test_all_zero_layer(seed):
             assert_matches(cm(x), model(x))
 
 
+class _EmptyBlock(torch.nn.Module):
+    """A ResNet basic block whose pruning left the 3x3 convs without a weight (global
+    magnitude pruning of a random ResNet-18 empties layer4): their outputs are the bias,
+    through the relu and the residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.c1 = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.down = torch.nn.Conv2d(8, 8, 1, stride=2)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.c1(x))
+        return torch.relu(self.c2(y) + self.down(x))
+
+
+def test_all_zero_sparse_convs(seed):
+    model = _EmptyBlock().eval()
+    with torch.no_grad():
+        model.c1.weight.zero_()
+        model.c2.weight.zero_()
+        model.c1.bias.normal_()
+        model.c2.bias.normal_()
+    model = sparsecc.prune(model, 0.5, scope="layer")
+    cm = sparsecc.compile(model, torch.randn(1, 3, 9, 9), recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    rep = str(cm.report(measure=False))
+    assert rep.count("no weights: bias only") == 2, rep
+    for batch in (1, 4):
+        x = torch.randn(batch, 3, 9, 9)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 def test_gemm_avx2_code_path(rng):
     """The 8-lane (AVX2) GEMM, compiled for an AVX2-only CPU (haswell, no AVX-512), runs on
     this machine and matches numpy: the code an AVX2 host builds is tested here too."""
