@@ -38,6 +38,12 @@ def env_native_kernels() -> str:
     return os.environ.get("SPARSECC_NATIVE_KERNELS", "llvm")
 
 
+def env_adaptive_threads() -> bool:
+    """SPARSECC_ADAPTIVE_THREADS=0 keeps every native call on all the threads it may use,
+    instead of also trying fewer (native.model.ThreadChoice)."""
+    return os.environ.get("SPARSECC_ADAPTIVE_THREADS", "1") not in ("0", "")
+
+
 DEFAULT_MAX_MEMORY = 16 << 30
 
 
