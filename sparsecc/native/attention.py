@@ -21,9 +21,10 @@ q, k, v, out are contiguous (heads, L|S, D|E); the mask is read at
 With ``q_kn`` / ``k_kn``, q / k are instead the features x tokens output of the sparse linear
 that computed them (native.lower: head h's D rows from h*D, sample a's tokens from column
 a*L | a*S, rows ``q_ld`` / ``k_ld`` floats apart): q's elements are broadcast from there and
-k's rows are already kt, so neither the linear's output transpose nor the key transpose runs.
-Key vectors past S read the next sample's columns or the row padding (kn_stride), which is
-why k_kn needs S >= 2; those lanes are set to -inf before the softmax like any past jend.
+k's rows are kt already, copied into scratch as they are (read in place, the score tiles
+waited on L2/L3), so neither the linear's output transpose nor the key transpose runs. Key
+vectors past S read the next sample's columns or the row padding (kn_stride), which is why
+k_kn needs S >= 2; those lanes are set to -inf before the softmax like any past jend.
 """
 
 from __future__ import annotations
