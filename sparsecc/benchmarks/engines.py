@@ -208,10 +208,6 @@ class DeepSparse:
                                              stdout=subprocess.PIPE, stderr=err, text=True,
                                              env=env)
 
-    def measure(self, onnx_path, inputs, threads, min_runs, min_time):
-        times, out = self.samples(onnx_path, inputs, threads, min_runs, min_time)
-        return summarize(times), out
-
     def samples(self, onnx_path, inputs, threads, min_runs, min_time):
         """The worker's timed calls (ms; its engine is compiled once and kept) and output."""
         if not self.available:

@@ -353,7 +353,7 @@ def _prepare(engine, model, inputs, compiled, onnx_path, spec, ds, threads):
     """(sampler(min_runs, min_time) -> ms samples, the engine's output): the engine is set up
     and run once (its output for the error column; the first round's warm-up)."""
     if engine == "deepsparse":
-        times, out = ds.samples(onnx_path, inputs, threads, 1, 0.0)
+        _, out = ds.samples(onnx_path, inputs, threads, 1, 0.0)
 
         def ds_sampler(n, t):
             return ds.samples(onnx_path, inputs, threads, n, t)[0]

@@ -140,12 +140,11 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> None:
         jend = b.load(jend_p)
         nvec = b.sdiv(b.add(jend, I64(vw - 1)), I64(vw))
 
-        # ---- kt[d, j] = k[j, d] for j < jend (blocks of vw x vw, then the edges), rows kt_ld
-        # floats apart
+        # ---- kt[d, j] = k[j, d] for j < jend (blocks of vw x vw, then the edges)
+        kt = scratch
         if spec.k_kn:  # copied into scratch: the score tiles then read L1, not L2 / L3
             ksrc = b.gep(kk, [b.add(b.mul(b.mul(hb, I64(D)), kld), b.mul(ha, I64(S)))],
                          inbounds=True)
-            kt, kt_ld = scratch, I64(sp)
             with k.loop(I64(0), I64(D), "kc") as d:
                 src = b.gep(ksrc, [b.mul(d, kld)], inbounds=True)
                 dst = b.gep(kt, [b.mul(d, I64(sp))], inbounds=True)
@@ -153,13 +152,12 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> None:
                     k.vstore(k.vload(b.gep(src, [j0], inbounds=True), None),
                              b.gep(dst, [j0], inbounds=True), None)
         else:
-            kt, kt_ld = scratch, I64(sp)
             kh = b.gep(kk, [b.mul(head, I64(S * D))], inbounds=True)
             _transpose_keys(k, kh, kt, jend, D, sp)
 
         # ---- scores: sc[r, j] = (q[r] . k[j]) * scale, j < nvec * vw
         RQ, KV = (4, 4) if vw >= 16 else (4, 2)
-        _scores(k, spec, (qh, q_rs, q_ds), (kt, kt_ld), sc, rows, nvec, RQ, KV, scale_v)
+        _scores(k, spec, (qh, q_rs, q_ds), kt, sc, rows, nvec, RQ, KV, scale_v)
 
         # ---- mask, causal and padding lanes; softmax rows in place; 1/sum per row. SR rows
         # in lockstep: one row's chain (max, reduce, exp, sum, reduce, divide) is latency-bound
@@ -320,15 +318,14 @@ def _transpose_keys(k: _K, kh, kt, jend, D: int, sp: int) -> None:
             b.store(val, b.gep(kt, [b.add(I64(d * sp), j)], inbounds=True))
 
 
-def _scores(k: _K, spec: AttentionSpec, qs, kts, sc, rows, nvec, RQ: int, KV: int,
+def _scores(k: _K, spec: AttentionSpec, qs, kt, sc, rows, nvec, RQ: int, KV: int,
             scale_v) -> None:
     """sc[r, jv*vw..] for rows [0, rows) and key vectors [0, nvec): RQ x KV register tiles
-    (a row or key-vector tail takes the narrower tile). q[r, d] is at qh[r*q_rs + d*q_ds] and
-    kt's rows kt_ld floats apart (qs = (qh, q_rs, q_ds), kts = (kt, kt_ld)). Lanes past jend
-    read kt's stale columns: finite or not, they are overwritten with -inf before the softmax."""
+    (a row or key-vector tail takes the narrower tile). q[r, d] is at qh[r*q_rs + d*q_ds]
+    (qs = (qh, q_rs, q_ds)). Lanes past jend read kt's stale columns: finite or not, they
+    are overwritten with -inf before the softmax."""
     b, vw, D, sp = k.b, k.vw, spec.d, spec.sp
     qh, q_rs, q_ds = qs
-    kt, kt_ld = kts
 
     def tile(r0, jv0, rq: int, kv: int):
         accs = [[k.c(0.0) for _ in range(kv)] for _ in range(rq)]
@@ -342,7 +339,7 @@ def _scores(k: _K, spec: AttentionSpec, qs, kts, sc, rows, nvec, RQ: int, KV: in
                                           inbounds=True)))
                 for c in range(kv):
                     accs[r][c] = k.fma(qv, kvec[c], accs[r][c])
-            krow = b.gep(krow, [kt_ld], inbounds=True)
+            krow = b.gep(krow, [I64(sp)], inbounds=True)
             qcol = b.gep(qcol, [q_ds], inbounds=True)
         for r in range(rq):
             srow = b.gep(sc, [b.mul(b.add(r0, I64(r)), I64(sp))], inbounds=True)

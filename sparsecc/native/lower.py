@@ -842,7 +842,7 @@ class Lowering:
             if plan.ops[j].output not in self.kn_res:
                 continue
             for a in plan.ops[i].inputs:
-                made = [li for li, o in enumerate(plan.ops) if o.output == a]
+                made = self._writers(a)
                 if len(made) != 1 or self._only_reader(a) != i:
                     continue
                 li = made[0]
@@ -1281,6 +1281,9 @@ class Lowering:
     def _readers(self, name: str) -> list[int]:
         return [j for j, op in enumerate(self.plan.ops) if name in op.inputs]
 
+    def _writers(self, name: str | None) -> list[int]:
+        return [j for j, op in enumerate(self.plan.ops) if op.output == name]
+
     def _view_chain(self, name: str) -> tuple[int, int] | None:
         """(reshape op, its reader) when ``name``'s only reader is a reshape (a view) whose
         only reader is one op, neither is a plan output and nothing else views ``name``."""
@@ -1331,7 +1334,7 @@ class Lowering:
                         self._qk_kn(plan.ops[pi].output, B, S)
             if not op.attrs.get("in_kn"):  # input side: permute -> view -> linear
                 x = op.inputs[0]
-                made = [j for j, o in enumerate(plan.ops) if o.output == plan.tensors[x].alias_of]
+                made = self._writers(plan.tensors[x].alias_of)
                 if plan.tensors[x].alias_of is None or len(made) != 1 or \
                         not heads_perm(plan.ops[made[0]]):
                     continue
@@ -1408,7 +1411,7 @@ class Lowering:
         if plan.tensors[other].shape != plan.tensors[name].shape or \
                 plan.tensors[add.output].shape != plan.tensors[name].shape:
             return None
-        made = [k for k, o in enumerate(plan.ops) if o.output == other]
+        made = self._writers(other)
         if other not in plan.inputs and (not made or made[0] >= self.i):
             return None  # computed after the conv (a ResNet's downsample branch)
         return j, other, _act(add)

@@ -37,13 +37,13 @@ KFN = E_.KERNEL_TYPE
 # ~1 us here (its workers spin between regions): MNIST CNN at batch 1 took 84 us with
 # 30 000, 78 with 8 000, 76 with 2 000.
 SERIAL_FLOPS = 4_000
-# pfor hands out guided chunks (the rest / (2 x threads), at least 1) instead of a fixed
+# pfor hands out guided chunks (the rest / (GUIDE x threads), at least 1) instead of a fixed
 # grain of items / (4 x threads): the fixed grain left up to a chunk's imbalance at the end of
 # each region (ResNet-18 at 90 %, 51 items in chunks of 6: some convs 5-7 % slower than on
 # the executor's static split). Same process, batch 1: ResNet-18 6.95 -> 6.84 ms (uniform),
 # 13.36 -> 13.09 (global), MobileNetV2 2.84 -> 2.78, MLP 0.318 -> 0.305, MiniLM 4.15 ->
-# 4.11; batch 16 level. False keeps the fixed grain (for A/B).
-GUIDED = True
+# 4.11; batch 16 level.
+GUIDE = 2
 # Symbols the library may leave to the loader: libm, libc's memory functions, libgomp.
 ALLOWED_EXTERNALS = re.compile(
     r"^(GOMP_parallel|omp_get_thread_num|memcpy|memset|memmove|"
@@ -129,33 +129,25 @@ def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
     # Items handed out through an atomic counter, not split statically: with a static split
     # one descheduled thread stalls the region (another process on one of the 2 cores made a
     # ResNet-50 call 6.7x slower that way; dynamic hand-out let the other thread take over).
-    fnp, args, items, grain = (b.load(field(i)) for i in range(4))
+    fnp, args, items, parts = (b.load(field(i)) for i in range(4))
     counter = field(4)
     head = worker.append_basic_block("head")
+    take = worker.append_basic_block("take")
     body = worker.append_basic_block("body")
     done = worker.append_basic_block("done")
     b.branch(head)
     b.position_at_end(head)
-    if GUIDED:
-        # guided: a chunk is the rest / grain (grain = 2 x threads here), at least 1, taken by
-        # compare-and-swap: big chunks first, single items at the end
-        cur = b.load_atomic(counter, "monotonic", 8)
-        chunk = b.sdiv(b.sub(items, cur), grain)
-        chunk = b.select(b.icmp_signed("<", chunk, I64(1)), I64(1), chunk)
-        take = worker.append_basic_block("take")
-        b.cbranch(b.icmp_signed("<", cur, items), take, done)
-        b.position_at_end(take)
-        pair = b.cmpxchg(counter, cur, b.add(cur, chunk), "monotonic", "monotonic")
-        b.cbranch(b.extract_value(pair, 1), body, head)
-        b.position_at_end(body)
-        start, stop = cur, b.add(cur, chunk)
-    else:
-        start = b.atomic_rmw("add", counter, grain, "monotonic")
-        b.cbranch(b.icmp_signed("<", start, items), body, done)
-        b.position_at_end(body)
-        stop = b.add(start, grain)
-    stop = b.select(b.icmp_signed("<", stop, items), stop, items)
-    b.call(fnp, [start, stop, args])
+    # guided: a chunk is the rest / parts (GUIDE x threads), at least 1, taken by
+    # compare-and-swap: big chunks first, single items at the end
+    start = b.load_atomic(counter, "monotonic", 8)
+    chunk = b.sdiv(b.sub(items, start), parts)
+    chunk = b.select(b.icmp_signed("<", chunk, I64(1)), I64(1), chunk)
+    b.cbranch(b.icmp_signed("<", start, items), take, done)
+    b.position_at_end(take)
+    pair = b.cmpxchg(counter, start, b.add(start, chunk), "monotonic", "monotonic")
+    b.cbranch(b.extract_value(pair, 1), body, head)
+    b.position_at_end(body)
+    b.call(fnp, [start, b.add(start, chunk), args])  # (chunk <= items - start)
     b.branch(head)
     b.position_at_end(done)
     b.ret_void()
@@ -181,12 +173,7 @@ def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
     b.position_at_end(par)
     ctx = b.alloca(ctx_t)
     t64 = b.sext(threads, I64)
-    if GUIDED:
-        grain = b.mul(t64, I64(2))
-    else:
-        grain = b.sdiv(items, b.mul(t64, I64(4)))
-        grain = b.select(b.icmp_signed("<", grain, I64(1)), I64(1), grain)
-    for i, v in enumerate((fn, args, items, grain, I64(0))):
+    for i, v in enumerate((fn, args, items, b.mul(t64, I64(GUIDE)), I64(0))):
         b.store(v, b.gep(ctx, [I32(0), I32(i)], inbounds=True))
     b.call(gomp, [worker, b.bitcast(ctx, P8), threads, I32(0)])
     b.branch(out)
