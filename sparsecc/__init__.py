@@ -30,11 +30,15 @@ __version__ = "0.1.0"
 
 
 def compile(model: Any, example_inputs: Any, sparsity: float | None = None,
-            recipe: Any = None) -> CompiledModel:
-    """Compile an nn.Module for ``example_inputs``; ``sparsity`` prunes first (see ``prune``)."""
+            recipe: Any = None, quantize: str | None = None,
+            calibration: Any = None) -> CompiledModel:
+    """Compile an nn.Module for ``example_inputs``; ``sparsity`` prunes first (see ``prune``);
+    ``quantize="int8"`` runs the linear layers in int8, calibrated on ``calibration`` (an
+    iterable of example inputs)."""
     from sparsecc.compiler import compile as _compile
 
-    return _compile(model, example_inputs, sparsity=sparsity, recipe=recipe)
+    return _compile(model, example_inputs, sparsity=sparsity, recipe=recipe,
+                    quantize=quantize, calibration=calibration)
 
 
 def prune(model: Any, sparsity: float | None = None, **options: Any):

@@ -197,9 +197,14 @@ class Report:
     rows: list[dict[str, Any]]
     batch: int
     backend: str = ""
+    quantized: bool = False  # a "precision" column (int8 scales, or why float32)
 
-    COLUMNS = ("name", "op", "shape", "density", "format", "kernel", "mflops", "est_us",
-               "measured_us", "gflops")
+    BASE_COLUMNS = ("name", "op", "shape", "density", "format", "kernel", "mflops", "est_us",
+                    "measured_us", "gflops")
+
+    @property
+    def COLUMNS(self) -> tuple[str, ...]:  # noqa: N802 (was a class constant)
+        return self.BASE_COLUMNS + (("precision",) if self.quantized else ())
 
     def total(self, key: str) -> float:
         return float(sum(r[key] for r in self.rows if r.get(key) is not None))
@@ -212,6 +217,7 @@ class Report:
                  _cell(self.total("est_us")), _cell(self.total("measured_us"))]
         us = self.total("measured_us")
         total.append(_cell(self.total("mflops") / us * 1e3) if us else "-")
+        total += [""] * (len(self.COLUMNS) - len(total))
         cells.append(total)
         widths = [max(len(row[i]) for row in cells) for i in range(len(self.COLUMNS))]
         lines = [f"per-layer report at batch {self.batch}; runs on: {self.backend}"]
@@ -264,8 +270,20 @@ def build_report(cm: CompiledModel, measure: bool, repeats: int) -> Report:
             "kernel": labels.get(i, "-") if cm.native is not None else _executor_kernel(op),
             "measured_us": measured[i] * 1e6 if i in measured else None,
             "gflops": flops / measured[i] / 1e9 if measured.get(i) else None,
+            "precision": _precision(op),
         })
-    return Report(rows, n, cm.native_status)
+    return Report(rows, n, cm.native_status, quantized="quantize" in plan.info)
+
+
+def _precision(op) -> str | None:
+    a = op.attrs
+    if op.kind == "qlinear":
+        lo, hi = a.get("w_scale", [0, 0])
+        return (f"int8 x{float(a['x_scale']):.3g}+{int(a['x_zero'])} "
+                f"w{float(lo):.2g}..{float(hi):.2g} err {float(a.get('qerr', 0)):.1%}")
+    if op.kind in ("linear", "conv2d"):
+        return a.get("precision", "float32")
+    return None
 
 
 def _executor_kernel(op) -> str:

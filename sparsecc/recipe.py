@@ -18,7 +18,8 @@ from typing import Any
 from sparsecc.errors import PassError, RecipeError
 
 SECTIONS = {"prune": "prune", "formats": "select-format", "layout": "layout", "fuse": "fuse",
-            "normalize": "normalize", "compile": None, "schedule": None}
+            "normalize": "normalize", "quantize": "quantize", "compile": None,
+            "schedule": None}
 COMPILE_KEYS = {"dynamic_batch": bool}
 
 

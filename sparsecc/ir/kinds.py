@@ -15,6 +15,8 @@ from sparsecc.ir.rules import (
     Ctx,
     PlanInvalid,
     T,
+    _indices,
+    _indptr,
     activation,
     broadcast_to,
     castable,
@@ -410,3 +412,67 @@ def _sdpa(c: Ctx) -> None:
     if c.attr("scale") is not None:
         num(c.attr("scale"), "scale")
     flag(c.attr("is_causal", False), "is_causal")
+
+
+@rule("qlinear", params=("indptr", "indices", "data", "mult", "bias"))
+def _qlinear(c: Ctx) -> None:
+    """int8 linear (formats.qint8): g4 groups, per-row multipliers, uint8 input codes."""
+    x = c.ins[0]
+    if not x.shape or len(c.out.shape) != len(x.shape) or c.out.shape[:-1] != x.shape[:-1]:
+        raise PlanInvalid(f"qlinear {x.shape} -> {c.out.shape}: leading dims must agree")
+    need_f32(x, c.out)
+    rows, cols = c.out.shape[-1], x.shape[-1]
+    if ints(c.attr("weight_shape"), 2, "weight_shape", 0) != (rows, cols):
+        raise PlanInvalid(f"weight_shape {c.attr('weight_shape')} != {[rows, cols]}")
+    if cols > 65_000:
+        raise PlanInvalid(f"qlinear with {cols} inputs: the int32 sum could overflow")
+    scale = num(c.attr("x_scale"), "x_scale")
+    if not (math.isfinite(scale) and scale > 0):
+        raise PlanInvalid(f"x_scale={scale!r} must be a positive finite number")
+    int_(c.attr("x_zero"), "x_zero", 0, 255)
+    activation(c)
+    ix = c.params["indices"]
+    _indices(ix, -(-cols // 4), "qlinear", ("uint16", "uint32"))
+    _indptr(param(c, "indptr"), rows, ix.shape[0], "qlinear")
+    param(c, "data", (ix.shape[0], 4), "int8")
+    for role in ("mult", "bias"):
+        if not np.all(np.isfinite(param(c, role, (rows,), "float32"))):
+            raise PlanInvalid(f"qlinear {role} has a non-finite value")
+
+
+@rule("qconv2d", params=("indptr", "indices", "data", "mult", "bias"))
+def _qconv2d(c: Ctx) -> None:
+    """int8 conv (formats.qint8): rows over (kh, kw, C rounded up to 4), 4 channels a group."""
+    x, out = c.ins[0], c.out
+    if len(x.shape) != 4 or len(out.shape) != 4 or out.shape[0] != x.shape[0]:
+        raise PlanInvalid(f"qconv2d {x.shape} -> {out.shape}: needs (N, C, H, W) both sides")
+    need_f32(x, out)
+    kh, kw = ints(c.attr("kernel"), 2, "kernel", 1, 1 << 12)
+    sh, sw = ints(c.attr("stride"), 2, "stride", 1, 1 << 12)
+    ph, pw = ints(c.attr("padding"), 2, "padding", 0, 1 << 12)
+    dh, dw = ints(c.attr("dilation"), 2, "dilation", 1, 1 << 12)
+    if int_(c.attr("groups", 1), "groups", 1) != 1:
+        raise PlanInvalid("qconv2d has groups=1 only")
+    n, cin, h, w = x.shape
+    cout = out.shape[1]
+    for size, got, k, s, p, d in ((h, out.shape[2], kh, sh, ph, dh),
+                                  (w, out.shape[3], kw, sw, pw, dw)):
+        if got < 1 or got != conv_out(size, k, s, p, d):
+            raise PlanInvalid(f"qconv2d output {out.shape} does not match its geometry")
+    if ints(c.attr("weight_shape"), 4, "weight_shape", 0) != (cout, cin, kh, kw):
+        raise PlanInvalid(f"weight_shape {c.attr('weight_shape')} != {[cout, cin, kh, kw]}")
+    cols = kh * kw * (-(-cin // 4) * 4)
+    if cols > 65_000:
+        raise PlanInvalid(f"qconv2d with {cols} inputs a row: the int32 sum could overflow")
+    scale = num(c.attr("x_scale"), "x_scale")
+    if not (math.isfinite(scale) and scale > 0):
+        raise PlanInvalid(f"x_scale={scale!r} must be a positive finite number")
+    int_(c.attr("x_zero"), "x_zero", 0, 255)
+    activation(c)
+    ix = c.params["indices"]
+    _indices(ix, cols // 4, "qconv2d", ("uint16", "uint32"))
+    _indptr(param(c, "indptr"), cout, ix.shape[0], "qconv2d")
+    param(c, "data", (ix.shape[0], 4), "int8")
+    for role in ("mult", "bias"):
+        if not np.all(np.isfinite(param(c, role, (cout,), "float32"))):
+            raise PlanInvalid(f"qconv2d {role} has a non-finite value")

@@ -30,7 +30,7 @@ from sparsecc.ir import kinds as _kinds  # noqa: F401  (registers the rules)
 from sparsecc.ir.plan import ExecutionPlan, Sym, resolve_shape
 from sparsecc.ir.rules import MAX_RANK, RULES, Ctx, PlanInvalid, T
 
-DTYPES = {"float32", "float64", "int64", "int32", "bool", "uint8", "uint16", "uint32"}
+DTYPES = {"float32", "float64", "int64", "int32", "bool", "int8", "uint8", "uint16", "uint32"}
 MAX_DIM = 1 << 40  # no dimension is larger; sizes are checked against a budget at binding
 
 __all__ = ["PlanInvalid", "verify_plan", "verify_batch", "DTYPES"]

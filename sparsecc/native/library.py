@@ -61,7 +61,7 @@ def build(plan: ExecutionPlan, prefix: str = "scc", threads: int | None = None,
     t0 = time.perf_counter()
     load_gomp()
     h = jit.host()
-    prog = Lowering(plan, h.vector_width, threads or kernel_threads()).run()
+    prog = Lowering(plan, h.vector_width, threads or kernel_threads(), h.features).run()
     blob, offsets = prog.blob()
     text = M.main_ir(prog, prefix, offsets)
     lib = NativeLibrary(prefix, h.key, {}, blob, prog.arena, prog.scratch_per_thread,

@@ -38,6 +38,10 @@ from sparsecc.options import env_native_fuse, env_native_kernels
 from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.shape import index_from_attr
 
+# int8, one input row: a layer with this fraction of its 4-input groups stored (or more) runs
+# as a dense GEMV (contiguous codes, no gathers)
+GEMV_Q8_FILL = 0.5
+
 
 class Unsupported(Exception):
     """An op the native backend does not lower (yet); the message names it."""
@@ -192,8 +196,9 @@ def _fused(act: str, generic: bool = False) -> str:
 
 
 class Lowering:
-    def __init__(self, plan: ExecutionPlan, vw: int, threads: int):
+    def __init__(self, plan: ExecutionPlan, vw: int, threads: int, features: str = ""):
         self.plan, self.vw, self.threads = plan, vw, max(1, threads)
+        self.features = set(features.split(","))  # LLVM's "+avx512vnni,..." of the target
         self.p = Program(plan)
         self.i = 0  # current op index
         # conv outputs left in their wide rows for the pool that reads them: name -> (the
@@ -906,6 +911,140 @@ class Lowering:
         self.call(self.numba("k_adaptive"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
                                              I(int(op.attrs["mode"] == "max"))],
                   numel(self.shape(out)[:2]), float(hw))
+
+    # ---- int8 linear ----------------------------------------------------------------------
+    def op_qlinear(self, op: Op):
+        """Quantize the input rows to uint8 codes, then the int8 SpMV (one row) or SpMM
+        (grouped codes, vw rows a tile) with the dequantizing epilogue (native.qlinear)."""
+        from sparsecc.native import qlinear as QL
+
+        x, out = op.inputs[0], op.output
+        o, k = (int(v) for v in op.attrs["weight_shape"])
+        m = numel(self.shape(x)[:-1])
+        actn, pa, pb = _act(op)
+        idx = self.plan.constants[op.params["indices"]]
+        k4 = -(-k // 4)
+        scale, zero = float(op.attrs["x_scale"]), int(op.attrs["x_zero"])
+        inv = F(float(np.float32(1.0 / scale)))
+        w = [self.const(op.params[r]) for r in ("indptr", "indices", "data", "mult", "bias")]
+        nnz = max(int(idx.shape[0]), 1)
+        quant = self.ir_kernel(QL.QuantizeSpec(self.vw))
+
+        def kernel(family):
+            return self._q8_kernel(op, family, (actn, pa, pb))[0]
+
+        one, many = [(m, "==", 1)], [(m, "!=", 1)]
+        # one row: codes in the plain row; a gather SpMV over output rows, or (half the
+        # groups or more stored) a GEMV over rows with every group, which needs no gather
+        q1 = self.temp("q8row", const(k4 * 4))
+        self.call(quant, [T(x), T(q1), I(1), I(k), I(k), I(1), inv, I(zero)], const(1),
+                  4.0 * k, only_if=one)
+        if nnz >= GEMV_Q8_FILL * o * k4:
+            full = np.zeros((o, k4, 4), np.int8)
+            indptr = self.plan.constants[op.params["indptr"]]
+            rows = np.repeat(np.arange(o), np.diff(indptr))
+            full[rows, idx.astype(np.int64)] = self.plan.constants[op.params["data"]]
+            self.call(kernel("gemv"), [I(0), I(0), self.derived("q8full", full), T(q1),
+                                       T(out), *w[3:], I(1), I(o), I(k4), I(1), I(0),
+                                       I(0), I(0)],
+                      const(o), 8.0 * k4, only_if=one)
+        else:
+            self.call(kernel("spmv"), [*w[:3], T(q1), T(out), *w[3:], I(1), I(o), I(1),
+                                       I(1), I(0), I(0), I(0)], const(o), 8.0 * nnz / o,
+                      only_if=one)
+        # several rows: grouped codes (group g of row r at dword g * ld + r), tiles of vw rows
+        m = lift(m)
+        ntiles = m.cdiv(self.vw)
+        ld = ntiles * self.vw
+        qn = self.temp("q8cols", (m + self.vw) * (k4 * 4))  # >= ld * k4 dwords, affine
+        self.call(quant, [T(x), T(qn), I(m), I(k), I(k), I(ld), inv, I(zero)], m, 4.0 * k,
+                  only_if=many)
+        tiles_1 = max(ntiles(max(2, self.plan.example_batch)), 1)
+        nrb = max(1, min(o, -(-4 * self.threads // tiles_1), 64))
+        self.call(kernel("spmm"), [*w[:3], T(qn), T(out), *w[3:], I(m), I(o), I(ld), I(nrb),
+                                   I(0), I(0), I(0)],
+                  ntiles * nrb, 2.0 * 4 * nnz / nrb * self.vw, only_if=many)
+        _, fused, label = self._q8_kernel(op, "spmm", (actn, pa, pb))
+        if not fused:
+            self.act_on(out, (actn, pa, pb))
+        return label
+
+    def _q8_kernel(self, op: Op, family: str, act, bits: int = 0) -> tuple[str, bool, str]:
+        """(symbol, fused?, label) of an int8 kernel for ``op`` on this CPU (``bits``: of the
+        index stream it reads, default the stored group indices')."""
+        from sparsecc.native import qlinear as QL
+
+        actn, pa, pb = act
+        fused = actn if actn in ("none", "relu", "clamp") else "none"
+        vnni = self.vw == 16 and "+avx512vnni" in self.features
+        if self.vw == 16 and not vnni and "+avx512bw" not in self.features:
+            raise Unsupported("int8 needs AVX-512BW (or AVX2) for its 16-bit multiplies")
+        if self.vw not in (8, 16):
+            raise Unsupported("int8 kernels need AVX2 or AVX-512")
+        idx = self.plan.constants[op.params["indices"]]
+        bits = bits or (16 if idx.dtype == np.uint16 else 32)
+        spec = QL.QLinearSpec(family, self.vw, vnni, bits, fused,
+                              pa if fused == "clamp" else 0.0, pb if fused == "clamp" else 0.0)
+        return self.ir_kernel(spec), fused == actn, f"native int8 {'vnni' if vnni else 'pmaddwd'}"
+
+    def op_qconv2d(self, op: Op):
+        """Quantize into grouped polyphase planes (4 channels a dword), one int8 SpMM over
+        ho x wq positions per sample whose groups read the planes at fixed offsets (the float
+        shifted conv's scheme), then the crop (+ residual add + activation)."""
+        x, out = op.inputs[0], op.output
+        nb, cin, h, w = self.shape(x)
+        cout = self.shape(out)[1].value
+        c = cin.value
+        cg = -(-c // 4)
+        g = SP.Shift.of(op, self.example(out))
+        act = _act(op)
+        res = self._residual(op, act)
+        # the groups' plane offsets are 32-bit whatever the stored group indices are
+        sym, fused, label = self._q8_kernel(op, "conv", ("none", 0.0, 0.0) if res else act, 32)
+        per_sample = cg * g.phases * g.plane + g.slack  # dwords
+        if per_sample >= 2**31:
+            raise Unsupported("int8 conv planes past 2^31 codes a sample")
+        planes = self.temp("q8planes", nb * per_sample * 4)
+        scale, zero = float(op.attrs["x_scale"]), int(op.attrs["x_zero"])
+        self.call(self.numba("k_q8_phase"),
+                  [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
+                   I(g.sw), self.derived("pys", g.pys), I(len(g.pys)),
+                   self.derived("pxs", g.pxs), I(len(g.pxs)), I(g.hq), I(g.wq),
+                   I(per_sample), F(float(np.float32(1.0 / scale))), I(zero)],
+                  nb * cg * g.phases, 4.0 * g.plane * 4)
+        # group index tap * cg + c4 -> its dword offset in the sample's planes
+        grp = self.plan.constants[op.params["indices"]].astype(np.int64)
+        tap, c4 = np.divmod(grp, cg)
+        dy, dx = np.divmod(tap, g.kw)
+        qy, py = np.divmod(dy * g.dh, g.sh)
+        qx, px = np.divmod(dx * g.dw, g.sw)
+        phase = np.searchsorted(g.pys, py) * len(g.pxs) + np.searchsorted(g.pxs, px)
+        offs = ((c4 * g.phases + phase) * g.plane + qy * g.wq + qx).astype(np.uint32)
+        L = g.ho * g.wq
+        full = self.temp("q8full", nb * cout * L * 4)
+        ntiles = -(-L // self.vw)
+        want = 4 * self.threads
+        tiles_1 = max(ntiles * nb(max(2, self.plan.example_batch)), 1)
+        nrb = max(1, min(cout, -(-want // tiles_1), 64))
+        nnz = max(int(grp.shape[0]), 1)
+        args = [self.const(op.params["indptr"]), self.derived("q8offs", offs),
+                self.const(op.params["data"]), T(planes), T(full),
+                self.const(op.params["mult"]), self.const(op.params["bias"]), I(L), I(cout),
+                I(0), I(nrb), I(per_sample), I(cout * L), I(L)]
+        self.call(sym, args, nb * ntiles * nrb, 2.0 * 4 * nnz / nrb * self.vw)
+        if res is not None:
+            j, other, (actn, pa, pb) = res
+            self.fused[j] = (self.i, out)
+            self.call(self.numba("k_crop_res"),
+                      [T(full), T(other), T(self.plan.ops[j].output), I(nb), I(cout),
+                       I(g.ho), I(g.wo), I(g.wq), I(A.act_code(actn)), F(pa), F(pb)],
+                      nb * cout, 2.0 * g.ho * g.wo)
+            return label + " + residual add"
+        self.call(self.numba("k_crop"), [T(full), T(out), I(nb), I(cout), I(g.ho), I(g.wo),
+                                         I(g.wq)], nb * cout, float(g.ho * g.wo))
+        if not fused:
+            self.act_pass(out, *act)
+        return label
 
     # ---- linear ---------------------------------------------------------------------------
     def op_linear(self, op: Op):

@@ -1,0 +1,257 @@
+"""int8 quantization of the linear and conv layers, calibrated on example batches.
+
+Requires: a lowered, fused plan (activations already on the weighted ops) whose linear / conv2d
+ops hold a dense ``weight`` (select-format has not run yet) and calibration inputs. Guarantees:
+every quantized linear / conv becomes a ``qlinear`` / ``qconv2d`` op (formats.qint8: g4-packed
+int8 weight, per-row scales, the input's uint8 scale and zero point, the zero point folded into
+the bias); every other one is left as it was with ``attrs['precision']`` saying why it stays
+float32.
+``plan.info['quantize']`` records the method and the counts.
+
+Policy:
+- activations, per tensor, from the float plan run on the calibration batches: ``minmax``
+  (the observed range), ``percentile`` (the ``percentile``-th and (100 - it)-th), ``mse`` and
+  ``entropy`` (the clip range, shrunk from min/max in 64 steps, with the least squared error /
+  the least KL divergence between the float and the quantized value histograms);
+- sensitivity: each layer's own int8 output is compared with its float32 output on the
+  calibration inputs; above ``max_error`` (relative L2) the layer stays float32;
+- ``keep_float``: layer names (or globs) that stay float32 whatever they measure.
+Grouped and depthwise convs stay float32 (no int8 kernel for them yet; the report says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sparsecc.errors import PassError
+from sparsecc.formats import qint8 as Q
+from sparsecc.ir.plan import ExecutionPlan, Op, TensorSpec
+from sparsecc.passes.registry import PassResult, register_pass
+
+METHODS = ("minmax", "percentile", "mse", "entropy")
+_SAMPLES = 200_000  # activation values kept per tensor for the range search
+_ROWS = 2048  # input rows kept per layer for the sensitivity check
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    mode: str = "int8"
+    method: str = "minmax"
+    percentile: float = 99.99
+    keep_float: tuple[str, ...] = ()
+    max_error: float = 0.05  # relative L2 error of a layer's own output
+    calibration: Iterable[Any] | None = None  # lists of input arrays (compile() converts)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode != "int8":
+            raise ValueError(f"mode={self.mode!r}: only 'int8' is supported")
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} must be one of {', '.join(METHODS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile={self.percentile!r} must be in (50, 100]")
+        if not self.max_error > 0:
+            raise ValueError(f"max_error={self.max_error!r} must be positive")
+        v = self.keep_float
+        object.__setattr__(self, "keep_float", (v,) if isinstance(v, str) else tuple(v))
+
+
+def _kept(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p)
+               for p in patterns)
+
+
+def _candidates(plan: ExecutionPlan) -> tuple[list[int], dict[int, str]]:
+    """Linear ops that int8 can take, and why the others cannot."""
+    ok, why = [], {}
+    for i, op in enumerate(plan.ops):
+        if op.kind not in ("linear", "conv2d"):
+            continue
+        w = plan.constants.get(op.params.get("weight", ""))
+        ndim = 2 if op.kind == "linear" else 4
+        k = 0 if w is None or w.ndim != ndim else \
+            w.shape[1] if op.kind == "linear" else Q.conv_weight_rows(w[:1]).shape[1]
+        if w is None or w.dtype != np.float32 or w.ndim != ndim:
+            why[i] = "float32 (not a dense float32 weight)"
+        elif op.kind == "conv2d" and int(op.attrs.get("groups", 1)) != 1:
+            why[i] = "float32 (grouped / depthwise conv: no int8 kernel yet)"
+        elif plan.tensors[op.inputs[0]].dtype != "float32":
+            why[i] = "float32 (input not float32)"
+        elif k > Q.MAX_K:
+            why[i] = f"float32 ({k} inputs: the int32 sum could overflow)"
+        else:
+            ok.append(i)
+    return ok, why
+
+
+def capture(plan: ExecutionPlan, names: list[str], batches: list[list[np.ndarray]]
+            ) -> dict[str, list[np.ndarray]]:
+    """The values of ``names`` when the float plan runs each calibration batch."""
+    from sparsecc.runtime.executor import Executor
+
+    extra = [n for n in dict.fromkeys(names) if n not in plan.outputs and n not in plan.inputs]
+    probe = dataclasses.replace(plan, outputs=list(plan.outputs) + extra, output_kind="tuple",
+                                ops=list(plan.ops), tensors=dict(plan.tensors))
+    ex = Executor(probe)
+    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for arrays in batches:
+        outs = ex.run(arrays)
+        by_name = dict(zip(plan.inputs, arrays)) | dict(zip(probe.outputs, outs))
+        for n in names:
+            got[n].append(np.array(by_name[n], np.float32, copy=True))
+    return got
+
+
+def _sample(values: list[np.ndarray], rng) -> np.ndarray:
+    flat = np.concatenate([v.ravel() for v in values])
+    flat = flat[np.isfinite(flat)]
+    if flat.size > _SAMPLES:
+        flat = rng.choice(flat, _SAMPLES, replace=False)
+    return flat.astype(np.float32)
+
+
+def act_range(x: np.ndarray, method: str, percentile: float) -> tuple[float, int]:
+    """(scale, zero) for the samples ``x`` by ``method``."""
+    if x.size == 0:
+        return 1.0, 0
+    lo, hi = float(x.min()), float(x.max())
+    if method == "minmax":
+        return Q.act_params(lo, hi)
+    if method == "percentile":
+        return Q.act_params(float(np.percentile(x, 100.0 - percentile)),
+                            float(np.percentile(x, percentile)))
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo < 1e-30:
+        return 1.0, 0
+    edges = np.linspace(lo, hi, 2049)
+    ref = np.histogram(x, edges)[0].astype(np.float64) + 1e-9
+    ref /= ref.sum()
+    best, best_sz = np.inf, Q.act_params(lo, hi)
+    for f in np.linspace(1.0, 0.05, 64):
+        s, z = Q.act_params(lo * f, hi * f)
+        back = Q.dequantize_act(Q.quantize_act(x, s, z), s, z)
+        if method == "mse":
+            score = float(np.mean((back.astype(np.float64) - x) ** 2))
+        else:  # entropy: KL(float || quantized) over the same bins
+            got = np.histogram(back, edges)[0].astype(np.float64) + 1e-9
+            got /= got.sum()
+            score = float(np.sum(ref * np.log(ref / got)))
+        if score < best:
+            best, best_sz = score, (s, z)
+    return best_sz
+
+
+def layer_error(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qw: Q.QWeight,
+                scale: float, zero: int, conv: dict | None = None) -> float:
+    """Relative L2 error of the int8 layer's output (before its activation) against float;
+    ``conv``: x is (N, C, H, W) and w the packed rows (geometry: kernel, stride, ...)."""
+    if conv is None:
+        cols, codes = x.astype(np.float64), Q.quantize_act(x, scale, zero)
+        qcols = codes.astype(np.float64)
+    else:
+        cols = Q.conv_columns(x, 0, **conv)
+        qcols = Q.conv_columns(Q.quantize_act(x, scale, zero), zero, **conv)
+    ref = cols @ w.T.astype(np.float64)
+    if bias is not None:
+        ref += bias
+    mult, b2 = Q.fold(qw, bias, scale, zero)
+    acc = np.rint(qcols @ qw.dense().T.astype(np.float64))
+    got = Q.epilogue(acc, mult, b2).astype(np.float64)
+    den = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(got - ref)) / den if den > 0 else float(np.linalg.norm(got))
+
+
+@register_pass("quantize", options=QuantizeOptions, level="plan")
+def plan_quantize(plan: ExecutionPlan, opts: QuantizeOptions) -> PassResult:
+    """Quantize the linear layers to int8 (weights per row, activations per tensor)."""
+    batches = [list(b) for b in (opts.calibration or [])]
+    if not batches:
+        raise PassError("quantize", "needs calibration batches (calibration=[inputs, ...])",
+                        key="calibration")
+    ok, why = _candidates(plan)
+    todo = []
+    for i in ok:
+        op = plan.ops[i]
+        if _kept(op.layer or op.name, opts.keep_float):
+            why[i] = "float32 (keep_float)"
+        else:
+            todo.append(i)
+    values = capture(plan, [plan.ops[i].inputs[0] for i in todo], batches)
+    rng = np.random.default_rng(opts.seed)
+    done = 0
+    for i in todo:
+        op = plan.ops[i]
+        xs = values[op.inputs[0]]
+        scale, zero = act_range(_sample(xs, rng), opts.method, opts.percentile)
+        w = plan.constants[op.params["weight"]]
+        bias = plan.constants[op.params["bias"]] if "bias" in op.params else None
+        conv = None
+        if op.kind == "conv2d":
+            conv = {key: tuple(int(v) for v in op.attrs[key]) for key in
+                    ("kernel", "stride", "padding", "dilation")}
+            conv["out_hw"] = tuple(int(d) for d in plan.tensors[op.output].shape[2:])
+            wr = Q.conv_weight_rows(w)
+            samples = np.concatenate(xs)
+            samples = samples[np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)]
+            per = max(1, int(np.prod(conv["out_hw"])))
+            take = max(1, min(len(samples), _ROWS // per + 1))
+            rows = samples[rng.choice(len(samples), take, replace=False)]
+        else:
+            wr = w
+            rows = np.concatenate([v.reshape(-1, w.shape[1]) for v in xs])
+            rows = rows[np.all(np.isfinite(rows), axis=1)]
+            if rows.shape[0] > _ROWS:
+                rows = rows[rng.choice(rows.shape[0], _ROWS, replace=False)]
+        qw = Q.quantize_weight(wr)
+        err = layer_error(rows, wr, bias, qw, scale, zero, conv)
+        if not err <= opts.max_error:
+            why[i] = f"float32 (int8 error {err:.1%} > {opts.max_error:.1%})"
+            continue
+        _rewrite(plan, i, qw, bias, scale, zero, err, list(w.shape))
+        done += 1
+    for i, text in why.items():
+        plan.ops[i].attrs["precision"] = text
+    plan.info["quantize"] = {"mode": opts.mode, "method": opts.method,
+                             "int8_layers": done, "float_layers": len(why)}
+    return PassResult(plan, done > 0, [f"{done} layer(s) in int8, {len(why)} float32"])
+
+
+def _rewrite(plan: ExecutionPlan, i: int, qw: Q.QWeight, bias, scale: float, zero: int,
+             err: float, wshape: list[int]) -> None:
+    op = plan.ops[i]
+    mult, b2 = Q.fold(qw, bias, scale, zero)
+    base = op.params["weight"]
+    params = {}
+    for role, arr in (("indptr", qw.indptr), ("indices", qw.groups), ("data", qw.data),
+                      ("mult", mult), ("bias", b2)):
+        name = params[role] = f"{base}.q8_{role}"
+        plan.constants[name] = arr = np.ascontiguousarray(arr)
+        plan.tensors[name] = TensorSpec(name, tuple(arr.shape), str(arr.dtype))
+    for name in op.params.values():
+        if not any(name == c for j, o in enumerate(plan.ops) if j != i
+                   for c in o.params.values()):
+            plan.constants.pop(name, None)
+            plan.tensors.pop(name, None)
+    keep = ("act", "act_a", "act_b") + (("kernel", "stride", "padding", "dilation", "groups")
+                                         if op.kind == "conv2d" else ())
+    attrs = {key: v for key, v in op.attrs.items() if key in keep}
+    real = int(np.prod(wshape[1:]))
+    attrs.update(weight_shape=[int(d) for d in wshape], x_scale=scale, x_zero=zero, fmt="g4",
+                 density=qw.nnz / max(qw.rows * real, 1), qerr=err,
+                 w_scale=[float(qw.scale.min()), float(qw.scale.max())] if qw.rows else [1, 1],
+                 precision="int8")
+    kind = "qconv2d" if op.kind == "conv2d" else "qlinear"
+    plan.ops[i] = Op(kind, op.name, list(op.inputs), op.output, attrs, params, op.layer)
+
+
+def quantize_plan(plan: ExecutionPlan, calibration, **options: Any) -> PassResult:
+    from sparsecc.passes.registry import make_options, run_pass
+
+    return run_pass("quantize", plan, make_options("quantize",
+                                                   dict(options, calibration=calibration)))
