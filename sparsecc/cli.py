@@ -271,9 +271,10 @@ def make_parser() -> argparse.ArgumentParser:
                                     "mobilenet_v2,minilm; also bert_base)")
     b.add_argument("--sparsities", type=sparsity_list, help="comma-separated, e.g. 0,0.5,0.9")
     b.add_argument("--threads", type=int_list, help="comma-separated thread counts, e.g. 1,2")
-    b.add_argument("--profile", choices=["global", "uniform"], default="global",
+    b.add_argument("--profile", choices=["global", "uniform", "block4"], default="global",
                    help="global: one magnitude threshold over all layers; uniform: the "
-                        "sparsity in every layer but the first conv and the classifier")
+                        "sparsity in every layer but the first conv and the classifier; "
+                        "block4: uniform in blocks of 4 input channels (1x4c, for int8)")
     b.add_argument("--out", help="results folder (default results/bench/<date>)")
     b.add_argument("--input-shape", type=parse_shape)
     b.add_argument("--sparsity", type=sparsity_arg)

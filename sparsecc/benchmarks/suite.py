@@ -115,7 +115,7 @@ def model_specs() -> dict[str, ModelSpec]:
     }
 
 
-PROFILES = ("global", "uniform")
+PROFILES = ("global", "uniform", "block4")
 
 
 def profile_exclude(model) -> list[str]:
@@ -139,15 +139,17 @@ def prune_profile(model, sparsity: float, profile: str = "global"):
     """``global``: one magnitude threshold over every Conv/Linear weight (layers end up at
     very different densities, some empty). ``uniform``: ``sparsity`` in every prunable layer
     except the first conv and the classifier (profile_exclude), the shape of published
-    pruned90 models."""
+    pruned90 models. ``block4``: uniform, in blocks of 4 input channels at one kernel position
+    ("1x4c", the shape of pruned-quantized models: every int8 group full)."""
     import sparsecc
 
     if sparsity <= 0:
         return model
     if profile == "global":
         return sparsecc.prune(model, sparsity)
-    if profile == "uniform":
-        return sparsecc.prune(model, sparsity, scope="layer", exclude=profile_exclude(model))
+    if profile in ("uniform", "block4"):
+        return sparsecc.prune(model, sparsity, scope="layer", exclude=profile_exclude(model),
+                              pattern="1x4c" if profile == "block4" else "unstructured")
     raise ValueError(f"profile {profile!r} is not one of {PROFILES}")
 
 

@@ -41,6 +41,8 @@ from sparsecc.runtime.ops.shape import index_from_attr
 # int8, one input row: a layer with this fraction of its 4-input groups stored (or more) runs
 # as a dense GEMV (contiguous codes, no gathers)
 GEMV_Q8_FILL = 0.5
+# int8 SpMM / conv: vectors of positions per work item (each group's weight dword reused)
+QL_TILE = 4
 
 
 class Unsupported(Exception):
@@ -930,8 +932,8 @@ class Lowering:
         nnz = max(int(idx.shape[0]), 1)
         quant = self.ir_kernel(QL.QuantizeSpec(self.vw))
 
-        def kernel(family):
-            return self._q8_kernel(op, family, (actn, pa, pb))[0]
+        def kernel(family, tile=1):
+            return self._q8_kernel(op, family, (actn, pa, pb), tile=tile)[0]
 
         one, many = [(m, "==", 1)], [(m, "!=", 1)]
         # one row: codes in the plain row; a gather SpMV over output rows, or (half the
@@ -954,22 +956,25 @@ class Lowering:
                       only_if=one)
         # several rows: grouped codes (group g of row r at dword g * ld + r), tiles of vw rows
         m = lift(m)
-        ntiles = m.cdiv(self.vw)
-        ld = ntiles * self.vw
-        qn = self.temp("q8cols", (m + self.vw) * (k4 * 4))  # >= ld * k4 dwords, affine
+        tile = max(1, min(QL_TILE, -(-m(max(2, self.plan.example_batch)) // self.vw)))
+        span = tile * self.vw
+        ntiles = m.cdiv(span)
+        ld = ntiles * span
+        qn = self.temp("q8cols", (m + span) * (k4 * 4))  # >= ld * k4 dwords, affine
         self.call(quant, [T(x), T(qn), I(m), I(k), I(k), I(ld), inv, I(zero)], m, 4.0 * k,
                   only_if=many)
         tiles_1 = max(ntiles(max(2, self.plan.example_batch)), 1)
         nrb = max(1, min(o, -(-4 * self.threads // tiles_1), 64))
-        self.call(kernel("spmm"), [*w[:3], T(qn), T(out), *w[3:], I(m), I(o), I(ld), I(nrb),
-                                   I(0), I(0), I(0)],
-                  ntiles * nrb, 2.0 * 4 * nnz / nrb * self.vw, only_if=many)
+        self.call(kernel("spmm", tile), [*w[:3], T(qn), T(out), *w[3:], I(m), I(o), I(ld),
+                                         I(nrb), I(0), I(0), I(0)],
+                  ntiles * nrb, 2.0 * 4 * nnz / nrb * span, only_if=many)
         _, fused, label = self._q8_kernel(op, "spmm", (actn, pa, pb))
         if not fused:
             self.act_on(out, (actn, pa, pb))
         return label
 
-    def _q8_kernel(self, op: Op, family: str, act, bits: int = 0) -> tuple[str, bool, str]:
+    def _q8_kernel(self, op: Op, family: str, act, bits: int = 0, tile: int = 1,
+                   residual: bool = False) -> tuple[str, bool, str]:
         """(symbol, fused?, label) of an int8 kernel for ``op`` on this CPU (``bits``: of the
         index stream it reads, default the stored group indices')."""
         from sparsecc.native import qlinear as QL
@@ -984,13 +989,15 @@ class Lowering:
         idx = self.plan.constants[op.params["indices"]]
         bits = bits or (16 if idx.dtype == np.uint16 else 32)
         spec = QL.QLinearSpec(family, self.vw, vnni, bits, fused,
-                              pa if fused == "clamp" else 0.0, pb if fused == "clamp" else 0.0)
+                              pa if fused == "clamp" else 0.0, pb if fused == "clamp" else 0.0,
+                              tile, residual)
         return self.ir_kernel(spec), fused == actn, f"native int8 {'vnni' if vnni else 'pmaddwd'}"
 
     def op_qconv2d(self, op: Op):
         """Quantize into grouped polyphase planes (4 channels a dword), one int8 SpMM over
         ho x wq positions per sample whose groups read the planes at fixed offsets (the float
-        shifted conv's scheme), then the crop (+ residual add + activation)."""
+        shifted conv's scheme), then the crop (+ residual add + activation), or with no wrap
+        columns the output (+ residual add + activation) straight from the kernel."""
         x, out = op.inputs[0], op.output
         nb, cin, h, w = self.shape(x)
         cout = self.shape(out)[1].value
@@ -999,14 +1006,23 @@ class Lowering:
         g = SP.Shift.of(op, self.example(out))
         act = _act(op)
         res = self._residual(op, act)
+        L = g.ho * g.wq
+        tile = max(1, min(QL_TILE, -(-L // self.vw)))
+        # no wrap columns (wq == wo: 1x1 convs, 'same' padding at stride 1 is not one): the
+        # kernel writes the output itself, a residual add and its activation in its epilogue
+        direct = g.wq == g.wo
+        epi = act if res is None else res[2] if direct else ("none", 0.0, 0.0)
         # the groups' plane offsets are 32-bit whatever the stored group indices are
-        sym, fused, label = self._q8_kernel(op, "conv", ("none", 0.0, 0.0) if res else act, 32)
+        sym, fused, label = self._q8_kernel(op, "conv", epi, 32, tile,
+                                            residual=res is not None and direct)
         per_sample = cg * g.phases * g.plane + g.slack  # dwords
         if per_sample >= 2**31:
             raise Unsupported("int8 conv planes past 2^31 codes a sample")
         planes = self.temp("q8planes", nb * per_sample * 4)
         scale, zero = float(op.attrs["x_scale"]), int(op.attrs["x_zero"])
-        self.call(self.numba("k_q8_phase"),
+        from sparsecc.native import qlinear as QL
+
+        self.call(self.ir_kernel(QL.PhaseSpec(self.vw)),
                   [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
                    I(g.sw), self.derived("pys", g.pys), I(len(g.pys)),
                    self.derived("pxs", g.pxs), I(len(g.pxs)), I(g.hq), I(g.wq),
@@ -1020,9 +1036,11 @@ class Lowering:
         qx, px = np.divmod(dx * g.dw, g.sw)
         phase = np.searchsorted(g.pys, py) * len(g.pxs) + np.searchsorted(g.pxs, px)
         offs = ((c4 * g.phases + phase) * g.plane + qy * g.wq + qx).astype(np.uint32)
-        L = g.ho * g.wq
-        full = self.temp("q8full", nb * cout * L * 4)
-        ntiles = -(-L // self.vw)
+        if direct:
+            full = self.plan.ops[res[0]].output if res is not None else out
+        else:
+            full = self.temp("q8full", nb * cout * L * 4)
+        ntiles = -(-L // (self.vw * tile))
         want = 4 * self.threads
         tiles_1 = max(ntiles * nb(max(2, self.plan.example_batch)), 1)
         nrb = max(1, min(cout, -(-want // tiles_1), 64))
@@ -1030,8 +1048,16 @@ class Lowering:
         args = [self.const(op.params["indptr"]), self.derived("q8offs", offs),
                 self.const(op.params["data"]), T(planes), T(full),
                 self.const(op.params["mult"]), self.const(op.params["bias"]), I(L), I(cout),
-                I(0), I(nrb), I(per_sample), I(cout * L), I(L)]
-        self.call(sym, args, nb * ntiles * nrb, 2.0 * 4 * nnz / nrb * self.vw)
+                I(0), I(nrb), I(per_sample), I(cout * L), I(L),
+                T(res[1]) if res is not None and direct else I(0)]
+        self.call(sym, args, nb * ntiles * nrb, 2.0 * 4 * nnz / nrb * self.vw * tile)
+        if direct:
+            if not fused:
+                self.act_pass(full, *epi)
+            if res is not None:
+                self.fused[res[0]] = (self.i, out)
+                return label + " + residual add"
+            return label
         if res is not None:
             j, other, (actn, pa, pb) = res
             self.fused[j] = (self.i, out)
@@ -1582,7 +1608,7 @@ CHUNK_BYTES = 6 << 20
 # a permute, slice or expand that moved or resized it would break that, and batch_chunk checks
 # every tensor).
 PER_SAMPLE = frozenset({"conv2d", "pool2d", "adaptive_pool2d", "act", "binary", "unary",
-                        "affine", "linear", "reshape", "sdpa", "embedding", "permute", "slice",
+                        "affine", "linear", "qlinear", "qconv2d", "reshape", "sdpa", "embedding", "permute", "slice",
                         "expand", "cast", "where"})
 
 

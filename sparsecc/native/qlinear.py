@@ -38,7 +38,8 @@ Q_X, Q_Q, Q_M, Q_K, Q_XLD, Q_LD, Q_INV, Q_ZERO = range(8)
 # spmv / spmm / conv args
 A_INDPTR, A_IDX, A_DATA, A_Q, A_OUT, A_MULT, A_BIAS, A_M, A_O, A_LD, A_NRB = range(11)
 A_XNS, A_ONS, A_ORS = 11, 12, 13  # spmm / conv: per-sample strides, out row stride (conv)
-N_ARGS = 14
+A_RES = 14  # conv with a residual: the addend, laid out as out
+N_ARGS = 15
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,14 @@ class QLinearSpec:
     act: str = "none"  # none | relu | clamp (others run as a pass of their own)
     act_a: float = 0.0
     act_b: float = 0.0
+    tile: int = 1  # spmm / conv: vectors of positions a work item (each group's dword reused)
+    residual: bool = False  # conv: out = act(y + res), res laid out as out (args[A_RES])
 
     @property
     def key(self) -> str:
         act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
         return (f"q8_{self.family}_v{self.vw}{'_vnni' if self.vnni else ''}_i{self.idx_bits}"
-                f"_{act}")
+                f"_t{self.tile}_{act}{'_res' if self.residual else ''}")
 
     def emit(self, module: ir.Module, name: str) -> None:
         (emit_spmm if self.family in ("spmm", "conv") else emit_spmv)(module, name, self)
@@ -200,11 +203,13 @@ def _bcast_i32(k: _K, v, vw):
     return k.b.shuffle_vector(v0, undef, ir.Constant(ir.VectorType(I32, vw), [0] * vw))
 
 
-def _epilogue(k: _K, spec, acc_i32, mult, bias):
+def _epilogue(k: _K, spec, acc_i32, mult, bias, res=None):
     b = k.b
     ty = ir.VectorType(F32, spec.vw) if isinstance(acc_i32.type, ir.VectorType) else F32
-    # fmul then fadd, never contracted: the numpy reference rounds twice too
-    return k.act(b.fadd(b.fmul(b.sitofp(acc_i32, ty), mult), bias), spec)
+    # fmul then fadd, never contracted: the numpy reference rounds twice too (and adds the
+    # residual after, as the add op it replaces)
+    y = b.fadd(b.fmul(b.sitofp(acc_i32, ty), mult), bias)
+    return k.act(y if res is None else b.fadd(y, res), spec)
 
 
 def emit_spmv(module: ir.Module, name: str, spec: QLinearSpec) -> None:
@@ -288,8 +293,8 @@ def emit_spmv(module: ir.Module, name: str, spec: QLinearSpec) -> None:
 
 
 def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
-    """Work item t = (n * ntiles + tile) * nrb + rb: positions m in [tile * vw, +vw) of sample
-    n, the output rows of block rb.
+    """Work item t = (n * ntiles + tile) * nrb + rb: positions m in [tile * span, +span) of
+    sample n (span = vw * spec.tile), the output rows of block rb.
 
     linear (``spmm``): group g's codes at dword g * ld + m; outputs scattered to out[m, r].
     conv (``conv``): idx holds each group's dword offset into the sample's grouped phase
@@ -309,58 +314,207 @@ def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
                                                      (A_NRB, "nrb")))
     xns, ons, ors = (k.arg_i64(s, n) for s, n in ((A_XNS, "xns"), (A_ONS, "ons"),
                                                   (A_ORS, "ors")))
+    res0 = k.arg_ptr(A_RES, "res") if spec.residual else None
     vty = ir.VectorType(I32, vw)
     fvty = ir.VectorType(F32, vw)
     pvty = ir.VectorType(F32.as_pointer(), vw)
     mty = ir.VectorType(I1, vw)
     scatter = k.intrinsic(f"llvm.masked.scatter.v{vw}f32.v{vw}p0", ir.VoidType(),
                           [fvty, pvty, I32, mty])
-    accs = _accs(k, spec, UNROLL, "acc")
+    tv = spec.tile  # vectors a tile; with one, UNROLL accumulators over the groups instead
+    accs = _accs(k, spec, max(tv, UNROLL if tv == 1 else 1), "acc")
     lanes = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
-    ntiles = b.sdiv(b.add(mm, I64(vw - 1)), I64(vw))
+    span = vw * tv
+    ntiles = b.sdiv(b.add(mm, I64(span - 1)), I64(span))
 
-    def step(p, slot, xb):
+    def step(p, slots, xb):
+        """Group p against the tile: one broadcast weight dword, len(slots) vector loads."""
         g = k.load_idx(idx, p, spec.idx_bits)
         wv = _bcast_i32(k, b.load(b.gep(data, [p], inbounds=True)), vw)
-        xp = b.gep(xb, [g if conv else b.mul(g, ld)], inbounds=True)
-        xv = b.load(b.bitcast(xp, vty.as_pointer()), align=4)
-        _store_acc(k, slot, _dot(k, spec, _load_acc(k, spec, slot), xv, wv))
+        xg = b.gep(xb, [g if conv else b.mul(g, ld)], inbounds=True)
+        for t, slot in enumerate(slots):
+            xv = b.load(b.bitcast(b.gep(xg, [I64(t * vw)], inbounds=True), vty.as_pointer()),
+                        align=4)
+            _store_acc(k, slot, _dot(k, spec, _load_acc(k, spec, slot), xv, wv))
 
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         nt = b.sdiv(t, nrb)
         rb = b.sub(t, b.mul(nt, nrb))
         n = b.sdiv(nt, ntiles)
         tile = b.sub(nt, b.mul(n, ntiles))
-        m0 = b.mul(tile, I64(vw))
+        m0 = b.mul(tile, I64(span))
         xb = b.gep(q0, [b.add(b.mul(n, xns), m0)], inbounds=True)
         out = b.gep(out0, [b.mul(n, ons)], inbounds=True)
+        resb = b.gep(res0, [b.mul(n, ons)], inbounds=True) if spec.residual else None
         per = b.sdiv(b.add(oo, b.sub(nrb, I64(1))), nrb)
         r0 = b.mul(rb, per)
         r1 = b.select(b.icmp_signed("<", b.add(r0, per), oo), b.add(r0, per), oo)
-        mvec = b.add(_splat_i64_val(b, vw, m0), lanes)
-        live = b.icmp_signed("<", mvec, _splat_i64_val(b, vw, mm))
         obase = _splat_i64_val(b, vw, b.ptrtoint(out, I64))
-        rowoff = b.mul(mvec, _splat_i64_val(b, vw, b.mul(oo, I64(4))))
         with k.loop(r0, r1, "r") as r:
             for s in accs:
                 _store_acc(k, s, _zero_acc(spec))
             p0 = b.load(b.gep(indptr, [r], inbounds=True))
             p1 = b.load(b.gep(indptr, [b.add(r, I64(1))], inbounds=True))
-            nbig = b.add(p0, b.mul(b.sdiv(b.sub(p1, p0), I64(UNROLL)), I64(UNROLL)))
-            with k.loop(p0, nbig, "p", step=UNROLL) as p:
-                for u in range(UNROLL):
-                    step(b.add(p, I64(u)), accs[u], xb)
-            with k.loop(nbig, p1, "pt") as p:
-                step(p, accs[0], xb)
-            total = _load_acc(k, spec, accs[0])
-            for s in accs[1:]:
-                total = _acc_add(k, spec, total, _load_acc(k, spec, s))
-            total = _finish(k, spec, total)
-            y = _epilogue(k, spec, total, k.splat(b.load(b.gep(mult, [r], inbounds=True))),
-                          k.splat(b.load(b.gep(bias, [r], inbounds=True))))
-            if conv:
-                k.vstore(y, b.gep(out, [b.add(b.mul(r, ors), m0)], inbounds=True), live)
+            if tv == 1:
+                nbig = b.add(p0, b.mul(b.sdiv(b.sub(p1, p0), I64(UNROLL)), I64(UNROLL)))
+                with k.loop(p0, nbig, "p", step=UNROLL) as p:
+                    for u in range(UNROLL):
+                        step(b.add(p, I64(u)), [accs[u]], xb)
+                with k.loop(nbig, p1, "pt") as p:
+                    step(p, [accs[0]], xb)
+                total = _load_acc(k, spec, accs[0])
+                for s in accs[1:]:
+                    total = _acc_add(k, spec, total, _load_acc(k, spec, s))
+                totals = [total]
             else:
-                addr = b.add(obase, b.add(rowoff, _splat_i64_val(b, vw, b.mul(r, I64(4)))))
-                b.call(scatter, [y, b.inttoptr(addr, pvty), I32(4), live])
+                with k.loop(p0, p1, "p") as p:
+                    step(p, accs, xb)
+                totals = [_load_acc(k, spec, s) for s in accs]
+            mult_v = k.splat(b.load(b.gep(mult, [r], inbounds=True)))
+            bias_v = k.splat(b.load(b.gep(bias, [r], inbounds=True)))
+            for t, total in enumerate(totals):
+                mt = b.add(m0, I64(t * vw))
+                mvec = b.add(_splat_i64_val(b, vw, mt), lanes)
+                live = b.icmp_signed("<", mvec, _splat_i64_val(b, vw, mm))
+                at = b.add(b.mul(r, ors), mt)
+                res = k.vload(b.gep(resb, [at], inbounds=True), live) if spec.residual else None
+                y = _epilogue(k, spec, _finish(k, spec, total), mult_v, bias_v, res)
+                if conv:
+                    k.vstore(y, b.gep(out, [at], inbounds=True), live)
+                else:
+                    rowoff = b.mul(mvec, _splat_i64_val(b, vw, b.mul(oo, I64(4))))
+                    addr = b.add(obase, b.add(rowoff, _splat_i64_val(b, vw, b.mul(r, I64(4)))))
+                    b.call(scatter, [y, b.inttoptr(addr, pvty), I32(4), live])
     b.ret_void()
+
+
+# ---- conv input: codes into grouped polyphase planes ---------------------------------------
+(P_X, P_Q, P_N, P_C, P_H, P_W, P_PH, P_PW, P_SH, P_SW, P_PYS, P_NPY, P_PXS, P_NPX, P_HQ, P_WQ,
+ P_STRIDE, P_INV, P_ZERO) = range(19)
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """The int8 conv's input pass (the vector form of native.kernels.k_q8_phase, same args)."""
+
+    vw: int
+
+    @property
+    def key(self) -> str:
+        return f"q8_phase_v{self.vw}"
+
+    def emit(self, module: ir.Module, name: str) -> None:
+        emit_phase(module, name, self.vw)
+
+
+def emit_phase(module: ir.Module, name: str, vw: int) -> None:
+    """A work item is one plane (n, cg, py, px); a step is vw positions of one plane row:
+    4 channel vectors (contiguous loads at stride 1, gathers otherwise; padding and channels
+    past C read 0.0), quantized, interleaved into 4 * vw bytes, one (masked) store."""
+    k = _K(module, name, vw)
+    b = k.b
+    x = k.arg_ptr(P_X, "x")
+    q = _ptr(k, P_Q, "q", I8)
+    c, h, w = (k.arg_i64(s, n) for s, n in ((P_C, "c"), (P_H, "h"), (P_W, "w")))
+    ph, pw, sh, sw = (k.arg_i64(s, n) for s, n in ((P_PH, "ph"), (P_PW, "pw"), (P_SH, "sh"),
+                                                   (P_SW, "sw")))
+    pys, pxs = _ptr(k, P_PYS, "pys", I64), _ptr(k, P_PXS, "pxs", I64)
+    npy, npx = k.arg_i64(P_NPY, "npy"), k.arg_i64(P_NPX, "npx")
+    hq, wq, stride = k.arg_i64(P_HQ, "hq"), k.arg_i64(P_WQ, "wq"), k.arg_i64(P_STRIDE, "st")
+    inv = k.splat(_f32_arg(k, P_INV, "inv"))
+    zero = k.splat(b.sitofp(k.arg_i64(P_ZERO, "zero"), F32))
+    fv = ir.VectorType(F32, vw)
+    mty = ir.VectorType(I1, vw)
+    pvty = ir.VectorType(F32.as_pointer(), vw)
+    rint = k.intrinsic(f"llvm.rint.v{vw}f32", fv, [fv])
+    mload = k.intrinsic(f"llvm.masked.load.v{vw}f32.p0", fv, [fv.as_pointer(), I32, mty, fv])
+    gather = k.intrinsic(f"llvm.masked.gather.v{vw}f32.v{vw}p0", fv, [pvty, I32, mty, fv])
+    bty = ir.VectorType(I8, 4 * vw)
+    bmty = ir.VectorType(I1, 4 * vw)
+    mstore = k.intrinsic(f"llvm.masked.store.v{4 * vw}i8.p0", ir.VoidType(),
+                         [bty, bty.as_pointer(), I32, bmty])
+    fzero = ir.Constant(fv, [0.0] * vw)
+    lanes = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
+    nph = b.mul(npy, npx)
+    cg_n = b.sdiv(b.add(c, I64(3)), I64(4))
+    per = b.mul(cg_n, nph)
+    cat = ir.Constant(ir.VectorType(I32, 2 * vw), list(range(2 * vw)))
+    weave = ir.Constant(ir.VectorType(I32, 4 * vw),
+                        [cc * vw + p for p in range(vw) for cc in range(4)])
+    byte_lane = ir.Constant(ir.VectorType(I64, 4 * vw), [p for p in range(vw) for _ in range(4)])
+
+    def codes(v):
+        v = b.fadd(b.call(rint, [b.fmul(v, inv)]), zero)
+        lo, hi = k.c(0.0), k.c(255.0)
+        v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
+        v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
+        v = b.select(b.fcmp_unordered("uno", v, v), lo, v)
+        return b.fptoui(v, ir.VectorType(I8, vw))
+
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+        n = b.sdiv(t, per)
+        r = b.sub(t, b.mul(n, per))
+        cg = b.sdiv(r, nph)
+        kk = b.sub(r, b.mul(cg, nph))
+        iy = b.sdiv(kk, npx)
+        py = b.load(b.gep(pys, [iy], inbounds=True))
+        px = b.load(b.gep(pxs, [b.sub(kk, b.mul(iy, npx))], inbounds=True))
+        plane = b.add(b.mul(n, stride), b.mul(r, b.mul(hq, wq)))  # dwords
+        chans = []
+        for cc in range(4):
+            ch = b.add(b.mul(cg, I64(4)), I64(cc))
+            chans.append((b.icmp_signed("<", ch, c),
+                          b.gep(x, [b.mul(b.add(b.mul(n, c), ch), b.mul(h, w))], inbounds=True)))
+        with k.loop(I64(0), hq, "i") as i:
+            ih = b.sub(b.add(b.mul(i, sh), py), ph)
+            row_ok = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
+            ihs = b.select(row_ok, ih, I64(0))
+            with k.loop(I64(0), wq, "j", step=vw) as j:
+                jv = b.add(_splat_i64_val(b, vw, j), lanes)
+                jw = b.sub(b.add(b.mul(jv, _splat_i64_val(b, vw, sw)),
+                                 _splat_i64_val(b, vw, px)), _splat_i64_val(b, vw, pw))
+                inside = b.and_(b.icmp_signed(">=", jw, _splat_i64_val(b, vw, I64(0))),
+                                b.icmp_signed("<", jw, _splat_i64_val(b, vw, w)))
+                inside = b.and_(inside, b.icmp_signed("<", jv, _splat_i64_val(b, vw, wq)))
+                inside = b.and_(inside, _splat_i1(b, vw, row_ok))
+                vals = []
+                for ok, base in chans:
+                    live = b.and_(inside, _splat_i1(b, vw, ok))
+                    rowp = b.gep(base, [b.mul(ihs, w)], inbounds=True)
+                    j0 = b.sub(b.add(b.mul(j, sw), px), pw)
+                    contig = b.icmp_signed("==", sw, I64(1))
+                    with b.if_else(contig) as (then, other):
+                        with then:
+                            # lanes j0 + l: a masked load (its address may sit before the
+                            # row when j0 < 0; no lane outside the mask is read)
+                            p1 = b.gep(rowp, [j0])
+                            v1 = b.call(mload, [b.bitcast(p1, fv.as_pointer()), I32(4), live,
+                                                fzero])
+                            blk1 = b.block
+                        with other:
+                            addr = b.add(_splat_i64_val(b, vw, b.ptrtoint(rowp, I64)),
+                                         b.mul(b.select(live, jw, _splat_i64_val(b, vw,
+                                                                                   I64(0))),
+                                               _splat_i64_val(b, vw, I64(4))))
+                            v2 = b.call(gather, [b.inttoptr(addr, pvty), I32(4), live, fzero])
+                            blk2 = b.block
+                    v = b.phi(fv)
+                    v.add_incoming(v1, blk1)
+                    v.add_incoming(v2, blk2)
+                    vals.append(codes(v))
+                a01 = b.shuffle_vector(vals[0], vals[1], cat)
+                a23 = b.shuffle_vector(vals[2], vals[3], cat)
+                packed = b.shuffle_vector(a01, a23, weave)
+                bmask = b.icmp_signed("<", b.add(_splat_i64_val(b, 4 * vw, j), byte_lane),
+                                      _splat_i64_val(b, 4 * vw, wq))
+                dst = b.gep(q, [b.mul(b.add(plane, b.add(b.mul(i, wq), j)), I64(4))],
+                            inbounds=True)
+                b.call(mstore, [packed, b.bitcast(dst, bty.as_pointer()), I32(1), bmask])
+    b.ret_void()
+
+
+def _splat_i1(b, vw, v):
+    vty = ir.VectorType(I1, vw)
+    undef = ir.Constant(vty, ir.Undefined)
+    v0 = b.insert_element(undef, v, I32(0))
+    return b.shuffle_vector(v0, undef, ir.Constant(ir.VectorType(I32, vw), [0] * vw))

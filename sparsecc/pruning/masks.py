@@ -21,6 +21,7 @@ class Pattern:
     m: int = 0
     rows: int = 1
     cols: int = 1
+    channels: bool = False  # blocks: C along input channels at one kernel position ("1x4c")
 
     @property
     def implied_sparsity(self) -> float | None:
@@ -30,16 +31,17 @@ class Pattern:
         if self.kind == "nm":
             return f"{self.n}:{self.m}"
         if self.kind == "block":
-            return f"{self.rows}x{self.cols}"
+            return f"{self.rows}x{self.cols}{'c' if self.channels else ''}"
         return "unstructured"
 
 
 _NM = re.compile(r"^(\d+):(\d+)$")
-_BLOCK = re.compile(r"^(\d+)x(\d+)$")
+_BLOCK = re.compile(r"^(\d+)x(\d+)(c?)$")
 
 
 def parse_pattern(text: str) -> Pattern:
-    """'unstructured', 'N:M' (N < M) or 'RxC' (rows of outputs x columns of inputs)."""
+    """'unstructured', 'N:M' (N < M) or 'RxC' (rows of outputs x columns of inputs; 'RxCc':
+    the C columns are input channels at one kernel position, the int8 kernels' groups)."""
     text = str(text).strip().lower()
     if text == "unstructured":
         return Pattern("unstructured")
@@ -52,12 +54,17 @@ def parse_pattern(text: str) -> Pattern:
         r, c = int(m.group(1)), int(m.group(2))
         if r < 1 or c < 1:
             raise ValueError(f"pattern={text!r}: block sides must be >= 1")
-        return Pattern("block", rows=r, cols=c) if (r, c) != (1, 1) else Pattern("unstructured")
-    raise ValueError(f"pattern={text!r}: expected 'unstructured', 'N:M' or 'RxC'")
+        if (r, c) == (1, 1):
+            return Pattern("unstructured")
+        return Pattern("block", rows=r, cols=c, channels=bool(m.group(3)))
+    raise ValueError(f"pattern={text!r}: expected 'unstructured', 'N:M', 'RxC' or 'RxCc'")
 
 
-def matrix_view(w: torch.Tensor) -> torch.Tensor:
-    """(out, in) view used for block patterns."""
+def matrix_view(w: torch.Tensor, channels: bool = False) -> torch.Tensor:
+    """(out, in) view used for block patterns; ``channels``: a conv's inputs ordered (kernel
+    position, input channel), so a block's columns are channels at one position."""
+    if channels and w.dim() > 2:
+        return w.movedim(1, -1).reshape(w.shape[0], -1)
     return w.reshape(w.shape[0], -1)
 
 
@@ -105,6 +112,7 @@ class Groups:
     sizes: torch.Tensor  # (units,) int64: weights per unit
     shape: tuple[int, ...]
     block: tuple[int, int] | None
+    channels: bool = False  # the block view is channels-last (matrix_view)
 
 
 def make_groups(weight: torch.Tensor, scores: torch.Tensor, pattern: Pattern) -> Groups:
@@ -113,7 +121,7 @@ def make_groups(weight: torch.Tensor, scores: torch.Tensor, pattern: Pattern) ->
         return Groups(s.reshape(-1), torch.ones(s.numel(), dtype=torch.int64),
                       tuple(weight.shape), None)
     r, c = pattern.rows, pattern.cols
-    s2 = matrix_view(s)
+    s2 = matrix_view(s, pattern.channels)
     rows, cols = s2.shape
     pr, pc = (-rows) % r, (-cols) % c
     padded = torch.nn.functional.pad(s2, (0, pc, 0, pr))
@@ -122,7 +130,8 @@ def make_groups(weight: torch.Tensor, scores: torch.Tensor, pattern: Pattern) ->
     sizes = ones.reshape(blocks.shape).sum(dim=(1, 3))
     # Mean, not sum: edge blocks are smaller and would otherwise always go first.
     mean = blocks.sum(dim=(1, 3)) / sizes
-    return Groups(mean.reshape(-1), sizes.reshape(-1).to(torch.int64), tuple(weight.shape), (r, c))
+    return Groups(mean.reshape(-1), sizes.reshape(-1).to(torch.int64), tuple(weight.shape), (r, c),
+                  pattern.channels)
 
 
 def expand(groups: Groups, keep_units: torch.Tensor) -> torch.Tensor:
@@ -135,6 +144,9 @@ def expand(groups: Groups, keep_units: torch.Tensor) -> torch.Tensor:
     br, bc = -(-rows // r), -(-cols // c)
     grid = keep_units.reshape(br, bc)
     full = grid.repeat_interleave(r, 0).repeat_interleave(c, 1)[:rows, :cols]
+    if groups.channels and len(groups.shape) > 2:
+        moved = (groups.shape[0], *groups.shape[2:], groups.shape[1])
+        return full.reshape(moved).movedim(-1, 1).contiguous()
     return full.reshape(groups.shape)
 
 

@@ -98,23 +98,24 @@ def _reference(codes, qw, mult, bias, act=None):
     return np.maximum(y, 0) if act == "relu" else y
 
 
-def _call_linear(path, family, codes, qw, mult, bias, act="none"):
+def _call_linear(path, family, codes, qw, mult, bias, act="none", tile=1):
     """Run the SpMV / GEMV (one row) or SpMM kernel on uint8 ``codes`` (m, k)."""
     vw, vnni, host = path
     m, k = codes.shape
     k4 = -(-k // 4)
     bits = 16 if qw.groups.dtype == np.uint16 else 32
-    f = _kernel(QL.QLinearSpec(family, vw, vnni, bits, act), host)
+    f = _kernel(QL.QLinearSpec(family, vw, vnni, bits, act, tile=tile), host)
     out = np.full((m, qw.rows), np.nan, np.float32)
     data = np.ascontiguousarray(qw.data)
     if family == "spmm":
-        ld = -(-m // vw) * vw
+        ld = -(-m // (vw * tile)) * vw * tile
         q = np.zeros((k4, ld, 4), np.uint8)
-        q[:, :m, :] = np.pad(codes, ((0, 0), (0, k4 * 4 - k))).reshape(m, k4, 4).transpose(1, 0, 2)
+        padded = np.pad(codes, ((0, 0), (0, k4 * 4 - k)))
+        q[:, :m, :] = padded.reshape(m, k4, 4).transpose(1, 0, 2)
         nrb = 3
-        _run(f, (ld // vw) * nrb, qw.indptr.ctypes.data, qw.groups.ctypes.data, data.ctypes.data,
-             q.ctypes.data, out.ctypes.data, mult.ctypes.data, bias.ctypes.data, m, qw.rows, ld,
-             nrb, 0, 0, 0)
+        _run(f, (ld // (vw * tile)) * nrb, qw.indptr.ctypes.data, qw.groups.ctypes.data,
+             data.ctypes.data, q.ctypes.data, out.ctypes.data, mult.ctypes.data,
+             bias.ctypes.data, m, qw.rows, ld, nrb, 0, 0, 0)
         return out
     q = np.pad(codes[0], (0, k4 * 4 - k))
     if family == "gemv":
@@ -130,18 +131,18 @@ def _call_linear(path, family, codes, qw, mult, bias, act="none"):
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: f"v{p[0]}{'-vnni' if p[1] else ''}")
 @pytest.mark.parametrize("family", ["spmv", "gemv", "spmm"])
 @settings(max_examples=20, deadline=None)
-@given(o=st.integers(1, 40), k=st.integers(1, 300), m=st.integers(1, 37),
+@given(o=st.integers(1, 40), k=st.integers(1, 300), m=st.integers(1, 70),
        density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), seed=st.integers(0, 2**31 - 1),
-       act=st.sampled_from(["none", "relu"]))
-def test_linear_kernels_exact(path, family, o, k, m, density, seed, act):
+       act=st.sampled_from(["none", "relu"]), tile=st.sampled_from([1, 2, 4]))
+def test_linear_kernels_exact(path, family, o, k, m, density, seed, act, tile):
     rng = np.random.default_rng(seed)
     if family != "spmm":
-        m = 1
+        m, tile = 1, 1
     qw = Q.quantize_weight(_weight(rng, o, k, density))
     codes = rng.integers(0, 256, (m, k)).astype(np.uint8)
     mult = (rng.random(o) * 1e-3).astype(np.float32)
     bias = rng.standard_normal(o).astype(np.float32)
-    got = _call_linear(path, family, codes, qw, mult, bias, act)
+    got = _call_linear(path, family, codes, qw, mult, bias, act, tile)
     np.testing.assert_array_equal(got, _reference(codes, qw, mult, bias, act))
 
 
@@ -158,7 +159,8 @@ def test_saturation_worst_case(path, family, rng):
         m = 1 if family != "spmm" else 19
         codes = np.full((m, k), 255, np.uint8)
         one = np.ones(3, np.float32)
-        got = _call_linear(path, family, codes, qw, one, np.zeros(3, np.float32))
+        got = _call_linear(path, family, codes, qw, one, np.zeros(3, np.float32),
+                           tile=2 if family == "spmm" else 1)
         acc = Q.accumulate(codes, qw)
         assert acc[0, 0] == 255 * 127 * k and acc[0, 1] == -255 * 127 * k
         np.testing.assert_array_equal(got, acc.astype(np.float32))
@@ -311,8 +313,9 @@ def test_calibration_errors():
 
 
 class _CNN(nn.Module):
-    """3x3 stride 1 / 2, 1x1 stride 1 / 2, a dilated conv, channel counts off 4, a residual
-    add after a conv (fused into its crop), a depthwise conv (stays float32), a linear head."""
+    """3x3 stride 1 / 2, 1x1 stride 1 / 2, a dilated conv, channel counts off 4, residual
+    adds after a 3x3 conv (fused into its crop) and a 1x1 (into the kernel), a depthwise conv
+    (stays float32), a linear head."""
 
     def __init__(self):
         super().__init__()
@@ -323,6 +326,7 @@ class _CNN(nn.Module):
         self.c4 = nn.Conv2d(16, 7, 1)
         self.c5 = nn.Conv2d(7, 12, 1, stride=2)
         self.c6 = nn.Conv2d(12, 12, 3, padding=2, dilation=2)
+        self.c7 = nn.Conv2d(12, 12, 1)
         self.fc = nn.Linear(12 * 3 * 3, 5)
 
     def forward(self, x):
@@ -331,6 +335,7 @@ class _CNN(nn.Module):
         y = torch.relu(self.c3(y))
         y = self.c4(torch.relu(self.dw(y)))
         y = torch.relu(self.c5(y))
+        y = torch.relu(self.c7(y) + y)  # 1x1: no wrap columns, the add in the kernel
         y = torch.tanh(self.c6(y))
         return self.fc(y.flatten(1))
 
@@ -346,7 +351,7 @@ def test_compiled_int8_convs():
     assert kinds["c1"] == kinds["c3"] == kinds["c6"] == "qconv2d" and kinds["fc"] == "qlinear"
     assert kinds["dw"] == "conv2d"
     labels = {cm.plan.ops[i].layer: t for i, t in cm.native.lib.labels.items()}
-    assert labels["c2"].endswith("+ residual add")
+    assert labels["c2"].endswith("+ residual add") and labels["c7"].endswith("+ residual add")
     flt = sparsecc.compile(m, cal[0], sparsity=0.5)
     from sparsecc.api import CompiledModel
 
@@ -358,3 +363,64 @@ def test_compiled_int8_convs():
         np.testing.assert_array_equal(got, ex(x))
         ref = flt(x)
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.08
+
+
+def _planes_reference(x, g, scale, zero):
+    """Grouped polyphase planes (cg, phase, hq, wq, 4) of each sample, as k_q8_phase lays
+    them out (formats.qint8's codes; padding and channels past C hold the code of 0.0)."""
+    n, c, h, w = x.shape
+    cg = -(-c // 4)
+    codes = np.full((n, cg * 4, h + 2 * g.ph + g.hq * g.sh, w + 2 * g.pw + g.wq * g.sw),
+                    Q.quantize_act(np.zeros(1, np.float32), scale, zero)[0], np.uint8)
+    codes[:, :c, g.ph:g.ph + h, g.pw:g.pw + w] = Q.quantize_act(x, scale, zero)
+    out = np.empty((n, cg, len(g.pys), len(g.pxs), g.hq, g.wq, 4), np.uint8)
+    for iy, py in enumerate(g.pys):
+        for ix, px in enumerate(g.pxs):
+            sub = codes[:, :, py:py + g.hq * g.sh:g.sh, px:px + g.wq * g.sw:g.sw]
+            out[:, :, iy, ix] = sub.reshape(n, cg, 4, g.hq, g.wq).transpose(0, 1, 3, 4, 2)
+    return out.reshape(n, -1)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: f"v{p[0]}{'-vnni' if p[1] else ''}")
+@pytest.mark.parametrize("geo", [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
+                                 ((1, 1), (1, 1), (0, 0), (1, 1)), ((1, 1), (2, 2), (0, 0), (1, 1)),
+                                 ((3, 3), (1, 1), (2, 2), (2, 2)), ((5, 3), (2, 1), (2, 0), (1, 1))])
+def test_phase_kernel_matches_reference(path, geo, rng):
+    from sparsecc.ir.kinds import conv_out
+    from sparsecc.runtime.ops.sparse import Shift
+
+    vw, _, host = path
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geo
+    for n, c, h, w in ((1, 3, 9, 13), (2, 8, 17, 5), (1, 13, 4, 33)):
+        ho, wo = conv_out(h, kh, sh, ph, dh), conv_out(w, kw, sw, pw, dw)
+        g = Shift(kh, kw, sh, sw, dh, dw, ph, pw, ho, wo)
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32) * 3
+        scale, zero = 0.05, 97
+        cg = -(-c // 4)
+        per = cg * g.phases * g.plane + g.slack
+        q = np.full((n, per, 4), 201, np.uint8)
+        _run(_kernel(QL.PhaseSpec(vw), host), n * cg * g.phases, x.ctypes.data, q.ctypes.data,
+             n, c, h, w, g.ph, g.pw, g.sh, g.sw, g.pys.ctypes.data, len(g.pys),
+             g.pxs.ctypes.data, len(g.pxs), g.hq, g.wq, per,
+             f64_bits(float(np.float32(1 / scale))), zero)
+        body = q[:, :per - g.slack].reshape(n, -1)
+        np.testing.assert_array_equal(body, _planes_reference(x, g, scale, zero))
+        assert (q[:, per - g.slack:] == 201).all()  # the slack is not written
+
+
+def test_channel_block_pattern_fills_int8_groups():
+    """'1x4c' prunes 4 input channels at one kernel position together: every int8 group of
+    the pruned conv is either stored full or absent, and the layer density is the target."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(12, 16, 3), nn.Conv2d(16, 8, 1))
+    pruned = sparsecc.prune(conv, 0.75, pattern="1x4c", scope="layer")
+    for layer in pruned:
+        w = layer.weight.detach().numpy()
+        assert abs((w == 0).mean() - 0.75) < 0.05
+        blocks = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1, 4)
+        nz = (blocks != 0).sum(axis=2)
+        assert set(np.unique(nz)) <= {0, 4}
+        qw = Q.quantize_weight(Q.conv_weight_rows(w))
+        assert qw.nnz == np.count_nonzero(w) == qw.data.size
+    with pytest.raises(SparseccError):
+        sparsecc.prune(conv, 0.5, pattern="1x4x")
