@@ -1608,8 +1608,8 @@ CHUNK_BYTES = 6 << 20
 # a permute, slice or expand that moved or resized it would break that, and batch_chunk checks
 # every tensor).
 PER_SAMPLE = frozenset({"conv2d", "pool2d", "adaptive_pool2d", "act", "binary", "unary",
-                        "affine", "linear", "qlinear", "qconv2d", "reshape", "sdpa", "embedding", "permute", "slice",
-                        "expand", "cast", "where"})
+                        "affine", "linear", "qlinear", "qconv2d", "reshape", "sdpa",
+                        "embedding", "permute", "slice", "expand", "cast", "where"})
 
 
 def _per_sample(plan: ExecutionPlan, op: Op) -> bool:

@@ -382,9 +382,10 @@ def _planes_reference(x, g, scale, zero):
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: f"v{p[0]}{'-vnni' if p[1] else ''}")
-@pytest.mark.parametrize("geo", [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
-                                 ((1, 1), (1, 1), (0, 0), (1, 1)), ((1, 1), (2, 2), (0, 0), (1, 1)),
-                                 ((3, 3), (1, 1), (2, 2), (2, 2)), ((5, 3), (2, 1), (2, 0), (1, 1))])
+@pytest.mark.parametrize("geo", [
+    ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
+    ((1, 1), (1, 1), (0, 0), (1, 1)), ((1, 1), (2, 2), (0, 0), (1, 1)),
+    ((3, 3), (1, 1), (2, 2), (2, 2)), ((5, 3), (2, 1), (2, 0), (1, 1))])
 def test_phase_kernel_matches_reference(path, geo, rng):
     from sparsecc.ir.kinds import conv_out
     from sparsecc.runtime.ops.sparse import Shift
