@@ -279,6 +279,34 @@ def imagenet_photo(name: str = "chelsea", size: int = 224) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1)[None].astype(np.float32))
 
 
+# scikit-image's colour photos that ship with it (others need a download)
+PHOTOS = ("astronaut", "cat", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
+          "retina", "rocket", "colorwheel", "logo")
+
+
+def imagenet_crops(per_photo: int = 11, seed: int = 0, size: int = 224) -> np.ndarray:
+    """Random square crops (60-100 % of the short side) of every photo in PHOTOS and their
+    mirror images, resized and normalised as torchvision does: (2 * per_photo * 10, 3, size,
+    size) float32. Different seeds give disjoint-looking sets (calibration vs scoring)."""
+    from skimage import data
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in PHOTOS:
+        img = getattr(data, name)()[..., :3].astype(np.float32) / 255.0
+        s = 256 / min(img.shape[:2])
+        img = resize(img, (round(img.shape[0] * s), round(img.shape[1] * s)), anti_aliasing=True)
+        for _ in range(per_photo):
+            side = int(min(img.shape[:2]) * rng.uniform(0.6, 1.0))
+            top = rng.integers(0, img.shape[0] - side + 1)
+            left = rng.integers(0, img.shape[1] - side + 1)
+            crop = resize(img[top:top + side, left:left + side], (size, size), anti_aliasing=True)
+            for c in (crop, crop[:, ::-1]):
+                out.append(((c - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(out).astype(np.float32))
+
+
 # ---- a small transformer encoder ----------------------------------------------------------
 class EncoderLayer(nn.Module):
     def __init__(self, d: int, heads: int, ffn: int, gelu_approx: str = "none"):

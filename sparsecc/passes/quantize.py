@@ -13,6 +13,8 @@ Policy:
   (the observed range), ``percentile`` (the ``percentile``-th and (100 - it)-th), ``mse`` and
   ``entropy`` (the clip range, shrunk from min/max in 64 steps, with the least squared error /
   the least KL divergence between the float and the quantized value histograms);
+- bias correction: each layer's mean int8 output error per output channel, measured on the
+  calibration inputs, is taken off its bias (``bias_correction``);
 - sensitivity: each layer's own int8 output is compared with its float32 output on the
   calibration inputs; above ``max_error`` (relative L2) the layer stays float32;
 - ``keep_float``: layer names (or globs) that stay float32 whatever they measure.
@@ -46,6 +48,7 @@ class QuantizeOptions:
     percentile: float = 99.99
     keep_float: tuple[str, ...] = ()
     max_error: float = 0.05  # relative L2 error of a layer's own output
+    bias_correction: bool = True  # take each layer's mean output error off its bias
     calibration: Iterable[Any] | None = None  # lists of input arrays (compile() converts)
     seed: int = 0
 
@@ -148,9 +151,11 @@ def act_range(x: np.ndarray, method: str, percentile: float) -> tuple[float, int
 
 
 def layer_error(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qw: Q.QWeight,
-                scale: float, zero: int, conv: dict | None = None) -> float:
-    """Relative L2 error of the int8 layer's output (before its activation) against float;
-    ``conv``: x is (N, C, H, W) and w the packed rows (geometry: kernel, stride, ...)."""
+                scale: float, zero: int, conv: dict | None = None,
+                correct: bool = True) -> tuple[float, np.ndarray]:
+    """(relative L2 error of the int8 layer's output before its activation against float,
+    the per-output mean error the bias then takes off: zeros without ``correct``); ``conv``:
+    x is (N, C, H, W) and w the packed rows (geometry: kernel, stride, ...)."""
     if conv is None:
         cols, codes = x.astype(np.float64), Q.quantize_act(x, scale, zero)
         qcols = codes.astype(np.float64)
@@ -163,8 +168,12 @@ def layer_error(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qw: Q.QWe
     mult, b2 = Q.fold(qw, bias, scale, zero)
     acc = np.rint(qcols @ qw.dense().T.astype(np.float64))
     got = Q.epilogue(acc, mult, b2).astype(np.float64)
+    # bias correction (Nagel et al. 2019): the quantized layer's mean error per output,
+    # measured here, is taken off its bias
+    shift = (got - ref).mean(axis=0) if correct and len(got) else np.zeros(qw.rows)
     den = float(np.linalg.norm(ref))
-    return float(np.linalg.norm(got - ref)) / den if den > 0 else float(np.linalg.norm(got))
+    diff = float(np.linalg.norm(got - shift - ref))
+    return (diff / den if den > 0 else diff), shift
 
 
 @register_pass("quantize", options=QuantizeOptions, level="plan")
@@ -209,11 +218,11 @@ def plan_quantize(plan: ExecutionPlan, opts: QuantizeOptions) -> PassResult:
             if rows.shape[0] > _ROWS:
                 rows = rows[rng.choice(rows.shape[0], _ROWS, replace=False)]
         qw = Q.quantize_weight(wr)
-        err = layer_error(rows, wr, bias, qw, scale, zero, conv)
+        err, shift = layer_error(rows, wr, bias, qw, scale, zero, conv, opts.bias_correction)
         if not err <= opts.max_error:
             why[i] = f"float32 (int8 error {err:.1%} > {opts.max_error:.1%})"
             continue
-        _rewrite(plan, i, qw, bias, scale, zero, err, list(w.shape))
+        _rewrite(plan, i, qw, bias, scale, zero, err, list(w.shape), shift)
         done += 1
     for i, text in why.items():
         plan.ops[i].attrs["precision"] = text
@@ -223,9 +232,10 @@ def plan_quantize(plan: ExecutionPlan, opts: QuantizeOptions) -> PassResult:
 
 
 def _rewrite(plan: ExecutionPlan, i: int, qw: Q.QWeight, bias, scale: float, zero: int,
-             err: float, wshape: list[int]) -> None:
+             err: float, wshape: list[int], shift: np.ndarray) -> None:
     op = plan.ops[i]
     mult, b2 = Q.fold(qw, bias, scale, zero)
+    b2 = (b2.astype(np.float64) - shift).astype(np.float32)
     base = op.params["weight"]
     params = {}
     for role, arr in (("indptr", qw.indptr), ("indices", qw.groups), ("data", qw.data),
