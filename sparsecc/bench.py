@@ -30,7 +30,15 @@ def bench_command(args) -> int:
     if args.target and args.target.endswith(".scc"):
         return _bench_artifact(args)
     from sparsecc.benchmarks import report
-    from sparsecc.benchmarks.suite import ENGINES, FULL, QUICK, SuiteConfig, machine_info, run_suite
+    from sparsecc.benchmarks.suite import (
+        DEFAULT_ENGINES,
+        ENGINES,
+        FULL,
+        QUICK,
+        SuiteConfig,
+        machine_info,
+        run_suite,
+    )
 
     base = dict(QUICK if args.quick else FULL)
     specs = None
@@ -44,7 +52,7 @@ def bench_command(args) -> int:
             _report_and_save(args, model, x)
         base["models"] = [spec.name]
         base["sparsities"] = [0.0, args.sparsity] if args.sparsity else [0.0, 0.9]
-    default = base.get("engines", ENGINES)
+    default = base.get("engines", DEFAULT_ENGINES)
     engines = default if not args.vs else [e for e in ENGINES if e in args.vs.split(",")
                                            or e == "sparsecc"]
     unknown = sorted(set((args.vs or "").split(",")) - set(ENGINES) - {""})
@@ -68,7 +76,10 @@ def bench_command(args) -> int:
     table = report.markdown(rows, engines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
-    versus = report.versus(rows, 0.9 if 0.9 in cfg.sparsities else max(cfg.sparsities))
+    at = 0.9 if 0.9 in cfg.sparsities else max(cfg.sparsities)
+    versus = report.versus(rows, at)
+    if any(r["engine"] == "sparsecc-int8" and "median_ms" in r for r in rows):
+        versus += "\n\n" + report.versus(rows, at, base="sparsecc-int8")
     (out / "versus.md").write_text(versus + "\n")
     (out / "machine.json").write_text(json.dumps(dict(info, seconds=time.perf_counter() - t0,
                                                       config={k: getattr(cfg, k) for k in (

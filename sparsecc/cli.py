@@ -280,7 +280,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--sparsity", type=sparsity_arg)
     b.add_argument("--batch", type=int_list, help="comma-separated batch sizes")
     b.add_argument("--vs", help="comma-separated engines: torch,torch.compile,onnxruntime,"
-                                "deepsparse,sparsecc-dense (sparsecc always runs)")
+                                "deepsparse,sparsecc-dense,sparsecc-executor; int8: "
+                                "sparsecc-int8,onnxruntime-int8,deepsparse-int8 (sparsecc "
+                                "always runs)")
     b.add_argument("--repeats", type=positive_int, default=50)
     b.add_argument("--report", action="store_true", help="print the per-layer report")
     b.add_argument("--save", help="also save the compiled artifact here")

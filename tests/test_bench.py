@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from sparsecc.benchmarks.engines import MIN_CALLS, time_call
 
 
@@ -95,3 +97,28 @@ def test_uniform_profile_keeps_first_conv_and_classifier_dense(seed):
               for m in dict(prunable_layers(prune_profile(model, 0.9, "global"))).values()]
     assert max(spread) - min(spread) > 0.05
     assert prune_profile(model, 0.0, "uniform") is model
+
+
+def test_suite_int8_engines_and_their_versus_table(tmp_path):
+    """sparsecc-int8 and ONNX Runtime on its QDQ file run in the same cells; their outputs
+    are within int8 error of torch's; the int8 versus table is based on sparsecc-int8."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from sparsecc import zoo
+    from sparsecc.benchmarks import report
+    from sparsecc.benchmarks.suite import ModelSpec, SuiteConfig, _randn, run_suite
+
+    spec = ModelSpec("tiny", lambda: zoo.mlp((24, 40, 7)), _randn((24,)))
+    engines = ["onnxruntime", "sparsecc", "onnxruntime-int8", "sparsecc-int8"]
+    cfg = SuiteConfig(models=["tiny"], sparsities=[0.0, 0.8], batches=[1, 3], threads=[2],
+                      engines=engines, min_runs=3, min_time=0.01, out=tmp_path, rounds=1)
+    rows = run_suite(cfg, {"tiny": spec}, log=print)
+    assert len(rows) == 2 * 2 * len(engines)
+    for r in rows:
+        assert "skipped" not in r, r
+        assert np.isfinite(r["max_rel_err"]) and r["max_rel_err"] < (
+            0.3 if r["engine"].endswith("int8") else 1e-5), r
+    assert (tmp_path / "onnx" / "tiny_80_qdq.onnx").exists()
+    table = report.versus(rows, 0.8, base="sparsecc-int8")
+    assert "sparsecc-int8 ms" in table and "vs onnxruntime-int8" in table

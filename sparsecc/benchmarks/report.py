@@ -49,33 +49,35 @@ def markdown(rows: list[dict], engines: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def versus(rows: list[dict], sparsity: float = 0.9) -> str:
-    """sparsecc against each peer at ``sparsity``, per model, batch and threads: the peer's
-    median over sparsecc's (> 1: sparsecc is faster). The last two columns compare with the
-    unpruned model: ONNX Runtime at 0 %, and the fastest engine of all at 0 %."""
+def versus(rows: list[dict], sparsity: float = 0.9, base: str = "sparsecc") -> str:
+    """``base`` (sparsecc, or sparsecc-int8) against each other engine at ``sparsity``, per
+    model, batch and threads: the engine's median over base's (> 1: base is faster). The last
+    two columns compare with the unpruned model: ONNX Runtime at 0 %, and the fastest engine
+    of all at 0 %."""
     cells = _by_cell([r for r in rows if "median_ms" in r])
-    peers = [e for e in ENGINES if e != "sparsecc"
+    peers = [e for e in ENGINES if e != base
              and any(e in by for (_, s, _, _), by in cells.items() if s == sparsity)]
-    head = ("| model | batch | threads | sparsecc ms | GFLOP/s (% of peak) | "
+    head = (f"| model | batch | threads | {base} ms | GFLOP/s (% of peak) | "
             + " | ".join(f"vs {e}" for e in peers)
             + " | vs onnxruntime at 0 % | vs fastest at 0 % |")
-    lines = [f"sparsecc at {sparsity:.0%} sparsity: each peer's median / sparsecc's "
-             "(> 1: sparsecc faster); sparsecc's GFLOP/s count the FLOPs its plan does "
+    unit = "GOP/s (int8 multiply-adds x 2)" if base.endswith("int8") else "GFLOP/s"
+    lines = [f"{base} at {sparsity:.0%} sparsity: each engine's median / {base}'s "
+             f"(> 1: {base} faster); its {unit} count the operations its plan does "
              f"(sparse layers: 2 x nonzeros x positions), peak {PEAK_GFLOPS:.0f} GFLOP/s", "",
              head,
              "|" + "---|" * (len(peers) + 7)]
     for (m, s, b, t), by in sorted(cells.items()):
-        if s != sparsity or "sparsecc" not in by:
+        if s != sparsity or base not in by:
             continue
-        ms = by["sparsecc"]["median_ms"]
+        ms = by[base]["median_ms"]
         zero = cells.get((m, 0.0, b, t), {})
 
         def ratio(row):
             return "—" if row is None else f"{row['median_ms'] / ms:.2f}x"
 
         fastest = min(zero.values(), key=lambda r: r["median_ms"], default=None)
-        g = by["sparsecc"].get("gflops")
-        gf = "—" if g is None else f"{g:.1f} ({by['sparsecc']['pct_peak']:.0f} %)"
+        g = by[base].get("gflops")
+        gf = "—" if g is None else f"{g:.1f} ({by[base]['pct_peak']:.0f} %)"
         lines.append(f"| {m} | {b} | {t} | {ms:.2f} | {gf} | "
                      + " | ".join(ratio(by.get(e)) for e in peers)
                      + f" | {ratio(zero.get('onnxruntime'))} | {ratio(fastest)}"

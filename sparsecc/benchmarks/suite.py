@@ -21,8 +21,13 @@ from sparsecc.benchmarks import engines as E
 
 # sparsecc runs its native library; sparsecc-executor runs the same plan op by op from Python
 # (numba kernels, BLAS: the path before the library, kept for this comparison).
+# The -int8 engines (opt-in: --vs) run the model quantized: sparsecc's quantize pass, and the
+# peers on a QDQ ONNX file quantized by ONNX Runtime from the same calibration batches.
 ENGINES = ["torch", "torch.compile", "onnxruntime", "deepsparse", "sparsecc-dense",
-           "sparsecc-executor", "sparsecc"]
+           "sparsecc-executor", "sparsecc", "onnxruntime-int8", "deepsparse-int8",
+           "sparsecc-int8"]
+INT8_ENGINES = ("onnxruntime-int8", "deepsparse-int8", "sparsecc-int8")
+DEFAULT_ENGINES = [e for e in ENGINES if e not in INT8_ENGINES]
 
 
 @dataclass
@@ -58,10 +63,10 @@ class SuiteConfig:
 
 QUICK = dict(models=["mlp", "resnet18"], sparsities=[0.0, 0.9], batches=[1, 16], threads=[2],
              min_runs=10, min_time=0.3, rounds=1,
-             engines=[e for e in ENGINES if e != "torch.compile"])
+             engines=[e for e in DEFAULT_ENGINES if e != "torch.compile"])
 FULL = dict(models=["mlp", "resnet18", "resnet50", "mobilenet_v2", "minilm"],
             sparsities=[0.0, 0.5, 0.8, 0.9, 0.95], batches=[1, 16, 64], threads=[1, 2],
-            dense_cells="zero")
+            dense_cells="zero", engines=DEFAULT_ENGINES)
 
 
 def _randn(shape):
@@ -247,8 +252,10 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                 if "sparsecc-dense" in cfg.engines and (s == 0 or cfg.dense_cells == "all"):
                     compiled["sparsecc-dense"] = _compile(spec, model, example, True)
                 onnx_path = None
-                if {"onnxruntime", "deepsparse"} & set(cfg.engines):
+                if {"onnxruntime", "deepsparse", *INT8_ENGINES} & set(cfg.engines):
                     onnx_path = _export(spec, model, example, cfg.out, s, log)
+                if set(INT8_ENGINES) & set(cfg.engines):
+                    onnx_path = _int8(cfg, spec, model, example, compiled, onnx_path, s, log)
                 for batch in cfg.batches:
                     inputs = spec.inputs(batch)
                     ref: dict = {}  # torch's output for these inputs, from its first cell
@@ -277,6 +284,33 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
 
 
 PEAK_GFLOPS = 320.0  # 2 cores x 2.5 GHz x 2 FMA x 16 lanes x 2 (the brief's machine)
+
+
+def _int8(cfg, spec, model, example, compiled, onnx_path, s, log) -> dict:
+    """sparsecc's int8 compile and the peers' QDQ file, both calibrated on the same 4 batches
+    of 8 (the spec's inputs); returns {"fp32": onnx_path, "int8": the QDQ file or None}."""
+    import torch
+
+    import sparsecc
+
+    cal = [spec.inputs(8) for _ in range(4)]
+    paths = {"fp32": onnx_path, "int8": None}
+    if "sparsecc-int8" in cfg.engines:
+        try:
+            compiled["sparsecc-int8"] = sparsecc.compile(
+                model, tuple(torch.from_numpy(a) for a in example), recipe=cfg.recipe,
+                quantize="int8", calibration=[[torch.from_numpy(a) for a in b] for b in cal])
+        except Exception as exc:
+            log(f"note: int8 compile of {spec.name} failed ({type(exc).__name__}: "
+                f"{str(exc)[:160]})")
+    if onnx_path is not None and {"onnxruntime-int8", "deepsparse-int8"} & set(cfg.engines):
+        qpath = onnx_path.with_name(onnx_path.stem + "_qdq.onnx")
+        try:
+            paths["int8"] = E.onnx_qdq(onnx_path, spec.names, cal, qpath)
+        except Exception as exc:
+            log(f"note: QDQ quantization of {spec.name} failed ({type(exc).__name__}: "
+                f"{str(exc)[:160]}); the int8 peers skipped for it")
+    return paths
 
 
 def _mflops_per_sample(cm) -> float:
@@ -354,6 +388,16 @@ def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
 def _prepare(engine, model, inputs, compiled, onnx_path, spec, ds, threads):
     """(sampler(min_runs, min_time) -> ms samples, the engine's output): the engine is set up
     and run once (its output for the error column; the first round's warm-up)."""
+    if isinstance(onnx_path, dict):  # {"fp32": ..., "int8": ...} when int8 engines run
+        if engine in ("onnxruntime-int8", "deepsparse-int8"):
+            if onnx_path["int8"] is None:
+                raise E.Skip("no QDQ ONNX file for this model")
+            engine = engine.removesuffix("-int8")
+            onnx_path = onnx_path["int8"]
+        else:
+            onnx_path = onnx_path["fp32"]
+    elif engine in ("onnxruntime-int8", "deepsparse-int8"):
+        raise E.Skip("no QDQ ONNX file for this model")
     if engine == "deepsparse":
         _, out = ds.samples(onnx_path, inputs, threads, 1, 0.0)
 
