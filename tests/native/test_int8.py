@@ -182,6 +182,7 @@ def test_weight_and_activation_quantization():
 
 
 # ---- the pass and whole models --------------------------------------------------------------
+ALL_INT8 = {"quantize": {"min_macs_per_input": 0.0}}  # no layer kept float32 for speed
 class _MLP(nn.Module):
     def __init__(self, sizes, act=nn.ReLU):
         super().__init__()
@@ -206,7 +207,8 @@ def test_compiled_int8_matches_executor_and_float(sizes, act, sparsity):
     torch.manual_seed(0)
     m = _MLP(sizes, act).eval()
     cal = _cal(sizes[0])
-    cm = sparsecc.compile(m, cal[0], sparsity=sparsity, quantize="int8", calibration=cal)
+    cm = sparsecc.compile(m, cal[0], sparsity=sparsity, quantize="int8", calibration=cal,
+                          recipe=ALL_INT8)
     assert cm.native is not None, cm.native_status
     kinds = [op.kind for op in cm.plan.ops if op.kind in ("linear", "qlinear")]
     assert kinds and set(kinds) == {"qlinear"}, kinds
@@ -229,7 +231,8 @@ def test_pass_keeps_layers_float_and_reports():
     m = _MLP((32, 64, 64, 8)).eval()
     cal = _cal(32)
     cm = sparsecc.compile(m, cal[0], sparsity=0.5, calibration=cal,
-                          recipe={"quantize": {"keep_float": ["net.4"], "method": "percentile"}},
+                          recipe={"quantize": {"keep_float": ["net.4"], "method": "percentile",
+                                               "min_macs_per_input": 0.0}},
                           quantize="int8")
     ops = {op.layer: op for op in cm.plan.ops if op.kind in ("linear", "qlinear")}
     assert ops["net.4"].kind == "linear" and ops["net.4"].attrs["precision"] == \
@@ -237,9 +240,17 @@ def test_pass_keeps_layers_float_and_reports():
     assert ops["net.0"].kind == "qlinear" and 0 < ops["net.0"].attrs["qerr"] < 0.05
     text = str(cm.report(measure=False))
     assert "precision" in text and "int8 x" in text and "keep_float" in text
+    # a layer with few multiply-adds per input value stays float32 (net.4: 64 -> 8 at 50 %
+    # is 4 a value, under a threshold of 5), unless the threshold allows it
+    cm3 = sparsecc.compile(m, cal[0], sparsity=0.5, quantize="int8", calibration=cal,
+                           recipe={"quantize": {"min_macs_per_input": 5.0}})
+    ops3 = {op.layer: op for op in cm3.plan.ops if op.kind in ("linear", "qlinear")}
+    assert ops3["net.4"].kind == "linear" and "multiply-adds per input" in \
+        ops3["net.4"].attrs["precision"]
+    assert ops3["net.0"].kind == ops3["net.2"].kind == "qlinear"
     # a tolerance nothing meets keeps every layer float32, and says why
     cm2 = sparsecc.compile(m, cal[0], sparsity=0.5, quantize="int8", calibration=cal,
-                           recipe={"quantize": {"max_error": 1e-9}})
+                           recipe={"quantize": {"max_error": 1e-9, "min_macs_per_input": 0.0}})
     assert all(op.kind != "qlinear" for op in cm2.plan.ops)
     assert all("int8 error" in op.attrs["precision"] for op in cm2.plan.ops
                if op.kind == "linear")
@@ -345,7 +356,8 @@ def test_compiled_int8_convs():
     m = _CNN().eval()
     g = torch.Generator().manual_seed(3)
     cal = [torch.randn(4, 3, 11, 11, generator=g) for _ in range(3)]
-    cm = sparsecc.compile(m, cal[0], sparsity=0.5, quantize="int8", calibration=cal)
+    cm = sparsecc.compile(m, cal[0], sparsity=0.5, quantize="int8", calibration=cal,
+                          recipe=ALL_INT8)
     assert cm.native is not None, cm.native_status
     kinds = {op.layer: op.kind for op in cm.plan.ops if op.layer}
     assert kinds["c1"] == kinds["c3"] == kinds["c6"] == "qconv2d" and kinds["fc"] == "qlinear"
