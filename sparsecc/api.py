@@ -199,27 +199,27 @@ class Report:
     backend: str = ""
     quantized: bool = False  # a "precision" column (int8 scales, or why float32)
 
-    BASE_COLUMNS = ("name", "op", "shape", "density", "format", "kernel", "mflops", "est_us",
-                    "measured_us", "gflops")
+    COLUMNS = ("name", "op", "shape", "density", "format", "kernel", "mflops", "est_us",
+               "measured_us", "gflops")
 
     @property
-    def COLUMNS(self) -> tuple[str, ...]:  # noqa: N802 (was a class constant)
-        return self.BASE_COLUMNS + (("precision",) if self.quantized else ())
+    def columns(self) -> tuple[str, ...]:
+        return self.COLUMNS + (("precision",) if self.quantized else ())
 
     def total(self, key: str) -> float:
         return float(sum(r[key] for r in self.rows if r.get(key) is not None))
 
     def __str__(self) -> str:
-        cells = [list(self.COLUMNS)]
+        cells = [list(self.columns)]
         for r in self.rows:
-            cells.append([_cell(r.get(c)) for c in self.COLUMNS])
+            cells.append([_cell(r.get(c)) for c in self.columns])
         total = ["total", "", "", "", "", "", _cell(self.total("mflops")),
                  _cell(self.total("est_us")), _cell(self.total("measured_us"))]
         us = self.total("measured_us")
         total.append(_cell(self.total("mflops") / us * 1e3) if us else "-")
-        total += [""] * (len(self.COLUMNS) - len(total))
+        total += [""] * (len(self.columns) - len(total))
         cells.append(total)
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.COLUMNS))]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
         lines = [f"per-layer report at batch {self.batch}; runs on: {self.backend}"]
         for k, row in enumerate(cells):
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

@@ -225,7 +225,7 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
     specs = specs or model_specs()
     cfg.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    ds = E.DeepSparse() if "deepsparse" in cfg.engines else None
+    ds = E.DeepSparse() if {"deepsparse", "deepsparse-int8"} & set(cfg.engines) else None
     jsonl = (cfg.out / "results.jsonl").open("w")
     total = len(cfg.models) * len(cfg.sparsities) * len(cfg.batches) * len(cfg.threads)
     progress = _progress(total)
