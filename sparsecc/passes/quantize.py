@@ -99,30 +99,59 @@ def _candidates(plan: ExecutionPlan) -> tuple[list[int], dict[int, str]]:
     return ok, why
 
 
-def capture(plan: ExecutionPlan, names: list[str], batches: list[list[np.ndarray]]
-            ) -> dict[str, list[np.ndarray]]:
-    """The values of ``names`` when the float plan runs each calibration batch."""
+def capture(plan: ExecutionPlan, names: list[str], batches: list[list[np.ndarray]],
+            reduce=None) -> dict[str, list]:
+    """The values of ``names`` when the float plan runs each calibration batch, each passed
+    through ``reduce(name, array)`` as it comes (default: a copy) so that a large model's
+    activations are never all held at once."""
     from sparsecc.runtime.executor import Executor
 
     extra = [n for n in dict.fromkeys(names) if n not in plan.outputs and n not in plan.inputs]
     probe = dataclasses.replace(plan, outputs=list(plan.outputs) + extra, output_kind="tuple",
                                 ops=list(plan.ops), tensors=dict(plan.tensors))
     ex = Executor(probe)
-    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    got: dict[str, list] = {n: [] for n in names}
     for arrays in batches:
         outs = ex.run(arrays)
         by_name = dict(zip(plan.inputs, arrays)) | dict(zip(probe.outputs, outs))
-        for n in names:
-            got[n].append(np.array(by_name[n], np.float32, copy=True))
+        for n in dict.fromkeys(names):
+            a = np.asarray(by_name[n], np.float32)
+            got[n].append(reduce(n, a) if reduce is not None else a.copy())
     return got
 
 
-def _sample(values: list[np.ndarray], rng) -> np.ndarray:
-    flat = np.concatenate([v.ravel() for v in values])
-    flat = flat[np.isfinite(flat)]
-    if flat.size > _SAMPLES:
-        flat = rng.choice(flat, _SAMPLES, replace=False)
-    return flat.astype(np.float32)
+class _Summary:
+    """What the pass keeps of one tensor per calibration batch: its finite extremes, a random
+    sample of its values (for percentile / mse / entropy) and a few of its rows (linear) or
+    samples (conv) for the error check."""
+
+    def __init__(self, rng, batches: int, row_len: int | None):
+        self.rng, self.batches, self.row_len = rng, max(batches, 1), row_len
+
+    def __call__(self, name: str, a: np.ndarray):
+        flat = a.ravel()
+        fin = flat[np.isfinite(flat)]
+        ext = (float(fin.min()), float(fin.max())) if fin.size else None
+        per = _SAMPLES // self.batches
+        vals = fin if fin.size <= per else self.rng.choice(fin, per, replace=False)
+        if self.row_len is not None:  # linear: rows of the input dim
+            rows = a.reshape(-1, self.row_len)
+            rows = rows[np.all(np.isfinite(rows), axis=1)]
+            keep = _ROWS // self.batches + 1
+            if rows.shape[0] > keep:
+                rows = rows[self.rng.choice(rows.shape[0], keep, replace=False)]
+        else:  # conv: whole samples, the first one or two
+            rows = a[:2][np.all(np.isfinite(a[:2].reshape(len(a[:2]), -1)), axis=1)]
+        return ext, vals.astype(np.float32), np.array(rows, copy=True)
+
+
+def _sample(parts: list) -> np.ndarray:
+    """The kept values of a tensor over all batches, its true extremes included (minmax)."""
+    ext = [e for e, _, _ in parts if e is not None]
+    vals = [v for _, v, _ in parts]
+    if ext:
+        vals.append(np.array([min(e[0] for e in ext), max(e[1] for e in ext)], np.float32))
+    return np.concatenate(vals) if vals else np.zeros(0, np.float32)
 
 
 def act_range(x: np.ndarray, method: str, percentile: float) -> tuple[float, int]:
@@ -184,7 +213,7 @@ def layer_error(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qw: Q.QWe
 
 @register_pass("quantize", options=QuantizeOptions, level="plan")
 def plan_quantize(plan: ExecutionPlan, opts: QuantizeOptions) -> PassResult:
-    """Quantize the linear layers to int8 (weights per row, activations per tensor)."""
+    """Quantize linear and conv layers to int8 (weights per row, activations per tensor)."""
     batches = [list(b) for b in (opts.calibration or [])]
     if not batches:
         raise PassError("quantize", "needs calibration batches (calibration=[inputs, ...])",
@@ -202,30 +231,33 @@ def plan_quantize(plan: ExecutionPlan, opts: QuantizeOptions) -> PassResult:
                       "the input would cost more than int8 saves)")
         else:
             todo.append(i)
-    values = capture(plan, [plan.ops[i].inputs[0] for i in todo], batches)
     rng = np.random.default_rng(opts.seed)
+    # one summary per tensor: a linear reads rows of its input dim, a conv whole samples (two
+    # readers of one tensor agree on which: both linear or both conv over the same shape)
+    row_len = {plan.ops[i].inputs[0]: (int(plan.constants[plan.ops[i].params["weight"]]
+                                            .shape[1]) if plan.ops[i].kind == "linear"
+                                        else None) for i in todo}
+    values = capture(plan, list(row_len), batches,
+                     lambda n, a: _Summary(rng, len(batches), row_len[n])(n, a))
     done = 0
     for i in todo:
         op = plan.ops[i]
-        xs = values[op.inputs[0]]
-        scale, zero = act_range(_sample(xs, rng), opts.method, opts.percentile)
+        parts = values[op.inputs[0]]
+        scale, zero = act_range(_sample(parts), opts.method, opts.percentile)
         w = plan.constants[op.params["weight"]]
         bias = plan.constants[op.params["bias"]] if "bias" in op.params else None
+        rows = np.concatenate([r for _, _, r in parts])
         conv = None
         if op.kind == "conv2d":
             conv = {key: tuple(int(v) for v in op.attrs[key]) for key in
                     ("kernel", "stride", "padding", "dilation")}
             conv["out_hw"] = tuple(int(d) for d in plan.tensors[op.output].shape[2:])
             wr = Q.conv_weight_rows(w)
-            samples = np.concatenate(xs)
-            samples = samples[np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)]
             per = max(1, int(np.prod(conv["out_hw"])))
-            take = max(1, min(len(samples), _ROWS // per + 1))
-            rows = samples[rng.choice(len(samples), take, replace=False)]
+            take = max(1, min(len(rows), _ROWS // per + 1))
+            rows = rows[rng.choice(len(rows), take, replace=False)] if len(rows) else rows
         else:
             wr = w
-            rows = np.concatenate([v.reshape(-1, w.shape[1]) for v in xs])
-            rows = rows[np.all(np.isfinite(rows), axis=1)]
             if rows.shape[0] > _ROWS:
                 rows = rows[rng.choice(rows.shape[0], _ROWS, replace=False)]
         qw = Q.quantize_weight(wr)
