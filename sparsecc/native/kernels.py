@@ -372,53 +372,6 @@ def k_phase(start, stop, a):
         C.phase_row(x, t, a[6], a[7], a[8], a[9], pys, pxs, a[14], a[15], out)
 
 
-@njit(inline="always", **_OPTS)
-def _q8(v, inv, zero):
-    """formats.qint8.quantize_act for one float32 (multiply, round half even, add, clamp)."""
-    c = np.float32(np.rint(np.float32(v * inv))) + zero
-    if not c >= 0.0:  # NaN too
-        return np.uint8(0)
-    return np.uint8(255) if c > 255.0 else np.uint8(c)
-
-
-@_kernel
-def k_q8_phase(start, stop, a):
-    """[x, planes, N, C, H, W, ph, pw, sh, sw, pys, npy, pxs, npx, hq, wq, stride, inv, zero]:
-    uint8 codes of x, zero-padded, as the int8 conv's grouped polyphase planes: plane
-    (cg, py, px) of sample n at byte 4 * (n * stride + (cg * npy * npx + phase) * hq * wq),
-    position i * wq + j holding channels 4cg .. 4cg + 3 (codes past C: the zero point);
-    items: N * ceil(C / 4) * npy * npx planes."""
-    x = _nchw(a, 0, 2)
-    pys, pxs = carray(_i64p(a[10]), a[11]), carray(_i64p(a[12]), a[13])
-    c, h, w = a[3], a[4], a[5]
-    ph, pw, sh, sw, hq, wq = a[6], a[7], a[8], a[9], a[14], a[15]
-    inv = np.float32(_f64(a[17]))
-    zero = np.float32(a[18])
-    zc = _q8(np.float32(0.0), inv, zero)
-    nph = a[11] * a[13]
-    per = (c + 3) // 4 * nph
-    out = carray(_u8p(a[1]), _BIG)
-    for t in range(start, stop):
-        n = t // per
-        r = t - n * per
-        cg = r // nph
-        k = r - cg * nph
-        py, px = pys[k // a[13]], pxs[k % a[13]]
-        base = 4 * (n * a[16] + r * hq * wq)
-        for i in range(hq):
-            ih = i * sh + py - ph
-            for j in range(wq):
-                jw = j * sw + px - pw
-                o = base + 4 * (i * wq + j)
-                inside = ih >= 0 and ih < h and jw >= 0 and jw < w
-                for cc in range(4):
-                    ch = 4 * cg + cc
-                    if inside and ch < c:
-                        out[o + cc] = _q8(x[n, ch, ih, jw], inv, zero)
-                    else:
-                        out[o + cc] = zc
-
-
 @_kernel
 def k_crop(start, stop, a):
     """[full, out, N, Co, ho, wo, wq]: out[n, o, i, j] = full[n, o, i*wq + j]; items N*Co."""

@@ -395,7 +395,11 @@ def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
 
 @dataclass(frozen=True)
 class PhaseSpec:
-    """The int8 conv's input pass (the vector form of native.kernels.k_q8_phase, same args)."""
+    """The int8 conv's input pass: args [x, planes, N, C, H, W, ph, pw, sh, sw, pys, npy, pxs,
+    npx, hq, wq, stride (dwords a sample), inv (1 / scale), zero]; plane (cg, py, px) of
+    sample n at dword n * stride + (cg * npy * npx + phase) * hq * wq, position i * wq + j
+    holding channels 4cg .. 4cg + 3 (padding and channels past C: the code of 0.0); items:
+    N * ceil(C / 4) * npy * npx planes."""
 
     vw: int
 

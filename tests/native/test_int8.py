@@ -378,7 +378,7 @@ def test_compiled_int8_convs():
 
 
 def _planes_reference(x, g, scale, zero):
-    """Grouped polyphase planes (cg, phase, hq, wq, 4) of each sample, as k_q8_phase lays
+    """Grouped polyphase planes (cg, phase, hq, wq, 4) of each sample, as PhaseSpec lays
     them out (formats.qint8's codes; padding and channels past C hold the code of 0.0)."""
     n, c, h, w = x.shape
     cg = -(-c // 4)
