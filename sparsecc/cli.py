@@ -148,8 +148,21 @@ def cmd_compile(args) -> int:
 
     out = output_path(args.output, what="output")
     model, x = build_model(args.model, args.input_shape)
+    calibration = None
+    if args.calibration:
+        import torch
+
+        if not args.quantize:
+            raise SparseccError("--calibration needs --quantize int8")
+        data = _load_input(args.calibration).astype(np.float32, copy=False)
+        if data.ndim != x.dim() or data.shape[1:] != tuple(x.shape[1:]):
+            raise InputError(args.calibration, f"shape {data.shape}: expected (N, "
+                             f"{', '.join(str(d) for d in x.shape[1:])})")
+        calibration = [torch.from_numpy(np.ascontiguousarray(data[i:i + 8]))
+                       for i in range(0, len(data), 8)]
     t0 = time.perf_counter()
-    cm = sparsecc.compile(model, x, sparsity=args.sparsity, recipe=args.recipe)
+    cm = sparsecc.compile(model, x, sparsity=args.sparsity, recipe=args.recipe,
+                          quantize=args.quantize, calibration=calibration)
     path = cm.save(out)
     print(f"compiled {args.model} in {time.perf_counter() - t0:.2f} s -> {path} "
           f"({path.stat().st_size / 1e6:.2f} MB)")
@@ -251,6 +264,9 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", type=parse_shape)
     c.add_argument("--sparsity", type=sparsity_arg)
     c.add_argument("--recipe")
+    c.add_argument("--quantize", choices=["int8"], help="run linear and conv layers in int8")
+    c.add_argument("--calibration", help=".npy of example inputs (N, ...) for --quantize's "
+                                          "activation ranges (default: the example input)")
     c.add_argument("--report", action="store_true", help="print the per-layer report")
     c.set_defaults(fn=cmd_compile)
     r = sub.add_parser("run", help="run an artifact on .npy input(s)")

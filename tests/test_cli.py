@@ -58,6 +58,25 @@ def test_compile_run_report(model_file, tmp_path, seed):
     assert "conv2d+relu" in res.stdout and "linear" in res.stdout
 
 
+def test_compile_int8_with_calibration_file(model_file, tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    np.save(tmp_path / "cal.npy", rng.standard_normal((20, 1, 8, 8)).astype(np.float32))
+    out = tmp_path / "q.scc"
+    res = sparsecc_cli("compile", f"{model_file}:small", "-o", out, "--input-shape", "1,1,8,8",
+                       "--quantize", "int8", "--calibration", tmp_path / "cal.npy", "--report")
+    assert res.returncode == 0, res.stderr
+    assert "precision" in res.stdout and "qconv2d" in res.stdout
+    import sparsecc
+
+    cm = sparsecc.load(out)
+    assert any(op.kind == "qconv2d" for op in cm.plan.ops)
+    np.save(tmp_path / "bad.npy", np.zeros((4, 2, 8, 8), np.float32))
+    res = sparsecc_cli("compile", f"{model_file}:small", "-o", out, "--input-shape", "1,1,8,8",
+                       "--quantize", "int8", "--calibration", tmp_path / "bad.npy")
+    assert res.returncode == 2 and "bad.npy" in res.stderr and "expected (N, 1, 8, 8)" in \
+        res.stderr
+
+
 def test_compile_zoo_model_without_shape(tmp_path):
     res = sparsecc_cli("compile", "sparsecc.zoo:lenet", "-o", tmp_path / "l.scc")
     assert res.returncode == 0, res.stderr
