@@ -2,8 +2,8 @@
 
 Weights are symmetric per output row: ``q = rint(w / s_w[r])`` in [-127, 127], ``s_w[r] =
 max|w[r]| / 127``. Activations are asymmetric per tensor: ``xq = clamp(rint(x * (1 / s_x)) + z,
-0, 255)`` in float32 (multiply, round half to even, add, clamp, in that order), so a numpy
-reference and a vector kernel produce the same bytes.
+0, 255)`` in float32 (multiply, round half to even, add, clamp, in that order; NaN -> 0), so a
+numpy reference and a vector kernel produce the same bytes.
 
 A row is stored as groups of 4 consecutive inputs (``g4``): each group with a nonzero keeps
 its 4 int8 values (zeros where pruned) and its group index. A group is one dword: the unit of
@@ -91,6 +91,7 @@ def quantize_act(x: np.ndarray, scale: float, zero: int) -> np.ndarray:
     """uint8 codes of float32 ``x`` (the kernels' exact sequence of float32 operations)."""
     inv = np.float32(1.0 / scale)
     v = np.rint(np.asarray(x, np.float32) * inv) + np.float32(zero)
+    v = np.where(np.isnan(v), np.float32(0.0), v)  # NaN -> code 0, as the kernels do
     return np.clip(v, 0, 255).astype(np.uint8)
 
 

@@ -82,6 +82,9 @@ def test_quantize_kernel_matches_numpy(path, m, k, seed, zero, scale):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((m, k)) * scale * 100).astype(np.float32)
     x[0, 0] = np.float32(0.5 * scale)  # a tie: rounds to even in both
+    x[-1, -1] = np.nan  # code 0 in both
+    if k > 1:
+        x[0, 1] = np.inf
     ld = m + 3
     q = _quantize_codes(path, x, m, k, ld, scale, zero)
     want = Q.quantize_act(x, scale, zero)
