@@ -158,7 +158,8 @@ def prune_profile(model, sparsity: float, profile: str = "global"):
     raise ValueError(f"profile {profile!r} is not one of {PROFILES}")
 
 
-def _compile(spec: ModelSpec, model, inputs, dense: bool, recipe=None):
+def _compile(spec: ModelSpec, model, inputs, dense: bool, recipe=None, **quant):
+    """``quant``: compile's quantize= / calibration= (the sparsecc-int8 engine)."""
     import torch
 
     import sparsecc
@@ -173,8 +174,10 @@ def _compile(spec: ModelSpec, model, inputs, dense: bool, recipe=None):
         from sparsecc.hf import trace_hf
 
         return sparsecc.compile(trace_hf(model, spec.names),
-                                tuple(torch.from_numpy(a) for a in inputs), recipe=recipe)
-    return sparsecc.compile(model, tuple(torch.from_numpy(a) for a in inputs), recipe=recipe)
+                                tuple(torch.from_numpy(a) for a in inputs), recipe=recipe,
+                                **quant)
+    return sparsecc.compile(model, tuple(torch.from_numpy(a) for a in inputs), recipe=recipe,
+                            **quant)
 
 
 def machine_info() -> dict:
@@ -291,15 +294,13 @@ def _int8(cfg, spec, model, example, compiled, onnx_path, s, log) -> dict:
     of 8 (the spec's inputs); returns {"fp32": onnx_path, "int8": the QDQ file or None}."""
     import torch
 
-    import sparsecc
-
     cal = [spec.inputs(8) for _ in range(4)]
     paths = {"fp32": onnx_path, "int8": None}
     if "sparsecc-int8" in cfg.engines:
         try:
-            compiled["sparsecc-int8"] = sparsecc.compile(
-                model, tuple(torch.from_numpy(a) for a in example), recipe=cfg.recipe,
-                quantize="int8", calibration=[[torch.from_numpy(a) for a in b] for b in cal])
+            compiled["sparsecc-int8"] = _compile(
+                spec, model, example, False, cfg.recipe, quantize="int8",
+                calibration=[[torch.from_numpy(a) for a in b] for b in cal])
         except Exception as exc:
             log(f"note: int8 compile of {spec.name} failed ({type(exc).__name__}: "
                 f"{str(exc)[:160]})")
