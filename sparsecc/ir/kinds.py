@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from sparsecc.formats.qint8 import MAX_K
 from sparsecc.ir.rules import (
     BINARY_FNS,
     FLOAT_UNARY,
@@ -238,27 +239,38 @@ def conv_out(size: int, k: int, s: int, p: int, d: int, extra: int = 0) -> int:
     return (size + 2 * p + extra - d * (k - 1) - 1) // s + 1
 
 
-@rule("conv2d", optional=("weight", "bias", "indptr", "indices", "data"))
-def _conv2d(c: Ctx) -> None:
+def _conv_geometry(c: Ctx, what: str, odd_pad: bool, groups_default=None
+                   ) -> tuple[int, ...]:
+    """(cin, cout, groups, kh, kw) of a conv whose output follows from its input, kernel,
+    stride, padding and dilation (``odd_pad``: 'same' padding with an even kernel puts its odd
+    pixel at the end, so one more output is allowed; ``groups_default``: None when the
+    attribute is required)."""
     x, out = c.ins[0], c.out
     if len(x.shape) != 4 or len(out.shape) != 4 or out.shape[0] != x.shape[0]:
-        raise PlanInvalid(f"conv2d {x.shape} -> {out.shape}: needs (N, C, H, W) both sides")
+        raise PlanInvalid(f"{what} {x.shape} -> {out.shape}: needs (N, C, H, W) both sides")
     need_f32(x, out)
     kh, kw = ints(c.attr("kernel"), 2, "kernel", 1, 1 << 12)
     sh, sw = ints(c.attr("stride"), 2, "stride", 1, 1 << 12)
     ph, pw = ints(c.attr("padding"), 2, "padding", 0, 1 << 12)
     dh, dw = ints(c.attr("dilation"), 2, "dilation", 1, 1 << 12)
-    groups = int_(c.attr("groups"), "groups", 1)
+    groups = int_(c.attr("groups", groups_default), "groups", 1)
     n, cin, h, w = x.shape
     cout = out.shape[1]
     if cin % groups or cout % groups:
         raise PlanInvalid(f"groups={groups} does not divide {cin} -> {cout} channels")
-    # 'same' padding with an even kernel puts its odd pixel at the end: one more is allowed
     for size, got, k, s, p, d in ((h, out.shape[2], kh, sh, ph, dh),
                                   (w, out.shape[3], kw, sw, pw, dw)):
-        if got < 1 or got not in (conv_out(size, k, s, p, d), conv_out(size, k, s, p, d, 1)):
-            raise PlanInvalid(f"conv2d output {out.shape} does not follow from input {x.shape},"
+        ok = (conv_out(size, k, s, p, d),) + ((conv_out(size, k, s, p, d, 1),) if odd_pad
+                                              else ())
+        if got < 1 or got not in ok:
+            raise PlanInvalid(f"{what} output {out.shape} does not follow from input {x.shape},"
                               f" kernel {kh}x{kw}, stride, padding and dilation")
+    return cin, cout, groups, kh, kw
+
+
+@rule("conv2d", optional=("weight", "bias", "indptr", "indices", "data"))
+def _conv2d(c: Ctx) -> None:
+    cin, cout, groups, kh, kw = _conv_geometry(c, "conv2d", odd_pad=True)
     kind = _weight(c, (cout, cin // groups, kh, kw))
     if kind != "dense" and groups != 1:
         raise PlanInvalid(f"a {c.attr('fmt')} conv must have groups=1")
@@ -414,6 +426,25 @@ def _sdpa(c: Ctx) -> None:
     flag(c.attr("is_causal", False), "is_causal")
 
 
+def _q8_weight(c: Ctx, what: str, rows: int, cols: int) -> None:
+    """The int8 weight (formats.qint8: g4 groups of ``cols`` inputs, ``rows`` outputs), its
+    per-row multipliers and bias, and the input's uint8 scale and zero point."""
+    if cols > MAX_K:  # |sum| <= 255 * 127 * K must stay an exact int32
+        raise PlanInvalid(f"{what} with {cols} inputs a row: the int32 sum could overflow")
+    scale = num(c.attr("x_scale"), "x_scale")
+    if not (math.isfinite(scale) and scale > 0):
+        raise PlanInvalid(f"x_scale={scale!r} must be a positive finite number")
+    int_(c.attr("x_zero"), "x_zero", 0, 255)
+    activation(c)
+    ix = c.params["indices"]
+    _indices(ix, -(-cols // 4), what, ("uint16", "uint32"))
+    _indptr(param(c, "indptr"), rows, ix.shape[0], what)
+    param(c, "data", (ix.shape[0], 4), "int8")
+    for role in ("mult", "bias"):
+        if not np.all(np.isfinite(param(c, role, (rows,), "float32"))):
+            raise PlanInvalid(f"{what} {role} has a non-finite value")
+
+
 @rule("qlinear", params=("indptr", "indices", "data", "mult", "bias"))
 def _qlinear(c: Ctx) -> None:
     """int8 linear (formats.qint8): g4 groups, per-row multipliers, uint8 input codes."""
@@ -424,55 +455,15 @@ def _qlinear(c: Ctx) -> None:
     rows, cols = c.out.shape[-1], x.shape[-1]
     if ints(c.attr("weight_shape"), 2, "weight_shape", 0) != (rows, cols):
         raise PlanInvalid(f"weight_shape {c.attr('weight_shape')} != {[rows, cols]}")
-    if cols > 65_000:
-        raise PlanInvalid(f"qlinear with {cols} inputs: the int32 sum could overflow")
-    scale = num(c.attr("x_scale"), "x_scale")
-    if not (math.isfinite(scale) and scale > 0):
-        raise PlanInvalid(f"x_scale={scale!r} must be a positive finite number")
-    int_(c.attr("x_zero"), "x_zero", 0, 255)
-    activation(c)
-    ix = c.params["indices"]
-    _indices(ix, -(-cols // 4), "qlinear", ("uint16", "uint32"))
-    _indptr(param(c, "indptr"), rows, ix.shape[0], "qlinear")
-    param(c, "data", (ix.shape[0], 4), "int8")
-    for role in ("mult", "bias"):
-        if not np.all(np.isfinite(param(c, role, (rows,), "float32"))):
-            raise PlanInvalid(f"qlinear {role} has a non-finite value")
+    _q8_weight(c, "qlinear", rows, cols)
 
 
 @rule("qconv2d", params=("indptr", "indices", "data", "mult", "bias"))
 def _qconv2d(c: Ctx) -> None:
     """int8 conv (formats.qint8): rows over (kh, kw, C rounded up to 4), 4 channels a group."""
-    x, out = c.ins[0], c.out
-    if len(x.shape) != 4 or len(out.shape) != 4 or out.shape[0] != x.shape[0]:
-        raise PlanInvalid(f"qconv2d {x.shape} -> {out.shape}: needs (N, C, H, W) both sides")
-    need_f32(x, out)
-    kh, kw = ints(c.attr("kernel"), 2, "kernel", 1, 1 << 12)
-    sh, sw = ints(c.attr("stride"), 2, "stride", 1, 1 << 12)
-    ph, pw = ints(c.attr("padding"), 2, "padding", 0, 1 << 12)
-    dh, dw = ints(c.attr("dilation"), 2, "dilation", 1, 1 << 12)
-    if int_(c.attr("groups", 1), "groups", 1) != 1:
+    cin, cout, groups, kh, kw = _conv_geometry(c, "qconv2d", odd_pad=False, groups_default=1)
+    if groups != 1:
         raise PlanInvalid("qconv2d has groups=1 only")
-    n, cin, h, w = x.shape
-    cout = out.shape[1]
-    for size, got, k, s, p, d in ((h, out.shape[2], kh, sh, ph, dh),
-                                  (w, out.shape[3], kw, sw, pw, dw)):
-        if got < 1 or got != conv_out(size, k, s, p, d):
-            raise PlanInvalid(f"qconv2d output {out.shape} does not match its geometry")
     if ints(c.attr("weight_shape"), 4, "weight_shape", 0) != (cout, cin, kh, kw):
         raise PlanInvalid(f"weight_shape {c.attr('weight_shape')} != {[cout, cin, kh, kw]}")
-    cols = kh * kw * (-(-cin // 4) * 4)
-    if cols > 65_000:
-        raise PlanInvalid(f"qconv2d with {cols} inputs a row: the int32 sum could overflow")
-    scale = num(c.attr("x_scale"), "x_scale")
-    if not (math.isfinite(scale) and scale > 0):
-        raise PlanInvalid(f"x_scale={scale!r} must be a positive finite number")
-    int_(c.attr("x_zero"), "x_zero", 0, 255)
-    activation(c)
-    ix = c.params["indices"]
-    _indices(ix, cols // 4, "qconv2d", ("uint16", "uint32"))
-    _indptr(param(c, "indptr"), cout, ix.shape[0], "qconv2d")
-    param(c, "data", (ix.shape[0], 4), "int8")
-    for role in ("mult", "bias"):
-        if not np.all(np.isfinite(param(c, role, (cout,), "float32"))):
-            raise PlanInvalid(f"qconv2d {role} has a non-finite value")
+    _q8_weight(c, "qconv2d", cout, kh * kw * (-(-cin // 4) * 4))

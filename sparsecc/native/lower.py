@@ -24,6 +24,7 @@ from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as CV
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
 from sparsecc.native import gemm as G
+from sparsecc.native import qlinear as QL
 from sparsecc.native.expr import E, const, dim, lift, linear, numel
 from sparsecc.native.kernels import (
     ANY_FNS,
@@ -918,8 +919,6 @@ class Lowering:
     def op_qlinear(self, op: Op):
         """Quantize the input rows to uint8 codes, then the int8 SpMV (one row) or SpMM
         (grouped codes, vw rows a tile) with the dequantizing epilogue (native.qlinear)."""
-        from sparsecc.native import qlinear as QL
-
         x, out = op.inputs[0], op.output
         o, k = (int(v) for v in op.attrs["weight_shape"])
         m = numel(self.shape(x)[:-1])
@@ -933,7 +932,7 @@ class Lowering:
         quant = self.ir_kernel(QL.QuantizeSpec(self.vw))
 
         def kernel(family, tile=1):
-            return self._q8_kernel(op, family, (actn, pa, pb), tile=tile)[0]
+            return self._q8_kernel(op, family, (actn, pa, pb), tile=tile)
 
         one, many = [(m, "==", 1)], [(m, "!=", 1)]
         # one row: codes in the plain row; a gather SpMV over output rows, or (half the
@@ -946,12 +945,12 @@ class Lowering:
             indptr = self.plan.constants[op.params["indptr"]]
             rows = np.repeat(np.arange(o), np.diff(indptr))
             full[rows, idx.astype(np.int64)] = self.plan.constants[op.params["data"]]
-            self.call(kernel("gemv"), [I(0), I(0), self.derived("q8full", full), T(q1),
+            self.call(kernel("gemv")[0], [I(0), I(0), self.derived("q8full", full), T(q1),
                                        T(out), *w[3:], I(1), I(o), I(k4), I(1), I(0),
                                        I(0), I(0)],
                       const(o), 8.0 * k4, only_if=one)
         else:
-            self.call(kernel("spmv"), [*w[:3], T(q1), T(out), *w[3:], I(1), I(o), I(1),
+            self.call(kernel("spmv")[0], [*w[:3], T(q1), T(out), *w[3:], I(1), I(o), I(1),
                                        I(1), I(0), I(0), I(0)], const(o), 8.0 * nnz / o,
                       only_if=one)
         # several rows: grouped codes (group g of row r at dword g * ld + r), tiles of vw rows
@@ -965,10 +964,9 @@ class Lowering:
                   only_if=many)
         tiles_1 = max(ntiles(max(2, self.plan.example_batch)), 1)
         nrb = max(1, min(o, -(-4 * self.threads // tiles_1), 64))
-        self.call(kernel("spmm", tile), [*w[:3], T(qn), T(out), *w[3:], I(m), I(o), I(ld),
-                                         I(nrb), I(0), I(0), I(0)],
-                  ntiles * nrb, 2.0 * 4 * nnz / nrb * span, only_if=many)
-        _, fused, label = self._q8_kernel(op, "spmm", (actn, pa, pb))
+        sym, fused, label = kernel("spmm", tile)
+        self.call(sym, [*w[:3], T(qn), T(out), *w[3:], I(m), I(o), I(ld), I(nrb), I(0), I(0),
+                        I(0)], ntiles * nrb, 2.0 * 4 * nnz / nrb * span, only_if=many)
         if not fused:
             self.act_on(out, (actn, pa, pb))
         return label
@@ -977,8 +975,6 @@ class Lowering:
                    residual: bool = False) -> tuple[str, bool, str]:
         """(symbol, fused?, label) of an int8 kernel for ``op`` on this CPU (``bits``: of the
         index stream it reads, default the stored group indices')."""
-        from sparsecc.native import qlinear as QL
-
         actn, pa, pb = act
         fused = actn if actn in ("none", "relu", "clamp") else "none"
         vnni = self.vw == 16 and "+avx512vnni" in self.features
@@ -1020,8 +1016,6 @@ class Lowering:
             raise Unsupported("int8 conv planes past 2^31 codes a sample")
         planes = self.temp("q8planes", nb * per_sample * 4)
         scale, zero = float(op.attrs["x_scale"]), int(op.attrs["x_zero"])
-        from sparsecc.native import qlinear as QL
-
         self.call(self.ir_kernel(QL.PhaseSpec(self.vw)),
                   [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
                    I(g.sw), self.derived("pys", g.pys), I(len(g.pys)),
@@ -1056,19 +1050,10 @@ class Lowering:
                 self.act_pass(full, *epi)
             if res is not None:
                 self.fused[res[0]] = (self.i, out)
-                return label + " + residual add"
+                label += " + residual add"
             return label
-        if res is not None:
-            j, other, (actn, pa, pb) = res
-            self.fused[j] = (self.i, out)
-            self.call(self.numba("k_crop_res"),
-                      [T(full), T(other), T(self.plan.ops[j].output), I(nb), I(cout),
-                       I(g.ho), I(g.wo), I(g.wq), I(A.act_code(actn)), F(pa), F(pb)],
-                      nb * cout, 2.0 * g.ho * g.wo)
-            return label + " + residual add"
-        self.call(self.numba("k_crop"), [T(full), T(out), I(nb), I(cout), I(g.ho), I(g.wo),
-                                         I(g.wq)], nb * cout, float(g.ho * g.wo))
-        if not fused:
+        label += self._crop(full, out, nb, cout, g, res)
+        if not fused:  # (never with res: the epilogue then had no activation)
             self.act_pass(out, *act)
         return label
 
@@ -1423,13 +1408,7 @@ class Lowering:
                           reach=g.reach, panel_of=offs // g.plane)
         res = self._residual(op, act) if not tail else None
         if res is not None:  # crop, add the residual and activate in one pass
-            j, other, (actn, pa, pb) = res
-            self.fused[j] = (self.i, out)
-            self.call(self.numba("k_crop_res"),
-                      [T(full), T(other), T(self.plan.ops[j].output), I(nb), I(cout),
-                       I(g.ho), I(g.wo), I(g.wq), I(A.act_code(actn)), F(pa), F(pb)],
-                      nb * cout, 2.0 * g.ho * g.wo)
-            return label + " + residual add"
+            return label + self._crop(full, out, nb, cout, g, res)
         pool = self._pool_reader(out) if not tail else None
         if pool is not None:
             # cross-layer: the max pool after this conv reads the conv's rows in place
@@ -1437,11 +1416,26 @@ class Lowering:
             self.p.buffers[full].last = pool
             self.wide[out] = (full, g.wq)
             return label
-        self.call(self.numba("k_crop"), [T(full), T(out), I(nb), I(cout), I(g.ho), I(g.wo),
-                                         I(g.wq)], nb * cout, float(g.ho * g.wo))
+        self._crop(full, out, nb, cout, g)
         if tail:
             self.act_pass(out, *act)
         return label
+
+    def _crop(self, full: str, out: str, nb, cout: int, g, res=None) -> str:
+        """The shifted convs' wide rows (ho x wq a channel) cropped to out (ho x wo); with
+        ``res`` (_residual's), the add and its activation in the same pass, written into the
+        add's output (the add disappears). Returns the label's suffix."""
+        if res is None:
+            self.call(self.numba("k_crop"), [T(full), T(out), I(nb), I(cout), I(g.ho),
+                                             I(g.wo), I(g.wq)], nb * cout, float(g.ho * g.wo))
+            return ""
+        j, other, (actn, pa, pb) = res
+        self.fused[j] = (self.i, out)
+        self.call(self.numba("k_crop_res"),
+                  [T(full), T(other), T(self.plan.ops[j].output), I(nb), I(cout), I(g.ho),
+                   I(g.wo), I(g.wq), I(A.act_code(actn)), F(pa), F(pb)],
+                  nb * cout, 2.0 * g.ho * g.wo)
+        return " + residual add"
 
     def _readers(self, name: str) -> list[int]:
         return [j for j, op in enumerate(self.plan.ops) if name in op.inputs]
