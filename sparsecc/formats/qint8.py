@@ -112,8 +112,9 @@ def fold(qw: QWeight, bias: np.ndarray | None, x_scale: float, x_zero: int
 
 
 def accumulate(xq: np.ndarray, qw: QWeight) -> np.ndarray:
-    """int64 (M, O) sums of uint8 (M, K) codes against ``qw`` (exact: float64 holds every
-    partial sum; the reference the kernels are checked against)."""
+    """int64 (M, O) sums of (M, K) codes (uint8, or a conv's code patches as conv_columns
+    gives them) against ``qw`` (exact: float64 holds every partial sum; the reference the
+    kernels are checked against)."""
     w = qw.dense().astype(np.float64)
     return np.rint(xq.astype(np.float64) @ w.T).astype(np.int64)
 

@@ -84,8 +84,9 @@ def _candidates(plan: ExecutionPlan) -> tuple[list[int], dict[int, str]]:
             continue
         w = plan.constants.get(op.params.get("weight", ""))
         ndim = 2 if op.kind == "linear" else 4
-        k = 0 if w is None or w.ndim != ndim else \
-            w.shape[1] if op.kind == "linear" else Q.conv_weight_rows(w[:1]).shape[1]
+        k = 0  # inputs a row: a conv's packed rows hold kh * kw taps of C rounded up to 4
+        if w is not None and w.ndim == ndim:
+            k = w.shape[1] if ndim == 2 else -(-w.shape[1] // 4) * 4 * w.shape[2] * w.shape[3]
         if w is None or w.dtype != np.float32 or w.ndim != ndim:
             why[i] = "float32 (not a dense float32 weight)"
         elif op.kind == "conv2d" and int(op.attrs.get("groups", 1)) != 1:
@@ -201,8 +202,7 @@ def layer_error(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qw: Q.QWe
     if bias is not None:
         ref += bias
     mult, b2 = Q.fold(qw, bias, scale, zero)
-    acc = np.rint(qcols @ qw.dense().T.astype(np.float64))
-    got = Q.epilogue(acc, mult, b2).astype(np.float64)
+    got = Q.epilogue(Q.accumulate(qcols, qw), mult, b2).astype(np.float64)
     # bias correction (Nagel et al. 2019): the quantized layer's mean error per output,
     # measured here, is taken off its bias
     shift = (got - ref).mean(axis=0) if correct and len(got) else np.zeros(qw.rows)
