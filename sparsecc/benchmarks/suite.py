@@ -254,11 +254,12 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                                                                   native=False)
                 if "sparsecc-dense" in cfg.engines and (s == 0 or cfg.dense_cells == "all"):
                     compiled["sparsecc-dense"] = _compile(spec, model, example, True)
-                onnx_path = None
+                # the peers' model files: "fp32", and "int8" (a QDQ file) for their -int8 runs
+                onnx = {"fp32": None, "int8": None}
                 if {"onnxruntime", "deepsparse", *INT8_ENGINES} & set(cfg.engines):
-                    onnx_path = _export(spec, model, example, cfg.out, s, log)
+                    onnx["fp32"] = _export(spec, model, example, cfg.out, s, log)
                 if set(INT8_ENGINES) & set(cfg.engines):
-                    onnx_path = _int8(cfg, spec, model, example, compiled, onnx_path, s, log)
+                    onnx["int8"] = _int8(cfg, spec, model, example, compiled, onnx["fp32"], log)
                 for batch in cfg.batches:
                     inputs = spec.inputs(batch)
                     ref: dict = {}  # torch's output for these inputs, from its first cell
@@ -266,7 +267,7 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                         E.set_threads(threads)
                         cell = dict(model=mname, sparsity=s, batch=batch, threads=threads,
                                     profile=cfg.profile)
-                        for row in _cell(cfg, cell, model, inputs, ref, compiled, onnx_path,
+                        for row in _cell(cfg, cell, model, inputs, ref, compiled, onnx,
                                          spec, ds):
                             if row["engine"].startswith("sparsecc") and "median_ms" in row \
                                     and row["engine"] != "sparsecc-dense" and mflops:
@@ -289,13 +290,12 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
 PEAK_GFLOPS = 320.0  # 2 cores x 2.5 GHz x 2 FMA x 16 lanes x 2 (the brief's machine)
 
 
-def _int8(cfg, spec, model, example, compiled, onnx_path, s, log) -> dict:
+def _int8(cfg, spec, model, example, compiled, onnx_path, log) -> Path | None:
     """sparsecc's int8 compile and the peers' QDQ file, both calibrated on the same 4 batches
-    of 8 (the spec's inputs); returns {"fp32": onnx_path, "int8": the QDQ file or None}."""
+    of 8 (the spec's inputs); returns the QDQ file (None: no int8 peer, or it failed)."""
     import torch
 
     cal = [spec.inputs(8) for _ in range(4)]
-    paths = {"fp32": onnx_path, "int8": None}
     if "sparsecc-int8" in cfg.engines:
         try:
             compiled["sparsecc-int8"] = _compile(
@@ -307,11 +307,11 @@ def _int8(cfg, spec, model, example, compiled, onnx_path, s, log) -> dict:
     if onnx_path is not None and {"onnxruntime-int8", "deepsparse-int8"} & set(cfg.engines):
         qpath = onnx_path.with_name(onnx_path.stem + "_qdq.onnx")
         try:
-            paths["int8"] = E.onnx_qdq(onnx_path, spec.names, cal, qpath)
+            return E.onnx_qdq(onnx_path, spec.names, cal, qpath)
         except Exception as exc:
             log(f"note: QDQ quantization of {spec.name} failed ({type(exc).__name__}: "
                 f"{str(exc)[:160]}); the int8 peers skipped for it")
-    return paths
+    return None
 
 
 def _mflops_per_sample(cm) -> float:
@@ -333,7 +333,7 @@ def _export(spec, model, example, out: Path, s: float, log) -> Path | None:
         return None
 
 
-def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
+def _cell(cfg, cell, model, inputs, ref, compiled, onnx, spec, ds):
     headline = cell["sparsity"] == 0.9 and cell["batch"] == 1 and \
         cell["threads"] == max(cfg.threads)
     rows, outs, samplers = [], [], {}
@@ -345,7 +345,7 @@ def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
                 raise E.Skip("measured only at 90 % / batch 1 (compiling costs ~30 s a cell)")
             if engine == "sparsecc-dense" and engine not in compiled:
                 raise E.Skip("dense baseline: timed at 0 % (the same work at any sparsity)")
-            sampler, out = _prepare(engine, model, inputs, compiled, onnx_path, spec, ds,
+            sampler, out = _prepare(engine, model, inputs, compiled, onnx, spec, ds,
                                     cell["threads"])
             samplers[engine] = (row, sampler, [])
             outs.append((row, out))
@@ -386,19 +386,15 @@ def _cell(cfg, cell, model, inputs, ref, compiled, onnx_path, spec, ds):
     return rows
 
 
-def _prepare(engine, model, inputs, compiled, onnx_path, spec, ds, threads):
+def _prepare(engine, model, inputs, compiled, onnx, spec, ds, threads):
     """(sampler(min_runs, min_time) -> ms samples, the engine's output): the engine is set up
-    and run once (its output for the error column; the first round's warm-up)."""
-    if isinstance(onnx_path, dict):  # {"fp32": ..., "int8": ...} when int8 engines run
-        if engine in ("onnxruntime-int8", "deepsparse-int8"):
-            if onnx_path["int8"] is None:
-                raise E.Skip("no QDQ ONNX file for this model")
-            engine = engine.removesuffix("-int8")
-            onnx_path = onnx_path["int8"]
-        else:
-            onnx_path = onnx_path["fp32"]
-    elif engine in ("onnxruntime-int8", "deepsparse-int8"):
-        raise E.Skip("no QDQ ONNX file for this model")
+    and run once (its output for the error column; the first round's warm-up). ``onnx``: the
+    peers' files, {"fp32": ..., "int8": ...} (None where there is none)."""
+    onnx_path = onnx["fp32"]
+    if engine in ("onnxruntime-int8", "deepsparse-int8"):
+        if onnx["int8"] is None:
+            raise E.Skip("no QDQ ONNX file for this model")
+        engine, onnx_path = engine.removesuffix("-int8"), onnx["int8"]
     if engine == "deepsparse":
         _, out = ds.samples(onnx_path, inputs, threads, 1, 0.0)
 
