@@ -185,12 +185,39 @@ def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
 RUN_TYPE = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32, P64])
 
 
-def _thread_area(prog: Program) -> int:
-    """Bytes of arena one thread needs to run one chunk on its own: the chunk's activations,
-    one thread's scratch, its args blocks (the body's argspace), 64-byte aligned."""
+def _thread_area(b, prog: Program, c: ir.Value) -> ir.Value:
+    """Bytes of arena one thread needs to run a chunk of ``c`` samples on its own: the chunk's
+    activations, one thread's scratch, its args blocks (the body's argspace), 64-byte
+    aligned."""
     a0, b0 = prog.arena
-    main = a0 * prog.chunk + b0 + 4 * prog.scratch_per_thread + 64 + 64
-    return -(-(main + 8 * prog.argspace_slots) // 64) * 64
+    fixed = b0 + 4 * prog.scratch_per_thread + 64 + 64 + 8 * prog.argspace_slots + 63
+    return b.and_(b.add(b.mul(c, I64(a0)), I64(fixed)), I64(-64))
+
+
+def _sample_chunk(b, prog: Program, n: ir.Value) -> ir.Value:
+    """Samples per chunk for a batch of ``n``: n / Program.split (two chunks a thread of the
+    machine, taken off a counter) within [min_chunk, chunk]. It depends on n alone, never on
+    the threads a call gets, so a batch sums in the same order on 1 thread or 2 (the adaptive
+    thread choice may not change results)."""
+    c = b.sdiv(n, I64(prog.split))
+    c = b.select(b.icmp_signed("<", c, I64(prog.min_chunk)), I64(prog.min_chunk), c)
+    return b.select(b.icmp_signed(">", c, I64(prog.chunk)), I64(prog.chunk), c)
+
+
+def _chunked(b, prog: Program, n: ir.Value) -> ir.Value:
+    """Whether a batch of ``n`` runs in chunks: more than one chunk's worth of samples, or
+    enough for split chunks of min_chunk."""
+    return b.or_(b.icmp_signed(">", n, I64(prog.chunk)),
+                 b.icmp_signed(">=", n, I64(prog.split * prog.min_chunk)))
+
+
+def _sample_parallel(b, prog: Program, n: ir.Value, c: ir.Value, threads: ir.Value,
+                     times: ir.Value) -> ir.Value:
+    """Whether the chunks of ``c`` samples run sample-parallel: more than one thread, not
+    profiling, two chunks a thread at least (see _emit_chunks)."""
+    untimed = b.icmp_unsigned("==", b.ptrtoint(times, I64), I64(0))
+    many = b.icmp_signed(">=", n, b.mul(b.sext(threads, I64), b.mul(c, I64(2))))
+    return b.and_(b.and_(many, untimed), b.icmp_signed(">", threads, I32(1)))
 
 
 def _io_arrays(b, prog: Program) -> tuple[ir.Value, ir.Value]:
@@ -218,34 +245,32 @@ def _step_io(b, prog: Program, ins, outs, c, arrays) -> tuple[ir.Value, ir.Value
 def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     """``run`` when the batch may be split (Program.chunk).
 
-    * N <= chunk: the body once.
-    * Enough chunks for every thread (>= 2 each) and no profiling: **sample-parallel**, each
-      thread takes chunks off an atomic counter and runs the whole model on them alone, in its
-      own share of the arena (no barrier between layers: a descheduled thread delays only its
-      own chunk; on this shared machine per-layer parallel regions at batch 1 ran 1.5-2.5x
-      slower whenever the other vCPU was busy).
+    * Too few samples to split (``_chunked``): the body once.
+    * Else chunks of ``_sample_chunk`` samples. Enough of them for every thread (>= 2 each)
+      and no profiling: **sample-parallel**, each thread takes chunks off an atomic counter
+      and runs the whole model on them alone, in its own share of the arena (no barrier
+      between layers: a descheduled thread delays only its own chunk; on this shared machine
+      per-layer parallel regions at batch 1 ran 1.5-2.5x slower whenever the other vCPU was
+      busy).
     * Otherwise the chunks one after another, each on every thread.
     The first nonzero error flag of a chunk is returned."""
     fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run")
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    chunk = I64(prog.chunk)
     whole = fn.append_basic_block("whole")
     split = fn.append_basic_block("split")
-    b.cbranch(b.icmp_signed("<=", n, chunk), whole, split)
+    b.cbranch(_chunked(b, prog, n), split, whole)
     b.position_at_end(whole)
     b.ret(b.call(body, list(fn.args)))
     b.position_at_end(split)
-    # sample-parallel?
-    t64 = b.sext(threads, I64)
-    many = b.icmp_signed(">=", n, b.mul(b.mul(t64, I64(2)), chunk))
-    untimed = b.icmp_unsigned("==", b.ptrtoint(times, I64), I64(0))
+    chunk = _sample_chunk(b, prog, n)
     par = fn.append_basic_block("parallel")
     serial = fn.append_basic_block("serial")
-    b.cbranch(b.and_(b.and_(many, untimed), b.icmp_signed(">", threads, I32(1))), par, serial)
+    b.cbranch(_sample_parallel(b, prog, n, chunk, threads, times), par, serial)
 
     b.position_at_end(par)
-    ctx_t = ir.LiteralStructType([P8, P8, I64, P8.as_pointer(), P8.as_pointer(), I64, I64])
+    ctx_t = ir.LiteralStructType([P8, P8, I64, P8.as_pointer(), P8.as_pointer(), I64, I64,
+                                  I64])
     worker_t = ir.FunctionType(ir.VoidType(), [P8])
     gomp = mod.globals.get("GOMP_parallel")
     tid_fn = mod.globals.get("omp_get_thread_num") or ir.Function(
@@ -253,7 +278,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     worker = ir.Function(mod, worker_t, f"{prefix}_samples_worker")
     worker.linkage = "internal"
     ctx = b.alloca(ctx_t)
-    for i, v in enumerate((weights, arena, n, ins, outs, I64(0), I64(0))):
+    for i, v in enumerate((weights, arena, n, ins, outs, I64(0), I64(0), chunk)):
         b.store(v, b.gep(ctx, [I32(0), I32(i)], inbounds=True))
     b.call(gomp, [worker, b.bitcast(ctx, P8), threads, I32(0)])
     b.ret(b.trunc(b.load(b.gep(ctx, [I32(0), I32(6)], inbounds=True)), I32))
@@ -265,21 +290,22 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
         return wb.gep(wctx, [I32(0), I32(i)], inbounds=True)
 
     w_weights, w_arena, w_n, w_ins, w_outs = (wb.load(field(i)) for i in range(5))
+    w_chunk = wb.load(field(7))
     w_arrays = _io_arrays(wb, prog)
     tid = wb.sext(wb.call(tid_fn, []), I64)
-    mine = wb.gep(w_arena, [wb.mul(tid, I64(_thread_area(prog)))])
-    args_off = _thread_area(prog) - 8 * prog.argspace_slots
-    my_args = wb.bitcast(wb.gep(mine, [I64(args_off)]), P64)
+    area = _thread_area(wb, prog, w_chunk)
+    mine = wb.gep(w_arena, [wb.mul(tid, area)])
+    my_args = wb.bitcast(wb.gep(mine, [wb.sub(area, I64(8 * prog.argspace_slots))]), P64)
     head = worker.append_basic_block("head")
     step = worker.append_basic_block("step")
     done = worker.append_basic_block("done")
     wb.branch(head)
     wb.position_at_end(head)
-    c = wb.atomic_rmw("add", field(5), chunk, "monotonic")
+    c = wb.atomic_rmw("add", field(5), w_chunk, "monotonic")
     wb.cbranch(wb.icmp_signed("<", c, w_n), step, done)
     wb.position_at_end(step)
-    rest = wb.sub(w_n, c)
-    nc = wb.select(wb.icmp_signed("<", rest, chunk), rest, chunk)
+    left = wb.sub(w_n, c)
+    nc = wb.select(wb.icmp_signed("<", left, w_chunk), left, w_chunk)
     ins_c, outs_c = _step_io(wb, prog, w_ins, w_outs, c, w_arrays)
     rc = wb.call(body, [w_weights, mine, my_args, nc, ins_c, outs_c, I32(1),
                         ir.Constant(P64, None)])
@@ -426,8 +452,12 @@ def _emit_sizes(mod, prefix, prog: Program) -> None:
     scratch = b.mul(b.sext(threads, I64), I64(4 * prog.scratch_per_thread + 64))
     need = b.add(b.add(main, scratch), I64(64))
     if prog.chunk:  # sample-parallel: a thread's area each, when there are chunks to share
-        per = b.mul(b.sext(threads, I64), I64(_thread_area(prog)))
-        per = b.select(b.icmp_signed(">", n_all, I64(prog.chunk)), per, I64(0))
+        c = _sample_chunk(b, prog, n_all)
+        per = b.mul(b.sext(threads, I64), _thread_area(b, prog, c))
+        null = ir.Constant(P64, None)
+        par = b.and_(_chunked(b, prog, n_all),
+                     _sample_parallel(b, prog, n_all, c, threads, null))
+        per = b.select(par, per, I64(0))
         need = b.select(b.icmp_signed(">", per, need), per, need)
     b.ret(need)
     fn = ir.Function(mod, ir.FunctionType(I64, []), f"{prefix}__argspace_slots")

@@ -113,3 +113,37 @@ def test_encoder_chunks_match_torch(samples, monkeypatch, seed):
             ref = model(xb, mb)
         assert_matches(cm(xb, mb), ref)
 
+
+
+def test_small_samples_split_by_the_batch(monkeypatch, seed):
+    """A conv net whose whole batch fits a chunk still runs sample-parallel once the batch
+    has 2 samples a thread: chunks of N // split samples (never more than Program.chunk), the
+    same chunks whatever the thread count, so 1 and 2 threads give the same bits."""
+    model = sparsecc.prune(Net().eval(), 0.7, scope="layer")
+    cm, prog = _compile(model, torch.randn(1, 3, 8, 8), monkeypatch, 1 << 40)
+    assert prog.chunk > 64 and prog.min_chunk == 1
+    state = cm.native.threads.state
+    for batch in (3, 4, 5, 16, 37):
+        xb = torch.randn(batch, 3, 8, 8)
+        with torch.no_grad():
+            ref = model(xb).numpy()
+        got = []
+        for threads in (1, 2):
+            state[(batch, cm.native.runner.max_threads)] = [threads, {}, 10**9, 16, 0]
+            got.append(cm(xb.numpy()))
+            assert_matches(got[-1], ref)
+        assert (got[0] == got[1]).all(), batch
+
+
+def test_batch_rows_keep_whole_chunks(monkeypatch, seed):
+    """An MLP's sparse layers vectorise over the batch and split their weights between the
+    threads: small chunks would stream every weight once per chunk, so its chunks stay whole
+    (min_chunk == chunk); a conv net's may hold one sample."""
+    mlp = sparsecc.prune(nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).eval(),
+                         0.9)
+    _, prog = _compile(mlp, torch.randn(1, 64), monkeypatch, 1 << 40)
+    assert prog.chunk > 1 and prog.min_chunk == prog.chunk
+    assert NL.batch_min_chunk(prog.plan, 7) == 7
+    conv = sparsecc.prune(Net().eval(), 0.7, scope="layer")
+    _, prog = _compile(conv, torch.randn(1, 3, 8, 8), monkeypatch, 1 << 40)
+    assert NL.batch_min_chunk(prog.plan, 7) == 1
