@@ -63,7 +63,8 @@ def main_ir(prog: Program, prefix: str, weight_offsets: dict[str, int]) -> str:
             fn = ir.Function(mod, KFN, sparse_symbol(prefix, k))
         kernels[sym] = fn
     pfor = _emit_pfor(mod, prefix)
-    _emit_run(mod, prefix, prog, kernels, pfor, weight_offsets)
+    team = _emit_team(mod, prefix, pfor)
+    _emit_run(mod, prefix, prog, kernels, pfor, team, weight_offsets)
     _emit_sizes(mod, prefix, prog)
     return ES.module_text(mod)
 
@@ -180,6 +181,117 @@ def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
     b.position_at_end(out)
     b.ret_void()
     return pfor
+
+
+# A run's schedule: per call (fn, args block, items, cost per item), i64 each (see _emit_team).
+SCHED_FN, SCHED_ARGS, SCHED_ITEMS, SCHED_COST = range(4)
+SCHED_SLOTS = 4
+# The team's per-call counters (next item to hand out, items done) sit a cache line apart.
+LINE = 8
+
+
+def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
+    """team(sched, ncalls, threads): every call of the schedule in order, in **one** parallel
+    region (not a region per call). Each thread walks the calls; items go out in guided
+    chunks off an atomic counter as in pfor, and a thread moves on to the next call once
+    every item of this one is *done* (a counter of finished items), not once every thread
+    arrived: a thread the hypervisor descheduled does not hold up the layers that run
+    meanwhile (the other takes all their items; the late one finds them done and catches
+    up). A call too small to share (pfor's rule) goes whole to the first thread that takes
+    it. One thread: the calls through pfor, on the caller."""
+    ctx_t = ir.LiteralStructType([P64, I64, P64, I64])  # sched, ncalls, counters, parts
+    worker_t = ir.FunctionType(ir.VoidType(), [P8])
+    gomp = mod.globals["GOMP_parallel"]
+    worker = ir.Function(mod, worker_t, f"{prefix}_team_worker")
+    worker.linkage = "internal"
+    b = ir.IRBuilder(worker.append_basic_block("entry"))
+    ctx = b.bitcast(worker.args[0], ctx_t.as_pointer())
+    sched, ncalls, counters, parts = (b.load(b.gep(ctx, [I32(0), I32(i)], inbounds=True))
+                                      for i in range(4))
+    kp = b.alloca(I64)
+    b.store(I64(0), kp)
+    head = worker.append_basic_block("call")
+    claim = worker.append_basic_block("claim")
+    take = worker.append_basic_block("take")
+    body = worker.append_basic_block("body")
+    wait = worker.append_basic_block("wait")
+    nxt = worker.append_basic_block("next")
+    done = worker.append_basic_block("done")
+    b.branch(head)
+    b.position_at_end(head)
+    k = b.load(kp)
+    b.cbranch(b.icmp_signed("<", k, ncalls), claim, done)
+    b.position_at_end(claim)
+    e = b.gep(sched, [b.mul(k, I64(SCHED_SLOTS))], inbounds=True)
+    fnp = b.inttoptr(b.load(b.gep(e, [I64(SCHED_FN)])), KFN.as_pointer())
+    args = b.inttoptr(b.load(b.gep(e, [I64(SCHED_ARGS)])), P64)
+    items = b.load(b.gep(e, [I64(SCHED_ITEMS)]))
+    cost = b.load(b.gep(e, [I64(SCHED_COST)]))
+    line = b.gep(counters, [b.mul(k, I64(LINE))], inbounds=True)
+    counter, finished = line, b.gep(line, [I64(1)], inbounds=True)
+    whole = b.or_(b.icmp_signed("<=", items, I64(1)),
+                  b.icmp_signed("<", b.mul(items, cost), I64(SERIAL_FLOPS)))
+    start = b.load_atomic(counter, "monotonic", 8)
+    chunk = b.sdiv(b.sub(items, start), parts)
+    chunk = b.select(b.icmp_signed("<", chunk, I64(1)), I64(1), chunk)
+    chunk = b.select(whole, items, chunk)
+    b.cbranch(b.icmp_signed("<", start, items), take, wait)
+    b.position_at_end(take)
+    pair = b.cmpxchg(counter, start, b.add(start, chunk), "monotonic", "monotonic")
+    b.cbranch(b.extract_value(pair, 1), body, claim)
+    b.position_at_end(body)
+    b.call(fnp, [start, b.add(start, chunk), args])
+    b.atomic_rmw("add", finished, chunk, "release")
+    b.branch(claim)
+    # every item handed out: wait until all are done (a plain load loop, no pause: KVM's
+    # pause-loop exiting may hand a pausing vCPU's time to another guest)
+    b.position_at_end(wait)
+    got = b.load_atomic(finished, "acquire", 8)
+    b.cbranch(b.icmp_signed(">=", got, items), nxt, wait)
+    b.position_at_end(nxt)
+    b.store(b.add(k, I64(1)), kp)
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret_void()
+
+    team = ir.Function(mod, ir.FunctionType(ir.VoidType(), [P64, I64, I32]), f"{prefix}_team")
+    team.linkage = "internal"
+    sched, ncalls, threads = team.args
+    b = ir.IRBuilder(team.append_basic_block("entry"))
+    one = team.append_basic_block("one")
+    par = team.append_basic_block("parallel")
+    b.cbranch(b.icmp_signed("<=", threads, I32(1)), one, par)
+    b.position_at_end(one)
+    kp = b.alloca(I64)
+    b.store(I64(0), kp)
+    head = team.append_basic_block("head")
+    step = team.append_basic_block("step")
+    out = team.append_basic_block("out")
+    b.branch(head)
+    b.position_at_end(head)
+    k = b.load(kp)
+    b.cbranch(b.icmp_signed("<", k, ncalls), step, out)
+    b.position_at_end(step)
+    e = b.gep(sched, [b.mul(k, I64(SCHED_SLOTS))], inbounds=True)
+    b.call(pfor, [b.inttoptr(b.load(b.gep(e, [I64(SCHED_FN)])), KFN.as_pointer()),
+                  b.inttoptr(b.load(b.gep(e, [I64(SCHED_ARGS)])), P64),
+                  b.load(b.gep(e, [I64(SCHED_ITEMS)])), b.load(b.gep(e, [I64(SCHED_COST)])),
+                  threads])
+    b.store(b.add(k, I64(1)), kp)
+    b.branch(head)
+    b.position_at_end(out)
+    b.ret_void()
+    b.position_at_end(par)
+    counters = b.alloca(I64, b.mul(ncalls, I64(LINE)))
+    memset = mod.declare_intrinsic("llvm.memset", [P8, I64])
+    b.call(memset, [b.bitcast(counters, P8), I8(0), b.mul(ncalls, I64(8 * LINE)),
+                    ir.Constant(ir.IntType(1), 0)])
+    c = b.alloca(ctx_t)
+    for i, v in enumerate((sched, ncalls, counters, b.mul(b.sext(threads, I64), I64(GUIDE)))):
+        b.store(v, b.gep(c, [I32(0), I32(i)], inbounds=True))
+    b.call(gomp, [worker, b.bitcast(c, P8), threads, I32(0)])
+    b.ret_void()
+    return team
 
 
 RUN_TYPE = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32, P64])
@@ -340,7 +452,10 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     b.ret(I32(0))
 
 
-def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None:
+def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -> None:
+    """``run`` (or the chunk body): fills every call's args block and schedule entry from N,
+    then runs the schedule: in one team region (_emit_team), or call by call through pfor
+    when profiling (cycles per op)."""
     fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run" if not prog.chunk else f"{prefix}__body")
     if prog.chunk:
         fn.linkage = "internal"
@@ -378,10 +493,18 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None
 
     b.store(I64(0), argspace)  # slot 0: the error flag kernels may set
     err_addr = b.ptrtoint(argspace, I64)
+    ncalls = len(prog.calls)
+    sched = b.alloca(I64, ncalls * SCHED_SLOTS or 1)
     scratch_addr = addr(arena, ev(N * scratch_a + scratch_b))
     pos = 1
-    for call in prog.calls:
+    for ci, call in enumerate(prog.calls):
         block = b.gep(argspace, [I64(pos)], inbounds=True)
+        entry = [b.gep(sched, [I64(ci * SCHED_SLOTS + j)], inbounds=True)
+                 for j in range(SCHED_SLOTS)]
+        b.store(b.ptrtoint(kernels[call.kernel], I64), entry[SCHED_FN])
+        b.store(b.ptrtoint(block, I64), entry[SCHED_ARGS])
+        b.store(I64(max(1, int(call.cost))), entry[SCHED_COST])
+        b.store(I64(0), entry[SCHED_ITEMS])  # a call whose only_if fails runs no item
         values = []
         for slot in call.args:
             if slot.kind == "int":
@@ -411,12 +534,7 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None
             bases_before = dict(bases)
         for i, v in enumerate(values):
             b.store(v, b.gep(block, [I64(i)], inbounds=True))
-        t0 = b.call(cycles, [])
-        b.call(pfor, [kernels[call.kernel], block, ev(call.items),
-                      I64(max(1, int(call.cost))), threads])
-        with b.if_then(timed):  # profiling: cycles per op into times[op]
-            slot = b.gep(times, [I64(call.op)], inbounds=True)
-            b.store(b.add(b.load(slot), b.sub(b.call(cycles, []), t0)), slot)
+        b.store(ev(call.items), entry[SCHED_ITEMS])
         if run_it is not None:
             b.branch(after)
             b.position_at_end(after)
@@ -425,6 +543,25 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, weight_offsets) -> None
             bases.clear()
             bases.update(bases_before)
         pos += len(call.args)
+    # run the schedule: one team region; profiling: call by call, cycles per op
+    prof = fn.append_basic_block("profile")
+    run = fn.append_basic_block("run")
+    after = fn.append_basic_block("ran")
+    b.cbranch(timed, prof, run)
+    b.position_at_end(run)
+    b.call(team, [sched, I64(ncalls), threads])
+    b.branch(after)
+    b.position_at_end(prof)
+    for ci, call in enumerate(prog.calls):
+        e = [b.load(b.gep(sched, [I64(ci * SCHED_SLOTS + j)], inbounds=True))
+             for j in range(SCHED_SLOTS)]
+        t0 = b.call(cycles, [])
+        b.call(pfor, [kernels[call.kernel], b.inttoptr(e[SCHED_ARGS], P64), e[SCHED_ITEMS],
+                      e[SCHED_COST], threads])
+        slot = b.gep(times, [I64(call.op)], inbounds=True)
+        b.store(b.add(b.load(slot), b.sub(b.call(cycles, []), t0)), slot)
+    b.branch(after)
+    b.position_at_end(after)
     # outputs: copy out of the arena (or the input they alias)
     memcpy = mod.declare_intrinsic("llvm.memcpy", [P8, P8, I64])
     for j, name in enumerate(plan.outputs):
