@@ -85,6 +85,28 @@ def test_spmv_matches_scipy(rows, cols, density, empty_rows, seed, act, bias, bi
     np.testing.assert_allclose(out, FUSED[act](ref), rtol=1e-4, atol=1e-5)
 
 
+@settings(max_examples=15, deadline=None)
+@given(**shapes, m=st.integers(1, 2))
+def test_spmv_avx2_code_path(rows, cols, density, empty_rows, seed, act, bias, bits, m):
+    """The 8-lane gather SpMV (full vectors, then the masked tail of < 8 nonzeros a row) as an
+    AVX2-only CPU builds it (haswell object, no AVX-512), run here against scipy."""
+    haswell = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
+                                  "-avx512f,-avx512bw,-avx512dq,-avx512vl")
+    a, b = (-0.5, 0.7) if act == "clamp" else (0.0, 0.0)
+    spec = emit.KernelSpec("spmv", 8, 1, act, a, b, bias, bits)
+    obj = jit.compile_ir(kernels.kernel_ir(spec, None, "kernel"), h=haswell)
+    kern = kernels.LlvmKernel(spec, jit.load_object(obj, ["kernel"])["kernel"], obj)
+    rng = np.random.default_rng(seed)
+    w = _matrix(rng, rows, cols, density, empty_rows)
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    bv = rng.standard_normal(rows).astype(np.float32)
+    out = np.full((m, rows), np.nan, np.float32)
+    ip, ix, dv = _csr(w, bits)
+    kernels.spmv_launch(kern, ip, ix, dv, bv, x, out, m=m, threads=1)()
+    ref = (sp.csr_matrix(w) @ x.T).T + (bv if bias else 0)
+    np.testing.assert_allclose(out, FUSED[act](ref), rtol=1e-4, atol=1e-5)
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), cin=st.integers(1, 9), cout=st.integers(1, 9),
        h=st.integers(1, 13), w=st.integers(1, 21), k=st.sampled_from([1, 2, 3, 5]),
