@@ -66,6 +66,7 @@ def versus(rows: list[dict], sparsity: float = 0.9, base: str = "sparsecc") -> s
              f"(sparse layers: 2 x nonzeros x positions), peak {PEAK_GFLOPS:.0f} GFLOP/s", "",
              head,
              "|" + "---|" * (len(peers) + 7)]
+    rtts = []
     for (m, s, b, t), by in sorted(cells.items()):
         if s != sparsity or base not in by:
             continue
@@ -82,6 +83,13 @@ def versus(rows: list[dict], sparsity: float = 0.9, base: str = "sparsecc") -> s
                      + " | ".join(ratio(by.get(e)) for e in peers)
                      + f" | {ratio(zero.get('onnxruntime'))} | {ratio(fastest)}"
                      + (f" ({fastest['engine']})" if fastest else "") + " |")
+        if "core_rtt_ns" in by[base]:
+            rtts.append(f"{m} b{b}: {'/'.join(str(v) for v in by[base]['core_rtt_ns'])}")
+    if rtts:
+        lines += ["", "Core-to-core round trip before/after each cell, ns (~30: the host "
+                  "put both vCPUs on one core's two hyperthreads; 60-90: two cores sharing "
+                  "an L3; 350-390: cores apart, where work split layer by layer over 2 "
+                  "threads runs about as fast as on 1): " + ", ".join(rtts)]
     return "\n".join(lines)
 
 

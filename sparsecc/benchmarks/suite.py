@@ -267,8 +267,14 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
                         E.set_threads(threads)
                         cell = dict(model=mname, sparsity=s, batch=batch, threads=threads,
                                     profile=cfg.profile)
-                        for row in _cell(cfg, cell, model, inputs, ref, compiled, onnx,
-                                         spec, ds):
+                        # how far apart the host put the cores, before and after the
+                        # cell (native/probe.py: 60-90 ns near, 350-390 far)
+                        rtt = [_round_trip(threads)]
+                        got = _cell(cfg, cell, model, inputs, ref, compiled, onnx, spec, ds)
+                        rtt.append(_round_trip(threads))
+                        for row in got:
+                            if None not in rtt:
+                                row["core_rtt_ns"] = [round(v) for v in rtt]
                             if row["engine"].startswith("sparsecc") and "median_ms" in row \
                                     and row["engine"] != "sparsecc-dense" and mflops:
                                 row["gflops"] = round(mflops * batch / row["median_ms"], 1)
@@ -285,6 +291,16 @@ def run_suite(cfg: SuiteConfig, specs: dict[str, ModelSpec] | None = None,
         if ds is not None:
             ds.close()
     return rows
+
+
+def _round_trip(threads: int) -> float | None:
+    """A cache line's round trip between two threads of the native pool, in ns; None on one
+    thread or without the native runtime."""
+    if threads < 2:
+        return None
+    from sparsecc.native.probe import core_round_trip_ns
+
+    return core_round_trip_ns()
 
 
 PEAK_GFLOPS = 320.0  # 2 cores x 2.5 GHz x 2 FMA x 16 lanes x 2 (the brief's machine)
