@@ -201,10 +201,10 @@ def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
     call too small to share (pfor's rule) goes whole to the first thread that takes it. One
     thread: the calls through pfor, on the caller.
 
-    Same process, batch 1, 2 threads, 56 rounds over 4 minutes (bench/team-free builds
-    interleaved): MNIST CNN 0.076 -> 0.072 ms, MobileNetV2 2.42 -> 2.37, MiniLM 3.96 ->
-    3.91, ResNet-50 13.34 -> 13.27 (the slow phase likewise, every model ~2x), the MLP's 3
-    calls 0.764 -> 0.786 (+3 %). With a real-time busy loop on the second core (the worker's
+    Same process, batch 1, 2 threads, 56 rounds over 4 minutes (builds with and without the
+    team interleaved): MNIST CNN 0.076 -> 0.072 ms, MobileNetV2 2.42 -> 2.37, MiniLM 3.96 ->
+    3.91, ResNet-50 13.34 -> 13.27, the MLP's 3 calls 0.764 -> 0.786 (+3 %); with the vCPUs
+    on different CCDs (native/probe.py) both forms run ~2x slower alike. With a real-time busy loop on the second core (the worker's
     core taken away): MNIST 24-80 -> 8 ms a call, MLP 24 -> 8, MiniLM 8 (400 at times) ->
     12, MobileNetV2 6 -> 12: each region start or end that needs the moved-away worker costs
     a scheduler tick."""
@@ -374,9 +374,9 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     * Else chunks of ``_sample_chunk`` samples. Enough of them for every thread (>= 2 each)
       and no profiling: **sample-parallel**, each thread takes chunks off an atomic counter
       and runs the whole model on them alone, in its own share of the arena (no barrier
-      between layers: a descheduled thread delays only its own chunk; on this shared machine
-      per-layer parallel regions at batch 1 ran 1.5-2.5x slower whenever the other vCPU was
-      busy).
+      between layers: a descheduled thread delays only its own chunk, and each core reads
+      the activations it wrote; layer-by-layer splits ran 1.5-2.5x slower whenever the host
+      placed the vCPUs on different CCDs, see native/probe.py).
     * Otherwise the chunks one after another, each on every thread.
     The first nonzero error flag of a chunk is returned."""
     fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run")
