@@ -204,10 +204,10 @@ def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
     Same process, batch 1, 2 threads, 56 rounds over 4 minutes (builds with and without the
     team interleaved): MNIST CNN 0.076 -> 0.072 ms, MobileNetV2 2.42 -> 2.37, MiniLM 3.96 ->
     3.91, ResNet-50 13.34 -> 13.27, the MLP's 3 calls 0.764 -> 0.786 (+3 %); with the vCPUs
-    on different CCDs (native/probe.py) both forms run ~2x slower alike. With a real-time busy loop on the second core (the worker's
-    core taken away): MNIST 24-80 -> 8 ms a call, MLP 24 -> 8, MiniLM 8 (400 at times) ->
-    12, MobileNetV2 6 -> 12: each region start or end that needs the moved-away worker costs
-    a scheduler tick."""
+    on different CCDs (native/probe.py) both forms run ~2x slower alike. With a real-time
+    busy loop on the second core (the worker's core taken away): MNIST 24-80 -> 8 ms a call,
+    MLP 24 -> 8, MiniLM 8 (400 at times) -> 12, MobileNetV2 6 -> 12: each region start or end
+    that needs the moved-away worker costs a scheduler tick."""
     ctx_t = ir.LiteralStructType([P64, I64, P64, I64])  # sched, ncalls, counters, parts
     worker_t = ir.FunctionType(ir.VoidType(), [P8])
     gomp = mod.globals["GOMP_parallel"]
