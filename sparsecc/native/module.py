@@ -190,39 +190,89 @@ SCHED_SLOTS = 4
 LINE = 8
 
 
+# The team's hand-out: a call's items in threads x PARTS_PER_THREAD equal parts (at most 64).
+# 8 against 4, same process, both core placements: MLP b1 3 % faster, MobileNetV2 2-4 %,
+# ResNet-50 1 %, MNIST CNN 2 % slower near / level apart.
+PARTS_PER_THREAD = 8
+
+
+def _take_parts(b, fn, fnp, args, items, nparts, tid, taken, finished, jp) -> None:
+    """Run parts of one call: thread ``tid``'s own parts first (tid*S .. tid*S+S-1: the same
+    share of every call, so for a conv the same pixel tiles, and the next layer reads what
+    this core wrote), then any part nobody took yet, last first (a late or descheduled
+    thread's share goes to the other). A part is taken by setting its bit in ``taken``
+    (atomic or); ``finished`` counts the items done."""
+    S = PARTS_PER_THREAD
+    b.store(I64(0), jp)
+    head, body, try_, run, nxt, out = (fn.append_basic_block(f"part_{n}") for n in
+                                       ("head", "body", "try", "run", "next", "out"))
+    total = b.add(nparts, I64(S))  # S own parts, then every part
+    b.branch(head)
+    b.position_at_end(head)
+    j = b.load(jp)
+    b.cbranch(b.icmp_signed("<", j, total), body, out)
+    b.position_at_end(body)
+    p = b.select(b.icmp_signed("<", j, I64(S)), b.add(b.mul(tid, I64(S)), j),
+                 b.sub(b.sub(total, j), I64(1)))
+    valid = b.icmp_signed("<", p, nparts)
+    bit = b.shl(I64(1), b.select(valid, p, I64(0)))
+    b.cbranch(valid, try_, nxt)
+    b.position_at_end(try_)
+    old = b.atomic_rmw("or", taken, bit, "monotonic")
+    b.cbranch(b.icmp_unsigned("==", b.and_(old, bit), I64(0)), run, nxt)
+    b.position_at_end(run)
+    lo = b.sdiv(b.mul(p, items), nparts)
+    hi = b.sdiv(b.mul(b.add(p, I64(1)), items), nparts)
+    with b.if_then(b.icmp_signed("<", lo, hi)):
+        b.call(fnp, [lo, hi, args])
+    b.atomic_rmw("add", finished, b.sub(hi, lo), "release")
+    b.branch(nxt)
+    b.position_at_end(nxt)
+    b.store(b.add(j, I64(1)), jp)
+    b.branch(head)
+    b.position_at_end(out)
+
+
 def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
     """team(sched, ncalls, threads): every call of the schedule in order in **one** parallel
-    region per run (pfor opens one per call). Each thread walks the calls; items go out in
-    guided chunks off an atomic counter as in pfor, and a thread moves on to the next call
-    once every item of this one is *done* (a counter of finished items, waited on with
-    pause), not once every thread arrived: a thread that is not running does not hold up the
-    calls the other can do alone (it takes all their items; the late one finds them done and
-    catches up), only the region's end waits for it, once a run instead of once a call. A
-    call too small to share (pfor's rule) goes whole to the first thread that takes it. One
-    thread: the calls through pfor, on the caller.
+    region per run (pfor opens one per call). Each thread walks the calls. A call's items go
+    out in threads x 8 equal parts, each thread first taking its own (``_take_parts``: the
+    same share of every call, so a core reads the activations it wrote itself), then any
+    part left; a thread moves on to the next call once every item of this one is *done* (a
+    counter of finished items, waited on with pause), not once every thread arrived: a
+    thread that is not running does not hold up the calls the other can do alone (it takes
+    the late one's parts; the late one finds them done and catches up), only the region's
+    end waits for it, once a run instead of once a call. A call too small to share (pfor's
+    rule) is one part. One thread: the calls through pfor, on the caller.
 
-    Same process, batch 1, 2 threads, 56 rounds over 4 minutes (builds with and without the
-    team interleaved): MNIST CNN 0.076 -> 0.072 ms, MobileNetV2 2.42 -> 2.37, MiniLM 3.96 ->
-    3.91, ResNet-50 13.34 -> 13.27, the MLP's 3 calls 0.764 -> 0.786 (+3 %); with the vCPUs
-    on different CCDs (native/probe.py) both forms run ~2x slower alike. With a real-time
-    busy loop on the second core (the worker's core taken away): MNIST 24-80 -> 8 ms a call,
-    MLP 24 -> 8, MiniLM 8 (400 at times) -> 12, MobileNetV2 6 -> 12: each region start or end
-    that needs the moved-away worker costs a scheduler tick."""
-    ctx_t = ir.LiteralStructType([P64, I64, P64, I64])  # sched, ncalls, counters, parts
+    Same process, batch 1, 2 threads, builds interleaved, the core round trip probed each
+    round (native/probe.py). A region per call with guided chunks (as pfor) against a region
+    per op, 56 rounds: MNIST CNN 0.076 -> 0.072 ms, MobileNetV2 2.42 -> 2.37, MiniLM 3.96 ->
+    3.91, ResNet-50 13.34 -> 13.27, the MLP's 3 calls 0.764 -> 0.786. Own parts first
+    against guided chunks, 68 rounds, vCPUs near (60-90 ns) / apart (350-390 ns): ResNet-50
+    13.45 -> 12.97 / 26.97 -> 22.04 ms, ResNet-18 6.84 -> 6.72 / 11.76 -> 10.32, MobileNetV2
+    2.45 -> 2.42 / 6.02 -> 5.33, MiniLM 4.00 -> 3.79 / 8.07 -> 6.67, MNIST CNN 0.072 ->
+    0.067 / 0.152 -> 0.130 (4 parts a thread there). With a real-time busy loop on the
+    second core (the worker's core taken away; guided chunks): MNIST 24-80 -> 8 ms a call
+    with the region per run, MLP 24 -> 8, MiniLM 8 (400 at times) -> 12, MobileNetV2 6 -> 12:
+    each region start or end that needs the moved-away worker costs a scheduler tick."""
+    ctx_t = ir.LiteralStructType([P64, I64, P64, I64])  # sched, ncalls, counters, nparts
     worker_t = ir.FunctionType(ir.VoidType(), [P8])
     gomp = mod.globals["GOMP_parallel"]
     worker = ir.Function(mod, worker_t, f"{prefix}_team_worker")
     worker.linkage = "internal"
     b = ir.IRBuilder(worker.append_basic_block("entry"))
     ctx = b.bitcast(worker.args[0], ctx_t.as_pointer())
-    sched, ncalls, counters, parts = (b.load(b.gep(ctx, [I32(0), I32(i)], inbounds=True))
-                                      for i in range(4))
+    sched, ncalls, counters, nparts_all = (
+        b.load(b.gep(ctx, [I32(0), I32(i)], inbounds=True)) for i in range(4))
+    tid_fn = mod.globals.get("omp_get_thread_num") or ir.Function(
+        mod, ir.FunctionType(I32, []), "omp_get_thread_num")
+    tid = b.sext(b.call(tid_fn, []), I64)
     kp = b.alloca(I64)
     b.store(I64(0), kp)
+    jp = b.alloca(I64)
     head = worker.append_basic_block("call")
     claim = worker.append_basic_block("claim")
-    take = worker.append_basic_block("take")
-    body = worker.append_basic_block("body")
     wait = worker.append_basic_block("wait")
     nxt = worker.append_basic_block("next")
     done = worker.append_basic_block("done")
@@ -237,21 +287,12 @@ def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
     items = b.load(b.gep(e, [I64(SCHED_ITEMS)]))
     cost = b.load(b.gep(e, [I64(SCHED_COST)]))
     line = b.gep(counters, [b.mul(k, I64(LINE))], inbounds=True)
-    counter, finished = line, b.gep(line, [I64(1)], inbounds=True)
+    taken, finished = line, b.gep(line, [I64(1)], inbounds=True)
     whole = b.or_(b.icmp_signed("<=", items, I64(1)),
                   b.icmp_signed("<", b.mul(items, cost), I64(SERIAL_FLOPS)))
-    start = b.load_atomic(counter, "monotonic", 8)
-    chunk = b.sdiv(b.sub(items, start), parts)
-    chunk = b.select(b.icmp_signed("<", chunk, I64(1)), I64(1), chunk)
-    chunk = b.select(whole, items, chunk)
-    b.cbranch(b.icmp_signed("<", start, items), take, wait)
-    b.position_at_end(take)
-    pair = b.cmpxchg(counter, start, b.add(start, chunk), "monotonic", "monotonic")
-    b.cbranch(b.extract_value(pair, 1), body, claim)
-    b.position_at_end(body)
-    b.call(fnp, [start, b.add(start, chunk), args])
-    b.atomic_rmw("add", finished, chunk, "release")
-    b.branch(claim)
+    nparts = b.select(whole, I64(1), nparts_all)
+    _take_parts(b, worker, fnp, args, items, nparts, tid, taken, finished, jp)
+    b.branch(wait)
     # every item handed out: wait until all are done
     b.position_at_end(wait)
     got = b.load_atomic(finished, "acquire", 8)
@@ -300,7 +341,9 @@ def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
     b.call(memset, [b.bitcast(counters, P8), I8(0), b.mul(ncalls, I64(8 * LINE)),
                     ir.Constant(ir.IntType(1), 0)])
     c = b.alloca(ctx_t)
-    for i, v in enumerate((sched, ncalls, counters, b.mul(b.sext(threads, I64), I64(GUIDE)))):
+    nparts = b.mul(b.sext(threads, I64), I64(PARTS_PER_THREAD))
+    nparts = b.select(b.icmp_signed(">", nparts, I64(64)), I64(64), nparts)
+    for i, v in enumerate((sched, ncalls, counters, nparts)):
         b.store(v, b.gep(c, [I32(0), I32(i)], inbounds=True))
     b.call(gomp, [worker, b.bitcast(c, P8), threads, I32(0)])
     b.ret_void()
