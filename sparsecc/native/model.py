@@ -96,19 +96,25 @@ class ThreadChoice:
     now and then one runs on the other choice (a probe), and the choice flips when the probe
     beats the current choice's recent time (an exponential average) by 10 %. Probes back off
     while they keep losing (16 -> 512 calls apart on all threads, -> 64 on one) and come at
-    once when the current choice gets slower than the other's last estimate. Calls under
-    ``MIN_SECONDS`` stay on all threads, untimed after the first. Results do not depend on the
-    choice (the work items are the same; only who runs them changes).
-    SPARSECC_ADAPTIVE_THREADS=0 turns it off."""
+    once when the current choice gets slower than the other's last estimate. A probe is two
+    calls, the second one timed: the first after a switch pulls the activations over to the
+    other core(s) (MNIST CNN batch 1 with the vCPUs on different CCDs: a first 1-thread call
+    took 210-345 us, the next ones 91-98, against 129-145 on 2 threads, so single-call probes
+    kept it on 2), and the call after a probe is not timed either. Calls under ``MIN_SECONDS`` (a few us of floor) stay on all threads,
+    untimed after the first. Results do not depend on the choice (the work items are the
+    same; only who runs them changes). SPARSECC_ADAPTIVE_THREADS=0 turns it off."""
 
-    MIN_SECONDS = 2e-4
+    # 20 us: the MNIST CNN's 70-130 us calls are timed (at 200 us they were not, and in the
+    # far core placement stayed on 2 threads at 129 us against 98 on 1)
+    MIN_SECONDS = 2e-5
     PROBE_MIN, PROBE_MAX = 16, 512
     WARM = 2
 
     def __init__(self, enabled: bool | None = None):
         self.enabled = env_adaptive_threads() if enabled is None else enabled
         # (n, cap) -> [current choice, {threads: seconds}, calls to the next probe, the gap
-        # between probes (0: small calls, never probed), calls left untimed]
+        # between probes (0: small calls, never probed), calls left untimed, whether this
+        # probe's untimed first call ran]
         self.state: dict[tuple[int, int], list] = {}
 
     def pick(self, n: int, cap: int) -> int:
@@ -116,7 +122,8 @@ class ThreadChoice:
             return cap
         st = self.state.get((n, cap))
         if st is None:  # the first calls (cold caches, code paging in) are not timed
-            st = self.state[(n, cap)] = [cap, {}, self.PROBE_MIN, self.PROBE_MIN, self.WARM]
+            st = self.state[(n, cap)] = [cap, {}, self.PROBE_MIN, self.PROBE_MIN, self.WARM,
+                                         0]
         elif st[3] == 0:  # small calls
             return cap
         st[2] -= 1
@@ -143,6 +150,10 @@ class ThreadChoice:
             if other in est and est[cur] > 1.1 * est[other]:
                 st[2] = min(st[2], 1)  # the current choice got slower: probe now
             return
+        if not st[5]:  # a probe's first call: caches still hold the other choice's data
+            st[5], st[2] = 1, 0
+            return
+        st[5], st[4] = 0, 1  # the call after the probe moves the data back: untimed too
         est[threads] = seconds  # a probe
         if cur in est and seconds < 0.9 * est[cur]:
             st[0], st[3] = threads, self.PROBE_MIN

@@ -129,7 +129,7 @@ def test_small_samples_split_by_the_batch(monkeypatch, seed):
             ref = model(xb).numpy()
         got = []
         for threads in (1, 2):
-            state[(batch, cm.native.runner.max_threads)] = [threads, {}, 10**9, 16, 0]
+            state[(batch, cm.native.runner.max_threads)] = [threads, {}, 10**9, 16, 0, 0]
             got.append(cm(xb.numpy()))
             assert_matches(got[-1], ref)
         assert (got[0] == got[1]).all(), batch

@@ -23,7 +23,8 @@ def _run(tc: ThreadChoice, calls: int, cost: dict[int, float], n: int = 1, cap: 
 def test_stays_on_all_threads_when_they_are_faster():
     tc = ThreadChoice(enabled=True)
     ran = _run(tc, 3000, {2: 4e-3, 1: 7e-3})
-    assert ran[-1] == 2 and ran.count(1) <= 10  # probes only: 16, 32, ... then 512 apart
+    # probes only (two calls each): 16, 32, ... then 512 apart
+    assert ran[-1] == 2 and ran.count(1) <= 20
     assert tc.state[(1, 2)][3] == ThreadChoice.PROBE_MAX
 
 
@@ -54,7 +55,23 @@ def test_results_do_not_depend_on_the_choice(seed):
     both = []
     for threads in (1, 2):
         # pin the choice: current = threads, no probe for a long while, warm
-        cm.native.threads.state[(5, cm.native.runner.max_threads)] = [threads, {}, 10**9, 16, 0]
+        cm.native.threads.state[(5, cm.native.runner.max_threads)] = [threads, {}, 10**9, 16, 0, 0]
         both.append(cm(x.numpy()))
         assert_matches(both[-1], model(x).detach().numpy())
     assert (both[0] == both[1]).all()
+
+
+def test_a_probe_times_its_second_call():
+    """The first call after switching pays for moving the activations between cores (on this
+    machine with the vCPUs on different CCDs, a 1-thread MNIST call right after 2-thread ones
+    took 210-345 us, the next 91-98 against 129-145 on 2 threads): a probe that timed only
+    that first call would never leave 2 threads."""
+    tc = ThreadChoice(enabled=True)
+    ran, last = [], None
+    for _ in range(400):
+        th = tc.pick(1, 2)
+        cost = {2: 130e-6, 1: 95e-6}[th] * (3.0 if last is not None and th != last else 1.0)
+        tc.record(1, 2, th, cost)
+        ran.append(th)
+        last = th
+    assert ran[-100:].count(1) > 95
