@@ -100,9 +100,10 @@ class ThreadChoice:
     calls, the second one timed: the first after a switch pulls the activations over to the
     other core(s) (MNIST CNN batch 1 with the vCPUs on different CCDs: a first 1-thread call
     took 210-345 us, the next ones 91-98, against 129-145 on 2 threads, so single-call probes
-    kept it on 2), and the call after a probe is not timed either. Calls under ``MIN_SECONDS`` (a few us of floor) stay on all threads,
-    untimed after the first. Results do not depend on the choice (the work items are the
-    same; only who runs them changes). SPARSECC_ADAPTIVE_THREADS=0 turns it off."""
+    kept it on 2), and the call after a probe is not timed either. Calls under
+    ``MIN_SECONDS`` (a few us of floor) stay on all threads, untimed after the first. Results
+    do not depend on the choice (the work items are the same; only who runs them changes).
+    SPARSECC_ADAPTIVE_THREADS=0 turns it off."""
 
     # 20 us: the MNIST CNN's 70-130 us calls are timed (at 200 us they were not, and in the
     # far core placement stayed on 2 threads at 129 us against 98 on 1)
