@@ -113,6 +113,18 @@ def kernels_texts() -> list[str]:
     return [str(mod)] + texts
 
 
+def _too_small(b, items: ir.Value, cost: ir.Value) -> ir.Value:
+    """Whether a call is not worth sharing between threads: one item, or under SERIAL_FLOPS
+    (pfor runs it on the caller, the team as one part)."""
+    return b.or_(b.icmp_signed("<=", items, I64(1)),
+                 b.icmp_signed("<", b.mul(items, cost), I64(SERIAL_FLOPS)))
+
+
+def _omp_thread_num(mod: ir.Module) -> ir.Function:
+    return mod.globals.get("omp_get_thread_num") or ir.Function(
+        mod, ir.FunctionType(I32, []), "omp_get_thread_num")
+
+
 def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
     """pfor(fn, args, items, cost, threads): fn over [0, items) on ``threads`` threads."""
     ctx_t = ir.LiteralStructType([KFN.as_pointer(), P64, I64, I64, I64])
@@ -162,9 +174,7 @@ def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
     par = pfor.append_basic_block("parallel")
     out = pfor.append_basic_block("out")
     nothing = b.icmp_signed("<=", items, I64(0))
-    few = b.or_(b.icmp_signed("<=", threads, I32(1)),
-                b.or_(b.icmp_signed("<=", items, I64(1)),
-                      b.icmp_signed("<", b.mul(items, cost), I64(SERIAL_FLOPS))))
+    few = b.or_(b.icmp_signed("<=", threads, I32(1)), _too_small(b, items, cost))
     b.cbranch(nothing, out, pfor.append_basic_block("go"))
     b.position_at_end(pfor.blocks[-1])
     b.cbranch(few, serial, par)
@@ -186,8 +196,16 @@ def _emit_pfor(mod: ir.Module, prefix: str) -> ir.Function:
 # A run's schedule: per call (fn, args block, items, cost per item), i64 each (see _emit_team).
 SCHED_FN, SCHED_ARGS, SCHED_ITEMS, SCHED_COST = range(4)
 SCHED_SLOTS = 4
-# The team's per-call counters (next item to hand out, items done) sit a cache line apart.
+# The team's per-call counters (parts taken, items done) sit a cache line apart.
 LINE = 8
+
+
+def _sched_entry(b, sched: ir.Value, k: ir.Value) -> tuple[ir.Value, ...]:
+    """(kernel, args block, items, cost per item) of call ``k`` of a schedule."""
+    e = b.gep(sched, [b.mul(k, I64(SCHED_SLOTS))], inbounds=True)
+    fn, args, items, cost = (b.load(b.gep(e, [I64(j)])) for j in
+                             (SCHED_FN, SCHED_ARGS, SCHED_ITEMS, SCHED_COST))
+    return b.inttoptr(fn, KFN.as_pointer()), b.inttoptr(args, P64), items, cost
 
 
 # The team's hand-out: a call's items in threads x PARTS_PER_THREAD equal parts (at most 64).
@@ -265,9 +283,7 @@ def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
     ctx = b.bitcast(worker.args[0], ctx_t.as_pointer())
     sched, ncalls, counters, nparts_all = (
         b.load(b.gep(ctx, [I32(0), I32(i)], inbounds=True)) for i in range(4))
-    tid_fn = mod.globals.get("omp_get_thread_num") or ir.Function(
-        mod, ir.FunctionType(I32, []), "omp_get_thread_num")
-    tid = b.sext(b.call(tid_fn, []), I64)
+    tid = b.sext(b.call(_omp_thread_num(mod), []), I64)
     kp = b.alloca(I64)
     b.store(I64(0), kp)
     jp = b.alloca(I64)
@@ -281,16 +297,10 @@ def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
     k = b.load(kp)
     b.cbranch(b.icmp_signed("<", k, ncalls), claim, done)
     b.position_at_end(claim)
-    e = b.gep(sched, [b.mul(k, I64(SCHED_SLOTS))], inbounds=True)
-    fnp = b.inttoptr(b.load(b.gep(e, [I64(SCHED_FN)])), KFN.as_pointer())
-    args = b.inttoptr(b.load(b.gep(e, [I64(SCHED_ARGS)])), P64)
-    items = b.load(b.gep(e, [I64(SCHED_ITEMS)]))
-    cost = b.load(b.gep(e, [I64(SCHED_COST)]))
+    fnp, args, items, cost = _sched_entry(b, sched, k)
     line = b.gep(counters, [b.mul(k, I64(LINE))], inbounds=True)
     taken, finished = line, b.gep(line, [I64(1)], inbounds=True)
-    whole = b.or_(b.icmp_signed("<=", items, I64(1)),
-                  b.icmp_signed("<", b.mul(items, cost), I64(SERIAL_FLOPS)))
-    nparts = b.select(whole, I64(1), nparts_all)
+    nparts = b.select(_too_small(b, items, cost), I64(1), nparts_all)
     _take_parts(b, worker, fnp, args, items, nparts, tid, taken, finished, jp)
     b.branch(wait)
     # every item handed out: wait until all are done
@@ -326,11 +336,7 @@ def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
     k = b.load(kp)
     b.cbranch(b.icmp_signed("<", k, ncalls), step, out)
     b.position_at_end(step)
-    e = b.gep(sched, [b.mul(k, I64(SCHED_SLOTS))], inbounds=True)
-    b.call(pfor, [b.inttoptr(b.load(b.gep(e, [I64(SCHED_FN)])), KFN.as_pointer()),
-                  b.inttoptr(b.load(b.gep(e, [I64(SCHED_ARGS)])), P64),
-                  b.load(b.gep(e, [I64(SCHED_ITEMS)])), b.load(b.gep(e, [I64(SCHED_COST)])),
-                  threads])
+    b.call(pfor, [*_sched_entry(b, sched, k), threads])
     b.store(b.add(k, I64(1)), kp)
     b.branch(head)
     b.position_at_end(out)
@@ -441,8 +447,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
                                   I64])
     worker_t = ir.FunctionType(ir.VoidType(), [P8])
     gomp = mod.globals.get("GOMP_parallel")
-    tid_fn = mod.globals.get("omp_get_thread_num") or ir.Function(
-        mod, ir.FunctionType(I32, []), "omp_get_thread_num")
+    tid_fn = _omp_thread_num(mod)
     worker = ir.Function(mod, worker_t, f"{prefix}_samples_worker")
     worker.linkage = "internal"
     ctx = b.alloca(ctx_t)
@@ -609,11 +614,9 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     b.branch(after)
     b.position_at_end(prof)
     for ci, call in enumerate(prog.calls):
-        e = [b.load(b.gep(sched, [I64(ci * SCHED_SLOTS + j)], inbounds=True))
-             for j in range(SCHED_SLOTS)]
+        scheduled = _sched_entry(b, sched, I64(ci))
         t0 = b.call(cycles, [])
-        b.call(pfor, [kernels[call.kernel], b.inttoptr(e[SCHED_ARGS], P64), e[SCHED_ITEMS],
-                      e[SCHED_COST], threads])
+        b.call(pfor, [*scheduled, threads])
         slot = b.gep(times, [I64(call.op)], inbounds=True)
         b.store(b.add(b.load(slot), b.sub(b.call(cycles, []), t0)), slot)
     b.branch(after)

@@ -73,13 +73,18 @@ def test_spmm_matches_scipy(rows, cols, density, empty_rows, seed, act, bias, bi
 @settings(max_examples=40, deadline=None)
 @given(**shapes, m=st.integers(1, 3), threads=st.sampled_from([1, 2]))
 def test_spmv_matches_scipy(rows, cols, density, empty_rows, seed, act, bias, bits, m, threads):
+    _check_spmv(kernels.build(_spec("spmv", act, bias, bits)), rows, cols, density, empty_rows,
+                seed, act, bias, bits, m, threads)
+
+
+def _check_spmv(kern, rows, cols, density, empty_rows, seed, act, bias, bits, m, threads):
+    """A gather SpMV kernel on a random matrix and x rows against scipy."""
     rng = np.random.default_rng(seed)
     w = _matrix(rng, rows, cols, density, empty_rows)
     x = rng.standard_normal((m, cols)).astype(np.float32)
     bv = rng.standard_normal(rows).astype(np.float32)
     out = np.full((m, rows), np.nan, np.float32)
     ip, ix, dv = _csr(w, bits)
-    kern = kernels.build(_spec("spmv", act, bias, bits))
     kernels.spmv_launch(kern, ip, ix, dv, bv, x, out, m=m, threads=threads)()
     ref = (sp.csr_matrix(w) @ x.T).T + (bv if bias else 0)
     np.testing.assert_allclose(out, FUSED[act](ref), rtol=1e-4, atol=1e-5)
@@ -96,15 +101,7 @@ def test_spmv_avx2_code_path(rows, cols, density, empty_rows, seed, act, bias, b
     spec = emit.KernelSpec("spmv", 8, 1, act, a, b, bias, bits)
     obj = jit.compile_ir(kernels.kernel_ir(spec, None, "kernel"), h=haswell)
     kern = kernels.LlvmKernel(spec, jit.load_object(obj, ["kernel"])["kernel"], obj)
-    rng = np.random.default_rng(seed)
-    w = _matrix(rng, rows, cols, density, empty_rows)
-    x = rng.standard_normal((m, cols)).astype(np.float32)
-    bv = rng.standard_normal(rows).astype(np.float32)
-    out = np.full((m, rows), np.nan, np.float32)
-    ip, ix, dv = _csr(w, bits)
-    kernels.spmv_launch(kern, ip, ix, dv, bv, x, out, m=m, threads=1)()
-    ref = (sp.csr_matrix(w) @ x.T).T + (bv if bias else 0)
-    np.testing.assert_allclose(out, FUSED[act](ref), rtol=1e-4, atol=1e-5)
+    _check_spmv(kern, rows, cols, density, empty_rows, seed, act, bias, bits, m, 1)
 
 
 @settings(max_examples=40, deadline=None)
