@@ -336,9 +336,11 @@ def k_depthwise(start, stop, a):
     width = hq * wq + wq + 1
     planes = carray(_f32p(buf), (sh * sw, width))
     acc = carray(_f32p(buf + 4 * sh * sw * width), a[10] * wq)
+    xf = carray(_f32p(a[0]), a[5] * a[6] * a[7] * a[8])
+    of = carray(_f32p(a[4]), a[5] * a[9] * a[10] * a[11])
     for t in range(start, stop):
         C.depthwise_plane(x, wt, bias, a[3] != 0, sh, sw, a[16], a[17], dh, dw, a[20],
-                          _f64(a[21]), _f64(a[22]), out, t, planes, acc)
+                          _f64(a[21]), _f64(a[22]), out, t, planes, acc, xf, of)
 
 
 @intrinsic

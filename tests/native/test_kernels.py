@@ -154,6 +154,32 @@ def test_all_zero_sparse_convs(seed):
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.parametrize("stride,dil,hw", [(1, 1, 7), (1, 1, 14), (2, 1, 9), (1, 2, 8),
+                                            (2, 1, 1), (1, 1, 1)])
+def test_pruned_depthwise_native(seed, stride, dil, hw):
+    """Depthwise convs with few taps left run straight from x into out (one loop per tap
+    over the flattened plane at stride 1, the padding columns put back afterwards): taps in
+    every position (each edge's padding), channels with no tap (bias only), one tap, many."""
+    c = 12
+    model = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, stride, dil, dilation=dil, groups=c),
+                                torch.nn.ReLU6()).eval()
+    with torch.no_grad():
+        w = torch.zeros(c, 1, 3, 3)
+        for ch in range(9):  # channel ch keeps only tap ch
+            w[ch, 0, ch // 3, ch % 3] = torch.randn(())
+        w[9] = torch.randn(1, 3, 3) * (torch.rand(1, 3, 3) < 0.4)  # a few taps
+        w[10, 0, 0, 2], w[10, 0, 2, 0] = 1.5, -0.5  # two corners: the second is saved/restored
+        model[0].weight.copy_(w)  # channel 11: no tap (its bias)
+        model[0].bias.normal_()
+    cm = sparsecc.compile(model, torch.randn(1, c, hw, hw))
+    assert cm.native is not None, cm.native_status
+    assert "native depthwise" in str(cm.report(measure=False))
+    for batch in (1, 3):
+        x = torch.randn(batch, c, hw, hw) * 4
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 def test_gemm_avx2_code_path(rng):
     """The 8-lane (AVX2) GEMM, compiled for an AVX2-only CPU (haswell, no AVX-512), runs on
     this machine and matches numpy: the code an AVX2 host builds is tested here too."""

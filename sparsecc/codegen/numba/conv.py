@@ -68,11 +68,12 @@ def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, 
     npos = ho * wq
     # Loops index views by their own range variable: numba wraps negative indices, and an
     # index it cannot prove >= 0 (p + off) costs a select per element and the vectorisation.
+    xf, of = x.reshape(x.size), out.reshape(out.size)  # flat views for the few-tap path
     for t in prange(nb * cout):
         planes = np.empty((sh * sw, plane + slack), np.float32)
         acc = np.empty(npos, np.float32)
         depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out, t,
-                        planes, acc)
+                        planes, acc, xf, of)
 
 
 def depthwise_scratch(h_out, w_out, kh, kw, sh, sw, dh, dw) -> int:
@@ -84,9 +85,10 @@ def depthwise_scratch(h_out, w_out, kh, kw, sh, sw, dh, dw) -> int:
 
 @njit(inline="always", cache=True)
 def depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out, t, planes,
-                    acc):
+                    acc, xf, of):
     """Output plane t (sample t // C_out, channel t % C_out) of depthwise_conv2d; ``planes``
-    (sh*sw, plane + slack) and ``acc`` (ho*wq,) are its scratch."""
+    (sh*sw, plane + slack) and ``acc`` (ho*wq,) are its scratch; ``xf``, ``of``: x and out
+    flat (1-D views of the same memory)."""
     h, w = x.shape[2], x.shape[3]
     cin = x.shape[1]
     _, cout, ho, wo = out.shape
@@ -111,6 +113,10 @@ def depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, o
         acc[:npos] = bv
     # most taps nonzero: all nine in one pass (9 loads, 1 store per vector) over every phase
     fused = kh == 3 and kw == 3 and nz >= 5
+    if not fused:  # few taps (a pruned layer): straight from x into out, no padded copies
+        _depthwise_direct(x, wt, bv, sh, sw, ph, pw, dh, dw, code, a, b, out, n, oc, ic,
+                          acc, xf, of)
+        return
     for py in range(sh):
         for px in range(sw):
             used = fused
@@ -169,6 +175,99 @@ def depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, o
         orow = out[n, oc, oh]
         for ow in range(wo):
             orow[ow] = ar[ow]
+
+
+@njit(inline="always", cache=True)
+def _depthwise_direct(x, wt, bv, sh, sw, ph, pw, dh, dw, code, a, b, out, n, oc, ic, save, xf,
+                      of):
+    """depthwise_plane for few taps, straight from x into out: each nonzero tap adds w * x
+    over the output positions whose input lies inside x (padding reads nothing). At stride 1
+    with rows as wide as x's, a tap is one contiguous loop over the flattened plane
+    (vectorised; no per-row set-up for 7- or 14-wide rows). That loop also passes the
+    positions whose input column is padding (a row's first or last columns): the first tap
+    writes bias + w * x and then sets those to the bias, a later tap saves them into
+    ``save`` and restores them. Otherwise a loop per output row. ``xf``, ``of``: x and out
+    flat."""
+    h, w = x.shape[2], x.shape[3]
+    ho, wo = out.shape[2], out.shape[3]
+    kh, kw = wt.shape[1], wt.shape[2]
+    ob = (n * out.shape[1] + oc) * ho * wo
+    o = of[ob:ob + ho * wo]
+    xb = (n * x.shape[1] + ic) * h * w
+    xp = xf[xb:xb + h * w]
+    first = True
+    for i in range(kh):
+        for j in range(kw):
+            wv = wt[oc, i, j]
+            if wv == 0.0:
+                continue
+            dy = i * dh - ph
+            dx = j * dw - pw
+            # output rows / columns whose input row / column lies inside x
+            oh0 = max(0, (-dy + sh - 1) // sh)
+            oh1 = min(ho, (h - 1 - dy) // sh + 1) if h - 1 - dy >= 0 else 0
+            ow0 = max(0, (-dx + sw - 1) // sw)
+            ow1 = min(wo, (w - 1 - dx) // sw + 1) if w - 1 - dx >= 0 else 0
+            if oh1 <= oh0 or ow1 <= ow0:
+                continue
+            skip = wo - (ow1 - ow0)
+            if sh == 1 and sw == 1 and wo == w and skip * (oh1 - oh0) <= save.shape[0]:
+                p0 = oh0 * w + ow0
+                p1 = (oh1 - 1) * w + ow1
+                src = xp[p0 + dy * w + dx:p1 + dy * w + dx]
+                dst = o[p0:p1]
+                if first:
+                    o[:p0] = bv
+                    o[p1:] = bv
+                    for q in range(p1 - p0):
+                        dst[q] = bv + wv * src[q]
+                    _pad_columns(o, bv, save, oh0, oh1, ow0, ow1, w, p0, p1, 2)
+                else:
+                    _pad_columns(o, bv, save, oh0, oh1, ow0, ow1, w, p0, p1, 0)
+                    for q in range(p1 - p0):
+                        dst[q] += wv * src[q]
+                    _pad_columns(o, bv, save, oh0, oh1, ow0, ow1, w, p0, p1, 1)
+            else:
+                if first:
+                    o[:] = bv
+                for oh in range(oh0, oh1):
+                    orow = o[oh * wo + ow0:oh * wo + ow1]
+                    xrow = xp[(oh * sh + dy) * w + ow0 * sw + dx:]
+                    if sw == 2:  # a constant stride: vectorised as wide loads + shuffles
+                        for q in range(ow1 - ow0):
+                            orow[q] += wv * xrow[2 * q]
+                    else:
+                        for q in range(ow1 - ow0):
+                            orow[q] += wv * xrow[q * sw]
+            first = False
+    if first:  # no tap reads x: the bias everywhere
+        o[:] = apply_act(bv, code, a, b)
+    else:
+        act_inplace(o, code, a, b)
+
+
+@njit(inline="always", cache=True)
+def _pad_columns(o, bv, save, oh0, oh1, ow0, ow1, w, p0, p1, mode):
+    """The positions of o in [p0, p1) whose column is outside [ow0, ow1) (rows oh0..oh1, w
+    wide): mode 0 saves them into ``save``, 1 restores them, 2 sets them to ``bv``."""
+    ns = 0
+    for oh in range(oh0, oh1):
+        for ow in range(ow0):
+            q = oh * w + ow
+            if q >= p0:
+                if mode == 0:
+                    save[ns] = o[q]
+                else:
+                    o[q] = save[ns] if mode == 1 else bv
+                ns += 1
+        for ow in range(ow1, w):
+            q = oh * w + ow
+            if q < p1:
+                if mode == 0:
+                    save[ns] = o[q]
+                else:
+                    o[q] = save[ns] if mode == 1 else bv
+                ns += 1
 
 
 @njit(inline="always", cache=True)
