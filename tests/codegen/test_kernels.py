@@ -185,6 +185,21 @@ def _depthwise_case(seed, c, mult, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, a
     np.testing.assert_allclose(out, _act_ref(act, ref.numpy()), rtol=1e-4, atol=1e-5)
 
 
+def test_depthwise_strided_arrays():
+    """x and out as strided views (every other channel): the kernel's flat planes need
+    contiguous arrays, so these go through copies; same result as contiguous ones."""
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)[:, ::2]
+    wt = rng.standard_normal((4, 3, 3)).astype(np.float32) * (rng.random((4, 3, 3)) < 0.3)
+    bv = rng.standard_normal(4).astype(np.float32)
+    big = np.full((2, 8, 9, 9), np.nan, np.float32)
+    C.depthwise_conv2d(xs, wt, bv, True, 1, 1, 1, 1, 1, 1, 0, 0.0, 0.0, big[:, ::2])
+    ref = F.conv2d(torch.from_numpy(np.ascontiguousarray(xs)), torch.from_numpy(wt[:, None]),
+                   torch.from_numpy(bv), 1, 1, 1, 4).numpy()
+    np.testing.assert_allclose(big[:, ::2], ref, rtol=1e-4, atol=1e-5)
+    assert np.isnan(big[:, 1::2]).all()  # the other channels untouched
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31), rows=st.integers(1, 9), d=st.integers(1, 40),
        log=st.booleans())

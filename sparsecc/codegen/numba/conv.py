@@ -48,8 +48,20 @@ def im2col_row(x, t, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, wo, cols):
                     cols[n, r, base + ow] = 0.0
 
 
-@njit(parallel=True, cache=True)
 def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out):
+    """_depthwise_conv2d on C-contiguous arrays (its few-tap path reads and writes flat
+    planes): a strided ``x`` or ``out`` goes through a contiguous copy."""
+    if x.flags.c_contiguous and out.flags.c_contiguous:
+        _depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out)
+        return
+    tmp = np.empty(out.shape, np.float32)
+    _depthwise_conv2d(np.ascontiguousarray(x), wt, bias, has_bias, sh, sw, ph, pw, dh, dw,
+                      code, a, b, tmp)
+    out[...] = tmp
+
+
+@njit(parallel=True, cache=True)
+def _depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out):
     """Direct depthwise conv (groups == C_in, any channel multiplier), fused bias + activation.
 
     x: (N, C, H, W); wt: (C_out, kh, kw); out: (N, C_out, Ho, Wo). Per output plane the padded
