@@ -8,6 +8,8 @@ import ctypes
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from llvmlite import ir
 
 import sparsecc
@@ -176,6 +178,30 @@ def test_pruned_depthwise_native(seed, stride, dil, hw):
     assert "native depthwise" in str(cm.report(measure=False))
     for batch in (1, 3):
         x = torch.randn(batch, c, hw, hw) * 4
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), cin=st.integers(1, 9), cout=st.integers(1, 9),
+       hw=st.integers(3, 30), k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2),
+       dil=st.integers(1, 2), pad=st.integers(0, 2), fmt=st.sampled_from(["csr", "bsr4x1"]))
+def test_sparse_conv_geometries(seed, cin, cout, hw, k, stride, dil, pad, fmt):
+    """Sparse convs through the library across geometries (the shifted path's phase planes
+    at strides 1-2 and dilations 1-2, 1x1 convs with rows of any width, im2col for BSR
+    blocks wider than a column), CSR and BSR, against torch at batches 1 and 3."""
+    if hw + 2 * pad < dil * (k - 1) + 1:
+        return
+    torch.manual_seed(seed % 2**31)
+    model = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, stride, pad, dilation=dil),
+                                torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        model[0].weight.mul_((torch.rand_like(model[0].weight) < 0.4).float())
+    cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw),
+                          recipe={"formats": {"force": fmt}})
+    assert cm.native is not None, cm.native_status
+    for batch in (1, 3):
+        x = torch.randn(batch, cin, hw, hw)
         with torch.no_grad():
             assert_matches(cm(x), model(x))
 
