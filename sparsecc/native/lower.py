@@ -23,6 +23,7 @@ from sparsecc.codegen.llvm import kernels as LK
 from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as CV
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
+from sparsecc.native import dwsmall as DW
 from sparsecc.native import gemm as G
 from sparsecc.native import qlinear as QL
 from sparsecc.native.expr import E, const, dim, lift, linear, numel
@@ -1324,9 +1325,17 @@ class Lowering:
         sparse = SP.is_sparse(a.get("fmt"))
         hw = ho_ * wo_
         if not sparse and groups == cin_ and cin_ > 1:
-            per = CV.depthwise_scratch(ho_, wo_, kh, kw, sh, sw_, dh, dw)
             wt = self.const(op.params["weight"])
             bslot = self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
+            h_, w_ = h.value, w.value
+            if DW.fits(self.vw, h_, w_, ho_, wo_, sh, sw_, cin_, cout_, act[0]):
+                spec = DW.DepthwiseSpec(self.vw, h_, w_, kh, kw, ph, pw, dh, dw, act[0],
+                                        act[1] if act[0] == "clamp" else 0.0,
+                                        act[2] if act[0] == "clamp" else 0.0, bias is not None)
+                self.call(self.ir_kernel(spec), [T(x), wt, bslot, T(out), I(cin)],
+                          nb * cout_, 2.0 * kh * kw * hw)
+                return "native depthwise (plane in registers)"
+            per = CV.depthwise_scratch(ho_, wo_, kh, kw, sh, sw_, dh, dw)
             self.call(self.numba("k_depthwise"),
                       [T(x), wt, bslot, I(int(bias is not None)), T(out), I(nb), I(cin), I(h),
                        I(w), I(cout), I(ho), I(wo), I(kh), I(kw), I(sh), I(sw_), I(ph), I(pw),

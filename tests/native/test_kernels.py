@@ -156,12 +156,14 @@ def test_all_zero_sparse_convs(seed):
             assert_matches(cm(x), model(x))
 
 
-@pytest.mark.parametrize("stride,dil,hw", [(1, 1, 7), (1, 1, 14), (2, 1, 9), (1, 2, 8),
-                                            (2, 1, 1), (1, 1, 1)])
+@pytest.mark.parametrize("stride,dil,hw", [(1, 1, 7), (1, 1, 14), (1, 1, 20), (1, 1, 28),
+                                            (1, 1, 29), (2, 1, 9), (1, 2, 8), (2, 1, 1),
+                                            (1, 1, 1)])
 def test_pruned_depthwise_native(seed, stride, dil, hw):
-    """Depthwise convs with few taps left run straight from x into out (one loop per tap
-    over the flattened plane at stride 1, the padding columns put back afterwards): taps in
-    every position (each edge's padding), channels with no tap (bias only), one tap, many."""
+    """Pruned depthwise convs: planes up to 28 x 28 at stride 1 in registers (one group of
+    accumulators at 7 and 14, several at 20 and 28; 29 and stride 2 go to the numba kernel,
+    straight from x into out): taps in every position (each edge's padding), channels with no
+    tap (bias only), one tap, many."""
     c = 12
     model = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, stride, dil, dilation=dil, groups=c),
                                 torch.nn.ReLU6()).eval()
@@ -204,6 +206,35 @@ def test_sparse_conv_geometries(seed, cin, cout, hw, k, stride, dil, pad, fmt):
         x = torch.randn(batch, cin, hw, hw)
         with torch.no_grad():
             assert_matches(cm(x), model(x))
+
+
+@pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
+def test_depthwise_registers_kernel(rng, vw, host):
+    """The plane-in-registers depthwise kernel alone, the 8-lane one compiled for an
+    AVX2-only CPU too: 20 x 20 planes (several accumulator groups), dilation 2, pruned taps,
+    fused clamp, against torch."""
+    from sparsecc.native import dwsmall as DW
+
+    c, h, kh, dil = 5, 20, 3, 2
+    spec = DW.DepthwiseSpec(vw, h, h, kh, kh, dil, dil, dil, dil, "clamp", 0.0, 6.0, True)
+    mod = ir.Module("dws")
+    spec.emit(mod, "d")
+    target = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
+                                 "-avx512f,-avx512bw,-avx512dq,-avx512vl") if host else None
+    obj = jit.compile_ir(ES.module_text(mod), h=target)
+    f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
+        jit.load_object(obj, ["d"])["d"])
+    x = rng.standard_normal((2, c, h, h)).astype(np.float32) * 4
+    w = (rng.standard_normal((c, 1, kh, kh)) * (rng.random((c, 1, kh, kh)) < 0.5)).astype(
+        np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    out = np.full((2, c, h, h), np.nan, np.float32)
+    args = np.array([x.ctypes.data, w.ctypes.data, bias.ctypes.data, out.ctypes.data, c],
+                    np.int64)
+    f(0, 2 * c, args.ctypes.data)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                     torch.from_numpy(bias), 1, dil, dil, c).clamp(0, 6)
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_gemm_avx2_code_path(rng):
