@@ -18,6 +18,7 @@ ABI ``void k(i64 start, i64 stop, i64* args)``; args: x, weight (C, kh*kw), bias
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,30 +64,50 @@ class DepthwiseSpec:
         """Accumulators held at once (of 32 vector registers with AVX-512, 16 with AVX2)."""
         return 24 if self.vw >= 16 else 12
 
-    def masks(self) -> list[list[np.ndarray]]:
-        """[tap][vector] -> bool lanes: the output positions whose input lies in the plane."""
-        hw = self.h * self.w
-        out = []
-        for i in range(self.kh):
-            for j in range(self.kw):
-                dy, dx = i * self.dh - self.ph, j * self.dw - self.pw
-                rows = []
-                for v in range(self.vectors):
-                    p = v * self.vw + np.arange(self.vw)
-                    oh, ow = p // self.w, p % self.w
-                    rows.append((p < hw) & (oh + dy >= 0) & (oh + dy < self.h)
-                                & (ow + dx >= 0) & (ow + dx < self.w))
-                out.append(rows)
-        return out
+    def mask(self, tap: int, v: int) -> np.ndarray:
+        """Bool lanes of vector v for tap: the output positions whose input lies in the
+        plane (and that are in the plane)."""
+        i, j = divmod(tap, self.kw)
+        dy, dx = i * self.dh - self.ph, j * self.dw - self.pw
+        p = v * self.vw + np.arange(self.vw)
+        oh, ow = p // self.w, p % self.w
+        return ((p < self.h * self.w) & (oh + dy >= 0) & (oh + dy < self.h)
+                & (ow + dx >= 0) & (ow + dx < self.w))
+
+    @property
+    def band(self) -> int | None:
+        """Vectors of a band of whole rows whose column pattern repeats (lcm(w, vw) floats),
+        for planes above MAX_VECTORS; None when there is no such band (or it is too wide)."""
+        period = self.w * self.vw // math.gcd(self.w, self.vw)
+        nv = period // self.vw
+        if (self.h * self.w) % period or nv > self.group:
+            return None
+        return nv
+
+    def bands(self) -> tuple[int, int, int]:
+        """(bands, first interior band, first band after the interior ones): an interior
+        band has every row's taps inside the plane, so its masks are those of any other."""
+        nv = self.band
+        rows = nv * self.vw // self.w
+        nb = self.h // rows
+        dys = [i * self.dh - self.ph for i in range(self.kh)]
+        interior = [b for b in range(nb)
+                    if b * rows + min(dys) >= 0 and (b + 1) * rows - 1 + max(dys) < self.h]
+        if not interior:
+            return nb, nb, nb
+        return nb, interior[0], interior[-1] + 1
 
     def emit(self, module: ir.Module, name: str) -> None:
         emit_depthwise_small(module, name, self)
 
 
 def fits(vw: int, h: int, w: int, ho: int, wo: int, sh: int, sw: int, cin: int, cout: int,
-         act: str) -> bool:
-    return (sh == sw == 1 and (ho, wo) == (h, w) and cin == cout and act in FUSED_ACTS
-            and -(-h * w // vw) <= MAX_VECTORS)
+         act: str, kh: int = 3, kw: int = 3, ph: int = 1, pw: int = 1, dh: int = 1,
+         dw: int = 1) -> bool:
+    if not (sh == sw == 1 and (ho, wo) == (h, w) and cin == cout and act in FUSED_ACTS):
+        return False
+    spec = DepthwiseSpec(vw, h, w, kh, kw, ph, pw, dh, dw)
+    return spec.vectors <= MAX_VECTORS or spec.band is not None
 
 
 def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> None:
@@ -97,12 +118,38 @@ def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> N
                                                      (D_OUT, "out")))
     C = k.arg_i64(D_C, "C")
     taps = spec.kh * spec.kw
-    masks = spec.masks()
     zero = ir.Constant(k.vty, [0.0] * vw)
     mask_ty = ir.VectorType(I1, vw)
 
     def mask_const(lanes: np.ndarray) -> ir.Constant | None:
         return None if lanes.all() else ir.Constant(mask_ty, [bool(v) for v in lanes])
+
+    def group(xb, ob, wvals, init, vecs, at, base=None) -> None:
+        """Vectors ``vecs`` of the plane, computed with the masks of vectors ``at`` (the same
+        vectors, or an interior band's when ``base`` (floats, i64) moves them)."""
+        if base is not None:
+            xb, ob = b.gep(xb, [base]), b.gep(ob, [base])
+        acc = [k.alloca(k.vty, f"acc{n}") for n in range(len(vecs))]
+        for a in acc:
+            b.store(init, a)
+        for ti in range(taps):
+            live = [n for n in range(len(vecs)) if spec.mask(ti, at[n]).any()]
+            if not live:  # the tap reads only padding here
+                continue
+            i, j = divmod(ti, spec.kw)
+            off = (i * spec.dh - spec.ph) * spec.w + (j * spec.dw - spec.pw)
+            # a zero weight is skipped (unordered: a NaN weight is not zero)
+            with b.if_then(b.fcmp_unordered("!=", wvals[ti], ir.Constant(F32, 0.0))):
+                ws = k.splat(wvals[ti])
+                for n in live:
+                    # no inbounds: a tap above the plane starts before it (its lanes there
+                    # are masked and never read)
+                    xv = k.vload(b.gep(xb, [I64(vecs[n] * vw + off)]),
+                                 mask_const(spec.mask(ti, at[n])))
+                    b.store(k.fma(ws, xv, b.load(acc[n])), acc[n])
+        for n, v in enumerate(vecs):
+            lanes = at[n] * vw + np.arange(vw) < hw
+            k.vstore(k.act(b.load(acc[n]), spec), b.gep(ob, [I64(v * vw)]), mask_const(lanes))
 
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         c = b.srem(t, C)
@@ -111,27 +158,17 @@ def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> N
         wrow = b.gep(wt, [b.mul(c, I64(taps))])
         init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else zero
         wvals = [b.load(b.gep(wrow, [I64(ti)])) for ti in range(taps)]
-        for g0 in range(0, spec.vectors, spec.group):
-            vecs = range(g0, min(g0 + spec.group, spec.vectors))
-            acc = {v: k.alloca(k.vty, f"acc{v}") for v in vecs}
-            for a in acc.values():
-                b.store(init, a)
-            for ti in range(taps):
-                live = [v for v in vecs if masks[ti][v].any()]
-                if not live:  # the tap reads only padding here
-                    continue
-                i, j = divmod(ti, spec.kw)
-                off = (i * spec.dh - spec.ph) * spec.w + (j * spec.dw - spec.pw)
-                # a zero weight is skipped (unordered: a NaN weight is not zero)
-                with b.if_then(b.fcmp_unordered("!=", wvals[ti], ir.Constant(F32, 0.0))):
-                    ws = k.splat(wvals[ti])
-                    for v in live:
-                        # no inbounds: a tap above the plane starts before it (its lanes
-                        # there are masked and never read)
-                        xv = k.vload(b.gep(xb, [I64(v * vw + off)]), mask_const(masks[ti][v]))
-                        b.store(k.fma(ws, xv, b.load(acc[v])), acc[v])
-            for v in vecs:
-                lanes = v * vw + np.arange(vw) < hw
-                k.vstore(k.act(b.load(acc[v]), spec), b.gep(ob, [I64(v * vw)]),
-                         mask_const(lanes))
+        if spec.vectors <= MAX_VECTORS:
+            for g0 in range(0, spec.vectors, spec.group):
+                vecs = list(range(g0, min(g0 + spec.group, spec.vectors)))
+                group(xb, ob, wvals, init, vecs, vecs)
+        else:  # bands of whole rows: the edge ones unrolled, the interior ones a loop
+            nv = spec.band
+            nb, i0, i1 = spec.bands()
+            for bd in [*range(i0), *range(i1, nb)]:
+                vecs = list(range(bd * nv, (bd + 1) * nv))
+                group(xb, ob, wvals, init, vecs, vecs)
+            with k.loop(I64(i0), I64(i1), "band") as bd:
+                at = list(range(i0 * nv, (i0 + 1) * nv))
+                group(xb, ob, wvals, init, list(range(nv)), at, b.mul(bd, I64(nv * vw)))
     b.ret_void()

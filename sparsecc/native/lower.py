@@ -1328,7 +1328,8 @@ class Lowering:
             wt = self.const(op.params["weight"])
             bslot = self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
             h_, w_ = h.value, w.value
-            if DW.fits(self.vw, h_, w_, ho_, wo_, sh, sw_, cin_, cout_, act[0]):
+            if DW.fits(self.vw, h_, w_, ho_, wo_, sh, sw_, cin_, cout_, act[0], kh, kw, ph, pw,
+                       dh, dw):
                 spec = DW.DepthwiseSpec(self.vw, h_, w_, kh, kw, ph, pw, dh, dw, act[0],
                                         act[1] if act[0] == "clamp" else 0.0,
                                         act[2] if act[0] == "clamp" else 0.0, bias is not None)

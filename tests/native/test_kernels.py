@@ -157,12 +157,13 @@ def test_all_zero_sparse_convs(seed):
 
 
 @pytest.mark.parametrize("stride,dil,hw", [(1, 1, 7), (1, 1, 14), (1, 1, 20), (1, 1, 28),
-                                            (1, 1, 29), (2, 1, 9), (1, 2, 8), (2, 1, 1),
-                                            (1, 1, 1)])
+                                            (1, 1, 29), (1, 1, 56), (1, 2, 40), (1, 1, 33),
+                                            (2, 1, 9), (1, 2, 8), (2, 1, 1), (1, 1, 1)])
 def test_pruned_depthwise_native(seed, stride, dil, hw):
-    """Pruned depthwise convs: planes up to 28 x 28 at stride 1 in registers (one group of
-    accumulators at 7 and 14, several at 20 and 28; 29 and stride 2 go to the numba kernel,
-    straight from x into out): taps in every position (each edge's padding), channels with no
+    """Pruned depthwise convs at stride 1 in registers: whole planes (one group of
+    accumulators at 7 and 14, several at 20 and 28) or bands of rows (56, 40 with dilation 2:
+    edge bands unrolled, interior ones a loop); 33 (69 vectors, no band of <= 24) and stride 2
+    go to the numba kernel, straight from x into out. Taps in every position (each edge's padding), channels with no
     tap (bias only), one tap, many."""
     c = 12
     model = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, stride, dil, dilation=dil, groups=c),
