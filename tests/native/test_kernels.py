@@ -163,8 +163,8 @@ def test_pruned_depthwise_native(seed, stride, dil, hw):
     """Pruned depthwise convs at stride 1 in registers: whole planes (one group of
     accumulators at 7 and 14, several at 20 and 28) or bands of rows (56, 40 with dilation 2:
     edge bands unrolled, interior ones a loop); 33 (69 vectors, no band of <= 24) and stride 2
-    go to the numba kernel, straight from x into out. Taps in every position (each edge's padding), channels with no
-    tap (bias only), one tap, many."""
+    go to the numba kernel, straight from x into out. Taps in every position (each edge's
+    padding), channels with no tap (bias only), one tap, many."""
     c = 12
     model = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, stride, dil, dilation=dil, groups=c),
                                 torch.nn.ReLU6()).eval()
