@@ -1,17 +1,21 @@
-"""Depthwise convs on small planes (MobileNetV2's 14x14 and 7x7 layers) as an LLVM kernel
-specialised to the layer's geometry: the whole output plane of a channel in vector registers.
+"""Depthwise convs at stride 1 as an LLVM kernel specialised to the layer's geometry: a
+channel's output plane (or a band of its rows) in vector registers.
 
 An item is one plane (sample, channel). Its accumulators start at the bias; each nonzero tap
 (dy, dx) adds w * x read from the same flat input plane at the fixed offset dy * w + dx; the
 lanes whose input is padding (a row above or below the plane, a column left or right of its
 row) are masked off in the load, so no lane reads outside the plane and no padded copy is
 made. Taps whose weight is zero are skipped (a branch per tap: a pruned layer keeps ~1 of 9).
-The activation is applied in registers and the plane stored once.
+The activation is applied in registers and each output vector stored once.
 
-Only where the output plane has the input's shape (stride 1, "same" padding), one output
-channel per input channel, and the plane is at most MAX_VECTORS vectors (28 x 28 with
-AVX-512), done in groups of 24 accumulators (12 with AVX2); the numba kernel
-(codegen/numba/conv.py) does the rest.
+Planes of at most MAX_VECTORS vectors (28 x 28 with AVX-512) are unrolled whole, in groups
+of 24 accumulators (12 with AVX2). Larger ones go in bands of whole rows whose column pattern
+repeats (lcm(w, vw) floats: 2 rows of 56, 1 row of 112): the bands at the top and bottom
+edges unrolled with their own masks, the interior ones a loop sharing one set of masks.
+
+Only where the output plane has the input's shape (stride 1, "same" padding) and there is
+one output channel per input channel; the numba kernel (codegen/numba/conv.py) does the
+rest (strides, channel multipliers, planes with no band of <= 24 vectors).
 
 ABI ``void k(i64 start, i64 stop, i64* args)``; args: x, weight (C, kh*kw), bias, out, C.
 """
