@@ -13,11 +13,13 @@ of 24 accumulators (12 with AVX2). Larger ones go in bands of whole rows whose c
 repeats (lcm(w, vw) floats: 2 rows of 56, 1 row of 112): the bands at the top and bottom
 edges unrolled with their own masks, the interior ones a loop sharing one set of masks.
 
-Only where the output plane has the input's shape (stride 1, "same" padding) and there is
-one output channel per input channel; the numba kernel (codegen/numba/conv.py) does the
-rest (strides, channel multipliers, planes with no band of <= 24 vectors).
+Only where the output plane has the input's shape (stride 1, "same" padding); ``mult``
+output channels per input channel (1 for MobileNetV2; a dense conv of a 1-channel input,
+the MNIST CNN's first, is all of them on one plane). The numba kernel
+(codegen/numba/conv.py) does the rest (strides, planes with no band of <= 24 vectors).
 
-ABI ``void k(i64 start, i64 stop, i64* args)``; args: x, weight (C, kh*kw), bias, out, C.
+ABI ``void k(i64 start, i64 stop, i64* args)``; args: x, weight (C, kh*kw), bias, out, C
+(output channels).
 """
 
 from __future__ import annotations
@@ -52,12 +54,14 @@ class DepthwiseSpec:
     act_a: float = 0.0
     act_b: float = 0.0
     has_bias: bool = True
+    mult: int = 1  # output channels per input channel (a 1-channel input's dense conv: all)
 
     @property
     def key(self) -> str:
         act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
         return (f"dws_v{self.vw}_{self.h}x{self.w}_k{self.kh}x{self.kw}_p{self.ph}x{self.pw}"
-                f"_d{self.dh}x{self.dw}_{act}_{'b' if self.has_bias else 'nb'}")
+                f"_d{self.dh}x{self.dw}_{act}_{'b' if self.has_bias else 'nb'}"
+                + (f"_m{self.mult}" if self.mult != 1 else ""))
 
     @property
     def vectors(self) -> int:
@@ -108,7 +112,7 @@ class DepthwiseSpec:
 def fits(vw: int, h: int, w: int, ho: int, wo: int, sh: int, sw: int, cin: int, cout: int,
          act: str, kh: int = 3, kw: int = 3, ph: int = 1, pw: int = 1, dh: int = 1,
          dw: int = 1) -> bool:
-    if not (sh == sw == 1 and (ho, wo) == (h, w) and cin == cout and act in FUSED_ACTS):
+    if not (sh == sw == 1 and (ho, wo) == (h, w) and cout % cin == 0 and act in FUSED_ACTS):
         return False
     spec = DepthwiseSpec(vw, h, w, kh, kw, ph, pw, dh, dw)
     return spec.vectors <= MAX_VECTORS or spec.band is not None
@@ -157,7 +161,8 @@ def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> N
 
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         c = b.srem(t, C)
-        xb = b.gep(x, [b.mul(t, I64(hw))])
+        # output plane t = (n, c) reads input plane n * cin + c // mult = t // mult
+        xb = b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw))])
         ob = b.gep(out, [b.mul(t, I64(hw))])
         wrow = b.gep(wt, [b.mul(c, I64(taps))])
         init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else zero

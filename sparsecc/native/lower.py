@@ -1324,18 +1324,31 @@ class Lowering:
         bias = op.params.get("bias")
         sparse = SP.is_sparse(a.get("fmt"))
         hw = ho_ * wo_
+        # a channel's plane from one input plane: depthwise, or a 1-channel input's conv
+        planar = groups == cin_ and (cin_ > 1 or cout_ > 1) and (not sparse or cin_ == 1)
+        if planar and DW.fits(self.vw, h.value, w.value, ho_, wo_, sh, sw_, cin_, cout_,
+                              act[0], kh, kw, ph, pw, dh, dw):
+            spec = DW.DepthwiseSpec(self.vw, h.value, w.value, kh, kw, ph, pw, dh, dw, act[0],
+                                    act[1] if act[0] == "clamp" else 0.0,
+                                    act[2] if act[0] == "clamp" else 0.0, bias is not None,
+                                    cout_ // cin_)
+            if sparse:  # the kernel skips zero taps itself: its weights as a dense table
+                ip, ix, dv = SP.as_csr(op, {r: self.plan.constants[c]
+                                            for r, c in op.params.items()})
+                dense = np.zeros((cout_, kh * kw), np.float32)
+                dense[np.repeat(np.arange(cout_), np.diff(ip)), ix] = dv
+                wslot = self.derived("wplanar", dense)
+            else:
+                wslot = self.const(op.params["weight"])
+            zero = self.derived("zero", np.zeros(1, np.float32))
+            self.call(self.ir_kernel(spec), [T(x), wslot, self.const(bias) if bias else zero,
+                                             T(out), I(cout)], nb * cout_,
+                      2.0 * kh * kw * hw)
+            return "native depthwise (plane in registers)" if cin_ > 1 else \
+                "native direct conv (1 input channel, planes in registers)"
         if not sparse and groups == cin_ and cin_ > 1:
             wt = self.const(op.params["weight"])
             bslot = self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
-            h_, w_ = h.value, w.value
-            if DW.fits(self.vw, h_, w_, ho_, wo_, sh, sw_, cin_, cout_, act[0], kh, kw, ph, pw,
-                       dh, dw):
-                spec = DW.DepthwiseSpec(self.vw, h_, w_, kh, kw, ph, pw, dh, dw, act[0],
-                                        act[1] if act[0] == "clamp" else 0.0,
-                                        act[2] if act[0] == "clamp" else 0.0, bias is not None)
-                self.call(self.ir_kernel(spec), [T(x), wt, bslot, T(out), I(cin)],
-                          nb * cout_, 2.0 * kh * kw * hw)
-                return "native depthwise (plane in registers)"
             per = CV.depthwise_scratch(ho_, wo_, kh, kw, sh, sw_, dh, dw)
             self.call(self.numba("k_depthwise"),
                       [T(x), wt, bslot, I(int(bias is not None)), T(out), I(nb), I(cin), I(h),

@@ -209,6 +209,26 @@ def test_sparse_conv_geometries(seed, cin, cout, hw, k, stride, dil, pad, fmt):
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.parametrize("cin,cout,hw,stride", [(1, 6, 28, 1), (1, 5, 9, 1), (3, 6, 14, 1),
+                                               (2, 6, 56, 1), (1, 4, 10, 2), (2, 4, 33, 1)])
+def test_planar_convs_native(seed, cin, cout, hw, stride):
+    """A plane per output channel from one input plane: depthwise with a channel multiplier,
+    and a 1-channel input's dense conv (the MNIST CNN's first), in registers at stride 1
+    (several groups at 28, bands at 56), else the numba depthwise kernel or the GEMM."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, stride, 1, groups=cin),
+                                torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        model[0].weight.mul_((torch.rand_like(model[0].weight) < 0.6).float())
+    cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw))
+    assert cm.native is not None, cm.native_status
+    kernel = cm.report(measure=False).rows[0]["kernel"]
+    assert ("registers" in kernel) == (stride == 1 and hw != 33), kernel
+    for batch in (1, 3):
+        x = torch.randn(batch, cin, hw, hw)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 @pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
 def test_depthwise_registers_kernel(rng, vw, host):
     """The plane-in-registers depthwise kernel alone, the 8-lane one compiled for an
