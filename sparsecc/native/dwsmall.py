@@ -110,8 +110,8 @@ class DepthwiseSpec:
 
 
 def fits(vw: int, h: int, w: int, ho: int, wo: int, sh: int, sw: int, cin: int, cout: int,
-         act: str, kh: int = 3, kw: int = 3, ph: int = 1, pw: int = 1, dh: int = 1,
-         dw: int = 1) -> bool:
+         act: str, kh: int, kw: int, ph: int, pw: int, dh: int, dw: int) -> bool:
+    """Whether this kernel runs a conv of this geometry (else the numba kernel does)."""
     if not (sh == sw == 1 and (ho, wo) == (h, w) and cout % cin == 0 and act in FUSED_ACTS):
         return False
     spec = DepthwiseSpec(vw, h, w, kh, kw, ph, pw, dh, dw)

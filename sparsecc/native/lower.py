@@ -22,6 +22,7 @@ from sparsecc.codegen.llvm import emit as E_
 from sparsecc.codegen.llvm import kernels as LK
 from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as CV
+from sparsecc.formats.csr import csr_to_dense
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
 from sparsecc.native import dwsmall as DW
 from sparsecc.native import gemm as G
@@ -249,6 +250,10 @@ class Lowering:
         arr = np.ascontiguousarray(arr)
         h = hashlib.sha256(arr.tobytes() + str((arr.dtype, arr.shape)).encode()).hexdigest()
         return self.const(f"~{tag}.{h[:16]}", arr)
+
+    def bias_slot(self, bias: str | None) -> Slot:
+        """A dense layer's bias constant, or a zero to point at (has_bias off)."""
+        return self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
 
     def temp(self, tag: str, nbytes: E) -> str:
         name = f"~tmp{self.i}.{tag}"
@@ -1103,7 +1108,7 @@ class Lowering:
         sym = self.ir_kernel(spec)
         M, Nn, K = lift(M), lift(Nn), lift(K)
         tm, tn = M.cdiv(G.MR), Nn.cdiv(spec.nr)
-        bslot = self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
+        bslot = self.bias_slot(bias)
         A_, B_ = (w, x) if a_is_w else (x, w)
         args = [A_, B_, out, bslot, I(M), I(Nn), I(K), I(lda), I(ldb), I(ldc), I(sa), I(sb),
                 I(sc), I(amod), I(bmod), I(sbias), I(tm), I(tn)]
@@ -1333,22 +1338,17 @@ class Lowering:
                                     act[2] if act[0] == "clamp" else 0.0, bias is not None,
                                     cout_ // cin_)
             if sparse:  # the kernel skips zero taps itself: its weights as a dense table
-                ip, ix, dv = SP.as_csr(op, {r: self.plan.constants[c]
-                                            for r, c in op.params.items()})
-                dense = np.zeros((cout_, kh * kw), np.float32)
-                dense[np.repeat(np.arange(cout_), np.diff(ip)), ix] = dv
-                wslot = self.derived("wplanar", dense)
+                csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
+                wslot = self.derived("wplanar", csr_to_dense(*csr, (cout_, kh * kw)))
             else:
                 wslot = self.const(op.params["weight"])
-            zero = self.derived("zero", np.zeros(1, np.float32))
-            self.call(self.ir_kernel(spec), [T(x), wslot, self.const(bias) if bias else zero,
-                                             T(out), I(cout)], nb * cout_,
-                      2.0 * kh * kw * hw)
+            self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias), T(out),
+                                             I(cout)], nb * cout_, 2.0 * kh * kw * hw)
             return "native depthwise (plane in registers)" if cin_ > 1 else \
                 "native direct conv (1 input channel, planes in registers)"
         if not sparse and groups == cin_ and cin_ > 1:
             wt = self.const(op.params["weight"])
-            bslot = self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
+            bslot = self.bias_slot(bias)
             per = CV.depthwise_scratch(ho_, wo_, kh, kw, sh, sw_, dh, dw)
             self.call(self.numba("k_depthwise"),
                       [T(x), wt, bslot, I(int(bias is not None)), T(out), I(nb), I(cin), I(h),

@@ -64,11 +64,12 @@ def depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, 
 def _depthwise_conv2d(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, out):
     """Direct depthwise conv (groups == C_in, any channel multiplier), fused bias + activation.
 
-    x: (N, C, H, W); wt: (C_out, kh, kw); out: (N, C_out, Ho, Wo). Per output plane the padded
-    input is split into its stride phases (as the shifted conv does; one plane at stride 1),
-    each flattened with rows wq apart; tap (i, j) then adds w * (its phase plane from one fixed
-    offset) over all ho * wq positions at once — one long contiguous loop per tap, vectorised,
-    no per-row set-up — and the wq - wo wrap columns are dropped when the plane is stored.
+    x: (N, C, H, W); wt: (C_out, kh, kw); out: (N, C_out, Ho, Wo). A 3x3 plane with >= 5
+    nonzero taps: the padded input is split into its stride phases (as the shifted conv does;
+    one plane at stride 1), each flattened with rows wq apart, and all nine taps (each its
+    phase plane from one fixed offset) are summed over the ho * wq positions in one
+    vectorised loop; the wq - wo wrap columns are dropped when the plane is stored. Fewer
+    taps, or another kernel size: straight from x into out (``_depthwise_direct``).
     """
     nb = x.shape[0]
     _, cout, ho, wo = out.shape
@@ -113,31 +114,21 @@ def depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, o
     oc = t - n * cout
     ic = oc // mult
     bv = bias[oc] if has_bias else np.float32(0.0)
-    # Zero taps are skipped, as the sparse formats skip zeros (a pruned depthwise layer keeps
-    # ~1 of its 9 taps): only the stride phases a nonzero tap reads are filled, and a channel
-    # without one is its bias.
     nz = 0
     for i in range(kh):
         for j in range(kw):
             if wt[oc, i, j] != 0.0:
                 nz += 1
-    if nz == 0:
-        acc[:npos] = bv
-    # most taps nonzero: all nine in one pass (9 loads, 1 store per vector) over every phase
-    fused = kh == 3 and kw == 3 and nz >= 5
-    if not fused:  # few taps (a pruned layer): straight from x into out, no padded copies
+    if not (kh == 3 and kw == 3 and nz >= 5):
+        # few taps (a pruned layer keeps ~1 of 9; zero taps are skipped, as the sparse
+        # formats skip zeros) or another kernel size: straight from x into out
         _depthwise_direct(x, wt, bv, sh, sw, ph, pw, dh, dw, code, a, b, out, n, oc, ic,
                           acc, xf, of)
         return
+    # most of the nine taps nonzero: every stride phase's padded plane, then all nine taps
+    # in one pass (9 loads, 1 store per vector)
     for py in range(sh):
         for px in range(sw):
-            used = fused
-            for i in range(kh):
-                for j in range(kw):
-                    if wt[oc, i, j] != 0.0 and (i * dh) % sh == py and (j * dw) % sw == px:
-                        used = True
-            if not used:
-                continue
             pl = planes[py * sw + px]
             pl[:] = 0.0  # padding and the slack the wrap columns read
             # phase columns c with 0 <= c * sw + px - pw < w
@@ -153,34 +144,21 @@ def depthwise_plane(x, wt, bias, has_bias, sh, sw, ph, pw, dh, dw, code, a, b, o
                 src = x[n, ic, ih, c0 * sw + px - pw:]
                 for q in range(c1 - c0):
                     row[q] = src[q * sw]
-    if nz == 0:
-        pass
-    elif fused:
-        s0, s1, s2 = _tap(planes, 0, 0, dh, dw, sh, sw, wq, npos), \
-            _tap(planes, 0, 1, dh, dw, sh, sw, wq, npos), \
-            _tap(planes, 0, 2, dh, dw, sh, sw, wq, npos)
-        s3, s4, s5 = _tap(planes, 1, 0, dh, dw, sh, sw, wq, npos), \
-            _tap(planes, 1, 1, dh, dw, sh, sw, wq, npos), \
-            _tap(planes, 1, 2, dh, dw, sh, sw, wq, npos)
-        s6, s7, s8 = _tap(planes, 2, 0, dh, dw, sh, sw, wq, npos), \
-            _tap(planes, 2, 1, dh, dw, sh, sw, wq, npos), \
-            _tap(planes, 2, 2, dh, dw, sh, sw, wq, npos)
-        w0, w1, w2 = wt[oc, 0, 0], wt[oc, 0, 1], wt[oc, 0, 2]
-        w3, w4, w5 = wt[oc, 1, 0], wt[oc, 1, 1], wt[oc, 1, 2]
-        w6, w7, w8 = wt[oc, 2, 0], wt[oc, 2, 1], wt[oc, 2, 2]
-        for p in range(npos):
-            acc[p] = (bv + w0 * s0[p] + w1 * s1[p] + w2 * s2[p] + w3 * s3[p] + w4 * s4[p]
-                      + w5 * s5[p] + w6 * s6[p] + w7 * s7[p] + w8 * s8[p])
-    else:
-        acc[:] = bv
-        for i in range(kh):
-            for j in range(kw):
-                wv = wt[oc, i, j]
-                if wv == 0.0:
-                    continue
-                src = _tap(planes, i, j, dh, dw, sh, sw, wq, npos)
-                for p in range(npos):
-                    acc[p] += wv * src[p]
+    s0, s1, s2 = _tap(planes, 0, 0, dh, dw, sh, sw, wq, npos), \
+        _tap(planes, 0, 1, dh, dw, sh, sw, wq, npos), \
+        _tap(planes, 0, 2, dh, dw, sh, sw, wq, npos)
+    s3, s4, s5 = _tap(planes, 1, 0, dh, dw, sh, sw, wq, npos), \
+        _tap(planes, 1, 1, dh, dw, sh, sw, wq, npos), \
+        _tap(planes, 1, 2, dh, dw, sh, sw, wq, npos)
+    s6, s7, s8 = _tap(planes, 2, 0, dh, dw, sh, sw, wq, npos), \
+        _tap(planes, 2, 1, dh, dw, sh, sw, wq, npos), \
+        _tap(planes, 2, 2, dh, dw, sh, sw, wq, npos)
+    w0, w1, w2 = wt[oc, 0, 0], wt[oc, 0, 1], wt[oc, 0, 2]
+    w3, w4, w5 = wt[oc, 1, 0], wt[oc, 1, 1], wt[oc, 1, 2]
+    w6, w7, w8 = wt[oc, 2, 0], wt[oc, 2, 1], wt[oc, 2, 2]
+    for p in range(npos):
+        acc[p] = (bv + w0 * s0[p] + w1 * s1[p] + w2 * s2[p] + w3 * s3[p] + w4 * s4[p]
+                  + w5 * s5[p] + w6 * s6[p] + w7 * s7[p] + w8 * s8[p])
     act_inplace(acc, code, a, b)  # wrap columns included: one contiguous loop
     for oh in range(ho):
         ar = acc[oh * wq:oh * wq + wo]
