@@ -1,4 +1,4 @@
-"""Depthwise convs at stride 1 as an LLVM kernel specialised to the layer's geometry: a
+"""Depthwise convs at stride 1 and 2 as an LLVM kernel specialised to the layer's geometry: a
 channel's output plane (or a band of its rows) in vector registers.
 
 An item is one plane (sample, channel). Its accumulators start at the bias; each nonzero tap
@@ -13,10 +13,13 @@ of 24 accumulators (12 with AVX2). Larger ones go in bands of whole rows whose c
 repeats (lcm(w, vw) floats: 2 rows of 56, 1 row of 112): the bands at the top and bottom
 edges unrolled with their own masks, the interior ones a loop sharing one set of masks.
 
-Only where the output plane has the input's shape (stride 1, "same" padding); ``mult``
-output channels per input channel (1 for MobileNetV2; a dense conv of a 1-channel input,
-the MNIST CNN's first, is all of them on one plane). The numba kernel
-(codegen/numba/conv.py) does the rest (strides, planes with no band of <= 24 vectors).
+At stride 1 only where the output plane has the input's shape ("same" padding). At stride 2
+(emit_depthwise_s2) the vectors run along output rows instead, and a tap's inputs (every
+other float of an input row) come from one or two masked loads and a shuffle of their even
+floats. ``mult`` output channels per input channel (1 for MobileNetV2; a dense conv of a
+1-channel input, the MNIST CNN's first, is all of them on one plane). The numba kernel
+(codegen/numba/conv.py) does the rest (other strides, stride-1 planes with no band of <= 24
+vectors).
 
 ABI ``void k(i64 start, i64 stop, i64* args)``; args: x, weight (C, kh*kw), bias, out, C
 (output channels).
@@ -55,13 +58,23 @@ class DepthwiseSpec:
     act_b: float = 0.0
     has_bias: bool = True
     mult: int = 1  # output channels per input channel (a 1-channel input's dense conv: all)
+    stride: int = 1  # 1, or 2 in both dimensions (emit_depthwise_s2)
 
     @property
     def key(self) -> str:
         act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
         return (f"dws_v{self.vw}_{self.h}x{self.w}_k{self.kh}x{self.kw}_p{self.ph}x{self.pw}"
                 f"_d{self.dh}x{self.dw}_{act}_{'b' if self.has_bias else 'nb'}"
-                + (f"_m{self.mult}" if self.mult != 1 else ""))
+                + (f"_m{self.mult}" if self.mult != 1 else "")
+                + (f"_s{self.stride}" if self.stride != 1 else ""))
+
+    @property
+    def ho(self) -> int:
+        return (self.h + 2 * self.ph - self.dh * (self.kh - 1) - 1) // self.stride + 1
+
+    @property
+    def wo(self) -> int:
+        return (self.w + 2 * self.pw - self.dw * (self.kw - 1) - 1) // self.stride + 1
 
     @property
     def vectors(self) -> int:
@@ -106,13 +119,51 @@ class DepthwiseSpec:
         return nb, interior[0], interior[-1] + 1
 
     def emit(self, module: ir.Module, name: str) -> None:
-        emit_depthwise_small(module, name, self)
+        if self.stride == 1:
+            emit_depthwise_small(module, name, self)
+        else:
+            emit_depthwise_s2(module, name, self)
+
+    # ---- stride 2 ---------------------------------------------------------------------------
+    @property
+    def unit_rows(self) -> int:
+        """Output rows a stride-2 unit covers: 2 when two rows fit one vector (each row's
+        inputs, 2 * wo - 1 floats, then fit one vector too), else 1."""
+        return 2 if 2 * self.wo <= self.vw else 1
+
+    def unit_vectors(self, rows: int) -> list[tuple[int, int, list[tuple[int, int, int, int]]]]:
+        """A stride-2 unit of ``rows`` output rows as vectors: (first output float relative to
+        the unit's, lanes, segments); a segment (row in the unit, first column, lanes, first
+        lane) is a run of one output row, whose inputs are every other float of one input
+        row."""
+        if self.unit_rows == 2:
+            return [(0, rows * self.wo, [(r, 0, self.wo, r * self.wo) for r in range(rows)])]
+        return [(c0, min(self.vw, self.wo - c0), [(0, c0, min(self.vw, self.wo - c0), 0)])
+                for c0 in range(0, self.wo, self.vw)]
+
+    def s2_units(self) -> tuple[int, int, int, int]:
+        """(units, first interior unit, end of the interior units, units per group): an
+        interior unit is full and every tap of its rows reads inside the plane."""
+        ru = self.unit_rows
+        nu = -(-self.ho // ru)
+        dys = [i * self.dh - self.ph for i in range(self.kh)]
+        inner = [u for u in range(nu) if (u + 1) * ru <= self.ho and u * ru * 2 + min(dys) >= 0
+                 and ((u + 1) * ru - 1) * 2 + max(dys) < self.h]
+        per = max(1, self.group // len(self.unit_vectors(ru)))
+        if not inner:
+            return nu, nu, nu, per
+        return nu, inner[0], inner[-1] + 1, per
 
 
 def fits(vw: int, h: int, w: int, ho: int, wo: int, sh: int, sw: int, cin: int, cout: int,
          act: str, kh: int, kw: int, ph: int, pw: int, dh: int, dw: int) -> bool:
     """Whether this kernel runs a conv of this geometry (else the numba kernel does)."""
-    if not (sh == sw == 1 and (ho, wo) == (h, w) and cout % cin == 0 and act in FUSED_ACTS):
+    if cout % cin or act not in FUSED_ACTS:
+        return False
+    if sh == sw == 2:  # stride 2: rows of any width (a row's vectors, or two rows a vector)
+        spec = DepthwiseSpec(vw, h, w, kh, kw, ph, pw, dh, dw, stride=2)
+        return (spec.ho, spec.wo) == (ho, wo) and ho > 0 and wo > 0
+    if not (sh == sw == 1 and (ho, wo) == (h, w)):
         return False
     spec = DepthwiseSpec(vw, h, w, kh, kw, ph, pw, dh, dw)
     return spec.vectors <= MAX_VECTORS or spec.band is not None
@@ -180,4 +231,113 @@ def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> N
             with k.loop(I64(i0), I64(i1), "band") as bd:
                 at = list(range(i0 * nv, (i0 + 1) * nv))
                 group(xb, ob, wvals, init, list(range(nv)), at, b.mul(bd, I64(nv * vw)))
+    b.ret_void()
+
+
+def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None:
+    """Stride 2: output vectors along output rows (or two short rows a vector). A tap's
+    inputs for a run of output columns are every other float of one input row: one or two
+    masked loads (lanes off outside the row, so nothing outside the plane is read) and a
+    shuffle of their even floats, then one FMA. Units of rows at the plane's top and bottom
+    edges are unrolled with their own row checks; the interior ones are a loop over groups
+    of units sharing one set of masks."""
+    vw, sw = spec.vw, 2
+    hw_in, hw_out = spec.h * spec.w, spec.ho * spec.wo
+    k = _K(module, name, vw)
+    b = k.b
+    x, wt, bias, out = (k.arg_ptr(i, n) for i, n in ((D_X, "x"), (D_W, "wt"), (D_BIAS, "bias"),
+                                                     (D_OUT, "out")))
+    C = k.arg_i64(D_C, "C")
+    taps = spec.kh * spec.kw
+    zero = ir.Constant(k.vty, [0.0] * vw)
+    mask_ty = ir.VectorType(I1, vw)
+    idx_ty = ir.VectorType(ir.IntType(32), vw)
+    ru = spec.unit_rows
+
+    def lanes(cond: np.ndarray) -> ir.Constant | None:
+        return None if cond.all() else ir.Constant(mask_ty, [bool(v) for v in cond])
+
+    def source(xb, row: int, col: int, need: int):
+        """vw floats of input row ``row`` (relative to xb's row) from column ``col``: the
+        first ``need`` of them are used; lanes outside [0, w) read as zero."""
+        c = col + np.arange(vw)
+        live = (c >= 0) & (c < spec.w) & (np.arange(vw) < need)
+        if not live.any():
+            return zero
+        # no inbounds: a tap left of column 0 starts before the plane (those lanes masked)
+        return k.vload(b.gep(xb, [I64(row * spec.w + col)]), lanes(live))
+
+    def group(entries, wvals, init) -> None:
+        """entries: (x unit base, out unit base, the unit's first output row if its taps
+        need row checks else None, unit rows, vector)."""
+        acc = [k.alloca(k.vty, f"acc{n}") for n in range(len(entries))]
+        for a in acc:
+            b.store(init, a)
+        for ti in range(taps):
+            i, j = divmod(ti, spec.kw)
+            dy, dx = i * spec.dh - spec.ph, j * spec.dw - spec.pw
+            plan = []
+            for n, (xb, _, oh0, _, (_, _, segs)) in enumerate(entries):
+                live = [sg for sg in segs if oh0 is None
+                        or 0 <= (oh0 + sg[0]) * 2 + dy < spec.h]
+                if live:
+                    plan.append((n, xb, live, segs))
+            if not plan:
+                continue
+            with b.if_then(b.fcmp_unordered("!=", wvals[ti], ir.Constant(F32, 0.0))):
+                ws = k.splat(wvals[ti])
+                for n, xb, live, segs in plan:
+                    idx = [0] * vw
+                    if len(segs) == 1:  # one run: its inputs span up to two vectors
+                        r, c0, m, _ = live[0]
+                        span = sw * (m - 1) + 1
+                        srcs = [source(xb, r * 2 + dy, c0 * sw + dx, span),
+                                source(xb, r * 2 + dy, c0 * sw + dx + vw, span - vw)]
+                        for la in range(m):
+                            idx[la] = sw * la
+                    else:  # two short rows: one vector of inputs each (a row whose
+                        srcs = [zero, zero]  # tap row is padding reads the zero vector)
+                        for r, c0, m, l0 in segs:
+                            if (r, c0, m, l0) in live:
+                                srcs[r] = source(xb, r * 2 + dy, c0 * sw + dx, sw * (m - 1) + 1)
+                            for la in range(m):
+                                idx[l0 + la] = r * vw + sw * la
+                    xv = b.shuffle_vector(srcs[0], srcs[1], ir.Constant(idx_ty, idx))
+                    b.store(k.fma(ws, xv, b.load(acc[n])), acc[n])
+        for n, (_, ob, _, _, (off, m, _)) in enumerate(entries):
+            k.vstore(k.act(b.load(acc[n]), spec), b.gep(ob, [I64(off)]),
+                     lanes(np.arange(vw) < m))
+
+    def unit_entries(xb, ob, u, checked: bool):
+        """The entries of unit ``u`` (an i64 value or an int) at bases xb / ob."""
+        if isinstance(u, int):
+            rows = min(ru, spec.ho - u * ru)
+            uu = I64(u)
+        else:
+            rows, uu = ru, u
+        xu = b.gep(xb, [b.mul(uu, I64(ru * 2 * spec.w))])
+        ou = b.gep(ob, [b.mul(uu, I64(ru * spec.wo))])
+        oh0 = u * ru if checked else None
+        return [(xu, ou, oh0, rows, v) for v in spec.unit_vectors(rows)]
+
+    nu, i0, i1, per = spec.s2_units()
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+        c = b.srem(t, C)
+        xb = b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw_in))])
+        ob = b.gep(out, [b.mul(t, I64(hw_out))])
+        wrow = b.gep(wt, [b.mul(c, I64(taps))])
+        init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else zero
+        wvals = [b.load(b.gep(wrow, [I64(ti)])) for ti in range(taps)]
+        nloop = (i1 - i0) // per
+        edges = [*range(i0), *range(i0 + nloop * per, nu)]
+        for g0 in range(0, len(edges), per):
+            ents = [e for u in edges[g0:g0 + per]
+                    for e in unit_entries(xb, ob, u, not i0 <= u < i1)]
+            group(ents, wvals, init)
+        if nloop:
+            with k.loop(I64(0), I64(nloop), "band") as bd:
+                u0 = b.add(I64(i0), b.mul(bd, I64(per)))
+                ents = [e for q in range(per)
+                        for e in unit_entries(xb, ob, b.add(u0, I64(q)), False)]
+                group(ents, wvals, init)
     b.ret_void()

@@ -1336,7 +1336,7 @@ class Lowering:
             spec = DW.DepthwiseSpec(self.vw, h.value, w.value, kh, kw, ph, pw, dh, dw, act[0],
                                     act[1] if act[0] == "clamp" else 0.0,
                                     act[2] if act[0] == "clamp" else 0.0, bias is not None,
-                                    cout_ // cin_)
+                                    cout_ // cin_, sh)
             if sparse:  # the kernel skips zero taps itself: its weights as a dense table
                 csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
                 wslot = self.derived("wplanar", csr_to_dense(*csr, (cout_, kh * kw)))

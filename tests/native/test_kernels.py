@@ -158,13 +158,16 @@ def test_all_zero_sparse_convs(seed):
 
 @pytest.mark.parametrize("stride,dil,hw", [(1, 1, 7), (1, 1, 14), (1, 1, 20), (1, 1, 28),
                                             (1, 1, 29), (1, 1, 56), (1, 2, 40), (1, 1, 33),
-                                            (2, 1, 9), (1, 2, 8), (2, 1, 1), (1, 1, 1)])
+                                            (2, 1, 9), (1, 2, 8), (2, 1, 1), (1, 1, 1),
+                                            (2, 1, 112), (2, 1, 14), (2, 2, 29), (3, 1, 20)])
 def test_pruned_depthwise_native(seed, stride, dil, hw):
-    """Pruned depthwise convs at stride 1 in registers: whole planes (one group of
+    """Pruned depthwise convs in registers: at stride 1 whole planes (one group of
     accumulators at 7 and 14, several at 20 and 28) or bands of rows (56, 40 with dilation 2:
-    edge bands unrolled, interior ones a loop); 33 (69 vectors, no band of <= 24) and stride 2
-    go to the numba kernel, straight from x into out. Taps in every position (each edge's
-    padding), channels with no tap (bias only), one tap, many."""
+    edge bands unrolled, interior ones a loop); at stride 2 rows of vectors (112: 4 a row, a
+    loop over groups of rows), or two short rows a vector (14 -> 7, 9 -> 5). 33 at stride 1
+    (69 vectors, no band of <= 24) and stride 3 go to the numba kernel, straight from x into
+    out. Taps in every position (each edge's padding), channels with no tap (bias only), one
+    tap, many."""
     c = 12
     model = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, stride, dil, dilation=dil, groups=c),
                                 torch.nn.ReLU6()).eval()
@@ -178,7 +181,9 @@ def test_pruned_depthwise_native(seed, stride, dil, hw):
         model[0].bias.normal_()
     cm = sparsecc.compile(model, torch.randn(1, c, hw, hw))
     assert cm.native is not None, cm.native_status
-    assert "native depthwise" in str(cm.report(measure=False))
+    kernel = cm.report(measure=False).rows[0]["kernel"]
+    assert kernel.startswith("native depthwise"), kernel
+    assert ("registers" in kernel) == (stride <= 2 and hw != 33), kernel
     for batch in (1, 3):
         x = torch.randn(batch, c, hw, hw) * 4
         with torch.no_grad():
@@ -222,7 +227,7 @@ def test_planar_convs_native(seed, cin, cout, hw, stride):
     cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw))
     assert cm.native is not None, cm.native_status
     kernel = cm.report(measure=False).rows[0]["kernel"]
-    assert ("registers" in kernel) == (stride == 1 and hw != 33), kernel
+    assert ("registers" in kernel) == (hw != 33), kernel
     for batch in (1, 3):
         x = torch.randn(batch, cin, hw, hw)
         with torch.no_grad():
@@ -230,14 +235,21 @@ def test_planar_convs_native(seed, cin, cout, hw, stride):
 
 
 @pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
-def test_depthwise_registers_kernel(rng, vw, host):
+@pytest.mark.parametrize("stride,h,w,kh,pad,dil", [(1, 20, 20, 3, 2, 2), (2, 20, 20, 3, 2, 2),
+                                                   (2, 37, 23, 5, 2, 1), (2, 9, 13, 3, 0, 1),
+                                                   (2, 7, 7, 5, 2, 1), (2, 2, 2, 3, 1, 1)])
+def test_depthwise_registers_kernel(rng, vw, host, stride, h, w, kh, pad, dil):
     """The plane-in-registers depthwise kernel alone, the 8-lane one compiled for an
-    AVX2-only CPU too: 20 x 20 planes (several accumulator groups), dilation 2, pruned taps,
-    fused clamp, against torch."""
+    AVX2-only CPU too, against torch: 20 x 20 planes (several accumulator groups) at dilation
+    2; stride 2 on planes whose rows take several vectors (37 x 23 -> 19 x 12 at 8 lanes) or
+    share one (two short rows a vector; 7 x 7 -> 4 x 4 with a 5 x 5 kernel: the second row's
+    lowest taps fall in the padding while the first row's do not); pruned taps, fused
+    clamp."""
     from sparsecc.native import dwsmall as DW
 
-    c, h, kh, dil = 5, 20, 3, 2
-    spec = DW.DepthwiseSpec(vw, h, h, kh, kh, dil, dil, dil, dil, "clamp", 0.0, 6.0, True)
+    c = 5
+    spec = DW.DepthwiseSpec(vw, h, w, kh, kh, pad, pad, dil, dil, "clamp", 0.0, 6.0, True,
+                            stride=stride)
     mod = ir.Module("dws")
     spec.emit(mod, "d")
     target = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
@@ -245,16 +257,16 @@ def test_depthwise_registers_kernel(rng, vw, host):
     obj = jit.compile_ir(ES.module_text(mod), h=target)
     f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
         jit.load_object(obj, ["d"])["d"])
-    x = rng.standard_normal((2, c, h, h)).astype(np.float32) * 4
-    w = (rng.standard_normal((c, 1, kh, kh)) * (rng.random((c, 1, kh, kh)) < 0.5)).astype(
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32) * 4
+    wt = (rng.standard_normal((c, 1, kh, kh)) * (rng.random((c, 1, kh, kh)) < 0.5)).astype(
         np.float32)
     bias = rng.standard_normal(c).astype(np.float32)
-    out = np.full((2, c, h, h), np.nan, np.float32)
-    args = np.array([x.ctypes.data, w.ctypes.data, bias.ctypes.data, out.ctypes.data, c],
+    out = np.full((2, c, spec.ho, spec.wo), np.nan, np.float32)
+    args = np.array([x.ctypes.data, wt.ctypes.data, bias.ctypes.data, out.ctypes.data, c],
                     np.int64)
     f(0, 2 * c, args.ctypes.data)
-    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
-                                     torch.from_numpy(bias), 1, dil, dil, c).clamp(0, 6)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
+                                     torch.from_numpy(bias), stride, pad, dil, c).clamp(0, 6)
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
