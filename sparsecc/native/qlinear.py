@@ -413,8 +413,9 @@ class PhaseSpec:
 
 def emit_phase(module: ir.Module, name: str, vw: int) -> None:
     """A work item is one plane (n, cg, py, px); a step is vw positions of one plane row:
-    4 channel vectors (contiguous loads at stride 1, gathers otherwise; padding and channels
-    past C read 0.0), quantized, interleaved into 4 * vw bytes, one (masked) store."""
+    4 channel vectors (contiguous loads at stride 1, two loads and a shuffle of their even
+    floats at stride 2, gathers otherwise; padding and channels past C read 0.0), quantized,
+    interleaved into 4 * vw bytes, one (masked) store."""
     k = _K(module, name, vw)
     b = k.b
     x = k.arg_ptr(P_X, "x")
@@ -509,6 +510,7 @@ def emit_phase(module: ir.Module, name: str, vw: int) -> None:
                     rowp = b.gep(base, [b.mul(ihs, w)], inbounds=True)
                     j0 = b.sub(b.add(b.mul(j, sw), px), pw)
                     contig = b.icmp_signed("==", sw, I64(1))
+                    even = b.icmp_signed("==", sw, I64(2))
                     with b.if_else(contig) as (then, other):
                         with then:
                             # lanes j0 + l: a masked load (its address may sit before the
@@ -518,11 +520,41 @@ def emit_phase(module: ir.Module, name: str, vw: int) -> None:
                                                 fzero])
                             blk1 = b.block
                         with other:
-                            addr = b.add(_splat_i64_val(b, vw, b.ptrtoint(rowp, I64)),
-                                         b.mul(b.select(live, jw, _splat_i64_val(b, vw,
-                                                                                   I64(0))),
-                                               _splat_i64_val(b, vw, I64(4))))
-                            v2 = b.call(gather, [b.inttoptr(addr, pvty), I32(4), live, fzero])
+                            with b.if_else(even) as (then2, other2):
+                                with then2:
+                                    # stride 2: floats j0 .. j0 + 2 vw - 1 in two masked
+                                    # loads, then their even ones (no gather)
+                                    halves = []
+                                    for hh in range(2):
+                                        m = b.add(lanes, _splat_i64_val(b, vw, I64(hh * vw)))
+                                        col = b.add(_splat_i64_val(b, vw, j0), m)
+                                        ok2 = b.and_(
+                                            b.and_(b.icmp_signed(">=", col, _splat_i64_val(
+                                                b, vw, I64(0))), b.icmp_signed(
+                                                "<", col, _splat_i64_val(b, vw, w))),
+                                            b.icmp_signed("<", b.add(_splat_i64_val(b, vw, j),
+                                                                     b.ashr(m, _splat_i64_val(
+                                                                         b, vw, I64(1)))),
+                                                          _splat_i64_val(b, vw, wq)))
+                                        ok2 = b.and_(ok2, _splat_i1(b, vw, b.and_(row_ok, ok)))
+                                        ph_ = b.gep(rowp, [b.add(j0, I64(hh * vw))])
+                                        halves.append(b.call(mload, [
+                                            b.bitcast(ph_, fv.as_pointer()), I32(4), ok2,
+                                            fzero]))
+                                    v3 = b.shuffle_vector(halves[0], halves[1], ir.Constant(
+                                        ir.VectorType(I32, vw), list(range(0, 2 * vw, 2))))
+                                    blk3 = b.block
+                                with other2:
+                                    addr = b.add(_splat_i64_val(b, vw, b.ptrtoint(rowp, I64)),
+                                                 b.mul(b.select(live, jw, _splat_i64_val(
+                                                     b, vw, I64(0))), _splat_i64_val(
+                                                         b, vw, I64(4))))
+                                    v4 = b.call(gather, [b.inttoptr(addr, pvty), I32(4), live,
+                                                         fzero])
+                                    blk4 = b.block
+                            v2 = b.phi(fv)
+                            v2.add_incoming(v3, blk3)
+                            v2.add_incoming(v4, blk4)
                             blk2 = b.block
                     v = b.phi(fv)
                     v.add_incoming(v1, blk1)

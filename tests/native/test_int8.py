@@ -400,8 +400,11 @@ def _planes_reference(x, g, scale, zero):
 @pytest.mark.parametrize("geo", [
     ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
     ((1, 1), (1, 1), (0, 0), (1, 1)), ((1, 1), (2, 2), (0, 0), (1, 1)),
-    ((3, 3), (1, 1), (2, 2), (2, 2)), ((5, 3), (2, 1), (2, 0), (1, 1))])
+    ((3, 3), (1, 1), (2, 2), (2, 2)), ((5, 3), (2, 1), (2, 0), (1, 1)),
+    ((7, 7), (2, 2), (3, 3), (1, 1)), ((3, 3), (3, 3), (1, 1), (1, 1))])
 def test_phase_kernel_matches_reference(path, geo, rng):
+    """The int8 conv's input pass against numpy at strides 1 (contiguous loads), 2 (two loads
+    and a shuffle of their even floats) and 3 (gathers)."""
     from sparsecc.ir.kinds import conv_out
     from sparsecc.runtime.ops.sparse import Shift
 
