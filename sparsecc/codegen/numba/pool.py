@@ -125,6 +125,26 @@ def adaptive_pool2d(x, is_max, out):
 
 
 @njit(inline="always", cache=True)
+def plane_mean(xf, base, n):
+    """Mean of xf[base:base + n] (a global average pool's plane), in float64 over 8
+    independent partial sums: the one-accumulator loop waits an add's latency per float."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    n8 = n - n % 8
+    for i in range(base, base + n8, 8):
+        s0 += xf[i]
+        s1 += xf[i + 1]
+        s2 += xf[i + 2]
+        s3 += xf[i + 3]
+        s4 += xf[i + 4]
+        s5 += xf[i + 5]
+        s6 += xf[i + 6]
+        s7 += xf[i + 7]
+    for i in range(base + n8, base + n):
+        s0 += xf[i]
+    return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) / n
+
+
+@njit(inline="always", cache=True)
 def adaptive_plane(x, t, is_max, out):
     """Plane t (sample t // C, channel t % C) of adaptive_pool2d."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
