@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import F32, FUSED_ACTS, I1, I64
+from sparsecc.codegen.llvm.emit import F32, FUSED_ACTS, I1, I32, I64
 from sparsecc.native.vmath import _K
 
-D_X, D_W, D_BIAS, D_OUT, D_C = range(5)
+D_X, D_W, D_BIAS, D_OUT, D_C, D_INV, D_ZERO, D_QSTRIDE = range(8)
 # Vectors a plane may have (28 x 28 = 49 with AVX-512): the code is unrolled over them, one
 # masked load and FMA per tap and vector, in groups of at most group() accumulators.
 MAX_VECTORS = 64
@@ -59,6 +59,9 @@ class DepthwiseSpec:
     has_bias: bool = True
     mult: int = 1  # output channels per input channel (a 1-channel input's dense conv: all)
     stride: int = 1  # 1, or 2 in both dimensions (emit_depthwise_s2)
+    # write uint8 codes (clamp(rint(y / scale) + zero, 0, 255)) into the int8 1x1 conv's
+    # grouped planes (4 channels a dword) instead of float32 planes
+    q8: bool = False
 
     @property
     def key(self) -> str:
@@ -66,7 +69,7 @@ class DepthwiseSpec:
         return (f"dws_v{self.vw}_{self.h}x{self.w}_k{self.kh}x{self.kw}_p{self.ph}x{self.pw}"
                 f"_d{self.dh}x{self.dw}_{act}_{'b' if self.has_bias else 'nb'}"
                 + (f"_m{self.mult}" if self.mult != 1 else "")
-                + (f"_s{self.stride}" if self.stride != 1 else ""))
+                + (f"_s{self.stride}" if self.stride != 1 else "") + ("_q8" if self.q8 else ""))
 
     @property
     def ho(self) -> int:
@@ -208,13 +211,14 @@ def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> N
                     b.store(k.fma(ws, xv, b.load(acc[n])), acc[n])
         for n, v in enumerate(vecs):
             lanes = at[n] * vw + np.arange(vw) < hw
-            k.vstore(k.act(b.load(acc[n]), spec), b.gep(ob, [I64(v * vw)]), mask_const(lanes))
+            store(b.load(acc[n]), b.gep(ob, [I64(v * vw)]), lanes)
 
+    store = _Store(k, spec)
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         c = b.srem(t, C)
         # output plane t = (n, c) reads input plane n * cin + c // mult = t // mult
         xb = b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw))])
-        ob = b.gep(out, [b.mul(t, I64(hw))])
+        ob = store.plane(out, t, c, C, hw)
         wrow = b.gep(wt, [b.mul(c, I64(taps))])
         init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else zero
         wvals = [b.load(b.gep(wrow, [I64(ti)])) for ti in range(taps)]
@@ -305,8 +309,7 @@ def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None
                     xv = b.shuffle_vector(srcs[0], srcs[1], ir.Constant(idx_ty, idx))
                     b.store(k.fma(ws, xv, b.load(acc[n])), acc[n])
         for n, (_, ob, _, _, (off, m, _)) in enumerate(entries):
-            k.vstore(k.act(b.load(acc[n]), spec), b.gep(ob, [I64(off)]),
-                     lanes(np.arange(vw) < m))
+            store(b.load(acc[n]), b.gep(ob, [I64(off)]), np.arange(vw) < m)
 
     def unit_entries(xb, ob, u, checked: bool):
         """The entries of unit ``u`` (an i64 value or an int) at bases xb / ob."""
@@ -321,10 +324,11 @@ def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None
         return [(xu, ou, oh0, rows, v) for v in spec.unit_vectors(rows)]
 
     nu, i0, i1, per = spec.s2_units()
+    store = _Store(k, spec)
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         c = b.srem(t, C)
         xb = b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw_in))])
-        ob = b.gep(out, [b.mul(t, I64(hw_out))])
+        ob = store.plane(out, t, c, C, hw_out)
         wrow = b.gep(wt, [b.mul(c, I64(taps))])
         init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else zero
         wvals = [b.load(b.gep(wrow, [I64(ti)])) for ti in range(taps)]
@@ -341,3 +345,59 @@ def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None
                         for e in unit_entries(xb, ob, b.add(u0, I64(q)), False)]
                 group(ents, wvals, init)
     b.ret_void()
+
+
+class _Store:
+    """The output side of both emitters: float32 planes, or (``spec.q8``) uint8 codes into the
+    int8 1x1 conv's input planes, laid out as native.qlinear's PhaseSpec writes them (sample n
+    at dword n * qstride, channel c's byte c % 4 of dword (c // 4) * hw + position). A plane's
+    base is a pointer whose element is one position (4 bytes: a float, or a dword of codes),
+    so the emitters' position offsets serve both."""
+
+    def __init__(self, k: _K, spec: DepthwiseSpec):
+        self.k, self.spec = k, spec
+        vw = spec.vw
+        if spec.q8:
+            b = k.b
+            self.inv = k.splat(b.fptrunc(b.bitcast(k.arg_i64(D_INV, "inv"), ir.DoubleType()),
+                                          F32))
+            self.zero = k.splat(b.sitofp(k.arg_i64(D_ZERO, "zero"), F32))
+            self.qstride = k.arg_i64(D_QSTRIDE, "qstride")
+            self.bty = ir.VectorType(ir.IntType(8), 4 * vw)
+            # each code at the first byte of its position's dword
+            self.spread = ir.Constant(ir.VectorType(I32, 4 * vw), [q // 4 for q in range(4 * vw)])
+            self.rint = k.intrinsic(f"llvm.rint.v{vw}f32", k.vty, [k.vty])
+            self.mstore = k.intrinsic(f"llvm.masked.store.v{4 * vw}i8.p0", ir.VoidType(),
+                                      [self.bty, self.bty.as_pointer(), I32, ir.VectorType(
+                                          I1, 4 * vw)])
+
+    def plane(self, out, t, c, C, hw: int):
+        """Output plane t = (sample, channel c)'s base."""
+        b = self.k.b
+        if not self.spec.q8:
+            return b.gep(out, [b.mul(t, I64(hw))])
+        n = b.sdiv(t, C)
+        dword = b.add(b.mul(n, self.qstride), b.mul(b.sdiv(c, I64(4)), I64(hw)))
+        byte = b.add(b.mul(dword, I64(4)), b.srem(c, I64(4)))
+        q = b.bitcast(out, ir.IntType(8).as_pointer())
+        return b.bitcast(b.gep(q, [byte]), F32.as_pointer())
+
+    def __call__(self, acc, ptr, lanes: np.ndarray) -> None:
+        k, vw = self.k, self.spec.vw
+        b = k.b
+        v = k.act(acc, self.spec)
+        if not self.spec.q8:
+            k.vstore(v, ptr, None if lanes.all() else
+                     ir.Constant(ir.VectorType(I1, vw), [bool(x) for x in lanes]))
+            return
+        # native.qlinear's codes: rint(v / scale) + zero clamped to [0, 255], NaN -> 0
+        v = b.fadd(b.call(self.rint, [b.fmul(v, self.inv)]), self.zero)
+        lo, hi = k.c(0.0), k.c(255.0)
+        v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
+        v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
+        v = b.select(b.fcmp_unordered("uno", v, v), lo, v)
+        codes = b.fptoui(v, ir.VectorType(ir.IntType(8), vw))
+        wide = b.shuffle_vector(codes, codes, self.spread)
+        mask = ir.Constant(ir.VectorType(I1, 4 * vw),
+                           [q % 4 == 0 and bool(lanes[q // 4]) for q in range(4 * vw)])
+        b.call(self.mstore, [wide, b.bitcast(ptr, self.bty.as_pointer()), I32(1), mask])

@@ -216,6 +216,9 @@ class Lowering:
         # residual adds fused into the conv before them: add op index -> (conv op index, the
         # conv's own output, which is never written)
         self.fused: dict[int, tuple[int, str]] = {}
+        # float depthwise outputs written as the int8 1x1 conv's codes instead (the conv's
+        # input pass disappears): tensor -> (the codes' temporary, dwords a sample)
+        self.q8_in: dict[str, tuple[str, int]] = {}
         # head permutes fused into the sparse linear beside them (_head_permutes): linear op
         # index -> (the permute's output it writes, B, S, H, D) / (the tensor it reads, ...)
         self.dst_heads: dict[int, tuple[str, E, E, E, E]] = {}
@@ -325,7 +328,8 @@ class Lowering:
         first: dict[str, int] = {}
         last: dict[str, int] = {}
         # tensors a fusion never writes, and the views of them
-        dropped = {roots[conv_out] for _, conv_out in self.fused.values()}
+        dropped = {roots[conv_out] for _, conv_out in self.fused.values()} | \
+            {roots[name] for name in self.q8_in}
         for j, op in enumerate(plan.ops):
             i = self.fused[j][0] if j in self.fused else j  # a fused add runs in its conv
             for name in op.inputs:
@@ -1026,14 +1030,18 @@ class Lowering:
         per_sample = cg * g.phases * g.plane + g.slack  # dwords
         if per_sample >= 2**31:
             raise Unsupported("int8 conv planes past 2^31 codes a sample")
-        planes = self.temp("q8planes", nb * per_sample * 4)
-        scale, zero = float(op.attrs["x_scale"]), int(op.attrs["x_zero"])
-        self.call(self.ir_kernel(QL.PhaseSpec(self.vw)),
-                  [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
-                   I(g.sw), self.derived("pys", g.pys), I(len(g.pys)),
-                   self.derived("pxs", g.pxs), I(len(g.pxs)), I(g.hq), I(g.wq),
-                   I(per_sample), F(float(np.float32(1.0 / scale))), I(zero)],
-                  nb * cg * g.phases, 4.0 * g.plane * 4)
+        if x in self.q8_in:  # the depthwise conv before wrote the codes (_q8_codes_out)
+            planes, per = self.q8_in[x]
+            assert per == per_sample, (per, per_sample)
+        else:
+            planes = self.temp("q8planes", nb * per_sample * 4)
+            scale, zero = float(op.attrs["x_scale"]), int(op.attrs["x_zero"])
+            self.call(self.ir_kernel(QL.PhaseSpec(self.vw)),
+                      [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
+                       I(g.sw), self.derived("pys", g.pys), I(len(g.pys)),
+                       self.derived("pxs", g.pxs), I(len(g.pxs)), I(g.hq), I(g.wq),
+                       I(per_sample), F(float(np.float32(1.0 / scale))), I(zero)],
+                      nb * cg * g.phases, 4.0 * g.plane * 4)
         # group index tap * cg + c4 -> its dword offset in the sample's planes
         grp = self.plan.constants[op.params["indices"]].astype(np.int64)
         tap, c4 = np.divmod(grp, cg)
@@ -1333,19 +1341,24 @@ class Lowering:
         planar = groups == cin_ and (cin_ > 1 or cout_ > 1) and (not sparse or cin_ == 1)
         if planar and DW.fits(self.vw, h.value, w.value, ho_, wo_, sh, sw_, cin_, cout_,
                               act[0], kh, kw, ph, pw, dh, dw):
+            q8 = self._q8_codes_out(out, cout_, hw)
             spec = DW.DepthwiseSpec(self.vw, h.value, w.value, kh, kw, ph, pw, dh, dw, act[0],
                                     act[1] if act[0] == "clamp" else 0.0,
                                     act[2] if act[0] == "clamp" else 0.0, bias is not None,
-                                    cout_ // cin_, sh)
+                                    cout_ // cin_, sh, q8 is not None)
             if sparse:  # the kernel skips zero taps itself: its weights as a dense table
                 csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
                 wslot = self.derived("wplanar", csr_to_dense(*csr, (cout_, kh * kw)))
             else:
                 wslot = self.const(op.params["weight"])
-            self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias), T(out),
-                                             I(cout)], nb * cout_, 2.0 * kh * kw * hw)
-            return "native depthwise (plane in registers)" if cin_ > 1 else \
-                "native direct conv (1 input channel, planes in registers)"
+            args = [T(x), wslot, self.bias_slot(bias), T(out), I(cout)]
+            if q8 is not None:
+                args[DW.D_OUT] = T(q8[0])
+                args += q8[1:]
+            self.call(self.ir_kernel(spec), args, nb * cout_, 2.0 * kh * kw * hw)
+            return ("native depthwise (plane in registers)" if cin_ > 1 else
+                    "native direct conv (1 input channel, planes in registers)") + \
+                (" -> int8 codes" if q8 is not None else "")
         if not sparse and groups == cin_ and cin_ > 1:
             wt = self.const(op.params["weight"])
             bslot = self.bias_slot(bias)
@@ -1564,6 +1577,28 @@ class Lowering:
             return None
         readers = [j for j, op in enumerate(plan.ops) if name in op.inputs]
         return readers[0] if len(readers) == 1 else None
+
+    def _q8_codes_out(self, name: str, c: int, hw: int) -> tuple[str, Slot, Slot, Slot] | None:
+        """When ``name`` (a depthwise conv's float32 output, c channels of hw positions) is
+        read only by an int8 1x1 conv (stride 1, no padding: its input pass is a plain
+        quantize into 4-channel groups) and every group is whole: the temporary holding that
+        conv's codes, and the register kernel's (1 / scale, zero, dwords a sample) slots.
+        With AVX-512BW only (a masked byte store a vector)."""
+        j = self._only_reader(name)
+        if j is None or c % 4 or self.vw != 16 or "+avx512bw" not in self.features:
+            return None
+        op = self.plan.ops[j]
+        if op.kind != "qconv2d" or op.inputs[0] != name:
+            return None
+        g = SP.Shift.of(op, self.example(op.output))
+        if g.phases != 1 or (g.ph, g.pw, g.sh, g.sw) != (0, 0, 1, 1) or g.plane != hw:
+            return None
+        per_sample = c // 4 * g.plane + g.slack  # dwords, as op_qconv2d lays them out
+        planes = self.temp("q8planes", self.shape(name)[0] * per_sample * 4)
+        self.p.buffers[planes].last = j
+        self.q8_in[name] = (planes, per_sample)
+        scale, zero = float(op.attrs["x_scale"]), int(op.attrs["x_zero"])
+        return planes, F(float(np.float32(1.0 / scale))), I(zero), I(per_sample)
 
     def _pool_reader(self, name: str) -> int | None:
         """The index of the op reading ``name`` when it is its only reader and a max pool

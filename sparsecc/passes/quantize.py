@@ -20,7 +20,9 @@ Policy:
 - ``keep_float``: layer names (or globs) that stay float32 whatever they measure;
 - speed: a layer with fewer than ``min_macs_per_input`` multiply-adds per input value (per
   position, for convs) stays float32: its input's quantization pass would cost more than
-  its int8 kernel saves.
+  its int8 kernel saves. Not a 1x1 conv whose input only a depthwise conv writes (whole
+  4-channel groups): the native library's depthwise kernel writes the codes itself, so
+  there is no such pass (MobileNetV2's project convs, 1.6-2.4 per input).
 Grouped and depthwise convs stay float32 (no int8 kernel for them yet; the report says so).
 """
 
@@ -211,6 +213,26 @@ def layer_error(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qw: Q.QWe
     return (diff / den if den > 0 else diff), shift
 
 
+def _codes_free(plan: ExecutionPlan, op) -> bool:
+    """Whether ``op``'s input codes cost no pass of their own: a 1x1 conv (stride 1, no
+    padding, input channels a multiple of 4) reading the output of a depthwise conv that
+    nothing else reads (native.lower writes the codes from the depthwise kernel)."""
+    a = op.attrs
+    if op.kind != "conv2d" or [int(v) for v in a.get("kernel", ())] != [1, 1] or \
+            [int(v) for v in a.get("stride", ())] != [1, 1] or \
+            any(int(v) for v in a.get("padding", ())) or int(a.get("groups", 1)) != 1:
+        return False
+    x = op.inputs[0]
+    if x in plan.outputs or sum(x in o.inputs for o in plan.ops) != 1:
+        return False
+    prod = [o for o in plan.ops if o.output == x]
+    if len(prod) != 1 or prod[0].kind != "conv2d":
+        return False
+    cin = plan.tensors[x].shape[1]
+    return isinstance(cin, int) and cin % 4 == 0 and cin > 1 and \
+        int(prod[0].attrs.get("groups", 1)) == cin
+
+
 @register_pass("quantize", options=QuantizeOptions, level="plan")
 def plan_quantize(plan: ExecutionPlan, opts: QuantizeOptions) -> PassResult:
     """Quantize linear and conv layers to int8 (weights per row, activations per tensor)."""
@@ -226,7 +248,7 @@ def plan_quantize(plan: ExecutionPlan, opts: QuantizeOptions) -> PassResult:
         per_input = np.count_nonzero(w) / max(w.shape[1], 1)  # per input channel / feature
         if _kept(op.layer or op.name, opts.keep_float):
             why[i] = "float32 (keep_float)"
-        elif per_input < opts.min_macs_per_input:
+        elif per_input < opts.min_macs_per_input and not _codes_free(plan, op):
             why[i] = (f"float32 ({per_input:.1f} multiply-adds per input value: quantizing "
                       "the input would cost more than int8 saves)")
         else:

@@ -380,6 +380,51 @@ def test_compiled_int8_convs():
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.08
 
 
+BW = "+avx512bw" in jit.host().features.split(",")
+
+
+def test_speed_rule_spares_convs_fed_by_depthwise():
+    """A 1x1 conv with few multiply-adds per input value stays float32 (its input's
+    quantize pass would cost more than int8 saves), except when a depthwise conv read by
+    nothing else writes its input: that conv writes the codes itself (MobileNetV2's project
+    convs)."""
+    m = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU6(), nn.Conv2d(8, 2, 1),
+                      nn.Conv2d(2, 8, 3, 1, 1), nn.Conv2d(8, 2, 1)).eval()
+    cal = [torch.randn(2, 8, 12, 12) for _ in range(2)]
+    cm = sparsecc.compile(m, cal[0], quantize="int8", calibration=cal)
+    kinds = {op.layer: op.kind for op in cm.plan.ops if op.layer}
+    assert kinds["2"] == "qconv2d" and kinds["4"] == "conv2d", kinds
+    rows = {r["name"]: r["precision"] for r in cm.report(measure=False).rows}
+    assert "multiply-adds per input value" in rows["4"], rows
+
+
+@pytest.mark.parametrize("hw,stride,c", [(6, 1, 8), (56, 1, 12), (29, 2, 16), (14, 2, 8),
+                                         (10, 1, 6)])
+def test_depthwise_writes_int8_codes(hw, stride, c):
+    """A float depthwise conv read only by an int8 1x1 conv writes that conv's uint8 codes
+    itself (4-channel groups, a masked byte store a vector; AVX-512BW): whole planes, bands,
+    stride 2, two short rows a vector. Native == executor bit for bit; 6 channels (a part
+    group) keep the quantize pass."""
+    torch.manual_seed(hw)
+    m = nn.Sequential(nn.Conv2d(c, c, 3, stride, 1, groups=c), nn.ReLU6(),
+                      nn.Conv2d(c, 8, 1), nn.ReLU()).eval()
+    cal = [torch.randn(2, c, hw, hw) * 2 for _ in range(2)]
+    cm = sparsecc.compile(m, cal[0], sparsity=0.5, quantize="int8", calibration=cal,
+                          recipe=ALL_INT8)
+    assert cm.native is not None, cm.native_status
+    assert [op.kind for op in cm.plan.ops] == ["conv2d", "qconv2d"]
+    label = cm.native.lib.labels[0]
+    assert label.endswith("-> int8 codes") == (BW and c % 4 == 0), label
+    from sparsecc.api import CompiledModel
+
+    ex = CompiledModel(cm.plan, native=False)
+    rng = np.random.default_rng(hw)
+    for batch in (1, 3):
+        x = (rng.standard_normal((batch, c, hw, hw)) * 2).astype(np.float32)
+        x[0] *= 8  # past the calibrated range: codes saturate at 255
+        np.testing.assert_array_equal(cm(x), ex(x))
+
+
 def _planes_reference(x, g, scale, zero):
     """Grouped polyphase planes (cg, phase, hq, wq, 4) of each sample, as PhaseSpec lays
     them out (formats.qint8's codes; padding and channels past C hold the code of 0.0)."""
