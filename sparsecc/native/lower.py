@@ -216,9 +216,10 @@ class Lowering:
         # residual adds fused into the conv before them: add op index -> (conv op index, the
         # conv's own output, which is never written)
         self.fused: dict[int, tuple[int, str]] = {}
-        # float depthwise outputs written as the int8 1x1 conv's codes instead (the conv's
-        # input pass disappears): tensor -> (the codes' temporary, dwords a sample)
-        self.q8_in: dict[str, tuple[str, int]] = {}
+        # int8 1x1 convs whose input codes the kernel writing that input wrote (their input
+        # pass disappears): reader op index -> (the codes' temporary, dwords a sample)
+        self.q8_in: dict[int, tuple[str, int]] = {}
+        self.q8_dropped: set[str] = set()  # the tensors only as codes (no float32 copy)
         # head permutes fused into the sparse linear beside them (_head_permutes): linear op
         # index -> (the permute's output it writes, B, S, H, D) / (the tensor it reads, ...)
         self.dst_heads: dict[int, tuple[str, E, E, E, E]] = {}
@@ -260,6 +261,7 @@ class Lowering:
 
     def temp(self, tag: str, nbytes: E) -> str:
         name = f"~tmp{self.i}.{tag}"
+        assert name not in self.p.buffers, name  # two temporaries of one op share a tag
         self.p.buffers[name] = Buffer(name, nbytes, self.i, self.i)
         return name
 
@@ -329,7 +331,7 @@ class Lowering:
         last: dict[str, int] = {}
         # tensors a fusion never writes, and the views of them
         dropped = {roots[conv_out] for _, conv_out in self.fused.values()} | \
-            {roots[name] for name in self.q8_in}
+            {roots[name] for name in self.q8_dropped}
         for j, op in enumerate(plan.ops):
             i = self.fused[j][0] if j in self.fused else j  # a fused add runs in its conv
             for name in op.inputs:
@@ -988,7 +990,7 @@ class Lowering:
         return label
 
     def _q8_kernel(self, op: Op, family: str, act, bits: int = 0, tile: int = 1,
-                   residual: bool = False) -> tuple[str, bool, str]:
+                   residual: bool = False, codes: int = 0) -> tuple[str, bool, str]:
         """(symbol, fused?, label) of an int8 kernel for ``op`` on this CPU (``bits``: of the
         index stream it reads, default the stored group indices')."""
         actn, pa, pb = act
@@ -1002,7 +1004,7 @@ class Lowering:
         bits = bits or (16 if idx.dtype == np.uint16 else 32)
         spec = QL.QLinearSpec(family, self.vw, vnni, bits, fused,
                               pa if fused == "clamp" else 0.0, pb if fused == "clamp" else 0.0,
-                              tile, residual)
+                              tile, residual, codes)
         return self.ir_kernel(spec), fused == actn, f"native int8 {'vnni' if vnni else 'pmaddwd'}"
 
     def op_qconv2d(self, op: Op):
@@ -1024,14 +1026,21 @@ class Lowering:
         # kernel writes the output itself, a residual add and its activation in its epilogue
         direct = g.wq == g.wo
         epi = act if res is None else res[2] if direct else ("none", 0.0, 0.0)
+        # with no pass after the kernel, it may write the codes of the int8 1x1 conv that
+        # reads its output (alone: codes only, else beside the float output)
+        q8 = None
+        if direct and epi[0] in ("none", "relu", "clamp"):
+            q8 = self._q8_codes_out(self.plan.ops[res[0]].output if res is not None else out,
+                                    cout, L, dual=True)
         # the groups' plane offsets are 32-bit whatever the stored group indices are
         sym, fused, label = self._q8_kernel(op, "conv", epi, 32, tile,
-                                            residual=res is not None and direct)
+                                            residual=res is not None and direct,
+                                            codes=0 if q8 is None else 1 if q8[4] else 2)
         per_sample = cg * g.phases * g.plane + g.slack  # dwords
         if per_sample >= 2**31:
             raise Unsupported("int8 conv planes past 2^31 codes a sample")
-        if x in self.q8_in:  # the depthwise conv before wrote the codes (_q8_codes_out)
-            planes, per = self.q8_in[x]
+        if self.i in self.q8_in:  # x's writer wrote the codes too (_q8_codes_out)
+            planes, per = self.q8_in[self.i]
             assert per == per_sample, (per, per_sample)
         else:
             planes = self.temp("q8planes", nb * per_sample * 4)
@@ -1060,10 +1069,13 @@ class Lowering:
         nrb = max(1, min(cout, -(-want // tiles_1), 64))
         nnz = max(int(grp.shape[0]), 1)
         args = [self.const(op.params["indptr"]), self.derived("q8offs", offs),
-                self.const(op.params["data"]), T(planes), T(full),
+                self.const(op.params["data"]), T(planes),
+                I(0) if q8 is not None and q8[4] else T(full),
                 self.const(op.params["mult"]), self.const(op.params["bias"]), I(L), I(cout),
                 I(0), I(nrb), I(per_sample), I(cout * L), I(L),
                 T(res[1]) if res is not None and direct else I(0)]
+        if q8 is not None:
+            args += [T(q8[0]), *q8[1:4]]
         self.call(sym, args, nb * ntiles * nrb, 2.0 * 4 * nnz / nrb * self.vw * tile)
         if direct:
             if not fused:
@@ -1071,6 +1083,8 @@ class Lowering:
             if res is not None:
                 self.fused[res[0]] = (self.i, out)
                 label += " + residual add"
+            if q8 is not None:
+                label += " -> int8 codes" + ("" if q8[4] else " + float32")
             return label
         label += self._crop(full, out, nb, cout, g, res)
         if not fused:  # (never with res: the epilogue then had no activation)
@@ -1341,7 +1355,7 @@ class Lowering:
         planar = groups == cin_ and (cin_ > 1 or cout_ > 1) and (not sparse or cin_ == 1)
         if planar and DW.fits(self.vw, h.value, w.value, ho_, wo_, sh, sw_, cin_, cout_,
                               act[0], kh, kw, ph, pw, dh, dw):
-            q8 = self._q8_codes_out(out, cout_, hw)
+            q8 = self._q8_codes_out(out, cout_, hw)  # (codes only: no dual store here)
             spec = DW.DepthwiseSpec(self.vw, h.value, w.value, kh, kw, ph, pw, dh, dw, act[0],
                                     act[1] if act[0] == "clamp" else 0.0,
                                     act[2] if act[0] == "clamp" else 0.0, bias is not None,
@@ -1354,7 +1368,7 @@ class Lowering:
             args = [T(x), wslot, self.bias_slot(bias), T(out), I(cout)]
             if q8 is not None:
                 args[DW.D_OUT] = T(q8[0])
-                args += q8[1:]
+                args += q8[1:4]
             self.call(self.ir_kernel(spec), args, nb * cout_, 2.0 * kh * kw * hw)
             return ("native depthwise (plane in registers)" if cin_ > 1 else
                     "native direct conv (1 input channel, planes in registers)") + \
@@ -1578,27 +1592,42 @@ class Lowering:
         readers = [j for j, op in enumerate(plan.ops) if name in op.inputs]
         return readers[0] if len(readers) == 1 else None
 
-    def _q8_codes_out(self, name: str, c: int, hw: int) -> tuple[str, Slot, Slot, Slot] | None:
-        """When ``name`` (a depthwise conv's float32 output, c channels of hw positions) is
-        read only by an int8 1x1 conv (stride 1, no padding: its input pass is a plain
-        quantize into 4-channel groups) and every group is whole: the temporary holding that
-        conv's codes, and the register kernel's (1 / scale, zero, dwords a sample) slots.
-        With AVX-512BW only (a masked byte store a vector)."""
-        j = self._only_reader(name)
-        if j is None or c % 4 or self.vw != 16 or "+avx512bw" not in self.features:
+    def _q8_codes_out(self, name: str, c: int, hw: int, dual: bool = False
+                      ) -> tuple[str, Slot, Slot, Slot, bool] | None:
+        """When an int8 1x1 conv (stride 1, no padding: its input pass is a plain quantize
+        into 4-channel groups) reads ``name`` (c channels of hw positions, written by the
+        kernel being lowered) and every group is whole: the temporary holding that conv's
+        codes, the writer's (1 / scale, zero, dwords a sample) slots, and whether the codes
+        are all that is read (no other reader, not an output: no float32 copy is written).
+        Without ``dual`` the 1x1 conv must be the only reader. With AVX-512BW only (a masked
+        byte store a vector)."""
+        plan = self.plan
+        if c % 4 or self.vw != 16 or "+avx512bw" not in self.features or \
+                any(t.alias_of == name for t in plan.tensors.values()):
             return None
-        op = self.plan.ops[j]
-        if op.kind != "qconv2d" or op.inputs[0] != name:
+        readers = self._readers(name)
+        plain = [j for j in readers if self._plain_q8(plan.ops[j], name, hw)]
+        only = readers == plain and len(plain) == 1 and name not in plan.outputs
+        if len(plain) != 1 or not (only or dual):
             return None
-        g = SP.Shift.of(op, self.example(op.output))
-        if g.phases != 1 or (g.ph, g.pw, g.sh, g.sw) != (0, 0, 1, 1) or g.plane != hw:
-            return None
-        per_sample = c // 4 * g.plane + g.slack  # dwords, as op_qconv2d lays them out
-        planes = self.temp("q8planes", self.shape(name)[0] * per_sample * 4)
+        j = plain[0]
+        op = plan.ops[j]
+        per_sample = c // 4 * hw + SP.Shift.of(op, self.example(op.output)).slack  # dwords,
+        planes = self.temp("q8codes", self.shape(name)[0] * per_sample * 4)  # as op_qconv2d
         self.p.buffers[planes].last = j
-        self.q8_in[name] = (planes, per_sample)
+        self.q8_in[j] = (planes, per_sample)
+        if only:
+            self.q8_dropped.add(name)
         scale, zero = float(op.attrs["x_scale"]), int(op.attrs["x_zero"])
-        return planes, F(float(np.float32(1.0 / scale))), I(zero), I(per_sample)
+        return planes, F(float(np.float32(1.0 / scale))), I(zero), I(per_sample), only
+
+    def _plain_q8(self, op: Op, name: str, hw: int) -> bool:
+        """Whether ``op`` is an int8 conv whose input pass quantizes ``name`` (hw positions a
+        channel) into plain 4-channel groups (1x1, stride 1, no padding)."""
+        if op.kind != "qconv2d" or op.inputs[0] != name:
+            return False
+        g = SP.Shift.of(op, self.example(op.output))
+        return g.phases == 1 and (g.ph, g.pw, g.sh, g.sw) == (0, 0, 1, 1) and g.plane == hw
 
     def _pool_reader(self, name: str) -> int | None:
         """The index of the op reading ``name`` when it is its only reader and a max pool

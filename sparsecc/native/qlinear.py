@@ -39,7 +39,11 @@ Q_X, Q_Q, Q_M, Q_K, Q_XLD, Q_LD, Q_INV, Q_ZERO = range(8)
 A_INDPTR, A_IDX, A_DATA, A_Q, A_OUT, A_MULT, A_BIAS, A_M, A_O, A_LD, A_NRB = range(11)
 A_XNS, A_ONS, A_ORS = 11, 12, 13  # spmm / conv: per-sample strides, out row stride (conv)
 A_RES = 14  # conv with a residual: the addend, laid out as out
-N_ARGS = 15
+# conv writing codes (``codes``): the uint8 codes of its output for the int8 1x1 conv that
+# reads it, in 4-channel groups (channel r's byte r % 4 of dword n * qns + (r // 4) * m + p),
+# 1 / scale (float64 bits) and zero point of that conv's input
+A_QOUT, A_QINV, A_QZERO, A_QNS = 15, 16, 17, 18
+N_ARGS = 19
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,14 @@ class QLinearSpec:
     act_b: float = 0.0
     tile: int = 1  # spmm / conv: vectors of positions a work item (each group's dword reused)
     residual: bool = False  # conv: out = act(y + res), res laid out as out (args[A_RES])
+    codes: int = 0  # conv: 0 float output, 1 codes only (args[A_QOUT...]), 2 both
 
     @property
     def key(self) -> str:
         act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
         return (f"q8_{self.family}_v{self.vw}{'_vnni' if self.vnni else ''}_i{self.idx_bits}"
-                f"_t{self.tile}_{act}{'_res' if self.residual else ''}")
+                f"_t{self.tile}_{act}{'_res' if self.residual else ''}"
+                + (f"_c{self.codes}" if self.codes else ""))
 
     def emit(self, module: ir.Module, name: str) -> None:
         (emit_spmm if self.family in ("spmm", "conv") else emit_spmv)(module, name, self)
@@ -315,6 +321,17 @@ def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
     xns, ons, ors = (k.arg_i64(s, n) for s, n in ((A_XNS, "xns"), (A_ONS, "ons"),
                                                   (A_ORS, "ors")))
     res0 = k.arg_ptr(A_RES, "res") if spec.residual else None
+    if spec.codes:
+        qout0 = _ptr(k, A_QOUT, "qout", I8)
+        qinv = k.splat(_f32_arg(k, A_QINV, "qinv"))
+        qzero = k.splat(b.sitofp(k.arg_i64(A_QZERO, "qzero"), F32))
+        qns = k.arg_i64(A_QNS, "qns")
+        bty = ir.VectorType(I8, 4 * vw)
+        spread = ir.Constant(ir.VectorType(I32, 4 * vw), [q // 4 for q in range(4 * vw)])
+        first = ir.Constant(ir.VectorType(I1, 4 * vw), [q % 4 == 0 for q in range(4 * vw)])
+        rint = k.intrinsic(f"llvm.rint.v{vw}f32", k.vty, [k.vty])
+        bstore = k.intrinsic(f"llvm.masked.store.v{4 * vw}i8.p0", ir.VoidType(),
+                             [bty, bty.as_pointer(), I32, ir.VectorType(I1, 4 * vw)])
     vty = ir.VectorType(I32, vw)
     fvty = ir.VectorType(F32, vw)
     pvty = ir.VectorType(F32.as_pointer(), vw)
@@ -379,8 +396,17 @@ def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
                 at = b.add(b.mul(r, ors), mt)
                 res = k.vload(b.gep(resb, [at], inbounds=True), live) if spec.residual else None
                 y = _epilogue(k, spec, _finish(k, spec, total), mult_v, bias_v, res)
+                if conv and spec.codes:
+                    # the reader's codes (emit_phase's): channel r's byte of each dword
+                    c8 = _codes(k, y, qinv, qzero, rint)
+                    dw = b.add(b.add(b.mul(n, qns), b.mul(b.sdiv(r, I64(4)), mm)), mt)
+                    dst = b.gep(qout0, [b.add(b.mul(dw, I64(4)), b.srem(r, I64(4)))])
+                    wide = b.shuffle_vector(c8, c8, spread)
+                    b.call(bstore, [wide, b.bitcast(dst, bty.as_pointer()), I32(1),
+                                    b.and_(b.shuffle_vector(live, live, spread), first)])
                 if conv:
-                    k.vstore(y, b.gep(out, [at], inbounds=True), live)
+                    if spec.codes != 1:
+                        k.vstore(y, b.gep(out, [at], inbounds=True), live)
                 else:
                     rowoff = b.mul(mvec, _splat_i64_val(b, vw, b.mul(oo, I64(4))))
                     addr = b.add(obase, b.add(rowoff, _splat_i64_val(b, vw, b.mul(r, I64(4)))))
@@ -449,12 +475,7 @@ def emit_phase(module: ir.Module, name: str, vw: int) -> None:
     byte_lane = ir.Constant(ir.VectorType(I64, 4 * vw), [p for p in range(vw) for _ in range(4)])
 
     def codes(v):
-        v = b.fadd(b.call(rint, [b.fmul(v, inv)]), zero)
-        lo, hi = k.c(0.0), k.c(255.0)
-        v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
-        v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
-        v = b.select(b.fcmp_unordered("uno", v, v), lo, v)
-        return b.fptoui(v, ir.VectorType(I8, vw))
+        return _codes(k, v, inv, zero, rint)
 
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         n = b.sdiv(t, per)
@@ -569,6 +590,18 @@ def emit_phase(module: ir.Module, name: str, vw: int) -> None:
                             inbounds=True)
                 b.call(mstore, [packed, b.bitcast(dst, bty.as_pointer()), I32(1), bmask])
     b.ret_void()
+
+
+def _codes(k: _K, v, inv, zero, rint):
+    """uint8 codes of float vector v: rint(v / scale) + zero clamped to [0, 255], NaN -> 0
+    (formats.qint8.quantize_act's)."""
+    b = k.b
+    v = b.fadd(b.call(rint, [b.fmul(v, inv)]), zero)
+    lo, hi = k.c(0.0), k.c(255.0)
+    v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
+    v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
+    v = b.select(b.fcmp_unordered("uno", v, v), lo, v)
+    return b.fptoui(v, ir.VectorType(I8, k.vw))
 
 
 def _splat_i1(b, vw, v):

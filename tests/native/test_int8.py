@@ -383,6 +383,57 @@ def test_compiled_int8_convs():
 BW = "+avx512bw" in jit.host().features.split(",")
 
 
+class _Chain(nn.Module):
+    """1x1 int8 convs reading each other: codes only (c2 reads c1's output alone), codes and
+    float32 (y2 feeds c3 and the residual add fused into it), the add's output as codes
+    (c4 and c8 read it: c8 at stride 2 quantizes its own), a tanh (its own pass: no codes),
+    6 channels (a part group: none), the model's outputs (none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 1), \
+            nn.Conv2d(16, 16, 1)
+        self.c4, self.c5, self.c6, self.c7 = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 8, 1), \
+            nn.Conv2d(8, 6, 1), nn.Conv2d(6, 4, 1)
+        self.c8 = nn.Conv2d(16, 8, 1, stride=2)
+
+    def forward(self, x):
+        y2 = torch.clamp(self.c2(torch.relu(self.c1(x))), 0, 6)
+        y = torch.relu(self.c3(y2) + y2)
+        z = self.c8(y)
+        y = torch.tanh(self.c4(y))
+        return self.c7(self.c6(self.c5(y))), z
+
+
+def test_int8_convs_write_codes():
+    """An int8 1x1 conv whose output another int8 1x1 conv reads writes that conv's codes
+    from its epilogue (AVX-512BW); native == executor bit for bit."""
+    torch.manual_seed(1)
+    m = _Chain().eval()
+    cal = [torch.randn(2, 8, 9, 7) for _ in range(2)]
+    cm = sparsecc.compile(m, cal[0], sparsity=0.5, quantize="int8", calibration=cal,
+                          recipe=ALL_INT8)
+    assert cm.native is not None, cm.native_status
+    kinds = {op.layer: op.kind for op in cm.plan.ops}
+    assert all(kinds[f"c{i}"] == "qconv2d" for i in range(1, 9)), kinds
+    labels = {cm.plan.ops[i].layer: t for i, t in cm.native.lib.labels.items()}
+    want = {"c1": " -> int8 codes", "c2": " -> int8 codes + float32",
+            "c3": " + residual add -> int8 codes + float32", "c4": "", "c5": " -> int8 codes",
+            "c6": "", "c7": "", "c8": ""}
+    for layer, end in want.items():
+        assert labels[layer].endswith(end if BW else ""), (layer, labels[layer])
+        assert ("codes" in labels[layer]) == (BW and bool(end)), (layer, labels[layer])
+    from sparsecc.api import CompiledModel
+
+    ex = CompiledModel(cm.plan, native=False)
+    rng = np.random.default_rng(2)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 8, 9, 7)).astype(np.float32)
+        x[0] *= 6  # past the calibrated range: saturated codes
+        for got, want in zip(cm(x), ex(x), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_speed_rule_spares_convs_fed_by_depthwise():
     """A 1x1 conv with few multiply-adds per input value stays float32 (its input's
     quantize pass would cost more than int8 saves), except when a depthwise conv read by
