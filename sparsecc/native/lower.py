@@ -27,6 +27,7 @@ from sparsecc.ir.plan import ExecutionPlan, Op, Sym
 from sparsecc.native import dwsmall as DW
 from sparsecc.native import gemm as G
 from sparsecc.native import qlinear as QL
+from sparsecc.native import smallconv as SC
 from sparsecc.native.expr import E, const, dim, lift, linear, numel
 from sparsecc.native.kernels import (
     ANY_FNS,
@@ -1373,6 +1374,19 @@ class Lowering:
             return ("native depthwise (plane in registers)" if cin_ > 1 else
                     "native direct conv (1 input channel, planes in registers)") + \
                 (" -> int8 codes" if q8 is not None else "")
+        if SC.fits(self.vw, cin_, cout_, groups, (sh, sw_), kh, kw, wo_, act[0]):
+            spec = SC.SmallConvSpec(self.vw, cin_, cout_, h.value, w.value, kh, kw, sh, ph, pw,
+                                    dh, dw, act[0], act[1] if act[0] == "clamp" else 0.0,
+                                    act[2] if act[0] == "clamp" else 0.0, bias is not None)
+            if sparse:  # zero taps cost an FMA each: its weights as a dense table
+                csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
+                wslot = self.derived("wsmall", csr_to_dense(*csr, (cout_, cin_ * kh * kw)))
+            else:
+                wslot = self.const(op.params["weight"])
+            r = spec.blocking[0]
+            self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias), T(out)],
+                      nb * (cout_ // r) * ho_, 2.0 * r * cin_ * kh * kw * wo_)
+            return "native direct conv (few input channels)"
         if not sparse and groups == cin_ and cin_ > 1:
             wt = self.const(op.params["weight"])
             bslot = self.bias_slot(bias)

@@ -270,6 +270,59 @@ def test_depthwise_registers_kernel(rng, vw, host, stride, h, w, kh, pad, dil):
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
+@pytest.mark.parametrize("cin,cout,h,w,k,stride,pad,dil", [
+    (3, 32, 40, 36, 3, 2, 1, 1), (3, 16, 30, 30, 7, 2, 3, 1), (1, 6, 28, 28, 5, 1, 2, 1),
+    (3, 8, 17, 23, 3, 1, 1, 1), (2, 6, 19, 13, 3, 2, 0, 1), (4, 12, 30, 30, 3, 2, 2, 2),
+    (3, 5, 9, 9, 3, 1, 1, 1)])
+def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
+    """The few-input-channel direct conv alone (RGB first convs: 3x3 and 7x7 at stride 2),
+    the 8-lane one compiled for an AVX2-only CPU too, against torch: rows of several vector
+    chunks and a part vector, output channels in blocks (5 and 6: blocks that are not powers
+    of 2), padding on every edge, dilation, pruned taps, fused clamp."""
+    from sparsecc.native import smallconv as SC
+
+    spec = SC.SmallConvSpec(vw, cin, cout, h, w, k, k, stride, pad, pad, dil, dil, "clamp",
+                            0.0, 6.0, True)
+    mod = ir.Module("sconv")
+    spec.emit(mod, "s")
+    target = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
+                                 "-avx512f,-avx512bw,-avx512dq,-avx512vl") if host else None
+    f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
+        jit.load_object(jit.compile_ir(ES.module_text(mod), h=target), ["s"])["s"])
+    x = rng.standard_normal((2, cin, h, w)).astype(np.float32) * 2
+    wt = (rng.standard_normal((cout, cin, k, k)) * (rng.random((cout, cin, k, k)) < 0.7)
+          ).astype(np.float32) * 0.5
+    bias = rng.standard_normal(cout).astype(np.float32)
+    out = np.full((2, cout, spec.ho, spec.wo), np.nan, np.float32)
+    args = np.array([x.ctypes.data, wt.ctypes.data, bias.ctypes.data, out.ctypes.data],
+                    np.int64)
+    f(0, 2 * cout // spec.blocking[0] * spec.ho, args.ctypes.data)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
+                                     torch.from_numpy(bias), stride, pad, dil).clamp(0, 6)
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+@pytest.mark.parametrize("k,stride,hw", [(3, 2, 33), (7, 2, 40), (3, 1, 12)])
+def test_first_conv_direct_native(seed, fmt, k, stride, hw):
+    """A 3-channel input's conv runs the direct kernel through the library (dense weights,
+    or sparse ones as a dense table), against torch at batches 1 and 3."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, k, stride, k // 2),
+                                torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        model[0].weight.mul_((torch.rand_like(model[0].weight) < 0.5).float())
+    cm = sparsecc.compile(model, torch.randn(1, 3, hw, hw),
+                          recipe={"formats": {"force": fmt}})
+    assert cm.native is not None, cm.native_status
+    assert cm.report(measure=False).rows[0]["kernel"] == \
+        "native direct conv (few input channels)"
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, hw, hw)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 def test_gemm_avx2_code_path(rng):
     """The 8-lane (AVX2) GEMM, compiled for an AVX2-only CPU (haswell, no AVX-512), runs on
     this machine and matches numpy: the code an AVX2 host builds is tested here too."""
