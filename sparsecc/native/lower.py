@@ -978,17 +978,47 @@ class Lowering:
         span = tile * self.vw
         ntiles = m.cdiv(span)
         ld = ntiles * span
-        qn = self.temp("q8cols", (m + span) * (k4 * 4))  # >= ld * k4 dwords, affine
-        self.call(quant, [T(x), T(qn), I(m), I(k), I(k), I(ld), inv, I(zero)], m, 4.0 * k,
-                  only_if=many)
+        if self.i in self.q8_in:  # the int8 linear before wrote the codes (many rows)
+            qn = self.q8_in[self.i][0]
+        else:
+            qn = self.temp("q8cols", (m + span) * (k4 * 4))  # >= ld * k4 dwords, affine
+            self.call(quant, [T(x), T(qn), I(m), I(k), I(k), I(ld), inv, I(zero)], m,
+                      4.0 * k, only_if=many)
         tiles_1 = max(ntiles(max(2, self.plan.example_batch)), 1)
         nrb = max(1, min(o, -(-4 * self.threads // tiles_1), 64))
-        sym, fused, label = kernel("spmm", tile)
+        # the next int8 linear's grouped codes straight from the epilogue, when it alone
+        # reads the output (the float output is still written on one row: the SpMV's)
+        nxt = self._q8_linear_reader(out, o) if actn in ("none", "relu", "clamp") else None
+        codes = []
+        if nxt is not None:
+            j, nop = nxt
+            cn = self.temp("q8next", (m + span) * o)  # its q8cols
+            self.p.buffers[cn].last = j
+            self.q8_in[j] = (cn, 0)
+            codes = [T(cn), F(float(np.float32(1.0 / float(nop.attrs["x_scale"])))),
+                     I(int(nop.attrs["x_zero"])), I(0)]
+        sym, fused, label = self._q8_kernel(op, "spmm", (actn, pa, pb), tile=tile,
+                                            codes=1 if codes else 0)
         self.call(sym, [*w[:3], T(qn), T(out), *w[3:], I(m), I(o), I(ld), I(nrb), I(0), I(0),
-                        I(0)], ntiles * nrb, 2.0 * 4 * nnz / nrb * span, only_if=many)
+                        I(0), I(0), *codes], ntiles * nrb, 2.0 * 4 * nnz / nrb * span,
+                  only_if=many)
         if not fused:
             self.act_on(out, (actn, pa, pb))
-        return label
+        return label + (" -> int8 codes (several rows)" if codes else "")
+
+    def _q8_linear_reader(self, name: str, o: int) -> tuple[int, Op] | None:
+        """(index, op) of the int8 linear that alone reads ``name`` (o features, a whole
+        number of 4-feature groups), for its grouped codes to come from the writer."""
+        if o % 4 or self.vw != 16 or "+avx512bw" not in self.features:
+            return None
+        j = self._only_reader(name)
+        if j is None:
+            return None
+        nop = self.plan.ops[j]
+        if nop.kind != "qlinear" or nop.inputs[0] != name or \
+                int(nop.attrs["weight_shape"][1]) != o:
+            return None
+        return j, nop
 
     def _q8_kernel(self, op: Op, family: str, act, bits: int = 0, tile: int = 1,
                    residual: bool = False, codes: int = 0) -> tuple[str, bool, str]:

@@ -39,9 +39,10 @@ Q_X, Q_Q, Q_M, Q_K, Q_XLD, Q_LD, Q_INV, Q_ZERO = range(8)
 A_INDPTR, A_IDX, A_DATA, A_Q, A_OUT, A_MULT, A_BIAS, A_M, A_O, A_LD, A_NRB = range(11)
 A_XNS, A_ONS, A_ORS = 11, 12, 13  # spmm / conv: per-sample strides, out row stride (conv)
 A_RES = 14  # conv with a residual: the addend, laid out as out
-# conv writing codes (``codes``): the uint8 codes of its output for the int8 1x1 conv that
-# reads it, in 4-channel groups (channel r's byte r % 4 of dword n * qns + (r // 4) * m + p),
-# 1 / scale (float64 bits) and zero point of that conv's input
+# spmm / conv writing codes (``codes``): the uint8 codes of its output for the int8 layer
+# that reads it, in groups of 4 outputs (conv: channel r's byte r % 4 of dword n * qns +
+# (r // 4) * m + p; linear: of dword (r // 4) * ld + row), 1 / scale (float64 bits) and zero
+# point of that layer's input
 A_QOUT, A_QINV, A_QZERO, A_QNS = 15, 16, 17, 18
 N_ARGS = 19
 
@@ -69,7 +70,7 @@ class QLinearSpec:
     act_b: float = 0.0
     tile: int = 1  # spmm / conv: vectors of positions a work item (each group's dword reused)
     residual: bool = False  # conv: out = act(y + res), res laid out as out (args[A_RES])
-    codes: int = 0  # conv: 0 float output, 1 codes only (args[A_QOUT...]), 2 both
+    codes: int = 0  # spmm / conv: 0 float output, 1 codes only (args[A_QOUT...]), 2 both
 
     @property
     def key(self) -> str:
@@ -396,17 +397,23 @@ def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
                 at = b.add(b.mul(r, ors), mt)
                 res = k.vload(b.gep(resb, [at], inbounds=True), live) if spec.residual else None
                 y = _epilogue(k, spec, _finish(k, spec, total), mult_v, bias_v, res)
-                if conv and spec.codes:
-                    # the reader's codes (emit_phase's): channel r's byte of each dword
+                if spec.codes:
+                    # the reader's codes (emit_phase's / emit_quantize's grouped rows): output
+                    # r's byte of each dword (conv: of position mt in its sample's planes;
+                    # linear: of row mt in group r // 4, ld dwords a group)
                     c8 = _codes(k, y, qinv, qzero, rint)
-                    dw = b.add(b.add(b.mul(n, qns), b.mul(b.sdiv(r, I64(4)), mm)), mt)
+                    if conv:
+                        dw = b.add(b.add(b.mul(n, qns), b.mul(b.sdiv(r, I64(4)), mm)), mt)
+                    else:
+                        dw = b.add(b.mul(b.sdiv(r, I64(4)), ld), mt)
                     dst = b.gep(qout0, [b.add(b.mul(dw, I64(4)), b.srem(r, I64(4)))])
                     wide = b.shuffle_vector(c8, c8, spread)
                     b.call(bstore, [wide, b.bitcast(dst, bty.as_pointer()), I32(1),
                                     b.and_(b.shuffle_vector(live, live, spread), first)])
-                if conv:
-                    if spec.codes != 1:
-                        k.vstore(y, b.gep(out, [at], inbounds=True), live)
+                if spec.codes == 1:
+                    pass
+                elif conv:
+                    k.vstore(y, b.gep(out, [at], inbounds=True), live)
                 else:
                     rowoff = b.mul(mvec, _splat_i64_val(b, vw, b.mul(oo, I64(4))))
                     addr = b.add(obase, b.add(rowoff, _splat_i64_val(b, vw, b.mul(r, I64(4)))))

@@ -186,6 +186,9 @@ def test_weight_and_activation_quantization():
 
 # ---- the pass and whole models --------------------------------------------------------------
 ALL_INT8 = {"quantize": {"min_macs_per_input": 0.0}}  # no layer kept float32 for speed
+BW = "+avx512bw" in jit.host().features.split(",")  # int8 codes written by their producer
+
+
 class _MLP(nn.Module):
     def __init__(self, sizes, act=nn.ReLU):
         super().__init__()
@@ -205,7 +208,7 @@ def _cal(k, n=4, batch=8, seed=0):
 
 @pytest.mark.parametrize("sizes,act,sparsity", [
     ((37, 50, 9), nn.ReLU, 0.9), ((64, 128, 64, 10), nn.GELU, 0.5), ((5, 1, 3), nn.ReLU, 0.0),
-    ((300, 70, 1), nn.Tanh, 0.95)])
+    ((300, 70, 1), nn.Tanh, 0.95), ((64, 128, 96, 10), nn.ReLU6, 0.9)])
 def test_compiled_int8_matches_executor_and_float(sizes, act, sparsity):
     torch.manual_seed(0)
     m = _MLP(sizes, act).eval()
@@ -227,6 +230,32 @@ def test_compiled_int8_matches_executor_and_float(sizes, act, sparsity):
         ref = flt(x)
         err = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-6)
         assert err < 0.08, (batch, err)
+
+
+def test_int8_linears_write_codes():
+    """An int8 linear read only by another (its outputs whole 4-feature groups, its
+    activation in the epilogue) writes that linear's grouped codes at several rows (one row
+    keeps the float output and the SpMV's own quantize): native == executor bit for bit at
+    batches across tile edges."""
+    torch.manual_seed(3)
+    m = _MLP((40, 96, 64, 30, 12), nn.ReLU).eval()
+    cal = _cal(40)
+    cm = sparsecc.compile(m, cal[0], sparsity=0.8, quantize="int8", calibration=cal,
+                          recipe=ALL_INT8)
+    assert cm.native is not None, cm.native_status
+    labels = [cm.native.lib.labels[i] for i, op in enumerate(cm.plan.ops)
+              if op.kind == "qlinear"]
+    # 96 and 64 outputs feed int8 linears; 30 is not a whole number of groups; 12 is the end
+    assert [lb.endswith("-> int8 codes (several rows)") for lb in labels] == \
+        [BW, BW, False, False], labels
+    from sparsecc.api import CompiledModel
+
+    ex = CompiledModel(cm.plan, native=False)
+    rng = np.random.default_rng(4)
+    for batch in (1, 2, 15, 16, 17, 40):
+        x = rng.standard_normal((batch, 40)).astype(np.float32)
+        x[0] *= 8  # saturated codes
+        np.testing.assert_array_equal(cm(x), ex(x))
 
 
 def test_pass_keeps_layers_float_and_reports():
@@ -379,8 +408,6 @@ def test_compiled_int8_convs():
         ref = flt(x)
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.08
 
-
-BW = "+avx512bw" in jit.host().features.split(",")
 
 
 class _Chain(nn.Module):
