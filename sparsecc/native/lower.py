@@ -45,6 +45,9 @@ from sparsecc.runtime.ops.shape import index_from_attr
 # int8, one input row: a layer with this fraction of its 4-input groups stored (or more) runs
 # as a dense GEMV (contiguous codes, no gathers)
 GEMV_Q8_FILL = 0.5
+# int8, several rows: with this fraction of the groups stored (or more) the rows run as a
+# dense row-blocked kernel (the zero groups cost a dot each, the indices go)
+GEMM_Q8_FILL = 0.9
 # int8 SpMM / conv: vectors of positions per work item (each group's weight dword reused)
 QL_TILE = 4
 
@@ -959,12 +962,14 @@ class Lowering:
         q1 = self.temp("q8row", const(k4 * 4))
         self.call(quant, [T(x), T(q1), I(1), I(k), I(k), I(1), inv, I(zero)], const(1),
                   4.0 * k, only_if=one)
+        full = None
         if nnz >= GEMV_Q8_FILL * o * k4:
             full = np.zeros((o, k4, 4), np.int8)
             indptr = self.plan.constants[op.params["indptr"]]
             rows = np.repeat(np.arange(o), np.diff(indptr))
             full[rows, idx.astype(np.int64)] = self.plan.constants[op.params["data"]]
-            self.call(kernel("gemv")[0], [I(0), I(0), self.derived("q8full", full), T(q1),
+            full = self.derived("q8full", full)
+            self.call(kernel("gemv")[0], [I(0), I(0), full, T(q1),
                                        T(out), *w[3:], I(1), I(o), I(k4), I(1), I(0),
                                        I(0), I(0)],
                       const(o), 8.0 * k4, only_if=one)
@@ -997,11 +1002,17 @@ class Lowering:
             self.q8_in[j] = (cn, 0)
             codes = [T(cn), F(float(np.float32(1.0 / float(nop.attrs["x_scale"])))),
                      I(int(nop.attrs["x_zero"])), I(0)]
-        sym, fused, label = self._q8_kernel(op, "spmm", (actn, pa, pb), tile=tile,
-                                            codes=1 if codes else 0)
-        self.call(sym, [*w[:3], T(qn), T(out), *w[3:], I(m), I(o), I(ld), I(nrb), I(0), I(0),
-                        I(0), I(0), *codes], ntiles * nrb, 2.0 * 4 * nnz / nrb * span,
-                  only_if=many)
+        # every group stored: blocks of output rows sharing each codes load (no indices)
+        rb = 8 if tile == 1 else 4
+        dense = nnz >= GEMM_Q8_FILL * o * k4 and full is not None and o % rb == 0
+        sym, fused, label = self._q8_kernel(op, "gemm" if dense else "spmm", (actn, pa, pb),
+                                            tile=tile, codes=1 if codes else 0,
+                                            rows=rb if dense else 1)
+        wts = [I(0), I(0), full] if dense else w[:3]
+        self.call(sym, [*wts, T(qn), T(out), *w[3:], I(m), I(o), I(ld), I(nrb), I(0), I(0),
+                        I(0), I(0), *(codes or [I(0)] * 4), I(k4)], ntiles * nrb,
+                  2.0 * 4 * (o * k4 if dense else nnz) / nrb * span, only_if=many)
+        label += f" (dense rows, {rb} at once)" if dense else ""
         if not fused:
             self.act_on(out, (actn, pa, pb))
         return label + (" -> int8 codes (several rows)" if codes else "")
@@ -1021,7 +1032,8 @@ class Lowering:
         return j, nop
 
     def _q8_kernel(self, op: Op, family: str, act, bits: int = 0, tile: int = 1,
-                   residual: bool = False, codes: int = 0) -> tuple[str, bool, str]:
+                   residual: bool = False, codes: int = 0, rows: int = 1
+                   ) -> tuple[str, bool, str]:
         """(symbol, fused?, label) of an int8 kernel for ``op`` on this CPU (``bits``: of the
         index stream it reads, default the stored group indices')."""
         actn, pa, pb = act
@@ -1035,7 +1047,7 @@ class Lowering:
         bits = bits or (16 if idx.dtype == np.uint16 else 32)
         spec = QL.QLinearSpec(family, self.vw, vnni, bits, fused,
                               pa if fused == "clamp" else 0.0, pb if fused == "clamp" else 0.0,
-                              tile, residual, codes)
+                              tile, residual, codes, rows)
         return self.ir_kernel(spec), fused == actn, f"native int8 {'vnni' if vnni else 'pmaddwd'}"
 
     def op_qconv2d(self, op: Op):

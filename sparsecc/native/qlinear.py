@@ -44,7 +44,8 @@ A_RES = 14  # conv with a residual: the addend, laid out as out
 # (r // 4) * m + p; linear: of dword (r // 4) * ld + row), 1 / scale (float64 bits) and zero
 # point of that layer's input
 A_QOUT, A_QINV, A_QZERO, A_QNS = 15, 16, 17, 18
-N_ARGS = 19
+A_K4 = 19  # gemm: dwords a weight row (every group stored, data = the (o, k4) dwords)
+N_ARGS = 20
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class QuantizeSpec:
 @dataclass(frozen=True)
 class QLinearSpec:
     family: str  # "spmv" | "gemv" (every group stored: rows of k4 dwords) | "spmm" | "conv"
+    # | "gemm" (several rows, every group stored: ``rows`` output rows at once)
     vw: int
     vnni: bool
     idx_bits: int  # 16 | 32
@@ -71,16 +73,19 @@ class QLinearSpec:
     tile: int = 1  # spmm / conv: vectors of positions a work item (each group's dword reused)
     residual: bool = False  # conv: out = act(y + res), res laid out as out (args[A_RES])
     codes: int = 0  # spmm / conv: 0 float output, 1 codes only (args[A_QOUT...]), 2 both
+    rows: int = 1  # gemm: output rows a block (o a multiple of it)
 
     @property
     def key(self) -> str:
         act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
         return (f"q8_{self.family}_v{self.vw}{'_vnni' if self.vnni else ''}_i{self.idx_bits}"
                 f"_t{self.tile}_{act}{'_res' if self.residual else ''}"
-                + (f"_c{self.codes}" if self.codes else ""))
+                + (f"_c{self.codes}" if self.codes else "")
+                + (f"_r{self.rows}" if self.rows != 1 else ""))
 
     def emit(self, module: ir.Module, name: str) -> None:
-        (emit_spmm if self.family in ("spmm", "conv") else emit_spmv)(module, name, self)
+        (emit_spmm if self.family in ("spmm", "conv", "gemm") else emit_spmv)(module, name,
+                                                                              self)
 
 
 def _f32_arg(k: _K, slot: int, name: str):
@@ -340,7 +345,13 @@ def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
     scatter = k.intrinsic(f"llvm.masked.scatter.v{vw}f32.v{vw}p0", ir.VoidType(),
                           [fvty, pvty, I32, mty])
     tv = spec.tile  # vectors a tile; with one, UNROLL accumulators over the groups instead
-    accs = _accs(k, spec, max(tv, UNROLL if tv == 1 else 1), "acc")
+    dense = spec.family == "gemm"
+    rb_rows = spec.rows
+    if dense:
+        dacc = [_accs(k, spec, tv, f"d{q}_") for q in range(rb_rows)]
+        ld_w = k.arg_i64(A_K4, "k4")
+    else:
+        accs = _accs(k, spec, max(tv, UNROLL if tv == 1 else 1), "acc")
     lanes = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
     span = vw * tv
     ntiles = b.sdiv(b.add(mm, I64(span - 1)), I64(span))
@@ -365,29 +376,15 @@ def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
         out = b.gep(out0, [b.mul(n, ons)], inbounds=True)
         resb = b.gep(res0, [b.mul(n, ons)], inbounds=True) if spec.residual else None
         per = b.sdiv(b.add(oo, b.sub(nrb, I64(1))), nrb)
+        if dense:  # whole blocks of RB rows
+            per = b.mul(b.sdiv(b.add(per, I64(rb_rows - 1)), I64(rb_rows)), I64(rb_rows))
         r0 = b.mul(rb, per)
         r1 = b.select(b.icmp_signed("<", b.add(r0, per), oo), b.add(r0, per), oo)
         obase = _splat_i64_val(b, vw, b.ptrtoint(out, I64))
-        with k.loop(r0, r1, "r") as r:
-            for s in accs:
-                _store_acc(k, s, _zero_acc(spec))
-            p0 = b.load(b.gep(indptr, [r], inbounds=True))
-            p1 = b.load(b.gep(indptr, [b.add(r, I64(1))], inbounds=True))
-            if tv == 1:
-                nbig = b.add(p0, b.mul(b.sdiv(b.sub(p1, p0), I64(UNROLL)), I64(UNROLL)))
-                with k.loop(p0, nbig, "p", step=UNROLL) as p:
-                    for u in range(UNROLL):
-                        step(b.add(p, I64(u)), [accs[u]], xb)
-                with k.loop(nbig, p1, "pt") as p:
-                    step(p, [accs[0]], xb)
-                total = _load_acc(k, spec, accs[0])
-                for s in accs[1:]:
-                    total = _acc_add(k, spec, total, _load_acc(k, spec, s))
-                totals = [total]
-            else:
-                with k.loop(p0, p1, "p") as p:
-                    step(p, accs, xb)
-                totals = [_load_acc(k, spec, s) for s in accs]
+
+        def finish_row(r, totals) -> None:
+            """Output row r's epilogue over the tile's vectors: dequantize, bias, residual,
+            activation; the float store and / or the reader's codes."""
             mult_v = k.splat(b.load(b.gep(mult, [r], inbounds=True)))
             bias_v = k.splat(b.load(b.gep(bias, [r], inbounds=True)))
             for t, total in enumerate(totals):
@@ -395,7 +392,8 @@ def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
                 mvec = b.add(_splat_i64_val(b, vw, mt), lanes)
                 live = b.icmp_signed("<", mvec, _splat_i64_val(b, vw, mm))
                 at = b.add(b.mul(r, ors), mt)
-                res = k.vload(b.gep(resb, [at], inbounds=True), live) if spec.residual else None
+                res = k.vload(b.gep(resb, [at], inbounds=True), live) if spec.residual \
+                    else None
                 y = _epilogue(k, spec, _finish(k, spec, total), mult_v, bias_v, res)
                 if spec.codes:
                     # the reader's codes (emit_phase's / emit_quantize's grouped rows): output
@@ -418,6 +416,51 @@ def emit_spmm(module: ir.Module, name: str, spec: QLinearSpec) -> None:
                     rowoff = b.mul(mvec, _splat_i64_val(b, vw, b.mul(oo, I64(4))))
                     addr = b.add(obase, b.add(rowoff, _splat_i64_val(b, vw, b.mul(r, I64(4)))))
                     b.call(scatter, [y, b.inttoptr(addr, pvty), I32(4), live])
+
+        if dense:
+            # every group stored, rows k4 dwords: RB rows at once, each tile vector of codes
+            # loaded once per group and dotted with RB broadcast weight dwords
+            k4 = ld_w
+            with k.loop(r0, r1, "r", step=rb_rows) as r:
+                for row in dacc:
+                    for s_ in row:
+                        _store_acc(k, s_, _zero_acc(spec))
+                wrow = b.gep(data, [b.mul(r, k4)], inbounds=True)
+                with k.loop(I64(0), k4, "g") as g:
+                    xg = b.gep(xb, [b.mul(g, ld)], inbounds=True)
+                    xvs = [b.load(b.bitcast(b.gep(xg, [I64(t * vw)], inbounds=True),
+                                            vty.as_pointer()), align=4) for t in range(tv)]
+                    for q in range(rb_rows):
+                        wv = _bcast_i32(k, b.load(b.gep(wrow, [b.add(b.mul(I64(q), k4), g)],
+                                                        inbounds=True)), vw)
+                        for t, xv in enumerate(xvs):
+                            _store_acc(k, dacc[q][t], _dot(k, spec, _load_acc(k, spec,
+                                                                                  dacc[q][t]),
+                                                             xv, wv))
+                for q in range(rb_rows):
+                    finish_row(b.add(r, I64(q)), [_load_acc(k, spec, s_) for s_ in dacc[q]])
+        else:
+            with k.loop(r0, r1, "r") as r:
+                for s_ in accs:
+                    _store_acc(k, s_, _zero_acc(spec))
+                p0 = b.load(b.gep(indptr, [r], inbounds=True))
+                p1 = b.load(b.gep(indptr, [b.add(r, I64(1))], inbounds=True))
+                if tv == 1:
+                    nbig = b.add(p0, b.mul(b.sdiv(b.sub(p1, p0), I64(UNROLL)), I64(UNROLL)))
+                    with k.loop(p0, nbig, "p", step=UNROLL) as p:
+                        for u in range(UNROLL):
+                            step(b.add(p, I64(u)), [accs[u]], xb)
+                    with k.loop(nbig, p1, "pt") as p:
+                        step(p, [accs[0]], xb)
+                    total = _load_acc(k, spec, accs[0])
+                    for s_ in accs[1:]:
+                        total = _acc_add(k, spec, total, _load_acc(k, spec, s_))
+                    totals = [total]
+                else:
+                    with k.loop(p0, p1, "p") as p:
+                        step(p, accs, xb)
+                    totals = [_load_acc(k, spec, s_) for s_ in accs]
+                finish_row(r, totals)
     b.ret_void()
 
 

@@ -102,15 +102,21 @@ def _reference(codes, qw, mult, bias, act=None):
 
 
 def _call_linear(path, family, codes, qw, mult, bias, act="none", tile=1):
-    """Run the SpMV / GEMV (one row) or SpMM kernel on uint8 ``codes`` (m, k)."""
+    """Run the SpMV / GEMV (one row) or SpMM / row-blocked GEMM kernel on uint8 ``codes``
+    (m, k)."""
     vw, vnni, host = path
     m, k = codes.shape
     k4 = -(-k // 4)
     bits = 16 if qw.groups.dtype == np.uint16 else 32
-    f = _kernel(QL.QLinearSpec(family, vw, vnni, bits, act, tile=tile), host)
+    rows = next((r for r in (8, 4, 2) if qw.rows % r == 0), 1) if family == "gemm" else 1
+    f = _kernel(QL.QLinearSpec(family, vw, vnni, bits, act, tile=tile, rows=rows), host)
     out = np.full((m, qw.rows), np.nan, np.float32)
     data = np.ascontiguousarray(qw.data)
-    if family == "spmm":
+    if family in ("gemv", "gemm"):  # every group: the (rows, k4) dword table
+        data = np.zeros((qw.rows, k4, 4), np.int8)
+        rws = np.repeat(np.arange(qw.rows), np.diff(qw.indptr))
+        data[rws, qw.groups.astype(np.int64)] = qw.data
+    if family in ("spmm", "gemm"):
         ld = -(-m // (vw * tile)) * vw * tile
         q = np.zeros((k4, ld, 4), np.uint8)
         padded = np.pad(codes, ((0, 0), (0, k4 * 4 - k)))
@@ -118,13 +124,9 @@ def _call_linear(path, family, codes, qw, mult, bias, act="none", tile=1):
         nrb = 3
         _run(f, (ld // (vw * tile)) * nrb, qw.indptr.ctypes.data, qw.groups.ctypes.data,
              data.ctypes.data, q.ctypes.data, out.ctypes.data, mult.ctypes.data,
-             bias.ctypes.data, m, qw.rows, ld, nrb, 0, 0, 0)
+             bias.ctypes.data, m, qw.rows, ld, nrb, 0, 0, 0, 0, 0, 0, 0, 0, k4)
         return out
     q = np.pad(codes[0], (0, k4 * 4 - k))
-    if family == "gemv":
-        data = np.zeros((qw.rows, k4, 4), np.int8)
-        rows = np.repeat(np.arange(qw.rows), np.diff(qw.indptr))
-        data[rows, qw.groups.astype(np.int64)] = qw.data
     _run(f, qw.rows, qw.indptr.ctypes.data, qw.groups.ctypes.data, data.ctypes.data,
          q.ctypes.data, out.ctypes.data, mult.ctypes.data, bias.ctypes.data, 1, qw.rows, k4, 1,
          0, 0, 0)
@@ -132,14 +134,14 @@ def _call_linear(path, family, codes, qw, mult, bias, act="none", tile=1):
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: f"v{p[0]}{'-vnni' if p[1] else ''}")
-@pytest.mark.parametrize("family", ["spmv", "gemv", "spmm"])
+@pytest.mark.parametrize("family", ["spmv", "gemv", "spmm", "gemm"])
 @settings(max_examples=20, deadline=None)
 @given(o=st.integers(1, 40), k=st.integers(1, 300), m=st.integers(1, 70),
        density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), seed=st.integers(0, 2**31 - 1),
        act=st.sampled_from(["none", "relu"]), tile=st.sampled_from([1, 2, 4]))
 def test_linear_kernels_exact(path, family, o, k, m, density, seed, act, tile):
     rng = np.random.default_rng(seed)
-    if family != "spmm":
+    if family not in ("spmm", "gemm"):
         m, tile = 1, 1
     qw = Q.quantize_weight(_weight(rng, o, k, density))
     codes = rng.integers(0, 256, (m, k)).astype(np.uint8)
@@ -150,7 +152,7 @@ def test_linear_kernels_exact(path, family, o, k, m, density, seed, act, tile):
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: f"v{p[0]}{'-vnni' if p[1] else ''}")
-@pytest.mark.parametrize("family", ["spmv", "gemv", "spmm"])
+@pytest.mark.parametrize("family", ["spmv", "gemv", "spmm", "gemm"])
 def test_saturation_worst_case(path, family, rng):
     """Every code 255 against +-127 weights (runs of one sign: the largest pair sums), and
     the long row whose int32 sum is 255 * 127 * 16384 = 530,579,456."""
@@ -159,11 +161,11 @@ def test_saturation_worst_case(path, family, rng):
         w[1] = -127.0
         w[2] = _weight(rng, 1, k, density, extreme=True)[0]
         qw = Q.quantize_weight(w)
-        m = 1 if family != "spmm" else 19
+        m = 1 if family not in ("spmm", "gemm") else 19
         codes = np.full((m, k), 255, np.uint8)
         one = np.ones(3, np.float32)
         got = _call_linear(path, family, codes, qw, one, np.zeros(3, np.float32),
-                           tile=2 if family == "spmm" else 1)
+                           tile=2 if m > 1 else 1)
         acc = Q.accumulate(codes, qw)
         assert acc[0, 0] == 255 * 127 * k and acc[0, 1] == -255 * 127 * k
         np.testing.assert_array_equal(got, acc.astype(np.float32))
