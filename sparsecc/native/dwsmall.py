@@ -22,7 +22,8 @@ floats. ``mult`` output channels per input channel (1 for MobileNetV2; a dense c
 vectors).
 
 ABI ``void k(i64 start, i64 stop, i64* args)``; args: x, weight (C, kh*kw), bias, out, C
-(output channels).
+(output channels); with ``q8`` out is the codes' planes, then 1 / scale (float64 bits), the
+zero point and the dwords a sample (_Store).
 """
 
 from __future__ import annotations
