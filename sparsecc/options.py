@@ -32,6 +32,12 @@ def env_native_fuse() -> bool:
     return os.environ.get("SPARSECC_NATIVE_FUSE", "1") not in ("0", "")
 
 
+def env_expand() -> bool:
+    """SPARSECC_EXPAND=0 keeps a 1x1 expand conv out of the depthwise conv after it (the
+    native library otherwise computes it there a channel at a time): for A/B measurements."""
+    return env_native_fuse() and os.environ.get("SPARSECC_EXPAND", "1") not in ("0", "")
+
+
 def env_native_kernels() -> str:
     """SPARSECC_NATIVE_KERNELS=numba runs attention on the numba-authored kernel instead of
     the LLVM one (the previous kernel, kept for A/B measurements and as a reference)."""

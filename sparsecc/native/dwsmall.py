@@ -38,6 +38,11 @@ from sparsecc.codegen.llvm.emit import F32, FUSED_ACTS, I1, I32, I64
 from sparsecc.native.vmath import _K
 
 D_X, D_W, D_BIAS, D_OUT, D_C, D_INV, D_ZERO, D_QSTRIDE = range(8)
+# with ``expand``: x is the 1x1 expand conv's input (ex_cin channels), its CSR weight
+# (indptr i64, column i32, value f32) and bias (f32, or a zero to point at)
+D_EX_INDPTR, D_EX_IDX, D_EX_DATA, D_EX_BIAS, D_EX_CIN = range(8, 13)
+# the largest plane an expanded channel may take on the stack (floats)
+EXPAND_PLANE = 112 * 112
 # Vectors a plane may have (28 x 28 = 49 with AVX-512): the code is unrolled over them, one
 # masked load and FMA per tap and vector, in groups of at most group() accumulators.
 MAX_VECTORS = 64
@@ -63,6 +68,12 @@ class DepthwiseSpec:
     # write uint8 codes (clamp(rint(y / scale) + zero, 0, 255)) into the int8 1x1 conv's
     # grouped planes (4 channels a dword) instead of float32 planes
     q8: bool = False
+    # the 1x1 conv before (sparse, stride 1) computed here a channel at a time: its plane goes
+    # through the stack (L1/L2) and never to memory; its activation ("" = no expand)
+    expand: str = ""
+    ex_a: float = 0.0
+    ex_b: float = 0.0
+    ex_bias: bool = True
 
     @property
     def key(self) -> str:
@@ -70,7 +81,9 @@ class DepthwiseSpec:
         return (f"dws_v{self.vw}_{self.h}x{self.w}_k{self.kh}x{self.kw}_p{self.ph}x{self.pw}"
                 f"_d{self.dh}x{self.dw}_{act}_{'b' if self.has_bias else 'nb'}"
                 + (f"_m{self.mult}" if self.mult != 1 else "")
-                + (f"_s{self.stride}" if self.stride != 1 else "") + ("_q8" if self.q8 else ""))
+                + (f"_s{self.stride}" if self.stride != 1 else "") + ("_q8" if self.q8 else "")
+                + (f"_x{self.expand}{self.ex_a:g}_{self.ex_b:g}{'b' if self.ex_bias else ''}"
+                   if self.expand else ""))
 
     @property
     def ho(self) -> int:
@@ -215,10 +228,12 @@ def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> N
             store(b.load(acc[n]), b.gep(ob, [I64(v * vw)]), lanes)
 
     store = _Store(k, spec)
+    expand = _Expand(k, spec, x, C) if spec.expand else None
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         c = b.srem(t, C)
         # output plane t = (n, c) reads input plane n * cin + c // mult = t // mult
-        xb = b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw))])
+        xb = expand.plane(t, c) if expand else \
+            b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw))])
         ob = store.plane(out, t, c, C, hw)
         wrow = b.gep(wt, [b.mul(c, I64(taps))])
         init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else zero
@@ -326,9 +341,11 @@ def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None
 
     nu, i0, i1, per = spec.s2_units()
     store = _Store(k, spec)
+    expand = _Expand(k, spec, x, C) if spec.expand else None
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         c = b.srem(t, C)
-        xb = b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw_in))])
+        xb = expand.plane(t, c) if expand else \
+            b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw_in))])
         ob = store.plane(out, t, c, C, hw_out)
         wrow = b.gep(wt, [b.mul(c, I64(taps))])
         init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else zero
@@ -402,3 +419,80 @@ class _Store:
         mask = ir.Constant(ir.VectorType(I1, 4 * vw),
                            [q % 4 == 0 and bool(lanes[q // 4]) for q in range(4 * vw)])
         b.call(self.mstore, [wide, b.bitcast(ptr, self.bty.as_pointer()), I32(1), mask])
+
+
+class _Expand:
+    """The 1x1 conv before the depthwise one, a channel at a time (``spec.expand``): plane c
+    = act(bias[c] + sum over row c's nonzeros w * x[n, k]) on the stack, 4 vectors a step
+    (the row's few nonzeros inside), then the depthwise taps read it as their input plane.
+    An expanded channel feeds exactly one depthwise channel (mult 1), so nothing is computed
+    twice, and the expanded tensor (6x the block's input) never goes through memory."""
+
+    STEP = 4  # vectors of positions a step
+
+    def __init__(self, k: _K, spec: DepthwiseSpec, x, C):
+        b = k.b
+        self.k, self.spec, self.x, self.C = k, spec, x, C
+        self.hw = spec.h * spec.w
+        vw = spec.vw
+        self.indptr = b.inttoptr(k.arg_i64(D_EX_INDPTR, "ex_indptr"), I64.as_pointer())
+        self.idx = b.inttoptr(k.arg_i64(D_EX_IDX, "ex_idx"), I32.as_pointer())
+        self.data = k.arg_ptr(D_EX_DATA, "ex_data")
+        self.bias = k.arg_ptr(D_EX_BIAS, "ex_bias")
+        self.cin = k.arg_i64(D_EX_CIN, "ex_cin")
+        span = self.STEP * vw
+        self.buf = b.bitcast(k.alloca(ir.ArrayType(F32, -(-self.hw // span) * span), "xplane"),
+                             F32.as_pointer())
+        self.act = _ActOf(spec.expand, spec.ex_a, spec.ex_b)
+
+    def plane(self, t, c):
+        """Compute expanded channel c of sample t // C into the stack plane; its pointer."""
+        k, spec, hw, vw = self.k, self.spec, self.hw, self.spec.vw
+        b = k.b
+        n = b.sdiv(t, self.C)
+        xn = b.gep(self.x, [b.mul(b.mul(n, self.cin), I64(hw))])
+        init = k.splat(b.load(b.gep(self.bias, [c]))) if spec.ex_bias else \
+            ir.Constant(k.vty, [0.0] * vw)
+        p0 = b.load(b.gep(self.indptr, [c]))
+        p1 = b.load(b.gep(self.indptr, [b.add(c, I64(1))]))
+        span = self.STEP * vw
+        nfull = hw // span
+        tail = hw - nfull * span
+
+        def step(pos, nvec: int, last_lanes: int) -> None:
+            acc = [k.alloca(k.vty, f"ex{q}") for q in range(nvec)]
+            for a in acc:
+                b.store(init, a)
+            masks = [None] * nvec
+            if last_lanes < vw:
+                masks[-1] = ir.Constant(ir.VectorType(I1, vw),
+                                        [la < last_lanes for la in range(vw)])
+            with k.loop(p0, p1, "exp") as p:
+                col = b.sext(b.load(b.gep(self.idx, [p])), I64)
+                ws = k.splat(b.load(b.gep(self.data, [p])))
+                row = b.gep(xn, [b.add(b.mul(col, I64(hw)), pos)])
+                for q in range(nvec):
+                    xv = k.vload(b.gep(row, [I64(q * vw)]), masks[q])
+                    b.store(k.fma(ws, xv, b.load(acc[q])), acc[q])
+            for q in range(nvec):
+                # lanes past the plane (a part last vector) hold act(bias): the stack plane
+                # has room for them and the depthwise loads mask them off
+                k.vstore(k.act(b.load(acc[q]), self.act), b.gep(self.buf, [b.add(
+                    pos, I64(q * vw))]), None)
+
+        if nfull:
+            with k.loop(I64(0), I64(nfull * span), "xp", step=span) as pos:
+                step(pos, self.STEP, vw)
+        if tail:
+            nvec = -(-tail // vw)
+            step(I64(nfull * span), nvec, tail - (nvec - 1) * vw)
+        return self.buf
+
+
+@dataclass(frozen=True)
+class _ActOf:
+    """An activation as ``k.act`` reads it from a spec."""
+
+    act: str
+    act_a: float
+    act_b: float

@@ -38,7 +38,7 @@ from sparsecc.native.kernels import (
     UNARY_FNS,
     f64_bits,
 )
-from sparsecc.options import env_native_fuse, env_native_kernels
+from sparsecc.options import env_expand, env_native_fuse, env_native_kernels
 from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.shape import index_from_attr
 
@@ -224,6 +224,9 @@ class Lowering:
         # pass disappears): reader op index -> (the codes' temporary, dwords a sample)
         self.q8_in: dict[int, tuple[str, int]] = {}
         self.q8_dropped: set[str] = set()  # the tensors only as codes (no float32 copy)
+        # 1x1 expand convs computed inside the depthwise conv after them, a channel at a
+        # time: depthwise op index -> (the expand op, its activation, CSR, bias)
+        self.expand_in: dict[int, tuple[Op, tuple[str, float, float], tuple, str | None]] = {}
         # head permutes fused into the sparse linear beside them (_head_permutes): linear op
         # index -> (the permute's output it writes, B, S, H, D) / (the tensor it reads, ...)
         self.dst_heads: dict[int, tuple[str, E, E, E, E]] = {}
@@ -1399,23 +1402,39 @@ class Lowering:
         if planar and DW.fits(self.vw, h.value, w.value, ho_, wo_, sh, sw_, cin_, cout_,
                               act[0], kh, kw, ph, pw, dh, dw):
             q8 = self._q8_codes_out(out, cout_, hw)  # (codes only: no dual store here)
+            ex = self.expand_in.get(self.i)
+            exa = ex[1] if ex else ("", 0.0, 0.0)
             spec = DW.DepthwiseSpec(self.vw, h.value, w.value, kh, kw, ph, pw, dh, dw, act[0],
                                     act[1] if act[0] == "clamp" else 0.0,
                                     act[2] if act[0] == "clamp" else 0.0, bias is not None,
-                                    cout_ // cin_, sh, q8 is not None)
+                                    cout_ // cin_, sh, q8 is not None, exa[0],
+                                    exa[1] if exa[0] == "clamp" else 0.0,
+                                    exa[2] if exa[0] == "clamp" else 0.0,
+                                    bool(ex and ex[3]))
             if sparse:  # the kernel skips zero taps itself: its weights as a dense table
                 csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
                 wslot = self.derived("wplanar", csr_to_dense(*csr, (cout_, kh * kw)))
             else:
                 wslot = self.const(op.params["weight"])
-            args = [T(x), wslot, self.bias_slot(bias), T(out), I(cout)]
+            args = [T(x), wslot, self.bias_slot(bias), T(out), I(cout), I(0), I(0), I(0)]
             if q8 is not None:
                 args[DW.D_OUT] = T(q8[0])
-                args += q8[1:4]
-            self.call(self.ir_kernel(spec), args, nb * cout_, 2.0 * kh * kw * hw)
+                args[DW.D_INV:DW.D_QSTRIDE + 1] = q8[1:4]
+            cost = 2.0 * kh * kw * hw
+            if ex:  # the expand conv's input, weights and bias
+                eop, _, (eptr, eidx, edata), ebias = ex
+                args[DW.D_X] = T(eop.inputs[0])
+                args += [self.derived("ex_indptr", eptr.astype(np.int64)),
+                         self.derived("ex_idx", eidx.astype(np.int32)),
+                         self.derived("ex_data", edata.astype(np.float32)),
+                         self.bias_slot(ebias), I(self.shape(eop.inputs[0])[1])]
+                cost += 2.0 * len(edata) / cout_ * h.value * w.value
+            self.call(self.ir_kernel(spec), args, nb * cout_, cost)
             return ("native depthwise (plane in registers)" if cin_ > 1 else
                     "native direct conv (1 input channel, planes in registers)") + \
-                (" -> int8 codes" if q8 is not None else "")
+                (" -> int8 codes" if q8 is not None else "") + \
+                (f" + the 1x1 expand {ex[0].layer or ex[0].name} a channel at a time"
+                 if ex else "")
         if SC.fits(self.vw, cin_, cout_, groups, (sh, sw_), kh, kw, wo_, act[0]):
             spec = SC.SmallConvSpec(self.vw, cin_, cout_, h.value, w.value, kh, kw, sh, ph, pw,
                                     dh, dw, act[0], act[1] if act[0] == "clamp" else 0.0,
@@ -1465,6 +1484,12 @@ class Lowering:
         if groups != 1:
             raise Unsupported("a sparse grouped conv")
         params = {r: self.plan.constants[c] for r, c in op.params.items()}
+        j = self._expand_reader(op, out) if pointwise and env_expand() else None
+        if j is not None:  # computed inside the depthwise conv after it (op_conv2d above)
+            self.expand_in[j] = (op, act, SP.as_csr(op, params), bias)
+            self.fused[self.i] = (j, out)
+            dop = self.plan.ops[j]
+            return f"fused into {dop.layer or dop.name} (expanded a channel at a time)"
         swt = SP.sparse_weight(op, params)
         bias_arr = SP._bias_for(swt, params["bias"]) if bias else np.zeros(1, np.float32)
         bslot = self.derived("bias", bias_arr)
@@ -1676,6 +1701,30 @@ class Lowering:
             self.q8_dropped.add(name)
         scale, zero = float(op.attrs["x_scale"]), int(op.attrs["x_zero"])
         return planes, F(float(np.float32(1.0 / scale))), I(zero), I(per_sample), only
+
+    def _expand_reader(self, op: Op, name: str) -> int | None:
+        """The depthwise conv that alone reads ``name``, the output of ``op`` (a sparse 1x1
+        conv whose activation fuses), when its register kernel can compute ``op`` a channel
+        at a time (one depthwise channel per expanded one, a plane of at most EXPAND_PLANE)."""
+        if _act(op)[0] not in E_.FUSED_ACTS:
+            return None
+        j = self._only_reader(name)
+        if j is None:
+            return None
+        dop = self.plan.ops[j]
+        if dop.kind != "conv2d" or dop.inputs[0] != name:
+            return None
+        a = dop.attrs
+        _, c, h, w = (v.value for v in self.shape(name))
+        _, co, ho, wo = (v.value for v in self.shape(dop.output))
+        kh, kw = (int(v) for v in a["kernel"])
+        sh, sw = (int(v) for v in a["stride"])
+        ph, pw = (int(v) for v in a["padding"])
+        dh, dw = (int(v) for v in a["dilation"])
+        if int(a["groups"]) != c or co != c or c < 2 or h * w > DW.EXPAND_PLANE:
+            return None
+        return j if DW.fits(self.vw, h, w, ho, wo, sh, sw, c, co, _act(dop)[0], kh, kw, ph, pw,
+                            dh, dw) else None
 
     def _plain_q8(self, op: Op, name: str, hw: int) -> bool:
         """Whether ``op`` is an int8 conv whose input pass quantizes ``name`` (hw positions a

@@ -234,6 +234,33 @@ def test_planar_convs_native(seed, cin, cout, hw, stride):
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.parametrize("cin,c,hw,stride,act", [
+    (8, 24, 14, 1, torch.nn.ReLU6), (16, 48, 28, 2, torch.nn.ReLU6), (6, 12, 9, 1, torch.nn.ReLU),
+    (16, 32, 56, 2, torch.nn.ReLU6), (4, 8, 7, 2, torch.nn.Identity),
+    (8, 16, 112, 1, torch.nn.ReLU6)])
+def test_expand_inside_depthwise(seed, cin, c, hw, stride, act):
+    """MobileNetV2's expand 1x1 -> depthwise 3x3 -> project 1x1: the sparse expand conv runs
+    inside the depthwise register kernel a channel at a time (its plane on the stack, never
+    in memory): whole planes, bands (56, 112), stride 2, a part last vector (7 x 7, 9 x 9),
+    no activation; rows with no nonzero (the expand's bias alone)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(cin, c, 1), act(),
+                                torch.nn.Conv2d(c, c, 3, stride, 1, groups=c), torch.nn.ReLU6(),
+                                torch.nn.Conv2d(c, cin, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_((torch.rand_like(model[0].weight) < 0.3).float())
+        model[0].weight[0] = 0.0  # an expanded channel that is its bias alone
+        model[2].weight.mul_((torch.rand_like(model[2].weight) < 0.5).float())
+    cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw))
+    assert cm.native is not None, cm.native_status
+    labels = cm.native.lib.labels
+    assert labels[0].startswith("fused into"), labels
+    assert "the 1x1 expand" in labels[1], labels
+    for batch in (1, 3):
+        x = torch.randn(batch, cin, hw, hw)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 @pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
 @pytest.mark.parametrize("stride,h,w,kh,pad,dil", [(1, 20, 20, 3, 2, 2), (2, 20, 20, 3, 2, 2),
                                                    (2, 37, 23, 5, 2, 1), (2, 9, 13, 3, 0, 1),
