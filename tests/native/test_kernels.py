@@ -300,8 +300,7 @@ def test_depthwise_registers_kernel(rng, vw, host, stride, h, w, kh, pad, dil):
 @pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
 @pytest.mark.parametrize("cin,cout,h,w,k,stride,pad,dil", [
     (3, 32, 40, 36, 3, 2, 1, 1), (3, 16, 30, 30, 7, 2, 3, 1), (1, 6, 28, 28, 5, 1, 2, 1),
-    (3, 8, 17, 23, 3, 1, 1, 1), (2, 6, 19, 13, 3, 2, 0, 1), (4, 12, 30, 30, 3, 2, 2, 2),
-    (3, 5, 9, 9, 3, 1, 1, 1)])
+    (2, 6, 19, 13, 3, 2, 0, 1), (4, 12, 30, 30, 3, 2, 2, 2), (3, 5, 9, 9, 3, 1, 1, 1)])
 def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     """The few-input-channel direct conv alone (RGB first convs: 3x3 and 7x7 at stride 2),
     the 8-lane one compiled for an AVX2-only CPU too, against torch: rows of several vector
@@ -330,8 +329,8 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["dense", "csr"])
-@pytest.mark.parametrize("k,stride,hw", [(3, 2, 33), (7, 2, 40), (3, 1, 12)])
+@pytest.mark.parametrize("fmt,k,stride,hw", [("dense", 3, 2, 33), ("csr", 7, 2, 40),
+                                            ("csr", 3, 1, 12)])
 def test_first_conv_direct_native(seed, fmt, k, stride, hw):
     """A 3-channel input's conv runs the direct kernel through the library (dense weights,
     or sparse ones as a dense table), against torch at batches 1 and 3."""
