@@ -320,6 +320,8 @@ class Lowering:
                                   f"({type(exc).__name__}: {exc})") from None
             if op.kind != "reshape" or len(self.p.calls) > ncalls:
                 self.p.labels[i] = label or "native"
+        if self.expand_in:  # an expand conv left to a depthwise conv that did not take it
+            raise Unsupported(f"expand convs not run: {sorted(self.expand_in)}")
         for call in self.p.calls:  # a constant read as a tensor (a cat of a constant, ...)
             for slot in call.args:
                 if slot.kind == "tensor" and slot.name in plan.constants:
@@ -1402,7 +1404,7 @@ class Lowering:
         if planar and DW.fits(self.vw, h.value, w.value, ho_, wo_, sh, sw_, cin_, cout_,
                               act[0], kh, kw, ph, pw, dh, dw):
             q8 = self._q8_codes_out(out, cout_, hw)  # (codes only: no dual store here)
-            ex = self.expand_in.get(self.i)
+            ex = self.expand_in.pop(self.i, None)
             exa = ex[1] if ex else ("", 0.0, 0.0)
             spec = DW.DepthwiseSpec(self.vw, h.value, w.value, kh, kw, ph, pw, dh, dw, act[0],
                                     act[1] if act[0] == "clamp" else 0.0,
@@ -1721,7 +1723,8 @@ class Lowering:
         sh, sw = (int(v) for v in a["stride"])
         ph, pw = (int(v) for v in a["padding"])
         dh, dw = (int(v) for v in a["dilation"])
-        if int(a["groups"]) != c or co != c or c < 2 or h * w > DW.EXPAND_PLANE:
+        if int(a["groups"]) != c or co != c or c < 2 or h * w > DW.EXPAND_PLANE or \
+                SP.is_sparse(a.get("fmt")):  # (op_conv2d's "planar" branch: dense weights)
             return None
         return j if DW.fits(self.vw, h, w, ho, wo, sh, sw, c, co, _act(dop)[0], kh, kw, ph, pw,
                             dh, dw) else None
