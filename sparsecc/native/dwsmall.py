@@ -29,12 +29,14 @@ zero point and the dwords a sample (_Store).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import F32, FUSED_ACTS, I1, I32, I64
+from sparsecc.codegen.llvm.emit import F32, FUSED_ACTS, I1, I32, I64, act_key
+from sparsecc.ir.kinds import conv_out
 from sparsecc.native.vmath import _K
 
 D_X, D_W, D_BIAS, D_OUT, D_C, D_INV, D_ZERO, D_QSTRIDE = range(8)
@@ -77,7 +79,7 @@ class DepthwiseSpec:
 
     @property
     def key(self) -> str:
-        act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
+        act = act_key(self)
         return (f"dws_v{self.vw}_{self.h}x{self.w}_k{self.kh}x{self.kw}_p{self.ph}x{self.pw}"
                 f"_d{self.dh}x{self.dw}_{act}_{'b' if self.has_bias else 'nb'}"
                 + (f"_m{self.mult}" if self.mult != 1 else "")
@@ -87,11 +89,11 @@ class DepthwiseSpec:
 
     @property
     def ho(self) -> int:
-        return (self.h + 2 * self.ph - self.dh * (self.kh - 1) - 1) // self.stride + 1
+        return conv_out(self.h, self.kh, self.stride, self.ph, self.dh)
 
     @property
     def wo(self) -> int:
-        return (self.w + 2 * self.pw - self.dw * (self.kw - 1) - 1) // self.stride + 1
+        return conv_out(self.w, self.kw, self.stride, self.pw, self.dw)
 
     @property
     def vectors(self) -> int:
@@ -186,19 +188,43 @@ def fits(vw: int, h: int, w: int, ho: int, wo: int, sh: int, sw: int, cin: int, 
     return spec.vectors <= MAX_VECTORS or spec.band is not None
 
 
+def lane_mask(vw: int, cond: np.ndarray) -> ir.Constant | None:
+    """A constant lane mask (None when every lane is on: a plain load / store)."""
+    return None if cond.all() else ir.Constant(ir.VectorType(I1, vw), [bool(v) for v in cond])
+
+
+def row_load(k: _K, rowp, col: int, need: int, w: int):
+    """vw floats of an input row (``rowp``, w floats) from column ``col``, the first ``need``
+    of them used; lanes outside [0, w) read as zero and are not read at all (the mask), so
+    nothing outside the row is touched. None when no lane is inside."""
+    c = col + np.arange(k.vw)
+    live = (c >= 0) & (c < w) & (np.arange(k.vw) < need)
+    if not live.any():
+        return None
+    # no inbounds: a tap left of column 0 starts before the row (those lanes masked)
+    return k.vload(k.b.gep(rowp, [I64(col)]), lane_mask(k.vw, live))
+
+
+def row_run(k: _K, rowp, col: int, m: int, w: int, stride: int):
+    """The inputs of m consecutive output columns from an input row, the first at column
+    ``col``: one masked load at stride 1; at stride 2 two, and a shuffle of their even
+    floats. None when every one is padding."""
+    if stride == 1:
+        return row_load(k, rowp, col, m, w)
+    span = 2 * (m - 1) + 1
+    lo, hi = row_load(k, rowp, col, span, w), row_load(k, rowp, col + k.vw, span - k.vw, w)
+    if lo is None and hi is None:
+        return None
+    zero = ir.Constant(k.vty, [0.0] * k.vw)
+    return k.b.shuffle_vector(zero if lo is None else lo, zero if hi is None else hi,
+                              ir.Constant(ir.VectorType(I32, k.vw), list(range(0, 2 * k.vw, 2))))
+
+
 def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> None:
     vw, hw = spec.vw, spec.h * spec.w
     k = _K(module, name, vw)
     b = k.b
-    x, wt, bias, out = (k.arg_ptr(i, n) for i, n in ((D_X, "x"), (D_W, "wt"), (D_BIAS, "bias"),
-                                                     (D_OUT, "out")))
-    C = k.arg_i64(D_C, "C")
     taps = spec.kh * spec.kw
-    zero = ir.Constant(k.vty, [0.0] * vw)
-    mask_ty = ir.VectorType(I1, vw)
-
-    def mask_const(lanes: np.ndarray) -> ir.Constant | None:
-        return None if lanes.all() else ir.Constant(mask_ty, [bool(v) for v in lanes])
 
     def group(xb, ob, wvals, init, vecs, at, base=None) -> None:
         """Vectors ``vecs`` of the plane, computed with the masks of vectors ``at`` (the same
@@ -221,23 +247,13 @@ def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> N
                     # no inbounds: a tap above the plane starts before it (its lanes there
                     # are masked and never read)
                     xv = k.vload(b.gep(xb, [I64(vecs[n] * vw + off)]),
-                                 mask_const(spec.mask(ti, at[n])))
+                                 lane_mask(vw, spec.mask(ti, at[n])))
                     b.store(k.fma(ws, xv, b.load(acc[n])), acc[n])
         for n, v in enumerate(vecs):
             lanes = at[n] * vw + np.arange(vw) < hw
             store(b.load(acc[n]), b.gep(ob, [I64(v * vw)]), lanes)
 
-    store = _Store(k, spec)
-    expand = _Expand(k, spec, x, C) if spec.expand else None
-    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-        c = b.srem(t, C)
-        # output plane t = (n, c) reads input plane n * cin + c // mult = t // mult
-        xb = expand.plane(t, c) if expand else \
-            b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw))])
-        ob = store.plane(out, t, c, C, hw)
-        wrow = b.gep(wt, [b.mul(c, I64(taps))])
-        init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else zero
-        wvals = [b.load(b.gep(wrow, [I64(ti)])) for ti in range(taps)]
+    with _planes(k, spec, hw, hw) as (xb, ob, wvals, init, store):
         if spec.vectors <= MAX_VECTORS:
             for g0 in range(0, spec.vectors, spec.group):
                 vecs = list(range(g0, min(g0 + spec.group, spec.vectors)))
@@ -262,30 +278,15 @@ def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None
     edges are unrolled with their own row checks; the interior ones are a loop over groups
     of units sharing one set of masks."""
     vw, sw = spec.vw, 2
-    hw_in, hw_out = spec.h * spec.w, spec.ho * spec.wo
     k = _K(module, name, vw)
     b = k.b
-    x, wt, bias, out = (k.arg_ptr(i, n) for i, n in ((D_X, "x"), (D_W, "wt"), (D_BIAS, "bias"),
-                                                     (D_OUT, "out")))
-    C = k.arg_i64(D_C, "C")
     taps = spec.kh * spec.kw
     zero = ir.Constant(k.vty, [0.0] * vw)
-    mask_ty = ir.VectorType(I1, vw)
-    idx_ty = ir.VectorType(ir.IntType(32), vw)
+    idx_ty = ir.VectorType(I32, vw)
     ru = spec.unit_rows
 
-    def lanes(cond: np.ndarray) -> ir.Constant | None:
-        return None if cond.all() else ir.Constant(mask_ty, [bool(v) for v in cond])
-
-    def source(xb, row: int, col: int, need: int):
-        """vw floats of input row ``row`` (relative to xb's row) from column ``col``: the
-        first ``need`` of them are used; lanes outside [0, w) read as zero."""
-        c = col + np.arange(vw)
-        live = (c >= 0) & (c < spec.w) & (np.arange(vw) < need)
-        if not live.any():
-            return zero
-        # no inbounds: a tap left of column 0 starts before the plane (those lanes masked)
-        return k.vload(b.gep(xb, [I64(row * spec.w + col)]), lanes(live))
+    def row(xb, r: int):  # (no inbounds: a row above the plane is never read, only named)
+        return b.gep(xb, [I64(r * spec.w)])
 
     def group(entries, wvals, init) -> None:
         """entries: (x unit base, out unit base, the unit's first output row if its taps
@@ -307,22 +308,22 @@ def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None
             with b.if_then(b.fcmp_unordered("!=", wvals[ti], ir.Constant(F32, 0.0))):
                 ws = k.splat(wvals[ti])
                 for n, xb, live, segs in plan:
-                    idx = [0] * vw
                     if len(segs) == 1:  # one run: its inputs span up to two vectors
                         r, c0, m, _ = live[0]
-                        span = sw * (m - 1) + 1
-                        srcs = [source(xb, r * 2 + dy, c0 * sw + dx, span),
-                                source(xb, r * 2 + dy, c0 * sw + dx + vw, span - vw)]
-                        for la in range(m):
-                            idx[la] = sw * la
+                        xv = row_run(k, row(xb, r * 2 + dy), c0 * sw + dx, m, spec.w, sw)
+                        if xv is None:  # all padding (still w x 0: a NaN weight stays NaN)
+                            xv = zero
                     else:  # two short rows: one vector of inputs each (a row whose
                         srcs = [zero, zero]  # tap row is padding reads the zero vector)
+                        idx = [0] * vw
                         for r, c0, m, l0 in segs:
                             if (r, c0, m, l0) in live:
-                                srcs[r] = source(xb, r * 2 + dy, c0 * sw + dx, sw * (m - 1) + 1)
+                                v = row_load(k, row(xb, r * 2 + dy), c0 * sw + dx,
+                                             sw * (m - 1) + 1, spec.w)
+                                srcs[r] = zero if v is None else v
                             for la in range(m):
                                 idx[l0 + la] = r * vw + sw * la
-                    xv = b.shuffle_vector(srcs[0], srcs[1], ir.Constant(idx_ty, idx))
+                        xv = b.shuffle_vector(srcs[0], srcs[1], ir.Constant(idx_ty, idx))
                     b.store(k.fma(ws, xv, b.load(acc[n])), acc[n])
         for n, (_, ob, _, _, (off, m, _)) in enumerate(entries):
             store(b.load(acc[n]), b.gep(ob, [I64(off)]), np.arange(vw) < m)
@@ -340,16 +341,7 @@ def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None
         return [(xu, ou, oh0, rows, v) for v in spec.unit_vectors(rows)]
 
     nu, i0, i1, per = spec.s2_units()
-    store = _Store(k, spec)
-    expand = _Expand(k, spec, x, C) if spec.expand else None
-    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-        c = b.srem(t, C)
-        xb = expand.plane(t, c) if expand else \
-            b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw_in))])
-        ob = store.plane(out, t, c, C, hw_out)
-        wrow = b.gep(wt, [b.mul(c, I64(taps))])
-        init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else zero
-        wvals = [b.load(b.gep(wrow, [I64(ti)])) for ti in range(taps)]
+    with _planes(k, spec, spec.h * spec.w, spec.ho * spec.wo) as (xb, ob, wvals, init, store):
         nloop = (i1 - i0) // per
         edges = [*range(i0), *range(i0 + nloop * per, nu)]
         for g0 in range(0, len(edges), per):
@@ -363,6 +355,30 @@ def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None
                         for e in unit_entries(xb, ob, b.add(u0, I64(q)), False)]
                 group(ents, wvals, init)
     b.ret_void()
+
+
+@contextmanager
+def _planes(k: _K, spec: DepthwiseSpec, hw_in: int, hw_out: int):
+    """Both emitters' work items: the loop over output planes t = (sample, channel c);
+    yields the input plane (x's, or the expanded channel's on the stack), the output plane,
+    the channel's tap weights, its accumulators' start (the bias) and the store."""
+    b = k.b
+    x, wt, bias, out = (k.arg_ptr(i, n) for i, n in ((D_X, "x"), (D_W, "wt"), (D_BIAS, "bias"),
+                                                     (D_OUT, "out")))
+    C = k.arg_i64(D_C, "C")
+    taps = spec.kh * spec.kw
+    store = _Store(k, spec)
+    expand = _Expand(k, spec, x, C) if spec.expand else None
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+        c = b.srem(t, C)
+        # output plane t = (n, c) reads input plane n * cin + c // mult = t // mult
+        xb = expand.plane(t, c) if expand else \
+            b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw_in))])
+        ob = store.plane(out, t, c, C, hw_out)
+        wrow = b.gep(wt, [b.mul(c, I64(taps))])
+        init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else \
+            ir.Constant(k.vty, [0.0] * spec.vw)
+        yield xb, ob, [b.load(b.gep(wrow, [I64(ti)])) for ti in range(taps)], init, store
 
 
 class _Store:
@@ -405,8 +421,7 @@ class _Store:
         b = k.b
         v = k.act(acc, self.spec)
         if not self.spec.q8:
-            k.vstore(v, ptr, None if lanes.all() else
-                     ir.Constant(ir.VectorType(I1, vw), [bool(x) for x in lanes]))
+            k.vstore(v, ptr, lane_mask(vw, lanes))
             return
         # native.qlinear's codes: rint(v / scale) + zero clamped to [0, 255], NaN -> 0
         v = b.fadd(b.call(self.rint, [b.fmul(v, self.inv)]), self.zero)

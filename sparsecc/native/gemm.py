@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from sparsecc.codegen.llvm import emit
-from sparsecc.codegen.llvm.emit import I64, _Fn
+from sparsecc.codegen.llvm.emit import I64, _Fn, act_key
 
 (G_A, G_B, G_C, G_BIAS, G_M, G_N, G_K, G_LDA, G_LDB, G_LDC, G_SA, G_SB, G_SC, G_AMOD, G_BMOD,
  G_SBIAS, G_TM, G_TN) = range(18)
@@ -41,7 +41,7 @@ class GemmSpec:
 
     @property
     def key(self) -> str:
-        act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
+        act = act_key(self)
         return f"gemm_v{self.vw}_{self.bias}_{act}".replace(".", "p").replace("-", "m")
 
     def emit(self, module: ir.Module, name: str) -> None:

@@ -1657,7 +1657,7 @@ class Lowering:
         plan = self.plan
         readers = self._readers(name)
         if env_native_kernels() == "numba" or len(readers) != 1 or name in plan.outputs or \
-                any(t.alias_of == name for t in plan.tensors.values()):
+                self._aliased(name):
             return
         op = plan.ops[readers[0]]
         if op.kind != "sdpa" or name not in op.inputs[:2] or name in op.inputs[2:]:
@@ -1669,11 +1669,14 @@ class Lowering:
     def _only_reader(self, name: str) -> int | None:
         """The index of the one op reading ``name``, when ``name`` is not a plan output, no
         tensor aliases it and exactly one op reads it (so that op may take over its bytes)."""
-        plan = self.plan
-        if name in plan.outputs or any(t.alias_of == name for t in plan.tensors.values()):
+        if name in self.plan.outputs or self._aliased(name):
             return None
-        readers = [j for j, op in enumerate(plan.ops) if name in op.inputs]
+        readers = self._readers(name)
         return readers[0] if len(readers) == 1 else None
+
+    def _aliased(self, name: str) -> bool:
+        """Whether a tensor of the plan is a view of ``name``."""
+        return any(t.alias_of == name for t in self.plan.tensors.values())
 
     def _q8_codes_out(self, name: str, c: int, hw: int, dual: bool = False
                       ) -> tuple[str, Slot, Slot, Slot, bool] | None:
@@ -1685,8 +1688,7 @@ class Lowering:
         Without ``dual`` the 1x1 conv must be the only reader. With AVX-512BW only (a masked
         byte store a vector)."""
         plan = self.plan
-        if c % 4 or self.vw != 16 or "+avx512bw" not in self.features or \
-                any(t.alias_of == name for t in plan.tensors.values()):
+        if c % 4 or self.vw != 16 or "+avx512bw" not in self.features or self._aliased(name):
             return None
         readers = self._readers(name)
         plain = [j for j in readers if self._plain_q8(plan.ops[j], name, hw)]

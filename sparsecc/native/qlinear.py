@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import F32, I1, I32, I64, PTR, _splat_i64_val
+from sparsecc.codegen.llvm.emit import F32, I1, I32, I64, PTR, _splat_i64_val, act_key
 from sparsecc.native.vmath import _K
 
 I8, I16 = ir.IntType(8), ir.IntType(16)
@@ -77,7 +77,7 @@ class QLinearSpec:
 
     @property
     def key(self) -> str:
-        act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
+        act = act_key(self)
         return (f"q8_{self.family}_v{self.vw}{'_vnni' if self.vnni else ''}_i{self.idx_bits}"
                 f"_t{self.tile}_{act}{'_res' if self.residual else ''}"
                 + (f"_c{self.codes}" if self.codes else "")

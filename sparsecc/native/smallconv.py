@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import FUSED_ACTS, I1, I32, I64
+from sparsecc.codegen.llvm.emit import FUSED_ACTS, I64, act_key
+from sparsecc.ir.kinds import conv_out
+from sparsecc.native import dwsmall as DW
 from sparsecc.native.vmath import _K
 
 S_X, S_W, S_BIAS, S_OUT = range(4)
@@ -54,18 +56,18 @@ class SmallConvSpec:
 
     @property
     def key(self) -> str:
-        act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
+        act = act_key(self)
         return (f"sconv_v{self.vw}_{self.cin}x{self.h}x{self.w}_o{self.cout}_k{self.kh}x"
                 f"{self.kw}_s{self.stride}_p{self.ph}x{self.pw}_d{self.dh}x{self.dw}_{act}_"
                 f"{'b' if self.has_bias else 'nb'}")
 
     @property
     def ho(self) -> int:
-        return (self.h + 2 * self.ph - self.dh * (self.kh - 1) - 1) // self.stride + 1
+        return conv_out(self.h, self.kh, self.stride, self.ph, self.dh)
 
     @property
     def wo(self) -> int:
-        return (self.w + 2 * self.pw - self.dw * (self.kw - 1) - 1) // self.stride + 1
+        return conv_out(self.w, self.kw, self.stride, self.pw, self.dw)
 
     @property
     def blocking(self) -> tuple[int, int]:
@@ -103,32 +105,6 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
     ho, wo, h, w = spec.ho, spec.wo, spec.h, spec.w
     taps = spec.kh * spec.kw
     zero = ir.Constant(k.vty, [0.0] * vw)
-    mask_ty = ir.VectorType(I1, vw)
-    even = ir.Constant(ir.VectorType(I32, vw), [s * la for la in range(vw)])
-
-    def lanes(cond: np.ndarray) -> ir.Constant | None:
-        return None if cond.all() else ir.Constant(mask_ty, [bool(v) for v in cond])
-
-    def source(rowp, col: int, need: int):
-        """vw floats of an input row from column ``col``, the first ``need`` used; lanes
-        outside [0, w) read as zero."""
-        c = col + np.arange(vw)
-        live = (c >= 0) & (c < w) & (np.arange(vw) < need)
-        if not live.any():
-            return zero
-        # no inbounds: a tap left of column 0 starts before the row (those lanes masked)
-        return k.vload(b.gep(rowp, [I64(col)]), lanes(live))
-
-    def inputs(rowp, dx: int, c0: int, m: int):
-        """The input vector for output columns c0 .. c0 + m - 1 at column offset dx."""
-        col = c0 * s + dx
-        if s == 1:
-            return source(rowp, col, m)
-        span = s * (m - 1) + 1
-        lo, hi = source(rowp, col, span), source(rowp, col + vw, span - vw)
-        if lo is zero and hi is zero:
-            return zero
-        return b.shuffle_vector(lo, hi, even)
 
     nv = -(-wo // vw)
     chunks = [list(range(v0, min(v0 + V, nv))) for v0 in range(0, nv, V)]
@@ -158,18 +134,21 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                         rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
                         for j in range(spec.kw):
                             dx = j * spec.dw - spec.pw
-                            xs = [inputs(rowp, dx, v * vw, min(vw, wo - v * vw)) for v in vecs]
-                            if all(xv is zero for xv in xs):
+                            # output columns v * vw .. : their inputs from column dx on
+                            xs = [DW.row_run(k, rowp, v * vw * s + dx, min(vw, wo - v * vw), w,
+                                             s) for v in vecs]
+                            if all(xv is None for xv in xs):
                                 continue
                             tap = (ci * spec.kh + i) * spec.kw + j
                             for r in range(R):
                                 ws = k.splat(b.load(b.gep(wb, [I64(r * spec.cin * taps + tap)])))
                                 for q, xv in enumerate(xs):
-                                    if xv is not zero:
+                                    if xv is not None:
                                         b.store(k.fma(ws, xv, b.load(acc[r][q])), acc[r][q])
             for r in range(R):
                 for q, v in enumerate(vecs):
                     m = min(vw, wo - v * vw)
                     k.vstore(k.act(b.load(acc[r][q]), spec),
-                             b.gep(ob, [I64(r * ho * wo + v * vw)]), lanes(np.arange(vw) < m))
+                             b.gep(ob, [I64(r * ho * wo + v * vw)]),
+                             DW.lane_mask(vw, np.arange(vw) < m))
     b.ret_void()

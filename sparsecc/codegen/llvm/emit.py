@@ -55,6 +55,11 @@ A_RES = 17  # residual: a tensor laid out as out, added before the activation
 N_ARGS = 18
 
 
+def act_key(spec) -> str:
+    """A fused activation in a kernel's cache key: its name, with a clamp's bounds."""
+    return spec.act if spec.act != "clamp" else f"clamp{spec.act_a:g}_{spec.act_b:g}"
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """What one compiled kernel does; its ``key`` names it in caches and artifacts."""
@@ -77,7 +82,7 @@ class KernelSpec:
 
     @property
     def key(self) -> str:
-        act = self.act if self.act != "clamp" else f"clamp{self.act_a:g}_{self.act_b:g}"
+        act = act_key(self)
         parts = [KEY_VERSION, self.family, f"v{self.vw}", f"t{self.tile}", act,
                  "b" if self.has_bias else "nb", f"i{self.idx_bits}"]
         if self.family in ("bsr", "nm"):
