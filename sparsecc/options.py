@@ -38,6 +38,12 @@ def env_expand() -> bool:
     return env_native_fuse() and os.environ.get("SPARSECC_EXPAND", "1") not in ("0", "")
 
 
+def env_grouped() -> bool:
+    """SPARSECC_GROUPED=0 runs CSR convs on the generic kernel instead of the grouped
+    assembly one (emit_specialized._group_asm): for A/B measurements."""
+    return os.environ.get("SPARSECC_GROUPED", "1") not in ("0", "")
+
+
 def env_native_kernels() -> str:
     """SPARSECC_NATIVE_KERNELS=numba runs attention on the numba-authored kernel instead of
     the LLVM one (the previous kernel, kept for A/B measurements and as a reference)."""

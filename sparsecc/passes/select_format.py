@@ -207,6 +207,8 @@ def _maybe_specialize(plan: ExecutionPlan, op: Op, batch: int, opts: SelectForma
         flag, cap = "spmv", (opts.specialize_spmv_max_nnz if one_row else 0)
     else:
         flag, cap = opts.specialize, opts.specialize_max_nnz
+    if opts.specialize is False:  # never, not even the native library's grouped kernels
+        op.attrs["specialize"] = False
     if not flag or nnz == 0 or nnz > cap:
         return
     if flag == "spmv" and not budget.take(nnz, len(plan.constants[op.params["indptr"]]) - 1):

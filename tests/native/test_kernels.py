@@ -370,3 +370,57 @@ def test_gemm_avx2_code_path(rng):
                      N, N, 0, 0, 0, 1, 1, 0, tm, tn], np.int64)
     f(0, tm * tn, args.ctypes.data)
     np.testing.assert_allclose(C, np.maximum(A @ B + bias, 0), rtol=1e-4, atol=1e-5)
+
+
+class _Block(torch.nn.Module):
+    """conv -> (+ identity) -> act: the residual add fused into the conv's kernel."""
+
+    def __init__(self, c, cout, k, stride, act, residual):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, cout, k, stride, k // 2, bias=act != "none")
+        self.act, self.residual = act, residual
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.residual:
+            y = y + x
+        return {"none": y, "relu": torch.relu(y), "clamp": torch.clamp(y, 0.0, 6.0)}[self.act]
+
+
+@pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
+@pytest.mark.parametrize("cin,cout,k,stride,hw,act,residual", [
+    (8, 25, 3, 1, 13, "relu", False),   # 2 groups, the second of 1 row; tail piece of 13
+    (16, 16, 1, 1, 12, "none", True),   # 1x1, one partial group, residual, 144 positions
+    (6, 48, 3, 2, 31, "clamp", False),  # phases, 2 full groups, 16 x 16 -> tail
+    (24, 24, 3, 1, 15, "relu", True),   # residual through the crop pass
+    (5, 53, 1, 1, 17, "clamp", False),  # 3 groups, the last of 5
+])
+def test_grouped_sparse_convs(seed, cin, cout, k, stride, hw, act, residual):
+    """CSR convs through the grouped assembly kernel (rows 24 at a time, each column's x
+    loaded once for the group's rows that have it): group edges, tail pieces (masked
+    loads and stores), bias / no bias, ReLU / clamp / none, a fused residual, empty rows and
+    an empty group, against torch at batches 1 and 3."""
+    torch.manual_seed(seed)
+    model = _Block(cin, cout, k, stride, act, residual).eval()
+    with torch.no_grad():
+        w = model.conv.weight
+        w.mul_((torch.rand_like(w) < 0.3).float())
+        w[1] = 0.0  # an empty row
+        if cout > 24:
+            w[24:min(48, cout)] = 0.0  # an empty group
+    cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw), recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    label = cm.native.lib.labels[0]
+    assert "groups of 24" in label, label
+    for batch in (1, 3):
+        x = torch.randn(batch, cin, hw, hw)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+    with torch.no_grad():  # a NaN input reaches the outputs its nonzero weights touch,
+        x = torch.randn(1, cin, hw, hw)  # through the activation (torch's relu keeps NaN)
+        x[0, :, hw // 2, hw // 2] = float("nan")
+        hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (w != 0).float(),
+                                         stride=stride, padding=k // 2) > 0
+        if residual:
+            hit |= torch.isnan(x)
+        assert np.array_equal(np.isnan(cm(x)), hit.numpy())

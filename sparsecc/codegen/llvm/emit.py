@@ -79,6 +79,9 @@ class KernelSpec:
     # spmm/bsr/nm: out = act(acc + res), res read at out's offsets from args[A_RES] (the
     # residual add of a ResNet block fused into the conv before it)
     residual: bool = False
+    # specialised spmm: rows done together (each x vector loaded once for every row of the
+    # group that has its column); 1: row by row
+    group: int = 1
 
     @property
     def key(self) -> str:
@@ -95,6 +98,8 @@ class KernelSpec:
             parts.append(f"l{self.span}")
         if self.residual:
             parts.append("res")
+        if self.group > 1:
+            parts.append(f"g{self.group}")
         return "_".join(parts)
 
 
@@ -256,9 +261,6 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
     if pattern is not None:
         from sparsecc.codegen.llvm.emit_specialized import spmm_row_chunks
 
-        if spec.residual:
-            raise ValueError("a residual is not fused into pattern-specialised kernels")
-
         row_fns = spmm_row_chunks(module, name, spec, pattern)
     with k.loop(k.fn.args[0], k.fn.args[1], "w") as w:
         # Tiles vary fastest: a thread's contiguous run of items covers whole row blocks, so
@@ -338,7 +340,8 @@ def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs
         if any(f is None for f in fns):
             return
         with k.loop(r0, r1, "c") as c:
-            k.call_nth(c, fns, [data, xb, ob, bias, xrs, ors])
+            k.call_nth(c, fns, [data, xb, ob, bias, xrs, ors] + ([k.res] if spec.residual
+                                                                  else []))
         return
     if spec.family == "bsr":
         _bsr_rows(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors)

@@ -49,6 +49,7 @@ class Host:
 def _init() -> None:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    llvm.initialize_native_asmparser()  # module asm (emit_specialized's grouped kernels)
 
 
 @cache
