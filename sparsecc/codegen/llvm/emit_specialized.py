@@ -132,7 +132,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     if not spec.xrs:
         emit_("shl r8, 2")
     masks = {}
-    for v, (_, lanes, live) in enumerate(pcs):
+    for v, (_, _, live) in enumerate(pcs):
         if live < 16:
             masks[v] = f"k{v + 1}"
             emit_(f"mov eax, {(1 << live) - 1}")
