@@ -38,6 +38,13 @@ def env_expand() -> bool:
     return env_native_fuse() and os.environ.get("SPARSECC_EXPAND", "1") not in ("0", "")
 
 
+def env_planes() -> bool:
+    """SPARSECC_PLANES=0 keeps a shifted 3x3 conv from writing the next 3x3 conv's padded
+    input planes (it then writes its output, and the next conv copies it into planes): for
+    A/B measurements."""
+    return env_native_fuse() and os.environ.get("SPARSECC_PLANES", "1") not in ("0", "")
+
+
 def env_grouped() -> bool:
     """SPARSECC_GROUPED=0 runs CSR convs on the generic kernel instead of the grouped
     assembly one (emit_specialized._group_asm): for A/B measurements."""

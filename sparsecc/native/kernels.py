@@ -382,6 +382,23 @@ def k_phase(start, stop, a):
 
 
 @_kernel
+def k_pads(start, stop, a):
+    """[planes, N, C, hq, wq, stride]: zero the border of each (hq, wq) plane (rows 0 and
+    hq - 1, columns 0 and wq - 1), samples ``stride`` floats apart; items N*C. The conv
+    before wrote its wide rows into the interiors (its wrap columns land on the borders)."""
+    hq, wq = a[3], a[4]
+    out = _strided3(a[0], a[1], a[2], hq * wq, a[5])
+    for t in range(start, stop):
+        row = out[t // a[2], t % a[2]]
+        for j in range(wq):
+            row[j] = 0.0
+            row[(hq - 1) * wq + j] = 0.0
+        for i in range(1, hq - 1):
+            row[i * wq] = 0.0
+            row[i * wq + wq - 1] = 0.0
+
+
+@_kernel
 def k_crop(start, stop, a):
     """[full, out, N, Co, ho, wo, wq]: out[n, o, i, j] = full[n, o, i*wq + j]; items N*Co."""
     full = carray(_f32p(a[0]), (a[2], a[3], a[4] * a[6]))

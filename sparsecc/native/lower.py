@@ -38,7 +38,13 @@ from sparsecc.native.kernels import (
     UNARY_FNS,
     f64_bits,
 )
-from sparsecc.options import env_expand, env_grouped, env_native_fuse, env_native_kernels
+from sparsecc.options import (
+    env_expand,
+    env_grouped,
+    env_native_fuse,
+    env_native_kernels,
+    env_planes,
+)
 from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.shape import index_from_attr
 
@@ -226,6 +232,8 @@ class Lowering:
         # conv outputs left in their wide rows for the pool that reads them: name -> (the
         # temporary holding them, its row length)
         self.wide: dict[str, tuple[str, int]] = {}
+        # op index -> the padded planes the shifted conv before it wrote (_planes_reader)
+        self.planes_in: dict[int, str] = {}
         # residual adds fused into the conv before them: add op index -> (conv op index, the
         # conv's own output, which is never written)
         self.fused: dict[int, tuple[int, str]] = {}
@@ -331,6 +339,8 @@ class Lowering:
                 self.p.labels[i] = label or "native"
         if self.expand_in:  # an expand conv left to a depthwise conv that did not take it
             raise Unsupported(f"expand convs not run: {sorted(self.expand_in)}")
+        if self.planes_in:  # padded planes written for a conv that did not read them
+            raise Unsupported(f"padded planes not read: {sorted(self.planes_in)}")
         for call in self.p.calls:  # a constant read as a tensor (a cat of a constant, ...)
             for slot in call.args:
                 if slot.kind == "tensor" and slot.name in plan.constants:
@@ -1563,19 +1573,41 @@ class Lowering:
         g = SP.Shift.of(op, self.example(out))
         rows = cin.value * g.phases
         per_sample = rows * g.plane + g.slack
-        planes = self.temp("planes", nb * per_sample * 4)
-        pys = self.derived("pys", g.pys)
-        pxs = self.derived("pxs", g.pxs)
-        self.call(self.numba("k_phase"),
-                  [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
-                   I(g.sw), pys, I(len(g.pys)), pxs, I(len(g.pxs)), I(g.hq), I(g.wq),
-                   I(per_sample)], nb * rows, float(g.plane))
+        given = self.planes_in.pop(self.i, None)
+        if given is not None:  # the conv before wrote them (see below)
+            planes = given
+            self.p.buffers[planes].last = self.i
+        else:
+            planes = self.temp("planes", nb * per_sample * 4)
+            pys = self.derived("pys", g.pys)
+            pxs = self.derived("pxs", g.pxs)
+            self.call(self.numba("k_phase"),
+                      [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw),
+                       I(g.sh), I(g.sw), pys, I(len(g.pys)), pxs, I(len(g.pxs)), I(g.hq),
+                       I(g.wq), I(per_sample)], nb * rows, float(g.plane))
         L = g.ho * g.wq
-        full = self.temp("full", nb * cout * L * 4)
         offs = g.offsets(swt.indices)
         tile = LK.spmm_tile(L, self.vw, swt.block_rows)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
                                           tile)
+        nxt = None if tail else self._planes_reader(out, g)
+        if nxt is not None:
+            # cross-layer: this conv's wide rows (ho x wq a channel) go straight into the
+            # interiors of the next conv's padded planes (same wq; the wrap columns land on
+            # the borders, zeroed after): no crop here, no phase pass there
+            j, gj = nxt
+            cplanes = self.temp("next_planes", nb * (cout * gj.plane + gj.slack) * 4)
+            self.planes_in[j] = cplanes
+            label = self.spmm(op, swt, spec, True, bslot, T(planes), T(cplanes, gj.wq + 1),
+                              n=nb, L=L, xrs=1, ors=gj.plane, xns=per_sample,
+                              ons=cout * gj.plane + gj.slack, indices=offs, x_rows=rows,
+                              reach=g.reach, panel_of=offs // g.plane)
+            self.call(self.numba("k_pads"), [T(cplanes), I(nb), I(cout), I(gj.hq), I(gj.wq),
+                                             I(cout * gj.plane + gj.slack)],
+                      nb * cout, float(2 * (gj.hq + gj.wq)))
+            dop = self.plan.ops[j]
+            return label + f" -> the padded planes of {dop.layer or dop.name}"
+        full = self.temp("full", nb * cout * L * 4)
         label = self.spmm(op, swt, spec, True, bslot, T(planes), T(full), n=nb, L=L, xrs=1,
                           ors=L, xns=per_sample, ons=cout * L, indices=offs, x_rows=rows,
                           reach=g.reach, panel_of=offs // g.plane)
@@ -1772,6 +1804,30 @@ class Lowering:
             return False
         g = SP.Shift.of(op, self.example(op.output))
         return g.phases == 1 and (g.ph, g.pw, g.sh, g.sw) == (0, 0, 1, 1) and g.plane == hw
+
+    def _planes_reader(self, name: str, g) -> tuple[int, SP.Shift] | None:
+        """(index, geometry) of the op reading ``name`` (written by a shifted conv of
+        geometry ``g``) when it is its only reader and a shifted sparse conv whose padded
+        planes hold g's wide rows as their interiors: one phase, padding 1 each side, planes
+        wq = g.wq wide and g.ho + 2 high (3x3 stride 1 after 3x3 stride 1)."""
+        j = self._only_reader(name)
+        if j is None or not env_planes():
+            return None
+        op = self.plan.ops[j]
+        if op.kind != "conv2d" or op.inputs[0] != name or int(op.attrs["groups"]) != 1 or \
+                not SP.is_sparse(op.attrs.get("fmt")) or self.example(name)[1] <= 4:
+            # (<= 4 input channels: the direct small conv kernel takes it)
+            return None
+        params = {r: self.plan.constants[c] for r, c in op.params.items()}
+        sw = SP.sparse_weight(op, params)
+        if sw.data.size == 0 or sw.family != "spmm" or \
+                SP.conv_method(op, self.example(name), self.example(op.output)) != "shifted":
+            return None
+        gj = SP.Shift.of(op, self.example(op.output))
+        if gj.phases != 1 or (gj.ph, gj.pw) != (1, 1) or gj.wq != g.wq or \
+                gj.hq != g.ho + 2 or gj.wq != g.wo + 2:
+            return None
+        return j, gj
 
     def _pool_reader(self, name: str) -> int | None:
         """The index of the op reading ``name`` when it is its only reader and a max pool

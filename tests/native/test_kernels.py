@@ -424,3 +424,29 @@ def test_grouped_sparse_convs(seed, cin, cout, k, stride, hw, act, residual):
         if residual:
             hit |= torch.isnan(x)
         assert np.array_equal(np.isnan(cm(x)), hit.numpy())
+
+
+@pytest.mark.parametrize("c,hw,act,force", [(8, 9, "relu", "csr"), (16, 20, "none", "csr"),
+                                             (24, 14, "clamp", "csr")])
+def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
+    """A shifted 3x3 conv whose only reader is another (stride 1, padding 1) writes its wide
+    rows into the interiors of that conv's padded planes, the borders zeroed after: no crop,
+    no phase pass. Against torch at batches 1 and 3; the second conv's input is never
+    written, so a missed border or a wrong plane offset shows in the output."""
+    torch.manual_seed(seed)
+    acts = {"relu": torch.nn.ReLU(), "none": torch.nn.Identity(),
+            "clamp": torch.nn.Hardtanh(0.0, 6.0)}
+    model = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, 1, 1), acts[act],
+                                torch.nn.Conv2d(c, c + 3, 3, 1, 1), torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        for m in (model[0], model[2]):
+            m.weight.mul_((torch.rand_like(m.weight) < 0.3).float())
+    cm = sparsecc.compile(model, torch.randn(1, c, hw, hw), recipe={"formats": {"force": force}})
+    assert cm.native is not None, cm.native_status
+    labels = cm.native.lib.labels
+    first = next(v for k, v in sorted(labels.items()))
+    assert "padded planes of" in first, labels
+    for batch in (1, 3):
+        x = torch.randn(batch, c, hw, hw) * 3
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
