@@ -1411,6 +1411,7 @@ class Lowering:
                                      indptr=self.derived("indptr", indptr))
             if res is not None:
                 args[E_.A_RES] = res
+            args[E_.A_NB] = I(n)
             per_item = 2.0 * sw.data.size / nrb * spec.vw * spec.tile
             self.call(sym, args, tiles * nrb, per_item, only_if=cond)
         if spec.group > 1:

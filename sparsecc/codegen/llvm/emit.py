@@ -52,7 +52,8 @@ A_NRB, A_RSPLIT = 13, 14  # row blocks per tile and their boundaries (rows, or c
 A_GN = 15  # N:M: stored values per row
 A_NPANEL = 16  # CSR: column panels; indptr is (panels, rows + 1), nonzeros by (panel, row)
 A_RES = 17  # residual: a tensor laid out as out, added before the activation
-N_ARGS = 18
+A_NB = 18  # grouped kernels: samples in the call (row blocks vary slowest, then samples)
+N_ARGS = 19
 
 
 def act_key(spec) -> str:
@@ -267,8 +268,13 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         # the cheap last (partial) tile of each row block does not unbalance the threads.
         rest = b.sdiv(w, ntiles)
         t = b.sub(w, b.mul(rest, ntiles))
-        n = b.sdiv(rest, nrb)
-        rb = b.sub(rest, b.mul(n, nrb))
+        if spec.group > 1:  # a group's code runs over every sample's tiles before the next's
+            nb = k.arg_i64(A_NB, "nb")
+            rb = b.sdiv(rest, nb)
+            n = b.sub(rest, b.mul(rb, nb))
+        else:
+            n = b.sdiv(rest, nrb)
+            rb = b.sub(rest, b.mul(n, nrb))
         r0 = b.load(b.gep(rsplit, [rb], inbounds=True))
         r1 = b.load(b.gep(rsplit, [b.add(rb, I64(1))], inbounds=True))
         j0 = b.mul(t, I64(width))
