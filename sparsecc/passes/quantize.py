@@ -22,7 +22,10 @@ Policy:
   position, for convs) stays float32: its input's quantization pass would cost more than
   its int8 kernel saves. Not a 1x1 conv whose input only a depthwise conv writes (whole
   4-channel groups): the native library's depthwise kernel writes the codes itself, so
-  there is no such pass (MobileNetV2's project convs, 1.6-2.4 per input).
+  there is no such pass (MobileNetV2's project convs, 1.6-2.4 per input). And a conv of at
+  most 4 input channels with at most ``direct_max_k`` inputs per output (a network's first
+  conv, RGB in, 3x3) stays float32: the direct float kernel beats int8 there (0 turns this
+  off).
 Grouped and depthwise convs stay float32 (no int8 kernel for them yet; the report says so).
 """
 
@@ -57,6 +60,7 @@ class QuantizeOptions:
     # a layer doing fewer multiply-adds than this per input value stays float32: quantizing
     # its input costs more than int8 saves (MobileNetV2's 90 % projections: ~2.4)
     min_macs_per_input: float = 4.0
+    direct_max_k: int = 32  # see _direct_conv
     calibration: Iterable[Any] | None = None  # lists of input arrays (compile() converts)
     seed: int = 0
 
@@ -213,6 +217,19 @@ def layer_error(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qw: Q.QWe
     return (diff / den if den > 0 else diff), shift
 
 
+def _direct_conv(plan: ExecutionPlan, op, max_k: int) -> bool:
+    """Whether ``op`` is a conv of <= 4 input channels and <= ``max_k`` inputs per output
+    (channels x taps): the native direct kernel (native/smallconv.py) runs those at ~85 % of
+    the FMA peak, where int8 pays a quantize pass and a K too short for its 4-groups.
+    MobileNetV2's first conv (3 x 3 x 3 = 27): its int8 model 1.03x faster with that conv
+    float32; ResNet-50's (3 x 7 x 7 = 147) measured 0.93x, so the bound is 32."""
+    if op.kind != "conv2d" or int(op.attrs.get("groups", 1)) != 1:
+        return False
+    cin = plan.tensors[op.inputs[0]].shape[1]
+    kh, kw = (int(v) for v in op.attrs["kernel"])
+    return isinstance(cin, int) and cin <= 4 and cin * kh * kw <= max_k
+
+
 def _codes_free(plan: ExecutionPlan, op) -> bool:
     """Whether ``op``'s input codes cost no pass of their own: a 1x1 conv (stride 1, no
     padding, input channels a multiple of 4) reading the output of a depthwise conv that
@@ -248,6 +265,9 @@ def plan_quantize(plan: ExecutionPlan, opts: QuantizeOptions) -> PassResult:
         per_input = np.count_nonzero(w) / max(w.shape[1], 1)  # per input channel / feature
         if _kept(op.layer or op.name, opts.keep_float):
             why[i] = "float32 (keep_float)"
+        elif _direct_conv(plan, op, opts.direct_max_k):
+            why[i] = ("float32 (few inputs per output: the direct conv kernel is faster than "
+                      "int8 here)")
         elif per_input < opts.min_macs_per_input and not _codes_free(plan, op):
             why[i] = (f"float32 ({per_input:.1f} multiply-adds per input value: quantizing "
                       "the input would cost more than int8 saves)")

@@ -35,7 +35,7 @@ def _both(model, test, train):
            for _ in range(8)]
     f32 = sparsecc.compile(model, x0)
     q8 = sparsecc.compile(model, x0, quantize="int8", calibration=cal,
-                          recipe={"quantize": {"min_macs_per_input": 0.0}})
+                          recipe={"quantize": {"min_macs_per_input": 0.0, "direct_max_k": 0}})
     kinds = [op.kind for op in q8.plan.ops if op.kind in ("conv2d", "linear", "qconv2d",
                                                           "qlinear")]
     assert kinds and all(k.startswith("q") for k in kinds), kinds

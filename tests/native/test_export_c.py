@@ -125,7 +125,7 @@ def test_c_example_runs_an_int8_model(tmp_path, seed):
     model = sparsecc.prune(zoo.mnist_cnn(), 0.9, scope="layer")
     cal = [zoo.example_input(model, 8, seed=seed + i) for i in range(3)]
     cm = sparsecc.compile(model, cal[0][:1], quantize="int8", calibration=cal,
-                          recipe={"quantize": {"min_macs_per_input": 0.0}})
+                          recipe={"quantize": {"min_macs_per_input": 0.0, "direct_max_k": 0}})
     assert {op.kind for op in cm.plan.ops} >= {"qconv2d", "qlinear"}
     art = cm.save(tmp_path / "q.scc")
     assert cli_main(["export-c", str(art), str(tmp_path / "lib")]) == 0

@@ -187,7 +187,7 @@ def test_weight_and_activation_quantization():
 
 
 # ---- the pass and whole models --------------------------------------------------------------
-ALL_INT8 = {"quantize": {"min_macs_per_input": 0.0}}  # no layer kept float32 for speed
+ALL_INT8 = {"quantize": {"min_macs_per_input": 0.0, "direct_max_k": 0}}  # none kept for speed
 BW = "+avx512bw" in jit.host().features.split(",")  # int8 codes written by their producer
 
 
@@ -568,3 +568,26 @@ def test_channel_block_pattern_fills_int8_groups():
         assert qw.nnz == np.count_nonzero(w) == qw.data.size
     with pytest.raises(SparseccError):
         sparsecc.prune(conv, 0.5, pattern="1x4x")
+
+
+@pytest.mark.parametrize("k,int8", [(3, False), (7, True)])
+def test_direct_first_conv_stays_float(k, int8):
+    """A conv of <= 4 input channels and <= 32 inputs per output (3x3 RGB) stays float32 for
+    the direct kernel; a 7x7 RGB conv (147 inputs) goes int8; direct_max_k 0 turns it off.
+    Either way the model matches torch within the int8 tolerance."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, k, 2, k // 2), torch.nn.ReLU(),
+                            torch.nn.Conv2d(16, 16, 1), torch.nn.ReLU()).eval()
+    cal = [torch.randn(4, 3, 20, 20) for _ in range(2)]
+    for max_k, want in ((32, int8), (0, True)):
+        cm = sparsecc.compile(m, cal[0][:1], quantize="int8", calibration=cal,
+                              recipe={"quantize": {"direct_max_k": max_k,
+                                                   "min_macs_per_input": 0.0}})
+        first = cm.plan.ops[0]
+        assert (first.kind == "qconv2d") == want, (max_k, first.kind)
+        if not want:
+            assert "direct conv" in first.attrs["precision"]
+        x = torch.randn(2, 3, 20, 20)
+        with torch.no_grad():
+            ref = m(x).numpy()
+        assert np.abs(cm(x) - ref).max() <= 0.05 * np.abs(ref).max()

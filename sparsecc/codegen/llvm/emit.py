@@ -54,6 +54,10 @@ A_NPANEL = 16  # CSR: column panels; indptr is (panels, rows + 1), nonzeros by (
 A_RES = 17  # residual: a tensor laid out as out, added before the activation
 A_NB = 18  # grouped kernels: samples in the call (row blocks vary slowest, then samples)
 N_ARGS = 19
+# Grouped kernels take row blocks slowest (each group's code reused over all the call's
+# samples) while the call's x is at most this big; larger x would be re-read from memory
+# once per group, so samples go slowest then.
+GROUP_X_BYTES = 8 << 20
 
 
 def act_key(spec) -> str:
@@ -268,10 +272,15 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         # the cheap last (partial) tile of each row block does not unbalance the threads.
         rest = b.sdiv(w, ntiles)
         t = b.sub(w, b.mul(rest, ntiles))
-        if spec.group > 1:  # a group's code runs over every sample's tiles before the next's
+        if spec.group > 1:
+            # a group's code runs over every sample's tiles before the next group's, when
+            # the call's x stays in cache meanwhile (else samples slowest, as below)
             nb = k.arg_i64(A_NB, "nb")
-            rb = b.sdiv(rest, nb)
-            n = b.sub(rest, b.mul(rb, nb))
+            cross = b.icmp_signed("<=", b.mul(nb, xns), I64(GROUP_X_BYTES // 4))
+            rb_c = b.sdiv(rest, nb)
+            n_s = b.sdiv(rest, nrb)
+            rb = b.select(cross, rb_c, b.sub(rest, b.mul(n_s, nrb)))
+            n = b.select(cross, b.sub(rest, b.mul(rb_c, nb)), n_s)
         else:
             n = b.sdiv(rest, nrb)
             rb = b.sub(rest, b.mul(n, nrb))
