@@ -65,6 +65,13 @@ def test_compile_int8_with_calibration_file(model_file, tmp_path, seed):
     res = sparsecc_cli("compile", f"{model_file}:small", "-o", out, "--input-shape", "1,1,8,8",
                        "--quantize", "int8", "--calibration", tmp_path / "cal.npy", "--report")
     assert res.returncode == 0, res.stderr
+    # the 1-channel 3x3 conv stays float32 for the direct kernel by default (and says why)
+    assert "precision" in res.stdout and "direct conv kernel" in res.stdout
+    (tmp_path / "all8.yaml").write_text("quantize:\n  direct_max_k: 0\n")
+    res = sparsecc_cli("compile", f"{model_file}:small", "-o", out, "--input-shape", "1,1,8,8",
+                       "--quantize", "int8", "--calibration", tmp_path / "cal.npy", "--report",
+                       "--recipe", tmp_path / "all8.yaml")
+    assert res.returncode == 0, res.stderr
     assert "precision" in res.stdout and "qconv2d" in res.stdout
     import sparsecc
 

@@ -1352,7 +1352,10 @@ class Lowering:
 
         baked = None
         fixed = lift(L).is_const() and lift(xrs).is_const()
-        if specialise and fixed and self._grouped(op, sw, lift(L).value):
+        # the assembly addresses x and the values with 32-bit displacements
+        near = lift(xns).is_const() and 4 * lift(xns).value < 2**31 and \
+            4 * (sw.data.size + 256) < 2**31
+        if specialise and fixed and near and self._grouped(op, sw, lift(L).value):
             # rows in groups, pattern baked in as assembly (emit_specialized._group_asm)
             spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
                            xrs=lift(xrs).value, span=lift(L).value, group=GROUP_ROWS, tile=1)

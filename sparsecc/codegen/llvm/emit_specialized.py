@@ -143,6 +143,9 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
         for reg, c in (("zmm29", spec.act_a), ("zmm30", spec.act_b)):
             emit_(f"mov eax, {struct.unpack('<I', struct.pack('<f', c))[0]}")
             emit_(f"vpbroadcastd {reg}, eax")
+    if 4 * (int(ix.max(initial=0)) * max(spec.xrs, 1) + spec.span + 16) >= 2**31 or \
+            4 * int(ip[-1]) + 1024 >= 2**31:
+        raise ValueError("offsets past 2 GB do not fit the kernel's 32-bit displacements")
     q = int(ip[r0])  # the next value's position in the reordered data
     window = None
     for g0 in range(r0, r1, spec.group):
