@@ -62,8 +62,8 @@ QL_TILE = 4
 GROUP_ROWS = 24
 # ... for convs with at least this many vectors of output positions a sample. Its code is ~11
 # bytes a nonzero against the generic kernel's 6 bytes of value and index, and the code comes
-# from memory once a sample: ResNet-18 batch 16, per layer, grouped / generic 0.71-0.97 with
-# 13-203 vectors, 1.11-1.38 with 4 (layer4, 7 x 7).
+# from memory once a call (a sample, when the batch runs in chunks): ResNet-18 batch 16, per
+# layer, grouped / generic 0.71-0.97 with 13-203 vectors, 1.11-1.38 with 4 (layer4, 7 x 7).
 GROUP_MIN_TILES = 8
 
 
@@ -1383,8 +1383,8 @@ class Lowering:
         nrb_few = max(1, min(nunits, -(-want // tiles_1))) if self.threads > 1 else 1
         variants = [(1, guard)]
         if spec.group > 1:
-            # every group its own row block, tiles fastest: a thread runs one group's code
-            # (its pattern) over all the tiles of a sample before the next group's
+            # every group its own row block (the kernel runs row blocks slowest, then
+            # samples, then tiles: a group's code is reused over the call's positions)
             variants = [(nunits, guard)]
         elif nrb_few > 1:
             variants = [(nrb_few, _conds(guard or []) + [(tiles, "<", want)]),

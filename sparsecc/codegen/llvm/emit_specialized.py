@@ -114,13 +114,13 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                pcs: list[tuple[int, int, int]]) -> list[str]:
     """A grouped row chunk as AVX-512 assembly (System V: rdi data, rsi x, rdx out, rcx
     bias, r8 x row stride, r9 out row stride, in floats; with ``spec.residual`` a 7th
-    argument on the stack, the residual at out's offsets, added before the activation). Per
-    group of rows: accumulators
-    zmm0.. (row-major, one per piece), each column's x pieces loaded once into zmm24.. and
-    used by an FMA with the value broadcast from memory for every row of the group that has
-    the column. Values are read in ``group_order``: one pointer walking ``data`` keeps every
-    FMA's displacement in a byte. Written as assembly, not IR: LLVM's instruction selection
-    and register allocation took ~0.15 ms per nonzero on these straight-line bodies."""
+    argument on the stack, the residual at out's offsets, added before the activation).
+    Per group of rows: accumulators zmm0.. (row-major, one per piece), each column's x
+    pieces loaded once into zmm24.. and used by an FMA with the value broadcast from memory
+    for every row of the group that has the column. Values are read in ``group_order``: one
+    pointer walking ``data`` keeps every FMA's displacement in a byte. Written as assembly,
+    not IR: LLVM's instruction selection and register allocation took ~0.15 ms per nonzero
+    on these straight-line bodies."""
     ip, ix = pattern.indptr, pattern.indices
     nv = len(pcs)
     if spec.group * nv > 24 or nv > 4:
@@ -187,8 +187,9 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                 if spec.residual:
                     m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
                     emit_(f"vaddps {acc}{m}, {acc}, zmmword ptr [r11 + r10 + {4 * first_f}]")
-                if spec.act in ("relu", "clamp"):  # NaN passes (x86 max/min return the
-                    lo = "zmm28" if spec.act == "relu" else "zmm29"  # second operand)
+                # x86 max / min return their second operand when one is NaN: NaN passes
+                if spec.act in ("relu", "clamp"):
+                    lo = "zmm28" if spec.act == "relu" else "zmm29"
                     emit_(f"vmaxps {acc}, {lo}, {acc}")
                 if spec.act == "clamp":
                     emit_(f"vminps {acc}, zmm30, {acc}")
