@@ -479,9 +479,7 @@ class _Expand:
             for a in acc:
                 b.store(init, a)
             masks = [None] * nvec
-            if last_lanes < vw:
-                masks[-1] = ir.Constant(ir.VectorType(I1, vw),
-                                        [la < last_lanes for la in range(vw)])
+            masks[-1] = lane_mask(vw, np.arange(vw) < last_lanes)
             with k.loop(p0, p1, "exp") as p:
                 col = b.sext(b.load(b.gep(self.idx, [p])), I64)
                 ws = k.splat(b.load(b.gep(self.data, [p])))

@@ -1355,23 +1355,25 @@ class Lowering:
         # the assembly addresses x and the values with 32-bit displacements
         near = lift(xns).is_const() and 4 * lift(xns).value < 2**31 and \
             4 * (sw.data.size + 256) < 2**31
-        if specialise and fixed and near and self._grouped(op, sw, lift(L).value):
-            # rows in groups, pattern baked in as assembly (emit_specialized._group_asm)
+        # rows in groups, pattern baked in as assembly (emit_specialized._group_asm)
+        grouped = specialise and fixed and near and self._grouped(op, sw, lift(L).value)
+        if grouped or (specialise and SP.bakes(op, sw.family) and fixed and
+                       not spec.residual):
             spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
-                           xrs=lift(xrs).value, span=lift(L).value, group=GROUP_ROWS, tile=1)
-            baked = E_.Pattern(sw.indptr, indices)
-        elif specialise and SP.bakes(op, sw.family) and fixed and not spec.residual:
-            spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
-                           xrs=lift(xrs).value, span=lift(L).value)
+                           xrs=lift(xrs).value, span=lift(L).value,
+                           **({"group": GROUP_ROWS, "tile": 1} if grouped else {}))
             baked = E_.Pattern(sw.indptr, indices)
         sym = self.sparse_kernel(spec, baked)
         L = lift(L)
         ntiles = L.cdiv(spec.vw * spec.tile)
         row_bounds = None
+        indptr, idx, data = sw.indptr, indices, sw.data
         if baked is not None:
             from sparsecc.codegen.llvm import emit_specialized as es
 
             row_bounds = es.spmm_bounds(sw.indptr, spec.group)
+            if grouped:  # the values in the order the code reads them
+                data = data[es.group_order(sw.indptr, indices, spec.group)]
         units = row_bounds if row_bounds is not None else sw.indptr
         nunits = len(units) - 1
         # Row blocks per tile: enough items for every thread when there are few tiles (batch
@@ -1389,11 +1391,6 @@ class Lowering:
         elif nrb_few > 1:
             variants = [(nrb_few, _conds(guard or []) + [(tiles, "<", want)]),
                         (1, _conds(guard or []) + [(tiles, ">=", want)])]
-        indptr, idx, data = sw.indptr, indices, sw.data
-        if baked is not None and spec.group > 1:
-            from sparsecc.codegen.llvm import emit_specialized as es
-
-            data = data[es.group_order(sw.indptr, indices, spec.group)]
         npanel = 1
         if row_bounds is None and sw.family == "spmm":
             tile_floats = spec.tile * spec.vw

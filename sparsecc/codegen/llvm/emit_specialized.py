@@ -62,6 +62,10 @@ def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
         raise ValueError("grouped rows are AVX-512 assembly (vw 16)")
     if spec.residual and spec.group <= 1:
         raise ValueError("a residual is fused into grouped specialised kernels only")
+    if spec.group > 1 and (4 * (int(pattern.indices.max(initial=0)) * max(spec.xrs, 1)
+                                + spec.span + 16) >= 2**31
+                           or 4 * int(pattern.indptr[-1]) + 1024 >= 2**31):
+        raise ValueError("offsets past 2 GB do not fit the kernel's 32-bit displacements")
     bounds = spmm_bounds(pattern.indptr, spec.group)
     fp = F32.as_pointer()
     width = spec.vw * spec.tile
@@ -143,9 +147,6 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
         for reg, c in (("zmm29", spec.act_a), ("zmm30", spec.act_b)):
             emit_(f"mov eax, {struct.unpack('<I', struct.pack('<f', c))[0]}")
             emit_(f"vpbroadcastd {reg}, eax")
-    if 4 * (int(ix.max(initial=0)) * max(spec.xrs, 1) + spec.span + 16) >= 2**31 or \
-            4 * int(ip[-1]) + 1024 >= 2**31:
-        raise ValueError("offsets past 2 GB do not fit the kernel's 32-bit displacements")
     q = int(ip[r0])  # the next value's position in the reordered data
     window = None
     for g0 in range(r0, r1, spec.group):
