@@ -145,6 +145,27 @@ def test_im2col_matches_unfold(seed, c, h, w, k, stride, pad, dil):
     np.testing.assert_array_equal(cols, ref)
 
 
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**31), c=st.integers(1, 3), h=st.integers(1, 11),
+       w=st.integers(1, 11), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), extra=st.integers(0, 2))
+def test_phase_planes(seed, c, h, w, sh, sw, ph, pw, extra):
+    """Polyphase planes against slices of the zero-padded input, every phase, strides 1-3,
+    padding wider than the input, planes larger than the padded input needs (zero beyond):
+    the strided copy computes its in-bounds column range instead of testing each element."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    pys, pxs = np.arange(sh, dtype=np.int64), np.arange(sw, dtype=np.int64)
+    hq = -(-(h + 2 * ph) // sh) + extra
+    wq = -(-(w + 2 * pw) // sw) + extra
+    out = np.full((2, c * sh * sw, hq * wq), np.nan, np.float32)
+    C.phase_planes(x, ph, pw, sh, sw, pys, pxs, hq, wq, out)
+    big = np.zeros((2, c, hq * sh + sh, wq * sw + sw), np.float32)
+    big[:, :, ph:ph + h, pw:pw + w] = x
+    ref = np.stack([big[:, :, py::sh, px::sw][:, :, :hq, :wq]
+                    for py in range(sh) for px in range(sw)], axis=2)
+    np.testing.assert_array_equal(out.reshape(2, c, sh * sw, hq, wq), ref)
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**31), c=st.integers(1, 4), mult=st.integers(1, 2),
        h=st.integers(1, 20), w=st.integers(1, 20), kh=st.integers(1, 3), kw=st.integers(1, 5),
