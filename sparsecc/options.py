@@ -45,6 +45,18 @@ def env_planes() -> bool:
     return env_native_fuse() and os.environ.get("SPARSECC_PLANES", "1") not in ("0", "")
 
 
+def env_tail_bytes() -> int:
+    """SPARSECC_TAIL_BYTES: activation bytes a sample at or under which the last layers of a
+    chunked model run over the whole batch (native.lower.tail_split); 0 turns the tail off.
+    For A/B measurements."""
+    raw = os.environ.get("SPARSECC_TAIL_BYTES", "").strip()
+    if not raw:
+        from sparsecc.native.lower import TAIL_SAMPLE_BYTES
+
+        return TAIL_SAMPLE_BYTES
+    return 0 if raw == "0" else parse_bytes(raw, "SPARSECC_TAIL_BYTES")
+
+
 def env_grouped() -> bool:
     """SPARSECC_GROUPED=0 runs CSR convs on the generic kernel instead of the grouped
     assembly one (emit_specialized._group_asm): for A/B measurements."""

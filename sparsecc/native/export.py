@@ -210,7 +210,7 @@ def export_c(plan: ExecutionPlan, out_dir: str | Path, prefix: str = "sparsecc_m
                           "on PATH")
     lib = build(plan, prefix=prefix)
     prog = lib.program
-    a, b = lib.arena
+    a = max(lib.arena[0], prog.tail_arena[0]) + prog.boundary_bytes
     per_sample = a + 4 * lib.scratch_per_thread + 64
     max_batch = max(1, min((1 << 40) // max(per_sample, 1), 1 << 31))
     err_layers = sorted({plan.ops[c.op].layer or plan.ops[c.op].name for c in prog.calls

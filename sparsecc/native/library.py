@@ -21,7 +21,7 @@ from sparsecc.codegen.llvm import jit
 from sparsecc.codegen.llvm import kernels as LK
 from sparsecc.ir.plan import ExecutionPlan
 from sparsecc.native import module as M
-from sparsecc.native.lower import Lowering, Program
+from sparsecc.native.lower import Program, lower_program
 from sparsecc.native.runtime import load_gomp
 from sparsecc.runtime.ops.registry import aligned_empty
 from sparsecc.runtime.threads import kernel_threads
@@ -61,7 +61,7 @@ def build(plan: ExecutionPlan, prefix: str = "scc", threads: int | None = None,
     t0 = time.perf_counter()
     load_gomp()
     h = jit.host()
-    prog = Lowering(plan, h.vector_width, threads or kernel_threads(), h.features).run()
+    prog = lower_program(plan, h.vector_width, threads or kernel_threads(), h.features)
     blob, offsets = prog.blob()
     text = M.main_ir(prog, prefix, offsets)
     lib = NativeLibrary(prefix, h.key, {}, blob, prog.arena, prog.scratch_per_thread,

@@ -394,20 +394,20 @@ def _sample_parallel(b, prog: Program, n: ir.Value, c: ir.Value, threads: ir.Val
     return b.and_(b.and_(many, untimed), b.icmp_signed(">", threads, I32(1)))
 
 
-def _io_arrays(b, prog: Program) -> tuple[ir.Value, ir.Value]:
+def _io_arrays(b, sample_bytes) -> tuple[ir.Value, ir.Value]:
     """Stack arrays for a chunk's input and output pointers: made once, in the function's
     entry block (an alloca in the chunk loop would grow the stack chunk after chunk)."""
-    in_bytes, out_bytes = prog.sample_bytes
+    in_bytes, out_bytes = sample_bytes
     entry = b.function.entry_basic_block
     with b.goto_block(entry):
         b.position_at_start(entry)
         return b.alloca(P8, len(in_bytes) or 1), b.alloca(P8, len(out_bytes) or 1)
 
 
-def _step_io(b, prog: Program, ins, outs, c, arrays) -> tuple[ir.Value, ir.Value]:
+def _step_io(b, sample_bytes, ins, outs, c, arrays) -> tuple[ir.Value, ir.Value]:
     """Fill ``arrays`` with the input and output pointers of the chunk starting at sample
     ``c``."""
-    in_bytes, out_bytes = prog.sample_bytes
+    in_bytes, out_bytes = sample_bytes
     ins_c, outs_c = arrays
     for src, dst, sizes in ((ins, ins_c, in_bytes), (outs, outs_c, out_bytes)):
         for k, size in enumerate(sizes):
@@ -416,8 +416,10 @@ def _step_io(b, prog: Program, ins, outs, c, arrays) -> tuple[ir.Value, ir.Value
     return ins_c, outs_c
 
 
-def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
-    """``run`` when the batch may be split (Program.chunk).
+def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
+                 sample_bytes) -> ir.Function:
+    """``run`` (or, with a tail, the head's driver ``name``) when the batch may be split
+    (Program.chunk); ``sample_bytes``: the body's bytes a sample of each input and output.
 
     * Too few samples to split (``_chunked``): the body once.
     * Else chunks of ``_sample_chunk`` samples. Enough of them for every thread (>= 2 each)
@@ -428,7 +430,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
       placed the vCPUs on different CCDs, see native/probe.py).
     * Otherwise the chunks one after another, each on every thread.
     The first nonzero error flag of a chunk is returned."""
-    fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run")
+    fn = ir.Function(mod, RUN_TYPE, name)
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     whole = fn.append_basic_block("whole")
@@ -464,7 +466,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
 
     w_weights, w_arena, w_n, w_ins, w_outs = (wb.load(field(i)) for i in range(5))
     w_chunk = wb.load(field(7))
-    w_arrays = _io_arrays(wb, prog)
+    w_arrays = _io_arrays(wb, sample_bytes)
     tid = wb.sext(wb.call(tid_fn, []), I64)
     area = _thread_area(wb, prog, w_chunk)
     mine = wb.gep(w_arena, [wb.mul(tid, area)])
@@ -479,7 +481,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     wb.position_at_end(step)
     left = wb.sub(w_n, c)
     nc = wb.select(wb.icmp_signed("<", left, w_chunk), left, w_chunk)
-    ins_c, outs_c = _step_io(wb, prog, w_ins, w_outs, c, w_arrays)
+    ins_c, outs_c = _step_io(wb, sample_bytes, w_ins, w_outs, c, w_arrays)
     rc = wb.call(body, [w_weights, mine, my_args, nc, ins_c, outs_c, I32(1),
                         ir.Constant(P64, None)])
     with wb.if_then(wb.icmp_signed("!=", rc, I32(0))):
@@ -489,7 +491,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     wb.ret_void()
 
     b.position_at_end(serial)
-    arrays = _io_arrays(b, prog)
+    arrays = _io_arrays(b, sample_bytes)
     pos = b.alloca(I64)
     b.store(I64(0), pos)
     head = fn.append_basic_block("head")
@@ -503,7 +505,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     b.position_at_end(step)
     rest = b.sub(n, c)
     nc = b.select(b.icmp_signed("<", rest, chunk), rest, chunk)
-    ins_c, outs_c = _step_io(b, prog, ins, outs, c, arrays)
+    ins_c, outs_c = _step_io(b, sample_bytes, ins, outs, c, arrays)
     rc = b.call(body, [weights, arena, argspace, nc, ins_c, outs_c, threads, times])
     b.store(b.add(c, chunk), pos)
     b.cbranch(b.icmp_signed("!=", rc, I32(0)), failed, head)
@@ -511,14 +513,86 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function) -> None:
     b.ret(rc)
     b.position_at_end(done)
     b.ret(I32(0))
+    return fn
 
 
 def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -> None:
-    """``run`` (or the chunk body): fills every call's args block and schedule entry from N,
-    then runs the schedule: in one team region (_emit_team), or call by call through pfor
-    when profiling (cycles per op)."""
-    fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run" if not prog.chunk else f"{prefix}__body")
-    if prog.chunk:
+    """``run``: the whole program in one part; or, when the batch may be split, a chunk body
+    driven by _emit_chunks; or, with a tail (Program.tail), the head's calls in chunks, then
+    the tail's over the whole batch, the tensors between them in the arena's boundary
+    region (the head writes them as extra outputs, the tail reads them as extra inputs)."""
+    plan = prog.plan
+
+    def part(name, calls, arena_ab, ins_names, copy_outs, out_bases=()):
+        fn, slots = _emit_part(mod, prog, kernels, pfor, team, weight_offsets, name, calls,
+                               arena_ab, list(ins_names), list(copy_outs), list(out_bases))
+        prog.argspace_slots = max(prog.argspace_slots, slots)
+        return fn
+
+    if not prog.chunk:
+        part(f"{prefix}__run", prog.calls, prog.arena, plan.inputs, plan.outputs)
+        return
+    if not prog.tail:
+        body = part(f"{prefix}__body", prog.calls, prog.arena, plan.inputs, plan.outputs)
+        _emit_chunks(mod, prefix, prog, body, f"{prefix}__run", prog.sample_bytes)
+        return
+    t_op = prog.calls[prog.tail].op
+    late = {name for name, buf in prog.buffers.items()
+            if buf.first >= t_op and name not in prog.boundary}
+    tail_outs = [o for o in plan.outputs if plan.storage_root(o) in late]
+    head_outs = [o for o in plan.outputs if o not in tail_outs]
+    tail = part(f"{prefix}__tail", prog.calls[prog.tail:], prog.tail_arena,
+                plan.inputs + prog.boundary, tail_outs)
+    body = part(f"{prefix}__body", prog.calls[:prog.tail], prog.arena, plan.inputs,
+                head_outs, prog.boundary)
+    in_b, out_b = prog.sample_bytes
+    per = [prog.buffers[r].nbytes(1) for r in prog.boundary]
+    head = _emit_chunks(mod, prefix, prog, body, f"{prefix}__head",
+                        (in_b, [out_b[plan.outputs.index(o)] for o in head_outs] + per))
+    head.linkage = "internal"
+
+    fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run")
+    weights, arena, argspace, n, ins, outs, threads, times = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    base = b.ptrtoint(arena, I64)
+    rest = b.inttoptr(b.add(base, b.mul(n, I64(prog.boundary_bytes))), P8)
+
+    def array(values):
+        arr = b.alloca(P8, len(values) or 1)
+        for k, v in enumerate(values):
+            b.store(v, b.gep(arr, [I64(k)], inbounds=True))
+        return arr
+
+    def out(o):
+        return b.load(b.gep(outs, [I64(plan.outputs.index(o))], inbounds=True))
+
+    bnd = [b.inttoptr(b.add(base, b.mul(n, I64(off))), P8) for off in prog.boundary_offsets]
+    houts = array([out(o) for o in head_outs] + bnd)
+    tins = array([b.load(b.gep(ins, [I64(k)], inbounds=True))
+                  for k in range(len(plan.inputs))] + bnd)
+    touts = array([out(o) for o in tail_outs])
+    rc = b.call(head, [weights, rest, argspace, n, ins, houts, threads, times])
+    failed = fn.append_basic_block("failed")
+    go = fn.append_basic_block("tail")
+    b.cbranch(b.icmp_signed("!=", rc, I32(0)), failed, go)
+    b.position_at_end(failed)
+    b.ret(rc)
+    b.position_at_end(go)
+    b.ret(b.call(tail, [weights, rest, argspace, n, tins, touts, threads, times]))
+
+
+def _emit_part(mod, prog: Program, kernels, pfor, team, weight_offsets, name: str, calls,
+               arena_ab: tuple[int, int], ins_names: list[str], copy_outs: list[str],
+               out_bases: list[str]) -> tuple[ir.Function, int]:
+    """One run-typed function over ``calls``: fills every call's args block and schedule
+    entry from N, then runs the schedule: in one team region (_emit_team), or call by call
+    through pfor when profiling (cycles per op). Tensors named in ``ins_names`` are read
+    from the inputs array, those in ``out_bases`` live at outputs[len(copy_outs) + k];
+    ``copy_outs`` are copied out at the end; other buffers sit in the arena (their part's
+    offsets), the per-thread scratch after ``arena_ab``. Returns the function and its
+    argspace slots."""
+    fn = ir.Function(mod, RUN_TYPE, name)
+    if not name.endswith("__run"):
         fn.linkage = "internal"
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -526,7 +600,7 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     timed = b.icmp_unsigned("!=", b.ptrtoint(times, I64), I64(0))
     memo: dict = {}
     plan = prog.plan
-    scratch_a, scratch_b = prog.arena
+    scratch_a, scratch_b = arena_ab
 
     def ev(e: E) -> ir.Value:
         return e.emit(b, n, memo)
@@ -543,9 +617,12 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
             return bases[root]
         if root in plan.constants:
             v = addr(weights, I64(weight_offsets[root]))
-        elif root in plan.inputs:
-            p = b.load(b.gep(ins, [I64(plan.inputs.index(root))], inbounds=True))
+        elif root in ins_names:
+            p = b.load(b.gep(ins, [I64(ins_names.index(root))], inbounds=True))
             v = b.ptrtoint(p, I64)
+        elif root in out_bases:
+            k = len(copy_outs) + out_bases.index(root)
+            v = b.ptrtoint(b.load(b.gep(outs, [I64(k)], inbounds=True)), I64)
         else:
             oa, ob = prog.buffers[root].offset
             v = addr(arena, ev(N * oa + ob))
@@ -554,11 +631,11 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
 
     b.store(I64(0), argspace)  # slot 0: the error flag kernels may set
     err_addr = b.ptrtoint(argspace, I64)
-    ncalls = len(prog.calls)
+    ncalls = len(calls)
     sched = b.alloca(I64, ncalls * SCHED_SLOTS or 1)
     scratch_addr = addr(arena, ev(N * scratch_a + scratch_b))
     pos = 1
-    for ci, call in enumerate(prog.calls):
+    for ci, call in enumerate(calls):
         block = b.gep(argspace, [I64(pos)], inbounds=True)
         entry = [b.gep(sched, [I64(ci * SCHED_SLOTS + j)], inbounds=True)
                  for j in range(SCHED_SLOTS)]
@@ -613,7 +690,7 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     b.call(team, [sched, I64(ncalls), threads])
     b.branch(after)
     b.position_at_end(prof)
-    for ci, call in enumerate(prog.calls):
+    for ci, call in enumerate(calls):
         scheduled = _sched_entry(b, sched, I64(ci))
         t0 = b.call(cycles, [])
         b.call(pfor, [*scheduled, threads])
@@ -623,7 +700,7 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     b.position_at_end(after)
     # outputs: copy out of the arena (or the input they alias)
     memcpy = mod.declare_intrinsic("llvm.memcpy", [P8, P8, I64])
-    for j, name in enumerate(plan.outputs):
+    for j, name in enumerate(copy_outs):
         spec = plan.tensors[name]
         nbytes = ev(numel(spec.shape) * np.dtype(spec.dtype).itemsize)
         dst = b.load(b.gep(outs, [I64(j)], inbounds=True))
@@ -631,9 +708,7 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
         b.call(memcpy, [dst, src, nbytes, ir.Constant(ir.IntType(1), 0)])
     flag = b.load(argspace)
     b.ret(b.trunc(flag, I32))
-    prog.argspace_slots = pos
-    if prog.chunk:  # needs the body's argspace size
-        _emit_chunks(mod, prefix, prog, fn)
+    return fn, pos
 
 
 def _emit_sizes(mod, prefix, prog: Program) -> None:
@@ -655,6 +730,11 @@ def _emit_sizes(mod, prefix, prog: Program) -> None:
                      _sample_parallel(b, prog, n_all, c, threads, null))
         per = b.select(par, per, I64(0))
         need = b.select(b.icmp_signed(">", per, need), per, need)
+    if prog.tail:  # the boundary region first; the tail's buffers where the head's were
+        ta, tb = prog.tail_arena
+        late = b.add(b.add(b.add(b.mul(n_all, I64(ta)), I64(tb)), scratch), I64(64))
+        need = b.select(b.icmp_signed(">", late, need), late, need)
+        need = b.add(need, b.mul(n_all, I64(prog.boundary_bytes)))
     b.ret(need)
     fn = ir.Function(mod, ir.FunctionType(I64, []), f"{prefix}__argspace_slots")
     b = ir.IRBuilder(fn.append_basic_block("entry"))

@@ -38,13 +38,20 @@ def _run(exe: Path, batch: int, inputs: list[np.ndarray], tmp: Path) -> list[np.
     return sorted(tmp.glob("out*.bin"))
 
 
-@pytest.mark.parametrize("name,sparsity", [("mnist_cnn", 0.9), ("tiny_transformer", 0.9),
-                                           ("mobilenet_v2_block", None)])
-def test_c_example_matches_torch(name, sparsity, tmp_path, seed):
+@pytest.mark.parametrize("name,sparsity,tail", [("mnist_cnn", 0.9, None),
+                                                ("tiny_transformer", 0.9, None),
+                                                ("mobilenet_v2_block", None, None),
+                                                ("mnist_cnn", 0.9, "16K")])
+def test_c_example_matches_torch(name, sparsity, tail, tmp_path, seed, monkeypatch):
+    """tail: SPARSECC_TAIL_BYTES, so the program runs its last layers over the whole batch
+    after the chunks (module._emit_run's boundary region)."""
+    if tail:
+        monkeypatch.setenv("SPARSECC_TAIL_BYTES", tail)
     model = zoo.ZOO[name]()
     if sparsity:
         model = sparsecc.prune(model, sparsity, scope="layer")
     cm = sparsecc.compile(model, zoo.example_input(model, 1, seed=seed))
+    assert bool(tail) == bool(cm.native.lib.program.tail), cm.native.lib.program.tail
     art = cm.save(tmp_path / "m.scc")
     assert cli_main(["export-c", str(art), str(tmp_path / "lib")]) == 0
     exe = _build_example(tmp_path / "lib")

@@ -450,3 +450,58 @@ def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
         x = torch.randn(batch, c, hw, hw) * 3
         with torch.no_grad():
             assert_matches(cm(x), model(x))
+
+
+class _Block(torch.nn.Module):
+    """conv -> ReLU -> conv, + the input, ReLU (a ResNet basic block, no downsample)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.a = torch.nn.Conv2d(c, c, 3, 1, 1)
+        self.b = torch.nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x):
+        return torch.relu(self.b(torch.relu(self.a(x))) + x)
+
+
+def test_whole_batch_tail(seed, monkeypatch):
+    """A chunked model whose last layers (small activations) run over the whole batch after
+    the chunks ran the first ones: the tensors between the two parts (a block's output read
+    by its conv and its residual add) cross through the arena's boundary region. With
+    AVX-512, the tail's 8 x 8 convs (5 vectors of positions a sample) take the grouped kernel
+    at batches of 2 and more and the row-by-row one at batch 1. Against torch at batches 1-3
+    and 9 (chunks shared out between the threads), and profiled (chunks on every thread)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),       # 32 KB a sample
+        torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(), _Block(16),   # 16 KB
+        torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.ReLU(), _Block(32),  # 8 KB
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.in_channels > 3:
+                m.weight.mul_((torch.rand_like(m.weight) < 0.3).float())
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "12K")
+    cm = sparsecc.compile(model, torch.randn(1, 3, 32, 32), recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    prog = cm.native.lib.program
+    assert prog.chunk and 0 < prog.tail < len(prog.calls), (prog.chunk, prog.tail)
+    assert len(prog.boundary) >= 1 and prog.boundary_bytes >= 8 << 10, prog.boundary
+    assert all(c.op >= prog.calls[prog.tail].op for c in prog.calls[prog.tail:])
+    if jit.host().vector_width == 16:
+        assert any("at batch >= 2, else" in v for v in cm.native.lib.labels.values()), \
+            cm.native.lib.labels
+    for batch in (1, 2, 3, 9):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            want = model(x)
+        assert_matches(cm(x), want)
+        assert_matches(cm(x), want)  # the arena reused
+    x = torch.randn(9, 3, 32, 32)
+    arrays = [x.numpy()]
+    times = np.zeros(max(len(cm.plan.ops), 1), np.int64)
+    got = cm.native.run(arrays, times=times)[0]
+    with torch.no_grad():
+        assert_matches(torch.from_numpy(got), model(x))
+    tail_ops = {c.op for c in prog.calls[prog.tail:]}
+    assert all(times[i] > 0 for i in tail_ops), times
