@@ -452,7 +452,7 @@ def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
             assert_matches(cm(x), model(x))
 
 
-class _Block(torch.nn.Module):
+class _BasicBlock(torch.nn.Module):
     """conv -> ReLU -> conv, + the input, ReLU (a ResNet basic block, no downsample)."""
 
     def __init__(self, c):
@@ -474,8 +474,8 @@ def test_whole_batch_tail(seed, monkeypatch):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),       # 32 KB a sample
-        torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(), _Block(16),   # 16 KB
-        torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.ReLU(), _Block(32),  # 8 KB
+        torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(), _BasicBlock(16),   # 16 KB
+        torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.ReLU(), _BasicBlock(32),  # 8 KB
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
     with torch.no_grad():
         for m in model.modules():
