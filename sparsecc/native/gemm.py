@@ -1,11 +1,12 @@
 """A register-blocked dense GEMM (BLIS-style microkernel, no packing) as LLVM IR.
 
-``C[b] = act(A[b] @ B[b] + bias)`` with A (M x K), B (K x N), C (M x N) row-major at any row
-strides. A work item is one MR x NR tile of one batch entry: NR = 2 vectors (32 floats with
-AVX-512, 16 with AVX2), MR = 6 rows, so the 12 accumulators, two B vectors and one broadcast
-of A fit the 16 vector registers of AVX2 (AVX-512 has 32). Per step of k: two vector loads of
-B's row k, six scalar broadcasts of A's column k, twelve FMAs. Tiles run N-panel by N-panel
-(items vary fastest along M), so consecutive items reuse one K x NR panel of B from L1/L2.
+``C[b] = act(A[b] @ B[b] + bias (+ R[b]))`` with A (M x K), B (K x N), C (M x N) row-major at
+any row strides; R (``residual``: a ResNet's add fused) laid out as C. A work item is one MR x
+NR tile of one batch entry: NR = 2 vectors (32 floats with AVX-512, 16 with AVX2), MR = 6 rows,
+so the 12 accumulators, two B vectors and one broadcast of A fit the 16 vector registers of AVX2
+(AVX-512 has 32). Per step of k: two vector loads of B's row k, six scalar broadcasts of A's
+column k, twelve FMAs. Tiles run N-panel by N-panel (items vary fastest along M), so consecutive
+items reuse one K x NR panel of B from L1/L2.
 
 The kernel has the common ABI ``void k(i64 start, i64 stop, i64* args)``; args slots below.
 Batch entry b reads A at ``(b % amod) * sa``, B at ``(b % bmod) * sb``, C at ``b * sc`` and the
@@ -22,8 +23,8 @@ from sparsecc.codegen.llvm import emit
 from sparsecc.codegen.llvm.emit import I64, _Fn, act_key
 
 (G_A, G_B, G_C, G_BIAS, G_M, G_N, G_K, G_LDA, G_LDB, G_LDC, G_SA, G_SB, G_SC, G_AMOD, G_BMOD,
- G_SBIAS, G_TM, G_TN) = range(18)
-G_ARGS = 18
+ G_SBIAS, G_TM, G_TN, G_RES) = range(19)
+G_ARGS = 19
 MR = 6
 
 
@@ -34,6 +35,7 @@ class GemmSpec:
     act: str = "none"  # fused: none | relu | clamp
     act_a: float = 0.0
     act_b: float = 0.0
+    residual: bool = False  # + R before the activation (args[G_RES], laid out as C)
 
     @property
     def nr(self) -> int:
@@ -42,7 +44,8 @@ class GemmSpec:
     @property
     def key(self) -> str:
         act = act_key(self)
-        return f"gemm_v{self.vw}_{self.bias}_{act}".replace(".", "p").replace("-", "m")
+        res = "_res" if self.residual else ""
+        return f"gemm_v{self.vw}_{self.bias}_{act}{res}".replace(".", "p").replace("-", "m")
 
     def emit(self, module: ir.Module, name: str) -> None:
         emit_gemm(module, name, self)
@@ -71,7 +74,10 @@ def emit_gemm(module: ir.Module, name: str, spec: GemmSpec) -> None:
         ab = b.srem(bi, amod)
         a_base = b.gep(A, [b.add(b.mul(ab, sa), b.mul(i0, lda))], inbounds=True)
         b_base = b.gep(B, [b.add(b.mul(b.srem(bi, bmod), sb), j0)], inbounds=True)
-        c_base = b.gep(Cm, [b.add(b.add(b.mul(bi, sc), b.mul(i0, ldc)), j0)], inbounds=True)
+        c_off = b.add(b.add(b.mul(bi, sc), b.mul(i0, ldc)), j0)
+        c_base = b.gep(Cm, [c_off], inbounds=True)
+        r_base = b.gep(k.arg_ptr(G_RES, "res"), [c_off], inbounds=True) if spec.residual \
+            else None
         bias_base = b.gep(bias, [b.mul(ab, sbias)], inbounds=True)
         rows = b.sub(M, i0)
         ncols = b.sub(N, j0)
@@ -90,17 +96,17 @@ def emit_gemm(module: ir.Module, name: str, spec: GemmSpec) -> None:
             with b.if_else(full_cols) as (then, other):
                 with then:
                     _tile(k, spec, mr, None, a_base, b_base, c_base, bias_base, i0, j0, K, lda,
-                          ldb, ldc)
+                          ldb, ldc, r_base)
                 with other:
                     _tile(k, spec, mr, masks, a_base, b_base, c_base, bias_base, i0, j0, K,
-                          lda, ldb, ldc)
+                          lda, ldb, ldc, r_base)
             b.branch(after)
         b.position_at_end(after)
     b.ret_void()
 
 
 def _tile(k: _Fn, spec: GemmSpec, mr: int, masks, a_base, b_base, c_base, bias_base, i0, j0,
-          K, lda, ldb, ldc) -> None:
+          K, lda, ldb, ldc, r_base=None) -> None:
     b = k.b
     vw = spec.vw
     zero = ir.Constant(k.vty, [0.0] * vw)
@@ -126,6 +132,9 @@ def _tile(k: _Fn, spec: GemmSpec, mr: int, masks, a_base, b_base, c_base, bias_b
             elif spec.bias == "col":
                 off = b.add(j0, I64(v * vw))
                 val = b.fadd(val, k.vload(b.gep(bias_base, [off], inbounds=True), mask))
+            if r_base is not None:
+                rrow = b.gep(r_base, [b.mul(I64(i), ldc)], inbounds=True)
+                val = b.fadd(val, k.vload(b.gep(rrow, [I64(v * vw)], inbounds=True), mask))
             val = k.act(val, spec)  # KernelSpec-like: act, act_a, act_b
             k.vstore(val, b.gep(crow, [I64(v * vw)], inbounds=True), mask)
 

@@ -1205,19 +1205,22 @@ class Lowering:
         return self.sparse_linear(op, x, out, m, k, o, (act, a, b), bias)
 
     def gemm(self, *, x: Slot, w: Slot, out: Slot, bias, bias_mode: str, M, Nn, K, lda, ldb,
-             ldc, act, batch=1, sa=0, sb=0, sc=0, amod=1, bmod=1, sbias=0, a_is_w=False):
-        """One GEMM call; ``a_is_w``: the weight is A (conv: W x cols), else B (linear)."""
+             ldc, act, batch=1, sa=0, sb=0, sc=0, amod=1, bmod=1, sbias=0, a_is_w=False,
+             res: Slot | None = None):
+        """One GEMM call; ``a_is_w``: the weight is A (conv: W x cols), else B (linear);
+        ``res``: a tensor laid out as out, added before the activation."""
         actn, pa, pb = act
         fused = _fused(actn)
         spec = G.GemmSpec(self.vw, bias_mode if bias else "none", fused,
-                          pa if fused == "clamp" else 0.0, pb if fused == "clamp" else 0.0)
+                          pa if fused == "clamp" else 0.0, pb if fused == "clamp" else 0.0,
+                          res is not None)
         sym = self.ir_kernel(spec)
         M, Nn, K = lift(M), lift(Nn), lift(K)
         tm, tn = M.cdiv(G.MR), Nn.cdiv(spec.nr)
         bslot = self.bias_slot(bias)
         A_, B_ = (w, x) if a_is_w else (x, w)
         args = [A_, B_, out, bslot, I(M), I(Nn), I(K), I(lda), I(ldb), I(ldc), I(sa), I(sb),
-                I(sc), I(amod), I(bmod), I(sbias), I(tm), I(tn)]
+                I(sc), I(amod), I(bmod), I(sbias), I(tm), I(tn), res or I(0)]
         per_item = 2.0 * G.MR * spec.nr * K(1)
         self.call(sym, args, lift(batch) * tm * tn, per_item)
 
@@ -1560,12 +1563,18 @@ class Lowering:
             og = cout_ // groups
             kg = cg * kh * kw
             src = T(x) if pointwise and groups == 1 else T(im2col())
+            res = self._residual(op, act) if groups == 1 else None
+            res_slot = None
+            if res is not None:  # write act(conv + other) into the add's output
+                j, other, act = res
+                self.fused[j] = (self.i, out)
+                out, res_slot = self.plan.ops[j].output, T(other)
             self.gemm(x=src, w=weight, out=T(out), bias=bias, bias_mode="row", M=og, Nn=hw,
                       K=kg, lda=kg, ldb=hw, ldc=hw, act=act, batch=nb * groups,
                       sa=og * kg, sb=kg * hw, sc=og * hw, amod=groups, bmod=nb * groups,
-                      sbias=og, a_is_w=True)
+                      sbias=og, a_is_w=True, res=res_slot)
             self.act_pass(out, act[0] if _fused(act[0]) != act[0] else "none", act[1], act[2])
-            return "native dense"
+            return "native dense" + (" + residual add" if res_slot is not None else "")
         if groups != 1:
             raise Unsupported("a sparse grouped conv")
         params = {r: self.plan.constants[c] for r, c in op.params.items()}

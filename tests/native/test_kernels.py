@@ -28,9 +28,10 @@ def _gemm_fn(spec: G.GemmSpec):
 
 @pytest.mark.parametrize("bias", ["none", "row", "col"])
 @pytest.mark.parametrize("act", ["none", "relu", "clamp"])
-def test_gemm_odd_shapes(bias, act, rng):
+@pytest.mark.parametrize("residual", [False, True])
+def test_gemm_odd_shapes(bias, act, residual, rng):
     spec = G.GemmSpec(jit.host().vector_width, bias, act, -0.5 if act == "clamp" else 0.0,
-                      0.75 if act == "clamp" else 0.0)
+                      0.75 if act == "clamp" else 0.0, residual)
     f = _gemm_fn(spec)
     for M, N, K in [(1, 1, 1), (1, 8, 8), (6, 32, 1), (7, 33, 3), (13, 100, 70), (2, 5, 0),
                     (32, 784, 9), (12, 64, 130)]:
@@ -40,15 +41,19 @@ def test_gemm_odd_shapes(bias, act, rng):
         B[:, :, :1] = 0.0  # an all-zero output column
         bvec = rng.standard_normal(max(M, N)).astype(np.float32)
         C = np.full((batch, M, N), np.nan, np.float32)
+        R = rng.standard_normal((batch, M, N)).astype(np.float32)
         tm, tn = -(-M // G.MR), -(-N // spec.nr)
         args = np.array([A.ctypes.data, B.ctypes.data, C.ctypes.data, bvec.ctypes.data, M, N,
-                         K, K, N, N, M * K, K * N, M * N, batch, batch, 0, tm, tn], np.int64)
+                         K, K, N, N, M * K, K * N, M * N, batch, batch, 0, tm, tn,
+                         R.ctypes.data], np.int64)
         f(0, batch * tm * tn, args.ctypes.data)
         ref = A @ B
         if bias == "row":
             ref = ref + bvec[:M, None]
         elif bias == "col":
             ref = ref + bvec[:N]
+        if residual:
+            ref = ref + R
         if act == "relu":
             ref = np.maximum(ref, 0)
         elif act == "clamp":
@@ -505,3 +510,36 @@ def test_whole_batch_tail(seed, monkeypatch):
         assert_matches(torch.from_numpy(got), model(x))
     tail_ops = {c.op for c in prog.calls[prog.tail:]}
     assert all(times[i] > 0 for i in tail_ops), times
+
+
+class _DenseShortcut(torch.nn.Module):
+    """A sparse branch, then a dense 1x1 conv whose output is added to it (the add fused
+    into the dense conv's GEMM: a ResNet block whose downsample stays dense)."""
+
+    def __init__(self, cin, c, act):
+        super().__init__()
+        self.a = torch.nn.Conv2d(cin, c, 3, 1, 1)
+        self.b = torch.nn.Conv2d(cin, c, 1)
+        self.act = act
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.act(self.b(x) + y)
+
+
+@pytest.mark.parametrize("cin,c,hw,act", [(5, 7, 9, torch.nn.ReLU()), (16, 40, 14,
+                                                                      torch.nn.Identity()),
+                                           (3, 33, 5, torch.nn.Hardtanh(-0.5, 1.0))])
+def test_dense_conv_fuses_the_residual_add(seed, cin, c, hw, act):
+    torch.manual_seed(seed)
+    model = _DenseShortcut(cin, c, act).eval()
+    with torch.no_grad():
+        model.a.weight.mul_((torch.rand_like(model.a.weight) < 0.3).float())
+    cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw))  # b unpruned: dense
+    assert cm.native is not None, cm.native_status
+    labels = {cm.plan.ops[i].layer: v for i, v in cm.native.lib.labels.items()}
+    assert labels["b"] == "native dense + residual add", labels
+    for batch in (1, 3):
+        x = torch.randn(batch, cin, hw, hw) * 2
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
