@@ -49,15 +49,18 @@ def run(name: str, sparsity: float | None, batches: list[int], repeats: int) -> 
         model, tok = _minilm()
         if sparsity:
             model = sparsecc.prune(model, sparsity)
-        enc = tok(["sparse inference on commodity CPUs " * 40], padding="max_length",
-                  truncation=True, max_length=128, return_tensors="pt")
+        words = "sparse inference on commodity CPUs runs every layer of the model".split()
+        texts = [" ".join(words[i % len(words):] + words) * (4 + i) for i in range(max(batches))]
+        enc = tok(texts, padding="max_length", truncation=True, max_length=128,
+                  return_tensors="pt")  # seq 128, sequences of different lengths
         t0 = time.perf_counter()
-        cm = compile_hf(model, enc)
+        cm = compile_hf(model, {k: v[:1] for k, v in enc.items()})
         compile_s = time.perf_counter() - t0
-        batches = [1]  # seq 128
-        inputs = {1: [enc["input_ids"].numpy(), enc["attention_mask"].numpy()]}
+        inputs = {b: [enc["input_ids"][:b].numpy(), enc["attention_mask"][:b].numpy()]
+                  for b in batches}
         with torch.no_grad():
-            ref = {1: model(**enc).last_hidden_state.numpy()}
+            ref = {b: model(**{k: v[:b] for k, v in enc.items()}).last_hidden_state.numpy()
+                   for b in batches}
 
         def first(out):
             return np.asarray(out["last_hidden_state"])
