@@ -326,7 +326,7 @@ def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
     par = team.append_basic_block("parallel")
     look = team.append_basic_block("look")
     # a run whose every call is too small to share stays on the caller: the region's fork
-    # and join alone cost ~0.7 us (the Linear(8,8) MLP from C: 0.80 -> 0.09 us a call)
+    # and join alone cost ~0.7 us (the Linear(8,8) MLP from C: 0.80 -> 0.10 us a call)
     kq = b.alloca(I64)
     b.store(I64(0), kq)
     b.cbranch(b.icmp_signed("<=", threads, I32(1)), one, look)
