@@ -45,15 +45,13 @@ def env_planes() -> bool:
     return env_native_fuse() and os.environ.get("SPARSECC_PLANES", "1") not in ("0", "")
 
 
-def env_tail_bytes() -> int:
+def env_tail_bytes() -> int | None:
     """SPARSECC_TAIL_BYTES: activation bytes a sample at or under which the last layers of a
-    chunked model run over the whole batch (native.lower.tail_split); 0 turns the tail off.
-    For A/B measurements."""
+    chunked model run over the whole batch (native.lower.tail_split); 0 turns the tail off,
+    None (unset) leaves lower.TAIL_SAMPLE_BYTES. For A/B measurements."""
     raw = os.environ.get("SPARSECC_TAIL_BYTES", "").strip()
     if not raw:
-        from sparsecc.native.lower import TAIL_SAMPLE_BYTES
-
-        return TAIL_SAMPLE_BYTES
+        return None
     return 0 if raw == "0" else parse_bytes(raw, "SPARSECC_TAIL_BYTES")
 
 

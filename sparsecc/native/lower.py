@@ -162,8 +162,10 @@ class Program:
     tail: int = 0
     boundary: list[str] = field(default_factory=list)
     boundary_offsets: list[int] = field(default_factory=list)
+    boundary_sizes: list[int] = field(default_factory=list)  # bytes a sample each
     boundary_bytes: int = 0  # a sample
     tail_arena: tuple[int, int] = (0, 0)
+    tail_outputs: list[str] = field(default_factory=list)  # plan outputs the tail writes
 
     def blob(self) -> tuple[bytes, dict[str, int]]:
         """The weights blob (each member 64-byte aligned) and the offset of each member."""
@@ -364,7 +366,9 @@ class Lowering:
         self.p.min_chunk = batch_min_chunk(plan, self.p.chunk) or 1
         self.p.split = 2 * self.threads
         if self.p.chunk:
-            tail_split(self.p, env_tail_bytes(), self.kn_buffers, self.tail_from)
+            limit = env_tail_bytes()
+            tail_split(self.p, TAIL_SAMPLE_BYTES if limit is None else limit,
+                       self.kn_buffers, self.tail_from)
         return self.p
 
     def _buffers(self, roots: dict[str, str]) -> None:
@@ -2050,15 +2054,19 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
         if c or b.name in kn:
             return
     p.tail = tail
-    p.boundary, p.boundary_offsets, pos = [], [], 0
+    p.boundary, p.boundary_offsets, p.boundary_sizes, pos = [], [], [], 0
     for b in cross:
+        size = linear(b.nbytes)[0]
         p.boundary.append(b.name)
         p.boundary_offsets.append(pos)
+        p.boundary_sizes.append(size)
         b.offset = (pos, 0)
-        pos += -(-linear(b.nbytes)[0] // 64) * 64
+        pos += -(-size // 64) * 64
     p.boundary_bytes = pos
     p.arena = _pack(head)
     p.tail_arena = _pack(rest)
+    late = {b.name for b in rest}
+    p.tail_outputs = [o for o in p.plan.outputs if p.plan.storage_root(o) in late]
 
 
 def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = "") -> Program:

@@ -536,32 +536,31 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     region (the head writes them as extra outputs, the tail reads them as extra inputs)."""
     plan = prog.plan
 
-    def part(name, calls, arena_ab, ins_names, copy_outs, out_bases=()):
+    def part(name, calls, arena_ab, ins_names, copy_outs, out_bases=(), entry=False):
         fn, slots = _emit_part(mod, prog, kernels, pfor, team, weight_offsets, name, calls,
                                arena_ab, list(ins_names), list(copy_outs), list(out_bases))
         prog.argspace_slots = max(prog.argspace_slots, slots)
+        if not entry:  # called by the run function only
+            fn.linkage = "internal"
         return fn
 
     if not prog.chunk:
-        part(f"{prefix}__run", prog.calls, prog.arena, plan.inputs, plan.outputs)
+        part(f"{prefix}__run", prog.calls, prog.arena, plan.inputs, plan.outputs, entry=True)
         return
     if not prog.tail:
         body = part(f"{prefix}__body", prog.calls, prog.arena, plan.inputs, plan.outputs)
         _emit_chunks(mod, prefix, prog, body, f"{prefix}__run", prog.sample_bytes)
         return
-    t_op = prog.calls[prog.tail].op
-    late = {name for name, buf in prog.buffers.items()
-            if buf.first >= t_op and name not in prog.boundary}
-    tail_outs = [o for o in plan.outputs if plan.storage_root(o) in late]
+    tail_outs = prog.tail_outputs
     head_outs = [o for o in plan.outputs if o not in tail_outs]
     tail = part(f"{prefix}__tail", prog.calls[prog.tail:], prog.tail_arena,
                 plan.inputs + prog.boundary, tail_outs)
     body = part(f"{prefix}__body", prog.calls[:prog.tail], prog.arena, plan.inputs,
                 head_outs, prog.boundary)
     in_b, out_b = prog.sample_bytes
-    per = [prog.buffers[r].nbytes(1) for r in prog.boundary]
     head = _emit_chunks(mod, prefix, prog, body, f"{prefix}__head",
-                        (in_b, [out_b[plan.outputs.index(o)] for o in head_outs] + per))
+                        (in_b, [out_b[plan.outputs.index(o)] for o in head_outs] +
+                         prog.boundary_sizes))
     head.linkage = "internal"
 
     fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run")
@@ -605,8 +604,6 @@ def _emit_part(mod, prog: Program, kernels, pfor, team, weight_offsets, name: st
     offsets), the per-thread scratch after ``arena_ab``. Returns the function and its
     argspace slots."""
     fn = ir.Function(mod, RUN_TYPE, name)
-    if not name.endswith("__run"):
-        fn.linkage = "internal"
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     cycles = mod.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
