@@ -26,6 +26,7 @@ from sparsecc.formats.csr import csr_to_dense
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
 from sparsecc.native import dwsmall as DW
 from sparsecc.native import gemm as G
+from sparsecc.native import phase as PH
 from sparsecc.native import qlinear as QL
 from sparsecc.native import smallconv as SC
 from sparsecc.native.expr import E, const, dim, lift, linear, numel
@@ -1634,10 +1635,14 @@ class Lowering:
             planes = self.temp("planes", nb * per_sample * 4)
             pys = self.derived("pys", g.pys)
             pxs = self.derived("pxs", g.pxs)
-            self.call(self.numba("k_phase"),
-                      [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw),
-                       I(g.sh), I(g.sw), pys, I(len(g.pys)), pxs, I(len(g.pxs)), I(g.hq),
-                       I(g.wq), I(per_sample)], nb * rows, float(g.plane))
+            args = [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
+                    I(g.sw), pys, I(len(g.pys)), pxs, I(len(g.pxs)), I(g.hq), I(g.wq),
+                    I(per_sample)]
+            if g.sw in PH.STRIDES:  # vectorised; an item is a sample's channel's row phase
+                self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw)), args,
+                          PH.items(nb, cin, len(g.pys)), float(g.plane * len(g.pxs)))
+            else:
+                self.call(self.numba("k_phase"), args, nb * rows, float(g.plane))
         L = g.ho * g.wq
         offs = g.offsets(swt.indices)
         tile = LK.spmm_tile(L, self.vw, swt.block_rows)

@@ -16,7 +16,11 @@ import sparsecc
 from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
 from sparsecc.native import gemm as G
+from sparsecc.native import phase as PH
 from tests.conftest import assert_matches
+
+_HASWELL = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
+                               "-avx512f,-avx512bw,-avx512dq,-avx512vl")  # AVX2, no AVX-512
 
 
 def _gemm_fn(spec: G.GemmSpec):
@@ -284,8 +288,7 @@ def test_depthwise_registers_kernel(rng, vw, host, stride, h, w, kh, pad, dil):
                             stride=stride)
     mod = ir.Module("dws")
     spec.emit(mod, "d")
-    target = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
-                                 "-avx512f,-avx512bw,-avx512dq,-avx512vl") if host else None
+    target = _HASWELL if host else None
     obj = jit.compile_ir(ES.module_text(mod), h=target)
     f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
         jit.load_object(obj, ["d"])["d"])
@@ -317,8 +320,7 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
                             0.0, 6.0, True)
     mod = ir.Module("sconv")
     spec.emit(mod, "s")
-    target = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
-                                 "-avx512f,-avx512bw,-avx512dq,-avx512vl") if host else None
+    target = _HASWELL if host else None
     f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
         jit.load_object(jit.compile_ir(ES.module_text(mod), h=target), ["s"])["s"])
     x = rng.standard_normal((2, cin, h, w)).astype(np.float32) * 2
@@ -360,9 +362,7 @@ def test_gemm_avx2_code_path(rng):
     spec = G.GemmSpec(8, "col", "relu")
     mod = ir.Module("gemm_avx2")
     G.emit_gemm(mod, "g", spec)
-    haswell = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
-                                  "-avx512f,-avx512bw,-avx512dq,-avx512vl")
-    obj = jit.compile_ir(ES.module_text(mod), h=haswell)
+    obj = jit.compile_ir(ES.module_text(mod), h=_HASWELL)
     f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
         jit.load_object(obj, ["g"])["g"])
     M, N, K = 13, 37, 21
@@ -543,3 +543,43 @@ def test_dense_conv_fuses_the_residual_add(seed, cin, c, hw, act):
         x = torch.randn(batch, cin, hw, hw) * 2
         with torch.no_grad():
             assert_matches(cm(x), model(x))
+
+
+_PHASE: dict = {}
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**31), c=st.integers(1, 3), h=st.integers(1, 37),
+       w=st.integers(1, 37), sh=st.integers(1, 3), sw=st.sampled_from(PH.STRIDES),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), extra=st.integers(0, 2),
+       phases=st.sampled_from(["all", "first", "last"]),
+       vw=st.sampled_from(sorted({jit.host().vector_width, 8})))
+def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, vw):
+    """The vectorised polyphase planes (LLVM, stride 1 and 2 along x) against slices of the
+    zero-padded input: rows wider than two vectors and narrower than one, padding wider than
+    the input, a subset of the phases; the slack after the last plane is not written."""
+    if (vw, sw) not in _PHASE:
+        mod = ir.Module("phase_test")
+        PH.PhaseSpec(vw, sw).emit(mod, "p")
+        obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
+                             else _HASWELL)
+        _PHASE[vw, sw] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
+                                          ctypes.c_void_p)(jit.load_object(obj, ["p"])["p"])
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    pick = {"all": slice(None), "first": slice(0, 1), "last": slice(-1, None)}[phases]
+    pys, pxs = np.arange(sh, dtype=np.int64)[pick], np.arange(sw, dtype=np.int64)[pick]
+    hq = -(-(h + 2 * ph) // sh) + extra
+    wq = -(-(w + 2 * pw) // sw) + extra
+    per = c * len(pys) * len(pxs) * hq * wq + 5
+    out = np.full((2, per), np.nan, np.float32)
+    args = np.array([x.ctypes.data, out.ctypes.data, 2, c, h, w, ph, pw, sh, sw,
+                     pys.ctypes.data, len(pys), pxs.ctypes.data, len(pxs), hq, wq, per],
+                    np.int64)
+    _PHASE[vw, sw](0, PH.items(2, c, len(pys)), args.ctypes.data)
+    big = np.zeros((2, c, hq * sh + sh, wq * sw + sw), np.float32)
+    big[:, :, ph:ph + h, pw:pw + w] = x
+    ref = np.stack([big[:, :, py::sh, px::sw][:, :, :hq, :wq] for py in pys for px in pxs],
+                   axis=2)
+    np.testing.assert_array_equal(out[:, :-5].reshape(ref.shape[:3] + (hq, wq)), ref)
+    assert np.isnan(out[:, -5:]).all()
