@@ -383,11 +383,12 @@ def k_phase(start, stop, a):
 
 @_kernel
 def k_pads(start, stop, a):
-    """[planes, N, C, hq, wq, stride]: zero the border of each (hq, wq) plane (rows 0 and
-    hq - 1, columns 0 and wq - 1), samples ``stride`` floats apart; items N*C. The conv
-    before wrote its wide rows into the interiors (its wrap columns land on the borders)."""
+    """[planes, N, C, hq, wq, stride, ps]: zero the border of each (hq, wq) plane (rows 0 and
+    hq - 1, columns 0 and wq - 1) and the gap after it (planes ``ps`` floats apart), samples
+    ``stride`` floats apart; items N*C. The conv before wrote its wide rows into the
+    interiors (its wrap columns land on the borders)."""
     hq, wq = a[3], a[4]
-    out = _strided3(a[0], a[1], a[2], hq * wq, a[5])
+    out = _strided3(a[0], a[1], a[2], a[6], a[5])
     for t in range(start, stop):
         row = out[t // a[2], t % a[2]]
         for j in range(wq):
@@ -396,12 +397,15 @@ def k_pads(start, stop, a):
         for i in range(1, hq - 1):
             row[i * wq] = 0.0
             row[i * wq + wq - 1] = 0.0
+        for j in range(hq * wq, a[6]):
+            row[j] = 0.0
 
 
 @_kernel
 def k_crop(start, stop, a):
-    """[full, out, N, Co, ho, wo, wq]: out[n, o, i, j] = full[n, o, i*wq + j]; items N*Co."""
-    full = carray(_f32p(a[0]), (a[2], a[3], a[4] * a[6]))
+    """[full, out, N, Co, ho, wo, wq, fcs]: out[n, o, i, j] = full[n, o, i*wq + j], full's
+    channels fcs >= ho*wq floats apart; items N*Co."""
+    full = carray(_f32p(a[0]), (a[2], a[3], a[7]))
     out = carray(_f32p(a[1]), (a[2], a[3], a[4], a[5]))
     for t in range(start, stop):
         C.crop_plane(full, t, a[6], a[5], out)
@@ -409,9 +413,9 @@ def k_crop(start, stop, a):
 
 @_kernel
 def k_crop_res(start, stop, a):
-    """[full, res, out, N, Co, ho, wo, wq, code, a, b]: out[n, o, i, j] = act(full[n, o,
-    i*wq + j] + res[n, o, i, j]); items N*Co."""
-    full = carray(_f32p(a[0]), (a[3], a[4], a[5] * a[7]))
+    """[full, res, out, N, Co, ho, wo, wq, code, a, b, fcs]: out[n, o, i, j] = act(full[n, o,
+    i*wq + j] + res[n, o, i, j]), full's channels fcs floats apart; items N*Co."""
+    full = carray(_f32p(a[0]), (a[3], a[4], a[11]))
     res = carray(_f32p(a[1]), (a[3], a[4], a[5], a[6]))
     out = carray(_f32p(a[2]), (a[3], a[4], a[5], a[6]))
     p, q = _f64(a[9]), _f64(a[10])

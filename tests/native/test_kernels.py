@@ -552,12 +552,13 @@ _PHASE: dict = {}
 @given(seed=st.integers(0, 2**31), c=st.integers(1, 3), h=st.integers(1, 37),
        w=st.integers(1, 37), sh=st.integers(1, 3), sw=st.sampled_from(PH.STRIDES),
        ph=st.integers(0, 3), pw=st.integers(0, 3), extra=st.integers(0, 2),
-       phases=st.sampled_from(["all", "first", "last"]),
-       vw=st.sampled_from(sorted({jit.host().vector_width, 8})))
-def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, vw):
+       phases=st.sampled_from(["all", "first", "last"]), gap=st.integers(0, 17),
+       xgap=st.integers(0, 3), vw=st.sampled_from(sorted({jit.host().vector_width, 8})))
+def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, vw):
     """The vectorised polyphase planes (LLVM, stride 1 and 2 along x) against slices of the
     zero-padded input: rows wider than two vectors and narrower than one, padding wider than
-    the input, a subset of the phases; the slack after the last plane is not written."""
+    the input, a subset of the phases, planes with gaps between them (zeroed), x's channels
+    apart; the slack after the last plane is not written."""
     if (vw, sw) not in _PHASE:
         mod = ir.Module("phase_test")
         PH.PhaseSpec(vw, sw).emit(mod, "p")
@@ -571,15 +572,22 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, vw):
     pys, pxs = np.arange(sh, dtype=np.int64)[pick], np.arange(sw, dtype=np.int64)[pick]
     hq = -(-(h + 2 * ph) // sh) + extra
     wq = -(-(w + 2 * pw) // sw) + extra
-    per = c * len(pys) * len(pxs) * hq * wq + 5
+    ps = hq * wq + gap  # planes ps floats apart, the gap zeroed
+    nplanes = c * len(pys) * len(pxs)
+    per = nplanes * ps + 5
     out = np.full((2, per), np.nan, np.float32)
-    args = np.array([x.ctypes.data, out.ctypes.data, 2, c, h, w, ph, pw, sh, sw,
-                     pys.ctypes.data, len(pys), pxs.ctypes.data, len(pxs), hq, wq, per],
-                    np.int64)
+    # x's channels xcs >= h*w floats apart (NaN between: never read)
+    xbig = np.full((2, c, h * w + xgap), np.nan, np.float32)
+    xbig[:, :, :h * w] = x.reshape(2, c, h * w)
+    args = np.array([xbig.ctypes.data, out.ctypes.data, 2, c, h, w, ph, pw, sh, sw,
+                     pys.ctypes.data, len(pys), pxs.ctypes.data, len(pxs), hq, wq, per, ps,
+                     h * w + xgap], np.int64)
     _PHASE[vw, sw](0, PH.items(2, c, len(pys)), args.ctypes.data)
     big = np.zeros((2, c, hq * sh + sh, wq * sw + sw), np.float32)
     big[:, :, ph:ph + h, pw:pw + w] = x
     ref = np.stack([big[:, :, py::sh, px::sw][:, :, :hq, :wq] for py in pys for px in pxs],
                    axis=2)
-    np.testing.assert_array_equal(out[:, :-5].reshape(ref.shape[:3] + (hq, wq)), ref)
+    got = out[:, :-5].reshape(2, nplanes, ps)
+    np.testing.assert_array_equal(got[:, :, :hq * wq].reshape(ref.shape[:3] + (hq, wq)), ref)
+    assert (got[:, :, hq * wq:] == 0).all()
     assert np.isnan(out[:, -5:]).all()

@@ -385,15 +385,17 @@ class Shift:
         """How far past its own position a tap reads within one plane."""
         return (self.kh - 1) * self.dh // self.sh * self.wq
 
-    def offsets(self, indices: np.ndarray) -> np.ndarray:
-        """Weight column (c, dy, dx) -> offset of its first read in the flat phase planes."""
+    def offsets(self, indices: np.ndarray, plane_stride: int | None = None) -> np.ndarray:
+        """Weight column (c, dy, dx) -> offset of its first read in the flat phase planes
+        (``plane_stride`` floats apart, default hq*wq)."""
         col = indices.astype(np.int64)
         c, r = np.divmod(col, self.kh * self.kw)
         dy, dx = np.divmod(r, self.kw)
         qy, py = np.divmod(dy * self.dh, self.sh)
         qx, px = np.divmod(dx * self.dw, self.sw)
         phase = np.searchsorted(self.pys, py) * len(self.pxs) + np.searchsorted(self.pxs, px)
-        off = (c * self.phases + phase) * self.plane + qy * self.wq + qx
+        ps = self.plane if plane_stride is None else plane_stride
+        off = (c * self.phases + phase) * ps + qy * self.wq + qx
         return off.astype(np.uint32)
 
     def fill(self, x: np.ndarray, planes: np.ndarray) -> None:
