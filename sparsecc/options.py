@@ -45,6 +45,12 @@ def env_planes() -> bool:
     return env_native_fuse() and os.environ.get("SPARSECC_PLANES", "1") not in ("0", "")
 
 
+def env_channel_stride() -> bool:
+    """SPARSECC_CHANNEL_STRIDE=0 keeps every activation dense (no channels padded to 16
+    floats, native.lower.Lowering.cs): for A/B measurements."""
+    return os.environ.get("SPARSECC_CHANNEL_STRIDE", "1") not in ("0", "")
+
+
 def env_tail_bytes() -> int | None:
     """SPARSECC_TAIL_BYTES: activation bytes a sample at or under which the last layers of a
     chunked model run over the whole batch (native.lower.tail_split); 0 turns the tail off,

@@ -314,15 +314,16 @@ def k_avgpool(start, stop, a):
 
 @_kernel
 def k_adaptive(start, stop, a):
-    """[x, out, N, C, H, W, ho, wo, is_max]."""
+    """[x, out, N, C, H, W, ho, wo, is_max, xcs]; a global average reads x's channels xcs
+    floats apart (>= H*W), the other pools H*W."""
     x = _nchw(a, 0, 2)
     out = carray(_f32p(a[1]), (a[2], a[3], a[6], a[7]))
-    if a[6] == 1 and a[7] == 1 and a[8] == 0:  # a global average: contiguous planes
+    if a[6] == 1 and a[7] == 1 and a[8] == 0:  # a global average: one run a plane
         hw = a[4] * a[5]
-        xf = carray(_f32p(a[0]), a[2] * a[3] * hw)
+        xf = carray(_f32p(a[0]), a[2] * a[3] * a[9])
         of = carray(_f32p(a[1]), a[2] * a[3])
         for t in range(start, stop):
-            of[t] = P.plane_mean(xf, t * hw, hw)
+            of[t] = P.plane_mean(xf, t * a[9], hw)
         return
     for t in range(start, stop):
         P.adaptive_plane(x, t, a[8] != 0, out)
@@ -403,24 +404,25 @@ def k_pads(start, stop, a):
 
 @_kernel
 def k_crop(start, stop, a):
-    """[full, out, N, Co, ho, wo, wq, fcs]: out[n, o, i, j] = full[n, o, i*wq + j], full's
-    channels fcs >= ho*wq floats apart; items N*Co."""
+    """[full, out, N, Co, ho, wo, wq, fcs, ocs]: out[n, o, i*wo + j] = full[n, o, i*wq + j],
+    full's channels fcs >= ho*wq floats apart, out's ocs >= ho*wo; items N*Co."""
     full = carray(_f32p(a[0]), (a[2], a[3], a[7]))
-    out = carray(_f32p(a[1]), (a[2], a[3], a[4], a[5]))
+    out = carray(_f32p(a[1]), (a[2], a[3], a[8]))
     for t in range(start, stop):
-        C.crop_plane(full, t, a[6], a[5], out)
+        C.crop_plane(full, t, a[6], a[5], a[4], out)
 
 
 @_kernel
 def k_crop_res(start, stop, a):
-    """[full, res, out, N, Co, ho, wo, wq, code, a, b, fcs]: out[n, o, i, j] = act(full[n, o,
-    i*wq + j] + res[n, o, i, j]), full's channels fcs floats apart; items N*Co."""
+    """[full, res, out, N, Co, ho, wo, wq, code, a, b, fcs, ocs]: out[n, o, i*wo + j] =
+    act(full[n, o, i*wq + j] + res[n, o, i*wo + j]), full's channels fcs floats apart, res's
+    and out's ocs; items N*Co."""
     full = carray(_f32p(a[0]), (a[3], a[4], a[11]))
-    res = carray(_f32p(a[1]), (a[3], a[4], a[5], a[6]))
-    out = carray(_f32p(a[2]), (a[3], a[4], a[5], a[6]))
+    res = carray(_f32p(a[1]), (a[3], a[4], a[12]))
+    out = carray(_f32p(a[2]), (a[3], a[4], a[12]))
     p, q = _f64(a[9]), _f64(a[10])
     for t in range(start, stop):
-        C.crop_res_plane(full, t, a[7], a[6], res, out, a[8], p, q)
+        C.crop_res_plane(full, t, a[7], a[6], a[5], res, out, a[8], p, q)
 
 
 def _view4_factory(dtype):

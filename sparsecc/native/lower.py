@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -40,6 +41,7 @@ from sparsecc.native.kernels import (
     f64_bits,
 )
 from sparsecc.options import (
+    env_channel_stride,
     env_expand,
     env_grouped,
     env_native_fuse,
@@ -167,6 +169,8 @@ class Program:
     boundary_bytes: int = 0  # a sample
     tail_arena: tuple[int, int] = (0, 0)
     tail_outputs: list[str] = field(default_factory=list)  # plan outputs the tail writes
+    # activations whose channels lie this many floats apart (Lowering.cs), not H*W
+    channel_strides: dict[str, int] = field(default_factory=dict)
 
     def blob(self) -> tuple[bytes, dict[str, int]]:
         """The weights blob (each member 64-byte aligned) and the offset of each member."""
@@ -239,10 +243,17 @@ def _fused(act: str, generic: bool = False) -> str:
 
 class Lowering:
     def __init__(self, plan: ExecutionPlan, vw: int, threads: int, features: str = "",
-                 tail_from: int | None = None):
+                 tail_from: int | None = None, dense: frozenset[str] = frozenset()):
         self.plan, self.vw, self.threads = plan, vw, max(1, threads)
         # the op the whole-batch tail starts at (lower_program's second pass), else None
         self.tail_from = tail_from
+        # activations whose channels lie a multiple of 16 floats apart (name -> that
+        # stride): every (N, C, H, W) float32 tensor between ops with H*W not one already,
+        # except ``dense`` (lower_program's retries: a call that does not take the stride
+        # touched them)
+        self.cs: dict[str, int] = _strided(plan, dense) if env_channel_stride() else {}
+        self.aware: set[int] = set()  # calls that take those strides (_aware)
+        self.undo: set[str] = set()  # of those, tensors to lower dense after all (_same_cs)
         self.features = set(features.split(","))  # LLVM's "+avx512vnni,..." of the target
         self.p = Program(plan)
         self.i = 0  # current op index
@@ -315,6 +326,28 @@ class Lowering:
         self.p.kernels.setdefault(name, Kernel(name, "numba"))
         return name
 
+    @contextmanager
+    def _aware(self, ok: bool = True):
+        """The calls made inside take the channel strides of every tensor they touch
+        (Lowering.cs); the others may not touch such a tensor (run's check)."""
+        n0 = len(self.p.calls)
+        yield
+        if ok:
+            self.aware.update(range(n0, len(self.p.calls)))
+
+    def _same_cs(self, a: str, b: str) -> None:
+        """Tensors one call reads and writes at the same offsets (a residual and the sum):
+        when only one has a channel stride, it is lowered dense on the retry."""
+        if (a in self.cs) != (b in self.cs):
+            self.undo.add(a if a in self.cs else b)
+
+    def _cstride(self, name: str) -> int:
+        """Floats from one channel of ``name`` (N, C, H, W) to the next."""
+        if name in self.cs:
+            return self.cs[name]
+        _, _, h, w = self.shape(name)
+        return h.value * w.value
+
     def ir_kernel(self, spec) -> str:
         self.p.kernels.setdefault(spec.key, Kernel(spec.key, "ir", ir_spec=spec))
         return spec.key
@@ -362,6 +395,12 @@ class Lowering:
             for slot in call.args:
                 if slot.kind == "tensor" and slot.name in plan.constants:
                     self.const(slot.name)
+        bad = {roots[s.name] for ci, c in enumerate(self.p.calls) if ci not in self.aware
+               for s in c.args if s.kind == "tensor" and roots.get(s.name) in self.cs}
+        bad |= self.undo
+        if bad:
+            raise _Dense(frozenset(bad))
+        self.p.channel_strides = dict(self.cs)
         self._buffers(roots)
         self.p.chunk, self.p.sample_bytes = batch_chunk(plan, self.p.arena[0])
         self.p.min_chunk = batch_min_chunk(plan, self.p.chunk) or 1
@@ -401,6 +440,8 @@ class Lowering:
                 continue
             spec = plan.tensors[r]
             nbytes = numel(self.shape(r)) * np.dtype(spec.dtype).itemsize
+            if r in self.cs:
+                nbytes = numel(self.shape(r)[:2]) * self.cs[r] * 4
             if r in kn:  # a features x batch hand-over: rows kn_stride(m) apart
                 shape = self.shape(r)
                 nbytes = shape[-1] * kn_stride(numel(shape[:-1])) * 4
@@ -979,9 +1020,12 @@ class Lowering:
         x, out = op.inputs[0], op.output
         ho, wo = self.shape(out)[2:]
         hw = self.example(x)[2] * self.example(x)[3]
-        self.call(self.numba("k_adaptive"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
-                                             I(int(op.attrs["mode"] == "max"))],
-                  numel(self.shape(out)[:2]), float(hw))
+        mean = (ho.value, wo.value, op.attrs["mode"]) == (1, 1, "avg")
+        with self._aware(mean):  # the global mean takes x's channel stride
+            self.call(self.numba("k_adaptive"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
+                                                 I(int(op.attrs["mode"] == "max")),
+                                                 I(self._cstride(x))],
+                      numel(self.shape(out)[:2]), float(hw))
 
     # ---- int8 linear ----------------------------------------------------------------------
     def op_qlinear(self, op: Op):
@@ -1345,11 +1389,14 @@ class Lowering:
         """The activation in place on ``n`` floats (default: all) of a tensor or temporary
         (``guard``: as Call.only_if)."""
         actn, a, b = act
-        if n is None:
+        own = n is None
+        if own:
             n = self.p.buffers[name].nbytes.fdiv(4) if name in self.p.buffers else \
+                numel(self.shape(name)[:2]) * self.cs[name] if name in self.cs else \
                 numel(self.shape(name))
-        self.call(self.numba("k_act"), [T(name), T(name), I(A.act_code(actn)), F(a), F(b)], n,
-                  8.0, only_if=guard)
+        with self._aware(own):  # (over the pads too: never read)
+            self.call(self.numba("k_act"), [T(name), T(name), I(A.act_code(actn)), F(a),
+                                            F(b)], n, 8.0, only_if=guard)
 
     def _sparse_args(self, sw: SP.SparseWeight, bias: Slot, x: Slot, out: Slot, **ints):
         slots = [I(0)] * E_.N_ARGS
@@ -1613,9 +1660,15 @@ class Lowering:
                                           swt.idx_bits, tile)
         if res_slot is not None:
             spec = replace(spec, residual=True)
-        label = self.spmm(op, swt, spec, True, bslot, xsrc, T(out), n=nb, L=hw, xrs=hw,
-                          ors=hw, xns=rows_in * hw, ons=cout_ * hw, indices=swt.indices,
-                          x_rows=rows_in, res=res_slot)
+        # x's and out's channels at their strides (Lowering.cs); a residual's must be out's
+        xcs = self._cstride(x) if method == "pointwise" else hw
+        ocs = self._cstride(out)
+        if res_slot is not None:
+            self._same_cs(other, out)
+        with self._aware():
+            label = self.spmm(op, swt, spec, True, bslot, xsrc, T(out), n=nb, L=hw, xrs=xcs,
+                              ors=ocs, xns=rows_in * xcs, ons=cout_ * ocs,
+                              indices=swt.indices, x_rows=rows_in, res=res_slot)
         if tail:
             self.act_pass(out, *act)
         return label + (" + residual add" if res_slot is not None else "") + \
@@ -1640,9 +1693,10 @@ class Lowering:
                     I(g.sw), pys, I(len(g.pys)), pxs, I(len(g.pxs)), I(g.hq), I(g.wq),
                     I(per_sample)]
             if g.sw in PH.STRIDES:  # vectorised; an item is a sample's channel's row phase
-                self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw)),
-                          args + [I(ps), I(h.value * w.value)],
-                          PH.items(nb, cin, len(g.pys)), float(ps * len(g.pxs)))
+                with self._aware():
+                    self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw)),
+                              args + [I(ps), I(self._cstride(x))],
+                              PH.items(nb, cin, len(g.pys)), float(ps * len(g.pxs)))
             else:
                 self.call(self.numba("k_phase"), args, nb * rows, float(g.plane))
         L = g.ho * g.wq
@@ -1703,16 +1757,22 @@ class Lowering:
         the same pass, written into the add's output (the add disappears). Returns the
         label's suffix."""
         if res is None:
-            self.call(self.numba("k_crop"), [T(full), T(out), I(nb), I(cout), I(g.ho),
-                                             I(g.wo), I(g.wq), I(fcs)],
-                      nb * cout, float(g.ho * g.wo))
+            with self._aware():
+                self.call(self.numba("k_crop"), [T(full), T(out), I(nb), I(cout), I(g.ho),
+                                                 I(g.wo), I(g.wq), I(fcs),
+                                                 I(self._cstride(out))],
+                          nb * cout, float(g.ho * g.wo))
             return ""
         j, other, (actn, pa, pb) = res
         self.fused[j] = (self.i, out)
-        self.call(self.numba("k_crop_res"),
-                  [T(full), T(other), T(self.plan.ops[j].output), I(nb), I(cout), I(g.ho),
-                   I(g.wo), I(g.wq), I(A.act_code(actn)), F(pa), F(pb), I(fcs)],
-                  nb * cout, 2.0 * g.ho * g.wo)
+        dst = self.plan.ops[j].output
+        ocs = self._cstride(dst)
+        self._same_cs(other, dst)
+        with self._aware():
+            self.call(self.numba("k_crop_res"),
+                      [T(full), T(other), T(dst), I(nb), I(cout), I(g.ho), I(g.wo), I(g.wq),
+                       I(A.act_code(actn)), F(pa), F(pb), I(fcs), I(ocs)],
+                      nb * cout, 2.0 * g.ho * g.wo)
         return " + residual add"
 
     def _readers(self, name: str) -> list[int]:
@@ -2093,10 +2153,20 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
     """Lower ``plan``; when the program gets a whole-batch tail, lower it again knowing where
     the tail starts, so the tail's convs may take the grouped kernel at batches whose
     positions fill it (Lowering.spmm), and split it at the same op."""
-    prog = Lowering(plan, vw, threads, features).run()
+    dense: frozenset[str] = frozenset()
+
+    def lower(tail_from=None):
+        nonlocal dense
+        while True:  # (each retry makes at least one more tensor dense)
+            try:
+                return Lowering(plan, vw, threads, features, tail_from, dense).run()
+            except _Dense as exc:
+                dense = dense | exc.names
+
+    prog = lower()
     if not prog.tail:
         return prog
-    again = Lowering(plan, vw, threads, features, prog.calls[prog.tail].op).run()
+    again = lower(prog.calls[prog.tail].op)
     return again if again.tail else prog
 
 
@@ -2105,6 +2175,31 @@ KN_LABEL = " (features x tokens)"
 
 def _round16(n: int) -> int:
     return -(-n // 16) * 16
+
+
+class _Dense(Exception):
+    """Tensors given channel strides that a call made for them does not take."""
+
+    def __init__(self, names: frozenset[str]):
+        super().__init__(sorted(names))
+        self.names = names
+
+
+def _strided(plan: ExecutionPlan, dense: frozenset[str]) -> dict[str, int]:
+    """Lowering.cs's candidates: (N, C, H, W) float32 activations, not the plan's inputs or
+    outputs, not views or viewed, H*W over 16 and not a multiple of 16."""
+    viewed = {t.alias_of for t in plan.tensors.values() if t.alias_of is not None}
+    out = {}
+    for name, t in plan.tensors.items():
+        if name in plan.constants or name in plan.inputs or name in plan.outputs or \
+                name in dense or name in viewed or t.alias_of is not None or \
+                t.dtype != "float32" or len(t.shape) != 4 or \
+                any(isinstance(d, Sym) for d in t.shape[1:]):
+            continue
+        hw = int(t.shape[2]) * int(t.shape[3])
+        if hw > 16 and hw % 16:
+            out[name] = _round16(hw)
+    return out
 
 
 def _conds(guard) -> list | None:

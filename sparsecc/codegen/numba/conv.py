@@ -329,31 +329,34 @@ def phase_row(x, t, ph, pw, sh, sw, pys, pxs, hq, wq, out):
 @njit(parallel=True, cache=True)
 def crop_rows(full, wp, wo, out):
     """out[n, o, i, j] = full[n, o, i*wp + j] for j < wo: drops the shifted conv's wrap columns."""
-    nb, co = out.shape[0], out.shape[1]
+    nb, co, ho = out.shape[0], out.shape[1], out.shape[2]
+    flat = out.reshape(nb, co, ho * wo)
     for t in prange(nb * co):
-        crop_plane(full, t, wp, wo, out)
+        crop_plane(full, t, wp, wo, ho, flat)
 
 
 @njit(inline="always", cache=True)
-def crop_plane(full, t, wp, wo, out):
-    """Plane t (sample t // C, channel t % C) of crop_rows."""
-    co, ho = out.shape[1], out.shape[2]
+def crop_plane(full, t, wp, wo, ho, out):
+    """Plane t (sample t // C, channel t % C) of crop_rows; out is (N, C, >= ho*wo), the row
+    i of a plane at i*wo."""
+    co = out.shape[1]
     n = t // co
     o = t - n * co
     src = full[n, o]
     dst = out[n, o]
     for i in range(ho):  # row by row through 1-D views: the copy vectorises
         s = src[i * wp:i * wp + wo]
-        d = dst[i]
+        d = dst[i * wo:i * wo + wo]
         for j in range(wo):
             d[j] = s[j]
 
 
 @njit(inline="always", cache=True)
-def crop_res_plane(full, t, wp, wo, res, out, code, a, b):
-    """crop_plane fused with a residual add and an activation: out = act(full + res); relu
-    (code 1, NaN-keeping as torch's) has its own loop so it vectorises."""
-    co, ho = out.shape[1], out.shape[2]
+def crop_res_plane(full, t, wp, wo, ho, res, out, code, a, b):
+    """crop_plane fused with a residual add and an activation: out = act(full + res) (res
+    laid out as out); relu (code 1, NaN-keeping as torch's) has its own loop so it
+    vectorises."""
+    co = out.shape[1]
     n = t // co
     o = t - n * co
     src = full[n, o]
@@ -361,8 +364,8 @@ def crop_res_plane(full, t, wp, wo, res, out, code, a, b):
     dst = out[n, o]
     for i in range(ho):
         s = src[i * wp:i * wp + wo]
-        r = rsd[i]
-        d = dst[i]
+        r = rsd[i * wo:i * wo + wo]
+        d = dst[i * wo:i * wo + wo]
         if code == 1:
             for j in range(wo):
                 v = s[j] + r[j]
