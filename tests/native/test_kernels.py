@@ -252,13 +252,7 @@ def test_expand_inside_depthwise(seed, cin, c, hw, stride, act):
     inside the depthwise register kernel a channel at a time (its plane on the stack, never
     in memory): whole planes, bands (56, 112), stride 2, a part last vector (7 x 7, 9 x 9),
     no activation; rows with no nonzero (the expand's bias alone)."""
-    model = torch.nn.Sequential(torch.nn.Conv2d(cin, c, 1), act(),
-                                torch.nn.Conv2d(c, c, 3, stride, 1, groups=c), torch.nn.ReLU6(),
-                                torch.nn.Conv2d(c, cin, 1)).eval()
-    with torch.no_grad():
-        model[0].weight.mul_((torch.rand_like(model[0].weight) < 0.3).float())
-        model[0].weight[0] = 0.0  # an expanded channel that is its bias alone
-        model[2].weight.mul_((torch.rand_like(model[2].weight) < 0.5).float())
+    model = _expand_block(cin, c, stride, act, 0.1)
     cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw))
     assert cm.native is not None, cm.native_status
     labels = cm.native.lib.labels
@@ -266,6 +260,38 @@ def test_expand_inside_depthwise(seed, cin, c, hw, stride, act):
     assert "the 1x1 expand" in labels[1], labels
     for batch in (1, 3):
         x = torch.randn(batch, cin, hw, hw)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
+def _expand_block(cin, c, stride, act, density):
+    """expand 1x1 (``density`` of its weights kept, exactly; channel 0 its bias alone) ->
+    depthwise 3x3 (half its taps) -> project 1x1."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(cin, c, 1), act(),
+                                torch.nn.Conv2d(c, c, 3, stride, 1, groups=c), torch.nn.ReLU6(),
+                                torch.nn.Conv2d(c, cin, 1)).eval()
+    with torch.no_grad():
+        w = model[0].weight
+        keep = torch.zeros(w.numel())
+        keep[torch.randperm(w.numel())[:max(1, int(density * w.numel()))]] = 1.0
+        w.mul_(keep.view_as(w))
+        w[0] = 0.0  # an expanded channel that is its bias alone
+        model[2].weight.mul_((torch.rand_like(model[2].weight) < 0.5).float())
+    return model
+
+
+@pytest.mark.parametrize("density", [0.2, 0.5])
+def test_dense_expand_stays_a_conv(seed, density):
+    """An expand conv denser than lower.EXPAND_MAX_DENSITY runs as a conv of its own (its
+    grouped kernel beats computing it a channel at a time inside the depthwise conv), and
+    the block still matches torch."""
+    model = _expand_block(16, 48, 1, torch.nn.ReLU6, density)
+    cm = sparsecc.compile(model, torch.randn(1, 16, 14, 14))
+    assert cm.native is not None, cm.native_status
+    labels = cm.native.lib.labels
+    assert not labels[0].startswith("fused into") and "expand" not in labels[1], labels
+    for batch in (1, 3):
+        x = torch.randn(batch, 16, 14, 14)
         with torch.no_grad():
             assert_matches(cm(x), model(x))
 
