@@ -69,6 +69,13 @@ GROUP_ROWS = 24
 # from memory once a call (a sample, when the batch runs in chunks): ResNet-18 batch 16, per
 # layer, grouped / generic 0.71-0.97 with 13-203 vectors, 1.11-1.38 with 4 (layer4, 7 x 7).
 GROUP_MIN_TILES = 8
+# A 1x1 expand conv denser than this stays a conv of its own (its grouped kernel) instead of
+# being computed inside the depthwise conv after it a channel at a time. MobileNetV2 with
+# ImageNet weights at the global profile (expand convs 6-59 % dense), same process, every
+# expand inside / <= 25 % / <= 15 % / none: batch 16 27.3 / 25.5 / 25.0 / 25.7 ms (and
+# 25.9 / 23.7 / 23.7 at 1 / 0.25 / 0.15 in another run), batch 1 2.04 / 1.94 / 1.93 / 2.03;
+# at the uniform profile (10 %) inside wins (b16 29.5 / 30.8 ms, b1 1.378 / 1.446).
+EXPAND_MAX_DENSITY = 0.15
 
 
 class Unsupported(Exception):
@@ -2027,13 +2034,6 @@ class Lowering:
 # chunks of 1. Same process, batch 16, 6 vs 12 MB: MiniLM (1.4 MB a sample, 4 vs 9 samples a
 # chunk) 58.4 vs 67.3 ms, MobileNetV2 36.4 vs 40.0, ResNet-18 and -50 level (one sample).
 CHUNK_BYTES = 6 << 20
-# A 1x1 expand conv denser than this stays a conv of its own (its grouped kernel) instead of
-# being computed inside the depthwise conv after it a channel at a time. MobileNetV2 with
-# ImageNet weights at the global profile (expand convs 6-59 % dense), same process, every
-# expand inside / <= 25 % / <= 15 % / none: batch 16 27.3 / 25.5 / 25.0 / 25.7 ms (and
-# 25.9 / 23.7 / 23.7 at 1 / 0.25 / 0.15 in another run), batch 1 2.04 / 1.94 / 1.93 / 2.03;
-# at the uniform profile (10 %) inside wins (b16 29.5 / 30.8 ms, b1 1.378 / 1.446).
-EXPAND_MAX_DENSITY = 0.15
 # Op kinds that treat every sample on its own (when every tensor's leading dim is the batch;
 # a permute, slice or expand that moved or resized it would break that, and batch_chunk checks
 # every tensor).
