@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 FAILURES = ("crash", "hang", "raw", "silent")
+# Param roles whose absence leaves a valid op of another model (ir.kinds declares them
+# optional with nothing in their place); dropping any other role must be refused.
+DROPPABLE = {"layer_norm": ("weight", "bias")}
 # Attribute edits that can never describe a valid plan (another value of most attributes can:
 # a pool's stride, a softmax's axis, a slice's bounds...). Any attribute given a value of
 # another JSON type (a list for a number...) is invalid too, except None and the report-only
@@ -156,7 +159,7 @@ def mutate_manifest(parts: Parts, rng) -> tuple[str, bool]:
         role = _pick(rng, sorted(op["params"]))
         if rng.random() < 0.3:
             del op["params"][role]
-            return f"param-drop-{role}", role != "bias"  # no bias: another valid model
+            return f"param-drop-{role}", role not in DROPPABLE.get(op["kind"], ("bias",))
         op["params"][role] = _pick(rng, sorted(parts.weights))
         return "param-swap", False
     if what == "kind":
