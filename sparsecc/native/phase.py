@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import I32, I64, _splat_i64_val
+from sparsecc.codegen.llvm.emit import I32, I64
 from sparsecc.native.vmath import _K
 
 (P_X, P_OUT, P_N, P_C, P_H, P_W, P_PH, P_PW, P_SH, P_SW, P_PYS, P_NPY, P_PXS, P_NPX, P_HQ,
@@ -47,15 +47,6 @@ class PhaseSpec:
 
     def emit(self, module: ir.Module, name: str) -> None:
         emit_phase(module, name, self.vw, self.sw)
-
-
-def _in_range(k: _K, base, lo, hi):
-    """Mask: lane l is live when lo <= base + l < hi (i64 values)."""
-    b = k.b
-    lanes = ir.Constant(ir.VectorType(I64, k.vw), list(range(k.vw)))
-    pos = b.add(_splat_i64_val(b, k.vw, base), lanes)
-    return b.and_(b.icmp_signed(">=", pos, _splat_i64_val(b, k.vw, lo)),
-                  b.icmp_signed("<", pos, _splat_i64_val(b, k.vw, hi)))
 
 
 def emit_phase(module: ir.Module, name: str, vw: int, sw: int) -> None:
@@ -88,16 +79,18 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int) -> None:
         with k.loop(I64(0), hq, "i") as i:
             ih = b.sub(b.add(b.mul(i, sh), py), ph)
             live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
+            # columns read: [0, w) of a row inside x, none of a padding row
+            wl = b.select(live, w, I64(0))
             xrow = b.gep(xc, [b.mul(ih, w)])  # (not dereferenced when the row is out)
             orow = b.gep(oc, [b.mul(i, wq)])
             with k.loop(I64(0), wq, "j", step=vw) as j:
                 keep = k.lanes_lt(j, wq)
                 if sw == 1:
                     col = b.sub(b.add(j, b.load(pxs)), pw)
-                    m = b.and_(_in_range(k, col, I64(0), w), _splat_bool(k, live))
-                    k.vstore(k.vload(b.gep(xrow, [col]), m), b.gep(orow, [j]), keep)
+                    k.vstore(k.vload(b.gep(xrow, [col]), k.lanes_in(col, I64(0), wl)),
+                             b.gep(orow, [j]), keep)
                 else:
-                    _pairs(k, xrow, orow, j, keep, live, w, pw, pxs, npx, ps)
+                    _pairs(k, xrow, orow, j, keep, wl, pw, pxs, npx, ps)
         with k.loop(I64(0), npx, "gx") as ix:  # the gap after each plane
             gap = b.gep(oc, [b.mul(ix, ps)])
             with k.loop(plane, ps, "g", step=vw) as j:
@@ -105,17 +98,16 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int) -> None:
     b.ret_void()
 
 
-def _pairs(k: _K, xrow, orow, j, keep, live, w, pw, pxs, npx, ps) -> None:
+def _pairs(k: _K, xrow, orow, j, keep, wl, pw, pxs, npx, ps) -> None:
     """Stride 2: plane columns [j, j + vw) of every phase from input columns 2j - pw + [0,
-    2 vw) (even lanes: px = 0, odd: px = 1)."""
+    2 vw) (even lanes: px = 0, odd: px = 1), those in [0, wl) read."""
     b, vw = k.b, k.vw
     even = ir.Constant(ir.VectorType(I32, vw), list(range(0, 2 * vw, 2)))
     odd = ir.Constant(ir.VectorType(I32, vw), list(range(1, 2 * vw, 2)))
     col = b.sub(b.mul(j, I64(2)), pw)
     col2 = b.add(col, I64(vw))
-    on = _splat_bool(k, live)
-    lo = k.vload(b.gep(xrow, [col]), b.and_(_in_range(k, col, I64(0), w), on))
-    hi = k.vload(b.gep(xrow, [col2]), b.and_(_in_range(k, col2, I64(0), w), on))
+    lo = k.vload(b.gep(xrow, [col]), k.lanes_in(col, I64(0), wl))
+    hi = k.vload(b.gep(xrow, [col2]), k.lanes_in(col2, I64(0), wl))
     ev = b.shuffle_vector(lo, hi, even)
     od = b.shuffle_vector(lo, hi, odd)
     with k.loop(I64(0), npx, "ix") as ix:
@@ -123,11 +115,3 @@ def _pairs(k: _K, xrow, orow, j, keep, live, w, pw, pxs, npx, ps) -> None:
         v = b.select(b.icmp_signed("==", px, I64(0)), ev, od)
         dst = b.gep(orow, [b.add(b.mul(ix, ps), j)])
         k.vstore(v, dst, keep)
-
-
-def _splat_bool(k: _K, v):
-    b = k.b
-    ty = ir.VectorType(ir.IntType(1), k.vw)
-    v0 = b.insert_element(ir.Constant(ty, ir.Undefined), v, I32(0))
-    return b.shuffle_vector(v0, ir.Constant(ty, ir.Undefined),
-                            ir.Constant(ir.VectorType(I32, k.vw), [0] * k.vw))

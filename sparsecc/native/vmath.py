@@ -34,6 +34,14 @@ class _K(_Fn):
         return b.icmp_signed("<", b.add(_splat_i64_val(b, self.vw, base), lanes),
                              _splat_i64_val(b, self.vw, limit))
 
+    def lanes_in(self, base, lo, hi):
+        """Mask: lane l is live when lo <= base + l < hi (i64 values)."""
+        b = self.b
+        lanes = ir.Constant(ir.VectorType(I64, self.vw), list(range(self.vw)))
+        pos = b.add(_splat_i64_val(b, self.vw, base), lanes)
+        return b.and_(b.icmp_signed(">=", pos, _splat_i64_val(b, self.vw, lo)),
+                      b.icmp_signed("<", pos, _splat_i64_val(b, self.vw, hi)))
+
     def gelu(self, v):
         return LV.gelu(self, v)
 
