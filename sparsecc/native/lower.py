@@ -1592,6 +1592,15 @@ class Lowering:
             else:
                 wslot = self.const(op.params["weight"])
             r = spec.blocking[0]
+            j = self._stem_pool(out, act)
+            if j is not None:  # the max pool after it runs in the same kernel
+                spec = replace(spec, pool=True)
+                self.fused[j] = (self.i, out)
+                pop = self.plan.ops[j]
+                self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias),
+                                                 T(pop.output)],
+                          nb * (cout_ // r), 2.0 * r * cin_ * kh * kw * wo_ * ho_)
+                return f"native direct conv (few input channels) + max pool {pop.layer or pop.name}"
             self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias), T(out)],
                       nb * (cout_ // r) * ho_, 2.0 * r * cin_ * kh * kw * wo_)
             return "native direct conv (few input channels)"
@@ -1871,6 +1880,26 @@ class Lowering:
         if name == op.inputs[1] and S.value < 2:  # key vectors past S read the row padding
             return
         self.kn_heads[name] = kn_stride(B * S)
+
+    def _stem_pool(self, out: str, act: tuple) -> int | None:
+        """The max pool (3x3, stride 2, padding 1) that alone reads a direct conv's output
+        ``out``, when the conv's activation leaves nothing negative (the fused pool's padding
+        reads as zero): smallconv runs both (a ResNet's stem)."""
+        if not env_native_fuse() or not (act[0] == "relu" or
+                                         (act[0] == "clamp" and act[1] >= 0.0)):
+            return None
+        j = self._only_reader(out)
+        if j is None:
+            return None
+        a = self.plan.ops[j].attrs
+        if self.plan.ops[j].kind != "pool2d" or a.get("mode") != "max" or \
+                bool(a.get("ceil_mode", False)) or \
+                any(tuple(int(v) for v in a.get(k_, want if k_ == "dilation" else ())) != want
+                    for k_, want in
+                    (("kernel", (3, 3)), ("stride", (2, 2)), ("padding", (1, 1)),
+                     ("dilation", (1, 1)))):
+            return None
+        return j
 
     def _only_reader(self, name: str) -> int | None:
         """The index of the one op reading ``name``, when ``name`` is not a plan output, no

@@ -14,8 +14,16 @@ So each input vector is reused R times from a register, where the GEMM path firs
 im2col matrix of cin * kh * kw rows (27 for a 3x3 RGB conv: too short a K for the GEMM's
 microkernel to run well).
 
+With ``pool`` the 3x3 stride-2 max pool (padding 1) after the conv runs in the same kernel
+(a ResNet's stem: conv1 -> relu -> maxpool): an item is then a block of R channels of one
+sample, its conv rows computed in order into a stack row; each row is pooled along x at
+once (three stride-2 runs of it, maxed) and maxed into the one or two pooled rows it
+belongs to, so the conv's plane never goes to memory. The activation must leave no negative
+value (relu, or a clamp from >= 0): the pool's padding then reads as zero.
+
 ABI ``void k(i64 start, i64 stop, i64* args)``; args: x, weight (Co, Ci, kh, kw) dense,
-bias, out. Items: N * (Co / R) * ho.
+bias, out (the pool's output with ``pool``). Items: N * (Co / R) * ho, or N * (Co / R)
+with ``pool``.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import FUSED_ACTS, I64, act_key
+from sparsecc.codegen.llvm.emit import F32, FUSED_ACTS, I64, act_key
 from sparsecc.ir.kinds import conv_out
 from sparsecc.native import dwsmall as DW
 from sparsecc.native.vmath import _K
@@ -53,13 +61,14 @@ class SmallConvSpec:
     act_a: float = 0.0
     act_b: float = 0.0
     has_bias: bool = True
+    pool: bool = False  # the 3x3 / 2 max pool (padding 1) after it, fused
 
     @property
     def key(self) -> str:
         act = act_key(self)
         return (f"sconv_v{self.vw}_{self.cin}x{self.h}x{self.w}_o{self.cout}_k{self.kh}x"
                 f"{self.kw}_s{self.stride}_p{self.ph}x{self.pw}_d{self.dh}x{self.dw}_{act}_"
-                f"{'b' if self.has_bias else 'nb'}")
+                f"{'b' if self.has_bias else 'nb'}{'_mp3s2' if self.pool else ''}")
 
     @property
     def ho(self) -> int:
@@ -68,6 +77,11 @@ class SmallConvSpec:
     @property
     def wo(self) -> int:
         return conv_out(self.w, self.kw, self.stride, self.pw, self.dw)
+
+    @property
+    def pooled(self) -> tuple[int, int]:
+        """The fused max pool's output rows and columns (3x3, stride 2, padding 1)."""
+        return conv_out(self.ho, 3, 2, 1, 1), conv_out(self.wo, 3, 2, 1, 1)
 
     @property
     def blocking(self) -> tuple[int, int]:
@@ -105,21 +119,12 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
     ho, wo, h, w = spec.ho, spec.wo, spec.h, spec.w
     taps = spec.kh * spec.kw
     zero = ir.Constant(k.vty, [0.0] * vw)
-
     nv = -(-wo // vw)
     chunks = [list(range(v0, min(v0 + V, nv))) for v0 in range(0, nv, V)]
-    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-        oh = b.srem(t, I64(ho))
-        nb_ = b.sdiv(t, I64(ho))
-        blk = b.srem(nb_, I64(nblk))
-        n = b.sdiv(nb_, I64(nblk))
-        co0 = b.mul(blk, I64(R))
-        xn = b.gep(x, [b.mul(n, I64(spec.cin * h * w))])
-        wb = b.gep(wt, [b.mul(co0, I64(spec.cin * taps))])
-        ob = b.gep(out, [b.add(b.mul(b.add(b.mul(n, I64(spec.cout)), co0), I64(ho * wo)),
-                               b.mul(oh, I64(wo)))])
-        inits = [k.splat(b.load(b.gep(bias, [b.add(co0, I64(r))]))) if spec.has_bias else zero
-                 for r in range(R)]
+
+    def conv_row(oh, xn, wb, inits, store) -> None:
+        """Output row ``oh`` of the item's R channels; ``store(r, v, value)`` takes each
+        activated vector."""
         for vecs in chunks:
             acc = [[k.alloca(k.vty, f"a{r}_{v}") for v in vecs] for r in range(R)]
             for r in range(R):
@@ -147,8 +152,71 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                                         b.store(k.fma(ws, xv, b.load(acc[r][q])), acc[r][q])
             for r in range(R):
                 for q, v in enumerate(vecs):
-                    m = min(vw, wo - v * vw)
-                    k.vstore(k.act(b.load(acc[r][q]), spec),
-                             b.gep(ob, [I64(r * ho * wo + v * vw)]),
-                             DW.lane_mask(vw, np.arange(vw) < m))
+                    store(r, v, k.act(b.load(acc[r][q]), spec))
+
+    def item(t, per_row: bool):
+        """(n, first channel, x, weights, bias vectors[, oh]) of item t."""
+        oh = None
+        if per_row:
+            oh = b.srem(t, I64(ho))
+            t = b.sdiv(t, I64(ho))
+        blk = b.srem(t, I64(nblk))
+        n = b.sdiv(t, I64(nblk))
+        co0 = b.mul(blk, I64(R))
+        xn = b.gep(x, [b.mul(n, I64(spec.cin * h * w))])
+        wb = b.gep(wt, [b.mul(co0, I64(spec.cin * taps))])
+        inits = [k.splat(b.load(b.gep(bias, [b.add(co0, I64(r))]))) if spec.has_bias else zero
+                 for r in range(R)]
+        return n, co0, xn, wb, inits, oh
+
+    if not spec.pool:
+        with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+            n, co0, xn, wb, inits, oh = item(t, True)
+            ob = b.gep(out, [b.add(b.mul(b.add(b.mul(n, I64(spec.cout)), co0), I64(ho * wo)),
+                                   b.mul(oh, I64(wo)))])
+
+            def store(r, v, val):
+                k.vstore(val, b.gep(ob, [I64(r * ho * wo + v * vw)]),
+                         DW.lane_mask(vw, np.arange(vw) < min(vw, wo - v * vw)))
+
+            conv_row(oh, xn, wb, inits, store)
+        b.ret_void()
+        return
+    pho, pwo = spec.pooled
+    npad = nv * vw
+    row = b.bitcast(k.alloca(ir.ArrayType(F32, R * npad), "row"), F32.as_pointer())
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+        n, co0, xn, wb, inits, _ = item(t, False)
+        pb = b.gep(out, [b.mul(b.add(b.mul(n, I64(spec.cout)), co0), I64(pho * pwo))])
+        with k.loop(I64(0), I64(ho), "oh") as oh:
+            conv_row(oh, xn, wb, inits,
+                     lambda r, v, val: k.vstore(val, b.gep(row, [I64(r * npad + v * vw)]), None))
+            # pooled row i takes conv rows 2i-1, 2i, 2i+1: row oh is maxed into row oh // 2
+            # (it starts that row when oh is 0) and, when odd, starts row oh // 2 + 1
+            i = b.ashr(oh, I64(1))
+            first = b.icmp_signed("==", oh, I64(0))
+            odd = b.icmp_signed("!=", b.and_(oh, I64(1)), I64(0))
+            nxt = b.and_(odd, b.icmp_signed("<", b.add(i, I64(1)), I64(pho)))
+            for r in range(R):
+                rp = b.gep(row, [I64(r * npad)])
+                for pv in range(-(-pwo // vw)):
+                    m = min(vw, pwo - pv * vw)
+                    mask = DW.lane_mask(vw, np.arange(vw) < m)
+                    # columns 2j - 1, 2j, 2j + 1; outside the row reads as 0 (<= every value)
+                    runs = [DW.row_run(k, rp, 2 * pv * vw + d, m, wo, 2) for d in (-1, 0, 1)]
+                    hm = None
+                    for run in runs:
+                        if run is not None:
+                            hm = run if hm is None else _nanmax(b, hm, run)
+                    p = b.gep(pb, [b.add(b.mul(i, I64(pwo)), I64(r * pho * pwo + pv * vw))])
+                    cur = k.vload(p, mask)
+                    k.vstore(b.select(first, hm, _nanmax(b, cur, hm)), p, mask)
+                    with b.if_then(nxt):
+                        k.vstore(hm, b.gep(p, [I64(pwo)]), mask)
     b.ret_void()
+
+
+def _nanmax(b: ir.IRBuilder, a, c):
+    """max(a, c), NaN when either is (torch's max pool propagates NaN)."""
+    m = b.select(b.fcmp_ordered("<", a, c), c, a)
+    return b.select(b.fcmp_unordered("uno", c, c), c, m)

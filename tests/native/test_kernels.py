@@ -362,6 +362,88 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
+@pytest.mark.parametrize("cin,cout,h,w,k,stride,pad,act", [
+    (3, 32, 40, 36, 7, 2, 3, "relu"), (3, 16, 29, 31, 3, 2, 1, "clamp"),
+    (1, 6, 17, 10, 5, 1, 2, "relu"), (3, 5, 5, 5, 3, 1, 1, "relu"),
+    (2, 8, 4, 70, 3, 2, 1, "clamp")])
+def test_small_conv_max_pool_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, act):
+    """The direct conv with the 3x3 / 2 max pool after it in the same kernel (a ResNet's stem),
+    the 8-lane build for an AVX2-only CPU too, against torch's conv -> act -> max pool: even
+    and odd conv outputs (an odd last row and column are a pooled row / column of their own),
+    one- and several-vector rows, a 2-row conv output, NaN through both (torch propagates it),
+    and nothing written past the pooled planes."""
+    from sparsecc.native import smallconv as SC
+
+    lo, hi = (0.0, 6.0) if act == "clamp" else (0.0, 0.0)
+    spec = SC.SmallConvSpec(vw, cin, cout, h, w, k, k, stride, pad, pad, 1, 1, act, lo, hi,
+                            True, pool=True)
+    mod = ir.Module("sconvp")
+    spec.emit(mod, "s")
+    f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
+        jit.load_object(jit.compile_ir(ES.module_text(mod), h=_HASWELL if host else None),
+                        ["s"])["s"])
+    x = rng.standard_normal((3, cin, h, w)).astype(np.float32) * 2
+    x[1, 0, h // 2, w // 3] = np.nan
+    wt = (rng.standard_normal((cout, cin, k, k)) * (rng.random((cout, cin, k, k)) < 0.7)
+          ).astype(np.float32) * 0.5
+    bias = rng.standard_normal(cout).astype(np.float32) - 0.5
+    pho, pwo = spec.pooled
+    out = np.full(3 * cout * pho * pwo + 64, -7.0, np.float32)
+    args = np.array([x.ctypes.data, wt.ctypes.data, bias.ctypes.data, out.ctypes.data],
+                    np.int64)
+    f(0, 3 * cout // spec.blocking[0], args.ctypes.data)
+    y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
+                                   torch.from_numpy(bias), stride, pad)
+    y = y.clamp(0, 6) if act == "clamp" else y.relu()
+    ref = torch.nn.functional.max_pool2d(y, 3, 2, 1).numpy()
+    assert ref.shape[2:] == (pho, pwo)
+    np.testing.assert_allclose(out[:ref.size].reshape(ref.shape), ref, rtol=1e-4, atol=1e-5)
+    assert np.isnan(ref).any() and (out[ref.size:] == -7.0).all()
+
+
+@pytest.mark.parametrize("pool,fused", [
+    (dict(kernel_size=3, stride=2, padding=1), True),
+    (dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), False),
+    (dict(kernel_size=2, stride=2), False), (dict(kernel_size=3, stride=1, padding=1), False)])
+@pytest.mark.parametrize("act", [torch.nn.ReLU(), torch.nn.Hardtanh(-1.0, 1.0)])
+def test_stem_max_pool_fused(seed, pool, fused, act):
+    """A stem (RGB conv -> act -> max pool) in the library: the pool runs inside the direct
+    conv exactly when it is 3x3 / 2 with padding 1 and the activation leaves nothing negative
+    (relu; a hardtanh from -1 does not: padding as zero would be wrong), else on its own;
+    against torch at batches 1 and 3, and through the channel that reads the conv twice (not
+    fused: the plane is needed)."""
+    relu = isinstance(act, torch.nn.ReLU)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 7, 2, 3), act,
+                                torch.nn.MaxPool2d(**pool), torch.nn.Conv2d(16, 8, 1)).eval()
+    cm = sparsecc.compile(model, torch.randn(1, 3, 45, 38))
+    assert cm.native is not None, cm.native_status
+    kinds = [r["kernel"] for r in cm.report(measure=False).rows]
+    assert (kinds[1] == "fused into 0" and "+ max pool" in kinds[0]) == (fused and relu), kinds
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 45, 38)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = torch.nn.Conv2d(3, 16, 7, 2, 3), torch.nn.MaxPool2d(3, 2, 1)
+
+        def forward(self, x):
+            y = self.conv(x).relu()
+            return self.pool(y), y.mean((2, 3))
+
+    twice = Twice().eval()
+    cm = sparsecc.compile(twice, torch.randn(2, 3, 45, 38))
+    assert cm.native is not None, cm.native_status
+    assert not any("+ max pool" in r["kernel"] for r in cm.report(measure=False).rows)
+    x = torch.randn(2, 3, 45, 38)
+    with torch.no_grad():
+        for got, want in zip(cm(x), twice(x)):
+            assert_matches(got, want)
+
+
 @pytest.mark.parametrize("fmt,k,stride,hw", [("dense", 3, 2, 33), ("csr", 7, 2, 40),
                                             ("csr", 3, 1, 12)])
 def test_first_conv_direct_native(seed, fmt, k, stride, hw):
