@@ -60,10 +60,16 @@ GEMV_Q8_FILL = 0.5
 GEMM_Q8_FILL = 0.9
 # int8 SpMM / conv: vectors of positions per work item (each group's weight dword reused)
 QL_TILE = 4
-# Rows of a grouped sparse conv kernel done together: 24 accumulators of one vector each (of
-# 32 AVX-512 registers; x and constants take the rest). 3x3 / 1x1 ResNet convs at 90 %, in one
-# process: 24 rows 110-131 GFLOP/s, 16 rows 95-112, 12 rows x 2 vectors 91-104.
-GROUP_ROWS = 24
+# Rows of a grouped sparse conv kernel done together: an accumulator (one vector) each of 32
+# AVX-512 registers, x and the activation's bounds in the two after them. More rows share
+# each loaded x vector among more FMAs (~3 rows a used column at 90 % with 30). 3x3 / 1x1
+# ResNet convs at 90 %, in one process: 24 rows 110-131 GFLOP/s, 16 rows 95-112, 12 rows x
+# 2 vectors 91-104; 1x1 convs alone, 1 thread, 30 / 24 rows 1.02-1.11x the rate; whole
+# models (same process, 2 threads) 30 / 24 rows: ResNet-50 batch 16 / 1 0.944 / 0.977x the
+# time, ResNet-18 0.944 / 0.964x, MobileNetV2 0.991 / 0.979x, but MobileNetV2 global
+# (layers 6-59 % dense) batch 16 1.02-1.04x: denser layers keep GROUP_ROWS_DENSE.
+GROUP_ROWS = 30
+GROUP_ROWS_DENSE, GROUP_DENSE_FROM = 24, 0.2
 # ... for convs with at least this many vectors of output positions a sample. Its code is ~11
 # bytes a nonzero against the generic kernel's 6 bytes of value and index, and the code comes
 # from memory once a call (a sample, when the batch runs in chunks): ResNet-18 batch 16, per
@@ -1458,7 +1464,7 @@ class Lowering:
                        not spec.residual):
             spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
                            xrs=lift(xrs).value, span=lift(L).value,
-                           **({"group": GROUP_ROWS, "tile": 1} if grouped else {}))
+                           **({"group": _group_rows(op, sw), "tile": 1} if grouped else {}))
             baked = E_.Pattern(sw.indptr, indices)
         sym = self.sparse_kernel(spec, baked)
         L = lift(L)
@@ -2210,6 +2216,16 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
 
 
 KN_LABEL = " (features x tokens)"
+
+
+def _group_rows(op: Op, sw: SP.SparseWeight) -> int:
+    """Rows a grouped kernel does together for op's weight (GROUP_ROWS, or GROUP_ROWS_DENSE
+    when at least GROUP_DENSE_FROM of it is left)."""
+    shape = op.attrs.get("weight_shape")
+    cells = math.prod(int(d) for d in shape) if shape else \
+        sw.rows * (int(sw.indices.max(initial=0)) + 1)
+    return GROUP_ROWS_DENSE if sw.data.size >= GROUP_DENSE_FROM * max(cells, 1) else \
+        GROUP_ROWS
 
 
 def _round16(n: int) -> int:

@@ -120,14 +120,19 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     bias, r8 x row stride, r9 out row stride, in floats; with ``spec.residual`` a 7th
     argument on the stack, the residual at out's offsets, added before the activation).
     Per group of rows: accumulators zmm0.. (row-major, one per piece), each column's x
-    pieces loaded once into zmm24.. and used by an FMA with the value broadcast from memory
-    for every row of the group that has the column. Values are read in ``group_order``: one
+    pieces loaded once into the registers after them and used by an FMA with the value
+    broadcast from memory for every row of the group that has the column; the activation's
+    bounds go into those x registers for the group's epilogue (up to 30 rows of one piece).
+    Values are read in ``group_order``: one
     pointer walking ``data`` keeps every FMA's displacement in a byte. Written as assembly,
     not IR: LLVM's instruction selection and register allocation took ~0.15 ms per nonzero
     on these straight-line bodies."""
     ip, ix = pattern.indptr, pattern.indices
     nv = len(pcs)
-    if spec.group * nv > 24 or nv > 4:
+    # x's registers follow the accumulators; after a group's column walk the first two of
+    # them hold the activation's bounds
+    xr = spec.group * nv
+    if xr + max(nv, 2) > 32 or nv > 4:
         raise ValueError(f"group {spec.group} x {nv} pieces does not fit the registers")
     out = [".p2align 4", f"{name}:", "shl r9, 2"]
     emit_ = out.append
@@ -141,12 +146,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
             masks[v] = f"k{v + 1}"
             emit_(f"mov eax, {(1 << live) - 1}")
             emit_(f"kmovw k{v + 1}, eax")
-    if spec.act in ("relu", "clamp"):
-        emit_("vxorps zmm28, zmm28, zmm28")
-    if spec.act == "clamp":
-        for reg, c in (("zmm29", spec.act_a), ("zmm30", spec.act_b)):
-            emit_(f"mov eax, {struct.unpack('<I', struct.pack('<f', c))[0]}")
-            emit_(f"vpbroadcastd {reg}, eax")
+    lo, hi = f"zmm{xr}", f"zmm{xr + 1}"
     q = int(ip[r0])  # the next value's position in the reordered data
     window = None
     for g0 in range(r0, r1, spec.group):
@@ -172,15 +172,21 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                 base = "rsi + r10"
             for v, (first_f, _, _) in enumerate(pcs):
                 m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
-                emit_(f"vmovups zmm{24 + v}{m}, zmmword ptr [{base} + {4 * first_f}]")
+                emit_(f"vmovups zmm{xr + v}{m}, zmmword ptr [{base} + {4 * first_f}]")
             for i in sorted(cols[col]):
                 if window is None or not -512 <= 4 * q - window <= 508:
                     window = 4 * q + 512
                     emit_(f"lea rax, [rdi + {window}]")
                 for v in range(nv):
-                    emit_(f"vfmadd231ps zmm{i * nv + v}, zmm{24 + v}, "
+                    emit_(f"vfmadd231ps zmm{i * nv + v}, zmm{xr + v}, "
                           f"dword ptr [rax + {4 * q - window}]{{1to16}}")
                 q += 1
+        if spec.act == "relu":
+            emit_(f"vxorps {lo}, {lo}, {lo}")
+        elif spec.act == "clamp":
+            for reg, c in ((lo, spec.act_a), (hi, spec.act_b)):
+                emit_(f"mov eax, {struct.unpack('<I', struct.pack('<f', c))[0]}")
+                emit_(f"vpbroadcastd {reg}, eax")
         for i, o in enumerate(rows):
             emit_(f"imul r10, r9, {o}")
             for v, (first_f, _, _) in enumerate(pcs):
@@ -190,10 +196,9 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                     emit_(f"vaddps {acc}{m}, {acc}, zmmword ptr [r11 + r10 + {4 * first_f}]")
                 # x86 max / min return their second operand when one is NaN: NaN passes
                 if spec.act in ("relu", "clamp"):
-                    lo = "zmm28" if spec.act == "relu" else "zmm29"
                     emit_(f"vmaxps {acc}, {lo}, {acc}")
                 if spec.act == "clamp":
-                    emit_(f"vminps {acc}, zmm30, {acc}")
+                    emit_(f"vminps {acc}, {hi}, {acc}")
                 m = f" {{{masks[v]}}}" if v in masks else ""
                 emit_(f"vmovups zmmword ptr [rdx + r10 + {4 * first_f}]{m}, {acc}")
     if q != int(ip[r1]):
