@@ -123,10 +123,9 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     pieces loaded once into the registers after them and used by an FMA with the value
     broadcast from memory for every row of the group that has the column; the activation's
     bounds go into those x registers for the group's epilogue (up to 30 rows of one piece).
-    Values are read in ``group_order``: one
-    pointer walking ``data`` keeps every FMA's displacement in a byte. Written as assembly,
-    not IR: LLVM's instruction selection and register allocation took ~0.15 ms per nonzero
-    on these straight-line bodies."""
+    Values are read in ``group_order``: one pointer walking ``data`` keeps every FMA's
+    displacement in a byte. Written as assembly, not IR: LLVM's instruction selection and
+    register allocation took ~0.15 ms per nonzero on these straight-line bodies."""
     ip, ix = pattern.indptr, pattern.indices
     nv = len(pcs)
     # x's registers follow the accumulators; after a group's column walk the first two of
