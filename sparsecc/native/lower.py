@@ -1899,13 +1899,11 @@ class Lowering:
             return None
         a = self.plan.ops[j].attrs
         if self.plan.ops[j].kind != "pool2d" or a.get("mode") != "max" or \
-                bool(a.get("ceil_mode", False)) or \
-                any(tuple(int(v) for v in a.get(k_, want if k_ == "dilation" else ())) != want
-                    for k_, want in
-                    (("kernel", (3, 3)), ("stride", (2, 2)), ("padding", (1, 1)),
-                     ("dilation", (1, 1)))):
+                bool(a.get("ceil_mode", False)):
             return None
-        return j
+        window = [tuple(int(v) for v in a[k_]) for k_ in ("kernel", "stride", "padding")]
+        dil = tuple(int(v) for v in a.get("dilation", (1, 1)))
+        return j if window == [(3, 3), (2, 2), (1, 1)] and dil == (1, 1) else None
 
     def _only_reader(self, name: str) -> int | None:
         """The index of the one op reading ``name``, when ``name`` is not a plan output, no
@@ -2221,9 +2219,7 @@ KN_LABEL = " (features x tokens)"
 def _group_rows(op: Op, sw: SP.SparseWeight) -> int:
     """Rows a grouped kernel does together for op's weight (GROUP_ROWS, or GROUP_ROWS_DENSE
     when at least GROUP_DENSE_FROM of it is left)."""
-    shape = op.attrs.get("weight_shape")
-    cells = math.prod(int(d) for d in shape) if shape else \
-        sw.rows * (int(sw.indices.max(initial=0)) + 1)
+    cells = math.prod(int(d) for d in op.attrs["weight_shape"])  # (SP.sparse_weight's too)
     return GROUP_ROWS_DENSE if sw.data.size >= GROUP_DENSE_FROM * max(cells, 1) else \
         GROUP_ROWS
 
