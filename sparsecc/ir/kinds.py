@@ -151,6 +151,9 @@ def _binary(c: Ctx) -> None:
         v = c.attr("scalar")
         if not isinstance(v, (bool, int, float)):
             raise PlanInvalid(f"scalar={v!r:.40} must be a number")
+        if isinstance(v, bool) and c.ins[0].dtype != "bool":
+            raise PlanInvalid(f"scalar={v!r} beside a {c.ins[0].dtype} tensor (the compiler "
+                              f"writes it as a number there)")
         flag(c.attr("scalar_first", False), "scalar_first")
     broadcast_to(c.out, *c.ins)
     activation(c)

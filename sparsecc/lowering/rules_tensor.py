@@ -21,15 +21,22 @@ def _is_tensor(v) -> bool:
 
 
 # ---- binary arithmetic --------------------------------------------------------------------
+def _operand(lw: Lowering, t, v):
+    """A Python scalar beside tensor ``t``: True/False stay bools only next to a bool tensor
+    (``x > True`` is ``x > 1``), so the verifier can refuse a bool beside numbers."""
+    v = lw.number(v, "operand")
+    return int(v) if isinstance(v, bool) and lw.spec(t).dtype != "bool" else v
+
+
 def emit_binary(lw: Lowering, fn: str, lhs, rhs):
     if _is_tensor(lhs) and _is_tensor(rhs):
         return lw.emit("binary", [lw.tensor(lhs), lw.tensor(rhs)], attrs={"fn": fn})
     if _is_tensor(lhs):
         return lw.emit("binary", [lw.tensor(lhs)],
-                       attrs={"fn": fn, "scalar": lw.number(rhs, "operand"), "scalar_first": False})
+                       attrs={"fn": fn, "scalar": _operand(lw, lhs, rhs), "scalar_first": False})
     if _is_tensor(rhs):
         return lw.emit("binary", [lw.tensor(rhs)],
-                       attrs={"fn": fn, "scalar": lw.number(lhs, "operand"), "scalar_first": True})
+                       attrs={"fn": fn, "scalar": _operand(lw, rhs, lhs), "scalar_first": True})
     raise lw.fail("arithmetic without a tensor operand")
 
 

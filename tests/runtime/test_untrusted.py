@@ -204,3 +204,25 @@ def test_manifest_of_saved_artifact_is_plain_json(saved):
     with zipfile.ZipFile(saved["mlp"]) as zf:
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
         json.loads(zf.read("manifest.json"))
+
+
+class _BoolOperand(nn.Module):
+    def forward(self, x):
+        return (x > True).float() + (x > 0.5) * (x < 2)
+
+
+def test_bool_scalar_beside_numbers(tmp_path, seed):
+    """``x > True`` compiles as ``x > 1``; an artifact whose scalar is retyped to true beside a
+    float tensor (the fuzzer's 0 -> True, accepted as 1) is refused."""
+    model = _BoolOperand()
+    path = sparsecc.compile(model, torch.randn(2, 5)).save(tmp_path / "b.scc")
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(seed)) * 2
+    np.testing.assert_array_equal(sparsecc.load(path)(x.numpy()), model(x).numpy())
+    scalars = [o["attrs"]["scalar"] for o in fuzz.read_parts(path).manifest["ops"]
+               if "scalar" in o["attrs"]]
+    assert 1 in scalars and not any(isinstance(v, bool) for v in scalars), scalars
+
+    def retype(m):
+        next(o for o in m["ops"] if o["attrs"].get("scalar") == 1)["attrs"]["scalar"] = True
+
+    assert "beside a float32 tensor" in _refused(tampered(path, tmp_path, manifest=retype))
