@@ -67,6 +67,12 @@ def env_grouped() -> bool:
     return os.environ.get("SPARSECC_GROUPED", "1") not in ("0", "")
 
 
+def env_xalign() -> bool:
+    """SPARSECC_XALIGN=0 keeps the shifted convs' grouped kernels on unaligned x loads instead
+    of aligned ones shifted in registers (KernelSpec.xalign): for A/B measurements."""
+    return os.environ.get("SPARSECC_XALIGN", "1") not in ("0", "")
+
+
 def env_native_kernels() -> str:
     """SPARSECC_NATIVE_KERNELS=numba runs attention on the numba-authored kernel instead of
     the LLVM one (the previous kernel, kept for A/B measurements and as a reference)."""

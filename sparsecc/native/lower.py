@@ -48,6 +48,7 @@ from sparsecc.options import (
     env_native_kernels,
     env_planes,
     env_tail_bytes,
+    env_xalign,
 )
 from sparsecc.runtime.ops import sparse as SP
 from sparsecc.runtime.ops.shape import index_from_attr
@@ -70,6 +71,7 @@ QL_TILE = 4
 # (layers 6-59 % dense) batch 16 1.02-1.04x: denser layers keep GROUP_ROWS_DENSE.
 GROUP_ROWS = 30
 GROUP_ROWS_DENSE, GROUP_DENSE_FROM = 24, 0.2
+GROUP_ROWS_ALIGNED = 29  # with xalign: x, and the aligned pair it is shifted out of
 # ... for convs with at least this many vectors of output positions a sample. Its code is ~11
 # bytes a nonzero against the generic kernel's 6 bytes of value and index, and the code comes
 # from memory once a call (a sample, when the batch runs in chunks): ResNet-18 batch 16, per
@@ -1432,7 +1434,7 @@ class Lowering:
     def spmm(self, op: Op, sw: SP.SparseWeight, spec: E_.KernelSpec, specialise: bool,
              bias: Slot,
              x: Slot, out: Slot, *, n, L, xrs, ors, xns, ons, indices, x_rows, reach=0,
-             guard=None, panel_of=None, res: Slot | None = None):
+             guard=None, panel_of=None, res: Slot | None = None, xalign: bool = False):
         fixed = lift(L).is_const() and lift(xrs).is_const()
         # the assembly addresses x and the values with 32-bit displacements
         near = lift(xns).is_const() and 4 * lift(xns).value < 2**31 and \
@@ -1440,7 +1442,7 @@ class Lowering:
         # rows in groups, pattern baked in as assembly (emit_specialized._group_asm)
         mode = self._grouped(op, sw, lift(L).value) if specialise and fixed and near else None
         kw = dict(n=n, L=L, xrs=xrs, ors=ors, xns=xns, ons=ons, indices=indices,
-                  x_rows=x_rows, reach=reach, panel_of=panel_of, res=res)
+                  x_rows=x_rows, reach=reach, panel_of=panel_of, res=res, xalign=xalign)
         if mode != "batch":
             return self._spmm_one(op, sw, spec, specialise, bias, x, out, mode == "always",
                                   guard, **kw)
@@ -1455,7 +1457,7 @@ class Lowering:
 
     def _spmm_one(self, op: Op, sw: SP.SparseWeight, spec: E_.KernelSpec, specialise: bool,
                   bias: Slot, x: Slot, out: Slot, grouped: bool, guard, *, n, L, xrs, ors,
-                  xns, ons, indices, x_rows, reach, panel_of, res):
+                  xns, ons, indices, x_rows, reach, panel_of, res, xalign):
         from sparsecc.codegen.llvm import driver
 
         baked = None
@@ -1464,7 +1466,7 @@ class Lowering:
                        not spec.residual):
             spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
                            xrs=lift(xrs).value, span=lift(L).value,
-                           **({"group": _group_rows(op, sw), "tile": 1} if grouped else {}))
+                           **(_grouping(op, sw, xalign, indices) if grouped else {}))
             baked = E_.Pattern(sw.indptr, indices)
         sym = self.sparse_kernel(spec, baked)
         L = lift(L)
@@ -1702,7 +1704,8 @@ class Lowering:
         g = SP.Shift.of(op, self.example(out))
         rows = cin.value * g.phases
         ps = self._plane_stride(g)
-        per_sample = rows * ps + g.slack
+        # a sample's planes on a cache line, as the grouped kernel's aligned x loads want
+        per_sample = _round16(rows * ps + g.slack)
         given = self.planes_in.pop(self.i, None)
         if given is not None:  # the conv before wrote them (see below)
             planes = given
@@ -1733,14 +1736,15 @@ class Lowering:
             # the borders, zeroed after): no crop here, no phase pass there
             j, gj = nxt
             psj = self._plane_stride(gj)
-            cplanes = self.temp("next_planes", nb * (cout * psj + gj.slack) * 4)
+            nxs = _round16(cout * psj + gj.slack)  # (the next conv's per_sample)
+            cplanes = self.temp("next_planes", nb * nxs * 4)
             self.planes_in[j] = cplanes
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(cplanes, gj.wq + 1),
                               n=nb, L=L, xrs=1, ors=psj, xns=per_sample,
-                              ons=cout * psj + gj.slack, indices=offs, x_rows=rows,
-                              reach=g.reach, panel_of=offs // ps)
+                              ons=nxs, indices=offs, x_rows=rows, reach=g.reach,
+                              panel_of=offs // ps, xalign=True)
             self.call(self.numba("k_pads"), [T(cplanes), I(nb), I(cout), I(gj.hq), I(gj.wq),
-                                             I(cout * psj + gj.slack), I(psj)],
+                                             I(nxs), I(psj)],
                       nb * cout, float(2 * (gj.hq + gj.wq) + psj - gj.plane))
             dop = self.plan.ops[j]
             return label + f" -> the padded planes of {dop.layer or dop.name}"
@@ -1752,7 +1756,7 @@ class Lowering:
         full = self.temp("full", nb * cout * fcs * 4)
         label = self.spmm(op, swt, spec, True, bslot, T(planes), T(full), n=nb, L=L, xrs=1,
                           ors=fcs, xns=per_sample, ons=cout * fcs, indices=offs, x_rows=rows,
-                          reach=g.reach, panel_of=offs // ps)
+                          reach=g.reach, panel_of=offs // ps, xalign=True)
         if res is not None:  # crop, add the residual and activate in one pass
             return label + self._crop(full, out, nb, cout, g, fcs, res)
         if pool is not None:
@@ -2222,6 +2226,17 @@ def _group_rows(op: Op, sw: SP.SparseWeight) -> int:
     cells = math.prod(int(d) for d in op.attrs["weight_shape"])  # (SP.sparse_weight's too)
     return GROUP_ROWS_DENSE if sw.data.size >= GROUP_DENSE_FROM * max(cells, 1) else \
         GROUP_ROWS
+
+
+def _grouping(op: Op, sw: SP.SparseWeight, xalign: bool, indices: np.ndarray) -> dict:
+    """The grouped kernel's spec fields: its rows, and with ``xalign`` (x 1 float a row, 16
+    floats of slack after it: the shifted convs' planes) when some column's x is off a cache
+    line, aligned loads shifted in registers (three registers after the accumulators: at
+    most GROUP_ROWS_ALIGNED rows)."""
+    rows = _group_rows(op, sw)
+    if xalign and env_xalign() and bool((np.asarray(indices) % 16).any()):
+        return {"group": min(rows, GROUP_ROWS_ALIGNED), "tile": 1, "xalign": True}
+    return {"group": rows, "tile": 1}
 
 
 def _round16(n: int) -> int:

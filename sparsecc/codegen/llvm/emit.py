@@ -87,6 +87,10 @@ class KernelSpec:
     # specialised spmm: rows done together (each x vector loaded once for every row of the
     # group that has its column); 1: row by row
     group: int = 1
+    # grouped, x rows 1 float apart (shifted convs): a column's x vector off a cache line is
+    # shifted out of the two aligned vectors around it (valignd), which stay in registers for
+    # the columns after it; x must hold 16 floats past its last full read (the planes' slack)
+    xalign: bool = False
 
     @property
     def key(self) -> str:
@@ -105,6 +109,8 @@ class KernelSpec:
             parts.append("res")
         if self.group > 1:
             parts.append(f"g{self.group}")
+        if self.xalign:
+            parts.append("xa")
         return "_".join(parts)
 
 

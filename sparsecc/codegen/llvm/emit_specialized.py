@@ -131,7 +131,9 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     # x's registers follow the accumulators; after a group's column walk the first two of
     # them hold the activation's bounds
     xr = spec.group * nv
-    if xr + max(nv, 2) > 32 or nv > 4:
+    # xalign: the aligned pair around a column's vector in the two registers after x's
+    aligned = spec.xalign and spec.xrs == 1 and nv == 1 and pcs[0][2] == 16
+    if xr + max(nv, 3 if aligned else 2) > 32 or nv > 4:
         raise ValueError(f"group {spec.group} x {nv} pieces does not fit the registers")
     out = [".p2align 4", f"{name}:", "shl r9, 2"]
     emit_ = out.append
@@ -163,13 +165,17 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
         for i, o in enumerate(rows):
             for p in range(int(ip[o]), int(ip[o + 1])):
                 cols.setdefault(int(ix[p]), []).append(i)
+        pair: dict[int, int] = {}  # aligned float offset -> the register holding it
         for col in sorted(cols):
-            if spec.xrs:
+            xv = [f"zmm{xr + v}" for v in range(nv)]
+            if aligned:
+                xv = [_aligned_x(emit_, col + pcs[0][0], xr, pair)]
+            elif spec.xrs:
                 base = f"rsi + {4 * col * spec.xrs}"
             else:
                 emit_(f"imul r10, r8, {col}")
                 base = "rsi + r10"
-            for v, (first_f, _, _) in enumerate(pcs):
+            for v, (first_f, _, _) in enumerate(pcs if not aligned else ()):
                 m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
                 emit_(f"vmovups zmm{xr + v}{m}, zmmword ptr [{base} + {4 * first_f}]")
             for i in sorted(cols[col]):
@@ -177,7 +183,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                     window = 4 * q + 512
                     emit_(f"lea rax, [rdi + {window}]")
                 for v in range(nv):
-                    emit_(f"vfmadd231ps zmm{i * nv + v}, zmm{xr + v}, "
+                    emit_(f"vfmadd231ps zmm{i * nv + v}, {xv[v]}, "
                           f"dword ptr [rax + {4 * q - window}]{{1to16}}")
                 q += 1
         if spec.act == "relu":
@@ -205,6 +211,31 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     emit_("vzeroupper")
     emit_("ret")
     return out
+
+
+def _aligned_x(emit_, off: int, xr: int, pair: dict[int, int]) -> str:
+    """The register holding x's 16 floats from ``off`` (floats past the tile's start, which
+    is on a cache line when x is). The aligned vectors at a = off - off % 16 and, off the line,
+    a + 16 sit in zmm{xr+1} / zmm{xr+2} (``pair``: offset -> register), loaded only when the
+    column before did not leave them there (columns go in ascending order: a 3x3 conv's dx =
+    0, 1, 2 share them, and the window slides along a row); ``valignd`` then shifts the
+    vector out of them into zmm{xr}. Reads up to a + 32: at most 15 floats past what the
+    unaligned load it replaces read, never before the tile. The loads are unaligned ones, so
+    an x that is not on a cache line is slower, not wrong."""
+    a, m = off - off % 16, off % 16
+    want = [a, a + 16] if m else [a]
+    keep = {o: r for o, r in pair.items() if o in want}
+    free = [r for r in (xr + 1, xr + 2) if r not in keep.values()]
+    for o in want:
+        if o not in keep:
+            keep[o] = free.pop(0)
+            emit_(f"vmovups zmm{keep[o]}, zmmword ptr [rsi + {4 * o}]")
+    pair.clear()
+    pair.update(keep)
+    if not m:
+        return f"zmm{pair[a]}"
+    emit_(f"valignd zmm{xr}, zmm{pair[a + 16]}, zmm{pair[a]}, {m}")
+    return f"zmm{xr}"
 
 
 def module_text(module: ir.Module) -> str:
