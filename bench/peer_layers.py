@@ -61,16 +61,10 @@ def one(name: str, profile: str, sparsity: float, batch: int, threads: int, iter
     rows = cm.report(measure=True, repeats=iters).rows
     ops = PL.join(peer, rows)
     arrs = [np.ascontiguousarray(a) for a in ex]
-    times = []
-    for i in range(12):
-        t = time.perf_counter()
-        cm(*arrs)
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    call = float(np.median(times)) * 1e3
+    call = E.time_call(lambda: cm(*arrs), min_runs=10, min_time=2.0)
     head = [f"## {name}, {profile} {sparsity:.0%}, batch {batch}, {threads} threads", "",
             f"DeepSparse's profiled total {total} ms; sparsecc's ops sum "
-            f"{sum(o.ours_ms for o in ops):.2f} ms (a plain call: median {call:.2f} ms).", ""]
+            f"{sum(o.ours_ms for o in ops):.2f} ms (a plain call: {call}).", ""]
     return head + PL.table(ops, batch, PEAK) + [""]
 
 

@@ -94,9 +94,10 @@ def table(ops: list[PeerOp], batch: int, peak_gflops: float) -> list[str]:
     """Markdown rows: each op with its modules, both times, the ratio and both rates (GFLOP/s
     of sparsecc's sparse FLOPs, % of ``peak_gflops``)."""
 
-    def rate(ms):
-        return f"{op.mflops / ms:.0f} ({op.mflops / ms / peak_gflops:.0%})" if ms > 0 and \
-            op.mflops > 0 else "-"
+    def rate(mflop, ms):
+        if ms <= 0 or mflop <= 0:
+            return "-"
+        return f"{mflop / ms:.0f} ({mflop / ms / peak_gflops:.0%})"
 
     out = ["| DeepSparse op | modules | MFLOP | DeepSparse ms | sparsecc ms | sparsecc / DS | "
            "DS GFLOP/s | sparsecc GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
@@ -107,7 +108,8 @@ def table(ops: list[PeerOp], batch: int, peak_gflops: float) -> list[str]:
             f"{op.modules[0]} .. {op.modules[-1]} ({len(op.modules)})"
         ratio = f"{op.ours_ms / op.ms:.2f}" if op.ms > 0 else "-"
         out.append(f"| {op.name} | {mods or '-'} | {op.mflops:.0f} | {op.ms:.3f} | "
-                   f"{op.ours_ms:.3f} | {ratio} | {rate(op.ms)} | {rate(op.ours_ms)} |")
+                   f"{op.ours_ms:.3f} | {ratio} | {rate(op.mflops, op.ms)} | "
+                   f"{rate(op.mflops, op.ours_ms)} |")
     ds, us = sum(o.ms for o in ops), sum(o.ours_ms for o in ops)
     out.append(f"| total (batch {batch}) | | {sum(o.mflops for o in ops):.0f} | {ds:.2f} | "
                f"{us:.2f} | {us / ds:.2f} | | |")

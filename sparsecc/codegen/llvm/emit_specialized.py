@@ -167,17 +167,18 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                 cols.setdefault(int(ix[p]), []).append(i)
         pair: dict[int, int] = {}  # aligned float offset -> the register holding it
         for col in sorted(cols):
-            xv = [f"zmm{xr + v}" for v in range(nv)]
             if aligned:
                 xv = [_aligned_x(emit_, col + pcs[0][0], xr, pair)]
-            elif spec.xrs:
-                base = f"rsi + {4 * col * spec.xrs}"
             else:
-                emit_(f"imul r10, r8, {col}")
-                base = "rsi + r10"
-            for v, (first_f, _, _) in enumerate(pcs if not aligned else ()):
-                m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
-                emit_(f"vmovups zmm{xr + v}{m}, zmmword ptr [{base} + {4 * first_f}]")
+                if spec.xrs:
+                    base = f"rsi + {4 * col * spec.xrs}"
+                else:
+                    emit_(f"imul r10, r8, {col}")
+                    base = "rsi + r10"
+                xv = [f"zmm{xr + v}" for v in range(nv)]
+                for v, (first_f, _, _) in enumerate(pcs):
+                    m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
+                    emit_(f"vmovups {xv[v]}{m}, zmmword ptr [{base} + {4 * first_f}]")
             for i in sorted(cols[col]):
                 if window is None or not -512 <= 4 * q - window <= 508:
                     window = 4 * q + 512
