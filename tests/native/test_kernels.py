@@ -554,6 +554,43 @@ def test_grouped_sparse_convs(seed, cin, cout, k, stride, hw, act, residual, kee
         assert np.array_equal(np.isnan(cm(x)), hit.numpy())
 
 
+@pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
+@pytest.mark.parametrize("cin,cout,k,stride,hw,residual", [
+    (16, 16, 1, 1, 12, True),   # residual
+    (12, 70, 1, 1, 12, False),  # 3 groups
+    (12, 40, 3, 1, 12, False),  # shifted, 2 groups
+    (8, 33, 3, 2, 31, False),   # phases
+])
+@pytest.mark.parametrize("samples", [1, 2])
+def test_grouped_sample_blocks(seed, monkeypatch, cin, cout, k, stride, hw, residual,
+                               samples):
+    """The grouped kernel's calls over several samples walk them in blocks
+    (lower.group_block: every group over a block before the next): blocks of 1 and 2
+    samples at batches 3 and 4 (a partial last block at 3 with 2), against torch."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(seed)
+    calls = []
+
+    def block(nnz, groups, x_sample_bytes):
+        calls.append(x_sample_bytes)
+        return samples * x_sample_bytes
+
+    monkeypatch.setattr(lower, "group_block", block)
+    model = _Block(cin, cout, k, stride, "relu", residual).eval()
+    with torch.no_grad():
+        w = model.conv.weight
+        w.mul_((torch.rand_like(w) < 0.15).float())
+        w[0, 0] = 1.0
+    cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw), recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    assert "groups of" in cm.native.lib.labels[0] and calls, cm.native.lib.labels
+    for batch in (3, 4):
+        x = torch.randn(batch, cin, hw, hw)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 @pytest.mark.parametrize("c,hw,act,force", [(8, 9, "relu", "csr"), (16, 20, "none", "csr"),
                                              (24, 14, "clamp", "csr")])
 def test_conv_writes_next_convs_planes(seed, c, hw, act, force):

@@ -35,9 +35,10 @@ PTR = ir.IntType(8).as_pointer()
 VOID = ir.VoidType()
 KERNEL_TYPE = ir.FunctionType(VOID, [I64, I64, I64.as_pointer()])
 
-# Bumped when the code a spec names changes meaning (2: NaN-keeping relu/clamp), so object code
+# Bumped when the code a spec names changes meaning (2: NaN-keeping relu/clamp; 3: grouped
+# kernels walk samples in blocks, A_GXB), so object code
 # cached in an artifact under an old key is rebuilt rather than linked.
-KEY_VERSION = "k2"
+KEY_VERSION = "k3"
 
 # Activations the epilogue does in vector registers; others run as a separate pass.
 FUSED_ACTS = ("none", "relu", "clamp")
@@ -52,12 +53,9 @@ A_NRB, A_RSPLIT = 13, 14  # row blocks per tile and their boundaries (rows, or c
 A_GN = 15  # N:M: stored values per row
 A_NPANEL = 16  # CSR: column panels; indptr is (panels, rows + 1), nonzeros by (panel, row)
 A_RES = 17  # residual: a tensor laid out as out, added before the activation
-A_NB = 18  # grouped kernels: samples in the call (row blocks vary slowest, then samples)
-N_ARGS = 19
-# Grouped kernels take row blocks slowest (each group's code reused over all the call's
-# samples) while the call's x is at most this big; larger x would be re-read from memory
-# once per group, so samples go slowest then.
-GROUP_X_BYTES = 8 << 20
+A_NB = 18  # grouped kernels: samples in the call
+A_GXB = 19  # grouped kernels: floats of x a block of samples holds (native.lower.group_block)
+N_ARGS = 20
 
 
 def act_key(spec) -> str:
@@ -279,14 +277,20 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         rest = b.sdiv(w, ntiles)
         t = b.sub(w, b.mul(rest, ntiles))
         if spec.group > 1:
-            # a group's code runs over every sample's tiles before the next group's, when
-            # the call's x stays in cache meanwhile (else samples slowest, as below)
+            # samples in blocks of sb (A_GXB floats of x, at least one sample): a group's
+            # code runs over every tile of a block before the next group's
             nb = k.arg_i64(A_NB, "nb")
-            cross = b.icmp_signed("<=", b.mul(nb, xns), I64(GROUP_X_BYTES // 4))
-            rb_c = b.sdiv(rest, nb)
-            n_s = b.sdiv(rest, nrb)
-            rb = b.select(cross, rb_c, b.sub(rest, b.mul(n_s, nrb)))
-            n = b.select(cross, b.sub(rest, b.mul(rb_c, nb)), n_s)
+            sb = b.sdiv(k.arg_i64(A_GXB, "gxb"), b.select(
+                b.icmp_signed(">", xns, I64(0)), xns, I64(1)))
+            sb = b.select(b.icmp_signed("<", sb, I64(1)), I64(1), sb)
+            sb = b.select(b.icmp_signed(">", sb, nb), nb, sb)
+            blk = b.sdiv(rest, b.mul(sb, nrb))
+            n0 = b.mul(blk, sb)
+            left = b.sub(nb, n0)
+            size = b.select(b.icmp_signed("<", left, sb), left, sb)
+            r2 = b.sub(rest, b.mul(n0, nrb))
+            rb = b.sdiv(r2, size)
+            n = b.add(n0, b.sub(r2, b.mul(rb, size)))
         else:
             n = b.sdiv(rest, nrb)
             rb = b.sub(rest, b.mul(n, nrb))
