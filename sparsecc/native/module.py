@@ -398,13 +398,12 @@ def _chunked(b, prog: Program, n: ir.Value) -> ir.Value:
                  b.icmp_signed(">=", n, I64(prog.split * prog.min_chunk)))
 
 
-def _sample_parallel(b, prog: Program, n: ir.Value, c: ir.Value, threads: ir.Value,
-                     times: ir.Value) -> ir.Value:
-    """Whether the chunks of ``c`` samples run sample-parallel: more than one thread, not
-    profiling, two chunks a thread at least (see _emit_chunks)."""
-    untimed = b.icmp_unsigned("==", b.ptrtoint(times, I64), I64(0))
+def _sample_parallel(b, prog: Program, n: ir.Value, c: ir.Value,
+                     threads: ir.Value) -> ir.Value:
+    """Whether the chunks of ``c`` samples run sample-parallel: more than one thread, two
+    chunks a thread at least (see _emit_chunks)."""
     many = b.icmp_signed(">=", n, b.mul(b.sext(threads, I64), b.mul(c, I64(2))))
-    return b.and_(b.and_(many, untimed), b.icmp_signed(">", threads, I32(1)))
+    return b.and_(many, b.icmp_signed(">", threads, I32(1)))
 
 
 def _io_arrays(b, sample_bytes) -> tuple[ir.Value, ir.Value]:
@@ -442,6 +441,8 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
       the activations it wrote; layer-by-layer splits ran 1.5-2.5x slower whenever the host
       placed the vCPUs on different CCDs, see native/probe.py).
     * Otherwise the chunks one after another, each on every thread.
+    Profiled sample-parallel (``times``), each thread counts its calls' cycles on its own
+    and adds its counts / threads to ``times`` at the end: an op's share of the wall time.
     The first nonzero error flag of a chunk is returned."""
     fn = ir.Function(mod, RUN_TYPE, name)
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
@@ -455,18 +456,19 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     chunk = _sample_chunk(b, prog, n)
     par = fn.append_basic_block("parallel")
     serial = fn.append_basic_block("serial")
-    b.cbranch(_sample_parallel(b, prog, n, chunk, threads, times), par, serial)
+    b.cbranch(_sample_parallel(b, prog, n, chunk, threads), par, serial)
 
     b.position_at_end(par)
     ctx_t = ir.LiteralStructType([P8, P8, I64, P8.as_pointer(), P8.as_pointer(), I64, I64,
-                                  I64])
+                                  I64, P64, I64])
     worker_t = ir.FunctionType(ir.VoidType(), [P8])
     gomp = mod.globals.get("GOMP_parallel")
     tid_fn = _omp_thread_num(mod)
     worker = ir.Function(mod, worker_t, f"{prefix}_samples_worker")
     worker.linkage = "internal"
     ctx = b.alloca(ctx_t)
-    for i, v in enumerate((weights, arena, n, ins, outs, I64(0), I64(0), chunk)):
+    for i, v in enumerate((weights, arena, n, ins, outs, I64(0), I64(0), chunk, times,
+                           b.sext(threads, I64))):
         b.store(v, b.gep(ctx, [I32(0), I32(i)], inbounds=True))
     b.call(gomp, [worker, b.bitcast(ctx, P8), threads, I32(0)])
     b.ret(b.trunc(b.load(b.gep(ctx, [I32(0), I32(6)], inbounds=True)), I32))
@@ -479,6 +481,14 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
 
     w_weights, w_arena, w_n, w_ins, w_outs = (wb.load(field(i)) for i in range(5))
     w_chunk = wb.load(field(7))
+    w_times, w_threads = wb.load(field(8)), wb.load(field(9))
+    nops = max((c.op for c in prog.calls), default=0) + 1  # (times' length at least)
+    mine_t = wb.alloca(I64, nops)  # this thread's cycles per op (profiling)
+    memset = mod.declare_intrinsic("llvm.memset", [P8, I64])
+    wb.call(memset, [wb.bitcast(mine_t, P8), I8(0), I64(8 * nops),
+                     ir.Constant(ir.IntType(1), 0)])
+    timed = wb.icmp_unsigned("!=", wb.ptrtoint(w_times, I64), I64(0))
+    body_times = wb.select(timed, mine_t, ir.Constant(P64, None))
     w_arrays = _io_arrays(wb, sample_bytes)
     tid = wb.sext(wb.call(tid_fn, []), I64)
     area = _thread_area(wb, prog, w_chunk)
@@ -495,12 +505,24 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     left = wb.sub(w_n, c)
     nc = wb.select(wb.icmp_signed("<", left, w_chunk), left, w_chunk)
     ins_c, outs_c = _step_io(wb, sample_bytes, w_ins, w_outs, c, w_arrays)
-    rc = wb.call(body, [w_weights, mine, my_args, nc, ins_c, outs_c, I32(1),
-                        ir.Constant(P64, None)])
+    rc = wb.call(body, [w_weights, mine, my_args, nc, ins_c, outs_c, I32(1), body_times])
     with wb.if_then(wb.icmp_signed("!=", rc, I32(0))):
         wb.atomic_rmw("xchg", field(6), wb.zext(rc, I64), "monotonic")
     wb.branch(head)
     wb.position_at_end(done)
+    add = worker.append_basic_block("add_times")
+    out = worker.append_basic_block("out")
+    wb.cbranch(timed, add, out)
+    wb.position_at_end(add)
+    i = wb.phi(I64)
+    i.add_incoming(I64(0), done)
+    mine_i = wb.load(wb.gep(mine_t, [i], inbounds=True))
+    wb.atomic_rmw("add", wb.gep(w_times, [i], inbounds=True), wb.sdiv(mine_i, w_threads),
+                  "monotonic")
+    nxt = wb.add(i, I64(1))
+    i.add_incoming(nxt, add)
+    wb.cbranch(wb.icmp_signed("<", nxt, I64(nops)), add, out)
+    wb.position_at_end(out)
     wb.ret_void()
 
     b.position_at_end(serial)
@@ -735,9 +757,7 @@ def _emit_sizes(mod, prefix, prog: Program) -> None:
     if prog.chunk:  # sample-parallel: a thread's area each, when there are chunks to share
         c = _sample_chunk(b, prog, n_all)
         per = b.mul(b.sext(threads, I64), _thread_area(b, prog, c))
-        null = ir.Constant(P64, None)
-        par = b.and_(_chunked(b, prog, n_all),
-                     _sample_parallel(b, prog, n_all, c, threads, null))
+        par = b.and_(_chunked(b, prog, n_all), _sample_parallel(b, prog, n_all, c, threads))
         per = b.select(par, per, I64(0))
         need = b.select(b.icmp_signed(">", per, need), per, need)
     if prog.tail:  # the boundary region first; the tail's buffers where the head's were
