@@ -205,6 +205,13 @@ def row_load(k: _K, rowp, col: int, need: int, w: int):
     return k.vload(k.b.gep(rowp, [I64(col)]), lane_mask(k.vw, live))
 
 
+def row_run_inside(col: int, m: int, w: int, stride: int, vw: int) -> bool:
+    """Whether row_run's loads for (col, m) have every lane they use inside the row and
+    m == vw: their masks are then the same wherever along the row they are."""
+    span = m if stride == 1 else 2 * (m - 1) + 1
+    return m == vw and col >= 0 and col + span <= w
+
+
 def row_run(k: _K, rowp, col: int, m: int, w: int, stride: int):
     """The inputs of m consecutive output columns from an input row, the first at column
     ``col``: one masked load at stride 1; at stride 2 two, and a shuffle of their even

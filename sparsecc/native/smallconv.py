@@ -122,37 +122,71 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
     nv = -(-wo // vw)
     chunks = [list(range(v0, min(v0 + V, nv))) for v0 in range(0, nv, V)]
 
+    # interior chunks (every tap's input inside the row, so the same masks): one loop body
+    # moved along the row instead of unrolled code (a 7x7 stem conv's unrolled row is ~130
+    # KB of code). Same process, 1 thread, 4 samples at 224, bit-identical: 3x3 RGB convs
+    # 1.05-1.09x the rate, the 7x7 stem 1.00-1.02x
+    def inner(vecs) -> bool:
+        return all(DW.row_run_inside(v * vw * s + j * spec.dw - spec.pw,
+                                     min(vw, wo - v * vw), w, s, vw)
+                   for v in vecs for j in range(spec.kw)) and len(vecs) == V
+
+    runs: list = []  # [vecs] unrolled, or ("loop", first chunk, count)
+    for vecs in chunks:
+        if inner(vecs) and runs and isinstance(runs[-1], tuple):
+            runs[-1] = ("loop", runs[-1][1], runs[-1][2] + 1)
+        elif inner(vecs):
+            runs.append(("loop", vecs, 1))
+        else:
+            runs.append(vecs)
+
     def conv_row(oh, xn, wb, inits, store) -> None:
         """Output row ``oh`` of the item's R channels; ``store(r, v, value)`` takes each
-        activated vector."""
-        for vecs in chunks:
-            acc = [[k.alloca(k.vty, f"a{r}_{v}") for v in vecs] for r in range(R)]
-            for r in range(R):
-                for a in acc[r]:
-                    b.store(inits[r], a)
-            for ci in range(spec.cin):
-                for i in range(spec.kh):
-                    ih = b.add(b.mul(oh, I64(s)), I64(i * spec.dh - spec.ph))
-                    inside = b.and_(b.icmp_signed(">=", ih, I64(0)),
-                                    b.icmp_signed("<", ih, I64(h)))
-                    with b.if_then(inside):
-                        rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
-                        for j in range(spec.kw):
-                            dx = j * spec.dw - spec.pw
-                            # output columns v * vw .. : their inputs from column dx on
-                            xs = [DW.row_run(k, rowp, v * vw * s + dx, min(vw, wo - v * vw), w,
-                                             s) for v in vecs]
-                            if all(xv is None for xv in xs):
-                                continue
-                            tap = (ci * spec.kh + i) * spec.kw + j
-                            for r in range(R):
-                                ws = k.splat(b.load(b.gep(wb, [I64(r * spec.cin * taps + tap)])))
-                                for q, xv in enumerate(xs):
-                                    if xv is not None:
-                                        b.store(k.fma(ws, xv, b.load(acc[r][q])), acc[r][q])
-            for r in range(R):
-                for q, v in enumerate(vecs):
-                    store(r, v, k.act(b.load(acc[r][q]), spec))
+        activated vector (v an int, or an i64 in an interior loop)."""
+        for run in runs:
+            if isinstance(run, tuple):
+                _, vecs, count = run
+                if count == 1:
+                    conv_chunk(oh, xn, wb, inits, store, vecs, None)
+                    continue
+                with k.loop(I64(0), I64(count), "iv") as c:
+                    conv_chunk(oh, xn, wb, inits, store, vecs, c)
+            else:
+                conv_chunk(oh, xn, wb, inits, store, run, None)
+
+    def conv_chunk(oh, xn, wb, inits, store, vecs, moved) -> None:
+        """Vectors ``vecs`` of the row, or with ``moved`` (i64 chunks) those as far along."""
+        shift = None if moved is None else b.mul(moved, I64(len(vecs) * vw))
+        acc = [[k.alloca(k.vty, f"a{r}_{v}") for v in vecs] for r in range(R)]
+        for r in range(R):
+            for a in acc[r]:
+                b.store(inits[r], a)
+        for ci in range(spec.cin):
+            for i in range(spec.kh):
+                ih = b.add(b.mul(oh, I64(s)), I64(i * spec.dh - spec.ph))
+                inside = b.and_(b.icmp_signed(">=", ih, I64(0)),
+                                b.icmp_signed("<", ih, I64(h)))
+                with b.if_then(inside):
+                    rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
+                    if shift is not None:
+                        rowp = b.gep(rowp, [b.mul(shift, I64(s))])
+                    for j in range(spec.kw):
+                        dx = j * spec.dw - spec.pw
+                        # output columns v * vw .. : their inputs from column dx on
+                        xs = [DW.row_run(k, rowp, v * vw * s + dx, min(vw, wo - v * vw), w,
+                                         s) for v in vecs]
+                        if all(xv is None for xv in xs):
+                            continue
+                        tap = (ci * spec.kh + i) * spec.kw + j
+                        for r in range(R):
+                            ws = k.splat(b.load(b.gep(wb, [I64(r * spec.cin * taps + tap)])))
+                            for q, xv in enumerate(xs):
+                                if xv is not None:
+                                    b.store(k.fma(ws, xv, b.load(acc[r][q])), acc[r][q])
+        for r in range(R):
+            for q, v in enumerate(vecs):
+                vv = v if shift is None else b.add(b.udiv(shift, I64(vw)), I64(v))
+                store(r, vv, k.act(b.load(acc[r][q]), spec))
 
     def item(t, per_row: bool):
         """(n, first channel, x, weights, bias vectors[, oh]) of item t."""
@@ -176,8 +210,12 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                                    b.mul(oh, I64(wo)))])
 
             def store(r, v, val):
-                k.vstore(val, b.gep(ob, [I64(r * ho * wo + v * vw)]),
-                         DW.lane_mask(vw, np.arange(vw) < min(vw, wo - v * vw)))
+                if isinstance(v, int):
+                    k.vstore(val, b.gep(ob, [I64(r * ho * wo + v * vw)]),
+                             DW.lane_mask(vw, np.arange(vw) < min(vw, wo - v * vw)))
+                else:  # an interior vector: whole
+                    k.vstore(val, b.gep(ob, [b.add(I64(r * ho * wo), b.mul(v, I64(vw)))]),
+                             None)
 
             conv_row(oh, xn, wb, inits, store)
         b.ret_void()
@@ -190,7 +228,9 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
         pb = b.gep(out, [b.mul(b.add(b.mul(n, I64(spec.cout)), co0), I64(pho * pwo))])
         with k.loop(I64(0), I64(ho), "oh") as oh:
             conv_row(oh, xn, wb, inits,
-                     lambda r, v, val: k.vstore(val, b.gep(row, [I64(r * npad + v * vw)]), None))
+                     lambda r, v, val: k.vstore(val, b.gep(row, [b.add(
+                         I64(r * npad), b.mul(I64(v) if isinstance(v, int) else v,
+                                              I64(vw)))]), None))
             # pooled row i takes conv rows 2i-1, 2i, 2i+1: row oh is maxed into row oh // 2
             # (it starts that row when oh is 0) and, when odd, starts row oh // 2 + 1
             i = b.ashr(oh, I64(1))

@@ -334,12 +334,14 @@ def test_depthwise_registers_kernel(rng, vw, host, stride, h, w, kh, pad, dil):
 @pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
 @pytest.mark.parametrize("cin,cout,h,w,k,stride,pad,dil", [
     (3, 32, 40, 36, 3, 2, 1, 1), (3, 16, 30, 30, 7, 2, 3, 1), (1, 6, 28, 28, 5, 1, 2, 1),
-    (2, 6, 19, 13, 3, 2, 0, 1), (4, 12, 30, 30, 3, 2, 2, 2), (3, 5, 9, 9, 3, 1, 1, 1)])
+    (2, 6, 19, 13, 3, 2, 0, 1), (4, 12, 30, 30, 3, 2, 2, 2), (3, 5, 9, 9, 3, 1, 1, 1),
+    (3, 16, 9, 120, 3, 2, 1, 1), (2, 8, 6, 100, 3, 1, 1, 1)])
 def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     """The few-input-channel direct conv alone (RGB first convs: 3x3 and 7x7 at stride 2),
     the 8-lane one compiled for an AVX2-only CPU too, against torch: rows of several vector
-    chunks and a part vector, output channels in blocks (5 and 6: blocks that are not powers
-    of 2), padding on every edge, dilation, pruned taps, fused clamp."""
+    chunks and a part vector, wide rows whose interior chunks run as one loop body, output
+    channels in blocks (5 and 6: blocks that are not powers of 2), padding on every edge,
+    dilation, pruned taps, fused clamp."""
     from sparsecc.native import smallconv as SC
 
     spec = SC.SmallConvSpec(vw, cin, cout, h, w, k, k, stride, pad, pad, dil, dil, "clamp",
@@ -366,7 +368,7 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
 @pytest.mark.parametrize("cin,cout,h,w,k,stride,pad,act", [
     (3, 32, 40, 36, 7, 2, 3, "relu"), (3, 16, 29, 31, 3, 2, 1, "clamp"),
     (1, 6, 17, 10, 5, 1, 2, "relu"), (3, 5, 5, 5, 3, 1, 1, "relu"),
-    (2, 8, 4, 70, 3, 2, 1, "clamp")])
+    (2, 8, 4, 70, 3, 2, 1, "clamp"), (3, 16, 10, 140, 7, 2, 3, "relu")])
 def test_small_conv_max_pool_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, act):
     """The direct conv with the 3x3 / 2 max pool after it in the same kernel (a ResNet's stem),
     the 8-lane build for an AVX2-only CPU too, against torch's conv -> act -> max pool: even
