@@ -675,6 +675,43 @@ def test_whole_batch_tail(seed, monkeypatch):
     assert all(times[c.op] > 0 for c in prog.calls), times
 
 
+def test_tail_takes_a_conv_whose_planes_alone_are_big(seed, monkeypatch):
+    """A stride-2 conv whose input and output are under the tail's limit but whose phase
+    planes are over it runs in the whole-batch tail (lower.tail_split: an op's own
+    temporaries do not keep it in the chunks; without that rule the tail starts after it);
+    against torch at batches 1, 3 and 9."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 24, 3, 1, 1), torch.nn.ReLU(),     # 24 KB a sample
+        torch.nn.Conv2d(24, 8, 1), torch.nn.ReLU(),           # 8 KB
+        torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(),     # planes ~12 KB, out 4 KB
+        _BasicBlock(16), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(16, 10)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.in_channels > 3:
+                m.weight.mul_((torch.rand_like(m.weight) < 0.3).float())
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "10K")
+    starts = {}
+    for own in (False, True):
+        monkeypatch.setattr(lower, "TAIL_OWN_TEMPS", own)
+        cm = sparsecc.compile(model, torch.randn(1, 3, 16, 16),
+                              recipe={"formats": {"force": "csr"}})
+        assert cm.native is not None, cm.native_status
+        prog = cm.native.lib.program
+        assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+        starts[own] = prog.calls[prog.tail].op
+    s2 = next(i for i, op in enumerate(cm.plan.ops)
+              if op.kind == "conv2d" and op.attrs["stride"][0] == 2)
+    assert starts[True] <= s2 < starts[False], (starts, s2)
+    for batch in (1, 3, 9):
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 class _DenseShortcut(torch.nn.Module):
     """A sparse branch, then a dense 1x1 conv whose output is added to it (the add fused
     into the dense conv's GEMM: a ResNet block whose downsample stays dense)."""
