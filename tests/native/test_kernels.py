@@ -593,6 +593,47 @@ def test_grouped_sample_blocks(seed, monkeypatch, cin, cout, k, stride, hw, resi
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
+def test_grouped_whole_tiles(seed, monkeypatch):
+    """Grouped kernels whose rows have room run every tile whole (no second copy of the code
+    for a part tile): 3x3 convs over 28-wide planes (840 positions -> 848, into the next
+    conv's planes and into a cropped temporary), a stride-2 one (210 -> 224) and a 1x1 conv
+    over 14 x 14 maps with 16-float channel strides (196 -> 208). The extra lanes read slack
+    or pads and write pads or borders nothing reads: against torch at batches 1 and 3, with
+    NaN and huge values left in the arena by a call before."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 24, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(24, 24, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(24, 32, 3, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 48, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(48, 40, 1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_((torch.rand_like(m.weight) < 0.3).float())
+    spans = {}
+    for whole in (False, True):
+        monkeypatch.setattr(lower, "WHOLE_TILES", whole)
+        cm = sparsecc.compile(model, torch.randn(1, 8, 28, 28),
+                              recipe={"formats": {"force": "csr"}})
+        assert cm.native is not None, cm.native_status
+        spans[whole] = sorted(k.spec.span for k in cm.native.lib.program.kernels.values()
+                              if k.spec is not None and k.spec.group > 1)
+    assert len(spans[True]) >= 4 and all(v % 16 == 0 for v in spans[True]), spans
+    assert any(v % 16 for v in spans[False]), spans
+    bad = torch.full((3, 8, 28, 28), float("nan"))
+    bad[:, ::2] = 3e38
+    cm(bad)  # (leaves NaN and huge values in the arena's pads and slack)
+    for batch in (1, 3):
+        x = torch.randn(batch, 8, 28, 28)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 @pytest.mark.parametrize("c,hw,act,force", [(8, 9, "relu", "csr"), (16, 20, "none", "csr"),
                                              (24, 14, "clamp", "csr")])
 def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
