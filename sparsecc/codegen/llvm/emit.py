@@ -36,9 +36,9 @@ VOID = ir.VoidType()
 KERNEL_TYPE = ir.FunctionType(VOID, [I64, I64, I64.as_pointer()])
 
 # Bumped when the code a spec names changes meaning (2: NaN-keeping relu/clamp; 3: grouped
-# kernels walk samples in blocks, A_GXB), so object code
+# kernels walk samples in blocks, A_GXB; 4: their x loads from a moving base), so object code
 # cached in an artifact under an old key is rebuilt rather than linked.
-KEY_VERSION = "k3"
+KEY_VERSION = "k4"
 
 # Activations the epilogue does in vector registers; others run as a separate pass.
 FUSED_ACTS = ("none", "relu", "clamp")

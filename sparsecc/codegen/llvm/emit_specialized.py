@@ -20,6 +20,8 @@ from sparsecc.codegen.llvm.emit import F32, I1, I32, I64, VOID, KernelSpec, Patt
 # Nonzeros per generated function in a specialised kernel: bounds LLVM's time per function
 # (it grows faster than linearly with function size) and the code each call brings in.
 CHUNK_NNZ = 2048
+# Grouped kernels address x from a register moved along it (_group_asm's xref).
+X_WINDOW = True
 
 
 def _ty(lanes: int) -> str:
@@ -150,7 +152,21 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     lo, hi = f"zmm{xr}", f"zmm{xr + 1}"
     q = int(ip[r0])  # the next value's position in the reordered data
     window = None
+    xwin: list = [None]  # r10 = rsi + xwin[0] while a group walks its columns
+
+    def xref(off: int) -> str:
+        """The address of x's byte ``off`` (a whole vector): from r10, moved along x when
+        the offset leaves its reach, so a line-aligned load's displacement fits a byte
+        (EVEX scales it by 64: 7-byte loads instead of 10)."""
+        if off % 64 or not X_WINDOW:
+            return f"rsi + {off}"
+        if xwin[0] is None or not -8192 <= off - xwin[0] <= 8128:
+            xwin[0] = off + 8128
+            emit_(f"lea r10, [rsi + {xwin[0]}]")
+        return f"r10 + {off - xwin[0]}"
+
     for g0 in range(r0, r1, spec.group):
+        xwin[0] = None  # (the epilogue uses r10)
         rows = list(range(g0, min(g0 + spec.group, r1)))
         for i, o in enumerate(rows):
             for v in range(nv):
@@ -168,17 +184,18 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
         pair: dict[int, int] = {}  # aligned float offset -> the register holding it
         for col in sorted(cols):
             if aligned:
-                xv = [_aligned_x(emit_, col + pcs[0][0], xr, pair)]
+                xv = [_aligned_x(emit_, col + pcs[0][0], xr, pair, xref)]
             else:
-                if spec.xrs:
-                    base = f"rsi + {4 * col * spec.xrs}"
-                else:
-                    emit_(f"imul r10, r8, {col}")
-                    base = "rsi + r10"
                 xv = [f"zmm{xr + v}" for v in range(nv)]
                 for v, (first_f, _, _) in enumerate(pcs):
                     m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
-                    emit_(f"vmovups {xv[v]}{m}, zmmword ptr [{base} + {4 * first_f}]")
+                    if spec.xrs:
+                        at = xref(4 * (col * spec.xrs + first_f))
+                    else:
+                        if v == 0:
+                            emit_(f"imul r10, r8, {col}")
+                        at = f"rsi + r10 + {4 * first_f}"
+                    emit_(f"vmovups {xv[v]}{m}, zmmword ptr [{at}]")
             for i in sorted(cols[col]):
                 if window is None or not -512 <= 4 * q - window <= 508:
                     window = 4 * q + 512
@@ -214,7 +231,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     return out
 
 
-def _aligned_x(emit_, off: int, xr: int, pair: dict[int, int]) -> str:
+def _aligned_x(emit_, off: int, xr: int, pair: dict[int, int], xref=None) -> str:
     """The register holding x's 16 floats from ``off`` (floats past the tile's start, which
     is on a cache line when x is). The aligned vectors at a = off - off % 16 and, off the line,
     a + 16 sit in zmm{xr+1} / zmm{xr+2} (``pair``: offset -> register), loaded only when the
@@ -230,7 +247,8 @@ def _aligned_x(emit_, off: int, xr: int, pair: dict[int, int]) -> str:
     for o in want:
         if o not in keep:
             keep[o] = free.pop(0)
-            emit_(f"vmovups zmm{keep[o]}, zmmword ptr [rsi + {4 * o}]")
+            at = xref(4 * o) if xref is not None else f"rsi + {4 * o}"
+            emit_(f"vmovups zmm{keep[o]}, zmmword ptr [{at}]")
     pair.clear()
     pair.update(keep)
     if not m:
