@@ -1770,12 +1770,14 @@ class Lowering:
             nxs = _round16(cout * psj + gj.slack)  # (the next conv's per_sample)
             cplanes = self.temp("next_planes", nb * nxs * 4)
             self.planes_in[j] = cplanes
-            # (whole tiles: the extra positions land on the next planes' borders, zeroed
-            # after, or in their slack; x's reads stay in its planes' slack)
+            # (whole tiles when the extra positions stay in the channel's own plane: its
+            # bottom border, zeroed after, or the gap to the next; x's reads stay in its
+            # planes' slack)
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(cplanes, gj.wq + 1),
                               n=nb, L=L, xrs=1, ors=psj, xns=per_sample,
                               ons=nxs, indices=offs, x_rows=rows, reach=g.reach,
-                              panel_of=offs // ps, xalign=True, whole=True)
+                              panel_of=offs // ps, xalign=True,
+                              whole=gj.wq + _round16(L) <= psj)
             self.call(self.numba("k_pads"), [T(cplanes), I(nb), I(cout), I(gj.hq), I(gj.wq),
                                              I(nxs), I(psj)],
                       nb * cout, float(2 * (gj.hq + gj.wq) + psj - gj.plane))
