@@ -484,10 +484,11 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     w_times, w_threads = wb.load(field(8)), wb.load(field(9))
     nops = max((c.op for c in prog.calls), default=0) + 1  # (times' length at least)
     mine_t = wb.alloca(I64, nops)  # this thread's cycles per op (profiling)
-    memset = mod.declare_intrinsic("llvm.memset", [P8, I64])
-    wb.call(memset, [wb.bitcast(mine_t, P8), I8(0), I64(8 * nops),
-                     ir.Constant(ir.IntType(1), 0)])
     timed = wb.icmp_unsigned("!=", wb.ptrtoint(w_times, I64), I64(0))
+    memset = mod.declare_intrinsic("llvm.memset", [P8, I64])
+    with wb.if_then(timed):
+        wb.call(memset, [wb.bitcast(mine_t, P8), I8(0), I64(8 * nops),
+                         ir.Constant(ir.IntType(1), 0)])
     body_times = wb.select(timed, mine_t, ir.Constant(P64, None))
     w_arrays = _io_arrays(wb, sample_bytes)
     tid = wb.sext(wb.call(tid_fn, []), I64)

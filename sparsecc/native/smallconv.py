@@ -131,32 +131,26 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                                      min(vw, wo - v * vw), w, s, vw)
                    for v in vecs for j in range(spec.kw)) and len(vecs) == V
 
-    runs: list = []  # [vecs] unrolled, or ("loop", first chunk, count)
+    runs: list[list] = []  # [first chunk, count]: interior chunks in a row share a body
     for vecs in chunks:
-        if inner(vecs) and runs and isinstance(runs[-1], tuple):
-            runs[-1] = ("loop", runs[-1][1], runs[-1][2] + 1)
-        elif inner(vecs):
-            runs.append(("loop", vecs, 1))
+        if runs and inner(vecs) and inner(runs[-1][0]):
+            runs[-1][1] += 1
         else:
-            runs.append(vecs)
+            runs.append([vecs, 1])
 
     def conv_row(oh, xn, wb, inits, store) -> None:
         """Output row ``oh`` of the item's R channels; ``store(r, v, value)`` takes each
         activated vector (v an int, or an i64 in an interior loop)."""
-        for run in runs:
-            if isinstance(run, tuple):
-                _, vecs, count = run
-                if count == 1:
-                    conv_chunk(oh, xn, wb, inits, store, vecs, None)
-                    continue
-                with k.loop(I64(0), I64(count), "iv") as c:
-                    conv_chunk(oh, xn, wb, inits, store, vecs, c)
-            else:
-                conv_chunk(oh, xn, wb, inits, store, run, None)
+        for vecs, count in runs:
+            if count == 1:
+                conv_chunk(oh, xn, wb, inits, store, vecs, None)
+                continue
+            with k.loop(I64(0), I64(count), "iv") as c:
+                conv_chunk(oh, xn, wb, inits, store, vecs, b.mul(c, I64(len(vecs))))
 
     def conv_chunk(oh, xn, wb, inits, store, vecs, moved) -> None:
-        """Vectors ``vecs`` of the row, or with ``moved`` (i64 chunks) those as far along."""
-        shift = None if moved is None else b.mul(moved, I64(len(vecs) * vw))
+        """Vectors ``vecs`` of the row, or with ``moved`` (i64 vectors) those as far along."""
+        shift = None if moved is None else b.mul(moved, I64(vw))
         acc = [[k.alloca(k.vty, f"a{r}_{v}") for v in vecs] for r in range(R)]
         for r in range(R):
             for a in acc[r]:
@@ -185,7 +179,7 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                                     b.store(k.fma(ws, xv, b.load(acc[r][q])), acc[r][q])
         for r in range(R):
             for q, v in enumerate(vecs):
-                vv = v if shift is None else b.add(b.udiv(shift, I64(vw)), I64(v))
+                vv = v if moved is None else b.add(moved, I64(v))
                 store(r, vv, k.act(b.load(acc[r][q]), spec))
 
     def item(t, per_row: bool):

@@ -487,6 +487,14 @@ def test_gemm_avx2_code_path(rng):
     np.testing.assert_allclose(C, np.maximum(A @ B + bias, 0), rtol=1e-4, atol=1e-5)
 
 
+def _prune_convs(model: torch.nn.Module, keep: float = 0.3) -> None:
+    """Zero all but ~``keep`` of every conv's weights, RGB-input convs left dense."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.in_channels > 3:
+                m.weight.mul_((torch.rand_like(m.weight) < keep).float())
+
+
 class _Block(torch.nn.Module):
     """conv -> (+ identity) -> act: the residual add fused into the conv's kernel."""
 
@@ -611,10 +619,7 @@ def test_grouped_whole_tiles(seed, monkeypatch):
         torch.nn.Conv2d(32, 48, 1), torch.nn.ReLU(),
         torch.nn.Conv2d(48, 40, 1), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.weight.mul_((torch.rand_like(m.weight) < 0.3).float())
+    _prune_convs(model)
     spans = {}
     for whole in (False, True):
         monkeypatch.setattr(lower, "WHOLE_TILES", whole)
@@ -646,10 +651,7 @@ def test_grouped_whole_tiles_small_planes(seed, monkeypatch):
         torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.ReLU(),     # 5 x 5
         _BasicBlock(32), _BasicBlock(32),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.in_channels > 3:
-                m.weight.mul_((torch.rand_like(m.weight) < 0.3).float())
+    _prune_convs(model)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "4K")
     cm = sparsecc.compile(model, torch.randn(1, 3, 20, 20), recipe={"formats": {"force": "csr"}})
     assert cm.native is not None, cm.native_status
@@ -719,10 +721,7 @@ def test_whole_batch_tail(seed, monkeypatch):
         torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(), _BasicBlock(16),   # 16 KB
         torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.ReLU(), _BasicBlock(32),  # 8 KB
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.in_channels > 3:
-                m.weight.mul_((torch.rand_like(m.weight) < 0.3).float())
+    _prune_convs(model)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "12K")
     cm = sparsecc.compile(model, torch.randn(1, 3, 32, 32), recipe={"formats": {"force": "csr"}})
     assert cm.native is not None, cm.native_status
@@ -763,10 +762,7 @@ def test_tail_takes_a_conv_whose_planes_alone_are_big(seed, monkeypatch):
         torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(),     # planes ~12 KB, out 4 KB
         _BasicBlock(16), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
         torch.nn.Linear(16, 10)).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.in_channels > 3:
-                m.weight.mul_((torch.rand_like(m.weight) < 0.3).float())
+    _prune_convs(model)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "10K")
     starts = {}
     for own in (False, True):
