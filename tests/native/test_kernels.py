@@ -669,6 +669,59 @@ def test_grouped_whole_tiles_small_planes(seed, monkeypatch):
             assert_matches(cm(x), model(x))
 
 
+class _DownBlock(torch.nn.Module):
+    """A ResNet basic block that halves the map: 3x3 stride 2 -> ReLU -> 3x3, plus a 1x1
+    stride-2 downsample of the input, ReLU; ``ds_first`` traces the downsample first."""
+
+    def __init__(self, c, ds_first):
+        super().__init__()
+        self.a = torch.nn.Conv2d(c, 2 * c, 3, 2, 1)
+        self.b = torch.nn.Conv2d(2 * c, 2 * c, 3, 1, 1)
+        self.ds = torch.nn.Conv2d(c, 2 * c, 1, 2)
+        self.ds_first = ds_first
+
+    def forward(self, x):
+        if self.ds_first:
+            d = self.ds(x)
+            return torch.relu(self.b(torch.relu(self.a(x))) + d)
+        y = self.b(torch.relu(self.a(x)))
+        return torch.relu(y + self.ds(x))
+
+
+@pytest.mark.parametrize("hw,ds_first,tail", [(28, False, False), (14, False, False),
+                                               (13, True, False), (14, False, True)])
+def test_strided_pointwise_writes_in_place(seed, monkeypatch, hw, ds_first, tail):
+    """A 1x1 stride-2 conv (no wrap columns) writes its output in place from its phase plane,
+    the residual add in its kernel when it is the add's last addend: no crop pass. Maps
+    28 -> 14 and 14 -> 7 (196 / 49 positions, whole tiles at 16-float channel strides), 13 ->
+    7, and in a whole-batch tail; with NaN and huge values left in the arena first. Against
+    torch at batches 1 and 3 (and 9 with the tail)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 1, 1), torch.nn.ReLU(),
+                                _DownBlock(32, ds_first), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten()).eval()
+    _prune_convs(model, 0.2)
+    if tail:
+        monkeypatch.setenv("SPARSECC_TAIL_BYTES", "20K")
+    cm = sparsecc.compile(model, torch.randn(1, 3, hw, hw), recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    prog = cm.native.lib.program
+    if tail:
+        assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+    ds_op = next(i for i, op in enumerate(prog.plan.ops) if op.layer.endswith("ds"))
+    kernels = [c.kernel for c in prog.calls if c.op == ds_op]
+    assert not any("crop" in k for k in kernels), kernels
+    if not ds_first:  # (traced last, it takes the other addend as its residual)
+        assert "residual add" in cm.native.lib.labels[ds_op], cm.native.lib.labels
+    bad = torch.full((9, 3, hw, hw), float("nan"))
+    bad[:, 1] = 3e38
+    cm(bad)
+    for batch in (1, 3) + ((9,) if tail else ()):
+        x = torch.randn(batch, 3, hw, hw)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 @pytest.mark.parametrize("c,hw,act,force", [(8, 9, "relu", "csr"), (16, 20, "none", "csr"),
                                              (24, 14, "clamp", "csr")])
 def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
