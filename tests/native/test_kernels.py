@@ -835,6 +835,38 @@ def test_tail_takes_a_conv_whose_planes_alone_are_big(seed, monkeypatch):
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.parametrize("hw,limit,after", [(24, "30K", True), (16, "15K", False)])
+def test_tail_after_the_last_big_read(seed, monkeypatch, hw, limit, after):
+    """The whole-batch tail starts after the last read of a big buffer (a downsample of a
+    block's big input) when that reader's maps (12 x 12) run well a sample at a time, so the
+    big input never crosses into the tail; with small maps (8 x 8) the reader goes to the
+    tail as before (lower.TAIL_AFTER_READS). Against torch at batches 1, 3 and 9."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 1, 1), torch.nn.ReLU(),
+                                _DownBlock(16, False), _BasicBlock(32),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    _prune_convs(model)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", limit)
+    starts = {}
+    for rule in (False, True):
+        monkeypatch.setattr(lower, "TAIL_AFTER_READS", rule)
+        cm = sparsecc.compile(model, torch.randn(1, 3, hw, hw),
+                              recipe={"formats": {"force": "csr"}})
+        assert cm.native is not None, cm.native_status
+        prog = cm.native.lib.program
+        assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+        starts[rule] = prog.calls[prog.tail].op
+    ds = next(i for i, op in enumerate(cm.plan.ops) if op.layer.endswith("ds"))
+    assert starts[False] <= ds, (starts, ds)
+    assert (starts[True] > ds) == after, (starts, ds)
+    for batch in (1, 3, 9):
+        x = torch.randn(batch, 3, hw, hw)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 class _DenseShortcut(torch.nn.Module):
     """A sparse branch, then a dense 1x1 conv whose output is added to it (the add fused
     into the dense conv's GEMM: a ResNet block whose downsample stays dense)."""
