@@ -692,10 +692,11 @@ class _DownBlock(torch.nn.Module):
                                                (13, True, False), (14, False, True)])
 def test_strided_pointwise_writes_in_place(seed, monkeypatch, hw, ds_first, tail):
     """A 1x1 stride-2 conv (no wrap columns) writes its output in place from its phase plane,
-    the residual add in its kernel when it is the add's last addend: no crop pass. Maps
-    28 -> 14 and 14 -> 7 (196 / 49 positions, whole tiles at 16-float channel strides), 13 ->
-    7, and in a whole-batch tail; with NaN and huge values left in the arena first. Against
-    torch at batches 1 and 3 (and 9 with the tail)."""
+    the residual add in its kernel when it is the add's last addend: no crop pass. And the
+    3x3 stride-2 conv's phase planes get one more (zero) column, so its wide rows go straight
+    into the next conv's padded planes. Maps 28 -> 14 and 14 -> 7 (196 / 49 positions, whole
+    tiles at 16-float channel strides), 13 -> 7, and in a whole-batch tail; with NaN and huge
+    values left in the arena first. Against torch at batches 1 and 3 (and 9 with the tail)."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 1, 1), torch.nn.ReLU(),
                                 _DownBlock(32, ds_first), torch.nn.AdaptiveAvgPool2d(1),
@@ -713,6 +714,10 @@ def test_strided_pointwise_writes_in_place(seed, monkeypatch, hw, ds_first, tail
     assert not any("crop" in k for k in kernels), kernels
     if not ds_first:  # (traced last, it takes the other addend as its residual)
         assert "residual add" in cm.native.lib.labels[ds_op], cm.native.lib.labels
+    a_op = next(i for i, op in enumerate(prog.plan.ops) if op.layer.endswith(".a"))
+    assert "padded planes of" in cm.native.lib.labels[a_op], cm.native.lib.labels
+    assert not any(prog.plan.ops[c.op].layer.endswith(".b") and "phase" in c.kernel
+                   for c in prog.calls), [c.kernel for c in prog.calls]
     bad = torch.full((9, 3, hw, hw), float("nan"))
     bad[:, 1] = 3e38
     cm(bad)

@@ -344,6 +344,9 @@ class Shift:
     pw: int
     ho: int
     wo: int
+    # wrap columns beyond the taps' reach (zeros in the planes): rows as wide as the next
+    # conv's padded planes, so this conv's wide rows go straight into them
+    extra: int = 0
 
     @staticmethod
     def of(op: Op, out_shape) -> Shift:
@@ -369,7 +372,7 @@ class Shift:
 
     @property
     def wq(self) -> int:
-        return self.wo + (self.kw - 1) * self.dw // self.sw
+        return self.wo + (self.kw - 1) * self.dw // self.sw + self.extra
 
     @property
     def plane(self) -> int:
