@@ -41,6 +41,11 @@ from sparsecc.native.vmath import _K
 S_X, S_W, S_BIAS, S_OUT = range(4)
 MAX_CIN = 4  # input channels (taps are unrolled: cin * kh * kw of them)
 MAX_TAPS = 160
+# The pooled stride-2 kernel (a ResNet stem) reads split input rows (SmallConvSpec.split_rows):
+# a tap is one load feeding R FMAs instead of two loads and a shuffle (vpermt2ps, on the FMA
+# pipes' ports here). Same process, the 7x7 stem at batch 16: 1 thread 90.7 -> 99.5 GFLOP/s,
+# 2 threads 180.0 -> 197.4 (1.097x); ResNet-18 batch 16 / 1 1.029x / 1.023x.
+SPLIT_ROWS = True
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,8 @@ class SmallConvSpec:
         act = act_key(self)
         return (f"sconv_v{self.vw}_{self.cin}x{self.h}x{self.w}_o{self.cout}_k{self.kh}x"
                 f"{self.kw}_s{self.stride}_p{self.ph}x{self.pw}_d{self.dh}x{self.dw}_{act}_"
-                f"{'b' if self.has_bias else 'nb'}{'_mp3s2' if self.pool else ''}")
+                f"{'b' if self.has_bias else 'nb'}{'_mp3s2' if self.pool else ''}"
+                f"{'_sr' if self.split_rows else ''}")
 
     @property
     def ho(self) -> int:
@@ -77,6 +83,24 @@ class SmallConvSpec:
     @property
     def wo(self) -> int:
         return conv_out(self.w, self.kw, self.stride, self.pw, self.dw)
+
+    @property
+    def split_rows(self) -> bool:
+        """Whether the pooled stride-2 kernel reads its input rows split into even and odd
+        columns (a ring of them on the stack) instead of shuffling each tap's loads."""
+        return SPLIT_ROWS and self.pool and self.stride == 2 and self.dh == 1 and \
+            self.dw == 1 and self.kh >= 2
+
+    @property
+    def split_len(self) -> int:
+        """Floats of one phase of a split row: every vector a tap loads, whole."""
+        nv = -(-self.wo // self.vw)
+        return -(-(nv * self.vw + (self.kw - 1) // 2) // self.vw) * self.vw
+
+    @property
+    def ring_rows(self) -> int:
+        """Split rows the ring holds: a power of two >= the kh rows a conv row reads."""
+        return 1 << (self.kh - 1).bit_length()
 
     @property
     def pooled(self) -> tuple[int, int]:
@@ -132,11 +156,38 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                    for v in vecs for j in range(spec.kw)) and len(vecs) == V
 
     runs: list[list] = []  # [first chunk, count]: interior chunks in a row share a body
+    ring = spec.split_rows
     for vecs in chunks:
-        if runs and inner(vecs) and inner(runs[-1][0]):
+        if runs and (ring or inner(vecs) and inner(runs[-1][0])) and \
+                len(vecs) == len(runs[-1][0]):
             runs[-1][1] += 1
         else:
             runs.append([vecs, 1])
+    if ring:
+        # stride 2: the input rows a conv row reads, split once into their even and odd
+        # padded columns (phase 0: padded columns 0, 2, ..; phase 1: 1, 3, ..; zeros for
+        # the padding) in a ring of RS rows: a tap is then one whole-vector load, where
+        # reading the row itself takes two masked loads and a shuffle per tap and vector
+        qp = spec.split_len
+        rs = spec.ring_rows
+        ringp = b.bitcast(k.alloca(ir.ArrayType(F32, rs * spec.cin * 2 * qp), "ring"),
+                          F32.as_pointer())
+
+        def split_rows(xn, lo, hi) -> None:
+            """Split input rows [max(lo, 0), min(hi, h)) into their ring slots."""
+            lo = b.select(b.icmp_signed("<", lo, I64(0)), I64(0), lo)
+            hi = b.select(b.icmp_signed(">", hi, I64(h)), I64(h), hi)
+            with k.loop(lo, hi, "ih") as ih:
+                slot = b.and_(ih, I64(rs - 1))
+                for ci in range(spec.cin):
+                    rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
+                    dst = b.gep(ringp, [b.mul(b.add(b.mul(slot, I64(spec.cin)), I64(ci)),
+                                              I64(2 * qp))])
+                    for ph_ in range(2):
+                        for jv in range(qp // vw):
+                            v = DW.row_run(k, rowp, 2 * jv * vw + ph_ - spec.pw, vw, w, 2)
+                            k.vstore(zero if v is None else v,
+                                     b.gep(dst, [I64(ph_ * qp + jv * vw)]), None)
 
     def conv_row(oh, xn, wb, inits, store) -> None:
         """Output row ``oh`` of the item's R channels; ``store(r, v, value)`` takes each
@@ -161,14 +212,24 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                 inside = b.and_(b.icmp_signed(">=", ih, I64(0)),
                                 b.icmp_signed("<", ih, I64(h)))
                 with b.if_then(inside):
-                    rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
-                    if shift is not None:
-                        rowp = b.gep(rowp, [b.mul(shift, I64(s))])
+                    if ring:  # the row's split columns in its ring slot
+                        slot = b.add(b.mul(b.and_(ih, I64(rs - 1)), I64(spec.cin)), I64(ci))
+                        rowp = b.gep(ringp, [b.mul(slot, I64(2 * qp))])
+                        if shift is not None:
+                            rowp = b.gep(rowp, [shift])
+                    else:
+                        rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
+                        if shift is not None:
+                            rowp = b.gep(rowp, [b.mul(shift, I64(s))])
                     for j in range(spec.kw):
                         dx = j * spec.dw - spec.pw
                         # output columns v * vw .. : their inputs from column dx on
-                        xs = [DW.row_run(k, rowp, v * vw * s + dx, min(vw, wo - v * vw), w,
-                                         s) for v in vecs]
+                        if ring:  # (padded column 2 p + j: phase j % 2, index p + j // 2)
+                            xs = [k.vload(b.gep(rowp, [I64((j % 2) * qp + v * vw + j // 2)]),
+                                          None) for v in vecs]
+                        else:
+                            xs = [DW.row_run(k, rowp, v * vw * s + dx, min(vw, wo - v * vw),
+                                             w, s) for v in vecs]
                         if all(xv is None for xv in xs):
                             continue
                         tap = (ci * spec.kh + i) * spec.kw + j
@@ -220,7 +281,12 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         n, co0, xn, wb, inits, _ = item(t, False)
         pb = b.gep(out, [b.mul(b.add(b.mul(n, I64(spec.cout)), co0), I64(pho * pwo))])
+        if ring:  # the rows conv row 0 reads but its last two
+            split_rows(xn, I64(-spec.ph), I64(spec.kh - 2 - spec.ph))
         with k.loop(I64(0), I64(ho), "oh") as oh:
+            if ring:  # and the two more each conv row reads (the ring's oldest leave)
+                top = b.add(b.mul(oh, I64(2)), I64(spec.kh - 2 - spec.ph))
+                split_rows(xn, top, b.add(top, I64(2)))
             conv_row(oh, xn, wb, inits,
                      lambda r, v, val: k.vstore(val, b.gep(row, [b.add(
                          I64(r * npad), b.mul(I64(v) if isinstance(v, int) else v,
