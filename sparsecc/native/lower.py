@@ -1640,7 +1640,7 @@ class Lowering:
                           nb * (cout_ // r), 2.0 * r * cin_ * kh * kw * wo_ * ho_)
                 return f"native direct conv (few input channels) + max pool {pop.layer or pop.name}"
             self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias), T(out)],
-                      nb * (cout_ // r) * ho_, 2.0 * r * cin_ * kh * kw * wo_)
+                      nb * spec.items, 2.0 * r * cin_ * kh * kw * wo_ * spec.band)
             return "native direct conv (few input channels)"
         if not sparse and groups == cin_ and cin_ > 1:
             wt = self.const(op.params["weight"])

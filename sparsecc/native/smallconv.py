@@ -14,6 +14,12 @@ So each input vector is reused R times from a register, where the GEMM path firs
 im2col matrix of cin * kh * kw rows (27 for a 3x3 RGB conv: too short a K for the GEMM's
 microkernel to run well).
 
+At stride 2 (no dilation) the input rows are split first (``split_rows``): each row the item
+reads goes once into a ring of rows on the stack as its even and its odd padded columns, the
+padding as zeros, so every tap is one whole-vector load at a fixed offset (no mask, no
+shuffle) and all of a row's chunks share one loop body. Without the pool an item is then a
+band of ``band`` output rows, so that each input row is split once a band.
+
 With ``pool`` the 3x3 stride-2 max pool (padding 1) after the conv runs in the same kernel
 (a ResNet's stem: conv1 -> relu -> maxpool): an item is then a block of R channels of one
 sample, its conv rows computed in order into a stack row; each row is pooled along x at
@@ -22,8 +28,8 @@ belongs to, so the conv's plane never goes to memory. The activation must leave 
 value (relu, or a clamp from >= 0): the pool's padding then reads as zero.
 
 ABI ``void k(i64 start, i64 stop, i64* args)``; args: x, weight (Co, Ci, kh, kw) dense,
-bias, out (the pool's output with ``pool``). Items: N * (Co / R) * ho, or N * (Co / R)
-with ``pool``.
+bias, out (the pool's output with ``pool``). Items: N * ``items`` (N * (Co / R) * ho / band, or
+N * (Co / R) with ``pool``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ MAX_TAPS = 160
 # pipes' ports here). Same process, the 7x7 stem at batch 16: 1 thread 90.7 -> 99.5 GFLOP/s,
 # 2 threads 180.0 -> 197.4 (1.097x); ResNet-18 batch 16 / 1 1.029x / 1.023x.
 SPLIT_ROWS = True
+# Without the pool, an item is a band of output rows (each input row split once a band): the
+# MobileNetV2 first conv (3x3 / 2, 3 -> 32) in the model, same process: batch 16 1.037x,
+# batch 1 1.014x against shuffled loads; bands of 1 / 4 / 16 rows 0.98x / 1.00x / 0.99x.
+BAND_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -88,8 +98,19 @@ class SmallConvSpec:
     def split_rows(self) -> bool:
         """Whether the pooled stride-2 kernel reads its input rows split into even and odd
         columns (a ring of them on the stack) instead of shuffling each tap's loads."""
-        return SPLIT_ROWS and self.pool and self.stride == 2 and self.dh == 1 and \
-            self.dw == 1 and self.kh >= 2
+        return SPLIT_ROWS and self.stride == 2 and self.dh == 1 and self.dw == 1 and \
+            self.kh >= 2
+
+    @property
+    def band(self) -> int:
+        """Output rows an item does without the pool: one, or with split rows a band of
+        BAND_ROWS (each input row split once for the band's rows, not once a row)."""
+        return min(BAND_ROWS, self.ho) if self.split_rows and not self.pool else 1
+
+    @property
+    def items(self) -> int:
+        """Work items a sample: blocks of R channels, times bands of rows without the pool."""
+        return self.cout // self.blocking[0] * (1 if self.pool else -(-self.ho // self.band))
 
     @property
     def split_len(self) -> int:
@@ -157,9 +178,12 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
 
     runs: list[list] = []  # [first chunk, count]: interior chunks in a row share a body
     ring = spec.split_rows
+    def whole(vecs) -> bool:  # (a split row's chunk: its vectors stored whole)
+        return spec.pool or all((v + 1) * vw <= wo for v in vecs)
+
     for vecs in chunks:
-        if runs and (ring or inner(vecs) and inner(runs[-1][0])) and \
-                len(vecs) == len(runs[-1][0]):
+        if runs and (ring and whole(vecs) and whole(runs[-1][0]) or
+                     inner(vecs) and inner(runs[-1][0])) and len(vecs) == len(runs[-1][0]):
             runs[-1][1] += 1
         else:
             runs.append([vecs, 1])
@@ -259,8 +283,7 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
         return n, co0, xn, wb, inits, oh
 
     if not spec.pool:
-        with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-            n, co0, xn, wb, inits, oh = item(t, True)
+        def row(n, co0, xn, wb, inits, oh) -> None:
             ob = b.gep(out, [b.add(b.mul(b.add(b.mul(n, I64(spec.cout)), co0), I64(ho * wo)),
                                    b.mul(oh, I64(wo)))])
 
@@ -273,6 +296,22 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                              None)
 
             conv_row(oh, xn, wb, inits, store)
+
+        with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+            if not ring:
+                row(*item(t, True))
+            else:  # a band of rows: its first rows split, then two more a row
+                nband = -(-ho // spec.band)
+                n, co0, xn, wb, inits, _ = item(b.sdiv(t, I64(nband)), False)
+                oh0 = b.mul(b.srem(t, I64(nband)), I64(spec.band))
+                oh1 = b.add(oh0, I64(spec.band))
+                oh1 = b.select(b.icmp_signed(">", oh1, I64(ho)), I64(ho), oh1)
+                split_rows(xn, b.sub(b.mul(oh0, I64(2)), I64(spec.ph)),
+                           b.add(b.mul(oh0, I64(2)), I64(spec.kh - 2 - spec.ph)))
+                with k.loop(oh0, oh1, "oh") as oh:
+                    top = b.add(b.mul(oh, I64(2)), I64(spec.kh - 2 - spec.ph))
+                    split_rows(xn, top, b.add(top, I64(2)))
+                    row(n, co0, xn, wb, inits, oh)
         b.ret_void()
         return
     pho, pwo = spec.pooled

@@ -335,13 +335,15 @@ def test_depthwise_registers_kernel(rng, vw, host, stride, h, w, kh, pad, dil):
 @pytest.mark.parametrize("cin,cout,h,w,k,stride,pad,dil", [
     (3, 32, 40, 36, 3, 2, 1, 1), (3, 16, 30, 30, 7, 2, 3, 1), (1, 6, 28, 28, 5, 1, 2, 1),
     (2, 6, 19, 13, 3, 2, 0, 1), (4, 12, 30, 30, 3, 2, 2, 2), (3, 5, 9, 9, 3, 1, 1, 1),
-    (3, 16, 9, 120, 3, 2, 1, 1), (2, 8, 6, 100, 3, 1, 1, 1)])
+    (3, 16, 9, 120, 3, 2, 1, 1), (2, 8, 6, 100, 3, 1, 1, 1), (3, 16, 33, 64, 3, 2, 1, 1)])
 def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     """The few-input-channel direct conv alone (RGB first convs: 3x3 and 7x7 at stride 2),
     the 8-lane one compiled for an AVX2-only CPU too, against torch: rows of several vector
     chunks and a part vector, wide rows whose interior chunks run as one loop body, output
     channels in blocks (5 and 6: blocks that are not powers of 2), padding on every edge,
-    dilation, pruned taps, fused clamp."""
+    dilation, pruned taps, fused clamp. Stride 2 without dilation splits the input rows
+    (even / odd columns, SmallConvSpec.split_rows) for bands of output rows: bands of 8, a
+    part band (17 rows: 8, 8, 1), fewer rows than a band."""
     from sparsecc.native import smallconv as SC
 
     spec = SC.SmallConvSpec(vw, cin, cout, h, w, k, k, stride, pad, pad, dil, dil, "clamp",
@@ -358,7 +360,8 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     out = np.full((2, cout, spec.ho, spec.wo), np.nan, np.float32)
     args = np.array([x.ctypes.data, wt.ctypes.data, bias.ctypes.data, out.ctypes.data],
                     np.int64)
-    f(0, 2 * cout // spec.blocking[0] * spec.ho, args.ctypes.data)
+    assert spec.split_rows == (stride == 2 and dil == 1)
+    f(0, 2 * spec.items, args.ctypes.data)
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
                                      torch.from_numpy(bias), stride, pad, dil).clamp(0, 6)
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
@@ -399,7 +402,7 @@ def test_small_conv_max_pool_kernel(rng, vw, host, cin, cout, h, w, k, stride, p
     out = np.full(3 * cout * pho * pwo + 64, -7.0, np.float32)
     args = np.array([x.ctypes.data, wt.ctypes.data, bias.ctypes.data, out.ctypes.data],
                     np.int64)
-    f(0, 3 * cout // spec.blocking[0], args.ctypes.data)
+    f(0, 3 * spec.items, args.ctypes.data)
     y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
                                    torch.from_numpy(bias), stride, pad)
     y = y.clamp(0, 6) if act == "clamp" else y.relu()
