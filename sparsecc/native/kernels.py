@@ -403,6 +403,21 @@ def k_pads(start, stop, a):
 
 
 @_kernel
+def k_rowpads(start, stop, a):
+    """[planes, N, C, W, H, stride, ps]: zero the rows planes' padding (row 0, and rows H + 1
+    on up to ps floats: the conv before wrote the interiors, rows 1..H), channels ``ps``
+    floats apart, samples ``stride``; items N*C."""
+    w, h = a[3], a[4]
+    out = _strided3(a[0], a[1], a[2], a[6], a[5])
+    for t in range(start, stop):
+        row = out[t // a[2], t % a[2]]
+        for j in range(w):
+            row[j] = 0.0
+        for j in range((h + 1) * w, a[6]):
+            row[j] = 0.0
+
+
+@_kernel
 def k_crop(start, stop, a):
     """[full, out, N, Co, ho, wo, wq, fcs, ocs]: out[n, o, i*wo + j] = full[n, o, i*wq + j],
     full's channels fcs >= ho*wq floats apart, out's ocs >= ho*wo; items N*Co."""

@@ -754,7 +754,8 @@ def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
     assert cm.native is not None, cm.native_status
     labels = cm.native.lib.labels
     first = next(v for k, v in sorted(labels.items()))
-    assert "padded planes of" in first, labels
+    # (rows planes when the maps give the grouped kernel 8 vectors a sample)
+    assert ("rows planes of" if hw * hw >= 128 else "padded planes of") in first, labels
     for batch in (1, 3):
         x = torch.randn(batch, c, hw, hw) * 3
         with torch.no_grad():
@@ -846,6 +847,67 @@ def test_tail_takes_a_conv_whose_planes_alone_are_big(seed, monkeypatch):
         x = torch.randn(batch, 3, 16, 16)
         with torch.no_grad():
             assert_matches(cm(x), model(x))
+
+
+class _Bottleneck(torch.nn.Module):
+    """1x1 -> ReLU -> 3x3 -> ReLU -> 1x1, + the input, ReLU (a ResNet bottleneck); with
+    ``basic`` a second 3x3 in place of the last 1x1 (a basic block's pair)."""
+
+    def __init__(self, c, mid, basic=False):
+        super().__init__()
+        self.a = torch.nn.Conv2d(c, mid, 1)
+        self.b = torch.nn.Conv2d(mid, mid, 3, 1, 1)
+        self.c = torch.nn.Conv2d(mid, c, 3, 1, 1) if basic else torch.nn.Conv2d(mid, c, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.b(torch.relu(self.a(x))))
+        return torch.relu(self.c(y) + x)
+
+
+@pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
+@pytest.mark.parametrize("h,w,basic", [(14, 14, False), (12, 12, True), (11, 13, False),
+                                       (48, 3, True), (9, 29, True)])
+def test_rows_planes(seed, h, w, basic):
+    """3x3 / 1 convs over rows planes (lower.RowsGeom): the input's rows with a zero row
+    above and below each channel and no padded columns; the taps across a row's edge are
+    masked per lane, the output is dense (no crop). The conv before writes straight into
+    them (a 1x1, or another rows conv) and their zero rows after. Maps 14 x 14 (whole tiles
+    spilling into the bottom row), 12 x 12, 11 x 13 and 9 x 29 (odd widths: extra rows so
+    every channel's interior is on a cache line), 48 x 3 (the narrowest); a residual fused.
+    With NaN and huge values left in the arena first, against torch at batches 1 and 3;
+    and a NaN at a row's last column reaches only the outputs its taps touch (none in the
+    next row's first column)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 1, 1), torch.nn.ReLU(),
+                                _Bottleneck(32, 24, basic), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten()).eval()
+    _prune_convs(model, 0.3)
+    cm = sparsecc.compile(model, torch.randn(1, 3, h, w), recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    prog = cm.native.lib.program
+    labels = {prog.plan.ops[i].layer: v for i, v in cm.native.lib.labels.items()}
+    assert "rows planes of 2.b" in labels["2.a"], labels
+    assert "(rows planes)" in labels["2.b"], labels
+    if basic:
+        assert "rows planes of 2.c" in labels["2.b"] and "residual add" in labels["2.c"]
+    assert not any("crop" in c.kernel or "phase" in c.kernel for c in prog.calls
+                   if prog.plan.ops[c.op].layer in ("2.b", "2.c")), [c.kernel for c in prog.calls]
+    bad = torch.full((3, 3, h, w), float("nan"))
+    bad[:, 1] = 3e38
+    cm(bad)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, h, w)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+    one = torch.nn.Sequential(model[2].b).eval()  # a rows conv on its own: NaN's reach
+    cm1 = sparsecc.compile(one, torch.randn(1, 24, h, w), recipe={"formats": {"force": "csr"}})
+    assert "(rows planes)" in cm1.native.lib.labels[0], cm1.native.lib.labels
+    x = torch.randn(2, 24, h, w)
+    x[0, :, h // 2, w - 1] = float("nan")
+    x[1, :, 0, 0] = float("nan")
+    hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (one[0].weight != 0).float(),
+                                     padding=1) > 0
+    assert np.array_equal(np.isnan(cm1(x)), hit.numpy())
 
 
 @pytest.mark.parametrize("hw,limit,after", [(24, "30K", True), (16, "15K", False)])

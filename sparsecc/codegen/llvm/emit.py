@@ -89,6 +89,10 @@ class KernelSpec:
     # shifted out of the two aligned vectors around it (valignd), which stay in registers for
     # the columns after it; x must hold 16 floats past its last full read (the planes' slack)
     xalign: bool = False
+    # grouped, "rows" planes (a 3x3 / 1 conv over planes padded by zero rows only, W wide):
+    # the taps of column offset - ROWS_BASE = 0 / 2 mod W (dx -1 / +1) are masked off in the
+    # lanes at a row's first / last column (masks per tile from the driver, k6 / k7)
+    edge: int = 0
 
     @property
     def key(self) -> str:
@@ -109,6 +113,8 @@ class KernelSpec:
             parts.append(f"g{self.group}")
         if self.xalign:
             parts.append("xa")
+        if self.edge:
+            parts.append(f"e{self.edge}")
         return "_".join(parts)
 
 
@@ -301,6 +307,14 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         ob = b.gep(out, [b.add(b.mul(n, ons), j0)], inbounds=True)
         if spec.residual:  # the residual's tile, at out's offsets
             k.res = b.gep(k.arg_ptr(A_RES, "res"), [b.add(b.mul(n, ons), j0)], inbounds=True)
+        if spec.edge:  # lanes off a row's first / last column: bits 0-15 / 16-31
+            pos = b.add(_splat_i64_val(b, spec.vw, j0), lanes)
+            col = b.srem(pos, _const_i64_vec(spec.vw, spec.edge))
+            bits = []
+            for c in (0, spec.edge - 1):
+                live = b.icmp_signed("!=", col, _const_i64_vec(spec.vw, c))
+                bits.append(b.zext(b.bitcast(live, ir.IntType(spec.vw)), I64))
+            k.edge_masks = b.or_(bits[0], b.shl(bits[1], I64(16)))
         full = b.icmp_signed("<=", b.add(j0, I64(width)), L)
         with b.if_else(full) as (then, other):
             with then:
@@ -365,8 +379,9 @@ def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs
         if any(f is None for f in fns):
             return
         with k.loop(r0, r1, "c") as c:
-            k.call_nth(c, fns, [data, xb, ob, bias, xrs, ors] + ([k.res] if spec.residual
-                                                                  else []))
+            k.call_nth(c, fns, [data, xb, ob, bias, xrs, ors] +
+                       ([k.res] if spec.residual else []) +
+                       ([k.edge_masks] if spec.edge else []))
         return
     if spec.family == "bsr":
         _bsr_rows(k, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors)

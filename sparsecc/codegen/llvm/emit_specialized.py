@@ -22,6 +22,10 @@ from sparsecc.codegen.llvm.emit import F32, I1, I32, I64, VOID, KernelSpec, Patt
 CHUNK_NNZ = 2048
 # Grouped kernels address x from a register moved along it (_group_asm's xref).
 X_WINDOW = True
+# Rows planes (KernelSpec.edge): column offsets are ROWS_BASE + c * ps + dy * W + dx, with
+# the plane stride ps a multiple of W, so (offset - ROWS_BASE) mod W is the tap's dx (0: the
+# left neighbour, 2: the right one)
+ROWS_BASE = 15
 
 
 def _ty(lanes: int) -> str:
@@ -93,7 +97,8 @@ def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
         pair = {}
         for tag, ps in variants:
             fname = f"{name}_c{c}_{tag}"
-            params = [fp, fp, fp, fp, I64, I64] + ([fp] if spec.residual else [])
+            params = [fp, fp, fp, fp, I64, I64] + ([fp] if spec.residual else []) + \
+                ([I64] if spec.edge else [])
             pair[tag] = ir.Function(module, ir.FunctionType(VOID, params), fname)
             if spec.group > 1:
                 asm.extend(_group_asm(fname, spec, pattern, int(bounds[c]),
@@ -141,6 +146,19 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     emit_ = out.append
     if spec.residual:
         emit_("mov r11, qword ptr [rsp + 8]")
+    edge = {}  # column offset -> the mask of its FMAs (rows planes: dx -1 / +1)
+    if spec.edge:
+        if spec.edge < 3 or nv != 1:
+            raise ValueError("rows planes need maps 3 wide or more and one piece a tile")
+        emit_(f"mov rax, qword ptr [rsp + {16 if spec.residual else 8}]")
+        emit_("kmovw k6, eax")
+        emit_("shr rax, 16")
+        emit_("kmovw k7, eax")
+        for col in set(int(c) for c in ix):
+            dx = (col - ROWS_BASE) % spec.edge
+            if dx in (0, 2):
+                edge[col] = " {k6}" if dx == 0 else " {k7}"
+
     if not spec.xrs:
         emit_("shl r8, 2")
     masks = {}
@@ -201,7 +219,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                     window = 4 * q + 512
                     emit_(f"lea rax, [rdi + {window}]")
                 for v in range(nv):
-                    emit_(f"vfmadd231ps zmm{i * nv + v}, {xv[v]}, "
+                    emit_(f"vfmadd231ps zmm{i * nv + v}{edge.get(col, '')}, {xv[v]}, "
                           f"dword ptr [rax + {4 * q - window}]{{1to16}}")
                 q += 1
         if spec.act == "relu":
