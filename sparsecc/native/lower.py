@@ -188,6 +188,7 @@ class RowsGeom:
     ps: int
     f: int
     per_sample: int
+    stride: int = 1
 
 
 @dataclass
@@ -1763,37 +1764,44 @@ class Lowering:
         self._rows_memo[j] = None  # (while deciding)
         plan, op = self.plan, self.plan.ops[j]
         a = op.attrs
+        stride = tuple(int(v) for v in a["stride"]) if op.kind == "conv2d" else None
         if not (ROWS_PLANES and self.vw == 16 and env_native_fuse() and op.kind == "conv2d"
                 and int(a.get("groups", 1)) == 1 and SP.is_sparse(a.get("fmt"))
                 and tuple(int(v) for v in a["kernel"]) == (3, 3)
-                and tuple(int(v) for v in a["stride"]) == (1, 1)
+                and stride in ((1, 1), (2, 2) if ROWS_STRIDE2 else (1, 1))
                 and tuple(int(v) for v in a["padding"]) == (1, 1)
                 and tuple(int(v) for v in a.get("dilation", (1, 1))) == (1, 1)):
             return None
         x = op.inputs[0]
-        xs = self.example(x)
-        c, h, w = int(xs[1]), int(xs[2]), int(xs[3])
+        xs, os_ = self.example(x), self.example(op.output)
+        c, h, w = int(xs[1]), int(os_[2]), int(os_[3])  # (output rows and columns)
         if c <= 4 or w < 3 or self._dtype(x) != "float32" or \
-                SP.conv_method(op, xs, self.example(op.output)) != "shifted":
+                SP.conv_method(op, xs, os_) != "shifted":
             return None
         params = {r: plan.constants[k] for r, k in op.params.items()}
         sw = SP.sparse_weight(op, params)
         if sw.family != "spmm" or sw.data.size == 0 or op.attrs.get("specialize") is False \
                 or not env_grouped() or h * w < GROUP_MIN_TILES * self.vw:
             return None
+        s = stride[0]
         made = self._writers(x)
-        if made and self._wide_writer(made[0]):
-            return None
+        if s == 1 and made and self._wide_writer(made[0]):
+            return None  # (stride 2 always splits x into its phase planes itself)
         L = h * w
         spill = _round16(L) - L
-        e = max(0, -(-spill // w) - 1)  # (whole tiles written into it stay in its rows)
-        while (w * (h + 2 + e)) % 16:  # every channel's interior on a cache line
+        # stride 1: one plane a channel, zero rows above and below (whole tiles written
+        # into it stay in its rows); stride 2: four, each a phase of x's rows (the first
+        # padded) and of its columns (none padded), h + 1 rows of w
+        rows = h + 2 if s == 1 else h + 1
+        e = max(0, -(-spill // w) - 1) if s == 1 else 0
+        while (w * (rows + e)) % 16:  # every plane's interior on a cache line
             e += 1
-        ps = w * (h + 2 + e)
+        ps = w * (rows + e)
         # the front: f - 1 = ES.ROWS_BASE mod w (the kernel finds a tap's dx from its
         # offset), the interior at f + w on a cache line
         f = ES.ROWS_BASE + 1 + (16 // math.gcd(w, 16) - 1) * w
-        geom = RowsGeom(c, h, w, e, ps, f, _round16(f + c * ps + 96))
+        planes = c * (1 if s == 1 else 4)
+        geom = RowsGeom(c, h, w, e, ps, f, _round16(f + planes * ps + 96), s)
         self._rows_memo[j] = geom
         return geom
 
@@ -1813,10 +1821,10 @@ class Lowering:
         """The op whose rows planes a dense writer of ``name`` writes straight into: the
         only reader of ``name``, when it takes rows planes."""
         j = self._only_reader(name)
-        if j is None or j <= self.i or self.plan.ops[j].inputs[0] != name or \
-                self._rows_geom(j) is None:
+        if j is None or j <= self.i or self.plan.ops[j].inputs[0] != name:
             return None
-        return j
+        g = self._rows_geom(j)
+        return j if g is not None and g.stride == 1 else None
 
     def _into_rows(self, op: Op, swt, spec, bslot: Slot, xsrc: Slot, j: int, *, n, L, xrs,
                    xns, indices, x_rows, whole: bool, suffix: str = "", **kw) -> str:
@@ -1935,21 +1943,29 @@ class Lowering:
         nb = self.shape(x)[0]
         cout = self.shape(out)[1].value
         planes = self.planes_in.pop(self.i, None)
+        _, _, h, w = self.shape(x)
+        s = g.stride
         if planes is not None:
             self.p.buffers[planes].last = self.i
         else:
             planes = self.temp("rows_in", nb * g.per_sample * 4)
-            zero = self.derived("pys", np.zeros(1, np.int64))
-            args = [T(x), T(planes, g.f), I(nb), I(g.c), I(g.h), I(g.w), I(1), I(0), I(1),
-                    I(1), zero, I(1), zero, I(1), I(g.h + 2 + g.e), I(g.w), I(g.per_sample)]
+            ph = self.derived("pys", np.arange(s, dtype=np.int64))
+            args = [T(x), T(planes, g.f), I(nb), I(g.c), I(h), I(w), I(1), I(0), I(s), I(s),
+                    ph, I(s), ph, I(s), I(g.ps // g.w), I(g.w), I(g.per_sample)]
             with self._aware():
-                self.call(self.ir_kernel(PH.PhaseSpec(self.vw, 1)),
-                          args + [I(g.ps), I(self._cstride(x))], PH.items(nb, g.c, 1),
-                          float(g.ps))
+                self.call(self.ir_kernel(PH.PhaseSpec(self.vw, s)),
+                          args + [I(g.ps), I(self._cstride(x))], PH.items(nb, g.c, s),
+                          float(g.ps * s))
         col = swt.indices.astype(np.int64)
         c, r = np.divmod(col, 9)
         dy, dx = np.divmod(r, 3)
-        offs = (g.f - 1 + c * g.ps + dy * g.w + dx).astype(np.uint32)
+        if s == 1:  # (dx 0: the column before, masked at a row's first)
+            offs = g.f - 1 + c * g.ps + dy * g.w + dx
+        else:  # phase (dy % 2, column parity); dx 0 reads the odd column before, masked
+            px = (dx + 1) % 2
+            offs = g.f - 1 + (c * 4 + (dy % 2) * 2 + px) * g.ps + (dy // 2) * g.w + \
+                (dx > 0)
+        offs = offs.astype(np.uint32)
         L = g.h * g.w
         res = None if self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
                                         1)[2] else self._residual(op, act)
@@ -1961,8 +1977,9 @@ class Lowering:
             self._same_cs(other, out)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32, 1)
         spec = replace(spec, edge=g.w, residual=res_slot is not None)
-        kw = dict(n=nb, L=L, xrs=1, xns=g.per_sample, indices=offs, x_rows=g.c,
-                  reach=2 * g.w + 2, panel_of=offs // g.ps, xalign=True)
+        kw = dict(n=nb, L=L, xrs=1, xns=g.per_sample, indices=offs,
+                  x_rows=g.c * (1 if s == 1 else 4), reach=2 * g.w + 2,
+                  panel_of=offs // g.ps, xalign=True)
         into = self._rows_target(out) if res_slot is None and not tail else None
         if into is not None:
             return self._into_rows(op, swt, spec, bslot, T(planes), into, whole=True,
@@ -2429,6 +2446,10 @@ SHIFT_WIDEN = 2
 # either. Same process, batch 16: ResNet-50 1.011x / 1.035x (the second with every
 # channel's interior on a cache line), ResNet-18 1.017-1.043x; batch 1 1.031x / 1.014x.
 ROWS_PLANES = True
+# and 3x3 / 2 convs (their x split into four phase planes, none with padded columns): no
+# crop, and a stride-1 conv after them takes rows planes too. Same process: ResNet-18 batch
+# 16 / 1 1.009x / 1.010x, ResNet-50 0.997x / 0.995x (its stride-2 convs feed 1x1 convs).
+ROWS_STRIDE2 = True
 
 
 def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> None:

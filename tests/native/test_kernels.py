@@ -701,10 +701,11 @@ class _DownBlock(torch.nn.Module):
 def test_strided_pointwise_writes_in_place(seed, monkeypatch, hw, ds_first, tail):
     """A 1x1 stride-2 conv (no wrap columns) writes its output in place from its phase plane,
     the residual add in its kernel when it is the add's last addend: no crop pass. And the
-    3x3 stride-2 conv's phase planes get one more (zero) column, so its wide rows go straight
-    into the next conv's padded planes. Maps 28 -> 14 and 14 -> 7 (196 / 49 positions, whole
-    tiles at 16-float channel strides), 13 -> 7, and in a whole-batch tail; with NaN and huge
-    values left in the arena first. Against torch at batches 1 and 3 (and 9 with the tail)."""
+    3x3 stride-2 conv's output goes straight into the next conv's planes (over small maps its
+    phase planes get one more zero column, so its wide rows fit the padded planes). Maps
+    28 -> 14 and 14 -> 7 (196 / 49 positions, whole tiles at 16-float channel strides),
+    13 -> 7, and in a whole-batch tail; with NaN and huge values left in the arena first.
+    Against torch at batches 1 and 3 (and 9 with the tail)."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 1, 1), torch.nn.ReLU(),
                                 _DownBlock(32, ds_first), torch.nn.AdaptiveAvgPool2d(1),
@@ -723,7 +724,10 @@ def test_strided_pointwise_writes_in_place(seed, monkeypatch, hw, ds_first, tail
     if not ds_first:  # (traced last, it takes the other addend as its residual)
         assert "residual add" in cm.native.lib.labels[ds_op], cm.native.lib.labels
     a_op = next(i for i, op in enumerate(prog.plan.ops) if op.layer.endswith(".a"))
-    assert "padded planes of" in cm.native.lib.labels[a_op], cm.native.lib.labels
+    # (over maps that give the grouped kernel 8 vectors a sample, both convs take rows
+    # planes: test_rows_planes_stride2)
+    assert "padded planes of" in cm.native.lib.labels[a_op] or \
+        "rows planes of" in cm.native.lib.labels[a_op], cm.native.lib.labels
     assert not any(prog.plan.ops[c.op].layer.endswith(".b") and "phase" in c.kernel
                    for c in prog.calls), [c.kernel for c in prog.calls]
     bad = torch.full((9, 3, hw, hw), float("nan"))
@@ -907,6 +911,47 @@ def test_rows_planes(seed, h, w, basic):
     x[1, :, 0, 0] = float("nan")
     hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (one[0].weight != 0).float(),
                                      padding=1) > 0
+    assert np.array_equal(np.isnan(cm1(x)), hit.numpy())
+
+
+@pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
+@pytest.mark.parametrize("h,w", [(28, 28), (29, 31), (24, 7), (33, 16)])
+def test_rows_planes_stride2(seed, h, w):
+    """A 3x3 / 2 conv over rows planes: x split into four phase planes (rows: the first
+    padded; columns: none), the tap before a row's first output column masked, the output
+    dense and written straight into the next conv's rows planes. Even and odd maps (an odd
+    width's last tap reads a zero the split wrote), outputs 4 wide; a downsampling basic
+    block (its 1x1 / 2 shortcut in place, the residual fused). NaN in the arena first;
+    against torch at batches 1 and 3, and NaN's reach through the stride-2 conv alone."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 1, 1), torch.nn.ReLU(),
+                                _DownBlock(32, False), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten()).eval()
+    _prune_convs(model, 0.3)
+    cm = sparsecc.compile(model, torch.randn(1, 3, h, w), recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    prog = cm.native.lib.program
+    labels = {prog.plan.ops[i].layer: v for i, v in cm.native.lib.labels.items()}
+    ho, wo = (h + 1) // 2, (w + 1) // 2
+    rows = ho * wo >= 128 and wo >= 3
+    assert ("(rows planes) -> the rows planes of 2.b" in labels["2.a"]) == rows, labels
+    assert not any("crop" in c.kernel for c in prog.calls
+                   if prog.plan.ops[c.op].layer == "2.a"), [c.kernel for c in prog.calls]
+    bad = torch.full((3, 3, h, w), float("nan"))
+    bad[:, 1] = 3e38
+    cm(bad)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, h, w)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+    one = torch.nn.Sequential(model[2].a).eval()
+    cm1 = sparsecc.compile(one, torch.randn(1, 32, h, w), recipe={"formats": {"force": "csr"}})
+    assert ("(rows planes)" in cm1.native.lib.labels[0]) == rows, cm1.native.lib.labels
+    x = torch.randn(2, 32, h, w)
+    x[0, :, h // 2, 2 * (wo // 2) - 1] = float("nan")  # (read by the dx -1 tap only)
+    x[1, :, 0, w - 1] = float("nan")
+    hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (one[0].weight != 0).float(),
+                                     stride=2, padding=1) > 0
     assert np.array_equal(np.isnan(cm1(x)), hit.numpy())
 
 
