@@ -56,6 +56,9 @@ SPLIT_ROWS = True
 # MobileNetV2 first conv (3x3 / 2, 3 -> 32) in the model, same process: batch 16 1.037x,
 # batch 1 1.014x against shuffled loads; bands of 1 / 4 / 16 rows 0.98x / 1.00x / 0.99x.
 BAND_ROWS = 8
+# The ring's stack bytes at most (a thread's stack may be small where the C library is
+# called from): the stem at 224 needs 24 KB, a 3-channel image 600 wide 64 KB
+RING_MAX_BYTES = 96 << 10
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,13 @@ class SmallConvSpec:
 
     @property
     def split_rows(self) -> bool:
-        """Whether the pooled stride-2 kernel reads its input rows split into even and odd
-        columns (a ring of them on the stack) instead of shuffling each tap's loads."""
-        return SPLIT_ROWS and self.stride == 2 and self.dh == 1 and self.dw == 1 and \
-            self.kh >= 2
+        """Whether the stride-2 kernel reads its input rows split into even and odd columns
+        (a ring of them on the stack, at most RING_MAX_BYTES) instead of shuffling each tap's
+        loads."""
+        if not (SPLIT_ROWS and self.stride == 2 and self.dh == 1 and self.dw == 1 and
+                self.kh >= 2):
+            return False
+        return 4 * self.ring_rows * self.cin * 2 * self.split_len <= RING_MAX_BYTES
 
     @property
     def band(self) -> int:

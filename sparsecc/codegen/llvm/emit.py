@@ -89,9 +89,10 @@ class KernelSpec:
     # shifted out of the two aligned vectors around it (valignd), which stay in registers for
     # the columns after it; x must hold 16 floats past its last full read (the planes' slack)
     xalign: bool = False
-    # grouped, "rows" planes (a 3x3 / 1 conv over planes padded by zero rows only, W wide):
-    # the taps of column offset - ROWS_BASE = 0 / 2 mod W (dx -1 / +1) are masked off in the
-    # lanes at a row's first / last column (masks per tile from the driver, k6 / k7)
+    # grouped, "rows" planes (a 3x3 conv, stride 1 or 2, over planes padded by zero rows
+    # only, W wide; native.lower.RowsGeom): the taps of column offset - ROWS_BASE = 0 / 2
+    # mod W (dx -1 / +1) are masked off in the lanes at a row's first / last column (masks
+    # per tile from the driver, k6 / k7)
     edge: int = 0
 
     @property
