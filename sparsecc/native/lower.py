@@ -177,9 +177,11 @@ class Buffer:
 
 @dataclass(frozen=True)
 class RowsGeom:
-    """Rows planes of a 3x3 / 1 conv's input (Lowering._rows_geom): c channels of h rows of
-    w floats, each after a zero row and before 1 + e, ps = w * (h + 2 + e) floats apart,
-    starting f floats into a sample's per_sample floats."""
+    """Rows planes of a 3x3 conv's input (Lowering._rows_geom), for its output's h rows of w
+    positions. Stride 1: one plane a channel (c channels), its rows after a zero row and
+    before 1 + e, ps = w * (h + 2 + e) floats apart. Stride 2: four a channel, the phases of
+    x's rows and columns, w * (h + 1 + e) apart. They start f floats into a sample's
+    per_sample floats."""
 
     c: int
     h: int
@@ -1756,9 +1758,10 @@ class Lowering:
 
     def _rows_geom(self, j: int) -> RowsGeom | None:
         """The rows planes op j reads its input from, when it takes them (ROWS_PLANES): a
-        sparse 3x3 / 1 conv, padding 1, over maps at least 3 wide whose positions run the
-        grouped kernel a sample at a time, its input not written as a shifted conv's wide
-        rows (those go into padded planes, _planes_reader). None otherwise."""
+        sparse 3x3 conv, stride 1 (or 2: ROWS_STRIDE2), padding 1, whose output maps are at
+        least 3 wide and run the grouped kernel a sample at a time; at stride 1 its input not
+        written as a shifted conv's wide rows (those go into padded planes,
+        _planes_reader). None otherwise."""
         if j in self._rows_memo:
             return self._rows_memo[j]
         self._rows_memo[j] = None  # (while deciding)
