@@ -1692,11 +1692,9 @@ class Lowering:
             kg = cg * kh * kw
             src = T(x) if pointwise and groups == 1 else T(im2col())
             res = self._residual(op, act) if groups == 1 else None
-            res_slot = None
-            if res is not None:  # write act(conv + other) into the add's output
-                j, other, act = res
-                self.fused[j] = (self.i, out)
-                out, res_slot = self.plan.ops[j].output, T(other)
+            # (with a residual: act(conv + other) into the add's output)
+            out, other, act = self._fuse_residual(res, out, act)
+            res_slot = None if other is None else T(other)
             self.gemm(x=src, w=weight, out=T(out), bias=bias, bias_mode="row", M=og, Nn=hw,
                       K=kg, lda=kg, ldb=hw, ldc=hw, act=act, batch=nb * groups,
                       sa=og * kg, sb=kg * hw, sc=og * hw, amod=groups, bmod=nb * groups,
@@ -1724,11 +1722,9 @@ class Lowering:
             return self._shifted(op, swt, x, out, bslot, act)
         grouped = self._grouped(op, swt, hw)
         res = None if SP.bakes(op, swt.family) and not grouped else self._residual(op, act)
-        res_slot = None
-        if res is not None:  # write act(conv + other) into the add's output
-            j, other, act = res
-            self.fused[j] = (self.i, out)
-            out, res_slot = self.plan.ops[j].output, T(other)
+        # (with a residual: act(conv + other) into the add's output)
+        out, other, act = self._fuse_residual(res, out, act)
+        res_slot = None if other is None else T(other)
         xsrc = T(x) if method == "pointwise" else T(im2col())
         rows_in = 1 if empty else cin_ if method == "pointwise" else krows  # (1: no panels)
         tile = LK.spmm_tile(hw, self.vw, swt.block_rows)
@@ -1970,13 +1966,10 @@ class Lowering:
                 (dx > 0)
         offs = offs.astype(np.uint32)
         L = g.h * g.w
-        res = None if self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
-                                        1)[2] else self._residual(op, act)
-        res_slot = None
-        if res is not None:  # write act(conv + other) into the add's output
-            j, other, act = res
-            self.fused[j] = (self.i, out)
-            out, res_slot = self.plan.ops[j].output, T(other)
+        # (with a residual: act(conv + other) into the add's output)
+        out, other, act = self._fuse_residual(self._residual(op, act), out, act)
+        res_slot = None if other is None else T(other)
+        if other is not None:
             self._same_cs(other, out)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32, 1)
         spec = replace(spec, edge=g.w, residual=res_slot is not None)
@@ -2006,11 +1999,9 @@ class Lowering:
         # (a baked row-by-row kernel takes no residual: the add stays, as a pointwise conv's)
         res = None if SP.bakes(op, swt.family) and not self._grouped(op, swt, L) else \
             self._residual(op, act)
-        res_slot = None
-        if res is not None:  # write act(conv + other) into the add's output
-            j, other, act = res
-            self.fused[j] = (self.i, out)
-            out, res_slot = self.plan.ops[j].output, T(other)
+        out, other, act = self._fuse_residual(res, out, act)
+        res_slot = None if other is None else T(other)
+        if other is not None:
             self._same_cs(other, out)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
                                           tile)
@@ -2046,9 +2037,7 @@ class Lowering:
                                                  I(self._cstride(out))],
                           nb * cout, float(g.ho * g.wo))
             return ""
-        j, other, (actn, pa, pb) = res
-        self.fused[j] = (self.i, out)
-        dst = self.plan.ops[j].output
+        dst, other, (actn, pa, pb) = self._fuse_residual(res, out, None)
         ocs = self._cstride(dst)
         self._same_cs(other, dst)
         with self._aware():
@@ -2278,6 +2267,16 @@ class Lowering:
             return None
         op = self.plan.ops[j]
         return j if op.kind == "pool2d" and self._rows_pool(op) else None
+
+    def _fuse_residual(self, res, out: str, act):
+        """Take the residual add ``res`` (_residual's, or None) into the conv being lowered:
+        (the tensor the conv writes, the other addend or None, the activation it applies),
+        the add recorded as fused into it."""
+        if res is None:
+            return out, None, act
+        j, other, act = res
+        self.fused[j] = (self.i, out)
+        return self.plan.ops[j].output, other, act
 
     def _residual(self, op: Op, act) -> tuple[int, str, tuple[str, float, float]] | None:
         """(add op index, the other addend, the add's activation) when ``op`` (a conv with no

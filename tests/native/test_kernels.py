@@ -504,6 +504,27 @@ def _prune_convs(model: torch.nn.Module, keep: float = 0.3) -> None:
                 m.weight.mul_((torch.rand_like(m.weight) < keep).float())
 
 
+def _matches_after_junk(cm, model, shape, batches, junk=3, huge=1) -> None:
+    """Call ``cm`` once on NaN inputs with channels ``huge`` at 3e38 (leaving both in the
+    arena's pads and slack), then check it against torch at ``batches`` (samples of
+    ``shape``)."""
+    bad = torch.full((junk, *shape), float("nan"))
+    bad[:, huge] = 3e38
+    cm(bad)
+    for batch in batches:
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
+def _assert_nan_reach(cm, conv, x, stride=1) -> None:
+    """A NaN in ``x`` reaches exactly the outputs of the 3x3 (padding 1) ``conv`` whose
+    nonzero weights touch it (cm compiled from ``conv`` alone)."""
+    hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (conv.weight != 0).float(),
+                                     stride=stride, padding=1) > 0
+    assert np.array_equal(np.isnan(cm(x)), hit.numpy())
+
+
 class _Block(torch.nn.Module):
     """conv -> (+ identity) -> act: the residual add fused into the conv's kernel."""
 
@@ -639,13 +660,7 @@ def test_grouped_whole_tiles(seed, monkeypatch):
                               if k.spec is not None and k.spec.group > 1)
     assert len(spans[True]) >= 4 and all(v % 16 == 0 for v in spans[True]), spans
     assert any(v % 16 for v in spans[False]), spans
-    bad = torch.full((3, 8, 28, 28), float("nan"))
-    bad[:, ::2] = 3e38
-    cm(bad)  # (leaves NaN and huge values in the arena's pads and slack)
-    for batch in (1, 3):
-        x = torch.randn(batch, 8, 28, 28)
-        with torch.no_grad():
-            assert_matches(cm(x), model(x))
+    _matches_after_junk(cm, model, (8, 28, 28), (1, 3), huge=slice(None, None, 2))
 
 
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
@@ -669,13 +684,7 @@ def test_grouped_whole_tiles_small_planes(seed, monkeypatch):
     spans = [k.spec.span for k in prog.kernels.values()
              if k.spec is not None and k.spec.group > 1]
     assert 48 in spans, spans
-    bad = torch.full((9, 3, 20, 20), float("nan"))
-    bad[:, 1] = 3e38
-    cm(bad)
-    for batch in (3, 9):
-        x = torch.randn(batch, 3, 20, 20)
-        with torch.no_grad():
-            assert_matches(cm(x), model(x))
+    _matches_after_junk(cm, model, (3, 20, 20), (3, 9), junk=9)
 
 
 class _DownBlock(torch.nn.Module):
@@ -731,13 +740,7 @@ def test_strided_pointwise_writes_in_place(seed, monkeypatch, hw, ds_first, tail
         "rows planes of" in cm.native.lib.labels[a_op], cm.native.lib.labels
     assert not any(prog.plan.ops[c.op].layer.endswith(".b") and "phase" in c.kernel
                    for c in prog.calls), [c.kernel for c in prog.calls]
-    bad = torch.full((9, 3, hw, hw), float("nan"))
-    bad[:, 1] = 3e38
-    cm(bad)
-    for batch in (1, 3) + ((9,) if tail else ()):
-        x = torch.randn(batch, 3, hw, hw)
-        with torch.no_grad():
-            assert_matches(cm(x), model(x))
+    _matches_after_junk(cm, model, (3, hw, hw), (1, 3) + ((9,) if tail else ()), junk=9)
 
 
 @pytest.mark.parametrize("c,hw,act,force", [(8, 9, "relu", "csr"), (16, 20, "none", "csr"),
@@ -897,22 +900,14 @@ def test_rows_planes(seed, h, w, basic):
         assert "rows planes of 2.c" in labels["2.b"] and "residual add" in labels["2.c"]
     assert not any("crop" in c.kernel or "phase" in c.kernel for c in prog.calls
                    if prog.plan.ops[c.op].layer in ("2.b", "2.c")), [c.kernel for c in prog.calls]
-    bad = torch.full((3, 3, h, w), float("nan"))
-    bad[:, 1] = 3e38
-    cm(bad)
-    for batch in (1, 3):
-        x = torch.randn(batch, 3, h, w)
-        with torch.no_grad():
-            assert_matches(cm(x), model(x))
+    _matches_after_junk(cm, model, (3, h, w), (1, 3))
     one = torch.nn.Sequential(model[2].b).eval()  # a rows conv on its own: NaN's reach
     cm1 = sparsecc.compile(one, torch.randn(1, 24, h, w), recipe={"formats": {"force": "csr"}})
     assert "(rows planes)" in cm1.native.lib.labels[0], cm1.native.lib.labels
     x = torch.randn(2, 24, h, w)
     x[0, :, h // 2, w - 1] = float("nan")
     x[1, :, 0, 0] = float("nan")
-    hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (one[0].weight != 0).float(),
-                                     padding=1) > 0
-    assert np.array_equal(np.isnan(cm1(x)), hit.numpy())
+    _assert_nan_reach(cm1, one[0], x)
 
 
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
@@ -938,22 +933,14 @@ def test_rows_planes_stride2(seed, h, w):
     assert ("(rows planes) -> the rows planes of 2.b" in labels["2.a"]) == rows, labels
     assert not any("crop" in c.kernel for c in prog.calls
                    if prog.plan.ops[c.op].layer == "2.a"), [c.kernel for c in prog.calls]
-    bad = torch.full((3, 3, h, w), float("nan"))
-    bad[:, 1] = 3e38
-    cm(bad)
-    for batch in (1, 3):
-        x = torch.randn(batch, 3, h, w)
-        with torch.no_grad():
-            assert_matches(cm(x), model(x))
+    _matches_after_junk(cm, model, (3, h, w), (1, 3))
     one = torch.nn.Sequential(model[2].a).eval()
     cm1 = sparsecc.compile(one, torch.randn(1, 32, h, w), recipe={"formats": {"force": "csr"}})
     assert ("(rows planes)" in cm1.native.lib.labels[0]) == rows, cm1.native.lib.labels
     x = torch.randn(2, 32, h, w)
     x[0, :, h // 2, 2 * (wo // 2) - 1] = float("nan")  # (read by the dx -1 tap only)
     x[1, :, 0, w - 1] = float("nan")
-    hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (one[0].weight != 0).float(),
-                                     stride=2, padding=1) > 0
-    assert np.array_equal(np.isnan(cm1(x)), hit.numpy())
+    _assert_nan_reach(cm1, one[0], x, stride=2)
 
 
 @pytest.mark.parametrize("hw,limit,after", [(24, "30K", True), (16, "15K", False)])
