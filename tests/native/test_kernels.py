@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from llvmlite import ir
 
 import sparsecc
+from sparsecc.codegen.llvm import emit as E
 from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
 from sparsecc.native import gemm as G
@@ -496,6 +497,28 @@ def test_gemm_avx2_code_path(rng):
     np.testing.assert_allclose(C, np.maximum(A @ B + bias, 0), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("k,o,bias,act", [(2048, 1000, True, False), (37, 70, False, True),
+                                           (100, 64, True, True), (64, 20, True, False)])
+def test_dense_linear_panels(seed, k, o, bias, act):
+    """A dense linear of several rows runs over its weight packed in panels of 2 vectors of
+    output columns (lower._linear_panels: each panel a batch entry of the GEMM), the part
+    panel after them on its own (its bias offset); one row stays a GEMV. 1000 / 70 outputs:
+    full panels and a part one; 64: panels only; 20: the part panel only. Against torch at
+    batches 1, 3, 16 and 7."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(k, o, bias=bias),
+                                *([torch.nn.ReLU()] if act else [])).eval()
+    cm = sparsecc.compile(model, torch.randn(4, k), recipe={"formats": {"force": "dense"}})
+    assert cm.native is not None, cm.native_status
+    nr = 2 * jit.host().vector_width
+    gemms = [c for c in cm.native.lib.program.calls if c.kernel.startswith("gemm")]
+    assert len(gemms) == (o >= nr) + (o % nr > 0), [c.kernel for c in gemms]
+    for batch in (1, 3, 16, 7):
+        x = torch.randn(batch, k)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 def _prune_convs(model: torch.nn.Module, keep: float = 0.3) -> None:
     """Zero all but ~``keep`` of every conv's weights, RGB-input convs left dense."""
     with torch.no_grad():
@@ -821,6 +844,47 @@ def test_whole_batch_tail(seed, monkeypatch):
         assert_matches(torch.from_numpy(got), model(x))
     assert np.array_equal(got, cm(x))
     assert all(times[c.op] > 0 for c in prog.calls), times
+
+
+@pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
+@pytest.mark.parametrize("l2", [256 << 10, 512 << 10])
+def test_grouped_ranges_in_the_tail(seed, monkeypatch, l2):
+    """Whole-batch convs whose grouped code does not fit L2 beside a sample's x run their
+    row groups in ranges, each over every sample before the next (lower.group_ranges,
+    emit.A_GRR; an L2 of 256 / 512 KB pretended so the 3x3 convs need 3 / 2 ranges, the
+    last one short). Against torch at batches 2, 3 and 9 (odd sample counts, ranges split
+    between the threads) and against the same model without ranges, bit for bit."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 96, 3, 2, 1), torch.nn.ReLU(), _BasicBlock(96),   # 8 x 8 maps
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(96, 10)).eval()
+    _prune_convs(model)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "40K")
+    monkeypatch.setattr(lower, "GROUP_CODE_WEIGHT", 1000)  # (x re-read by every group)
+    monkeypatch.setattr(lower, "l2_bytes", lambda: l2)
+    cms = {}
+    for ranges in (False, True):
+        monkeypatch.setattr(lower, "GROUP_RANGES", ranges)
+        cm = sparsecc.compile(model, torch.randn(1, 3, 16, 16),
+                              recipe={"formats": {"force": "csr"}})
+        assert cm.native is not None, cm.native_status
+        prog = cm.native.lib.program
+        assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+        grr = [c.args[E.A_GRR].expr.value for c in prog.calls[prog.tail:]
+               if c.kernel.startswith("sp_") and len(c.args) > E.A_GRR and
+               c.args[E.A_GRR].kind == "int"]
+        assert any(grr) == ranges, grr
+        cms[ranges] = cm
+    for batch in (2, 3, 9):
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            want = model(x)
+        got = cms[True](x)
+        assert_matches(got, want)
+        assert np.array_equal(got.numpy(), cms[False](x).numpy())
 
 
 def test_tail_takes_a_conv_whose_planes_alone_are_big(seed, monkeypatch):

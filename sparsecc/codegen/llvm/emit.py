@@ -36,9 +36,10 @@ VOID = ir.VoidType()
 KERNEL_TYPE = ir.FunctionType(VOID, [I64, I64, I64.as_pointer()])
 
 # Bumped when the code a spec names changes meaning (2: NaN-keeping relu/clamp; 3: grouped
-# kernels walk samples in blocks, A_GXB; 4: their x loads from a moving base), so object code
-# cached in an artifact under an old key is rebuilt rather than linked.
-KEY_VERSION = "k4"
+# kernels walk samples in blocks, A_GXB; 4: their x loads from a moving base; 5: their groups
+# in ranges, A_GRR), so object code cached in an artifact under an old key is rebuilt rather
+# than linked.
+KEY_VERSION = "k5"
 
 # Activations the epilogue does in vector registers; others run as a separate pass.
 FUSED_ACTS = ("none", "relu", "clamp")
@@ -55,7 +56,8 @@ A_NPANEL = 16  # CSR: column panels; indptr is (panels, rows + 1), nonzeros by (
 A_RES = 17  # residual: a tensor laid out as out, added before the activation
 A_NB = 18  # grouped kernels: samples in the call
 A_GXB = 19  # grouped kernels: floats of x a block of samples holds (native.lower.group_block)
-N_ARGS = 20
+A_GRR = 20  # grouped kernels: > 0, row groups in ranges of this many (native.lower.group_ranges)
+N_ARGS = 21
 
 
 def act_key(spec) -> str:
@@ -291,13 +293,25 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
                 b.icmp_signed(">", xns, I64(0)), xns, I64(1)))
             sb = b.select(b.icmp_signed("<", sb, I64(1)), I64(1), sb)
             sb = b.select(b.icmp_signed(">", sb, nb), nb, sb)
-            blk = b.sdiv(rest, b.mul(sb, nrb))
+            # A_GRR > 0: the groups in ranges of that many, each range over every sample
+            # before the next (its code stays in L2 while the samples' x stream by); a
+            # range's groups then run as above, with their samples in blocks of sb
+            rpr = k.arg_i64(A_GRR, "grr")
+            rpr = b.select(b.icmp_signed(">", rpr, I64(0)), rpr, nrb)
+            per = b.mul(nb, rpr)
+            h = b.sdiv(rest, per)
+            rest = b.sub(rest, b.mul(h, per))
+            rbase = b.mul(h, rpr)
+            left_r = b.sub(nrb, rbase)
+            cnt = b.select(b.icmp_signed("<", left_r, rpr), left_r, rpr)
+            blk = b.sdiv(rest, b.mul(sb, cnt))
             n0 = b.mul(blk, sb)
             left = b.sub(nb, n0)
             size = b.select(b.icmp_signed("<", left, sb), left, sb)
-            r2 = b.sub(rest, b.mul(n0, nrb))
+            r2 = b.sub(rest, b.mul(n0, cnt))
             rb = b.sdiv(r2, size)
             n = b.add(n0, b.sub(r2, b.mul(rb, size)))
+            rb = b.add(rb, rbase)
         else:
             n = b.sdiv(rest, nrb)
             rb = b.sub(rest, b.mul(n, nrb))
