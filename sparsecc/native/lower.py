@@ -30,6 +30,7 @@ from sparsecc.formats.csr import csr_to_dense
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
 from sparsecc.native import dwsmall as DW
 from sparsecc.native import gemm as G
+from sparsecc.native import gmean as GM
 from sparsecc.native import phase as PH
 from sparsecc.native import qlinear as QL
 from sparsecc.native import smallconv as SC
@@ -1123,6 +1124,12 @@ class Lowering:
         ho, wo = self.shape(out)[2:]
         hw = self.example(x)[2] * self.example(x)[3]
         mean = (ho.value, wo.value, op.attrs["mode"]) == (1, 1, "avg")
+        if mean and GLOBAL_MEAN_IR and self._dtype(x) == "float32":  # at x's channel stride
+            nb, c = self.shape(x)[:2]
+            with self._aware():
+                self.call(self.ir_kernel(GM.MeanSpec(self.vw)),
+                          [T(x), T(out), I(hw), I(self._cstride(x))], nb * c, float(hw))
+            return "native global mean"
         with self._aware(mean):  # the global mean takes x's channel stride
             self.call(self.numba("k_adaptive"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
                                                  I(int(op.attrs["mode"] == "max")),
@@ -2531,6 +2538,9 @@ ROWS_STRIDE2 = True
 # batch 16, same process, per op: ResNet-50's classifier 1.50 -> 0.79 ms, MobileNetV2's
 # 0.87 -> 0.48 (Xeon).
 LINEAR_PANELS = True
+# The global average pool as a vectorised LLVM kernel (native.gmean) instead of numba's
+# loop: batch 16, same process, per op, ResNet-50 1.15 -> 0.54 ms, ResNet-18 0.23 -> 0.10.
+GLOBAL_MEAN_IR = True
 
 
 def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> None:

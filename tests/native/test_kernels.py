@@ -17,6 +17,7 @@ from sparsecc.codegen.llvm import emit as E
 from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
 from sparsecc.native import gemm as G
+from sparsecc.native import gmean as GM
 from sparsecc.native import phase as PH
 from tests.conftest import assert_matches
 
@@ -1118,3 +1119,32 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, v
     np.testing.assert_array_equal(got[:, :, :hq * wq].reshape(ref.shape[:3] + (hq, wq)), ref)
     assert (got[:, :, hq * wq:] == 0).all()
     assert np.isnan(out[:, -5:]).all()
+
+
+_MEAN: dict = {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), planes=st.integers(1, 9), hw=st.integers(1, 70),
+       gap=st.integers(0, 17), vw=st.sampled_from(sorted({jit.host().vector_width, 8})))
+def test_global_mean_kernel(seed, planes, hw, gap, vw):
+    """The vectorised global average pool (native.gmean, AVX-512 and AVX2) against numpy:
+    planes of 1-70 floats (under one vector, a part vector after whole ones) read at a
+    channel stride with NaN in the gaps between them (never read), items from 1 on (the
+    first plane skipped)."""
+    if vw not in _MEAN:
+        mod = ir.Module("mean_test")
+        GM.MeanSpec(vw).emit(mod, "m")
+        obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
+                             else _HASWELL)
+        _MEAN[vw] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
+                                     ctypes.c_void_p)(jit.load_object(obj, ["m"])["m"])
+    rng = np.random.default_rng(seed)
+    x = np.full((planes, hw + gap), np.nan, np.float32)
+    x[:, :hw] = rng.standard_normal((planes, hw)).astype(np.float32) * 10
+    out = np.full(planes, 7.0, np.float32)
+    args = np.array([x.ctypes.data, out.ctypes.data, hw, hw + gap], np.int64)
+    _MEAN[vw](1, planes, args.ctypes.data)
+    assert out[0] == 7.0
+    np.testing.assert_allclose(out[1:], x[1:, :hw].astype(np.float64).mean(axis=1),
+                               rtol=1e-5, atol=1e-5)
