@@ -157,8 +157,7 @@ def test_all_zero_sparse_convs(seed):
         model.c1.bias.normal_()
         model.c2.bias.normal_()
     model = sparsecc.prune(model, 0.5, scope="layer")
-    cm = sparsecc.compile(model, torch.randn(1, 3, 9, 9), recipe={"formats": {"force": "csr"}})
-    assert cm.native is not None, cm.native_status
+    cm = _native_csr(model, torch.randn(1, 3, 9, 9))
     rep = str(cm.report(measure=False))
     assert rep.count("no weights: bias only") == 2, rep
     for batch in (1, 4):
@@ -528,6 +527,13 @@ def _prune_convs(model: torch.nn.Module, keep: float = 0.3) -> None:
                 m.weight.mul_((torch.rand_like(m.weight) < keep).float())
 
 
+def _native_csr(model: torch.nn.Module, example: torch.Tensor):
+    """``model`` compiled with every sparse layer CSR, asserted native."""
+    cm = sparsecc.compile(model, example, recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    return cm
+
+
 def _matches_after_junk(cm, model, shape, batches, junk=3, huge=1) -> None:
     """Call ``cm`` once on NaN inputs with channels ``huge`` at 3e38 (leaving both in the
     arena's pads and slack), then check it against torch at ``batches`` (samples of
@@ -600,8 +606,7 @@ def test_grouped_sparse_convs(seed, cin, cout, k, stride, hw, act, residual, kee
     g = lower.GROUP_ROWS_DENSE if dense else lower.GROUP_ROWS
     if k == 3:  # (the shifted convs' x offsets are never all on cache lines)
         g = min(g, lower.GROUP_ROWS_ALIGNED)
-    cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw), recipe={"formats": {"force": "csr"}})
-    assert cm.native is not None, cm.native_status
+    cm = _native_csr(model, torch.randn(1, cin, hw, hw))
     label = cm.native.lib.labels[0]
     assert f"groups of {g}," in label, label
     for batch in (1, 3):
@@ -646,8 +651,7 @@ def test_grouped_sample_blocks(seed, monkeypatch, cin, cout, k, stride, hw, resi
         w = model.conv.weight
         w.mul_((torch.rand_like(w) < 0.15).float())
         w[0, 0] = 1.0
-    cm = sparsecc.compile(model, torch.randn(1, cin, hw, hw), recipe={"formats": {"force": "csr"}})
-    assert cm.native is not None, cm.native_status
+    cm = _native_csr(model, torch.randn(1, cin, hw, hw))
     assert "groups of" in cm.native.lib.labels[0] and calls, cm.native.lib.labels
     for batch in (3, 4):
         x = torch.randn(batch, cin, hw, hw)
@@ -677,9 +681,7 @@ def test_grouped_whole_tiles(seed, monkeypatch):
     spans = {}
     for whole in (False, True):
         monkeypatch.setattr(lower, "WHOLE_TILES", whole)
-        cm = sparsecc.compile(model, torch.randn(1, 8, 28, 28),
-                              recipe={"formats": {"force": "csr"}})
-        assert cm.native is not None, cm.native_status
+        cm = _native_csr(model, torch.randn(1, 8, 28, 28))
         spans[whole] = sorted(k.spec.span for k in cm.native.lib.program.kernels.values()
                               if k.spec is not None and k.spec.group > 1)
     assert len(spans[True]) >= 4 and all(v % 16 == 0 for v in spans[True]), spans
@@ -701,8 +703,7 @@ def test_grouped_whole_tiles_small_planes(seed, monkeypatch):
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
     _prune_convs(model)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "4K")
-    cm = sparsecc.compile(model, torch.randn(1, 3, 20, 20), recipe={"formats": {"force": "csr"}})
-    assert cm.native is not None, cm.native_status
+    cm = _native_csr(model, torch.randn(1, 3, 20, 20))
     prog = cm.native.lib.program
     assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
     spans = [k.spec.span for k in prog.kernels.values()
@@ -747,8 +748,7 @@ def test_strided_pointwise_writes_in_place(seed, monkeypatch, hw, ds_first, tail
     _prune_convs(model, 0.2)
     if tail:
         monkeypatch.setenv("SPARSECC_TAIL_BYTES", "20K")
-    cm = sparsecc.compile(model, torch.randn(1, 3, hw, hw), recipe={"formats": {"force": "csr"}})
-    assert cm.native is not None, cm.native_status
+    cm = _native_csr(model, torch.randn(1, 3, hw, hw))
     prog = cm.native.lib.program
     if tail:
         assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
@@ -822,8 +822,7 @@ def test_whole_batch_tail(seed, monkeypatch):
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
     _prune_convs(model)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "12K")
-    cm = sparsecc.compile(model, torch.randn(1, 3, 32, 32), recipe={"formats": {"force": "csr"}})
-    assert cm.native is not None, cm.native_status
+    cm = _native_csr(model, torch.randn(1, 3, 32, 32))
     prog = cm.native.lib.program
     assert prog.chunk and 0 < prog.tail < len(prog.calls), (prog.chunk, prog.tail)
     assert len(prog.boundary) >= 1 and prog.boundary_bytes >= 8 << 10, prog.boundary
@@ -869,9 +868,7 @@ def test_grouped_ranges_in_the_tail(seed, monkeypatch, l2):
     cms = {}
     for ranges in (False, True):
         monkeypatch.setattr(lower, "GROUP_RANGES", ranges)
-        cm = sparsecc.compile(model, torch.randn(1, 3, 16, 16),
-                              recipe={"formats": {"force": "csr"}})
-        assert cm.native is not None, cm.native_status
+        cm = _native_csr(model, torch.randn(1, 3, 16, 16))
         prog = cm.native.lib.program
         assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
         grr = [c.args[E.A_GRR].expr.value for c in prog.calls[prog.tail:]
@@ -907,9 +904,7 @@ def test_tail_takes_a_conv_whose_planes_alone_are_big(seed, monkeypatch):
     starts = {}
     for own in (False, True):
         monkeypatch.setattr(lower, "TAIL_OWN_TEMPS", own)
-        cm = sparsecc.compile(model, torch.randn(1, 3, 16, 16),
-                              recipe={"formats": {"force": "csr"}})
-        assert cm.native is not None, cm.native_status
+        cm = _native_csr(model, torch.randn(1, 3, 16, 16))
         prog = cm.native.lib.program
         assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
         starts[own] = prog.calls[prog.tail].op
@@ -955,8 +950,7 @@ def test_rows_planes(seed, h, w, basic):
                                 _Bottleneck(32, 24, basic), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten()).eval()
     _prune_convs(model, 0.3)
-    cm = sparsecc.compile(model, torch.randn(1, 3, h, w), recipe={"formats": {"force": "csr"}})
-    assert cm.native is not None, cm.native_status
+    cm = _native_csr(model, torch.randn(1, 3, h, w))
     prog = cm.native.lib.program
     labels = {prog.plan.ops[i].layer: v for i, v in cm.native.lib.labels.items()}
     assert "rows planes of 2.b" in labels["2.a"], labels
@@ -989,8 +983,7 @@ def test_rows_planes_stride2(seed, h, w):
                                 _DownBlock(32, False), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten()).eval()
     _prune_convs(model, 0.3)
-    cm = sparsecc.compile(model, torch.randn(1, 3, h, w), recipe={"formats": {"force": "csr"}})
-    assert cm.native is not None, cm.native_status
+    cm = _native_csr(model, torch.randn(1, 3, h, w))
     prog = cm.native.lib.program
     labels = {prog.plan.ops[i].layer: v for i, v in cm.native.lib.labels.items()}
     ho, wo = (h + 1) // 2, (w + 1) // 2
@@ -1025,9 +1018,7 @@ def test_tail_after_the_last_big_read(seed, monkeypatch, hw, limit, after):
     starts = {}
     for rule in (False, True):
         monkeypatch.setattr(lower, "TAIL_AFTER_READS", rule)
-        cm = sparsecc.compile(model, torch.randn(1, 3, hw, hw),
-                              recipe={"formats": {"force": "csr"}})
-        assert cm.native is not None, cm.native_status
+        cm = _native_csr(model, torch.randn(1, 3, hw, hw))
         prog = cm.native.lib.program
         assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
         starts[rule] = prog.calls[prog.tail].op
