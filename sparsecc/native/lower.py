@@ -28,6 +28,7 @@ from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as CV
 from sparsecc.formats.csr import csr_to_dense
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
+from sparsecc.native import bands as BD
 from sparsecc.native import dwsmall as DW
 from sparsecc.native import gemm as G
 from sparsecc.native import gmean as GM
@@ -211,6 +212,7 @@ class Call:
     # run only when every (expr, "==" | "!=" | "<" | ">=", value) holds
     only_if: list[tuple[E, str, int]] | None = None
     op: int = 0  # the plan op it belongs to (profiles)
+    band: BD.Band | None = None  # its place in a run of row bands (native.bands)
 
 
 @dataclass
@@ -273,6 +275,11 @@ class Program:
     tail_outputs: list[str] = field(default_factory=list)  # plan outputs the tail writes
     # activations whose channels lie this many floats apart (Lowering.cs), not H*W
     channel_strides: dict[str, int] = field(default_factory=dict)
+    # the calls before native.bands rewrote them, and where the tail started among them
+    unbanded: tuple[list[Call], int] = ([], 0)
+    # with row bands in the head (native.bands): the program lowered without them, whose
+    # head runs instead unless the head runs one sample on one thread (module._emit_chunks)
+    alt_head: Program | None = None
 
     def blob(self) -> tuple[bytes, dict[str, int]]:
         """The weights blob (each member 64-byte aligned) and the offset of each member."""
@@ -345,8 +352,11 @@ def _fused(act: str, generic: bool = False) -> str:
 
 class Lowering:
     def __init__(self, plan: ExecutionPlan, vw: int, threads: int, features: str = "",
-                 tail_from: int | None = None, dense: frozenset[str] = frozenset()):
+                 tail_from: int | None = None, dense: frozenset[str] = frozenset(),
+                 band_major: dict[str, int] | None = None):
         self.plan, self.vw, self.threads = plan, vw, max(1, threads)
+        # tensors held band-major (native.bands.band_layout): root -> rows a band
+        self.band_major = band_major or {}
         # the op the whole-batch tail starts at (lower_program's second pass), else None
         self.tail_from = tail_from
         # activations whose channels lie a multiple of 16 floats apart (name -> that
@@ -359,6 +369,7 @@ class Lowering:
         self.features = set(features.split(","))  # LLVM's "+avx512vnni,..." of the target
         self.p = Program(plan)
         self.i = 0  # current op index
+        self.band: BD.Band | None = None  # the calls' place in row bands (_banded)
         # conv outputs left in their wide rows for the pool that reads them: name -> (the
         # temporary holding them, its row length)
         self.wide: dict[str, tuple[str, int]] = {}
@@ -423,7 +434,16 @@ class Lowering:
     def call(self, kernel: str, args: list[Slot], items: E, cost: float, scratch: int = 0,
              only_if=None) -> None:
         self.p.calls.append(Call(kernel, args, lift(items), float(cost), scratch,
-                                 _conds(only_if), self.i))
+                                 _conds(only_if), self.i, self.band))
+
+    @contextmanager
+    def _banded(self, band: BD.Band | None):
+        """The calls made inside may run in row bands (native.bands) as ``band`` says."""
+        before, self.band = self.band, band
+        try:
+            yield
+        finally:
+            self.band = before
 
     def numba(self, name: str) -> str:
         self.p.kernels.setdefault(name, Kernel(name, "numba"))
@@ -512,7 +532,28 @@ class Lowering:
             limit = env_tail_bytes()
             tail_split(self.p, TAIL_SAMPLE_BYTES if limit is None else limit,
                        self.kn_buffers, self.tail_from)
+        self._bands()
         return self.p
+
+    def _bands(self) -> None:
+        """Runs of convs before the tail in row bands (native.bands), the head's buffers
+        packed again for the lifetimes that gives them."""
+        p = self.p
+        head = p.tail or len(p.calls)
+        t_op = p.calls[p.tail].op if p.tail else None
+        p.unbanded = (list(p.calls), head)
+        if not self.band_major:  # (band_layout reads p.unbanded for the next lowering)
+            return
+        added = BD.band_calls(p, head, l2_bytes(), self.band_major)
+        if not added:
+            return
+        if p.tail:
+            p.tail += added
+            cross = set(p.boundary)
+            p.arena = _pack([b for b in p.buffers.values()
+                             if b.first < t_op and b.name not in cross])
+        else:
+            p.arena = _pack(list(p.buffers.values()))
 
     def _buffers(self, roots: dict[str, str]) -> None:
         """Lifetimes of the activations (inputs come from the caller), then arena offsets."""
@@ -1817,22 +1858,45 @@ class Lowering:
         # x's and out's channels at their strides (Lowering.cs); a residual's must be out's
         xcs = self._cstride(x) if method == "pointwise" else hw
         ocs = self._cstride(out)
+        xns, ons = rows_in * xcs, cout_ * ocs
+        # band-major tensors (native.bands): a channel's rows of a band rows x W floats apart
+        bx = self.band_major.get(self.plan.storage_root(x))
+        if bx and method == "pointwise":
+            xcs = bx * wo_
+        ocs, res_rs = self._band_strides(out, other, wo_, ocs)
         if res_slot is not None:
             self._same_cs(other, out)
+            spec = replace(spec, res_rs=res_rs)
         into = self._rows_target(out) if res_slot is None and not tail and not empty else None
+        # (a 1x1 conv reads the positions it writes: it may run in row bands)
+        band = BD.Band(ho_, wo_, 0) if pointwise and method == "pointwise" and not empty \
+            else None
         if into is not None:  # the interiors of the next conv's rows planes
-            return self._into_rows(op, swt, spec, bslot, xsrc, into, n=nb, L=hw, xrs=xcs,
-                                   xns=rows_in * xcs, indices=swt.indices, x_rows=rows_in,
-                                   whole=method == "pointwise" and xcs >= _round16(hw))
-        with self._aware():
+            with self._banded(band):
+                return self._into_rows(op, swt, spec, bslot, xsrc, into, n=nb, L=hw, xrs=xcs,
+                                       xns=xns, indices=swt.indices,
+                                       x_rows=rows_in,
+                                       whole=method == "pointwise" and xcs >= _round16(hw))
+        with self._aware(), self._banded(band):
             label = self.spmm(op, swt, spec, True, bslot, xsrc, T(out), n=nb, L=hw, xrs=xcs,
-                              ors=ocs, xns=rows_in * xcs, ons=cout_ * ocs,
+                              ors=ocs, xns=xns, ons=ons,
                               indices=swt.indices, x_rows=rows_in, res=res_slot,
                               whole=method == "pointwise" and min(xcs, ocs) >= _round16(hw))
         if tail:
             self.act_pass(out, *act)
         return label + (" + residual add" if res_slot is not None else "") + \
             (" (no weights: bias only)" if empty else "")
+
+    def _band_strides(self, out: str, other: str | None, w: int, ocs: int) -> tuple[int, int]:
+        """(out's channel stride, the residual's when it differs, else 0) with band-major
+        tensors (native.bands: a channel's rows of a band ``rows`` x w floats apart)."""
+        bo = self.band_major.get(self.plan.storage_root(out))
+        ocs = bo * w if bo else ocs
+        if other is None:
+            return ocs, 0
+        br = self.band_major.get(self.plan.storage_root(other))
+        rcs = br * w if br else self._cstride(other)
+        return ocs, (rcs if rcs != ocs else 0)
 
     def _rows_geom(self, j: int) -> RowsGeom | None:
         """The rows planes op j reads its input from, when it takes them (ROWS_PLANES): a
@@ -1919,9 +1983,10 @@ class Lowering:
             label = self.spmm(op, swt, spec, True, bslot, xsrc, T(planes, g.f + g.w), n=n,
                               L=L, xrs=xrs, ors=g.ps, xns=xns, ons=g.per_sample,
                               indices=indices, x_rows=x_rows, whole=whole, **kw)
-        self.call(self.numba("k_rowpads"), [T(planes, g.f), I(n), I(cout), I(g.w), I(g.h),
-                                            I(g.per_sample), I(g.ps)],
-                  n * cout, float(g.ps - g.h * g.w))
+        with self._banded(BD.Band(g.h, g.w, -1) if self.band is not None else None):
+            self.call(self.numba("k_rowpads"), [T(planes, g.f), I(n), I(cout), I(g.w),
+                                                I(g.h), I(g.per_sample), I(g.ps)],
+                      n * cout, float(g.ps - g.h * g.w))
         dop = self.plan.ops[j]
         return label + suffix + f" -> the rows planes of {dop.layer or dop.name}"
 
@@ -2059,13 +2124,18 @@ class Lowering:
                   x_rows=g.c * (1 if s == 1 else 4), reach=2 * g.w + 2,
                   panel_of=offs // g.ps, xalign=True)
         into = self._rows_target(out) if res_slot is None and not tail else None
+        band = BD.Band(g.h, g.w, 1) if s == 1 else None  # (its output rows read 3 rows)
         if into is not None:
-            return self._into_rows(op, swt, spec, bslot, T(planes), into, whole=True,
-                                   suffix=" (rows planes)", **kw)
+            with self._banded(band):
+                return self._into_rows(op, swt, spec, bslot, T(planes), into, whole=True,
+                                       suffix=" (rows planes)", **kw)
         ocs = self._cstride(out)
-        with self._aware():
+        ons = cout * ocs
+        ocs, res_rs = self._band_strides(out, other, g.w, ocs)
+        spec = replace(spec, res_rs=res_rs)
+        with self._aware(), self._banded(band):
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), ors=ocs,
-                              ons=cout * ocs, res=res_slot, whole=ocs >= _round16(L), **kw)
+                              ons=ons, res=res_slot, whole=ocs >= _round16(L), **kw)
         if tail:
             self.act_pass(out, *act)
         return label + " (rows planes)" + (" + residual add" if res_slot is not None else "")
@@ -2609,22 +2679,48 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
 def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = "") -> Program:
     """Lower ``plan``; when the program gets a whole-batch tail, lower it again knowing where
     the tail starts, so the tail's convs may take the grouped kernel at batches whose
-    positions fill it (Lowering.spmm), and split it at the same op."""
+    positions fill it (Lowering.spmm), and split it at the same op. When its head runs a
+    sample a chunk and has runs of convs worth running in row bands (native.bands), once
+    more with their big tensors band-major: that program, its head in bands, keeps the one
+    before as ``alt_head`` for the runs that share a sample between threads."""
     dense: frozenset[str] = frozenset()
 
-    def lower(tail_from=None):
+    def lower(tail_from=None, band_major=None):
         nonlocal dense
         while True:  # (each retry makes at least one more tensor dense)
             try:
-                return Lowering(plan, vw, threads, features, tail_from, dense).run()
+                return Lowering(plan, vw, threads, features, tail_from, dense,
+                                band_major).run()
             except _Dense as exc:
                 dense = dense | exc.names
 
+    def tail_op(q: Program) -> int | None:
+        return q.calls[q.tail].op if q.tail else None
+
     prog = lower()
-    if not prog.tail:
+    if prog.tail:
+        again = lower(tail_op(prog))
+        prog = again if again.tail else prog
+    if prog.chunk != 1 or not env_native_fuse():  # (bands run a sample at a time)
         return prog
-    again = lower(prog.calls[prog.tail].op)
-    return again if again.tail else prog
+    layout = BD.band_layout(prog, l2_bytes(), set(prog.channel_strides))
+    if not layout:
+        return prog
+    banded = lower(tail_op(prog), layout)
+    same = ("chunk", "sample_bytes", "min_chunk", "split", "boundary", "boundary_offsets",
+            "boundary_sizes", "boundary_bytes", "tail_outputs")
+    if tail_op(banded) != tail_op(prog) or \
+            any(getattr(banded, f) != getattr(prog, f) for f in same):
+        return prog
+    # one library: the plain head's kernels and constants too, an arena that fits either head
+    banded.alt_head = prog
+    for sym, k in prog.kernels.items():
+        banded.kernels.setdefault(sym, k)
+    for name, arr in prog.weights.items():
+        banded.weights.setdefault(name, arr)
+    banded.arena = tuple(max(a, b) for a, b in zip(banded.arena, prog.arena))
+    banded.scratch_per_thread = max(banded.scratch_per_thread, prog.scratch_per_thread)
+    return banded
 
 
 KN_LABEL = " (features x tokens)"

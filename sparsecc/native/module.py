@@ -429,7 +429,7 @@ def _step_io(b, sample_bytes, ins, outs, c, arrays) -> tuple[ir.Value, ir.Value]
 
 
 def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
-                 sample_bytes) -> ir.Function:
+                 sample_bytes, plain: ir.Function | None = None) -> ir.Function:
     """``run`` (or, with a tail, the head's driver ``name``) when the batch may be split
     (Program.chunk); ``sample_bytes``: the body's bytes a sample of each input and output.
 
@@ -443,15 +443,21 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     * Otherwise the chunks one after another, each on every thread.
     Profiled sample-parallel (``times``), each thread counts its calls' cycles on its own
     and adds its counts / threads to ``times`` at the end: an op's share of the wall time.
-    The first nonzero error flag of a chunk is returned."""
+    The first nonzero error flag of a chunk is returned.
+
+    ``plain`` (a program with row bands, native.bands; its chunks are one sample): the body
+    without them, run where the body would be shared between threads (bands there meet after
+    every band); the banded body runs wherever a call has one thread."""
     fn = ir.Function(mod, RUN_TYPE, name)
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     whole = fn.append_basic_block("whole")
     split = fn.append_basic_block("split")
+    shared = body if plain is None else \
+        b.select(b.icmp_signed(">", threads, I32(1)), plain, body)  # (see plain above)
     b.cbranch(_chunked(b, prog, n), split, whole)
     b.position_at_end(whole)
-    b.ret(b.call(body, list(fn.args)))
+    b.ret(b.call(shared, list(fn.args)))
     b.position_at_end(split)
     chunk = _sample_chunk(b, prog, n)
     par = fn.append_basic_block("parallel")
@@ -542,7 +548,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     rest = b.sub(n, c)
     nc = b.select(b.icmp_signed("<", rest, chunk), rest, chunk)
     ins_c, outs_c = _step_io(b, sample_bytes, ins, outs, c, arrays)
-    rc = b.call(body, [weights, arena, argspace, nc, ins_c, outs_c, threads, times])
+    rc = b.call(shared, [weights, arena, argspace, nc, ins_c, outs_c, threads, times])
     b.store(b.add(c, chunk), pos)
     b.cbranch(b.icmp_signed("!=", rc, I32(0)), failed, head)
     b.position_at_end(failed)
@@ -559,8 +565,10 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     region (the head writes them as extra outputs, the tail reads them as extra inputs)."""
     plan = prog.plan
 
-    def part(name, calls, arena_ab, ins_names, copy_outs, out_bases=(), entry=False):
-        fn, slots = _emit_part(mod, prog, kernels, pfor, team, weight_offsets, name, calls,
+    def part(name, calls, arena_ab, ins_names, copy_outs, out_bases=(), entry=False,
+             of=prog):
+        # (of: the program whose buffers the calls address: prog, or its alt_head)
+        fn, slots = _emit_part(mod, of, kernels, pfor, team, weight_offsets, name, calls,
                                arena_ab, list(ins_names), list(copy_outs), list(out_bases))
         prog.argspace_slots = max(prog.argspace_slots, slots)
         if not entry:  # called by the run function only
@@ -570,9 +578,13 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     if not prog.chunk:
         part(f"{prefix}__run", prog.calls, prog.arena, plan.inputs, plan.outputs, entry=True)
         return
+    alt = prog.alt_head  # (with row bands: the head without them, for shared runs)
     if not prog.tail:
         body = part(f"{prefix}__body", prog.calls, prog.arena, plan.inputs, plan.outputs)
-        _emit_chunks(mod, prefix, prog, body, f"{prefix}__run", prog.sample_bytes)
+        plain = None if alt is None else \
+            part(f"{prefix}__body_plain", alt.calls, prog.arena, plan.inputs, plan.outputs,
+                 of=alt)
+        _emit_chunks(mod, prefix, prog, body, f"{prefix}__run", prog.sample_bytes, plain)
         return
     tail_outs = prog.tail_outputs
     head_outs = [o for o in plan.outputs if o not in tail_outs]
@@ -580,10 +592,13 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
                 plan.inputs + prog.boundary, tail_outs)
     body = part(f"{prefix}__body", prog.calls[:prog.tail], prog.arena, plan.inputs,
                 head_outs, prog.boundary)
+    plain = None if alt is None else \
+        part(f"{prefix}__body_plain", alt.calls[:alt.tail], prog.arena, plan.inputs,
+             head_outs, prog.boundary, of=alt)
     in_b, out_b = prog.sample_bytes
     head = _emit_chunks(mod, prefix, prog, body, f"{prefix}__head",
                         (in_b, [out_b[plan.outputs.index(o)] for o in head_outs] +
-                         prog.boundary_sizes))
+                         prog.boundary_sizes), plain)
     head.linkage = "internal"
 
     fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run")

@@ -96,6 +96,9 @@ class KernelSpec:
     # mod W (dx -1 / +1) are masked off in the lanes at a row's first / last column (masks
     # per tile from the driver, k6 / k7)
     edge: int = 0
+    # grouped, with a residual: its channels (rows) this many floats apart, baked in (0: at
+    # out's offsets); a band-major residual of an NCHW sum or the reverse (native.bands)
+    res_rs: int = 0
 
     @property
     def key(self) -> str:
@@ -118,6 +121,8 @@ class KernelSpec:
             parts.append("xa")
         if self.edge:
             parts.append(f"e{self.edge}")
+        if self.res_rs:
+            parts.append(f"rr{self.res_rs}")
         return "_".join(parts)
 
 

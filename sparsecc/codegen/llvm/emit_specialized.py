@@ -68,6 +68,9 @@ def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
         raise ValueError("grouped rows are AVX-512 assembly (vw 16)")
     if spec.residual and spec.group <= 1:
         raise ValueError("a residual is fused into grouped specialised kernels only")
+    if spec.res_rs and (not spec.residual or
+                        4 * (spec.res_rs * pattern.rows + spec.span) >= 2**31):
+        raise ValueError(f"a residual row stride of {spec.res_rs} floats")
     if spec.group > 1 and (4 * (int(pattern.indices.max(initial=0)) * max(spec.xrs, 1)
                                 + spec.span + 16) >= 2**31
                            or 4 * int(pattern.indptr[-1]) + 1024 >= 2**31):
@@ -234,7 +237,10 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                 acc = f"zmm{i * nv + v}"
                 if spec.residual:
                     m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
-                    emit_(f"vaddps {acc}{m}, {acc}, zmmword ptr [r11 + r10 + {4 * first_f}]")
+                    # (res_rs: the residual's own row stride, a displacement from r11)
+                    at = f"r11 + {4 * (o * spec.res_rs + first_f)}" if spec.res_rs else \
+                        f"r11 + r10 + {4 * first_f}"
+                    emit_(f"vaddps {acc}{m}, {acc}, zmmword ptr [{at}]")
                 # x86 max / min return their second operand when one is NaN: NaN passes
                 if spec.act in ("relu", "clamp"):
                     emit_(f"vmaxps {acc}, {lo}, {acc}")

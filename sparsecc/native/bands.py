@@ -1,0 +1,283 @@
+"""Row bands across layers (#18's cross-layer tiles for ResNet blocks): a run of convs over
+the same H x W maps in the chunked head runs a few output rows at a time, conv after conv,
+so each tensor's rows are read back from L2 soon after they were written instead of from L3
+a whole sample later.
+
+ResNet-50's layer1 holds 256-channel 56 x 56 tensors, 3.2 MB a sample, more than a core's
+L2: a block's output went to L3 and came back for the next block's first conv and again for
+its residual add, and the 1x1 convs there ran at 20-45 GFLOP/s against 90-130 one stage on
+(28 x 28 maps, 1.6 MB a tensor). DeepSparse's "tensor columns" tile the same blocks.
+
+* Which calls (``_runs``): consecutive grouped sparse kernels over the same maps, 1x1 convs
+  (positions read where they are written) and 3x3 / 1 convs over rows planes (an output row
+  reads the rows beside it: a halo of one), with the rows planes' zero-row passes between
+  them (``Band``, recorded by native.lower). A run qualifies when its largest tensor is more
+  than a core's L2 a sample (``BAND_MIN_TENSOR``) and it holds two convs or more.
+* A band of a call is the same kernel with x, out and the residual moved on by the band's
+  first row and fewer tiles (emit's A_NTILES). Each conv runs ``lag`` rows behind the band
+  front: its producers' lags, plus a whole band after the writer of a 3x3 conv's planes
+  (``_plan_run``). Rows a band: the fewest that are whole tiles, times as many as fit
+  ``BAND_BYTES`` of a row of every tensor the run touches.
+* Band-major tensors (``band_layout``): a tensor every access of which is a band call's
+  output or residual or a 1x1 conv's x holds each band's rows of all channels together (C x
+  rows x W floats), as a ring of the bands between its write and its last read. In NCHW a
+  band of a 256-channel tensor is 256 short pieces, each a cold start for the prefetcher and
+  a read for ownership from L3; bands of NCHW tensors alone measured slower than no bands.
+  The strides are baked into the kernels (x's row stride, KernelSpec.res_rs for a residual
+  laid out unlike its sum), so native.lower lowers the plan once more knowing them.
+* Bands run where the head runs one sample on one thread (sample-parallel chunks, or one
+  thread). A sample shared between threads would meet after every band (ResNet-50 batch 1,
+  2 threads: 5.6 % slower), so the program keeps the head lowered without bands
+  (Program.alt_head) for those runs, with its own arena layout; both give the same floats.
+* Every buffer live during a run stays live over all of it (no arena reuse while bands are
+  in flight).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sparsecc.codegen.llvm import emit as E_
+from sparsecc.native.expr import N, lift, linear
+
+# Rows in a band: the fewest whole-tile rows, times as many as fit this many bytes of every
+# tensor the run touches (a row of each); bands run when those tensors hold more than a
+# core's L2 a sample.
+BAND_BYTES = 3 << 19
+BAND_MIN_TENSOR = 1.0  # x L2: the run's largest tensor (a sample) must be larger
+BANDS = True
+
+
+@dataclass(frozen=True)
+class Band:
+    """A call's place in a band run: its output maps (h rows of w positions); ``halo`` rows
+    it reads beside its output rows (0: a 1x1 conv, 1: a 3x3 / 1 conv over rows planes), or
+    -1 for the rows planes' zero-row pass (k_rowpads: before the run and after its producer's
+    last band)."""
+
+    h: int
+    w: int
+    halo: int
+
+
+def _root(plan, name: str) -> str:
+    return plan.storage_root(name) if name in plan.tensors else name
+
+
+def _grouped(p, call) -> bool:
+    k = p.kernels.get(call.kernel)
+    return k is not None and k.kind == "sparse" and k.spec is not None and k.spec.group > 1
+
+
+def _runs(p, calls, stop: int):
+    """Maximal runs [s, e) of calls before ``stop`` that may run in bands: each a grouped
+    kernel or a zero-row pass with a Band of the same maps, no run condition."""
+    s = None
+    for ci in range(stop + 1):
+        c = calls[ci] if ci < stop else None
+        ok = c is not None and c.band is not None and not c.only_if and \
+            (c.band.halo < 0 or _grouped(p, c))
+        if ok and s is not None and (c.band.h, c.band.w) != (calls[s].band.h, calls[s].band.w):
+            yield s, ci
+            s = ci
+        elif ok and s is None:
+            s = ci
+        elif not ok and s is not None:
+            yield s, ci
+            s = None
+
+
+def _plan_run(p, calls, s: int, e: int, l2: int):
+    """(lags, rows a band) for calls[s:e], or None when the run gains nothing (its largest
+    tensor fits L2, fewer than two convs) or a call writes a tensor the run read before it or
+    writes twice. Lags are whole bands, so a band-major tensor's bands line up (layout)."""
+    plan = p.plan
+    run = calls[s:e]
+    convs = [c for c in run if c.band.halo >= 0]
+    if len(convs) < 2:
+        return None
+    h, w = run[0].band.h, run[0].band.w
+    q = 16 // math.gcd(w, 16)  # rows in a whole number of 16-float tiles
+    if h < 2 * q:
+        return None
+    written: dict[str, int] = {}
+    read: set[str] = set()
+    touched: set[str] = set()
+    edges: list[tuple[int, int, int]] = []  # (call, producer, halo)
+    for k, c in enumerate(run):
+        if c.band.halo < 0:
+            continue
+        xr, orr = _root(plan, c.args[E_.A_X].name), _root(plan, c.args[E_.A_OUT].name)
+        ins = [xr]
+        if c.args[E_.A_RES].kind == "tensor":
+            ins.append(_root(plan, c.args[E_.A_RES].name))
+        if orr in written or orr in read or orr in ins:
+            return None
+        edges += [(k, written[r], c.band.halo if j == 0 else 0)
+                  for j, r in enumerate(ins) if r in written]
+        written[orr] = k
+        read.update(ins)
+        touched.update(ins + [orr])
+    sizes = [linear(p.buffers[r].nbytes)[0] for r in touched if r in p.buffers]
+    if max(sizes, default=0) <= BAND_MIN_TENSOR * l2:
+        return None
+    row_bytes = sum(sizes) / h
+    rows = q * max(1, int(BAND_BYTES // (q * row_bytes)))
+    if rows >= h:
+        return None
+    lags = [-1 if c.band.halo < 0 else 0 for c in run]
+    for k, j, halo in edges:  # (in call order: producers first)
+        lags[k] = max(lags[k], lags[j] + -(-halo // rows) * rows)
+    return lags, rows
+
+
+def _access(p, calls):
+    """root -> [(call index, arg index)] of every tensor slot of ``calls``."""
+    seen: dict[str, list[tuple[int, int]]] = {}
+    for ci, c in enumerate(calls):
+        for ai, slot in enumerate(c.args):
+            if slot.kind == "tensor":
+                seen.setdefault(_root(p.plan, slot.name), []).append((ci, ai))
+    return seen
+
+
+def band_layout(p, l2: int, strided) -> dict[str, int]:
+    """Tensors to hold band-major (root -> rows a band) in the next lowering: those every
+    access of which lies in one band run, as a conv's output or residual or a 1x1 conv's x
+    (a 3x3 conv's x rows are read beside its own: NCHW planes), not a model input or
+    output, not channel-strided (``strided``), in runs whose bands are whole rows of h."""
+    if not BANDS:
+        return {}
+    (calls, stop), plan = p.unbanded, p.plan
+    access = _access(p, calls)
+    out: dict[str, int] = {}
+    for s, e in _runs(p, calls, stop):
+        planned = _plan_run(p, calls, s, e, l2)
+        if planned is None:
+            continue
+        rows = planned[1]
+        h, w = calls[s].band.h, calls[s].band.w
+        if h % rows or (rows * w) % 16:
+            continue
+        for r, uses in access.items():
+            if r in plan.inputs or r in strided or r not in p.buffers or \
+                    any(plan.storage_root(o) == r for o in plan.outputs):
+                continue
+            # (a 3x3 conv's x rows are read beside its output rows: NCHW planes)
+            if all(s <= ci < e and calls[ci].band.halo >= 0 and
+                   (ai in (E_.A_OUT, E_.A_RES) or ai == E_.A_X and calls[ci].band.halo == 0)
+                   for ci, ai in uses):
+                out[r] = rows
+    return out
+
+
+def _band_call(p, call, r0: int, r1: int, h: int, w: int, layout: dict[str, int],
+               ring: dict[str, int]):
+    """``call`` over output rows [r0, r1): its pointers moved on r0 rows (a band-major
+    tensor's: to band r0 / rows of its ring), its tiles those of the rows (the last band
+    keeps the call's own last tile, whole or part)."""
+    from sparsecc.native.lower import Call, I, Slot
+
+    args = list(call.args)
+    shift = r0 * w
+    for a in (E_.A_X, E_.A_OUT, E_.A_RES):
+        s = args[a]
+        if s.kind == "tensor":
+            root = _root(p.plan, s.name)
+            rows = layout.get(root)
+            if rows:  # C x rows x W floats a band, a ring of ring[root] bands
+                move = (r0 // rows % ring[root]) * _channels(p, root, h, w) * rows * w
+            else:
+                move = shift
+            args[a] = Slot("tensor", lift(s.expr) + 4 * move, s.name)
+    total = lift(args[E_.A_NTILES].expr).value
+    first = shift // 16
+    tiles = total - first if r1 >= h else (r1 * w) // 16 - first
+    args[E_.A_NTILES] = I(tiles)
+    args[E_.A_L] = I(lift(args[E_.A_L].expr).value - shift)
+    nrb = lift(args[E_.A_NRB].expr).value
+    items = lift(args[E_.A_NB].expr) * (tiles * nrb)
+    return Call(call.kernel, args, items, call.cost, call.scratch, None, call.op, None)
+
+
+def _channels(p, root: str, h: int, w: int) -> int:
+    """Channels of an (N, C, h, w) float32 tensor, from its buffer's bytes a sample."""
+    return linear(p.buffers[root].nbytes)[0] // (4 * h * w)
+
+
+def band_calls(p, stop: int, l2: int, layout: dict[str, int]) -> int:
+    """Rewrite the runs of p.calls[:stop] that hold a band-major tensor (``layout``,
+    band_layout's) into bands. The program then runs its head one sample at a time on one
+    thread only (Program.alt_head runs the rest). Every buffer live during a run is kept live
+    over all of it (no arena reuse between bands in flight); a band-major tensor only the
+    run touches shrinks to a ring of the bands between its write and its last read. Returns
+    how many calls were added (the caller moves indices after ``stop`` by that many)."""
+    if not BANDS or not layout:
+        return 0
+    calls, plan = p.calls, p.plan
+    access = _access(p, calls)
+    outside = set(plan.inputs) | {plan.storage_root(o) for o in plan.outputs}
+    out, pos, added = [], 0, 0
+    made: set[int] = set()
+    for s, e in list(_runs(p, calls, stop)):
+        planned = _plan_run(p, calls, s, e, l2)
+        run = calls[s:e]
+        roots = {r for r, uses in access.items() if any(s <= ci < e for ci, _ in uses)}
+        if planned is None or not roots & set(layout):
+            continue
+        lags, rows = planned
+        if any(layout.get(r, rows) != rows for r in roots):
+            raise AssertionError(f"band-major tensors of {sorted(roots & set(layout))}: not "
+                                 f"{rows} rows a band")
+        h, w = run[0].band.h, run[0].band.w
+        ring = {}
+        for r in roots & set(layout):
+            wrote = [lags[ci - s] for ci, ai in access[r] if ai == E_.A_OUT]
+            read = [lags[ci - s] for ci, ai in access[r] if ai != E_.A_OUT]
+            ring[r] = (max(read, default=wrote[0]) - wrote[0]) // rows + 1
+        out += calls[pos:s]
+        pos = e
+        new = [c for c in run if c.band.halo < 0]  # zero rows first
+        last_of: dict[int, list] = {}  # and again after their planes' last band
+        for k, c in enumerate(run):
+            if c.band.halo < 0:
+                planes = _root(plan, c.args[0].name)
+                j = max((j for j in range(k) if run[j].band.halo >= 0 and
+                         _root(plan, run[j].args[E_.A_OUT].name) == planes), default=None)
+                if j is not None:
+                    last_of.setdefault(j, []).append(c)
+        steps = -(-(h + max(lags)) // rows)
+        for step in range(steps):
+            for k, c in enumerate(run):
+                if c.band.halo < 0:
+                    continue
+                r0 = max(0, step * rows - lags[k])
+                r1 = min(h, (step + 1) * rows - lags[k])
+                if r1 <= r0:
+                    continue
+                new.append(_band_call(p, c, r0, r1, h, w, layout, ring))
+                if r1 >= h:
+                    new += last_of.get(k, [])
+        made.update(id(c) for c in new)
+        labelled = set()
+        for k, c in enumerate(run):  # (the report's kernel column)
+            if c.band.halo >= 0 and c.op in p.labels and c.op not in labelled:
+                labelled.add(c.op)
+                p.labels[c.op] += f" in row bands of {rows} ({lags[k]} rows behind)"
+        out += new
+        added += len(new) - len(run)
+        ops = [c.op for c in run]
+        lo, hi = min(ops), max(ops)
+        for b in p.buffers.values():
+            if b.first <= hi and b.last >= lo:
+                b.first, b.last = min(b.first, lo), max(b.last, hi)
+        for r, k in ring.items():
+            if r not in outside:
+                p.buffers[r].nbytes = k * _channels(p, r, h, w) * rows * w * 4 * N
+    p.calls = out + calls[pos:]
+    for c in p.calls:  # a band-major tensor is only ever touched a band at a time
+        if id(c) not in made and any(s.kind == "tensor" and _root(plan, s.name) in layout
+                                     for s in c.args):
+            raise AssertionError(f"band-major tensor outside its band run: {c.kernel}")
+    return added

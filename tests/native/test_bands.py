@@ -1,0 +1,129 @@
+"""Row bands across layers (native.bands): a run of 1x1 and 3x3 / 1 convs over the same maps
+in the chunked head runs a few output rows at a time, each conv behind the one before by its
+halo, its big tensors band-major in rings. The result must equal the same model without
+bands bit for bit, on every path a batch can take (one sample on 2 threads: the head without
+bands; sample-parallel chunks: the bands; 1 thread: the bands, chunk after chunk)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import torch
+
+from sparsecc.codegen.llvm import emit as E
+from sparsecc.codegen.llvm import jit
+from sparsecc.native import bands as BD
+from sparsecc.native import lower as NL
+from tests.conftest import assert_matches
+from tests.native.test_kernels import _Bottleneck, _native_csr, _prune_convs
+
+pytestmark = pytest.mark.skipif(jit.host().vector_width != 16,
+                                reason="bands run grouped kernels (AVX-512)")
+
+
+class _Down(torch.nn.Module):
+    """A bottleneck that widens c -> out with a 1x1 downsample beside it (ResNet-50's
+    layer1.0: the downsample takes the last 1x1 conv's output as its residual)."""
+
+    def __init__(self, c, mid, out):
+        super().__init__()
+        self.a = torch.nn.Conv2d(c, mid, 1)
+        self.b = torch.nn.Conv2d(mid, mid, 3, 1, 1)
+        self.c = torch.nn.Conv2d(mid, out, 1)
+        self.d = torch.nn.Conv2d(c, out, 1)
+
+    def forward(self, x):
+        y = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        return torch.relu(y + self.d(x))
+
+
+def _model() -> torch.nn.Module:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 24, 3, 1, 1), torch.nn.ReLU(),
+        _Down(24, 16, 48), _Bottleneck(48, 16),
+        torch.nn.Conv2d(48, 24, 1), torch.nn.ReLU(),          # (the next stage's first conv)
+        torch.nn.Conv2d(24, 32, 3, 2, 1), torch.nn.ReLU(),    # (stride 2: the run ends)
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
+    _prune_convs(model)
+    return model
+
+
+def _compiled(model, h, w, bands: bool, monkeypatch):
+    monkeypatch.setattr(BD, "BANDS", bands)
+    monkeypatch.setattr(BD, "BAND_MIN_TENSOR", 0.0)  # (every run: these maps fit L2)
+    monkeypatch.setattr(BD, "BAND_BYTES", 1)  # (the fewest rows a band)
+    monkeypatch.setattr(NL, "CHUNK_BYTES", 1)  # (chunks of one sample)
+    return _native_csr(model, torch.randn(1, 3, h, w))
+
+
+def _run(cm, x, threads):
+    numba.set_num_threads(threads)
+    try:
+        return cm(x)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+# (h, w): rows of 2 (w 24), 4 (w 20, 28) and 16 (w 9) floats' tiles; the last, 22 rows of
+# 4-row bands, cannot be band-major (bands then stay off)
+@pytest.mark.parametrize("h,w,banded", [(16, 24, True), (24, 20, True), (12, 28, True),
+                                        (32, 9, True), (22, 20, False)])
+@pytest.mark.parametrize("tail", ["0", "20K"])
+def test_bands_match_torch_and_the_unbanded_model(h, w, banded, tail, seed, monkeypatch):
+    torch.manual_seed(seed)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", tail)
+    model = _model()
+    plain = _compiled(model, h, w, False, monkeypatch)
+    cm = _compiled(model, h, w, True, monkeypatch)
+    prog = cm.native.lib.program
+    assert plain.native.lib.program.alt_head is None
+    assert (prog.alt_head is not None) == banded, (prog.chunk, len(prog.calls))
+    if banded:
+        alt = prog.alt_head
+        assert prog.chunk == 1 and len(prog.calls) > len(alt.calls)
+        # the band-major tensors only the run touches are rings of a few bands
+        rings = [b for name, b in prog.buffers.items()
+                 if name in alt.buffers and b.nbytes(1) < alt.buffers[name].nbytes(1)]
+        assert rings
+        # a band call covers part of its conv's tiles
+        tiles = {c.op: c.args[E.A_NTILES].expr.value for c in alt.calls
+                 if c.kernel.startswith("sp_")}
+        assert any(c.args[E.A_NTILES].expr.value < tiles[c.op] for c in prog.calls
+                   if c.kernel.startswith("sp_") and c.op in tiles)
+    for batch, threads in ((1, 2), (1, 1), (3, 2), (16, 2), (5, 1)):
+        x = torch.randn(batch, 3, h, w)
+        with torch.no_grad():
+            want = model(x)
+        got = _run(cm, x, threads)
+        assert_matches(got, want)
+        assert np.array_equal(got.numpy(), _run(plain, x, threads).numpy()), (batch, threads)
+
+
+def test_plan_lags_cover_the_halo(monkeypatch):
+    """A 3x3 conv runs a whole band behind the conv writing its planes (it reads one row
+    past its own); a 1x1 conv reading a tensor and a residual runs no earlier than the
+    writers of both."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(BD, "BAND_MIN_TENSOR", 0.0)
+    monkeypatch.setattr(BD, "BAND_BYTES", 1)
+    monkeypatch.setattr(NL, "CHUNK_BYTES", 1)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "0")
+    cm = _native_csr(_model(), torch.randn(1, 3, 16, 24))
+    calls, stop = cm.native.lib.program.alt_head.unbanded
+    p = cm.native.lib.program.alt_head
+    (s, e), = [(s, e) for s, e in BD._runs(p, calls, stop) if e - s > 4]
+    lags, rows = BD._plan_run(p, calls, s, e, NL.l2_bytes())
+    assert rows == 2
+    run = calls[s:e]
+    writer = {}
+    for k, c in enumerate(run):
+        if c.band.halo < 0:
+            continue
+        x = c.args[E.A_X].name
+        if x in writer:
+            assert lags[k] >= lags[writer[x]] + (rows if c.band.halo else 0)
+        if c.args[E.A_RES].kind == "tensor" and c.args[E.A_RES].name in writer:
+            assert lags[k] >= lags[writer[c.args[E.A_RES].name]]
+        writer[c.args[E.A_OUT].name] = k
+    assert max(lags) == 2 * rows  # two 3x3 convs in the run
