@@ -41,11 +41,14 @@ from dataclasses import dataclass
 from sparsecc.codegen.llvm import emit as E_
 from sparsecc.native.expr import N, lift, linear
 
-# Rows in a band: the fewest whole-tile rows, times as many as fit this many bytes of every
-# tensor the run touches (a row of each); bands run when those tensors hold more than a
-# core's L2 a sample.
-BAND_BYTES = 3 << 19
-BAND_MIN_TENSOR = 1.0  # x L2: the run's largest tensor (a sample) must be larger
+# Rows in a band: the fewest whole-tile rows, times as many as fit this many bytes of a row
+# of every tensor the run touches. ResNet-50 layer1 (~360 KB a row; Xeon, batch 16, per-op
+# sums of one process, 20 rounds): 2 rows 179.9 ms, 4 rows 198.1 / 8 rows 194.5 in another
+# round against no bands 209.5 / 201.9. A run needs a tensor over BAND_MIN_TENSOR x L2 a
+# sample: layer2 too (0.5: its 1.6 MB tensors) made its 1x1 convs faster and its 3x3 ones
+# slower, 186.7 against 179.9.
+BAND_BYTES = 512 << 10
+BAND_MIN_TENSOR = 1.0
 BANDS = True
 
 
