@@ -38,6 +38,12 @@ def env_expand() -> bool:
     return env_native_fuse() and os.environ.get("SPARSECC_EXPAND", "1") not in ("0", "")
 
 
+def env_bands() -> bool:
+    """SPARSECC_BANDS=0 runs every conv of the chunked head over whole maps instead of in row
+    bands across layers (native.bands): for A/B measurements."""
+    return env_native_fuse() and os.environ.get("SPARSECC_BANDS", "1") not in ("0", "")
+
+
 def env_planes() -> bool:
     """SPARSECC_PLANES=0 keeps a shifted 3x3 conv from writing the next 3x3 conv's padded
     input planes (it then writes its output, and the next conv copies it into planes): for

@@ -267,7 +267,7 @@ def band_calls(p, stop: int, l2: int, layout: dict[str, int]) -> int:
         for k, c in enumerate(run):  # (the report's kernel column)
             if c.band.halo >= 0 and c.op in p.labels and c.op not in labelled:
                 labelled.add(c.op)
-                p.labels[c.op] += f" in row bands of {rows} ({lags[k]} rows behind)"
+                p.labels[c.op] += f" in row bands of {rows} rows ({lags[k]} behind)"
         out += new
         added += len(new) - len(run)
         ops = [c.op for c in run]

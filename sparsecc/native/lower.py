@@ -46,6 +46,7 @@ from sparsecc.native.kernels import (
     f64_bits,
 )
 from sparsecc.options import (
+    env_bands,
     env_channel_stride,
     env_expand,
     env_grouped,
@@ -2701,7 +2702,7 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
     if prog.tail:
         again = lower(tail_op(prog))
         prog = again if again.tail else prog
-    if prog.chunk != 1 or not env_native_fuse():  # (bands run a sample at a time)
+    if prog.chunk != 1 or not env_bands():  # (bands run a sample at a time)
         return prog
     layout = BD.band_layout(prog, l2_bytes(), set(prog.channel_strides))
     if not layout:

@@ -127,3 +127,18 @@ def test_plan_lags_cover_the_halo(monkeypatch):
             assert lags[k] >= lags[writer[c.args[E.A_RES].name]]
         writer[c.args[E.A_OUT].name] = k
     assert max(lags) == 2 * rows  # two 3x3 convs in the run
+
+
+def test_bands_off_by_env(monkeypatch):
+    """SPARSECC_BANDS=0 (A/B measurements): the head over whole maps, no second head."""
+    monkeypatch.setattr(BD, "BAND_MIN_TENSOR", 0.0)
+    monkeypatch.setattr(BD, "BAND_BYTES", 1)
+    monkeypatch.setattr(NL, "CHUNK_BYTES", 1)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "0")
+    x = torch.randn(1, 3, 16, 24)
+    model = _model()
+    prog = _native_csr(model, x).native.lib.program
+    assert prog.alt_head is not None
+    assert any("in row bands of" in label for label in prog.labels.values())
+    monkeypatch.setenv("SPARSECC_BANDS", "0")
+    assert _native_csr(model, x).native.lib.program.alt_head is None
