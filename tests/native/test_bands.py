@@ -6,11 +6,15 @@ bands; sample-parallel chunks: the bands; 1 thread: the bands, chunk after chunk
 
 from __future__ import annotations
 
+import subprocess
+
 import numba
 import numpy as np
 import pytest
 import torch
 
+import sparsecc
+from sparsecc.cli import main as cli_main
 from sparsecc.codegen.llvm import emit as E
 from sparsecc.codegen.llvm import jit
 from sparsecc.native import bands as BD
@@ -142,3 +146,35 @@ def test_bands_off_by_env(monkeypatch):
     assert any("in row bands of" in label for label in prog.labels.values())
     monkeypatch.setenv("SPARSECC_BANDS", "0")
     assert _native_csr(model, x).native.lib.program.alt_head is None
+
+
+def test_banded_artifact_loads_and_exports(tmp_path, seed, monkeypatch):
+    """A model with a band run saved, loaded natively (the same floats as the compiled one,
+    batches 1 and 16) and exported as a C library run by the example program (batches 1
+    and 8, against torch)."""
+    from tests.native.test_export_c import _build_example
+    from tests.native.test_export_c import _run as run_c
+
+    torch.manual_seed(seed)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "20K")
+    model = _model()
+    cm = _compiled(model, 16, 24, True, monkeypatch)
+    assert cm.native.lib.program.alt_head is not None
+    path = cm.save(tmp_path / "m.scc")
+    rt = sparsecc.load(path, native=True)
+    assert rt.native is not None, rt.native_status
+    for batch in (1, 16):
+        x = torch.randn(batch, 3, 16, 24)
+        assert np.array_equal(np.asarray(rt(x)), cm(x).numpy())
+    assert cli_main(["export-c", str(path), str(tmp_path / "lib")]) == 0
+    try:
+        exe = _build_example(tmp_path / "lib")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no C compiler: {exc}")
+    for batch in (1, 8):
+        x = torch.randn(batch, 3, 16, 24)
+        with torch.no_grad():
+            want = model(x).numpy()
+        out, = run_c(exe, batch, [x.numpy()], tmp_path)
+        np.testing.assert_allclose(np.fromfile(out, np.float32).reshape(want.shape), want,
+                                   rtol=1e-4, atol=1e-5)
