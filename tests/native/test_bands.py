@@ -69,11 +69,12 @@ def _run(cm, x, threads):
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 
 
-# (h, w): rows of 2 (w 24), 4 (w 20, 28) and 16 (w 9) floats' tiles; the last, 22 rows of
-# 4-row bands, cannot be band-major (bands then stay off)
-@pytest.mark.parametrize("h,w,banded", [(16, 24, True), (24, 20, True), (12, 28, True),
-                                        (32, 9, True), (22, 20, False)])
-@pytest.mark.parametrize("tail", ["0", "20K"])
+# (h, w): bands of 2 (w 24), 4 (w 20, 28) and 16 (w 9) rows, whole 16-float tiles; the
+# last, 22 rows in 4-row bands, cannot be band-major (bands then stay off). tail:
+# SPARSECC_TAIL_BYTES ("20K": the layers after the run over the whole batch)
+@pytest.mark.parametrize("h,w,banded,tail", [(16, 24, True, "0"), (24, 20, True, "20K"),
+                                             (12, 28, True, "0"), (32, 9, True, "20K"),
+                                             (22, 20, False, "20K")])
 def test_bands_match_torch_and_the_unbanded_model(h, w, banded, tail, seed, monkeypatch):
     torch.manual_seed(seed)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", tail)
