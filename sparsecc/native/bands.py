@@ -146,13 +146,14 @@ def _access(p, calls):
 
 
 def band_layout(p, l2: int, strided) -> dict[str, int]:
-    """Tensors to hold band-major (root -> rows a band) in the next lowering: those every
+    """Tensors of ``p`` (lowered without band-major tensors, so its calls are not in bands)
+    to hold band-major (root -> rows a band) in the next lowering: those every
     access of which lies in one band run, as a conv's output or residual or a 1x1 conv's x
     (a 3x3 conv's x rows are read beside its own: NCHW planes), not a model input or
     output, not channel-strided (``strided``), in runs whose bands are whole rows of h."""
     if not BANDS:
         return {}
-    (calls, stop), plan = p.unbanded, p.plan
+    calls, stop, plan = p.calls, p.tail or len(p.calls), p.plan
     access = _access(p, calls)
     out: dict[str, int] = {}
     for s, e in _runs(p, calls, stop):
@@ -220,7 +221,6 @@ def band_calls(p, stop: int, l2: int, layout: dict[str, int]) -> int:
         return 0
     calls, plan = p.calls, p.plan
     access = _access(p, calls)
-    outside = set(plan.inputs) | {plan.storage_root(o) for o in plan.outputs}
     out, pos, added = [], 0, 0
     made: set[int] = set()
     for s, e in list(_runs(p, calls, stop)):
@@ -275,9 +275,8 @@ def band_calls(p, stop: int, l2: int, layout: dict[str, int]) -> int:
         for b in p.buffers.values():
             if b.first <= hi and b.last >= lo:
                 b.first, b.last = min(b.first, lo), max(b.last, hi)
-        for r, k in ring.items():
-            if r not in outside:
-                p.buffers[r].nbytes = k * _channels(p, r, h, w) * rows * w * 4 * N
+        for r, k in ring.items():  # (band_layout's tensors: never a model input or output)
+            p.buffers[r].nbytes = k * _channels(p, r, h, w) * rows * w * 4 * N
     p.calls = out + calls[pos:]
     for c in p.calls:  # a band-major tensor is only ever touched a band at a time
         if id(c) not in made and any(s.kind == "tensor" and _root(plan, s.name) in layout

@@ -276,8 +276,6 @@ class Program:
     tail_outputs: list[str] = field(default_factory=list)  # plan outputs the tail writes
     # activations whose channels lie this many floats apart (Lowering.cs), not H*W
     channel_strides: dict[str, int] = field(default_factory=dict)
-    # the calls before native.bands rewrote them, and where the tail started among them
-    unbanded: tuple[list[Call], int] = ([], 0)
     # with row bands in the head (native.bands): the program lowered without them, whose
     # head runs instead unless the head runs one sample on one thread (module._emit_chunks)
     alt_head: Program | None = None
@@ -540,11 +538,10 @@ class Lowering:
         """Runs of convs before the tail in row bands (native.bands), the head's buffers
         packed again for the lifetimes that gives them."""
         p = self.p
+        if not self.band_major:  # (band_layout plans on these calls for the next lowering)
+            return
         head = p.tail or len(p.calls)
         t_op = p.calls[p.tail].op if p.tail else None
-        p.unbanded = (list(p.calls), head)
-        if not self.band_major:  # (band_layout reads p.unbanded for the next lowering)
-            return
         added = BD.band_calls(p, head, l2_bytes(), self.band_major)
         if not added:
             return
