@@ -1031,6 +1031,49 @@ def test_tail_after_the_last_big_read(seed, monkeypatch, hw, limit, after):
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.parametrize("feeder", [False, True])
+def test_tail_not_before_small_maps(seed, monkeypatch, feeder):
+    """The whole-batch tail starts no earlier than the first conv with fewer than TAIL_MAPS
+    output positions a sample (16 x 16 maps stay in the chunks, 8 x 8 ones go to the tail),
+    or at the 1x1 conv that alone feeds it (lower._small_maps_start); without the rule the
+    byte limit alone (20 KB: only the first conv's output is over it) starts the tail at the
+    16 x 16 block after that output's last read. Against torch at batches 1, 3 and 9."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(seed)
+    layers = [torch.nn.Conv2d(3, 32, 3, 1, 1), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1),
+              torch.nn.ReLU(), _BasicBlock(8)]
+    if feeder:  # a 1x1 conv whose only reader is the first stride-2 conv
+        layers += [torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, 2, 1),
+                   torch.nn.ReLU(), _BasicBlock(16)]
+    else:
+        layers += [_DownBlock(8, False), _BasicBlock(16)]
+    model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten()).eval()
+    _prune_convs(model)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "20K")
+    starts = {}
+    for maps in (0, 128):
+        monkeypatch.setattr(lower, "TAIL_MAPS", maps)
+        cm = _native_csr(model, torch.randn(1, 3, 16, 16))
+        prog, ops = cm.native.lib.program, cm.plan.ops
+        assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+        starts[maps] = prog.calls[prog.tail].op
+    block = next(i for i, op in enumerate(ops) if op.layer.startswith("4."))
+    first = next(i for i, op in enumerate(ops) if op.kind == "conv2d" and
+                 tuple(cm.plan.tensors[op.output].shape[2:]) == (8, 8))
+    assert tuple(ops[first].attrs["stride"]) == (2, 2), ops[first].layer
+    want = first - 1 if feeder else first
+    if feeder:
+        assert tuple(ops[want].attrs["kernel"]) == (1, 1), ops[want].layer
+    assert starts[0] == block, (ops[starts[0]].layer, ops[block].layer)
+    assert starts[128] == want, (ops[starts[128]].layer, ops[want].layer)
+    for batch in (1, 3, 9):
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 class _DenseShortcut(torch.nn.Module):
     """A sparse branch, then a dense 1x1 conv whose output is added to it (the add fused
     into the dense conv's GEMM: a ResNet block whose downsample stays dense)."""
