@@ -155,6 +155,11 @@ def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
 # 25.9 / 23.7 / 23.7 at 1 / 0.25 / 0.15 in another run), batch 1 2.04 / 1.94 / 1.93 / 2.03;
 # at the uniform profile (10 %) inside wins (b16 29.5 / 30.8 ms, b1 1.378 / 1.446).
 EXPAND_MAX_DENSITY = 0.15
+# ... unless its output is over EXPAND_BIG_L2 x a core's L2 a sample (it would go to L3 and
+# back): MobileNetV2 global, features.2's expand (16 -> 96 at 112 x 112, 4.8 MB) inside, its
+# block 0.586 -> 0.389 ms at batch 1; whole calls, same process, batch 1 / 16: 1.054x /
+# 1.058x (paired medians 1.048x / 1.044x); no other expand of MobileNetV2's is that big.
+EXPAND_BIG_L2 = 1.0
 
 
 class Unsupported(Exception):
@@ -2368,7 +2373,8 @@ class Lowering:
                 SP.is_sparse(a.get("fmt")):  # (op_conv2d's "planar" branch: dense weights)
             return None
         wt = SP.sparse_weight(op, {r: self.plan.constants[n] for r, n in op.params.items()})
-        if wt.data.size > EXPAND_MAX_DENSITY * c * self.shape(op.inputs[0])[1].value:
+        if wt.data.size > EXPAND_MAX_DENSITY * c * self.shape(op.inputs[0])[1].value and \
+                not (EXPAND_BIG_L2 and 4 * c * h * w > EXPAND_BIG_L2 * l2_bytes()):
             return None
         return j if DW.fits(self.vw, h, w, ho, wo, sh, sw, c, co, _act(dop)[0], kh, kw, ph, pw,
                             dh, dw) else None

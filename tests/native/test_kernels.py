@@ -297,6 +297,28 @@ def test_dense_expand_stays_a_conv(seed, density):
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.parametrize("rule", [False, True])
+def test_dense_expand_inside_when_its_output_is_big(seed, monkeypatch, rule):
+    """A dense expand conv whose output (48 x 14 x 14 floats, 37.6 KB a sample) is over a
+    core's L2 (here made 32 KB) runs inside the depthwise conv anyway (lower.EXPAND_BIG_L2:
+    its output would go to L3 and back); without the rule it stays a conv of its own. Both
+    against torch."""
+    from sparsecc.native import lower
+
+    monkeypatch.setattr(lower, "l2_bytes", lambda: 32 << 10)
+    monkeypatch.setattr(lower, "EXPAND_BIG_L2", 1.0 if rule else 0.0)
+    model = _expand_block(16, 48, 1, torch.nn.ReLU6, 0.5)
+    cm = sparsecc.compile(model, torch.randn(1, 16, 14, 14))
+    assert cm.native is not None, cm.native_status
+    labels = cm.native.lib.labels
+    assert labels[0].startswith("fused into") == rule, labels
+    assert ("the 1x1 expand" in labels[1]) == rule, labels
+    for batch in (1, 3):
+        x = torch.randn(batch, 16, 14, 14)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 @pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
 @pytest.mark.parametrize("stride,h,w,kh,pad,dil", [(1, 20, 20, 3, 2, 2), (2, 20, 20, 3, 2, 2),
                                                    (2, 37, 23, 5, 2, 1), (2, 9, 13, 3, 0, 1),
