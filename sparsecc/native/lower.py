@@ -2629,10 +2629,9 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
     """Split a chunked program (Program.tail): the tail starts at the first call after the
     last write of a buffer over ``limit`` bytes a sample (TAIL_AFTER_READS: or its last
     read) and, when there is such a buffer, not before _small_maps_start's conv (TAIL_MAPS);
-    or at op ``at``. No split when
-    that leaves no call on either side, the tail holds int8 layers, or a buffer crossing it
-    is not a whole number of sample-sized blocks (N x bytes, sample-major: a features x batch
-    layout is not)."""
+    or at op ``at``. No split when that leaves no call on either side, the tail holds int8
+    layers, or a buffer crossing it is not a whole number of sample-sized blocks (N x bytes,
+    sample-major: a features x batch layout is not)."""
     if limit <= 0 or not p.calls:
         return
 
