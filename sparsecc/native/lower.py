@@ -2653,9 +2653,7 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
         does better over the whole batch, its input crossing the boundary)."""
         if not TAIL_AFTER_READS or b.last >= len(p.plan.ops):
             return b.first
-        shape = p.plan.tensors[p.plan.ops[b.last].output].shape
-        maps = math.prod(int(d) for d in shape[2:]) if len(shape) == 4 else 0
-        return b.last if maps >= GROUP_MIN_TILES * 16 else b.first
+        return b.last if _out_maps(p.plan, b.last) >= GROUP_MIN_TILES * 16 else b.first
 
     big = [end(b) for b in p.buffers.values() if linear(b.nbytes)[0] > limit and not own(b)]
     t_op = at if at is not None else max(big) + 1 if big else 0
@@ -2691,18 +2689,19 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
     p.tail_outputs = [o for o in p.plan.outputs if p.plan.storage_root(o) in late]
 
 
+def _out_maps(plan: ExecutionPlan, i: int) -> int:
+    """Positions a sample of op i's output maps (H * W of an N, C, H, W output; else 0)."""
+    shape = plan.tensors[plan.ops[i].output].shape
+    return math.prod(int(d) for d in shape[2:]) if len(shape) == 4 else 0
+
+
 def _small_maps_start(plan: ExecutionPlan) -> int:
     """The first conv op whose output has fewer than TAIL_MAPS positions a sample, or the 1x1
     conv writing its input when that conv is the output's only reader (ResNet-50's
     layer4.0.conv1 before the stride-2 conv2); 0 when there is none."""
     ops = plan.ops
-
-    def maps(i: int) -> int:
-        shape = plan.tensors[ops[i].output].shape
-        return math.prod(int(d) for d in shape[2:]) if len(shape) == 4 else 0
-
-    f = next((i for i, op in enumerate(ops) if op.kind == "conv2d" and 0 < maps(i) < TAIL_MAPS),
-             None)
+    f = next((i for i, op in enumerate(ops) if op.kind == "conv2d" and
+              0 < _out_maps(plan, i) < TAIL_MAPS), None)
     if f is None:
         return 0
     x = ops[f].inputs[0]
