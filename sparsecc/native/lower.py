@@ -2708,7 +2708,7 @@ def _small_maps_start(plan: ExecutionPlan) -> int:
     w = next((j for j in range(f - 1, -1, -1) if ops[j].output == x), None)
     if w is not None and ops[w].kind == "conv2d" and \
             tuple(int(v) for v in ops[w].attrs["kernel"]) == (1, 1) and \
-            not any(x in op.inputs for j, op in enumerate(ops) if j > w and j != f):
+            set(plan.users().get(x, [])) == {f}:
         return w
     return f
 
