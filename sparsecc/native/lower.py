@@ -148,6 +148,30 @@ def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
     return math.ceil(groups / ranges) if ranges > 1 else 0
 
 
+# Tiles outer (emit.A_GRR < 0): every group over a tile before the next tile, for a call
+# whose sample's x and code overflow GROUP_RANGE_L2 of L2 (each group would read the
+# sample's x from L3 again) while the code alone fits GROUP_OUTER_CODE of it (it streams
+# from L2 a tile, and a tile's x stays in L1 across the groups). ResNet-50 uniform 90 %,
+# batch 16, 2 threads, per call in one process (paired medians): layer2.1-3.conv1 (x 1.6 MB
+# a sample) 1.16 / 1.26 / 1.36x, layer3.0.conv1 1.41x, layer2.0.conv2 (3x3 / 2, phase
+# planes 1.8 MB) 1.21x, layer4.0.conv1 1.06x, layer1's banded 1x1 convs level. For every
+# grouped call it lost: 0.72-0.83x on the conv3s (code of up to 69 groups from L2 a tile),
+# 0.63x on layer4.0.downsample (3 MB of code). A one-core harness (the emitted code over 16
+# samples' x, not kept) agreed: tiles outer 1.1-1.15x at 512-2048 columns with x from L3,
+# 0.92-0.95x with one sample's x staying in L2.
+GROUP_OUTER = True
+GROUP_OUTER_CODE = 0.5
+
+
+def group_tiles_outer(nnz: int, x_sample_bytes: int) -> bool:
+    """Whether a grouped call of ``nnz`` values over samples of ``x_sample_bytes`` of x runs
+    its tiles outer (emit.A_GRR < 0; see GROUP_OUTER)."""
+    budget = l2_bytes()
+    code = GROUP_CODE_BYTES * nnz
+    return GROUP_OUTER and code + x_sample_bytes > GROUP_RANGE_L2 * budget and \
+        code <= GROUP_OUTER_CODE * budget
+
+
 # A 1x1 expand conv denser than this stays a conv of its own (its grouped kernel) instead of
 # being computed inside the depthwise conv after it a channel at a time. MobileNetV2 with
 # ImageNet weights at the global profile (expand convs 6-59 % dense), same process, every
@@ -1694,7 +1718,8 @@ class Lowering:
                 grr = group_ranges(sw.data.size, nunits, xsb) if gxb == GROUP_X_WHOLE else 0
                 # (in ranges: a sample at a time, its x read once a range)
                 args[E_.A_GXB] = I(lift(xns).value if grr else gxb // 4)
-                args[E_.A_GRR] = I(grr)
+                outer = group_tiles_outer(sw.data.size, xsb)
+                args[E_.A_GRR] = I(-1 if outer else grr)
             per_item = 2.0 * sw.data.size / nrb * spec.vw * spec.tile
             self.call(sym, args, tiles * nrb, per_item, only_if=cond)
         if spec.group > 1:

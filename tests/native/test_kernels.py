@@ -907,6 +907,57 @@ def test_grouped_ranges_in_the_tail(seed, monkeypatch, l2):
         assert np.array_equal(got.numpy(), cms[False](x).numpy())
 
 
+@pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
+def test_grouped_tiles_outer(seed, monkeypatch):
+    """Grouped calls run every group over a tile before the next tile (emit.A_GRR < 0,
+    lower.group_tiles_outer) when their sample's x and code overflow L2 and the code alone
+    fits: forced on here for 1x1, 3x3 and stride-2 convs (several groups, a fused residual,
+    odd maps), against torch at batches 1, 2 and 5 (items split between the threads mid
+    sample) and bit for bit against the groups-outer order."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 70, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(70, 64, 3, 2, 1), torch.nn.ReLU(), _BasicBlock(64),
+        torch.nn.Conv2d(64, 90, 1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(90, 10)).eval()
+    _prune_convs(model)
+    cms = {}
+    for outer in (False, True):
+        monkeypatch.setattr(lower, "group_tiles_outer", lambda nnz, xsb, on=outer: on)
+        cm = _native_csr(model, torch.randn(1, 3, 29, 29))
+        # (the grouped calls: the only ones with a sample block, A_GXB)
+        grr = [c.args[E.A_GRR].expr.value for c in cm.native.lib.program.calls
+               if c.kernel.startswith("sp_") and len(c.args) > E.A_GRR and
+               c.args[E.A_GXB].kind == "int" and c.args[E.A_GXB].expr.value > 0]
+        assert len(grr) >= 4 and all((g < 0) == outer for g in grr), grr
+        cms[outer] = cm
+    for batch in (1, 2, 5):
+        x = torch.randn(batch, 3, 29, 29)
+        with torch.no_grad():
+            want = model(x)
+        got = cms[True](x)
+        assert_matches(got, want)
+        assert np.array_equal(got.numpy(), cms[False](x).numpy())
+
+
+def test_group_tiles_outer_rule(monkeypatch):
+    """lower.group_tiles_outer: tiles outer for a sample's x that, with the code, overflows
+    the L2 share, while the code alone fits GROUP_OUTER_CODE of L2; not for small x or big
+    code, nor when GROUP_OUTER is off."""
+    from sparsecc.native import lower
+
+    monkeypatch.setattr(lower, "l2_bytes", lambda: 2 << 20)
+    code_nnz = lambda b: b // lower.GROUP_CODE_BYTES  # noqa: E731
+    assert lower.group_tiles_outer(code_nnz(200 << 10), 1600 << 10)   # ResNet-50 layer3.0.conv1
+    assert not lower.group_tiles_outer(code_nnz(390 << 10), 800 << 10)  # layer3.1.conv1
+    assert not lower.group_tiles_outer(code_nnz(3 << 20), 400 << 10)   # layer4.0.downsample
+    monkeypatch.setattr(lower, "GROUP_OUTER", False)
+    assert not lower.group_tiles_outer(code_nnz(200 << 10), 1600 << 10)
+
+
 def test_tail_takes_a_conv_whose_planes_alone_are_big(seed, monkeypatch):
     """A stride-2 conv whose input and output are under the tail's limit but whose phase
     planes are over it runs in the whole-batch tail (lower.tail_split: an op's own

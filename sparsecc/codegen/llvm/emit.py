@@ -37,9 +37,9 @@ KERNEL_TYPE = ir.FunctionType(VOID, [I64, I64, I64.as_pointer()])
 
 # Bumped when the code a spec names changes meaning (2: NaN-keeping relu/clamp; 3: grouped
 # kernels walk samples in blocks, A_GXB; 4: their x loads from a moving base; 5: their groups
-# in ranges, A_GRR), so object code cached in an artifact under an old key is rebuilt rather
-# than linked.
-KEY_VERSION = "k5"
+# in ranges, A_GRR; 6: A_GRR < 0, tiles outer), so object code cached in an artifact under
+# an old key is rebuilt rather than linked.
+KEY_VERSION = "k6"
 
 # Activations the epilogue does in vector registers; others run as a separate pass.
 FUSED_ACTS = ("none", "relu", "clamp")
@@ -56,7 +56,8 @@ A_NPANEL = 16  # CSR: column panels; indptr is (panels, rows + 1), nonzeros by (
 A_RES = 17  # residual: a tensor laid out as out, added before the activation
 A_NB = 18  # grouped kernels: samples in the call
 A_GXB = 19  # grouped kernels: floats of x a block of samples holds (native.lower.group_block)
-A_GRR = 20  # grouped kernels: > 0, row groups in ranges of this many (native.lower.group_ranges)
+A_GRR = 20  # grouped kernels: > 0, row groups in ranges of this many (native.lower.group_ranges);
+# < 0: every group over a tile before the next tile (native.lower.group_tiles_outer)
 N_ARGS = 21
 
 
@@ -317,6 +318,15 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
             rb = b.sdiv(r2, size)
             n = b.add(n0, b.sub(r2, b.mul(rb, size)))
             rb = b.add(rb, rbase)
+            # A_GRR < 0: groups fastest, then tiles, then samples: a tile's x stays in L1
+            # while every group's code and values stream from L2
+            outer = b.icmp_signed("<", k.arg_i64(A_GRR, "grr_o"), I64(0))
+            q = b.sdiv(w, nrb)
+            rb_o = b.sub(w, b.mul(q, nrb))
+            n_o = b.sdiv(q, ntiles)
+            t = b.select(outer, b.sub(q, b.mul(n_o, ntiles)), t)
+            n = b.select(outer, n_o, n)
+            rb = b.select(outer, rb_o, rb)
         else:
             n = b.sdiv(rest, nrb)
             rb = b.sub(rest, b.mul(n, nrb))
