@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--density", type=float, default=0.1)
     ap.add_argument("--rounds", type=int, default=9)
     a = ap.parse_args()
+    if jit.host().vector_width != LANES:
+        sys.exit("the grouped kernel is AVX-512 assembly: this CPU has no AVX-512")
     c, h = a.channels, a.size
     w, hw = h, h * h
     rows_planes = (h + 2) * w  # positions of a channel's rows plane
