@@ -6,8 +6,8 @@ zero-padded input's rows py, py+sh, ... and columns px, px+sw, ... as an (hq, wq
 keeps every plane's rows at one alignment: the SpMM's vector loads at offset 0 do not cross
 cache lines); the ps - hq*wq floats after each plane are zeroed. A work item is one (n, c, py):
 it walks its planes a column of vectors at a time (plane columns [j, j + vw), then each phase,
-then the rows down), so the lane masks and the shuffle are computed once a column, not once
-a row (1.2-1.6x on one core with the data in L1/L2, 1.1x from memory; ResNet-50 batch 16's
+then the rows down), so the lane masks and the choice of shuffle are made once a column,
+not once a row (1.2-1.6x on one core with the data in L1/L2, 1.1x from memory; ResNet-50 batch 16's
 phase passes 7.7 -> 6.1 ms in one process: the vector loop before recomputed three masks from
 64-bit lane vectors for every row).
 
@@ -81,8 +81,8 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int) -> None:
         first = b.mul(r, npx)
         oc = b.gep(out0, [b.add(b.mul(n, stride), b.mul(first, ps))])
         # vectors of plane columns outer, phases, then plane rows inner: the lane masks
-        # and the phase's shuffle are the same down a column of vectors (a padding row's
-        # loads take an empty mask)
+        # and the phase's shuffle (even or odd floats) are the same down a column of
+        # vectors (a padding row's loads take an empty mask)
         none = ir.Constant(ir.VectorType(ir.IntType(1), vw), [0] * vw)
         with k.loop(I64(0), wq, "j", step=vw) as j:
             keep = k.lanes_lt(j, wq)
