@@ -113,7 +113,12 @@ def group_block(nnz: int, groups: int, x_sample_bytes: int) -> int:
 # runs); ResNet-18's layer4 convs 21.6 -> 19.8 ms (layer4.0.conv1 4.85 -> 3.56). The 1x1
 # convs that group_block puts in sample blocks measured 0.9-1.35x either way: not taken.
 GROUP_RANGES = True
-GROUP_RANGE_L2 = 0.75  # the share of L2 a range's code and values and a sample's x may fill
+# The share of L2 a range's code and values and a sample's x may fill. 0.6 against 0.75 (4
+# ranges of ResNet-18's layer4 3x3 convs instead of 3, 1.2 MB of code each instead of 1.5),
+# paired per call in one process at batch 16: ResNet-18 layer4.0.conv2 / 4.1.conv1 /
+# 4.1.conv2 1.044 / 1.053 / 1.055x and, in a second run, 1.027x on 4.1.conv2 (the others
+# within 2 %); ResNet-50 layer4.0-2.conv2 1.026 / 1.025 / 1.055x. 0.45 (5 ranges): 1.013x.
+GROUP_RANGE_L2 = 0.6
 
 
 @functools.cache
@@ -149,7 +154,7 @@ def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
 
 
 # Tiles outer (emit.A_GRR < 0): every group over a tile before the next tile, for a call
-# whose sample's x and code overflow GROUP_RANGE_L2 of L2 (each group would read the
+# whose sample's x and code overflow GROUP_OUTER_L2 of L2 (each group would read the
 # sample's x from L3 again) while the code alone fits GROUP_OUTER_CODE of it (it streams
 # from L2 a tile, and a tile's x stays in L1 across the groups). ResNet-50 uniform 90 %,
 # batch 16, 2 threads, per call in one process (paired medians): layer2.1-3.conv1 (x 1.6 MB
@@ -161,7 +166,7 @@ def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
 # samples' x, not kept) agreed: tiles outer 1.1-1.15x at 512-2048 columns with x from L3,
 # 0.92-0.95x with one sample's x staying in L2.
 GROUP_OUTER = True
-GROUP_OUTER_CODE = 0.5
+GROUP_OUTER_L2, GROUP_OUTER_CODE = 0.75, 0.5
 
 
 def group_tiles_outer(nnz: int, x_sample_bytes: int) -> bool:
@@ -169,7 +174,7 @@ def group_tiles_outer(nnz: int, x_sample_bytes: int) -> bool:
     its tiles outer (emit.A_GRR < 0; see GROUP_OUTER)."""
     budget = l2_bytes()
     code = GROUP_CODE_BYTES * nnz
-    return GROUP_OUTER and code + x_sample_bytes > GROUP_RANGE_L2 * budget and \
+    return GROUP_OUTER and code + x_sample_bytes > GROUP_OUTER_L2 * budget and \
         code <= GROUP_OUTER_CODE * budget
 
 
