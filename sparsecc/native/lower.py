@@ -162,9 +162,9 @@ def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
 # planes 1.8 MB) 1.21x, layer4.0.conv1 1.06x, layer1's banded 1x1 convs level; whole calls
 # (same process, paired medians) batch 1 1.07 / 1.09x faster, batch 16 1.01x. Taken for
 # every grouped call, it lost 0.72-0.83x on the conv3s (code of up to 69 groups from L2 a tile),
-# 0.63x on layer4.0.downsample (3 MB of code). A one-core harness (the emitted code over 16
-# samples' x, not kept) agreed: tiles outer 1.1-1.15x at 512-2048 columns with x from L3,
-# 0.92-0.95x with one sample's x staying in L2.
+# 0.63x on layer4.0.downsample (3 MB of code). bench/grouped_samples.py (the emitted code
+# over 16 samples' x, one core) agrees: tiles outer 1.09-1.15x at 512-2048 columns with x
+# from L3, 0.92-0.95x with one sample's x staying in L2.
 GROUP_OUTER = True
 GROUP_OUTER_L2, GROUP_OUTER_CODE = 0.75, 0.5
 
