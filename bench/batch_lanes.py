@@ -25,7 +25,6 @@ Usage: .venv/bin/python bench/batch_lanes.py [--channels 512] [--size 7] [--roun
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 import time
 from pathlib import Path
@@ -36,11 +35,11 @@ from llvmlite import ir
 from sparsecc.benchmarks.suite import machine_line
 from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
-from sparsecc.codegen.llvm.emit import F32, I64, KernelSpec, Pattern
+from sparsecc.codegen.llvm.emit import I64, KernelSpec, Pattern
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grouped_body import aligned  # noqa: E402
+from grouped_body import aligned, counted, driver, load_driver  # noqa: E402
 
 BATCH, LANES = 16, 16
 
@@ -50,23 +49,7 @@ def build(pattern: Pattern, spec: KernelSpec, tiles: int, samples: int, xns: int
     ``tiles`` tiles (tile t of sample s at x + s * xns + 16 t floats, out likewise)."""
     mod = ir.Module("batch_lanes")
     chunks = [full for full, _ in ES.spmm_row_chunks(mod, "k", spec, pattern)]
-    fp = F32.as_pointer()
-    drv = ir.Function(mod, ir.FunctionType(ir.VoidType(), [fp] * 4 + [I64, I64]), "drv")
-    data, x, out, bias, ors, reps = drv.args
-    b = ir.IRBuilder(drv.append_basic_block("entry"))
-
-    def counted(n, body):
-        pre = b.block
-        head, done = drv.append_basic_block(), drv.append_basic_block()
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64)
-        i.add_incoming(I64(0), pre)
-        body(i)
-        nxt = b.add(i, I64(1))
-        i.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, n), head, done)
-        b.position_at_end(done)
+    b, (data, x, out, bias, ors, reps) = driver(mod)
 
     def call(fn, s, t):
         xt = b.gep(x, [b.add(b.mul(s, I64(xns)), b.mul(t, I64(LANES)))])
@@ -75,13 +58,11 @@ def build(pattern: Pattern, spec: KernelSpec, tiles: int, samples: int, xns: int
 
     def groups(_):
         for fn in chunks:
-            counted(I64(samples), lambda s, fn=fn: counted(I64(tiles),
-                                                          lambda t: call(fn, s, t)))
+            counted(b, I64(samples), lambda s, fn=fn: counted(b, I64(tiles),
+                                                             lambda t: call(fn, s, t)))
 
-    counted(reps, groups)
-    b.ret_void()
-    addr = jit.load_object(jit.compile_ir(ES.module_text(mod), opt=2), ["drv"])["drv"]
-    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64, ctypes.c_int64)(addr)
+    counted(b, reps, groups)
+    return load_driver(mod, b, opt=2)
 
 
 def main() -> None:

@@ -53,6 +53,36 @@ def one_line(lines: list[str]) -> list[str]:
     return [re.sub(r"\[.*\]", "[rsi]", ln) if X_LOAD.match(ln) else ln for ln in lines]
 
 
+def driver(mod: ir.Module):
+    """A native entry ``drv(data, x, out, bias, ors, reps)`` in ``mod``: (its builder, its
+    arguments) to emit the loops into."""
+    fp = F32.as_pointer()
+    drv = ir.Function(mod, ir.FunctionType(ir.VoidType(), [fp] * 4 + [I64, I64]), "drv")
+    return ir.IRBuilder(drv.append_basic_block("entry")), drv.args
+
+
+def counted(b: ir.IRBuilder, n, body) -> None:
+    """``for i in range(n): body(i)`` at ``b`` (n > 0, an i64 value)."""
+    fn, pre = b.block.parent, b.block
+    head, done = fn.append_basic_block(), fn.append_basic_block()
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64)
+    i.add_incoming(I64(0), pre)
+    body(i)
+    nxt = b.add(i, I64(1))
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, n), head, done)
+    b.position_at_end(done)
+
+
+def load_driver(mod: ir.Module, b: ir.IRBuilder, opt: int = 0):
+    """Close the driver ``b`` emits into, compile ``mod`` and return ``drv`` callable."""
+    b.ret_void()
+    addr = jit.load_object(jit.compile_ir(ES.module_text(mod), opt=opt), ["drv"])["drv"]
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64, ctypes.c_int64)(addr)
+
+
 def build(pattern: Pattern, xrs: int, tiles: int, x_step: int, edit=None):
     """The chunk functions of ``pattern`` and a driver ``drv(data, x, out, bias, ors,
     reps)``: reps x (every chunk over ``tiles`` tiles; tile t's x at x + t * x_step floats,
@@ -64,35 +94,16 @@ def build(pattern: Pattern, xrs: int, tiles: int, x_step: int, edit=None):
     if edit is not None:
         asm = mod.__dict__["sparsecc_asm"]
         asm[:] = edit(asm)
-    fp = F32.as_pointer()
-    drv = ir.Function(mod, ir.FunctionType(ir.VoidType(), [fp] * 4 + [I64, I64]), "drv")
-    data, x, out, bias, ors, reps = drv.args
-    b = ir.IRBuilder(drv.append_basic_block("entry"))
-
-    def counted(n, body):
-        """``for i in range(n): body(i)`` (n > 0)."""
-        pre = b.block
-        head, done = drv.append_basic_block(), drv.append_basic_block()
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64)
-        i.add_incoming(I64(0), pre)
-        body(i)
-        nxt = b.add(i, I64(1))
-        i.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, n), head, done)
-        b.position_at_end(done)
+    b, (data, x, out, bias, ors, reps) = driver(mod)
 
     def tiles_of(fn):
         def tile(t):
             xt, ot = b.gep(x, [b.mul(t, I64(x_step))]), b.gep(out, [b.mul(t, I64(LANES))])
             b.call(fn, [data, xt, ot, bias, I64(xrs), ors])
-        counted(I64(tiles), tile)
+        counted(b, I64(tiles), tile)
 
-    counted(reps, lambda _: [tiles_of(fn) for fn in chunks])
-    b.ret_void()
-    addr = jit.load_object(jit.compile_ir(ES.module_text(mod), opt=0), ["drv"])["drv"]
-    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64, ctypes.c_int64)(addr)
+    counted(b, reps, lambda _: [tiles_of(fn) for fn in chunks])
+    return load_driver(mod, b)
 
 
 def aligned(n: int) -> np.ndarray:

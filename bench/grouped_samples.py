@@ -26,7 +26,6 @@ Usage: .venv/bin/python bench/grouped_samples.py [--cols 1024] [--rows 256] [--r
 from __future__ import annotations
 
 import argparse
-import ctypes
 import re
 import sys
 import time
@@ -38,11 +37,11 @@ from llvmlite import ir
 from sparsecc.benchmarks.suite import machine_line
 from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
-from sparsecc.codegen.llvm.emit import F32, I32, I64, KernelSpec, Pattern
+from sparsecc.codegen.llvm.emit import I32, I64, KernelSpec, Pattern
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grouped_body import aligned  # noqa: E402
+from grouped_body import aligned, counted, driver, load_driver  # noqa: E402
 
 LANES, GROUP, SAMPLES, TILES, XRS = 16, 30, 16, 13, 208
 I8P = ir.IntType(8).as_pointer()
@@ -73,25 +72,9 @@ def build(pattern: Pattern, cols: int, mode: str, xrs: int = XRS, edit=None):
         asm[:] = edit(asm)
     prefetch = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I8P, I32, I32, I32]),
                            "llvm.prefetch.p0")
-    fp = F32.as_pointer()
-    drv = ir.Function(mod, ir.FunctionType(ir.VoidType(), [fp] * 4 + [I64, I64]), "drv")
-    data, x, out, bias, ors, reps = drv.args
-    b = ir.IRBuilder(drv.append_basic_block("entry"))
+    b, (data, x, out, bias, ors, reps) = driver(mod)
     xns, ons = cols * XRS, rows * XRS
     per_call = -(-(xns // LANES) // (len(chunks) * TILES))  # lines of the next sample
-
-    def counted(n, body):
-        pre = b.block
-        head, done = drv.append_basic_block(), drv.append_basic_block()
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64)
-        i.add_incoming(I64(0), pre)
-        body(i)
-        nxt = b.add(i, I64(1))
-        i.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, n), head, done)
-        b.position_at_end(done)
 
     def sample(s):
         s_ = I64(0) if mode == "one" else s
@@ -104,7 +87,7 @@ def build(pattern: Pattern, cols: int, mode: str, xrs: int = XRS, edit=None):
             b.call(fn, [data, xt, ot, bias, I64(xrs), ors])
 
         if mode == "outer":
-            counted(I64(TILES), lambda t: [run(fn, t) for fn in chunks])
+            counted(b, I64(TILES), lambda t: [run(fn, t) for fn in chunks])
             return
         for ci, fn in enumerate(chunks):
             def tile(t, ci=ci, fn=fn):
@@ -114,12 +97,10 @@ def build(pattern: Pattern, cols: int, mode: str, xrs: int = XRS, edit=None):
                         line = b.gep(nx, [b.add(first, I64(j * LANES))])
                         b.call(prefetch, [b.bitcast(line, I8P), I32(0), I32(2), I32(1)])
                 run(fn, t)
-            counted(I64(TILES), tile)
+            counted(b, I64(TILES), tile)
 
-    counted(reps, lambda _: counted(I64(SAMPLES), sample))
-    b.ret_void()
-    addr = jit.load_object(jit.compile_ir(ES.module_text(mod), opt=2), ["drv"])["drv"]
-    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64, ctypes.c_int64)(addr)
+    counted(b, reps, lambda _: counted(b, I64(SAMPLES), sample))
+    return load_driver(mod, b, opt=2)
 
 
 def main() -> None:
