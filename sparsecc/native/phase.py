@@ -94,7 +94,8 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int) -> None:
                 cols = (k.lanes_in(col, I64(0), w),
                         k.lanes_in(b.add(col, I64(vw)), I64(0), w))
             with k.loop(I64(0), npx if sw == 2 else I64(1), "ix") as ix:
-                odd = b.icmp_signed("!=", b.load(b.gep(pxs, [ix])), I64(0))
+                odd = b.icmp_signed("!=", b.load(b.gep(pxs, [ix])), I64(0)) if sw == 2 \
+                    else None
                 oj = b.gep(oc, [b.add(b.mul(ix, ps), j)])
                 with k.loop(I64(0), hq, "i") as i:
                     ih = b.sub(b.add(b.mul(i, sh), py), ph)
