@@ -30,16 +30,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from llvmlite import ir
 
 from sparsecc.benchmarks.suite import machine_line
-from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
 from sparsecc.codegen.llvm.emit import I64, KernelSpec, Pattern
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grouped_body import aligned, counted, driver, load_driver  # noqa: E402
+from grouped_body import aligned, counted, driver, emitted, load_driver  # noqa: E402
 
 BATCH, LANES = 16, 16
 
@@ -47,8 +45,7 @@ BATCH, LANES = 16, 16
 def build(pattern: Pattern, spec: KernelSpec, tiles: int, samples: int, xns: int, ons: int):
     """``drv(data, x, out, bias, ors, reps)``: every chunk (group) over ``samples`` x
     ``tiles`` tiles (tile t of sample s at x + s * xns + 16 t floats, out likewise)."""
-    mod = ir.Module("batch_lanes")
-    chunks = [full for full, _ in ES.spmm_row_chunks(mod, "k", spec, pattern)]
+    mod, chunks = emitted("batch_lanes", spec, pattern)
     b, (data, x, out, bias, ors, reps) = driver(mod)
 
     def call(fn, s, t):

@@ -53,6 +53,17 @@ def one_line(lines: list[str]) -> list[str]:
     return [re.sub(r"\[.*\]", "[rsi]", ln) if X_LOAD.match(ln) else ln for ln in lines]
 
 
+def emitted(name: str, spec: KernelSpec, pattern: Pattern, edit=None):
+    """(module, full-tile chunk functions) of the grouped code the compiler emits for
+    ``pattern``; ``edit`` rewrites its assembly lines first."""
+    mod = ir.Module(name)
+    chunks = [full for full, _ in ES.spmm_row_chunks(mod, "k", spec, pattern)]
+    if edit is not None:
+        asm = mod.__dict__["sparsecc_asm"]
+        asm[:] = edit(asm)
+    return mod, chunks
+
+
 def driver(mod: ir.Module):
     """A native entry ``drv(data, x, out, bias, ors, reps)`` in ``mod``: (its builder, its
     arguments) to emit the loops into."""
@@ -89,11 +100,7 @@ def build(pattern: Pattern, xrs: int, tiles: int, x_step: int, edit=None):
     its out at out + 16 t, out's rows ``ors`` floats apart)."""
     spec = KernelSpec("spmm", LANES, tile=1, act="relu", has_bias=True, idx_bits=16,
                       pattern_hash="body", xrs=xrs, span=LANES * tiles, group=GROUP)
-    mod = ir.Module("grouped_body")
-    chunks = [full for full, _ in ES.spmm_row_chunks(mod, "k", spec, pattern)]
-    if edit is not None:
-        asm = mod.__dict__["sparsecc_asm"]
-        asm[:] = edit(asm)
+    mod, chunks = emitted("grouped_body", spec, pattern, edit)
     b, (data, x, out, bias, ors, reps) = driver(mod)
 
     def tiles_of(fn):

@@ -35,13 +35,12 @@ import numpy as np
 from llvmlite import ir
 
 from sparsecc.benchmarks.suite import machine_line
-from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
 from sparsecc.codegen.llvm.emit import I32, I64, KernelSpec, Pattern
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grouped_body import aligned, counted, driver, load_driver  # noqa: E402
+from grouped_body import aligned, counted, driver, emitted, load_driver  # noqa: E402
 
 LANES, GROUP, SAMPLES, TILES, XRS = 16, 30, 16, 13, 208
 I8P = ir.IntType(8).as_pointer()
@@ -65,11 +64,7 @@ def build(pattern: Pattern, cols: int, mode: str, xrs: int = XRS, edit=None):
     rows = len(pattern.indptr) - 1
     spec = KernelSpec("spmm", LANES, tile=1, act="relu", has_bias=True, idx_bits=16,
                       pattern_hash="samples", xrs=xrs, span=LANES * TILES, group=GROUP)
-    mod = ir.Module("grouped_samples")
-    chunks = [full for full, _ in ES.spmm_row_chunks(mod, "k", spec, pattern)]
-    if edit is not None:
-        asm = mod.__dict__["sparsecc_asm"]
-        asm[:] = edit(asm)
+    mod, chunks = emitted("grouped_samples", spec, pattern, edit)
     prefetch = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I8P, I32, I32, I32]),
                            "llvm.prefetch.p0")
     b, (data, x, out, bias, ors, reps) = driver(mod)
