@@ -76,6 +76,11 @@ class DepthwiseSpec:
     ex_a: float = 0.0
     ex_b: float = 0.0
     ex_bias: bool = True
+    # > 1: the expand conv computed for this many channels at a time (an item is that many
+    # planes): each x vector loaded once for all of them, its weights a dense table (cin x
+    # ex_block a group); for expand convs dense enough that the union of a group's rows is
+    # about all of cin (native.lower.EXPAND_BLOCK_DENSITY)
+    ex_block: int = 1
 
     @property
     def key(self) -> str:
@@ -85,7 +90,8 @@ class DepthwiseSpec:
                 + (f"_m{self.mult}" if self.mult != 1 else "")
                 + (f"_s{self.stride}" if self.stride != 1 else "") + ("_q8" if self.q8 else "")
                 + (f"_x{self.expand}{self.ex_a:g}_{self.ex_b:g}{'b' if self.ex_bias else ''}"
-                   if self.expand else ""))
+                   if self.expand else "")
+                + (f"_xb{self.ex_block}" if self.ex_block > 1 else ""))
 
     @property
     def ho(self) -> int:
@@ -376,16 +382,32 @@ def _planes(k: _K, spec: DepthwiseSpec, hw_in: int, hw_out: int):
     taps = spec.kh * spec.kw
     store = _Store(k, spec)
     expand = _Expand(k, spec, x, C) if spec.expand else None
-    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-        c = b.srem(t, C)
-        # output plane t = (n, c) reads input plane n * cin + c // mult = t // mult
-        xb = expand.plane(t, c) if expand else \
-            b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t, I64(hw_in))])
+    M = spec.ex_block if expand else 1
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as it:
+        if M > 1:  # item (n, channel group g): its M expanded planes, then each one's taps
+            G = b.sdiv(C, I64(M))
+            n = b.sdiv(it, G)
+            g = b.sub(it, b.mul(n, G))
+            expand.planes(n, g)
+            m_loop = k.loop(I64(0), I64(M), "m")
+            m = m_loop.__enter__()
+            c = b.add(b.mul(g, I64(M)), m)
+            t = b.add(b.mul(n, C), c)
+            xb = b.gep(expand.buf, [b.mul(m, I64(expand.pstride))])
+        else:
+            t, m_loop = it, None
+            c = b.srem(t, C)
+            # output plane t = (n, c) reads input plane n * cin + c // mult = t // mult
+            xb = expand.plane(t, c) if expand else \
+                b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t,
+                                I64(hw_in))])
         ob = store.plane(out, t, c, C, hw_out)
         wrow = b.gep(wt, [b.mul(c, I64(taps))])
         init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else \
             ir.Constant(k.vty, [0.0] * spec.vw)
         yield xb, ob, [b.load(b.gep(wrow, [I64(ti)])) for ti in range(taps)], init, store
+        if m_loop is not None:
+            m_loop.__exit__(None, None, None)
 
 
 class _Store:
@@ -451,6 +473,7 @@ class _Expand:
     twice, and the expanded tensor (6x the block's input) never goes through memory."""
 
     STEP = 4  # vectors of positions a step
+    BLOCK_STEP = 4  # the same with ex_block channels at a time (4 x 4 accumulators)
 
     def __init__(self, k: _K, spec: DepthwiseSpec, x, C):
         b = k.b
@@ -463,9 +486,55 @@ class _Expand:
         self.bias = k.arg_ptr(D_EX_BIAS, "ex_bias")
         self.cin = k.arg_i64(D_EX_CIN, "ex_cin")
         span = self.STEP * vw
-        self.buf = b.bitcast(k.alloca(ir.ArrayType(F32, -(-self.hw // span) * span), "xplane"),
-                             F32.as_pointer())
+        self.pstride = -(-self.hw // span) * span  # (floats from one stack plane to the next)
+        self.buf = b.bitcast(k.alloca(ir.ArrayType(F32, self.pstride * max(1, spec.ex_block)),
+                                      "xplane"), F32.as_pointer())
         self.act = _ActOf(spec.expand, spec.ex_a, spec.ex_b)
+
+    def planes(self, n, g) -> None:
+        """Expanded channels g * M .. g * M + M - 1 of sample n (M = spec.ex_block) into the
+        stack planes, a step of BLOCK_STEP vectors at a time: for each input channel, its x
+        vectors loaded once and multiplied by the group's M weights (the dense table
+        (C / M, cin, M) in ex_data, zeros included)."""
+        k, spec, hw, vw = self.k, self.spec, self.hw, self.spec.vw
+        b = k.b
+        M, V = spec.ex_block, self.BLOCK_STEP
+        xn = b.gep(self.x, [b.mul(b.mul(n, self.cin), I64(hw))])
+        wg = b.gep(self.data, [b.mul(b.mul(g, self.cin), I64(M))])
+        c0 = b.mul(g, I64(M))
+        inits = [k.splat(b.load(b.gep(self.bias, [b.add(c0, I64(m))]))) if spec.ex_bias else
+                 ir.Constant(k.vty, [0.0] * vw) for m in range(M)]
+        span = V * vw
+        nfull = hw // span
+        tail = hw - nfull * span
+
+        def step(pos, nvec: int, last_lanes: int) -> None:
+            acc = [[k.alloca(k.vty, f"xb{m}_{q}") for q in range(nvec)] for m in range(M)]
+            for m in range(M):
+                for a in acc[m]:
+                    b.store(inits[m], a)
+            masks = [None] * nvec
+            masks[-1] = lane_mask(vw, np.arange(vw) < last_lanes)
+            with k.loop(I64(0), self.cin, "xk") as kk:
+                row = b.gep(xn, [b.add(b.mul(kk, I64(hw)), pos)])
+                xs = [k.vload(b.gep(row, [I64(q * vw)]), masks[q]) for q in range(nvec)]
+                wk = b.gep(wg, [b.mul(kk, I64(M))])
+                for m in range(M):
+                    ws = k.splat(b.load(b.gep(wk, [I64(m)])))
+                    for q in range(nvec):
+                        b.store(k.fma(ws, xs[q], b.load(acc[m][q])), acc[m][q])
+            for m in range(M):
+                base = b.gep(self.buf, [b.add(pos, I64(m * self.pstride))])
+                for q in range(nvec):
+                    k.vstore(k.act(b.load(acc[m][q]), self.act), b.gep(base, [I64(q * vw)]),
+                             None)
+
+        if nfull:
+            with k.loop(I64(0), I64(nfull * span), "xbp", step=span) as pos:
+                step(pos, V, vw)
+        if tail:
+            nvec = -(-tail // vw)
+            step(I64(nfull * span), nvec, tail - (nvec - 1) * vw)
 
     def plane(self, t, c):
         """Compute expanded channel c of sample t // C into the stack plane; its pointer."""

@@ -190,6 +190,13 @@ EXPAND_MAX_DENSITY = 0.15
 # block 0.586 -> 0.389 ms at batch 1; whole calls, same process, batch 1 / 16: 1.054x /
 # 1.058x (paired medians 1.048x / 1.044x); no other expand of MobileNetV2's is that big.
 EXPAND_BIG_L2 = 1.0
+# An expand conv inside at least this dense is computed EXPAND_BLOCK channels at a time,
+# dense (DepthwiseSpec.ex_block): one x vector load feeds 4 FMAs, where the channel at a
+# time kernel loaded x for every nonzero. MobileNetV2 global 90 % batch 1 (features.2's
+# expand, 16 -> 96 at 112 x 112, 59 % dense), per call in one process, 2 threads:
+# features.2 0.364 -> 0.316 ms (paired 1.15x); 2 / 6 channels at a time 0.87x / 0.97x the
+# rate of 4. Whole calls were level at batch 1 (0.999 paired, a noisy hour) and 1.05x at 16.
+EXPAND_BLOCK, EXPAND_BLOCK_DENSITY = 4, 0.3
 
 
 class Unsupported(Exception):
@@ -1734,6 +1741,18 @@ class Lowering:
             return f"native sparse specialised (rows in groups of {spec.group}, assembly)"
         return "native sparse specialised" if baked is not None else "native sparse generic"
 
+    def _expand_block(self, ex, cout: int) -> int:
+        """Channels an expand conv inside a depthwise one computes at a time
+        (DepthwiseSpec.ex_block): EXPAND_BLOCK where its weight is at least
+        EXPAND_BLOCK_DENSITY dense and the channels split into such groups, with AVX-512
+        (its 4 x 4 accumulators and 4 x vectors want 32 registers), else 1."""
+        eptr, eidx, _ = ex[2]
+        cin = self.shape(ex[0].inputs[0])[1].value
+        dense = len(eidx) / max(1, cout * cin)
+        ok = EXPAND_BLOCK > 1 and self.vw == 16 and cout % EXPAND_BLOCK == 0 and \
+            dense >= EXPAND_BLOCK_DENSITY
+        return EXPAND_BLOCK if ok else 1
+
     def _grouped(self, op: Op, sw: SP.SparseWeight, span: int) -> str | None:
         """Whether a CSR conv runs the grouped assembly kernel: AVX-512, any nonzero, the
         layer not kept generic (attrs['specialize'] False, or SPARSECC_GROUPED=0), and
@@ -1777,6 +1796,8 @@ class Lowering:
                                     exa[1] if exa[0] == "clamp" else 0.0,
                                     exa[2] if exa[0] == "clamp" else 0.0,
                                     bool(ex and ex[3]))
+            block = self._expand_block(ex, cout_) if ex else 1
+            spec = replace(spec, ex_block=block)
             if sparse:  # the kernel skips zero taps itself: its weights as a dense table
                 csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
                 wslot = self.derived("wplanar", csr_to_dense(*csr, (cout_, kh * kw)))
@@ -1789,17 +1810,22 @@ class Lowering:
             cost = 2.0 * kh * kw * hw
             if ex:  # the expand conv's input, weights and bias
                 eop, _, (eptr, eidx, edata), ebias = ex
+                ecin = self.shape(eop.inputs[0])[1].value
                 args[DW.D_X] = T(eop.inputs[0])
+                if block > 1:  # a dense (C / M, cin, M) table
+                    dense = csr_to_dense(eptr, eidx, edata, (cout_, ecin))
+                    edata = dense.reshape(cout_ // block, block, ecin).transpose(0, 2, 1)
                 args += [self.derived("ex_indptr", eptr.astype(np.int64)),
                          self.derived("ex_idx", eidx.astype(np.int32)),
-                         self.derived("ex_data", edata.astype(np.float32)),
-                         self.bias_slot(ebias), I(self.shape(eop.inputs[0])[1])]
-                cost += 2.0 * len(edata) / cout_ * h.value * w.value
-            self.call(self.ir_kernel(spec), args, nb * cout_, cost)
+                         self.derived("ex_data", np.ascontiguousarray(edata, np.float32)),
+                         self.bias_slot(ebias), I(ecin)]
+                cost += 2.0 * edata.size / cout_ * h.value * w.value
+            self.call(self.ir_kernel(spec), args, nb * (cout_ // block), cost * block)
             return ("native depthwise (plane in registers)" if cin_ > 1 else
                     "native direct conv (1 input channel, planes in registers)") + \
                 (" -> int8 codes" if q8 is not None else "") + \
-                (f" + the 1x1 expand {ex[0].layer or ex[0].name} a channel at a time"
+                (f" + the 1x1 expand {ex[0].layer or ex[0].name} "
+                 + (f"{block} channels at a time" if block > 1 else "a channel at a time")
                  if ex else "")
         if SC.fits(self.vw, cin_, cout_, groups, (sh, sw_), kh, kw, wo_, act[0]):
             spec = SC.SmallConvSpec(self.vw, cin_, cout_, h.value, w.value, kh, kw, sh, ph, pw,

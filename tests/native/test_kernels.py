@@ -297,24 +297,28 @@ def test_dense_expand_stays_a_conv(seed, density):
             assert_matches(cm(x), model(x))
 
 
-@pytest.mark.parametrize("rule", [False, True])
-def test_dense_expand_inside_when_its_output_is_big(seed, monkeypatch, rule):
+@pytest.mark.parametrize("rule,c,hw,stride", [(False, 48, 14, 1), (True, 48, 14, 1),
+                                              (True, 48, 29, 2), (True, 18, 28, 1)])
+def test_dense_expand_inside_when_its_output_is_big(seed, monkeypatch, rule, c, hw, stride):
     """A dense expand conv whose output (48 x 14 x 14 floats, 37.6 KB a sample) is over a
     core's L2 (here made 32 KB) runs inside the depthwise conv anyway (lower.EXPAND_BIG_L2:
-    its output would go to L3 and back); without the rule it stays a conv of its own. Both
-    against torch."""
+    its output would go to L3 and back); without the rule it stays a conv of its own. Inside,
+    being half dense, it is computed 4 channels at a time (lower.EXPAND_BLOCK: x loaded once
+    for 4 channels; 14 x 14 and 29 x 29 end in a part vector, stride 2 on 29 x 29), unless
+    the channels do not split in 4s (18 at 28 x 28). All against torch."""
     from sparsecc.native import lower
 
     monkeypatch.setattr(lower, "l2_bytes", lambda: 32 << 10)
     monkeypatch.setattr(lower, "EXPAND_BIG_L2", 1.0 if rule else 0.0)
-    model = _expand_block(16, 48, 1, torch.nn.ReLU6, 0.5)
-    cm = sparsecc.compile(model, torch.randn(1, 16, 14, 14))
+    model = _expand_block(16, c, stride, torch.nn.ReLU6, 0.5)
+    cm = sparsecc.compile(model, torch.randn(1, 16, hw, hw))
     assert cm.native is not None, cm.native_status
     labels = cm.native.lib.labels
     assert labels[0].startswith("fused into") == rule, labels
     assert ("the 1x1 expand" in labels[1]) == rule, labels
+    assert ("4 channels at a time" in labels[1]) == (rule and c % 4 == 0), labels
     for batch in (1, 3):
-        x = torch.randn(batch, 16, 14, 14)
+        x = torch.randn(batch, 16, hw, hw)
         with torch.no_grad():
             assert_matches(cm(x), model(x))
 
