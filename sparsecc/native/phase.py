@@ -12,10 +12,16 @@ phase passes 7.7 -> 6.1 ms in one process: the vector loop before recomputed thr
 64-bit lane vectors for every row).
 
 Stride 1 along x is a shifted copy: vector loads masked to the row's columns (the padding
-comes out zero), stores masked to the plane row. Stride 2 loads two vectors of consecutive
-columns, 2j - pw + [0, 2 vw), and splits them into the even lanes (phase px = 0) and the
-odd ones (px = 1) with a shuffle. The numba loop it replaces read one strided element per
-step (~2.7 cycles an element here: ResNet-50's phase passes took 11 of 176 ms at batch 16).
+comes out zero), stores masked to the plane row. Planes exactly as wide as x's rows (the
+rows planes of native.lower.RowsGeom: zero rows above and below, no padded columns) are one
+contiguous copy of x's rows between memsets (``_copy_rows``): ResNet-18 batch 16, per call in
+one process, layer1's two copies 0.739 / 0.772 -> 0.427 / 0.475 ms, layer2.1's 0.151 ->
+0.123 (whole calls level within the noise, 66.6 against 67.9 ms).
+
+Stride 2 loads two vectors of consecutive columns, 2j - pw + [0, 2 vw), and splits them
+into the even lanes (phase px = 0) and the odd ones (px = 1) with a shuffle. The numba
+loop it replaces read one strided element per step (~2.7 cycles an element here: ResNet-50's
+phase passes took 11 of 176 ms at batch 16).
 
 ABI ``void k(i64 start, i64 stop, i64* args)``; args as k_phase's (x, planes, N, C, H, W, ph,
 pw, sh, sw, pys, npy, pxs, npx, hq, wq, stride) then ps and x's channel stride (floats, >= H*W);
@@ -34,6 +40,7 @@ from sparsecc.native.vmath import _K
 (P_X, P_OUT, P_N, P_C, P_H, P_W, P_PH, P_PW, P_SH, P_SW, P_PYS, P_NPY, P_PXS, P_NPX, P_HQ,
  P_WQ, P_STRIDE, P_PS, P_XCS) = range(19)
 STRIDES = (1, 2)  # along x; other strides take the numba kernel
+COPY_ROWS = True  # (_copy_rows)
 
 
 def items(nb, cin, npy):
@@ -80,36 +87,86 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int) -> None:
         # the item's first plane: (ch*npy + iy)*npx
         first = b.mul(r, npx)
         oc = b.gep(out0, [b.add(b.mul(n, stride), b.mul(first, ps))])
-        # vectors of plane columns outer, phases, then plane rows inner: the lane masks
-        # and the phase's shuffle (even or odd floats) are the same down a column of
-        # vectors (a padding row's loads take an empty mask)
-        none = ir.Constant(ir.VectorType(ir.IntType(1), vw), [0] * vw)
-        with k.loop(I64(0), wq, "j", step=vw) as j:
-            keep = k.lanes_lt(j, wq)
-            if sw == 1:
-                col = b.sub(b.add(j, b.load(pxs)), pw)
-                cols = (k.lanes_in(col, I64(0), w),)
-            else:
-                col = b.sub(b.mul(j, I64(2)), pw)
-                cols = (k.lanes_in(col, I64(0), w),
-                        k.lanes_in(b.add(col, I64(vw)), I64(0), w))
-            with k.loop(I64(0), npx if sw == 2 else I64(1), "ix") as ix:
-                odd = b.icmp_signed("!=", b.load(b.gep(pxs, [ix])), I64(0)) if sw == 2 \
-                    else None
-                oj = b.gep(oc, [b.add(b.mul(ix, ps), j)])
-                with k.loop(I64(0), hq, "i") as i:
-                    ih = b.sub(b.add(b.mul(i, sh), py), ph)
-                    live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
-                    xrow = b.gep(xc, [b.add(b.mul(ih, w), col)])  # (a padding row: unread)
-                    got = [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
-                           for q, m in enumerate(cols)]
-                    v = got[0] if sw == 1 else _split(k, got[0], got[1], odd)
-                    k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep)
-        with k.loop(I64(0), npx, "gx") as ix:  # the gap after each plane
-            gap = b.gep(oc, [b.mul(ix, ps)])
-            with k.loop(plane, ps, "g", step=vw) as j:
-                k.vstore(ir.Constant(k.vty, [0.0] * vw), b.gep(gap, [j]), k.lanes_lt(j, ps))
+        if sw == 1 and COPY_ROWS:  # a plane of whole rows (rows planes): zero rows, a copy
+            whole = b.and_(b.and_(b.icmp_signed("==", wq, w), b.icmp_signed("==", pw, I64(0))),
+                           b.and_(b.icmp_signed("==", npx, I64(1)),
+                                  b.icmp_signed("==", sh, I64(1))))
+            whole = b.and_(whole, b.icmp_signed("==", b.load(pxs), I64(0)))
+            with b.if_else(whole) as (then, other):
+                with then:
+                    _copy_rows(k, xc, oc, py, ph, h, w, hq, ps)
+                with other:
+                    _columns(k, sw, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx, plane)
+        else:
+            _columns(k, sw, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx, plane)
     b.ret_void()
+
+
+def _copy_rows(k: _K, xc, oc, py, ph, h, w, hq, ps) -> None:
+    """Stride 1, planes as wide as x's rows (no padded columns): plane rows whose input row
+    lies in x are one contiguous run of x's rows, the rest zeros (memset / memcpy; the
+    column walk below moved each row's vectors with masks, ~8 cycles a vector: ResNet-18's
+    layer1 copies into rows planes took 0.75 ms a conv at batch 16)."""
+    b = k.b
+    mod = b.module
+    p8 = ir.IntType(8).as_pointer()
+    memcpy = mod.declare_intrinsic("llvm.memcpy", [p8, p8, I64])
+    memset = mod.declare_intrinsic("llvm.memset", [p8, I64])
+    false = ir.Constant(ir.IntType(1), 0)
+
+    def clamp(v, lo, hi):
+        v = b.select(b.icmp_signed("<", v, lo), lo, v)
+        return b.select(b.icmp_signed(">", v, hi), hi, v)
+
+    # plane row i reads x row i + py - ph
+    i0 = clamp(b.sub(ph, py), I64(0), hq)
+    i1 = clamp(b.sub(b.add(h, ph), py), i0, hq)
+
+    def byte(ptr, floats):
+        return b.bitcast(b.gep(ptr, [floats]), p8)
+
+    b.call(memset, [byte(oc, I64(0)), ir.Constant(ir.IntType(8), 0),
+                    b.mul(b.mul(i0, w), I64(4)), false])
+    b.call(memcpy, [byte(oc, b.mul(i0, w)), byte(xc, b.mul(b.sub(b.add(i0, py), ph), w)),
+                    b.mul(b.mul(b.sub(i1, i0), w), I64(4)), false])
+    # the rows after, and the gap to the next plane
+    b.call(memset, [byte(oc, b.mul(i1, w)), ir.Constant(ir.IntType(8), 0),
+                    b.mul(b.sub(ps, b.mul(i1, w)), I64(4)), false])
+
+
+def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
+             plane) -> None:
+    """Any plane: a column of vectors at a time (see the module docstring)."""
+    b, vw = k.b, k.vw
+    # vectors of plane columns outer, phases, then plane rows inner: the lane masks
+    # and the phase's shuffle (even or odd floats) are the same down a column of
+    # vectors (a padding row's loads take an empty mask)
+    none = ir.Constant(ir.VectorType(ir.IntType(1), vw), [0] * vw)
+    with k.loop(I64(0), wq, "j", step=vw) as j:
+        keep = k.lanes_lt(j, wq)
+        if sw == 1:
+            col = b.sub(b.add(j, b.load(pxs)), pw)
+            cols = (k.lanes_in(col, I64(0), w),)
+        else:
+            col = b.sub(b.mul(j, I64(2)), pw)
+            cols = (k.lanes_in(col, I64(0), w),
+                    k.lanes_in(b.add(col, I64(vw)), I64(0), w))
+        with k.loop(I64(0), npx if sw == 2 else I64(1), "ix") as ix:
+            odd = b.icmp_signed("!=", b.load(b.gep(pxs, [ix])), I64(0)) if sw == 2 \
+                else None
+            oj = b.gep(oc, [b.add(b.mul(ix, ps), j)])
+            with k.loop(I64(0), hq, "i") as i:
+                ih = b.sub(b.add(b.mul(i, sh), py), ph)
+                live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
+                xrow = b.gep(xc, [b.add(b.mul(ih, w), col)])  # (a padding row: unread)
+                got = [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
+                       for q, m in enumerate(cols)]
+                v = got[0] if sw == 1 else _split(k, got[0], got[1], odd)
+                k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep)
+    with k.loop(I64(0), npx, "gx") as ix:  # the gap after each plane
+        gap = b.gep(oc, [b.mul(ix, ps)])
+        with k.loop(plane, ps, "g", step=vw) as j:
+            k.vstore(ir.Constant(k.vty, [0.0] * vw), b.gep(gap, [j]), k.lanes_lt(j, ps))
 
 
 def _split(k: _K, lo, hi, odd):

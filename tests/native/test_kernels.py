@@ -8,7 +8,7 @@ import ctypes
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from llvmlite import ir
 
@@ -1193,11 +1193,16 @@ _PHASE: dict = {}
        ph=st.integers(0, 3), pw=st.integers(0, 3), extra=st.integers(0, 2),
        phases=st.sampled_from(["all", "first", "last"]), gap=st.integers(0, 17),
        xgap=st.integers(0, 3), vw=st.sampled_from(sorted({jit.host().vector_width, 8})))
+@example(seed=1, c=3, h=9, w=21, sh=1, sw=1, ph=1, pw=0, extra=0, phases="all", gap=5, xgap=3,
+         vw=8)
+@example(seed=2, c=2, h=4, w=56, sh=1, sw=1, ph=3, pw=0, extra=2, phases="first", gap=0,
+         xgap=1, vw=jit.host().vector_width)
 def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, vw):
     """The vectorised polyphase planes (LLVM, stride 1 and 2 along x) against slices of the
     zero-padded input: rows wider than two vectors and narrower than one, padding wider than
     the input, a subset of the phases, planes with gaps between them (zeroed), x's channels
-    apart; the slack after the last plane is not written."""
+    apart; the slack after the last plane is not written. Planes as wide as x's rows at
+    stride 1 (the rows planes; the examples) are zero rows and one copy of x's rows."""
     if (vw, sw) not in _PHASE:
         mod = ir.Module("phase_test")
         PH.PhaseSpec(vw, sw).emit(mod, "p")
