@@ -29,7 +29,7 @@ zero point and the dwords a sample (_Store).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,9 @@ D_X, D_W, D_BIAS, D_OUT, D_C, D_INV, D_ZERO, D_QSTRIDE = range(8)
 # with ``expand``: x is the 1x1 expand conv's input (ex_cin channels), its CSR weight
 # (indptr i64, column i32, value f32) and bias (f32, or a zero to point at)
 D_EX_INDPTR, D_EX_IDX, D_EX_DATA, D_EX_BIAS, D_EX_CIN = range(8, 13)
+# with ex_block > 1: the per-thread scratch holding the group's expanded planes, its floats a
+# thread and the threads sharing the call (a thread's planes at scratch + tid * per)
+D_EX_SCRATCH, D_EX_PER, D_EX_THREADS = range(13, 16)
 # the largest plane an expanded channel may take on the stack (floats)
 EXPAND_PLANE = 112 * 112
 # Vectors a plane may have (28 x 28 = 49 with AVX-512): the code is unrolled over them, one
@@ -383,19 +386,18 @@ def _planes(k: _K, spec: DepthwiseSpec, hw_in: int, hw_out: int):
     store = _Store(k, spec)
     expand = _Expand(k, spec, x, C) if spec.expand else None
     M = spec.ex_block if expand else 1
-    with k.loop(k.fn.args[0], k.fn.args[1], "t") as it:
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as it, ExitStack() as inner:
         if M > 1:  # item (n, channel group g): its M expanded planes, then each one's taps
             G = b.sdiv(C, I64(M))
             n = b.sdiv(it, G)
             g = b.sub(it, b.mul(n, G))
             expand.planes(n, g)
-            m_loop = k.loop(I64(0), I64(M), "m")
-            m = m_loop.__enter__()
+            m = inner.enter_context(k.loop(I64(0), I64(M), "m"))
             c = b.add(b.mul(g, I64(M)), m)
             t = b.add(b.mul(n, C), c)
             xb = b.gep(expand.buf, [b.mul(m, I64(expand.pstride))])
         else:
-            t, m_loop = it, None
+            t = it
             c = b.srem(t, C)
             # output plane t = (n, c) reads input plane n * cin + c // mult = t // mult
             xb = expand.plane(t, c) if expand else \
@@ -406,8 +408,6 @@ def _planes(k: _K, spec: DepthwiseSpec, hw_in: int, hw_out: int):
         init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else \
             ir.Constant(k.vty, [0.0] * spec.vw)
         yield xb, ob, [b.load(b.gep(wrow, [I64(ti)])) for ti in range(taps)], init, store
-        if m_loop is not None:
-            m_loop.__exit__(None, None, None)
 
 
 class _Store:
@@ -465,6 +465,17 @@ class _Store:
         b.call(self.mstore, [wide, b.bitcast(ptr, self.bty.as_pointer()), I32(1), mask])
 
 
+def planes_stride(spec: DepthwiseSpec) -> int:
+    """Floats an expanded plane takes (whole steps of _Expand.STEP vectors)."""
+    span = _Expand.STEP * spec.vw
+    return -(-spec.h * spec.w // span) * span
+
+
+def expand_scratch(spec: DepthwiseSpec) -> int:
+    """Floats of per-thread scratch a call needs: ex_block expanded planes (0: none)."""
+    return planes_stride(spec) * spec.ex_block if spec.expand and spec.ex_block > 1 else 0
+
+
 class _Expand:
     """The 1x1 conv before the depthwise one, a channel at a time (``spec.expand``): plane c
     = act(bias[c] + sum over row c's nonzeros w * x[n, k]) on the stack, 4 vectors a step
@@ -479,16 +490,22 @@ class _Expand:
         b = k.b
         self.k, self.spec, self.x, self.C = k, spec, x, C
         self.hw = spec.h * spec.w
-        vw = spec.vw
         self.indptr = b.inttoptr(k.arg_i64(D_EX_INDPTR, "ex_indptr"), I64.as_pointer())
         self.idx = b.inttoptr(k.arg_i64(D_EX_IDX, "ex_idx"), I32.as_pointer())
         self.data = k.arg_ptr(D_EX_DATA, "ex_data")
         self.bias = k.arg_ptr(D_EX_BIAS, "ex_bias")
         self.cin = k.arg_i64(D_EX_CIN, "ex_cin")
-        span = self.STEP * vw
-        self.pstride = -(-self.hw // span) * span  # (floats from one stack plane to the next)
-        self.buf = b.bitcast(k.alloca(ir.ArrayType(F32, self.pstride * max(1, spec.ex_block)),
-                                      "xplane"), F32.as_pointer())
+        self.pstride = planes_stride(spec)  # (floats from one plane to the next)
+        if spec.ex_block > 1:  # (up to 4 x 50 KB: in the arena's per-thread scratch)
+            per, threads = k.arg_i64(D_EX_PER, "ex_per"), k.arg_i64(D_EX_THREADS, "ex_threads")
+            tid = b.sext(b.call(k.intrinsic("omp_get_thread_num", I32, []), []), I64)
+            last = b.sub(threads, I64(1))
+            tid = b.select(b.icmp_signed("<", tid, last), tid, last)
+            tid = b.select(b.icmp_signed("<", tid, I64(0)), I64(0), tid)
+            self.buf = b.gep(k.arg_ptr(D_EX_SCRATCH, "ex_scratch"), [b.mul(tid, per)])
+        else:
+            self.buf = b.bitcast(k.alloca(ir.ArrayType(F32, self.pstride), "xplane"),
+                                 F32.as_pointer())
         self.act = _ActOf(spec.expand, spec.ex_a, spec.ex_b)
 
     def planes(self, n, g) -> None:

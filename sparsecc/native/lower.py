@@ -1820,7 +1820,11 @@ class Lowering:
                          self.derived("ex_data", np.ascontiguousarray(edata, np.float32)),
                          self.bias_slot(ebias), I(ecin)]
                 cost += 2.0 * edata.size / cout_ * h.value * w.value
-            self.call(self.ir_kernel(spec), args, nb * (cout_ // block), cost * block)
+            per = DW.expand_scratch(spec)
+            if per:
+                args += [SCRATCH, I(per), THREADS]
+            self.call(self.ir_kernel(spec), args, nb * (cout_ // block), cost * block,
+                      scratch=per)
             return ("native depthwise (plane in registers)" if cin_ > 1 else
                     "native direct conv (1 input channel, planes in registers)") + \
                 (" -> int8 codes" if q8 is not None else "") + \
