@@ -194,8 +194,9 @@ EXPAND_BIG_L2 = 1.0
 # dense (DepthwiseSpec.ex_block): one x vector load feeds 4 FMAs, where the channel at a
 # time kernel loaded x for every nonzero. MobileNetV2 global 90 % batch 1 (features.2's
 # expand, 16 -> 96 at 112 x 112, 59 % dense), per call in one process, 2 threads:
-# features.2 0.364 -> 0.316 ms (paired 1.15x); 2 / 6 channels at a time 0.87x / 0.97x the
-# rate of 4. Whole calls were level at batch 1 (0.999 paired, a noisy hour) and 1.05x at 16.
+# features.2 0.364 -> 0.316 ms (paired 1.15x; with the planes in scratch 0.440 -> 0.363,
+# 1.21x, in a slower hour); 2 / 6 channels at a time 0.87x / 0.97x the rate of 4. Whole
+# calls were level at batch 1 (0.999 paired, a noisy hour) and 1.05x at 16.
 EXPAND_BLOCK, EXPAND_BLOCK_DENSITY = 4, 0.3
 
 
