@@ -113,6 +113,16 @@ def build(pattern: Pattern, xrs: int, tiles: int, x_step: int, edit=None):
     return load_driver(mod, b)
 
 
+def random_layer(rng, rows: int, cols: int, density: float):
+    """(pattern, nonzeros, values, bias) of a random ``density`` dense rows x cols weight:
+    the values 0.01 (with 64 floats of slack after them), the bias zeros."""
+    mask = rng.random((rows, cols)) < density
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
+    nnz = int(indptr[-1])
+    return (Pattern(indptr, np.nonzero(mask)[1].astype(np.int32)), nnz,
+            np.full(nnz + 64, 0.01, np.float32), np.zeros(rows, np.float32))
+
+
 def aligned(n: int) -> np.ndarray:
     """n float32 ones starting on a cache line."""
     raw = np.ones(n + 16, np.float32)
@@ -139,12 +149,7 @@ def main() -> None:
                 ("x packed", LANES, None, None)]
     cases = []  # (cols, variant, fn, x, out, reps, flops)
     for cols in (int(c) for c in a.cols.split(",")):
-        mask = rng.random((a.rows, cols)) < a.density
-        indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
-        pattern = Pattern(indptr, np.nonzero(mask)[1].astype(np.int32))
-        nnz = int(indptr[-1])
-        data = np.full(nnz + 64, 0.01, np.float32)
-        bias = np.zeros(a.rows, np.float32)
+        pattern, nnz, data, bias = random_layer(rng, a.rows, cols, a.density)
         reps = max(1, 4_000_000 // max(nnz * a.tiles, 1))
         for name, xrs, step, edit in variants:
             step = cols * LANES if step is None else step

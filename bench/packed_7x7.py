@@ -37,7 +37,7 @@ from sparsecc.codegen.llvm.emit import I64, KernelSpec, Pattern
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grouped_body import aligned, counted, driver, emitted, load_driver  # noqa: E402
+from grouped_body import aligned, counted, driver, emitted, load_driver, random_layer  # noqa: E402
 
 LANES, GROUP, SAMPLES, HW = 16, 30, 16, 49
 NCHW_CS, NCHW_TILES = 64, 4  # a sample's channel: 49 floats rounded up to 64, 4 vectors
@@ -99,13 +99,8 @@ def main() -> None:
     a = ap.parse_args()
     if jit.host().vector_width != LANES:
         sys.exit("the grouped kernel is AVX-512 assembly: this CPU has no AVX-512")
-    rng = np.random.default_rng(0)
-    mask = rng.random((a.rows, a.cols)) < a.density
-    indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
-    pattern = Pattern(indptr, np.nonzero(mask)[1].astype(np.int32))
-    nnz = int(indptr[-1])
-    data = np.full(nnz + 64, 0.01, np.float32)
-    bias = np.zeros(a.rows, np.float32)
+    pattern, nnz, data, bias = random_layer(np.random.default_rng(0), a.rows, a.cols,
+                                            a.density)
     size = max(SAMPLES * NCHW_CS, PACKED_CS)
     x = aligned(max(a.cols, a.rows) * size + 64)
     x[:] = 0.5
