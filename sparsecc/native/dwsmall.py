@@ -483,8 +483,7 @@ class _Expand:
     An expanded channel feeds exactly one depthwise channel (mult 1), so nothing is computed
     twice, and the expanded tensor (6x the block's input) never goes through memory."""
 
-    STEP = 4  # vectors of positions a step
-    BLOCK_STEP = 4  # the same with ex_block channels at a time (4 x 4 accumulators)
+    STEP = 4  # vectors of positions a step (with ex_block 4: 4 x 4 accumulators)
 
     def __init__(self, k: _K, spec: DepthwiseSpec, x, C):
         b = k.b
@@ -510,20 +509,17 @@ class _Expand:
 
     def planes(self, n, g) -> None:
         """Expanded channels g * M .. g * M + M - 1 of sample n (M = spec.ex_block) into the
-        stack planes, a step of BLOCK_STEP vectors at a time: for each input channel, its x
-        vectors loaded once and multiplied by the group's M weights (the dense table
-        (C / M, cin, M) in ex_data, zeros included)."""
+        scratch planes, STEP vectors at a time: for each input channel, its x vectors loaded
+        once and multiplied by the group's M weights (the dense table (C / M, cin, M) in
+        ex_data, zeros included)."""
         k, spec, hw, vw = self.k, self.spec, self.hw, self.spec.vw
         b = k.b
-        M, V = spec.ex_block, self.BLOCK_STEP
+        M = spec.ex_block
         xn = b.gep(self.x, [b.mul(b.mul(n, self.cin), I64(hw))])
         wg = b.gep(self.data, [b.mul(b.mul(g, self.cin), I64(M))])
         c0 = b.mul(g, I64(M))
         inits = [k.splat(b.load(b.gep(self.bias, [b.add(c0, I64(m))]))) if spec.ex_bias else
                  ir.Constant(k.vty, [0.0] * vw) for m in range(M)]
-        span = V * vw
-        nfull = hw // span
-        tail = hw - nfull * span
 
         def step(pos, nvec: int, last_lanes: int) -> None:
             acc = [[k.alloca(k.vty, f"xb{m}_{q}") for q in range(nvec)] for m in range(M)]
@@ -546,9 +542,19 @@ class _Expand:
                     k.vstore(k.act(b.load(acc[m][q]), self.act), b.gep(base, [I64(q * vw)]),
                              None)
 
+        self._steps(step)
+
+    def _steps(self, step) -> None:
+        """``step(pos, vectors, live lanes of the last one)`` over the plane: STEP vectors at
+        a time, then the rest (a part last vector's lanes past the plane are computed too:
+        the plane has room for them and the depthwise loads mask them off)."""
+        k, hw, vw = self.k, self.hw, self.spec.vw
+        span = self.STEP * vw
+        nfull = hw // span
+        tail = hw - nfull * span
         if nfull:
-            with k.loop(I64(0), I64(nfull * span), "xbp", step=span) as pos:
-                step(pos, V, vw)
+            with k.loop(I64(0), I64(nfull * span), "xp", step=span) as pos:
+                step(pos, self.STEP, vw)
         if tail:
             nvec = -(-tail // vw)
             step(I64(nfull * span), nvec, tail - (nvec - 1) * vw)
@@ -563,9 +569,6 @@ class _Expand:
             ir.Constant(k.vty, [0.0] * vw)
         p0 = b.load(b.gep(self.indptr, [c]))
         p1 = b.load(b.gep(self.indptr, [b.add(c, I64(1))]))
-        span = self.STEP * vw
-        nfull = hw // span
-        tail = hw - nfull * span
 
         def step(pos, nvec: int, last_lanes: int) -> None:
             acc = [k.alloca(k.vty, f"ex{q}") for q in range(nvec)]
@@ -581,17 +584,10 @@ class _Expand:
                     xv = k.vload(b.gep(row, [I64(q * vw)]), masks[q])
                     b.store(k.fma(ws, xv, b.load(acc[q])), acc[q])
             for q in range(nvec):
-                # lanes past the plane (a part last vector) hold act(bias): the stack plane
-                # has room for them and the depthwise loads mask them off
                 k.vstore(k.act(b.load(acc[q]), self.act), b.gep(self.buf, [b.add(
                     pos, I64(q * vw))]), None)
 
-        if nfull:
-            with k.loop(I64(0), I64(nfull * span), "xp", step=span) as pos:
-                step(pos, self.STEP, vw)
-        if tail:
-            nvec = -(-tail // vw)
-            step(I64(nfull * span), nvec, tail - (nvec - 1) * vw)
+        self._steps(step)
         return self.buf
 
 

@@ -1742,16 +1742,13 @@ class Lowering:
             return f"native sparse specialised (rows in groups of {spec.group}, assembly)"
         return "native sparse specialised" if baked is not None else "native sparse generic"
 
-    def _expand_block(self, ex, cout: int) -> int:
-        """Channels an expand conv inside a depthwise one computes at a time
-        (DepthwiseSpec.ex_block): EXPAND_BLOCK where its weight is at least
+    def _expand_block(self, nnz: int, cout: int, cin: int) -> int:
+        """Channels an expand conv (``nnz`` values, cin -> cout) inside a depthwise one
+        computes at a time (DepthwiseSpec.ex_block): EXPAND_BLOCK where its weight is at least
         EXPAND_BLOCK_DENSITY dense and the channels split into such groups, with AVX-512
         (its 4 x 4 accumulators and 4 x vectors want 32 registers), else 1."""
-        eptr, eidx, _ = ex[2]
-        cin = self.shape(ex[0].inputs[0])[1].value
-        dense = len(eidx) / max(1, cout * cin)
         ok = EXPAND_BLOCK > 1 and self.vw == 16 and cout % EXPAND_BLOCK == 0 and \
-            dense >= EXPAND_BLOCK_DENSITY
+            nnz >= EXPAND_BLOCK_DENSITY * cout * cin
         return EXPAND_BLOCK if ok else 1
 
     def _grouped(self, op: Op, sw: SP.SparseWeight, span: int) -> str | None:
@@ -1797,7 +1794,8 @@ class Lowering:
                                     exa[1] if exa[0] == "clamp" else 0.0,
                                     exa[2] if exa[0] == "clamp" else 0.0,
                                     bool(ex and ex[3]))
-            block = self._expand_block(ex, cout_) if ex else 1
+            ecin = self.shape(ex[0].inputs[0])[1].value if ex else 0
+            block = self._expand_block(len(ex[2][2]), cout_, ecin) if ex else 1
             spec = replace(spec, ex_block=block)
             if sparse:  # the kernel skips zero taps itself: its weights as a dense table
                 csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
@@ -1811,7 +1809,6 @@ class Lowering:
             cost = 2.0 * kh * kw * hw
             if ex:  # the expand conv's input, weights and bias
                 eop, _, (eptr, eidx, edata), ebias = ex
-                ecin = self.shape(eop.inputs[0])[1].value
                 args[DW.D_X] = T(eop.inputs[0])
                 if block > 1:  # a dense (C / M, cin, M) table
                     dense = csr_to_dense(eptr, eidx, edata, (cout_, ecin))
