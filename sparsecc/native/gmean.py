@@ -4,8 +4,13 @@ two accumulators, then across the lanes, and divided by its size. The numba loop
 replaces summed a float at a time: ResNet-50's pool over 16 x 2048 planes of 7 x 7 took
 0.74-1.03 ms at batch 16 (DeepSparse's 0.16-0.19).
 
-ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, hw, xcs]: plane t at
-``x + t * xcs`` (xcs >= hw floats: a channel stride), its mean to ``out[t]``; items N * C.
+ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, hw, xcs, c, xb, xss, n]: plane
+(sample s, channel ch) at ``x + (s // xb) * c * xcs + (s % xb) * xss + ch * xcs`` (xcs >= hw
+floats: a channel stride), its mean to ``out[s * c + ch]``. xb = 1, xss = 0: plain N, C, H, W,
+item t = s * c + ch, items N * C. xb > 1: the batch packed into the positions
+(native.lower.PACK), a block's samples fastest (t = (s // xb * c + ch) * xb + s % xb, so one
+channel's runs of a block are read one after another), items N rounded up to xb, times C;
+samples from n on (a last block's padding) are skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from llvmlite import ir
 from sparsecc.codegen.llvm.emit import F32, I64
 from sparsecc.native.vmath import _K, _hsum
 
-M_X, M_OUT, M_HW, M_XCS = range(4)
+M_X, M_OUT, M_HW, M_XCS, M_C, M_XB, M_XSS, M_N = range(8)
 
 
 @dataclass(frozen=True)
@@ -37,10 +42,22 @@ def emit_mean(module: ir.Module, name: str, vw: int) -> None:
     b = k.b
     x0, out0 = k.arg_ptr(M_X, "x"), k.arg_ptr(M_OUT, "out")
     hw, xcs = k.arg_i64(M_HW, "hw"), k.arg_i64(M_XCS, "xcs")
+    c, xb, xss = k.arg_i64(M_C, "c"), k.arg_i64(M_XB, "xb"), k.arg_i64(M_XSS, "xss")
     zero = ir.Constant(k.vty, [0.0] * vw)
     accs = [k.alloca(k.vty, f"acc{i}") for i in range(2)]
+    nreal = k.arg_i64(M_N, "n")
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-        xp = b.gep(x0, [b.mul(t, xcs)])
+        q = b.sdiv(t, xb)  # block * c + ch
+        s = b.sub(t, b.mul(q, xb))  # the sample in its block
+        blk = b.sdiv(q, c)
+        ch = b.sub(q, b.mul(blk, c))
+        n = b.add(b.mul(blk, xb), s)
+        xp = b.gep(x0, [b.add(b.add(b.mul(b.mul(blk, c), xcs), b.mul(s, xss)),
+                              b.mul(ch, xcs))])
+        body = k.fn.append_basic_block("item")
+        done = k.fn.append_basic_block("item_done")
+        b.cbranch(b.icmp_signed("<", n, nreal), body, done)
+        b.position_at_end(body)
         for acc in accs:
             b.store(zero, acc)
         # two vectors a step (two independent add chains), the second masked off past hw
@@ -49,6 +66,8 @@ def emit_mean(module: ir.Module, name: str, vw: int) -> None:
                 at = b.add(j, I64(i * vw))
                 v = k.vload(b.gep(xp, [at]), k.lanes_lt(at, hw))
                 b.store(b.fadd(b.load(acc), v), acc)
-        s = _hsum(k, b.fadd(b.load(accs[0]), b.load(accs[1])))
-        b.store(b.fdiv(s, b.sitofp(hw, F32)), b.gep(out0, [t]))
+        tot = _hsum(k, b.fadd(b.load(accs[0]), b.load(accs[1])))
+        b.store(b.fdiv(tot, b.sitofp(hw, F32)), b.gep(out0, [b.add(b.mul(n, c), ch)]))
+        b.branch(done)
+        b.position_at_end(done)
     b.ret_void()

@@ -395,8 +395,18 @@ def _fused(act: str, generic: bool = False) -> str:
 class Lowering:
     def __init__(self, plan: ExecutionPlan, vw: int, threads: int, features: str = "",
                  tail_from: int | None = None, dense: frozenset[str] = frozenset(),
-                 band_major: dict[str, int] | None = None):
+                 band_major: dict[str, int] | None = None, nopack: frozenset[str] = frozenset()):
         self.plan, self.vw, self.threads = plan, vw, max(1, threads)
+        # tensors held with the batch packed into the positions at batch >= PACK_MIN
+        # (_pack_set; ``nopack``: lower_program's retries, a call made for them that cannot
+        # take that layout), whether the op being lowered is in its packed variant, the
+        # conditions every call made takes (_dual), and the packed variant's calls that
+        # take the layout (_packed)
+        self.nopack = nopack
+        self.pk: set[str] = set()
+        self.pk_on = False
+        self.guard: list = []
+        self.pk_aware: set[int] = set()
         # tensors held band-major (native.bands.band_layout): root -> rows a band
         self.band_major = band_major or {}
         # the op the whole-batch tail starts at (lower_program's second pass), else None
@@ -468,15 +478,16 @@ class Lowering:
         return self.const(bias) if bias else self.derived("zero", np.zeros(1, np.float32))
 
     def temp(self, tag: str, nbytes: E) -> str:
-        name = f"~tmp{self.i}.{tag}"
+        name = f"~tmp{self.i}.{'pk.' if self.pk_on else ''}{tag}"
         assert name not in self.p.buffers, name  # two temporaries of one op share a tag
         self.p.buffers[name] = Buffer(name, nbytes, self.i, self.i)
         return name
 
     def call(self, kernel: str, args: list[Slot], items: E, cost: float, scratch: int = 0,
              only_if=None) -> None:
+        conds = (_conds(only_if) or []) + self.guard
         self.p.calls.append(Call(kernel, args, lift(items), float(cost), scratch,
-                                 _conds(only_if), self.i, self.band))
+                                 conds or None, self.i, self.band))
 
     @contextmanager
     def _banded(self, band: BD.Band | None):
@@ -508,10 +519,158 @@ class Lowering:
 
     def _cstride(self, name: str) -> int:
         """Floats from one channel of ``name`` (N, C, H, W) to the next."""
+        if self._pk(name):
+            _, _, h, w = self.shape(name)
+            return PACK_B * h.value * w.value
         if name in self.cs:
             return self.cs[name]
         _, _, h, w = self.shape(name)
         return h.value * w.value
+
+    # ---- the batch packed into the positions (PACK) -------------------------------------
+    def _pack_set(self) -> set[str]:
+        """The tail's tensors to hold packed at batch >= PACK_MIN: float32 (N, C, H, W)
+        activations with H * W <= PACK_MAPS positions, not a multiple of 16, written in the
+        tail (never across its boundary), no view of them, not a plan input or output.
+        Each op touching one lowers twice (_dual); a call that cannot take the layout drops
+        its tensors (_Unpack, lower_program's retry)."""
+        plan = self.plan
+        if not PACK or self.vw != 16 or self.tail_from is None:
+            return set()
+        views = {plan.storage_root(n) for n, t in plan.tensors.items() if t.alias_of is not None}
+        written = {}
+        for j, op in enumerate(plan.ops):
+            written.setdefault(op.output, j)
+        out = set()
+        for name, t in plan.tensors.items():
+            shape = t.shape
+            if name in plan.inputs or name in plan.outputs or name in plan.constants or \
+                    name in views or t.alias_of is not None or name in self.nopack or \
+                    name in self.band_major or t.dtype != "float32" or len(shape) != 4 or \
+                    not (isinstance(shape[0], Sym) and shape[0].k == 1) or \
+                    any(isinstance(d, Sym) for d in shape[1:]):
+                continue
+            hw = int(shape[2]) * int(shape[3])
+            if hw <= PACK_MAPS and hw % 16 and written.get(name, -1) >= self.tail_from:
+                out.add(name)
+        return out
+
+    def _pk(self, name: str | None) -> bool:
+        """Whether ``name`` is held packed in the call being made (the packed variant)."""
+        return self.pk_on and name is not None and name in self.plan.tensors and \
+            self.plan.storage_root(name) in self.pk
+
+    def _pk_touch(self, i: int) -> bool:
+        """Whether op i reads or writes a packed tensor, or the add or activation it may
+        take over (its only reader) does."""
+        if not self.pk:
+            return False
+        plan = self.plan
+        op = plan.ops[i]
+        names = [*op.inputs, op.output]
+        j = self._only_reader(op.output) if op.output in plan.tensors else None
+        if j is not None and plan.ops[j].kind in ("binary", "act"):
+            names += [*plan.ops[j].inputs, plan.ops[j].output]
+        return any(plan.storage_root(n) in self.pk for n in names if n in plan.tensors)
+
+    @contextmanager
+    def _packed(self):
+        """The calls made inside take the packed layout of every packed tensor they touch
+        (the others may not touch one: _dual's check)."""
+        n0 = len(self.p.calls)
+        with self._aware():
+            yield
+        self.pk_aware.update(range(n0, len(self.p.calls)))
+
+    def _dual(self, op: Op, fn) -> str:
+        """Op ``fn(op)`` lowered twice: packed, its calls run at batch >= PACK_MIN, then
+        plain below. Both variants must leave the cross-op state alike (the same adds
+        taken over; no planes or rows left for a later op, which would then read one
+        variant's); otherwise, or when a packed call does not take the layout, its packed
+        tensors are dropped (_Unpack)."""
+        plan = self.plan
+        touched = frozenset(plan.storage_root(n) for n in [*op.inputs, op.output]
+                            if n in plan.tensors) & self.pk
+        j = self._only_reader(op.output) if op.output in plan.tensors else None
+        if j is not None:
+            touched |= frozenset(plan.storage_root(n) for n in
+                                 [*plan.ops[j].inputs, plan.ops[j].output]) & self.pk
+        nb = next(self.shape(n)[0] for n in sorted(touched))
+
+        def state():
+            return (dict(self.planes_in), dict(self.wide), dict(self.fused), dict(self.q8_in),
+                    dict(self.expand_in))
+
+        before = state()
+        n0 = len(self.p.calls)
+        self.pk_on, self.guard = True, [(lift(nb), ">=", PACK_MIN)]
+        try:
+            packed = fn(op)
+        finally:
+            self.pk_on, self.guard = False, []
+        after_pk = state()
+        bad = {plan.storage_root(sl.name) for ci in range(n0, len(self.p.calls))
+               if ci not in self.pk_aware for sl in self.p.calls[ci].args
+               if sl.kind == "tensor" and sl.name in plan.tensors and
+               plan.storage_root(sl.name) in self.pk}
+        if bad:
+            raise _Unpack(frozenset(bad))
+        (self.planes_in, self.wide, self.fused, self.q8_in, self.expand_in) = \
+            (dict(d) for d in before)
+        self.guard = [(lift(nb), "<", PACK_MIN)]
+        try:
+            plain = fn(op)
+        finally:
+            self.guard = []
+        after = state()
+        grew = any(set(a) - set(b) for k, (a, b) in enumerate(zip(after, before)) if k != 2)
+        if grew or [set(d) for d in after] != [set(d) for d in after_pk] or \
+                after[2] != after_pk[2]:
+            raise _Unpack(touched)
+        if packed == plain:
+            return plain
+        return f"{packed}, batch packed in {PACK_B}s at batch >= {PACK_MIN}; else {plain}"
+
+    def _pk_need(self, *names: str | None) -> bool:
+        """In the packed variant: whether the call about to be made over ``names`` (None:
+        absent) runs packed; all of them packed, or none (else _Unpack)."""
+        names = tuple(n for n in names if n is not None)
+        if not self.pk_on:
+            return False
+        got = [self._pk(n) for n in names]
+        if any(got) and not all(got):
+            raise _Unpack(frozenset(self.plan.storage_root(n) for n in names
+                                    if n in self.plan.tensors) & self.pk)
+        return bool(got) and all(got)
+
+    def _pk_unpack(self, *names: str | None) -> None:
+        """A path that cannot take the packed layout: drop the packed ones of ``names``."""
+        if self.pk_on:
+            got = frozenset(self.plan.storage_root(n) for n in names
+                            if n is not None and self._pk(n))
+            if got:
+                raise _Unpack(got)
+
+    def _phase_io(self, x: str, nb) -> list[Slot]:
+        """A phase pass's args after ps: x's channel stride, how x's samples lie (packed or
+        plain), plain planes."""
+        if self._pk(x):
+            _, _, h, w = self.shape(x)
+            return [I(PACK_B * h.value * w.value), I(PACK_B), I(h.value * w.value), I(1),
+                    I(0), I(nb)]
+        return [I(self._cstride(x))] + [I(v) for v in PH.plain(nb)]
+
+    def _phase_n(self, x: str, nb):
+        """The samples a pass reading ``x`` runs items for: N, or N rounded up to a block when
+        x is packed (the block's samples are the items' fastest index)."""
+        return lift(nb).cdiv(PACK_B) * PACK_B if self._pk(x) else nb
+
+    def _panels(self, cin: int, span: int) -> int:
+        """Panels of a packed block's tiles whose x (cin rows of a tile) fits
+        PACK_PANEL_BYTES."""
+        tiles = span // self.vw
+        per = max(1, PACK_PANEL_BYTES // (cin * self.vw * 4))
+        return -(-tiles // per)
 
     def ir_kernel(self, spec) -> str:
         self.p.kernels.setdefault(spec.key, Kernel(spec.key, "ir", ir_spec=spec))
@@ -532,6 +691,7 @@ class Lowering:
         roots = {name: plan.storage_root(name) for name in plan.tensors}
         self._head_permutes()
         self._kn_stream()
+        self.pk = self._pack_set()
         for i, op in enumerate(plan.ops):
             self.i = i
             if i in self.fused:
@@ -543,7 +703,7 @@ class Lowering:
                 raise Unsupported(f"{op.layer or op.name}: {op.kind} is not native yet")
             ncalls = len(self.p.calls)
             try:
-                label = fn(op)
+                label = self._dual(op, fn) if self._pk_touch(i) else fn(op)
             except Unsupported as exc:
                 raise Unsupported(f"{op.layer or op.name}: {exc}") from None
             except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
@@ -627,6 +787,9 @@ class Lowering:
             nbytes = numel(self.shape(r)) * np.dtype(spec.dtype).itemsize
             if r in self.cs:
                 nbytes = numel(self.shape(r)[:2]) * self.cs[r] * 4
+            if r in self.pk:  # packed: N rounded up to a block (a bound affine in N)
+                c, h, w = (d.value for d in self.shape(r)[1:])
+                nbytes = nbytes + (PACK_B - 1) * c * h * w * 4
             if r in kn:  # a features x batch hand-over: rows kn_stride(m) apart
                 shape = self.shape(r)
                 nbytes = shape[-1] * kn_stride(numel(shape[:-1])) * 4
@@ -1208,9 +1371,12 @@ class Lowering:
         mean = (ho.value, wo.value, op.attrs["mode"]) == (1, 1, "avg")
         if mean and GLOBAL_MEAN_IR and self._dtype(x) == "float32":  # at x's channel stride
             nb, c = self.shape(x)[:2]
-            with self._aware():
+            pk = self._pk(x)
+            with self._packed():
                 self.call(self.ir_kernel(GM.MeanSpec(self.vw)),
-                          [T(x), T(out), I(hw), I(self._cstride(x))], nb * c, float(hw))
+                          [T(x), T(out), I(hw), I(self._cstride(x)), I(c),
+                           I(PACK_B if pk else 1), I(hw if pk else 0), I(nb)],
+                          self._phase_n(x, nb) * c, float(hw))
             return "native global mean"
         with self._aware(mean):  # the global mean takes x's channel stride
             self.call(self.numba("k_adaptive"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
@@ -1636,9 +1802,11 @@ class Lowering:
              bias: Slot,
              x: Slot, out: Slot, *, n, L, xrs, ors, xns, ons, indices, x_rows, reach=0,
              guard=None, panel_of=None, res: Slot | None = None, xalign: bool = False,
-             whole: bool = False):
+             whole: bool = False, panels: int = 0):
         """``whole``: x's, out's (and res's) rows have room for L rounded up to whole vectors
-        (their strides, or slack after them), whose extra lanes nothing else reads."""
+        (their strides, or slack after them), whose extra lanes nothing else reads.
+        ``panels`` > 1: the grouped kernel runs a sample's tiles in that many panels, every
+        row group over a panel before the next (emit.A_PANELS; the packed tail's blocks)."""
         fixed = lift(L).is_const() and lift(xrs).is_const()
         # the assembly addresses x and the values with 32-bit displacements
         near = lift(xns).is_const() and 4 * lift(xns).value < 2**31 and \
@@ -1649,7 +1817,8 @@ class Lowering:
             # every tile whole: no second copy of the code for a part tile
             L = const(-(-lift(L).value // self.vw) * self.vw)
         kw = dict(n=n, L=L, xrs=xrs, ors=ors, xns=xns, ons=ons, indices=indices,
-                  x_rows=x_rows, reach=reach, panel_of=panel_of, res=res, xalign=xalign)
+                  x_rows=x_rows, reach=reach, panel_of=panel_of, res=res, xalign=xalign,
+                  panels=panels)
         if mode != "batch":
             return self._spmm_one(op, sw, spec, specialise, bias, x, out, mode == "always",
                                   guard, **kw)
@@ -1664,7 +1833,7 @@ class Lowering:
 
     def _spmm_one(self, op: Op, sw: SP.SparseWeight, spec: E_.KernelSpec, specialise: bool,
                   bias: Slot, x: Slot, out: Slot, grouped: bool, guard, *, n, L, xrs, ors,
-                  xns, ons, indices, x_rows, reach, panel_of, res, xalign):
+                  xns, ons, indices, x_rows, reach, panel_of, res, xalign, panels):
         from sparsecc.codegen.llvm import driver
 
         baked = None
@@ -1736,6 +1905,9 @@ class Lowering:
                     if gxb == GROUP_X_WHOLE and not outer else 0
                 args[E_.A_GXB] = I(lift(xns).value if grr else gxb // 4)
                 args[E_.A_GRR] = I(-1 if outer else grr)
+                if panels > 1:  # (a block at a time, its tiles in panels)
+                    args[E_.A_GXB], args[E_.A_GRR] = I(xns), I(0)
+                    args[E_.A_PANELS] = I(panels)
             per_item = 2.0 * sw.data.size / nrb * spec.vw * spec.tile
             self.call(sym, args, tiles * nrb, per_item, only_if=cond)
         if spec.group > 1:
@@ -1919,6 +2091,17 @@ class Lowering:
                                           swt.idx_bits, tile)
         if res_slot is not None:
             spec = replace(spec, residual=True)
+        if self._pk_need(x, out, other):  # the batch packed into the positions (PACK)
+            if method != "pointwise" or tail or empty:
+                self._pk_unpack(x, out, other)
+            span = PACK_B * hw
+            with self._packed():
+                label = self.spmm(op, swt, spec, True, bslot, T(x), T(out),
+                                  n=lift(nb).cdiv(PACK_B), L=span, xrs=span, ors=span,
+                                  xns=cin_ * span, ons=cout_ * span, indices=swt.indices,
+                                  x_rows=cin_, res=res_slot, whole=True,
+                                  panels=self._panels(cin_, span))
+            return label + (" + residual add" if res_slot is not None else "")
         # x's and out's channels at their strides (Lowering.cs); a residual's must be out's
         xcs = self._cstride(x) if method == "pointwise" else hw
         ocs = self._cstride(out)
@@ -2067,6 +2250,12 @@ class Lowering:
             nxt = self._planes_reader(out, g, widen=True)
             if nxt is not None:
                 g = replace(g, extra=nxt[1].wq - g.wq)
+        if self.pk_on and g.wq == g.wo and SHIFT_DIRECT and self.i not in self.planes_in:
+            L = g.ho * g.wo
+            res = None if SP.bakes(op, swt.family) and not self._grouped(op, swt, L) else \
+                self._residual(op, act)
+            if self._pk(self.plan.ops[res[0]].output if res else out):
+                return self._shifted_direct_pk(op, swt, x, out, bslot, act, g, res)
         rows = cin.value * g.phases
         ps = self._plane_stride(g)
         # a sample's planes on a cache line, as the grouped kernel's aligned x loads want
@@ -2083,10 +2272,11 @@ class Lowering:
                     I(g.sw), pys, I(len(g.pys)), pxs, I(len(g.pxs)), I(g.hq), I(g.wq),
                     I(per_sample)]
             if g.sw in PH.STRIDES:  # vectorised; an item is a sample's channel's row phase
-                with self._aware():
+                with self._packed():
                     self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw)),
-                              args + [I(ps), I(self._cstride(x))],
-                              PH.items(nb, cin, len(g.pys)), float(ps * len(g.pxs)))
+                              args + [I(ps)] + self._phase_io(x, nb),
+                              PH.items(self._phase_n(x, nb), cin, len(g.pys)),
+                              float(ps * len(g.pxs)))
             else:
                 self.call(self.numba("k_phase"), args, nb * rows, float(g.plane))
         L = g.ho * g.wq
@@ -2162,9 +2352,10 @@ class Lowering:
             ph = self.derived("pys", np.arange(s, dtype=np.int64))
             args = [T(x), T(planes, g.f), I(nb), I(g.c), I(h), I(w), I(1), I(0), I(s), I(s),
                     ph, I(s), ph, I(s), I(g.ps // g.w), I(g.w), I(g.per_sample)]
-            with self._aware():
+            with self._packed():
                 self.call(self.ir_kernel(PH.PhaseSpec(self.vw, s)),
-                          args + [I(g.ps), I(self._cstride(x))], PH.items(nb, g.c, s),
+                          args + [I(g.ps)] + self._phase_io(x, nb),
+                          PH.items(self._phase_n(x, nb), g.c, s),
                           float(g.ps * s))
         col = swt.indices.astype(np.int64)
         c, r = np.divmod(col, 9)
@@ -2234,6 +2425,47 @@ class Lowering:
             self.act_pass(out, *act)
         return label + (" + residual add" if res_slot is not None else "")
 
+    def _shifted_direct_pk(self, op: Op, swt, x: str, out: str, bslot: Slot, act, g,
+                           res) -> str:
+        """_shifted_direct writing a packed output (PACK): the phase pass writes the one
+        phase plane of every sample packed as well (its padding samples' zero), and the
+        kernel runs over the blocks, as a packed 1x1 conv."""
+        nb, cin, h, w = self.shape(x)
+        cin_, cout = cin.value, self.shape(out)[1].value
+        hw = g.ho * g.wo
+        if g.sw not in PH.STRIDES or g.phases != 1 or g.hq * g.wq != hw:
+            self._pk_unpack(x, out, self.plan.ops[res[0]].output if res else None)
+        out, other, act = self._fuse_residual(res, out, act)
+        self._pk_need(out, other)
+        res_slot = None if other is None else T(other)
+        span = PACK_B * hw
+        blocks = lift(nb).cdiv(PACK_B)
+        # (64 floats of slack: the aligned x loads read up to 16 past a plane)
+        planes = self.temp("planes", (nb + PACK_B - 1) * cin_ * hw * 4 + 256)
+        xio = self._phase_io(x, nb)
+        args = [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
+                I(g.sw), self.derived("pys", g.pys), I(1), self.derived("pxs", g.pxs), I(1),
+                I(g.hq), I(g.wq), I(cin_ * span), I(span)] + xio[:3] + \
+            [I(PACK_B), I(hw), I(nb)]
+        with self._packed():
+            self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw)), args,
+                      PH.items(blocks * PACK_B, cin, 1), float(hw))
+        offs = g.offsets(swt.indices, span)
+        tile = LK.spmm_tile(span, self.vw, swt.block_rows)
+        spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
+                                          tile)
+        if tail:
+            self._pk_unpack(out)
+        if res_slot is not None:
+            spec = replace(spec, residual=True)
+        with self._packed():
+            label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), n=blocks,
+                              L=span, xrs=1, ors=span, xns=cin_ * span, ons=cout * span,
+                              indices=offs, x_rows=cin_, reach=g.reach,
+                              panel_of=offs // span, xalign=True, res=res_slot, whole=True,
+                              panels=self._panels(cin_, span))
+        return label + (" + residual add" if res_slot is not None else "")
+
     def _plane_stride(self, g) -> int:
         """Floats from one phase plane to the next: hq*wq rounded up to 16 where the
         vectorised phase kernel writes them (taps at offset 0 then load whole cache lines:
@@ -2246,6 +2478,13 @@ class Lowering:
         cropped to out (ho x wo); with ``res`` (_residual's), the add and its activation in
         the same pass, written into the add's output (the add disappears). Returns the
         label's suffix."""
+        if res is None and self._pk(out):  # into the packed layout (PACK)
+            with self._packed():
+                self.call(self.numba("k_crop_pk"), [T(full), T(out), I(nb), I(cout),
+                                                    I(g.ho), I(g.wo), I(g.wq), I(fcs),
+                                                    I(PACK_B)],
+                          lift(nb).cdiv(PACK_B) * PACK_B * cout, float(g.ho * g.wo))
+            return ""
         if res is None:
             with self._aware():
                 self.call(self.numba("k_crop"), [T(full), T(out), I(nb), I(cout), I(g.ho),
@@ -2686,6 +2925,23 @@ LINEAR_PANELS = True
 GLOBAL_MEAN_IR = True
 
 
+# The whole-batch tail's small maps with the batch packed into the positions (Lowering._pack_set):
+# a tensor (N, C, H, W) with H * W <= PACK_MAPS positions, not a multiple of 16, held as
+# (N / PACK_B, C, PACK_B * H * W): a block's channel holds its PACK_B samples' maps one after
+# another, so at 7 x 7 a channel of 16 samples is 49 whole vectors where NCHW gives each sample
+# 4 vectors with 49 of 64 lanes live. Its 1x1 convs run the grouped kernel over the blocks
+# with a block's tiles in panels whose x fits PACK_PANEL_BYTES (emit.A_PANELS), every row
+# group over a panel before the next; the phase passes, crops and the global mean read or
+# write it at the ends. The packed calls run at batches of at least PACK_MIN, the plain ones
+# below (a block of 16 would be 15/16 padding at batch 1). bench/packed_7x7.py, one core,
+# batch 16: 1.40-1.58x over NCHW on ResNet-50's layer4 1x1 convs.
+PACK = True
+PACK_B = 16
+PACK_MIN = 16
+PACK_MAPS = 64
+PACK_PANEL_BYTES = 1 << 20
+
+
 def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> None:
     """Split a chunked program (Program.tail): the tail starts at the first call after the
     last write of a buffer over ``limit`` bytes a sample (TAIL_AFTER_READS: or its last
@@ -2782,13 +3038,16 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
     more with their big tensors band-major: that program, its head in bands, keeps the one
     before as ``alt_head`` for the runs that share a sample between threads."""
     dense: frozenset[str] = frozenset()
+    nopack: frozenset[str] = frozenset()
 
     def lower(tail_from=None, band_major=None):
-        nonlocal dense
-        while True:  # (each retry makes at least one more tensor dense)
+        nonlocal dense, nopack
+        while True:  # (each retry makes at least one more tensor dense, or plain)
             try:
                 return Lowering(plan, vw, threads, features, tail_from, dense,
-                                band_major).run()
+                                band_major, nopack).run()
+            except _Unpack as exc:
+                nopack = nopack | exc.names
             except _Dense as exc:
                 dense = dense | exc.names
 
@@ -2853,6 +3112,11 @@ class _Dense(Exception):
     def __init__(self, names: frozenset[str]):
         super().__init__(sorted(names))
         self.names = names
+
+
+class _Unpack(_Dense):
+    """Tensors chosen to be held packed (Lowering._pack_set) that a call made for them cannot
+    take packed."""
 
 
 def _strided(plan: ExecutionPlan, dense: frozenset[str]) -> dict[str, int]:

@@ -793,6 +793,50 @@ def test_strided_pointwise_writes_in_place(seed, monkeypatch, hw, ds_first, tail
     _matches_after_junk(cm, model, (3, hw, hw), (1, 3) + ((9,) if tail else ()), junk=9)
 
 
+class _DownBottleneck(torch.nn.Module):
+    """1x1 -> 3x3 (stride s) -> 1x1, + the input or a 1x1 stride-s downsample of it, ReLU."""
+
+    def __init__(self, cin, mid, cout, stride):
+        super().__init__()
+        self.a = torch.nn.Conv2d(cin, mid, 1)
+        self.b = torch.nn.Conv2d(mid, mid, 3, stride, 1)
+        self.c = torch.nn.Conv2d(mid, cout, 1)
+        self.ds = torch.nn.Conv2d(cin, cout, 1, stride) if stride > 1 or cin != cout else None
+
+    def forward(self, x):
+        y = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        return torch.relu(y + (x if self.ds is None else self.ds(x)))
+
+
+def test_packed_tail(seed, monkeypatch):
+    """The whole-batch tail's 7 x 7 maps with the batch packed into the positions
+    (lower.PACK): bottlenecks' 1x1 convs and the downsample over blocks of 16 samples, the
+    3x3 convs' phase passes reading and their crops writing that layout, the global mean
+    reading it. Against torch at batches 16 and 19 (a part block: its padding samples
+    zeroed, after NaN and 3e38 junk left in the arena by a packed call) and 1 (the plain
+    calls). (A basic block's crop with its residual add cannot write the layout: its
+    tensors, and those they meet, stay plain, the lowering's retry;
+    test_strided_pointwise_writes_in_place's tail case.)"""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),  # 25 KB a sample
+        torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(),  # 14 x 14
+        _DownBottleneck(16, 8, 32, 2), _DownBottleneck(32, 8, 32, 1),  # 7 x 7
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    _prune_convs(model)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "14K")
+    cm = _native_csr(model, torch.randn(1, 3, 28, 28))
+    prog = cm.native.lib.program
+    assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+    labels = {prog.plan.ops[i].layer: v for i, v in cm.native.lib.labels.items()}
+    if jit.host().vector_width == 16:
+        packed = {k for k, v in labels.items() if "batch packed in 16s" in v}
+        assert {"4.c", "4.ds", "5.a", "5.c"} <= packed, labels
+        kernels = {c.kernel for c in prog.calls}
+        assert "k_crop_pk" in kernels, kernels
+    _matches_after_junk(cm, model, (3, 28, 28), (16, 19, 1), junk=17)
+
+
 @pytest.mark.parametrize("c,hw,act,force", [(8, 9, "relu", "csr"), (16, 20, "none", "csr"),
                                              (24, 14, "clamp", "csr")])
 def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
@@ -1192,17 +1236,26 @@ _PHASE: dict = {}
        w=st.integers(1, 37), sh=st.integers(1, 3), sw=st.sampled_from(PH.STRIDES),
        ph=st.integers(0, 3), pw=st.integers(0, 3), extra=st.integers(0, 2),
        phases=st.sampled_from(["all", "first", "last"]), gap=st.integers(0, 17),
-       xgap=st.integers(0, 3), vw=st.sampled_from(sorted({jit.host().vector_width, 8})))
+       xgap=st.integers(0, 3), vw=st.sampled_from(sorted({jit.host().vector_width, 8})),
+       packed=st.sampled_from(["", "x", "out"]), blk=st.integers(2, 4))
 @example(seed=1, c=3, h=9, w=21, sh=1, sw=1, ph=1, pw=0, extra=0, phases="all", gap=5, xgap=3,
-         vw=8)
+         vw=8, packed="", blk=2)
 @example(seed=2, c=2, h=4, w=56, sh=1, sw=1, ph=3, pw=0, extra=2, phases="first", gap=0,
-         xgap=1, vw=jit.host().vector_width)
-def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, vw):
+         xgap=1, vw=jit.host().vector_width, packed="", blk=2)
+@example(seed=3, c=3, h=7, w=7, sh=2, sw=2, ph=0, pw=0, extra=0, phases="first", gap=0,
+         xgap=0, vw=jit.host().vector_width, packed="out", blk=4)
+@example(seed=4, c=2, h=7, w=7, sh=1, sw=1, ph=1, pw=1, extra=0, phases="all", gap=3,
+         xgap=0, vw=jit.host().vector_width, packed="x", blk=4)
+def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, vw, packed,
+                      blk):
     """The vectorised polyphase planes (LLVM, stride 1 and 2 along x) against slices of the
     zero-padded input: rows wider than two vectors and narrower than one, padding wider than
     the input, a subset of the phases, planes with gaps between them (zeroed), x's channels
     apart; the slack after the last plane is not written. Planes as wide as x's rows at
-    stride 1 (the rows planes; the examples) are zero rows and one copy of x's rows."""
+    stride 1 (the rows planes; the examples) are zero rows and one copy of x's rows. 3
+    samples; ``packed``: x, or the planes, with the batch packed into the positions in
+    blocks of ``blk`` (lower.PACK): the last block's padding samples get zero planes, or
+    (x packed) none."""
     if (vw, sw) not in _PHASE:
         mod = ir.Module("phase_test")
         PH.PhaseSpec(vw, sw).emit(mod, "p")
@@ -1211,30 +1264,53 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, v
         _PHASE[vw, sw] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
                                           ctypes.c_void_p)(jit.load_object(obj, ["p"])["p"])
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    n = 3
+    nblk = -(-n // blk)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     pick = {"all": slice(None), "first": slice(0, 1), "last": slice(-1, None)}[phases]
     pys, pxs = np.arange(sh, dtype=np.int64)[pick], np.arange(sw, dtype=np.int64)[pick]
     hq = -(-(h + 2 * ph) // sh) + extra
     wq = -(-(w + 2 * pw) // sw) + extra
-    ps = hq * wq + gap  # planes ps floats apart, the gap zeroed
     nplanes = c * len(pys) * len(pxs)
-    per = nplanes * ps + 5
-    out = np.full((2, per), np.nan, np.float32)
-    # x's channels xcs >= h*w floats apart (NaN between: never read)
-    xbig = np.full((2, c, h * w + xgap), np.nan, np.float32)
-    xbig[:, :, :h * w] = x.reshape(2, c, h * w)
-    args = np.array([xbig.ctypes.data, out.ctypes.data, 2, c, h, w, ph, pw, sh, sw,
-                     pys.ctypes.data, len(pys), pxs.ctypes.data, len(pxs), hq, wq, per, ps,
-                     h * w + xgap], np.int64)
-    _PHASE[vw, sw](0, PH.items(2, c, len(pys)), args.ctypes.data)
-    big = np.zeros((2, c, hq * sh + sh, wq * sw + sw), np.float32)
+    big = np.zeros((n, c, hq * sh + sh, wq * sw + sw), np.float32)
     big[:, :, ph:ph + h, pw:pw + w] = x
     ref = np.stack([big[:, :, py::sh, px::sw][:, :, :hq, :wq] for py in pys for px in pxs],
-                   axis=2)
-    got = out[:, :-5].reshape(2, nplanes, ps)
-    np.testing.assert_array_equal(got[:, :, :hq * wq].reshape(ref.shape[:3] + (hq, wq)), ref)
-    assert (got[:, :, hq * wq:] == 0).all()
-    assert np.isnan(out[:, -5:]).all()
+                   axis=2).reshape(n, nplanes, hq * wq)
+    if packed == "out":  # (blocks, planes, blk samples' hq*wq floats), 5 floats of slack
+        ps, per = blk * hq * wq, nplanes * blk * hq * wq
+        out = np.full(nblk * per + 5, np.nan, np.float32)
+        tail = [1, 0, blk, hq * wq, n]
+    else:
+        ps = hq * wq + gap  # planes ps floats apart, the gap zeroed
+        per = nplanes * ps + 5
+        out = np.full(nblk * blk * per, np.nan, np.float32)
+        tail = [1, 0, 1, 0, n]
+    if packed == "x":  # (blocks, c, blk samples' h*w floats), NaN in the padding
+        xbig = np.full((nblk * blk, c, h * w), np.nan, np.float32)
+        xbig[:n] = x.reshape(n, c, h * w)
+        xbig = np.ascontiguousarray(xbig.reshape(nblk, blk, c, h * w).transpose(0, 2, 1, 3))
+        xcs = blk * h * w
+        tail[:2] = [blk, h * w]
+    else:  # x's channels xcs >= h*w floats apart (NaN between: never read)
+        xcs = h * w + xgap
+        xbig = np.full((n, c, xcs), np.nan, np.float32)
+        xbig[:, :, :h * w] = x.reshape(n, c, h * w)
+    args = np.array([xbig.ctypes.data, out.ctypes.data, n, c, h, w, ph, pw, sh, sw,
+                     pys.ctypes.data, len(pys), pxs.ctypes.data, len(pxs), hq, wq, per, ps,
+                     xcs] + tail, np.int64)
+    _PHASE[vw, sw](0, PH.items(nblk * blk if packed else n, c, len(pys)), args.ctypes.data)
+    if packed == "out":
+        got = out[:-5].reshape(nblk, nplanes, blk, hq * wq).transpose(0, 2, 1, 3)
+        got = got.reshape(nblk * blk, nplanes, hq * wq)
+        np.testing.assert_array_equal(got[:n], ref)
+        assert (got[n:] == 0).all()  # the padding samples
+        assert np.isnan(out[-5:]).all()
+        return
+    got = out.reshape(nblk * blk, per)[:, :-5].reshape(nblk * blk, nplanes, ps)
+    np.testing.assert_array_equal(got[:n, :, :hq * wq], ref)
+    assert (got[:n, :, hq * wq:] == 0).all()
+    assert np.isnan(out.reshape(nblk * blk, per)[:n, -5:]).all()
+    assert np.isnan(out.reshape(nblk * blk, per)[n:]).all()  # (none for x's padding)
 
 
 _MEAN: dict = {}
@@ -1242,12 +1318,15 @@ _MEAN: dict = {}
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31), planes=st.integers(1, 9), hw=st.integers(1, 70),
-       gap=st.integers(0, 17), vw=st.sampled_from(sorted({jit.host().vector_width, 8})))
-def test_global_mean_kernel(seed, planes, hw, gap, vw):
+       gap=st.integers(0, 17), vw=st.sampled_from(sorted({jit.host().vector_width, 8})),
+       blk=st.integers(0, 4))
+def test_global_mean_kernel(seed, planes, hw, gap, vw, blk):
     """The vectorised global average pool (native.gmean, AVX-512 and AVX2) against numpy:
     planes of 1-70 floats (under one vector, a part vector after whole ones) read at a
     channel stride with NaN in the gaps between them (never read), items from 1 on (the
-    first plane skipped)."""
+    first plane skipped). ``blk`` > 0: 3 samples of ``planes`` channels with the batch
+    packed into the positions in blocks of blk (lower.PACK), NaN in the padding samples
+    (skipped)."""
     if vw not in _MEAN:
         mod = ir.Module("mean_test")
         GM.MeanSpec(vw).emit(mod, "m")
@@ -1256,10 +1335,24 @@ def test_global_mean_kernel(seed, planes, hw, gap, vw):
         _MEAN[vw] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
                                      ctypes.c_void_p)(jit.load_object(obj, ["m"])["m"])
     rng = np.random.default_rng(seed)
+    if blk:
+        n, nblk = 3, -(-3 // blk)
+        xs = np.full((nblk * blk, planes, hw), np.nan, np.float32)
+        xs[:n] = rng.standard_normal((n, planes, hw)).astype(np.float32) * 10
+        xp = np.ascontiguousarray(xs.reshape(nblk, blk, planes, hw).transpose(0, 2, 1, 3))
+        out = np.full(n * planes + 1, 7.0, np.float32)
+        args = np.array([xp.ctypes.data, out.ctypes.data, hw, blk * hw, planes, blk, hw, n],
+                        np.int64)
+        _MEAN[vw](0, nblk * blk * planes, args.ctypes.data)
+        assert out[-1] == 7.0
+        np.testing.assert_allclose(out[:-1], xs[:n].astype(np.float64).mean(axis=2).ravel(),
+                                   rtol=1e-5, atol=1e-5)
+        return
     x = np.full((planes, hw + gap), np.nan, np.float32)
     x[:, :hw] = rng.standard_normal((planes, hw)).astype(np.float32) * 10
     out = np.full(planes, 7.0, np.float32)
-    args = np.array([x.ctypes.data, out.ctypes.data, hw, hw + gap], np.int64)
+    args = np.array([x.ctypes.data, out.ctypes.data, hw, hw + gap, planes, 1, 0, 1],
+                    np.int64)
     _MEAN[vw](1, planes, args.ctypes.data)
     assert out[0] == 7.0
     np.testing.assert_allclose(out[1:], x[1:, :hw].astype(np.float64).mean(axis=1),

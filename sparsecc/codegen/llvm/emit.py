@@ -37,9 +37,9 @@ KERNEL_TYPE = ir.FunctionType(VOID, [I64, I64, I64.as_pointer()])
 
 # Bumped when the code a spec names changes meaning (2: NaN-keeping relu/clamp; 3: grouped
 # kernels walk samples in blocks, A_GXB; 4: their x loads from a moving base; 5: their groups
-# in ranges, A_GRR; 6: A_GRR < 0, tiles outer), so object code cached in an artifact under
-# an old key is rebuilt rather than linked.
-KEY_VERSION = "k6"
+# in ranges, A_GRR; 6: A_GRR < 0, tiles outer; 7: a sample's tiles in panels, A_PANELS),
+# so object code cached in an artifact under an old key is rebuilt rather than linked.
+KEY_VERSION = "k7"
 
 # Activations the epilogue does in vector registers; others run as a separate pass.
 FUSED_ACTS = ("none", "relu", "clamp")
@@ -58,7 +58,12 @@ A_NB = 18  # grouped kernels: samples in the call
 A_GXB = 19  # grouped kernels: floats of x a block of samples holds (native.lower.group_block)
 A_GRR = 20  # grouped kernels: > 0, row groups in ranges of this many (native.lower.group_ranges);
 # < 0: every group over a tile before the next tile (native.lower.group_tiles_outer)
-N_ARGS = 21
+# > 1: a sample's tiles in this many panels of consecutive tiles, every row block over a
+# panel before the next panel, so the panel's x stays in L2 while every group's code runs
+# over it (the whole-batch tail's packed blocks, native.lower.PACK); 0 / 1: none. Taken
+# only where A_GRR is 0.
+A_PANELS = 21
+N_ARGS = 22
 
 
 def act_key(spec) -> str:
@@ -264,6 +269,36 @@ class _Fn:
 
 
 # ---- spmm ---------------------------------------------------------------------------------
+def _panel_item(k, w, ntiles, nrb, panels, n, rb, t, allowed):
+    """(sample, row block, tile) of item ``w`` with a sample's tiles in ``panels`` panels
+    (A_PANELS; panel p holds tiles [p * T // P, (p + 1) * T // P)), the row blocks outer in a
+    panel and its tiles inner; the (n, rb, t) given when panels <= 1 (or not ``allowed``,
+    an i1)."""
+    b = k.b
+    use = b.icmp_signed(">", panels, I64(1))
+    if allowed is not None:
+        use = b.and_(use, allowed)
+    P = b.select(b.icmp_signed(">", panels, ntiles), ntiles, panels)
+    P = b.select(b.icmp_signed("<", P, I64(1)), I64(1), P)
+    per = b.mul(ntiles, nrb)
+    n_p = b.sdiv(w, per)
+    r = b.sub(w, b.mul(n_p, per))
+
+    def bound(p):  # first tile of panel p
+        return b.sdiv(b.mul(p, ntiles), P)
+
+    p = b.sdiv(b.mul(r, P), per)
+    p = b.select(b.icmp_signed(">=", r, b.mul(nrb, bound(b.add(p, I64(1))))),
+                 b.add(p, I64(1)), p)
+    t0 = bound(p)
+    tp = b.sub(bound(b.add(p, I64(1))), t0)
+    tp = b.select(b.icmp_signed("<", tp, I64(1)), I64(1), tp)
+    r2 = b.sub(r, b.mul(nrb, t0))
+    rb_p = b.sdiv(r2, tp)
+    t_p = b.add(t0, b.sub(r2, b.mul(rb_p, tp)))
+    return b.select(use, n_p, n), b.select(use, rb_p, rb), b.select(use, t_p, t)
+
+
 def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
               pattern: Pattern | None = None) -> None:
     """A spmm kernel; with ``pattern``, the nonzero pattern is baked in (see module doc)."""
@@ -330,6 +365,9 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         else:
             n = b.sdiv(rest, nrb)
             rb = b.sub(rest, b.mul(n, nrb))
+        n, rb, t = _panel_item(k, w, ntiles, nrb, k.arg_i64(A_PANELS, "panels"), n, rb, t,
+                               None if spec.group <= 1 else
+                               b.icmp_signed("==", k.arg_i64(A_GRR, "grr_p"), I64(0)))
         r0 = b.load(b.gep(rsplit, [rb], inbounds=True))
         r1 = b.load(b.gep(rsplit, [b.add(rb, I64(1))], inbounds=True))
         j0 = b.mul(t, I64(width))
