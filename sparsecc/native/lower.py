@@ -397,13 +397,14 @@ class Lowering:
                  tail_from: int | None = None, dense: frozenset[str] = frozenset(),
                  band_major: dict[str, int] | None = None, nopack: frozenset[str] = frozenset()):
         self.plan, self.vw, self.threads = plan, vw, max(1, threads)
-        # tensors held with the batch packed into the positions at batch >= PACK_MIN
-        # (_pack_set; ``nopack``: lower_program's retries, a call made for them that cannot
-        # take that layout), whether the op being lowered is in its packed variant, the
-        # conditions every call made takes (_dual), and the packed variant's calls that
-        # take the layout (_packed)
+        # tensors held with the batch packed into the positions at batches where that takes
+        # fewer vectors (_pack_set, _pack_gain; ``nopack``: lower_program's retries, a call
+        # made for them that cannot take that layout), whether the op being lowered is in
+        # its packed variant, the conditions every call made takes (_dual), and the packed
+        # variant's calls that take the layout (_packed)
         self.nopack = nopack
         self.pk: set[str] = set()
+        self.pk_hw = 0  # their maps' positions
         self.pk_on = False
         self.guard: list = []
         self.pk_aware: set[int] = set()
@@ -529,9 +530,10 @@ class Lowering:
 
     # ---- the batch packed into the positions (PACK) -------------------------------------
     def _pack_set(self) -> set[str]:
-        """The tail's tensors to hold packed at batch >= PACK_MIN: float32 (N, C, H, W)
-        activations with H * W <= PACK_MAPS positions, not a multiple of 16, written in the
-        tail (never across its boundary), no view of them, not a plan input or output.
+        """The tail's tensors to hold packed (at the batches _pack_gain picks): float32 (N, C,
+        H, W) activations with H * W <= PACK_MAPS positions, not a multiple of 16, written
+        in the tail (never across its boundary), no view of them, not a plan input or
+        output; of those, the ones with the most common H * W (one batch rule for all).
         Each op touching one lowers twice (_dual); a call that cannot take the layout drops
         its tensors (_Unpack, lower_program's retry)."""
         plan = self.plan
@@ -541,7 +543,7 @@ class Lowering:
         written = {}
         for j, op in enumerate(plan.ops):
             written.setdefault(op.output, j)
-        out = set()
+        out: dict[int, set[str]] = {}
         for name, t in plan.tensors.items():
             shape = t.shape
             if name in plan.inputs or name in plan.outputs or name in plan.constants or \
@@ -552,8 +554,18 @@ class Lowering:
                 continue
             hw = int(shape[2]) * int(shape[3])
             if hw <= PACK_MAPS and hw % 16 and written.get(name, -1) >= self.tail_from:
-                out.add(name)
-        return out
+                out.setdefault(hw, set()).add(name)
+        if not out:
+            return set()
+        self.pk_hw = max(out, key=lambda h: (len(out[h]), h))
+        return out[self.pk_hw]
+
+    def _pack_gain(self, nb) -> E:
+        """>= 0 at the batches N that run packed: where N's blocks take no more vectors of
+        positions than N samples of pk_hw positions a channel do (at 7 x 7: N = 13-16, 25-32,
+        37-48 and 49 on; not 17-24, where a second block is mostly padding)."""
+        per = -(-self.pk_hw // self.vw)
+        return lift(nb) * per - lift(nb).cdiv(PACK_B) * (PACK_B * self.pk_hw // self.vw)
 
     def _pk(self, name: str | None) -> bool:
         """Whether ``name`` is held packed in the call being made (the packed variant)."""
@@ -583,8 +595,8 @@ class Lowering:
         self.pk_aware.update(range(n0, len(self.p.calls)))
 
     def _dual(self, op: Op, fn) -> str:
-        """Op ``fn(op)`` lowered twice: packed, its calls run at batch >= PACK_MIN, then
-        plain below. Both variants must leave the cross-op state alike (the same adds
+        """Op ``fn(op)`` lowered twice: packed, its calls run at the batches _pack_gain
+        picks, then plain at the others. Both variants must leave the cross-op state alike (the same adds
         taken over; no planes or rows left for a later op, which would then read one
         variant's); otherwise, or when a packed call does not take the layout, its packed
         tensors are dropped (_Unpack)."""
@@ -603,7 +615,7 @@ class Lowering:
 
         before = state()
         n0 = len(self.p.calls)
-        self.pk_on, self.guard = True, [(lift(nb), ">=", PACK_MIN)]
+        self.pk_on, self.guard = True, [(self._pack_gain(nb), ">=", 0)]
         try:
             packed = fn(op)
         finally:
@@ -617,7 +629,7 @@ class Lowering:
             raise _Unpack(frozenset(bad))
         (self.planes_in, self.wide, self.fused, self.q8_in, self.expand_in) = \
             (dict(d) for d in before)
-        self.guard = [(lift(nb), "<", PACK_MIN)]
+        self.guard = [(self._pack_gain(nb), "<", 0)]
         try:
             plain = fn(op)
         finally:
@@ -629,7 +641,7 @@ class Lowering:
             raise _Unpack(touched)
         if packed == plain:
             return plain
-        return f"{packed}, batch packed in {PACK_B}s at batch >= {PACK_MIN}; else {plain}"
+        return f"{packed}, batch packed in {PACK_B}s where that fills more lanes; else {plain}"
 
     def _pk_need(self, *names: str | None) -> bool:
         """In the packed variant: whether the call about to be made over ``names`` (None:
@@ -2932,12 +2944,13 @@ GLOBAL_MEAN_IR = True
 # 4 vectors with 49 of 64 lanes live. Its 1x1 convs run the grouped kernel over the blocks
 # with a block's tiles in panels whose x fits PACK_PANEL_BYTES (emit.A_PANELS), every row
 # group over a panel before the next; the phase passes, crops and the global mean read or
-# write it at the ends. The packed calls run at batches of at least PACK_MIN, the plain ones
-# below (a block of 16 would be 15/16 padding at batch 1). bench/packed_7x7.py, one core,
-# batch 16: 1.40-1.58x over NCHW on ResNet-50's layer4 1x1 convs.
+# write it at the ends. The packed calls run at the batches whose blocks take no more vectors
+# than the samples do plain (Lowering._pack_gain: at 7 x 7, N = 13-16, 25-32, 37-48 and 49
+# on), the plain ones at the others (a block of 16 would be 15/16 padding at batch 1).
+# bench/packed_7x7.py, one core, batch 16: 1.40-1.58x over NCHW on ResNet-50's layer4 1x1
+# convs.
 PACK = True
 PACK_B = 16
-PACK_MIN = 16
 PACK_MAPS = 64
 PACK_PANEL_BYTES = 1 << 20
 
