@@ -596,10 +596,10 @@ class Lowering:
 
     def _dual(self, op: Op, fn) -> str:
         """Op ``fn(op)`` lowered twice: packed, its calls run at the batches _pack_gain
-        picks, then plain at the others. Both variants must leave the cross-op state alike (the same adds
-        taken over; no planes or rows left for a later op, which would then read one
-        variant's); otherwise, or when a packed call does not take the layout, its packed
-        tensors are dropped (_Unpack)."""
+        picks, then plain at the others. Both variants must leave the cross-op state alike
+        (the same adds taken over; no planes or rows left for a later op, which would then
+        read one variant's); otherwise, or when a packed call does not take the layout, its
+        packed tensors are dropped (_Unpack)."""
         plan = self.plan
         touched = frozenset(plan.storage_root(n) for n in [*op.inputs, op.output]
                             if n in plan.tensors) & self.pk

@@ -815,9 +815,9 @@ def test_packed_tail(seed, monkeypatch):
     3x3 convs' phase passes reading and their crops writing that layout, the global mean
     reading it. Against torch at batches 16 and 13 (a part block: its padding samples
     zeroed, after NaN and 3e38 junk left in the arena by a packed call), and 19 and 1 (the
-    plain calls: their blocks would take more vectors). (A basic block's crop with its residual add cannot write the layout: its
-    tensors, and those they meet, stay plain, the lowering's retry;
-    test_strided_pointwise_writes_in_place's tail case.)"""
+    plain calls: their blocks would take more vectors). (A basic block's crop with its
+    residual add cannot write the layout: its tensors, and those they meet, stay plain, the
+    lowering's retry; test_strided_pointwise_writes_in_place's tail case.)"""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),  # 25 KB a sample
