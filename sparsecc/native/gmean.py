@@ -4,7 +4,8 @@ two accumulators, then across the lanes, and divided by its size. The numba loop
 replaces summed a float at a time: ResNet-50's pool over 16 x 2048 planes of 7 x 7 took
 0.74-1.03 ms at batch 16 (DeepSparse's 0.16-0.19).
 
-ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, hw, xcs, c, xb, xss, n]: plane
+ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, hw, xcs, c, xb, xss, n] (xb, xss
+and n read only by the MeanSpec.packed kernel): plane
 (sample s, channel ch) at ``x + (s // xb) * c * xcs + (s % xb) * xss + ch * xcs`` (xcs >= hw
 floats: a channel stride), its mean to ``out[s * c + ch]``. xb = 1, xss = 0: plain N, C, H, W,
 item t = s * c + ch, items N * C. xb > 1: the batch packed into the positions
@@ -28,16 +29,19 @@ M_X, M_OUT, M_HW, M_XCS, M_C, M_XB, M_XSS, M_N = range(8)
 @dataclass(frozen=True)
 class MeanSpec:
     vw: int
+    # x may be packed (xb read); without it the kernel has none of that arithmetic (three
+    # divisions an item, against ~20 cycles of work for a 7 x 7 plane)
+    packed: bool = False
 
     @property
     def key(self) -> str:
-        return f"gmean_v{self.vw}"
+        return f"gmean_v{self.vw}" + ("_pk" if self.packed else "")
 
     def emit(self, module: ir.Module, name: str) -> None:
-        emit_mean(module, name, self.vw)
+        emit_mean(module, name, self.vw, self.packed)
 
 
-def emit_mean(module: ir.Module, name: str, vw: int) -> None:
+def emit_mean(module: ir.Module, name: str, vw: int, packed: bool = False) -> None:
     k = _K(module, name, vw)
     b = k.b
     x0, out0 = k.arg_ptr(M_X, "x"), k.arg_ptr(M_OUT, "out")
@@ -47,16 +51,22 @@ def emit_mean(module: ir.Module, name: str, vw: int) -> None:
     accs = [k.alloca(k.vty, f"acc{i}") for i in range(2)]
     nreal = k.arg_i64(M_N, "n")
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-        q = b.sdiv(t, xb)  # block * c + ch
-        s = b.sub(t, b.mul(q, xb))  # the sample in its block
-        blk = b.sdiv(q, c)
-        ch = b.sub(q, b.mul(blk, c))
-        n = b.add(b.mul(blk, xb), s)
-        xp = b.gep(x0, [b.add(b.add(b.mul(b.mul(blk, c), xcs), b.mul(s, xss)),
-                              b.mul(ch, xcs))])
+        if packed:
+            q = b.sdiv(t, xb)  # block * c + ch
+            s = b.sub(t, b.mul(q, xb))  # the sample in its block
+            blk = b.sdiv(q, c)
+            ch = b.sub(q, b.mul(blk, c))
+            n = b.add(b.mul(blk, xb), s)
+            xp = b.gep(x0, [b.add(b.add(b.mul(b.mul(blk, c), xcs), b.mul(s, xss)),
+                                  b.mul(ch, xcs))])
+            dst = b.add(b.mul(n, c), ch)
+            go = b.icmp_signed("<", n, nreal)
+        else:
+            xp = b.gep(x0, [b.mul(t, xcs)])
+            dst, go = t, ir.Constant(ir.IntType(1), 1)
         body = k.fn.append_basic_block("item")
         done = k.fn.append_basic_block("item_done")
-        b.cbranch(b.icmp_signed("<", n, nreal), body, done)
+        b.cbranch(go, body, done)
         b.position_at_end(body)
         for acc in accs:
             b.store(zero, acc)
@@ -67,7 +77,7 @@ def emit_mean(module: ir.Module, name: str, vw: int) -> None:
                 v = k.vload(b.gep(xp, [at]), k.lanes_lt(at, hw))
                 b.store(b.fadd(b.load(acc), v), acc)
         tot = _hsum(k, b.fadd(b.load(accs[0]), b.load(accs[1])))
-        b.store(b.fdiv(tot, b.sitofp(hw, F32)), b.gep(out0, [b.add(b.mul(n, c), ch)]))
+        b.store(b.fdiv(tot, b.sitofp(hw, F32)), b.gep(out0, [dst]))
         b.branch(done)
         b.position_at_end(done)
     b.ret_void()

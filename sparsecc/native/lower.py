@@ -1385,7 +1385,7 @@ class Lowering:
             nb, c = self.shape(x)[:2]
             pk = self._pk(x)
             with self._packed():
-                self.call(self.ir_kernel(GM.MeanSpec(self.vw)),
+                self.call(self.ir_kernel(GM.MeanSpec(self.vw, pk)),
                           [T(x), T(out), I(hw), I(self._cstride(x)), I(c),
                            I(PACK_B if pk else 1), I(hw if pk else 0), I(nb)],
                           self._phase_n(x, nb) * c, float(hw))
@@ -1857,6 +1857,8 @@ class Lowering:
             spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
                            xrs=lift(xrs).value, span=lift(L).value,
                            **(_grouping(op, sw, xalign, indices) if grouped else {}))
+            if spec.group > 1 and panels > 1:
+                spec = replace(spec, panels=True)
             baked = E_.Pattern(sw.indptr, indices)
         sym = self.sparse_kernel(spec, baked)
         L = lift(L)
@@ -2285,7 +2287,7 @@ class Lowering:
                     I(per_sample)]
             if g.sw in PH.STRIDES:  # vectorised; an item is a sample's channel's row phase
                 with self._packed():
-                    self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw)),
+                    self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, self._pk(x))),
                               args + [I(ps)] + self._phase_io(x, nb),
                               PH.items(self._phase_n(x, nb), cin, len(g.pys)),
                               float(ps * len(g.pxs)))
@@ -2365,7 +2367,7 @@ class Lowering:
             args = [T(x), T(planes, g.f), I(nb), I(g.c), I(h), I(w), I(1), I(0), I(s), I(s),
                     ph, I(s), ph, I(s), I(g.ps // g.w), I(g.w), I(g.per_sample)]
             with self._packed():
-                self.call(self.ir_kernel(PH.PhaseSpec(self.vw, s)),
+                self.call(self.ir_kernel(PH.PhaseSpec(self.vw, s, self._pk(x))),
                           args + [I(g.ps)] + self._phase_io(x, nb),
                           PH.items(self._phase_n(x, nb), g.c, s),
                           float(g.ps * s))
@@ -2460,7 +2462,7 @@ class Lowering:
                 I(g.hq), I(g.wq), I(cin_ * span), I(span)] + xio[:3] + \
             [I(PACK_B), I(hw), I(nb)]
         with self._packed():
-            self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw)), args,
+            self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, True)), args,
                       PH.items(blocks * PACK_B, cin, 1), float(hw))
         offs = g.offsets(swt.indices, span)
         tile = LK.spmm_tile(span, self.vw, swt.block_rows)

@@ -23,7 +23,8 @@ into the even lanes (phase px = 0) and the odd ones (px = 1) with a shuffle. The
 loop it replaces read one strided element per step (~2.7 cycles an element here: ResNet-50's
 phase passes took 11 of 176 ms at batch 16).
 
-Either side may be the batch packed into the positions (native.lower.PACK: samples in blocks
+With PhaseSpec.packed either side may be the batch packed into the positions
+(native.lower.PACK: samples in blocks
 of B, a block's channel holding its samples' planes one after another): sample n of x then
 starts at ``(n // xb) * C * xcs + (n % xb) * xss`` (xb = 1, xss = 0: plain N, C, H, W), its
 planes at ``(n // ob) * stride + (n % ob) * oss``. Packed planes (ob > 1) have no gap after
@@ -67,16 +68,19 @@ def plain(nb) -> list:
 class PhaseSpec:
     vw: int
     sw: int
+    # either side may be packed (xb, ob read); without it both are plain and the kernel has
+    # none of the packed layout's arithmetic (3 more divisions an item)
+    packed: bool = False
 
     @property
     def key(self) -> str:
-        return f"phase_v{self.vw}_s{self.sw}"
+        return f"phase_v{self.vw}_s{self.sw}" + ("_pk" if self.packed else "")
 
     def emit(self, module: ir.Module, name: str) -> None:
-        emit_phase(module, name, self.vw, self.sw)
+        emit_phase(module, name, self.vw, self.sw, self.packed)
 
 
-def emit_phase(module: ir.Module, name: str, vw: int, sw: int) -> None:
+def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = False) -> None:
     if sw not in STRIDES:
         raise ValueError(f"phase kernel: stride {sw} along x")
     k = _K(module, name, vw)
@@ -101,24 +105,34 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int) -> None:
         return b.add(b.mul(q, per_block), b.mul(b.sub(n, b.mul(q, blk)), ss))
 
     blk = b.select(b.icmp_signed(">", ob, I64(1)), ob, xb)  # (1: plain on both sides)
+    true = ir.Constant(ir.IntType(1), 1)
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-        q = b.sdiv(t, blk)  # t = ((block * c + ch) * npy + iy) * blk + sample in block
-        bi = b.sdiv(q, per)
-        r = b.sub(q, b.mul(bi, per))
-        n = b.add(b.mul(bi, blk), b.sub(t, b.mul(q, blk)))
+        if packed:  # t = ((block * c + ch) * npy + iy) * blk + sample in block
+            q = b.sdiv(t, blk)
+            bi = b.sdiv(q, per)
+            r = b.sub(q, b.mul(bi, per))
+            n = b.add(b.mul(bi, blk), b.sub(t, b.mul(q, blk)))
+        else:  # t = (n * c + ch) * npy + iy
+            n = b.sdiv(t, per)
+            r = b.sub(t, b.mul(n, per))
         ch = b.sdiv(r, npy)
         iy = b.sub(r, b.mul(ch, npy))
         py = b.load(b.gep(pys, [iy]))
-        real = b.icmp_signed("<", n, nreal)
-        # (a padding sample reads nothing: its rows all count as padding below)
-        xc = b.gep(x0, [b.select(real, b.add(base(n, xb, b.mul(c, xcs), xss),
-                                             b.mul(ch, xcs)), I64(0))])
         # the item's first plane: (ch*npy + iy)*npx
         first = b.mul(r, npx)
-        oc = b.gep(out0, [b.add(base(n, ob, stride, oss), b.mul(first, ps))])
-        gaps = b.icmp_signed("==", ob, I64(1))
-        # (a padding sample of a packed x has no planes: nothing to write)
-        go = b.or_(real, b.icmp_signed(">", ob, I64(1)))
+        if packed:
+            real = b.icmp_signed("<", n, nreal)
+            # (a padding sample reads nothing: its rows all count as padding below)
+            xc = b.gep(x0, [b.select(real, b.add(base(n, xb, b.mul(c, xcs), xss),
+                                                 b.mul(ch, xcs)), I64(0))])
+            oc = b.gep(out0, [b.add(base(n, ob, stride, oss), b.mul(first, ps))])
+            gaps = b.icmp_signed("==", ob, I64(1))
+            # (a padding sample of a packed x has no planes: nothing to write)
+            go = b.or_(real, b.icmp_signed(">", ob, I64(1)))
+        else:
+            xc = b.gep(x0, [b.mul(b.add(b.mul(n, c), ch), xcs)])
+            oc = b.gep(out0, [b.add(b.mul(n, stride), b.mul(first, ps))])
+            real = gaps = go = true
         body = k.fn.append_basic_block("item")
         done = k.fn.append_basic_block("item_done")
         b.cbranch(go, body, done)

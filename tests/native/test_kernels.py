@@ -1242,31 +1242,32 @@ _PHASE: dict = {}
        ph=st.integers(0, 3), pw=st.integers(0, 3), extra=st.integers(0, 2),
        phases=st.sampled_from(["all", "first", "last"]), gap=st.integers(0, 17),
        xgap=st.integers(0, 3), vw=st.sampled_from(sorted({jit.host().vector_width, 8})),
-       packed=st.sampled_from(["", "x", "out"]), blk=st.integers(2, 4))
+       layout=st.sampled_from(["", "x", "out"]), blk=st.integers(2, 4))
 @example(seed=1, c=3, h=9, w=21, sh=1, sw=1, ph=1, pw=0, extra=0, phases="all", gap=5, xgap=3,
-         vw=8, packed="", blk=2)
+         vw=8, layout="", blk=2)
 @example(seed=2, c=2, h=4, w=56, sh=1, sw=1, ph=3, pw=0, extra=2, phases="first", gap=0,
-         xgap=1, vw=jit.host().vector_width, packed="", blk=2)
+         xgap=1, vw=jit.host().vector_width, layout="", blk=2)
 @example(seed=3, c=3, h=7, w=7, sh=2, sw=2, ph=0, pw=0, extra=0, phases="first", gap=0,
-         xgap=0, vw=jit.host().vector_width, packed="out", blk=4)
+         xgap=0, vw=jit.host().vector_width, layout="out", blk=4)
 @example(seed=4, c=2, h=7, w=7, sh=1, sw=1, ph=1, pw=1, extra=0, phases="all", gap=3,
-         xgap=0, vw=jit.host().vector_width, packed="x", blk=4)
-def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, vw, packed,
+         xgap=0, vw=jit.host().vector_width, layout="x", blk=4)
+def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, vw, layout,
                       blk):
     """The vectorised polyphase planes (LLVM, stride 1 and 2 along x) against slices of the
     zero-padded input: rows wider than two vectors and narrower than one, padding wider than
     the input, a subset of the phases, planes with gaps between them (zeroed), x's channels
     apart; the slack after the last plane is not written. Planes as wide as x's rows at
     stride 1 (the rows planes; the examples) are zero rows and one copy of x's rows. 3
-    samples; ``packed``: x, or the planes, with the batch packed into the positions in
+    samples; ``layout``: x, or the planes, with the batch packed into the positions in
     blocks of ``blk`` (lower.PACK): the last block's padding samples get zero planes, or
     (x packed) none."""
-    if (vw, sw) not in _PHASE:
+    packed = {"": False, "x": True, "out": True}[layout]
+    if (vw, sw, packed) not in _PHASE:
         mod = ir.Module("phase_test")
-        PH.PhaseSpec(vw, sw).emit(mod, "p")
+        PH.PhaseSpec(vw, sw, packed).emit(mod, "p")
         obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
                              else _HASWELL)
-        _PHASE[vw, sw] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
+        _PHASE[vw, sw, packed] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
                                           ctypes.c_void_p)(jit.load_object(obj, ["p"])["p"])
     rng = np.random.default_rng(seed)
     n = 3
@@ -1281,7 +1282,7 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, v
     big[:, :, ph:ph + h, pw:pw + w] = x
     ref = np.stack([big[:, :, py::sh, px::sw][:, :, :hq, :wq] for py in pys for px in pxs],
                    axis=2).reshape(n, nplanes, hq * wq)
-    if packed == "out":  # (blocks, planes, blk samples' hq*wq floats), 5 floats of slack
+    if layout == "out":  # (blocks, planes, blk samples' hq*wq floats), 5 floats of slack
         ps, per = blk * hq * wq, nplanes * blk * hq * wq
         out = np.full(nblk * per + 5, np.nan, np.float32)
         tail = [1, 0, blk, hq * wq, n]
@@ -1290,7 +1291,7 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, v
         per = nplanes * ps + 5
         out = np.full(nblk * blk * per, np.nan, np.float32)
         tail = [1, 0, 1, 0, n]
-    if packed == "x":  # (blocks, c, blk samples' h*w floats), NaN in the padding
+    if layout == "x":  # (blocks, c, blk samples' h*w floats), NaN in the padding
         xbig = np.full((nblk * blk, c, h * w), np.nan, np.float32)
         xbig[:n] = x.reshape(n, c, h * w)
         xbig = np.ascontiguousarray(xbig.reshape(nblk, blk, c, h * w).transpose(0, 2, 1, 3))
@@ -1303,8 +1304,9 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, v
     args = np.array([xbig.ctypes.data, out.ctypes.data, n, c, h, w, ph, pw, sh, sw,
                      pys.ctypes.data, len(pys), pxs.ctypes.data, len(pxs), hq, wq, per, ps,
                      xcs] + tail, np.int64)
-    _PHASE[vw, sw](0, PH.items(nblk * blk if packed else n, c, len(pys)), args.ctypes.data)
-    if packed == "out":
+    _PHASE[vw, sw, packed](0, PH.items(nblk * blk if layout else n, c, len(pys)),
+                           args.ctypes.data)
+    if layout == "out":
         got = out[:-5].reshape(nblk, nplanes, blk, hq * wq).transpose(0, 2, 1, 3)
         got = got.reshape(nblk * blk, nplanes, hq * wq)
         np.testing.assert_array_equal(got[:n], ref)
@@ -1332,12 +1334,13 @@ def test_global_mean_kernel(seed, planes, hw, gap, vw, blk):
     first plane skipped). ``blk`` > 0: 3 samples of ``planes`` channels with the batch
     packed into the positions in blocks of blk (lower.PACK), NaN in the padding samples
     (skipped)."""
-    if vw not in _MEAN:
+    packed = blk > 0
+    if (vw, packed) not in _MEAN:
         mod = ir.Module("mean_test")
-        GM.MeanSpec(vw).emit(mod, "m")
+        GM.MeanSpec(vw, packed).emit(mod, "m")
         obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
                              else _HASWELL)
-        _MEAN[vw] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
+        _MEAN[vw, packed] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
                                      ctypes.c_void_p)(jit.load_object(obj, ["m"])["m"])
     rng = np.random.default_rng(seed)
     if blk:
@@ -1348,7 +1351,7 @@ def test_global_mean_kernel(seed, planes, hw, gap, vw, blk):
         out = np.full(n * planes + 1, 7.0, np.float32)
         args = np.array([xp.ctypes.data, out.ctypes.data, hw, blk * hw, planes, blk, hw, n],
                         np.int64)
-        _MEAN[vw](0, nblk * blk * planes, args.ctypes.data)
+        _MEAN[vw, packed](0, nblk * blk * planes, args.ctypes.data)
         assert out[-1] == 7.0
         np.testing.assert_allclose(out[:-1], xs[:n].astype(np.float64).mean(axis=2).ravel(),
                                    rtol=1e-5, atol=1e-5)
@@ -1358,7 +1361,7 @@ def test_global_mean_kernel(seed, planes, hw, gap, vw, blk):
     out = np.full(planes, 7.0, np.float32)
     args = np.array([x.ctypes.data, out.ctypes.data, hw, hw + gap, planes, 1, 0, 1],
                     np.int64)
-    _MEAN[vw](1, planes, args.ctypes.data)
+    _MEAN[vw, packed](1, planes, args.ctypes.data)
     assert out[0] == 7.0
     np.testing.assert_allclose(out[1:], x[1:, :hw].astype(np.float64).mean(axis=1),
                                rtol=1e-5, atol=1e-5)

@@ -61,7 +61,7 @@ A_GRR = 20  # grouped kernels: > 0, row groups in ranges of this many (native.lo
 # > 1: a sample's tiles in this many panels of consecutive tiles, every row block over a
 # panel before the next panel, so the panel's x stays in L2 while every group's code runs
 # over it (the whole-batch tail's packed blocks, native.lower.PACK); 0 / 1: none. Taken
-# only where A_GRR is 0.
+# only where A_GRR is 0, by kernels with KernelSpec.panels.
 A_PANELS = 21
 N_ARGS = 22
 
@@ -105,6 +105,9 @@ class KernelSpec:
     # grouped, with a residual: its channels (rows) this many floats apart, baked in (0: at
     # out's offsets); a band-major residual of an NCHW sum or the reverse (native.bands)
     res_rs: int = 0
+    # grouped: a sample's tiles may run in panels (A_PANELS); without it the kernel has no
+    # panel arithmetic (~6 divisions an item: MobileNetV2's small items at batch 1)
+    panels: bool = False
 
     @property
     def key(self) -> str:
@@ -129,6 +132,8 @@ class KernelSpec:
             parts.append(f"e{self.edge}")
         if self.res_rs:
             parts.append(f"rr{self.res_rs}")
+        if self.panels:
+            parts.append("pn")
         return "_".join(parts)
 
 
@@ -365,9 +370,10 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         else:
             n = b.sdiv(rest, nrb)
             rb = b.sub(rest, b.mul(n, nrb))
-        n, rb, t = _panel_item(k, w, ntiles, nrb, k.arg_i64(A_PANELS, "panels"), n, rb, t,
-                               None if spec.group <= 1 else
-                               b.icmp_signed("==", k.arg_i64(A_GRR, "grr_p"), I64(0)))
+        if spec.panels:
+            n, rb, t = _panel_item(k, w, ntiles, nrb, k.arg_i64(A_PANELS, "panels"), n, rb, t,
+                                   None if spec.group <= 1 else
+                                   b.icmp_signed("==", k.arg_i64(A_GRR, "grr_p"), I64(0)))
         r0 = b.load(b.gep(rsplit, [rb], inbounds=True))
         r1 = b.load(b.gep(rsplit, [b.add(rb, I64(1))], inbounds=True))
         j0 = b.mul(t, I64(width))
