@@ -450,12 +450,7 @@ def k_crop_pk(start, stop, a):
         if n >= a[2]:
             dst[:] = 0.0
             continue
-        src = full[n, o]
-        for i in range(ho):  # row by row through 1-D views: the copy vectorises
-            sr = src[i * wq:i * wq + wo]
-            dr = dst[i * wo:i * wo + wo]
-            for j in range(wo):
-                dr[j] = sr[j]
+        C.crop_copy(full[n, o], dst, wq, wo, ho)
 
 
 @_kernel

@@ -342,8 +342,12 @@ def crop_plane(full, t, wp, wo, ho, out):
     co = out.shape[1]
     n = t // co
     o = t - n * co
-    src = full[n, o]
-    dst = out[n, o]
+    crop_copy(full[n, o], out[n, o], wp, wo, ho)
+
+
+@njit(inline="always", cache=True)
+def crop_copy(src, dst, wp, wo, ho):
+    """dst[i*wo + j] = src[i*wp + j] for i < ho, j < wo (1-D views)."""
     for i in range(ho):  # row by row through 1-D views: the copy vectorises
         s = src[i * wp:i * wp + wo]
         d = dst[i * wo:i * wo + wo]
