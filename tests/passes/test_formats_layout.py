@@ -144,6 +144,13 @@ def test_layout_keeps_torch_layout_for_shared_and_output_tensors(seed):
 
 @pytest.mark.parametrize("autotune", [False, True])
 def test_specialize_option(seed, autotune, tmp_path, monkeypatch):
+    from sparsecc.options import env_cache_dir
+
+    # autotune results start empty; compiled objects come from the session's cache (an empty
+    # one rebuilds the native library's numba kernels: ~50 s of this test)
+    objects = env_cache_dir() / "llvm"
+    objects.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "llvm").symlink_to(objects, target_is_directory=True)
     monkeypatch.setenv("SPARSECC_CACHE_DIR", str(tmp_path))
     net = nn.Sequential(nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 24)).eval()
     pruned = sparsecc.prune(net, sparsity=0.9)
