@@ -46,10 +46,11 @@ def emit_mean(module: ir.Module, name: str, vw: int, packed: bool = False) -> No
     b = k.b
     x0, out0 = k.arg_ptr(M_X, "x"), k.arg_ptr(M_OUT, "out")
     hw, xcs = k.arg_i64(M_HW, "hw"), k.arg_i64(M_XCS, "xcs")
-    c, xb, xss = k.arg_i64(M_C, "c"), k.arg_i64(M_XB, "xb"), k.arg_i64(M_XSS, "xss")
+    if packed:  # (the plain kernel reads none of these)
+        c, xb, xss = k.arg_i64(M_C, "c"), k.arg_i64(M_XB, "xb"), k.arg_i64(M_XSS, "xss")
+        nreal = k.arg_i64(M_N, "n")
     zero = ir.Constant(k.vty, [0.0] * vw)
     accs = [k.alloca(k.vty, f"acc{i}") for i in range(2)]
-    nreal = k.arg_i64(M_N, "n")
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         if packed:
             q = b.sdiv(t, xb)  # block * c + ch

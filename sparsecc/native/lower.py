@@ -1910,18 +1910,19 @@ class Lowering:
                 args[E_.A_RES] = res
             args[E_.A_NB] = I(n)
             if spec.group > 1:
-                xsb = 4 * lift(xns).value
-                gxb = group_block(sw.data.size, nunits, xsb)
-                # tiles outer, or groups in ranges (a sample at a time in a range, its x read
-                # once a range), or neither: groups outer over blocks of samples
-                outer = group_tiles_outer(sw.data.size, xsb)
-                grr = group_ranges(sw.data.size, nunits, xsb) \
-                    if gxb == GROUP_X_WHOLE and not outer else 0
-                args[E_.A_GXB] = I(lift(xns).value if grr else gxb // 4)
-                args[E_.A_GRR] = I(-1 if outer else grr)
-                if panels > 1:  # (a block at a time, its tiles in panels)
+                if panels > 1:  # a block at a time, its tiles in panels
                     args[E_.A_GXB], args[E_.A_GRR] = I(xns), I(0)
                     args[E_.A_PANELS] = I(panels)
+                else:
+                    xsb = 4 * lift(xns).value
+                    gxb = group_block(sw.data.size, nunits, xsb)
+                    # tiles outer, or groups in ranges (a sample at a time in a range, its x
+                    # read once a range), or neither: groups outer over blocks of samples
+                    outer = group_tiles_outer(sw.data.size, xsb)
+                    grr = group_ranges(sw.data.size, nunits, xsb) \
+                        if gxb == GROUP_X_WHOLE and not outer else 0
+                    args[E_.A_GXB] = I(lift(xns).value if grr else gxb // 4)
+                    args[E_.A_GRR] = I(-1 if outer else grr)
             per_item = 2.0 * sw.data.size / nrb * spec.vw * spec.tile
             self.call(sym, args, tiles * nrb, per_item, only_if=cond)
         if spec.group > 1:

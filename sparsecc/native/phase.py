@@ -24,9 +24,9 @@ loop it replaces read one strided element per step (~2.7 cycles an element here:
 phase passes took 11 of 176 ms at batch 16).
 
 With PhaseSpec.packed either side may be the batch packed into the positions
-(native.lower.PACK: samples in blocks of B, a block's channel holding its samples' planes one after another): sample n of x then
-starts at ``(n // xb) * C * xcs + (n % xb) * xss`` (xb = 1, xss = 0: plain N, C, H, W), its
-planes at ``(n // ob) * stride + (n % ob) * oss``. Packed planes (ob > 1) have no gap after
+(native.lower.PACK: samples in blocks of B, a block's channel holding its samples' planes one
+after another): sample n of x then starts at ``(n // xb) * C * xcs + (n % xb) * xss`` (xb = 1,
+xss = 0: plain N, C, H, W), its planes at ``(n // ob) * stride + (n % ob) * oss``. Packed planes (ob > 1) have no gap after
 them to zero (the next sample's plane is there), and samples n >= nreal (a block's padding)
 get zero planes (packed planes) or none. With either side packed a block's samples are the
 items' fastest index, so one channel's runs of the block's samples are written (or read)
@@ -96,15 +96,16 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = Fa
     plane = b.mul(hq, wq)
     ps, xcs = k.arg_i64(P_PS, "ps"), k.arg_i64(P_XCS, "xcs")
     per = b.mul(c, npy)
-    xb, xss = k.arg_i64(P_XB, "xb"), k.arg_i64(P_XSS, "xss")
-    ob, oss = k.arg_i64(P_OB, "ob"), k.arg_i64(P_OSS, "oss")
-    nreal = k.arg_i64(P_NREAL, "nreal")
+    if packed:  # (the plain kernel reads none of these)
+        xb, xss = k.arg_i64(P_XB, "xb"), k.arg_i64(P_XSS, "xss")
+        ob, oss = k.arg_i64(P_OB, "ob"), k.arg_i64(P_OSS, "oss")
+        nreal = k.arg_i64(P_NREAL, "nreal")
+        blk = b.select(b.icmp_signed(">", ob, I64(1)), ob, xb)  # (1: plain on both sides)
 
     def base(n, blk, per_block, ss):  # sample n's offset: (n // blk) * per_block + ...
         q = b.sdiv(n, blk)
         return b.add(b.mul(q, per_block), b.mul(b.sub(n, b.mul(q, blk)), ss))
 
-    blk = b.select(b.icmp_signed(">", ob, I64(1)), ob, xb)  # (1: plain on both sides)
     true = ir.Constant(ir.IntType(1), 1)
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         if packed:  # t = ((block * c + ch) * npy + iy) * blk + sample in block
