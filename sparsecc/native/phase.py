@@ -26,13 +26,14 @@ phase passes took 11 of 176 ms at batch 16).
 With PhaseSpec.packed either side may be the batch packed into the positions
 (native.lower.PACK: samples in blocks of B, a block's channel holding its samples' planes one
 after another): sample n of x then starts at ``(n // xb) * C * xcs + (n % xb) * xss`` (xb = 1,
-xss = 0: plain N, C, H, W), its planes at ``(n // ob) * stride + (n % ob) * oss``. Packed planes (ob > 1) have no gap after
-them to zero (the next sample's plane is there), and samples n >= nreal (a block's padding)
-get zero planes (packed planes) or none. With either side packed a block's samples are the
-items' fastest index, so one channel's runs of the block's samples are written (or read)
-one after another, whole cache lines. (Not measured on its own: ResNet-50 b16's packed
-passes ran 0.90 / 0.37 / 0.41 ms a call with the channels fastest and 0.60-0.90 /
-0.16-0.21 / 0.26-0.31 after, with other changes between and this VM's noise.)
+xss = 0: plain N, C, H, W), its planes at ``(n // ob) * stride + (n % ob) * oss``. Packed
+planes (ob > 1) have no gap after them to zero (the next sample's plane is there), and samples
+n >= nreal (a block's padding) get zero planes (packed planes) or none. With either side packed
+a block's samples are the items' fastest index, so one channel's runs of the block's samples
+are written (or read) one after another, whole cache lines. (Not measured on its own.
+ResNet-50 b16's downsample phase pass, the 3x3 convs' phase passes and the global mean ran
+0.89 / 0.26-0.31 / 0.42 ms a call with the channels fastest and 0.60-0.90 / 0.16-0.21 /
+0.26-0.31 after, with other changes between and this VM's noise.)
 
 ABI ``void k(i64 start, i64 stop, i64* args)``; args as k_phase's (x, planes, N, C, H, W, ph,
 pw, sh, sw, pys, npy, pxs, npx, hq, wq, stride) then ps, x's channel stride (floats, >= H*W),
