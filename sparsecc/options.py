@@ -73,6 +73,13 @@ def env_grouped() -> bool:
     return os.environ.get("SPARSECC_GROUPED", "1") not in ("0", "")
 
 
+def env_kblock(default: int) -> int:
+    """SPARSECC_KBLOCK: columns (input channels x taps) a column block of the grouped kernel
+    holds (native.lower KBLOCK; 0: one block), for A/B measurements."""
+    raw = os.environ.get("SPARSECC_KBLOCK", "").strip()
+    return int(raw) if raw.isdigit() else default
+
+
 def env_xalign() -> bool:
     """SPARSECC_XALIGN=0 keeps the shifted convs' grouped kernels on unaligned x loads instead
     of aligned ones shifted in registers (KernelSpec.xalign): for A/B measurements."""

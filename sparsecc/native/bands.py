@@ -201,7 +201,12 @@ def _band_call(p, call, r0: int, r1: int, h: int, w: int, layout: dict[str, int]
     args[E_.A_NTILES] = I(tiles)
     args[E_.A_L] = I(lift(args[E_.A_L].expr).value - shift)
     nrb = lift(args[E_.A_NRB].expr).value
-    items = lift(args[E_.A_NB].expr) * (tiles * nrb)
+    kernel = p.kernels.get(call.kernel)
+    if kernel is not None and kernel.spec is not None and kernel.spec.kcols:
+        # (column blocks: an item a row block of a set of samples, each over all its tiles)
+        items = lift(args[E_.A_NB].expr).cdiv(args[E_.A_GXB].expr) * nrb
+    else:
+        items = lift(args[E_.A_NB].expr) * (tiles * nrb)
     return Call(call.kernel, args, items, call.cost, call.scratch, None, call.op, None)
 
 

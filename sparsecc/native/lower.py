@@ -50,6 +50,7 @@ from sparsecc.options import (
     env_channel_stride,
     env_expand,
     env_grouped,
+    env_kblock,
     env_native_fuse,
     env_native_kernels,
     env_planes,
@@ -166,6 +167,17 @@ def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
 # over 16 samples' x, one core) agrees: tiles outer 1.09-1.15x at 512-2048 columns with x
 # from L3, 0.92-0.95x with one sample's x staying in L2.
 GROUP_OUTER = True
+
+# Grouped kernels over many input columns: their columns in blocks of whole input channels,
+# about this many columns (channels x taps) a block (KernelSpec.kcols), each block's code
+# over every tile of the call's samples before the next (the partial sums through out), in
+# KBLOCK_ITEMS row blocks a thread, the samples in sets whose x of a block fits
+# KBLOCK_X_BYTES. 0: off.
+KBLOCK = 576
+KBLOCK_X_BYTES = 512 << 10
+KBLOCK_TILES = 16
+KBLOCK_ITEMS = 2
+
 GROUP_OUTER_L2, GROUP_OUTER_CODE = 0.75, 0.5
 
 
@@ -1859,6 +1871,8 @@ class Lowering:
                            **(_grouping(op, sw, xalign, indices) if grouped else {}))
             if spec.group > 1 and panels > 1:
                 spec = replace(spec, panels=True)
+            elif spec.group > 1:
+                spec = replace(spec, kcols=self._kcols(indices, spec.span))
             baked = E_.Pattern(sw.indptr, indices)
         sym = self.sparse_kernel(spec, baked)
         L = lift(L)
@@ -1870,7 +1884,7 @@ class Lowering:
 
             row_bounds = es.spmm_bounds(sw.indptr, spec.group)
             if grouped:  # the values in the order the code reads them
-                data = data[es.group_order(sw.indptr, indices, spec.group)]
+                data = data[es.group_order(sw.indptr, indices, spec.group, spec.kcols)]
         units = row_bounds if row_bounds is not None else sw.indptr
         nunits = len(units) - 1
         # Row blocks per tile: enough items for every thread when there are few tiles (batch
@@ -1881,7 +1895,10 @@ class Lowering:
         tiles_1 = max(tiles(1), 1)
         nrb_few = max(1, min(nunits, -(-want // tiles_1))) if self.threads > 1 else 1
         variants = [(1, guard)]
-        if spec.group > 1:
+        if spec.kcols:
+            # a few row blocks of groups, each item one over all the call's samples
+            variants = [(min(nunits, KBLOCK_ITEMS * self.threads), guard)]
+        elif spec.group > 1:
             # every group its own row block (the kernel runs row blocks slowest, then
             # samples, then tiles: a group's code is reused over the call's positions)
             variants = [(nunits, guard)]
@@ -1909,6 +1926,14 @@ class Lowering:
             if res is not None:
                 args[E_.A_RES] = res
             args[E_.A_NB] = I(n)
+            if spec.kcols:  # an item a row block of a set of samples
+                # (samples a set: their x of one column block in KBLOCK_X_BYTES)
+                per = max(1, KBLOCK_X_BYTES // (4 * spec.kcols * max(spec.xrs, 1)))
+                args[E_.A_GXB], args[E_.A_GRR] = I(per), I(0)
+                self.call(sym, args, lift(n).cdiv(per) * nrb,
+                          2.0 * sw.data.size / nrb * spec.vw * spec.tile * max(ntiles(1), 1) * per,
+                          only_if=cond)
+                continue
             if spec.group > 1:
                 if panels > 1:  # a block at a time, its tiles in panels
                     args[E_.A_GXB], args[E_.A_GRR] = I(xns), I(0)
@@ -1928,6 +1953,22 @@ class Lowering:
         if spec.group > 1:
             return f"native sparse specialised (rows in groups of {spec.group}, assembly)"
         return "native sparse specialised" if baked is not None else "native sparse generic"
+
+    def _kcols(self, indices: np.ndarray, span: int) -> int:
+        """KernelSpec.kcols of the op's grouped call: blocks of whole input channels (with
+        all their planes: a stride-2 conv has four), KBLOCK columns (channels x taps) or a
+        little more, in index units (a shifted conv's indices are float offsets, a pointwise
+        one's channel rows), when that makes two blocks or more over maps of at most
+        KBLOCK_TILES vectors (``span`` floats a sample); else 0."""
+        op = self.plan.ops[self.i]
+        cols = env_kblock(KBLOCK)
+        kernel = op.attrs.get("kernel", (1, 1)) if op.kind == "conv2d" else (1, 1)
+        taps = int(np.prod([int(v) for v in kernel]))
+        cin = self.shape(op.inputs[0])[1].value
+        per = -(-cols // taps)  # channels a block
+        if cols <= 0 or cin < 2 * per or not indices.size or span > KBLOCK_TILES * self.vw:
+            return 0
+        return per * -(-(int(indices.max()) + 1) // cin)
 
     def _expand_block(self, nnz: int, cout: int, cin: int) -> int:
         """Channels an expand conv (``nnz`` values, cin -> cout) inside a depthwise one

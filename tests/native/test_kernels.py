@@ -996,6 +996,52 @@ def test_grouped_tiles_outer(seed, monkeypatch):
         assert np.array_equal(got.numpy(), cms[False](x).numpy())
 
 
+@pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
+def test_grouped_column_blocks(seed, monkeypatch):
+    """Grouped kernels with their columns in blocks of input channels (KernelSpec.kcols,
+    lower.KBLOCK; the partial sums through out, the bias in the first block, the residual
+    and the activation in the last): forced small here so a stride-2 3x3 conv, a basic
+    block's two 3x3 convs (a fused residual) and two 1x1 convs (a clamp; the first's
+    first block empty) take 2-14 blocks, the last one short, and samples in sets of 2
+    (KBLOCK_X_BYTES). Against torch at batches 1, 2 and 5 (a short last set, items split
+    between the threads) and bit for bit against one block: the FMAs run in the same
+    order."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 40, 3, 2, 1), torch.nn.ReLU(), _BasicBlock(40),  # 12 x 12
+        torch.nn.Conv2d(40, 72, 1), torch.nn.ReLU6(),
+        torch.nn.Conv2d(72, 50, 1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(50, 10)).eval()
+    _prune_convs(model)
+    with torch.no_grad():
+        model[5].weight[:, :20] = 0.0  # (its first block: no nonzero)
+    cms = {}
+    for cols in (0, 20):
+        monkeypatch.setattr(lower, "KBLOCK", cols)
+        monkeypatch.setattr(lower, "KBLOCK_X_BYTES", 5000)
+        cm = _native_csr(model, torch.randn(1, 3, 24, 24))
+        kcols = [k.spec.kcols for k in cm.native.lib.program.kernels.values()
+                 if k.spec is not None and k.spec.group > 1]
+        assert (sum(1 for c in kcols if c) >= 4) == bool(cols), kcols
+        sets = [c.args[E.A_GXB].expr.value for c in cm.native.lib.program.calls
+                if c.kernel.startswith("sp_") and len(c.args) > E.A_GXB and
+                c.args[E.A_GXB].kind == "int" and c.args[E.A_GRR].kind == "int" and
+                c.args[E.A_GRR].expr.value == 0]
+        if cols:
+            assert 2 in sets, sets
+        cms[cols] = cm
+    for batch in (1, 2, 5):
+        x = torch.randn(batch, 3, 24, 24)
+        with torch.no_grad():
+            want = model(x)
+        got = cms[20](x)
+        assert_matches(got, want)
+        assert np.array_equal(got.numpy(), cms[0](x).numpy())
+
+
 def test_group_tiles_outer_rule(monkeypatch):
     """lower.group_tiles_outer: tiles outer for a sample's x that, with the code, overflows
     the L2 share, while the code alone fits GROUP_OUTER_CODE of L2; not for small x or big

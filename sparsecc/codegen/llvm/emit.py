@@ -108,6 +108,11 @@ class KernelSpec:
     # grouped: a sample's tiles may run in panels (A_PANELS); without it the kernel has no
     # panel arithmetic (~6 divisions an item: MobileNetV2's small items at batch 1)
     panels: bool = False
+    # grouped: the columns in blocks of this many (index units: kblock_of), every block's
+    # chunks over all of a work item's samples and tiles before the next block's, the
+    # partial sums through out (0: one block). An item is (samples, row block), A_GXB
+    # samples; the values in group_order(..., kcols).
+    kcols: int = 0
 
     @property
     def key(self) -> str:
@@ -134,6 +139,8 @@ class KernelSpec:
             parts.append(f"rr{self.res_rs}")
         if self.panels:
             parts.append("pn")
+        if self.kcols:
+            parts.append(f"kc{self.kcols}")
         return "_".join(parts)
 
 
@@ -326,6 +333,39 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         from sparsecc.codegen.llvm.emit_specialized import spmm_row_chunks
 
         row_fns = spmm_row_chunks(module, name, spec, pattern)
+
+    def tile(n, t, r0, r1):
+        """Rows [r0, r1) (row-chunk functions, or rows) of sample n's tile t."""
+        j0 = b.mul(t, I64(width))
+        xb = b.gep(x, [b.add(b.mul(n, xns), j0)], inbounds=True)
+        ob = b.gep(out, [b.add(b.mul(n, ons), j0)], inbounds=True)
+        if spec.residual:  # the residual's tile, at out's offsets
+            k.res = b.gep(k.arg_ptr(A_RES, "res"), [b.add(b.mul(n, ons), j0)], inbounds=True)
+        if spec.edge:  # lanes off a row's first / last column: bits 0-15 / 16-31
+            pos = b.add(_splat_i64_val(b, spec.vw, j0), lanes)
+            col = b.srem(pos, _const_i64_vec(spec.vw, spec.edge))
+            bits = []
+            for c in (0, spec.edge - 1):
+                live = b.icmp_signed("!=", col, _const_i64_vec(spec.vw, c))
+                bits.append(b.zext(b.bitcast(live, ir.IntType(spec.vw)), I64))
+            k.edge_masks = b.or_(bits[0], b.shl(bits[1], I64(16)))
+        full = b.icmp_signed("<=", b.add(j0, I64(width)), L)
+        with b.if_else(full) as (then, other):
+            with then:
+                _spmm_tile(k, spec, None, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
+                           row_fns)
+            with other:
+                if row_fns is not None:  # the tail variant has its live lanes baked in
+                    _spmm_tile(k, spec, [], indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
+                               row_fns)
+                else:
+                    _masked_tail(k, spec, b.sub(L, j0), lanes, indptr, idx, data, xb, ob, bias,
+                                 r0, r1, xrs, ors)
+
+    if spec.kcols and spec.group > 1 and pattern is not None:
+        _kblocked_items(k, spec, pattern, row_fns, rsplit, ntiles, nrb, tile)
+        b.ret_void()
+        return
     with k.loop(k.fn.args[0], k.fn.args[1], "w") as w:
         # Tiles vary fastest: a thread's contiguous run of items covers whole row blocks, so
         # the cheap last (partial) tile of each row block does not unbalance the threads.
@@ -376,32 +416,37 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
                                    b.icmp_signed("==", k.arg_i64(A_GRR, "grr_p"), I64(0)))
         r0 = b.load(b.gep(rsplit, [rb], inbounds=True))
         r1 = b.load(b.gep(rsplit, [b.add(rb, I64(1))], inbounds=True))
-        j0 = b.mul(t, I64(width))
-        xb = b.gep(x, [b.add(b.mul(n, xns), j0)], inbounds=True)
-        ob = b.gep(out, [b.add(b.mul(n, ons), j0)], inbounds=True)
-        if spec.residual:  # the residual's tile, at out's offsets
-            k.res = b.gep(k.arg_ptr(A_RES, "res"), [b.add(b.mul(n, ons), j0)], inbounds=True)
-        if spec.edge:  # lanes off a row's first / last column: bits 0-15 / 16-31
-            pos = b.add(_splat_i64_val(b, spec.vw, j0), lanes)
-            col = b.srem(pos, _const_i64_vec(spec.vw, spec.edge))
-            bits = []
-            for c in (0, spec.edge - 1):
-                live = b.icmp_signed("!=", col, _const_i64_vec(spec.vw, c))
-                bits.append(b.zext(b.bitcast(live, ir.IntType(spec.vw)), I64))
-            k.edge_masks = b.or_(bits[0], b.shl(bits[1], I64(16)))
-        full = b.icmp_signed("<=", b.add(j0, I64(width)), L)
-        with b.if_else(full) as (then, other):
-            with then:
-                _spmm_tile(k, spec, None, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
-                           row_fns)
-            with other:
-                if row_fns is not None:  # the tail variant has its live lanes baked in
-                    _spmm_tile(k, spec, [], indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
-                               row_fns)
-                else:
-                    _masked_tail(k, spec, b.sub(L, j0), lanes, indptr, idx, data, xb, ob, bias,
-                                 r0, r1, xrs, ors)
+        tile(n, t, r0, r1)
     b.ret_void()
+
+
+def _kblocked_items(k: _Fn, spec, pattern, row_fns, rsplit, ntiles, nrb, tile) -> None:
+    """Items of a column-blocked grouped kernel (KernelSpec.kcols): item w is row block
+    w % nrb of the samples [s * T, s * T + T), s = w // nrb, T = A_GXB; its column blocks in
+    turn, each block's row-chunk functions over every tile of those samples, so a chunk's
+    code and the block's x are reused over the item's tiles."""
+    from sparsecc.codegen.llvm.emit_specialized import kblock_count
+
+    b = k.b
+    nk = kblock_count(pattern.indices, spec.kcols)
+    ng = len(row_fns) // nk
+    nb = k.arg_i64(A_NB, "nb")
+    per = k.arg_i64(A_GXB, "gxb")
+    per = b.select(b.icmp_signed("<", per, I64(1)), I64(1), per)
+    with k.loop(k.fn.args[0], k.fn.args[1], "w") as w:
+        s = b.sdiv(w, nrb)
+        rb = b.sub(w, b.mul(s, nrb))
+        n0 = b.mul(s, per)
+        n1 = b.add(n0, per)
+        n1 = b.select(b.icmp_signed(">", n1, nb), nb, n1)
+        r0 = b.load(b.gep(rsplit, [rb], inbounds=True))
+        r1 = b.load(b.gep(rsplit, [b.add(rb, I64(1))], inbounds=True))
+        with k.loop(I64(0), I64(nk), "kb") as kb:
+            with k.loop(r0, r1, "g") as g:
+                ci = b.add(b.mul(kb, I64(ng)), g)
+                with k.loop(n0, n1, "n") as n:
+                    with k.loop(I64(0), ntiles, "t") as t:
+                        tile(n, t, ci, b.add(ci, I64(1)))
 
 
 def _masked_tail(k: _Fn, spec, rem, lanes, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors):

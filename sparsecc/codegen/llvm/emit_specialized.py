@@ -95,37 +95,72 @@ def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
                 ir.Function(module, ir.FunctionType(ret, args), iname)
     bodies = module.__dict__.setdefault("sparsecc_bodies", [])
     asm = module.__dict__.setdefault("sparsecc_asm", [])
+    blocks = kblocks(pattern, spec.kcols) if spec.group > 1 else [(pattern, 0)]
     pairs = []
-    for c in range(len(bounds) - 1):
-        pair = {}
-        for tag, ps in variants:
-            fname = f"{name}_c{c}_{tag}"
-            params = [fp, fp, fp, fp, I64, I64] + ([fp] if spec.residual else []) + \
-                ([I64] if spec.edge else [])
-            pair[tag] = ir.Function(module, ir.FunctionType(VOID, params), fname)
-            if spec.group > 1:
-                asm.extend(_group_asm(fname, spec, pattern, int(bounds[c]),
-                                      int(bounds[c + 1]), ps))
-            else:
-                bodies.append(_row_chunk_text(fname, spec, pattern, int(bounds[c]),
-                                              int(bounds[c + 1]), ps))
-        pairs.append((pair.get("f"), pair.get("t")))
+    for kb, (part, base) in enumerate(blocks):
+        for c in range(len(bounds) - 1):
+            pair = {}
+            for tag, ps in variants:
+                fname = f"{name}_c{kb * (len(bounds) - 1) + c}_{tag}"
+                params = [fp, fp, fp, fp, I64, I64] + ([fp] if spec.residual else []) + \
+                    ([I64] if spec.edge else [])
+                pair[tag] = ir.Function(module, ir.FunctionType(VOID, params), fname)
+                if spec.group > 1:
+                    asm.extend(_group_asm(fname, spec, part, int(bounds[c]),
+                                          int(bounds[c + 1]), ps, base, first=kb == 0,
+                                          last=kb == len(blocks) - 1))
+                else:
+                    bodies.append(_row_chunk_text(fname, spec, pattern, int(bounds[c]),
+                                                  int(bounds[c + 1]), ps))
+            pairs.append((pair.get("f"), pair.get("t")))
     return pairs
 
 
-def group_order(indptr: np.ndarray, indices: np.ndarray, group: int) -> np.ndarray:
-    """The order a grouped kernel reads its values in (positions into the CSR arrays): row
-    group by row group, the group's columns ascending, a column's rows ascending. The kernel
-    reads ``data[group_order(...)]`` front to back."""
+def kblock_count(indices: np.ndarray, kcols: int) -> int:
+    """Column blocks of a grouped kernel with ``KernelSpec.kcols`` (1 without): block b holds
+    the columns in [b * kcols, (b + 1) * kcols)."""
+    if kcols <= 0:
+        return 1
+    return int(indices.max(initial=0)) // kcols + 1
+
+
+def kblocks(pattern: Pattern, kcols: int) -> list[tuple[Pattern, int]]:
+    """(the pattern's nonzeros in each column block, the position of the block's first value
+    in the grouped order): ``kblock_count`` blocks, an empty one where no column falls."""
+    nk = kblock_count(pattern.indices, kcols)
+    if nk == 1:
+        return [(pattern, 0)]
+    ip, ix = pattern.indptr, pattern.indices.astype(np.int64)
+    row = np.repeat(np.arange(len(ip) - 1), np.diff(ip))
+    blk = ix // kcols
+    out, base = [], 0
+    for b in range(nk):
+        keep = blk == b
+        counts = np.bincount(row[keep], minlength=len(ip) - 1)
+        out.append((Pattern(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                            pattern.indices[keep]), base))
+        base += int(keep.sum())
+    return out
+
+
+def group_order(indptr: np.ndarray, indices: np.ndarray, group: int,
+                kcols: int = 0) -> np.ndarray:
+    """The order a grouped kernel reads its values in (positions into the CSR arrays): column
+    block by block (``KernelSpec.kcols``), in a block row group by row group, the group's
+    columns ascending, a column's rows ascending. The kernel reads ``data[group_order(...)]``
+    front to back."""
     rows = len(indptr) - 1
     if group <= 1:
         return np.arange(int(indptr[-1]), dtype=np.int64)
     row = np.repeat(np.arange(rows, dtype=np.int64), np.diff(indptr))
-    return np.lexsort((row, indices.astype(np.int64), row // group)).astype(np.int64)
+    col = indices.astype(np.int64)
+    blk = col // kcols if kcols > 0 else np.zeros_like(col)
+    return np.lexsort((row, col, row // group, blk)).astype(np.int64)
 
 
 def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
-               pcs: list[tuple[int, int, int]]) -> list[str]:
+               pcs: list[tuple[int, int, int]], base: int = 0, first: bool = True,
+               last: bool = True) -> list[str]:
     """A grouped row chunk as AVX-512 assembly (System V: rdi data, rsi x, rdx out, rcx
     bias, r8 x row stride, r9 out row stride, in floats; with ``spec.residual`` a 7th
     argument on the stack, the residual at out's offsets, added before the activation).
@@ -135,7 +170,12 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     bounds go into those x registers for the group's epilogue (up to 30 rows of one piece).
     Values are read in ``group_order``: one pointer walking ``data`` keeps every FMA's
     displacement in a byte. Written as assembly, not IR: LLVM's instruction selection and
-    register allocation took ~0.15 ms per nonzero on these straight-line bodies."""
+    register allocation took ~0.15 ms per nonzero on these straight-line bodies.
+
+    A column block's chunk (``KernelSpec.kcols``; ``pattern`` its nonzeros, the first at
+    ``base`` in data): unless ``first``, the accumulators start from out (the blocks before
+    left their partial sums there) instead of the bias; unless ``last``, they are stored as
+    they are (the residual and the activation wait for the last block)."""
     ip, ix = pattern.indptr, pattern.indices
     nv = len(pcs)
     # x's registers follow the accumulators; after a group's column walk the first two of
@@ -171,7 +211,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
             emit_(f"mov eax, {(1 << live) - 1}")
             emit_(f"kmovw k{v + 1}, eax")
     lo, hi = f"zmm{xr}", f"zmm{xr + 1}"
-    q = int(ip[r0])  # the next value's position in the reordered data
+    q = base + int(ip[r0])  # the next value's position in the reordered data
     window = None
     xwin: list = [None]  # r10 = rsi + xwin[0] while a group walks its columns
 
@@ -190,9 +230,14 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
         xwin[0] = None  # (the epilogue uses r10)
         rows = list(range(g0, min(g0 + spec.group, r1)))
         for i, o in enumerate(rows):
+            if not first:
+                emit_(f"imul r10, r9, {o}")
             for v in range(nv):
                 acc = f"zmm{i * nv + v}"
-                if not spec.has_bias:
+                if not first:
+                    m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
+                    emit_(f"vmovups {acc}{m}, zmmword ptr [rdx + r10 + {4 * pcs[v][0]}]")
+                elif not spec.has_bias:
                     emit_(f"vxorps {acc}, {acc}, {acc}")
                 elif v == 0:
                     emit_(f"vbroadcastss {acc}, dword ptr [rcx + {4 * o}]")
@@ -225,9 +270,10 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                     emit_(f"vfmadd231ps zmm{i * nv + v}{edge.get(col, '')}, {xv[v]}, "
                           f"dword ptr [rax + {4 * q - window}]{{1to16}}")
                 q += 1
-        if spec.act == "relu":
+        act = spec.act if last else "none"
+        if act == "relu":
             emit_(f"vxorps {lo}, {lo}, {lo}")
-        elif spec.act == "clamp":
+        elif act == "clamp":
             for reg, c in ((lo, spec.act_a), (hi, spec.act_b)):
                 emit_(f"mov eax, {struct.unpack('<I', struct.pack('<f', c))[0]}")
                 emit_(f"vpbroadcastd {reg}, eax")
@@ -235,20 +281,20 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
             emit_(f"imul r10, r9, {o}")
             for v, (first_f, _, _) in enumerate(pcs):
                 acc = f"zmm{i * nv + v}"
-                if spec.residual:
+                if spec.residual and last:
                     m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
                     # (res_rs: the residual's own row stride, a displacement from r11)
                     at = f"r11 + {4 * (o * spec.res_rs + first_f)}" if spec.res_rs else \
                         f"r11 + r10 + {4 * first_f}"
                     emit_(f"vaddps {acc}{m}, {acc}, zmmword ptr [{at}]")
                 # x86 max / min return their second operand when one is NaN: NaN passes
-                if spec.act in ("relu", "clamp"):
+                if act in ("relu", "clamp"):
                     emit_(f"vmaxps {acc}, {lo}, {acc}")
-                if spec.act == "clamp":
+                if act == "clamp":
                     emit_(f"vminps {acc}, {hi}, {acc}")
                 m = f" {{{masks[v]}}}" if v in masks else ""
                 emit_(f"vmovups zmmword ptr [rdx + r10 + {4 * first_f}]{m}, {acc}")
-    if q != int(ip[r1]):
+    if q != base + int(ip[r1]):
         raise AssertionError("grouped chunk did not read its values")
     emit_("vzeroupper")
     emit_("ret")
