@@ -172,11 +172,13 @@ GROUP_OUTER = True
 # about this many columns (channels x taps) a block (KernelSpec.kcols), each block's code
 # over every tile of the call's samples before the next (the partial sums through out), in
 # KBLOCK_ITEMS row blocks a thread, the samples in sets whose x of a block fits
-# KBLOCK_X_BYTES. 0: off.
+# KBLOCK_X_BYTES. 0: off. A conv with fewer than two such blocks but KBLOCK_HALVES columns
+# or more takes two blocks of half its channels (ResNet-50's 1024-channel 1x1 convs).
 KBLOCK = 576
 KBLOCK_X_BYTES = 512 << 10
 KBLOCK_TILES = 16
 KBLOCK_ITEMS = 2
+KBLOCK_HALVES = 1024
 
 GROUP_OUTER_L2, GROUP_OUTER_CODE = 0.75, 0.5
 
@@ -1957,15 +1959,18 @@ class Lowering:
     def _kcols(self, indices: np.ndarray, span: int) -> int:
         """KernelSpec.kcols of the op's grouped call: blocks of whole input channels (with
         all their planes: a stride-2 conv has four), KBLOCK columns (channels x taps) or a
-        little more, in index units (a shifted conv's indices are float offsets, a pointwise
-        one's channel rows), when that makes two blocks or more over maps of at most
-        KBLOCK_TILES vectors (``span`` floats a sample); else 0."""
+        little more, or two blocks (KBLOCK_HALVES); in index units (a shifted conv's
+        indices are float offsets, a pointwise one's channel rows). Only when that makes
+        two blocks or more over maps of at most KBLOCK_TILES vectors (``span`` floats a
+        sample); else 0."""
         op = self.plan.ops[self.i]
         cols = env_kblock(KBLOCK)
         kernel = op.attrs.get("kernel", (1, 1)) if op.kind == "conv2d" else (1, 1)
         taps = int(np.prod([int(v) for v in kernel]))
         cin = self.shape(op.inputs[0])[1].value
-        per = -(-cols // taps)  # channels a block
+        per = -(-max(cols, 1) // taps)  # channels a block
+        if cin < 2 * per and cin * taps >= KBLOCK_HALVES > 0:
+            per = cin // 2  # (two blocks of half the channels)
         if cols <= 0 or cin < 2 * per or not indices.size or span > KBLOCK_TILES * self.vw:
             return 0
         return per * -(-(int(indices.max()) + 1) // cin)

@@ -997,14 +997,16 @@ def test_grouped_tiles_outer(seed, monkeypatch):
 
 
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
-def test_grouped_column_blocks(seed, monkeypatch):
+@pytest.mark.parametrize("cols,halves,x_bytes", [(20, 0, 5000), (200, 60, 40000)])
+def test_grouped_column_blocks(seed, monkeypatch, cols, halves, x_bytes):
     """Grouped kernels with their columns in blocks of input channels (KernelSpec.kcols,
     lower.KBLOCK; the partial sums through out, the bias in the first block, the residual
     and the activation in the last): forced small here so a stride-2 3x3 conv, a basic
     block's two 3x3 convs (a fused residual) and two 1x1 convs (a clamp; the first's
-    first block empty) take 2-14 blocks, the last one short, and samples in sets of 2
-    (KBLOCK_X_BYTES). Against torch at batches 1, 2 and 5 (a short last set, items split
-    between the threads) and bit for bit against one block: the FMAs run in the same
+    first block empty) take 2-14 blocks, the last one short; or (KBLOCK_HALVES) two blocks
+    of half the channels for the 3x3 convs and the last 1x1 conv. Samples in sets of 2 or
+    more (KBLOCK_X_BYTES). Against torch at batches 1, 2 and 5 (a short last set, items
+    split between the threads) and bit for bit against one block: the FMAs run in the same
     order."""
     from sparsecc.native import lower
 
@@ -1019,27 +1021,28 @@ def test_grouped_column_blocks(seed, monkeypatch):
     with torch.no_grad():
         model[5].weight[:, :20] = 0.0  # (its first block: no nonzero)
     cms = {}
-    for cols in (0, 20):
-        monkeypatch.setattr(lower, "KBLOCK", cols)
-        monkeypatch.setattr(lower, "KBLOCK_X_BYTES", 5000)
+    monkeypatch.setattr(lower, "KBLOCK_HALVES", halves)
+    monkeypatch.setattr(lower, "KBLOCK_X_BYTES", x_bytes)
+    for on in (False, True):
+        monkeypatch.setattr(lower, "KBLOCK", cols if on else 0)
         cm = _native_csr(model, torch.randn(1, 3, 24, 24))
         kcols = [k.spec.kcols for k in cm.native.lib.program.kernels.values()
                  if k.spec is not None and k.spec.group > 1]
-        assert (sum(1 for c in kcols if c) >= 4) == bool(cols), kcols
+        assert (sum(1 for c in kcols if c) >= 4) == on, kcols
         sets = [c.args[E.A_GXB].expr.value for c in cm.native.lib.program.calls
                 if c.kernel.startswith("sp_") and len(c.args) > E.A_GXB and
                 c.args[E.A_GXB].kind == "int" and c.args[E.A_GRR].kind == "int" and
                 c.args[E.A_GRR].expr.value == 0]
-        if cols:
-            assert 2 in sets, sets
-        cms[cols] = cm
+        if on:
+            assert any(1 < s < 5 for s in sets), sets
+        cms[on] = cm
     for batch in (1, 2, 5):
         x = torch.randn(batch, 3, 24, 24)
         with torch.no_grad():
             want = model(x)
-        got = cms[20](x)
+        got = cms[True](x)
         assert_matches(got, want)
-        assert np.array_equal(got.numpy(), cms[0](x).numpy())
+        assert np.array_equal(got.numpy(), cms[False](x).numpy())
 
 
 def test_group_tiles_outer_rule(monkeypatch):
