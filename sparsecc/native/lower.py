@@ -173,10 +173,13 @@ GROUP_OUTER = True
 # over every tile of the call's samples before the next (the partial sums through out), in
 # KBLOCK_ITEMS row blocks a thread, the samples in sets whose x of a block fits
 # KBLOCK_X_BYTES. 0: off. A conv with fewer than two such blocks but KBLOCK_HALVES columns
-# or more takes two blocks of half its channels (ResNet-50's 1024-channel 1x1 convs).
+# or more takes two blocks of half its channels (ResNet-50's 1024-channel 1x1 convs). Only
+# over maps of at most KBLOCK_TILES vectors a sample (KBLOCK_TILES_S2 at stride 2: at 28 x 28
+# a stride-2 conv's four phase planes make a block's x ~1 MB a sample, and it ran slower).
 KBLOCK = 576
 KBLOCK_X_BYTES = 512 << 10
-KBLOCK_TILES = 16
+KBLOCK_TILES = 64
+KBLOCK_TILES_S2 = 16
 KBLOCK_ITEMS = 2
 KBLOCK_HALVES = 1024
 
@@ -1961,8 +1964,8 @@ class Lowering:
         all their planes: a stride-2 conv has four), KBLOCK columns (channels x taps) or a
         little more, or two blocks (KBLOCK_HALVES); in index units (a shifted conv's
         indices are float offsets, a pointwise one's channel rows). Only when that makes
-        two blocks or more over maps of at most KBLOCK_TILES vectors (``span`` floats a
-        sample); else 0."""
+        two blocks or more over maps of at most KBLOCK_TILES vectors (KBLOCK_TILES_S2 for a
+        strided conv; ``span`` floats a sample); else 0."""
         op = self.plan.ops[self.i]
         cols = env_kblock(KBLOCK)
         kernel = op.attrs.get("kernel", (1, 1)) if op.kind == "conv2d" else (1, 1)
@@ -1971,7 +1974,10 @@ class Lowering:
         per = -(-max(cols, 1) // taps)  # channels a block
         if cin < 2 * per and cin * taps >= KBLOCK_HALVES > 0:
             per = cin // 2  # (two blocks of half the channels)
-        if cols <= 0 or cin < 2 * per or not indices.size or span > KBLOCK_TILES * self.vw:
+        strided = any(int(v) > 1 for v in op.attrs.get("stride", (1,))) \
+            if op.kind == "conv2d" else False
+        tiles = KBLOCK_TILES_S2 if strided else KBLOCK_TILES
+        if cols <= 0 or cin < 2 * per or not indices.size or span > tiles * self.vw:
             return 0
         return per * -(-(int(indices.max()) + 1) // cin)
 

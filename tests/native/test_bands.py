@@ -71,13 +71,17 @@ def _run(cm, x, threads):
 
 # (h, w): bands of 2 (w 24), 4 (w 20, 28) and 16 (w 9) rows, whole 16-float tiles; the
 # last, 22 rows in 4-row bands, cannot be band-major (bands then stay off). tail:
-# SPARSECC_TAIL_BYTES ("20K": the layers after the run over the whole batch)
-@pytest.mark.parametrize("h,w,banded,tail", [(16, 24, True, "0"), (24, 20, True, "20K"),
-                                             (12, 28, True, "0"), (32, 9, True, "20K"),
-                                             (22, 20, False, "20K")])
-def test_bands_match_torch_and_the_unbanded_model(h, w, banded, tail, seed, monkeypatch):
+# SPARSECC_TAIL_BYTES ("20K": the layers after the run over the whole batch). kblock:
+# lower.KBLOCK (9: the convs' columns in blocks of 1 channel of a 3x3 conv, 9 of a 1x1 one,
+# so the band calls run the column-blocked items)
+@pytest.mark.parametrize("h,w,banded,tail,kblock", [
+    (16, 24, True, "0", 0), (24, 20, True, "20K", 0), (12, 28, True, "0", 0),
+    (32, 9, True, "20K", 0), (22, 20, False, "20K", 0), (16, 24, True, "20K", 9)])
+def test_bands_match_torch_and_the_unbanded_model(h, w, banded, tail, kblock, seed,
+                                                  monkeypatch):
     torch.manual_seed(seed)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", tail)
+    monkeypatch.setattr(NL, "KBLOCK", kblock)
     model = _model()
     plain = _compiled(model, h, w, False, monkeypatch)
     cm = _compiled(model, h, w, True, monkeypatch)
@@ -96,6 +100,13 @@ def test_bands_match_torch_and_the_unbanded_model(h, w, banded, tail, seed, monk
                  if c.kernel.startswith("sp_")}
         assert any(c.args[E.A_NTILES].expr.value < tiles[c.op] for c in prog.calls
                    if c.kernel.startswith("sp_") and c.op in tiles)
+        # (column-blocked band calls: an item a row block of a set of samples)
+        blocked = [c for c in prog.calls if c.kernel in prog.kernels and
+                   prog.kernels[c.kernel].spec is not None and
+                   prog.kernels[c.kernel].spec.kcols and c.op in tiles and
+                   c.args[E.A_NTILES].expr.value < tiles[c.op]]
+        assert bool(blocked) == bool(kblock)
+        assert all(c.items(1) == c.args[E.A_NRB].expr.value for c in blocked)
     for batch, threads in ((1, 2), (1, 1), (3, 2), (16, 2), (5, 1)):
         x = torch.randn(batch, 3, h, w)
         with torch.no_grad():
