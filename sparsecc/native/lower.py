@@ -167,6 +167,17 @@ def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
 # over 16 samples' x, one core) agrees: tiles outer 1.09-1.15x at 512-2048 columns with x
 # from L3, 0.92-0.95x with one sample's x staying in L2.
 GROUP_OUTER = True
+GROUP_OUTER_L2, GROUP_OUTER_CODE = 0.75, 0.5
+
+
+def group_tiles_outer(nnz: int, x_sample_bytes: int) -> bool:
+    """Whether a grouped call of ``nnz`` values over samples of ``x_sample_bytes`` of x runs
+    its tiles outer (emit.A_GRR < 0; see GROUP_OUTER)."""
+    budget = l2_bytes()
+    code = GROUP_CODE_BYTES * nnz
+    return GROUP_OUTER and code + x_sample_bytes > GROUP_OUTER_L2 * budget and \
+        code <= GROUP_OUTER_CODE * budget
+
 
 # Grouped kernels over many input columns: their columns in blocks of whole input channels,
 # about this many columns (channels x taps) a block (KernelSpec.kcols), each block's code
@@ -182,17 +193,6 @@ KBLOCK_TILES = 64
 KBLOCK_TILES_S2 = 16
 KBLOCK_ITEMS = 2
 KBLOCK_HALVES = 1024
-
-GROUP_OUTER_L2, GROUP_OUTER_CODE = 0.75, 0.5
-
-
-def group_tiles_outer(nnz: int, x_sample_bytes: int) -> bool:
-    """Whether a grouped call of ``nnz`` values over samples of ``x_sample_bytes`` of x runs
-    its tiles outer (emit.A_GRR < 0; see GROUP_OUTER)."""
-    budget = l2_bytes()
-    code = GROUP_CODE_BYTES * nnz
-    return GROUP_OUTER and code + x_sample_bytes > GROUP_OUTER_L2 * budget and \
-        code <= GROUP_OUTER_CODE * budget
 
 
 # A 1x1 expand conv denser than this stays a conv of its own (its grouped kernel) instead of
@@ -1901,7 +1901,7 @@ class Lowering:
         nrb_few = max(1, min(nunits, -(-want // tiles_1))) if self.threads > 1 else 1
         variants = [(1, guard)]
         if spec.kcols:
-            # a few row blocks of groups, each item one over all the call's samples
+            # a few row blocks of groups, an item one of them over a set of samples
             variants = [(min(nunits, KBLOCK_ITEMS * self.threads), guard)]
         elif spec.group > 1:
             # every group its own row block (the kernel runs row blocks slowest, then

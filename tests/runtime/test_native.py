@@ -3,6 +3,7 @@ it does not, numba kernels when LLVM cannot build; results identical in every ca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from torch import nn
 
 import sparsecc
 from sparsecc import api
-from sparsecc.codegen.llvm import jit, kernels
+from sparsecc.codegen.llvm import emit, jit, kernels
 from sparsecc.errors import CodegenError
 from sparsecc.runtime import artifact as art
 
@@ -62,6 +63,21 @@ def test_artifact_carries_object_code_for_this_cpu(saved):
     if x.shape[0] == 1:  # the specialised artifact: both families carry their pattern
         baked = {s.family for s in specs if s.pattern_hash}
         assert baked == {"spmm", "spmv"}
+
+
+def test_spec_fields_added_later_take_their_defaults():
+    """An artifact's kernel index written before ``residual``, ``panels`` or ``kcols``
+    existed loads with their defaults (the kernels it holds had none of them); a field
+    nobody knows is refused."""
+    spec = emit.KernelSpec("spmm", 16, group=30, kcols=1152, panels=True)
+    saved = dataclasses.asdict(spec)
+    assert kernels.spec_from_dict(saved) == spec
+    for name in ("residual", "panels", "kcols"):
+        saved.pop(name)
+    old = kernels.spec_from_dict(saved)
+    assert (old.residual, old.panels, old.kcols) == (False, False, 0)
+    with pytest.raises(ValueError, match="fields"):
+        kernels.spec_from_dict({**saved, "lanes": 3})
 
 
 def test_native_load_links_and_matches(saved):

@@ -108,10 +108,11 @@ class KernelSpec:
     # grouped: a sample's tiles may run in panels (A_PANELS); without it the kernel has no
     # panel arithmetic (~6 divisions an item: MobileNetV2's small items at batch 1)
     panels: bool = False
-    # grouped: the columns in blocks of this many (index units: kblock_of), every block's
-    # chunks over all of a work item's samples and tiles before the next block's, the
-    # partial sums through out (0: one block). An item is (samples, row block), A_GXB
-    # samples; the values in group_order(..., kcols).
+    # grouped: the columns in blocks of this many (in index units; block b holds indices
+    # [b * kcols, (b + 1) * kcols): emit_specialized.kblocks), every block's chunks over
+    # all of a work item's samples and tiles before the next block's, the partial sums
+    # through out (0: one block). An item is a row block of a set of A_GXB samples
+    # (_kblocked_items); the values in group_order(..., kcols).
     kcols: int = 0
 
     @property

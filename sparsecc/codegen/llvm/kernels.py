@@ -85,17 +85,20 @@ def recording():
 def spec_from_dict(d: dict) -> emit.KernelSpec:
     """A KernelSpec from its saved fields (an artifact's native-code index); strict types."""
     fields = {f.name: f.type for f in dataclasses.fields(emit.KernelSpec)}
-    d = {"residual": False, **d}  # indexes written before the field existed
+    # indexes written before a field existed: its default (the kernel the key names did not
+    # have it either)
+    d = {"residual": False, "panels": False, "kcols": 0, **d}
     if set(d) != set(fields):
         raise ValueError(f"kernel spec fields {sorted(d)} != {sorted(fields)}")
     vals = dict(d)
     vals["block"] = tuple(int(v) for v in d["block"])
-    for name in ("vw", "tile", "idx_bits", "xrs", "span"):
+    for name in ("vw", "tile", "idx_bits", "xrs", "span", "kcols"):
         vals[name] = int(d[name])
     for name in ("act_a", "act_b"):
         vals[name] = float(d[name])
     vals["has_bias"] = bool(d["has_bias"])
     vals["residual"] = bool(d["residual"])
+    vals["panels"] = bool(d["panels"])
     return emit.KernelSpec(**vals)
 
 
