@@ -869,6 +869,18 @@ def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
             assert_matches(cm(x), model(x))
 
 
+def _matches_torch_and_bitwise(cms: dict, model, shape, batches) -> None:
+    """``cms[True]`` against torch at ``batches`` (samples of ``shape``), and bit for bit
+    against ``cms[False]`` (the same model built the other way)."""
+    for batch in batches:
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            want = model(x)
+        got = cms[True](x)
+        assert_matches(got, want)
+        assert np.array_equal(got.numpy(), cms[False](x).numpy()), batch
+
+
 class _BasicBlock(torch.nn.Module):
     """conv -> ReLU -> conv, + the input, ReLU (a ResNet basic block, no downsample)."""
 
@@ -951,13 +963,7 @@ def test_grouped_ranges_in_the_tail(seed, monkeypatch, l2):
                c.args[E.A_GRR].kind == "int"]
         assert any(grr) == ranges, grr
         cms[ranges] = cm
-    for batch in (2, 3, 9):
-        x = torch.randn(batch, 3, 16, 16)
-        with torch.no_grad():
-            want = model(x)
-        got = cms[True](x)
-        assert_matches(got, want)
-        assert np.array_equal(got.numpy(), cms[False](x).numpy())
+    _matches_torch_and_bitwise(cms, model, (3, 16, 16), (2, 3, 9))
 
 
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
@@ -987,13 +993,7 @@ def test_grouped_tiles_outer(seed, monkeypatch):
                c.args[E.A_GXB].kind == "int" and c.args[E.A_GXB].expr.value > 0]
         assert len(grr) >= 4 and all((g < 0) == outer for g in grr), grr
         cms[outer] = cm
-    for batch in (1, 2, 5):
-        x = torch.randn(batch, 3, 29, 29)
-        with torch.no_grad():
-            want = model(x)
-        got = cms[True](x)
-        assert_matches(got, want)
-        assert np.array_equal(got.numpy(), cms[False](x).numpy())
+    _matches_torch_and_bitwise(cms, model, (3, 29, 29), (1, 2, 5))
 
 
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
@@ -1036,13 +1036,7 @@ def test_grouped_column_blocks(seed, monkeypatch, cols, halves, x_bytes):
         if on:
             assert any(1 < s < 5 for s in sets), sets
         cms[on] = cm
-    for batch in (1, 2, 5):
-        x = torch.randn(batch, 3, 24, 24)
-        with torch.no_grad():
-            want = model(x)
-        got = cms[True](x)
-        assert_matches(got, want)
-        assert np.array_equal(got.numpy(), cms[False](x).numpy())
+    _matches_torch_and_bitwise(cms, model, (3, 24, 24), (1, 2, 5))
 
 
 def test_group_tiles_outer_rule(monkeypatch):
