@@ -2308,7 +2308,7 @@ class Lowering:
         rg = self._rows_geom(self.i)
         if rg is not None:
             return self._shifted_rows(op, swt, x, out, bslot, act, rg)
-        nb, cin, h, w = self.shape(x)
+        nb, cin, _, _ = self.shape(x)
         cout = self.shape(out)[1].value
         g = SP.Shift.of(op, self.example(out))
         if self.i not in self.planes_in and SHIFT_WIDEN:
@@ -2333,11 +2333,7 @@ class Lowering:
             self.p.buffers[planes].last = self.i
         else:
             planes = self.temp("planes", nb * per_sample * 4)
-            pys = self.derived("pys", g.pys)
-            pxs = self.derived("pxs", g.pxs)
-            args = [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
-                    I(g.sw), pys, I(len(g.pys)), pxs, I(len(g.pxs)), I(g.hq), I(g.wq),
-                    I(per_sample)]
+            args = self._phase_args(x, planes, g, per_sample)
             if g.sw in PH.STRIDES:  # vectorised; an item is a sample's channel's row phase
                 with self._packed():
                     self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, self._pk(x))),
@@ -2497,7 +2493,7 @@ class Lowering:
         """_shifted_direct writing a packed output (PACK): the phase pass writes the one
         phase plane of every sample packed as well (its padding samples' zero), and the
         kernel runs over the blocks, as a packed 1x1 conv."""
-        nb, cin, h, w = self.shape(x)
+        nb, cin, _, _ = self.shape(x)
         cin_, cout = cin.value, self.shape(out)[1].value
         hw = g.ho * g.wo
         if g.sw not in PH.STRIDES or g.phases != 1 or g.hq * g.wq != hw:
@@ -2509,11 +2505,8 @@ class Lowering:
         blocks = lift(nb).cdiv(PACK_B)
         # (64 floats of slack: the aligned x loads read up to 16 past a plane)
         planes = self.temp("planes", (nb + PACK_B - 1) * cin_ * hw * 4 + 256)
-        xio = self._phase_io(x, nb)
-        args = [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
-                I(g.sw), self.derived("pys", g.pys), I(1), self.derived("pxs", g.pxs), I(1),
-                I(g.hq), I(g.wq), I(cin_ * span), I(span)] + xio[:3] + \
-            [I(PACK_B), I(hw), I(nb)]
+        args = self._phase_args(x, planes, g, cin_ * span) + [I(span)] + \
+            self._phase_io(x, nb)[:3] + [I(PACK_B), I(hw), I(nb)]
         with self._packed():
             self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, True)), args,
                       PH.items(blocks * PACK_B, cin, 1), float(hw))
@@ -2532,6 +2525,14 @@ class Lowering:
                               panel_of=offs // span, xalign=True, res=res_slot, whole=True,
                               panels=self._panels(cin_, span))
         return label + (" + residual add" if res_slot is not None else "")
+
+    def _phase_args(self, x: str, planes: str, g, per_sample: int) -> list[Slot]:
+        """The phase pass's first arguments (phase.py's kernels, k_phase): x, the planes
+        (``per_sample`` floats a sample) and ``g``'s geometry."""
+        nb, cin, h, w = self.shape(x)
+        return [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
+                I(g.sw), self.derived("pys", g.pys), I(len(g.pys)), self.derived("pxs", g.pxs),
+                I(len(g.pxs)), I(g.hq), I(g.wq), I(per_sample)]
 
     def _plane_stride(self, g) -> int:
         """Floats from one phase plane to the next: hq*wq rounded up to 16 where the
