@@ -1931,15 +1931,14 @@ class Lowering:
             if res is not None:
                 args[E_.A_RES] = res
             args[E_.A_NB] = I(n)
+            items, per_item = tiles * nrb, 2.0 * sw.data.size / nrb * spec.vw * spec.tile
             if spec.kcols:  # an item a row block of a set of samples
                 # (samples a set: their x of one column block in KBLOCK_X_BYTES)
                 per = max(1, KBLOCK_X_BYTES // (4 * spec.kcols * max(spec.xrs, 1)))
                 args[E_.A_GXB], args[E_.A_GRR] = I(per), I(0)
-                self.call(sym, args, lift(n).cdiv(per) * nrb,
-                          2.0 * sw.data.size / nrb * spec.vw * spec.tile * max(ntiles(1), 1) * per,
-                          only_if=cond)
-                continue
-            if spec.group > 1:
+                items = lift(n).cdiv(per) * nrb
+                per_item *= max(ntiles(1), 1) * per
+            elif spec.group > 1:
                 if panels > 1:  # a block at a time, its tiles in panels
                     args[E_.A_GXB], args[E_.A_GRR] = I(xns), I(0)
                     args[E_.A_PANELS] = I(panels)
@@ -1953,8 +1952,7 @@ class Lowering:
                         if gxb == GROUP_X_WHOLE and not outer else 0
                     args[E_.A_GXB] = I(lift(xns).value if grr else gxb // 4)
                     args[E_.A_GRR] = I(-1 if outer else grr)
-            per_item = 2.0 * sw.data.size / nrb * spec.vw * spec.tile
-            self.call(sym, args, tiles * nrb, per_item, only_if=cond)
+            self.call(sym, args, items, per_item, only_if=cond)
         if spec.group > 1:
             return f"native sparse specialised (rows in groups of {spec.group}, assembly)"
         return "native sparse specialised" if baked is not None else "native sparse generic"
@@ -1968,16 +1966,18 @@ class Lowering:
         strided conv; ``span`` floats a sample); else 0."""
         op = self.plan.ops[self.i]
         cols = env_kblock(KBLOCK)
+        if cols <= 0 or not indices.size:
+            return 0
         kernel = op.attrs.get("kernel", (1, 1)) if op.kind == "conv2d" else (1, 1)
         taps = int(np.prod([int(v) for v in kernel]))
         cin = self.shape(op.inputs[0])[1].value
-        per = -(-max(cols, 1) // taps)  # channels a block
+        per = -(-cols // taps)  # channels a block
         if cin < 2 * per and cin * taps >= KBLOCK_HALVES > 0:
             per = cin // 2  # (two blocks of half the channels)
         strided = any(int(v) > 1 for v in op.attrs.get("stride", (1,))) \
             if op.kind == "conv2d" else False
         tiles = KBLOCK_TILES_S2 if strided else KBLOCK_TILES
-        if cols <= 0 or cin < 2 * per or not indices.size or span > tiles * self.vw:
+        if cin < 2 * per or span > tiles * self.vw:
             return 0
         return per * -(-(int(indices.max()) + 1) // cin)
 
