@@ -4,9 +4,10 @@ For each model: the bench's pruned copy (``--profile``, ``--sparsity``), exporte
 `sparsecc bench` does; DeepSparse's own per-layer profile of that file
 (``deepsparse.debug_analysis`` in the venv ``./dev peers`` sets up) and sparsecc's report
 (per-op cycle counts of the native library, the same batch and threads), joined by module
-(sparsecc/benchmarks/peer_layers.py). GFLOP/s are of the sparse FLOPs, with the % of the brief's
-320 GFLOP/s peak. Both profiles are medians of their own runs, taken one after the other: the
-ratios mean more than either total (this machine is shared).
+(sparsecc/benchmarks/peer_layers.py). GFLOP/s are of the sparse FLOPs, with the % of this
+machine's FMA peak (suite.peak_gflops: 320 GFLOP/s on the brief's Xeon). Both profiles are
+medians of their own runs, taken one after the other: the ratios mean more than either
+total (this machine is shared).
 
 Usage:
   .venv/bin/python bench/peer_layers.py --models resnet18 --batch 16
@@ -32,7 +33,7 @@ from sparsecc.benchmarks import engines as E  # noqa: E402
 from sparsecc.benchmarks import peer_layers as PL  # noqa: E402
 from sparsecc.benchmarks import suite  # noqa: E402
 
-PEAK = 320.0
+PEAK = suite.PEAK_GFLOPS
 
 
 def deepsparse_layers(onnx: Path, batch: int, threads: int, iters: int) -> str:

@@ -122,3 +122,15 @@ def test_suite_int8_engines_and_their_versus_table(tmp_path):
     assert (tmp_path / "onnx" / "tiny_80_qdq.onnx").exists()
     table = report.versus(rows, 0.8, base="sparsecc-int8")
     assert "sparsecc-int8 ms" in table and "vs onnxruntime-int8" in table
+
+
+def test_peak_gflops_follows_the_machine():
+    """The % of peak the bench reports is of this machine's FMA peak: cores x "cpu MHz" x 2
+    FMA units x lanes (16 with avx512f in the flags, 8 with avx2, 4 without) x 2."""
+    from sparsecc.benchmarks.suite import peak_gflops
+
+    xeon = "model name\t: Xeon\ncpu MHz\t\t: 2500.000\nflags\t\t: fpu avx2 fma avx512f\n" * 2
+    zen3 = "cpu MHz\t\t: 2445.404\nflags\t\t: fpu avx avx2 fma sha_ni\n"
+    assert peak_gflops(xeon, 2) == pytest.approx(320.0)
+    assert peak_gflops(zen3, 2) == pytest.approx(2 * 2.445404 * 2 * 8 * 2)
+    assert peak_gflops("flags\t: sse2\n", 1) == pytest.approx(2.5 * 2 * 4 * 2)

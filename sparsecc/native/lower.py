@@ -27,6 +27,7 @@ from sparsecc.codegen.llvm import kernels as LK
 from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as CV
 from sparsecc.formats.csr import csr_to_dense
+from sparsecc.ir.kinds import conv_out
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
 from sparsecc.native import bands as BD
 from sparsecc.native import dwsmall as DW
@@ -79,6 +80,19 @@ QL_TILE = 4
 GROUP_ROWS = 30
 GROUP_ROWS_DENSE, GROUP_DENSE_FROM = 24, 0.2
 GROUP_ROWS_ALIGNED = 29  # with xalign: x, and the aligned pair it is shifted out of
+# AVX2 has 16 registers and no broadcast inside an FMA: an accumulator a row, x and the
+# broadcast value after them (the activation's bounds in those two for the epilogue); one
+# fewer row where the tile's width leaves a part vector (its lane mask in the last register),
+# another where a residual is added to it (a register to load it into).
+GROUP_ROWS_AVX2 = 14
+# With AVX2 the grouped code is ~2 bytes an FMA lane (a broadcast instruction beside each
+# FMA; AVX-512's broadcast inside the FMA ~0.6), so it wins only where the generic kernel's x
+# misses L1 worst and the code is reused over many tiles: maps of at most GROUP_AVX2_SPAN
+# floats a sample, calls of at least GROUP_AVX2_MIN_TILES vectors of positions (else the
+# generic kernel: two calls, one runs). Zen 3, ResNet-18 90 %, per call, grouped / generic
+# time: layer4 (7 x 7) 0.62 at batch 16, 0.73 at 4, 1.0 at 2, 1.2 at 1; layer3 (14 x 14)
+# 0.90 at 16, 1.04 at 4; layer2 (28 x 28) 1.5 at 16.
+GROUP_AVX2_SPAN, GROUP_AVX2_MIN_TILES = 128, 24
 # ... for convs with at least this many vectors of output positions a sample. Its code is ~11
 # bytes a nonzero against the generic kernel's 6 bytes of value and index, and the code comes
 # from memory once a call (a sample, when the batch runs in chunks): ResNet-18 batch 16, per
@@ -793,7 +807,7 @@ class Lowering:
         first: dict[str, int] = {}
         last: dict[str, int] = {}
         # tensors a fusion never writes, and the views of them
-        dropped = {roots[conv_out] for _, conv_out in self.fused.values()} | \
+        dropped = {roots[made] for _, made in self.fused.values()} | \
             {roots[name] for name in self.q8_dropped}
         for j, op in enumerate(plan.ops):
             i = self.fused[j][0] if j in self.fused else j  # a fused add runs in its conv
@@ -1842,8 +1856,10 @@ class Lowering:
             4 * (sw.data.size + 256) < 2**31
         # rows in groups, pattern baked in as assembly (emit_specialized._group_asm)
         mode = self._grouped(op, sw, lift(L).value) if specialise and fixed and near else None
-        if mode is not None and whole and WHOLE_TILES and lift(L).value % self.vw:
-            # every tile whole: no second copy of the code for a part tile
+        if (mode is not None or self.vw == 8) and whole and WHOLE_TILES and \
+                lift(L).value % self.vw:
+            # every tile whole: no second copy of the code for a part tile (AVX2: nor
+            # masked loads and stores in the generic kernel's last tile, vmaskmovps)
             L = const(-(-lift(L).value // self.vw) * self.vw)
         kw = dict(n=n, L=L, xrs=xrs, ors=ors, xns=xns, ons=ons, indices=indices,
                   x_rows=x_rows, reach=reach, panel_of=panel_of, res=res, xalign=xalign,
@@ -1851,9 +1867,11 @@ class Lowering:
         if mode != "batch":
             return self._spmm_one(op, sw, spec, specialise, bias, x, out, mode == "always",
                                   guard, **kw)
-        # a short row in the whole-batch tail: grouped when the call's samples give the
-        # group code enough positions, else the row-by-row kernel (two calls, one runs)
-        min_n = -(-GROUP_MIN_TILES // -(-lift(L).value // self.vw))
+        # a short row in the whole-batch tail (or any small map with AVX2): grouped when the
+        # call's samples give the group code enough positions, else the row-by-row kernel
+        # (two calls, one runs)
+        least = GROUP_MIN_TILES if self.vw == 16 else GROUP_AVX2_MIN_TILES
+        min_n = -(-least // -(-lift(L).value // self.vw))
         label = self._spmm_one(op, sw, spec, specialise, bias, x, out, True,
                                _conds(guard or []) + [(lift(n), ">=", min_n)], **kw)
         other = self._spmm_one(op, sw, spec, specialise, bias, x, out, False,
@@ -1873,7 +1891,8 @@ class Lowering:
                        not spec.residual):
             spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
                            xrs=lift(xrs).value, span=lift(L).value,
-                           **(_grouping(op, sw, xalign, indices) if grouped else {}))
+                           **(_grouping(op, sw, xalign, indices, self.vw, lift(L).value,
+                                        spec.residual) if grouped else {}))
             if spec.group > 1 and panels > 1:
                 spec = replace(spec, panels=True)
             elif spec.group > 1:
@@ -1991,14 +2010,18 @@ class Lowering:
         return EXPAND_BLOCK if ok else 1
 
     def _grouped(self, op: Op, sw: SP.SparseWeight, span: int) -> str | None:
-        """Whether a CSR conv runs the grouped assembly kernel: AVX-512, any nonzero, the
-        layer not kept generic (attrs['specialize'] False, or SPARSECC_GROUPED=0), and
-        "always" with at least GROUP_MIN_TILES vectors of output positions a sample (each
-        group's code, fetched once a sample, runs for every one of them); in the
-        whole-batch tail "batch" with fewer: at batches with that many positions in all."""
-        if not (self.vw == 16 and sw.family == "spmm" and sw.data.size > 0 and
+        """Whether a CSR conv runs the grouped assembly kernel: AVX-512 or AVX2, any
+        nonzero, the layer not kept generic (attrs['specialize'] False, or
+        SPARSECC_GROUPED=0), and with AVX-512 "always" with at least GROUP_MIN_TILES vectors
+        of output positions a sample (each group's code, fetched once a sample, runs for
+        every one of them); in the whole-batch tail "batch" with fewer: at batches with that
+        many positions in all. With AVX2 "batch" (GROUP_AVX2_MIN_TILES) on maps of at most
+        GROUP_AVX2_SPAN floats, else none."""
+        if not (self.vw in (8, 16) and sw.family == "spmm" and sw.data.size > 0 and
                 op.attrs.get("specialize") is not False and env_grouped()):
             return None
+        if self.vw == 8:
+            return "batch" if span <= GROUP_AVX2_SPAN else None
         if span >= GROUP_MIN_TILES * self.vw:
             return "always"
         return "batch" if self.tail_from is not None and self.i >= self.tail_from else None
@@ -2068,7 +2091,10 @@ class Lowering:
                 (f" + the 1x1 expand {ex[0].layer or ex[0].name} "
                  + (f"{block} channels at a time" if block > 1 else "a channel at a time")
                  if ex else "")
-        if SC.fits(self.vw, cin_, cout_, groups, (sh, sw_), kh, kw, wo_, act[0]):
+        # (the kernel sizes its output from the padding: not a "same" conv's asymmetric one)
+        if SC.fits(self.vw, cin_, cout_, groups, (sh, sw_), kh, kw, wo_, act[0]) and \
+                (conv_out(h.value, kh, sh, ph, dh), conv_out(w.value, kw, sw_, pw, dw)) == \
+                (ho_, wo_):
             spec = SC.SmallConvSpec(self.vw, cin_, cout_, h.value, w.value, kh, kw, sh, ph, pw,
                                     dh, dw, act[0], act[1] if act[0] == "clamp" else 0.0,
                                     act[2] if act[0] == "clamp" else 0.0, bias is not None)
@@ -2942,7 +2968,9 @@ TAIL_SAMPLE_BYTES = 512 << 10
 # span that is not a multiple of the vector width made the assembly twice, the second copy
 # for the part tile, so ResNet-50's library held 45.8 MB of code (19.5 bytes a nonzero);
 # whole tiles, 25.1 MB. Same process: ResNet-50 batch 16 / 1 1.058x / 1.100x faster,
-# ResNet-18 1.033x / 1.080x, MobileNetV2 batch 16 level.
+# ResNet-18 1.033x / 1.080x, MobileNetV2 batch 16 level. With AVX2 the generic kernel's too
+# (its masked last tile is vmaskmovps loads and stores): Zen 3, ResNet-18 batch 1, layer4's
+# 3x3 convs (63 -> 64 floats a sample) 1.55-1.68x faster.
 WHOLE_TILES = True
 # An op's own temporary over the limit (a stride-2 conv's phase planes) does not keep the op
 # out of the tail when what it reads and writes is under it: ResNet-50 batch 16 split at
@@ -3160,11 +3188,16 @@ def _group_rows(op: Op, sw: SP.SparseWeight) -> int:
         GROUP_ROWS
 
 
-def _grouping(op: Op, sw: SP.SparseWeight, xalign: bool, indices: np.ndarray) -> dict:
+def _grouping(op: Op, sw: SP.SparseWeight, xalign: bool, indices: np.ndarray, vw: int,
+              span: int, residual: bool) -> dict:
     """The grouped kernel's spec fields: its rows, and with ``xalign`` (x 1 float a row, 16
     floats of slack after it: the shifted convs' planes) when some column's x is off a cache
     line, aligned loads shifted in registers (three registers after the accumulators: at
-    most GROUP_ROWS_ALIGNED rows)."""
+    most GROUP_ROWS_ALIGNED rows). With AVX2 (``vw`` 8): GROUP_ROWS_AVX2 rows, fewer when
+    ``span`` (floats a sample) leaves a part vector, no xalign."""
+    if vw == 8:
+        part = span % vw != 0
+        return {"group": GROUP_ROWS_AVX2 - part - (part and residual), "tile": 1}
     rows = _group_rows(op, sw)
     if xalign and env_xalign() and bool((np.asarray(indices) % 16).any()):
         return {"group": min(rows, GROUP_ROWS_ALIGNED), "tile": 1, "xalign": True}

@@ -137,14 +137,17 @@ class SmallConvSpec:
     @property
     def blocking(self) -> tuple[int, int]:
         """(R output channels an item, V vectors a chunk). R first: each input vector (two
-        loads and a shuffle at stride 2) then feeds R FMAs. R is the largest divisor of Co up
-        to 16 (8 with AVX2), V the most vectors whose accumulators and inputs stay in
-        registers (R x V + V <= 26; 13 of 16 with AVX2: more spills). Measured on a 3x3 and a
-        7x7 RGB conv at 224, 1 thread: (16, 1) and (8, 1-3) 70-95 GFLOP/s, (4, 6) 50-58,
-        (16, 2) 45-66."""
+        loads and a shuffle at stride 2) then feeds R FMAs. AVX-512: R the largest divisor
+        of Co up to 16, V the most vectors whose accumulators and inputs stay in registers
+        (R x V + V <= 26). Measured on a 3x3 and a 7x7 RGB conv at 224, 1 thread: (16, 1)
+        and (8, 1-3) 70-95 GFLOP/s, (4, 6) 50-58, (16, 2) 45-66. AVX2 (16 registers, a
+        broadcast instruction per FMA): R up to 4, R x V + V <= 10. Zen 3, 2 threads, batch
+        16, the ResNet stem (7x7 / 2 + pool) 74-84 GFLOP/s at (4, 2) against (8, 1) 57-69,
+        (4, 3) 73, (4, 1) 64, (2, 4) 66, (8, 2) 45, (16, 1) 47; MobileNetV2's 3x3 / 2 (3 ->
+        32, bound by its stores) 39 against 36."""
         big = self.vw >= 16
-        r = max(d for d in range(1, (16 if big else 8) + 1) if self.cout % d == 0)
-        v = max(1, min(-(-self.wo // self.vw), (26 if big else 13) // (r + 1)))
+        r = max(d for d in range(1, (16 if big else 4) + 1) if self.cout % d == 0)
+        v = max(1, min(-(-self.wo // self.vw), (26 if big else 10) // (r + 1)))
         return r, v
 
     def emit(self, module: ir.Module, name: str) -> None:

@@ -64,8 +64,8 @@ def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
     ``module.sparsecc_bodies`` for ``module_text``."""
     if spec.span <= 0:
         raise ValueError("a specialised kernel needs its extent (KernelSpec.span)")
-    if spec.group > 1 and spec.vw != 16:
-        raise ValueError("grouped rows are AVX-512 assembly (vw 16)")
+    if spec.group > 1 and spec.vw not in (8, 16):
+        raise ValueError("grouped rows are AVX-512 or AVX2 assembly (vw 16 or 8)")
     if spec.residual and spec.group <= 1:
         raise ValueError("a residual is fused into grouped specialised kernels only")
     if spec.res_rs and (not spec.residual or
@@ -161,14 +161,18 @@ def group_order(indptr: np.ndarray, indices: np.ndarray, group: int,
 def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                pcs: list[tuple[int, int, int]], base: int = 0, first: bool = True,
                last: bool = True) -> list[str]:
-    """A grouped row chunk as AVX-512 assembly (System V: rdi data, rsi x, rdx out, rcx
-    bias, r8 x row stride, r9 out row stride, in floats; with ``spec.residual`` a 7th
-    argument on the stack, the residual at out's offsets, added before the activation).
-    Per group of rows: accumulators zmm0.. (row-major, one per piece), each column's x
-    pieces loaded once into the registers after them and used by an FMA with the value
-    broadcast from memory for every row of the group that has the column; the activation's
-    bounds go into those x registers for the group's epilogue (up to 30 rows of one piece).
-    Values are read in ``group_order``: one pointer walking ``data`` keeps every FMA's
+    """A grouped row chunk as assembly, AVX-512 (``spec.vw`` 16) or AVX2 (8) (System V: rdi
+    data, rsi x, rdx out, rcx bias, r8 x row stride, r9 out row stride, in floats; with
+    ``spec.residual`` a 7th argument on the stack, the residual at out's offsets, added
+    before the activation). Per group of rows: accumulators 0.. (row-major, one per piece),
+    each column's x pieces loaded once into the registers after them and used by an FMA
+    with the value broadcast for every row of the group that has the column (AVX-512: from
+    memory inside the FMA; AVX2: into the register after x's, then the FMAs); the
+    activation's bounds go into those x registers for the group's epilogue (AVX-512 up to
+    30 rows of one piece; AVX2 14, one fewer with a part piece, whose mask takes the last
+    register, and another fewer when a residual is added to that piece: AVX2 masks lanes
+    with vmaskmovps, which reads and writes only the live ones).
+    Values are read in ``group_order``: one pointer walking ``data`` keeps every value's
     displacement in a byte. Written as assembly, not IR: LLVM's instruction selection and
     register allocation took ~0.15 ms per nonzero on these straight-line bodies.
 
@@ -178,13 +182,24 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     they are (the residual and the activation wait for the last block)."""
     ip, ix = pattern.indptr, pattern.indices
     nv = len(pcs)
+    wide = spec.vw == 16
+    if spec.vw not in (8, 16):
+        raise ValueError(f"grouped rows are AVX-512 or AVX2 assembly, not {spec.vw} lanes")
+    reg, vptr = ("zmm", "zmmword") if wide else ("ymm", "ymmword")
     # x's registers follow the accumulators; after a group's column walk the first two of
     # them hold the activation's bounds
     xr = spec.group * nv
     # xalign: the aligned pair around a column's vector in the two registers after x's
     aligned = spec.xalign and spec.xrs == 1 and nv == 1 and pcs[0][2] == 16
-    if xr + max(nv, 3 if aligned else 2) > 32 or nv > 4:
+    part = [v for v, p in enumerate(pcs) if p[2] < spec.vw]
+    if wide:
+        need, top = max(nv, 3 if aligned else 2), 32
+    else:  # x's, the broadcast value's, a third for a masked residual; the mask's last
+        need, top = max(nv + 1, 3 if spec.residual and part else 2), 16 - bool(part)
+    if xr + need > top or nv > 4:
         raise ValueError(f"group {spec.group} x {nv} pieces does not fit the registers")
+    if not wide and (spec.xalign or spec.edge):
+        raise ValueError("x alignment and rows planes' edge masks are AVX-512 only")
     out = [".p2align 4", f"{name}:", "shl r9, 2"]
     emit_ = out.append
     if spec.residual:
@@ -205,12 +220,30 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     if not spec.xrs:
         emit_("shl r8, 2")
     masks = {}
-    for v, (_, _, live) in enumerate(pcs):
-        if live < 16:
+    for v in part:
+        live = pcs[v][2]
+        if wide:
             masks[v] = f"k{v + 1}"
             emit_(f"mov eax, {(1 << live) - 1}")
             emit_(f"kmovw k{v + 1}, eax")
-    lo, hi = f"zmm{xr}", f"zmm{xr + 1}"
+        else:  # (one part piece, the last: its lanes' mask built in the red zone)
+            masks[v] = "ymm15"
+            for lane in range(8):
+                emit_(f"mov dword ptr [rsp - {32 - 4 * lane}], {-1 if lane < live else 0}")
+            emit_("vmovups ymm15, ymmword ptr [rsp - 32]")
+
+    def vload(dst: str, v: int, at: str) -> None:
+        """dst = the piece's vector at ``at``, its dead lanes zero (and not read)."""
+        if v not in masks:
+            emit_(f"vmovups {dst}, {vptr} ptr [{at}]")
+        elif wide:
+            emit_(f"vmovups {dst} {{{masks[v]}}} {{z}}, {vptr} ptr [{at}]")
+        else:
+            emit_(f"vmaskmovps {dst}, {masks[v]}, {vptr} ptr [{at}]")
+
+    lo, hi, tmp = f"{reg}{xr}", f"{reg}{xr + 1}", f"{reg}{xr + 2}"
+    bcast = f"{reg}{xr + nv}"  # AVX2: the value broadcast for the FMAs of a nonzero
+    reach = 512 if wide else 128  # a byte displacement's (EVEX scales it by 4 here)
     q = base + int(ip[r0])  # the next value's position in the reordered data
     window = None
     xwin: list = [None]  # r10 = rsi + xwin[0] while a group walks its columns
@@ -219,7 +252,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
         """The address of x's byte ``off`` (a whole vector): from r10, moved along x when
         the offset leaves its reach, so a line-aligned load's displacement fits a byte
         (EVEX scales it by 64: 7-byte loads instead of 10)."""
-        if off % 64 or not X_WINDOW:
+        if off % 64 or not X_WINDOW or not wide:
             return f"rsi + {off}"
         if xwin[0] is None or not -8192 <= off - xwin[0] <= 8128:
             xwin[0] = off + 8128
@@ -233,16 +266,15 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
             if not first:
                 emit_(f"imul r10, r9, {o}")
             for v in range(nv):
-                acc = f"zmm{i * nv + v}"
+                acc = f"{reg}{i * nv + v}"
                 if not first:
-                    m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
-                    emit_(f"vmovups {acc}{m}, zmmword ptr [rdx + r10 + {4 * pcs[v][0]}]")
+                    vload(acc, v, f"rdx + r10 + {4 * pcs[v][0]}")
                 elif not spec.has_bias:
                     emit_(f"vxorps {acc}, {acc}, {acc}")
                 elif v == 0:
                     emit_(f"vbroadcastss {acc}, dword ptr [rcx + {4 * o}]")
                 else:
-                    emit_(f"vmovaps {acc}, zmm{i * nv}")
+                    emit_(f"vmovaps {acc}, {reg}{i * nv}")
         cols: dict[int, list[int]] = {}
         for i, o in enumerate(rows):
             for p in range(int(ip[o]), int(ip[o + 1])):
@@ -252,48 +284,68 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
             if aligned:
                 xv = [_aligned_x(emit_, col + pcs[0][0], xr, pair, xref)]
             else:
-                xv = [f"zmm{xr + v}" for v in range(nv)]
+                xv = [f"{reg}{xr + v}" for v in range(nv)]
                 for v, (first_f, _, _) in enumerate(pcs):
-                    m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
                     if spec.xrs:
                         at = xref(4 * (col * spec.xrs + first_f))
                     else:
                         if v == 0:
                             emit_(f"imul r10, r8, {col}")
                         at = f"rsi + r10 + {4 * first_f}"
-                    emit_(f"vmovups {xv[v]}{m}, zmmword ptr [{at}]")
+                    vload(xv[v], v, at)
             for i in sorted(cols[col]):
-                if window is None or not -512 <= 4 * q - window <= 508:
-                    window = 4 * q + 512
+                if window is None or not -reach <= 4 * q - window <= reach - 4:
+                    window = 4 * q + reach
                     emit_(f"lea rax, [rdi + {window}]")
+                value = f"dword ptr [rax + {4 * q - window}]"
+                if not wide:
+                    emit_(f"vbroadcastss {bcast}, {value}")
                 for v in range(nv):
-                    emit_(f"vfmadd231ps zmm{i * nv + v}{edge.get(col, '')}, {xv[v]}, "
-                          f"dword ptr [rax + {4 * q - window}]{{1to16}}")
+                    if wide:
+                        emit_(f"vfmadd231ps zmm{i * nv + v}{edge.get(col, '')}, {xv[v]}, "
+                              f"{value}{{1to16}}")
+                    else:
+                        emit_(f"vfmadd231ps ymm{i * nv + v}, {xv[v]}, {bcast}")
                 q += 1
         act = spec.act if last else "none"
         if act == "relu":
             emit_(f"vxorps {lo}, {lo}, {lo}")
         elif act == "clamp":
-            for reg, c in ((lo, spec.act_a), (hi, spec.act_b)):
+            for r, c in ((lo, spec.act_a), (hi, spec.act_b)):
                 emit_(f"mov eax, {struct.unpack('<I', struct.pack('<f', c))[0]}")
-                emit_(f"vpbroadcastd {reg}, eax")
+                if wide:
+                    emit_(f"vpbroadcastd {r}, eax")
+                else:
+                    emit_(f"vmovd xmm{r[3:]}, eax")
+                    emit_(f"vbroadcastss {r}, xmm{r[3:]}")
         for i, o in enumerate(rows):
             emit_(f"imul r10, r9, {o}")
             for v, (first_f, _, _) in enumerate(pcs):
-                acc = f"zmm{i * nv + v}"
+                acc = f"{reg}{i * nv + v}"
                 if spec.residual and last:
-                    m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
                     # (res_rs: the residual's own row stride, a displacement from r11)
                     at = f"r11 + {4 * (o * spec.res_rs + first_f)}" if spec.res_rs else \
                         f"r11 + r10 + {4 * first_f}"
-                    emit_(f"vaddps {acc}{m}, {acc}, zmmword ptr [{at}]")
+                    if wide:
+                        m = f" {{{masks[v]}}} {{z}}" if v in masks else ""
+                        emit_(f"vaddps {acc}{m}, {acc}, zmmword ptr [{at}]")
+                    elif v in masks:
+                        vload(tmp, v, at)
+                        emit_(f"vaddps {acc}, {acc}, {tmp}")
+                    else:
+                        emit_(f"vaddps {acc}, {acc}, ymmword ptr [{at}]")
                 # x86 max / min return their second operand when one is NaN: NaN passes
                 if act in ("relu", "clamp"):
                     emit_(f"vmaxps {acc}, {lo}, {acc}")
                 if act == "clamp":
                     emit_(f"vminps {acc}, {hi}, {acc}")
-                m = f" {{{masks[v]}}}" if v in masks else ""
-                emit_(f"vmovups zmmword ptr [rdx + r10 + {4 * first_f}]{m}, {acc}")
+                at = f"rdx + r10 + {4 * first_f}"
+                if v not in masks:
+                    emit_(f"vmovups {vptr} ptr [{at}], {acc}")
+                elif wide:
+                    emit_(f"vmovups zmmword ptr [{at}] {{{masks[v]}}}, {acc}")
+                else:
+                    emit_(f"vmaskmovps ymmword ptr [{at}], {masks[v]}, {acc}")
     if q != base + int(ip[r1]):
         raise AssertionError("grouped chunk did not read its values")
     emit_("vzeroupper")
