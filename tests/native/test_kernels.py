@@ -606,6 +606,25 @@ class _Block(torch.nn.Module):
         return torch.clamp(y, 0.0, 6.0) if self.act == "clamp" else y
 
 
+def _block_matches_torch(cm, model: _Block, cin: int, hw: int) -> None:
+    """``cm`` (compiled from ``model``) against torch at batches 1 and 3, and a NaN input
+    reaching exactly the outputs the conv's nonzero weights touch, through the activation
+    (torch's relu keeps NaN), and itself through a residual."""
+    conv = model.conv
+    for batch in (1, 3):
+        x = torch.randn(batch, cin, hw, hw)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+    with torch.no_grad():
+        x = torch.randn(1, cin, hw, hw)
+        x[0, :, hw // 2, hw // 2] = float("nan")
+        hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (conv.weight != 0).float(),
+                                         stride=conv.stride, padding=conv.padding) > 0
+        if model.residual:
+            hit |= torch.isnan(x)
+        assert np.array_equal(np.isnan(cm(x)), hit.numpy())
+
+
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
 @pytest.mark.parametrize("cin,cout,k,stride,hw,act,residual", [
     (8, 25, 3, 1, 13, "relu", False),   # 2 groups, the second of 1 row; tail piece of 13
@@ -643,18 +662,7 @@ def test_grouped_sparse_convs(seed, cin, cout, k, stride, hw, act, residual, kee
     cm = _native_csr(model, torch.randn(1, cin, hw, hw))
     label = cm.native.lib.labels[0]
     assert f"groups of {g}," in label, label
-    for batch in (1, 3):
-        x = torch.randn(batch, cin, hw, hw)
-        with torch.no_grad():
-            assert_matches(cm(x), model(x))
-    with torch.no_grad():  # a NaN input reaches the outputs its nonzero weights touch,
-        x = torch.randn(1, cin, hw, hw)  # through the activation (torch's relu keeps NaN)
-        x[0, :, hw // 2, hw // 2] = float("nan")
-        hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (w != 0).float(),
-                                         stride=stride, padding=k // 2) > 0
-        if residual:
-            hit |= torch.isnan(x)
-        assert np.array_equal(np.isnan(cm(x)), hit.numpy())
+    _block_matches_torch(cm, model, cin, hw)
 
 
 @pytest.fixture
@@ -710,18 +718,7 @@ def test_grouped_avx2_convs(seed, avx2_grouped, cin, cout, k, stride, hw, act, r
         assert s.group == lower.GROUP_ROWS_AVX2 - part - (part and s.residual), s
     if (cin, hw) in ((16, 13), (5, 17)):  # (the cases with a part vector)
         assert any(s.span % 8 for s in specs), specs
-    for batch in (1, 3):
-        x = torch.randn(batch, cin, hw, hw)
-        with torch.no_grad():
-            assert_matches(cm(x), model(x))
-    with torch.no_grad():
-        x = torch.randn(1, cin, hw, hw)
-        x[0, :, hw // 2, hw // 2] = float("nan")
-        hit = torch.nn.functional.conv2d(torch.isnan(x).float(), (w != 0).float(),
-                                         stride=stride, padding=k // 2) > 0
-        if residual:
-            hit |= torch.isnan(x)
-        assert np.array_equal(np.isnan(cm(x)), hit.numpy())
+    _block_matches_torch(cm, model, cin, hw)
 
 
 def test_grouped_avx2_rule(seed, monkeypatch):

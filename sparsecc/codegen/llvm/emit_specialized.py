@@ -241,6 +241,15 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
         else:
             emit_(f"vmaskmovps {dst}, {masks[v]}, {vptr} ptr [{at}]")
 
+    def vstore(src: str, v: int, at: str) -> None:
+        """The piece's live lanes of src to ``at`` (vload's twin)."""
+        if v not in masks:
+            emit_(f"vmovups {vptr} ptr [{at}], {src}")
+        elif wide:
+            emit_(f"vmovups {vptr} ptr [{at}] {{{masks[v]}}}, {src}")
+        else:
+            emit_(f"vmaskmovps {vptr} ptr [{at}], {masks[v]}, {src}")
+
     lo, hi, tmp = f"{reg}{xr}", f"{reg}{xr + 1}", f"{reg}{xr + 2}"
     bcast = f"{reg}{xr + nv}"  # AVX2: the value broadcast for the FMAs of a nonzero
     reach = 512 if wide else 128  # a byte displacement's (EVEX scales it by 4 here)
@@ -339,13 +348,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                     emit_(f"vmaxps {acc}, {lo}, {acc}")
                 if act == "clamp":
                     emit_(f"vminps {acc}, {hi}, {acc}")
-                at = f"rdx + r10 + {4 * first_f}"
-                if v not in masks:
-                    emit_(f"vmovups {vptr} ptr [{at}], {acc}")
-                elif wide:
-                    emit_(f"vmovups zmmword ptr [{at}] {{{masks[v]}}}, {acc}")
-                else:
-                    emit_(f"vmaskmovps ymmword ptr [{at}], {masks[v]}, {acc}")
+                vstore(acc, v, f"rdx + r10 + {4 * first_f}")
     if q != base + int(ip[r1]):
         raise AssertionError("grouped chunk did not read its values")
     emit_("vzeroupper")
