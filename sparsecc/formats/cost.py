@@ -10,6 +10,7 @@ measures the close calls.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 # Effective per-core rates (measured with bench/kernels.py, medians) on the reference machine;
 # ``calibrate.py`` measures the machine-dependent ones on the machine it runs on (Rates).
@@ -111,3 +112,18 @@ def estimate_seconds(kind: str, fmt: str | None, flops: float, nbytes: float) ->
     """A roofline figure for ops without a layer model (pooling, norms, elementwise...)."""
     rate = DENSE_FLOPS if kind in ("matmul", "sdpa") else OTHER_FLOPS
     return max(flops / rate, nbytes / DRAM_BYTES)
+
+
+def l2_bytes() -> int:
+    """A core's L2 from sysfs (the level-2 data or unified cache), 1 MB where unknown."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for d in sorted(base.glob("index*")):
+            if (d / "level").read_text().strip() == "2" and \
+                    (d / "type").read_text().strip() in ("Unified", "Data"):
+                size = (d / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 1 << 20

@@ -17,7 +17,6 @@ import hashlib
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import kernels as LK
 from sparsecc.codegen.numba import activations as A
 from sparsecc.codegen.numba import conv as CV
+from sparsecc.formats.cost import l2_bytes
 from sparsecc.formats.csr import csr_to_dense
 from sparsecc.ir.kinds import conv_out
 from sparsecc.ir.plan import ExecutionPlan, Op, Sym
@@ -137,21 +137,6 @@ GROUP_RANGE_L2 = 0.6
 
 
 @functools.cache
-def l2_bytes() -> int:
-    """A core's L2 from sysfs (the level-2 data or unified cache), 1 MB where unknown."""
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    try:
-        for d in sorted(base.glob("index*")):
-            if (d / "level").read_text().strip() == "2" and \
-                    (d / "type").read_text().strip() in ("Unified", "Data"):
-                size = (d / "size").read_text().strip().upper()
-                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
-                return int(size.rstrip("KM")) * scale
-    except (OSError, ValueError):
-        pass
-    return 1 << 20
-
-
 def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
     """Groups per range of a grouped kernel's call over several samples (emit.A_GRR; 0:
     one range, group_block alone decides): when its code and values (~GROUP_CODE_BYTES a

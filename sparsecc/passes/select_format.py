@@ -16,11 +16,11 @@ this machine and the fastest wins (cached on disk). Dense stays dense when it is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from sparsecc.formats import cost
+from sparsecc.formats.cost import l2_bytes
 from sparsecc.formats.csr import density
 from sparsecc.formats.pack import candidates, pack, stored_values
 from sparsecc.ir.plan import ExecutionPlan, Op, TensorSpec, resolve_shape
@@ -159,16 +159,6 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
                                         nthreads, host().key if llvm_available() else "numba")
     op.attrs["measured_us"] = {f: round(t * 1e6, 3) for f, t in measured.items()}
     return min(measured, key=measured.get)
-
-
-def l2_bytes() -> int:
-    """This machine's L2 per core (Linux sysfs), or 1 MB when it does not say."""
-    try:
-        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip().upper()
-        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
-        return int(text.rstrip("KM")) * scale
-    except (OSError, ValueError):
-        return 1 << 20
 
 
 class _SpmvBudget:
