@@ -9,6 +9,7 @@ measures the close calls.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,7 @@ def estimate_seconds(kind: str, fmt: str | None, flops: float, nbytes: float) ->
     return max(flops / rate, nbytes / DRAM_BYTES)
 
 
+@functools.cache
 def l2_bytes() -> int:
     """A core's L2 from sysfs (the level-2 data or unified cache), 1 MB where unknown."""
     base = Path("/sys/devices/system/cpu/cpu0/cache")

@@ -12,7 +12,6 @@ the executor (numba/BLAS) and its report says why.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from contextlib import contextmanager
@@ -136,7 +135,6 @@ GROUP_RANGES = True
 GROUP_RANGE_L2 = 0.6
 
 
-@functools.cache
 def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
     """Groups per range of a grouped kernel's call over several samples (emit.A_GRR; 0:
     one range, group_block alone decides): when its code and values (~GROUP_CODE_BYTES a

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsecc.formats import cost
-from sparsecc.formats.cost import l2_bytes
 from sparsecc.formats.csr import density
 from sparsecc.formats.pack import candidates, pack, stored_values
 from sparsecc.ir.plan import ExecutionPlan, Op, TensorSpec, resolve_shape
@@ -172,7 +171,7 @@ class _SpmvBudget:
 
     def __init__(self, opts: SelectFormatOptions):
         kb = opts.specialize_spmv_budget_kb
-        self.left = kb * 1024 if kb else l2_bytes() * 3 // 4
+        self.left = kb * 1024 if kb else cost.l2_bytes() * 3 // 4
 
     def take(self, nnz: int, rows: int) -> bool:
         from sparsecc.codegen.llvm.emit_specialized import spmv_code_bytes
