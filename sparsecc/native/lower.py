@@ -2978,8 +2978,19 @@ TAIL_AFTER_READS = True
 # over the whole batch x goes to L3. ResNet-18 batch 16 tail from layer4.0.conv1 instead of
 # layer2.1.conv1, same process, two runs of 60: 1.041x / 1.029x (paired medians 1.053x /
 # 1.032x); MobileNetV2 uniform (from features.14) 1.040x, global 1.009x (paired 1.043x);
-# ResNet-50 keeps layer4.0.conv1 (its feeder rule: from conv2, 0.985x).
-TAIL_MAPS = 128
+# ResNet-50 keeps layer4.0.conv1 (its feeder rule: from conv2, 0.985x). That was 128
+# positions on the Xeon (2 MB L2 a core). On the Zen 5 (1 MB L2; its instruction fetch from
+# L3 runs bench/grouped_ceiling.py's FMA-only body at 142 GFLOP/s a core with 6 MB of code
+# against 255 with 90 KB) 14 x 14 maps run better over the batch too: a layer3 3x3 conv's
+# 590 KB of code then comes in once a sample set instead of once a sample. 256, against 128
+# in one process, batch 16: ResNet-18 (tail from layer3.0.conv1) 0.931x and 0.915x the sum
+# of the calls in two runs (its layer3 convs 0.66-0.74x), MobileNetV2 uniform 0.977x, global
+# 0.925x; batch 1 1.027x (ResNet-18) and 1.020x (MobileNetV2) slower: layer3's bands go.
+# ResNet-50 keeps layer4.0.conv1, its layer3's 802 KB-a-sample tensors being over
+# TAIL_SAMPLE_BYTES: letting those into the tail too ran its layer3 3x3 convs 0.55-0.60x the
+# time on a quiet machine (the model 0.915x) and 1.10x slower on a loaded one (12.8 MB of
+# the batch's x in a shared L3; the model 1.03x slower), so not taken.
+TAIL_MAPS = 256
 # Columns a shifted conv's phase planes may be widened by (zeros) so its wide rows go
 # straight into the next conv's padded planes (a stride-2 3x3 conv before a stride-1 one):
 # the crop and the next conv's phase pass disappear for a few extra FMAs. Same process,
