@@ -5,7 +5,7 @@ For each model: the bench's pruned copy (``--profile``, ``--sparsity``), exporte
 (``deepsparse.debug_analysis`` in the venv ``./dev peers`` sets up) and sparsecc's report
 (per-op cycle counts of the native library, the same batch and threads), joined by module
 (sparsecc/benchmarks/peer_layers.py). GFLOP/s are of the sparse FLOPs, with the % of this
-machine's FMA peak (suite.peak_gflops: 320 GFLOP/s on the brief's Xeon). Both profiles are
+machine's FMA peak (suite.peak(): the cores' FMA loop, measured). Both profiles are
 medians of their own runs, taken one after the other: the ratios mean more than either
 total (this machine is shared).
 

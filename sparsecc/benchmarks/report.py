@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from sparsecc.benchmarks.suite import ENGINES, PEAK_GFLOPS
+from sparsecc.benchmarks.suite import ENGINES, peak
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -63,8 +63,8 @@ def versus(rows: list[dict], sparsity: float = 0.9, base: str = "sparsecc") -> s
     unit = "GOP/s (int8 multiply-adds x 2)" if base.endswith("int8") else "GFLOP/s"
     lines = [f"{base} at {sparsity:.0%} sparsity: each engine's median / {base}'s "
              f"(> 1: {base} faster); its {unit} count the operations its plan does "
-             f"(sparse layers: 2 x nonzeros x positions), peak {PEAK_GFLOPS:.0f} GFLOP/s "
-             "(this machine: cores x clock x 2 FMA units x lanes x 2)", "",
+             f"(sparse layers: 2 x nonzeros x positions), peak {peak():.0f} GFLOP/s "
+             "(this machine's cores running an FMA loop at once, measured)", "",
              head,
              "|" + "---|" * (len(peers) + 7)]
     rtts = []
