@@ -2988,7 +2988,7 @@ TAIL_AFTER_READS = True
 # 0.925x; batch 1 1.027x (ResNet-18) and 1.020x (MobileNetV2) slower: layer3's bands go.
 # ResNet-50 keeps layer4.0.conv1, its layer3's 802 KB-a-sample tensors being over
 # TAIL_SAMPLE_BYTES: letting those into the tail too ran its layer3 3x3 convs 0.55-0.60x the
-# time on a quiet machine (the model 0.915x) and 1.10x slower on a loaded one (12.8 MB of
+# time on a quiet machine (the model 0.915x) and 1.10-1.32x slower on a loaded one (12.8 MB of
 # the batch's x in a shared L3; the model 1.03x slower), so not taken.
 TAIL_MAPS = 256
 # Columns a shifted conv's phase planes may be widened by (zeros) so its wide rows go
