@@ -1,0 +1,153 @@
+"""Per-op A/B of two builds of one model in one process: where a lowering or kernel change
+gains or loses, op by op.
+
+The suite's model (``--model``, pruned at ``--sparsity`` with ``--profile``) is compiled
+twice: the base as the code stands, the variant with ``--set`` applied while it compiles
+(environment variables, ``NAME=value``, or module constants, ``package.module.NAME=value``,
+the value a Python literal). Rounds alternate the two builds; each round is one profiled
+call (the library's cycle counts around each op) after a warm-up call, so both builds meet
+the same machine. Prints each op's median time in both and their ratio (variant / base),
+the sums and the whole calls' medians, and checks the variant's output against the base's.
+
+``--split OP,...`` times those ops' calls one by one instead of as a whole (their calls get
+op indices of their own past the plan's, in the base build): which of a conv's passes
+(phase planes, kernel, crop) takes the time.
+
+Usage:
+  .venv/bin/python bench/op_ab.py --model resnet50 --batch 16 \\
+      --set sparsecc.native.lower.TAIL_MAPS=128 [--rounds 20]
+  .venv/bin/python bench/op_ab.py --model resnet18 --batch 16 --split 22,24
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import os
+import time
+from contextlib import contextmanager
+
+os.environ.setdefault("SPARSECC_ADAPTIVE_THREADS", "0")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import sparsecc  # noqa: E402
+from sparsecc.benchmarks import suite  # noqa: E402
+from sparsecc.native import library as NL  # noqa: E402
+
+
+@contextmanager
+def applied(settings: list[str]):
+    """``NAME=value`` settings in force inside: environment variables, or module constants
+    (a dotted name)."""
+    env, attrs = {}, {}
+    for s in settings:
+        name, _, raw = s.partition("=")
+        if "." in name:
+            mod, _, attr = name.rpartition(".")
+            attrs[(importlib.import_module(mod), attr)] = ast.literal_eval(raw)
+        else:
+            env[name] = raw
+    old_env = {k: os.environ.get(k) for k in env}
+    old_attrs = {k: getattr(*k) for k in attrs}
+    os.environ.update(env)
+    for (mod, attr), v in attrs.items():
+        setattr(mod, attr, v)
+    try:
+        yield
+    finally:
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for (mod, attr), v in old_attrs.items():
+            setattr(mod, attr, v)
+
+
+@contextmanager
+def split_calls(ops: set[int], names: dict[int, str]):
+    """Inside: each call of ``ops`` gets an op index of its own past the plan's (the plan
+    grows placeholder ops to match), recorded in ``names``."""
+    lower_program = NL.lower_program
+
+    def lowered(*a, **kw):
+        prog = lower_program(*a, **kw)
+        base = len(prog.plan.ops)
+        for c in prog.calls:
+            if c.op in ops:
+                k = base + len(names)
+                names[k] = f"{c.op} {c.kernel} items {c.items}"
+                c.op = k
+        prog.plan.ops.extend([prog.plan.ops[-1]] * len(names))
+        return prog
+
+    NL.lower_program = lowered
+    try:
+        yield
+    finally:
+        NL.lower_program = lower_program
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="resnet18", choices=sorted(suite.model_specs()))
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--profile", default="uniform", choices=suite.PROFILES)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="the variant's setting (repeatable)")
+    ap.add_argument("--split", default="", help="op indices whose calls are timed one by one")
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    if args.split and args.set:
+        ap.error("--split times the base build's calls: give it without --set")
+
+    spec = suite.model_specs()[args.model]
+    torch.manual_seed(0)
+    model = suite.prune_profile(spec.build(), args.sparsity, args.profile)
+    x = spec.inputs(args.batch)
+    example = tuple(torch.from_numpy(a) for a in x)
+    names: dict[int, str] = {}
+    split = {int(v) for v in args.split.split(",") if v.strip()}
+    with split_calls(split, names):
+        builds = [sparsecc.compile(model, example)]
+    if args.set:
+        with applied(args.set):
+            builds.append(sparsecc.compile(model, example))
+        ref, got = builds[0].native.run(x)[0], builds[1].native.run(x)[0]
+        print(f"variant vs base: max abs difference {float(np.abs(got - ref).max()):.3g}")
+    per = [[] for _ in builds]
+    whole = [[] for _ in builds]
+    for _ in range(args.rounds):
+        for i, b in enumerate(builds):
+            t0 = time.perf_counter()
+            per[i].append(b.native.profile(x, repeats=1))
+            whole[i].append(time.perf_counter() - t0)
+    med = [{k: float(np.median([p.get(k, 0.0) for p in ps])) for k in ps[0]} for ps in per]
+    base = builds[0]
+    labels = base.native.lib.labels
+    print(f"{args.model} {args.profile} {args.sparsity:.0%} batch {args.batch}, "
+          f"{args.rounds} alternating rounds; {suite.machine_line()}")
+    head = f"{'op':>4}  {'layer / call':60s} {'base us':>10}"
+    print(head + (f" {'variant us':>10}  ratio" if len(builds) > 1 else ""))
+    for k in sorted(med[0]):
+        if k in names:
+            what = names[k]
+        else:
+            op = base.native.plan.ops[k]
+            what = f"{op.layer or op.name} {labels.get(k, '')}"
+        row = f"{k:>4}  {what[:60]:60s} {med[0][k] * 1e6:10.1f}"
+        if len(builds) > 1:
+            v = med[1].get(k, 0.0)
+            row += f" {v * 1e6:10.1f}  {v / med[0][k]:.3f}" if med[0][k] else ""
+        print(row)
+    for i, name in enumerate(("base", "variant")[:len(builds)]):
+        print(f"{name}: sum of the ops {sum(med[i].values()) * 1e3:.2f} ms, a profiled call "
+              f"{np.median(whole[i]) * 1e3:.2f} ms (median)")
+
+
+if __name__ == "__main__":
+    main()
