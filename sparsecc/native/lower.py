@@ -331,6 +331,10 @@ class Program:
     boundary_bytes: int = 0  # a sample
     tail_arena: tuple[int, int] = (0, 0)
     tail_outputs: list[str] = field(default_factory=list)  # plan outputs the tail writes
+    # with a tail: ops at which the head starts a new segment (head_segments). Each segment
+    # runs over every chunk of the batch before the next; the tensors crossing a cut sit in
+    # the boundary region as the tail's do.
+    segments: list[int] = field(default_factory=list)
     # activations whose channels lie this many floats apart (Lowering.cs), not H*W
     channel_strides: dict[str, int] = field(default_factory=dict)
     # with row bands in the head (native.bands): the program lowered without them, whose
@@ -761,6 +765,8 @@ class Lowering:
             tail_split(self.p, TAIL_SAMPLE_BYTES if limit is None else limit,
                        self.kn_buffers, self.tail_from)
         self._bands()
+        if self.p.tail:
+            head_segments(self.p, self.kn_buffers)
         return self.p
 
     def _bands(self) -> None:
@@ -3097,6 +3103,85 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
     p.tail_outputs = [o for o in p.plan.outputs if p.plan.storage_root(o) in late]
 
 
+# The chunked head in segments of at most SEGMENT_BYTES of grouped code and values (est.
+# SEGMENT_NNZ_BYTES a nonzero), each run over every chunk of the batch before the next
+# (head_segments), cut where one tensor alone crosses, at most SEGMENT_CROSS_BYTES a sample
+# (a block's output). A sample at a time, a conv's code comes back from the L3 (or DRAM) for
+# every sample once the head's code outgrows what stays there: on the Zen 5 (L3 share ~16
+# MB), ResNet-50's layer3 3x3 convs ran 1.40-1.44 ms a call in a model of two of its blocks
+# in chunks of one sample, 2.30-2.37 in one of three, 2.9-3.0 in the model's head.
+SEGMENT_BYTES = 3_000_000
+SEGMENT_NNZ_BYTES = 14
+# the row-by-row kernels' values and indices (8 bytes a nonzero) are data the prefetchers
+# stream, not code: not counted (unmeasured; the tests count them to cut AVX2 heads too)
+SEGMENT_NNZ_BYTES_GENERIC = 0
+SEGMENT_CROSS_BYTES = 1 << 20
+
+
+def head_segments(p: Program, kn: set[str]) -> None:
+    """Cut the chunked head (calls before Program.tail) into segments (Program.segments):
+    walking its ops, a cut before op X once the segment's sparse convs hold more than
+    SEGMENT_BYTES of code and values with X's (grouped kernels SEGMENT_NNZ_BYTES a nonzero,
+    row-by-row ones SEGMENT_NNZ_BYTES_GENERIC), where the cut is clean (every call before it
+    belongs to an op before X, every call after to X or later: no row-band run across it)
+    and one buffer alone crosses it, sample-major (N x bytes, no features x batch layout),
+    at most SEGMENT_CROSS_BYTES a sample. The buffers crossing a cut join the boundary
+    region; the head's others are packed again."""
+    if not SEGMENT_BYTES or not p.tail or set(p.tail_outputs) != set(p.plan.outputs):
+        return
+    calls = p.calls
+    t_op = calls[p.tail].op
+    code: dict[int, int] = {}  # op -> bytes its sparse kernel brings in a sample (est.)
+    for c in calls[:p.tail]:
+        k = p.kernels.get(c.kernel)
+        if k is not None and k.kind == "sparse" and k.pattern is not None:
+            per = SEGMENT_NNZ_BYTES if k.spec.group > 1 else SEGMENT_NNZ_BYTES_GENERIC
+            code[c.op] = max(code.get(c.op, 0), per * int(len(k.pattern.indices)))
+    last_before = {}  # op X -> the highest op among calls before X's first call
+    hi = -1
+    seen: set[int] = set()
+    clean: set[int] = set()
+    for c in calls[:p.tail]:
+        if c.op not in seen:
+            seen.add(c.op)
+            last_before[c.op] = hi
+        hi = max(hi, c.op)
+    for ci, c in enumerate(calls[:p.tail]):
+        first = ci == 0 or calls[ci - 1].op != c.op
+        if first and last_before.get(c.op, -1) < c.op and \
+                all(d.op >= c.op for d in calls[ci:p.tail]):
+            clean.add(c.op)
+    cuts, acc = [], 0
+    bufs = list(p.buffers.values())
+    for x in sorted(seen):
+        add = code.get(x, 0)
+        if acc and acc + add > SEGMENT_BYTES and x in clean:
+            cross = [b for b in bufs if b.first < x <= b.last]
+            if len(cross) == 1 and cross[0].name not in kn:
+                a, c0 = linear(cross[0].nbytes)
+                if not c0 and 0 < a <= SEGMENT_CROSS_BYTES:
+                    cuts.append(x)
+                    acc = 0
+        acc += add
+    if not cuts:
+        return
+    bounds = set(p.boundary)
+    new = [b for b in bufs if b.name not in bounds and b.first < t_op and
+           any(b.first < x <= b.last for x in cuts)]
+    pos = p.boundary_bytes
+    for b in new:
+        size = linear(b.nbytes)[0]
+        p.boundary.append(b.name)
+        p.boundary_offsets.append(pos)
+        p.boundary_sizes.append(size)
+        b.offset = (pos, 0)
+        pos += -(-size // 64) * 64
+    p.boundary_bytes = pos
+    bounds = set(p.boundary)
+    p.arena = _pack([b for b in bufs if b.first < t_op and b.name not in bounds])
+    p.segments = cuts
+
+
 def _out_maps(plan: ExecutionPlan, i: int) -> int:
     """Positions a sample of op i's output maps (H * W of an N, C, H, W output; else 0)."""
     shape = plan.tensors[plan.ops[i].output].shape
@@ -3156,7 +3241,7 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
         return prog
     banded = lower(tail_op(prog), layout)
     same = ("chunk", "sample_bytes", "min_chunk", "split", "boundary", "boundary_offsets",
-            "boundary_sizes", "boundary_bytes", "tail_outputs")
+            "boundary_sizes", "boundary_bytes", "tail_outputs", "segments")
     if tail_op(banded) != tail_op(prog) or \
             any(getattr(banded, f) != getattr(prog, f) for f in same):
         return prog

@@ -470,7 +470,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     worker_t = ir.FunctionType(ir.VoidType(), [P8])
     gomp = mod.globals.get("GOMP_parallel")
     tid_fn = _omp_thread_num(mod)
-    worker = ir.Function(mod, worker_t, f"{prefix}_samples_worker")
+    worker = ir.Function(mod, worker_t, f"{name}_samples_worker")
     worker.linkage = "internal"
     ctx = b.alloca(ctx_t)
     for i, v in enumerate((weights, arena, n, ins, outs, I64(0), I64(0), chunk, times,
@@ -590,16 +590,23 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     head_outs = [o for o in plan.outputs if o not in tail_outs]
     tail = part(f"{prefix}__tail", prog.calls[prog.tail:], prog.tail_arena,
                 plan.inputs + prog.boundary, tail_outs)
-    body = part(f"{prefix}__body", prog.calls[:prog.tail], prog.arena, plan.inputs,
-                head_outs, prog.boundary)
-    plain = None if alt is None else \
-        part(f"{prefix}__body_plain", alt.calls[:alt.tail], prog.arena, plan.inputs,
-             head_outs, prog.boundary, of=alt)
     in_b, out_b = prog.sample_bytes
-    head = _emit_chunks(mod, prefix, prog, body, f"{prefix}__head",
-                        (in_b, [out_b[plan.outputs.index(o)] for o in head_outs] +
-                         prog.boundary_sizes), plain)
-    head.linkage = "internal"
+    heads = []  # the head's segments (Program.segments; one without), each chunked
+    for k, (calls, alt_calls) in enumerate(zip(_segment_calls(prog, prog.calls[:prog.tail]),
+                                                _segment_calls(prog, alt.calls[:alt.tail])
+                                                if alt is not None else
+                                                [None] * (len(prog.segments) + 1))):
+        sfx = f"_s{k}" if prog.segments else ""
+        body = part(f"{prefix}__body{sfx}", calls, prog.arena, plan.inputs, head_outs,
+                    prog.boundary)
+        plain = None if alt_calls is None else \
+            part(f"{prefix}__body_plain{sfx}", alt_calls, prog.arena, plan.inputs, head_outs,
+                 prog.boundary, of=alt)
+        head = _emit_chunks(mod, prefix, prog, body, f"{prefix}__head{sfx}",
+                            (in_b, [out_b[plan.outputs.index(o)] for o in head_outs] +
+                             prog.boundary_sizes), plain)
+        head.linkage = "internal"
+        heads.append(head)
 
     fn = ir.Function(mod, RUN_TYPE, f"{prefix}__run")
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
@@ -621,14 +628,30 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     tins = array([b.load(b.gep(ins, [I64(k)], inbounds=True))
                   for k in range(len(plan.inputs))] + bnd)
     touts = array([out(o) for o in tail_outs])
-    rc = b.call(head, [weights, rest, argspace, n, ins, houts, threads, times])
-    failed = fn.append_basic_block("failed")
-    go = fn.append_basic_block("tail")
-    b.cbranch(b.icmp_signed("!=", rc, I32(0)), failed, go)
-    b.position_at_end(failed)
-    b.ret(rc)
-    b.position_at_end(go)
+    for k, head in enumerate(heads):
+        rc = b.call(head, [weights, rest, argspace, n, ins, houts, threads, times])
+        failed = fn.append_basic_block(f"failed{k}")
+        go = fn.append_basic_block(f"next{k}")
+        b.cbranch(b.icmp_signed("!=", rc, I32(0)), failed, go)
+        b.position_at_end(failed)
+        b.ret(rc)
+        b.position_at_end(go)
     b.ret(b.call(tail, [weights, rest, argspace, n, tins, touts, threads, times]))
+
+
+def _segment_calls(prog: Program, calls: list) -> list[list]:
+    """The head's calls split at Program.segments' ops (lower.head_segments cuts only where
+    every call before a cut belongs to an op before it)."""
+    out, cur = [], []
+    cuts = list(prog.segments)
+    for c in calls:
+        while cuts and c.op >= cuts[0]:
+            out.append(cur)
+            cur = []
+            cuts.pop(0)
+        cur.append(c)
+    out.append(cur)
+    return out
 
 
 def _emit_part(mod, prog: Program, kernels, pfor, team, weight_offsets, name: str, calls,

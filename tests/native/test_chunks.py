@@ -79,7 +79,7 @@ def test_chunk_loops_keep_a_fixed_stack(monkeypatch, seed):
     _, prog = _compile(model, torch.randn(1, 3, 8, 8), monkeypatch, 1)
     assert prog.chunk == 1
     text = M.main_ir(prog, "t", prog.blob()[1])
-    for fname in ("t__run", "t_samples_worker"):
+    for fname in ("t__run", "t__run_samples_worker"):
         body = text[text.index(f'@"{fname}"('):]
         body = body[:body.index("\n}\n")]
         blocks = re.split(r'\n(?="?[\w.]+"?:\n)', body.split("{\n", 1)[1])

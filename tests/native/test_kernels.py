@@ -1031,6 +1031,60 @@ def test_whole_batch_tail(seed, monkeypatch):
     assert all(times[c.op] > 0 for c in prog.calls), times
 
 
+def test_head_in_segments(tmp_path, seed, monkeypatch):
+    """The chunked head in segments (lower.head_segments, a budget of 1 byte: a cut wherever
+    one tensor alone crosses), each run over every chunk before the next, the block outputs
+    between them in the boundary region. The cuts fall between blocks (never inside one,
+    where two tensors cross) and the calls of each segment belong to its ops. Against torch
+    at batches 1-3 and 9 (sample-parallel chunks), bit for bit against the same model
+    without segments, profiled (every op timed), and saved and loaded."""
+    from sparsecc.native import lower
+    from sparsecc.native.module import _segment_calls
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),       # 32 KB a sample
+        torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(),      # 16 KB
+        _BasicBlock(16), _BasicBlock(16), _BasicBlock(16),
+        torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.ReLU(), _BasicBlock(32),  # 8 KB
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
+    _prune_convs(model)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "12K")
+    example = torch.randn(1, 3, 32, 32)
+    monkeypatch.setattr(lower, "SEGMENT_BYTES", 0)
+    whole = _native_csr(model, example)
+    assert not whole.native.lib.program.segments
+    monkeypatch.setattr(lower, "SEGMENT_BYTES", 1)
+    monkeypatch.setattr(lower, "SEGMENT_NNZ_BYTES_GENERIC", 1)  # (AVX2: row-by-row kernels)
+    cm = _native_csr(model, example)
+    prog, ops = cm.native.lib.program, cm.plan.ops
+    assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+    starts = [ops[x].layer for x in prog.segments]
+    assert starts == ["4.a", "5.a", "6.a", "7"], starts  # each block, the stride-2 conv
+    cuts = [0, *prog.segments, prog.calls[prog.tail].op]
+    parts = _segment_calls(prog, prog.calls[:prog.tail])
+    assert len(parts) == len(cuts) - 1
+    for (lo, hi), part in zip(zip(cuts, cuts[1:]), parts):
+        assert part and all(lo <= c.op < hi for c in part), (lo, hi)
+    assert len(prog.boundary) >= 4, prog.boundary
+    for batch in (1, 2, 3, 9):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            want = model(x)
+        got = cm(x)
+        assert_matches(got, want)
+        assert np.array_equal(got.numpy(), whole(x).numpy())
+        assert np.array_equal(cm(x).numpy(), got.numpy())  # the arena reused
+    x = torch.randn(9, 3, 32, 32)
+    times = np.zeros(max(len(cm.plan.ops), 1), np.int64)
+    got = cm.native.run([x.numpy()], times=times)[0]
+    assert np.array_equal(got, cm(x).numpy())
+    assert all(times[c.op] > 0 for c in prog.calls), times
+    rt = sparsecc.load(cm.save(tmp_path / "m.scc"), native=True)
+    assert rt.native is not None and rt.native.lib.program.segments == prog.segments
+    assert np.array_equal(np.asarray(rt(x)), cm(x).numpy())
+
+
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
 @pytest.mark.parametrize("l2", [256 << 10, 512 << 10])
 def test_grouped_ranges_in_the_tail(seed, monkeypatch, l2):
