@@ -3137,20 +3137,19 @@ def head_segments(p: Program, kn: set[str]) -> None:
         if k is not None and k.kind == "sparse" and k.pattern is not None:
             per = SEGMENT_NNZ_BYTES if k.spec.group > 1 else SEGMENT_NNZ_BYTES_GENERIC
             code[c.op] = max(code.get(c.op, 0), per * int(len(k.pattern.indices)))
-    last_before = {}  # op X -> the highest op among calls before X's first call
-    hi = -1
+    head = [c.op for c in calls[:p.tail]]
+    low_after = head[:]  # the lowest op from each call on
+    for ci in range(len(head) - 2, -1, -1):
+        low_after[ci] = min(head[ci], low_after[ci + 1])
     seen: set[int] = set()
-    clean: set[int] = set()
-    for c in calls[:p.tail]:
-        if c.op not in seen:
-            seen.add(c.op)
-            last_before[c.op] = hi
-        hi = max(hi, c.op)
-    for ci, c in enumerate(calls[:p.tail]):
-        first = ci == 0 or calls[ci - 1].op != c.op
-        if first and last_before.get(c.op, -1) < c.op and \
-                all(d.op >= c.op for d in calls[ci:p.tail]):
-            clean.add(c.op)
+    clean: set[int] = set()  # ops X whose first call has only lower ops before it and
+    hi = -1  # none lower after it
+    for ci, op in enumerate(head):
+        if op not in seen:
+            seen.add(op)
+            if hi < op and low_after[ci] >= op:
+                clean.add(op)
+        hi = max(hi, op)
     cuts, acc = [], 0
     bufs = list(p.buffers.values())
     for x in sorted(seen):
