@@ -562,7 +562,9 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     """``run``: the whole program in one part; or, when the batch may be split, a chunk body
     driven by _emit_chunks; or, with a tail (Program.tail), the head's calls in chunks, then
     the tail's over the whole batch, the tensors between them in the arena's boundary
-    region (the head writes them as extra outputs, the tail reads them as extra inputs)."""
+    region (the head writes them as extra outputs, the tail reads them as extra inputs).
+    A head in segments (Program.segments) runs each segment over every chunk before the
+    next, the tensors between segments in the boundary region too."""
     plan = prog.plan
 
     def part(name, calls, arena_ab, ins_names, copy_outs, out_bases=(), entry=False,
@@ -591,7 +593,9 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     tail = part(f"{prefix}__tail", prog.calls[prog.tail:], prog.tail_arena,
                 plan.inputs + prog.boundary, tail_outs)
     in_b, out_b = prog.sample_bytes
-    heads = []  # the head's segments (Program.segments; one without), each chunked
+    # the head's segments (Program.segments; one without), each chunked (with segments the
+    # tail writes every output: head_outs is empty, lower.head_segments)
+    heads = []
     for k, (calls, alt_calls) in enumerate(zip(_segment_calls(prog, prog.calls[:prog.tail]),
                                                 _segment_calls(prog, alt.calls[:alt.tail])
                                                 if alt is not None else
