@@ -3088,15 +3088,8 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
         if c or b.name in kn:
             return
     p.tail = tail
-    p.boundary, p.boundary_offsets, p.boundary_sizes, pos = [], [], [], 0
-    for b in cross:
-        size = linear(b.nbytes)[0]
-        p.boundary.append(b.name)
-        p.boundary_offsets.append(pos)
-        p.boundary_sizes.append(size)
-        b.offset = (pos, 0)
-        pos += -(-size // 64) * 64
-    p.boundary_bytes = pos
+    p.boundary, p.boundary_offsets, p.boundary_sizes, p.boundary_bytes = [], [], [], 0
+    _to_boundary(p, cross)
     p.arena = _pack(head)
     p.tail_arena = _pack(rest)
     late = {b.name for b in rest}
@@ -3167,8 +3160,17 @@ def head_segments(p: Program, kn: set[str]) -> None:
     bounds = set(p.boundary)
     new = [b for b in bufs if b.name not in bounds and b.first < t_op and
            any(b.first < x <= b.last for x in cuts)]
+    _to_boundary(p, new)
+    bounds = set(p.boundary)
+    p.arena = _pack([b for b in bufs if b.first < t_op and b.name not in bounds])
+    p.segments = cuts
+
+
+def _to_boundary(p: Program, bufs: list[Buffer]) -> None:
+    """Place ``bufs`` in the boundary region after what it holds: N x a sample's bytes each,
+    a sample's bytes rounded up to 64 apart (offset (pos, 0): pos x N)."""
     pos = p.boundary_bytes
-    for b in new:
+    for b in bufs:
         size = linear(b.nbytes)[0]
         p.boundary.append(b.name)
         p.boundary_offsets.append(pos)
@@ -3176,9 +3178,6 @@ def head_segments(p: Program, kn: set[str]) -> None:
         b.offset = (pos, 0)
         pos += -(-size // 64) * 64
     p.boundary_bytes = pos
-    bounds = set(p.boundary)
-    p.arena = _pack([b for b in bufs if b.first < t_op and b.name not in bounds])
-    p.segments = cuts
 
 
 def _out_maps(plan: ExecutionPlan, i: int) -> int:

@@ -6,15 +6,12 @@ bands; sample-parallel chunks: the bands; 1 thread: the bands, chunk after chunk
 
 from __future__ import annotations
 
-import subprocess
-
 import numba
 import numpy as np
 import pytest
 import torch
 
 import sparsecc
-from sparsecc.cli import main as cli_main
 from sparsecc.codegen.llvm import emit as E
 from sparsecc.codegen.llvm import jit
 from sparsecc.native import bands as BD
@@ -164,8 +161,7 @@ def test_banded_artifact_loads_and_exports(tmp_path, seed, monkeypatch):
     """A model with a band run saved, loaded natively (the same floats as the compiled one,
     batches 1 and 16) and exported as a C library run by the example program (batches 1
     and 8, against torch)."""
-    from tests.native.test_export_c import _build_example
-    from tests.native.test_export_c import _run as run_c
+    from tests.native.test_export_c import exported_matches_torch
 
     torch.manual_seed(seed)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "20K")
@@ -178,15 +174,4 @@ def test_banded_artifact_loads_and_exports(tmp_path, seed, monkeypatch):
     for batch in (1, 16):
         x = torch.randn(batch, 3, 16, 24)
         assert np.array_equal(np.asarray(rt(x)), cm(x).numpy())
-    assert cli_main(["export-c", str(path), str(tmp_path / "lib")]) == 0
-    try:
-        exe = _build_example(tmp_path / "lib")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no C compiler: {exc}")
-    for batch in (1, 8):
-        x = torch.randn(batch, 3, 16, 24)
-        with torch.no_grad():
-            want = model(x).numpy()
-        out, = run_c(exe, batch, [x.numpy()], tmp_path)
-        np.testing.assert_allclose(np.fromfile(out, np.float32).reshape(want.shape), want,
-                                   rtol=1e-4, atol=1e-5)
+    exported_matches_torch(path, model, (3, 16, 24), (1, 8), tmp_path)

@@ -38,6 +38,26 @@ def _run(exe: Path, batch: int, inputs: list[np.ndarray], tmp: Path) -> list[np.
     return sorted(tmp.glob("out*.bin"))
 
 
+def exported_matches_torch(path: Path, model, shape: tuple, batches, tmp: Path) -> None:
+    """The artifact at ``path`` exported as a C library (`sparsecc export-c`), built with the
+    example program and run at ``batches`` (samples of ``shape``) against torch; skips the
+    test where no C compiler is found."""
+    from sparsecc.cli import main as cli_main
+
+    assert cli_main(["export-c", str(path), str(tmp / "lib")]) == 0
+    try:
+        exe = _build_example(tmp / "lib")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no C compiler: {exc}")
+    for batch in batches:
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            want = model(x).numpy()
+        out, = _run(exe, batch, [x.numpy()], tmp)
+        np.testing.assert_allclose(np.fromfile(out, np.float32).reshape(want.shape), want,
+                                   rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name,sparsity,tail", [("mnist_cnn", 0.9, None),
                                                 ("tiny_transformer", 0.9, None),
                                                 ("mobilenet_v2_block", None, None),

@@ -1039,13 +1039,9 @@ def test_head_in_segments(tmp_path, seed, monkeypatch):
     at batches 1-3 and 9 (sample-parallel chunks), bit for bit against the same model
     without segments, profiled (every op timed), saved and loaded, and exported as a C
     library run by the example program (batches 1 and 9, against torch)."""
-    import subprocess
-
-    from sparsecc.cli import main as cli_main
     from sparsecc.native import lower
     from sparsecc.native.module import _segment_calls
-    from tests.native.test_export_c import _build_example
-    from tests.native.test_export_c import _run as run_c
+    from tests.native.test_export_c import exported_matches_torch
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
@@ -1090,18 +1086,7 @@ def test_head_in_segments(tmp_path, seed, monkeypatch):
     rt = sparsecc.load(path, native=True)
     assert rt.native is not None and rt.native.lib.program.segments == prog.segments
     assert np.array_equal(np.asarray(rt(x)), cm(x).numpy())
-    assert cli_main(["export-c", str(path), str(tmp_path / "lib")]) == 0
-    try:
-        exe = _build_example(tmp_path / "lib")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no C compiler: {exc}")
-    for batch in (1, 9):
-        x = torch.randn(batch, 3, 32, 32)
-        with torch.no_grad():
-            want = model(x).numpy()
-        out, = run_c(exe, batch, [x.numpy()], tmp_path)
-        np.testing.assert_allclose(np.fromfile(out, np.float32).reshape(want.shape), want,
-                                   rtol=1e-4, atol=1e-5)
+    exported_matches_torch(path, model, (3, 32, 32), (1, 9), tmp_path)
 
 
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
