@@ -782,9 +782,7 @@ class Lowering:
             return
         if p.tail:
             p.tail += added
-            cross = set(p.boundary)
-            p.arena = _pack([b for b in p.buffers.values()
-                             if b.first < t_op and b.name not in cross])
+            _pack_head(p, t_op)
         else:
             p.arena = _pack(list(p.buffers.values()))
 
@@ -3080,9 +3078,8 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
     if any(p.plan.ops[c.op].kind in ("qconv2d", "qlinear") for c in p.calls[tail:]):
         return  # int8 layers gain nothing over the whole batch (ResNet-50 / MobileNetV2
         # int8 at batch 16, same process: 79.8 / 12.2 ms without a tail, 81.7 / 13.0 with)
-    head, cross, rest = [], [], []
-    for b in p.buffers.values():
-        (cross if b.first < t_op <= b.last else head if b.first < t_op else rest).append(b)
+    cross = [b for b in p.buffers.values() if b.first < t_op <= b.last]
+    rest = [b for b in p.buffers.values() if b.first >= t_op]  # the tail's own
     for b in cross:
         a, c = linear(b.nbytes)
         if c or b.name in kn:
@@ -3090,7 +3087,7 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
     p.tail = tail
     p.boundary, p.boundary_offsets, p.boundary_sizes, p.boundary_bytes = [], [], [], 0
     _to_boundary(p, cross)
-    p.arena = _pack(head)
+    _pack_head(p, t_op)
     p.tail_arena = _pack(rest)
     late = {b.name for b in rest}
     p.tail_outputs = [o for o in p.plan.outputs if p.plan.storage_root(o) in late]
@@ -3158,11 +3155,9 @@ def head_segments(p: Program, kn: set[str]) -> None:
     if not cuts:
         return
     bounds = set(p.boundary)
-    new = [b for b in bufs if b.name not in bounds and b.first < t_op and
-           any(b.first < x <= b.last for x in cuts)]
-    _to_boundary(p, new)
-    bounds = set(p.boundary)
-    p.arena = _pack([b for b in bufs if b.first < t_op and b.name not in bounds])
+    _to_boundary(p, [b for b in bufs if b.name not in bounds and b.first < t_op and
+                     any(b.first < x <= b.last for x in cuts)])
+    _pack_head(p, t_op)
     p.segments = cuts
 
 
@@ -3178,6 +3173,13 @@ def _to_boundary(p: Program, bufs: list[Buffer]) -> None:
         b.offset = (pos, 0)
         pos += -(-size // 64) * 64
     p.boundary_bytes = pos
+
+
+def _pack_head(p: Program, t_op: int) -> None:
+    """The head's arena (Program.arena): its buffers (written before op ``t_op``, the tail's
+    first) outside the boundary region, packed by lifetime."""
+    bounds = set(p.boundary)
+    p.arena = _pack([b for b in p.buffers.values() if b.first < t_op and b.name not in bounds])
 
 
 def _out_maps(plan: ExecutionPlan, i: int) -> int:

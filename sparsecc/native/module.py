@@ -596,10 +596,9 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
     # the head's segments (Program.segments; one without), each chunked (with segments the
     # tail writes every output: head_outs is empty, lower.head_segments)
     heads = []
-    for k, (calls, alt_calls) in enumerate(zip(_segment_calls(prog, prog.calls[:prog.tail]),
-                                                _segment_calls(prog, alt.calls[:alt.tail])
-                                                if alt is not None else
-                                                [None] * (len(prog.segments) + 1))):
+    segs = _segment_calls(prog, prog.calls[:prog.tail])
+    alt_segs = [None] * len(segs) if alt is None else _segment_calls(prog, alt.calls[:alt.tail])
+    for k, (calls, alt_calls) in enumerate(zip(segs, alt_segs)):
         sfx = f"_s{k}" if prog.segments else ""
         body = part(f"{prefix}__body{sfx}", calls, prog.arena, plan.inputs, head_outs,
                     prog.boundary)
