@@ -37,6 +37,7 @@ def bench_command(args) -> int:
         QUICK,
         SuiteConfig,
         machine_info,
+        peak,
         run_suite,
     )
 
@@ -81,7 +82,9 @@ def bench_command(args) -> int:
     if any(r["engine"] == "sparsecc-int8" and "median_ms" in r for r in rows):
         versus += "\n\n" + report.versus(rows, at, base="sparsecc-int8")
     (out / "versus.md").write_text(versus + "\n")
+    # (the peak the rows' pct_peak and versus.md's header divide by: one figure a process)
     (out / "machine.json").write_text(json.dumps(dict(info, seconds=time.perf_counter() - t0,
+                                                      peak_gflops=round(peak(), 1),
                                                       config={k: getattr(cfg, k) for k in (
                                                           "models", "sparsities", "batches",
                                                           "threads", "profile", "engines",

@@ -164,6 +164,12 @@ def test_bench_model_vs_peers(model_file, tmp_path):
     versus = (out / "versus.md").read_text()
     assert "sparsecc at 80% sparsity" in versus and "| small | 4 | 1 |" in versus
     assert all(r["wall_s"] >= 0 for r in rows)
+    # the peak the rows' % of peak divide by, recorded beside the run
+    peak = json.loads((out / "machine.json").read_text())["peak_gflops"]
+    assert f"peak {peak:.0f} GFLOP/s" in versus
+    for r in rows:
+        if r.get("pct_peak") is not None:
+            assert abs(r["pct_peak"] - 100 * r["gflops"] / peak) < 0.2
 
 
 def test_bench_model_report_and_save(model_file, tmp_path):
