@@ -2087,7 +2087,11 @@ class Lowering:
                                     act[2] if act[0] == "clamp" else 0.0, bias is not None)
             if sparse:  # zero taps cost an FMA each: its weights as a dense table
                 csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
-                wslot = self.derived("wsmall", csr_to_dense(*csr, (cout_, cin_ * kh * kw)))
+                wslot = self.derived("wsmall", spec.weights(
+                    csr_to_dense(*csr, (cout_, cin_ * kh * kw))))
+            elif spec.row_loop:  # (a block's weights tap by tap)
+                wslot = self.derived("wsmall", spec.weights(
+                    self.plan.constants[op.params["weight"]]))
             else:
                 wslot = self.const(op.params["weight"])
             r = spec.blocking[0]

@@ -59,6 +59,14 @@ BAND_ROWS = 8
 # The ring's stack bytes at most (a thread's stack may be small where the C library is
 # called from): the stem at 224 needs 24 KB, a 3-channel image 600 wide 64 KB
 RING_MAX_BYTES = 96 << 10
+# A big kernel over split rows (the 7x7 stem) loops over its kernel rows (a row's taps
+# unrolled in the body) instead of unrolling every tap, and blocks 8 channels x 3 vectors on
+# AVX-512 (each broadcast weight feeds 3 FMAs): same process, the 7x7 stem with its pool,
+# Zen 5, 2 threads, batch 16 / 1: 223-231 -> 262-273 / 173 -> 205 GFLOP/s (16 x 1 with
+# the loop 237 / 173, 8 x 2 257 / 199). A 3x3 (MobileNetV2's first conv: 27 taps) lost
+# 0.94-0.97x with it: unrolled, 16 x 1.
+ROW_LOOP = True
+ROW_LOOP_TAPS = 25
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,8 @@ class SmallConvSpec:
         return (f"sconv_v{self.vw}_{self.cin}x{self.h}x{self.w}_o{self.cout}_k{self.kh}x"
                 f"{self.kw}_s{self.stride}_p{self.ph}x{self.pw}_d{self.dh}x{self.dw}_{act}_"
                 f"{'b' if self.has_bias else 'nb'}{'_mp3s2' if self.pool else ''}"
-                f"{'_sr' if self.split_rows else ''}")
+                f"{'_sr' if self.split_rows else ''}"
+                f"{'_rl' if self.row_loop else ''}")
 
     @property
     def ho(self) -> int:
@@ -144,11 +153,32 @@ class SmallConvSpec:
         broadcast instruction per FMA): R up to 4, R x V + V <= 10. Zen 3, 2 threads, batch
         16, the ResNet stem (7x7 / 2 + pool) 74-84 GFLOP/s at (4, 2) against (8, 1) 57-69,
         (4, 3) 73, (4, 1) 64, (2, 4) 66, (8, 2) 45, (16, 1) 47; MobileNetV2's 3x3 / 2 (3 ->
-        32, bound by its stores) 39 against 36."""
+        32, bound by its stores) 39 against 36. A big kernel's row loop (ROW_LOOP) on
+        AVX-512: R up to 8, V up to 3 (its broadcasts are reused from registers)."""
         big = self.vw >= 16
+        if big and self.row_loop:  # (ROW_LOOP: 8 x 3)
+            r = max(d for d in range(1, 9) if self.cout % d == 0)
+            return r, max(1, min(-(-self.wo // self.vw), 27 // (r + 1)))
         r = max(d for d in range(1, (16 if big else 4) + 1) if self.cout % d == 0)
         v = max(1, min(-(-self.wo // self.vw), (26 if big else 10) // (r + 1)))
         return r, v
+
+    @property
+    def row_loop(self) -> bool:
+        """Whether a chunk's taps over split rows run as a loop over the cin x kh kernel rows
+        (ROW_LOOP, kernels of ROW_LOOP_TAPS taps or more), with the weights read as (Co / R,
+        cin * kh * kw, R): a block's R weights of one tap side by side (``weights``), at small
+        offsets from one pointer a kernel row."""
+        return self.split_rows and ROW_LOOP and self.kh * self.kw >= ROW_LOOP_TAPS
+
+    def weights(self, wt: np.ndarray) -> np.ndarray:
+        """The (Co, Ci, kh, kw) weights in the layout the kernel reads."""
+        wt = np.ascontiguousarray(wt, np.float32)
+        if not self.row_loop:
+            return wt
+        r = self.blocking[0]
+        return np.ascontiguousarray(
+            wt.reshape(self.cout // r, r, -1).transpose(0, 2, 1)).reshape(-1)
 
     def emit(self, module: ir.Module, name: str) -> None:
         emit_small_conv(module, name, self)
@@ -239,7 +269,9 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
         for r in range(R):
             for a in acc[r]:
                 b.store(inits[r], a)
-        for ci in range(spec.cin):
+        if spec.row_loop:
+            ring_rows_loop(oh, wb, acc, vecs, shift)
+        for ci in range(0 if spec.row_loop else spec.cin):
             for i in range(spec.kh):
                 ih = b.add(b.mul(oh, I64(s)), I64(i * spec.dh - spec.ph))
                 inside = b.and_(b.icmp_signed(">=", ih, I64(0)),
@@ -275,6 +307,29 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
             for q, v in enumerate(vecs):
                 vv = v if moved is None else b.add(moved, I64(v))
                 store(r, vv, k.act(b.load(acc[r][q]), spec))
+
+    def ring_rows_loop(oh, wb, acc, vecs, shift) -> None:
+        """The taps of a chunk over split rows as a loop over the cin x kh kernel rows (a
+        row's kw taps unrolled in its body), not all of them unrolled."""
+        with k.loop(I64(0), I64(spec.cin * spec.kh), "q") as q:
+            ci = b.sdiv(q, I64(spec.kh))
+            i = b.sub(q, b.mul(ci, I64(spec.kh)))
+            ih = b.add(b.mul(oh, I64(s)), b.sub(b.mul(i, I64(spec.dh)), I64(spec.ph)))
+            inside = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, I64(h)))
+            with b.if_then(inside):
+                slot = b.add(b.mul(b.and_(ih, I64(spec.ring_rows - 1)), I64(spec.cin)), ci)
+                rowp = b.gep(ringp, [b.mul(slot, I64(2 * spec.split_len))])
+                if shift is not None:
+                    rowp = b.gep(rowp, [shift])
+                wq = b.gep(wb, [b.mul(q, I64(spec.kw * R))])
+                qp = spec.split_len
+                for j in range(spec.kw):
+                    xs = [k.vload(b.gep(rowp, [I64((j % 2) * qp + v * vw + j // 2)]), None)
+                          for v in vecs]
+                    for r in range(R):
+                        ws = k.splat(b.load(b.gep(wq, [I64(j * R + r)])))
+                        for qv, xv in enumerate(xs):
+                            b.store(k.fma(ws, xv, b.load(acc[r][qv])), acc[r][qv])
 
     def item(t, per_row: bool):
         """(n, first channel, x, weights, bias vectors[, oh]) of item t."""

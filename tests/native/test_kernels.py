@@ -370,7 +370,8 @@ def test_depthwise_registers_kernel(rng, vw, host, stride, h, w, kh, pad, dil):
 @pytest.mark.parametrize("cin,cout,h,w,k,stride,pad,dil", [
     (3, 32, 40, 36, 3, 2, 1, 1), (3, 16, 30, 30, 7, 2, 3, 1), (1, 6, 28, 28, 5, 1, 2, 1),
     (2, 6, 19, 13, 3, 2, 0, 1), (4, 12, 30, 30, 3, 2, 2, 2), (3, 5, 9, 9, 3, 1, 1, 1),
-    (3, 16, 9, 120, 3, 2, 1, 1), (2, 8, 6, 100, 3, 1, 1, 1), (3, 16, 33, 64, 3, 2, 1, 1)])
+    (3, 16, 9, 120, 3, 2, 1, 1), (2, 8, 6, 100, 3, 1, 1, 1), (3, 16, 33, 64, 3, 2, 1, 1),
+    (3, 12, 31, 50, 7, 2, 3, 1)])
 def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     """The few-input-channel direct conv alone (RGB first convs: 3x3 and 7x7 at stride 2),
     the 8-lane one compiled for an AVX2-only CPU too, against torch: rows of several vector
@@ -378,7 +379,9 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     channels in blocks (5 and 6: blocks that are not powers of 2), padding on every edge,
     dilation, pruned taps, fused clamp. Stride 2 without dilation splits the input rows
     (even / odd columns, SmallConvSpec.split_rows) for bands of output rows: bands of 8, a
-    part band (17 rows: 8, 8, 1), fewer rows than a band."""
+    part band (17 rows: 8, 8, 1), fewer rows than a band. Kernels of 5 x 5 and more over
+    split rows loop over their kernel rows (SmallConvSpec.row_loop), in blocks of 8 or 6
+    channels on AVX-512."""
     from sparsecc.native import smallconv as SC
 
     spec = SC.SmallConvSpec(vw, cin, cout, h, w, k, k, stride, pad, pad, dil, dil, "clamp",
@@ -393,9 +396,11 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
           ).astype(np.float32) * 0.5
     bias = rng.standard_normal(cout).astype(np.float32)
     out = np.full((2, cout, spec.ho, spec.wo), np.nan, np.float32)
-    args = np.array([x.ctypes.data, wt.ctypes.data, bias.ctypes.data, out.ctypes.data],
+    wk = spec.weights(wt)  # (the layout the kernel reads: tap-major with its row loop)
+    args = np.array([x.ctypes.data, wk.ctypes.data, bias.ctypes.data, out.ctypes.data],
                     np.int64)
     assert spec.split_rows == (stride == 2 and dil == 1)
+    assert spec.row_loop == (spec.split_rows and k >= 5)
     f(0, 2 * spec.items, args.ctypes.data)
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
                                      torch.from_numpy(bias), stride, pad, dil).clamp(0, 6)
@@ -436,7 +441,8 @@ def test_small_conv_max_pool_kernel(rng, vw, host, cin, cout, h, w, k, stride, p
     bias = rng.standard_normal(cout).astype(np.float32) - 0.5
     pho, pwo = spec.pooled
     out = np.full(3 * cout * pho * pwo + 64, -7.0, np.float32)
-    args = np.array([x.ctypes.data, wt.ctypes.data, bias.ctypes.data, out.ctypes.data],
+    wk = spec.weights(wt)
+    args = np.array([x.ctypes.data, wk.ctypes.data, bias.ctypes.data, out.ctypes.data],
                     np.int64)
     f(0, 3 * spec.items, args.ctypes.data)
     y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
