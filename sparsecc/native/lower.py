@@ -447,6 +447,10 @@ class Lowering:
         # op index -> the padded planes the shifted conv before it wrote (_planes_reader)
         self.planes_in: dict[int, str] = {}
         self._rows_memo: dict[int, RowsGeom | None] = {}
+        # stride-2 rows planes a phase pass made of a tensor: name -> (the temporary, its
+        # geometry, the op): a stride-2 1x1 conv of the same tensor reads their (1, 0)
+        # phase (_shared_phase)
+        self.rows_x: dict[str, tuple[str, RowsGeom, int]] = {}
         # residual adds fused into the conv before them: add op index -> (conv op index, the
         # conv's own output, which is never written)
         self.fused: dict[int, tuple[int, str]] = {}
@@ -2334,6 +2338,16 @@ class Lowering:
             nxt = self._planes_reader(out, g, widen=True)
             if nxt is not None:
                 g = replace(g, extra=nxt[1].wq - g.wq)
+        shared = self._shared_phase(op, x, g)
+        if shared is not None:  # x's (1, 0) phase in the rows planes of a 3x3 / 2 conv of x
+            planes, rg = shared
+            self.p.buffers[planes].last = self.i
+            offs = (rg.f + (swt.indices.astype(np.int64) * 4 + 2) * rg.ps).astype(np.uint32)
+            tile = LK.spmm_tile(g.ho * g.wo, self.vw, swt.block_rows)
+            j = self.rows_x[x][2]
+            return self._shifted_direct(op, swt, tile, planes, out, bslot, act, g, rg.c * 4,
+                                        rg.per_sample, rg.ps, offs) + \
+                f" (the phase planes of {self.plan.ops[j].layer or self.plan.ops[j].name})"
         if self.pk_on and g.wq == g.wo and SHIFT_DIRECT and self.i not in self.planes_in:
             L = g.ho * g.wo
             res = None if SP.bakes(op, swt.family) and not self._grouped(op, swt, L) else \
@@ -2413,6 +2427,25 @@ class Lowering:
             self.act_pass(out, *act)
         return label
 
+    def _shared_phase(self, op: Op, x: str, g) -> tuple[str, RowsGeom] | None:
+        """The rows planes a 3x3 / 2 conv's phase pass made of x (Lowering.rows_x), when
+        this op, a 1x1 / 2 conv without padding (a ResNet's downsample beside the block's
+        strided conv1), can read x[2i, 2j] there instead of a phase pass of its own: their
+        (1, 0) phase (x's even rows after the padded first row, its even columns) holds it at
+        row i, column j, rows as wide as this conv's output (no wrap columns). Only outside
+        the packed / plain variants and row bands, with both ops on one side of the tail."""
+        if not SHARE_PHASE or self.pk_on or self.guard or self.band is not None or \
+                x not in self.rows_x or self.i in self.planes_in or not SHIFT_DIRECT or \
+                (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw) != (1, 1, 2, 2, 0, 0, 1, 1):
+            return None
+        planes, rg, j = self.rows_x[x]
+        if (rg.h, rg.w, rg.stride, rg.c) != (g.ho, g.wo, 2, self.shape(x)[1].value) or \
+                planes not in self.p.buffers or \
+                (self.tail_from is not None and (j >= self.tail_from) !=
+                 (self.i >= self.tail_from)):
+            return None
+        return planes, rg
+
     def _shifted_rows(self, op: Op, swt, x: str, out: str, bslot: Slot, act,
                       g: RowsGeom) -> str:
         """A 3x3 / 1 conv over rows planes (RowsGeom): the input's rows with a zero row above
@@ -2437,6 +2470,8 @@ class Lowering:
                           args + [I(g.ps)] + self._phase_io(x, nb),
                           PH.items(self._phase_n(x, nb), g.c, s),
                           float(g.ps * s))
+            if s == 2 and not self.guard and self.band is None:
+                self.rows_x[x] = (planes, g, self.i)
         col = swt.indices.astype(np.int64)
         c, r = np.divmod(col, 9)
         dy, dx = np.divmod(r, 3)
@@ -3014,6 +3049,9 @@ ROWS_PLANES = True
 # crop, and a stride-1 conv after them takes rows planes too. Same process: ResNet-18 batch
 # 16 / 1 1.009x / 1.010x, ResNet-50 0.997x / 0.995x (its stride-2 convs feed 1x1 convs).
 ROWS_STRIDE2 = True
+# A stride-2 1x1 conv (a ResNet's downsample) reads x's even rows and columns from the rows
+# planes a 3x3 / 2 conv of the same x made (Lowering._shared_phase): no phase pass of its own.
+SHARE_PHASE = True
 # Dense linears of several rows over their weight in panels (Lowering._linear_panels):
 # batch 16, same process, per op: ResNet-50's classifier 1.50 -> 0.79 ms, MobileNetV2's
 # 0.87 -> 0.48 (Xeon).

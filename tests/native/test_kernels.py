@@ -1307,17 +1307,20 @@ def test_rows_planes(seed, h, w, basic):
 
 
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
-@pytest.mark.parametrize("h,w", [(28, 28), (29, 31), (24, 7), (33, 16)])
-def test_rows_planes_stride2(seed, h, w):
+@pytest.mark.parametrize("h,w,ds_first", [(28, 28, False), (29, 31, False), (24, 7, False),
+                                          (33, 16, False), (28, 28, True)])
+def test_rows_planes_stride2(seed, h, w, ds_first):
     """A 3x3 / 2 conv over rows planes: x split into four phase planes (rows: the first
     padded; columns: none), the tap before a row's first output column masked, the output
     dense and written straight into the next conv's rows planes. Even and odd maps (an odd
     width's last tap reads a zero the split wrote), outputs 4 wide; a downsampling basic
-    block (its 1x1 / 2 shortcut in place, the residual fused). NaN in the arena first;
-    against torch at batches 1 and 3, and NaN's reach through the stride-2 conv alone."""
+    block (its 1x1 / 2 shortcut in place, the residual fused), the shortcut reading x's
+    even rows and columns from the 3x3 conv's phase planes (Lowering._shared_phase: no
+    phase pass of its own) unless it comes first. NaN in the arena first; against torch at
+    batches 1 and 3, and NaN's reach through the stride-2 conv alone."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 1, 1), torch.nn.ReLU(),
-                                _DownBlock(32, False), torch.nn.AdaptiveAvgPool2d(1),
+                                _DownBlock(32, ds_first), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten()).eval()
     _prune_convs(model, 0.3)
     cm = _native_csr(model, torch.randn(1, 3, h, w))
@@ -1328,6 +1331,10 @@ def test_rows_planes_stride2(seed, h, w):
     assert ("(rows planes) -> the rows planes of 2.b" in labels["2.a"]) == rows, labels
     assert not any("crop" in c.kernel for c in prog.calls
                    if prog.plan.ops[c.op].layer == "2.a"), [c.kernel for c in prog.calls]
+    shared = rows and not ds_first
+    assert ("(the phase planes of 2.a)" in labels["2.ds"]) == shared, labels
+    assert any("phase" in c.kernel for c in prog.calls
+               if prog.plan.ops[c.op].layer == "2.ds") != shared, [c.kernel for c in prog.calls]
     _matches_after_junk(cm, model, (3, h, w), (1, 3))
     one = torch.nn.Sequential(model[2].a).eval()
     cm1 = sparsecc.compile(one, torch.randn(1, 32, h, w), recipe={"formats": {"force": "csr"}})
