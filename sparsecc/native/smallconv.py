@@ -64,7 +64,9 @@ RING_MAX_BYTES = 96 << 10
 # AVX-512 (each broadcast weight feeds 3 FMAs): same process, the 7x7 stem with its pool,
 # Zen 5, 2 threads, batch 16 / 1: 223-231 -> 262-273 / 173 -> 205 GFLOP/s (16 x 1 with
 # the loop 237 / 173, 8 x 2 257 / 199). A 3x3 (MobileNetV2's first conv: 27 taps) lost
-# 0.94-0.97x with it: unrolled, 16 x 1.
+# 0.94-0.97x with it: unrolled, 16 x 1. The AVX2 build (run on the Zen 5, 1 thread, 4
+# samples): unrolled 4 x 2 86-87 GFLOP/s, loop 4 x 2 85-87, loop 4 x 3 97 (2 x 5 89, 8 x 1
+# 86); not measured on an AVX2-only CPU.
 ROW_LOOP = True
 ROW_LOOP_TAPS = 25
 
@@ -153,12 +155,13 @@ class SmallConvSpec:
         broadcast instruction per FMA): R up to 4, R x V + V <= 10. Zen 3, 2 threads, batch
         16, the ResNet stem (7x7 / 2 + pool) 74-84 GFLOP/s at (4, 2) against (8, 1) 57-69,
         (4, 3) 73, (4, 1) 64, (2, 4) 66, (8, 2) 45, (16, 1) 47; MobileNetV2's 3x3 / 2 (3 ->
-        32, bound by its stores) 39 against 36. A big kernel's row loop (ROW_LOOP) on
-        AVX-512: R up to 8, V up to 3 (its broadcasts are reused from registers)."""
+        32, bound by its stores) 39 against 36. A big kernel's row loop (ROW_LOOP): R up to
+        8 on AVX-512, 4 on AVX2, V up to 3 (its broadcasts are reused from registers; AVX2's
+        4 x 3 takes all 16: 12 accumulators, 3 inputs, the broadcast)."""
         big = self.vw >= 16
-        if big and self.row_loop:  # (ROW_LOOP: 8 x 3)
-            r = max(d for d in range(1, 9) if self.cout % d == 0)
-            return r, max(1, min(-(-self.wo // self.vw), 27 // (r + 1)))
+        if self.row_loop:  # (ROW_LOOP: 8 x 3 on AVX-512, 4 x 3 on AVX2)
+            r = max(d for d in range(1, (8 if big else 4) + 1) if self.cout % d == 0)
+            return r, max(1, min(-(-self.wo // self.vw), (27 if big else 15) // (r + 1)))
         r = max(d for d in range(1, (16 if big else 4) + 1) if self.cout % d == 0)
         v = max(1, min(-(-self.wo // self.vw), (26 if big else 10) // (r + 1)))
         return r, v
