@@ -2340,11 +2340,10 @@ class Lowering:
                 g = replace(g, extra=nxt[1].wq - g.wq)
         shared = self._shared_phase(op, x, g)
         if shared is not None:  # x's (1, 0) phase in the rows planes of a 3x3 / 2 conv of x
-            planes, rg = shared
+            planes, rg, j = shared
             self.p.buffers[planes].last = self.i
             offs = (rg.f + (swt.indices.astype(np.int64) * 4 + 2) * rg.ps).astype(np.uint32)
             tile = LK.spmm_tile(g.ho * g.wo, self.vw, swt.block_rows)
-            j = self.rows_x[x][2]
             return self._shifted_direct(op, swt, tile, planes, out, bslot, act, g, rg.c * 4,
                                         rg.per_sample, rg.ps, offs) + \
                 f" (the phase planes of {self.plan.ops[j].layer or self.plan.ops[j].name})"
@@ -2427,24 +2426,24 @@ class Lowering:
             self.act_pass(out, *act)
         return label
 
-    def _shared_phase(self, op: Op, x: str, g) -> tuple[str, RowsGeom] | None:
+    def _shared_phase(self, op: Op, x: str, g) -> tuple[str, RowsGeom, int] | None:
         """The rows planes a 3x3 / 2 conv's phase pass made of x (Lowering.rows_x), when
         this op, a 1x1 / 2 conv without padding (a ResNet's downsample beside the block's
         strided conv1), can read x[2i, 2j] there instead of a phase pass of its own: their
         (1, 0) phase (x's even rows after the padded first row, its even columns) holds it at
         row i, column j, rows as wide as this conv's output (no wrap columns). Only outside
-        the packed / plain variants and row bands, with both ops on one side of the tail."""
+        the packed / plain variants and row bands, with both ops on one side of the tail.
+        (The planes' temporary, their geometry, the 3x3 conv's op index.)"""
         if not SHARE_PHASE or self.pk_on or self.guard or self.band is not None or \
                 x not in self.rows_x or self.i in self.planes_in or not SHIFT_DIRECT or \
                 (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw) != (1, 1, 2, 2, 0, 0, 1, 1):
             return None
-        planes, rg, j = self.rows_x[x]
+        rg, j = self.rows_x[x][1:]
         if (rg.h, rg.w, rg.stride, rg.c) != (g.ho, g.wo, 2, self.shape(x)[1].value) or \
-                planes not in self.p.buffers or \
                 (self.tail_from is not None and (j >= self.tail_from) !=
                  (self.i >= self.tail_from)):
             return None
-        return planes, rg
+        return self.rows_x[x]
 
     def _shifted_rows(self, op: Op, swt, x: str, out: str, bslot: Slot, act,
                       g: RowsGeom) -> str:

@@ -277,14 +277,9 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
         for ci in range(0 if spec.row_loop else spec.cin):
             for i in range(spec.kh):
                 ih = b.add(b.mul(oh, I64(s)), I64(i * spec.dh - spec.ph))
-                inside = b.and_(b.icmp_signed(">=", ih, I64(0)),
-                                b.icmp_signed("<", ih, I64(h)))
-                with b.if_then(inside):
+                with b.if_then(row_inside(ih)):
                     if ring:  # the row's split columns in its ring slot
-                        slot = b.add(b.mul(b.and_(ih, I64(rs - 1)), I64(spec.cin)), I64(ci))
-                        rowp = b.gep(ringp, [b.mul(slot, I64(2 * qp))])
-                        if shift is not None:
-                            rowp = b.gep(rowp, [shift])
+                        rowp = ring_row(ih, I64(ci), shift)
                     else:
                         rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
                         if shift is not None:
@@ -292,20 +287,15 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                     for j in range(spec.kw):
                         dx = j * spec.dw - spec.pw
                         # output columns v * vw .. : their inputs from column dx on
-                        if ring:  # (padded column 2 p + j: phase j % 2, index p + j // 2)
-                            xs = [k.vload(b.gep(rowp, [I64((j % 2) * qp + v * vw + j // 2)]),
-                                          None) for v in vecs]
+                        if ring:
+                            xs = ring_xs(rowp, j, vecs)
                         else:
                             xs = [DW.row_run(k, rowp, v * vw * s + dx, min(vw, wo - v * vw),
                                              w, s) for v in vecs]
                         if all(xv is None for xv in xs):
                             continue
                         tap = (ci * spec.kh + i) * spec.kw + j
-                        for r in range(R):
-                            ws = k.splat(b.load(b.gep(wb, [I64(r * spec.cin * taps + tap)])))
-                            for q, xv in enumerate(xs):
-                                if xv is not None:
-                                    b.store(k.fma(ws, xv, b.load(acc[r][q])), acc[r][q])
+                        tap_fmas(xs, lambda r: b.gep(wb, [I64(r * spec.cin * taps + tap)]), acc)
         for r in range(R):
             for q, v in enumerate(vecs):
                 vv = v if moved is None else b.add(moved, I64(v))
@@ -318,21 +308,38 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
             ci = b.sdiv(q, I64(spec.kh))
             i = b.sub(q, b.mul(ci, I64(spec.kh)))
             ih = b.add(b.mul(oh, I64(s)), b.sub(b.mul(i, I64(spec.dh)), I64(spec.ph)))
-            inside = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, I64(h)))
-            with b.if_then(inside):
-                slot = b.add(b.mul(b.and_(ih, I64(spec.ring_rows - 1)), I64(spec.cin)), ci)
-                rowp = b.gep(ringp, [b.mul(slot, I64(2 * spec.split_len))])
-                if shift is not None:
-                    rowp = b.gep(rowp, [shift])
+            with b.if_then(row_inside(ih)):
+                rowp = ring_row(ih, ci, shift)
                 wq = b.gep(wb, [b.mul(q, I64(spec.kw * R))])
-                qp = spec.split_len
                 for j in range(spec.kw):
-                    xs = [k.vload(b.gep(rowp, [I64((j % 2) * qp + v * vw + j // 2)]), None)
-                          for v in vecs]
-                    for r in range(R):
-                        ws = k.splat(b.load(b.gep(wq, [I64(j * R + r)])))
-                        for qv, xv in enumerate(xs):
-                            b.store(k.fma(ws, xv, b.load(acc[r][qv])), acc[r][qv])
+                    tap_fmas(ring_xs(rowp, j, vecs), lambda r: b.gep(wq, [I64(j * R + r)]),
+                             acc)
+
+    def row_inside(ih):
+        return b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, I64(h)))
+
+    def ring_row(ih, ci, shift):
+        """Input row ih's channel ci (i64 values) split in its ring slot, ``shift`` floats on
+        (a chunk of an interior loop) unless None."""
+        slot = b.add(b.mul(b.and_(ih, I64(rs - 1)), I64(spec.cin)), ci)
+        rowp = b.gep(ringp, [b.mul(slot, I64(2 * qp))])
+        return rowp if shift is None else b.gep(rowp, [shift])
+
+    def ring_xs(rowp, j, vecs) -> list:
+        """Tap j's input vectors from a split row (padded column 2 p + j: phase j % 2,
+        index p + j // 2)."""
+        return [k.vload(b.gep(rowp, [I64((j % 2) * qp + v * vw + j // 2)]), None)
+                for v in vecs]
+
+    def tap_fmas(xs, weight, acc) -> None:
+        """One tap into the R x V accumulators: ``weight(r)`` points at output channel r's
+        weight, broadcast onto each input vector (None: a vector whose inputs are all
+        padding, skipped)."""
+        for r in range(R):
+            ws = k.splat(b.load(weight(r)))
+            for q, xv in enumerate(xs):
+                if xv is not None:
+                    b.store(k.fma(ws, xv, b.load(acc[r][q])), acc[r][q])
 
     def item(t, per_row: bool):
         """(n, first channel, x, weights, bias vectors[, oh]) of item t."""
