@@ -54,7 +54,6 @@ from sparsecc.native.vmath import _K
  P_WQ, P_STRIDE, P_PS, P_XCS, P_XB, P_XSS, P_OB, P_OSS, P_NREAL) = range(24)
 STRIDES = (1, 2)  # along x; other strides take the numba kernel
 COPY_ROWS = True  # (_copy_rows)
-PAIRED = True  # (_columns)
 
 
 def items(nb, cin, npy):
@@ -211,55 +210,28 @@ def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
             col = b.sub(b.mul(j, I64(2)), pw)
             cols = (k.lanes_in(col, I64(0), w),
                     k.lanes_in(b.add(col, I64(vw)), I64(0), w))
-
-        def row(i):  # x row i's vectors for plane row i (none loaded in a padding row)
-            ih = b.sub(b.add(b.mul(i, sh), py), ph)
-            live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
-            live = b.and_(live, real)
-            xrow = b.gep(xc, [b.add(b.mul(ih, w), col)])  # (a padding row: unread)
-            return [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
-                    for q, m in enumerate(cols)]
-
-        def one_phase():
-            with k.loop(I64(0), npx if sw == 2 else I64(1), "ix") as ix:
-                odd = b.icmp_signed("!=", b.load(b.gep(pxs, [ix])), I64(0)) if sw == 2 \
-                    else None
-                oj = b.gep(oc, [b.add(b.mul(ix, ps), j)])
-                with k.loop(I64(0), hq, "i") as i:
-                    got = row(i)
-                    v = got[0] if sw == 1 else _split(k, got[0], got[1], odd)
-                    k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep)
-
-        if sw == 1 or not PAIRED:
-            one_phase()
-        else:  # both column phases (pxs 0, 1) from one pair of loads a row (PAIRED)
-            two = b.icmp_signed("==", npx, I64(2))
-            second = b.load(b.gep(pxs, [b.select(two, I64(1), I64(0))]))  # (in bounds)
-            both = b.and_(two, b.and_(b.icmp_signed("==", b.load(pxs), I64(0)),
-                                      b.icmp_signed("==", second, I64(1))))
-            with b.if_else(both) as (then, other):
-                with then:
-                    o0 = b.gep(oc, [j])
-                    o1 = b.gep(oc, [b.add(ps, j)])
-                    with k.loop(I64(0), hq, "i") as i:
-                        lo, hi = row(i)
-                        at = b.mul(i, wq)
-                        k.vstore(_half(k, lo, hi, 0), b.gep(o0, [at]), keep)
-                        k.vstore(_half(k, lo, hi, 1), b.gep(o1, [at]), keep)
-                with other:
-                    one_phase()
+        with k.loop(I64(0), npx if sw == 2 else I64(1), "ix") as ix:
+            odd = b.icmp_signed("!=", b.load(b.gep(pxs, [ix])), I64(0)) if sw == 2 \
+                else None
+            oj = b.gep(oc, [b.add(b.mul(ix, ps), j)])
+            with k.loop(I64(0), hq, "i") as i:
+                ih = b.sub(b.add(b.mul(i, sh), py), ph)
+                live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
+                live = b.and_(live, real)
+                xrow = b.gep(xc, [b.add(b.mul(ih, w), col)])  # (a padding row: unread)
+                got = [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
+                       for q, m in enumerate(cols)]
+                v = got[0] if sw == 1 else _split(k, got[0], got[1], odd)
+                k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep)
     with k.loop(I64(0), b.select(gaps, npx, I64(0)), "gx") as ix:  # the gap after each plane
         gap = b.gep(oc, [b.mul(ix, ps)])
         with k.loop(plane, ps, "g", step=vw) as j:
             k.vstore(ir.Constant(k.vty, [0.0] * vw), b.gep(gap, [j]), k.lanes_lt(j, ps))
 
 
-def _half(k: _K, lo, hi, px: int):
-    """Stride 2: the even lanes of input columns [lo, hi) (phase px = 0) or the odd ones."""
-    return k.b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, k.vw),
-                                                  list(range(px, 2 * k.vw, 2))))
-
-
 def _split(k: _K, lo, hi, odd):
-    """_half with the phase chosen at run time (``odd``)."""
-    return k.b.select(odd, _half(k, lo, hi, 1), _half(k, lo, hi, 0))
+    """Stride 2: the even lanes of input columns [lo, hi) (phase px = 0) or the odd ones."""
+    b, vw = k.b, k.vw
+    even = ir.Constant(ir.VectorType(I32, vw), list(range(0, 2 * vw, 2)))
+    odds = ir.Constant(ir.VectorType(I32, vw), list(range(1, 2 * vw, 2)))
+    return b.select(odd, b.shuffle_vector(lo, hi, odds), b.shuffle_vector(lo, hi, even))
