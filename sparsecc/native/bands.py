@@ -50,6 +50,13 @@ from sparsecc.native.expr import N, lift, linear
 BAND_BYTES = 512 << 10
 BAND_MIN_TENSOR = 1.0
 BANDS = True
+# ... and no bands where a band of every tensor's rows (the fewest whole-tile rows) would
+# take more than this share of a core's L2 beside the run's code. On the Zen 5 of 2026-12-02
+# (L2 1 MB a core; code fetched from L3 slowly, docs/native.md) ResNet-50's layer1 takes 2
+# rows (720 KB) and layer2 4 (690 KB): its batch 16 ran 0.945-0.969x the time without bands
+# (paired, same process, five runs), 0.995x with layer1's alone. On the Xeon (2 MB) those
+# bands stay (1.066x faster, above).
+BAND_L2_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,7 @@ def _plan_run(p, calls, s: int, e: int, l2: int):
         return None
     row_bytes = sum(sizes) / h
     rows = q * max(1, int(BAND_BYTES // (q * row_bytes)))
-    if rows >= h:
+    if rows >= h or rows * row_bytes > BAND_L2_SHARE * l2:
         return None
     lags = [-1 if c.band.halo < 0 else 0 for c in run]
     for k, j, halo in edges:  # (in call order: producers first)

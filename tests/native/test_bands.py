@@ -15,6 +15,7 @@ import sparsecc
 from sparsecc.codegen.llvm import emit as E
 from sparsecc.codegen.llvm import jit
 from sparsecc.native import bands as BD
+from sparsecc.native import expr as NX
 from sparsecc.native import lower as NL
 from tests.conftest import assert_matches
 from tests.native.test_kernels import _Bottleneck, _native_csr, _prune_convs
@@ -140,6 +141,16 @@ def test_plan_lags_cover_the_halo(monkeypatch):
             assert lags[k] >= lags[writer[c.args[E.A_RES].name]]
         writer[c.args[E.A_OUT].name] = k
     assert max(lags) == 2 * rows  # two 3x3 convs in the run
+    # (no bands where the fewest rows of every tensor would fill over BAND_L2_SHARE of L2)
+    sizes = {}
+    for c in run:
+        for a in (E.A_X, E.A_OUT, E.A_RES):
+            if c.band.halo >= 0 and c.args[a].kind == "tensor":
+                name = BD._root(p.plan, c.args[a].name)
+                sizes[name] = NX.linear(p.buffers[name].nbytes)[0]
+    band = rows * sum(sizes.values()) / run[0].band.h
+    assert BD._plan_run(p, calls, s, e, int(band / BD.BAND_L2_SHARE) + 64) is not None
+    assert BD._plan_run(p, calls, s, e, int(band / BD.BAND_L2_SHARE) - 64) is None
 
 
 def test_bands_off_by_env(monkeypatch):
