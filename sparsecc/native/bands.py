@@ -53,9 +53,9 @@ BANDS = True
 # ... and no bands where a band of every tensor's rows (the fewest whole-tile rows) would
 # take more than this share of a core's L2 beside the run's code. On the Zen 5 of 2026-12-02
 # (L2 1 MB a core; code fetched from L3 slowly, docs/native.md) ResNet-50's layer1 takes 2
-# rows (720 KB) and layer2 4 (690 KB): its batch 16 ran 0.945-0.969x the time without bands
-# (paired, same process, five runs), 0.995x with layer1's alone. On the Xeon (2 MB) those
-# bands stay (1.066x faster, above).
+# rows (~720 KB) and layer2 4 (~700 KB): its batch 16 ran 0.945-0.973x the time without
+# bands (paired, same process, seven runs), 0.995x with layer1's alone. On the Xeon (2 MB)
+# layer1's bands stay (1.066x faster there, docs/native.md).
 BAND_L2_SHARE = 0.5
 
 
