@@ -145,10 +145,10 @@ def test_plan_lags_cover_the_halo(monkeypatch):
     sizes = {}
     for c in run:
         for a in (E.A_X, E.A_OUT, E.A_RES):
-            if c.band.halo >= 0 and c.args[a].kind == "tensor" and \
-                    BD._root(p.plan, c.args[a].name) in p.buffers:
+            if c.band.halo >= 0 and c.args[a].kind == "tensor":
                 name = BD._root(p.plan, c.args[a].name)
-                sizes[name] = NX.linear(p.buffers[name].nbytes)[0]
+                if name in p.buffers:
+                    sizes[name] = NX.linear(p.buffers[name].nbytes)[0]
     band = rows * sum(sizes.values()) / run[0].band.h
     assert BD._plan_run(p, calls, s, e, int(band / BD.BAND_L2_SHARE) + 64) is not None
     assert BD._plan_run(p, calls, s, e, int(band / BD.BAND_L2_SHARE) - 64) is None
