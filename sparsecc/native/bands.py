@@ -84,10 +84,13 @@ def _runs(p, calls, stop: int):
     """Maximal runs [s, e) of calls before ``stop`` that may run in bands: each a grouped
     kernel or a zero-row pass with a Band of the same maps, no run condition."""
     s = None
+    tiled = set(getattr(p, "tile_major", {}))
     for ci in range(stop + 1):
         c = calls[ci] if ci < stop else None
+        # (a tile-major tensor's bands are not whole rows: its calls run whole)
         ok = c is not None and c.band is not None and not c.only_if and \
-            (c.band.halo < 0 or _grouped(p, c))
+            (c.band.halo < 0 or _grouped(p, c)) and \
+            not any(a.kind == "tensor" and _root(p.plan, a.name) in tiled for a in c.args)
         if ok and s is not None and (c.band.h, c.band.w) != (calls[s].band.h, calls[s].band.w):
             yield s, ci
             s = ci
@@ -180,6 +183,24 @@ def band_layout(p, l2: int, strided) -> dict[str, int]:
                    (ai in (E_.A_OUT, E_.A_RES) or ai == E_.A_X and calls[ci].band.halo == 0)
                    for ci, ai in uses):
                 out[r] = rows
+    return out
+
+
+def run_tensors(p, l2: int) -> set[str]:
+    """The tensors the calls of ``p``'s band runs touch (the runs band_layout plans on): the
+    lowering keeps them out of the tile-major layout (native.lower.TILE_MAJOR), whose
+    tiles are not whole rows, so the runs stay."""
+    if not BANDS:
+        return set()
+    calls, stop = p.calls, p.tail or len(p.calls)
+    out: set[str] = set()
+    for s, e in _runs(p, calls, stop):
+        planned = _plan_run(p, calls, s, e, l2)
+        h, w = calls[s].band.h, calls[s].band.w
+        if planned is None or h % planned[1] or (planned[1] * w) % 16:
+            continue
+        out |= {_root(p.plan, a.name) for c in calls[s:e] for a in c.args
+                if a.kind == "tensor"}
     return out
 
 

@@ -337,6 +337,8 @@ class Program:
     segments: list[int] = field(default_factory=list)
     # activations whose channels lie this many floats apart (Lowering.cs), not H*W
     channel_strides: dict[str, int] = field(default_factory=dict)
+    # activations held tile-major (Lowering.tm): name -> floats a tile (C x 16)
+    tile_major: dict[str, int] = field(default_factory=dict)
     # with row bands in the head (native.bands): the program lowered without them, whose
     # head runs instead unless the head runs one sample on one thread (module._emit_chunks)
     alt_head: Program | None = None
@@ -413,7 +415,8 @@ def _fused(act: str, generic: bool = False) -> str:
 class Lowering:
     def __init__(self, plan: ExecutionPlan, vw: int, threads: int, features: str = "",
                  tail_from: int | None = None, dense: frozenset[str] = frozenset(),
-                 band_major: dict[str, int] | None = None, nopack: frozenset[str] = frozenset()):
+                 band_major: dict[str, int] | None = None, nopack: frozenset[str] = frozenset(),
+                 untiled: frozenset[str] = frozenset()):
         self.plan, self.vw, self.threads = plan, vw, max(1, threads)
         # tensors held with the batch packed into the positions at batches where that takes
         # fewer vectors (_pack_set, _pack_gain; ``nopack``: lower_program's retries, a call
@@ -437,6 +440,14 @@ class Lowering:
         self.cs: dict[str, int] = _strided(plan, dense) if env_channel_stride() else {}
         self.aware: set[int] = set()  # calls that take those strides (_aware)
         self.undo: set[str] = set()  # of those, tensors to lower dense after all (_same_cs)
+        # tile-major activations (TILE_MAJOR; name -> floats a tile), chosen in run() once
+        # the packed ones are known; ``untiled``: lower_program's retries (a call made for
+        # them does not take the layout)
+        self.untiled = untiled
+        self.tm: dict[str, int] = {}
+        self.tm_aware: set[int] = set()  # calls that take that layout (_tm_aware)
+        self.untm: set[str] = set()  # of those, tensors to lower untiled after all
+        self.tm_names: list[str] = []  # the tile-major tensors of the calls being made
         self.features = set(features.split(","))  # LLVM's "+avx512vnni,..." of the target
         self.p = Program(plan)
         self.i = 0  # current op index
@@ -533,6 +544,46 @@ class Lowering:
         yield
         if ok:
             self.aware.update(range(n0, len(self.p.calls)))
+
+    @contextmanager
+    def _tm_aware(self, *names: str | None):
+        """The calls made inside take the tile-major layout (Lowering.tm) of ``names``; a
+        call touching a tile-major tensor outside such a block makes it untiled on the
+        retry (run's check), as does one whose kernel is not grouped (_spmm_one)."""
+        n0 = len(self.p.calls)
+        self.tm_names = [n for n in names if n is not None and n in self.tm]
+        try:
+            yield
+        finally:
+            self.tm_names = []
+        self.tm_aware.update(range(n0, len(self.p.calls)))
+
+    def _tiled(self, name: str | None) -> int:
+        """Floats from one 16-position tile of ``name`` to the next when it is tile-major
+        (its channels are then 16 floats apart), else 0."""
+        return self.tm.get(name, 0) if name is not None else 0
+
+    def _tile_major(self) -> dict[str, int]:
+        """TILE_MAJOR's candidates: float32 (N, C, H, W) activations between ops (not views
+        or viewed, not the plan's inputs or outputs) whose sample takes C x H x W rounded up
+        to 16 floats a channel as it is laid out (H*W a multiple of 16, or channel-strided to
+        its round-up), not packed, not band-major, not ``untiled``."""
+        if not TILE_MAJOR or self.vw != 16 or not env_grouped():
+            return {}
+        plan = self.plan
+        viewed = {t.alias_of for t in plan.tensors.values() if t.alias_of is not None}
+        out = {}
+        for name, t in plan.tensors.items():
+            if name in plan.constants or name in plan.inputs or name in plan.outputs or \
+                    name in viewed or t.alias_of is not None or t.dtype != "float32" or \
+                    len(t.shape) != 4 or any(isinstance(d, Sym) for d in t.shape[1:]) or \
+                    name in self.untiled or name in self.pk or name in self.band_major:
+                continue
+            c, h, w = (int(d) for d in t.shape[1:])
+            hw = h * w
+            if hw >= 16 and (hw % 16 == 0 or self.cs.get(name) == _round16(hw)):
+                out[name] = c * 16
+        return out
 
     def _same_cs(self, a: str, b: str) -> None:
         """Tensors one call reads and writes at the same offsets (a residual and the sum):
@@ -726,6 +777,7 @@ class Lowering:
         self._head_permutes()
         self._kn_stream()
         self.pk = self._pack_set()
+        self.tm = self._tile_major()
         for i, op in enumerate(plan.ops):
             self.i = i
             if i in self.fused:
@@ -759,7 +811,15 @@ class Lowering:
         bad |= self.undo
         if bad:
             raise _Dense(frozenset(bad))
+        untm = {roots[s.name] for ci, c in enumerate(self.p.calls) if ci not in self.tm_aware
+                for s in c.args if s.kind == "tensor" and roots.get(s.name) in self.tm}
+        untm |= self.untm
+        if untm:
+            raise _Untile(frozenset(untm))
         self.p.channel_strides = dict(self.cs)
+        touched = {roots[s.name] for c in self.p.calls for s in c.args
+                   if s.kind == "tensor" and s.name in roots}
+        self.p.tile_major = {r: v for r, v in self.tm.items() if r in touched}
         self._buffers(roots)
         self.p.chunk, self.p.sample_bytes = batch_chunk(plan, self.p.arena[0])
         self.p.min_chunk = batch_min_chunk(plan, self.p.chunk) or 1
@@ -1878,6 +1938,8 @@ class Lowering:
         fixed = lift(L).is_const() and lift(xrs).is_const()
         if spec.edge and not grouped:
             raise AssertionError(f"rows planes without the grouped kernel: {op.layer}")
+        if (spec.xts or spec.ots or spec.rts) and not grouped:
+            self.untm.update(self.tm_names)  # (tile-major only in grouped kernels)
         if grouped or (specialise and SP.bakes(op, sw.family) and fixed and
                        not spec.residual):
             spec = replace(spec, pattern_hash=LK.pattern_hash(sw.indptr, indices),
@@ -1944,7 +2006,8 @@ class Lowering:
             items, per_item = tiles * nrb, 2.0 * sw.data.size / nrb * spec.vw * spec.tile
             if spec.kcols:  # an item a row block of a set of samples
                 # (samples a set: their x of one column block in KBLOCK_X_BYTES)
-                per = max(1, KBLOCK_X_BYTES // (4 * spec.kcols * max(spec.xrs, 1)))
+                row = _round16(spec.span) if spec.xts else max(spec.xrs, 1)  # (a channel)
+                per = max(1, KBLOCK_X_BYTES // (4 * spec.kcols * row))
                 args[E_.A_GXB], args[E_.A_GRR] = I(per), I(0)
                 items = lift(n).cdiv(per) * nrb
                 per_item *= max(ntiles(1), 1) * per
@@ -2194,6 +2257,13 @@ class Lowering:
         xcs = self._cstride(x) if method == "pointwise" else hw
         ocs = self._cstride(out)
         xns, ons = rows_in * xcs, cout_ * ocs
+        xwhole = method == "pointwise" and xcs >= _round16(hw)
+        whole = xwhole and ocs >= _round16(hw)
+        # tile-major tensors (Lowering.tm): channels 16 floats apart, tiles C x 16
+        xts = self._tiled(x) if method == "pointwise" else 0
+        ots = self._tiled(out)
+        xcs, ocs = 16 if xts else xcs, 16 if ots else ocs
+        spec = replace(spec, xts=xts, ots=ots, rts=self._tiled(other))
         # band-major tensors (native.bands): a channel's rows of a band rows x W floats apart
         bx = self.band_major.get(self.plan.storage_root(x))
         if bx and method == "pointwise":
@@ -2210,13 +2280,13 @@ class Lowering:
             with self._banded(band):
                 return self._into_rows(op, swt, spec, bslot, xsrc, into, n=nb, L=hw, xrs=xcs,
                                        xns=xns, indices=swt.indices,
-                                       x_rows=rows_in,
-                                       whole=method == "pointwise" and xcs >= _round16(hw))
-        with self._aware(), self._banded(band):
+                                       x_rows=rows_in, whole=xwhole)
+        with self._aware(), self._banded(band), \
+                self._tm_aware(x if method == "pointwise" else None, out, other):
             label = self.spmm(op, swt, spec, True, bslot, xsrc, T(out), n=nb, L=hw, xrs=xcs,
                               ors=ocs, xns=xns, ons=ons,
                               indices=swt.indices, x_rows=rows_in, res=res_slot,
-                              whole=method == "pointwise" and min(xcs, ocs) >= _round16(hw))
+                              whole=whole)
         if tail:
             self.act_pass(out, *act)
         return label + (" + residual add" if res_slot is not None else "") + \
@@ -2230,7 +2300,7 @@ class Lowering:
         if other is None:
             return ocs, 0
         br = self.band_major.get(self.plan.storage_root(other))
-        rcs = br * w if br else self._cstride(other)
+        rcs = br * w if br else 16 if self._tiled(other) else self._cstride(other)
         return ocs, (rcs if rcs != ocs else 0)
 
     def _rows_geom(self, j: int) -> RowsGeom | None:
@@ -2311,10 +2381,11 @@ class Lowering:
         """A conv's dense output written into the interiors of op j's rows planes (rows of
         W, channels ps apart, after f floats), then their zero rows written."""
         g = self._rows_geom(j)
+        spec = replace(spec, ots=0, rts=0)  # (out: the planes, never tile-major)
         planes = self.temp("rows_planes", n * g.per_sample * 4)
         self.planes_in[j] = planes
         cout = swt.rows
-        with self._aware():
+        with self._aware(), self._tm_aware(xsrc.name if spec.xts else None):
             label = self.spmm(op, swt, spec, True, bslot, xsrc, T(planes, g.f + g.w), n=n,
                               L=L, xrs=xrs, ors=g.ps, xns=xns, ons=g.per_sample,
                               indices=indices, x_rows=x_rows, whole=whole, **kw)
@@ -2500,11 +2571,14 @@ class Lowering:
                                        suffix=" (rows planes)", **kw)
         ocs = self._cstride(out)
         ons = cout * ocs
+        whole = ocs >= _round16(L)
+        ots = self._tiled(out)  # (tile-major: Lowering.tm)
+        ocs = 16 if ots else ocs
         ocs, res_rs = self._band_strides(out, other, g.w, ocs)
-        spec = replace(spec, res_rs=res_rs)
-        with self._aware(), self._banded(band):
+        spec = replace(spec, res_rs=res_rs, ots=ots, rts=self._tiled(other))
+        with self._aware(), self._banded(band), self._tm_aware(out, other):
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), ors=ocs,
-                              ons=ons, res=res_slot, whole=ocs >= _round16(L), **kw)
+                              ons=ons, res=res_slot, whole=whole, **kw)
         if tail:
             self.act_pass(out, *act)
         return label + " (rows planes)" + (" + residual add" if res_slot is not None else "")
@@ -2529,12 +2603,16 @@ class Lowering:
         if res_slot is not None:
             spec = replace(spec, residual=True)
         ocs = self._cstride(out)
-        with self._aware():
+        ons, whole = cout * ocs, min(ps, ocs) >= _round16(L)
+        ots = self._tiled(out)  # (tile-major: Lowering.tm)
+        ocs, res_rs = self._band_strides(out, other, g.wo, 16 if ots else ocs)
+        spec = replace(spec, res_rs=res_rs, ots=ots, rts=self._tiled(other))
+        with self._aware(), self._tm_aware(out, other):
             # (whole tiles read the planes' round-up to 16 floats, _plane_stride)
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), n=nb, L=L,
-                              xrs=1, ors=ocs, xns=per_sample, ons=cout * ocs, indices=offs,
+                              xrs=1, ors=ocs, xns=per_sample, ons=ons, indices=offs,
                               x_rows=rows, reach=g.reach, panel_of=offs // ps, xalign=True,
-                              res=res_slot, whole=min(ps, ocs) >= _round16(L))
+                              res=res_slot, whole=whole)
         if tail:
             self.act_pass(out, *act)
         return label + (" + residual add" if res_slot is not None else "")
@@ -3048,6 +3126,12 @@ ROWS_PLANES = True
 # crop, and a stride-1 conv after them takes rows planes too. Same process: ResNet-18 batch
 # 16 / 1 1.009x / 1.010x, ResNet-50 0.997x / 0.995x (its stride-2 convs feed 1x1 convs).
 ROWS_STRIDE2 = True
+# Tile-major activations (Lowering.tm): a sample's positions in tiles of 16, each tile's
+# channels one cache line apart, where every call touching the tensor is a grouped sparse
+# kernel that takes it (a 1x1 conv's x, out or residual; a rows conv's out or residual).
+# The 1x1 convs reading them walk a tile's x in consecutive lines instead of one line a
+# channel, H x W floats apart (bench/grouped_body.py's "x packed").
+TILE_MAJOR = True
 # A stride-2 1x1 conv (a ResNet's downsample) reads x's even rows and columns from the rows
 # planes a 3x3 / 2 conv of the same x made (Lowering._shared_phase): no phase pass of its own.
 SHARE_PHASE = True
@@ -3256,13 +3340,17 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
     before as ``alt_head`` for the runs that share a sample between threads."""
     dense: frozenset[str] = frozenset()
     nopack: frozenset[str] = frozenset()
+    untiled: frozenset[str] = frozenset()
 
-    def lower(tail_from=None, band_major=None):
-        nonlocal dense, nopack
-        while True:  # (each retry makes at least one more tensor dense, or plain)
+    def lower(tail_from=None, band_major=None, tiled=True):
+        nonlocal dense, nopack, untiled
+        while True:  # (each retry makes at least one more tensor dense, plain or untiled)
             try:
                 return Lowering(plan, vw, threads, features, tail_from, dense,
-                                band_major, nopack).run()
+                                band_major, nopack,
+                                untiled if tiled else frozenset(plan.tensors)).run()
+            except _Untile as exc:
+                untiled = untiled | exc.names
             except _Unpack as exc:
                 nopack = nopack | exc.names
             except _Dense as exc:
@@ -3277,12 +3365,20 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
         prog = again if again.tail else prog
     if prog.chunk != 1 or not env_bands():  # (bands run a sample at a time)
         return prog
-    layout = BD.band_layout(prog, l2_bytes(), set(prog.channel_strides))
+    if prog.tile_major and BD.BANDS:
+        # row bands where a run would be planned without tile-major tensors (a band of a
+        # tile-major tensor is not whole rows), the layout elsewhere
+        keep = BD.run_tensors(lower(tail_op(prog), tiled=False), l2_bytes())
+        if keep & set(prog.tile_major):
+            untiled = untiled | keep
+            again = lower(tail_op(prog))
+            prog = again if again.tail or not prog.tail else prog
+    layout = BD.band_layout(prog, l2_bytes(), set(prog.channel_strides) | set(prog.tile_major))
     if not layout:
         return prog
     banded = lower(tail_op(prog), layout)
     same = ("chunk", "sample_bytes", "min_chunk", "split", "boundary", "boundary_offsets",
-            "boundary_sizes", "boundary_bytes", "tail_outputs", "segments")
+            "boundary_sizes", "boundary_bytes", "tail_outputs", "segments", "tile_major")
     if tail_op(banded) != tail_op(prog) or \
             any(getattr(banded, f) != getattr(prog, f) for f in same):
         return prog
@@ -3330,6 +3426,15 @@ def _round16(n: int) -> int:
 
 class _Dense(Exception):
     """Tensors given channel strides that a call made for them does not take."""
+
+    def __init__(self, names: frozenset[str]):
+        super().__init__(sorted(names))
+        self.names = names
+
+
+class _Untile(Exception):
+    """Tensors chosen to be held tile-major (Lowering.tm) that a call made for them does
+    not take so."""
 
     def __init__(self, names: frozenset[str]):
         super().__init__(sorted(names))

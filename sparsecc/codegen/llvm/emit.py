@@ -114,6 +114,13 @@ class KernelSpec:
     # through out (0: one block). An item is a row block of a set of A_GXB samples
     # (_kblocked_items); the values in group_order(..., kcols).
     kcols: int = 0
+    # floats from one tile of x / out / the residual to the next (0: the tile's width, a
+    # channel's positions contiguous). Tile-major tensors (native.lower.Lowering.tm) hold a
+    # sample's 16-position tiles one after another, each tile's channels one line apart
+    # (channel stride 16, tile stride C x 16)
+    xts: int = 0
+    ots: int = 0
+    rts: int = 0
 
     @property
     def key(self) -> str:
@@ -142,6 +149,8 @@ class KernelSpec:
             parts.append("pn")
         if self.kcols:
             parts.append(f"kc{self.kcols}")
+        if self.xts or self.ots or self.rts:
+            parts.append(f"ts{self.xts}.{self.ots}.{self.rts}")
         return "_".join(parts)
 
 
@@ -337,11 +346,14 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
 
     def tile(n, t, r0, r1):
         """Rows [r0, r1) (row-chunk functions, or rows) of sample n's tile t."""
-        j0 = b.mul(t, I64(width))
-        xb = b.gep(x, [b.add(b.mul(n, xns), j0)], inbounds=True)
-        ob = b.gep(out, [b.add(b.mul(n, ons), j0)], inbounds=True)
-        if spec.residual:  # the residual's tile, at out's offsets
-            k.res = b.gep(k.arg_ptr(A_RES, "res"), [b.add(b.mul(n, ons), j0)], inbounds=True)
+        j0 = b.mul(t, I64(width))  # (the tile's first position)
+        xb = b.gep(x, [b.add(b.mul(n, xns), b.mul(t, I64(spec.xts)) if spec.xts else j0)],
+                   inbounds=True)
+        ob = b.gep(out, [b.add(b.mul(n, ons), b.mul(t, I64(spec.ots)) if spec.ots else j0)],
+                   inbounds=True)
+        if spec.residual:  # the residual's tile, at out's offsets (its own tile stride)
+            k.res = b.gep(k.arg_ptr(A_RES, "res"), [b.add(
+                b.mul(n, ons), b.mul(t, I64(spec.rts)) if spec.rts else j0)], inbounds=True)
         if spec.edge:  # lanes off a row's first / last column: bits 0-15 / 16-31
             pos = b.add(_splat_i64_val(b, spec.vw, j0), lanes)
             col = b.srem(pos, _const_i64_vec(spec.vw, spec.edge))

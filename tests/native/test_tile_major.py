@@ -1,0 +1,132 @@
+"""Tile-major activations (native.lower.Lowering.tm, TILE_MAJOR): a sample's positions in
+tiles of 16, each tile's channels one cache line apart, for tensors that only grouped sparse
+kernels touch (a 1x1 conv's x, output or residual; a 3x3 conv's output over rows planes; a
+strided 1x1 conv's output). Any other reader (a max pool, a phase pass, the global mean)
+keeps a tensor as it was, and a residual may be laid out unlike its sum
+(KernelSpec.res_rs / rts). Against torch at several batches, and bit for bit against the
+same model lowered without the layout (same kernels, same sums)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sparsecc
+from sparsecc.native import lower as NL
+from tests.conftest import assert_matches
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride s) -> 1x1, + the shortcut (a strided 1x1 when s > 1), ReLU."""
+
+    def __init__(self, c: int, mid: int, s: int, cout: int | None = None):
+        super().__init__()
+        cout = cout or c
+        self.a = nn.Conv2d(c, mid, 1)
+        self.b = nn.Conv2d(mid, mid, 3, s, 1)
+        self.c = nn.Conv2d(mid, cout, 1)
+        self.short = nn.Conv2d(c, cout, 1, s) if s > 1 or cout != c else nn.Identity()
+
+    def forward(self, x):
+        y = torch.relu(self.b(torch.relu(self.a(x))))
+        return torch.relu(self.c(y) + self.short(x))
+
+
+def _sparse(model: nn.Module, keep: float, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_((torch.rand(m.weight.shape, generator=g) < keep).float())
+    return model.eval()
+
+
+def _compile(model, x, monkeypatch, tiled: bool):
+    monkeypatch.setattr(NL, "TILE_MAJOR", tiled)
+    cm = sparsecc.compile(model, x, recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    return cm
+
+
+def _net(hw: int, stride: int) -> nn.Module:
+    """A ResNet stage in small: a stem, a (strided) block, two more blocks, a pool."""
+    return nn.Sequential(nn.Conv2d(8, 32, 1), nn.ReLU(), Bottleneck(32, 24, stride, 48),
+                         Bottleneck(48, 24, 1), Bottleneck(48, 16, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 10))
+
+
+@pytest.mark.parametrize("hw,stride", [(16, 1), (28, 2), (14, 1), (13, 1)])
+def test_blocks_tile_major(hw, stride, monkeypatch):
+    """The blocks' inner maps and the outputs read only by the next block are tile-major
+    (C x 16 floats a tile; 14 x 14 and 13 x 13 through their channel strides, whole 16-float
+    tiles); the last block's output, read by the global mean, is not (its conv3 adds a
+    tile-major residual into a plain sum). Matches torch and the untiled lowering."""
+    torch.manual_seed(hw + stride)
+    model = _sparse(_net(hw, stride), 0.4, hw)
+    x0 = torch.randn(2, 8, hw, hw)
+    cm = _compile(model, x0, monkeypatch, True)
+    plain = _compile(model, x0, monkeypatch, False)
+    tm = cm.native.lib.program.tile_major
+    assert plain.native.lib.program.tile_major == {}
+    plan = cm.plan
+    pooled = next(op.inputs[0] for op in plan.ops if op.kind == "adaptive_pool2d")
+    assert plan.storage_root(pooled) not in tm
+    # every tile-major tensor: C x 16 floats a tile; the blocks' 3x3 outputs (24 / 16
+    # channels) and a block output (48) among them
+    for name, floats in tm.items():
+        assert floats == int(plan.tensors[name].shape[1]) * 16, (name, floats)
+    assert {24 * 16, 48 * 16} <= set(tm.values()), tm
+    for batch in (1, 2, 5):
+        x = torch.randn(batch, 8, hw, hw)
+        with torch.no_grad():
+            want = model(x)
+        got = cm(x)
+        assert_matches(got, want)
+        np.testing.assert_array_equal(got, plain(x))
+
+
+class _Pooled(nn.Module):
+    """A block output read by the next block and by a max pool: the pool does not take the
+    layout, so that tensor stays plain, and the next block's residual is then plain beside a
+    tile-major 3x3 output."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(8, 32, 1)
+        self.b1 = Bottleneck(32, 16, 1)
+        self.b2 = Bottleneck(32, 16, 1)
+        self.head = nn.Conv2d(64, 10, 1)
+
+    def forward(self, x):
+        y = self.b1(torch.relu(self.stem(x)))
+        z = self.b2(y)
+        return self.head(torch.cat([z, nn.functional.max_pool2d(y, 3, 1, 1)], 1))
+
+
+def test_other_readers_keep_the_layout_plain(monkeypatch):
+    torch.manual_seed(3)
+    model = _sparse(_Pooled(), 0.5, 3)
+    cm = _compile(model, torch.randn(2, 8, 16, 16), monkeypatch, True)
+    plan = cm.plan
+    pooled = next(op.inputs[0] for op in plan.ops if op.kind == "pool2d")
+    tm = cm.native.lib.program.tile_major
+    assert plan.storage_root(pooled) not in tm and tm, tm
+    for batch in (1, 3):
+        x = torch.randn(batch, 8, 16, 16)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
+def test_avx2_lowers_without_tile_major(monkeypatch):
+    """The layout is for the AVX-512 grouped kernels (16 floats a line and a vector): an
+    8-lane lowering of the same plan holds none, a 16-lane one some."""
+    monkeypatch.setattr(NL, "TILE_MAJOR", True)
+    torch.manual_seed(4)
+    model = _sparse(_net(16, 1), 0.4, 4)
+    cm = sparsecc.compile(model, torch.randn(2, 8, 16, 16),
+                          recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    assert NL.lower_program(cm.plan, 8, 2).tile_major == {}
+    assert NL.lower_program(cm.plan, 16, 2).tile_major
