@@ -17,14 +17,16 @@ from tests.conftest import assert_matches
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride s) -> 1x1, + the shortcut (a strided 1x1 when s > 1), ReLU."""
+    """1x1 -> 3x3 (stride s) -> 1x1 (c -> cout channels), + the shortcut (a strided or
+    widening 1x1 when s > 1 or cout != c), ReLU."""
 
-    def __init__(self, c: int, mid: int, s: int):
+    def __init__(self, c: int, mid: int, s: int, cout: int | None = None):
         super().__init__()
+        cout = cout or c
         self.a = nn.Conv2d(c, mid, 1)
         self.b = nn.Conv2d(mid, mid, 3, s, 1)
-        self.c = nn.Conv2d(mid, c, 1)
-        self.short = nn.Conv2d(c, c, 1, s) if s > 1 else nn.Identity()
+        self.c = nn.Conv2d(mid, cout, 1)
+        self.short = nn.Conv2d(c, cout, 1, s) if s > 1 or cout != c else nn.Identity()
 
     def forward(self, x):
         y = torch.relu(self.b(torch.relu(self.a(x))))
@@ -64,13 +66,19 @@ def test_bottlenecks_with_channel_strides(hw, stride, monkeypatch):
     assert {-(-n // 16) * 16 for n in want} == set(strides.values()), strides
     assert len(strides) >= 6, strides  # the blocks' maps, not only one
     assert dense.native.lib.program.channel_strides == {}
-    for batch in (1, 2, 5):
-        x = torch.randn(batch, 8, h, w)
+    matches(cm, dense, model, (8, h, w))
+
+
+def matches(cm, other, model, shape, batches=(1, 2, 5)) -> None:
+    """``cm`` against torch, and bit for bit against ``other`` (the same model lowered
+    another way: same kernels, same sums), on fresh inputs of (batch, *shape)."""
+    for batch in batches:
+        x = torch.randn(batch, *shape)
         with torch.no_grad():
-            want_y = model(x)
+            want = model(x)
         got = cm(x)
-        assert_matches(got, want_y)
-        np.testing.assert_array_equal(got, dense(x))  # same kernels, same sums
+        assert_matches(got, want)
+        np.testing.assert_array_equal(got, other(x))
 
 
 class _Pooled(nn.Module):

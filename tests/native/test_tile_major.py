@@ -8,39 +8,13 @@ same model lowered without the layout (same kernels, same sums)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import sparsecc
 from sparsecc.native import lower as NL
-from tests.conftest import assert_matches
-
-
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride s) -> 1x1, + the shortcut (a strided 1x1 when s > 1), ReLU."""
-
-    def __init__(self, c: int, mid: int, s: int, cout: int | None = None):
-        super().__init__()
-        cout = cout or c
-        self.a = nn.Conv2d(c, mid, 1)
-        self.b = nn.Conv2d(mid, mid, 3, s, 1)
-        self.c = nn.Conv2d(mid, cout, 1)
-        self.short = nn.Conv2d(c, cout, 1, s) if s > 1 or cout != c else nn.Identity()
-
-    def forward(self, x):
-        y = torch.relu(self.b(torch.relu(self.a(x))))
-        return torch.relu(self.c(y) + self.short(x))
-
-
-def _sparse(model: nn.Module, keep: float, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.mul_((torch.rand(m.weight.shape, generator=g) < keep).float())
-    return model.eval()
+from tests.native.test_channel_strides import Bottleneck, _sparse, matches
 
 
 def _compile(model, x, monkeypatch, tiled: bool):
@@ -78,13 +52,7 @@ def test_blocks_tile_major(hw, stride, monkeypatch):
     for name, floats in tm.items():
         assert floats == int(plan.tensors[name].shape[1]) * 16, (name, floats)
     assert {24 * 16, 48 * 16} <= set(tm.values()), tm
-    for batch in (1, 2, 5):
-        x = torch.randn(batch, 8, hw, hw)
-        with torch.no_grad():
-            want = model(x)
-        got = cm(x)
-        assert_matches(got, want)
-        np.testing.assert_array_equal(got, plain(x))
+    matches(cm, plain, model, (8, hw, hw))
 
 
 class _Pooled(nn.Module):
@@ -109,14 +77,12 @@ def test_other_readers_keep_the_layout_plain(monkeypatch):
     torch.manual_seed(3)
     model = _sparse(_Pooled(), 0.5, 3)
     cm = _compile(model, torch.randn(2, 8, 16, 16), monkeypatch, True)
+    plain = _compile(model, torch.randn(2, 8, 16, 16), monkeypatch, False)
     plan = cm.plan
     pooled = next(op.inputs[0] for op in plan.ops if op.kind == "pool2d")
     tm = cm.native.lib.program.tile_major
     assert plan.storage_root(pooled) not in tm and tm, tm
-    for batch in (1, 3):
-        x = torch.randn(batch, 8, 16, 16)
-        with torch.no_grad():
-            assert_matches(cm(x), model(x))
+    matches(cm, plain, model, (8, 16, 16), (1, 3))
 
 
 def test_avx2_lowers_without_tile_major(monkeypatch):
