@@ -2257,8 +2257,6 @@ class Lowering:
         xcs = self._cstride(x) if method == "pointwise" else hw
         ocs = self._cstride(out)
         xns, ons = rows_in * xcs, cout_ * ocs
-        xwhole = method == "pointwise" and xcs >= _round16(hw)
-        whole = xwhole and ocs >= _round16(hw)
         # tile-major tensors (Lowering.tm): channels 16 floats apart, tiles C x 16
         xts = self._tiled(x) if method == "pointwise" else 0
         ots = self._tiled(out)
@@ -2272,6 +2270,9 @@ class Lowering:
         if res_slot is not None:
             self._same_cs(other, out)
             spec = replace(spec, res_rs=res_rs)
+        # (room for whole tiles: a tile-major tensor's are whole)
+        xwhole = method == "pointwise" and (bool(xts) or xcs >= _round16(hw))
+        whole = xwhole and (bool(ots) or ocs >= _round16(hw))
         into = self._rows_target(out) if res_slot is None and not tail and not empty else None
         # (a 1x1 conv reads the positions it writes: it may run in row bands)
         band = BD.Band(ho_, wo_, 0) if pointwise and method == "pointwise" and not empty \
@@ -2571,10 +2572,9 @@ class Lowering:
                                        suffix=" (rows planes)", **kw)
         ocs = self._cstride(out)
         ons = cout * ocs
-        whole = ocs >= _round16(L)
         ots = self._tiled(out)  # (tile-major: Lowering.tm)
-        ocs = 16 if ots else ocs
-        ocs, res_rs = self._band_strides(out, other, g.w, ocs)
+        ocs, res_rs = self._band_strides(out, other, g.w, 16 if ots else ocs)
+        whole = bool(ots) or ocs >= _round16(L)
         spec = replace(spec, res_rs=res_rs, ots=ots, rts=self._tiled(other))
         with self._aware(), self._banded(band), self._tm_aware(out, other):
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), ors=ocs,
@@ -2603,7 +2603,7 @@ class Lowering:
         if res_slot is not None:
             spec = replace(spec, residual=True)
         ocs = self._cstride(out)
-        ons, whole = cout * ocs, min(ps, ocs) >= _round16(L)
+        ons, whole = cout * ocs, min(ps, ocs) >= _round16(L)  # (tile-major: whole tiles too)
         ots = self._tiled(out)  # (tile-major: Lowering.tm)
         ocs, res_rs = self._band_strides(out, other, g.wo, 16 if ots else ocs)
         spec = replace(spec, res_rs=res_rs, ots=ots, rts=self._tiled(other))
@@ -3432,13 +3432,9 @@ class _Dense(Exception):
         self.names = names
 
 
-class _Untile(Exception):
+class _Untile(_Dense):
     """Tensors chosen to be held tile-major (Lowering.tm) that a call made for them does
     not take so."""
-
-    def __init__(self, names: frozenset[str]):
-        super().__init__(sorted(names))
-        self.names = names
 
 
 class _Unpack(_Dense):
