@@ -748,10 +748,6 @@ class Lowering:
                     I(0), I(nb)]
         return [I(self._cstride(x))] + [I(v) for v in PH.plain(nb)]
 
-    def _phase_spec(self, sw: int, x: str) -> PH.PhaseSpec:
-        """The vectorised phase pass reading ``x`` (packed, tile-major or plain)."""
-        return PH.PhaseSpec(self.vw, sw, self._pk(x), TILE_MAJOR_PHASE and bool(self._tiled(x)))
-
     def _phase_n(self, x: str, nb):
         """The samples a pass reading ``x`` runs items for: N, or N rounded up to a block when
         x is packed (the block's samples are the items' fastest index)."""
@@ -2445,8 +2441,8 @@ class Lowering:
             planes = self.temp("planes", nb * per_sample * 4)
             args = self._phase_args(x, planes, g, per_sample)
             if g.sw in PH.STRIDES:  # vectorised; an item is a sample's channel's row phase
-                with self._packed(), self._tm_aware(x if TILE_MAJOR_PHASE else None):
-                    self.call(self.ir_kernel(self._phase_spec(g.sw, x)),
+                with self._packed():
+                    self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, self._pk(x))),
                               args + [I(ps)] + self._phase_io(x, nb),
                               PH.items(self._phase_n(x, nb), cin, len(g.pys)),
                               float(ps * len(g.pxs)))
@@ -2544,8 +2540,8 @@ class Lowering:
             ph = self.derived("pys", np.arange(s, dtype=np.int64))
             args = [T(x), T(planes, g.f), I(nb), I(g.c), I(h), I(w), I(1), I(0), I(s), I(s),
                     ph, I(s), ph, I(s), I(g.ps // g.w), I(g.w), I(g.per_sample)]
-            with self._packed(), self._tm_aware(x if TILE_MAJOR_PHASE else None):
-                self.call(self.ir_kernel(self._phase_spec(s, x)),
+            with self._packed():
+                self.call(self.ir_kernel(PH.PhaseSpec(self.vw, s, self._pk(x))),
                           args + [I(g.ps)] + self._phase_io(x, nb),
                           PH.items(self._phase_n(x, nb), g.c, s),
                           float(g.ps * s))
@@ -3140,9 +3136,6 @@ ROWS_STRIDE2 = True
 # The 1x1 convs reading them walk a tile's x in consecutive lines instead of one line a
 # channel, H x W floats apart (bench/grouped_body.py's "x packed").
 TILE_MAJOR = True
-# ... and the phase passes read them (phase.py's tile-major loads): a stage's output, read
-# by the next stage's first 1x1 conv and its downsample's phase pass, can be tile-major too
-TILE_MAJOR_PHASE = True
 # A stride-2 1x1 conv (a ResNet's downsample) reads x's even rows and columns from the rows
 # planes a 3x3 / 2 conv of the same x made (Lowering._shared_phase): no phase pass of its own.
 SHARE_PHASE = True

@@ -35,12 +35,6 @@ ResNet-50 b16's downsample phase pass, the 3x3 convs' phase passes and the globa
 0.89 / 0.26-0.31 / 0.42 ms a call with the channels fastest and 0.60-0.90 / 0.16-0.21 /
 0.26-0.31 after, with other changes between and this VM's noise.)
 
-With PhaseSpec.tiled x is tile-major (native.lower.Lowering.tm, AVX-512 only): channel ch
-of sample n at ``n * C * xcs + ch * 16``, position p in tile p // 16 (C x 16 floats a tile)
-at lane p % 16. Each 16 consecutive positions the column walk reads come from the two tiles
-they straddle (two masked loads, the lanes outside x or the row masked off) joined by one
-``vpermt2ps``. Its stage outputs read so by ResNet-50's stride-2 downsamples.
-
 ABI ``void k(i64 start, i64 stop, i64* args)``; args as k_phase's (x, planes, N, C, H, W, ph,
 pw, sh, sw, pys, npy, pxs, npx, hq, wq, stride) then ps, x's channel stride (floats, >= H*W),
 xb, xss, ob, oss, nreal; items: N * C * npy (N rounded up to a block when either side is
@@ -53,7 +47,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import I32, I64, _splat_i64_val
+from sparsecc.codegen.llvm.emit import I32, I64
 from sparsecc.native.vmath import _K
 
 (P_X, P_OUT, P_N, P_C, P_H, P_W, P_PH, P_PW, P_SH, P_SW, P_PYS, P_NPY, P_PXS, P_NPX, P_HQ,
@@ -78,24 +72,18 @@ class PhaseSpec:
     # either side may be packed (xb, ob read); without it both are plain and the kernel has
     # none of the packed layout's arithmetic (3 more divisions an item)
     packed: bool = False
-    # x tile-major (plain planes; not with packed)
-    tiled: bool = False
 
     @property
     def key(self) -> str:
-        return f"phase_v{self.vw}_s{self.sw}" + ("_pk" if self.packed else "") + \
-            ("_tm" if self.tiled else "")
+        return f"phase_v{self.vw}_s{self.sw}" + ("_pk" if self.packed else "")
 
     def emit(self, module: ir.Module, name: str) -> None:
-        emit_phase(module, name, self.vw, self.sw, self.packed, self.tiled)
+        emit_phase(module, name, self.vw, self.sw, self.packed)
 
 
-def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = False,
-               tiled: bool = False) -> None:
+def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = False) -> None:
     if sw not in STRIDES:
         raise ValueError(f"phase kernel: stride {sw} along x")
-    if tiled and (packed or vw != 16):
-        raise ValueError("phase kernel: tile-major x is AVX-512 and plain planes only")
     k = _K(module, name, vw)
     b = k.b
     x0, out0 = k.arg_ptr(P_X, "x"), k.arg_ptr(P_OUT, "out")
@@ -144,16 +132,14 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = Fa
             # (a padding sample of a packed x has no planes: nothing to write)
             go = b.or_(real, b.icmp_signed(">", ob, I64(1)))
         else:
-            xc = b.gep(x0, [b.add(b.mul(b.mul(n, c), xcs), b.mul(ch, I64(16))) if tiled else
-                            b.mul(b.add(b.mul(n, c), ch), xcs)])
+            xc = b.gep(x0, [b.mul(b.add(b.mul(n, c), ch), xcs)])
             oc = b.gep(out0, [b.add(b.mul(n, stride), b.mul(first, ps))])
             real = gaps = go = true
-        tiles = b.mul(c, I64(16)) if tiled else None  # (floats a tile of a tile-major x)
         body = k.fn.append_basic_block("item")
         done = k.fn.append_basic_block("item_done")
         b.cbranch(go, body, done)
         b.position_at_end(body)
-        if sw == 1 and COPY_ROWS and not tiled:  # a plane of whole rows: zero rows, a copy
+        if sw == 1 and COPY_ROWS:  # a plane of whole rows (rows planes): zero rows, a copy
             whole = b.and_(b.and_(b.icmp_signed("==", wq, w), b.icmp_signed("==", pw, I64(0))),
                            b.and_(b.icmp_signed("==", npx, I64(1)),
                                   b.icmp_signed("==", sh, I64(1))))
@@ -167,7 +153,7 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = Fa
                              real, gaps)
         else:
             _columns(k, sw, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx, plane, real,
-                     gaps, tiles)
+                     gaps)
         b.branch(done)
         b.position_at_end(done)
     b.ret_void()
@@ -206,11 +192,10 @@ def _copy_rows(k: _K, xc, oc, py, ph, h, w, hq, ps) -> None:
 
 
 def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
-             plane, real, gaps, tiles=None) -> None:
+             plane, real, gaps) -> None:
     """Any plane: a column of vectors at a time (see the module docstring); ``real`` false:
     zeros (a block's padding sample), ``gaps`` false: the gaps after the planes are another
-    sample's (packed planes) and stay; ``tiles``: x is tile-major, this many floats a
-    tile (_tiled_load)."""
+    sample's (packed planes) and stay."""
     b, vw = k.b, k.vw
     # vectors of plane columns outer, phases, then plane rows inner: the lane masks
     # and the phase's shuffle (even or odd floats) are the same down a column of
@@ -233,44 +218,15 @@ def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
                 ih = b.sub(b.add(b.mul(i, sh), py), ph)
                 live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
                 live = b.and_(live, real)
-                if tiles is None:
-                    xrow = b.gep(xc, [b.add(b.mul(ih, w), col)])  # (a padding row: unread)
-                    got = [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
-                           for q, m in enumerate(cols)]
-                else:
-                    got = [_tiled_load(k, xc, tiles, ih, w, b.add(col, I64(q * vw)), live)
-                           for q in range(len(cols))]
+                xrow = b.gep(xc, [b.add(b.mul(ih, w), col)])  # (a padding row: unread)
+                got = [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
+                       for q, m in enumerate(cols)]
                 v = got[0] if sw == 1 else _split(k, got[0], got[1], odd)
                 k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep)
     with k.loop(I64(0), b.select(gaps, npx, I64(0)), "gx") as ix:  # the gap after each plane
         gap = b.gep(oc, [b.mul(ix, ps)])
         with k.loop(plane, ps, "g", step=vw) as j:
             k.vstore(ir.Constant(k.vty, [0.0] * vw), b.gep(gap, [j]), k.lanes_lt(j, ps))
-
-
-def _tiled_load(k: _K, xc, tiles, ih, w, c0, live):
-    """Row ih's columns [c0, c0 + 16) of a tile-major channel (``xc``: its lane 0 of tile
-    0; ``tiles`` floats a tile), the lanes outside [0, w) or of a dead row zero: position
-    p = ih * w + c0 lies in tile p >> 4 at lane r = p & 15, the rest in the tile after. A
-    masked load from each (only the lanes the row needs: no read outside x) and a
-    vpermt2ps of lanes r .. r + 15 of the pair."""
-    b = k.b
-    p = b.add(b.mul(ih, w), c0)
-    t0 = b.ashr(p, I64(4))
-    r = b.and_(p, I64(15))
-    none = ir.Constant(ir.VectorType(ir.IntType(1), 16), [0] * 16)
-    # lane a of the first tile holds column c0 - r + a (needed from a >= r); of the second,
-    # column c0 + 16 - r + a (needed below r)
-    ma = b.and_(k.lanes_in(b.sub(c0, r), I64(0), w), k.lanes_in(b.sub(I64(0), r), I64(0),
-                                                                   I64(16)))
-    mb = b.and_(k.lanes_in(b.sub(b.add(c0, I64(16)), r), I64(0), w), k.lanes_lt(I64(0), r))
-    lo = k.vload(b.gep(xc, [b.mul(t0, tiles)]), b.select(live, ma, none))
-    hi = k.vload(b.gep(xc, [b.mul(b.add(t0, I64(1)), tiles)]), b.select(live, mb, none))
-    idx = b.add(b.trunc(_splat_i64_val(b, 16, r), ir.VectorType(I32, 16)),
-                ir.Constant(ir.VectorType(I32, 16), list(range(16))))
-    perm = k.intrinsic("llvm.x86.avx512.vpermi2var.ps.512", k.vty,
-                       [k.vty, ir.VectorType(I32, 16), k.vty])
-    return b.call(perm, [lo, idx, hi])
 
 
 def _split(k: _K, lo, hi, odd):

@@ -96,36 +96,3 @@ def test_avx2_lowers_without_tile_major(monkeypatch):
     assert cm.native is not None, cm.native_status
     assert NL.lower_program(cm.plan, 8, 2).tile_major == {}
     assert NL.lower_program(cm.plan, 16, 2).tile_major
-
-
-class _Basic(nn.Module):
-    """ResNet-18's block: 3x3 (stride s) -> 3x3, + the shortcut (a strided 1x1), ReLU."""
-
-    def __init__(self, c: int, cout: int, s: int):
-        super().__init__()
-        self.a = nn.Conv2d(c, cout, 3, s, 1)
-        self.b = nn.Conv2d(cout, cout, 3, 1, 1)
-        self.short = nn.Conv2d(c, cout, 1, s) if s > 1 or cout != c else nn.Identity()
-
-    def forward(self, x):
-        return torch.relu(self.b(torch.relu(self.a(x))) + self.short(x))
-
-
-@pytest.mark.parametrize("hw", [32, 18])
-def test_basic_blocks_read_tile_major_through_the_phase_pass(hw, monkeypatch):
-    """Block outputs that a 3x3 conv reads through its rows planes (a stride-1 copy, a
-    stride-2 split; phase.py's tile-major loads: rows that straddle tiles, 18 x 18 with its
-    channel stride) are tile-major and match torch and the plain lowering."""
-    torch.manual_seed(hw)
-    model = _sparse(nn.Sequential(nn.Conv2d(8, 32, 1), nn.ReLU(), _Basic(32, 32, 1),
-                                  _Basic(32, 48, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(48, 10)), 0.4, hw)
-    x0 = torch.randn(2, 8, hw, hw)
-    cm = _compile(model, x0, monkeypatch, True)
-    plain = _compile(model, x0, monkeypatch, False)
-    tm = cm.native.lib.program.tile_major
-    plan = cm.plan
-    first = next(op.output for op in plan.ops if op.kind == "conv2d")
-    assert any(plan.storage_root(n) in tm for n in (first, plan.ops[1].output)) and \
-        sum(v == 32 * 16 for v in tm.values()) >= 2, tm
-    matches(cm, plain, model, (8, hw, hw))
