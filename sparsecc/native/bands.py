@@ -84,7 +84,7 @@ def _runs(p, calls, stop: int):
     """Maximal runs [s, e) of calls before ``stop`` that may run in bands: each a grouped
     kernel or a zero-row pass with a Band of the same maps, no run condition."""
     s = None
-    tiled = set(getattr(p, "tile_major", {}))
+    tiled = set(p.tile_major)
     for ci in range(stop + 1):
         c = calls[ci] if ci < stop else None
         # (a tile-major tensor's bands are not whole rows: its calls run whole)
@@ -161,19 +161,10 @@ def band_layout(p, l2: int, strided) -> dict[str, int]:
     access of which lies in one band run, as a conv's output or residual or a 1x1 conv's x
     (a 3x3 conv's x rows are read beside its own: NCHW planes), not a model input or
     output, not channel-strided (``strided``), in runs whose bands are whole rows of h."""
-    if not BANDS:
-        return {}
-    calls, stop, plan = p.calls, p.tail or len(p.calls), p.plan
+    calls, plan = p.calls, p.plan
     access = _access(p, calls)
     out: dict[str, int] = {}
-    for s, e in _runs(p, calls, stop):
-        planned = _plan_run(p, calls, s, e, l2)
-        if planned is None:
-            continue
-        rows = planned[1]
-        h, w = calls[s].band.h, calls[s].band.w
-        if h % rows or (rows * w) % 16:
-            continue
+    for s, e, rows in _planned_runs(p, l2):
         for r, uses in access.items():
             if r in plan.inputs or r in strided or r not in p.buffers or \
                     any(plan.storage_root(o) == r for o in plan.outputs):
@@ -190,18 +181,21 @@ def run_tensors(p, l2: int) -> set[str]:
     """The tensors the calls of ``p``'s band runs touch (the runs band_layout plans on): the
     lowering keeps them out of the tile-major layout (native.lower.TILE_MAJOR), whose
     tiles are not whole rows, so the runs stay."""
+    return {_root(p.plan, a.name) for s, e, _ in _planned_runs(p, l2)
+            for c in p.calls[s:e] for a in c.args if a.kind == "tensor"}
+
+
+def _planned_runs(p, l2: int):
+    """The runs [s, e) of ``p``'s head that band in rows a band (_plan_run), whole rows of
+    h and whole tiles a band: (s, e, rows)."""
     if not BANDS:
-        return set()
-    calls, stop = p.calls, p.tail or len(p.calls)
-    out: set[str] = set()
-    for s, e in _runs(p, calls, stop):
+        return
+    calls = p.calls
+    for s, e in _runs(p, calls, p.tail or len(calls)):
         planned = _plan_run(p, calls, s, e, l2)
         h, w = calls[s].band.h, calls[s].band.w
-        if planned is None or h % planned[1] or (planned[1] * w) % 16:
-            continue
-        out |= {_root(p.plan, a.name) for c in calls[s:e] for a in c.args
-                if a.kind == "tensor"}
-    return out
+        if planned is not None and not h % planned[1] and not (planned[1] * w) % 16:
+            yield s, e, planned[1]
 
 
 def _band_call(p, call, r0: int, r1: int, h: int, w: int, layout: dict[str, int],

@@ -573,20 +573,9 @@ class Lowering:
         its round-up), not packed, not band-major, not ``untiled``."""
         if not TILE_MAJOR or self.vw != 16 or not env_grouped():
             return {}
-        plan = self.plan
-        viewed = {t.alias_of for t in plan.tensors.values() if t.alias_of is not None}
-        out = {}
-        for name, t in plan.tensors.items():
-            if name in plan.constants or name in plan.inputs or name in plan.outputs or \
-                    name in viewed or t.alias_of is not None or t.dtype != "float32" or \
-                    len(t.shape) != 4 or any(isinstance(d, Sym) for d in t.shape[1:]) or \
-                    name in self.untiled or name in self.pk or name in self.band_major:
-                continue
-            c, h, w = (int(d) for d in t.shape[1:])
-            hw = h * w
-            if hw >= 16 and (hw % 16 == 0 or self.cs.get(name) == _round16(hw)):
-                out[name] = c * 16
-        return out
+        skip = self.untiled | self.pk | set(self.band_major)
+        return {name: c * 16 for name, (c, h, w) in _maps(self.plan, skip).items()
+                if h * w >= 16 and (h * w % 16 == 0 or self.cs.get(name) == _round16(h * w))}
 
     def _same_cs(self, a: str, b: str) -> None:
         """Tensors one call reads and writes at the same offsets (a residual and the sum):
@@ -3446,21 +3435,26 @@ class _Unpack(_Dense):
     take packed."""
 
 
-def _strided(plan: ExecutionPlan, dense: frozenset[str]) -> dict[str, int]:
-    """Lowering.cs's candidates: (N, C, H, W) float32 activations, not the plan's inputs or
-    outputs, not views or viewed, H*W over 16 and not a multiple of 16."""
+def _maps(plan: ExecutionPlan, skip) -> dict[str, tuple[int, int, int]]:
+    """The (N, C, H, W) float32 activations between ops whose layout the lowering may
+    choose (name -> C, H, W): not the plan's inputs or outputs, not views or viewed, C H W
+    fixed, not in ``skip``."""
     viewed = {t.alias_of for t in plan.tensors.values() if t.alias_of is not None}
     out = {}
     for name, t in plan.tensors.items():
         if name in plan.constants or name in plan.inputs or name in plan.outputs or \
-                name in dense or name in viewed or t.alias_of is not None or \
+                name in skip or name in viewed or t.alias_of is not None or \
                 t.dtype != "float32" or len(t.shape) != 4 or \
                 any(isinstance(d, Sym) for d in t.shape[1:]):
             continue
-        hw = int(t.shape[2]) * int(t.shape[3])
-        if hw > 16 and hw % 16:
-            out[name] = _round16(hw)
+        out[name] = tuple(int(d) for d in t.shape[1:])
     return out
+
+
+def _strided(plan: ExecutionPlan, dense: frozenset[str]) -> dict[str, int]:
+    """Lowering.cs's candidates: _maps with H*W over 16 and not a multiple of 16."""
+    return {name: _round16(h * w) for name, (_, h, w) in _maps(plan, dense).items()
+            if h * w > 16 and h * w % 16}
 
 
 def _conds(guard) -> list | None:
