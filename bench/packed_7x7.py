@@ -15,11 +15,22 @@ dense, one core) both ways, over the same weights:
   packed                every group over the 49 tiles of the packed batch
   packed, panels        the packed tiles in panels whose x fits ~1 MB (L2 holds it), every
                         group over a panel before the next panel
+  packed, column blocks the columns in blocks of ``--kcols`` channels (native.lower.KBLOCK),
+                        the tiles in panels whose x of one block fits ``--kx-bytes``: each
+                        group's code for a block (6-20 KB) reused from L1 over a panel
+
+Measured 2026-12-03 (Zen 5, L2 1 MB a core; 2048 -> 512): panels 73-100 GFLOP/s from run to
+run, column blocks 58-91 over kcols 256-1024 and 64 KB-1 MB panels, never clearly ahead. So
+a group's code streaming from L2 is not what holds these convs at ~30 % of the core's peak
+(bench/grouped_ceiling.py: the same instruction mix reaches 75 % with x in L1, where its 4
+loads for 3 FMAs bound it); the column-blocked packed convs were tried in the model too
+(level, per op) and not kept.
 
 GFLOP/s count the useful FMAs only (2 x nonzeros x 49 x 16 a call); medians of ``--rounds``
 alternating rounds.
 
 Usage: .venv/bin/python bench/packed_7x7.py [--cols 2048] [--rows 512] [--rounds 9]
+         [--kcols 576] [--kx-bytes 262144]
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsecc.benchmarks.suite import machine_line
+from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
 from sparsecc.codegen.llvm.emit import I64, KernelSpec, Pattern
 
@@ -45,15 +57,18 @@ PACKED_CS, PACKED_TILES = SAMPLES * HW, SAMPLES * HW // LANES  # 784 floats, 49 
 PANEL_BYTES = 1 << 20
 
 
-def build(pattern: Pattern, cols: int, mode: str):
+def build(pattern: Pattern, cols: int, mode: str, kcols: int = 576,
+          kx_bytes: int = 256 << 10):
     """``drv(data, x, out, bias, ors, reps)`` for one layout and order (see the module
     doc)."""
     rows = len(pattern.indptr) - 1
     packed = mode.startswith("packed")
     cs = PACKED_CS if packed else NCHW_CS
     tiles = PACKED_TILES if packed else NCHW_TILES
+    kcols = kcols if mode == "packed_kblocks" else 0
     spec = KernelSpec("spmm", LANES, tile=1, act="relu", has_bias=True, idx_bits=16,
-                      pattern_hash=f"p7{mode[0]}", xrs=cs, span=LANES * tiles, group=GROUP)
+                      pattern_hash=f"p7{mode[0]}", xrs=cs, span=LANES * tiles, group=GROUP,
+                      kcols=kcols)
     mod, chunks = emitted(f"packed_7x7_{mode}", spec, pattern)
     b, (data, x, out, bias, ors, reps) = driver(mod)
     xns, ons = cols * cs, rows * cs
@@ -67,7 +82,17 @@ def build(pattern: Pattern, cols: int, mode: str):
     per = max(1, PANEL_BYTES // (cols * LANES * 4)) if mode == "packed_panels" else tiles
 
     def call(_):
-        if packed:
+        if kcols:  # panels whose x of a column block fits kx_bytes, the blocks in turn
+            tp = max(1, kx_bytes // (kcols * LANES * 4))
+            nk = ES.kblock_count(pattern.indices, kcols)
+            ng = len(chunks) // nk
+            for p0 in range(0, tiles, tp):
+                n = min(tp, tiles - p0)
+                for kb in range(nk):
+                    for fn in chunks[kb * ng:(kb + 1) * ng]:
+                        counted(b, I64(n), lambda t, fn=fn, p0=p0: run(fn, I64(0),
+                                                                         b.add(t, I64(p0))))
+        elif packed:
             for p0 in range(0, tiles, per):
                 n = min(per, tiles - p0)
                 for fn in chunks:
@@ -96,6 +121,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--density", type=float, default=0.1)
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--kcols", type=int, default=576, help="channels a column block")
+    ap.add_argument("--kx-bytes", type=int, default=256 << 10,
+                    help="x of one column block a panel holds")
     a = ap.parse_args()
     if jit.host().vector_width != LANES:
         sys.exit("the grouped kernel is AVX-512 assembly: this CPU has no AVX-512")
@@ -105,10 +133,12 @@ def main() -> None:
     x = aligned(max(a.cols, a.rows) * size + 64)
     x[:] = 0.5
     out = aligned(a.rows * size + 64)
-    variants = {name: (build(pattern, a.cols, mode), cs) for name, mode, cs in (
+    variants = {name: (build(pattern, a.cols, mode, a.kcols, a.kx_bytes), cs)
+                for name, mode, cs in (
         ("nchw, samples outer", "samples", NCHW_CS), ("nchw, groups outer", "groups", NCHW_CS),
         ("nchw, blocks", "blocks", NCHW_CS),
-        ("packed", "packed", PACKED_CS), ("packed, panels", "packed_panels", PACKED_CS))}
+        ("packed", "packed", PACKED_CS), ("packed, panels", "packed_panels", PACKED_CS),
+        ("packed, column blocks", "packed_kblocks", PACKED_CS))}
     flops = 2 * nnz * HW * SAMPLES
     rates: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(a.rounds):
