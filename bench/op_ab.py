@@ -123,8 +123,9 @@ def main() -> None:
     whole = [[] for _ in builds]
     for _ in range(args.rounds):
         for i, b in enumerate(builds):
+            b.native.run(x)  # (the warm-up call after the other build ran)
             t0 = time.perf_counter()
-            per[i].append(b.native.profile(x, repeats=1))
+            per[i].append(b.native.profile(x, repeats=0, warm=False))
             whole[i].append(time.perf_counter() - t0)
     med = [{k: float(np.median([p.get(k, 0.0) for p in ps])) for k in ps[0]} for ps in per]
     base = builds[0]

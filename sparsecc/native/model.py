@@ -260,14 +260,16 @@ class NativeModel:
         raise InputError(", ".join(self._err_layers) or self.plan.inputs[0],
                          "an index is out of range for the embedding table")
 
-    def profile(self, arrays: list[np.ndarray], repeats: int = 20) -> dict[int, float]:
-        """Median seconds per op index over ``repeats`` runs (after one warm-up), from the
-        library's cycle counts around each call."""
+    def profile(self, arrays: list[np.ndarray], repeats: int = 20,
+                warm: bool = True) -> dict[int, float]:
+        """Median seconds per op index over ``repeats`` runs (after one warm-up, unless not
+        ``warm``: then over repeats + 1 runs), from the library's cycle counts around each
+        call."""
         per = []
         for rep in range(repeats + 1):
             times = np.zeros(len(self.plan.ops), np.int64)
             self.run(arrays, times=times)
-            if rep:
+            if rep or not warm:
                 per.append(times)
         med = np.median(np.stack(per), axis=0) / cycles_per_second()
         ops = {c.op for c in self.lib.program.calls}
