@@ -20,7 +20,7 @@ dense, one core) both ways, over the same weights:
                         group's code for a block (6-20 KB) reused from L1 over a panel
 
 Measured 2026-12-03 (Zen 5, L2 1 MB a core; 2048 -> 512): panels 73-100 GFLOP/s from run to
-run, column blocks 58-91 over kcols 256-1024 and 64 KB-1 MB panels, never clearly ahead. So
+run, column blocks 52-91 over kcols 128-1024 and 16 KB-1 MB panels, never clearly ahead. So
 a group's code streaming from L2 is not what holds these convs at ~30 % of the core's peak
 (bench/grouped_ceiling.py: the same instruction mix reaches 75 % with x in L1, where its 4
 loads for 3 FMAs bound it); the column-blocked packed convs were tried in the model too

@@ -75,3 +75,20 @@ def test_a_probe_times_its_second_call():
         ran.append(th)
         last = th
     assert ran[-100:].count(1) > 95
+
+
+def test_profile_with_and_without_a_warm_up_call(seed):
+    """NativeModel.profile: every op the library calls gets a positive time, over repeats
+    runs after a warm-up one, or over repeats + 1 runs with ``warm=False`` (bench/op_ab.py
+    times one profiled call so)."""
+    torch.manual_seed(seed)
+    model = sparsecc.prune(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1),
+                                               torch.nn.ReLU(), torch.nn.Flatten(),
+                                               torch.nn.Linear(16 * 64, 10)).eval(), 0.8)
+    cm = sparsecc.compile(model, torch.randn(1, 3, 8, 8))
+    assert cm.native is not None, cm.native_status
+    x = [torch.randn(3, 3, 8, 8).numpy()]
+    ops = {c.op for c in cm.native.lib.program.calls}
+    for kw in ({"repeats": 2}, {"repeats": 0, "warm": False}):
+        times = cm.native.profile(x, **kw)
+        assert set(times) == ops and all(t > 0 for t in times.values()), (kw, times)
