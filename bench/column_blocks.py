@@ -40,7 +40,7 @@ from sparsecc.codegen.llvm.emit import I64, KernelSpec, Pattern
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grouped_body import aligned, counted, driver, load_driver  # noqa: E402
+from grouped_body import aligned, counted, driver, load_driver, print_rates  # noqa: E402
 
 GROUP, LANES, SAMPLES = 29, 16, 16
 # (channels, plane stride, padded width, wide-row floats) of the model's padded planes
@@ -146,10 +146,7 @@ def main() -> None:
     print(f"grouped kernel, 3x3 conv {cin} -> {cin} channels at {a.maps} x {a.maps} (padded "
           f"planes), {a.density:.0%} dense, batch {SAMPLES}, {a.threads} thread(s), wide-row "
           f"FMAs, medians of {a.rounds} rounds")
-    ref = np.median(rates["blocks"])
-    for k, r in rates.items():
-        print(f"  {k:14s} {np.median(r):6.1f} GFLOP/s  (range {min(r):.1f}-{max(r):.1f}; "
-              f"{np.median(r) / ref:.2f}x blocks)")
+    print_rates(rates, "blocks", 14)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,15 @@ def random_layer(rng, rows: int, cols: int, density: float):
             np.full(nnz + 64, 0.01, np.float32), np.zeros(rows, np.float32))
 
 
+def print_rates(rates: dict[str, list[float]], base: str, width: int) -> None:
+    """Each variant's median GFLOP/s over its rounds, their range, and the median's ratio to
+    variant ``base``'s (names padded to ``width``)."""
+    ref = np.median(rates[base])
+    for name, r in rates.items():
+        print(f"  {name:{width}s} {np.median(r):6.1f} GFLOP/s  (range {min(r):.1f}-{max(r):.1f}; "
+              f"{np.median(r) / ref:.2f}x {base})")
+
+
 def aligned(n: int) -> np.ndarray:
     """n float32 ones starting on a cache line."""
     raw = np.ones(n + 16, np.float32)

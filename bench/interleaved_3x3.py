@@ -15,10 +15,10 @@ core, ``--density`` dense, the same pattern) four ways before building that layo
   interleaved, rows outer   an output row's 3 input rows (885 KB) in L2 over the groups
 
 GFLOP/s count the useful FMAs only (2 x nonzeros x 49 x 16 a call); medians of ``--rounds``
-alternating rounds. Measured 2026-12-03 (Zen 5, 10 %, three runs): plain 106-124 GFLOP/s,
-interleaved 111-119 (0.98-1.07x plain), rows outer 110-113, plain samples outer 95-99:
-within the runs' noise of each other. The lanes saved are spent on x's locality, so the
-layout was not built.
+alternating rounds. Measured 2026-12-03 (Zen 5, 10 %, six runs): plain 106-124 GFLOP/s,
+interleaved 111-125 (0.96-1.15x plain, the 1.15x in a run of 2 rounds), rows outer
+110-124, plain samples outer 95-101. Most of the 1.31x in lanes is spent on x's locality,
+so the layout was not built for a few percent at best.
 
 Usage: .venv/bin/python bench/interleaved_3x3.py [--channels 512] [--density 0.1] [--rounds 7]
 """
@@ -38,7 +38,7 @@ from sparsecc.codegen.llvm.emit import I64, KernelSpec, Pattern
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grouped_body import aligned, counted, driver, emitted, load_driver  # noqa: E402
+from grouped_body import aligned, counted, driver, emitted, load_driver, print_rates  # noqa: E402
 
 S, PS = 16, 96  # samples; a per-sample plane's stride (9 x 9 rounded up to 16 floats)
 MODES = {"plain": "plain", "plain, samples outer": "plain_so",
@@ -136,10 +136,7 @@ def main() -> None:
     print(machine_line())
     print(f"grouped kernel, 3x3 conv {c} -> {c} channels at 7 x 7, {a.density:.0%} dense, "
           f"{S} samples, one core, useful FMAs only, medians of {a.rounds} rounds")
-    base = np.median(rates["plain"])
-    for name, r in rates.items():
-        print(f"  {name:26s} {np.median(r):6.1f} GFLOP/s  (range {min(r):.1f}-{max(r):.1f}; "
-              f"{np.median(r) / base:.2f}x plain)")
+    print_rates(rates, "plain", 26)
 
 
 if __name__ == "__main__":

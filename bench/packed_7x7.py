@@ -49,7 +49,7 @@ from sparsecc.codegen.llvm.emit import I64, KernelSpec, Pattern
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grouped_body import aligned, counted, driver, emitted, load_driver, random_layer  # noqa: E402
+from grouped_body import aligned, counted, driver, emitted, load_driver, print_rates, random_layer  # noqa: E402
 
 LANES, GROUP, SAMPLES, HW = 16, 30, 16, 49
 NCHW_CS, NCHW_TILES = 64, 4  # a sample's channel: 49 floats rounded up to 64, 4 vectors
@@ -149,10 +149,7 @@ def main() -> None:
     print(machine_line())
     print(f"grouped kernel, 1x1 conv {a.cols} -> {a.rows} channels at 7 x 7, {a.density:.0%} "
           f"dense, batch {SAMPLES}, one core, useful FMAs only, medians of {a.rounds} rounds")
-    base = np.median(rates["nchw, samples outer"])
-    for name, r in rates.items():
-        print(f"  {name:20s} {np.median(r):6.1f} GFLOP/s  (range {min(r):.1f}-{max(r):.1f}; "
-              f"{np.median(r) / base:.2f}x samples outer)")
+    print_rates(rates, "nchw, samples outer", 20)
 
 
 if __name__ == "__main__":
