@@ -2162,7 +2162,8 @@ class Lowering:
                 pop = self.plan.ops[j]
                 self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias),
                                                  T(pop.output)],
-                          nb * (cout_ // r), 2.0 * r * cin_ * kh * kw * wo_ * ho_)
+                          nb * spec.items,
+                          2.0 * cout_ * cin_ * kh * kw * wo_ * ho_ / spec.items)
                 return f"native direct conv (few input channels) + max pool {pop.layer or pop.name}"
             self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias), T(out)],
                       nb * spec.items, 2.0 * r * cin_ * kh * kw * wo_ * spec.band)

@@ -415,20 +415,28 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     (3, 16, 23, 37, 5, 2, 2, "relu"), (2, 8, 12, 21, 2, 2, 0, "clamp"),
     (3, 16, 15, 47, 3, 2, 0, "relu"), (1, 4, 9, 9, 7, 2, 3, "relu"),
     (3, 16, 7, 1200, 7, 2, 3, "relu")])  # (a ring over RING_MAX_BYTES: shuffled loads)
-def test_small_conv_max_pool_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, act):
+@pytest.mark.parametrize("bands", [0, 2, 3])
+def test_small_conv_max_pool_kernel(rng, monkeypatch, vw, host, cin, cout, h, w, k, stride,
+                                    pad, act, bands):
     """The direct conv with the 3x3 / 2 max pool after it in the same kernel (a ResNet's stem),
     the 8-lane build for an AVX2-only CPU too, against torch's conv -> act -> max pool: even
     and odd conv outputs (an odd last row and column are a pooled row / column of their own),
     one- and several-vector rows, a 2-row conv output, NaN through both (torch propagates it),
     and nothing written past the pooled planes. At stride 2 the input rows are split into
     even and odd columns in a ring on the stack (SmallConvSpec.split_rows): kernels of 2-7
-    rows, padding 0-3, maps narrower than the kernel's reach."""
+    rows, padding 0-3, maps narrower than the kernel's reach. Over split rows an item is a
+    band of pooled rows of every channel (POOL_BANDS: 2 or 3 a sample, fewer when there are
+    fewer pooled rows; the conv row before a band is computed by both) or, with 0, a block
+    of channels. A NaN of either sign wins the pool (it compares as unsigned integers)."""
     from sparsecc.native import smallconv as SC
 
+    monkeypatch.setattr(SC, "POOL_BANDS", bands)
     lo, hi = (0.0, 6.0) if act == "clamp" else (0.0, 0.0)
     spec = SC.SmallConvSpec(vw, cin, cout, h, w, k, k, stride, pad, pad, 1, 1, act, lo, hi,
                             True, pool=True)
     assert spec.split_rows == (stride == 2 and w < 1200)
+    assert spec.items == (min(bands, spec.pooled[0]) if bands and spec.split_rows else
+                          cout // spec.blocking[0])
     mod = ir.Module("sconvp")
     spec.emit(mod, "s")
     f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
@@ -436,6 +444,7 @@ def test_small_conv_max_pool_kernel(rng, vw, host, cin, cout, h, w, k, stride, p
                         ["s"])["s"])
     x = rng.standard_normal((3, cin, h, w)).astype(np.float32) * 2
     x[1, 0, h // 2, w // 3] = np.nan
+    x[2, 0, h - 1, w - 1] = -np.nan  # (sign bit set: the x86 default NaN)
     wt = (rng.standard_normal((cout, cin, k, k)) * (rng.random((cout, cin, k, k)) < 0.7)
           ).astype(np.float32) * 0.5
     bias = rng.standard_normal(cout).astype(np.float32) - 0.5
