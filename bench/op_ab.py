@@ -13,10 +13,17 @@ the sums and the whole calls' medians, and checks the variant's output against t
 op indices of their own past the plan's, in the base build): which of a conv's passes
 (phase planes, kernel, crop) takes the time.
 
+``--aa`` compiles the base twice and times the two identical builds the same way: the noise
+floor a variant's ratios must clear. On the Zen 5 VM (2026-12-03, ResNet-18 batch 16, 15
+rounds, two runs) identical builds differed by 0.93-1.05x per op (the same op the same way
+in both runs: 1.051 / 1.045x) and 0.973-0.985x in the sum of the ops: per-op ratios within
+~5 % and sums within ~2 % are not findings.
+
 Usage:
   .venv/bin/python bench/op_ab.py --model resnet50 --batch 16 \\
       --set sparsecc.native.lower.TAIL_MAPS=128 [--rounds 20]
   .venv/bin/python bench/op_ab.py --model resnet18 --batch 16 --split 22,24
+  .venv/bin/python bench/op_ab.py --model resnet18 --batch 16 --aa
 """
 
 from __future__ import annotations
@@ -100,10 +107,14 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="the variant's setting (repeatable)")
     ap.add_argument("--split", default="", help="op indices whose calls are timed one by one")
+    ap.add_argument("--aa", action="store_true",
+                    help="the variant is a second build of the base (the noise floor)")
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
-    if args.split and args.set:
-        ap.error("--split times the base build's calls: give it without --set")
+    if args.split and (args.set or args.aa):
+        ap.error("--split times the base build's calls: give it without --set / --aa")
+    if args.aa and args.set:
+        ap.error("--aa builds the base twice: give it without --set")
 
     spec = suite.model_specs()[args.model]
     torch.manual_seed(0)
@@ -114,7 +125,7 @@ def main() -> None:
     split = {int(v) for v in args.split.split(",") if v.strip()}
     with split_calls(split, names):
         builds = [sparsecc.compile(model, example)]
-    if args.set:
+    if args.set or args.aa:
         with applied(args.set):
             builds.append(sparsecc.compile(model, example))
         ref, got = builds[0].native.run(x)[0], builds[1].native.run(x)[0]
@@ -148,6 +159,12 @@ def main() -> None:
     for i, name in enumerate(("base", "variant")[:len(builds)]):
         print(f"{name}: sum of the ops {sum(med[i].values()) * 1e3:.2f} ms, a profiled call "
               f"{np.median(whole[i]) * 1e3:.2f} ms (median)")
+    if len(builds) > 1:
+        r = np.array([med[1][k] / med[0][k] for k in med[0]
+                      if med[0][k] > 1e-4 and med[1].get(k, 0.0) > 0])  # (ops over 0.1 ms)
+        if r.size:
+            print(f"ops over 0.1 ms: variant / base {r.min():.3f}-{r.max():.3f}, median "
+                  f"|ratio - 1| {np.median(np.abs(r - 1)):.3f}")
 
 
 if __name__ == "__main__":
