@@ -58,12 +58,14 @@ PANEL_BYTES = 1 << 20
 
 
 def build(pattern: Pattern, cols: int, mode: str, kcols: int = 576,
-          kx_bytes: int = 256 << 10):
+          kx_bytes: int = 256 << 10, range_groups: int = 8):
     """``drv(data, x, out, bias, ors, reps)`` for one layout and order (see the module
     doc)."""
     rows = len(pattern.indptr) - 1
     packed = mode.startswith("packed")
-    cs = PACKED_CS if packed else NCHW_CS
+    tm = mode.endswith("_tm")  # x tile-major: a tile's channels 64 bytes apart
+    mode = mode.removesuffix("_tm")
+    cs = LANES if tm else PACKED_CS if packed else NCHW_CS
     tiles = PACKED_TILES if packed else NCHW_TILES
     kcols = kcols if mode == "packed_kblocks" else 0
     spec = KernelSpec("spmm", LANES, tile=1, act="relu", has_bias=True, idx_bits=16,
@@ -71,10 +73,10 @@ def build(pattern: Pattern, cols: int, mode: str, kcols: int = 576,
                       kcols=kcols)
     mod, chunks = emitted(f"packed_7x7_{mode}", spec, pattern)
     b, (data, x, out, bias, ors, reps) = driver(mod)
-    xns, ons = cols * cs, rows * cs
+    xns, ons = cols * cs, rows * (PACKED_CS if packed else NCHW_CS)
 
     def run(fn, s, t):
-        xt = b.gep(x, [b.add(b.mul(s, I64(xns)), b.mul(t, I64(LANES)))])
+        xt = b.gep(x, [b.add(b.mul(s, I64(xns)), b.mul(t, I64(cols * LANES if tm else LANES)))])
         ot = b.gep(out, [b.add(b.mul(s, I64(ons)), b.mul(t, I64(LANES)))])
         b.call(fn, [data, xt, ot, bias, I64(cs), ors])
 
@@ -92,6 +94,12 @@ def build(pattern: Pattern, cols: int, mode: str, kcols: int = 576,
                     for fn in chunks[kb * ng:(kb + 1) * ng]:
                         counted(b, I64(n), lambda t, fn=fn, p0=p0: run(fn, I64(0),
                                                                          b.add(t, I64(p0))))
+        elif mode == "packed_ranges":  # tiles outer within ranges of range_groups groups
+            for g0 in range(0, len(chunks), range_groups):
+                def one_tile(t, g0=g0):
+                    for fn in chunks[g0:g0 + range_groups]:
+                        run(fn, I64(0), t)
+                counted(b, I64(tiles), one_tile)
         elif packed:
             for p0 in range(0, tiles, per):
                 n = min(per, tiles - p0)
@@ -124,6 +132,8 @@ def main() -> None:
     ap.add_argument("--kcols", type=int, default=576, help="channels a column block")
     ap.add_argument("--kx-bytes", type=int, default=256 << 10,
                     help="x of one column block a panel holds")
+    ap.add_argument("--range-groups", type=int, default=8,
+                    help="groups a range (packed, tiles outer in ranges)")
     a = ap.parse_args()
     if jit.host().vector_width != LANES:
         sys.exit("the grouped kernel is AVX-512 assembly: this CPU has no AVX-512")
@@ -133,12 +143,15 @@ def main() -> None:
     x = aligned(max(a.cols, a.rows) * size + 64)
     x[:] = 0.5
     out = aligned(a.rows * size + 64)
-    variants = {name: (build(pattern, a.cols, mode, a.kcols, a.kx_bytes), cs)
+    variants = {name: (build(pattern, a.cols, mode, a.kcols, a.kx_bytes, a.range_groups), cs)
                 for name, mode, cs in (
         ("nchw, samples outer", "samples", NCHW_CS), ("nchw, groups outer", "groups", NCHW_CS),
         ("nchw, blocks", "blocks", NCHW_CS),
         ("packed", "packed", PACKED_CS), ("packed, panels", "packed_panels", PACKED_CS),
-        ("packed, column blocks", "packed_kblocks", PACKED_CS))}
+        ("packed, column blocks", "packed_kblocks", PACKED_CS),
+        ("packed, tiles outer in ranges", "packed_ranges", PACKED_CS),
+        ("packed, x tile-major", "packed_tm", PACKED_CS),
+        ("packed, x tile-major, ranges", "packed_ranges_tm", PACKED_CS))}
     flops = 2 * nnz * HW * SAMPLES
     rates: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(a.rounds):

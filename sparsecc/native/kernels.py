@@ -456,6 +456,41 @@ def k_crop_pk(start, stop, a):
 
 
 @_kernel
+def k_crop_pktm(start, stop, a):
+    """[full, out, N, Co, fcs, B, tiles, src, samp]: k_crop_pk into that layout held
+    tile-major (native.lower.PACK_TILE_MAJOR): a block's positions (its B samples' planes
+    one after another) in ``tiles`` tiles of 16, a tile's channels 16 floats apart, so
+    position p of channel o is out[n // B, p // 16, o, p % 16]. ``src`` (int32, B x ho x wo)
+    holds each position's float in the block's first sample of full (sample s's plane at s
+    x Co x fcs, row i at i x wq), ``samp`` its sample. Items: N rounded up to B over B,
+    times tiles: one tile of a block, its Co lines written in order; a last block's padding
+    samples give zeros."""
+    n_all, co, fcs, nb, ntl = a[2], a[3], a[4], a[5], a[6]
+    full = _f32p(a[0])
+    out = _f32p(a[1])
+    src = _i32p(a[7])
+    samp = _i32p(a[8])
+    for t in range(start, stop):
+        blk = t // ntl
+        tt = t - blk * ntl
+        fb = blk * nb * co * fcs
+        ob = t * co * 16
+        # (the tile's last position's sample: are all of its samples real?)
+        whole = blk * nb + samp[tt * 16 + 15] < n_all
+        for o in range(co):
+            fo = fb + o * fcs
+            oo = ob + o * 16
+            if whole:
+                for lane in range(16):
+                    out[oo + lane] = full[fo + src[tt * 16 + lane]]
+            else:
+                for lane in range(16):
+                    q = tt * 16 + lane
+                    out[oo + lane] = full[fo + src[q]] if blk * nb + samp[q] < n_all \
+                        else np.float32(0.0)
+
+
+@_kernel
 def k_crop_res(start, stop, a):
     """[full, res, out, N, Co, ho, wo, wq, code, a, b, fcs, ocs]: out[n, o, i*wo + j] =
     act(full[n, o, i*wq + j] + res[n, o, i*wo + j]), full's channels fcs floats apart, res's

@@ -339,6 +339,9 @@ class Program:
     channel_strides: dict[str, int] = field(default_factory=dict)
     # activations held tile-major (Lowering.tm): name -> floats a tile (C x 16)
     tile_major: dict[str, int] = field(default_factory=dict)
+    # the packed ones held tile-major in the packed variant (Lowering.pktm): name -> floats
+    # from one tile of a block to the next
+    pk_tile_major: dict[str, int] = field(default_factory=dict)
     # with row bands in the head (native.bands): the program lowered without them, whose
     # head runs instead unless the head runs one sample on one thread (module._emit_chunks)
     alt_head: Program | None = None
@@ -416,8 +419,11 @@ class Lowering:
     def __init__(self, plan: ExecutionPlan, vw: int, threads: int, features: str = "",
                  tail_from: int | None = None, dense: frozenset[str] = frozenset(),
                  band_major: dict[str, int] | None = None, nopack: frozenset[str] = frozenset(),
-                 untiled: frozenset[str] = frozenset()):
+                 untiled: frozenset[str] = frozenset(),
+                 pk_untiled: frozenset[str] = frozenset()):
         self.plan, self.vw, self.threads = plan, vw, max(1, threads)
+        # packed tensors a packed call did not take tile-major (lower_program's retries)
+        self.pk_untiled = pk_untiled
         # tensors held with the batch packed into the positions at batches where that takes
         # fewer vectors (_pack_set, _pack_gain; ``nopack``: lower_program's retries, a call
         # made for them that cannot take that layout), whether the op being lowered is in
@@ -445,6 +451,8 @@ class Lowering:
         # them does not take the layout)
         self.untiled = untiled
         self.tm: dict[str, int] = {}
+        # packed tensors held tile-major within a block in the packed variant (PACK_TILE_MAJOR)
+        self.pktm: dict[str, int] = {}
         # call index -> the tile-major tensors it takes as such (_tm_aware)
         self.tm_aware: dict[int, set[str]] = {}
         self.untm: set[str] = set()  # of those, tensors to lower untiled after all
@@ -552,7 +560,8 @@ class Lowering:
         call touching any other tile-major tensor makes it untiled on the retry (run's
         check), as does one whose kernel is not grouped (_spmm_one)."""
         n0 = len(self.p.calls)
-        self.tm_names = [n for n in names if n is not None and n in self.tm]
+        self.tm_names = [n for n in names if n is not None and (n in self.tm or
+                                                                self._pk_tiled(n))]
         try:
             yield
         finally:
@@ -565,6 +574,24 @@ class Lowering:
         """Floats from one 16-position tile of ``name`` to the next when it is tile-major
         (its channels are then 16 floats apart), else 0."""
         return self.tm.get(name, 0) if name is not None else 0
+
+    def _pk_tiled(self, name: str | None) -> int:
+        """_tiled for a packed tensor in the packed variant (Lowering.pktm): floats from one
+        tile of a block to the next, else 0."""
+        if not self.pk_on or name is None or name not in self.plan.tensors:
+            return 0
+        return self.pktm.get(self.plan.storage_root(name), 0)
+
+    def _pk_tile_major(self) -> dict[str, int]:
+        """PACK_TILE_MAJOR's tensors: the packed ones (not ``pk_untiled``), which the packed
+        variant holds tile-major within a block, (tiles, C, 16): a tile is 16 positions of
+        the block's samples, its channels one cache line apart, where every packed call
+        touching the tensor is a grouped 1x1 conv that takes it (x, out or residual; run's
+        check makes the others untiled on the retry)."""
+        if not PACK_TILE_MAJOR or not self.pk:
+            return {}
+        return {name: self.shape(name)[1].value * 16 for name in sorted(self.pk)
+                if name not in self.pk_untiled}
 
     def _tile_major(self) -> dict[str, int]:
         """TILE_MAJOR's candidates: float32 (N, C, H, W) activations between ops (not views
@@ -770,6 +797,7 @@ class Lowering:
         self._kn_stream()
         self.pk = self._pack_set()
         self.tm = self._tile_major()
+        self.pktm = self._pk_tile_major()
         for i, op in enumerate(plan.ops):
             self.i = i
             if i in self.fused:
@@ -806,13 +834,17 @@ class Lowering:
         untm = {roots[s.name] for ci, c in enumerate(self.p.calls) for s in c.args
                 if s.kind == "tensor" and roots.get(s.name) in self.tm and
                 roots[s.name] not in self.tm_aware.get(ci, ())}
+        untm |= {roots[s.name] for ci in self.pk_aware for s in self.p.calls[ci].args
+                 if s.kind == "tensor" and roots.get(s.name) in self.pktm and
+                 roots[s.name] not in self.tm_aware.get(ci, ())}
         untm |= self.untm
         if untm:
-            raise _Untile(frozenset(untm))
+            raise _Untile(frozenset(untm - set(self.pktm)), frozenset(untm & set(self.pktm)))
         self.p.channel_strides = dict(self.cs)
         touched = {roots[s.name] for c in self.p.calls for s in c.args
                    if s.kind == "tensor" and s.name in roots}
         self.p.tile_major = {r: v for r, v in self.tm.items() if r in touched}
+        self.p.pk_tile_major = {r: v for r, v in self.pktm.items() if r in touched}
         self._buffers(roots)
         self.p.chunk, self.p.sample_bytes = batch_chunk(plan, self.p.arena[0])
         self.p.min_chunk = batch_min_chunk(plan, self.p.chunk) or 1
@@ -2240,11 +2272,18 @@ class Lowering:
             if method != "pointwise" or tail or empty:
                 self._pk_unpack(x, out, other)
             span = PACK_B * hw
-            with self._packed():
+            # packed tile-major tensors (Lowering.pktm): channels 16 floats apart, tiles C x 16
+            xts, ots, rts = self._pk_tiled(x), self._pk_tiled(out), self._pk_tiled(other)
+            ors = 16 if ots else span
+            spec = replace(spec, xts=xts, ots=ots, rts=rts)
+            if res_slot is not None:
+                rcs = 16 if rts else span
+                spec = replace(spec, res_rs=rcs if rcs != ors else 0)
+            with self._packed(), self._tm_aware(x, out, other):
                 label = self.spmm(op, swt, spec, True, bslot, T(x), T(out),
-                                  n=lift(nb).cdiv(PACK_B), L=span, xrs=span, ors=span,
-                                  xns=cin_ * span, ons=cout_ * span, indices=swt.indices,
-                                  x_rows=cin_, res=res_slot, whole=True,
+                                  n=lift(nb).cdiv(PACK_B), L=span, xrs=16 if xts else span,
+                                  ors=ors, xns=cin_ * span, ons=cout_ * span,
+                                  indices=swt.indices, x_rows=cin_, res=res_slot, whole=True,
                                   panels=self._panels(cin_, span))
             return label + (" + residual add" if res_slot is not None else "")
         # x's and out's channels at their strides (Lowering.cs); a residual's must be out's
@@ -2641,9 +2680,16 @@ class Lowering:
             self._pk_unpack(out)
         if res_slot is not None:
             spec = replace(spec, residual=True)
-        with self._packed():
+        # out and the residual tile-major where they are (Lowering.pktm); x is the planes
+        ots, rts = self._pk_tiled(out), self._pk_tiled(other)
+        ors = 16 if ots else span
+        spec = replace(spec, ots=ots, rts=rts)
+        if res_slot is not None:
+            rcs = 16 if rts else span
+            spec = replace(spec, res_rs=rcs if rcs != ors else 0)
+        with self._packed(), self._tm_aware(out, other):
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), n=blocks,
-                              L=span, xrs=1, ors=span, xns=cin_ * span, ons=cout * span,
+                              L=span, xrs=1, ors=ors, xns=cin_ * span, ons=cout * span,
                               indices=offs, x_rows=cin_, reach=g.reach,
                               panel_of=offs // span, xalign=True, res=res_slot, whole=True,
                               panels=self._panels(cin_, span))
@@ -2669,6 +2715,19 @@ class Lowering:
         cropped to out (ho x wo); with ``res`` (_residual's), the add and its activation in
         the same pass, written into the add's output (the add disappears). Returns the
         label's suffix."""
+        if res is None and self._pk_tiled(out):  # packed, tile-major (PACK_TILE_MAJOR)
+            pos = np.arange(PACK_B * g.ho * g.wo)
+            s_, q = np.divmod(pos, g.ho * g.wo)
+            i_, j_ = np.divmod(q, g.wo)
+            src = (s_ * cout * fcs + i_ * g.wq + j_).astype(np.int32)
+            tiles = PACK_B * g.ho * g.wo // 16
+            with self._packed(), self._tm_aware(out):
+                self.call(self.numba("k_crop_pktm"),
+                          [T(full), T(out), I(nb), I(cout), I(fcs), I(PACK_B), I(tiles),
+                           self.derived("crop_src", src),
+                           self.derived("crop_samp", s_.astype(np.int32))],
+                          lift(nb).cdiv(PACK_B) * tiles, float(16 * cout))
+            return ""
         if res is None and self._pk(out):  # into the packed layout (PACK)
             with self._packed():
                 self.call(self.numba("k_crop_pk"), [T(full), T(out), I(nb), I(cout),
@@ -3126,6 +3185,13 @@ ROWS_STRIDE2 = True
 # The 1x1 convs reading them walk a tile's x in consecutive lines instead of one line a
 # channel, H x W floats apart (bench/grouped_body.py's "x packed").
 TILE_MAJOR = True
+# ... and the packed tail's tensors (PACK), tile-major within a block of 16 samples where
+# every packed call touching one is a grouped 1x1 conv (Lowering.pktm): its 49 tiles' x
+# each one run of consecutive lines, which the prefetchers follow, where the packed layout
+# puts a tile's channels 3 KB apart, one line each (x comes from L3 here: 1.6-6.4 MB a
+# call). bench/packed_7x7.py (the emitted code, one core, 15 rounds): 512 -> 2048 at 68.5
+# GFLOP/s packed in panels, 81.6 tile-major; 2048 -> 512 66.9 / 77.2; 512 -> 512 76.2 / 87.0.
+PACK_TILE_MAJOR = True
 # A stride-2 1x1 conv (a ResNet's downsample) reads x's even rows and columns from the rows
 # planes a 3x3 / 2 conv of the same x made (Lowering._shared_phase): no phase pass of its own.
 SHARE_PHASE = True
@@ -3335,16 +3401,19 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
     dense: frozenset[str] = frozenset()
     nopack: frozenset[str] = frozenset()
     untiled: frozenset[str] = frozenset()
+    pk_untiled: frozenset[str] = frozenset()
 
     def lower(tail_from=None, band_major=None, tiled=True):
-        nonlocal dense, nopack, untiled
+        nonlocal dense, nopack, untiled, pk_untiled
         while True:  # (each retry makes at least one more tensor dense, plain or untiled)
             try:
                 return Lowering(plan, vw, threads, features, tail_from, dense,
                                 band_major, nopack,
-                                untiled if tiled else frozenset(plan.tensors)).run()
+                                untiled if tiled else frozenset(plan.tensors),
+                                pk_untiled if tiled else frozenset(plan.tensors)).run()
             except _Untile as exc:
                 untiled = untiled | exc.names
+                pk_untiled = pk_untiled | exc.pk
             except _Unpack as exc:
                 nopack = nopack | exc.names
             except _Dense as exc:
@@ -3427,8 +3496,12 @@ class _Dense(Exception):
 
 
 class _Untile(_Dense):
-    """Tensors chosen to be held tile-major (Lowering.tm) that a call made for them does
-    not take so."""
+    """Tensors chosen to be held tile-major (Lowering.tm; ``pk``: packed ones, Lowering.pktm)
+    that a call made for them does not take so."""
+
+    def __init__(self, names: frozenset[str], pk: frozenset[str] = frozenset()):
+        super().__init__(names)
+        self.pk = pk
 
 
 class _Unpack(_Dense):

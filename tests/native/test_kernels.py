@@ -920,7 +920,8 @@ class _DownBottleneck(torch.nn.Module):
         return torch.relu(y + (x if self.ds is None else self.ds(x)))
 
 
-def test_packed_tail(seed, monkeypatch):
+@pytest.mark.parametrize("tile_major", [True, False])
+def test_packed_tail(seed, monkeypatch, tile_major):
     """The whole-batch tail's 7 x 7 maps with the batch packed into the positions
     (lower.PACK): bottlenecks' 1x1 convs and the downsample over blocks of 16 samples (a
     block's tiles in panels of a few each), the
@@ -929,7 +930,12 @@ def test_packed_tail(seed, monkeypatch):
     zeroed, after NaN and 3e38 junk left in the arena by a packed call), and 19 and 1 (the
     plain calls: their blocks would take more vectors). (A basic block's crop with its
     residual add cannot write the layout: its tensors, and those they meet, stay plain, the
-    lowering's retry; test_strided_pointwise_writes_in_place's tail case.)"""
+    lowering's retry; test_strided_pointwise_writes_in_place's tail case.) With
+    PACK_TILE_MAJOR the packed tensors that only grouped 1x1 convs and the crop touch are
+    held tile-major within a block (the first block's output, the downsample's residual,
+    the 3x3 convs' outputs, which the crop writes so, k_crop_pktm); the others (the phase
+    passes' inputs, the global mean's) stay packed; bit for bit what the packed layout
+    gives."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),  # 25 KB a sample
@@ -942,6 +948,7 @@ def test_packed_tail(seed, monkeypatch):
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "14K")
     # panels of 2-4 tiles (ResNet-50's layer4: 4-7 panels of 8-32 tiles)
     monkeypatch.setattr(lower, "PACK_PANEL_BYTES", 4096)
+    monkeypatch.setattr(lower, "PACK_TILE_MAJOR", tile_major)
     cm = _native_csr(model, torch.randn(1, 3, 28, 28))
     prog = cm.native.lib.program
     assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
@@ -950,8 +957,24 @@ def test_packed_tail(seed, monkeypatch):
         packed = {k for k, v in labels.items() if "batch packed in 16s" in v}
         assert {"4.c", "4.ds", "5.a", "5.c"} <= packed, labels
         kernels = {c.kernel for c in prog.calls}
-        assert "k_crop_pk" in kernels, kernels
+        writers = {op.output: op.layer for op in prog.plan.ops}
+        tm = {writers.get(n, n) for n in prog.pk_tile_major}
+        if tile_major:
+            # 4.c: the downsample's residual; 4.b / 5.b: the 3x3 convs' (crops') outputs,
+            # read by 4.c / 5.c; 4.ds: the block's output (written with the add), read by
+            # 5.a and as 5.c's residual; not 4.a / 5.a's outputs (phase passes read them)
+            # nor 5.c's (the global mean reads it)
+            assert {"4.c", "4.b", "5.b"} <= tm and not tm & {"4.a", "5.a", "5.c"}, tm
+            assert "k_crop_pktm" in kernels and "k_crop_pk" not in kernels, kernels
+        else:
+            assert not tm and "k_crop_pk" in kernels, (tm, kernels)
     _matches_after_junk(cm, model, (3, 28, 28), (16, 13, 19, 1), junk=14)
+    if tile_major:  # the same values as the packed layout's, bit for bit
+        monkeypatch.setattr(lower, "PACK_TILE_MAJOR", False)
+        plain = _native_csr(model, torch.randn(1, 3, 28, 28))
+        for batch in (16, 13):
+            x = torch.randn(batch, 3, 28, 28)
+            np.testing.assert_array_equal(cm(x), plain(x))
 
 
 @pytest.mark.parametrize("c,hw,act,force", [(8, 9, "relu", "csr"), (16, 20, "none", "csr"),
