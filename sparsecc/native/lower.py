@@ -2667,12 +2667,32 @@ class Lowering:
         blocks = lift(nb).cdiv(PACK_B)
         # (64 floats of slack: the aligned x loads read up to 16 past a plane)
         planes = self.temp("planes", (nb + PACK_B - 1) * cin_ * hw * 4 + 256)
-        args = self._phase_args(x, planes, g, cin_ * span) + [I(span)] + \
-            self._phase_io(x, nb)[:3] + [I(PACK_B), I(hw), I(nb)]
-        with self._packed():
-            self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, True)), args,
-                      PH.items(blocks * PACK_B, cin, 1), float(hw))
-        offs = g.offsets(swt.indices, span)
+        # the planes tile-major within a block (PACK_TILE_MAJOR: the kernel's x tile one run
+        # of lines) where x is plain and the conv reads no padding: k_crop_pktm gathers each
+        # position's float from x through a table, in place of the phase pass
+        _, _, h, w = self.shape(x)
+        xts = cin_ * 16 if PACK_TILE_MAJOR and not self._pk(x) and not self._tiled(x) and \
+            g.ph == 0 and g.pw == 0 and len(g.pys) == 1 and len(g.pxs) == 1 else 0
+        if xts:
+            xcs = self._cstride(x)
+            pos = np.arange(span)
+            s_, q = np.divmod(pos, hw)
+            i_, j_ = np.divmod(q, g.wo)
+            src = (s_ * cin_ * xcs + (i_ * g.sh + g.pys[0]) * w.value +
+                   j_ * g.sw + g.pxs[0]).astype(np.int32)
+            with self._packed():
+                self.call(self.numba("k_crop_pktm"),
+                          [T(x), T(planes), I(nb), I(cin_), I(xcs), I(PACK_B), I(span // 16),
+                           self.derived("sub_src", src),
+                           self.derived("sub_samp", s_.astype(np.int32))],
+                          blocks * (span // 16), float(16 * cin_))
+        else:
+            args = self._phase_args(x, planes, g, cin_ * span) + [I(span)] + \
+                self._phase_io(x, nb)[:3] + [I(PACK_B), I(hw), I(nb)]
+            with self._packed():
+                self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, True)), args,
+                          PH.items(blocks * PACK_B, cin, 1), float(hw))
+        offs = (swt.indices.astype(np.uint32) * 16) if xts else g.offsets(swt.indices, span)
         tile = LK.spmm_tile(span, self.vw, swt.block_rows)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
                                           tile)
@@ -2683,7 +2703,7 @@ class Lowering:
         # out and the residual tile-major where they are (Lowering.pktm); x is the planes
         ots, rts = self._pk_tiled(out), self._pk_tiled(other)
         ors = 16 if ots else span
-        spec = replace(spec, ots=ots, rts=rts)
+        spec = replace(spec, xts=xts, ots=ots, rts=rts)
         if res_slot is not None:
             rcs = 16 if rts else span
             spec = replace(spec, res_rs=rcs if rcs != ors else 0)
@@ -2691,8 +2711,8 @@ class Lowering:
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), n=blocks,
                               L=span, xrs=1, ors=ors, xns=cin_ * span, ons=cout * span,
                               indices=offs, x_rows=cin_, reach=g.reach,
-                              panel_of=offs // span, xalign=True, res=res_slot, whole=True,
-                              panels=self._panels(cin_, span))
+                              panel_of=swt.indices if xts else offs // span, xalign=True,
+                              res=res_slot, whole=True, panels=self._panels(cin_, span))
         return label + (" + residual add" if res_slot is not None else "")
 
     def _phase_args(self, x: str, planes: str, g, per_sample: int) -> list[Slot]:

@@ -933,7 +933,8 @@ def test_packed_tail(seed, monkeypatch, tile_major):
     lowering's retry; test_strided_pointwise_writes_in_place's tail case.) With
     PACK_TILE_MAJOR the packed tensors that only grouped 1x1 convs and the crop touch are
     held tile-major within a block (the first block's output, the downsample's residual,
-    the 3x3 convs' outputs, which the crop writes so, k_crop_pktm); the others (the phase
+    the 3x3 convs' outputs, which the crop writes so, k_crop_pktm; the downsample's plane
+    of x, which k_crop_pktm gathers in place of the phase pass); the others (the phase
     passes' inputs, the global mean's) stay packed; bit for bit what the packed layout
     gives."""
     torch.manual_seed(seed)
@@ -966,6 +967,10 @@ def test_packed_tail(seed, monkeypatch, tile_major):
             # nor 5.c's (the global mean reads it)
             assert {"4.c", "4.b", "5.b"} <= tm and not tm & {"4.a", "5.a", "5.c"}, tm
             assert "k_crop_pktm" in kernels and "k_crop_pk" not in kernels, kernels
+            # the downsample's plane of x (plain) gathered into tile-major planes: no phase
+            # pass in its packed variant
+            ds = [c.kernel for c in prog.calls if prog.plan.ops[c.op].layer == "4.ds"]
+            assert "k_crop_pktm" in ds and "phase_v16_s2_pk" not in ds, ds
         else:
             assert not tm and "k_crop_pk" in kernels, (tm, kernels)
     _matches_after_junk(cm, model, (3, 28, 28), (16, 13, 19, 1), junk=14)
