@@ -2672,7 +2672,8 @@ class Lowering:
         # position's float from x through a table, in place of the phase pass
         _, _, h, w = self.shape(x)
         xts = cin_ * 16 if PACK_TILE_MAJOR and not self._pk(x) and not self._tiled(x) and \
-            g.ph == 0 and g.pw == 0 and len(g.pys) == 1 and len(g.pxs) == 1 else 0
+            self.plan.storage_root(x) not in self.band_major and g.ph == 0 and g.pw == 0 \
+            and len(g.pys) == 1 and len(g.pxs) == 1 else 0
         if xts:
             xcs = self._cstride(x)
             pos = np.arange(span)
