@@ -461,10 +461,11 @@ def k_crop_pktm(start, stop, a):
     tile-major (native.lower.PACK_TILE_MAJOR): a block's positions (its B samples' planes
     one after another) in ``tiles`` tiles of 16, a tile's channels 16 floats apart, so
     position p of channel o is out[n // B, p // 16, o, p % 16]. ``src`` (int32, B x ho x wo)
-    holds each position's float in the block's first sample of full (sample s's plane at s
-    x Co x fcs, row i at i x wq), ``samp`` its sample. Items: N rounded up to B over B,
-    times tiles: one tile of a block, its Co lines written in order; a last block's padding
-    samples give zeros."""
+    holds each position's float from the block's first sample of full (samples Co x fcs
+    apart, channels fcs), ``samp`` its sample: a 3x3 conv's wide rows cropped (row i at i x
+    wq), or a stride-2 1x1 conv's positions gathered from its x (row i at 2i x W, column
+    2j). Items: N rounded up to B over B, times tiles: one tile of a block, its Co lines
+    written in order; a last block's padding samples give zeros."""
     n_all, co, fcs, nb, ntl = a[2], a[3], a[4], a[5], a[6]
     full = _f32p(a[0])
     out = _f32p(a[1])
