@@ -455,10 +455,10 @@ def k_crop_pk(start, stop, a):
         C.crop_copy(full[n, o], dst, wq, wo, ho)
 
 
-@_kernel
-def k_crop_pktm(start, stop, a):
-    """[full, out, N, Co, fcs, B, tiles, src, samp]: k_crop_pk into that layout held
-    tile-major (native.lower.PACK_TILE_MAJOR): a block's positions (its B samples' planes
+@njit(**_OPTS)
+def _to_tiles(start, stop, a):
+    """[full, out, N, Co, fcs, B, tiles, src, samp]: floats gathered into the packed layout
+    held tile-major (native.lower.PACK_TILE_MAJOR): a block's positions (its B samples' planes
     one after another) in ``tiles`` tiles of 16, a tile's channels 16 floats apart, so
     position p of channel o is out[n // B, p // 16, o, p % 16]. ``src`` (int32, B x ho x wo)
     holds each position's float from the block's first sample of full (samples Co x fcs
@@ -489,6 +489,20 @@ def k_crop_pktm(start, stop, a):
                     q = tt * 16 + lane
                     out[oo + lane] = full[fo + src[q]] if blk * nb + samp[q] < n_all \
                         else np.float32(0.0)
+
+
+@_kernel
+def k_crop_pktm(start, stop, a):
+    """_to_tiles for a 3x3 conv's wide rows: k_crop_pk into the packed layout held
+    tile-major (native.lower.PACK_TILE_MAJOR)."""
+    _to_tiles(start, stop, a)
+
+
+@_kernel
+def k_gather_pktm(start, stop, a):
+    """_to_tiles for a stride-2 1x1 conv's positions of its x (a downsample's plane, in the
+    packed layout held tile-major): in place of the packed phase pass."""
+    _to_tiles(start, stop, a)
 
 
 @_kernel

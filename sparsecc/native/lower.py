@@ -2668,7 +2668,7 @@ class Lowering:
         # (64 floats of slack: the aligned x loads read up to 16 past a plane)
         planes = self.temp("planes", (nb + PACK_B - 1) * cin_ * hw * 4 + 256)
         # the planes tile-major within a block (PACK_TILE_MAJOR: the kernel's x tile one run
-        # of lines) where x is plain and the conv reads no padding: k_crop_pktm gathers each
+        # of lines) where x is plain and the conv reads no padding: k_gather_pktm gathers each
         # position's float from x through a table, in place of the phase pass
         _, _, h, w = self.shape(x)
         xts = cin_ * 16 if PACK_TILE_MAJOR and not self._pk(x) and not self._tiled(x) and \
@@ -2682,7 +2682,7 @@ class Lowering:
             src = (s_ * cin_ * xcs + (i_ * g.sh + g.pys[0]) * w.value +
                    j_ * g.sw + g.pxs[0]).astype(np.int32)
             with self._packed():
-                self.call(self.numba("k_crop_pktm"),
+                self.call(self.numba("k_gather_pktm"),
                           [T(x), T(planes), I(nb), I(cin_), I(xcs), I(PACK_B), I(span // 16),
                            self.derived("sub_src", src),
                            self.derived("sub_samp", s_.astype(np.int32))],

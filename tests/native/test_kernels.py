@@ -934,7 +934,7 @@ def test_packed_tail(seed, monkeypatch, tile_major):
     PACK_TILE_MAJOR the packed tensors that only grouped 1x1 convs and the crop touch are
     held tile-major within a block (the first block's output, the downsample's residual,
     the 3x3 convs' outputs, which the crop writes so, k_crop_pktm; the downsample's plane
-    of x, which k_crop_pktm gathers in place of the phase pass); the others (the phase
+    of x, which k_gather_pktm gathers in place of the phase pass); the others (the phase
     passes' inputs, the global mean's) stay packed; bit for bit what the packed layout
     gives."""
     torch.manual_seed(seed)
@@ -970,7 +970,7 @@ def test_packed_tail(seed, monkeypatch, tile_major):
             # the downsample's plane of x (plain) gathered into tile-major planes: no phase
             # pass in its packed variant
             ds = [c.kernel for c in prog.calls if prog.plan.ops[c.op].layer == "4.ds"]
-            assert "k_crop_pktm" in ds and "phase_v16_s2_pk" not in ds, ds
+            assert "k_gather_pktm" in ds and "phase_v16_s2_pk" not in ds, ds
         else:
             assert not tm and "k_crop_pk" in kernels, (tm, kernels)
     _matches_after_junk(cm, model, (3, 28, 28), (16, 13, 19, 1), junk=14)
