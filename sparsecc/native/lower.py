@@ -582,6 +582,37 @@ class Lowering:
             return 0
         return self.pktm.get(self.plan.storage_root(name), 0)
 
+    def _pk_out_strides(self, spec, out: str, other: str | None, span: int, xts: int):
+        """(spec, out's channel stride) of a packed grouped call: x's tile stride ``xts``
+        (0: channels ``span`` floats apart), out's and the residual's where they are held
+        tile-major (Lowering.pktm: channels 16 floats apart, tiles C x 16), the residual's
+        channel stride where it differs from out's."""
+        ots, rts = self._pk_tiled(out), self._pk_tiled(other)
+        ors = 16 if ots else span
+        spec = replace(spec, xts=xts, ots=ots, rts=rts)
+        if other is not None:
+            rcs = 16 if rts else span
+            spec = replace(spec, res_rs=rcs if rcs != ors else 0)
+        return spec, ors
+
+    def _to_tiles(self, kernel: str, src: str, out: str, nb, c: int, cs: int, ho: int, wo: int,
+                  row: int, step: int = 1, base: int = 0) -> None:
+        """A call of ``kernel`` (k_crop_pktm / k_gather_pktm: kernels._to_tiles) filling the
+        packed, tile-major ``out`` (PACK_B samples' ho x wo positions a block, c channels)
+        from ``src`` (samples c x cs floats apart, channels cs): position (i, j) of a sample
+        from float base + i x row + j x step of its channel, through a table."""
+        pos = np.arange(PACK_B * ho * wo)
+        s_, q = np.divmod(pos, ho * wo)
+        i_, j_ = np.divmod(q, wo)
+        table = (s_ * c * cs + base + i_ * row + j_ * step).astype(np.int32)
+        tiles = PACK_B * ho * wo // 16
+        with self._packed(), self._tm_aware(out):
+            self.call(self.numba(kernel),
+                      [T(src), T(out), I(nb), I(c), I(cs), I(PACK_B), I(tiles),
+                       self.derived(f"{kernel}_src", table),
+                       self.derived(f"{kernel}_samp", s_.astype(np.int32))],
+                      lift(nb).cdiv(PACK_B) * tiles, float(16 * c))
+
     def _pk_tile_major(self) -> dict[str, int]:
         """PACK_TILE_MAJOR's tensors: the packed ones (not ``pk_untiled``), which the packed
         variant holds tile-major within a block, (tiles, C, 16): a tile is 16 positions of
@@ -2272,13 +2303,8 @@ class Lowering:
             if method != "pointwise" or tail or empty:
                 self._pk_unpack(x, out, other)
             span = PACK_B * hw
-            # packed tile-major tensors (Lowering.pktm): channels 16 floats apart, tiles C x 16
-            xts, ots, rts = self._pk_tiled(x), self._pk_tiled(out), self._pk_tiled(other)
-            ors = 16 if ots else span
-            spec = replace(spec, xts=xts, ots=ots, rts=rts)
-            if res_slot is not None:
-                rcs = 16 if rts else span
-                spec = replace(spec, res_rs=rcs if rcs != ors else 0)
+            xts = self._pk_tiled(x)
+            spec, ors = self._pk_out_strides(spec, out, other, span, xts)
             with self._packed(), self._tm_aware(x, out, other):
                 label = self.spmm(op, swt, spec, True, bslot, T(x), T(out),
                                   n=lift(nb).cdiv(PACK_B), L=span, xrs=16 if xts else span,
@@ -2670,23 +2696,13 @@ class Lowering:
         # the planes tile-major within a block (PACK_TILE_MAJOR: the kernel's x tile one run
         # of lines) where x is plain and the conv reads no padding: k_gather_pktm gathers each
         # position's float from x through a table, in place of the phase pass
-        _, _, h, w = self.shape(x)
+        w = self.shape(x)[3].value
         xts = cin_ * 16 if PACK_TILE_MAJOR and not self._pk(x) and not self._tiled(x) and \
             self.plan.storage_root(x) not in self.band_major and g.ph == 0 and g.pw == 0 \
             and len(g.pys) == 1 and len(g.pxs) == 1 else 0
         if xts:
-            xcs = self._cstride(x)
-            pos = np.arange(span)
-            s_, q = np.divmod(pos, hw)
-            i_, j_ = np.divmod(q, g.wo)
-            src = (s_ * cin_ * xcs + (i_ * g.sh + g.pys[0]) * w.value +
-                   j_ * g.sw + g.pxs[0]).astype(np.int32)
-            with self._packed():
-                self.call(self.numba("k_gather_pktm"),
-                          [T(x), T(planes), I(nb), I(cin_), I(xcs), I(PACK_B), I(span // 16),
-                           self.derived("sub_src", src),
-                           self.derived("sub_samp", s_.astype(np.int32))],
-                          blocks * (span // 16), float(16 * cin_))
+            self._to_tiles("k_gather_pktm", x, planes, nb, cin_, self._cstride(x), g.ho, g.wo,
+                           g.sh * w, g.sw, g.pys[0] * w + g.pxs[0])
         else:
             args = self._phase_args(x, planes, g, cin_ * span) + [I(span)] + \
                 self._phase_io(x, nb)[:3] + [I(PACK_B), I(hw), I(nb)]
@@ -2701,13 +2717,7 @@ class Lowering:
             self._pk_unpack(out)
         if res_slot is not None:
             spec = replace(spec, residual=True)
-        # out and the residual tile-major where they are (Lowering.pktm); x is the planes
-        ots, rts = self._pk_tiled(out), self._pk_tiled(other)
-        ors = 16 if ots else span
-        spec = replace(spec, xts=xts, ots=ots, rts=rts)
-        if res_slot is not None:
-            rcs = 16 if rts else span
-            spec = replace(spec, res_rs=rcs if rcs != ors else 0)
+        spec, ors = self._pk_out_strides(spec, out, other, span, xts)
         with self._packed(), self._tm_aware(out, other):
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), n=blocks,
                               L=span, xrs=1, ors=ors, xns=cin_ * span, ons=cout * span,
@@ -2737,17 +2747,7 @@ class Lowering:
         the same pass, written into the add's output (the add disappears). Returns the
         label's suffix."""
         if res is None and self._pk_tiled(out):  # packed, tile-major (PACK_TILE_MAJOR)
-            pos = np.arange(PACK_B * g.ho * g.wo)
-            s_, q = np.divmod(pos, g.ho * g.wo)
-            i_, j_ = np.divmod(q, g.wo)
-            src = (s_ * cout * fcs + i_ * g.wq + j_).astype(np.int32)
-            tiles = PACK_B * g.ho * g.wo // 16
-            with self._packed(), self._tm_aware(out):
-                self.call(self.numba("k_crop_pktm"),
-                          [T(full), T(out), I(nb), I(cout), I(fcs), I(PACK_B), I(tiles),
-                           self.derived("crop_src", src),
-                           self.derived("crop_samp", s_.astype(np.int32))],
-                          lift(nb).cdiv(PACK_B) * tiles, float(16 * cout))
+            self._to_tiles("k_crop_pktm", full, out, nb, cout, fcs, g.ho, g.wo, g.wq)
             return ""
         if res is None and self._pk(out):  # into the packed layout (PACK)
             with self._packed():

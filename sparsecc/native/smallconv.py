@@ -362,19 +362,23 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                 if xv is not None:
                     b.store(k.fma(ws, xv, b.load(acc[r][q])), acc[r][q])
 
+    def block(blk):
+        """(first channel, weights, bias vectors) of block ``blk`` of R channels."""
+        co0 = b.mul(blk, I64(R))
+        wb = b.gep(wt, [b.mul(co0, I64(spec.cin * taps))])
+        inits = [k.splat(b.load(b.gep(bias, [b.add(co0, I64(r))]))) if spec.has_bias else zero
+                 for r in range(R)]
+        return co0, wb, inits
+
     def item(t, per_row: bool):
         """(n, first channel, x, weights, bias vectors[, oh]) of item t."""
         oh = None
         if per_row:
             oh = b.srem(t, I64(ho))
             t = b.sdiv(t, I64(ho))
-        blk = b.srem(t, I64(nblk))
         n = b.sdiv(t, I64(nblk))
-        co0 = b.mul(blk, I64(R))
+        co0, wb, inits = block(b.srem(t, I64(nblk)))
         xn = b.gep(x, [b.mul(n, I64(spec.cin * h * w))])
-        wb = b.gep(wt, [b.mul(co0, I64(spec.cin * taps))])
-        inits = [k.splat(b.load(b.gep(bias, [b.add(co0, I64(r))]))) if spec.has_bias else zero
-                 for r in range(R)]
         return n, co0, xn, wb, inits, oh
 
     if not spec.pool:
@@ -469,10 +473,7 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                 top = b.add(b.mul(oh, I64(2)), I64(spec.kh - 2 - spec.ph))
                 split_rows(xn, top, b.add(top, I64(2)))
                 with k.loop(I64(0), I64(nblk), "blk") as blk:
-                    co0 = b.mul(blk, I64(R))
-                    wb = b.gep(wt, [b.mul(co0, I64(spec.cin * taps))])
-                    inits = [k.splat(b.load(b.gep(bias, [b.add(co0, I64(r))])))
-                             if spec.has_bias else zero for r in range(R)]
+                    co0, wb, inits = block(blk)
                     conv_row(oh, xn, wb, inits, store_row)
                     pool_row(oh, b.gep(out, [b.mul(b.add(b.mul(n, I64(spec.cout)), co0),
                                                    I64(pho * pwo))]), p0, p1)
