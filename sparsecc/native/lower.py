@@ -280,6 +280,7 @@ class Buffer:
     first: int  # op index of the first write
     last: int  # op index of the last use
     offset: tuple[int, int] = (0, 0)  # (a, b): arena byte offset a*N + b
+    lead: int = 0  # bytes of slack the buffer holds before the tensor (within nbytes)
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,14 @@ class Lowering:
         self.pk_on = False
         self.guard: list = []
         self.pk_aware: set[int] = set()
+        # PACK_MASKED: op index -> whether its packed variant is one (_pkm); the packed
+        # tensors such a conv reads in place, whose buffers get a line of slack before them
+        # (the kernel's first reads) and two after (Buffer.lead)
+        self._pkm_memo: dict[int, bool] = {}
+        self.pk_slack: set[str] = set()
+        # the packed phase planes such a stride-2 conv made of its x: x -> the temporary (a
+        # stride-2 1x1 conv of the same x reads their even / even plane: _shifted_direct_pk)
+        self.pkm_x: dict[str, str] = {}
         # tensors held band-major (native.bands.band_layout): root -> rows a band
         self.band_major = band_major or {}
         # the op the whole-batch tail starts at (lower_program's second pass), else None
@@ -937,16 +946,19 @@ class Lowering:
             nbytes = numel(self.shape(r)) * np.dtype(spec.dtype).itemsize
             if r in self.cs:
                 nbytes = numel(self.shape(r)[:2]) * self.cs[r] * 4
+            lead = 0
             if r in self.pk:  # packed: N rounded up to a block (a bound affine in N)
                 c, h, w = (d.value for d in self.shape(r)[1:])
                 nbytes = nbytes + (PACK_B - 1) * c * h * w * 4
+                if r in self.pk_slack:  # (a masked conv's reads around it: _shifted_pkm)
+                    lead, nbytes = 64, nbytes + 3 * 64
             if r in kn:  # a features x batch hand-over: rows kn_stride(m) apart
                 shape = self.shape(r)
                 nbytes = shape[-1] * kn_stride(numel(shape[:-1])) * 4
             elif r in self.kn_heads:  # (B, H, S, D) held as (H*D, B*S) rows
                 B, H, S, D = self.shape(r)
                 nbytes = H * D * self.kn_heads[r] * 4
-            self.p.buffers[r] = Buffer(r, nbytes, f, last[r])
+            self.p.buffers[r] = Buffer(r, nbytes, f, last[r], lead=lead)
         self.p.arena = _pack(list(self.p.buffers.values()))
         self.p.scratch_per_thread = max((c.scratch for c in self.p.calls), default=0)
 
@@ -2431,7 +2443,7 @@ class Lowering:
         """The op whose rows planes a dense writer of ``name`` writes straight into: the
         only reader of ``name``, when it takes rows planes."""
         j = self._only_reader(name)
-        if j is None or j <= self.i or self.plan.ops[j].inputs[0] != name:
+        if j is None or j <= self.i or self.plan.ops[j].inputs[0] != name or self._pkm(j):
             return None
         g = self._rows_geom(j)
         return j if g is not None and g.stride == 1 else None
@@ -2457,6 +2469,8 @@ class Lowering:
         return label + suffix + f" -> the rows planes of {dop.layer or dop.name}"
 
     def _shifted(self, op: Op, swt, x: str, out: str, bslot: Slot, act) -> str:
+        if self.pk_on and self._pkm(self.i):
+            return self._shifted_pkm(op, swt, x, out, bslot, act)
         rg = self._rows_geom(self.i)
         if rg is not None:
             return self._shifted_rows(op, swt, x, out, bslot, act, rg)
@@ -2682,7 +2696,7 @@ class Lowering:
         phase plane of every sample packed as well (its padding samples' zero), and the
         kernel runs over the blocks, as a packed 1x1 conv."""
         nb, cin, _, _ = self.shape(x)
-        cin_, cout = cin.value, self.shape(out)[1].value
+        cin_ = cin.value
         hw = g.ho * g.wo
         if g.sw not in PH.STRIDES or g.phases != 1 or g.hq * g.wq != hw:
             self._pk_unpack(x, out, self.plan.ops[res[0]].output if res else None)
@@ -2691,6 +2705,16 @@ class Lowering:
         res_slot = None if other is None else T(other)
         span = PACK_B * hw
         blocks = lift(nb).cdiv(PACK_B)
+        shared = self.pkm_x.get(x) if (g.ph, g.pw, g.sh, g.sw) == (0, 0, 2, 2) and \
+            SHARE_PHASE else None
+        if shared is not None and not self._pk(x):
+            # the phase planes a masked 3x3 / 2 conv of x made (_shifted_pkm): x[2i, 2j] is
+            # plane (c, 0, 0) of a block's four a channel, PKM_BASE floats after the slot
+            self.p.buffers[shared].last = self.i
+            offs = (swt.indices.astype(np.int64) * 4 * span + ES.PKM_BASE).astype(np.uint32)
+            return self._pk_grouped(op, swt, T(shared), out, other, res_slot, bslot, act, g,
+                                    blocks, span, offs, 4 * cin_, 0) + \
+                " (the phase planes of the 3x3 conv)"
         # (64 floats of slack: the aligned x loads read up to 16 past a plane)
         planes = self.temp("planes", (nb + PACK_B - 1) * cin_ * hw * 4 + 256)
         # the planes tile-major within a block (PACK_TILE_MAJOR: the kernel's x tile one run
@@ -2710,6 +2734,15 @@ class Lowering:
                 self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, True)), args,
                           PH.items(blocks * PACK_B, cin, 1), float(hw))
         offs = (swt.indices.astype(np.uint32) * 16) if xts else g.offsets(swt.indices, span)
+        return self._pk_grouped(op, swt, T(planes), out, other, res_slot, bslot, act, g,
+                                blocks, span, offs, cin_, xts)
+
+    def _pk_grouped(self, op: Op, swt, xslot: Slot, out: str, other: str | None, res_slot,
+                    bslot: Slot, act, g, blocks, span: int, offs: np.ndarray, rows: int,
+                    xts: int) -> str:
+        """_shifted_direct_pk's kernel call: over the blocks, x ``rows`` planes of ``span``
+        floats (tile-major: ``xts``), out and the residual packed."""
+        cout = self.shape(out)[1].value
         tile = LK.spmm_tile(span, self.vw, swt.block_rows)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
                                           tile)
@@ -2719,12 +2752,107 @@ class Lowering:
             spec = replace(spec, residual=True)
         spec, ors = self._pk_out_strides(spec, out, other, span, xts)
         with self._packed(), self._tm_aware(out, other):
-            label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), n=blocks,
-                              L=span, xrs=1, ors=ors, xns=cin_ * span, ons=cout * span,
-                              indices=offs, x_rows=cin_, reach=g.reach,
+            label = self.spmm(op, swt, spec, True, bslot, xslot, T(out), n=blocks,
+                              L=span, xrs=1, ors=ors, xns=rows * span, ons=cout * span,
+                              indices=offs, x_rows=rows, reach=g.reach,
                               panel_of=swt.indices if xts else offs // span, xalign=True,
-                              res=res_slot, whole=True, panels=self._panels(cin_, span))
+                              res=res_slot, whole=True, panels=self._panels(rows, span))
         return label + (" + residual add" if res_slot is not None else "")
+
+    def _pkm(self, j: int) -> bool:
+        """Whether op j's packed variant is a PACK_MASKED conv (Lowering._shifted_pkm): a
+        sparse 3x3 conv, padding 1, stride 1 over a packed x or stride 2 over x's phase
+        planes (x's maps twice its output's), its output packed, the grouped kernel taking
+        it (AVX-512). Both variants of the op before it then leave it no planes."""
+        if j in self._pkm_memo:
+            return self._pkm_memo[j]
+        op, plan = self.plan.ops[j], self.plan
+        ok = False
+        if PACK_MASKED and self.pk and self.vw == 16 and op.kind == "conv2d" and \
+                plan.storage_root(op.output) in self.pk and int(op.attrs["groups"]) == 1 and \
+                SP.is_sparse(op.attrs.get("fmt")) and \
+                tuple(int(v) for v in op.attrs["kernel"]) == (3, 3) and \
+                tuple(int(v) for v in op.attrs["padding"]) == (1, 1) and \
+                tuple(int(v) for v in op.attrs.get("dilation", (1, 1))) == (1, 1):
+            x = op.inputs[0]
+            xs, os_ = self.example(x), self.example(op.output)
+            s = tuple(int(v) for v in op.attrs["stride"])
+            ho, wo = int(os_[2]), int(os_[3])
+            geom = (s == (1, 1) and plan.storage_root(x) in self.pk) or \
+                (s == (2, 2) and (int(xs[2]), int(xs[3])) == (2 * ho, 2 * wo))
+            if geom and wo >= 3 and ho >= 2 and int(xs[1]) > 4 and \
+                    self._dtype(x) == "float32" and \
+                    SP.conv_method(op, xs, os_) == "shifted":
+                params = {r: plan.constants[k] for r, k in op.params.items()}
+                sw = SP.sparse_weight(op, params)
+                ok = sw.family == "spmm" and \
+                    self._grouped(op, sw, PACK_B * ho * wo) == "always"
+        self._pkm_memo[j] = ok
+        return ok
+
+    def _shifted_pkm(self, op: Op, swt, x: str, out: str, bslot: Slot, act) -> str:
+        """A 3x3 conv (padding 1) in the packed variant over the packed maps themselves
+        (PACK_MASKED): one grouped call over the blocks, a tile 16 positions of a block's
+        samples, tap (dy, dx) at a fixed offset from the tile in its plane, ry x W + rx
+        (ry, rx in -1..1), its lanes off the map masked (KernelSpec.edge_h). Stride 1 reads
+        x as it is (x's address PKM_BASE floats early, a buffer with a line of slack before
+        it and two after: Lowering.pk_slack); stride 2 reads the four phase planes of x
+        (x's even / odd rows and columns, no padding, each an H/2 x W/2 map) that a packed
+        phase pass writes, tap dy 0 reading the odd rows' plane one row up. The residual
+        add and the activation are fused; out is written where it lies (tile-major too)."""
+        nb, cin, _, w = self.shape(x)
+        cin_, cout = cin.value, self.shape(out)[1].value
+        g = SP.Shift.of(op, self.example(out))
+        ho, wo = g.ho, g.wo
+        span = PACK_B * ho * wo
+        blocks = lift(nb).cdiv(PACK_B)
+        res = None if SP.bakes(op, swt.family) and not self._grouped(op, swt, span) else \
+            self._residual(op, act)
+        out, other, act = self._fuse_residual(res, out, act)
+        self._pk_need(out, other)
+        res_slot = None if other is None else T(other)
+        col = swt.indices.astype(np.int64)
+        c, r = np.divmod(col, 9)
+        dy, dx = np.divmod(r, 3)
+        base = ES.PKM_BASE
+        if g.sh == 1:
+            self._pk_need(x)
+            self.pk_slack.add(self.plan.storage_root(x))
+            planes, rows = x, cin_
+            offs = base + c * span + (dy - 1) * wo + (dx - 1)
+        else:
+            # the phase planes, packed: plane (c, py, px) of block b at (b x C x 4 + c x 4 +
+            # py x 2 + px) x span, sample s of the block s x H/2 x W/2 floats in; a line of
+            # slack before them (the kernel's first reads) and two after
+            rows = 4 * cin_
+            planes = self.temp("pkm_planes", (nb + PACK_B - 1) * rows * ho * wo * 4 + 3 * 64)
+            pys = self.derived("pys", np.arange(2, dtype=np.int64))
+            args = [T(x), T(planes, 16), I(nb), I(cin_), I(2 * ho), I(2 * wo), I(0), I(0),
+                    I(2), I(2), pys, I(2), pys, I(2), I(ho), I(wo), I(rows * span),
+                    I(span)] + self._phase_io(x, nb)[:3] + [I(PACK_B), I(ho * wo), I(nb)]
+            with self._packed():
+                self.call(self.ir_kernel(PH.PhaseSpec(self.vw, 2, True)), args,
+                          PH.items(blocks * PACK_B, cin, 2), float(2 * ho * wo))
+            self.pkm_x[x] = planes
+            # dy 0: the odd rows one up; 1: the even rows; 2: the odd rows (dx alike)
+            py, ry = np.where(dy == 1, 0, 1), np.where(dy == 0, -1, 0)
+            px, rx = np.where(dx == 1, 0, 1), np.where(dx == 0, -1, 0)
+            offs = base + (c * 4 + py * 2 + px) * span + ry * wo + rx
+        offs = offs.astype(np.uint32)
+        spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32, 1)
+        if tail:
+            self._pk_unpack(out)
+        spec = replace(spec, edge=wo, edge_h=ho, residual=res_slot is not None)
+        spec, ors = self._pk_out_strides(spec, out, other, span, 0)
+        xslot = T(planes, 16 - base) if g.sh == 2 else T(planes, -base)
+        with self._packed(), self._tm_aware(out, other):
+            label = self.spmm(op, swt, spec, True, bslot, xslot, T(out), n=blocks, L=span,
+                              xrs=1, ors=ors, xns=rows * span, ons=cout * span, indices=offs,
+                              x_rows=rows, reach=2 * wo + 2, panel_of=offs // span,
+                              xalign=True, res=res_slot, whole=True,
+                              panels=self._panels(rows, span) if PKM_PANELS else 0)
+        return label + " over the packed maps, taps masked" + \
+            (" + residual add" if res_slot is not None else "")
 
     def _phase_args(self, x: str, planes: str, g, per_sample: int) -> list[Slot]:
         """The phase pass's first arguments (phase.py's kernels, k_phase): x, the planes
@@ -2966,7 +3094,7 @@ class Lowering:
         when the planes are up to SHIFT_WIDEN columns wider than g's rows (and at most a
         quarter), which g may be widened to (3x3 stride 1 after 3x3 stride 2)."""
         j = self._only_reader(name)
-        if j is None or not env_planes() or self._rows_geom(j) is not None:
+        if j is None or not env_planes() or self._rows_geom(j) is not None or self._pkm(j):
             return None
         op = self.plan.ops[j]
         if op.kind != "conv2d" or op.inputs[0] != name or int(op.attrs["groups"]) != 1 or \
@@ -3241,6 +3369,14 @@ PACK = True
 PACK_B = 16
 PACK_MAPS = 64
 PACK_PANEL_BYTES = 1 << 20
+# The packed tail's 3x3 convs (padding 1; stride 1 over a packed x, stride 2 over packed phase
+# planes of x) as one grouped call over the packed maps themselves, with no padding: a tap
+# that would read off a map's edge is masked off per lane (KernelSpec.edge_h), so the FMAs
+# cover the 49 positions of a 7 x 7 map and nothing else (NCHW's wide rows compute 64 lanes a
+# sample), no crop or phase pass runs at stride 1, and the residual add is fused
+# (Lowering._shifted_pkm). Off: those convs read per-sample planes and crop into the layout.
+PACK_MASKED = True
+PKM_PANELS = False  # (True: a block's tiles in panels, as the 1x1 convs; else column blocks)
 
 
 def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> None:

@@ -698,8 +698,9 @@ def _emit_part(mod, prog: Program, kernels, pfor, team, weight_offsets, name: st
             k = len(copy_outs) + out_bases.index(root)
             v = b.ptrtoint(b.load(b.gep(outs, [I64(k)], inbounds=True)), I64)
         else:
-            oa, ob = prog.buffers[root].offset
-            v = addr(arena, ev(N * oa + ob))
+            buf = prog.buffers[root]
+            oa, ob = buf.offset
+            v = addr(arena, ev(N * oa + ob + buf.lead))
         bases[root] = v
         return v
 

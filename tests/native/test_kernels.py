@@ -920,8 +920,9 @@ class _DownBottleneck(torch.nn.Module):
         return torch.relu(y + (x if self.ds is None else self.ds(x)))
 
 
-@pytest.mark.parametrize("tile_major", [True, False])
-def test_packed_tail(seed, monkeypatch, tile_major):
+@pytest.mark.parametrize("tile_major,masked", [(True, True), (True, False), (False, True),
+                                               (False, False)])
+def test_packed_tail(seed, monkeypatch, tile_major, masked):
     """The whole-batch tail's 7 x 7 maps with the batch packed into the positions
     (lower.PACK): bottlenecks' 1x1 convs and the downsample over blocks of 16 samples (a
     block's tiles in panels of a few each), the
@@ -936,7 +937,9 @@ def test_packed_tail(seed, monkeypatch, tile_major):
     the 3x3 convs' outputs, which the crop writes so, k_crop_pktm; the downsample's plane
     of x, which k_gather_pktm gathers in place of the phase pass); the others (the phase
     passes' inputs, the global mean's) stay packed; bit for bit what the packed layout
-    gives."""
+    gives. With PACK_MASKED the 3x3 convs run over the packed maps, their taps masked at the
+    maps' edges (no crop; 4.b over packed phase planes of x, 5.b over x itself with the
+    residual-free output read by 5.c), and their inputs stay packed, not tile-major."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),  # 25 KB a sample
@@ -950,6 +953,7 @@ def test_packed_tail(seed, monkeypatch, tile_major):
     # panels of 2-4 tiles (ResNet-50's layer4: 4-7 panels of 8-32 tiles)
     monkeypatch.setattr(lower, "PACK_PANEL_BYTES", 4096)
     monkeypatch.setattr(lower, "PACK_TILE_MAJOR", tile_major)
+    monkeypatch.setattr(lower, "PACK_MASKED", masked)
     cm = _native_csr(model, torch.randn(1, 3, 28, 28))
     prog = cm.native.lib.program
     assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
@@ -960,7 +964,17 @@ def test_packed_tail(seed, monkeypatch, tile_major):
         kernels = {c.kernel for c in prog.calls}
         writers = {op.output: op.layer for op in prog.plan.ops}
         tm = {writers.get(n, n) for n in prog.pk_tile_major}
-        if tile_major:
+        if masked:
+            assert {"4.b", "5.b"} <= {k for k, v in labels.items() if "taps masked" in v}, \
+                labels
+            assert "phase_v16_s2_pk" in kernels, kernels  # (4.b's phase planes of x)
+        if masked and tile_major:
+            # the 3x3 convs write their outputs tile-major; 5.a's (5.b's x) stays packed
+            assert {"4.c", "4.b", "5.b"} <= tm and not tm & {"4.a", "5.a", "5.c"}, tm
+            assert not kernels & {"k_crop_pktm", "k_crop_pk"}, kernels  # (packed crops)
+        elif masked:
+            assert not tm, tm
+        elif tile_major:
             # 4.c: the downsample's residual; 4.b / 5.b: the 3x3 convs' (crops') outputs,
             # read by 4.c / 5.c; 4.ds: the block's output (written with the add), read by
             # 5.a and as 5.c's residual; not 4.a / 5.a's outputs (phase passes read them)
@@ -980,6 +994,66 @@ def test_packed_tail(seed, monkeypatch, tile_major):
         for batch in (16, 13):
             x = torch.randn(batch, 3, 28, 28)
             np.testing.assert_array_equal(cm(x), plain(x))
+
+
+class _DownBasic(torch.nn.Module):
+    """ResNet-18's block: 3x3 (stride s) -> 3x3, + the input or a 1x1 stride-s downsample."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.a = torch.nn.Conv2d(cin, cout, 3, stride, 1)
+        self.b = torch.nn.Conv2d(cout, cout, 3, 1, 1)
+        self.ds = torch.nn.Conv2d(cin, cout, 1, stride) if stride > 1 else None
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        return torch.relu(y + (x if self.ds is None else self.ds(x)))
+
+
+@pytest.mark.parametrize("hw", [(28, 20), (24, 24)])
+def test_packed_masked_basic_blocks(seed, monkeypatch, hw):
+    """ResNet-18's tail packed (PACK_MASKED): basic blocks over maps of 7 x 5 and 6 x 6
+    positions (not square; H and W told apart), each 3x3 conv one grouped call over the
+    packed maps with the taps off a map's edge masked per lane, the stride-2 conv over packed
+    phase planes of x that the downsample reads too (no pass of its own), the residual adds
+    fused. Against torch at batches 16, 13 (a part block), 19 and 1 (plain), after junk; a
+    NaN in one sample's input reaches no other sample (a masked tap reads a neighbour's
+    floats and must not add them); the same values as with PACK_MASKED off."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(),  # 14 x 10 / 12 x 12
+        _DownBasic(16, 24, 2), _DownBasic(24, 24, 1),  # 7 x 5 / 6 x 6
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    from sparsecc.native import lower
+
+    _prune_convs(model)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "14K")
+    shape = (3, *hw)
+    cm = _native_csr(model, torch.randn(1, *shape))
+    prog = cm.native.lib.program
+    assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+    if jit.host().vector_width == 16:
+        labels = {prog.plan.ops[i].layer: v for i, v in cm.native.lib.labels.items()}
+        masked = {k for k, v in labels.items() if "taps masked" in v}
+        assert {"4.a", "4.b", "5.a", "5.b"} <= masked, labels
+        assert "phase planes of the 3x3 conv" in labels["4.ds"], labels
+        ds = {c.kernel for c in prog.calls if prog.plan.ops[c.op].layer == "4.ds"}
+        assert not ds & {"k_gather_pktm", "phase_v16_s2_pk"}, ds
+    _matches_after_junk(cm, model, shape, (16, 13, 19, 1), junk=14)
+    x = torch.randn(16, *shape)
+    x[5, 1, 3, 4] = float("nan")
+    got = cm(x)
+    with torch.no_grad():
+        want = model(x)
+    assert torch.isnan(torch.as_tensor(got[5])).any()
+    keep = [n for n in range(16) if n != 5]
+    assert_matches(got[keep], want[keep])
+    monkeypatch.setattr(lower, "PACK_MASKED", False)
+    plain = _native_csr(model, torch.randn(1, *shape))
+    for batch in (16, 13):
+        x = torch.randn(batch, *shape)
+        np.testing.assert_allclose(cm(x), plain(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("c,hw,act,force", [(8, 9, "relu", "csr"), (16, 20, "none", "csr"),

@@ -102,6 +102,13 @@ class KernelSpec:
     # mod W (dx -1 / +1) are masked off in the lanes at a row's first / last column (masks
     # per tile from the driver, k6 / k7)
     edge: int = 0
+    # grouped, with ``edge`` (W): the packed tail's masked taps (native.lower's PACK_MASKED
+    # 3x3 convs over (N / 16, C, 16 x H x W) maps with no padding). Column offsets are
+    # PKM_BASE + plane x span + ry x W + rx (ry, rx in -1..1: emit_specialized.pkm_tap);
+    # rx -1 / +1 mask the FMAs off a row's first / last column (k6 / k7), ry -1 / +1 zero
+    # x's lanes on a map's first / last row (k2 / k3), the masks per tile from the driver.
+    # This is H (0: rows planes, where zero rows stand for ry)
+    edge_h: int = 0
     # grouped, with a residual: its channels (rows) this many floats apart, baked in (0: at
     # out's offsets); a band-major residual of an NCHW sum or the reverse (native.bands)
     res_rs: int = 0
@@ -143,6 +150,8 @@ class KernelSpec:
             parts.append("xa")
         if self.edge:
             parts.append(f"e{self.edge}")
+        if self.edge_h:
+            parts.append(f"eh{self.edge_h}")
         if self.res_rs:
             parts.append(f"rr{self.res_rs}")
         if self.panels:
@@ -357,11 +366,16 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
         if spec.edge:  # lanes off a row's first / last column: bits 0-15 / 16-31
             pos = b.add(_splat_i64_val(b, spec.vw, j0), lanes)
             col = b.srem(pos, _const_i64_vec(spec.vw, spec.edge))
-            bits = []
-            for c in (0, spec.edge - 1):
-                live = b.icmp_signed("!=", col, _const_i64_vec(spec.vw, c))
-                bits.append(b.zext(b.bitcast(live, ir.IntType(spec.vw)), I64))
-            k.edge_masks = b.or_(bits[0], b.shl(bits[1], I64(16)))
+            tests = [(col, 0), (col, spec.edge - 1)]
+            if spec.edge_h:  # (packed masked taps) and off a map's first / last row: 32-63
+                q = b.srem(pos, _const_i64_vec(spec.vw, spec.edge * spec.edge_h))
+                row = b.sdiv(q, _const_i64_vec(spec.vw, spec.edge))
+                tests += [(row, 0), (row, spec.edge_h - 1)]
+            k.edge_masks = I64(0)
+            for at, (v, c) in enumerate(tests):
+                live = b.icmp_signed("!=", v, _const_i64_vec(spec.vw, c))
+                bits = b.zext(b.bitcast(live, ir.IntType(spec.vw)), I64)
+                k.edge_masks = b.or_(k.edge_masks, b.shl(bits, I64(16 * at)))
         full = b.icmp_signed("<=", b.add(j0, I64(width)), L)
         with b.if_else(full) as (then, other):
             with then:

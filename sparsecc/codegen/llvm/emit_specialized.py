@@ -26,6 +26,21 @@ X_WINDOW = True
 # the plane stride ps a multiple of W, so (offset - ROWS_BASE) mod W is the tap's dx (0: the
 # left neighbour, 2: the right one)
 ROWS_BASE = 15
+# Packed masked taps (KernelSpec.edge_h): column offsets are PKM_BASE + plane * span + ry * W
+# + rx, x's address passed PKM_BASE floats before the tensor (a whole line: the centre tap's
+# vector is an aligned one)
+PKM_BASE = 16
+
+
+def pkm_tap(col: int, span: int, w: int) -> tuple[int, int]:
+    """(ry, rx), each in -1..1, of a packed masked tap's column offset (KernelSpec.edge_h):
+    the offset less PKM_BASE taken mod the plane's ``span`` floats into -span/2..span/2,
+    then split into rows of ``w``."""
+    d = (col - PKM_BASE) % span
+    if d > span // 2:
+        d -= span
+    ry = (d + w + 1) // w - 1
+    return ry, d - ry * w
 
 
 def _ty(lanes: int) -> str:
@@ -205,15 +220,23 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     if spec.residual:
         emit_("mov r11, qword ptr [rsp + 8]")
     edge = {}  # column offset -> the mask of its FMAs (rows planes: dx -1 / +1)
+    zrow = {}  # column offset -> the mask zeroing its x lanes (packed masked taps: ry)
     if spec.edge:
-        if spec.edge < 3 or nv != 1:
+        if spec.edge < 3 or nv != 1 or spec.edge_h and (spec.edge_h < 2 or spec.xts or part):
             raise ValueError("rows planes need maps 3 wide or more and one piece a tile")
         emit_(f"mov rax, qword ptr [rsp + {16 if spec.residual else 8}]")
-        emit_("kmovw k6, eax")
-        emit_("shr rax, 16")
-        emit_("kmovw k7, eax")
+        for at, kreg in enumerate(("k6", "k7", "k2", "k3")[:4 if spec.edge_h else 2]):
+            if at:
+                emit_("shr rax, 16")
+            emit_(f"kmovw {kreg}, eax")
         for col in set(int(c) for c in ix):
-            dx = (col - ROWS_BASE) % spec.edge
+            if spec.edge_h:
+                ry, dx = pkm_tap(col, spec.span, spec.edge)
+                dx += 1
+                if ry:
+                    zrow[col] = "k2" if ry < 0 else "k3"
+            else:
+                dx = (col - ROWS_BASE) % spec.edge
             if dx in (0, 2):
                 edge[col] = " {k6}" if dx == 0 else " {k7}"
 
@@ -290,8 +313,9 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                 cols.setdefault(int(ix[p]), []).append(i)
         pair: dict[int, int] = {}  # aligned float offset -> the register holding it
         for col in sorted(cols):
+            zk = zrow.get(col)
             if aligned:
-                xv = [_aligned_x(emit_, col + pcs[0][0], xr, pair, xref)]
+                xv = [_aligned_x(emit_, col + pcs[0][0], xr, pair, xref, zk)]
             else:
                 xv = [f"{reg}{xr + v}" for v in range(nv)]
                 for v, (first_f, _, _) in enumerate(pcs):
@@ -301,7 +325,10 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                         if v == 0:
                             emit_(f"imul r10, r8, {col}")
                         at = f"rsi + r10 + {4 * first_f}"
-                    vload(xv[v], v, at)
+                    if zk is None:
+                        vload(xv[v], v, at)
+                    else:  # (edge_h: one full piece, AVX-512)
+                        emit_(f"vmovups {xv[v]} {{{zk}}} {{z}}, {vptr} ptr [{at}]")
             for i in sorted(cols[col]):
                 if window is None or not -reach <= 4 * q - window <= reach - 4:
                     window = 4 * q + reach
@@ -356,7 +383,8 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
     return out
 
 
-def _aligned_x(emit_, off: int, xr: int, pair: dict[int, int], xref=None) -> str:
+def _aligned_x(emit_, off: int, xr: int, pair: dict[int, int], xref=None,
+               zk: str | None = None) -> str:
     """The register holding x's 16 floats from ``off`` (floats past the tile's start, which
     is on a cache line when x is). The aligned vectors at a = off - off % 16 and, off the line,
     a + 16 sit in zmm{xr+1} / zmm{xr+2} (``pair``: offset -> register), loaded only when the
@@ -364,7 +392,8 @@ def _aligned_x(emit_, off: int, xr: int, pair: dict[int, int], xref=None) -> str
     0, 1, 2 share them, and the window slides along a row); ``valignd`` then shifts the
     vector out of them into zmm{xr}. Reads up to a + 32: at most 15 floats past what the
     unaligned load it replaces read, never before the tile. The loads are unaligned ones, so
-    an x that is not on a cache line is slower, not wrong."""
+    an x that is not on a cache line is slower, not wrong. ``zk``: a mask register whose
+    clear lanes come out zero (in zmm{xr}; the pair stays as it was)."""
     a, m = off - off % 16, off % 16
     want = [a, a + 16] if m else [a]
     keep = {o: r for o, r in pair.items() if o in want}
@@ -376,9 +405,13 @@ def _aligned_x(emit_, off: int, xr: int, pair: dict[int, int], xref=None) -> str
             emit_(f"vmovups zmm{keep[o]}, zmmword ptr [{at}]")
     pair.clear()
     pair.update(keep)
+    z = f" {{{zk}}} {{z}}" if zk else ""
     if not m:
-        return f"zmm{pair[a]}"
-    emit_(f"valignd zmm{xr}, zmm{pair[a + 16]}, zmm{pair[a]}, {m}")
+        if not zk:
+            return f"zmm{pair[a]}"
+        emit_(f"vmovaps zmm{xr}{z}, zmm{pair[a]}")
+        return f"zmm{xr}"
+    emit_(f"valignd zmm{xr}{z}, zmm{pair[a + 16]}, zmm{pair[a]}, {m}")
     return f"zmm{xr}"
 
 
