@@ -767,6 +767,11 @@ class Lowering:
         finally:
             self.guard = []
         after = state()
+        # (planes the plain variant left for a PACK_MASKED conv: its plain variant reads
+        # them, its packed one runs over the packed maps)
+        for j in set(after[0]) - set(before[0]) - set(after_pk[0]):
+            if self._pkm(j):
+                after[0].pop(j)
         grew = any(set(a) - set(b) for k, (a, b) in enumerate(zip(after, before)) if k != 2)
         if grew or [set(d) for d in after] != [set(d) for d in after_pk] or \
                 after[2] != after_pk[2]:
@@ -2470,6 +2475,9 @@ class Lowering:
 
     def _shifted(self, op: Op, swt, x: str, out: str, bslot: Slot, act) -> str:
         if self.pk_on and self._pkm(self.i):
+            # (planes the plain variant of the conv before wrote are for this one's plain
+            # variant: _dual)
+            self.planes_in.pop(self.i, None)
             return self._shifted_pkm(op, swt, x, out, bslot, act)
         rg = self._rows_geom(self.i)
         if rg is not None:
@@ -3094,7 +3102,8 @@ class Lowering:
         when the planes are up to SHIFT_WIDEN columns wider than g's rows (and at most a
         quarter), which g may be widened to (3x3 stride 1 after 3x3 stride 2)."""
         j = self._only_reader(name)
-        if j is None or not env_planes() or self._rows_geom(j) is not None or self._pkm(j):
+        if j is None or not env_planes() or self._rows_geom(j) is not None or \
+                self.pk_on and self._pkm(j):
             return None
         op = self.plan.ops[j]
         if op.kind != "conv2d" or op.inputs[0] != name or int(op.attrs["groups"]) != 1 or \

@@ -1016,7 +1016,8 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, hw):
     positions (not square; H and W told apart), each 3x3 conv one grouped call over the
     packed maps with the taps off a map's edge masked per lane, the stride-2 conv over packed
     phase planes of x that the downsample reads too (no pass of its own), the residual adds
-    fused. Against torch at batches 16, 13 (a part block), 19 and 1 (plain), after junk; a
+    fused; the plain variants as before (a 3x3 conv writing the next one's padded planes).
+    Against torch at batches 16, 13 (a part block), 19 and 1 (plain), after junk; a
     NaN in one sample's input reaches no other sample (a masked tap reads a neighbour's
     floats and must not add them); the same values as with PACK_MASKED off."""
     torch.manual_seed(seed)
@@ -1038,6 +1039,9 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, hw):
         masked = {k for k, v in labels.items() if "taps masked" in v}
         assert {"4.a", "4.b", "5.a", "5.b"} <= masked, labels
         assert "phase planes of the 3x3 conv" in labels["4.ds"], labels
+        # (the plain variants, at batches 19 and 1, still write the next conv's planes)
+        assert "padded planes of 4.b" in labels["4.a"], labels
+        assert "padded planes of 5.b" in labels["5.a"], labels
         ds = {c.kernel for c in prog.calls if prog.plan.ops[c.op].layer == "4.ds"}
         assert not ds & {"k_gather_pktm", "phase_v16_s2_pk"}, ds
     _matches_after_junk(cm, model, shape, (16, 13, 19, 1), junk=14)
