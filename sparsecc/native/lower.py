@@ -2448,7 +2448,7 @@ class Lowering:
         """The op whose rows planes a dense writer of ``name`` writes straight into: the
         only reader of ``name``, when it takes rows planes."""
         j = self._only_reader(name)
-        if j is None or j <= self.i or self.plan.ops[j].inputs[0] != name or self._pkm(j):
+        if j is None or j <= self.i or self.plan.ops[j].inputs[0] != name:
             return None
         g = self._rows_geom(j)
         return j if g is not None and g.stride == 1 else None
@@ -2771,7 +2771,8 @@ class Lowering:
         """Whether op j's packed variant is a PACK_MASKED conv (Lowering._shifted_pkm): a
         sparse 3x3 conv, padding 1, stride 1 over a packed x or stride 2 over x's phase
         planes (x's maps twice its output's), its output packed, the grouped kernel taking
-        it (AVX-512). Both variants of the op before it then leave it no planes."""
+        it (AVX-512). The packed variant of the conv before it then writes it no planes
+        (the plain variant still may: _dual)."""
         if j in self._pkm_memo:
             return self._pkm_memo[j]
         op, plan = self.plan.ops[j], self.plan
@@ -2808,7 +2809,7 @@ class Lowering:
         (x's even / odd rows and columns, no padding, each an H/2 x W/2 map) that a packed
         phase pass writes, tap dy 0 reading the odd rows' plane one row up. The residual
         add and the activation are fused; out is written where it lies (tile-major too)."""
-        nb, cin, _, w = self.shape(x)
+        nb, cin, _, _ = self.shape(x)
         cin_, cout = cin.value, self.shape(out)[1].value
         g = SP.Shift.of(op, self.example(out))
         ho, wo = g.ho, g.wo

@@ -1011,7 +1011,7 @@ class _DownBasic(torch.nn.Module):
 
 
 @pytest.mark.parametrize("hw", [(28, 20), (24, 24)])
-def test_packed_masked_basic_blocks(seed, monkeypatch, hw):
+def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw):
     """ResNet-18's tail packed (PACK_MASKED): basic blocks over maps of 7 x 5 and 6 x 6
     positions (not square; H and W told apart), each 3x3 conv one grouped call over the
     packed maps with the taps off a map's edge masked per lane, the stride-2 conv over packed
@@ -1019,7 +1019,8 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, hw):
     fused; the plain variants as before (a 3x3 conv writing the next one's padded planes).
     Against torch at batches 16, 13 (a part block), 19 and 1 (plain), after junk; a
     NaN in one sample's input reaches no other sample (a masked tap reads a neighbour's
-    floats and must not add them); the same values as with PACK_MASKED off."""
+    floats and must not add them); saved, loaded and exported as a C library alike; the same
+    values as with PACK_MASKED off."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),
@@ -1053,6 +1054,16 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, hw):
     assert torch.isnan(torch.as_tensor(got[5])).any()
     keep = [n for n in range(16) if n != 5]
     assert_matches(got[keep], want[keep])
+    if hw == (28, 20):  # saved and loaded (the kernels' spec from the artifact), and as C
+        from tests.native.test_export_c import exported_matches_torch
+
+        path = cm.save(tmp_path / "m.scc")
+        rt = sparsecc.load(path, native=True)
+        assert rt.native is not None, rt.native_status
+        for batch in (16, 13):
+            x = torch.randn(batch, *shape)
+            assert np.array_equal(np.asarray(rt(x)), np.asarray(cm(x)))
+        exported_matches_torch(path, model, shape, (16,), tmp_path)
     monkeypatch.setattr(lower, "PACK_MASKED", False)
     plain = _native_csr(model, torch.randn(1, *shape))
     for batch in (16, 13):

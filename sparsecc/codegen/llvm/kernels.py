@@ -92,7 +92,7 @@ def spec_from_dict(d: dict) -> emit.KernelSpec:
         raise ValueError(f"kernel spec fields {sorted(d)} != {sorted(fields)}")
     vals = dict(d)
     vals["block"] = tuple(int(v) for v in d["block"])
-    for name in ("vw", "tile", "idx_bits", "xrs", "span", "kcols"):
+    for name in ("vw", "tile", "idx_bits", "xrs", "span", "kcols", "edge", "edge_h"):
         vals[name] = int(d[name])
     for name in ("act_a", "act_b"):
         vals[name] = float(d[name])
