@@ -185,6 +185,10 @@ def group_tiles_outer(nnz: int, x_sample_bytes: int) -> bool:
 # over maps of at most KBLOCK_TILES vectors a sample (KBLOCK_TILES_S2 at stride 2: at 28 x 28
 # a stride-2 conv's four phase planes make a block's x ~1 MB a sample, and it ran slower).
 KBLOCK = 576
+# ... in the whole-batch tail (over all the call's samples): ResNet-18 b16's layer3 3x3 convs
+# (256 channels at 14 x 14) 0.76-0.88x the time with two blocks of 128 channels against four
+# of 64, in three same-process runs (bench/op_ab.py), layer4 level (KBLOCK 0 turns both off)
+KBLOCK_TAIL = 1152
 KBLOCK_X_BYTES = 512 << 10
 KBLOCK_TILES = 64
 KBLOCK_TILES_S2 = 16
@@ -2111,7 +2115,8 @@ class Lowering:
         two blocks or more over maps of at most KBLOCK_TILES vectors (KBLOCK_TILES_S2 for a
         strided conv; ``span`` floats a sample); else 0."""
         op = self.plan.ops[self.i]
-        cols = env_kblock(KBLOCK)
+        tail = self.tail_from is not None and self.i >= self.tail_from
+        cols = env_kblock(KBLOCK_TAIL if tail and KBLOCK > 0 else KBLOCK)
         if cols <= 0 or not indices.size:
             return 0
         kernel = op.attrs.get("kernel", (1, 1)) if op.kind == "conv2d" else (1, 1)

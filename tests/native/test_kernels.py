@@ -1010,8 +1010,8 @@ class _DownBasic(torch.nn.Module):
         return torch.relu(y + (x if self.ds is None else self.ds(x)))
 
 
-@pytest.mark.parametrize("hw", [(28, 20), (24, 24)])
-def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw):
+@pytest.mark.parametrize("hw,kblock", [((28, 20), None), ((24, 24), 18)])
+def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock):
     """ResNet-18's tail packed (PACK_MASKED): basic blocks over maps of 7 x 5 and 6 x 6
     positions (not square; H and W told apart), each 3x3 conv one grouped call over the
     packed maps with the taps off a map's edge masked per lane, the stride-2 conv over packed
@@ -1020,7 +1020,8 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw):
     Against torch at batches 16, 13 (a part block), 19 and 1 (plain), after junk; a
     NaN in one sample's input reaches no other sample (a masked tap reads a neighbour's
     floats and must not add them); saved, loaded and exported as a C library alike; the same
-    values as with PACK_MASKED off."""
+    values as with PACK_MASKED off. ``kblock``: the tail's column blocks (KBLOCK_TAIL) of 2
+    channels, so the masked convs run column-blocked too."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),
@@ -1031,6 +1032,8 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw):
 
     _prune_convs(model)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "14K")
+    if kblock:
+        monkeypatch.setattr(lower, "KBLOCK_TAIL", kblock)
     shape = (3, *hw)
     cm = _native_csr(model, torch.randn(1, *shape))
     prog = cm.native.lib.program
@@ -1045,6 +1048,11 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw):
         assert "padded planes of 5.b" in labels["5.a"], labels
         ds = {c.kernel for c in prog.calls if prog.plan.ops[c.op].layer == "4.ds"}
         assert not ds & {"k_gather_pktm", "phase_v16_s2_pk"}, ds
+        masked_kcols = [k.spec.kcols for k in prog.kernels.values()
+                        if k.spec is not None and k.spec.edge_h]
+        # (the stride-1 ones; a stride-2 conv's four planes a channel stay in one block)
+        assert masked_kcols and sum(1 for c in masked_kcols if c) == (3 if kblock else 0), \
+            masked_kcols
     _matches_after_junk(cm, model, shape, (16, 13, 19, 1), junk=14)
     x = torch.randn(16, *shape)
     x[5, 1, 3, 4] = float("nan")
