@@ -2109,8 +2109,9 @@ class Lowering:
 
     def _kcols(self, indices: np.ndarray, span: int) -> int:
         """KernelSpec.kcols of the op's grouped call: blocks of whole input channels (with
-        all their planes: a stride-2 conv has four), KBLOCK columns (channels x taps) or a
-        little more, or two blocks (KBLOCK_HALVES); in index units (a shifted conv's
+        all their planes: a stride-2 conv has four), KBLOCK columns (channels x taps;
+        KBLOCK_TAIL in the whole-batch tail) or a little more, or two blocks (KBLOCK_HALVES);
+        in index units (a shifted conv's
         indices are float offsets, a pointwise one's channel rows). Only when that makes
         two blocks or more over maps of at most KBLOCK_TILES vectors (KBLOCK_TILES_S2 for a
         strided conv; ``span`` floats a sample); else 0."""
