@@ -2111,8 +2111,8 @@ class Lowering:
         """KernelSpec.kcols of the op's grouped call: blocks of whole input channels (with
         all their planes: a stride-2 conv has four), KBLOCK columns (channels x taps;
         KBLOCK_TAIL in the whole-batch tail) or a little more, or two blocks (KBLOCK_HALVES);
-        in index units (a shifted conv's
-        indices are float offsets, a pointwise one's channel rows). Only when that makes
+        in index units (a shifted conv's indices are float offsets, a pointwise one's
+        channel rows). Only when that makes
         two blocks or more over maps of at most KBLOCK_TILES vectors (KBLOCK_TILES_S2 for a
         strided conv; ``span`` floats a sample); else 0."""
         op = self.plan.ops[self.i]
@@ -2726,8 +2726,8 @@ class Lowering:
             # plane (c, 0, 0) of a block's four a channel, PKM_BASE floats after the slot
             self.p.buffers[shared].last = self.i
             offs = (swt.indices.astype(np.int64) * 4 * span + ES.PKM_BASE).astype(np.uint32)
-            return self._pk_grouped(op, swt, T(shared), out, other, res_slot, bslot, act, g,
-                                    blocks, span, offs, 4 * cin_, 0) + \
+            return self._pk_grouped(op, swt, T(shared), out, other, res_slot, bslot, act,
+                                    g.reach, blocks, span, offs, 4 * cin_, 0) + \
                 " (the phase planes of the 3x3 conv)"
         # (64 floats of slack: the aligned x loads read up to 16 past a plane)
         planes = self.temp("planes", (nb + PACK_B - 1) * cin_ * hw * 4 + 256)
@@ -2748,14 +2748,18 @@ class Lowering:
                 self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, True)), args,
                           PH.items(blocks * PACK_B, cin, 1), float(hw))
         offs = (swt.indices.astype(np.uint32) * 16) if xts else g.offsets(swt.indices, span)
-        return self._pk_grouped(op, swt, T(planes), out, other, res_slot, bslot, act, g,
-                                blocks, span, offs, cin_, xts)
+        return self._pk_grouped(op, swt, T(planes), out, other, res_slot, bslot, act,
+                                g.reach, blocks, span, offs, cin_, xts)
 
     def _pk_grouped(self, op: Op, swt, xslot: Slot, out: str, other: str | None, res_slot,
-                    bslot: Slot, act, g, blocks, span: int, offs: np.ndarray, rows: int,
-                    xts: int) -> str:
-        """_shifted_direct_pk's kernel call: over the blocks, x ``rows`` planes of ``span``
-        floats (tile-major: ``xts``), out and the residual packed."""
+                    bslot: Slot, act, reach: int, blocks, span: int, offs: np.ndarray,
+                    rows: int, xts: int, edge: tuple[int, int] | None = None,
+                    panels: int | None = None, note: str = "") -> str:
+        """The packed variant's grouped call of a shifted conv (_shifted_direct_pk,
+        _shifted_pkm): over the blocks, x ``rows`` planes of ``span`` floats (tile-major:
+        ``xts``), out and the residual packed; ``edge`` (W, H): the masked taps
+        (KernelSpec.edge_h); ``panels``: a block's tiles in panels (None: as x's size
+        gives, _panels); ``note``: the label's words before the residual's."""
         cout = self.shape(out)[1].value
         tile = LK.spmm_tile(span, self.vw, swt.block_rows)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
@@ -2764,14 +2768,17 @@ class Lowering:
             self._pk_unpack(out)
         if res_slot is not None:
             spec = replace(spec, residual=True)
+        if edge is not None:
+            spec = replace(spec, edge=edge[0], edge_h=edge[1])
         spec, ors = self._pk_out_strides(spec, out, other, span, xts)
         with self._packed(), self._tm_aware(out, other):
             label = self.spmm(op, swt, spec, True, bslot, xslot, T(out), n=blocks,
                               L=span, xrs=1, ors=ors, xns=rows * span, ons=cout * span,
-                              indices=offs, x_rows=rows, reach=g.reach,
+                              indices=offs, x_rows=rows, reach=reach,
                               panel_of=swt.indices if xts else offs // span, xalign=True,
-                              res=res_slot, whole=True, panels=self._panels(rows, span))
-        return label + (" + residual add" if res_slot is not None else "")
+                              res=res_slot, whole=True,
+                              panels=self._panels(rows, span) if panels is None else panels)
+        return label + note + (" + residual add" if res_slot is not None else "")
 
     def _pkm(self, j: int) -> bool:
         """Whether op j's packed variant is a PACK_MASKED conv (Lowering._shifted_pkm): a
@@ -2816,14 +2823,13 @@ class Lowering:
         phase pass writes, tap dy 0 reading the odd rows' plane one row up. The residual
         add and the activation are fused; out is written where it lies (tile-major too)."""
         nb, cin, _, _ = self.shape(x)
-        cin_, cout = cin.value, self.shape(out)[1].value
+        cin_ = cin.value
         g = SP.Shift.of(op, self.example(out))
         ho, wo = g.ho, g.wo
         span = PACK_B * ho * wo
         blocks = lift(nb).cdiv(PACK_B)
-        res = None if SP.bakes(op, swt.family) and not self._grouped(op, swt, span) else \
-            self._residual(op, act)
-        out, other, act = self._fuse_residual(res, out, act)
+        # (the grouped kernel, which takes a residual: _pkm)
+        out, other, act = self._fuse_residual(self._residual(op, act), out, act)
         self._pk_need(out, other)
         res_slot = None if other is None else T(other)
         col = swt.indices.astype(np.int64)
@@ -2853,21 +2859,10 @@ class Lowering:
             py, ry = np.where(dy == 1, 0, 1), np.where(dy == 0, -1, 0)
             px, rx = np.where(dx == 1, 0, 1), np.where(dx == 0, -1, 0)
             offs = base + (c * 4 + py * 2 + px) * span + ry * wo + rx
-        offs = offs.astype(np.uint32)
-        spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32, 1)
-        if tail:
-            self._pk_unpack(out)
-        spec = replace(spec, edge=wo, edge_h=ho, residual=res_slot is not None)
-        spec, ors = self._pk_out_strides(spec, out, other, span, 0)
         xslot = T(planes, 16 - base) if g.sh == 2 else T(planes, -base)
-        with self._packed(), self._tm_aware(out, other):
-            label = self.spmm(op, swt, spec, True, bslot, xslot, T(out), n=blocks, L=span,
-                              xrs=1, ors=ors, xns=rows * span, ons=cout * span, indices=offs,
-                              x_rows=rows, reach=2 * wo + 2, panel_of=offs // span,
-                              xalign=True, res=res_slot, whole=True,
-                              panels=self._panels(rows, span) if PKM_PANELS else 0)
-        return label + " over the packed maps, taps masked" + \
-            (" + residual add" if res_slot is not None else "")
+        return self._pk_grouped(op, swt, xslot, out, other, res_slot, bslot, act, 2 * wo + 2,
+                                blocks, span, offs.astype(np.uint32), rows, 0, (wo, ho),
+                                None if PKM_PANELS else 0, " over the packed maps, taps masked")
 
     def _phase_args(self, x: str, planes: str, g, per_sample: int) -> list[Slot]:
         """The phase pass's first arguments (phase.py's kernels, k_phase): x, the planes

@@ -929,9 +929,10 @@ def test_packed_tail(seed, monkeypatch, tile_major, masked):
     3x3 convs' phase passes reading and their crops writing that layout, the global mean
     reading it. Against torch at batches 16 and 13 (a part block: its padding samples
     zeroed, after NaN and 3e38 junk left in the arena by a packed call), and 19 and 1 (the
-    plain calls: their blocks would take more vectors). (A basic block's crop with its
-    residual add cannot write the layout: its tensors, and those they meet, stay plain, the
-    lowering's retry; test_strided_pointwise_writes_in_place's tail case.) With
+    plain calls: their blocks would take more vectors). (Without PACK_MASKED a basic block's
+    crop with its residual add cannot write the layout: its tensors, and those they meet,
+    stay plain, the lowering's retry; test_strided_pointwise_writes_in_place's tail case.)
+    With
     PACK_TILE_MAJOR the packed tensors that only grouped 1x1 convs and the crop touch are
     held tile-major within a block (the first block's output, the downsample's residual,
     the 3x3 convs' outputs, which the crop writes so, k_crop_pktm; the downsample's plane
@@ -968,10 +969,10 @@ def test_packed_tail(seed, monkeypatch, tile_major, masked):
             assert {"4.b", "5.b"} <= {k for k, v in labels.items() if "taps masked" in v}, \
                 labels
             assert "phase_v16_s2_pk" in kernels, kernels  # (4.b's phase planes of x)
+            assert not kernels & {"k_crop_pktm", "k_crop_pk"}, kernels  # (packed crops)
         if masked and tile_major:
             # the 3x3 convs write their outputs tile-major; 5.a's (5.b's x) stays packed
             assert {"4.c", "4.b", "5.b"} <= tm and not tm & {"4.a", "5.a", "5.c"}, tm
-            assert not kernels & {"k_crop_pktm", "k_crop_pk"}, kernels  # (packed crops)
         elif masked:
             assert not tm, tm
         elif tile_major:
