@@ -3456,7 +3456,8 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
 SEGMENT_BYTES = 3_000_000
 SEGMENT_NNZ_BYTES = 14
 # the row-by-row kernels' values and indices (8 bytes a nonzero) are data the prefetchers
-# stream, not code: not counted (unmeasured; the tests count them to cut AVX2 heads too)
+# stream, not code: not counted (unmeasured; the tests count them to cut AVX2 heads, where
+# most convs run row-by-row, unspecialised ones too)
 SEGMENT_NNZ_BYTES_GENERIC = 0
 SEGMENT_CROSS_BYTES = 1 << 20
 
@@ -3477,9 +3478,18 @@ def head_segments(p: Program, kn: set[str]) -> None:
     code: dict[int, int] = {}  # op -> bytes its sparse kernel brings in a sample (est.)
     for c in calls[:p.tail]:
         k = p.kernels.get(c.kernel)
-        if k is not None and k.kind == "sparse" and k.pattern is not None:
-            per = SEGMENT_NNZ_BYTES if k.spec.group > 1 else SEGMENT_NNZ_BYTES_GENERIC
-            code[c.op] = max(code.get(c.op, 0), per * int(len(k.pattern.indices)))
+        if k is None or k.kind != "sparse":
+            continue
+        per = SEGMENT_NNZ_BYTES if k.spec.group > 1 else SEGMENT_NNZ_BYTES_GENERIC
+        if per and k.pattern is not None:
+            nnz = len(k.pattern.indices)
+        elif per:  # an unspecialised kernel (shared by layers): the op's own nonzeros
+            op = p.plan.ops[c.op]
+            nnz = SP.sparse_weight(op, {r: p.plan.constants[n]
+                                        for r, n in op.params.items()}).data.size
+        else:
+            continue
+        code[c.op] = max(code.get(c.op, 0), per * int(nnz))
     head = [c.op for c in calls[:p.tail]]
     low_after = head[:]  # the lowest op from each call on
     for ci in range(len(head) - 2, -1, -1):

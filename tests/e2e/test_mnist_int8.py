@@ -4,17 +4,12 @@ int8 (every conv and linear layer, calibrated on 8 training batches): within 0.3
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 
 import sparsecc
 from sparsecc import zoo
-from sparsecc.finetune import finetune
-
-STEPS = 1000
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +47,8 @@ def test_int8_one_shot_50(data):
 
 
 @pytest.mark.slow
-def test_int8_gradual_90(data):
-    base, test, train = data
-    sched = sparsecc.CubicSchedule(0.9, 0.5, end_step=int(STEPS * 0.6), frequency=STEPS // 40)
-    model, _ = finetune(copy.deepcopy(base), *train, STEPS, lr=5e-4, lr_final=5e-5,
-                        pruner_factory=lambda m, opt: sparsecc.Pruner(m, sched, opt))
-    a32, a8 = _both(model, test, train)
+def test_int8_gradual_90(data, gradual_90):
+    _, test, train = data
+    a32, a8 = _both(gradual_90[0], test, train)
     print(f"gradual 90 %: float32 {a32:.4f}, int8 {a8:.4f}")
     assert a32 - a8 <= 0.003

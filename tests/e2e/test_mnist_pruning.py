@@ -48,11 +48,10 @@ def test_one_shot_50(data):
 
 
 @pytest.mark.slow
-def test_gradual_90(data):
-    base, acc0, test, train = data
-    sched = sparsecc.CubicSchedule(0.9, 0.5, end_step=int(STEPS * 0.6), frequency=STEPS // 40)
-    model, seconds = finetune(copy.deepcopy(base), *train, STEPS, lr=5e-4, lr_final=5e-5,
-                              pruner_factory=lambda m, opt: sparsecc.Pruner(m, sched, opt))
+def test_gradual_90(data, gradual_90):
+    """(the fine-tuning: tests/e2e/conftest.py, shared with the int8 test)"""
+    _, acc0, test, _ = data
+    model, seconds = gradual_90
     acc = accuracy(model, *test)
     print(f"dense {acc0:.4f}, gradual 90 %: {acc:.4f} after {STEPS} steps in {seconds:.1f} s")
     assert abs(sparsity_of(model) - 0.9) <= 1e-3

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import sparsecc
+from sparsecc.codegen.llvm import jit
 from sparsecc.native import lower as NL
 from tests.native.test_channel_strides import Bottleneck, _sparse, matches
 
@@ -31,6 +32,11 @@ def _net(hw: int, stride: int) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 10))
 
 
+# the layout is the AVX-512 grouped kernels' (test_avx2_lowers_without_tile_major: AVX2's none)
+_AVX512 = pytest.mark.skipif(jit.host().vector_width != 16, reason="tile-major is AVX-512")
+
+
+@_AVX512
 @pytest.mark.parametrize("hw,stride", [(16, 1), (28, 2), (14, 1), (13, 1)])
 def test_blocks_tile_major(hw, stride, monkeypatch):
     """The blocks' inner maps and the outputs read only by the next block are tile-major
@@ -73,6 +79,7 @@ class _Pooled(nn.Module):
         return self.head(torch.cat([z, nn.functional.max_pool2d(y, 3, 1, 1)], 1))
 
 
+@_AVX512
 def test_other_readers_keep_the_layout_plain(monkeypatch):
     torch.manual_seed(3)
     model = _sparse(_Pooled(), 0.5, 3)
