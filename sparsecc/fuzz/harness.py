@@ -227,13 +227,13 @@ def _seed_cache(cache: Path) -> None:
     AVX2 on a Zen 3). Nothing the fuzzed artifacts hold goes the other way."""
     from sparsecc.codegen.llvm import jit
     from sparsecc.native import module as M
+    from sparsecc.options import env_cache_dir
 
-    name = f"{jit.linked_key(M.kernels_key(), M.kernels_exports(), jit.host())}.o"
-    src = jit.cache_dir() / name
+    src = jit.linked_path(jit.linked_key(M.kernels_key(), M.kernels_exports(), jit.host()))
     if src.is_file():
-        dst = cache / "llvm"
-        dst.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst / name)
+        dst = cache / src.relative_to(env_cache_dir())
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
 
 
 def campaign(seeds: list[Path], cases: int, *, workers: int = 2, seed: int = 0,

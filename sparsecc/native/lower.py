@@ -3481,14 +3481,14 @@ def head_segments(p: Program, kn: set[str]) -> None:
         if k is None or k.kind != "sparse":
             continue
         per = SEGMENT_NNZ_BYTES if k.spec.group > 1 else SEGMENT_NNZ_BYTES_GENERIC
-        if per and k.pattern is not None:
+        if not per:
+            continue
+        if k.pattern is not None:
             nnz = len(k.pattern.indices)
-        elif per:  # an unspecialised kernel (shared by layers): the op's own nonzeros
+        else:  # an unspecialised kernel (shared by layers): the op's own nonzeros
             op = p.plan.ops[c.op]
             nnz = SP.sparse_weight(op, {r: p.plan.constants[n]
                                         for r, n in op.params.items()}).data.size
-        else:
-            continue
         code[c.op] = max(code.get(c.op, 0), per * int(nnz))
     head = [c.op for c in calls[:p.tail]]
     low_after = head[:]  # the lowest op from each call on

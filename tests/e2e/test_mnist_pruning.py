@@ -19,8 +19,7 @@ from sparsecc import zoo
 from sparsecc.finetune import accuracy, finetune
 from sparsecc.passes.prune import prunable_layers, sparsity_of
 from sparsecc.pruning.masks import nm_view
-
-STEPS = 1000
+from tests.e2e.conftest import STEPS  # (the gradual 90 % run's; 2:4 takes the same)
 
 
 @pytest.fixture(scope="module")

@@ -150,6 +150,11 @@ def linked_key(key: str, exports: list[str], h: Host | None = None) -> str:
     return hashlib.sha256(f"{h.key}|linked|{','.join(exports)}|{key}".encode()).hexdigest()[:32]
 
 
+def linked_path(ckey: str) -> Path:
+    """Where the disk cache keeps compile_linked's object of cache key ``ckey``."""
+    return cache_dir() / f"{ckey}.o"
+
+
 def compile_linked(key: str, make_texts, exports: list[str], allowed,
                    prebuilt: dict[str, bytes] | None = None) -> tuple[str, bytes]:
     """(cache key, object code) of the IR modules ``make_texts()`` returns, linked into one,
@@ -161,7 +166,7 @@ def compile_linked(key: str, make_texts, exports: list[str], allowed,
     ckey = linked_key(key, exports, h)
     if prebuilt and ckey in prebuilt:
         return ckey, prebuilt[ckey]
-    path = cache_dir() / f"{ckey}.o"
+    path = linked_path(ckey)
     hit = _cached(path)
     if hit is not None:
         return ckey, hit
