@@ -84,6 +84,11 @@ GROUP_ROWS_ALIGNED = 29  # with xalign: x, and the aligned pair it is shifted ou
 # fewer row where the tile's width leaves a part vector (its lane mask in the last register),
 # another where a residual is added to it (a register to load it into).
 GROUP_ROWS_AVX2 = 14
+# The generic AVX2 kernel's column panels over a conv's x (Lowering._spmm_one): bytes of
+# x a panel's slice may take a tile (KernelSpec.tile 8: out's partial sums, rows x 64 floats,
+# and the weights streamed through L1 beside it), at least 8 channels a panel.
+AVX2_PANEL_X_BYTES = 12 * 1024
+AVX2_WIDE = True  # (False: tiles of 4 vectors and L1-sized panels, as before; A/B)
 # With AVX2 the grouped code is ~2 bytes an FMA lane (a broadcast instruction beside each
 # FMA; AVX-512's broadcast inside the FMA ~0.6), so it wins only where the generic kernel's x
 # misses L1 worst and the code is reused over many tiles: maps of at most GROUP_AVX2_SPAN
@@ -2028,6 +2033,13 @@ class Lowering:
             elif spec.group > 1:
                 spec = replace(spec, kcols=self._kcols(indices, spec.span))
             baked = E_.Pattern(sw.indptr, indices)
+        # the generic AVX2 kernel over a conv's positions: tiles of 8 vectors, and column
+        # panels whose x fits what the tile's partial sums and the streamed weights leave of
+        # L1 (AVX2_PANEL_X_BYTES)
+        avx2_conv = AVX2_WIDE and baked is None and self.vw == 8 and \
+            sw.family == "spmm" and op.kind != "linear" and lift(L).is_const()
+        if avx2_conv and spec.tile == 4:
+            spec = replace(spec, tile=LK.wide_tile(lift(L).value, spec.vw))
         sym = self.sparse_kernel(spec, baked)
         L = lift(L)
         ntiles = L.cdiv(spec.vw * spec.tile)
@@ -2064,7 +2076,10 @@ class Lowering:
             tile_floats = spec.tile * spec.vw
             panels = LK.column_panels(panel_of if panel_of is not None else indices, x_rows,
                                       tile_floats, 1.0 + reach / tile_floats,
-                                      out_rows=sw.rows if op.kind == "linear" else None)
+                                      out_rows=sw.rows if op.kind == "linear" or avx2_conv
+                                      else None,
+                                      **(dict(budget=AVX2_PANEL_X_BYTES, least=8)
+                                         if avx2_conv else {}))
             if panels is not None and panels[1] > 1:
                 npanel = panels[1]
                 indptr, idx, data = LK.panelize(indptr, idx, data, panels[0], npanel)

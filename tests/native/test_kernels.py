@@ -761,6 +761,51 @@ def test_grouped_avx2_rule(seed, monkeypatch):
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.parametrize("cin,cout,k,stride,hw,act,residual,tile,panels", [
+    (96, 40, 3, 1, 30, "relu", False, 8, True),   # 960 positions a channel, 4 panels
+    (96, 96, 3, 1, 21, "none", True, 8, True),    # 483: a part tile; residual, panels
+    (200, 24, 1, 1, 13, "clamp", False, 8, True),  # 169: a part tile, 1x1 in panels
+    (16, 16, 1, 1, 14, "relu", True, 4, False),   # 196: 8-vector tiles would waste 1.14x
+    (40, 24, 3, 2, 33, "relu", False, 8, True),   # 4 phases a channel, 17 x 18 positions
+    (8, 70, 3, 1, 11, "relu", False, 4, False),   # 143 positions: 8 vectors waste 1.2x
+])
+def test_generic_avx2_wide_tiles(seed, monkeypatch, cin, cout, k, stride, hw, act, residual,
+                                 tile, panels):
+    """The generic kernel built for an AVX2-only CPU (haswell; its code runs here too) over a
+    conv's positions: tiles of 8 vectors where the last one wastes little
+    (kernels.wide_tile), column panels of lower.AVX2_PANEL_X_BYTES of x, at least 8
+    channels each and 16 nonzeros a row (the partial sums through out between panels): part
+    tiles, a residual, empty rows, bias / no bias, ReLU / clamp / none, against torch at
+    batches 1 and 3 and a NaN reaching exactly the outputs its nonzero weights touch; an
+    all-zero layer too."""
+    from sparsecc.codegen.llvm import kernels as LK
+
+    monkeypatch.setattr(jit, "host", lambda: _HASWELL)
+    monkeypatch.setattr(LK, "MIN_PANEL_ROW_NNZ", 4)  # (panels in the small cases)
+    torch.manual_seed(seed)
+    model = _Block(cin, cout, k, stride, act, residual).eval()
+    with torch.no_grad():
+        w = model.conv.weight
+        w.mul_((torch.rand_like(w) < 0.15).float())
+        w[0, 0] = 1.0
+        w[1] = 0.0
+    cm = _native_csr(model, torch.randn(1, cin, hw, hw))
+    prog = cm.native.lib.program
+    calls = [c for c in prog.calls if prog.kernels[c.kernel].spec is not None and
+             prog.kernels[c.kernel].spec.family == "spmm"]
+    specs = {prog.kernels[c.kernel].spec for c in calls}
+    assert specs and all(s.vw == 8 and s.group == 1 and s.tile == tile for s in specs), specs
+    npanel = [c.args[E.A_NPANEL].expr.value for c in calls]
+    assert (max(npanel) > 1) == panels, npanel
+    _block_matches_torch(cm, model, cin, hw)
+    with torch.no_grad():
+        model.conv.weight.zero_()
+    cm = _native_csr(model, torch.randn(1, cin, hw, hw))
+    x = torch.randn(2, cin, hw, hw)
+    with torch.no_grad():
+        assert_matches(cm(x), model(x))
+
+
 @pytest.mark.skipif(jit.host().vector_width != 16, reason="the grouped kernel is AVX-512")
 @pytest.mark.parametrize("cin,cout,k,stride,hw,residual", [
     (16, 16, 1, 1, 12, True),   # residual

@@ -153,6 +153,20 @@ def spmm_tile(L: int, vw: int, block_rows: int = 1) -> int:
     return 1
 
 
+def wide_tile(L: int, vw: int) -> int:
+    """The generic AVX2 kernel's vectors per work item over L positions: 8 (64 floats: one
+    index and value load for 8 FMAs, and a 3x3 conv's x window per channel 64 + 2 rows
+    wide instead of 32 + 2 rows) where the last tile wastes little, else spmm_tile's."""
+    if vw == 8 and L >= 64 and -(-L // 64) * 64 <= WIDE_TILE_WASTE * (-(-L // 32) * 32):
+        return 8
+    return spmm_tile(L, vw)
+
+
+# How many more lanes 8-vector tiles may compute than 4-vector ones (a 3x3 conv over 14 x 14
+# maps, 224 positions a channel: 256 against 224, 1.14x, ran 1.07x slower with 8).
+WIDE_TILE_WASTE = 1.1
+
+
 # Bytes of L1 a column panel's slice of x may take (of 32-48 KB on current x86 cores).
 PANEL_L1_BYTES = 32 * 1024
 
@@ -172,11 +186,13 @@ def panelize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, panel_of
     return ip, np.ascontiguousarray(indices[order]), np.ascontiguousarray(data[order])
 
 
-def panel_rows(tile_floats: int, footprint_rows: float = 1.0) -> int:
+def panel_rows(tile_floats: int, footprint_rows: float = 1.0, budget: int = 0,
+               least: int = 64) -> int:
     """x rows per column panel so one panel's x slice (rows x tile floats, each row touching
-    ``footprint_rows`` rows' worth of data) fits PANEL_L1_BYTES; at least 64 rows (fewer and
-    the per-panel partial sums cost more than the cache misses they save)."""
-    return max(64, int(PANEL_L1_BYTES // (4 * tile_floats * footprint_rows)))
+    ``footprint_rows`` rows' worth of data) fits ``budget`` bytes (PANEL_L1_BYTES); at least
+    ``least`` rows (fewer and the per-panel partial sums cost more than the cache misses they
+    save)."""
+    return max(least, int((budget or PANEL_L1_BYTES) // (4 * tile_floats * footprint_rows)))
 
 
 # Fewest nonzeros a row should have per panel: each panel of a row loads and stores its
@@ -186,12 +202,13 @@ MIN_PANEL_ROW_NNZ = 16
 
 
 def column_panels(x_row_of_nnz: np.ndarray, x_rows: int, tile_floats: int,
-                  footprint_rows: float = 1.0, out_rows: int | None = None
-                  ) -> tuple[np.ndarray, int] | None:
+                  footprint_rows: float = 1.0, out_rows: int | None = None,
+                  budget: int = 0, least: int = 64) -> tuple[np.ndarray, int] | None:
     """(panel id per nonzero, panel count) for spmm_launch, or None when one panel fits.
     With ``out_rows``, no more panels than leave MIN_PANEL_ROW_NNZ nonzeros per row in each
-    (a sparser layer trades L1 hits for fewer accumulator round trips)."""
-    per = panel_rows(tile_floats, footprint_rows)
+    (a sparser layer trades L1 hits for fewer accumulator round trips). ``budget``,
+    ``least``: as panel_rows."""
+    per = panel_rows(tile_floats, footprint_rows, budget, least)
     if out_rows:
         most = max(1, int(len(x_row_of_nnz) / out_rows / MIN_PANEL_ROW_NNZ))
         per = max(per, -(-x_rows // most))
