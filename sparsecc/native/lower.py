@@ -96,6 +96,10 @@ AVX2_WIDE = True  # (False: tiles of 4 vectors and L1-sized panels, as before; A
 # generic kernel: two calls, one runs). Zen 3, ResNet-18 90 %, per call, grouped / generic
 # time: layer4 (7 x 7) 0.62 at batch 16, 0.73 at 4, 1.0 at 2, 1.2 at 1; layer3 (14 x 14)
 # 0.90 at 16, 1.04 at 4; layer2 (28 x 28) 1.5 at 16.
+# Since the generic kernel's 8-vector tiles (AVX2_WIDE) the 3x3 convs over 7 x 7 maps (63
+# positions a sample, 64 as whole vectors) run that instead: ResNet-18 batch 16, per op,
+# 0.69-0.76x the grouped kernel's time (its 1x1 stride-2 downsample, 49 positions, 1.34x:
+# grouped still).
 GROUP_AVX2_SPAN, GROUP_AVX2_MIN_TILES = 128, 24
 # ... for convs with at least this many vectors of output positions a sample. Its code is ~11
 # bytes a nonzero against the generic kernel's 6 bytes of value and index, and the code comes
@@ -1988,7 +1992,11 @@ class Lowering:
         near = lift(xns).is_const() and 4 * lift(xns).value < 2**31 and \
             4 * (sw.data.size + 256) < 2**31
         # rows in groups, pattern baked in as assembly (emit_specialized._group_asm)
-        mode = self._grouped(op, sw, lift(L).value) if specialise and fixed and near else None
+        wide = lift(L).value if fixed else 0  # (the positions AVX2's generic kernel runs)
+        if self.vw == 8 and whole and WHOLE_TILES:
+            wide = -(-wide // 8) * 8
+        mode = self._grouped(op, sw, lift(L).value, wide) if specialise and fixed and near \
+            else None
         if (mode is not None or self.vw == 8) and whole and WHOLE_TILES and \
                 lift(L).value % self.vw:
             # every tile whole: no second copy of the code for a part tile (AVX2: nor
@@ -2033,11 +2041,14 @@ class Lowering:
             elif spec.group > 1:
                 spec = replace(spec, kcols=self._kcols(indices, spec.span))
             baked = E_.Pattern(sw.indptr, indices)
-        # the generic AVX2 kernel over a conv's positions: tiles of 8 vectors, and column
-        # panels whose x fits what the tile's partial sums and the streamed weights leave of
-        # L1 (AVX2_PANEL_X_BYTES)
+        # the generic AVX2 kernel over a conv's positions in whole vectors: tiles of 5-8
+        # vectors, and column panels whose x fits what the tile's partial sums and the
+        # streamed weights leave of L1 (AVX2_PANEL_X_BYTES). (Not with a part vector:
+        # MobileNetV2's 1x1 convs over 7 x 7 maps 49 floats apart ran 1.5-1.8x slower in one
+        # tile of 7 vectors than grouped, its 14 x 14 ones 1.1-1.2x slower in tiles of 5.)
         avx2_conv = AVX2_WIDE and baked is None and self.vw == 8 and \
-            sw.family == "spmm" and op.kind != "linear" and lift(L).is_const()
+            sw.family == "spmm" and op.kind != "linear" and lift(L).is_const() and \
+            lift(L).value % 8 == 0
         if avx2_conv and spec.tile == 4:
             spec = replace(spec, tile=LK.wide_tile(lift(L).value, spec.vw))
         sym = self.sparse_kernel(spec, baked)
@@ -2157,18 +2168,22 @@ class Lowering:
             nnz >= EXPAND_BLOCK_DENSITY * cout * cin
         return EXPAND_BLOCK if ok else 1
 
-    def _grouped(self, op: Op, sw: SP.SparseWeight, span: int) -> str | None:
+    def _grouped(self, op: Op, sw: SP.SparseWeight, span: int, wide: int = 0) -> str | None:
         """Whether a CSR conv runs the grouped assembly kernel: AVX-512 or AVX2, any
         nonzero, the layer not kept generic (attrs['specialize'] False, or
         SPARSECC_GROUPED=0), and with AVX-512 "always" with at least GROUP_MIN_TILES vectors
         of output positions a sample (each group's code, fetched once a sample, runs for
         every one of them); in the whole-batch tail "batch" with fewer: at batches with that
         many positions in all. With AVX2 "batch" (GROUP_AVX2_MIN_TILES) on maps of at most
-        GROUP_AVX2_SPAN floats, else none."""
+        GROUP_AVX2_SPAN floats, unless the generic kernel runs them (``wide`` positions a
+        sample, whole vectors where the rows have room) in wide tiles of whole vectors; else
+        none."""
         if not (self.vw in (8, 16) and sw.family == "spmm" and sw.data.size > 0 and
                 op.attrs.get("specialize") is not False and env_grouped()):
             return None
         if self.vw == 8:
+            if AVX2_WIDE and wide % 8 == 0 and LK.wide_tile(wide, 8) > 4:
+                return None
             return "batch" if span <= GROUP_AVX2_SPAN else None
         if span >= GROUP_MIN_TILES * self.vw:
             return "always"

@@ -690,6 +690,7 @@ def avx2_grouped(monkeypatch):
     monkeypatch.setattr(jit, "host", lambda: _HASWELL)
     monkeypatch.setattr(lower, "GROUP_AVX2_SPAN", 1 << 30)
     monkeypatch.setattr(lower, "GROUP_AVX2_MIN_TILES", 1)
+    monkeypatch.setattr(lower, "AVX2_WIDE", False)  # (nor the generic kernel's wide tiles)
 
 
 def _grouped_specs(cm) -> list:
@@ -738,23 +739,29 @@ def test_grouped_avx2_convs(seed, avx2_grouped, cin, cout, k, stride, hw, act, r
 
 def test_grouped_avx2_rule(seed, monkeypatch):
     """With AVX2 the grouped kernel runs on small maps only (lower.GROUP_AVX2_SPAN floats a
-    sample) and at batches with GROUP_AVX2_MIN_TILES vectors of positions; below that the
-    generic kernel runs (two calls, one guarded by the batch). A basic block at 7 x 7 takes
-    both, a conv at 28 x 28 neither; against torch at batches 1 (generic) and 6 (grouped)."""
-    from sparsecc.native import lower
-
+    sample) that the generic kernel would not run in wide tiles (kernels.wide_tile: over 32
+    positions in whole vectors), and at batches with GROUP_AVX2_MIN_TILES vectors of
+    positions; below that the generic kernel runs (two calls, one guarded by the batch).
+    The stride-2 conv to 4 x 4 (20 positions a channel) and the basic block there (24) take
+    both; the 3x3 convs at 7 x 7 (63 positions, 64 as whole vectors) and 28 x 28 the generic
+    kernel's wide tiles; against torch at batches 1 (generic) and 6 (grouped)."""
     monkeypatch.setattr(jit, "host", lambda: _HASWELL)
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 32, 3, 1, 1), torch.nn.ReLU(),                 # 28 x 28
-        torch.nn.Conv2d(32, 64, 3, 4, 1), torch.nn.ReLU(), _BasicBlock(64),  # 7 x 7
+        torch.nn.Conv2d(32, 64, 3, 4, 1), torch.nn.ReLU(),                # 7 x 7
+        torch.nn.Conv2d(64, 64, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 64, 3, 2, 1), torch.nn.ReLU(), _BasicBlock(64),  # 4 x 4
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
     _prune_convs(model, keep=0.15)
     cm = _native_csr(model, torch.randn(1, 3, 28, 28))
     specs = _grouped_specs(cm)
-    assert len(specs) >= 2 and all(s.span <= lower.GROUP_AVX2_SPAN for s in specs), specs
+    assert specs and all(s.span <= 56 for s in specs), specs
     labels = [lab for lab in cm.native.lib.labels.values() if "groups of" in lab]
-    assert labels and all("at batch >=" in lab for lab in labels), labels
+    assert len(labels) >= 3 and all("at batch >=" in lab for lab in labels), labels
+    wide = {k.spec.tile for k in cm.native.lib.program.kernels.values()
+            if k.spec is not None and k.spec.family == "spmm" and k.spec.group == 1}
+    assert 7 in wide, wide  # (28 x 30 and 7 x 8 positions: tiles of 7 vectors)
     for batch in (1, 6):
         x = torch.randn(batch, 3, 28, 28)
         with torch.no_grad():
@@ -763,21 +770,25 @@ def test_grouped_avx2_rule(seed, monkeypatch):
 
 @pytest.mark.parametrize("cin,cout,k,stride,hw,act,residual,tile,panels", [
     (96, 40, 3, 1, 30, "relu", False, 8, True),   # 960 positions a channel, 4 panels
-    (96, 96, 3, 1, 21, "none", True, 8, True),    # 483: a part tile; residual, panels
-    (200, 24, 1, 1, 13, "clamp", False, 8, True),  # 169: a part tile, 1x1 in panels
-    (16, 16, 1, 1, 14, "relu", True, 4, False),   # 196: 8-vector tiles would waste 1.14x
+    (96, 96, 3, 1, 21, "none", True, 7, True),    # 483: a part tile; residual, panels
+    (200, 24, 1, 1, 13, "clamp", False, 4, False),  # 169, 169 apart: a part vector, t4
+    (16, 16, 1, 1, 14, "relu", True, 4, False),   # 196, 196 apart: as 169
+    (160, 40, 1, 1, 16, "relu", False, 8, True),  # 256: 1x1 in panels
     (40, 24, 3, 2, 33, "relu", False, 8, True),   # 4 phases a channel, 17 x 18 positions
-    (8, 70, 3, 1, 11, "relu", False, 4, False),   # 143 positions: 8 vectors waste 1.2x
+    (8, 70, 3, 1, 11, "relu", False, 6, False),   # 143 positions: 3 x 48
+    (24, 40, 3, 1, 5, "relu", False, 5, False),   # 35 positions, 40 as whole vectors
+    (48, 48, 1, 1, 12, "none", True, 6, False),   # 144: one tile a sample
 ])
 def test_generic_avx2_wide_tiles(seed, monkeypatch, cin, cout, k, stride, hw, act, residual,
                                  tile, panels):
     """The generic kernel built for an AVX2-only CPU (haswell; its code runs here too) over a
-    conv's positions: tiles of 8 vectors where the last one wastes little
-    (kernels.wide_tile), column panels of lower.AVX2_PANEL_X_BYTES of x, at least 8
-    channels each and 16 nonzeros a row (the partial sums through out between panels): part
-    tiles, a residual, empty rows, bias / no bias, ReLU / clamp / none, against torch at
-    batches 1 and 3 and a NaN reaching exactly the outputs its nonzero weights touch; an
-    all-zero layer too."""
+    conv's positions in whole vectors: tiles of 5-8 vectors, as few lanes past the positions
+    as they can (kernels.wide_tile), column panels of lower.AVX2_PANEL_X_BYTES of x, at
+    least 8 channels each and 16 nonzeros a row (the partial sums through out between
+    panels); maps with a part vector keep the tiles of 4 and panels of before. Part tiles, a
+    residual, empty rows, bias / no bias, ReLU / clamp / none, against torch at batches 1
+    and 3 and a NaN reaching exactly the outputs its nonzero weights touch; an all-zero
+    layer too."""
     from sparsecc.codegen.llvm import kernels as LK
 
     monkeypatch.setattr(jit, "host", lambda: _HASWELL)

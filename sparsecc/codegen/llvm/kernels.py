@@ -154,17 +154,25 @@ def spmm_tile(L: int, vw: int, block_rows: int = 1) -> int:
 
 
 def wide_tile(L: int, vw: int) -> int:
-    """The generic AVX2 kernel's vectors per work item over L positions: 8 (64 floats: one
-    index and value load for 8 FMAs, and a 3x3 conv's x window per channel 64 + 2 rows
-    wide instead of 32 + 2 rows) where the last tile wastes little, else spmm_tile's."""
-    if vw == 8 and L >= 64 and -(-L // 64) * 64 <= WIDE_TILE_WASTE * (-(-L // 32) * 32):
-        return 8
-    return spmm_tile(L, vw)
+    """The generic AVX2 kernel's vectors per work item over L positions: 5-8 (WIDE_TILES;
+    one index and value load for that many FMAs, and a 3x3 conv's x window per channel that
+    many vectors + 2 rows wide instead of 4 + 2 rows), the one whose tiles compute the fewest
+    lanes past L (the larger on a tie; 7 for 14 x 14 maps: 196 or 224 positions, 56 for
+    7 x 7), unless 4-vector tiles would compute fewer; else spmm_tile's."""
+    if vw != 8 or L <= 32:
+        return spmm_tile(L, vw)
+
+    def lanes(t):
+        return -(-L // (8 * t)) * 8 * t
+
+    best = min(WIDE_TILES, key=lambda t: (lanes(t), -t), default=4)
+    return best if lanes(best) <= lanes(4) else spmm_tile(L, vw)
 
 
-# How many more lanes 8-vector tiles may compute than 4-vector ones (a 3x3 conv over 14 x 14
-# maps, 224 positions a channel: 256 against 224, 1.14x, ran 1.07x slower with 8).
-WIDE_TILE_WASTE = 1.1
+# The wide tiles' candidates (vectors a tile; 8 accumulators + the broadcast value fit
+# AVX2's 16 registers). A 3x3 conv over 14 x 14 maps (224 positions a channel) ran 1.07x
+# slower in tiles of 8 (256 lanes) than of 4.
+WIDE_TILES = (8, 7, 6, 5)
 
 
 # Bytes of L1 a column panel's slice of x may take (of 32-48 KB on current x86 cores).
@@ -206,12 +214,15 @@ def column_panels(x_row_of_nnz: np.ndarray, x_rows: int, tile_floats: int,
                   budget: int = 0, least: int = 64) -> tuple[np.ndarray, int] | None:
     """(panel id per nonzero, panel count) for spmm_launch, or None when one panel fits.
     With ``out_rows``, no more panels than leave MIN_PANEL_ROW_NNZ nonzeros per row in each
-    (a sparser layer trades L1 hits for fewer accumulator round trips). ``budget``,
-    ``least``: as panel_rows."""
+    (a sparser layer trades L1 hits for fewer accumulator round trips), but with a
+    ``budget`` at most as many rows as PANEL_L1_BYTES of x hold. ``budget``, ``least``: as
+    panel_rows."""
     per = panel_rows(tile_floats, footprint_rows, budget, least)
     if out_rows:
         most = max(1, int(len(x_row_of_nnz) / out_rows / MIN_PANEL_ROW_NNZ))
         per = max(per, -(-x_rows // most))
+        if budget:  # (but no more rows than PANEL_L1_BYTES of x, at least 64)
+            per = min(per, panel_rows(tile_floats, footprint_rows))
     if x_rows <= per:
         return None
     return (x_row_of_nnz.astype(np.int64) // per, -(-x_rows // per))
