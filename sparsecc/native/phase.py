@@ -54,6 +54,7 @@ from sparsecc.native.vmath import _K
  P_WQ, P_STRIDE, P_PS, P_XCS, P_XB, P_XSS, P_OB, P_OSS, P_NREAL) = range(24)
 STRIDES = (1, 2)  # along x; other strides take the numba kernel
 COPY_ROWS = True  # (_copy_rows)
+PLAIN_INSIDE = True  # (_columns: plain loads and stores inside the rows; A/B)
 
 
 def items(nb, cin, npy):
@@ -201,6 +202,7 @@ def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
     # and the phase's shuffle (even or odd floats) are the same down a column of
     # vectors (a padding row's loads take an empty mask)
     none = ir.Constant(ir.VectorType(ir.IntType(1), vw), [0] * vw)
+    zero = ir.Constant(k.vty, [0.0] * vw)
     with k.loop(I64(0), wq, "j", step=vw) as j:
         keep = k.lanes_lt(j, wq)
         if sw == 1:
@@ -210,19 +212,38 @@ def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
             col = b.sub(b.mul(j, I64(2)), pw)
             cols = (k.lanes_in(col, I64(0), w),
                     k.lanes_in(b.add(col, I64(vw)), I64(0), w))
-        with k.loop(I64(0), npx if sw == 2 else I64(1), "ix") as ix:
-            odd = b.icmp_signed("!=", b.load(b.gep(pxs, [ix])), I64(0)) if sw == 2 \
-                else None
-            oj = b.gep(oc, [b.add(b.mul(ix, ps), j)])
-            with k.loop(I64(0), hq, "i") as i:
-                ih = b.sub(b.add(b.mul(i, sh), py), ph)
-                live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
-                live = b.and_(live, real)
-                xrow = b.gep(xc, [b.add(b.mul(ih, w), col)])  # (a padding row: unread)
-                got = [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
-                       for q, m in enumerate(cols)]
-                v = got[0] if sw == 1 else _split(k, got[0], got[1], odd)
-                k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep)
+        # a column of vectors inside the plane's row and x's: plain loads and stores (AVX2's
+        # masked ones, vmaskmovps, are slow on AMD cores); the plane's edges masked
+        inside = b.and_(b.icmp_signed("<=", b.add(j, I64(vw)), wq),
+                        b.and_(b.icmp_signed(">=", col, I64(0)),
+                               b.icmp_signed("<=", b.add(col, I64(len(cols) * vw)), w)))
+        inside = b.and_(inside, ir.Constant(ir.IntType(1), int(PLAIN_INSIDE)))
+
+        def rows(masked: bool) -> None:
+            with k.loop(I64(0), npx if sw == 2 else I64(1), "ix") as ix:
+                odd = b.icmp_signed("!=", b.load(b.gep(pxs, [ix])), I64(0)) if sw == 2 \
+                    else None
+                oj = b.gep(oc, [b.add(b.mul(ix, ps), j)])
+                with k.loop(I64(0), hq, "i") as i:
+                    ih = b.sub(b.add(b.mul(i, sh), py), ph)
+                    live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
+                    live = b.and_(live, real)
+                    if masked:
+                        xrow = b.gep(xc, [b.add(b.mul(ih, w), col)])  # (padding rows: unread)
+                        got = [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
+                               for q, m in enumerate(cols)]
+                    else:  # (a padding row reads x's first columns, then takes zeros)
+                        xrow = b.gep(xc, [b.select(live, b.add(b.mul(ih, w), col), I64(0))])
+                        got = [b.select(live, k.vload(b.gep(xrow, [I64(q * vw)]), None), zero)
+                               for q in range(len(cols))]
+                    v = got[0] if sw == 1 else _split(k, got[0], got[1], odd)
+                    k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep if masked else None)
+
+        with b.if_else(inside) as (then, other):
+            with then:
+                rows(False)
+            with other:
+                rows(True)
     with k.loop(I64(0), b.select(gaps, npx, I64(0)), "gx") as ix:  # the gap after each plane
         gap = b.gep(oc, [b.mul(ix, ps)])
         with k.loop(plane, ps, "g", step=vw) as j:
