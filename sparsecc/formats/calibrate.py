@@ -27,7 +27,7 @@ import numpy as np
 
 from sparsecc.formats import cost
 
-VERSION = 4
+VERSION = 5
 _LOCK = threading.Lock()
 _busy = threading.local()  # set while measuring: the one-layer compiles must not recurse
 _MEMO: dict = {}  # cache file -> rates read or measured by this process
@@ -179,7 +179,7 @@ def measure(threads: int) -> cost.Rates:
                   for n in (4096, 1024)}
         vw = _vector_width()
         vecs = -(-784 // vw)
-        tiles = -(-vecs // min(4, vecs))
+        tiles = -(-vecs // cost.spmm_vectors(784, vw))
         eqs = []  # per thread: spent = a / vec_fmas + b * row_s
         for cin in (256, 64):
             nnz = sizes[f"conv{cin}"]
@@ -192,7 +192,7 @@ def measure(threads: int) -> cost.Rates:
             inv_rate, row_s = max(y1, 1e-9) / a1, 0.0
         vec_fmas = 1.0 / inv_rate
         vecs64 = -(-64 // vw)
-        tiles64 = -(-vecs64 // min(4, vecs64))
+        tiles64 = -(-vecs64 // min(4, vecs64))  # (BSR: tiles of 4)
         stored = 1024 * 1024
         spent8 = (sec["bsr8"] - launch) * t - (stored * cost.INDEX_NS + 1024 / 8 * row_s) * \
             tiles64

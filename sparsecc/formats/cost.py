@@ -80,7 +80,11 @@ def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int,
         # a few rows (batch 16 through a 4096^2 layer) stream the weights: the roofline's max
         if g.conv_kxk and r_.conv_flops > 0:
             return flops / (r_.conv_flops * t) + LAUNCH_S
-        gemm = max(flops / (r_.dense_flops * t), wbytes / (gemv * t))
+        # (and x in, out back: a 1x1 conv with few input channels over a large map, e.g.
+        # MobileNetV2's 16 -> 96 at 112 x 112, is bound by them; Zen 3, AVX2: 8.0 ms at
+        # batch 16 where the flops alone gave 3.6)
+        moved = g.n * (g.k + g.rows) * g.L * 4 / (COPY_BYTES * t)
+        gemm = max(flops / (r_.dense_flops * t), wbytes / (gemv * t), moved)
         copy = g.n * g.k * g.L * 8 / (COPY_BYTES * t) if g.conv_kxk else 0.0
         return gemm + copy + LAUNCH_S
     if fmt == "csr" and g.L == 1 and not g.conv_kxk:
@@ -90,8 +94,7 @@ def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int,
     shifted = g.conv_kxk and not (fmt.startswith("bsr") and not fmt.endswith("x1"))
     L = g.L * (1.0 + g.shift_waste) if shifted else g.L
     vecs = -(-int(L) // vw)
-    tile = min(4, vecs) or 1
-    tiles = -(-vecs // tile)
+    tiles = -(-vecs // spmm_vectors(int(L), vw))
     rate = r_.vec_fmas
     rows = g.rows  # accumulator sets per tile: rows, or block rows
     if fmt.startswith("bsr"):
@@ -107,6 +110,17 @@ def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int,
         moved = (g.planes + g.rows * L) if shifted else g.k * g.L
         copy = g.n * moved * 8 / (COPY_BYTES * t)
     return fma + index + copy + LAUNCH_S
+
+
+def spmm_vectors(L: int, vw: int) -> int:
+    """Vectors a work item of the generic spmm kernel takes over L positions: the AVX2
+    kernel's wide tiles over whole vectors (codegen.llvm.kernels.wide_tile), else 4."""
+    vecs = -(-L // vw)
+    if vw == 8 and L % 8 == 0:
+        from sparsecc.codegen.llvm.kernels import wide_tile
+
+        return wide_tile(L, vw)
+    return min(4, vecs) or 1
 
 
 def estimate_seconds(kind: str, fmt: str | None, flops: float, nbytes: float) -> float:

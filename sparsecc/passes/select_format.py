@@ -140,6 +140,10 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
     est = {f: cost.estimate(f, g, stored_values(f, w2), nthreads, vw, rates) for f in cands}
     if opts.backend == "numba":  # the numba kernels run every sparse format as CSR, slower
         est = {f: (t if f == "dense" else est["csr"] * 3.0) for f, t in est.items()}
+    if "dense" in est and _expand_inside(plan, op, g, op.attrs["density"]):
+        # sparse, it is computed inside the depthwise conv after it: its output never goes
+        # through memory (dense it is written, then read back)
+        est["dense"] += 2 * g.n * g.rows * g.L * 4 / (cost.COPY_BYTES * nthreads)
     op.attrs["est_us"] = {f: round(t * 1e6, 3) for f, t in est.items()}
     best = min(est, key=est.get)
     if not opts.autotune:
@@ -158,6 +162,28 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
                                         nthreads, host().key if llvm_available() else "numba")
     op.attrs["measured_us"] = {f: round(t * 1e6, 3) for f, t in measured.items()}
     return min(measured, key=measured.get)
+
+
+def _expand_inside(plan: ExecutionPlan, op: Op, g: cost.LayerGeom, dens: float) -> bool:
+    """Whether ``op``, sparse, would be an expand conv the native lowering computes inside
+    the depthwise conv that alone reads its output (native.lower's _expand_reader: a 1x1
+    conv at most EXPAND_MAX_DENSITY dense, or whose output is over EXPAND_BIG_L2 x a core's
+    L2 a sample)."""
+    from sparsecc.native import lower
+
+    a = op.attrs
+    if op.kind != "conv2d" or g.conv_kxk or op.output in plan.outputs:
+        return False
+    readers = [o for o in plan.ops if op.output in o.inputs]
+    if len(readers) != 1 or readers[0].kind != "conv2d" or \
+            readers[0].inputs[0] != op.output or a.get("act", "none") not in \
+            ("none", "relu", "clamp"):
+        return False
+    groups = int(readers[0].attrs.get("groups", 1))
+    if groups != g.rows or groups < 2:
+        return False
+    big = lower.EXPAND_BIG_L2 and 4 * g.rows * g.L > lower.EXPAND_BIG_L2 * cost.l2_bytes()
+    return dens <= lower.EXPAND_MAX_DENSITY or bool(big)
 
 
 class _SpmvBudget:

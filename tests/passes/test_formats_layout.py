@@ -50,6 +50,52 @@ def test_cost_model_ranks_sparsity():
     assert cost.estimate("bsr4x1", g, 50000, 2, 16) < cost.estimate("csr", g, 50000, 2, 16)
 
 
+def test_dense_pointwise_conv_pays_its_activations():
+    """A dense 1x1 conv with few input channels over a large map is bound by moving x in and
+    its output back, not by its flops (MobileNetV2's 16 -> 96 at 112 x 112)."""
+    g = cost.LayerGeom(rows=96, k=16, n=16, L=112 * 112)
+    moved = 16 * (16 + 96) * 112 * 112 * 4 / (cost.COPY_BYTES * 2)
+    flops = 2.0 * 96 * 16 * 16 * 112 * 112 / (cost.DENSE_FLOPS * 2)
+    assert moved > flops
+    assert cost.estimate("dense", g, 96 * 16, 2, 8) >= moved
+    wide = cost.LayerGeom(rows=1024, k=1024, n=1, L=64)  # (a linear layer: its flops)
+    assert cost.estimate("dense", wide, 1024**2, 2, 8) < 2 * 2.0 * 1024**2 * 64 / (
+        cost.DENSE_FLOPS * 2)
+
+
+class _Expand(nn.Module):
+    """A 1x1 expand conv (ReLU6) read only by a depthwise 3x3 conv, then a 1x1 projection."""
+
+    def __init__(self, c, e):
+        super().__init__()
+        self.ex, self.dw = nn.Conv2d(c, e, 1), nn.Conv2d(e, e, 3, padding=1, groups=e)
+        self.pr = nn.Conv2d(e, c, 1)
+
+    def forward(self, x):
+        return self.pr(torch.clamp(self.dw(torch.clamp(self.ex(x), 0, 6)), 0, 6))
+
+
+def test_expand_inside_the_depthwise_conv_counts_for_sparse(seed):
+    """A moderately dense expand conv (40 %) whose output is over a core's L2 a sample: the
+    lowering computes it inside the depthwise conv when it is sparse, so its dense estimate
+    pays the output's round trip through memory and the projection's does not."""
+    net = _Expand(16, 96).eval()
+    with torch.no_grad():
+        for m in (net.ex, net.pr):
+            m.weight.mul_((torch.rand_like(m.weight) < 0.4).float())
+    hw = 8
+    while 4 * 96 * hw * hw <= cost.l2_bytes():
+        hw *= 2
+    plan = _plan(net, torch.randn(2, 16, hw, hw))
+    ex, pr = (op for op in plan.ops if op.kind == "conv2d" and op.attrs["kernel"] == [1, 1])
+    from sparsecc.runtime.ops.sparse import threads
+
+    # (the two move the same bytes and do the same flops dense: only the round trip differs)
+    trip = 2 * 2 * 96 * hw * hw * 4 / (cost.COPY_BYTES * threads()) * 1e6
+    diff = ex.attrs["est_us"]["dense"] - pr.attrs["est_us"]["dense"]
+    assert diff == pytest.approx(trip, rel=0.01), (ex.attrs["est_us"], pr.attrs["est_us"])
+
+
 def test_autotune_measures_and_caches(seed, tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSECC_CACHE_DIR", str(tmp_path))
     net = nn.Sequential(nn.Linear(256, 256)).eval()
