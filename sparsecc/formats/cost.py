@@ -82,8 +82,10 @@ def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int,
             return flops / (r_.conv_flops * t) + LAUNCH_S
         # (and x in, out back: a 1x1 conv with few input channels over a large map, e.g.
         # MobileNetV2's 16 -> 96 at 112 x 112, is bound by them; Zen 3, AVX2: 8.0 ms at
-        # batch 16 where the flops alone gave 3.6)
-        moved = g.n * (g.k + g.rows) * g.L * 4 / (COPY_BYTES * t)
+        # batch 16 where the flops alone gave 3.6. Only past a core's L2: a small layer's
+        # come from the caches. A kxk conv's im2col is the copy below.)
+        acts = g.n * (g.k + g.rows) * g.L * 4
+        moved = acts / (COPY_BYTES * t) if not g.conv_kxk and acts > l2_bytes() else 0.0
         gemm = max(flops / (r_.dense_flops * t), wbytes / (gemv * t), moved)
         copy = g.n * g.k * g.L * 8 / (COPY_BYTES * t) if g.conv_kxk else 0.0
         return gemm + copy + LAUNCH_S

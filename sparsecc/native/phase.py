@@ -55,6 +55,7 @@ from sparsecc.native.vmath import _K
 STRIDES = (1, 2)  # along x; other strides take the numba kernel
 COPY_ROWS = True  # (_copy_rows)
 PLAIN_INSIDE = True  # (_columns: plain loads and stores inside the rows; A/B)
+LANE_STORES = True  # (_columns: a row's last vector a float a lane, not a masked store; A/B)
 
 
 def items(nb, cin, npy):
@@ -237,7 +238,10 @@ def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
                         got = [b.select(live, k.vload(b.gep(xrow, [I64(q * vw)]), None), zero)
                                for q in range(len(cols))]
                     v = got[0] if sw == 1 else _split(k, got[0], got[1], odd)
-                    k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep if masked else None)
+                    if masked and LANE_STORES:
+                        _store_lanes(k, v, b.gep(oj, [b.mul(i, wq)]), b.sub(wq, j))
+                    else:
+                        k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep if masked else None)
 
         with b.if_else(inside) as (then, other):
             with then:
@@ -248,6 +252,20 @@ def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
         gap = b.gep(oc, [b.mul(ix, ps)])
         with k.loop(plane, ps, "g", step=vw) as j:
             k.vstore(ir.Constant(k.vty, [0.0] * vw), b.gep(gap, [j]), k.lanes_lt(j, ps))
+
+
+def _store_lanes(k: _K, v, ptr, n) -> None:
+    """The first ``n`` lanes of ``v`` at ``ptr`` (all of them when n >= vw), without a masked
+    store: a plain vector store, or one float a lane (the same n down a column of vectors,
+    so the branches are predicted)."""
+    b, vw = k.b, k.vw
+    with b.if_else(b.icmp_signed(">=", n, I64(vw))) as (whole, part):
+        with whole:
+            k.vstore(v, ptr, None)
+        with part:
+            for lane in range(vw - 1):
+                with b.if_then(b.icmp_signed(">", n, I64(lane))):
+                    b.store(b.extract_element(v, I32(lane)), b.gep(ptr, [I64(lane)]))
 
 
 def _split(k: _K, lo, hi, odd):

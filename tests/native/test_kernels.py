@@ -546,6 +546,32 @@ def test_gemm_avx2_code_path(rng):
     np.testing.assert_allclose(C, np.maximum(A @ B + bias, 0), rtol=1e-4, atol=1e-5)
 
 
+def test_avx2_constant_mask_stores(rng):
+    """With 8 lanes a store under a constant lane mask is plain 4-float and 1-float stores
+    (emit._Fn._store_live, no vmaskmovps): every mask's live lanes land, and nothing else in
+    the row is touched (compiled for haswell, run here)."""
+    masks = [rng.random(8) < 0.5 for _ in range(12)] + [np.arange(8) < n for n in range(1, 8)]
+    masks += [np.arange(8) >= 4, np.zeros(8, bool)]
+    mod = ir.Module("masked_stores")
+    k = E._Fn(mod, "s", 8)
+    src, dst = k.arg_ptr(0, "src"), k.arg_ptr(1, "dst")
+    for r, m in enumerate(masks):
+        v = k.vload(k.b.gep(src, [E.I64(8 * r)]), None)
+        k.vstore(v, k.b.gep(dst, [E.I64(8 * r)]), ir.Constant(ir.VectorType(E.I1, 8),
+                                                               [bool(b) for b in m]))
+    k.b.ret_void()
+    assert "vmaskmov" not in jit.assembly(str(mod)), "a masked store left"
+    obj = jit.compile_ir(ES.module_text(mod), h=_HASWELL)
+    f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
+        jit.load_object(obj, ["s"])["s"])
+    x = rng.standard_normal((len(masks), 8)).astype(np.float32)
+    out = np.full_like(x, -7.0)
+    args = np.array([x.ctypes.data, out.ctypes.data], np.int64)
+    f(0, 1, args.ctypes.data)
+    want = np.where(np.array(masks), x, -7.0)
+    np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("k,o,bias,act", [(2048, 1000, True, False), (37, 70, False, True),
                                            (100, 64, True, True), (64, 20, True, False)])
 def test_dense_linear_panels(seed, k, o, bias, act):

@@ -41,6 +41,8 @@ KERNEL_TYPE = ir.FunctionType(VOID, [I64, I64, I64.as_pointer()])
 # so object code cached in an artifact under an old key is rebuilt rather than linked.
 KEY_VERSION = "k7"
 
+# AVX2 stores under a constant lane mask as plain 4-float and 1-float stores (_Fn.vstore)
+CONST_MASK_STORES = True
 # Activations the epilogue does in vector registers; others run as a separate pass.
 FUSED_ACTS = ("none", "relu", "clamp")
 # and in the IR-builder (generic, non-baked) kernels only: the specialised kernels' text
@@ -255,9 +257,29 @@ class _Fn:
         if mask is None:
             self.b.store(val, vptr, align=4)
             return
+        if self.vw == 8 and CONST_MASK_STORES and isinstance(mask, ir.Constant) and \
+                isinstance(mask.constant, list):
+            self._store_live(val, ptr, [bool(getattr(m, "constant", m)) for m in mask.constant])
+            return
         f = self.intrinsic(f"llvm.masked.store.v{self.vw}f32.p0", VOID,
                            [self.vty, self.vty.as_pointer(), I32, mask.type])
         self.b.call(f, [val, vptr, I32(4), mask])
+
+    def _store_live(self, val: ir.Value, ptr: ir.Value, live: list[bool]) -> None:
+        """A store of the lanes a constant mask keeps, without a masked store (AVX2's
+        vmaskmovps store is slow on AMD cores): a 4-float store for each live half, one float
+        a lane for the rest."""
+        b = self.b
+        for h in range(0, self.vw, 4):
+            if all(live[h:h + 4]):
+                half = b.shuffle_vector(val, val, ir.Constant(ir.VectorType(I32, 4),
+                                                              list(range(h, h + 4))))
+                hp = b.bitcast(b.gep(ptr, [I64(h)]), ir.VectorType(F32, 4).as_pointer())
+                b.store(half, hp, align=4)
+                continue
+            for lane in range(h, h + 4):
+                if live[lane]:
+                    b.store(b.extract_element(val, I32(lane)), b.gep(ptr, [I64(lane)]))
 
     def fma(self, a, x, acc):
         ty = acc.type
