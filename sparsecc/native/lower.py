@@ -96,10 +96,12 @@ AVX2_WIDE = True  # (False: tiles of 4 vectors and L1-sized panels, as before; A
 # generic kernel: two calls, one runs). Zen 3, ResNet-18 90 %, per call, grouped / generic
 # time: layer4 (7 x 7) 0.62 at batch 16, 0.73 at 4, 1.0 at 2, 1.2 at 1; layer3 (14 x 14)
 # 0.90 at 16, 1.04 at 4; layer2 (28 x 28) 1.5 at 16.
-# Since the generic kernel's 8-vector tiles (AVX2_WIDE) the 3x3 convs over 7 x 7 maps (63
-# positions a sample, 64 as whole vectors) run that instead: ResNet-18 batch 16, per op,
-# 0.69-0.76x the grouped kernel's time (its 1x1 stride-2 downsample, 49 positions, 1.34x:
-# grouped still).
+# Since the generic kernel's wide tiles (AVX2_WIDE, over whole vectors) the convs over 7 x 7
+# maps whose rows have room for 64 / 56 floats run that instead: ResNet-18 batch 16, per op,
+# its layer4 3x3 convs 0.69-0.76x the grouped kernel's time; ResNet-50's 7 x 7 1x1 convs
+# 3.2-3.5 against 5.0-5.5 ms. The grouped kernel keeps maps of at most 32 positions and
+# those with a part vector (MobileNetV2's 7 x 7 projections, 49 floats apart: 1.5-1.8x
+# faster grouped).
 GROUP_AVX2_SPAN, GROUP_AVX2_MIN_TILES = 128, 24
 # ... for convs with at least this many vectors of output positions a sample. Its code is ~11
 # bytes a nonzero against the generic kernel's 6 bytes of value and index, and the code comes
