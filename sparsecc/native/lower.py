@@ -229,6 +229,15 @@ EXPAND_BIG_L2 = 1.0
 EXPAND_BLOCK, EXPAND_BLOCK_DENSITY = 4, 0.3
 
 
+def expand_inside(density: float, c: int, hw: int) -> bool:
+    """Whether a 1x1 expand conv (``density`` of its weight, ``c`` output channels over
+    ``hw`` positions) may be computed inside the depthwise conv after it: at most
+    EXPAND_MAX_DENSITY dense, or its output over EXPAND_BIG_L2 x a core's L2 a sample
+    (Lowering._expand_reader; the format choice's select_format._expand_inside)."""
+    return density <= EXPAND_MAX_DENSITY or \
+        bool(EXPAND_BIG_L2 and 4 * c * hw > EXPAND_BIG_L2 * l2_bytes())
+
+
 class Unsupported(Exception):
     """An op the native backend does not lower (yet); the message names it."""
 
@@ -3114,8 +3123,7 @@ class Lowering:
                 SP.is_sparse(a.get("fmt")):  # (op_conv2d's "planar" branch: dense weights)
             return None
         wt = SP.sparse_weight(op, {r: self.plan.constants[n] for r, n in op.params.items()})
-        if wt.data.size > EXPAND_MAX_DENSITY * c * self.shape(op.inputs[0])[1].value and \
-                not (EXPAND_BIG_L2 and 4 * c * h * w > EXPAND_BIG_L2 * l2_bytes()):
+        if not expand_inside(wt.data.size / (c * self.shape(op.inputs[0])[1].value), c, h * w):
             return None
         return j if DW.fits(self.vw, h, w, ho, wo, sh, sw, c, co, _act(dop)[0], kh, kw, ph, pw,
                             dh, dw) else None

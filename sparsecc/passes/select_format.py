@@ -166,9 +166,8 @@ def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
 
 def _expand_inside(plan: ExecutionPlan, op: Op, g: cost.LayerGeom, dens: float) -> bool:
     """Whether ``op``, sparse, would be an expand conv the native lowering computes inside
-    the depthwise conv that alone reads its output (native.lower's _expand_reader: a 1x1
-    conv at most EXPAND_MAX_DENSITY dense, or whose output is over EXPAND_BIG_L2 x a core's
-    L2 a sample)."""
+    the depthwise conv that alone reads its output (native.lower's _expand_reader, its
+    weight and size by the same lower.expand_inside)."""
     from sparsecc.native import lower
 
     a = op.attrs
@@ -180,10 +179,7 @@ def _expand_inside(plan: ExecutionPlan, op: Op, g: cost.LayerGeom, dens: float) 
             ("none", "relu", "clamp"):
         return False
     groups = int(readers[0].attrs.get("groups", 1))
-    if groups != g.rows or groups < 2:
-        return False
-    big = lower.EXPAND_BIG_L2 and 4 * g.rows * g.L > lower.EXPAND_BIG_L2 * cost.l2_bytes()
-    return dens <= lower.EXPAND_MAX_DENSITY or bool(big)
+    return groups == g.rows and groups >= 2 and lower.expand_inside(dens, g.rows, g.L)
 
 
 class _SpmvBudget:
