@@ -465,9 +465,16 @@ class _Store:
         b.call(self.mstore, [wide, b.bitcast(ptr, self.bty.as_pointer()), I32(1), mask])
 
 
+def expand_step(spec: DepthwiseSpec) -> int:
+    """Vectors of positions the expand computes a step: 4, or 2 for AVX2's blocks of
+    ex_block channels (4 x 2 accumulators, 2 x vectors and a weight in its 16 registers;
+    4 x 4 would spill)."""
+    return 2 if spec.ex_block > 1 and spec.vw < 16 else 4
+
+
 def planes_stride(spec: DepthwiseSpec) -> int:
-    """Floats an expanded plane takes (whole steps of _Expand.STEP vectors)."""
-    span = _Expand.STEP * spec.vw
+    """Floats an expanded plane takes (whole steps of expand_step vectors)."""
+    span = expand_step(spec) * spec.vw
     return -(-spec.h * spec.w // span) * span
 
 
@@ -482,8 +489,6 @@ class _Expand:
     (the row's few nonzeros inside), then the depthwise taps read it as their input plane.
     An expanded channel feeds exactly one depthwise channel (mult 1), so nothing is computed
     twice, and the expanded tensor (6x the block's input) never goes through memory."""
-
-    STEP = 4  # vectors of positions a step (with ex_block 4: 4 x 4 accumulators)
 
     def __init__(self, k: _K, spec: DepthwiseSpec, x, C):
         b = k.b
@@ -509,7 +514,7 @@ class _Expand:
 
     def planes(self, n, g) -> None:
         """Expanded channels g * M .. g * M + M - 1 of sample n (M = spec.ex_block) into the
-        scratch planes, STEP vectors at a time: for each input channel, its x vectors loaded
+        scratch planes, expand_step vectors at a time: for each input channel, its x vectors loaded
         once and multiplied by the group's M weights (the dense table (C / M, cin, M) in
         ex_data, zeros included)."""
         k, spec, hw, vw = self.k, self.spec, self.hw, self.spec.vw
@@ -545,16 +550,17 @@ class _Expand:
         self._steps(step)
 
     def _steps(self, step) -> None:
-        """``step(pos, vectors, live lanes of the last one)`` over the plane: STEP vectors at
-        a time, then the rest (a part last vector's lanes past the plane are computed too:
-        the plane has room for them and the depthwise loads mask them off)."""
+        """``step(pos, vectors, live lanes of the last one)`` over the plane: expand_step
+        vectors at a time, then the rest (a part last vector's lanes past the plane are
+        computed too: the plane has room for them and the depthwise loads mask them off)."""
         k, hw, vw = self.k, self.hw, self.spec.vw
-        span = self.STEP * vw
+        nstep = expand_step(self.spec)
+        span = nstep * vw
         nfull = hw // span
         tail = hw - nfull * span
         if nfull:
             with k.loop(I64(0), I64(nfull * span), "xp", step=span) as pos:
-                step(pos, self.STEP, vw)
+                step(pos, nstep, vw)
         if tail:
             nvec = -(-tail // vw)
             step(I64(nfull * span), nvec, tail - (nvec - 1) * vw)

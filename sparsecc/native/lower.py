@@ -88,6 +88,15 @@ GROUP_ROWS_AVX2 = 14
 # x a panel's slice may take a tile (KernelSpec.tile 8: out's partial sums, rows x 64 floats,
 # and the weights streamed through L1 beside it), at least 8 channels a panel.
 AVX2_PANEL_X_BYTES = 12 * 1024
+# The generic AVX2 kernel over a conv map of at most two tiles with a part vector (the 1x1
+# convs over MobileNetV2's 7 x 7 maps at batch 1: 49 floats, a tile of 4 vectors and a
+# masked one of 3): no column panels. Every panel of a row stores and reloads its
+# accumulators, the masked tile's with vmaskmovps (slow stores on AMD), half the row's
+# work here. MobileNetV2 global 90 % batch 1, 2 threads, Zen 3 (bench/op_ab.py, 20 rounds):
+# features.14-17's projects 0.72-0.86x the time against L1-sized panels (of >= 64
+# channels; 19-40 nonzeros a row a panel). Over 14 x 14 maps (196 floats) no panels were
+# 0.95-0.97x at batch 1 but 1.05-1.15x at 16, so those keep them.
+AVX2_PART_PANELS = True
 AVX2_WIDE = True  # (False: tiles of 4 vectors and L1-sized panels, as before; A/B)
 # With AVX2 the grouped code is ~2 bytes an FMA lane (a broadcast instruction beside each
 # FMA; AVX-512's broadcast inside the FMA ~0.6), so it wins only where the generic kernel's x
@@ -227,6 +236,12 @@ EXPAND_BIG_L2 = 1.0
 # 1.21x, in a slower hour); 2 / 6 channels at a time 0.87x / 0.97x the rate of 4. Whole
 # calls were level at batch 1 (0.999 paired, a noisy hour) and 1.05x at 16.
 EXPAND_BLOCK, EXPAND_BLOCK_DENSITY = 4, 0.3
+# With AVX2 (16 registers: 4 channels x 2 vectors a step) the blocks only where the expand's
+# input is over a core's L2 a sample, each channel at a time pass reading it from L3 again:
+# MobileNetV2 global, features.2 (16 -> 96 at 112 x 112, 59 % dense, 800 KB a sample), Zen 3,
+# same process (bench/op_ab.py): 0.88x the op's time at batch 16, 0.96x at 1; features.3-7
+# (input 0.2-0.3 MB, in L2) 1.1-1.5x slower in blocks.
+EXPAND_BLOCK_AVX2 = True
 
 
 def expand_inside(density: float, c: int, hw: int) -> bool:
@@ -2094,7 +2109,11 @@ class Lowering:
             variants = [(nrb_few, _conds(guard or []) + [(tiles, "<", want)]),
                         (1, _conds(guard or []) + [(tiles, ">=", want)])]
         npanel = 1
-        if row_bounds is None and sw.family == "spmm":
+        # AVX2, a conv over a small map with a part vector (AVX2_PART_PANELS): no panels
+        short = AVX2_PART_PANELS and self.vw == 8 and op.kind != "linear" and \
+            not avx2_conv and lift(L).is_const() and lift(L).value % 8 != 0 and \
+            lift(L).value <= 2 * spec.tile * spec.vw
+        if row_bounds is None and sw.family == "spmm" and not short:
             tile_floats = spec.tile * spec.vw
             panels = LK.column_panels(panel_of if panel_of is not None else indices, x_rows,
                                       tile_floats, 1.0 + reach / tile_floats,
@@ -2170,13 +2189,16 @@ class Lowering:
             return 0
         return per * -(-(int(indices.max()) + 1) // cin)
 
-    def _expand_block(self, nnz: int, cout: int, cin: int) -> int:
-        """Channels an expand conv (``nnz`` values, cin -> cout) inside a depthwise one
-        computes at a time (DepthwiseSpec.ex_block): EXPAND_BLOCK where its weight is at least
-        EXPAND_BLOCK_DENSITY dense and the channels split into such groups, with AVX-512
-        (its 4 x 4 accumulators and 4 x vectors want 32 registers), else 1."""
-        ok = EXPAND_BLOCK > 1 and self.vw == 16 and cout % EXPAND_BLOCK == 0 and \
+    def _expand_block(self, nnz: int, cout: int, cin: int, hw: int) -> int:
+        """Channels an expand conv (``nnz`` values, cin -> cout over ``hw`` positions) inside
+        a depthwise one computes at a time (DepthwiseSpec.ex_block): EXPAND_BLOCK where its
+        weight is at least EXPAND_BLOCK_DENSITY dense and the channels split into such
+        groups, with AVX-512; with AVX2 (2 vectors of positions a step, dwsmall.expand_step)
+        only where its input is over a core's L2 a sample (EXPAND_BLOCK_AVX2), else 1."""
+        ok = EXPAND_BLOCK > 1 and cout % EXPAND_BLOCK == 0 and \
             nnz >= EXPAND_BLOCK_DENSITY * cout * cin
+        if self.vw != 16:
+            ok = ok and EXPAND_BLOCK_AVX2 and 4 * cin * hw > l2_bytes()
         return EXPAND_BLOCK if ok else 1
 
     def _grouped(self, op: Op, sw: SP.SparseWeight, span: int, wide: int = 0) -> str | None:
@@ -2231,7 +2253,8 @@ class Lowering:
                                     exa[2] if exa[0] == "clamp" else 0.0,
                                     bool(ex and ex[3]))
             ecin = self.shape(ex[0].inputs[0])[1].value if ex else 0
-            block = self._expand_block(len(ex[2][2]), cout_, ecin) if ex else 1
+            block = self._expand_block(len(ex[2][2]), cout_, ecin, h.value * w.value) \
+                if ex else 1
             spec = replace(spec, ex_block=block)
             if sparse:  # the kernel skips zero taps itself: its weights as a dense table
                 csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})

@@ -4,6 +4,7 @@ native lowering has cases the zoo does not reach (broadcasts, strides, dtypes, e
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -311,11 +312,11 @@ def test_dense_expand_inside_when_its_output_is_big(seed, monkeypatch, rule, c, 
     its output would go to L3 and back); without the rule it stays a conv of its own. Inside,
     being half dense, it is computed 4 channels at a time (lower.EXPAND_BLOCK: x loaded once
     for 4 channels; 14 x 14 and 29 x 29 end in a part vector, stride 2 on 29 x 29), unless
-    the channels do not split in 4s (18 at 28 x 28). All against torch."""
+    the channels do not split in 4s (18 at 28 x 28); with AVX2 only where the expand's input
+    is over that L2 too (16 x 29 x 29 and 16 x 28 x 28 floats, not 16 x 14 x 14:
+    lower.EXPAND_BLOCK_AVX2, 2 vectors a step). All against torch."""
     from sparsecc.native import lower
 
-    if rule and jit.host().vector_width != 16:
-        pytest.skip("a dense expand goes inside the depthwise conv with AVX-512 only")
     monkeypatch.setattr(lower, "l2_bytes", lambda: 32 << 10)
     monkeypatch.setattr(lower, "EXPAND_BIG_L2", 1.0 if rule else 0.0)
     model = _expand_block(16, c, stride, torch.nn.ReLU6, 0.5)
@@ -324,7 +325,8 @@ def test_dense_expand_inside_when_its_output_is_big(seed, monkeypatch, rule, c, 
     labels = cm.native.lib.labels
     assert labels[0].startswith("fused into") == rule, labels
     assert ("the 1x1 expand" in labels[1]) == rule, labels
-    assert ("4 channels at a time" in labels[1]) == (rule and c % 4 == 0), labels
+    big_x = jit.host().vector_width == 16 or 4 * 16 * hw * hw > 32 << 10
+    assert ("4 channels at a time" in labels[1]) == (rule and c % 4 == 0 and big_x), labels
     for batch in (1, 3, 6):  # (6: samples in parallel, each thread's scratch its own)
         x = torch.randn(batch, 16, hw, hw)
         with torch.no_grad():
@@ -363,6 +365,51 @@ def test_depthwise_registers_kernel(rng, vw, host, stride, h, w, kh, pad, dil):
     f(0, 2 * c, args.ctypes.data)
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
                                      torch.from_numpy(bias), stride, pad, dil, c).clamp(0, 6)
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
+@pytest.mark.parametrize("cin,c,h,w,stride", [(16, 8, 20, 20, 2), (5, 12, 9, 13, 1),
+                                              (3, 4, 29, 29, 2), (6, 8, 1, 1, 1)])
+def test_expand_block_kernel(rng, vw, host, cin, c, h, w, stride):
+    """The depthwise register kernel with the 1x1 expand inside 4 channels at a time
+    (DepthwiseSpec.ex_block), the 8-lane one compiled for an AVX2-only CPU too (2 vectors of
+    positions a step there, dwsmall.expand_step), against numpy and torch: stride 1 and 2,
+    planes ending in a part vector (9 x 13, 29 x 29), a 1 x 1 plane, zero rows of the
+    expand (a channel its bias alone), relu6 on both."""
+    from sparsecc.native import dwsmall as DW
+
+    M = 4
+    spec = replace(DW.DepthwiseSpec(vw, h, w, 3, 3, 1, 1, 1, 1, "clamp", 0.0, 6.0, True,
+                                    stride=stride, expand="clamp", ex_a=0.0, ex_b=6.0),
+                   ex_block=M)
+    assert DW.expand_step(spec) == (4 if vw == 16 else 2)
+    mod = ir.Module("dwx")
+    spec.emit(mod, "d")
+    f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
+        jit.load_object(jit.compile_ir(ES.module_text(mod), h=_HASWELL if host else None),
+                        ["d"])["d"])
+    n = 2
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    we = (rng.standard_normal((c, cin)) * (rng.random((c, cin)) < 0.6)).astype(np.float32)
+    we[1] = 0.0  # (expanded channel 1: its bias alone)
+    be = rng.standard_normal(c).astype(np.float32)
+    wd = rng.standard_normal((c, 9)).astype(np.float32)
+    bd = rng.standard_normal(c).astype(np.float32)
+    table = np.ascontiguousarray(we.reshape(c // M, M, cin).transpose(0, 2, 1))
+    per = DW.expand_scratch(spec)
+    scratch = np.zeros(per, np.float32)
+    out = np.full((n, c, spec.ho, spec.wo), np.nan, np.float32)
+    indptr = np.zeros(c + 1, np.int64)  # (the blocked kernel reads the table alone)
+    idx = np.zeros(1, np.int32)
+    args = np.array([x.ctypes.data, wd.ctypes.data, bd.ctypes.data, out.ctypes.data, c, 0, 0, 0,
+                     indptr.ctypes.data, idx.ctypes.data, table.ctypes.data, be.ctypes.data,
+                     cin, scratch.ctypes.data, per, 1], np.int64)
+    f(0, n * c // M, args.ctypes.data)
+    xe = np.clip(np.einsum("ok,nkp->nop", we, x.reshape(n, cin, h * w)) + be[None, :, None],
+                 0, 6).reshape(n, c, h, w)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(xe), torch.from_numpy(wd).view(c, 1, 3, 3),
+                                     torch.from_numpy(bd), stride, 1, 1, c).clamp(0, 6)
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
@@ -799,6 +846,8 @@ def test_grouped_avx2_rule(seed, monkeypatch):
     (96, 96, 3, 1, 21, "none", True, 7, True),    # 483: a part tile; residual, panels
     (200, 24, 1, 1, 13, "clamp", False, 4, False),  # 169, 169 apart: a part vector, t4
     (16, 16, 1, 1, 14, "relu", True, 4, False),   # 196, 196 apart: as 169
+    (600, 24, 1, 1, 13, "relu", False, 4, True),  # 169 and 600 channels: L1-sized panels
+    (600, 24, 1, 1, 7, "none", False, 4, False),  # 49: two tiles, the masked one half
     (160, 40, 1, 1, 16, "relu", False, 8, True),  # 256: 1x1 in panels
     (40, 24, 3, 2, 33, "relu", False, 8, True),   # 4 phases a channel, 17 x 18 positions
     (8, 70, 3, 1, 11, "relu", False, 6, False),   # 143 positions: 3 x 48
@@ -811,7 +860,8 @@ def test_generic_avx2_wide_tiles(seed, monkeypatch, cin, cout, k, stride, hw, ac
     conv's positions in whole vectors: tiles of 5-8 vectors, as few lanes past the positions
     as they can (kernels.wide_tile), column panels of lower.AVX2_PANEL_X_BYTES of x, at
     least 8 channels each and 16 nonzeros a row (the partial sums through out between
-    panels); maps with a part vector keep the tiles of 4 and panels of before. Part tiles, a
+    panels); maps with a part vector keep the tiles of 4 and panels of before, but none
+    where they are at most two tiles (lower.AVX2_PART_PANELS: 7 x 7). Part tiles, a
     residual, empty rows, bias / no bias, ReLU / clamp / none, against torch at batches 1
     and 3 and a NaN reaching exactly the outputs its nonzero weights touch; an all-zero
     layer too."""
@@ -829,9 +879,10 @@ def test_generic_avx2_wide_tiles(seed, monkeypatch, cin, cout, k, stride, hw, ac
     cm = _native_csr(model, torch.randn(1, cin, hw, hw))
     prog = cm.native.lib.program
     calls = [c for c in prog.calls if prog.kernels[c.kernel].spec is not None and
-             prog.kernels[c.kernel].spec.family == "spmm"]
+             prog.kernels[c.kernel].spec.family == "spmm" and
+             prog.kernels[c.kernel].spec.group == 1]  # (7 x 7: grouped too, at batch >= 4)
     specs = {prog.kernels[c.kernel].spec for c in calls}
-    assert specs and all(s.vw == 8 and s.group == 1 and s.tile == tile for s in specs), specs
+    assert specs and all(s.vw == 8 and s.tile == tile for s in specs), specs
     npanel = [c.args[E.A_NPANEL].expr.value for c in calls]
     assert (max(npanel) > 1) == panels, npanel
     _block_matches_torch(cm, model, cin, hw)
