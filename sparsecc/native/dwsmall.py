@@ -51,6 +51,16 @@ EXPAND_PLANE = 112 * 112
 # Vectors a plane may have (28 x 28 = 49 with AVX-512): the code is unrolled over them, one
 # masked load and FMA per tap and vector, in groups of at most group() accumulators.
 MAX_VECTORS = 64
+# A band of rows may take this many groups of accumulators (DepthwiseSpec.band), computed one
+# group after the other: with AVX2's 12 a 112-wide row (14 vectors) is a band of two groups
+# (MobileNetV2's features.1 depthwise conv, 112 x 112, ran the numba kernel before).
+BAND_GROUPS = 2
+# ... for layers keeping at least this many taps a channel: with fewer the numba kernel adds
+# each tap straight from x into out, as fast here. Zen 3, same process (bench/op_ab.py,
+# 12 rounds): MobileNetV2 global (features.1's depthwise conv dense) 55 / 842 us against
+# 116 / 1686 at batch 1 / 16 (the call 1.04x / 1.03x faster); at the uniform profile (~1
+# tap of 9 kept) 123 against 108 us.
+WIDE_BAND_TAPS = 5
 
 
 @dataclass(frozen=True)
@@ -126,10 +136,11 @@ class DepthwiseSpec:
     @property
     def band(self) -> int | None:
         """Vectors of a band of whole rows whose column pattern repeats (lcm(w, vw) floats),
-        for planes above MAX_VECTORS; None when there is no such band (or it is too wide)."""
+        for planes above MAX_VECTORS; None when there is no such band (or it is over
+        BAND_GROUPS groups of accumulators: a band is computed a group at a time)."""
         period = self.w * self.vw // math.gcd(self.w, self.vw)
         nv = period // self.vw
-        if (self.h * self.w) % period or nv > self.group:
+        if (self.h * self.w) % period or nv > BAND_GROUPS * self.group:
             return None
         return nv
 
@@ -184,8 +195,11 @@ class DepthwiseSpec:
 
 
 def fits(vw: int, h: int, w: int, ho: int, wo: int, sh: int, sw: int, cin: int, cout: int,
-         act: str, kh: int, kw: int, ph: int, pw: int, dh: int, dw: int) -> bool:
-    """Whether this kernel runs a conv of this geometry (else the numba kernel does)."""
+         act: str, kh: int, kw: int, ph: int, pw: int, dh: int, dw: int,
+         taps: float = 9.0) -> bool:
+    """Whether this kernel runs a conv of this geometry (else the numba kernel does);
+    ``taps``: the nonzero taps a channel keeps on average (a band of several groups wants
+    WIDE_BAND_TAPS)."""
     if cout % cin or act not in FUSED_ACTS:
         return False
     if sh == sw == 2:  # stride 2: rows of any width (a row's vectors, or two rows a vector)
@@ -194,7 +208,9 @@ def fits(vw: int, h: int, w: int, ho: int, wo: int, sh: int, sw: int, cin: int, 
     if not (sh == sw == 1 and (ho, wo) == (h, w)):
         return False
     spec = DepthwiseSpec(vw, h, w, kh, kw, ph, pw, dh, dw)
-    return spec.vectors <= MAX_VECTORS or spec.band is not None
+    if spec.vectors <= MAX_VECTORS:
+        return True
+    return spec.band is not None and (spec.band <= spec.group or taps >= WIDE_BAND_TAPS)
 
 
 def lane_mask(vw: int, cond: np.ndarray) -> ir.Constant | None:
@@ -277,12 +293,16 @@ def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> N
         else:  # bands of whole rows: the edge ones unrolled, the interior ones a loop
             nv = spec.band
             nb, i0, i1 = spec.bands()
+            parts = [list(range(g0, min(g0 + spec.group, nv)))
+                     for g0 in range(0, nv, spec.group)]  # (a band's groups)
             for bd in [*range(i0), *range(i1, nb)]:
-                vecs = list(range(bd * nv, (bd + 1) * nv))
-                group(xb, ob, wvals, init, vecs, vecs)
+                for part in parts:
+                    vecs = [bd * nv + v for v in part]
+                    group(xb, ob, wvals, init, vecs, vecs)
             with k.loop(I64(i0), I64(i1), "band") as bd:
-                at = list(range(i0 * nv, (i0 + 1) * nv))
-                group(xb, ob, wvals, init, list(range(nv)), at, b.mul(bd, I64(nv * vw)))
+                for part in parts:
+                    group(xb, ob, wvals, init, part, [i0 * nv + v for v in part],
+                          b.mul(bd, I64(nv * vw)))
     b.ret_void()
 
 

@@ -2189,6 +2189,13 @@ class Lowering:
             return 0
         return per * -(-(int(indices.max()) + 1) // cin)
 
+    def _taps(self, op: Op, sparse: bool, cout: int) -> float:
+        """The nonzero taps a channel of a planar conv ``op`` keeps on average."""
+        params = {r: self.plan.constants[c] for r, c in op.params.items()}
+        nnz = SP.as_csr(op, params)[2].size if sparse else \
+            int(np.count_nonzero(params["weight"]))
+        return nnz / max(cout, 1)
+
     def _expand_block(self, nnz: int, cout: int, cin: int, hw: int) -> int:
         """Channels an expand conv (``nnz`` values, cin -> cout over ``hw`` positions) inside
         a depthwise one computes at a time (DepthwiseSpec.ex_block): EXPAND_BLOCK where its
@@ -2241,7 +2248,7 @@ class Lowering:
         # a channel's plane from one input plane: depthwise, or a 1-channel input's conv
         planar = groups == cin_ and (cin_ > 1 or cout_ > 1) and (not sparse or cin_ == 1)
         if planar and DW.fits(self.vw, h.value, w.value, ho_, wo_, sh, sw_, cin_, cout_,
-                              act[0], kh, kw, ph, pw, dh, dw):
+                              act[0], kh, kw, ph, pw, dh, dw, self._taps(op, sparse, cout_)):
             q8 = self._q8_codes_out(out, cout_, hw)  # (codes only: no dual store here)
             ex = self.expand_in.pop(self.i, None)
             exa = ex[1] if ex else ("", 0.0, 0.0)
@@ -3149,7 +3156,7 @@ class Lowering:
         if not expand_inside(wt.data.size / (c * self.shape(op.inputs[0])[1].value), c, h * w):
             return None
         return j if DW.fits(self.vw, h, w, ho, wo, sh, sw, c, co, _act(dop)[0], kh, kw, ph, pw,
-                            dh, dw) else None
+                            dh, dw, self._taps(dop, False, co)) else None
 
     def _plain_q8(self, op: Op, name: str, hw: int) -> bool:
         """Whether ``op`` is an int8 conv whose input pass quantizes ``name`` (hw positions a

@@ -167,6 +167,34 @@ def test_all_zero_sparse_convs(seed):
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.parametrize("host", [None, "haswell"])
+@pytest.mark.parametrize("keep", [1.0, 0.2])
+def test_wide_band_depthwise(seed, monkeypatch, host, keep):
+    """A depthwise conv at stride 1 over 112 x 112 planes: with AVX2 a row's 14 vectors are
+    a band of two groups of accumulators, computed one after the other (dwsmall.BAND_GROUPS),
+    where the layer keeps >= WIDE_BAND_TAPS taps a channel; with fewer the numba kernel adds
+    each tap straight from x into out. Against torch at batches 1 and 2."""
+    if host:
+        monkeypatch.setattr(jit, "host", lambda: _HASWELL)
+    c = 6
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, 1, 1, groups=c),
+                                torch.nn.ReLU6()).eval()
+    with torch.no_grad():
+        model[0].weight.mul_((torch.rand_like(model[0].weight) < keep).float())
+        model[0].weight[0] = 0.0  # (a channel its bias alone)
+    cm = sparsecc.compile(model, torch.randn(1, c, 112, 112))
+    assert cm.native is not None, cm.native_status
+    kernel = cm.report(measure=False).rows[0]["kernel"]
+    assert kernel.startswith("native depthwise"), kernel
+    vw = jit.host().vector_width
+    assert ("registers" in kernel) == (vw == 16 or keep == 1.0), kernel
+    for batch in (1, 2):
+        x = torch.randn(batch, c, 112, 112) * 4
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
+
+
 @pytest.mark.parametrize("stride,dil,hw", [(1, 1, 7), (1, 1, 14), (1, 1, 20), (1, 1, 28),
                                             (1, 1, 29), (1, 1, 56), (1, 2, 40), (1, 1, 33),
                                             (2, 1, 9), (1, 2, 8), (2, 1, 1), (1, 1, 1),
