@@ -55,12 +55,12 @@ MAX_VECTORS = 64
 # group after the other: with AVX2's 12 a 112-wide row (14 vectors) is a band of two groups
 # (MobileNetV2's features.1 depthwise conv, 112 x 112, ran the numba kernel before).
 BAND_GROUPS = 2
-# ... for layers keeping at least this many taps a channel: with fewer the numba kernel adds
-# each tap straight from x into out, as fast here. Zen 3, same process (bench/op_ab.py,
-# 12 rounds): MobileNetV2 global (features.1's depthwise conv dense) 55 / 842 us against
-# 116 / 1686 at batch 1 / 16 (the call 1.04x / 1.03x faster); at the uniform profile (~1
-# tap of 9 kept) 123 against 108 us.
-WIDE_BAND_TAPS = 5
+# ... for layers keeping at least this many taps a channel: with ~1 the numba kernel, adding
+# each tap straight from x into out, is as fast. Zen 3, same process (bench/op_ab.py, 12
+# rounds): MobileNetV2 global (features.1's depthwise conv 47 % dense, 4.2 taps a channel)
+# 55 / 842 us against 116 / 1686 at batch 1 / 16 (the call 1.04x / 1.03x faster); at the
+# uniform profile (~0.9 taps) 123 against 108 us.
+WIDE_BAND_TAPS = 2
 
 
 @dataclass(frozen=True)

@@ -168,12 +168,12 @@ def test_all_zero_sparse_convs(seed):
 
 
 @pytest.mark.parametrize("host", [None, "haswell"])
-@pytest.mark.parametrize("keep", [1.0, 0.2])
+@pytest.mark.parametrize("keep", [1.0, 0.5, 0.1])
 def test_wide_band_depthwise(seed, monkeypatch, host, keep):
     """A depthwise conv at stride 1 over 112 x 112 planes: with AVX2 a row's 14 vectors are
     a band of two groups of accumulators, computed one after the other (dwsmall.BAND_GROUPS),
-    where the layer keeps >= WIDE_BAND_TAPS taps a channel; with fewer the numba kernel adds
-    each tap straight from x into out. Against torch at batches 1 and 2."""
+    where the layer keeps >= WIDE_BAND_TAPS taps a channel (all 9, about half); with ~1 the
+    numba kernel adds each tap straight from x into out. Against torch at batches 1 and 2."""
     if host:
         monkeypatch.setattr(jit, "host", lambda: _HASWELL)
     c = 6
@@ -188,7 +188,7 @@ def test_wide_band_depthwise(seed, monkeypatch, host, keep):
     kernel = cm.report(measure=False).rows[0]["kernel"]
     assert kernel.startswith("native depthwise"), kernel
     vw = jit.host().vector_width
-    assert ("registers" in kernel) == (vw == 16 or keep == 1.0), kernel
+    assert ("registers" in kernel) == (vw == 16 or keep >= 0.5), kernel
     for batch in (1, 2):
         x = torch.randn(batch, c, 112, 112) * 4
         with torch.no_grad():
