@@ -46,6 +46,7 @@ D_EX_INDPTR, D_EX_IDX, D_EX_DATA, D_EX_BIAS, D_EX_CIN = range(8, 13)
 # with ex_block > 1: the per-thread scratch holding the group's expanded planes, its floats a
 # thread and the threads sharing the call (a thread's planes at scratch + tid * per)
 D_EX_SCRATCH, D_EX_PER, D_EX_THREADS = range(13, 16)
+EXPAND_STEP_AVX2 = 8
 # the largest plane an expanded channel may take on the stack (floats)
 EXPAND_PLANE = 112 * 112
 # Vectors a plane may have (28 x 28 = 49 with AVX-512): the code is unrolled over them, one
@@ -486,10 +487,12 @@ class _Store:
 
 
 def expand_step(spec: DepthwiseSpec) -> int:
-    """Vectors of positions the expand computes a step: 4, or 2 for AVX2's blocks of
+    """Vectors of positions the expand computes a step: 4; with AVX2 2 for blocks of
     ex_block channels (4 x 2 accumulators, 2 x vectors and a weight in its 16 registers;
-    4 x 4 would spill)."""
-    return 2 if spec.ex_block > 1 and spec.vw < 16 else 4
+    4 x 4 would spill), EXPAND_STEP_AVX2 a channel at a time."""
+    if spec.vw < 16:
+        return 2 if spec.ex_block > 1 else EXPAND_STEP_AVX2
+    return 4
 
 
 def planes_stride(spec: DepthwiseSpec) -> int:

@@ -397,21 +397,22 @@ def test_depthwise_registers_kernel(rng, vw, host, stride, h, w, kh, pad, dil):
 
 
 @pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
+@pytest.mark.parametrize("M", [1, 4])
 @pytest.mark.parametrize("cin,c,h,w,stride", [(16, 8, 20, 20, 2), (5, 12, 9, 13, 1),
                                               (3, 4, 29, 29, 2), (6, 8, 1, 1, 1)])
-def test_expand_block_kernel(rng, vw, host, cin, c, h, w, stride):
-    """The depthwise register kernel with the 1x1 expand inside 4 channels at a time
-    (DepthwiseSpec.ex_block), the 8-lane one compiled for an AVX2-only CPU too (2 vectors of
-    positions a step there, dwsmall.expand_step), against numpy and torch: stride 1 and 2,
-    planes ending in a part vector (9 x 13, 29 x 29), a 1 x 1 plane, zero rows of the
-    expand (a channel its bias alone), relu6 on both."""
+def test_expand_block_kernel(rng, vw, host, M, cin, c, h, w, stride):
+    """The depthwise register kernel with the 1x1 expand inside, a channel at a time (CSR)
+    or 4 at a time (DepthwiseSpec.ex_block: a dense table), the 8-lane one compiled for an
+    AVX2-only CPU too (a step of 8 vectors of positions a channel at a time there, 2 in
+    blocks: dwsmall.expand_step), against numpy and torch: stride 1 and 2, planes ending in a
+    part vector (9 x 13, 29 x 29), a 1 x 1 plane, zero rows of the expand (a channel its bias
+    alone), relu6 on both."""
     from sparsecc.native import dwsmall as DW
 
-    M = 4
     spec = replace(DW.DepthwiseSpec(vw, h, w, 3, 3, 1, 1, 1, 1, "clamp", 0.0, 6.0, True,
                                     stride=stride, expand="clamp", ex_a=0.0, ex_b=6.0),
                    ex_block=M)
-    assert DW.expand_step(spec) == (4 if vw == 16 else 2)
+    assert DW.expand_step(spec) == (4 if vw == 16 else 2 if M > 1 else 8)
     mod = ir.Module("dwx")
     spec.emit(mod, "d")
     f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
@@ -424,12 +425,17 @@ def test_expand_block_kernel(rng, vw, host, cin, c, h, w, stride):
     be = rng.standard_normal(c).astype(np.float32)
     wd = rng.standard_normal((c, 9)).astype(np.float32)
     bd = rng.standard_normal(c).astype(np.float32)
-    table = np.ascontiguousarray(we.reshape(c // M, M, cin).transpose(0, 2, 1))
+    if M > 1:  # (the blocked kernel reads the table alone)
+        table = np.ascontiguousarray(we.reshape(c // M, M, cin).transpose(0, 2, 1))
+        indptr, idx = np.zeros(c + 1, np.int64), np.zeros(1, np.int32)
+    else:
+        rows, cols = np.nonzero(we)
+        table, idx = we[rows, cols].astype(np.float32), cols.astype(np.int32)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=c))]).astype(
+            np.int64)
     per = DW.expand_scratch(spec)
-    scratch = np.zeros(per, np.float32)
+    scratch = np.zeros(max(per, 1), np.float32)
     out = np.full((n, c, spec.ho, spec.wo), np.nan, np.float32)
-    indptr = np.zeros(c + 1, np.int64)  # (the blocked kernel reads the table alone)
-    idx = np.zeros(1, np.int32)
     args = np.array([x.ctypes.data, wd.ctypes.data, bd.ctypes.data, out.ctypes.data, c, 0, 0, 0,
                      indptr.ctypes.data, idx.ctypes.data, table.ctypes.data, be.ctypes.data,
                      cin, scratch.ctypes.data, per, 1], np.int64)
