@@ -2311,7 +2311,6 @@ class Lowering:
                     self.plan.constants[op.params["weight"]]))
             else:
                 wslot = self.const(op.params["weight"])
-            r = spec.blocking[0]
             j = self._stem_pool(out, act)
             if j is not None:  # the max pool after it runs in the same kernel
                 spec = replace(spec, pool=True)
@@ -2323,7 +2322,7 @@ class Lowering:
                           2.0 * cout_ * cin_ * kh * kw * wo_ * ho_ / spec.items)
                 return f"native direct conv (few input channels) + max pool {pop.layer or pop.name}"
             self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias), T(out)],
-                      nb * spec.items, 2.0 * r * cin_ * kh * kw * wo_ * spec.band)
+                      nb * spec.items, 2.0 * cout_ * cin_ * kh * kw * wo_ * ho_ / spec.items)
             return "native direct conv (few input channels)"
         if not sparse and groups == cin_ and cin_ > 1:
             wt = self.const(op.params["weight"])

@@ -18,7 +18,8 @@ At stride 2 (no dilation) the input rows are split first (``split_rows``): each 
 reads goes once into a ring of rows on the stack as its even and its odd padded columns, the
 padding as zeros, so every tap is one whole-vector load at a fixed offset (no mask, no
 shuffle) and all of a row's chunks share one loop body. Without the pool an item is then a
-band of ``band`` output rows, so that each input row is split once a band.
+band of ``band`` output rows of every output channel (BAND_ALL_BLOCKS), so that each input
+row is split once a band.
 
 With ``pool`` the 3x3 stride-2 max pool (padding 1) after the conv runs in the same kernel
 (a ResNet's stem: conv1 -> relu -> maxpool): an item is then a band of pooled rows of one
@@ -59,6 +60,11 @@ SPLIT_ROWS = True
 # MobileNetV2 first conv (3x3 / 2, 3 -> 32) in the model, same process: batch 16 1.037x,
 # batch 1 1.014x against shuffled loads; bands of 1 / 4 / 16 rows 0.98x / 1.00x / 0.99x.
 BAND_ROWS = 8
+# ... and every block of R channels in the item (its input rows split once for all of them,
+# not once a block: 8 times with AVX2's blocks of 4 for 32 channels). MobileNetV2's first
+# conv (3 -> 32, 3x3 / 2 at 224), global 90 %, Zen 3, same process (bench/op_ab.py, 12
+# rounds): 2.92 against 3.91 ms at batch 16 (1.34x), 160 against 230 us at batch 1 (1.44x).
+BAND_ALL_BLOCKS = True
 # The ring's stack bytes at most (a thread's stack may be small where the C library is
 # called from): the stem at 224 needs 24 KB, a 3-channel image 600 wide 64 KB
 RING_MAX_BYTES = 96 << 10
@@ -108,6 +114,7 @@ class SmallConvSpec:
                 f"{self.kw}_s{self.stride}_p{self.ph}x{self.pw}_d{self.dh}x{self.dw}_{act}_"
                 f"{'b' if self.has_bias else 'nb'}{'_mp3s2' if self.pool else ''}"
                 f"{'_sr' if self.split_rows else ''}"
+                f"{'_ab' if self.split_rows and not self.pool and BAND_ALL_BLOCKS else ''}"
                 f"{'_rl' if self.row_loop else ''}")
 
     @property
@@ -137,9 +144,12 @@ class SmallConvSpec:
     @property
     def items(self) -> int:
         """Work items a sample: with the pool over split rows its bands of pooled rows (every
-        channel an item); else blocks of R channels, times bands of rows without the pool."""
+        channel an item); without the pool over split rows its bands of rows (every channel,
+        BAND_ALL_BLOCKS); else blocks of R channels, times bands of rows without the pool."""
         if self.pool_bands:
             return self.pool_bands
+        if self.split_rows and not self.pool and BAND_ALL_BLOCKS:
+            return -(-self.ho // self.band)
         return self.cout // self.blocking[0] * (1 if self.pool else -(-self.ho // self.band))
 
     @property
@@ -401,7 +411,12 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                 row(*item(t, True))
             else:  # a band of rows: its first rows split, then two more a row
                 nband = -(-ho // spec.band)
-                n, co0, xn, wb, inits, _ = item(b.sdiv(t, I64(nband)), False)
+                every = BAND_ALL_BLOCKS  # (an item every block of the band: see its note)
+                if every:
+                    n = b.sdiv(t, I64(nband))
+                    xn = b.gep(x, [b.mul(n, I64(spec.cin * h * w))])
+                else:
+                    n, co0, xn, wb, inits, _ = item(b.sdiv(t, I64(nband)), False)
                 oh0 = b.mul(b.srem(t, I64(nband)), I64(spec.band))
                 oh1 = b.add(oh0, I64(spec.band))
                 oh1 = b.select(b.icmp_signed(">", oh1, I64(ho)), I64(ho), oh1)
@@ -410,7 +425,12 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                 with k.loop(oh0, oh1, "oh") as oh:
                     top = b.add(b.mul(oh, I64(2)), I64(spec.kh - 2 - spec.ph))
                     split_rows(xn, top, b.add(top, I64(2)))
-                    row(n, co0, xn, wb, inits, oh)
+                    if every:
+                        with k.loop(I64(0), I64(nblk), "blk") as blk:
+                            co0, wb, inits = block(blk)
+                            row(n, co0, xn, wb, inits, oh)
+                    else:
+                        row(n, co0, xn, wb, inits, oh)
         b.ret_void()
         return
     pho, pwo = spec.pooled
