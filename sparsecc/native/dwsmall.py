@@ -46,6 +46,8 @@ D_EX_INDPTR, D_EX_IDX, D_EX_DATA, D_EX_BIAS, D_EX_CIN = range(8, 13)
 # with ex_block > 1: the per-thread scratch holding the group's expanded planes, its floats a
 # thread and the threads sharing the call (a thread's planes at scratch + tid * per)
 D_EX_SCRATCH, D_EX_PER, D_EX_THREADS = range(13, 16)
+# Vectors of positions the expand computes a step a channel at a time with AVX2 (8: as many
+# accumulator chains as FMA latency x 2 pipes want; expand_step)
 EXPAND_STEP_AVX2 = 8
 # the largest plane an expanded channel may take on the stack (floats)
 EXPAND_PLANE = 112 * 112
@@ -537,9 +539,9 @@ class _Expand:
 
     def planes(self, n, g) -> None:
         """Expanded channels g * M .. g * M + M - 1 of sample n (M = spec.ex_block) into the
-        scratch planes, expand_step vectors at a time: for each input channel, its x vectors loaded
-        once and multiplied by the group's M weights (the dense table (C / M, cin, M) in
-        ex_data, zeros included)."""
+        scratch planes, expand_step vectors at a time: for each input channel, its x vectors
+        loaded once and multiplied by the group's M weights (the dense table (C / M, cin, M)
+        in ex_data, zeros included)."""
         k, spec, hw, vw = self.k, self.spec, self.hw, self.spec.vw
         b = k.b
         M = spec.ex_block
