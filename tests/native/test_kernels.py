@@ -17,6 +17,7 @@ import sparsecc
 from sparsecc.codegen.llvm import emit as E
 from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
+from sparsecc.formats.csr import dense_to_csr
 from sparsecc.native import gemm as G
 from sparsecc.native import gmean as GM
 from sparsecc.native import phase as PH
@@ -429,10 +430,8 @@ def test_expand_block_kernel(rng, vw, host, M, cin, c, h, w, stride):
         table = np.ascontiguousarray(we.reshape(c // M, M, cin).transpose(0, 2, 1))
         indptr, idx = np.zeros(c + 1, np.int64), np.zeros(1, np.int32)
     else:
-        rows, cols = np.nonzero(we)
-        table, idx = we[rows, cols].astype(np.float32), cols.astype(np.int32)
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=c))]).astype(
-            np.int64)
+        indptr, idx, table = dense_to_csr(we)
+        idx = idx.astype(np.int32)  # (the kernel's column index: i32)
     per = DW.expand_scratch(spec)
     scratch = np.zeros(max(per, 1), np.float32)
     out = np.full((n, c, spec.ho, spec.wo), np.nan, np.float32)
