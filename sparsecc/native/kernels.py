@@ -384,11 +384,12 @@ def k_phase(start, stop, a):
 
 @_kernel
 def k_pads(start, stop, a):
-    """[planes, N, C, hq, wq, stride, ps]: zero the border of each (hq, wq) plane (rows 0 and
-    hq - 1, columns 0 and wq - 1) and the gap after it (planes ``ps`` floats apart), samples
-    ``stride`` floats apart; items N*C. The conv before wrote its wide rows into the
-    interiors (its wrap columns land on the borders)."""
-    hq, wq = a[3], a[4]
+    """[planes, N, C, hq, wq, stride, ps, right]: zero the border of each (hq, wq) plane
+    (rows 0 and hq - 1, column 0 and, with ``right`` 1, column wq - 1: 0 where a row's right
+    padding is the next row's left, Shift.share) and the gap after it (planes ``ps`` floats
+    apart), samples ``stride`` floats apart; items N*C. The conv before wrote its wide rows
+    into the interiors (its wrap columns land on the borders)."""
+    hq, wq, right = a[3], a[4], a[7]
     out = _strided3(a[0], a[1], a[2], a[6], a[5])
     for t in range(start, stop):
         row = out[t // a[2], t % a[2]]
@@ -397,7 +398,8 @@ def k_pads(start, stop, a):
             row[(hq - 1) * wq + j] = 0.0
         for i in range(1, hq - 1):
             row[i * wq] = 0.0
-            row[i * wq + wq - 1] = 0.0
+            if right:
+                row[i * wq + wq - 1] = 0.0
         for j in range(hq * wq, a[6]):
             row[j] = 0.0
 

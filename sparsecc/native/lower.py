@@ -2560,7 +2560,7 @@ class Lowering:
             return self._shifted_rows(op, swt, x, out, bslot, act, rg)
         nb, cin, _, _ = self.shape(x)
         cout = self.shape(out)[1].value
-        g = SP.Shift.of(op, self.example(out))
+        g = self._shift(op)
         if self.i not in self.planes_in and SHIFT_WIDEN:
             # planes as wide as the next conv's (a stride-2 3x3 before a stride-1 one): the
             # extra wrap columns cost FMAs, the crop and the next phase pass disappear
@@ -2625,7 +2625,7 @@ class Lowering:
                               panel_of=offs // ps, xalign=True,
                               whole=gj.wq + _round16(L) <= psj)
             self.call(self.numba("k_pads"), [T(cplanes), I(nb), I(cout), I(gj.hq), I(gj.wq),
-                                             I(nxs), I(psj)],
+                                             I(nxs), I(psj), I(int(not gj.share))],
                       nb * cout, float(2 * (gj.hq + gj.wq) + psj - gj.plane))
             dop = self.plan.ops[j]
             return label + f" -> the padded planes of {dop.layer or dop.name}"
@@ -2654,6 +2654,16 @@ class Lowering:
         if tail:
             self.act_pass(out, *act)
         return label
+
+    def _shift(self, op: Op) -> SP.Shift:
+        """The shifted conv ``op``'s plane geometry: with AVX2 (SHIFT_SHARE) a 3x3 / 1 conv
+        with padding 1 keeps one padded column a row, shared by a row's right edge and the
+        next row's left (Shift.share)."""
+        g = SP.Shift.of(op, self.example(op.output))
+        if SHIFT_SHARE and self.vw == 8 and \
+                (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1, 1, 1):
+            g = replace(g, share=1)
+        return g
 
     def _shared_phase(self, op: Op, x: str, g) -> tuple[str, RowsGeom, int] | None:
         """The rows planes a 3x3 / 2 conv's phase pass made of x (Lowering.rows_x), when
@@ -2946,8 +2956,10 @@ class Lowering:
         """Floats from one phase plane to the next: hq*wq rounded up to 16 where the
         vectorised phase kernel writes them (taps at offset 0 then load whole cache lines:
         a 1x1 conv over 7x7 maps ran 1.5x slower than over 8x8 ones, 49 vs 64 floats a
-        channel), else hq*wq (the numba kernel's strides 3+)."""
-        return _round16(g.plane) if g.sw in PH.STRIDES else g.plane
+        channel), else hq*wq (the numba kernel's strides 3+). Shared padded columns
+        (Shift.share) leave a float of zeros after each plane: the last tap of a plane's last
+        position reads the next row's first column, past the plane."""
+        return _round16(g.plane + g.share) if g.sw in PH.STRIDES else g.plane + g.share
 
     def _crop(self, full: str, out: str, nb, cout: int, g, fcs: int, res=None) -> str:
         """The shifted convs' wide rows (ho x wq a channel, channels fcs floats apart)
@@ -3186,10 +3198,10 @@ class Lowering:
         if sw.data.size == 0 or sw.family != "spmm" or \
                 SP.conv_method(op, self.example(name), self.example(op.output)) != "shifted":
             return None
-        gj = SP.Shift.of(op, self.example(op.output))
+        gj = self._shift(op)
         wider = gj.wq - g.wq
         if gj.phases != 1 or (gj.ph, gj.pw) != (1, 1) or gj.hq != g.ho + 2 or \
-                gj.wq != g.wo + 2 or wider < 0 or \
+                gj.wq != g.wo + 2 - gj.share or wider < 0 or \
                 (wider and not (widen and wider <= SHIFT_WIDEN and 4 * wider <= g.wq)):
             return None
         return j, gj
@@ -3398,6 +3410,10 @@ TAIL_MAPS = 256
 # the crop and the next conv's phase pass disappear for a few extra FMAs. Same process,
 # ResNet-18 batch 16: 1.009x (layer2-4.0.conv2 1.06-1.10x faster, conv1 0.95-0.98x).
 SHIFT_WIDEN = 2
+# With AVX2, a 3x3 / 1 conv's planes one padded column a row instead of two (Lowering._shift,
+# Shift.share): a row's right padding is the next row's left, so its wide rows hold one
+# wrap column instead of two (7 x 7 maps: 56 positions a channel instead of 63, rounded to 64).
+SHIFT_SHARE = True
 # 3x3 / 1 convs over rows planes (Lowering._rows_geom): the input padded by zero rows only,
 # the taps across a row's edge masked per lane, the output dense: no wrap columns, no crop,
 # and the conv before (a 1x1, or another rows conv) writes straight into them, so no copy

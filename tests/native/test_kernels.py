@@ -875,29 +875,29 @@ def test_grouped_avx2_rule(seed, monkeypatch):
 
 
 @pytest.mark.parametrize("cin,cout,k,stride,hw,act,residual,tile,panels", [
-    (96, 40, 3, 1, 30, "relu", False, 8, True),   # 960 positions a channel, 4 panels
-    (96, 96, 3, 1, 21, "none", True, 7, True),    # 483: a part tile; residual, panels
+    (96, 40, 3, 1, 30, "relu", False, 9, True),   # 30 x 31 (930) positions, 13 tiles of 9
+    (96, 96, 3, 1, 21, "none", True, 6, True),    # 462: a part tile; residual, panels
     (200, 24, 1, 1, 13, "clamp", False, 4, False),  # 169, 169 apart: a part vector, t4
     (16, 16, 1, 1, 14, "relu", True, 4, False),   # 196, 196 apart: as 169
     (600, 24, 1, 1, 13, "relu", False, 4, True),  # 169 and 600 channels: L1-sized panels
     (600, 24, 1, 1, 7, "none", False, 4, False),  # 49: two tiles, the masked one half
     (160, 40, 1, 1, 16, "relu", False, 8, True),  # 256: 1x1 in panels
     (40, 24, 3, 2, 33, "relu", False, 8, True),   # 4 phases a channel, 17 x 18 positions
-    (8, 70, 3, 1, 11, "relu", False, 6, False),   # 143 positions: 3 x 48
-    (24, 40, 3, 1, 5, "relu", False, 5, False),   # 35 positions, 40 as whole vectors
-    (48, 48, 1, 1, 12, "none", True, 6, False),   # 144: one tile a sample
+    (8, 70, 3, 1, 11, "relu", False, 9, False),   # 132 positions: 2 x 72 (a part tile)
+    (24, 40, 3, 1, 5, "relu", False, 4, False),   # 30 positions, 32 as whole vectors
+    (48, 48, 1, 1, 12, "none", True, 9, False),   # 144: two tiles of 9
 ])
 def test_generic_avx2_wide_tiles(seed, monkeypatch, cin, cout, k, stride, hw, act, residual,
                                  tile, panels):
     """The generic kernel built for an AVX2-only CPU (haswell; its code runs here too) over a
-    conv's positions in whole vectors: tiles of 5-8 vectors, as few lanes past the positions
-    as they can (kernels.wide_tile), column panels of lower.AVX2_PANEL_X_BYTES of x, at
-    least 8 channels each and 16 nonzeros a row (the partial sums through out between
-    panels); maps with a part vector keep the tiles of 4 and panels of before, but none
-    where they are at most two tiles (lower.AVX2_PART_PANELS: 7 x 7). Part tiles, a
-    residual, empty rows, bias / no bias, ReLU / clamp / none, against torch at batches 1
-    and 3 and a NaN reaching exactly the outputs its nonzero weights touch; an all-zero
-    layer too."""
+    conv's positions in whole vectors: tiles of 5-9 vectors, as few lanes past the positions
+    as they can (kernels.wide_tile; a 3x3 / 1 conv's rows wo + 1 wide, lower.SHIFT_SHARE),
+    column panels of lower.AVX2_PANEL_X_BYTES of x, at least 8 channels each and 16 nonzeros
+    a row (the partial sums through out between panels); maps with a part vector keep the
+    tiles of 4 and panels of before, but none where they are at most two tiles
+    (lower.AVX2_PART_PANELS: 7 x 7). Part tiles, a residual, empty rows, bias / no bias,
+    ReLU / clamp / none, against torch at batches 1 and 3 and a NaN reaching exactly the
+    outputs its nonzero weights touch; an all-zero layer too."""
     from sparsecc.codegen.llvm import kernels as LK
 
     monkeypatch.setattr(jit, "host", lambda: _HASWELL)
@@ -1272,6 +1272,36 @@ def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
         x = torch.randn(batch, c, hw, hw) * 3
         with torch.no_grad():
             assert_matches(cm(x), model(x))
+
+
+@pytest.mark.parametrize("hw", [1, 2, 7, 14, 15])
+def test_shared_pad_column(seed, monkeypatch, hw):
+    """With AVX2 (lower.SHIFT_SHARE) a 3x3 / 1 conv's planes keep one padded column a row,
+    shared by a row's right edge and the next row's left (Shift.share): the phase pass
+    writes them wo + 1 wide, a conv writing the next one's planes leaves their last column
+    alone (k_pads' ``right`` 0), a stride-2 conv's rows (wo + 1 wide already) go straight
+    into them unwidened, and a zero float after each plane serves the last position's
+    bottom-right tap. 1-wide to odd 15-wide maps, a stride-2 conv in the chain, NaN and
+    huge values left in the arena first; against torch at batches 1 and 3."""
+    monkeypatch.setattr(jit, "host", lambda: _HASWELL)
+    torch.manual_seed(seed)
+    c = 8
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(c, c, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(c, 12, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(12, 16, 3, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, 1, 1)).eval()
+    _prune_convs(model, 0.3)
+    cm = _native_csr(model, torch.randn(1, c, hw, hw))
+    prog = cm.native.lib.program
+    if hw >= 7:  # (smaller maps: no planes where the wrap columns would waste too much)
+        phase = [c_ for c_ in prog.calls if c_.kernel.startswith("phase_v8_s1")]
+        assert [c_.args[15].expr.value for c_ in phase] == [hw + 1], phase
+        pads = [c_.args[7].expr.value for c_ in prog.calls if c_.kernel == "k_pads"]
+        assert pads == [0, 0], pads
+        labels = cm.native.lib.labels
+        assert sum("padded planes of" in v for v in labels.values()) == 2, labels
+    _matches_after_junk(cm, model, (c, hw, hw), (1, 3))
 
 
 def _matches_torch_and_bitwise(cms: dict, model, shape, batches) -> None:

@@ -154,11 +154,12 @@ def spmm_tile(L: int, vw: int, block_rows: int = 1) -> int:
 
 
 def wide_tile(L: int, vw: int) -> int:
-    """The generic AVX2 kernel's vectors per work item over L positions: 5-8 (WIDE_TILES;
+    """The generic AVX2 kernel's vectors per work item over L positions: 5-9 (WIDE_TILES;
     one index and value load for that many FMAs, and a 3x3 conv's x window per channel that
     many vectors + 2 rows wide instead of 4 + 2 rows), the one whose tiles compute the fewest
-    lanes past L (the larger on a tie; 7 for 14 x 14 maps: 196 or 224 positions, 56 for
-    7 x 7), unless 4-vector tiles would compute fewer; else spmm_tile's."""
+    lanes past L (the larger on a tie; 9 for a 3x3 conv over 14 x 14 maps, 210 positions in
+    rows 15 wide, 216 in whole vectors; 7 for 7 x 7, 56), unless 4-vector tiles would
+    compute fewer; else spmm_tile's."""
     if vw != 8 or L <= 32:
         return spmm_tile(L, vw)
 
@@ -169,10 +170,13 @@ def wide_tile(L: int, vw: int) -> int:
     return best if lanes(best) <= lanes(4) else spmm_tile(L, vw)
 
 
-# The wide tiles' candidates (vectors a tile; 8 accumulators + the broadcast value fit
+# The wide tiles' candidates (vectors a tile; 9 accumulators + the broadcast value fit
 # AVX2's 16 registers). A 3x3 conv over 14 x 14 maps (224 positions a channel) ran 1.07x
-# slower in tiles of 8 (256 lanes) than of 4.
-WIDE_TILES = (8, 7, 6, 5)
+# slower in tiles of 8 (256 lanes) than of 4. With rows 15 wide (lower.SHIFT_SHARE: 210
+# positions, 216 in whole vectors) tiles of 9 (three, no masked lanes) against 7 (a last
+# tile of 6 vectors, masked loads and stores): ResNet-18 batch 16 layer3's 3x3 convs
+# 0.72-0.75x the time, ResNet-50's 0.71-0.75x (Zen 3, bench/op_ab.py, one process).
+WIDE_TILES = (9, 8, 7, 6, 5)
 
 
 # Bytes of L1 a column panel's slice of x may take (of 32-48 KB on current x86 cores).

@@ -347,6 +347,10 @@ class Shift:
     # wrap columns beyond the taps' reach (zeros in the planes): rows as wide as the next
     # conv's padded planes, so this conv's wide rows go straight into them
     extra: int = 0
+    # padded columns one row's right and the next row's left padding share (stride 1 along
+    # x, at most pw): a tap past a row's last column reads the next row's first, which is
+    # padding (zero), so the planes need only wo + reach - share columns
+    share: int = 0
 
     @staticmethod
     def of(op: Op, out_shape) -> Shift:
@@ -372,7 +376,7 @@ class Shift:
 
     @property
     def wq(self) -> int:
-        return self.wo + (self.kw - 1) * self.dw // self.sw + self.extra
+        return self.wo + (self.kw - 1) * self.dw // self.sw + self.extra - self.share
 
     @property
     def plane(self) -> int:
