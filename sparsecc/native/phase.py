@@ -19,9 +19,19 @@ one process, layer1's two copies 0.739 / 0.772 -> 0.427 / 0.475 ms, layer2.1's 0
 0.123 (whole calls level within the noise, 66.6 against 67.9 ms).
 
 Stride 2 loads two vectors of consecutive columns, 2j - pw + [0, 2 vw), and splits them
-into the even lanes (phase px = 0) and the odd ones (px = 1) with a shuffle. The numba
-loop it replaces read one strided element per step (~2.7 cycles an element here: ResNet-50's
-phase passes took 11 of 176 ms at batch 16).
+into the even lanes (phase px = 0) and the odd ones (px = 1) with a shuffle; with both
+phases (a 3x3 / 2 conv's) one load of a row gives both (BOTH_PHASES). The numba loop it
+replaces read one strided element per step (~2.7 cycles an element here: ResNet-50's phase
+passes took 11 of 176 ms at batch 16).
+
+A strip of columns past x's row edges (the padding, a row narrower than the strip) reads
+with plain loads where its vectors stay inside the channel's H x W floats, the lanes outside
+the row zeroed by their mask (PLAIN_EDGES; AVX2's masked loads are slow on AMD cores), and
+the strips run last to first so a row's last, part strip can be stored whole: its lanes past
+the row land on the next rows' first columns, written after, or on the gap after the plane,
+zeroed last, never past the plane's ``ps`` floats (PLAIN_TAIL_STORES; else a float a lane).
+ResNet-18 batch 16 on the AVX2 Zen 3, one process (bench/op_ab.py): the 3x3 / 2 convs with
+their phase passes 1.04-1.13x faster, the 1x1 / 2 downsamples 1.27-1.41x.
 
 With PhaseSpec.packed either side may be the batch packed into the positions
 (native.lower.PACK: samples in blocks of B, a block's channel holding its samples' planes one
@@ -56,6 +66,11 @@ STRIDES = (1, 2)  # along x; other strides take the numba kernel
 COPY_ROWS = True  # (_copy_rows)
 PLAIN_INSIDE = True  # (_columns: plain loads and stores inside the rows; A/B)
 LANE_STORES = True  # (_columns: a row's last vector a float a lane, not a masked store; A/B)
+# (_columns: a strip past x's row edges read with plain loads and a mask where it stays inside
+# the channel; A/B)
+PLAIN_EDGES = True
+BOTH_PHASES = True  # (_columns, stride 2: both column phases from one load of a row; A/B)
+PLAIN_TAIL_STORES = True  # (_columns: a row's last strip stored whole where it may; A/B)
 
 
 def items(nb, cin, npy):
@@ -204,7 +219,13 @@ def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
     # vectors (a padding row's loads take an empty mask)
     none = ir.Constant(ir.VectorType(ir.IntType(1), vw), [0] * vw)
     zero = ir.Constant(k.vty, [0.0] * vw)
-    with k.loop(I64(0), wq, "j", step=vw) as j:
+    # the strips last to first (PLAIN_TAIL_STORES): a row's last strip may then be stored
+    # whole (put), its lanes past the row landing on the next rows' first columns, which
+    # the strips before it write after
+    nstrips = b.sdiv(b.add(wq, I64(vw - 1)), I64(vw))
+    overflow_ok = b.and_(gaps, ir.Constant(ir.IntType(1), int(PLAIN_TAIL_STORES)))
+    with k.loop(I64(0), nstrips, "jj") as jj:
+        j = b.mul(b.sub(b.sub(nstrips, I64(1)), jj), I64(vw))
         keep = k.lanes_lt(j, wq)
         if sw == 1:
             col = b.sub(b.add(j, b.load(pxs)), pw)
@@ -220,28 +241,83 @@ def _columns(k: _K, sw: int, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx,
                                b.icmp_signed("<=", b.add(col, I64(len(cols) * vw)), w)))
         inside = b.and_(inside, ir.Constant(ir.IntType(1), int(PLAIN_INSIDE)))
 
-        def rows(masked: bool) -> None:
+        def row(i, masked: bool) -> list:
+            """Row i's vectors of x over the strip (zeros outside x)."""
+            ih = b.sub(b.add(b.mul(i, sh), py), ph)
+            live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
+            live = b.and_(live, real)
+            if not masked:  # (a padding row reads x's first columns, then takes zeros)
+                xrow = b.gep(xc, [b.select(live, b.add(b.mul(ih, w), col), I64(0))])
+                return [b.select(live, k.vload(b.gep(xrow, [I64(q * vw)]), None), zero)
+                        for q in range(len(cols))]
+            at = b.add(b.mul(ih, w), col)
+            xrow = b.gep(xc, [at])  # (padding rows: unread)
+            if not PLAIN_EDGES:
+                return [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
+                        for q, m in enumerate(cols)]
+            # the strip's vectors inside the channel's H x W floats: plain loads, the lanes
+            # outside x's row zeroed by the mask (AVX2's masked loads, vmaskmovps, are slow
+            # on AMD cores); else (the first and last rows) masked loads
+            safe = b.and_(live, b.and_(b.icmp_signed(">=", at, I64(0)),
+                                       b.icmp_signed("<=", b.add(at, I64(len(cols) * vw)),
+                                                     b.mul(h, w))))
+            with b.if_else(safe) as (then, other):
+                with then:
+                    plain = [b.select(m, k.vload(b.gep(xrow, [I64(q * vw)]), None), zero)
+                             for q, m in enumerate(cols)]
+                    from_plain = b.block
+                with other:
+                    masked_ = [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
+                               for q, m in enumerate(cols)]
+                    from_masked = b.block
+            got = []
+            for u, v in zip(plain, masked_):
+                phi = b.phi(k.vty)
+                phi.add_incoming(u, from_plain)
+                phi.add_incoming(v, from_masked)
+                got.append(phi)
+            return got
+
+        def put(v, oj, i, masked: bool) -> None:
+            ptr = b.gep(oj, [b.mul(i, wq)])
+            if not (masked and LANE_STORES):
+                k.vstore(v, ptr, keep if masked else None)
+                return
+            # (whole where the vector ends inside the plane's ps floats: past the row it
+            # lands on later rows, which their own stores overwrite, or on the gap after
+            # the plane, zeroed last; never on another item's plane)
+            end = b.add(b.add(b.mul(i, wq), j), I64(vw))
+            whole = b.and_(overflow_ok, b.icmp_signed("<=", end, ps))
+            with b.if_else(whole) as (then, other):
+                with then:
+                    k.vstore(v, ptr, None)
+                with other:
+                    _store_lanes(k, v, ptr, b.sub(wq, j))
+
+        def phases(masked: bool) -> None:
             with k.loop(I64(0), npx if sw == 2 else I64(1), "ix") as ix:
                 odd = b.icmp_signed("!=", b.load(b.gep(pxs, [ix])), I64(0)) if sw == 2 \
                     else None
                 oj = b.gep(oc, [b.add(b.mul(ix, ps), j)])
                 with k.loop(I64(0), hq, "i") as i:
-                    ih = b.sub(b.add(b.mul(i, sh), py), ph)
-                    live = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, h))
-                    live = b.and_(live, real)
-                    if masked:
-                        xrow = b.gep(xc, [b.add(b.mul(ih, w), col)])  # (padding rows: unread)
-                        got = [k.vload(b.gep(xrow, [I64(q * vw)]), b.select(live, m, none))
-                               for q, m in enumerate(cols)]
-                    else:  # (a padding row reads x's first columns, then takes zeros)
-                        xrow = b.gep(xc, [b.select(live, b.add(b.mul(ih, w), col), I64(0))])
-                        got = [b.select(live, k.vload(b.gep(xrow, [I64(q * vw)]), None), zero)
-                               for q in range(len(cols))]
-                    v = got[0] if sw == 1 else _split(k, got[0], got[1], odd)
-                    if masked and LANE_STORES:
-                        _store_lanes(k, v, b.gep(oj, [b.mul(i, wq)]), b.sub(wq, j))
-                    else:
-                        k.vstore(v, b.gep(oj, [b.mul(i, wq)]), keep if masked else None)
+                    got = row(i, masked)
+                    put(got[0] if sw == 1 else _split(k, got[0], got[1], odd), oj, i, masked)
+
+        def rows(masked: bool) -> None:
+            if sw == 1 or not BOTH_PHASES:
+                phases(masked)
+                return
+            # both column phases (pxs 0, 1: a 3x3 / 2 conv's): each row's vectors loaded
+            # once, split into the even and the odd lanes
+            with b.if_else(b.icmp_signed("==", npx, I64(2))) as (then, other):
+                with then:
+                    o0, o1 = b.gep(oc, [j]), b.gep(oc, [b.add(ps, j)])
+                    with k.loop(I64(0), hq, "i2") as i:
+                        got = row(i, masked)
+                        put(_halves(k, got[0], got[1], False), o0, i, masked)
+                        put(_halves(k, got[0], got[1], True), o1, i, masked)
+                with other:
+                    phases(masked)
 
         with b.if_else(inside) as (then, other):
             with then:
@@ -266,6 +342,12 @@ def _store_lanes(k: _K, v, ptr, n) -> None:
             for lane in range(vw - 1):
                 with b.if_then(b.icmp_signed(">", n, I64(lane))):
                     b.store(b.extract_element(v, I32(lane)), b.gep(ptr, [I64(lane)]))
+
+
+def _halves(k: _K, lo, hi, odd: bool):
+    """Stride 2: the even lanes of input columns [lo, hi) or (``odd``) the odd ones."""
+    return k.b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, k.vw),
+                                                  list(range(int(odd), 2 * k.vw, 2))))
 
 
 def _split(k: _K, lo, hi, odd):
