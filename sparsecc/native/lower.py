@@ -2008,9 +2008,11 @@ class Lowering:
              bias: Slot,
              x: Slot, out: Slot, *, n, L, xrs, ors, xns, ons, indices, x_rows, reach=0,
              guard=None, panel_of=None, res: Slot | None = None, xalign: bool = False,
-             whole: bool = False, panels: int = 0):
+             whole: bool = False, panels: int = 0, dual: np.ndarray | None = None):
         """``whole``: x's, out's (and res's) rows have room for L rounded up to whole vectors
         (their strides, or slack after them), whose extra lanes nothing else reads.
+        ``dual``: the indices' pairs for dual planes (_dual_offsets), which the generic AVX2
+        conv kernel takes (the others read the first copy at ``indices``).
         ``panels`` > 1: the grouped kernel runs a sample's tiles in that many panels, every
         row group over a panel before the next (emit.A_PANELS; the packed tail's blocks)."""
         fixed = lift(L).is_const() and lift(xrs).is_const()
@@ -2030,7 +2032,7 @@ class Lowering:
             L = const(-(-lift(L).value // self.vw) * self.vw)
         kw = dict(n=n, L=L, xrs=xrs, ors=ors, xns=xns, ons=ons, indices=indices,
                   x_rows=x_rows, reach=reach, panel_of=panel_of, res=res, xalign=xalign,
-                  panels=panels)
+                  panels=panels, dual=dual)
         if mode != "batch":
             return self._spmm_one(op, sw, spec, specialise, bias, x, out, mode == "always",
                                   guard, **kw)
@@ -2047,7 +2049,7 @@ class Lowering:
 
     def _spmm_one(self, op: Op, sw: SP.SparseWeight, spec: E_.KernelSpec, specialise: bool,
                   bias: Slot, x: Slot, out: Slot, grouped: bool, guard, *, n, L, xrs, ors,
-                  xns, ons, indices, x_rows, reach, panel_of, res, xalign, panels):
+                  xns, ons, indices, x_rows, reach, panel_of, res, xalign, panels, dual):
         from sparsecc.codegen.llvm import driver
 
         baked = None
@@ -2077,6 +2079,8 @@ class Lowering:
             lift(L).value % 8 == 0
         if avx2_conv and spec.tile == 4:
             spec = replace(spec, tile=LK.wide_tile(lift(L).value, spec.vw))
+        if avx2_conv and dual is not None:
+            spec, indices = replace(spec, idx_bits=64), dual
         sym = self.sparse_kernel(spec, baked)
         L = lift(L)
         ntiles = L.cdiv(spec.vw * spec.tile)
@@ -2585,7 +2589,7 @@ class Lowering:
         rows = cin.value * g.phases
         ps = self._plane_stride(g)
         # a sample's planes on a cache line, as the grouped kernel's aligned x loads want
-        per_sample = _round16(rows * ps + g.slack)
+        per_a, per_sample = self._sample_floats(op, rows, ps, g)
         given = self.planes_in.pop(self.i, None)
         if given is not None:  # the conv before wrote them (see below)
             planes = given
@@ -2603,6 +2607,11 @@ class Lowering:
                 self.call(self.numba("k_phase"), args, nb * rows, float(g.plane))
         L = g.ho * g.wq
         offs = g.offsets(swt.indices, ps)
+        dual = None
+        if per_sample != per_a:  # the second copy of the planes (_sample_floats)
+            self.copy(T(planes), T(planes, per_a + 8), [nb, const(per_a)],
+                      [const(per_sample), const(1)], [const(per_sample), const(1)], 4)
+            dual = _dual_offsets(offs, per_a + 8)
         tile = LK.spmm_tile(L, self.vw, swt.block_rows)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
                                           tile)
@@ -2613,7 +2622,8 @@ class Lowering:
             # the borders, zeroed after): no crop here, no phase pass there
             j, gj = nxt
             psj = self._plane_stride(gj)
-            nxs = _round16(cout * psj + gj.slack)  # (the next conv's per_sample)
+            # (the next conv's per_sample)
+            nxs = self._sample_floats(self.plan.ops[j], cout, psj, gj)[1]
             cplanes = self.temp("next_planes", nb * nxs * 4)
             self.planes_in[j] = cplanes
             # (whole tiles when the extra positions stay in the channel's own plane: its
@@ -2623,7 +2633,7 @@ class Lowering:
                               n=nb, L=L, xrs=1, ors=psj, xns=per_sample,
                               ons=nxs, indices=offs, x_rows=rows, reach=g.reach,
                               panel_of=offs // ps, xalign=True,
-                              whole=gj.wq + _round16(L) <= psj)
+                              whole=gj.wq + _round16(L) <= psj, dual=dual)
             self.call(self.numba("k_pads"), [T(cplanes), I(nb), I(cout), I(gj.hq), I(gj.wq),
                                              I(nxs), I(psj), I(int(not gj.share))],
                       nb * cout, float(2 * (gj.hq + gj.wq) + psj - gj.plane))
@@ -2641,7 +2651,7 @@ class Lowering:
         label = self.spmm(op, swt, spec, True, bslot, T(planes), T(full), n=nb, L=L, xrs=1,
                           ors=fcs, xns=per_sample, ons=cout * fcs, indices=offs, x_rows=rows,
                           reach=g.reach, panel_of=offs // ps, xalign=True,
-                          whole=fcs >= _round16(L))
+                          whole=fcs >= _round16(L), dual=dual)
         if res is not None:  # crop, add the residual and activate in one pass
             return label + self._crop(full, out, nb, cout, g, fcs, res)
         if pool is not None:
@@ -2951,6 +2961,19 @@ class Lowering:
         return [T(x), T(planes), I(nb), I(cin), I(h), I(w), I(g.ph), I(g.pw), I(g.sh),
                 I(g.sw), self.derived("pys", g.pys), I(len(g.pys)), self.derived("pxs", g.pxs),
                 I(len(g.pxs)), I(g.hq), I(g.wq), I(per_sample)]
+
+    def _sample_floats(self, op: Op, rows: int, ps: int, g) -> tuple[int, int]:
+        """(floats of a sample's planes, floats from one sample's planes to the next) for
+        the shifted conv ``op`` of geometry ``g`` over ``rows`` planes ``ps`` floats apart.
+        Dual planes (AVX2, stride 1, at least DUAL_MIN_TAPS nonzeros an input channel): the
+        second is twice the first + 16, a copy of the planes 8 floats past the first copy's
+        end (_dual_offsets), made by a pass over them that costs as much as ~50 of the
+        kernel's FMAs per float."""
+        a = _round16(rows * ps + g.slack)
+        if not (DUAL_PLANES and self.vw == 8 and (g.sh, g.sw) == (1, 1) and g.kw > 1 and
+                g.wq > g.wo and rows and self._taps(op, True, 1) / rows >= DUAL_MIN_TAPS):
+            return a, a
+        return a, 2 * a + 16
 
     def _plane_stride(self, g) -> int:
         """Floats from one phase plane to the next: hq*wq rounded up to 16 where the
@@ -3414,6 +3437,10 @@ SHIFT_WIDEN = 2
 # Shift.share): a row's right padding is the next row's left, so its wide rows hold one
 # wrap column instead of two (7 x 7 maps: 56 positions a channel instead of 63, rounded to 64).
 SHIFT_SHARE = True
+# With AVX2, a 3x3 / 1 conv's planes twice (Lowering._sample_floats, _dual_offsets): each
+# x load of the generic kernel from the copy where it lies on one cache line.
+DUAL_PLANES = True
+DUAL_MIN_TAPS = 80
 # 3x3 / 1 convs over rows planes (Lowering._rows_geom): the input padded by zero rows only,
 # the taps across a row's edge masked per lane, the output dense: no wrap columns, no crop,
 # and the conv before (a 1x1, or another rows conv) writes straight into them, so no copy
@@ -3744,6 +3771,19 @@ def _grouping(op: Op, sw: SP.SparseWeight, xalign: bool, indices: np.ndarray, vw
     if xalign and env_xalign() and bool((np.asarray(indices) % 16).any()):
         return {"group": min(rows, GROUP_ROWS_ALIGNED), "tile": 1, "xalign": True}
     return {"group": rows, "tile": 1}
+
+
+def _dual_offsets(offs: np.ndarray, d: int) -> np.ndarray:
+    """A shifted conv's x offsets for dual planes (Lowering._sample_floats: a second copy
+    of a sample's planes ``d`` floats past the first, d = 8 mod 16): per nonzero the offset
+    its tile's vectors at an even vector of a cache line read, and the one those at an odd
+    vector read (low and high 32 bits), each in the copy where its 8 floats lie on one line.
+    A load at o = q mod 16 (lines of 16 floats) spans two lines when q > 8."""
+    o = offs.astype(np.uint64)
+    q = o % 16
+    lo = np.where(q >= 9, o + d, o)
+    hi = np.where((q >= 1) & (q <= 7), o + d, o)
+    return lo | (hi << np.uint64(32))
 
 
 def _round16(n: int) -> int:

@@ -1304,6 +1304,61 @@ def test_shared_pad_column(seed, monkeypatch, hw):
     _matches_after_junk(cm, model, (c, hw, hw), (1, 3))
 
 
+@pytest.mark.parametrize("hw", [1, 2, 7, 9, 14, 15])
+def test_dual_planes(seed, monkeypatch, hw):
+    """With AVX2 (lower.DUAL_PLANES) a 3x3 / 1 conv's planes are held twice, the copy 8
+    floats past the first's end, and the generic kernel reads each vector from the copy
+    where it lies on one cache line (offset pairs, KernelSpec.idx_bits 64): planes from
+    the phase pass and planes a conv wrote, a copy pass each, tiles at both parities. 1-wide
+    to 15-wide maps with junk in the arena first, against torch at batches 1 and 3, and bit
+    for bit against the same model with single planes (the same FMAs in the same order)."""
+    from sparsecc.native import lower as NLW
+
+    monkeypatch.setattr(jit, "host", lambda: _HASWELL)
+    monkeypatch.setattr(NLW, "DUAL_MIN_TAPS", 1)
+    torch.manual_seed(seed)
+    c = 8
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(c, 16, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 12, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(12, 16, 3, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, 1, 1)).eval()
+    _prune_convs(model, 0.4)
+    example = torch.randn(1, c, hw, hw)
+    cms = {}
+    for dual in (True, False):
+        monkeypatch.setattr(NLW, "DUAL_PLANES", dual)
+        cms[dual] = _native_csr(model, example)
+    prog = cms[True].native.lib.program
+    pairs = [k.spec for k in prog.kernels.values()
+             if k.spec is not None and k.spec.idx_bits == 64]
+    copies = [c_ for c_ in prog.calls if c_.kernel == "k_copy32"]
+    if hw >= 7:  # (smaller maps: no planes)
+        assert pairs and len(copies) == 3, (pairs, copies)
+    assert not any(k.spec is not None and k.spec.idx_bits == 64
+                   for k in cms[False].native.lib.program.kernels.values())
+    _matches_after_junk(cms[True], model, (c, hw, hw), (1,))
+    _matches_torch_and_bitwise(cms, model, (c, hw, hw), (1, 3))
+
+
+def test_dual_offsets():
+    """lower._dual_offsets: for either parity of a tile's first vector, every vector's 8
+    floats lie on one 16-float line in the copy it reads, and that copy holds what the
+    first holds at the offset (the second copy d = 8 mod 16 floats on)."""
+    from sparsecc.native.lower import _dual_offsets
+
+    rng = np.random.default_rng(0)
+    d = 16 * 37 + 8
+    offs = rng.integers(0, 16 * 40, 500).astype(np.uint32)
+    pairs = _dual_offsets(offs, d)
+    lo = (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    hi = (pairs >> np.uint64(32)).astype(np.int64)
+    for got, par in ((lo, 0), (hi, 1)):
+        assert np.all((got == offs) | (got == offs.astype(np.int64) + d))
+        for v in range(par, 9, 2):  # the vectors at that parity of a line
+            assert np.all((got + 8 * v) % 16 <= 8), (par, v)
+
+
 def _matches_torch_and_bitwise(cms: dict, model, shape, batches) -> None:
     """``cms[True]`` against torch at ``batches`` (samples of ``shape``), and bit for bit
     against ``cms[False]`` (the same model built the other way)."""
@@ -1694,6 +1749,9 @@ def test_tail_after_the_last_big_read(seed, monkeypatch, hw, limit, after):
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
     _prune_convs(model)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", limit)
+    # (the limits are set by the buffers' sizes with single planes: with AVX2 the block's
+    # convs, 86 nonzeros an input channel, would take dual planes twice the size)
+    monkeypatch.setattr(lower, "DUAL_PLANES", False)
     starts = {}
     for rule in (False, True):
         monkeypatch.setattr(lower, "TAIL_AFTER_READS", rule)

@@ -84,7 +84,12 @@ class KernelSpec:
     act_a: float = 0.0
     act_b: float = 0.0
     has_bias: bool = False
-    idx_bits: int = 32  # 16 or 32: width of the stored column indices (generic kernels)
+    # 16 or 32: width of the stored column indices (generic kernels). 64: a shifted conv's
+    # dual planes (native.lower.DUAL_PLANES; generic spmm, x rows 1 float apart): a pair of
+    # 32-bit offsets a nonzero, the low one read by the tile's vectors at an even vector of
+    # a 16-float line, the high one by those at an odd one (one copy of the loop for either
+    # parity of the tile's first vector)
+    idx_bits: int = 32
     pattern_hash: str = ""  # non-empty: the pattern is baked in (specialised kernel)
     block: tuple[int, int] = (1, 1)  # bsr: (R, C); nm: (N, M)
     xrs: int = 0  # specialised: the x row stride baked in (0: read from args)
@@ -318,7 +323,8 @@ class _Fn:
     def load_idx(self, base: ir.Value, index: ir.Value, bits: int) -> ir.Value:
         ity = ir.IntType(bits)
         p = self.b.bitcast(base, ity.as_pointer())
-        return self.b.zext(self.b.load(self.b.gep(p, [index], inbounds=True)), I64)
+        v = self.b.load(self.b.gep(p, [index], inbounds=True))
+        return v if bits == 64 else self.b.zext(v, I64)
 
 
 # ---- spmm ---------------------------------------------------------------------------------
@@ -398,11 +404,23 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
                 live = b.icmp_signed("!=", v, _const_i64_vec(spec.vw, c))
                 bits = b.zext(b.bitcast(live, ir.IntType(spec.vw)), I64)
                 k.edge_masks = b.or_(k.edge_masks, b.shl(bits, I64(16 * at)))
+        odd = None
+        if spec.idx_bits == 64:  # the tile's first vector at an odd vector of its line
+            odd = b.icmp_signed("!=", b.and_(b.lshr(j0, I64(3)), I64(1)), I64(0))
         full = b.icmp_signed("<=", b.add(j0, I64(width)), L)
         with b.if_else(full) as (then, other):
             with then:
-                _spmm_tile(k, spec, None, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
-                           row_fns)
+                if odd is None:
+                    _spmm_tile(k, spec, None, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
+                               ors, row_fns)
+                else:  # (a copy of the loop for either parity: no selects in it)
+                    with b.if_else(odd) as (t_odd, t_even):
+                        for known, arm in ((True, t_odd), (False, t_even)):
+                            with arm:
+                                k.odd = known
+                                _spmm_tile(k, spec, None, indptr, idx, data, xb, ob, bias,
+                                           r0, r1, xrs, ors, row_fns)
+                    k.odd = odd
             with other:
                 if row_fns is not None:  # the tail variant has its live lanes baked in
                     _spmm_tile(k, spec, [], indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
@@ -614,11 +632,21 @@ def _csr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
                 n_, m_ = spec.block
                 col = b.add(b.mul(b.udiv(b.sub(p, p0), I64(n_)), I64(m_)),
                             k.load_idx(idx, p, 8))
+            elif spec.idx_bits == 64:  # dual planes (KernelSpec.idx_bits): x rows 1 apart
+                pair = k.load_idx(idx, p, 64)
+                lo, hi = b.and_(pair, I64(0xFFFFFFFF)), b.lshr(pair, I64(32))
+                if k.odd is True or k.odd is False:  # (the tile's parity known)
+                    col, col_odd = (hi, lo) if k.odd else (lo, hi)
+                else:
+                    col, col_odd = b.select(k.odd, hi, lo), b.select(k.odd, lo, hi)
+                bases = (b.gep(xb, [col], inbounds=True), b.gep(xb, [col_odd], inbounds=True))
             else:
                 col = k.load_idx(idx, p, spec.idx_bits)
-            base = b.gep(xb, [b.mul(col, xrs)], inbounds=True)
+            if spec.idx_bits != 64:
+                base = b.gep(xb, [b.mul(col, xrs)], inbounds=True)
+                bases = (base, base)
             for v in range(spec.tile):
-                xv = k.vload(b.gep(base, [I64(v * spec.vw)], inbounds=True),
+                xv = k.vload(b.gep(bases[v % 2], [I64(v * spec.vw)], inbounds=True),
                              None if masks is None else masks[v])
                 b.store(k.fma(wv, xv, b.load(accp[u][v])), accp[u][v])
 
