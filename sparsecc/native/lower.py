@@ -514,6 +514,10 @@ class Lowering:
         self.wide: dict[str, tuple[str, int]] = {}
         # op index -> the padded planes the shifted conv before it wrote (_planes_reader)
         self.planes_in: dict[int, str] = {}
+        # dual planes the conv writing them wrote both copies of (DUAL_WRITE); whether the
+        # last spmm asked for that could not (Lowering.spmm's ``ods``)
+        self.dual_written: set[str] = set()
+        self.ods_missed = False
         self._rows_memo: dict[int, RowsGeom | None] = {}
         # stride-2 rows planes a phase pass made of a tensor: name -> (the temporary, its
         # geometry, the op): a stride-2 1x1 conv of the same tensor reads their (1, 0)
@@ -2008,11 +2012,14 @@ class Lowering:
              bias: Slot,
              x: Slot, out: Slot, *, n, L, xrs, ors, xns, ons, indices, x_rows, reach=0,
              guard=None, panel_of=None, res: Slot | None = None, xalign: bool = False,
-             whole: bool = False, panels: int = 0, dual: np.ndarray | None = None):
+             whole: bool = False, panels: int = 0, dual: np.ndarray | None = None,
+             ods: int = 0):
         """``whole``: x's, out's (and res's) rows have room for L rounded up to whole vectors
         (their strides, or slack after them), whose extra lanes nothing else reads.
         ``dual``: the indices' pairs for dual planes (_dual_offsets), which the generic AVX2
-        conv kernel takes (the others read the first copy at ``indices``).
+        conv kernel takes (the others read the first copy at ``indices``). ``ods``: out is
+        dual planes, the second copy ``ods`` floats past the first; the generic kernel
+        writes both (KernelSpec.dual_out), else self.ods_missed is set.
         ``panels`` > 1: the grouped kernel runs a sample's tiles in that many panels, every
         row group over a panel before the next (emit.A_PANELS; the packed tail's blocks)."""
         fixed = lift(L).is_const() and lift(xrs).is_const()
@@ -2032,7 +2039,7 @@ class Lowering:
             L = const(-(-lift(L).value // self.vw) * self.vw)
         kw = dict(n=n, L=L, xrs=xrs, ors=ors, xns=xns, ons=ons, indices=indices,
                   x_rows=x_rows, reach=reach, panel_of=panel_of, res=res, xalign=xalign,
-                  panels=panels, dual=dual)
+                  panels=panels, dual=dual, ods=ods)
         if mode != "batch":
             return self._spmm_one(op, sw, spec, specialise, bias, x, out, mode == "always",
                                   guard, **kw)
@@ -2049,7 +2056,8 @@ class Lowering:
 
     def _spmm_one(self, op: Op, sw: SP.SparseWeight, spec: E_.KernelSpec, specialise: bool,
                   bias: Slot, x: Slot, out: Slot, grouped: bool, guard, *, n, L, xrs, ors,
-                  xns, ons, indices, x_rows, reach, panel_of, res, xalign, panels, dual):
+                  xns, ons, indices, x_rows, reach, panel_of, res, xalign, panels, dual,
+                  ods):
         from sparsecc.codegen.llvm import driver
 
         baked = None
@@ -2081,6 +2089,10 @@ class Lowering:
             spec = replace(spec, tile=LK.wide_tile(lift(L).value, spec.vw))
         if avx2_conv and dual is not None:
             spec, indices = replace(spec, idx_bits=64), dual
+        if ods and avx2_conv and spec.act in E_.FUSED_ACTS:
+            spec = replace(spec, dual_out=True)
+        elif ods:
+            self.ods_missed = True
         sym = self.sparse_kernel(spec, baked)
         L = lift(L)
         ntiles = L.cdiv(spec.vw * spec.tile)
@@ -2139,6 +2151,8 @@ class Lowering:
                                      indptr=self.derived("indptr", indptr))
             if res is not None:
                 args[E_.A_RES] = res
+            if spec.dual_out:
+                args[E_.A_ODS] = I(ods)
             args[E_.A_NB] = I(n)
             items, per_item = tiles * nrb, 2.0 * sw.data.size / nrb * spec.vw * spec.tile
             if spec.kcols:  # an item a row block of a set of samples
@@ -2589,7 +2603,7 @@ class Lowering:
         rows = cin.value * g.phases
         ps = self._plane_stride(g)
         # a sample's planes on a cache line, as the grouped kernel's aligned x loads want
-        per_a, per_sample = self._sample_floats(op, rows, ps, g)
+        per_a, per_sample = self._sample_floats(op, rows, ps, g, self.i in self.planes_in)
         given = self.planes_in.pop(self.i, None)
         if given is not None:  # the conv before wrote them (see below)
             planes = given
@@ -2608,9 +2622,11 @@ class Lowering:
         L = g.ho * g.wq
         offs = g.offsets(swt.indices, ps)
         dual = None
-        if per_sample != per_a:  # the second copy of the planes (_sample_floats)
+        if per_sample != per_a and planes not in self.dual_written:
+            # the second copy of the planes (_sample_floats), unless the conv before wrote it
             self.copy(T(planes), T(planes, per_a + 8), [nb, const(per_a)],
                       [const(per_sample), const(1)], [const(per_sample), const(1)], 4)
+        if per_sample != per_a:
             dual = _dual_offsets(offs, per_a + 8)
         tile = LK.spmm_tile(L, self.vw, swt.block_rows)
         spec, _, tail = self._sparse_spec(op, swt.family, swt, act, "bias" in op.params, 32,
@@ -2622,10 +2638,12 @@ class Lowering:
             # the borders, zeroed after): no crop here, no phase pass there
             j, gj = nxt
             psj = self._plane_stride(gj)
-            # (the next conv's per_sample)
-            nxs = self._sample_floats(self.plan.ops[j], cout, psj, gj)[1]
+            # (the next conv's per_sample; dual planes: the copy too, DUAL_WRITE)
+            nxa, nxs = self._sample_floats(self.plan.ops[j], cout, psj, gj, True)
             cplanes = self.temp("next_planes", nb * nxs * 4)
             self.planes_in[j] = cplanes
+            ods = nxa + 8 if nxs != nxa and DUAL_WRITE else 0
+            self.ods_missed = False
             # (whole tiles when the extra positions stay in the channel's own plane: its
             # bottom border, zeroed after, or the gap to the next; x's reads stay in its
             # planes' slack)
@@ -2633,10 +2651,14 @@ class Lowering:
                               n=nb, L=L, xrs=1, ors=psj, xns=per_sample,
                               ons=nxs, indices=offs, x_rows=rows, reach=g.reach,
                               panel_of=offs // ps, xalign=True,
-                              whole=gj.wq + _round16(L) <= psj, dual=dual)
-            self.call(self.numba("k_pads"), [T(cplanes), I(nb), I(cout), I(gj.hq), I(gj.wq),
-                                             I(nxs), I(psj), I(int(not gj.share))],
-                      nb * cout, float(2 * (gj.hq + gj.wq) + psj - gj.plane))
+                              whole=gj.wq + _round16(L) <= psj, dual=dual, ods=ods)
+            for at in (0, ods) if ods and not self.ods_missed else (0,):
+                self.call(self.numba("k_pads"), [T(cplanes, at), I(nb), I(cout), I(gj.hq),
+                                                 I(gj.wq), I(nxs), I(psj),
+                                                 I(int(not gj.share))],
+                          nb * cout, float(2 * (gj.hq + gj.wq) + psj - gj.plane))
+            if ods and not self.ods_missed:
+                self.dual_written.add(cplanes)
             dop = self.plan.ops[j]
             return label + f" -> the padded planes of {dop.layer or dop.name}"
         if g.wq == g.wo and SHIFT_DIRECT:
@@ -2962,16 +2984,19 @@ class Lowering:
                 I(g.sw), self.derived("pys", g.pys), I(len(g.pys)), self.derived("pxs", g.pxs),
                 I(len(g.pxs)), I(g.hq), I(g.wq), I(per_sample)]
 
-    def _sample_floats(self, op: Op, rows: int, ps: int, g) -> tuple[int, int]:
+    def _sample_floats(self, op: Op, rows: int, ps: int, g,
+                       written: bool) -> tuple[int, int]:
         """(floats of a sample's planes, floats from one sample's planes to the next) for
-        the shifted conv ``op`` of geometry ``g`` over ``rows`` planes ``ps`` floats apart.
-        Dual planes (AVX2, stride 1, at least DUAL_MIN_TAPS nonzeros an input channel): the
-        second is twice the first + 16, a copy of the planes 8 floats past the first copy's
-        end (_dual_offsets), made by a pass over them that costs as much as ~50 of the
-        kernel's FMAs per float."""
+        the shifted conv ``op`` of geometry ``g`` over ``rows`` planes ``ps`` floats apart,
+        ``written`` by the conv before (_planes_reader) or not. Dual planes (AVX2, stride 1,
+        at least DUAL_MIN_TAPS nonzeros an input channel, DUAL_MIN_TAPS_WRITTEN when
+        written): the second is twice the first + 16, a copy of the planes 8 floats past
+        the first copy's end (_dual_offsets), made by a pass over them that costs as much
+        as ~50 of the kernel's FMAs per float, or by the conv writing them (DUAL_WRITE)."""
         a = _round16(rows * ps + g.slack)
+        least = DUAL_MIN_TAPS_WRITTEN if written and DUAL_WRITE else DUAL_MIN_TAPS
         if not (DUAL_PLANES and self.vw == 8 and (g.sh, g.sw) == (1, 1) and g.kw > 1 and
-                g.wq > g.wo and rows and self._taps(op, True, 1) / rows >= DUAL_MIN_TAPS):
+                g.wq > g.wo and rows and self._taps(op, True, 1) / rows >= least):
             return a, a
         return a, 2 * a + 16
 
@@ -3441,6 +3466,14 @@ SHIFT_SHARE = True
 # x load of the generic kernel from the copy where it lies on one cache line.
 DUAL_PLANES = True
 DUAL_MIN_TAPS = 80
+# A conv writing the next one's dual planes writes both copies (no copy pass), the next one
+# taking them from DUAL_MIN_TAPS_WRITTEN nonzeros an input channel. ResNet-18 batch 16 on
+# the AVX2 Zen 3 (bench/op_ab.py, one process): the writers 1.03-1.11x slower (the second
+# copy's stores), their readers level to 1.05x faster without the copy pass, the sum level
+# (85.52 / 85.74 ms); with layer1's 3x3 convs (58 nonzeros a channel) taking them too,
+# those 1.11x faster, the sum 0.991x.
+DUAL_WRITE = True
+DUAL_MIN_TAPS_WRITTEN = 40
 # 3x3 / 1 convs over rows planes (Lowering._rows_geom): the input padded by zero rows only,
 # the taps across a row's edge masked per lane, the output dense: no wrap columns, no crop,
 # and the conv before (a 1x1, or another rows conv) writes straight into them, so no copy

@@ -65,7 +65,8 @@ A_GRR = 20  # grouped kernels: > 0, row groups in ranges of this many (native.lo
 # over it (the whole-batch tail's packed blocks, native.lower.PACK); 0 / 1: none. Taken
 # only where A_GRR is 0, by kernels with KernelSpec.panels.
 A_PANELS = 21
-N_ARGS = 22
+A_ODS = 22  # KernelSpec.dual_out: floats from out's first copy to its second
+N_ARGS = 23
 
 
 def act_key(spec) -> str:
@@ -135,6 +136,10 @@ class KernelSpec:
     xts: int = 0
     ots: int = 0
     rts: int = 0
+    # generic spmm: every output vector stored twice, the second A_ODS floats past the first
+    # (the dual planes of the conv after, native.lower.DUAL_PLANES, written by the conv
+    # before them instead of copied)
+    dual_out: bool = False
 
     @property
     def key(self) -> str:
@@ -167,6 +172,8 @@ class KernelSpec:
             parts.append(f"kc{self.kcols}")
         if self.xts or self.ots or self.rts:
             parts.append(f"ts{self.xts}.{self.ots}.{self.rts}")
+        if self.dual_out:
+            parts.append("do")
         return "_".join(parts)
 
 
@@ -376,6 +383,8 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
     nrb = k.arg_i64(A_NRB, "nrb")
     rsplit = b.inttoptr(k.arg_i64(A_RSPLIT, "rsplit_i"), I64.as_pointer())
     row_fns = None
+    if spec.dual_out:
+        k.ods = k.arg_i64(A_ODS, "ods")
     if pattern is not None:
         from sparsecc.codegen.llvm.emit_specialized import spmm_row_chunks
 
@@ -679,7 +688,13 @@ def _csr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
                 res = k.act(total, spec)
                 if last is not None and spec.act != "none":
                     res = b.select(last, res, total)
-            k.vstore(res, b.gep(orow, [I64(v * spec.vw)], inbounds=True), mask)
+            ptr = b.gep(orow, [I64(v * spec.vw)], inbounds=True)
+            k.vstore(res, ptr, mask)
+            if spec.dual_out and last is None:
+                k.vstore(res, b.gep(ptr, [k.ods], inbounds=True), mask)
+            elif spec.dual_out:  # (the sums done: the last column panel's)
+                with b.if_then(last):
+                    k.vstore(res, b.gep(ptr, [k.ods], inbounds=True), mask)
 
 
 def _bsr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors):

@@ -87,7 +87,7 @@ def spec_from_dict(d: dict) -> emit.KernelSpec:
     fields = {f.name: f.type for f in dataclasses.fields(emit.KernelSpec)}
     # indexes written before a field existed: its default (the kernel the key names did not
     # have it either)
-    d = {"residual": False, "panels": False, "kcols": 0, "edge_h": 0, **d}
+    d = {"residual": False, "panels": False, "kcols": 0, "edge_h": 0, "dual_out": False, **d}
     if set(d) != set(fields):
         raise ValueError(f"kernel spec fields {sorted(d)} != {sorted(fields)}")
     vals = dict(d)
@@ -99,6 +99,7 @@ def spec_from_dict(d: dict) -> emit.KernelSpec:
     vals["has_bias"] = bool(d["has_bias"])
     vals["residual"] = bool(d["residual"])
     vals["panels"] = bool(d["panels"])
+    vals["dual_out"] = bool(d["dual_out"])
     return emit.KernelSpec(**vals)
 
 
