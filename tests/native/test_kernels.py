@@ -1283,7 +1283,10 @@ def test_shared_pad_column(seed, monkeypatch, hw):
     into them unwidened, and a zero float after each plane serves the last position's
     bottom-right tap. 1-wide to odd 15-wide maps, a stride-2 conv in the chain, NaN and
     huge values left in the arena first; against torch at batches 1 and 3."""
+    from sparsecc.native import lower as NLW
+
     monkeypatch.setattr(jit, "host", lambda: _HASWELL)
+    monkeypatch.setattr(NLW, "DUAL_PLANES", False)  # (dual planes: test_dual_planes)
     torch.manual_seed(seed)
     c = 8
     model = torch.nn.Sequential(
@@ -1639,6 +1642,8 @@ def test_tail_takes_a_conv_whose_planes_alone_are_big(seed, monkeypatch):
         torch.nn.Linear(16, 10)).eval()
     _prune_convs(model)
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "10K")
+    # (the byte limit is set on single planes: dual ones would keep the block in the chunks)
+    monkeypatch.setattr(lower, "DUAL_PLANES", False)
     starts = {}
     for own in (False, True):
         monkeypatch.setattr(lower, "TAIL_OWN_TEMPS", own)
