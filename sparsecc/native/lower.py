@@ -2317,21 +2317,21 @@ class Lowering:
         if SC.fits(self.vw, cin_, cout_, groups, (sh, sw_), kh, kw, wo_, act[0]) and \
                 (conv_out(h.value, kh, sh, ph, dh), conv_out(w.value, kw, sw_, pw, dw)) == \
                 (ho_, wo_):
+            j = self._stem_pool(out, act)
             spec = SC.SmallConvSpec(self.vw, cin_, cout_, h.value, w.value, kh, kw, sh, ph, pw,
                                     dh, dw, act[0], act[1] if act[0] == "clamp" else 0.0,
-                                    act[2] if act[0] == "clamp" else 0.0, bias is not None)
+                                    act[2] if act[0] == "clamp" else 0.0, bias is not None,
+                                    pool=j is not None)
             if sparse:  # zero taps cost an FMA each: its weights as a dense table
                 csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
                 wslot = self.derived("wsmall", spec.weights(
                     csr_to_dense(*csr, (cout_, cin_ * kh * kw))))
-            elif spec.row_loop:  # (a block's weights tap by tap)
+            elif spec.row_loop:  # (a block's weights tap by tap, or Winograd's)
                 wslot = self.derived("wsmall", spec.weights(
                     self.plan.constants[op.params["weight"]]))
             else:
                 wslot = self.const(op.params["weight"])
-            j = self._stem_pool(out, act)
             if j is not None:  # the max pool after it runs in the same kernel
-                spec = replace(spec, pool=True)
                 self.fused[j] = (self.i, out)
                 pop = self.plan.ops[j]
                 self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias),

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from sparsecc.codegen.llvm.emit import F32, FUSED_ACTS, I64, act_key
+from sparsecc.codegen.llvm.emit import F32, FUSED_ACTS, I32, I64, act_key
 from sparsecc.ir.kinds import conv_out
 from sparsecc.native import dwsmall as DW
 from sparsecc.native.vmath import _K
@@ -85,6 +85,34 @@ ROW_LOOP_TAPS = 25
 # bands). Same process, ResNet-18 uniform 90 %, the stem op: batch 16 1.082x, batch 1
 # 1.029x (2 threads, Zen 5); 1 or 4 bands a sample within 2 % of 2. 0: blocks.
 POOL_BANDS = 2
+# The pooled 7-wide stride-2 kernel (a ResNet's 7x7 / 2 stem and its pool) as a Winograd
+# F(4, 4) along x (``SmallConvSpec.winograd``): a split row's even columns meet the kernel's
+# 4 even taps and its odd columns the 3 odd ones, each a stride-1 correlation along x; four
+# outputs of each take 7 (even) and 6 (odd) products of transformed inputs and weights on the
+# points WG_EVEN / WG_ODD (the odd's 6 among the even's 7, so both share one output
+# transform), not 4 x 7 FMAs: the sums over input channels and kernel rows run per point (K
+# = 42 for six points, 21 for the seventh) with an output tile of R channels x 2 vectors of
+# tiles in registers, the input rows transformed once in the ring (an 8-way deinterleave of
+# the row, then B^T), the output transform, bias, activation and the pool's horizontal max in
+# registers. 273 FMAs for 4 outputs a channel against 588 (lanes: 28 tiles of a 112-wide
+# row in 32); along y it stays direct. Error (1D, 7 points with 1/2): ~1e-6 relative.
+WINOGRAD = True
+_INF = None
+WG_EVEN = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, _INF)
+WG_ODD = (0.0, 1.0, -1.0, 2.0, -2.0, _INF)
+
+
+def wg_mats(points, r: int, m: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B^T, G, A^T) of the Toom-Cook correlation F(m, r) on ``points`` (None: infinity),
+    float64: y = A^T ((G g) * (B^T d)) for d of m + r - 1 inputs, g of r taps."""
+    n = len(points)
+    assert n == m + r - 1
+
+    def vander(cols):
+        return np.array([[0.0] * (cols - 1) + [1.0] if a is _INF else
+                         [float(a) ** i for i in range(cols)] for a in points])
+
+    return np.linalg.inv(vander(n)).T, vander(r), vander(m).T
 
 
 @dataclass(frozen=True)
@@ -115,7 +143,7 @@ class SmallConvSpec:
                 f"{'b' if self.has_bias else 'nb'}{'_mp3s2' if self.pool else ''}"
                 f"{'_sr' if self.split_rows else ''}"
                 f"{'_ab' if self.split_rows and not self.pool and BAND_ALL_BLOCKS else ''}"
-                f"{'_rl' if self.row_loop else ''}")
+                f"{'_rl' if self.row_loop else ''}{'_wg' if self.winograd else ''}")
 
     @property
     def ho(self) -> int:
@@ -134,6 +162,27 @@ class SmallConvSpec:
                 self.kh >= 2):
             return False
         return 4 * self.ring_rows * self.cin * 2 * self.split_len <= RING_MAX_BYTES
+
+    @property
+    def winograd(self) -> bool:
+        """Whether the kernel is the Winograd F(4, 4) along x (WINOGRAD): the pooled 7-wide
+        stride-2 kernel over split rows in bands (a ResNet stem), output width a multiple of
+        4, its ring of transformed rows within RING_MAX_BYTES."""
+        if not (WINOGRAD and self.pool and self.kw == 7 and self.stride == 2 and
+                self.dw == 1 and self.wo % 4 == 0 and self.split_rows and self.pool_bands):
+            return False
+        return 4 * self.ring_rows * self.cin * self.wg_slot <= RING_MAX_BYTES
+
+    @property
+    def wg_ntv(self) -> int:
+        """Vectors of tiles (4 output columns each) a row, with the Winograd kernel."""
+        return -(-(self.wo // 4) // self.vw)
+
+    @property
+    def wg_slot(self) -> int:
+        """Floats of one input row's channel in the Winograd ring: its 13 transformed
+        rows (7 points of the even columns, 6 of the odd), each wg_ntv vectors."""
+        return (len(WG_EVEN) + len(WG_ODD)) * self.wg_ntv * self.vw
 
     @property
     def band(self) -> int:
@@ -190,6 +239,9 @@ class SmallConvSpec:
         8 on AVX-512, 4 on AVX2, V up to 3 (its broadcasts are reused from registers; AVX2's
         4 x 3 takes all 16: 12 accumulators, 3 inputs, the broadcast)."""
         big = self.vw >= 16
+        if self.winograd:  # (R channels x 2 vectors of tiles, a point at a time)
+            r = max(d for d in range(1, (8 if big else 4) + 1) if self.cout % d == 0)
+            return r, min(2, self.wg_ntv)
         if self.row_loop:  # (ROW_LOOP: 8 x 3 on AVX-512, 4 x 3 on AVX2)
             r = max(d for d in range(1, (8 if big else 4) + 1) if self.cout % d == 0)
             return r, max(1, min(-(-self.wo // self.vw), (27 if big else 15) // (r + 1)))
@@ -208,11 +260,30 @@ class SmallConvSpec:
     def weights(self, wt: np.ndarray) -> np.ndarray:
         """The (Co, Ci, kh, kw) weights in the layout the kernel reads."""
         wt = np.ascontiguousarray(wt, np.float32)
+        if self.winograd:
+            return self._wg_weights(wt)
         if not self.row_loop:
             return wt
         r = self.blocking[0]
         return np.ascontiguousarray(
             wt.reshape(self.cout // r, r, -1).transpose(0, 2, 1)).reshape(-1)
+
+    def _wg_weights(self, wt: np.ndarray) -> np.ndarray:
+        """The Winograd kernel's weights: per block of R channels, per point of WG_EVEN, per
+        (input channel, kernel row), the even taps' transformed weight then (when the point
+        is one of WG_ODD's) the odd taps', R channels side by side."""
+        r = self.blocking[0]
+        w64 = wt.astype(np.float64).reshape(self.cout, self.cin * self.kh, self.kw)
+        ue = w64[:, :, 0::2] @ wg_mats(WG_EVEN, 4)[1].T  # (Co, q, 7)
+        uo = w64[:, :, 1::2] @ wg_mats(WG_ODD, 3)[1].T  # (Co, q, 6)
+        nq = self.cin * self.kh
+        parts = []
+        for j, a in enumerate(WG_EVEN):
+            cols = [ue[:, :, j]] + ([uo[:, :, WG_ODD.index(a)]] if a in WG_ODD else [])
+            u = np.stack(cols, axis=-1)  # (Co, q, phases)
+            parts.append(u.reshape(self.cout // r, r, nq, len(cols)).transpose(0, 2, 3, 1)
+                         .reshape(self.cout // r, -1))
+        return np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32).reshape(-1)
 
     def emit(self, module: ir.Module, name: str) -> None:
         emit_small_conv(module, name, self)
@@ -471,6 +542,9 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
         k.vstore(val, b.gep(row, [b.add(I64(r * npad), b.mul(
             I64(v) if isinstance(v, int) else v, I64(vw)))]), None)
 
+    if spec.winograd:
+        _emit_winograd(k, spec, x, wt, bias, out)
+        return
     if spec.pool_bands:
         # an item is a band of pooled rows of one sample, every channel: each input row is
         # split once for all of them (a block an item split every row again: 8x the splits
@@ -510,6 +584,216 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                 split_rows(xn, top, b.add(top, I64(2)))
             conv_row(oh, xn, wb, inits, store_row)
             pool_row(oh, pb, I64(0), I64(pho))
+    b.ret_void()
+
+
+def _deinterleave(k: _K, vecs: list, stride: int = 1, first: int = 0, into=None) -> list:
+    """The len(vecs)-way deinterleave of the floats in ``vecs`` (consecutive): result c holds
+    floats c, c + n, c + 2 n, .. (n = len(vecs), a power of two), by halving shuffles."""
+    into = [None] * len(vecs) if into is None else into
+    if len(vecs) == 1:
+        into[first] = vecs[0]
+        return into
+    vw = k.vw
+    even = ir.Constant(ir.VectorType(I32, vw), list(range(0, 2 * vw, 2)))
+    odd = ir.Constant(ir.VectorType(I32, vw), list(range(1, 2 * vw, 2)))
+    pairs = list(zip(vecs[0::2], vecs[1::2]))
+    _deinterleave(k, [k.b.shuffle_vector(a, c, even) for a, c in pairs], 2 * stride, first,
+                  into)
+    _deinterleave(k, [k.b.shuffle_vector(a, c, odd) for a, c in pairs], 2 * stride,
+                  first + stride, into)
+    return into
+
+
+def _lincomb(k: _K, coefs, vecs, add=None):
+    """sum coefs[i] * vecs[i] (+ ``add``) with the coefficients as float32 constants, zeros
+    skipped and +-1 as an add / subtract."""
+    b = k.b
+    acc = add
+    for c, v in zip(coefs, vecs):
+        c = float(np.float32(c))
+        if c == 0.0:
+            continue
+        if acc is None:
+            acc = v if c == 1.0 else b.fmul(k.c(c), v)
+        elif c == 1.0:
+            acc = b.fadd(acc, v)
+        elif c == -1.0:
+            acc = b.fsub(acc, v)
+        else:
+            acc = k.fma(k.c(c), v, acc)
+    return ir.Constant(k.vty, [0.0] * k.vw) if acc is None else acc
+
+
+def _out_transform(k: _K, m: list, add) -> list:
+    """The 4 outputs A^T M of WG_EVEN's 7 products (+ ``add``), a point and its negative
+    taken as their sum and difference (output i reads a^i times the sum for even i, the
+    difference for odd): 15 vector operations, not 22."""
+    b = k.b
+    pairs, single = [], []
+    for j, a in enumerate(WG_EVEN):
+        if a is not _INF and a > 0 and -a in WG_EVEN:
+            mj, mn = m[j], m[WG_EVEN.index(-a)]
+            pairs.append((a, b.fadd(mj, mn), b.fsub(mj, mn)))
+        elif a is _INF or not (a < 0 and -a in WG_EVEN):
+            single.append((a, m[j]))
+    out = []
+    for i in range(4):
+        terms = [(a ** i, sd if i % 2 == 0 else dd) for a, sd, dd in pairs]
+        terms += [((1.0 if i == 3 else 0.0) if a is _INF else a ** i, v) for a, v in single]
+        out.append(_lincomb(k, [c for c, _ in terms], [v for _, v in terms], add))
+    return out
+
+
+def _emit_winograd(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
+    """The pooled 7-wide stride-2 conv as Winograd F(4, 4) along x (see WINOGRAD), items as
+    the pool_bands kernel's: a band of pooled rows of one sample, every channel.
+
+    Ring slot (an input row's channel): its 13 transformed rows, each ``ntv`` vectors of
+    tiles (tile t: output columns 4t .. 4t + 3). Even columns: d_e[i][t] = x[8t + 2i - pw],
+    i < 7, odd: d_o[i][t] = x[8t + 2i + 1 - pw], i < 6 (zero outside the row): the row's
+    8-way deinterleave (residues c: S_c[t] = x[8t + c - pw]), S_c for c >= 8 one lane on.
+    Output column 4t + i of a channel is A^T[i] . M[t], M[j] = sum over (input channel,
+    kernel row) of U_e[j] D_e[j] (+ U_o[j] D_o[j]); pooled column 2t maxes columns 4t - 1,
+    4t, 4t + 1, column 2t + 1 columns 4t + 1 .. 4t + 3."""
+    b, vw = k.b, spec.vw
+    R, TV = spec.blocking
+    nblk = spec.cout // R
+    ntv, h, w, ho = spec.wg_ntv, spec.h, spec.w, spec.ho
+    pho, pwo = spec.pooled
+    bte, _, ate = wg_mats(WG_EVEN, 4)
+    bto, _, _ = wg_mats(WG_ODD, 3)
+    ne = len(WG_EVEN)
+    rs, slot_f = spec.ring_rows, spec.wg_slot
+    nq = spec.cin * spec.kh
+    zero = ir.Constant(k.vty, [0.0] * vw)
+    ringp = b.bitcast(k.alloca(ir.ArrayType(F32, rs * spec.cin * slot_f), "wring"),
+                      F32.as_pointer())
+    mbuf = b.bitcast(k.alloca(ir.ArrayType(F32, ne * R * ntv * vw), "wm"), F32.as_pointer())
+    # weights: a block's points one after another, each (q, its phases, R)
+    nph = [1 + (a in WG_ODD) for a in WG_EVEN]
+    wofs = [int(sum(nph[:j])) * nq * R for j in range(ne)]
+    wblk = sum(nph) * nq * R
+    shift1 = ir.Constant(ir.VectorType(I32, vw), list(range(1, vw + 1)))
+    back1 = ir.Constant(ir.VectorType(I32, vw), list(range(vw - 1, 2 * vw - 1)))
+    inter = ir.Constant(ir.VectorType(I32, 2 * vw), [i // 2 + (i % 2) * vw
+                                                     for i in range(2 * vw)])
+    halves = [ir.Constant(ir.VectorType(I32, vw), list(range(hh * vw, (hh + 1) * vw)))
+              for hh in range(2)]
+
+    def split(xn, lo, hi) -> None:
+        """Input rows [max(lo, 0), min(hi, h)) transformed into their ring slots."""
+        lo = b.select(b.icmp_signed("<", lo, I64(0)), I64(0), lo)
+        hi = b.select(b.icmp_signed(">", hi, I64(h)), I64(h), hi)
+        with k.loop(lo, hi, "ih") as ih:
+            slot = b.and_(ih, I64(rs - 1))
+            for ci in range(spec.cin):
+                rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
+                dst = b.gep(ringp, [b.mul(b.add(b.mul(slot, I64(spec.cin)), I64(ci)),
+                                          I64(slot_f))])
+                res = []  # res[g][c]: residue c of tile vector g (one past the last too)
+                for g in range(ntv + 1):
+                    a = [DW.row_run(k, rowp, (8 * g + i) * vw - spec.pw, vw, w, 1)
+                         for i in range(8)]
+                    res.append(_deinterleave(k, [zero if v is None else v for v in a]))
+                for tv in range(ntv):
+                    s_ = res[tv] + [b.shuffle_vector(res[tv][c], res[tv + 1][c], shift1)
+                                    for c in range(5)]
+                    for pp, (bt, d) in enumerate([(row, s_[0::2]) for row in bte] +
+                                                 [(row, s_[1:12:2]) for row in bto]):
+                        k.vstore(_lincomb(k, bt, d), b.gep(dst, [I64((pp * ntv + tv) * vw)]),
+                                 None)
+
+    def conv_pool_row(oh, blk, pb, p0, p1) -> None:
+        """Conv row ``oh`` of block ``blk``'s R channels, activated and maxed into the pooled
+        rows [p0, p1) at ``pb`` (the sample's pooled planes)."""
+        co0 = b.mul(blk, I64(R))
+        wb = b.gep(wt, [b.mul(blk, I64(wblk))])
+        top = b.sub(b.mul(oh, I64(2)), I64(spec.ph))  # input row of kernel row 0
+        i_lo = b.select(b.icmp_signed("<", top, I64(0)), b.sub(I64(0), top), I64(0))
+        i_hi = b.sub(I64(h), top)
+        i_hi = b.select(b.icmp_signed(">", i_hi, I64(spec.kh)), I64(spec.kh), i_hi)
+        for j, a in enumerate(WG_EVEN):
+            pps = [j] + ([ne + WG_ODD.index(a)] if a in WG_ODD else [])
+            for tv0 in range(0, ntv, TV):
+                tvs = list(range(tv0, min(tv0 + TV, ntv)))
+                acc = [[k.alloca(k.vty, f"w{r}_{tv}") for tv in tvs] for r in range(R)]
+                for row_ in acc:
+                    for a_ in row_:
+                        b.store(zero, a_)
+                for ci in range(spec.cin):
+                    # (the kernel rows inside the input: no test in the loop)
+                    with k.loop(i_lo, i_hi, "i") as i:
+                        ih = b.add(top, i)
+                        slot = b.add(b.mul(b.and_(ih, I64(rs - 1)), I64(spec.cin)), I64(ci))
+                        rowp = b.gep(ringp, [b.mul(slot, I64(slot_f))])
+                        q = b.add(i, I64(ci * spec.kh))
+                        wq = b.gep(wb, [b.add(I64(wofs[j]), b.mul(q, I64(len(pps) * R)))])
+                        for pi, pp in enumerate(pps):
+                            xs = [k.vload(b.gep(rowp, [I64((pp * ntv + tv) * vw)]), None)
+                                  for tv in tvs]
+                            for r in range(R):
+                                ws = k.splat(b.load(b.gep(wq, [I64(pi * R + r)])))
+                                for n, xv in enumerate(xs):
+                                    b.store(k.fma(ws, xv, b.load(acc[r][n])), acc[r][n])
+                for r in range(R):
+                    for n, tv in enumerate(tvs):
+                        k.vstore(b.load(acc[r][n]),
+                                 b.gep(mbuf, [I64(((j * R + r) * ntv + tv) * vw)]), None)
+        # output transform, bias, activation, the pool (along x in registers, along y into
+        # the pooled rows as pool_row does)
+        i = b.ashr(oh, I64(1))
+        first = b.icmp_signed("==", oh, I64(0))
+        mine = b.icmp_signed(">=", i, p0)
+        nxt = b.and_(b.icmp_signed("!=", b.and_(oh, I64(1)), I64(0)),
+                     b.icmp_signed("<", b.add(i, I64(1)), p1))
+        for r in range(R):
+            bv = k.splat(b.load(b.gep(bias, [b.add(co0, I64(r))]))) if spec.has_bias else None
+            prev3 = zero
+            rp = b.gep(pb, [b.add(b.mul(b.add(co0, I64(r)), I64(pho * pwo)),
+                                  b.mul(i, I64(pwo)))])
+            for tv in range(ntv):
+                m = [b.load(b.bitcast(b.gep(mbuf, [I64(((j * R + r) * ntv + tv) * vw)]),
+                                      k.vty.as_pointer())) for j in range(ne)]
+                y = [b.fadd(k.act(v, spec), zero) for v in _out_transform(k, m, bv)]
+                left = b.shuffle_vector(prev3, y[3], back1)  # column 4t - 1
+                prev3 = y[3]
+                pe = _umax(b, _umax(b, left, y[0]), y[1])
+                po = _umax(b, _umax(b, y[1], y[2]), y[3])
+                both = b.shuffle_vector(pe, po, inter)
+                for hh in range(2):
+                    col0 = (2 * tv + hh) * vw
+                    if col0 >= pwo:
+                        continue
+                    half = b.shuffle_vector(both, both, halves[hh])
+                    mask = DW.lane_mask(vw, np.arange(vw) < pwo - col0)
+                    p = b.gep(rp, [I64(col0)])
+                    with b.if_then(mine):
+                        cur = k.vload(p, mask)
+                        k.vstore(b.select(first, half, _umax(b, cur, half)), p, mask)
+                    with b.if_then(nxt):
+                        k.vstore(half, b.gep(p, [I64(pwo)]), mask)
+
+    nband = spec.pool_bands
+    per = -(-pho // nband)
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+        n = b.sdiv(t, I64(nband))
+        p0 = b.mul(b.srem(t, I64(nband)), I64(per))
+        p1 = b.add(p0, I64(per))
+        p1 = b.select(b.icmp_signed(">", p1, I64(pho)), I64(pho), p1)
+        oh0 = b.sub(b.mul(p0, I64(2)), I64(1))
+        oh0 = b.select(b.icmp_signed("<", oh0, I64(0)), I64(0), oh0)
+        oh1 = b.mul(p1, I64(2))
+        oh1 = b.select(b.icmp_signed(">", oh1, I64(ho)), I64(ho), oh1)
+        xn = b.gep(x, [b.mul(n, I64(spec.cin * h * w))])
+        pb = b.gep(out, [b.mul(n, I64(spec.cout * pho * pwo))])
+        top0 = b.sub(b.mul(oh0, I64(2)), I64(spec.ph))
+        split(xn, top0, b.add(top0, I64(spec.kh - 2)))
+        with k.loop(oh0, oh1, "oh") as oh:
+            top = b.add(b.mul(oh, I64(2)), I64(spec.kh - 2 - spec.ph))
+            split(xn, top, b.add(top, I64(2)))
+            with k.loop(I64(0), I64(nblk), "blk") as blk:
+                conv_pool_row(oh, blk, pb, p0, p1)
     b.ret_void()
 
 

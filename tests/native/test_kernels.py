@@ -543,6 +543,69 @@ def test_small_conv_max_pool_kernel(rng, monkeypatch, vw, host, cin, cout, h, w,
     assert np.isnan(ref).any() and (out[ref.size:] == -7.0).all()
 
 
+@pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
+@pytest.mark.parametrize("cin,cout,h,w,pad,act", [
+    (3, 64, 21, 224, 3, "relu"),  # a ResNet stem's rows (28 tiles: 2 vectors, 4 lanes idle)
+    (3, 16, 17, 40, 3, "clamp"),  # 5 tiles: a part vector; 17 rows: an odd last conv row
+    (1, 8, 9, 27, 1, "relu"),  # one channel, padding 1: 3 tiles
+    (4, 12, 30, 121, 2, "relu"),  # blocks of 6 / 4, padding 2, 15 tiles
+    (2, 8, 7, 7, 3, "relu"),  # one tile; every kernel row partly outside the map
+    (3, 16, 12, 269, 0, "clamp")])  # no padding: 33 tiles (3 vectors on AVX-512, 5 on AVX2)
+@pytest.mark.parametrize("bands", [2, 3])
+def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, act, bands):
+    """The pooled 7x7 / 2 conv as Winograd F(4, 4) along x (SmallConvSpec.winograd, a
+    ResNet's stem), the AVX2 build too, against torch's conv -> act -> max pool in float64:
+    within 1e-5 of the largest output (the transforms round more than direct sums: ~1e-6 in
+    practice), tiles in part vectors and in several, empty kernel rows, nothing written past
+    the pooled planes. A NaN input reaches the pool as torch's does and, through the
+    transforms, the rest of its tiles' outputs (at most two pooled columns either side). The
+    Toom-Cook matrices themselves are checked in float64 against a direct correlation."""
+    from sparsecc.native import smallconv as SC
+
+    for points, r in ((SC.WG_EVEN, 4), (SC.WG_ODD, 3)):
+        bt, g, at = SC.wg_mats(points, r)
+        for _ in range(5):
+            d, taps = rng.standard_normal(len(points)), rng.standard_normal(r)
+            direct = [taps @ d[i:i + r] for i in range(4)]
+            np.testing.assert_allclose(at @ ((g @ taps) * (bt @ d)), direct, atol=1e-12)
+    monkeypatch.setattr(SC, "POOL_BANDS", bands)
+    lo, hi = (0.0, 6.0) if act == "clamp" else (0.0, 0.0)
+    spec = SC.SmallConvSpec(vw, cin, cout, h, w, 7, 7, 2, pad, pad, 1, 1, act, lo, hi, True,
+                            pool=True)
+    assert spec.winograd and spec.wo % 4 == 0
+    assert not replace(spec, w=w + 2).winograd  # (an output width of 4 t + 1: direct)
+    mod = ir.Module("sconvw")
+    spec.emit(mod, "s")
+    f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
+        jit.load_object(jit.compile_ir(ES.module_text(mod), h=_HASWELL if host else None),
+                        ["s"])["s"])
+    x = rng.standard_normal((3, cin, h, w)).astype(np.float32) * 2
+    x[1, 0, h // 2, w // 3] = np.nan
+    wt = rng.standard_normal((cout, cin, 7, 7)).astype(np.float32) * 0.3
+    bias = rng.standard_normal(cout).astype(np.float32) - 0.5
+    pho, pwo = spec.pooled
+    out = np.full(3 * cout * pho * pwo + 64, -7.0, np.float32)
+    wk = spec.weights(wt)
+    args = np.array([x.ctypes.data, wk.ctypes.data, bias.ctypes.data, out.ctypes.data],
+                    np.int64)
+    f(0, 3 * spec.items, args.ctypes.data)
+    y = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(),
+                                   torch.from_numpy(bias).double(), 2, pad)
+    y = y.clamp(0, 6) if act == "clamp" else y.relu()
+    ref = torch.nn.functional.max_pool2d(y, 3, 2, 1).numpy()
+    got = out[:ref.size].reshape(ref.shape)
+    # a NaN reaches every output of the tiles whose inputs hold it (the transforms mix a
+    # tile's inputs): torch's NaNs and, in sample 1 only, a pooled column or two more
+    nan, rnan = np.isnan(got), np.isnan(ref)
+    assert rnan.any() and (nan >= rnan).all() and not nan[[0, 2]].any()
+    cols = np.flatnonzero(rnan[1].any(axis=(0, 1)))
+    extra = np.flatnonzero(nan[1].any(axis=(0, 1)))
+    assert cols.min() - 2 <= extra.min() and extra.max() <= cols.max() + 2, (cols, extra)
+    ok = ~nan
+    assert np.abs(got[ok] - ref[ok]).max() <= 1e-5 * np.abs(ref[ok]).max()
+    assert (out[ref.size:] == -7.0).all()
+
+
 @pytest.mark.parametrize("pool,fused", [
     (dict(kernel_size=3, stride=2, padding=1), True),
     (dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), False),
