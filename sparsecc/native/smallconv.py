@@ -97,8 +97,15 @@ POOL_BANDS = 2
 # registers. 273 FMAs for 4 outputs a channel against 588 (lanes: 28 tiles of a 112-wide
 # row in 32); along y it stays direct. Error (1D, 7 points with 1/2): ~1e-6 relative.
 WINOGRAD = True
+# ... and along y too (``SmallConvSpec.winograd2d``): the stride-2 rows split the same way
+# (even kernel rows F(4, 4), odd F(4, 3)), an output tile 4 rows x 4 columns, its 49 points
+# each a sum over (input channel, row phase, column phase): K = 12 for 36 points, 6 for 12,
+# 3 for one; 1521 FMAs for 16 outputs a channel against 1092 (1D) and 2352 (direct). A tile
+# row's 13 input rows transformed along x then y into a scratch on the stack, one vector of
+# tiles (AVX2: two) at a time.
+WINOGRAD_2D = True
 _INF = None
-WG_EVEN = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, _INF)
+WG_EVEN = (0.0, 1.0, -1.0, 2.0, -2.0, _INF, 0.5)  # (the odd's 6 first, in its order)
 WG_ODD = (0.0, 1.0, -1.0, 2.0, -2.0, _INF)
 
 
@@ -143,7 +150,8 @@ class SmallConvSpec:
                 f"{'b' if self.has_bias else 'nb'}{'_mp3s2' if self.pool else ''}"
                 f"{'_sr' if self.split_rows else ''}"
                 f"{'_ab' if self.split_rows and not self.pool and BAND_ALL_BLOCKS else ''}"
-                f"{'_rl' if self.row_loop else ''}{'_wg' if self.winograd else ''}")
+                f"{'_rl' if self.row_loop else ''}{'_wg' if self.winograd else ''}"
+                f"{'2' if self.winograd2d else ''}")
 
     @property
     def ho(self) -> int:
@@ -172,6 +180,23 @@ class SmallConvSpec:
                 self.dw == 1 and self.wo % 4 == 0 and self.split_rows and self.pool_bands):
             return False
         return 4 * self.ring_rows * self.cin * self.wg_slot <= RING_MAX_BYTES
+
+    @property
+    def winograd2d(self) -> bool:
+        """Whether the Winograd kernel runs along y too (WINOGRAD_2D): a 7-row kernel
+        without dilation, its stack scratch (``wg2_floats``) within RING_MAX_BYTES."""
+        return (WINOGRAD_2D and self.winograd and self.kh == 7 and self.dh == 1 and
+                4 * self.wg2_floats <= RING_MAX_BYTES)
+
+    @property
+    def wg2_floats(self) -> int:
+        """Floats of the 2D kernel's stack scratch: a channel's 13 input rows along x, every
+        channel's 13 x 13 transformed inputs, a block's 49 products (each a pass of TV
+        vectors of tiles), and each channel's last conv column of a pass for each of a tile
+        row's 4 rows (the pool's left neighbour in the next pass)."""
+        r = max(d for d in range(1, (8 if self.vw >= 16 else 4) + 1) if self.cout % d == 0)
+        pf = min(1 if self.vw >= 16 else 2, self.wg_ntv) * self.vw
+        return 169 * pf * (1 + self.cin) + 49 * r * pf + 4 * self.cout
 
     @property
     def wg_ntv(self) -> int:
@@ -239,6 +264,9 @@ class SmallConvSpec:
         8 on AVX-512, 4 on AVX2, V up to 3 (its broadcasts are reused from registers; AVX2's
         4 x 3 takes all 16: 12 accumulators, 3 inputs, the broadcast)."""
         big = self.vw >= 16
+        if self.winograd2d:  # (R channels x a pass of TV vectors of tiles)
+            r = max(d for d in range(1, (8 if big else 4) + 1) if self.cout % d == 0)
+            return r, min(1 if big else 2, self.wg_ntv)
         if self.winograd:  # (R channels x 2 vectors of tiles, a point at a time)
             r = max(d for d in range(1, (8 if big else 4) + 1) if self.cout % d == 0)
             return r, min(2, self.wg_ntv)
@@ -260,6 +288,8 @@ class SmallConvSpec:
     def weights(self, wt: np.ndarray) -> np.ndarray:
         """The (Co, Ci, kh, kw) weights in the layout the kernel reads."""
         wt = np.ascontiguousarray(wt, np.float32)
+        if self.winograd2d:
+            return self._wg2_weights(wt)
         if self.winograd:
             return self._wg_weights(wt)
         if not self.row_loop:
@@ -283,6 +313,32 @@ class SmallConvSpec:
             u = np.stack(cols, axis=-1)  # (Co, q, phases)
             parts.append(u.reshape(self.cout // r, r, nq, len(cols)).transpose(0, 2, 3, 1)
                          .reshape(self.cout // r, -1))
+        return np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32).reshape(-1)
+
+    def _wg2_weights(self, wt: np.ndarray) -> np.ndarray:
+        """The 2D kernel's weights, per block of R channels: the 36 points of two phases
+        each way (row-major, 6 x 6), each (input channel, row phase, column phase) R
+        channels side by side; then the 6 points (y < 6, x = 1/2): (channel, row phase);
+        the 6 (1/2, x < 6): (channel, column phase); the point (1/2, 1/2): channel."""
+        r = self.blocking[0]
+        w64 = wt.astype(np.float64).reshape(self.cout, self.cin, self.kh, self.kw)
+        g = [wg_mats(WG_EVEN, 4)[1], wg_mats(WG_ODD, 3)[1]]  # (7 x 4), (6 x 3)
+        # u[py][px]: (Co, Ci, n_y, n_x) the phase's sub-kernel transformed both ways
+        u = [[np.einsum("ya,ocab,xb->ocyx", g[py], w64[:, :, py::2, px::2], g[px])
+              for px in (0, 1)] for py in (0, 1)]
+        nb = self.cout // r
+
+        def part(terms):  # terms: [(py, px, jy, jx)] for each channel: (nb, C, T, R)
+            a = np.stack([u[py][px][:, :, jy, jx] for py, px, jy, jx in terms], axis=-1)
+            return a.reshape(nb, r, self.cin, len(terms)).transpose(0, 2, 3, 1).reshape(nb, -1)
+
+        parts = []
+        for jy in range(6):
+            for jx in range(6):
+                parts.append(part([(py, px, jy, jx) for py in (0, 1) for px in (0, 1)]))
+        parts += [part([(py, 0, jy, 6) for py in (0, 1)]) for jy in range(6)]
+        parts += [part([(0, px, 6, jx) for px in (0, 1)]) for jx in range(6)]
+        parts.append(part([(0, 0, 6, 6)]))
         return np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32).reshape(-1)
 
     def emit(self, module: ir.Module, name: str) -> None:
@@ -542,6 +598,9 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
         k.vstore(val, b.gep(row, [b.add(I64(r * npad), b.mul(
             I64(v) if isinstance(v, int) else v, I64(vw)))]), None)
 
+    if spec.winograd2d:
+        _emit_winograd2d(k, spec, x, wt, bias, out)
+        return
     if spec.winograd:
         _emit_winograd(k, spec, x, wt, bias, out)
         return
@@ -794,6 +853,206 @@ def _emit_winograd(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
             split(xn, top, b.add(top, I64(2)))
             with k.loop(I64(0), I64(nblk), "blk") as blk:
                 conv_pool_row(oh, blk, pb, p0, p1)
+    b.ret_void()
+
+
+def _x_transform(k: _K, spec: SmallConvSpec, rowp, g0: int, ng: int) -> list:
+    """Input row ``rowp``'s 13 rows along x (7 points of its even columns, then 6 of its
+    odd) for the ng vectors of tiles from vector g0: [point][vector]. Columns outside the
+    row read as zero (never read)."""
+    b, vw = k.b, k.vw
+    zero = ir.Constant(k.vty, [0.0] * vw)
+    shift1 = ir.Constant(ir.VectorType(I32, vw), list(range(1, vw + 1)))
+    res = []  # residues c of each vector of tiles (and one more, for the shift)
+    for g in range(g0, g0 + ng + 1):
+        a = [DW.row_run(k, rowp, (8 * g + i) * vw - spec.pw, vw, spec.w, 1) for i in range(8)]
+        res.append(_deinterleave(k, [zero if v is None else v for v in a]))
+    bte, bto = wg_mats(WG_EVEN, 4)[0], wg_mats(WG_ODD, 3)[0]
+    pts = [[] for _ in range(len(bte) + len(bto))]
+    for n in range(ng):
+        s_ = res[n] + [b.shuffle_vector(res[n][c], res[n + 1][c], shift1) for c in range(5)]
+        for pp, (bt, d) in enumerate([(row, s_[0::2]) for row in bte] +
+                                     [(row, s_[1:12:2]) for row in bto]):
+            pts[pp].append(_lincomb(k, bt, d))
+    return pts
+
+
+def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
+    """The pooled 7x7 stride-2 conv as Winograd F(4, 4) along x and y (see WINOGRAD_2D),
+    items as the pool_bands kernel's (a band of pooled rows of one sample, every channel).
+
+    A tile row T is conv rows 4T .. 4T + 3, from input rows 8T - ph .. 8T + 12 - ph (even
+    ones: the even kernel rows' 7 inputs, odd: the odd rows' 6). Per pass (TV vectors of
+    tiles): each input channel's 13 rows transformed along x (``_x_transform``) into X1,
+    then along y into D2[ci][y point][x point] (y points 0-6 even rows, 7-12 odd: the odd's
+    point j is the even's point j, j < 6); per block of R channels the 49 products M[jy][jx]
+    (sums over channel and the phases both points have), then A^T M A, bias, activation,
+    and the pool: each conv row along x in registers, maxed into its pooled rows."""
+    b, vw = k.b, spec.vw
+    R, TV = spec.blocking
+    nblk = spec.cout // R
+    ntv, h, w, ho = spec.wg_ntv, spec.h, spec.w, spec.ho
+    pho, pwo = spec.pooled
+    bte, bto = wg_mats(WG_EVEN, 4)[0], wg_mats(WG_ODD, 3)[0]
+    npass = -(-ntv // TV)
+    pf = TV * vw  # floats of a pass's vectors of one row
+    zero = ir.Constant(k.vty, [0.0] * vw)
+    vp = k.vty.as_pointer()
+
+    def buf(n, name):
+        return b.bitcast(k.alloca(ir.ArrayType(F32, n), name), F32.as_pointer())
+
+    x1, d2 = buf(169 * pf, "wx1"), buf(spec.cin * 169 * pf, "wd2")
+    mb, edge = buf(49 * R * pf, "wm"), buf(4 * spec.cout, "wedge")
+
+    def ld(p, off):
+        return b.load(b.bitcast(b.gep(p, [off if isinstance(off, ir.Value) else I64(off)]),
+                                vp), align=4)
+
+    def st(v, p, off):
+        b.store(v, b.bitcast(b.gep(p, [off if isinstance(off, ir.Value) else I64(off)]), vp),
+                align=4)
+
+    def transform(xn, t, p: int) -> None:
+        """Pass p of tile row t: every channel's inputs along x then y into d2."""
+        for ci in range(spec.cin):
+            with k.loop(I64(0), I64(13), "kr") as kr:
+                ih = b.add(b.mul(t, I64(8)), b.sub(kr, I64(spec.ph)))
+                inside = b.and_(b.icmp_signed(">=", ih, I64(0)), b.icmp_signed("<", ih, I64(h)))
+                dst = b.gep(x1, [b.mul(kr, I64(13 * pf))])
+                with b.if_else(inside) as (then, other):
+                    with then:
+                        rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
+                        pts = _x_transform(k, spec, rowp, p * TV, min(TV, ntv - p * TV))
+                        for pp in range(13):
+                            for n in range(TV):
+                                st(pts[pp][n] if n < len(pts[pp]) else zero, dst,
+                                   (pp * TV + n) * vw)
+                    with other:
+                        for q in range(13 * TV):
+                            st(zero, dst, q * vw)
+            # along y: even rows 0, 2, .., 12 (7) and odd rows 1, .., 11 (6)
+            with k.loop(I64(0), I64(13 * TV), "xq") as xq:
+                off = b.mul(xq, I64(vw))
+                rows = [ld(x1, b.add(off, I64(kr * 13 * pf))) for kr in range(13)]
+                for jy, (bt, d) in enumerate([(row, rows[0::2]) for row in bte] +
+                                             [(row, rows[1::2]) for row in bto]):
+                    st(_lincomb(k, bt, d), d2, b.add(off, I64((ci * 13 + jy) * 13 * pf)))
+
+    # the 49 points by class: (jy < 6, jx < 6) both phases each way; (jy < 6, 1/2) row
+    # phases; (1/2, jx < 6) column phases; (1/2, 1/2) neither: [(jy range, jx range,
+    # phase pairs)], weights in this order a block
+    classes = [(6, 6, [(0, 0), (0, 1), (1, 0), (1, 1)]), (6, 1, [(0, 0), (1, 0)]),
+               (1, 6, [(0, 0), (0, 1)]), (1, 1, [(0, 0)])]
+    wblk = sum(ny * nx * len(ph) for ny, nx, ph in classes) * spec.cin * R
+
+    def gemm(blk) -> None:
+        """Block blk's 49 products into mb: [jy * 7 + jx][r][pass vectors]."""
+        wpos = 0
+        for ci_, (ny, nx, phs) in enumerate(classes):
+            y0, x0 = (0, 0) if ci_ == 0 else (0, 6) if ci_ == 1 else (6, 0) if ci_ == 2 \
+                else (6, 6)
+            nterm = spec.cin * len(phs)
+            with k.loop(I64(0), I64(ny * nx), "pt") as pt:
+                jy = b.add(b.sdiv(pt, I64(nx)), I64(y0))
+                jx = b.add(b.srem(pt, I64(nx)), I64(x0))
+                wq = b.gep(wt, [b.add(b.mul(blk, I64(wblk)),
+                                      b.add(I64(wpos), b.mul(pt, I64(nterm * R))))])
+                acc = [[zero] * TV for _ in range(R)]
+                tpos = 0
+                for ci in range(spec.cin):
+                    for py, px in phs:
+                        # y point jy + 7 py, x point jx + 7 px (the odd's j is the even's)
+                        base = b.mul(b.add(b.mul(b.add(jy, I64(ci * 13 + 7 * py)), I64(13)),
+                                           b.add(jx, I64(7 * px))), I64(pf))
+                        xs = [ld(d2, b.add(base, I64(n * vw))) for n in range(TV)]
+                        for r in range(R):
+                            ws = k.splat(b.load(b.gep(wq, [I64(tpos * R + r)])))
+                            for n in range(TV):
+                                acc[r][n] = k.fma(ws, xs[n], acc[r][n])
+                        tpos += 1
+                mo = b.mul(b.add(b.mul(jy, I64(7)), jx), I64(R * pf))
+                for r in range(R):
+                    for n in range(TV):
+                        st(acc[r][n], mb, b.add(mo, I64(r * pf + n * vw)))
+            wpos += ny * nx * nterm * R
+
+    inter = ir.Constant(ir.VectorType(I32, 2 * vw), [i // 2 + (i % 2) * vw
+                                                     for i in range(2 * vw)])
+    halves = [ir.Constant(ir.VectorType(I32, vw), list(range(hh * vw, (hh + 1) * vw)))
+              for hh in range(2)]
+    back1 = ir.Constant(ir.VectorType(I32, vw), list(range(vw - 1, 2 * vw - 1)))
+
+    def output(t, p, blk, pb, p0, p1) -> None:
+        """Block blk's 4 x 4 outputs of pass p of tile row t: bias, activation, pooled."""
+        with k.loop(I64(0), I64(R), "r") as r:
+            co = b.add(b.mul(blk, I64(R)), r)
+            bv = k.splat(b.load(b.gep(bias, [co]))) if spec.has_bias else None
+            rp = b.gep(pb, [b.mul(co, I64(pho * pwo))])
+            prev3 = [None] * 4  # each conv row's last vector's outputs 4t + 3
+            for n in range(TV):
+                if p * TV + n >= ntv:
+                    continue
+                m = [[ld(mb, b.add(b.mul(r, I64(pf)), I64((jy * 7 + jx) * R * pf + n * vw)))
+                      for jx in range(7)] for jy in range(7)]
+                z = [_out_transform(k, row, None) for row in m]  # [jy][ix]
+                ys = [_out_transform(k, [z[jy][ix] for jy in range(7)], bv)
+                      for ix in range(4)]  # [ix][iy]
+                for iy in range(4):
+                    oh = b.add(b.mul(t, I64(4)), I64(iy))
+                    y = [b.fadd(k.act(ys[ix][iy], spec), zero) for ix in range(4)]
+                    ep = b.gep(edge, [b.add(b.mul(co, I64(4)), I64(iy))])
+                    if n == 0:  # the column left of the pass: the last pass's, or padding
+                        prev3[iy] = k.splat(b.load(ep)) if p > 0 else zero
+                    left = b.shuffle_vector(prev3[iy], y[3], back1)
+                    prev3[iy] = y[3]
+                    if n == TV - 1 or p * TV + n == ntv - 1:
+                        b.store(b.extract_element(y[3], I32(vw - 1)), ep)
+                    pe = _umax(b, _umax(b, left, y[0]), y[1])
+                    po = _umax(b, _umax(b, y[1], y[2]), y[3])
+                    both = b.shuffle_vector(pe, po, inter)
+                    i = b.ashr(oh, I64(1))
+                    live = b.icmp_signed("<", oh, I64(ho))
+                    mine = b.and_(live, b.and_(b.icmp_signed(">=", i, p0),
+                                               b.icmp_signed("<", i, p1)))
+                    first = b.icmp_signed("==", oh, I64(0))
+                    i1 = b.add(i, I64(1))
+                    nxt = b.and_(b.and_(live, b.icmp_signed("!=", b.and_(oh, I64(1)), I64(0))),
+                                 b.and_(b.icmp_signed(">=", i1, p0), b.icmp_signed("<", i1, p1)))
+                    for hh in range(2):
+                        col0 = (2 * (p * TV + n) + hh) * vw
+                        if col0 >= pwo:
+                            continue
+                        half = b.shuffle_vector(both, both, halves[hh])
+                        mask = DW.lane_mask(vw, np.arange(vw) < pwo - col0)
+                        pp = b.gep(rp, [b.add(b.mul(i, I64(pwo)), I64(col0))])
+                        with b.if_then(mine):
+                            cur = k.vload(pp, mask)
+                            k.vstore(b.select(first, half, _umax(b, cur, half)), pp, mask)
+                        with b.if_then(nxt):
+                            k.vstore(half, b.gep(pp, [I64(pwo)]), mask)
+
+    nband = spec.pool_bands
+    per = -(-pho // nband)
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as it:
+        nn = b.sdiv(it, I64(nband))
+        p0 = b.mul(b.srem(it, I64(nband)), I64(per))
+        p1 = b.add(p0, I64(per))
+        p1 = b.select(b.icmp_signed(">", p1, I64(pho)), I64(pho), p1)
+        oh0 = b.sub(b.mul(p0, I64(2)), I64(1))
+        oh0 = b.select(b.icmp_signed("<", oh0, I64(0)), I64(0), oh0)
+        oh1 = b.mul(p1, I64(2))
+        oh1 = b.select(b.icmp_signed(">", oh1, I64(ho)), I64(ho), oh1)
+        xn = b.gep(x, [b.mul(nn, I64(spec.cin * h * w))])
+        pb = b.gep(out, [b.mul(nn, I64(spec.cout * pho * pwo))])
+        t0 = b.ashr(oh0, I64(2))
+        t1 = b.ashr(b.add(oh1, I64(3)), I64(2))
+        with k.loop(t0, t1, "tr") as t:
+            for p in range(npass):
+                transform(xn, t, p)
+                with k.loop(I64(0), I64(nblk), "blk") as blk:
+                    gemm(blk)
+                    output(t, p, blk, pb, p0, p1)
     b.ret_void()
 
 

@@ -552,13 +552,19 @@ def test_small_conv_max_pool_kernel(rng, monkeypatch, vw, host, cin, cout, h, w,
     (2, 8, 7, 7, 3, "relu"),  # one tile; every kernel row partly outside the map
     (3, 16, 12, 269, 0, "clamp")])  # no padding: 33 tiles (3 vectors on AVX-512, 5 on AVX2)
 @pytest.mark.parametrize("bands", [2, 3])
-def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, act, bands):
+@pytest.mark.parametrize("two_d", [False, True])
+def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, act, bands,
+                             two_d):
     """The pooled 7x7 / 2 conv as Winograd F(4, 4) along x (SmallConvSpec.winograd, a
-    ResNet's stem), the AVX2 build too, against torch's conv -> act -> max pool in float64:
-    within 1e-5 of the largest output (the transforms round more than direct sums: ~1e-6 in
-    practice), tiles in part vectors and in several, empty kernel rows, nothing written past
-    the pooled planes. A NaN input reaches the pool as torch's does and, through the
-    transforms, the rest of its tiles' outputs (at most two pooled columns either side). The
+    ResNet's stem) and along x and y (winograd2d: tile rows of 4 conv rows, the last one
+    partly past the map when the rows are not a multiple of 4; a band's first tile row
+    partly the band before's), the AVX2 build too, against torch's conv -> act -> max pool
+    in float64:
+    within 1e-5 of the largest conv output before the activation (the transforms round more
+    than direct sums: ~1e-6 in practice along x, ~3e-6 along both), tiles in part vectors
+    and in several, empty kernel rows, nothing written past the pooled planes. A NaN input
+    reaches the pool as torch's does and, through the transforms, the rest of its tiles'
+    outputs (at most two pooled columns either side; along y, 2D, its tile rows). The
     Toom-Cook matrices themselves are checked in float64 against a direct correlation."""
     from sparsecc.native import smallconv as SC
 
@@ -569,10 +575,11 @@ def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, a
             direct = [taps @ d[i:i + r] for i in range(4)]
             np.testing.assert_allclose(at @ ((g @ taps) * (bt @ d)), direct, atol=1e-12)
     monkeypatch.setattr(SC, "POOL_BANDS", bands)
+    monkeypatch.setattr(SC, "WINOGRAD_2D", two_d)
     lo, hi = (0.0, 6.0) if act == "clamp" else (0.0, 0.0)
     spec = SC.SmallConvSpec(vw, cin, cout, h, w, 7, 7, 2, pad, pad, 1, 1, act, lo, hi, True,
                             pool=True)
-    assert spec.winograd and spec.wo % 4 == 0
+    assert spec.winograd and spec.wo % 4 == 0 and spec.winograd2d == two_d
     assert not replace(spec, w=w + 2).winograd  # (an output width of 4 t + 1: direct)
     mod = ir.Module("sconvw")
     spec.emit(mod, "s")
@@ -591,6 +598,7 @@ def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, a
     f(0, 3 * spec.items, args.ctypes.data)
     y = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(),
                                    torch.from_numpy(bias).double(), 2, pad)
+    scale = np.nanmax(np.abs(y.numpy()))  # (the sums' size: a clamp's 6 is not)
     y = y.clamp(0, 6) if act == "clamp" else y.relu()
     ref = torch.nn.functional.max_pool2d(y, 3, 2, 1).numpy()
     got = out[:ref.size].reshape(ref.shape)
@@ -602,7 +610,7 @@ def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, a
     extra = np.flatnonzero(nan[1].any(axis=(0, 1)))
     assert cols.min() - 2 <= extra.min() and extra.max() <= cols.max() + 2, (cols, extra)
     ok = ~nan
-    assert np.abs(got[ok] - ref[ok]).max() <= 1e-5 * np.abs(ref[ok]).max()
+    assert np.abs(got[ok] - ref[ok]).max() <= 1e-5 * scale
     assert (out[ref.size:] == -7.0).all()
 
 
