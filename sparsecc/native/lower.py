@@ -2338,7 +2338,9 @@ class Lowering:
                                                  T(pop.output)],
                           nb * spec.items,
                           2.0 * cout_ * cin_ * kh * kw * wo_ * ho_ / spec.items)
-                return f"native direct conv (few input channels) + max pool {pop.layer or pop.name}"
+                kind = ("Winograd F(4x4) conv" if spec.winograd2d else
+                        "Winograd F(4) along x conv" if spec.winograd else "direct conv")
+                return f"native {kind} (few input channels) + max pool {pop.layer or pop.name}"
             self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias), T(out)],
                       nb * spec.items, 2.0 * cout_ * cin_ * kh * kw * wo_ * ho_ / spec.items)
             return "native direct conv (few input channels)"

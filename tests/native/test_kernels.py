@@ -656,6 +656,33 @@ def test_stem_max_pool_fused(seed, pool, fused, act):
             assert_matches(got, want)
 
 
+@pytest.mark.parametrize("two_d", [False, True])
+def test_stem_winograd_in_library(seed, monkeypatch, two_d):
+    """A ResNet stem (7x7 / 2 conv -> BatchNorm -> relu -> max pool) whose output width is a
+    multiple of 4 runs as the Winograd kernel in the library (the report says which), at
+    batches 1 and 3, against torch: 33 conv rows (a part tile row), 36 columns (9 tiles),
+    BatchNorm folded into the transformed weights. A width of 4 t + 1 stays direct."""
+    from sparsecc.native import smallconv as SC
+
+    monkeypatch.setattr(SC, "WINOGRAD_2D", two_d)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 7, 2, 3), torch.nn.BatchNorm2d(16),
+                                torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1),
+                                torch.nn.Conv2d(16, 8, 1)).eval()
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2.0)
+    for w, wino in ((72, True), (74, False)):
+        cm = sparsecc.compile(model, torch.randn(1, 3, 66, w))
+        assert cm.native is not None, cm.native_status
+        kind = cm.report(measure=False).rows[0]["kernel"]
+        assert ("Winograd F(4x4)" in kind) == (wino and two_d), kind
+        assert ("Winograd F(4) along x" in kind) == (wino and not two_d), kind
+        for batch in (1, 3):
+            x = torch.randn(batch, 3, 66, w)
+            with torch.no_grad():
+                assert_matches(cm(x), model(x))
+
+
 @pytest.mark.parametrize("fmt,k,stride,hw", [("dense", 3, 2, 33), ("csr", 7, 2, 40),
                                             ("csr", 3, 1, 12)])
 def test_first_conv_direct_native(seed, fmt, k, stride, hw):
