@@ -404,19 +404,14 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
 
         def split_rows(xn, lo, hi) -> None:
             """Split input rows [max(lo, 0), min(hi, h)) into their ring slots."""
-            lo = b.select(b.icmp_signed("<", lo, I64(0)), I64(0), lo)
-            hi = b.select(b.icmp_signed(">", hi, I64(h)), I64(h), hi)
-            with k.loop(lo, hi, "ih") as ih:
-                slot = b.and_(ih, I64(rs - 1))
-                for ci in range(spec.cin):
-                    rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
-                    dst = b.gep(ringp, [b.mul(b.add(b.mul(slot, I64(spec.cin)), I64(ci)),
-                                              I64(2 * qp))])
-                    for ph_ in range(2):
-                        for jv in range(qp // vw):
-                            v = DW.row_run(k, rowp, 2 * jv * vw + ph_ - spec.pw, vw, w, 2)
-                            k.vstore(zero if v is None else v,
-                                     b.gep(dst, [I64(ph_ * qp + jv * vw)]), None)
+            def one(rowp, dst) -> None:
+                for ph_ in range(2):
+                    for jv in range(qp // vw):
+                        v = DW.row_run(k, rowp, 2 * jv * vw + ph_ - spec.pw, vw, w, 2)
+                        k.vstore(zero if v is None else v,
+                                 b.gep(dst, [I64(ph_ * qp + jv * vw)]), None)
+
+            _ring_rows(k, spec, xn, lo, hi, ringp, 2 * qp, one)
 
     def conv_row(oh, xn, wb, inits, store) -> None:
         """Output row ``oh`` of the item's R channels; ``store(r, v, value)`` takes each
@@ -613,28 +608,14 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
         # an item is a band of pooled rows of one sample, every channel: each input row is
         # split once for all of them (a block an item split every row again: 8x the splits
         # of the 7x7 stem, a sixth of its time)
-        nband = spec.pool_bands
-        per = -(-pho // nband)
-        with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-            n = b.sdiv(t, I64(nband))
-            p0 = b.mul(b.srem(t, I64(nband)), I64(per))
-            p1 = b.add(p0, I64(per))
-            p1 = b.select(b.icmp_signed(">", p1, I64(pho)), I64(pho), p1)
-            oh0 = b.sub(b.mul(p0, I64(2)), I64(1))
-            oh0 = b.select(b.icmp_signed("<", oh0, I64(0)), I64(0), oh0)
-            oh1 = b.mul(p1, I64(2))
-            oh1 = b.select(b.icmp_signed(">", oh1, I64(ho)), I64(ho), oh1)
-            xn = b.gep(x, [b.mul(n, I64(spec.cin * h * w))])
-            top0 = b.sub(b.mul(oh0, I64(2)), I64(spec.ph))
-            split_rows(xn, top0, b.add(top0, I64(spec.kh - 2)))
-            with k.loop(oh0, oh1, "oh") as oh:
-                top = b.add(b.mul(oh, I64(2)), I64(spec.kh - 2 - spec.ph))
-                split_rows(xn, top, b.add(top, I64(2)))
-                with k.loop(I64(0), I64(nblk), "blk") as blk:
-                    co0, wb, inits = block(blk)
-                    conv_row(oh, xn, wb, inits, store_row)
-                    pool_row(oh, b.gep(out, [b.mul(b.add(b.mul(n, I64(spec.cout)), co0),
-                                                   I64(pho * pwo))]), p0, p1)
+        def band_row(n, xn, oh, p0, p1) -> None:
+            with k.loop(I64(0), I64(nblk), "blk") as blk:
+                co0, wb, inits = block(blk)
+                conv_row(oh, xn, wb, inits, store_row)
+                pool_row(oh, b.gep(out, [b.mul(b.add(b.mul(n, I64(spec.cout)), co0),
+                                               I64(pho * pwo))]), p0, p1)
+
+        _pooled_bands(k, spec, x, split_rows, band_row)
         b.ret_void()
         return
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
@@ -689,6 +670,87 @@ def _lincomb(k: _K, coefs, vecs, add=None):
     return ir.Constant(k.vty, [0.0] * k.vw) if acc is None else acc
 
 
+def _pool_band(k: _K, spec: SmallConvSpec, t) -> tuple:
+    """(sample, first pooled row, pooled row past the last, first conv row, conv row past
+    the last) of item t of the pooled kernel in bands (``pool_bands`` a sample): pooled row
+    i takes conv rows 2 i - 1 .. 2 i + 1."""
+    b = k.b
+    nband, (pho, _) = spec.pool_bands, spec.pooled
+    per = -(-pho // nband)
+    n = b.sdiv(t, I64(nband))
+    p0 = b.mul(b.srem(t, I64(nband)), I64(per))
+    p1 = b.add(p0, I64(per))
+    p1 = b.select(b.icmp_signed(">", p1, I64(pho)), I64(pho), p1)
+    oh0 = b.sub(b.mul(p0, I64(2)), I64(1))
+    oh0 = b.select(b.icmp_signed("<", oh0, I64(0)), I64(0), oh0)
+    oh1 = b.mul(p1, I64(2))
+    oh1 = b.select(b.icmp_signed(">", oh1, I64(spec.ho)), I64(spec.ho), oh1)
+    return n, p0, p1, oh0, oh1
+
+
+def _pooled_bands(k: _K, spec: SmallConvSpec, x, split, row) -> None:
+    """The pooled kernel's items as bands of pooled rows (``_pool_band``): the input rows a
+    band's first conv row reads but its last two ``split`` into the ring, then for each conv
+    row the two more it reads, and ``row(sample, xn, oh, p0, p1)``."""
+    b = k.b
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+        n, p0, p1, oh0, oh1 = _pool_band(k, spec, t)
+        xn = b.gep(x, [b.mul(n, I64(spec.cin * spec.h * spec.w))])
+        top0 = b.sub(b.mul(oh0, I64(2)), I64(spec.ph))
+        split(xn, top0, b.add(top0, I64(spec.kh - 2)))
+        with k.loop(oh0, oh1, "oh") as oh:
+            top = b.add(b.mul(oh, I64(2)), I64(spec.kh - 2 - spec.ph))
+            split(xn, top, b.add(top, I64(2)))
+            row(n, xn, oh, p0, p1)
+
+
+class _PoolRow:
+    """The pool's part of one activated conv row ``oh`` held as Winograd tiles (vector of
+    tiles tv: outputs y[i] at columns 4 t + i): along x in registers (pooled column 2 t maxes
+    columns 4 t - 1 .. 4 t + 1, column 2 t + 1 columns 4 t + 1 .. 4 t + 3), then maxed into
+    pooled row oh // 2 (started when oh is 0) and, when oh is odd, starting row oh // 2 + 1;
+    only pooled rows in [p0, p1), only conv rows inside the map."""
+
+    def __init__(self, k: _K, spec: SmallConvSpec, oh, p0, p1):
+        b, vw = k.b, k.vw
+        self.k, self.pwo = k, spec.pooled[1]
+        self.i = b.ashr(oh, I64(1))
+        live = b.icmp_signed("<", oh, I64(spec.ho))
+        self.first = b.icmp_signed("==", oh, I64(0))
+        self.mine = b.and_(live, b.and_(b.icmp_signed(">=", self.i, p0),
+                                        b.icmp_signed("<", self.i, p1)))
+        i1 = b.add(self.i, I64(1))
+        self.nxt = b.and_(b.and_(live, b.icmp_signed("!=", b.and_(oh, I64(1)), I64(0))),
+                          b.and_(b.icmp_signed(">=", i1, p0), b.icmp_signed("<", i1, p1)))
+        self.back1 = ir.Constant(ir.VectorType(I32, vw), list(range(vw - 1, 2 * vw - 1)))
+        self.inter = ir.Constant(ir.VectorType(I32, 2 * vw), [i // 2 + (i % 2) * vw
+                                                              for i in range(2 * vw)])
+        self.halves = [ir.Constant(ir.VectorType(I32, vw), list(range(h * vw, (h + 1) * vw)))
+                       for h in range(2)]
+
+    def store(self, rp, tv: int, prev3, y) -> None:
+        """Vector of tiles ``tv`` (y: 4 vectors, each >= +0.0 or NaN) of a channel whose
+        pooled plane is at ``rp``; ``prev3`` is the vector of tiles before's y[3] (zero
+        before the first: padding)."""
+        k, b, vw, pwo = self.k, self.k.b, self.k.vw, self.pwo
+        left = b.shuffle_vector(prev3, y[3], self.back1)  # columns 4 t - 1
+        pe = _umax(b, _umax(b, left, y[0]), y[1])
+        po = _umax(b, _umax(b, y[1], y[2]), y[3])
+        both = b.shuffle_vector(pe, po, self.inter)
+        for hh in range(2):
+            col0 = (2 * tv + hh) * vw
+            if col0 >= pwo:
+                continue
+            half = b.shuffle_vector(both, both, self.halves[hh])
+            mask = DW.lane_mask(vw, np.arange(vw) < pwo - col0)
+            p = b.gep(rp, [b.add(b.mul(self.i, I64(pwo)), I64(col0))])
+            with b.if_then(self.mine):
+                cur = k.vload(p, mask)
+                k.vstore(b.select(self.first, half, _umax(b, cur, half)), p, mask)
+            with b.if_then(self.nxt):
+                k.vstore(half, b.gep(p, [I64(pwo)]), mask)
+
+
 def _out_transform(k: _K, m: list, add) -> list:
     """The 4 outputs A^T M of WG_EVEN's 7 products (+ ``add``), a point and its negative
     taken as their sum and difference (output i reads a^i times the sum for even i, the
@@ -723,10 +785,8 @@ def _emit_winograd(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
     b, vw = k.b, spec.vw
     R, TV = spec.blocking
     nblk = spec.cout // R
-    ntv, h, w, ho = spec.wg_ntv, spec.h, spec.w, spec.ho
+    ntv, h = spec.wg_ntv, spec.h
     pho, pwo = spec.pooled
-    bte, _, ate = wg_mats(WG_EVEN, 4)
-    bto, _, _ = wg_mats(WG_ODD, 3)
     ne = len(WG_EVEN)
     rs, slot_f = spec.ring_rows, spec.wg_slot
     nq = spec.cin * spec.kh
@@ -738,35 +798,15 @@ def _emit_winograd(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
     nph = [1 + (a in WG_ODD) for a in WG_EVEN]
     wofs = [int(sum(nph[:j])) * nq * R for j in range(ne)]
     wblk = sum(nph) * nq * R
-    shift1 = ir.Constant(ir.VectorType(I32, vw), list(range(1, vw + 1)))
-    back1 = ir.Constant(ir.VectorType(I32, vw), list(range(vw - 1, 2 * vw - 1)))
-    inter = ir.Constant(ir.VectorType(I32, 2 * vw), [i // 2 + (i % 2) * vw
-                                                     for i in range(2 * vw)])
-    halves = [ir.Constant(ir.VectorType(I32, vw), list(range(hh * vw, (hh + 1) * vw)))
-              for hh in range(2)]
 
     def split(xn, lo, hi) -> None:
         """Input rows [max(lo, 0), min(hi, h)) transformed into their ring slots."""
-        lo = b.select(b.icmp_signed("<", lo, I64(0)), I64(0), lo)
-        hi = b.select(b.icmp_signed(">", hi, I64(h)), I64(h), hi)
-        with k.loop(lo, hi, "ih") as ih:
-            slot = b.and_(ih, I64(rs - 1))
-            for ci in range(spec.cin):
-                rowp = b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))])
-                dst = b.gep(ringp, [b.mul(b.add(b.mul(slot, I64(spec.cin)), I64(ci)),
-                                          I64(slot_f))])
-                res = []  # res[g][c]: residue c of tile vector g (one past the last too)
-                for g in range(ntv + 1):
-                    a = [DW.row_run(k, rowp, (8 * g + i) * vw - spec.pw, vw, w, 1)
-                         for i in range(8)]
-                    res.append(_deinterleave(k, [zero if v is None else v for v in a]))
-                for tv in range(ntv):
-                    s_ = res[tv] + [b.shuffle_vector(res[tv][c], res[tv + 1][c], shift1)
-                                    for c in range(5)]
-                    for pp, (bt, d) in enumerate([(row, s_[0::2]) for row in bte] +
-                                                 [(row, s_[1:12:2]) for row in bto]):
-                        k.vstore(_lincomb(k, bt, d), b.gep(dst, [I64((pp * ntv + tv) * vw)]),
-                                 None)
+        def one(rowp, dst) -> None:
+            for pp, vecs in enumerate(_x_transform(k, spec, rowp, 0, ntv)):
+                for tv, v in enumerate(vecs):
+                    k.vstore(v, b.gep(dst, [I64((pp * ntv + tv) * vw)]), None)
+
+        _ring_rows(k, spec, xn, lo, hi, ringp, slot_f, one)
 
     def conv_pool_row(oh, blk, pb, p0, p1) -> None:
         """Conv row ``oh`` of block ``blk``'s R channels, activated and maxed into the pooled
@@ -806,58 +846,24 @@ def _emit_winograd(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
                                  b.gep(mbuf, [I64(((j * R + r) * ntv + tv) * vw)]), None)
         # output transform, bias, activation, the pool (along x in registers, along y into
         # the pooled rows as pool_row does)
-        i = b.ashr(oh, I64(1))
-        first = b.icmp_signed("==", oh, I64(0))
-        mine = b.icmp_signed(">=", i, p0)
-        nxt = b.and_(b.icmp_signed("!=", b.and_(oh, I64(1)), I64(0)),
-                     b.icmp_signed("<", b.add(i, I64(1)), p1))
+        pool = _PoolRow(k, spec, oh, p0, p1)
         for r in range(R):
             bv = k.splat(b.load(b.gep(bias, [b.add(co0, I64(r))]))) if spec.has_bias else None
             prev3 = zero
-            rp = b.gep(pb, [b.add(b.mul(b.add(co0, I64(r)), I64(pho * pwo)),
-                                  b.mul(i, I64(pwo)))])
+            rp = b.gep(pb, [b.mul(b.add(co0, I64(r)), I64(pho * pwo))])
             for tv in range(ntv):
                 m = [b.load(b.bitcast(b.gep(mbuf, [I64(((j * R + r) * ntv + tv) * vw)]),
                                       k.vty.as_pointer())) for j in range(ne)]
                 y = [b.fadd(k.act(v, spec), zero) for v in _out_transform(k, m, bv)]
-                left = b.shuffle_vector(prev3, y[3], back1)  # column 4t - 1
+                pool.store(rp, tv, prev3, y)
                 prev3 = y[3]
-                pe = _umax(b, _umax(b, left, y[0]), y[1])
-                po = _umax(b, _umax(b, y[1], y[2]), y[3])
-                both = b.shuffle_vector(pe, po, inter)
-                for hh in range(2):
-                    col0 = (2 * tv + hh) * vw
-                    if col0 >= pwo:
-                        continue
-                    half = b.shuffle_vector(both, both, halves[hh])
-                    mask = DW.lane_mask(vw, np.arange(vw) < pwo - col0)
-                    p = b.gep(rp, [I64(col0)])
-                    with b.if_then(mine):
-                        cur = k.vload(p, mask)
-                        k.vstore(b.select(first, half, _umax(b, cur, half)), p, mask)
-                    with b.if_then(nxt):
-                        k.vstore(half, b.gep(p, [I64(pwo)]), mask)
 
-    nband = spec.pool_bands
-    per = -(-pho // nband)
-    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-        n = b.sdiv(t, I64(nband))
-        p0 = b.mul(b.srem(t, I64(nband)), I64(per))
-        p1 = b.add(p0, I64(per))
-        p1 = b.select(b.icmp_signed(">", p1, I64(pho)), I64(pho), p1)
-        oh0 = b.sub(b.mul(p0, I64(2)), I64(1))
-        oh0 = b.select(b.icmp_signed("<", oh0, I64(0)), I64(0), oh0)
-        oh1 = b.mul(p1, I64(2))
-        oh1 = b.select(b.icmp_signed(">", oh1, I64(ho)), I64(ho), oh1)
-        xn = b.gep(x, [b.mul(n, I64(spec.cin * h * w))])
+    def band_row(n, xn, oh, p0, p1) -> None:
         pb = b.gep(out, [b.mul(n, I64(spec.cout * pho * pwo))])
-        top0 = b.sub(b.mul(oh0, I64(2)), I64(spec.ph))
-        split(xn, top0, b.add(top0, I64(spec.kh - 2)))
-        with k.loop(oh0, oh1, "oh") as oh:
-            top = b.add(b.mul(oh, I64(2)), I64(spec.kh - 2 - spec.ph))
-            split(xn, top, b.add(top, I64(2)))
-            with k.loop(I64(0), I64(nblk), "blk") as blk:
-                conv_pool_row(oh, blk, pb, p0, p1)
+        with k.loop(I64(0), I64(nblk), "blk") as blk:
+            conv_pool_row(oh, blk, pb, p0, p1)
+
+    _pooled_bands(k, spec, x, split, band_row)
     b.ret_void()
 
 
@@ -896,7 +902,7 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
     b, vw = k.b, spec.vw
     R, TV = spec.blocking
     nblk = spec.cout // R
-    ntv, h, w, ho = spec.wg_ntv, spec.h, spec.w, spec.ho
+    ntv, h, w = spec.wg_ntv, spec.h, spec.w
     pho, pwo = spec.pooled
     bte, bto = wg_mats(WG_EVEN, 4)[0], wg_mats(WG_ODD, 3)[0]
     npass = -(-ntv // TV)
@@ -982,14 +988,10 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
                         st(acc[r][n], mb, b.add(mo, I64(r * pf + n * vw)))
             wpos += ny * nx * nterm * R
 
-    inter = ir.Constant(ir.VectorType(I32, 2 * vw), [i // 2 + (i % 2) * vw
-                                                     for i in range(2 * vw)])
-    halves = [ir.Constant(ir.VectorType(I32, vw), list(range(hh * vw, (hh + 1) * vw)))
-              for hh in range(2)]
-    back1 = ir.Constant(ir.VectorType(I32, vw), list(range(vw - 1, 2 * vw - 1)))
-
     def output(t, p, blk, pb, p0, p1) -> None:
         """Block blk's 4 x 4 outputs of pass p of tile row t: bias, activation, pooled."""
+        pools = [_PoolRow(k, spec, b.add(b.mul(t, I64(4)), I64(iy)), p0, p1)
+                 for iy in range(4)]
         with k.loop(I64(0), I64(R), "r") as r:
             co = b.add(b.mul(blk, I64(R)), r)
             bv = k.splat(b.load(b.gep(bias, [co]))) if spec.has_bias else None
@@ -1004,50 +1006,17 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
                 ys = [_out_transform(k, [z[jy][ix] for jy in range(7)], bv)
                       for ix in range(4)]  # [ix][iy]
                 for iy in range(4):
-                    oh = b.add(b.mul(t, I64(4)), I64(iy))
                     y = [b.fadd(k.act(ys[ix][iy], spec), zero) for ix in range(4)]
                     ep = b.gep(edge, [b.add(b.mul(co, I64(4)), I64(iy))])
                     if n == 0:  # the column left of the pass: the last pass's, or padding
                         prev3[iy] = k.splat(b.load(ep)) if p > 0 else zero
-                    left = b.shuffle_vector(prev3[iy], y[3], back1)
+                    pools[iy].store(rp, p * TV + n, prev3[iy], y)
                     prev3[iy] = y[3]
                     if n == TV - 1 or p * TV + n == ntv - 1:
                         b.store(b.extract_element(y[3], I32(vw - 1)), ep)
-                    pe = _umax(b, _umax(b, left, y[0]), y[1])
-                    po = _umax(b, _umax(b, y[1], y[2]), y[3])
-                    both = b.shuffle_vector(pe, po, inter)
-                    i = b.ashr(oh, I64(1))
-                    live = b.icmp_signed("<", oh, I64(ho))
-                    mine = b.and_(live, b.and_(b.icmp_signed(">=", i, p0),
-                                               b.icmp_signed("<", i, p1)))
-                    first = b.icmp_signed("==", oh, I64(0))
-                    i1 = b.add(i, I64(1))
-                    nxt = b.and_(b.and_(live, b.icmp_signed("!=", b.and_(oh, I64(1)), I64(0))),
-                                 b.and_(b.icmp_signed(">=", i1, p0), b.icmp_signed("<", i1, p1)))
-                    for hh in range(2):
-                        col0 = (2 * (p * TV + n) + hh) * vw
-                        if col0 >= pwo:
-                            continue
-                        half = b.shuffle_vector(both, both, halves[hh])
-                        mask = DW.lane_mask(vw, np.arange(vw) < pwo - col0)
-                        pp = b.gep(rp, [b.add(b.mul(i, I64(pwo)), I64(col0))])
-                        with b.if_then(mine):
-                            cur = k.vload(pp, mask)
-                            k.vstore(b.select(first, half, _umax(b, cur, half)), pp, mask)
-                        with b.if_then(nxt):
-                            k.vstore(half, b.gep(pp, [I64(pwo)]), mask)
 
-    nband = spec.pool_bands
-    per = -(-pho // nband)
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as it:
-        nn = b.sdiv(it, I64(nband))
-        p0 = b.mul(b.srem(it, I64(nband)), I64(per))
-        p1 = b.add(p0, I64(per))
-        p1 = b.select(b.icmp_signed(">", p1, I64(pho)), I64(pho), p1)
-        oh0 = b.sub(b.mul(p0, I64(2)), I64(1))
-        oh0 = b.select(b.icmp_signed("<", oh0, I64(0)), I64(0), oh0)
-        oh1 = b.mul(p1, I64(2))
-        oh1 = b.select(b.icmp_signed(">", oh1, I64(ho)), I64(ho), oh1)
+        nn, p0, p1, oh0, oh1 = _pool_band(k, spec, it)
         xn = b.gep(x, [b.mul(nn, I64(spec.cin * h * w))])
         pb = b.gep(out, [b.mul(nn, I64(spec.cout * pho * pwo))])
         t0 = b.ashr(oh0, I64(2))
@@ -1059,6 +1028,21 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
                     gemm(blk)
                     output(t, p, blk, pb, p0, p1)
     b.ret_void()
+
+
+def _ring_rows(k: _K, spec: SmallConvSpec, xn, lo, hi, ringp, slot_f: int, one) -> None:
+    """For input rows [max(lo, 0), min(hi, h)) of sample ``xn`` and each channel: ``one(row,
+    slot)``, the slot the row's channel has in a ring of ``ring_rows`` rows (``slot_f``
+    floats a row's channel)."""
+    b, h, w = k.b, spec.h, spec.w
+    lo = b.select(b.icmp_signed("<", lo, I64(0)), I64(0), lo)
+    hi = b.select(b.icmp_signed(">", hi, I64(h)), I64(h), hi)
+    with k.loop(lo, hi, "ih") as ih:
+        slot = b.and_(ih, I64(spec.ring_rows - 1))
+        for ci in range(spec.cin):
+            one(b.gep(xn, [b.add(I64(ci * h * w), b.mul(ih, I64(w)))]),
+                b.gep(ringp, [b.mul(b.add(b.mul(slot, I64(spec.cin)), I64(ci)),
+                                    I64(slot_f))]))
 
 
 def _umax(b: ir.IRBuilder, a, c):

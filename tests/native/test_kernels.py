@@ -487,6 +487,26 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def _run_pooled(f, spec, x, wt, bias) -> np.ndarray:
+    """The pooled kernel ``f`` over the samples of ``x``: its output buffer, the pooled
+    planes then 64 floats that must stay -7."""
+    pho, pwo = spec.pooled
+    out = np.full(len(x) * spec.cout * pho * pwo + 64, -7.0, np.float32)
+    wk = spec.weights(wt)
+    args = np.array([x.ctypes.data, wk.ctypes.data, bias.ctypes.data, out.ctypes.data],
+                    np.int64)
+    f(0, len(x) * spec.items, args.ctypes.data)
+    return out
+
+
+def _kernel_s(mod: ir.Module, host):
+    """Module ``mod``'s kernel ``s`` compiled (for an AVX2-only CPU with ``host``), callable
+    as (start, stop, args)."""
+    obj = jit.compile_ir(ES.module_text(mod), h=_HASWELL if host else None)
+    return ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
+        jit.load_object(obj, ["s"])["s"])
+
+
 @pytest.mark.parametrize("vw,host", [(16, None), (8, "haswell")])
 @pytest.mark.parametrize("cin,cout,h,w,k,stride,pad,act", [
     (3, 32, 40, 36, 7, 2, 3, "relu"), (3, 16, 29, 31, 3, 2, 1, "clamp"),
@@ -519,9 +539,7 @@ def test_small_conv_max_pool_kernel(rng, monkeypatch, vw, host, cin, cout, h, w,
                           cout // spec.blocking[0])
     mod = ir.Module("sconvp")
     spec.emit(mod, "s")
-    f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
-        jit.load_object(jit.compile_ir(ES.module_text(mod), h=_HASWELL if host else None),
-                        ["s"])["s"])
+    f = _kernel_s(mod, host)
     x = rng.standard_normal((3, cin, h, w)).astype(np.float32) * 2
     x[1, 0, h // 2, w // 3] = np.nan
     x[2, 0, h - 1, w - 1] = -np.nan  # (sign bit set: the x86 default NaN)
@@ -529,11 +547,7 @@ def test_small_conv_max_pool_kernel(rng, monkeypatch, vw, host, cin, cout, h, w,
           ).astype(np.float32) * 0.5
     bias = rng.standard_normal(cout).astype(np.float32) - 0.5
     pho, pwo = spec.pooled
-    out = np.full(3 * cout * pho * pwo + 64, -7.0, np.float32)
-    wk = spec.weights(wt)
-    args = np.array([x.ctypes.data, wk.ctypes.data, bias.ctypes.data, out.ctypes.data],
-                    np.int64)
-    f(0, 3 * spec.items, args.ctypes.data)
+    out = _run_pooled(f, spec, x, wt, bias)
     y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
                                    torch.from_numpy(bias), stride, pad)
     y = y.clamp(0, 6) if act == "clamp" else y.relu()
@@ -583,19 +597,13 @@ def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, a
     assert not replace(spec, w=w + 2).winograd  # (an output width of 4 t + 1: direct)
     mod = ir.Module("sconvw")
     spec.emit(mod, "s")
-    f = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
-        jit.load_object(jit.compile_ir(ES.module_text(mod), h=_HASWELL if host else None),
-                        ["s"])["s"])
+    f = _kernel_s(mod, host)
     x = rng.standard_normal((3, cin, h, w)).astype(np.float32) * 2
     x[1, 0, h // 2, w // 3] = np.nan
     wt = rng.standard_normal((cout, cin, 7, 7)).astype(np.float32) * 0.3
     bias = rng.standard_normal(cout).astype(np.float32) - 0.5
     pho, pwo = spec.pooled
-    out = np.full(3 * cout * pho * pwo + 64, -7.0, np.float32)
-    wk = spec.weights(wt)
-    args = np.array([x.ctypes.data, wk.ctypes.data, bias.ctypes.data, out.ctypes.data],
-                    np.int64)
-    f(0, 3 * spec.items, args.ctypes.data)
+    out = _run_pooled(f, spec, x, wt, bias)
     y = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(),
                                    torch.from_numpy(bias).double(), 2, pad)
     scale = np.nanmax(np.abs(y.numpy()))  # (the sums' size: a clamp's 6 is not)
