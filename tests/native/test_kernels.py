@@ -573,10 +573,9 @@ def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, a
     ResNet's stem) and along x and y (winograd2d: tile rows of 4 conv rows, the last one
     partly past the map when the rows are not a multiple of 4; a band's first tile row
     partly the band before's), the AVX2 build too, against torch's conv -> act -> max pool
-    in float64:
-    within 1e-5 of the largest conv output before the activation (the transforms round more
-    than direct sums: ~1e-6 in practice along x, ~3e-6 along both), tiles in part vectors
-    and in several, empty kernel rows, nothing written past the pooled planes. A NaN input
+    in float64: within 1e-5 of the largest conv output before the activation (the transforms
+    round more than direct sums: ~1e-6 in practice along x, ~3e-6 along both), tiles in part
+    vectors and in several, empty kernel rows, nothing written past the pooled planes. A NaN input
     reaches the pool as torch's does and, through the transforms, the rest of its tiles'
     outputs (at most two pooled columns either side; along y, 2D, its tile rows). The
     Toom-Cook matrices themselves are checked in float64 against a direct correlation."""
@@ -602,7 +601,6 @@ def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, a
     x[1, 0, h // 2, w // 3] = np.nan
     wt = rng.standard_normal((cout, cin, 7, 7)).astype(np.float32) * 0.3
     bias = rng.standard_normal(cout).astype(np.float32) - 0.5
-    pho, pwo = spec.pooled
     out = _run_pooled(f, spec, x, wt, bias)
     y = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(),
                                    torch.from_numpy(bias).double(), 2, pad)
