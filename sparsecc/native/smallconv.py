@@ -39,6 +39,7 @@ with ``pool`` N * pool_bands, or N * (Co / R)).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from llvmlite import ir
@@ -114,9 +115,11 @@ WG_EVEN = (0.0, 1.0, -1.0, 2.0, -2.0, _INF, 0.5)  # (the odd's 6 first, in its o
 WG_ODD = (0.0, 1.0, -1.0, 2.0, -2.0, _INF)
 
 
+@cache
 def wg_mats(points, r: int, m: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(B^T, G, A^T) of the Toom-Cook correlation F(m, r) on ``points`` (None: infinity),
-    float64: y = A^T ((G g) * (B^T d)) for d of m + r - 1 inputs, g of r taps."""
+    float64: y = A^T ((G g) * (B^T d)) for d of m + r - 1 inputs, g of r taps. Cached (the
+    kernels' emitters ask for it per row they emit): read, never write, the arrays."""
     n = len(points)
     assert n == m + r - 1
 
@@ -199,9 +202,20 @@ class SmallConvSpec:
         channel's 13 x 13 transformed inputs, a block's 49 products (each a pass of TV
         vectors of tiles), and each channel's last conv column of a pass for each of a tile
         row's 4 rows (the pool's left neighbour in the next pass)."""
-        r = max(d for d in range(1, (8 if self.vw >= 16 else 4) + 1) if self.cout % d == 0)
-        pf = min(1 if self.vw >= 16 else 2, self.wg_ntv) * self.vw
+        r, tv = self.wg2_blocking
+        pf = tv * self.vw
         return 169 * pf * (1 + self.cin) + 49 * r * pf + 4 * self.cout
+
+    @property
+    def wg2_blocking(self) -> tuple[int, int]:
+        """The 2D kernel's (R channels, TV vectors of tiles a pass): R up to 8 (AVX2: 4),
+        one vector of tiles a pass (AVX2: two)."""
+        big = self.vw >= 16
+        return self._channels_up_to(8 if big else 4), min(1 if big else 2, self.wg_ntv)
+
+    def _channels_up_to(self, n: int) -> int:
+        """The most output channels, up to n, that divide Co."""
+        return max(d for d in range(1, n + 1) if self.cout % d == 0)
 
     @property
     def wg_ntv(self) -> int:
@@ -270,15 +284,13 @@ class SmallConvSpec:
         4 x 3 takes all 16: 12 accumulators, 3 inputs, the broadcast)."""
         big = self.vw >= 16
         if self.winograd2d:  # (R channels x a pass of TV vectors of tiles)
-            r = max(d for d in range(1, (8 if big else 4) + 1) if self.cout % d == 0)
-            return r, min(1 if big else 2, self.wg_ntv)
+            return self.wg2_blocking
         if self.winograd:  # (R channels x 2 vectors of tiles, a point at a time)
-            r = max(d for d in range(1, (8 if big else 4) + 1) if self.cout % d == 0)
-            return r, min(2, self.wg_ntv)
+            return self._channels_up_to(8 if big else 4), min(2, self.wg_ntv)
         if self.row_loop:  # (ROW_LOOP: 8 x 3 on AVX-512, 4 x 3 on AVX2)
-            r = max(d for d in range(1, (8 if big else 4) + 1) if self.cout % d == 0)
+            r = self._channels_up_to(8 if big else 4)
             return r, max(1, min(-(-self.wo // self.vw), (27 if big else 15) // (r + 1)))
-        r = max(d for d in range(1, (16 if big else 4) + 1) if self.cout % d == 0)
+        r = self._channels_up_to(16 if big else 4)
         v = max(1, min(-(-self.wo // self.vw), (26 if big else 10) // (r + 1)))
         return r, v
 
@@ -852,8 +864,8 @@ def _emit_winograd(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
             prev3 = zero
             rp = b.gep(pb, [b.mul(b.add(co0, I64(r)), I64(pho * pwo))])
             for tv in range(ntv):
-                m = [b.load(b.bitcast(b.gep(mbuf, [I64(((j * R + r) * ntv + tv) * vw)]),
-                                      k.vty.as_pointer())) for j in range(ne)]
+                m = [k.vload(b.gep(mbuf, [I64(((j * R + r) * ntv + tv) * vw)]), None)
+                     for j in range(ne)]
                 y = [b.fadd(k.act(v, spec), zero) for v in _out_transform(k, m, bv)]
                 pool.store(rp, tv, prev3, y)
                 prev3 = y[3]
@@ -908,7 +920,6 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
     npass = -(-ntv // TV)
     pf = TV * vw  # floats of a pass's vectors of one row
     zero = ir.Constant(k.vty, [0.0] * vw)
-    vp = k.vty.as_pointer()
 
     def buf(n, name):
         return b.bitcast(k.alloca(ir.ArrayType(F32, n), name), F32.as_pointer())
@@ -916,13 +927,14 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
     x1, d2 = buf(169 * pf, "wx1"), buf(spec.cin * 169 * pf, "wd2")
     mb, edge = buf(49 * R * pf, "wm"), buf(4 * spec.cout, "wedge")
 
+    def at(p, off):  # (off: floats, an int or an i64 value)
+        return b.gep(p, [off if isinstance(off, ir.Value) else I64(off)])
+
     def ld(p, off):
-        return b.load(b.bitcast(b.gep(p, [off if isinstance(off, ir.Value) else I64(off)]),
-                                vp), align=4)
+        return k.vload(at(p, off), None)
 
     def st(v, p, off):
-        b.store(v, b.bitcast(b.gep(p, [off if isinstance(off, ir.Value) else I64(off)]), vp),
-                align=4)
+        k.vstore(v, at(p, off), None)
 
     def transform(xn, t, p: int) -> None:
         """Pass p of tile row t: every channel's inputs along x then y into d2."""
@@ -951,18 +963,16 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
                     st(_lincomb(k, bt, d), d2, b.add(off, I64((ci * 13 + jy) * 13 * pf)))
 
     # the 49 points by class: (jy < 6, jx < 6) both phases each way; (jy < 6, 1/2) row
-    # phases; (1/2, jx < 6) column phases; (1/2, 1/2) neither: [(jy range, jx range,
-    # phase pairs)], weights in this order a block
-    classes = [(6, 6, [(0, 0), (0, 1), (1, 0), (1, 1)]), (6, 1, [(0, 0), (1, 0)]),
-               (1, 6, [(0, 0), (0, 1)]), (1, 1, [(0, 0)])]
-    wblk = sum(ny * nx * len(ph) for ny, nx, ph in classes) * spec.cin * R
+    # phases; (1/2, jx < 6) column phases; (1/2, 1/2) neither: [(first jy, first jx, jy
+    # count, jx count, phase pairs)], weights in this order a block
+    classes = [(0, 0, 6, 6, [(0, 0), (0, 1), (1, 0), (1, 1)]), (0, 6, 6, 1, [(0, 0), (1, 0)]),
+               (6, 0, 1, 6, [(0, 0), (0, 1)]), (6, 6, 1, 1, [(0, 0)])]
+    wblk = sum(ny * nx * len(ph) for _, _, ny, nx, ph in classes) * spec.cin * R
 
     def gemm(blk) -> None:
         """Block blk's 49 products into mb: [jy * 7 + jx][r][pass vectors]."""
         wpos = 0
-        for ci_, (ny, nx, phs) in enumerate(classes):
-            y0, x0 = (0, 0) if ci_ == 0 else (0, 6) if ci_ == 1 else (6, 0) if ci_ == 2 \
-                else (6, 6)
+        for y0, x0, ny, nx, phs in classes:
             nterm = spec.cin * len(phs)
             with k.loop(I64(0), I64(ny * nx), "pt") as pt:
                 jy = b.add(b.sdiv(pt, I64(nx)), I64(y0))
