@@ -13,6 +13,11 @@ the sums and the whole calls' medians, and checks the variant's output against t
 op indices of their own past the plan's, in the base build): which of a conv's passes
 (phase planes, kernel, crop) takes the time.
 
+``--plain CALLS`` times whole plain calls instead, alternating between the builds: a
+profiled call runs the head's chunks one after another on every thread, a plain one
+sample-parallel with row bands (module._emit_chunks), so only plain calls show what a
+change does to the time users see (bench/perf_ops.py splits that time by op).
+
 ``--aa`` compiles the base twice and times the two identical builds the same way: the noise
 floor a variant's ratios must clear. On the Zen 5 VM (2026-12-03, ResNet-18 batch 16, 15
 rounds, two runs) identical builds differed by 0.93-1.05x per op (the same op the same way
@@ -24,6 +29,8 @@ Usage:
       --set sparsecc.native.lower.TAIL_MAPS=128 [--rounds 20]
   .venv/bin/python bench/op_ab.py --model resnet18 --batch 16 --split 22,24
   .venv/bin/python bench/op_ab.py --model resnet18 --batch 16 --aa
+  .venv/bin/python bench/op_ab.py --model resnet50 --batch 16 --plain 200 \\
+      --set sparsecc.native.smallconv.POOL_TILE_MAJOR=False
 """
 
 from __future__ import annotations
@@ -98,6 +105,29 @@ def split_calls(ops: set[int], names: dict[int, str]):
         NL.lower_program = lower_program
 
 
+def plain_calls(builds, x, args) -> None:
+    """``--plain``: whole plain calls of the builds, alternating (sample-parallel chunks and
+    row bands as they run unprofiled); medians, spreads and the median of paired ratios."""
+    times = [[] for _ in builds]
+    for b in builds:
+        b.native.run(x)
+    for _ in range(args.plain):
+        for i, b in enumerate(builds):
+            t0 = time.perf_counter()
+            b.native.run(x)
+            times[i].append(time.perf_counter() - t0)
+    print(f"{args.model} {args.profile} {args.sparsity:.0%} batch {args.batch}, "
+          f"{args.plain} alternating plain calls; {suite.machine_line()}")
+    for name, ts in zip(("base", "variant"), times):
+        q = np.percentile(ts, [10, 50, 90]) * 1e3
+        print(f"  {name}: median {q[1]:.2f} ms [p10 {q[0]:.2f} - p90 {q[2]:.2f}]")
+    if len(builds) > 1:
+        r = np.array(times[1]) / np.array(times[0])
+        print(f"  variant / base: {np.median(times[1]) / np.median(times[0]):.3f} (medians), "
+              f"{np.median(r):.3f} (median of paired calls, p10-p90 "
+              f"{np.percentile(r, 10):.3f}-{np.percentile(r, 90):.3f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="resnet18", choices=sorted(suite.model_specs()))
@@ -109,6 +139,9 @@ def main() -> None:
     ap.add_argument("--split", default="", help="op indices whose calls are timed one by one")
     ap.add_argument("--aa", action="store_true",
                     help="the variant is a second build of the base (the noise floor)")
+    ap.add_argument("--plain", type=int, default=0, metavar="CALLS",
+                    help="time this many alternating plain (unprofiled) calls a build "
+                         "instead of profiled rounds")
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
     if args.split and (args.set or args.aa):
@@ -130,6 +163,9 @@ def main() -> None:
             builds.append(sparsecc.compile(model, example))
         ref, got = builds[0].native.run(x)[0], builds[1].native.run(x)[0]
         print(f"variant vs base: max abs difference {float(np.abs(got - ref).max()):.3g}")
+    if args.plain:
+        plain_calls(builds, x, args)
+        return
     per = [[] for _ in builds]
     whole = [[] for _ in builds]
     for _ in range(args.rounds):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -2334,10 +2334,15 @@ class Lowering:
             if j is not None:  # the max pool after it runs in the same kernel
                 self.fused[j] = (self.i, out)
                 pop = self.plan.ops[j]
-                self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias),
-                                                 T(pop.output)],
-                          nb * spec.items,
-                          2.0 * cout_ * cin_ * kh * kw * wo_ * ho_ / spec.items)
+                # its output may be tile-major (the 1x1 convs reading it load a tile's
+                # channels from one run instead of 64 planes 12.5 KB apart)
+                with self._tm_aware(pop.output) if SC.POOL_TILE_MAJOR else nullcontext():
+                    spec = replace(spec, ots=self._tiled(pop.output)
+                                   if SC.POOL_TILE_MAJOR else 0)
+                    self.call(self.ir_kernel(spec), [T(x), wslot, self.bias_slot(bias),
+                                                     T(pop.output)],
+                              nb * spec.items,
+                              2.0 * cout_ * cin_ * kh * kw * wo_ * ho_ / spec.items)
                 kind = ("Winograd F(4x4) conv" if spec.winograd2d else
                         "Winograd F(4) along x conv" if spec.winograd else "direct conv")
                 return f"native {kind} (few input channels) + max pool {pop.layer or pop.name}"

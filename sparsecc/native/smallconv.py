@@ -97,6 +97,10 @@ POOL_BANDS = 2
 # the row, then B^T), the output transform, bias, activation and the pool's horizontal max in
 # registers. 273 FMAs for 4 outputs a channel against 588 (lanes: 28 tiles of a 112-wide
 # row in 32); along y it stays direct. Error (1D, 7 points with 1/2): ~1e-6 relative.
+# The pooled output tile-major (SmallConvSpec.ots) where native.lower holds the tensor so:
+# ResNet-50's layer1.0.conv1 and downsample (1x1 convs) then read a tile's 64 channels from
+# one 4 KB run instead of 64 planes 12.5 KB apart (A/B)
+POOL_TILE_MAJOR = True
 WINOGRAD = True
 # ... and along y too (``SmallConvSpec.winograd2d``): the stride-2 rows split the same way
 # (even kernel rows F(4, 4), odd F(4, 3)), an output tile 4 rows x 4 columns, its 49 points
@@ -149,6 +153,10 @@ class SmallConvSpec:
     act_b: float = 0.0
     has_bias: bool = True
     pool: bool = False  # the 3x3 / 2 max pool (padding 1) after it, fused
+    # > 0 (with pool, AVX-512): the pooled output tile-major (native.lower's Lowering.tm), a
+    # sample's positions in tiles of 16, a tile's channels 16 floats apart, ots floats (cout x
+    # 16) from one tile to the next; 0: N, C, H, W
+    ots: int = 0
 
     @property
     def key(self) -> str:
@@ -159,7 +167,13 @@ class SmallConvSpec:
                 f"{'_sr' if self.split_rows else ''}"
                 f"{'_ab' if self.split_rows and not self.pool and BAND_ALL_BLOCKS else ''}"
                 f"{'_rl' if self.row_loop else ''}{'_wg' if self.winograd else ''}"
-                f"{'2' if self.winograd2d else ''}")
+                f"{'2' if self.winograd2d else ''}{f'_ot{self.ots}' if self.ots else ''}")
+
+    @property
+    def out_sample(self) -> int:
+        """Floats from one sample's pooled output to the next (tile-major: whole tiles)."""
+        pho, pwo = self.pooled
+        return self.cout * pho * pwo if not self.ots else -(-pho * pwo // 16) * self.ots
 
     @property
     def ho(self) -> int:
@@ -359,6 +373,9 @@ class SmallConvSpec:
         return np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32).reshape(-1)
 
     def emit(self, module: ir.Module, name: str) -> None:
+        if self.ots and (self.vw != 16 or not self.pool or self.ots != 16 * self.cout):
+            raise ValueError(f"tile-major output ({self.ots} floats a tile) needs the pool, "
+                             f"16 lanes and {16 * self.cout} floats a tile")
         emit_small_conv(module, name, self)
 
 
@@ -576,11 +593,11 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
     npad = nv * vw
     row = b.bitcast(k.alloca(ir.ArrayType(F32, R * npad), "row"), F32.as_pointer())
 
-    def pool_row(oh, pb, p0, p1) -> None:
-        """Conv row oh of R channels (in ``row``) into the pooled rows [p0, p1) at ``pb``
-        (the block's first channel's pooled plane): pooled row i takes conv rows 2i - 1,
-        2i and 2i + 1, so row oh is maxed into row oh // 2 (or starts it, when oh is 0) and,
-        when odd, starts row oh // 2 + 1."""
+    def pool_row(oh, pb, co0, p0, p1) -> None:
+        """Conv row oh of R channels (in ``row``) into the pooled rows [p0, p1) of channels
+        co0 .. of the sample whose pooled planes are at ``pb``: pooled row i takes conv rows
+        2i - 1, 2i and 2i + 1, so row oh is maxed into row oh // 2 (or starts it, when oh is
+        0) and, when odd, starts row oh // 2 + 1."""
         i = b.ashr(oh, I64(1))
         first = b.icmp_signed("==", oh, I64(0))
         mine = b.icmp_signed(">=", i, p0)
@@ -597,12 +614,12 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                 for run in runs:
                     if run is not None:
                         hm = run if hm is None else _umax(b, hm, run)
-                p = b.gep(pb, [b.add(b.mul(i, I64(pwo)), I64(r * pho * pwo + pv * vw))])
+                co = b.add(co0, I64(r))
                 with b.if_then(mine):
-                    cur = k.vload(p, mask)
-                    k.vstore(b.select(first, hm, _umax(b, cur, hm)), p, mask)
+                    at = _Pooled(k, spec, pb, co, i, pv * vw)
+                    at.store(b.select(first, hm, _umax(b, at.load(mask), hm)), mask)
                 with b.if_then(nxt):
-                    k.vstore(hm, b.gep(p, [I64(pwo)]), mask)
+                    _Pooled(k, spec, pb, co, b.add(i, I64(1)), pv * vw).store(hm, mask)
 
     def store_row(r, v, val) -> None:
         # (+ 0.0: -0.0 becomes 0.0, so that the pool's unsigned compares order every value)
@@ -624,15 +641,14 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
             with k.loop(I64(0), I64(nblk), "blk") as blk:
                 co0, wb, inits = block(blk)
                 conv_row(oh, xn, wb, inits, store_row)
-                pool_row(oh, b.gep(out, [b.mul(b.add(b.mul(n, I64(spec.cout)), co0),
-                                               I64(pho * pwo))]), p0, p1)
+                pool_row(oh, b.gep(out, [b.mul(n, I64(spec.out_sample))]), co0, p0, p1)
 
         _pooled_bands(k, spec, x, split_rows, band_row)
         b.ret_void()
         return
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         n, co0, xn, wb, inits, _ = item(t, False)
-        pb = b.gep(out, [b.mul(b.add(b.mul(n, I64(spec.cout)), co0), I64(pho * pwo))])
+        pb = b.gep(out, [b.mul(n, I64(spec.out_sample))])
         if ring:  # the rows conv row 0 reads but its last two
             split_rows(xn, I64(-spec.ph), I64(spec.kh - 2 - spec.ph))
         with k.loop(I64(0), I64(ho), "oh") as oh:
@@ -640,7 +656,7 @@ def emit_small_conv(module: ir.Module, name: str, spec: SmallConvSpec) -> None:
                 top = b.add(b.mul(oh, I64(2)), I64(spec.kh - 2 - spec.ph))
                 split_rows(xn, top, b.add(top, I64(2)))
             conv_row(oh, xn, wb, inits, store_row)
-            pool_row(oh, pb, I64(0), I64(pho))
+            pool_row(oh, pb, co0, I64(0), I64(pho))
     b.ret_void()
 
 
@@ -680,6 +696,47 @@ def _lincomb(k: _K, coefs, vecs, add=None):
         else:
             acc = k.fma(k.c(c), v, acc)
     return ir.Constant(k.vty, [0.0] * k.vw) if acc is None else acc
+
+
+class _Pooled:
+    """Where the pooled output's vectors go: the floats ``col0`` .. ``col0 + vw`` of pooled
+    row ``i`` of channel ``co`` of the sample whose planes start at ``pb``. In N, C, H, W one
+    run; tile-major (``spec.ots``) the row's positions q = i x pwo + col0 .. cross at most one
+    tile edge: lanes before it go to tile q // 16 from lane q % 16 on, the rest to the next
+    tile from lane 0, each part one masked access of the whole vector (its other lanes
+    neither read nor written)."""
+
+    def __init__(self, k: _K, spec: SmallConvSpec, pb, co, i, col0: int):
+        b = k.b
+        pho, pwo = spec.pooled
+        self.k = k
+        q = b.add(b.mul(i, I64(pwo)), I64(col0))
+        if not spec.ots:
+            self.parts = [(b.gep(pb, [b.add(b.mul(co, I64(pho * pwo)), q)]), None)]
+            return
+        if k.vw != 16:
+            raise ValueError("tile-major pooled output is AVX-512 (16-position tiles)")
+        m = b.and_(q, I64(15))
+        a1 = b.gep(pb, [b.add(b.add(b.mul(b.ashr(q, I64(4)), I64(spec.ots)),
+                                    b.mul(co, I64(16))), m)])
+        k1 = k.lanes_lt(I64(0), b.sub(I64(16), m))
+        self.first = k1
+        self.parts = [(a1, k1), (b.gep(a1, [I64(spec.ots - 16)]), b.not_(k1))]
+
+    @staticmethod
+    def _and(b, mask, part):
+        if part is None:
+            return mask
+        return part if mask is None else b.and_(mask, part)
+
+    def load(self, mask):
+        k, b = self.k, self.k.b
+        got = [k.vload(p, self._and(b, mask, pm)) for p, pm in self.parts]
+        return got[0] if len(got) == 1 else b.select(self.first, got[0], got[1])
+
+    def store(self, val, mask) -> None:
+        for p, pm in self.parts:
+            self.k.vstore(val, p, self._and(self.k.b, mask, pm))
 
 
 def _pool_band(k: _K, spec: SmallConvSpec, t) -> tuple:
@@ -725,7 +782,7 @@ class _PoolRow:
 
     def __init__(self, k: _K, spec: SmallConvSpec, oh, p0, p1):
         b, vw = k.b, k.vw
-        self.k, self.pwo = k, spec.pooled[1]
+        self.k, self.spec, self.pwo = k, spec, spec.pooled[1]
         self.i = b.ashr(oh, I64(1))
         live = b.icmp_signed("<", oh, I64(spec.ho))
         self.first = b.icmp_signed("==", oh, I64(0))
@@ -740,10 +797,10 @@ class _PoolRow:
         self.halves = [ir.Constant(ir.VectorType(I32, vw), list(range(h * vw, (h + 1) * vw)))
                        for h in range(2)]
 
-    def store(self, rp, tv: int, prev3, y) -> None:
-        """Vector of tiles ``tv`` (y: 4 vectors, each >= +0.0 or NaN) of a channel whose
-        pooled plane is at ``rp``; ``prev3`` is the vector of tiles before's y[3] (zero
-        before the first: padding)."""
+    def store(self, pb, co, tv: int, prev3, y) -> None:
+        """Vector of tiles ``tv`` (y: 4 vectors, each >= +0.0 or NaN) of channel ``co`` of
+        the sample whose pooled planes are at ``pb``; ``prev3`` is the vector of tiles
+        before's y[3] (zero before the first: padding)."""
         k, b, vw, pwo = self.k, self.k.b, self.k.vw, self.pwo
         left = b.shuffle_vector(prev3, y[3], self.back1)  # columns 4 t - 1
         pe = _umax(b, _umax(b, left, y[0]), y[1])
@@ -755,12 +812,11 @@ class _PoolRow:
                 continue
             half = b.shuffle_vector(both, both, self.halves[hh])
             mask = DW.lane_mask(vw, np.arange(vw) < pwo - col0)
-            p = b.gep(rp, [b.add(b.mul(self.i, I64(pwo)), I64(col0))])
             with b.if_then(self.mine):
-                cur = k.vload(p, mask)
-                k.vstore(b.select(self.first, half, _umax(b, cur, half)), p, mask)
+                at = _Pooled(k, self.spec, pb, co, self.i, col0)
+                at.store(b.select(self.first, half, _umax(b, at.load(mask), half)), mask)
             with b.if_then(self.nxt):
-                k.vstore(half, b.gep(p, [I64(pwo)]), mask)
+                _Pooled(k, self.spec, pb, co, b.add(self.i, I64(1)), col0).store(half, mask)
 
 
 def _out_transform(k: _K, m: list, add) -> list:
@@ -862,16 +918,15 @@ def _emit_winograd(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
         for r in range(R):
             bv = k.splat(b.load(b.gep(bias, [b.add(co0, I64(r))]))) if spec.has_bias else None
             prev3 = zero
-            rp = b.gep(pb, [b.mul(b.add(co0, I64(r)), I64(pho * pwo))])
             for tv in range(ntv):
                 m = [k.vload(b.gep(mbuf, [I64(((j * R + r) * ntv + tv) * vw)]), None)
                      for j in range(ne)]
                 y = [b.fadd(k.act(v, spec), zero) for v in _out_transform(k, m, bv)]
-                pool.store(rp, tv, prev3, y)
+                pool.store(pb, b.add(co0, I64(r)), tv, prev3, y)
                 prev3 = y[3]
 
     def band_row(n, xn, oh, p0, p1) -> None:
-        pb = b.gep(out, [b.mul(n, I64(spec.cout * pho * pwo))])
+        pb = b.gep(out, [b.mul(n, I64(spec.out_sample))])
         with k.loop(I64(0), I64(nblk), "blk") as blk:
             conv_pool_row(oh, blk, pb, p0, p1)
 
@@ -1005,7 +1060,6 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
         with k.loop(I64(0), I64(R), "r") as r:
             co = b.add(b.mul(blk, I64(R)), r)
             bv = k.splat(b.load(b.gep(bias, [co]))) if spec.has_bias else None
-            rp = b.gep(pb, [b.mul(co, I64(pho * pwo))])
             prev3 = [None] * 4  # each conv row's last vector's outputs 4t + 3
             for n in range(TV):
                 if p * TV + n >= ntv:
@@ -1020,7 +1074,7 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
                     ep = b.gep(edge, [b.add(b.mul(co, I64(4)), I64(iy))])
                     if n == 0:  # the column left of the pass: the last pass's, or padding
                         prev3[iy] = k.splat(b.load(ep)) if p > 0 else zero
-                    pools[iy].store(rp, p * TV + n, prev3[iy], y)
+                    pools[iy].store(pb, co, p * TV + n, prev3[iy], y)
                     prev3[iy] = y[3]
                     if n == TV - 1 or p * TV + n == ntv - 1:
                         b.store(b.extract_element(y[3], I32(vw - 1)), ep)
@@ -1028,7 +1082,7 @@ def _emit_winograd2d(k: _K, spec: SmallConvSpec, x, wt, bias, out) -> None:
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as it:
         nn, p0, p1, oh0, oh1 = _pool_band(k, spec, it)
         xn = b.gep(x, [b.mul(nn, I64(spec.cin * h * w))])
-        pb = b.gep(out, [b.mul(nn, I64(spec.cout * pho * pwo))])
+        pb = b.gep(out, [b.mul(nn, I64(spec.out_sample))])
         t0 = b.ashr(oh0, I64(2))
         t1 = b.ashr(b.add(oh1, I64(3)), I64(2))
         with k.loop(t0, t1, "tr") as t:

@@ -490,8 +490,7 @@ def test_small_conv_kernel(rng, vw, host, cin, cout, h, w, k, stride, pad, dil):
 def _run_pooled(f, spec, x, wt, bias) -> np.ndarray:
     """The pooled kernel ``f`` over the samples of ``x``: its output buffer, the pooled
     planes then 64 floats that must stay -7."""
-    pho, pwo = spec.pooled
-    out = np.full(len(x) * spec.cout * pho * pwo + 64, -7.0, np.float32)
+    out = np.full(len(x) * spec.out_sample + 64, -7.0, np.float32)
     wk = spec.weights(wt)
     args = np.array([x.ctypes.data, wk.ctypes.data, bias.ctypes.data, out.ctypes.data],
                     np.int64)
@@ -620,6 +619,59 @@ def test_small_conv_winograd(rng, monkeypatch, vw, host, cin, cout, h, w, pad, a
     assert (out[ref.size:] == -7.0).all()
 
 
+@pytest.mark.parametrize("cin,cout,h,w,k,pad,kind", [
+    (3, 16, 29, 31, 3, 1, "direct"),  # pooled 8 x 8: whole tiles
+    (3, 16, 57, 58, 5, 2, "direct"),  # pooled 15 x 15: a part last tile, rows across tiles
+    (3, 32, 40, 36, 7, 3, "direct"),  # a 7x7 whose output width 18 is not 4 t
+    (3, 64, 21, 224, 7, 3, "x"),  # a ResNet stem's rows: pooled 6 x 56, a row 3.5 tiles
+    (2, 16, 17, 40, 7, 3, "x"), (3, 64, 21, 224, 7, 3, "xy"), (4, 12, 30, 121, 7, 2, "xy")])
+@pytest.mark.parametrize("bands", [0, 2, 3])
+def test_small_conv_pooled_tile_major(rng, monkeypatch, cin, cout, h, w, k, pad, kind, bands):
+    """The pooled stem's output tile-major (SmallConvSpec.ots, AVX-512: what native.lower
+    holds a tensor in when every reader is a grouped 1x1 conv): a sample's pooled positions in
+    tiles of 16, each tile's channels 16 floats apart, a part last tile padded; a pooled row's
+    vector that crosses a tile edge goes to both tiles. Against torch's conv -> act -> max
+    pool moved to that layout, the direct kernel and Winograd along x / x and y (in bands of
+    pooled rows; without bands these convs run direct, in blocks of channels); nothing
+    written past the tiles (nor the part tile's dead lanes), bit-identical to the N, C, H, W
+    kernel's floats."""
+    from sparsecc.native import smallconv as SC
+
+    monkeypatch.setattr(SC, "POOL_BANDS", bands)
+    monkeypatch.setattr(SC, "WINOGRAD", kind != "direct")
+    monkeypatch.setattr(SC, "WINOGRAD_2D", kind == "xy")
+    plain = SC.SmallConvSpec(16, cin, cout, h, w, k, k, 2, pad, pad, 1, 1, "relu", 0.0, 0.0,
+                             True, pool=True)
+    spec = replace(plain, ots=16 * cout)
+    wg = kind != "direct" and bands > 0  # (Winograd runs in bands of pooled rows)
+    assert (spec.winograd, spec.winograd2d) == (wg, wg and kind == "xy")
+    assert spec.key != plain.key
+    with pytest.raises(ValueError, match="tile-major"):
+        replace(spec, vw=8).emit(ir.Module("bad"), "s")
+    fs = []
+    for sp in (plain, spec):
+        mod = ir.Module("sconvt")
+        sp.emit(mod, "s")
+        fs.append(_kernel_s(mod, None))
+    x = rng.standard_normal((3, cin, h, w)).astype(np.float32) * 2
+    wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32) * 0.3
+    bias = rng.standard_normal(cout).astype(np.float32) - 0.5
+    nchw = _run_pooled(fs[0], plain, x, wt, bias)
+    out = _run_pooled(fs[1], spec, x, wt, bias)
+    pho, pwo = spec.pooled
+    hw, tiles = pho * pwo, -(-pho * pwo // 16)
+    assert spec.out_sample == tiles * 16 * cout
+    ref = nchw[:3 * cout * hw].reshape(3, cout, hw)
+    assert np.abs(ref - torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), 2, pad).relu(),
+        3, 2, 1).numpy().reshape(3, cout, hw)).max() <= 1e-4 * np.abs(ref).max()
+    tm = np.full((3, cout, tiles * 16), -7.0, np.float32)  # (the part tile's lanes untouched)
+    tm[:, :, :hw] = ref
+    tm = tm.reshape(3, cout, tiles, 16).transpose(0, 2, 1, 3).ravel()
+    np.testing.assert_array_equal(out[:tm.size], tm)
+    assert (out[tm.size:] == -7.0).all()
+
+
 @pytest.mark.parametrize("pool,fused", [
     (dict(kernel_size=3, stride=2, padding=1), True),
     (dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), False),
@@ -687,6 +739,47 @@ def test_stem_winograd_in_library(seed, monkeypatch, two_d):
             x = torch.randn(batch, 3, 66, w)
             with torch.no_grad():
                 assert_matches(cm(x), model(x))
+
+
+@pytest.mark.parametrize("tile_major", [True, False])
+def test_stem_tile_major_in_library(seed, monkeypatch, tile_major):
+    """A ResNet-50 stem whose pooled output only 1x1 convs read (a bottleneck's conv1 and
+    downsample) writes it tile-major on AVX-512 (SmallConvSpec.ots; POOL_TILE_MAJOR, else
+    N, C, H, W and the 1x1 convs read 64 planes), against torch at batches 1 and 3."""
+    from sparsecc.native import smallconv as SC
+
+    monkeypatch.setattr(SC, "POOL_TILE_MAJOR", tile_major)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 64, 7, 2, 3), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+                torch.nn.MaxPool2d(3, 2, 1))
+            self.a, self.b = torch.nn.Conv2d(64, 64, 1), torch.nn.Conv2d(64, 128, 1)
+            self.ds = torch.nn.Conv2d(64, 128, 1)
+
+        def forward(self, x):
+            p = self.stem(x)
+            return torch.relu(self.b(torch.relu(self.a(p))) + self.ds(p))
+
+    model = Block().eval()
+    with torch.no_grad():
+        model.stem[1].running_var.uniform_(0.5, 2.0)
+        for c in (model.a, model.b, model.ds):
+            c.weight.mul_((torch.rand_like(c.weight) < 0.1).float())
+    cm = sparsecc.compile(model, torch.randn(1, 3, 64, 64))  # (pooled 16 x 16)
+    assert cm.native is not None, cm.native_status
+    prog = cm.native.lib.program
+    stem = [k.ir_spec for k in prog.kernels.values() if k.kind == "ir" and
+            isinstance(k.ir_spec, SC.SmallConvSpec)]
+    grouped = jit.host().vector_width == 16 and \
+        "groups of" in cm.report(measure=False).rows[2]["kernel"]
+    assert len(stem) == 1 and stem[0].ots == (64 * 16 if tile_major and grouped else 0)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            assert_matches(cm(x), model(x))
 
 
 @pytest.mark.parametrize("fmt,k,stride,hw", [("dense", 3, 2, 33), ("csr", 7, 2, 40),
