@@ -22,6 +22,18 @@ def _ints(text: str | None) -> list[int] | None:
     return None if not text else [int(v) for v in text.split(",") if v.strip()]
 
 
+
+def _fresh_dir(root: Path) -> Path:
+    """root/<date-time>, a name no earlier run took: two runs started in the same minute
+    wrote into one folder (the second's results.jsonl, tables and plots over the first's)."""
+    stamp = time.strftime("%Y%m%d-%H%M")
+    out, k = root / stamp, 1
+    while out.exists():
+        k += 1
+        out = root / f"{stamp}-{k}"
+    return out
+
+
 def bench_command(args) -> int:
     if getattr(args, "save", None):
         from sparsecc.cli import output_path
@@ -57,7 +69,7 @@ def bench_command(args) -> int:
     engines = default if not args.vs else [e for e in ENGINES if e in args.vs.split(",")
                                            or e == "sparsecc"]
     unknown = sorted(set((args.vs or "").split(",")) - set(ENGINES) - {""})
-    out = Path(args.out or f"results/bench/{time.strftime('%Y%m%d-%H%M')}")
+    out = Path(args.out) if args.out else _fresh_dir(Path("results/bench"))
     cfg = SuiteConfig(models=args.models.split(",") if args.models else base["models"],
                       sparsities=_floats(args.sparsities) or base["sparsities"],
                       batches=_ints(args.batch) or base["batches"],

@@ -174,3 +174,18 @@ def test_peak_keeps_the_highest_measurement(tmp_path, monkeypatch):
         suite.peak.cache_clear()
         assert suite.peak() == 250.0
     suite.peak.cache_clear()
+
+
+def test_bench_results_folders_never_shared(tmp_path, monkeypatch):
+    """Two bench runs started in the same minute get folders of their own (the second wrote
+    over the first's results.jsonl and tables)."""
+    from sparsecc import bench
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261204-1900")
+    first = bench._fresh_dir(tmp_path)
+    assert first == tmp_path / "20261204-1900"
+    first.mkdir()
+    second = bench._fresh_dir(tmp_path)
+    assert second == tmp_path / "20261204-1900-2"
+    second.mkdir()
+    assert bench._fresh_dir(tmp_path) == tmp_path / "20261204-1900-3"
