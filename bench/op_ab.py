@@ -16,7 +16,9 @@ op indices of their own past the plan's, in the base build): which of a conv's p
 ``--plain CALLS`` times whole plain calls instead, alternating between the builds: a
 profiled call runs the head's chunks one after another on every thread, a plain one
 sample-parallel with row bands (module._emit_chunks), so only plain calls show what a
-change does to the time users see (bench/perf_ops.py splits that time by op).
+change does to the time users see (bench/perf_ops.py splits that time by op). Noise floor
+(``--plain 150 --aa``, ResNet-50 b16, Zen 4, 2026-12-04): 0.997x on the medians, 1.000x the
+median of paired calls (p10-p90 0.93-1.06).
 
 ``--aa`` compiles the base twice and times the two identical builds the same way: the noise
 floor a variant's ratios must clear. On the Zen 5 VM (2026-12-03, ResNet-18 batch 16, 15
