@@ -22,7 +22,6 @@ def _ints(text: str | None) -> list[int] | None:
     return None if not text else [int(v) for v in text.split(",") if v.strip()]
 
 
-
 def _fresh_dir(root: Path) -> Path:
     """root/<date-time>, a name no earlier run took: two runs started in the same minute
     wrote into one folder (the second's results.jsonl, tables and plots over the first's)."""

@@ -86,6 +86,11 @@ ROW_LOOP_TAPS = 25
 # bands). Same process, ResNet-18 uniform 90 %, the stem op: batch 16 1.082x, batch 1
 # 1.029x (2 threads, Zen 5); 1 or 4 bands a sample within 2 % of 2. 0: blocks.
 POOL_BANDS = 2
+# The pooled output tile-major (SmallConvSpec.ots) where native.lower holds the tensor so:
+# ResNet-50's layer1.0.conv1 and downsample (1x1 convs) then read a tile's 64 channels from
+# one 4 KB run instead of 64 planes 12.5 KB apart (layer1.0.downsample 3.3-3.8 -> 2.3 ms a
+# call in plain calls at batch 16, the whole call 1.004-1.009x; A/B)
+POOL_TILE_MAJOR = True
 # The pooled 7-wide stride-2 kernel (a ResNet's 7x7 / 2 stem and its pool) as a Winograd
 # F(4, 4) along x (``SmallConvSpec.winograd``): a split row's even columns meet the kernel's
 # 4 even taps and its odd columns the 3 odd ones, each a stride-1 correlation along x; four
@@ -97,10 +102,6 @@ POOL_BANDS = 2
 # the row, then B^T), the output transform, bias, activation and the pool's horizontal max in
 # registers. 273 FMAs for 4 outputs a channel against 588 (lanes: 28 tiles of a 112-wide
 # row in 32); along y it stays direct. Error (1D, 7 points with 1/2): ~1e-6 relative.
-# The pooled output tile-major (SmallConvSpec.ots) where native.lower holds the tensor so:
-# ResNet-50's layer1.0.conv1 and downsample (1x1 convs) then read a tile's 64 channels from
-# one 4 KB run instead of 64 planes 12.5 KB apart (A/B)
-POOL_TILE_MAJOR = True
 WINOGRAD = True
 # ... and along y too (``SmallConvSpec.winograd2d``): the stride-2 rows split the same way
 # (even kernel rows F(4, 4), odd F(4, 3)), an output tile 4 rows x 4 columns, its 49 points
