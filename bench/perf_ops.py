@@ -80,10 +80,11 @@ def _u64(addr: int) -> int:
     return ctypes.c_uint64.from_address(addr).value
 
 
-def _text_base(addr: int, kernel_off: int, relocs: str) -> int | None:
-    """Where the loader put a grouped kernel's .text (its assembly bodies): its dispatcher in
-    .ltext (at ``addr``) reaches them through the GOT: a GOTPC64 field gives the GOT, a
-    GOT64 field of a body symbol its slot there."""
+def _got_targets(addr: int, kernel_off: int, relocs: str) -> dict[str, int]:
+    """Where the loader put the symbols a grouped kernel's dispatcher (in .ltext, loaded at
+    ``addr``; ``kernel_off`` its offset there) reaches through the GOT, by name: its
+    assembly bodies, in a .text of their own. A GOTPC64 field gives the GOT, a GOT64 field
+    of a symbol its slot there; {} without them."""
     got = None
     slots = []
     for g in re.finditer(r"^([0-9a-f]+) (R_X86_64_\w+)\s+(\S+)$", relocs, re.M):
@@ -94,8 +95,8 @@ def _text_base(addr: int, kernel_off: int, relocs: str) -> int | None:
             got = field + ctypes.c_int64.from_address(field).value - a
         elif kind == "R_X86_64_GOT64":
             slots.append((target, ctypes.c_int64.from_address(field).value))
-    if got is None or not slots:
-        return None
+    if got is None:
+        return {}
     return {name: _u64(got + slot) for name, slot in slots}
 
 
@@ -122,8 +123,7 @@ def perf_map(runner, prog) -> list[tuple[int, int, str]]:
             entries.append((kern.addr, max(entry[2], 1), name))
             bodies = {s[0]: s[1] for s in syms if s[3] != entry[3]}
             if bodies:
-                placed = _text_base(kern.addr, entry[1], relocs) or {}
-                for body, at in placed.items():
+                for body, at in _got_targets(kern.addr, entry[1], relocs).items():
                     if body in bodies:
                         base = at - bodies[body]
                         size = sections.get(".text", 0)
@@ -168,11 +168,13 @@ def main() -> None:
         nat.run(x)
     entries = perf_map(nat.runner, nat.lib.program)
     pid = os.getpid()
-    with open(f"/tmp/perf-{pid}.map", "w") as f:
+    pmap = f"/tmp/perf-{pid}.map"  # (where perf report looks for a JIT's symbols)
+    with open(pmap, "w") as f:
         for addr, size, name in sorted(entries):
             f.write(f"{addr:x} {size:x} {name}\n")
 
-    data = tempfile.mktemp(suffix=".perf.data")
+    fd, data = tempfile.mkstemp(suffix=".perf.data")
+    os.close(fd)
     stop = threading.Event()
     times: list[float] = []
 
@@ -192,6 +194,7 @@ def main() -> None:
     rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "sym",
                           "--stdio", "-q"], capture_output=True, text=True).stdout
     os.unlink(data)
+    os.unlink(pmap)
     rows = []
     for line in rep.splitlines():
         g = re.match(r"\s*([\d.]+)%\s+\[[.k]\]\s+(.*\S)\s*$", line)
