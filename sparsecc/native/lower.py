@@ -371,6 +371,10 @@ class Program:
     boundary_bytes: int = 0  # a sample
     tail_arena: tuple[int, int] = (0, 0)
     tail_outputs: list[str] = field(default_factory=list)  # plan outputs the tail writes
+    # > 1: the tail's batch runs in this many chunks of whole samples, sample-parallel (each
+    # thread its own chunk through every tail call), when each holds tail_min_chunk samples
+    tail_chunks: int = 0
+    tail_min_chunk: int = 1
     # with a tail: ops at which the head starts a new segment (head_segments). Each segment
     # runs over every chunk of the batch before the next; the tensors crossing a cut sit in
     # the boundary region as the tail's do.
@@ -944,6 +948,8 @@ class Lowering:
         self._bands()
         if self.p.tail:
             head_segments(self.p, self.kn_buffers)
+            if TAIL_CHUNKS and self.threads > 1:
+                self.p.tail_chunks, self.p.tail_min_chunk = self.threads, TAIL_MIN_CHUNK
         return self.p
 
     def _bands(self) -> None:
@@ -3416,6 +3422,11 @@ def batch_min_chunk(plan: ExecutionPlan, chunk: int) -> int:
 # 173.0 / 165.6 / 181.4, MobileNetV2 17.3 / 16.4 / 16.7 / - (global, real weights: 26.8 /
 # - / 26.0); batch 1 level (ResNet-18 5.55 / 5.62 / 5.60).
 TAIL_SAMPLE_BYTES = 512 << 10
+# The whole-batch tail in chunks of samples, one a thread (Program.tail_chunks), when each
+# chunk holds TAIL_MIN_CHUNK samples or more: no call in it then reads what the other
+# thread wrote.
+TAIL_CHUNKS = False
+TAIL_MIN_CHUNK = 4
 # Grouped kernels over whole tiles where the rows have room (Lowering.spmm's ``whole``): a
 # span that is not a multiple of the vector width made the assembly twice, the second copy
 # for the part tile, so ResNet-50's library held 45.8 MB of code (19.5 bytes a nonzero);

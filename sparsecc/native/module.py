@@ -372,11 +372,11 @@ def _emit_team(mod: ir.Module, prefix: str, pfor: ir.Function) -> ir.Function:
 RUN_TYPE = ir.FunctionType(I32, [P8, P8, P64, I64, P8.as_pointer(), P8.as_pointer(), I32, P64])
 
 
-def _thread_area(b, prog: Program, c: ir.Value) -> ir.Value:
+def _thread_area(b, prog: Program, c: ir.Value, tail: bool = False) -> ir.Value:
     """Bytes of arena one thread needs to run a chunk of ``c`` samples on its own: the chunk's
-    activations, one thread's scratch, its args blocks (the body's argspace), 64-byte
-    aligned."""
-    a0, b0 = prog.arena
+    activations (the head's, or with ``tail`` the tail's), one thread's scratch, its args
+    blocks (the body's argspace), 64-byte aligned."""
+    a0, b0 = prog.tail_arena if tail else prog.arena
     fixed = b0 + 4 * prog.scratch_per_thread + 64 + 64 + 8 * prog.argspace_slots + 63
     return b.and_(b.add(b.mul(c, I64(a0)), I64(fixed)), I64(-64))
 
@@ -406,6 +406,19 @@ def _sample_parallel(b, prog: Program, n: ir.Value, c: ir.Value,
     return b.and_(many, b.icmp_signed(">", threads, I32(1)))
 
 
+def _tail_chunk(b, prog: Program, n: ir.Value) -> ir.Value:
+    """Samples per chunk of the tail's batch (Program.tail_chunks): n split as evenly as
+    whole chunks allow, by the build's thread count, never the call's (see _sample_chunk)."""
+    k = I64(prog.tail_chunks)
+    return b.sdiv(b.add(n, b.sub(k, I64(1))), k)
+
+
+def _tail_chunked(b, prog: Program, n: ir.Value) -> ir.Value:
+    """Whether the tail's batch of ``n`` runs in chunks: TAIL_MIN_CHUNK samples a chunk at
+    least."""
+    return b.icmp_signed(">=", n, I64(prog.tail_chunks * prog.tail_min_chunk))
+
+
 def _io_arrays(b, sample_bytes) -> tuple[ir.Value, ir.Value]:
     """Stack arrays for a chunk's input and output pointers: made once, in the function's
     entry block (an alloca in the chunk loop would grow the stack chunk after chunk)."""
@@ -429,7 +442,8 @@ def _step_io(b, sample_bytes, ins, outs, c, arrays) -> tuple[ir.Value, ir.Value]
 
 
 def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
-                 sample_bytes, plain: ir.Function | None = None) -> ir.Function:
+                 sample_bytes, plain: ir.Function | None = None,
+                 tail: bool = False) -> ir.Function:
     """``run`` (or, with a tail, the head's driver ``name``) when the batch may be split
     (Program.chunk); ``sample_bytes``: the body's bytes a sample of each input and output.
 
@@ -447,7 +461,10 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
 
     ``plain`` (a program with row bands, native.bands; its chunks are one sample): the body
     without them, run where the body would be shared between threads (bands there meet after
-    every band); the banded body runs wherever a call has one thread."""
+    every band); the banded body runs wherever a call has one thread.
+
+    With ``tail``, the whole-batch tail's driver (Program.tail_chunks): the batch in that
+    many chunks (_tail_chunk), one a thread when the call has threads for them."""
     fn = ir.Function(mod, RUN_TYPE, name)
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -455,14 +472,15 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     split = fn.append_basic_block("split")
     shared = body if plain is None else \
         b.select(b.icmp_signed(">", threads, I32(1)), plain, body)  # (see plain above)
-    b.cbranch(_chunked(b, prog, n), split, whole)
+    b.cbranch(_tail_chunked(b, prog, n) if tail else _chunked(b, prog, n), split, whole)
     b.position_at_end(whole)
     b.ret(b.call(shared, list(fn.args)))
     b.position_at_end(split)
-    chunk = _sample_chunk(b, prog, n)
+    chunk = _tail_chunk(b, prog, n) if tail else _sample_chunk(b, prog, n)
     par = fn.append_basic_block("parallel")
     serial = fn.append_basic_block("serial")
-    b.cbranch(_sample_parallel(b, prog, n, chunk, threads), par, serial)
+    b.cbranch(b.and_(b.icmp_signed(">", threads, I32(1)), b.icmp_signed(">", n, chunk))
+              if tail else _sample_parallel(b, prog, n, chunk, threads), par, serial)
 
     b.position_at_end(par)
     ctx_t = ir.LiteralStructType([P8, P8, I64, P8.as_pointer(), P8.as_pointer(), I64, I64,
@@ -498,7 +516,7 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     body_times = wb.select(timed, mine_t, ir.Constant(P64, None))
     w_arrays = _io_arrays(wb, sample_bytes)
     tid = wb.sext(wb.call(tid_fn, []), I64)
-    area = _thread_area(wb, prog, w_chunk)
+    area = _thread_area(wb, prog, w_chunk, tail)
     mine = wb.gep(w_arena, [wb.mul(tid, area)])
     my_args = wb.bitcast(wb.gep(mine, [wb.sub(area, I64(8 * prog.argspace_slots))]), P64)
     head = worker.append_basic_block("head")
@@ -639,6 +657,11 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
         b.position_at_end(failed)
         b.ret(rc)
         b.position_at_end(go)
+    if prog.tail_chunks > 1:
+        tail = _emit_chunks(mod, prefix, prog, tail, f"{prefix}__tail_chunks",
+                            (in_b + prog.boundary_sizes,
+                             [out_b[plan.outputs.index(o)] for o in tail_outs]), tail=True)
+        tail.linkage = "internal"
     b.ret(b.call(tail, [weights, rest, argspace, n, tins, touts, threads, times]))
 
 
@@ -806,6 +829,11 @@ def _emit_sizes(mod, prefix, prog: Program) -> None:
     if prog.tail:  # the boundary region first; the tail's buffers where the head's were
         ta, tb = prog.tail_arena
         late = b.add(b.add(b.add(b.mul(n_all, I64(ta)), I64(tb)), scratch), I64(64))
+        if prog.tail_chunks > 1:  # the tail's chunks, a thread's area each
+            c = _tail_chunk(b, prog, n_all)
+            per = b.mul(b.sext(threads, I64), _thread_area(b, prog, c, tail=True))
+            per = b.select(_tail_chunked(b, prog, n_all), per, I64(0))
+            late = b.select(b.icmp_signed(">", per, late), per, late)
         need = b.select(b.icmp_signed(">", late, need), late, need)
         need = b.add(need, b.mul(n_all, I64(prog.boundary_bytes)))
     b.ret(need)

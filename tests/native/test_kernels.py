@@ -1213,6 +1213,40 @@ def test_grouped_whole_tiles_small_planes(seed, monkeypatch):
     _matches_after_junk(cm, model, (3, 20, 20), (3, 9), junk=9)
 
 
+def test_tail_in_sample_chunks(seed, monkeypatch):
+    """The whole-batch tail in chunks of samples, one a thread (lower.TAIL_CHUNKS): against
+    torch at batches under and over TAIL_MIN_CHUNK x threads (an odd one: chunks of unequal
+    size) after junk in the arena, and the same bits on 1 thread as on 2 (the chunks depend
+    on the batch and the build, not on the threads a call gets)."""
+    from sparsecc.native import lower as NLW
+    monkeypatch.setattr(NLW, "TAIL_CHUNKS", True)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.ReLU(),
+        _BasicBlock(32), _BasicBlock(32),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
+    _prune_convs(model)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "4K")
+    cm = _native_csr(model, torch.randn(1, 3, 20, 20))
+    prog = cm.native.lib.program
+    assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+    threads = cm.native.runner.max_threads
+    if threads < 2:
+        pytest.skip("one thread: the tail runs whole")
+    assert prog.tail_chunks == threads and prog.tail_min_chunk == NLW.TAIL_MIN_CHUNK
+    _matches_after_junk(cm, model, (3, 20, 20), (3, 2 * NLW.TAIL_MIN_CHUNK + 1), junk=11)
+    state = cm.native.threads.state
+    xb = torch.randn(19, 3, 20, 20)
+    got = []
+    for t in (1, 2):
+        state[(19, threads)] = [t, {}, 10**9, 16, 0, 0]
+        got.append(cm(xb.numpy()))
+    with torch.no_grad():
+        assert_matches(got[1], model(xb))
+    assert (got[0] == got[1]).all()
+
+
 class _DownBlock(torch.nn.Module):
     """A ResNet basic block that halves the map: 3x3 stride 2 -> ReLU -> 3x3, plus a 1x1
     stride-2 downsample of the input, ReLU; ``ds_first`` traces the downsample first."""
