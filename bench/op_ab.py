@@ -20,6 +20,10 @@ change does to the time users see (bench/perf_ops.py splits that time by op). No
 (``--plain 150 --aa``, ResNet-50 b16, Zen 4, 2026-12-04): 0.997x on the medians, 1.000x the
 median of paired calls (p10-p90 0.93-1.06).
 
+``--probe`` (with ``--plain``) times a core round trip before every round (native.probe) and
+prints the figures again for the rounds with the vCPUs near and apart: the host moves them
+now and then, so a long run catches both placements in one process.
+
 ``--aa`` compiles the base twice and times the two identical builds the same way: the noise
 floor a variant's ratios must clear. On the Zen 5 VM (2026-12-03, ResNet-18 batch 16, 15
 rounds, two runs) identical builds differed by 0.93-1.05x per op (the same op the same way
@@ -33,6 +37,8 @@ Usage:
   .venv/bin/python bench/op_ab.py --model resnet18 --batch 16 --aa
   .venv/bin/python bench/op_ab.py --model resnet50 --batch 16 --plain 200 \\
       --set sparsecc.native.smallconv.POOL_TILE_MAJOR=False
+  .venv/bin/python bench/op_ab.py --model resnet50 --batch 16 --plain 800 --probe \\
+      --set sparsecc.native.lower.TAIL_CHUNKS=True   # split by placement (~10 min)
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ import torch  # noqa: E402
 import sparsecc  # noqa: E402
 from sparsecc.benchmarks import suite  # noqa: E402
 from sparsecc.native import library as NL  # noqa: E402
+from sparsecc.native import probe  # noqa: E402
 
 
 @contextmanager
@@ -107,27 +114,47 @@ def split_calls(ops: set[int], names: dict[int, str]):
         NL.lower_program = lower_program
 
 
+# --probe: a core round trip (native.probe) at or over this many ns counts as the vCPUs apart
+APART_NS = 150
+
+
 def plain_calls(builds, x, args) -> None:
     """``--plain``: whole plain calls of the builds, alternating (sample-parallel chunks and
-    row bands as they run unprofiled); medians, spreads and the median of paired ratios."""
+    row bands as they run unprofiled); medians, spreads and the median of paired ratios.
+    With ``--probe``, the core round trip before every round, and the figures again for the
+    rounds with the vCPUs near and apart."""
     times = [[] for _ in builds]
+    trips = []
     for b in builds:
         b.native.run(x)
     for _ in range(args.plain):
+        if args.probe:
+            trips.append(probe.core_round_trip_ns(2000) or 0.0)
         for i, b in enumerate(builds):
             t0 = time.perf_counter()
             b.native.run(x)
             times[i].append(time.perf_counter() - t0)
     print(f"{args.model} {args.profile} {args.sparsity:.0%} batch {args.batch}, "
           f"{args.plain} alternating plain calls; {suite.machine_line()}")
-    for name, ts in zip(("base", "variant"), times):
-        q = np.percentile(ts, [10, 50, 90]) * 1e3
-        print(f"  {name}: median {q[1]:.2f} ms [p10 {q[0]:.2f} - p90 {q[2]:.2f}]")
-    if len(builds) > 1:
-        r = np.array(times[1]) / np.array(times[0])
-        print(f"  variant / base: {np.median(times[1]) / np.median(times[0]):.3f} (medians), "
-              f"{np.median(r):.3f} (median of paired calls, p10-p90 "
-              f"{np.percentile(r, 10):.3f}-{np.percentile(r, 90):.3f})")
+    times = [np.array(ts) for ts in times]
+    groups = [("", np.ones(args.plain, bool))]
+    if trips:
+        apart = np.array(trips) >= APART_NS
+        groups += [(f"near (< {APART_NS} ns), {int((~apart).sum())} rounds", ~apart),
+                   (f"apart, {int(apart.sum())} rounds", apart)]
+    for label, sel in groups:
+        if not sel.any():
+            continue
+        if label:
+            print(f" {label}")
+        for name, ts in zip(("base", "variant"), times):
+            q = np.percentile(ts[sel], [10, 50, 90]) * 1e3
+            print(f"  {name}: median {q[1]:.2f} ms [p10 {q[0]:.2f} - p90 {q[2]:.2f}]")
+        if len(builds) > 1:
+            r = times[1][sel] / times[0][sel]
+            print(f"  variant / base: {np.median(times[1][sel]) / np.median(times[0][sel]):.3f}"
+                  f" (medians), {np.median(r):.3f} (median of paired calls, p10-p90 "
+                  f"{np.percentile(r, 10):.3f}-{np.percentile(r, 90):.3f})")
 
 
 def main() -> None:
@@ -144,6 +171,9 @@ def main() -> None:
     ap.add_argument("--plain", type=int, default=0, metavar="CALLS",
                     help="time this many alternating plain (unprofiled) calls a build "
                          "instead of profiled rounds")
+    ap.add_argument("--probe", action="store_true",
+                    help="with --plain: the core round trip before every round, the figures "
+                         "split by the vCPUs' placement (near / apart)")
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
     if args.split and (args.set or args.aa):
