@@ -44,6 +44,8 @@ SERIAL_FLOPS = 4_000
 # 13.36 -> 13.09 (global), MobileNetV2 2.84 -> 2.78, MLP 0.318 -> 0.305, MiniLM 4.15 ->
 # 4.11; batch 16 level.
 GUIDE = 2
+# Head segments take their chunks in alternating directions (_segment_reversed).
+SERPENTINE = True
 # Symbols the library may leave to the loader: libm, libc's memory functions, libgomp.
 ALLOWED_EXTERNALS = re.compile(
     r"^(GOMP_parallel|omp_get_thread_num|memcpy|memset|memmove|"
@@ -443,7 +445,7 @@ def _step_io(b, sample_bytes, ins, outs, c, arrays) -> tuple[ir.Value, ir.Value]
 
 def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
                  sample_bytes, plain: ir.Function | None = None,
-                 tail: bool = False) -> ir.Function:
+                 tail: bool = False, reverse: bool = False) -> ir.Function:
     """``run`` (or, with a tail, the head's driver ``name``) when the batch may be split
     (Program.chunk); ``sample_bytes``: the body's bytes a sample of each input and output.
 
@@ -464,7 +466,10 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     every band); the banded body runs wherever a call has one thread.
 
     With ``tail``, the whole-batch tail's driver (Program.tail_chunks): the batch in that
-    many chunks (_tail_chunk), one a thread when the call has threads for them."""
+    many chunks (_tail_chunk), one a thread when the call has threads for them.
+
+    With ``reverse``, the same chunks taken last first (a head segment whose boundary
+    tensors the segment or tail after it reads: see _segment_reversed)."""
     fn = ir.Function(mod, RUN_TYPE, name)
     weights, arena, argspace, n, ins, outs, threads, times = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -527,6 +532,8 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     c = wb.atomic_rmw("add", field(5), w_chunk, "monotonic")
     wb.cbranch(wb.icmp_signed("<", c, w_n), step, done)
     wb.position_at_end(step)
+    if reverse:
+        c = _reversed_start(wb, w_n, w_chunk, c)
     left = wb.sub(w_n, c)
     nc = wb.select(wb.icmp_signed("<", left, w_chunk), left, w_chunk)
     ins_c, outs_c = _step_io(wb, sample_bytes, w_ins, w_outs, c, w_arrays)
@@ -563,17 +570,37 @@ def _emit_chunks(mod, prefix: str, prog: Program, body: ir.Function, name: str,
     c = b.load(pos)
     b.cbranch(b.icmp_signed("<", c, n), step, done)
     b.position_at_end(step)
+    b.store(b.add(c, chunk), pos)
+    if reverse:
+        c = _reversed_start(b, n, chunk, c)
     rest = b.sub(n, c)
     nc = b.select(b.icmp_signed("<", rest, chunk), rest, chunk)
     ins_c, outs_c = _step_io(b, sample_bytes, ins, outs, c, arrays)
     rc = b.call(shared, [weights, arena, argspace, nc, ins_c, outs_c, threads, times])
-    b.store(b.add(c, chunk), pos)
     b.cbranch(b.icmp_signed("!=", rc, I32(0)), failed, head)
     b.position_at_end(failed)
     b.ret(rc)
     b.position_at_end(done)
     b.ret(I32(0))
     return fn
+
+
+def _reversed_start(b, n: ir.Value, chunk: ir.Value, k: ir.Value) -> ir.Value:
+    """The first sample of the chunk taken ``k`` samples from the batch's end: the chunks are
+    the forward ones ([j c, min(n, (j + 1) c))), visited last first, so every sample is
+    summed with the same neighbours either way."""
+    last = b.mul(b.sdiv(b.sub(n, I64(1)), chunk), chunk)
+    return b.sub(last, k)
+
+
+def _segment_reversed(k: int, segments: int) -> bool:
+    """Whether head segment ``k`` of ``segments`` runs its chunks last first
+    (SERPENTINE): the last segment does, and every other one before it. A segment's
+    boundary tensors are read by the next part in the order it takes its chunks; read
+    in the order they were written, the oldest (the first to leave the L3) come first
+    and each read waits on DRAM, while in the opposite order the first reads find the
+    newest samples still cached. The tail reads its batch from sample 0."""
+    return SERPENTINE and (segments - 1 - k) % 2 == 0
 
 
 def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -> None:
@@ -625,7 +652,8 @@ def _emit_run(mod, prefix, prog: Program, kernels, pfor, team, weight_offsets) -
                  prog.boundary, of=alt)
         head = _emit_chunks(mod, prefix, prog, body, f"{prefix}__head{sfx}",
                             (in_b, [out_b[plan.outputs.index(o)] for o in head_outs] +
-                             prog.boundary_sizes), plain)
+                             prog.boundary_sizes), plain,
+                            reverse=_segment_reversed(k, len(segs)))
         head.linkage = "internal"
         heads.append(head)
 

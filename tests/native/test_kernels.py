@@ -1668,6 +1668,28 @@ def test_whole_batch_tail(seed, monkeypatch):
     assert all(times[c.op] > 0 for c in prog.calls), times
 
 
+def test_reversed_chunks_cover_the_batch():
+    """module._reversed_start: the k-th chunk taken off the counter (k = 0, c, 2c, ...) in a
+    reversed segment starts where the forward walk's chunks do, last first, so the same
+    partition of the batch is visited, every sample once, the short chunk (if any) last."""
+    from sparsecc.native import module as M
+
+    i64 = ir.IntType(64)
+    mod = ir.Module("reversed_start")
+    fn = ir.Function(mod, ir.FunctionType(i64, [i64, i64, i64]), "rs")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.ret(M._reversed_start(b, *fn.args))
+    addr = jit.load_object(jit.compile_ir(ES.module_text(mod)), ["rs"])["rs"]
+    rs = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)(addr)
+    for n in range(1, 21):
+        for c in range(1, 7):
+            forward = [(s, min(c, n - s)) for s in range(0, n, c)]
+            got = [(rs(n, c, k), min(c, n - rs(n, c, k))) for k in range(0, n, c)]
+            assert got == forward[::-1], (n, c, got)
+    assert [M._segment_reversed(k, 4) for k in range(4)] == [False, True, False, True]
+    assert M._segment_reversed(0, 1)
+
+
 def test_head_in_segments(tmp_path, seed, monkeypatch):
     """The chunked head in segments (lower.head_segments, a budget of 1 byte: a cut wherever
     one tensor alone crosses), each run over every chunk before the next, the block outputs
@@ -1675,8 +1697,11 @@ def test_head_in_segments(tmp_path, seed, monkeypatch):
     where two tensors cross) and the calls of each segment belong to its ops. Against torch
     at batches 1-3 and 9 (sample-parallel chunks), bit for bit against the same model
     without segments, profiled (every op timed), saved and loaded, and exported as a C
-    library run by the example program (batches 1 and 9, against torch)."""
+    library run by the example program (batches 1 and 9, against torch). The segments take
+    their chunks in alternating directions (module.SERPENTINE): bit for bit the same as all
+    forward."""
     from sparsecc.native import lower
+    from sparsecc.native import module as M
     from sparsecc.native.module import _segment_calls
     from tests.native.test_export_c import exported_matches_torch
 
@@ -1696,8 +1721,12 @@ def test_head_in_segments(tmp_path, seed, monkeypatch):
     monkeypatch.setattr(lower, "SEGMENT_BYTES", 1)
     monkeypatch.setattr(lower, "SEGMENT_NNZ_BYTES_GENERIC", 1)  # (AVX2: row-by-row kernels)
     cm = _native_csr(model, example)
+    monkeypatch.setattr(M, "SERPENTINE", False)
+    forward = _native_csr(model, example)
+    monkeypatch.setattr(M, "SERPENTINE", True)
     prog, ops = cm.native.lib.program, cm.plan.ops
     assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+    assert forward.native.lib.main_key != cm.native.lib.main_key
     starts = [ops[x].layer for x in prog.segments]
     # each block, the stride-2 conv, up to the tail (where it starts depends on the ISA)
     t_op = prog.calls[prog.tail].op
@@ -1717,6 +1746,7 @@ def test_head_in_segments(tmp_path, seed, monkeypatch):
         got = cm(x)
         assert_matches(got, want)
         assert np.array_equal(got.numpy(), whole(x).numpy())
+        assert np.array_equal(got.numpy(), forward(x).numpy())
         assert np.array_equal(cm(x).numpy(), got.numpy())  # the arena reused
     x = torch.randn(9, 3, 32, 32)
     times = np.zeros(max(len(cm.plan.ops), 1), np.int64)
