@@ -3623,6 +3623,8 @@ SEGMENT_NNZ_BYTES = 14
 # most convs run row-by-row, unspecialised ones too)
 SEGMENT_NNZ_BYTES_GENERIC = 0
 SEGMENT_CROSS_BYTES = 1 << 20
+# Boundary tensors of the segments share their places where lifetimes allow (_to_boundary).
+BOUNDARY_REUSE = True
 
 
 def head_segments(p: Program, kn: set[str]) -> None:
@@ -3682,20 +3684,49 @@ def head_segments(p: Program, kn: set[str]) -> None:
         return
     bounds = set(p.boundary)
     _to_boundary(p, [b for b in bufs if b.name not in bounds and b.first < t_op and
-                     any(b.first < x <= b.last for x in cuts)])
+                     any(b.first < x <= b.last for x in cuts)], reuse=BOUNDARY_REUSE)
     _pack_head(p, t_op)
     p.segments = cuts
 
 
-def _to_boundary(p: Program, bufs: list[Buffer]) -> None:
+def _ordered(p: Program, before: int, after: int) -> bool:
+    """Whether every call of an op up to ``before`` comes before every call of an op from
+    ``after`` on (no row-band run interleaves them)."""
+    last = max((ci for ci, c in enumerate(p.calls) if c.op <= before), default=-1)
+    return all(c.op < after for c in p.calls[:last + 1])
+
+
+def _to_boundary(p: Program, bufs: list[Buffer], reuse: bool = False) -> None:
     """Place ``bufs`` in the boundary region after what it holds: N x a sample's bytes each,
-    a sample's bytes rounded up to 64 apart (offset (pos, 0): pos x N)."""
+    a sample's bytes rounded up to 64 apart (offset (pos, 0): pos x N).
+
+    With ``reuse`` (head segments) a buffer takes the place of one already there whose
+    last reader runs before its first writer (op order, _ordered) and whose samples are as
+    large: sample j's bytes are read in a chunk before the same chunk writes the new
+    tensor's sample j over them (chunks hold whole samples and every head part takes the
+    same ones), and a segment's conv then stores into lines it has just read instead of
+    lines it must fetch from DRAM. ResNet-50's layer3.0, 3.2 and 3.4 outputs share one
+    N x 832 KB region (the tail's layer3.5 output keeps its own: its writer reads 3.4's)."""
     pos = p.boundary_bytes
     for b in bufs:
         size = linear(b.nbytes)[0]
+        slot = None
+        if reuse:
+            for k, name in enumerate(p.boundary):
+                old = p.buffers[name]
+                if p.boundary_sizes[k] >= size and old.last < b.first and \
+                        _ordered(p, old.last, b.first) and \
+                        not any(p.boundary_offsets[k] == off and p.buffers[m].last >= b.first
+                                for m, off in zip(p.boundary, p.boundary_offsets)):
+                    slot = k
         p.boundary.append(b.name)
-        p.boundary_offsets.append(pos)
         p.boundary_sizes.append(size)
+        if slot is not None:
+            off = p.boundary_offsets[slot]
+            p.boundary_offsets.append(off)
+            b.offset = (off, 0)
+            continue
+        p.boundary_offsets.append(pos)
         b.offset = (pos, 0)
         pos += -(-size // 64) * 64
     p.boundary_bytes = pos

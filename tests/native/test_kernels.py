@@ -1739,6 +1739,15 @@ def test_head_in_segments(tmp_path, seed, monkeypatch):
     for (lo, hi), part in zip(zip(cuts, cuts[1:]), parts):
         assert part and all(lo <= c.op < hi for c in part), (lo, hi)
     assert len(prog.boundary) >= 4, prog.boundary
+    # block outputs two cuts apart share their place (lower._to_boundary's reuse): each
+    # one's last reader runs before the other's writer
+    shared = [(a, b) for i, a in enumerate(prog.boundary) for b in prog.boundary[i + 1:]
+              if prog.boundary_offsets[prog.boundary.index(a)] ==
+              prog.boundary_offsets[prog.boundary.index(b)]]
+    assert shared, (prog.boundary, prog.boundary_offsets)
+    for a, b in shared:
+        first, second = sorted((prog.buffers[a], prog.buffers[b]), key=lambda q: q.first)
+        assert first.last < second.first, (a, b)
     for batch in (1, 2, 3, 9):
         x = torch.randn(batch, 3, 32, 32)
         with torch.no_grad():
