@@ -597,9 +597,8 @@ def _segment_reversed(k: int, segments: int) -> bool:
     """Whether head segment ``k`` of ``segments`` runs its chunks last first
     (SERPENTINE): the last segment does, and every other one before it. A segment's
     boundary tensors are read by the next part in the order it takes its chunks; read
-    in the order they were written, the oldest (the first to leave the L3) come first
-    and each read waits on DRAM, while in the opposite order the first reads find the
-    newest samples still cached. The tail reads its batch from sample 0."""
+    in the order they were written, the oldest (the first to leave the L3) come first,
+    while in the opposite order the first reads find the newest samples still cached. The tail reads its batch from sample 0."""
     return SERPENTINE and (segments - 1 - k) % 2 == 0
 
 

@@ -1739,8 +1739,8 @@ def test_head_in_segments(tmp_path, seed, monkeypatch):
     for (lo, hi), part in zip(zip(cuts, cuts[1:]), parts):
         assert part and all(lo <= c.op < hi for c in part), (lo, hi)
     assert len(prog.boundary) >= 4, prog.boundary
-    # block outputs two cuts apart share their place (lower._to_boundary's reuse): each
-    # one's last reader runs before the other's writer
+    # boundary tensors share places (lower._to_boundary's reuse) only where one's last
+    # reader runs before the other's writer
     shared = [(a, b) for i, a in enumerate(prog.boundary) for b in prog.boundary[i + 1:]
               if prog.boundary_offsets[prog.boundary.index(a)] ==
               prog.boundary_offsets[prog.boundary.index(b)]]
