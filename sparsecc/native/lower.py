@@ -35,6 +35,7 @@ from sparsecc.native import gmean as GM
 from sparsecc.native import phase as PH
 from sparsecc.native import qlinear as QL
 from sparsecc.native import smallconv as SC
+from sparsecc.native import tmgather as TG
 from sparsecc.native.expr import E, const, dim, lift, linear, numel
 from sparsecc.native.kernels import (
     ANY_FNS,
@@ -2607,6 +2608,9 @@ class Lowering:
             return self._shifted_direct(op, swt, tile, planes, out, bslot, act, g, rg.c * 4,
                                         rg.per_sample, rg.ps, offs) + \
                 f" (the phase planes of {self.plan.ops[j].layer or self.plan.ops[j].name})"
+        got = self._tm_gather(op, swt, x, out, bslot, act, g)
+        if got is not None:
+            return got
         if self.pk_on and g.wq == g.wo and SHIFT_DIRECT and self.i not in self.planes_in:
             L = g.ho * g.wo
             res = None if SP.bakes(op, swt.family) and not self._grouped(op, swt, L) else \
@@ -2796,7 +2800,8 @@ class Lowering:
         return label + " (rows planes)" + (" + residual add" if res_slot is not None else "")
 
     def _shifted_direct(self, op: Op, swt, tile: int, planes: str, out: str, bslot: Slot,
-                        act, g, rows: int, per_sample: int, ps: int, offs: np.ndarray) -> str:
+                        act, g, rows: int, per_sample: int, ps: int, offs: np.ndarray,
+                        xts: int = 0) -> str:
         """A shifted conv without wrap columns (wq == wo: a strided 1x1 conv, ResNet's
         downsample) writes its output in place, with a residual add fused into the kernel
         as a pointwise conv's is: no crop pass."""
@@ -2818,16 +2823,56 @@ class Lowering:
         ons, whole = cout * ocs, min(ps, ocs) >= _round16(L)  # (tile-major: whole tiles too)
         ots = self._tiled(out)  # (tile-major: Lowering.tm)
         ocs, res_rs = self._band_strides(out, other, g.wo, 16 if ots else ocs)
-        spec = replace(spec, res_rs=res_rs, ots=ots, rts=self._tiled(other))
+        spec = replace(spec, res_rs=res_rs, ots=ots, rts=self._tiled(other), xts=xts)
         with self._aware(), self._tm_aware(out, other):
-            # (whole tiles read the planes' round-up to 16 floats, _plane_stride)
+            # (whole tiles read the planes' round-up to 16 floats, _plane_stride; tile-major
+            # planes, xts: a channel's line at 16 x its index, whole tiles)
             label = self.spmm(op, swt, spec, True, bslot, T(planes), T(out), n=nb, L=L,
                               xrs=1, ors=ocs, xns=per_sample, ons=ons, indices=offs,
-                              x_rows=rows, reach=g.reach, panel_of=offs // ps, xalign=True,
+                              x_rows=rows, reach=g.reach,
+                              panel_of=swt.indices if xts else offs // ps, xalign=True,
                               res=res_slot, whole=whole)
         if tail:
             self.act_pass(out, *act)
         return label + (" + residual add" if res_slot is not None else "")
+
+    def _tm_gather(self, op: Op, swt, x: str, out: str, bslot: Slot, act, g) -> str | None:
+        """TM_GATHER: a stride-2 1x1 conv without padding (a ResNet's downsample) in the
+        per-sample head, run by the grouped kernel, reads its x's even rows and columns
+        gathered tile-major (native.tmgather) instead of a phase plane; x may be plain or
+        tile-major (Lowering.tm) itself. None where it does not apply."""
+        if not TM_GATHER or self.vw != 16 or self.pk_on or self.guard or \
+                self.band is not None or self.i in self.planes_in or not SHIFT_DIRECT or \
+                g.wq != g.wo or len(g.pys) != 1 or len(g.pxs) != 1 or \
+                (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw) != (1, 1, 2, 2, 0, 0, 1, 1) \
+                or self._pk(x) or self.plan.storage_root(x) in self.band_major or \
+                self._dtype(x) != "float32":
+            return None
+        L = g.ho * g.wo
+        if self._grouped(op, swt, L) != "always":
+            return None
+        nb, cin, h, w = self.shape(x)
+        cin_, hw = cin.value, h.value * w.value
+        xt = self._tiled(x)
+        xcs = 16 if xt else self._cstride(x)
+        if not xt and xcs < _round16(hw):  # (a last line would read past the channel)
+            return None
+        tab = TG.table(g.ho, g.wo, g.sh * w.value, g.sw, int(g.pys[0]) * w.value +
+                       int(g.pxs[0]), xt if xt else 16)
+        tiles = tab.shape[0]
+        xns = (xt * (_round16(hw) // 16)) if xt else cin_ * xcs
+        # (a line of slack: the grouped kernel's aligned x loads may read one past a tile)
+        planes = self.temp("tm_planes", nb * tiles * cin_ * 64 + 256)
+        with self._aware(), self._tm_aware(x):  # (x's channel stride or tile-major layout)
+            self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
+                      [T(x), T(planes), I(cin_), I(tiles), I(xns), I(xcs),
+                       self.derived("tmgather", tab)],
+                      lift(nb) * tiles, float(16 * cin_ * tab.shape[1]))
+        offs = (swt.indices.astype(np.int64) * 16).astype(np.uint32)
+        tile = LK.spmm_tile(L, self.vw, swt.block_rows)
+        return self._shifted_direct(op, swt, tile, planes, out, bslot, act, g, cin_,
+                                    tiles * cin_ * 16, _round16(L), offs,
+                                    xts=cin_ * 16) + " (x gathered tile-major)"
 
     def _shifted_direct_pk(self, op: Op, swt, x: str, out: str, bslot: Slot, act, g,
                            res) -> str:
@@ -3518,6 +3563,11 @@ PACK_TILE_MAJOR = True
 # A stride-2 1x1 conv (a ResNet's downsample) reads x's even rows and columns from the rows
 # planes a 3x3 / 2 conv of the same x made (Lowering._shared_phase): no phase pass of its own.
 SHARE_PHASE = True
+# A stride-2 1x1 conv in the per-sample head (ResNet-50's downsamples) reads its x's even
+# rows and columns gathered tile-major (Lowering._tm_gather, native.tmgather) in place of a
+# phase plane: a tile of its x is then consecutive lines, and its x (a stage's last output,
+# which the next stage's first 1x1 conv reads too) may be tile-major itself.
+TM_GATHER = True
 # Dense linears of several rows over their weight in panels (Lowering._linear_panels):
 # batch 16, same process, per op: ResNet-50's classifier 1.50 -> 0.79 ms, MobileNetV2's
 # 0.87 -> 0.48 (Xeon).

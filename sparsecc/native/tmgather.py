@@ -1,0 +1,123 @@
+"""A stride-2 1x1 conv's positions of its x gathered tile-major, as LLVM IR (AVX-512):
+native.lower.TM_GATHER, in place of the phase pass for a ResNet's downsample in the
+per-sample head.
+
+The output holds a sample's ho x wo positions in tiles of 16, a tile's channels 16 floats
+apart (the layout of native.lower.TILE_MAJOR), which the grouped kernel reads a tile at a
+time as consecutive lines. x may be plain (N, C, H, W; channels ``xcs`` floats apart) or
+tile-major itself (channels 16 floats apart, tiles C x 16): the phase pass walks a channel's
+plane and cannot read the latter well (a new page every line: docs/native.md, "Tile-major
+activations"), so a stage's last output, which the next stage's downsample reads, had to
+stay plain; this kernel walks a tile's channels instead, and x may then be tile-major too.
+
+A 16-float line of x is lanes [16 l, 16 l + 16) of one channel's positions. An output tile's
+16 positions come from a few such lines (a row's run of 16 even columns spans 2-3 lines; a
+tile may hold 2-3 rows' runs). The lowering cuts them into at most ``pieces`` pieces, each
+two lines of x (a, b: floats from a sample's channel 0 to the line) with a ``vpermt2ps``
+index (0-15 lane of a, 16-31 lane of b) and the mask of the output lanes it gives (the
+table, int32, ``tiles x pieces x WIDTH``: a, b, mask, 16 indices; unused pieces mask 0). A
+work item is one (sample, output tile): the pieces are read once, then for every channel
+its 2 x pieces lines are loaded, permuted and merged, and one line stored. The lanes no
+piece gives (past the map's ho x wo positions in the last tile) are zero.
+
+ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, C, tiles (a sample's output
+tiles), xns (floats from one sample of x to the next), xcs (from one channel of x to the
+next), table]; out's samples tiles x C x 16 floats apart. Items N x tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from sparsecc.codegen.llvm.emit import I32, I64
+from sparsecc.native.vmath import _K
+
+G_X, G_OUT, G_C, G_T, G_XNS, G_XCS, G_TABLE = range(7)
+WIDTH = 3 + 16  # a piece: line a, line b, lane mask, 16 lane indices
+
+
+@dataclass(frozen=True)
+class GatherSpec:
+    pieces: int  # a tile's pieces (the table's second dimension)
+
+    @property
+    def key(self) -> str:
+        return f"tmgather_v16_p{self.pieces}"
+
+    def emit(self, module: ir.Module, name: str) -> None:
+        emit_gather(module, name, self.pieces)
+
+
+def table(ho: int, wo: int, row: int, step: int, base: int, line: int) -> np.ndarray:
+    """The pieces of every output tile (int32, tiles x pieces x WIDTH): output position
+    (i, j) from position base + i x row + j x step of x's channel; x's lines of 16
+    positions ``line`` floats apart (16: plain, C x 16: tile-major)."""
+    L = ho * wo
+    tiles = -(-L // 16)
+    q = np.arange(L)
+    src = base + (q // wo) * row + (q % wo) * step
+    per: list[list[tuple[int, int, int, list[int]]]] = []
+    for t in range(tiles):
+        got: list[tuple[int, int, int, list[int]]] = []
+        for lane in range(16):
+            p = 16 * t + lane
+            if p >= L:
+                break
+            li, r = divmod(int(src[p]), 16)
+            if got and li - got[-1][0] in (0, 1):
+                a, _, mask, idx = got[-1]
+                idx[lane] = r + 16 * (li - a)
+                got[-1] = (a, max(got[-1][1], li), mask | 1 << lane, idx)
+            else:
+                idx = [0] * 16
+                idx[lane] = r
+                got.append((li, li, 1 << lane, idx))
+        per.append(got)
+    pieces = max(len(g) for g in per)
+    out = np.zeros((tiles, pieces, WIDTH), np.int32)
+    for t, got in enumerate(per):
+        for k, (a, b, mask, idx) in enumerate(got):
+            out[t, k, 0], out[t, k, 1] = a * line, b * line
+            out[t, k, 2] = np.int32(np.uint32(mask).view(np.int32))
+            out[t, k, 3:] = idx
+    return out
+
+
+def emit_gather(module: ir.Module, name: str, pieces: int) -> None:
+    k = _K(module, name, 16)
+    b = k.b
+    x0, out0 = k.arg_ptr(G_X, "x"), k.arg_ptr(G_OUT, "out")
+    c, nt = k.arg_i64(G_C, "c"), k.arg_i64(G_T, "tiles")
+    xns, xcs = k.arg_i64(G_XNS, "xns"), k.arg_i64(G_XCS, "xcs")
+    tab = b.inttoptr(k.arg_i64(G_TABLE, "table_i"), I32.as_pointer())
+    vi = ir.VectorType(I32, 16)
+    perm = k.intrinsic("llvm.x86.avx512.vpermi2var.ps.512", k.vty, [k.vty, vi, k.vty])
+    zero = ir.Constant(k.vty, [0.0] * 16)
+    with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
+        n = b.sdiv(t, nt)
+        tt = b.sub(t, b.mul(n, nt))
+        xs = b.gep(x0, [b.mul(n, xns)])
+        # (out's samples tiles x C x 16 floats apart: item t's tile at t x C x 16)
+        os_ = b.gep(out0, [b.mul(b.mul(t, c), I64(16))])
+        row = b.gep(tab, [b.mul(tt, I64(pieces * WIDTH))])
+        got = []
+        for p in range(pieces):
+            e = b.gep(row, [I64(p * WIDTH)])
+            la = b.sext(b.load(e), I64)
+            lb = b.sext(b.load(b.gep(e, [I64(1)])), I64)
+            m = b.bitcast(b.trunc(b.load(b.gep(e, [I64(2)])), ir.IntType(16)),
+                          ir.VectorType(ir.IntType(1), 16))
+            idx = b.load(b.bitcast(b.gep(e, [I64(3)]), vi.as_pointer()), align=4)
+            got.append((b.gep(xs, [la]), b.gep(xs, [lb]), m, idx))
+        with k.loop(I64(0), c, "ch") as ch:
+            off = b.mul(ch, xcs)
+            v = zero
+            for pa, pb, m, idx in got:
+                lo = k.vload(b.gep(pa, [off]), None)
+                hi = k.vload(b.gep(pb, [off]), None)
+                v = b.select(m, b.call(perm, [lo, idx, hi]), v)
+            k.vstore(v, b.gep(os_, [b.mul(ch, I64(16))]), None)
+    b.ret_void()

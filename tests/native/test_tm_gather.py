@@ -1,0 +1,124 @@
+"""A stride-2 1x1 conv's x gathered tile-major (native.tmgather, native.lower.TM_GATHER):
+the kernel against numpy from plain and tile-major sources over even, odd and tiny maps,
+and the lowering: a ResNet-style downsample in the per-sample head takes it, its input (a
+stage's last output) then held tile-major, bit for bit against the phase-pass lowering
+and against torch."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+from llvmlite import ir
+from torch import nn
+
+import sparsecc
+from sparsecc.codegen.llvm import emit_specialized as ES
+from sparsecc.codegen.llvm import jit
+from sparsecc.native import lower as NL
+from sparsecc.native import tmgather as TG
+from tests.native.test_channel_strides import Bottleneck, _sparse, matches
+
+_AVX512 = pytest.mark.skipif(jit.host().vector_width != 16, reason="an AVX-512 kernel")
+
+
+def _r16(v: int) -> int:
+    return -(-v // 16) * 16
+
+
+def _gather_fn(pieces: int):
+    mod = ir.Module("tmgather_test")
+    TG.GatherSpec(pieces).emit(mod, "s")
+    addr = jit.load_object(jit.compile_ir(ES.module_text(mod)), ["s"])["s"]
+    return ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(addr)
+
+
+@_AVX512
+@pytest.mark.parametrize("h,w", [(56, 56), (28, 28), (14, 14), (13, 13), (9, 13), (2, 2),
+                                 (1, 1), (4, 70), (30, 3)])
+@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize("c", [1, 3, 17])
+def test_gather_kernel(rng, h, w, tiled, c):
+    """Output position (i, j) of sample n, channel ch is x[n, ch, 2i, 2j], tile-major (tile
+    q // 16, lane q % 16, channels 16 floats apart), the lanes past the map zero. x plain
+    (channels at their 16-float round-up, the pads NaN) or tile-major (a last tile's
+    unused lanes NaN). Every line a piece reads lies inside its sample's channel."""
+    n = 2
+    hw = h * w
+    ho, wo = (h + 1) // 2, (w + 1) // 2
+    L = ho * wo
+    full = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    lines = _r16(hw) // 16
+    if tiled:
+        xt = c * 16
+        pos = np.full((n, c, lines * 16), np.nan, np.float32)
+        pos[:, :, :hw] = full.reshape(n, c, hw)
+        x = np.ascontiguousarray(pos.reshape(n, c, lines, 16).transpose(0, 2, 1, 3))
+        xns, xcs = lines * xt, 16
+    else:
+        xcs = _r16(hw)
+        x = np.full((n, c, xcs), np.nan, np.float32)
+        x[:, :, :hw] = full.reshape(n, c, hw)
+        xns = c * xcs
+    tab = TG.table(ho, wo, 2 * w, 2, 0, xt if tiled else 16)
+    tiles = tab.shape[0]
+    assert tiles == -(-L // 16)
+    # (the lines read: offsets a, b of a channel's lane 0, never past its last line)
+    used = tab[:, :, 2] != 0
+    last = (lines - 1) * (xt if tiled else 16)
+    assert used.any(axis=1).all() and (tab[:, :, :2][used] <= last).all() and \
+        (tab[:, :, :2] >= 0).all()
+    out = np.full((n, tiles, c, 16), np.nan, np.float32)
+    args = np.array([x.ctypes.data, out.ctypes.data, c, tiles, xns, xcs, tab.ctypes.data],
+                    np.int64)
+    _gather_fn(tab.shape[1])(0, n * tiles, args.ctypes.data)
+    want = np.zeros((n, c, tiles * 16), np.float32)
+    want[:, :, :L] = full[:, :, ::2, ::2].reshape(n, c, L)
+    got = out.transpose(0, 2, 1, 3).reshape(n, c, tiles * 16)
+    np.testing.assert_array_equal(got, want)
+
+
+def _net(hw: int) -> nn.Module:
+    """A stem 1x1, two blocks, a downsampling block (its shortcut a 1x1 / 2 conv of the
+    stage's last output), one more block, a pool and a linear."""
+    return nn.Sequential(nn.Conv2d(8, 32, 1), nn.ReLU(), Bottleneck(32, 16, 1),
+                         Bottleneck(32, 16, 1), Bottleneck(32, 24, 2, 64),
+                         Bottleneck(64, 24, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10))
+
+
+def _compile(model, x, monkeypatch, gather: bool):
+    monkeypatch.setattr(NL, "TM_GATHER", gather)
+    cm = sparsecc.compile(model, x, recipe={"formats": {"force": "csr"}})
+    assert cm.native is not None, cm.native_status
+    return cm
+
+
+@_AVX512
+@pytest.mark.parametrize("hw", [32, 28, 30, 23])
+def test_downsample_gathers_tile_major(hw, monkeypatch):
+    """The downsample's calls are the gather and its grouped kernel (no phase pass), the
+    stage's last output it reads is tile-major (read by the next block's first 1x1 conv
+    too), and the model matches torch and, bit for bit, the lowering with the phase pass
+    (where that output stays plain). Maps 32 / 28 (whole tiles), 30 (15 x 15 out, the 900
+    positions through 16-float channel strides) and 23 (odd: x's last row and column
+    unread, 12 x 12 out)."""
+    torch.manual_seed(hw)
+    model = _sparse(_net(hw), 0.4, hw)
+    x0 = torch.randn(2, 8, hw, hw)
+    cm = _compile(model, x0, monkeypatch, True)
+    base = _compile(model, x0, monkeypatch, False)
+    prog = cm.native.lib.program
+    ds = next(i for i, op in enumerate(prog.plan.ops) if op.layer == "4.short")
+    kernels = [c.kernel for c in prog.calls if c.op == ds]
+    assert any(k.startswith("tmgather") for k in kernels), kernels
+    assert not any("phase" in k for k in kernels), kernels
+    assert "(x gathered tile-major)" in cm.native.lib.labels[ds]
+    x = prog.plan.storage_root(prog.plan.ops[ds].inputs[0])
+    assert x in prog.tile_major, (x, prog.tile_major)
+    assert x not in base.native.lib.program.tile_major
+    assert not any(k.startswith("tmgather") for k in
+                   (c.kernel for c in base.native.lib.program.calls))
+    matches(cm, base, model, (8, hw, hw), (1, 2, 3))
