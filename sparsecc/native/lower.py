@@ -2866,7 +2866,7 @@ class Lowering:
         with self._aware(), self._tm_aware(x):  # (x's channel stride or tile-major layout)
             self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
                       [T(x), T(planes), I(cin_), I(tiles), I(xns), I(xcs),
-                       self.derived("tmgather", tab)],
+                       self.derived("tmgather", tab), I(1), I(nb)],
                       lift(nb) * tiles, float(16 * cin_ * tab.shape[1]))
         offs = (swt.indices.astype(np.int64) * 16).astype(np.uint32)
         tile = LK.spmm_tile(L, self.vw, swt.block_rows)
@@ -2908,8 +2908,18 @@ class Lowering:
         xts = cin_ * 16 if PACK_TILE_MAJOR and not self._pk(x) and not self._tiled(x) and \
             self.plan.storage_root(x) not in self.band_major and g.ph == 0 and g.pw == 0 \
             and len(g.pys) == 1 and len(g.pxs) == 1 else 0
-        if xts:
-            self._to_tiles("k_gather_pktm", x, planes, nb, cin_, self._cstride(x), g.ho, g.wo,
+        xcs = self._cstride(x)
+        if xts and TM_GATHER and TM_GATHER_PACKED and self.vw == 16 and xcs % 16 == 0:
+            # (the LLVM gather, as in the head: _tm_gather)
+            tab = TG.table(g.ho, g.wo, g.sh * w, g.sw, int(g.pys[0]) * w + int(g.pxs[0]), 16,
+                           PACK_B, cin_ * xcs)
+            with self._packed(), self._tm_aware(planes):
+                self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
+                          [T(x), T(planes), I(cin_), I(tab.shape[0]), I(cin_ * xcs), I(xcs),
+                           self.derived("tmgather", tab), I(PACK_B), I(nb)],
+                          blocks * tab.shape[0], float(16 * cin_ * tab.shape[1]))
+        elif xts:
+            self._to_tiles("k_gather_pktm", x, planes, nb, cin_, xcs, g.ho, g.wo,
                            g.sh * w, g.sw, g.pys[0] * w + g.pxs[0])
         else:
             args = self._phase_args(x, planes, g, cin_ * span) + [I(span)] + \
@@ -3568,6 +3578,9 @@ SHARE_PHASE = True
 # phase plane: a tile of its x is then consecutive lines, and its x (a stage's last output,
 # which the next stage's first 1x1 conv reads too) may be tile-major itself.
 TM_GATHER = True
+# ... and the packed tail's downsample reads its x so too (Lowering._shifted_direct_pk; else
+# kernels.k_gather_pktm, numba's loop a float at a time).
+TM_GATHER_PACKED = True
 # Dense linears of several rows over their weight in panels (Lowering._linear_panels):
 # batch 16, same process, per op: ResNet-50's classifier 1.50 -> 0.79 ms, MobileNetV2's
 # 0.87 -> 0.48 (Xeon).

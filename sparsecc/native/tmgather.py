@@ -1,28 +1,33 @@
 """A stride-2 1x1 conv's positions of its x gathered tile-major, as LLVM IR (AVX-512):
 native.lower.TM_GATHER, in place of the phase pass for a ResNet's downsample in the
-per-sample head.
+per-sample head, and of the packed tail's numba gather (kernels.k_gather_pktm).
 
-The output holds a sample's ho x wo positions in tiles of 16, a tile's channels 16 floats
-apart (the layout of native.lower.TILE_MAJOR), which the grouped kernel reads a tile at a
-time as consecutive lines. x may be plain (N, C, H, W; channels ``xcs`` floats apart) or
-tile-major itself (channels 16 floats apart, tiles C x 16): the phase pass walks a channel's
-plane and cannot read the latter well (a new page every line: docs/native.md, "Tile-major
-activations"), so a stage's last output, which the next stage's downsample reads, had to
-stay plain; this kernel walks a tile's channels instead, and x may then be tile-major too.
+The output holds a block of B samples' ho x wo positions (B = 1: one sample's; B > 1: the
+packed layout of native.lower.PACK, a block's samples one after another) in tiles of 16, a
+tile's channels 16 floats apart (native.lower.TILE_MAJOR / PACK_TILE_MAJOR), which the
+grouped kernel reads a tile at a time as consecutive lines. x may be plain (N, C, H, W;
+channels ``xcs`` floats apart) or tile-major itself (channels 16 floats apart, tiles C x
+16): the phase pass walks a channel's plane and cannot read the latter well (a new page
+every line: docs/native.md, "Tile-major activations"), so a stage's last output, which the
+next stage's downsample reads, had to stay plain; this kernel walks a tile's channels
+instead, and x may then be tile-major too.
 
 A 16-float line of x is lanes [16 l, 16 l + 16) of one channel's positions. An output tile's
 16 positions come from a few such lines (a row's run of 16 even columns spans 2-3 lines; a
-tile may hold 2-3 rows' runs). The lowering cuts them into at most ``pieces`` pieces, each
-two lines of x (a, b: floats from a sample's channel 0 to the line) with a ``vpermt2ps``
-index (0-15 lane of a, 16-31 lane of b) and the mask of the output lanes it gives (the
-table, int32, ``tiles x pieces x WIDTH``: a, b, mask, 16 indices; unused pieces mask 0). A
-work item is one (sample, output tile): the pieces are read once, then for every channel
-its 2 x pieces lines are loaded, permuted and merged, and one line stored. The lanes no
-piece gives (past the map's ho x wo positions in the last tile) are zero.
+tile may hold 2-3 rows' runs, and at B > 1 two samples'). The lowering cuts them into at
+most ``pieces`` pieces, each two lines of one sample of x (a, b: floats from the block's
+first sample's channel 0 to the line) with a ``vpermt2ps`` index (0-15: a lane of a, 16-31:
+of b), the mask of the output lanes it gives and its sample in the block (the table, int32,
+``tiles x pieces x WIDTH``: a, b, mask, sample, 16 indices; unused pieces mask 0). A work item
+is one (block, output tile): the pieces are read once (a piece of a sample past the batch,
+a last block's padding, gives zeros and reads nothing), then for every channel its
+2 x pieces lines are loaded, permuted and merged, and one line stored. The lanes no piece
+gives (past the map's positions in the last tile) are zero.
 
-ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, C, tiles (a sample's output
+ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, C, tiles (a block's output
 tiles), xns (floats from one sample of x to the next), xcs (from one channel of x to the
-next), table]; out's samples tiles x C x 16 floats apart. Items N x tiles.
+next), table, B, N (the batch)]; out's blocks tiles x C x 16 floats apart. Items
+ceil(N / B) x tiles.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from llvmlite import ir
 from sparsecc.codegen.llvm.emit import I32, I64
 from sparsecc.native.vmath import _K
 
-G_X, G_OUT, G_C, G_T, G_XNS, G_XCS, G_TABLE = range(7)
-WIDTH = 3 + 16  # a piece: line a, line b, lane mask, 16 lane indices
+G_X, G_OUT, G_C, G_T, G_XNS, G_XCS, G_TABLE, G_B, G_N = range(9)
+WIDTH = 4 + 16  # a piece: line a, line b, lane mask, sample in the block, 16 lane indices
 
 
 @dataclass(frozen=True)
@@ -51,38 +56,39 @@ class GatherSpec:
         emit_gather(module, name, self.pieces)
 
 
-def table(ho: int, wo: int, row: int, step: int, base: int, line: int) -> np.ndarray:
-    """The pieces of every output tile (int32, tiles x pieces x WIDTH): output position
-    (i, j) from position base + i x row + j x step of x's channel; x's lines of 16
+def table(ho: int, wo: int, row: int, step: int, base: int, line: int, block: int = 1,
+          xns: int = 0) -> np.ndarray:
+    """The pieces of every output tile of a block (int32, tiles x pieces x WIDTH): output
+    position (i, j) of sample s of the block from position base + i x row + j x step of
+    x's channel, that sample ``xns`` floats after the block's first; x's lines of 16
     positions ``line`` floats apart (16: plain, C x 16: tile-major)."""
     L = ho * wo
-    tiles = -(-L // 16)
-    q = np.arange(L)
-    src = base + (q // wo) * row + (q % wo) * step
-    per: list[list[tuple[int, int, int, list[int]]]] = []
+    tiles = -(-block * L // 16)
+    per: list[list[list]] = []
     for t in range(tiles):
-        got: list[tuple[int, int, int, list[int]]] = []
+        got: list[list] = []  # [sample, line a, line b, mask, idx]
         for lane in range(16):
             p = 16 * t + lane
-            if p >= L:
+            if p >= block * L:
                 break
-            li, r = divmod(int(src[p]), 16)
-            if got and li - got[-1][0] in (0, 1):
-                a, _, mask, idx = got[-1]
-                idx[lane] = r + 16 * (li - a)
-                got[-1] = (a, max(got[-1][1], li), mask | 1 << lane, idx)
+            s, q = divmod(p, L)
+            li, r = divmod(base + (q // wo) * row + (q % wo) * step, 16)
+            if got and got[-1][0] == s and li - got[-1][1] in (0, 1):
+                g = got[-1]
+                g[2], g[3] = max(g[2], li), g[3] | 1 << lane
+                g[4][lane] = r + 16 * (li - g[1])
             else:
                 idx = [0] * 16
                 idx[lane] = r
-                got.append((li, li, 1 << lane, idx))
+                got.append([s, li, li, 1 << lane, idx])
         per.append(got)
     pieces = max(len(g) for g in per)
     out = np.zeros((tiles, pieces, WIDTH), np.int32)
     for t, got in enumerate(per):
-        for k, (a, b, mask, idx) in enumerate(got):
-            out[t, k, 0], out[t, k, 1] = a * line, b * line
-            out[t, k, 2] = np.int32(np.uint32(mask).view(np.int32))
-            out[t, k, 3:] = idx
+        for k, (s, a, b, mask, idx) in enumerate(got):
+            out[t, k, :4] = s * xns + a * line, s * xns + b * line, \
+                np.uint32(mask).view(np.int32), s
+            out[t, k, 4:] = idx
     return out
 
 
@@ -96,21 +102,29 @@ def emit_gather(module: ir.Module, name: str, pieces: int) -> None:
     vi = ir.VectorType(I32, 16)
     perm = k.intrinsic("llvm.x86.avx512.vpermi2var.ps.512", k.vty, [k.vty, vi, k.vty])
     zero = ir.Constant(k.vty, [0.0] * 16)
+    nb, batch = k.arg_i64(G_B, "block"), k.arg_i64(G_N, "n")
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
-        n = b.sdiv(t, nt)
-        tt = b.sub(t, b.mul(n, nt))
-        xs = b.gep(x0, [b.mul(n, xns)])
-        # (out's samples tiles x C x 16 floats apart: item t's tile at t x C x 16)
+        blk = b.sdiv(t, nt)
+        tt = b.sub(t, b.mul(blk, nt))
+        first = b.mul(blk, nb)
+        real = b.sub(batch, first)  # (the block's samples from this one on are padding)
+        xs = b.gep(x0, [b.mul(first, xns)])
+        # (out's blocks tiles x C x 16 floats apart: item t's tile at t x C x 16)
         os_ = b.gep(out0, [b.mul(b.mul(t, c), I64(16))])
         row = b.gep(tab, [b.mul(tt, I64(pieces * WIDTH))])
         got = []
         for p in range(pieces):
             e = b.gep(row, [I64(p * WIDTH)])
-            la = b.sext(b.load(e), I64)
-            lb = b.sext(b.load(b.gep(e, [I64(1)])), I64)
-            m = b.bitcast(b.trunc(b.load(b.gep(e, [I64(2)])), ir.IntType(16)),
+
+            def field(f):
+                return b.sext(b.load(b.gep(e, [I64(f)])), I64)
+
+            live = b.icmp_signed("<", field(3), real)
+            la = b.select(live, field(0), I64(0))
+            lb = b.select(live, field(1), I64(0))
+            m = b.bitcast(b.trunc(b.select(live, field(2), I64(0)), ir.IntType(16)),
                           ir.VectorType(ir.IntType(1), 16))
-            idx = b.load(b.bitcast(b.gep(e, [I64(3)]), vi.as_pointer()), align=4)
+            idx = b.load(b.bitcast(b.gep(e, [I64(4)]), vi.as_pointer()), align=4)
             got.append((b.gep(xs, [la]), b.gep(xs, [lb]), m, idx))
         with k.loop(I64(0), c, "ch") as ch:
             off = b.mul(ch, xcs)

@@ -1317,9 +1317,10 @@ class _DownBottleneck(torch.nn.Module):
         return torch.relu(y + (x if self.ds is None else self.ds(x)))
 
 
-@pytest.mark.parametrize("tile_major,masked", [(True, True), (True, False), (False, True),
-                                               (False, False)])
-def test_packed_tail(seed, monkeypatch, tile_major, masked):
+@pytest.mark.parametrize("tile_major,masked,gather", [
+    (True, True, True), (True, False, True), (True, False, False), (False, True, True),
+    (False, False, True)])
+def test_packed_tail(seed, monkeypatch, tile_major, masked, gather):
     """The whole-batch tail's 7 x 7 maps with the batch packed into the positions
     (lower.PACK): bottlenecks' 1x1 convs and the downsample over blocks of 16 samples (a
     block's tiles in panels of a few each), the
@@ -1333,7 +1334,8 @@ def test_packed_tail(seed, monkeypatch, tile_major, masked):
     PACK_TILE_MAJOR the packed tensors that only grouped 1x1 convs and the crop touch are
     held tile-major within a block (the first block's output, the downsample's residual,
     the 3x3 convs' outputs, which the crop writes so, k_crop_pktm; the downsample's plane
-    of x, which k_gather_pktm gathers in place of the phase pass); the others (the phase
+    of x, which native.tmgather gathers in place of the phase pass, or k_gather_pktm
+    without lower.TM_GATHER); the others (the phase
     passes' inputs, the global mean's) stay packed; bit for bit what the packed layout
     gives. With PACK_MASKED the 3x3 convs run over the packed maps, their taps masked at the
     maps' edges (no crop; 4.b over packed phase planes of x, 5.b over x itself with the
@@ -1352,6 +1354,7 @@ def test_packed_tail(seed, monkeypatch, tile_major, masked):
     monkeypatch.setattr(lower, "PACK_PANEL_BYTES", 4096)
     monkeypatch.setattr(lower, "PACK_TILE_MAJOR", tile_major)
     monkeypatch.setattr(lower, "PACK_MASKED", masked)
+    monkeypatch.setattr(lower, "TM_GATHER", gather)
     cm = _native_csr(model, torch.randn(1, 3, 28, 28))
     prog = cm.native.lib.program
     assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
@@ -1382,7 +1385,8 @@ def test_packed_tail(seed, monkeypatch, tile_major, masked):
             # the downsample's plane of x (plain) gathered into tile-major planes: no phase
             # pass in its packed variant
             ds = [c.kernel for c in prog.calls if prog.plan.ops[c.op].layer == "4.ds"]
-            assert "k_gather_pktm" in ds and "phase_v16_s2_pk" not in ds, ds
+            assert ("tmgather_v16_p" if gather else "k_gather_pktm") in " ".join(ds) and \
+                "phase_v16_s2_pk" not in ds, ds
         else:
             assert not tm and "k_crop_pk" in kernels, (tm, kernels)
     _matches_after_junk(cm, model, (3, 28, 28), (16, 13, 19, 1), junk=14)

@@ -40,12 +40,14 @@ def _gather_fn(pieces: int):
                                  (1, 1), (4, 70), (30, 3)])
 @pytest.mark.parametrize("tiled", [False, True])
 @pytest.mark.parametrize("c", [1, 3, 17])
-def test_gather_kernel(rng, h, w, tiled, c):
-    """Output position (i, j) of sample n, channel ch is x[n, ch, 2i, 2j], tile-major (tile
-    q // 16, lane q % 16, channels 16 floats apart), the lanes past the map zero. x plain
-    (channels at their 16-float round-up, the pads NaN) or tile-major (a last tile's
-    unused lanes NaN). Every line a piece reads lies inside its sample's channel."""
-    n = 2
+@pytest.mark.parametrize("block,n", [(1, 2), (4, 7), (16, 3)])
+def test_gather_kernel(rng, h, w, tiled, c, block, n):
+    """Output position (i, j) of sample s of a block of ``block`` samples, channel ch, is
+    x[s, ch, 2i, 2j], tile-major over the block's positions (its samples' maps one after
+    another: tile p // 16, lane p % 16, channels 16 floats apart); the lanes past the
+    block's positions and a last block's padding samples zero. x plain (channels at their
+    16-float round-up, the pads NaN) or tile-major (a last tile's unused lanes NaN). Every
+    line a piece reads lies inside its sample's channel."""
     hw = h * w
     ho, wo = (h + 1) // 2, (w + 1) // 2
     L = ho * wo
@@ -62,21 +64,25 @@ def test_gather_kernel(rng, h, w, tiled, c):
         x = np.full((n, c, xcs), np.nan, np.float32)
         x[:, :, :hw] = full.reshape(n, c, hw)
         xns = c * xcs
-    tab = TG.table(ho, wo, 2 * w, 2, 0, xt if tiled else 16)
+    tab = TG.table(ho, wo, 2 * w, 2, 0, xt if tiled else 16, block, xns)
     tiles = tab.shape[0]
-    assert tiles == -(-L // 16)
-    # (the lines read: offsets a, b of a channel's lane 0, never past its last line)
+    assert tiles == -(-block * L // 16)
+    # (the lines read: offsets a, b of a channel's lane 0 inside the piece's sample)
     used = tab[:, :, 2] != 0
     last = (lines - 1) * (xt if tiled else 16)
-    assert used.any(axis=1).all() and (tab[:, :, :2][used] <= last).all() and \
-        (tab[:, :, :2] >= 0).all()
-    out = np.full((n, tiles, c, 16), np.nan, np.float32)
-    args = np.array([x.ctypes.data, out.ctypes.data, c, tiles, xns, xcs, tab.ctypes.data],
-                    np.int64)
-    _gather_fn(tab.shape[1])(0, n * tiles, args.ctypes.data)
-    want = np.zeros((n, c, tiles * 16), np.float32)
-    want[:, :, :L] = full[:, :, ::2, ::2].reshape(n, c, L)
-    got = out.transpose(0, 2, 1, 3).reshape(n, c, tiles * 16)
+    within = tab[:, :, :2] - tab[:, :, 3:4] * xns
+    assert used.any(axis=1).all() and (within[used] <= last).all() and (within >= 0).all()
+    blocks = -(-n // block)
+    out = np.full((blocks, tiles, c, 16), np.nan, np.float32)
+    args = np.array([x.ctypes.data, out.ctypes.data, c, tiles, xns, xcs, tab.ctypes.data,
+                     block, n], np.int64)
+    _gather_fn(tab.shape[1])(0, blocks * tiles, args.ctypes.data)
+    sub = np.zeros((blocks * block, c, L), np.float32)
+    sub[:n] = full[:, :, ::2, ::2].reshape(n, c, L)
+    want = np.zeros((blocks, c, tiles * 16), np.float32)
+    want[:, :, :block * L] = sub.reshape(blocks, block, c, L).transpose(0, 2, 1, 3) \
+        .reshape(blocks, c, block * L)
+    got = out.transpose(0, 2, 1, 3).reshape(blocks, c, tiles * 16)
     np.testing.assert_array_equal(got, want)
 
 
