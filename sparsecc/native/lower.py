@@ -2628,7 +2628,9 @@ class Lowering:
         else:
             planes = self.temp("planes", nb * per_sample * 4)
             args = self._phase_args(x, planes, g, per_sample)
-            if g.sw in PH.STRIDES:  # vectorised; an item is a sample's channel's row phase
+            if self._gather_planes(x, planes, g, cin.value, ps, per_sample):
+                pass
+            elif g.sw in PH.STRIDES:  # vectorised; an item is a sample's channel's row phase
                 with self._packed():
                     self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, self._pk(x))),
                               args + [I(ps)] + self._phase_io(x, nb),
@@ -2866,13 +2868,40 @@ class Lowering:
         with self._aware(), self._tm_aware(x):  # (x's channel stride or tile-major layout)
             self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
                       [T(x), T(planes), I(cin_), I(tiles), I(xns), I(xcs),
-                       self.derived("tmgather", tab), I(1), I(nb)],
+                       self.derived("tmgather", tab), I(1), I(nb), I(tiles * cin_ * 16),
+                       I(cin_ * 16), I(16)],
                       lift(nb) * tiles, float(16 * cin_ * tab.shape[1]))
         offs = (swt.indices.astype(np.int64) * 16).astype(np.uint32)
         tile = LK.spmm_tile(L, self.vw, swt.block_rows)
         return self._shifted_direct(op, swt, tile, planes, out, bslot, act, g, cin_,
                                     tiles * cin_ * 16, _round16(L), offs,
                                     xts=cin_ * 16) + " (x gathered tile-major)"
+
+    def _gather_planes(self, x: str, planes: str, g, cin: int, ps: int,
+                       per_sample: int) -> bool:
+        """The phase plane of a stride-2 1x1 conv without padding (one plane a channel, ps
+        floats apart, ``per_sample`` a sample) from a tile-major x (Lowering.tm), which the
+        phase pass does not read: native.tmgather writing plain planes (TM_GATHER; the
+        kernels that do not take _tm_gather's tile-major planes, as the tail's plain variant
+        at small batches). False where it does not apply (the retry then untiles x)."""
+        xt = self._tiled(x)
+        geom = (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+        if not (xt and TM_GATHER and TM_GATHER_PLANES and self.vw == 16 and g.wq == g.wo and
+                len(g.pys) == 1 and len(g.pxs) == 1 and geom == (1, 1, 2, 2, 0, 0, 1, 1) and
+                ps == _round16(g.ho * g.wo) and not self._pk(x)):
+            return False
+        nb, _, h, w = self.shape(x)
+        tab = TG.table(g.ho, g.wo, g.sh * w.value, g.sw, int(g.pys[0]) * w.value +
+                       int(g.pxs[0]), xt)
+        tiles = tab.shape[0]
+        with self._aware(), self._tm_aware(x):
+            self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
+                      [T(x), T(planes), I(cin), I(tiles),
+                       I(xt * (_round16(h.value * w.value) // 16)), I(16),
+                       self.derived("tmgather", tab), I(1), I(nb), I(per_sample), I(16),
+                       I(ps)],
+                      lift(nb) * tiles, float(16 * cin * tab.shape[1]))
+        return True
 
     def _shifted_direct_pk(self, op: Op, swt, x: str, out: str, bslot: Slot, act, g,
                            res) -> str:
@@ -2909,15 +2938,22 @@ class Lowering:
             self.plan.storage_root(x) not in self.band_major and g.ph == 0 and g.pw == 0 \
             and len(g.pys) == 1 and len(g.pxs) == 1 else 0
         xcs = self._cstride(x)
-        if xts and TM_GATHER and TM_GATHER_PACKED and self.vw == 16 and xcs % 16 == 0:
+        # (x tile-major, Lowering.tm: only the LLVM gather reads it; else the retry untiles it)
+        xt = self._tiled(x) if TM_GATHER and self.vw == 16 and g.ph == 0 and g.pw == 0 and \
+            len(g.pys) == 1 and len(g.pxs) == 1 else 0
+        if xt or xts and TM_GATHER and TM_GATHER_PACKED and self.vw == 16 and xcs % 16 == 0:
             # (the LLVM gather, as in the head: _tm_gather)
-            tab = TG.table(g.ho, g.wo, g.sh * w, g.sw, int(g.pys[0]) * w + int(g.pxs[0]), 16,
-                           PACK_B, cin_ * xcs)
-            with self._packed(), self._tm_aware(planes):
+            xts = cin_ * 16
+            xns = xt * (_round16(self.shape(x)[2].value * w) // 16) if xt else cin_ * xcs
+            tab = TG.table(g.ho, g.wo, g.sh * w, g.sw, int(g.pys[0]) * w + int(g.pxs[0]),
+                           xt or 16, PACK_B, xns)
+            tiles = tab.shape[0]
+            with self._packed(), self._tm_aware(planes, x):
                 self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
-                          [T(x), T(planes), I(cin_), I(tab.shape[0]), I(cin_ * xcs), I(xcs),
-                           self.derived("tmgather", tab), I(PACK_B), I(nb)],
-                          blocks * tab.shape[0], float(16 * cin_ * tab.shape[1]))
+                          [T(x), T(planes), I(cin_), I(tiles), I(xns), I(16 if xt else xcs),
+                           self.derived("tmgather", tab), I(PACK_B), I(nb),
+                           I(tiles * cin_ * 16), I(cin_ * 16), I(16)],
+                          blocks * tiles, float(16 * cin_ * tab.shape[1]))
         elif xts:
             self._to_tiles("k_gather_pktm", x, planes, nb, cin_, xcs, g.ho, g.wo,
                            g.sh * w, g.sw, g.pys[0] * w + g.pxs[0])
@@ -3581,6 +3617,10 @@ TM_GATHER = True
 # ... and the packed tail's downsample reads its x so too (Lowering._shifted_direct_pk; else
 # kernels.k_gather_pktm, numba's loop a float at a time).
 TM_GATHER_PACKED = True
+# ... and a stride-2 1x1 conv that runs another kernel (the tail's plain variant) takes its
+# phase plane from a tile-major x by the gather as well (Lowering._gather_planes), so x (the
+# head's last output, which the tail's first 1x1 conv reads too) may be tile-major.
+TM_GATHER_PLANES = True
 # Dense linears of several rows over their weight in panels (Lowering._linear_panels):
 # batch 16, same process, per op: ResNet-50's classifier 1.50 -> 0.79 ms, MobileNetV2's
 # 0.87 -> 0.48 (Xeon).

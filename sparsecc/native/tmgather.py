@@ -24,9 +24,14 @@ a last block's padding, gives zeros and reads nothing), then for every channel i
 2 x pieces lines are loaded, permuted and merged, and one line stored. The lanes no piece
 gives (past the map's positions in the last tile) are zero.
 
+The output may also be plain planes (a phase pass's one phase plane a channel, channels
+``ocs`` floats apart, its lines 16 floats apart): the stride-2 1x1 convs that do not run the
+grouped kernel (the tail's plain variant at small batches) read those from a tile-major x.
+
 ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, C, tiles (a block's output
 tiles), xns (floats from one sample of x to the next), xcs (from one channel of x to the
-next), table, B, N (the batch)]; out's blocks tiles x C x 16 floats apart. Items
+next), table, B, N (the batch), ons, ots, ocs (out's floats from one block to the next, one
+tile to the next, one channel to the next: tiles x C x 16, C x 16, 16 tile-major)]. Items
 ceil(N / B) x tiles.
 """
 
@@ -40,7 +45,7 @@ from llvmlite import ir
 from sparsecc.codegen.llvm.emit import I32, I64
 from sparsecc.native.vmath import _K
 
-G_X, G_OUT, G_C, G_T, G_XNS, G_XCS, G_TABLE, G_B, G_N = range(9)
+G_X, G_OUT, G_C, G_T, G_XNS, G_XCS, G_TABLE, G_B, G_N, G_ONS, G_OTS, G_OCS = range(12)
 WIDTH = 4 + 16  # a piece: line a, line b, lane mask, sample in the block, 16 lane indices
 
 
@@ -103,14 +108,14 @@ def emit_gather(module: ir.Module, name: str, pieces: int) -> None:
     perm = k.intrinsic("llvm.x86.avx512.vpermi2var.ps.512", k.vty, [k.vty, vi, k.vty])
     zero = ir.Constant(k.vty, [0.0] * 16)
     nb, batch = k.arg_i64(G_B, "block"), k.arg_i64(G_N, "n")
+    ons, ots, ocs = k.arg_i64(G_ONS, "ons"), k.arg_i64(G_OTS, "ots"), k.arg_i64(G_OCS, "ocs")
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         blk = b.sdiv(t, nt)
         tt = b.sub(t, b.mul(blk, nt))
         first = b.mul(blk, nb)
         real = b.sub(batch, first)  # (the block's samples from this one on are padding)
         xs = b.gep(x0, [b.mul(first, xns)])
-        # (out's blocks tiles x C x 16 floats apart: item t's tile at t x C x 16)
-        os_ = b.gep(out0, [b.mul(b.mul(t, c), I64(16))])
+        os_ = b.gep(out0, [b.add(b.mul(blk, ons), b.mul(tt, ots))])
         row = b.gep(tab, [b.mul(tt, I64(pieces * WIDTH))])
         got = []
         for p in range(pieces):
@@ -133,5 +138,5 @@ def emit_gather(module: ir.Module, name: str, pieces: int) -> None:
                 lo = k.vload(b.gep(pa, [off]), None)
                 hi = k.vload(b.gep(pb, [off]), None)
                 v = b.select(m, b.call(perm, [lo, idx, hi]), v)
-            k.vstore(v, b.gep(os_, [b.mul(ch, I64(16))]), None)
+            k.vstore(v, b.gep(os_, [b.mul(ch, ocs)]), None)
     b.ret_void()

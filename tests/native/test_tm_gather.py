@@ -75,7 +75,7 @@ def test_gather_kernel(rng, h, w, tiled, c, block, n):
     blocks = -(-n // block)
     out = np.full((blocks, tiles, c, 16), np.nan, np.float32)
     args = np.array([x.ctypes.data, out.ctypes.data, c, tiles, xns, xcs, tab.ctypes.data,
-                     block, n], np.int64)
+                     block, n, tiles * c * 16, c * 16, 16], np.int64)
     _gather_fn(tab.shape[1])(0, blocks * tiles, args.ctypes.data)
     sub = np.zeros((blocks * block, c, L), np.float32)
     sub[:n] = full[:, :, ::2, ::2].reshape(n, c, L)
@@ -128,3 +128,45 @@ def test_downsample_gathers_tile_major(hw, monkeypatch):
     assert not any(k.startswith("tmgather") for k in
                    (c.kernel for c in base.native.lib.program.calls))
     matches(cm, base, model, (8, hw, hw), (1, 2, 3))
+
+
+class _Down(nn.Module):
+    """1x1 -> 3x3 / 2 -> 1x1, + a 1x1 / 2 downsample of the input, ReLU."""
+
+    def __init__(self, cin: int, mid: int, cout: int):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(cin, mid, 1), nn.Conv2d(mid, mid, 3, 2, 1)
+        self.c, self.ds = nn.Conv2d(mid, cout, 1), nn.Conv2d(cin, cout, 1, 2)
+
+    def forward(self, x):
+        y = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        return torch.relu(y + self.ds(x))
+
+
+@_AVX512
+def test_tail_downsample_reads_a_tile_major_x(monkeypatch):
+    """A downsample in the whole-batch tail whose x, the head's last output (a 3x3 / 2
+    conv's, 14 x 14 through 16-float channel strides), crosses into the tail tile-major: its packed variant gathers
+    tile-major planes, its plain variant (other batches) plain phase planes
+    (Lowering._gather_planes), both from that x. Bit for bit against the lowering with the
+    phase pass (x plain) at batches 16 and 13 (packed, a part block) and 5 and 1 (plain),
+    and against torch."""
+    torch.manual_seed(7)
+    model = _sparse(nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(),
+                                  nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),  # 14 x 14
+                                  _Down(16, 8, 32), Bottleneck(32, 8, 1),  # 7 x 7
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten()), 0.3, 7)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "14K")
+    x0 = torch.randn(1, 3, 28, 28)
+    cm = _compile(model, x0, monkeypatch, True)
+    base = _compile(model, x0, monkeypatch, False)
+    prog = cm.native.lib.program
+    assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+    ds = next(i for i, op in enumerate(prog.plan.ops) if op.layer == "4.ds")
+    assert ds >= prog.calls[prog.tail].op, "the downsample runs in the tail"
+    x = prog.plan.storage_root(prog.plan.ops[ds].inputs[0])
+    assert x in prog.tile_major and x not in base.native.lib.program.tile_major
+    kernels = [c.kernel for c in prog.calls if c.op == ds]
+    assert sum(k.startswith("tmgather") for k in kernels) == 2, kernels  # (both variants)
+    assert not any("phase" in k for k in kernels), kernels
+    matches(cm, base, model, (3, 28, 28), (16, 13, 5, 1))
