@@ -1335,8 +1335,8 @@ def test_packed_tail(seed, monkeypatch, tile_major, masked, gather):
     held tile-major within a block (the first block's output, the downsample's residual,
     the 3x3 convs' outputs, which the crop writes so, k_crop_pktm; the downsample's plane
     of x, which native.tmgather gathers in place of the phase pass, or k_gather_pktm
-    without lower.TM_GATHER); the others (the phase
-    passes' inputs, the global mean's) stay packed; bit for bit what the packed layout
+    without lower.TM_GATHER); the others (the phase passes' inputs, the global mean's)
+    stay packed; bit for bit what the packed layout
     gives. With PACK_MASKED the 3x3 convs run over the packed maps, their taps masked at the
     maps' edges (no crop; 4.b over packed phase planes of x, 5.b over x itself with the
     residual-free output read by 5.c), and their inputs stay packed, not tile-major."""
