@@ -2845,32 +2845,21 @@ class Lowering:
         tile-major (Lowering.tm) itself. None where it does not apply."""
         if not TM_GATHER or self.vw != 16 or self.pk_on or self.guard or \
                 self.band is not None or self.i in self.planes_in or not SHIFT_DIRECT or \
-                g.wq != g.wo or len(g.pys) != 1 or len(g.pxs) != 1 or \
-                (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw) != (1, 1, 2, 2, 0, 0, 1, 1) \
-                or self._pk(x) or self.plan.storage_root(x) in self.band_major or \
-                self._dtype(x) != "float32":
+                not _gatherable(g) or self._pk(x) or \
+                self.plan.storage_root(x) in self.band_major or self._dtype(x) != "float32":
             return None
         L = g.ho * g.wo
         if self._grouped(op, swt, L) != "always":
             return None
         nb, cin, h, w = self.shape(x)
-        cin_, hw = cin.value, h.value * w.value
-        xt = self._tiled(x)
-        xcs = 16 if xt else self._cstride(x)
-        if not xt and xcs < _round16(hw):  # (a last line would read past the channel)
-            return None
-        tab = TG.table(g.ho, g.wo, g.sh * w.value, g.sw, int(g.pys[0]) * w.value +
-                       int(g.pxs[0]), xt if xt else 16)
-        tiles = tab.shape[0]
-        xns = (xt * (_round16(hw) // 16)) if xt else cin_ * xcs
+        cin_ = cin.value
+        if not self._tiled(x) and self._cstride(x) < _round16(h.value * w.value):
+            return None  # (a last line would read past the channel)
+        tiles = -(-L // 16)
         # (a line of slack: the grouped kernel's aligned x loads may read one past a tile)
         planes = self.temp("tm_planes", nb * tiles * cin_ * 64 + 256)
         with self._aware(), self._tm_aware(x):  # (x's channel stride or tile-major layout)
-            self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
-                      [T(x), T(planes), I(cin_), I(tiles), I(xns), I(xcs),
-                       self.derived("tmgather", tab), I(1), I(nb), I(tiles * cin_ * 16),
-                       I(cin_ * 16), I(16)],
-                      lift(nb) * tiles, float(16 * cin_ * tab.shape[1]))
+            self._gather(x, planes, g, 1)
         offs = (swt.indices.astype(np.int64) * 16).astype(np.uint32)
         tile = LK.spmm_tile(L, self.vw, swt.block_rows)
         return self._shifted_direct(op, swt, tile, planes, out, bslot, act, g, cin_,
@@ -2884,24 +2873,33 @@ class Lowering:
         phase pass does not read: native.tmgather writing plain planes (TM_GATHER; the
         kernels that do not take _tm_gather's tile-major planes, as the tail's plain variant
         at small batches). False where it does not apply (the retry then untiles x)."""
-        xt = self._tiled(x)
-        geom = (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
-        if not (xt and TM_GATHER and TM_GATHER_PLANES and self.vw == 16 and g.wq == g.wo and
-                len(g.pys) == 1 and len(g.pxs) == 1 and geom == (1, 1, 2, 2, 0, 0, 1, 1) and
-                ps == _round16(g.ho * g.wo) and not self._pk(x)):
+        if not (self._tiled(x) and TM_GATHER and TM_GATHER_PLANES and self.vw == 16 and
+                _gatherable(g) and ps == _round16(g.ho * g.wo) and not self._pk(x)):
             return False
-        nb, _, h, w = self.shape(x)
-        tab = TG.table(g.ho, g.wo, g.sh * w.value, g.sw, int(g.pys[0]) * w.value +
-                       int(g.pxs[0]), xt)
-        tiles = tab.shape[0]
         with self._aware(), self._tm_aware(x):
-            self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
-                      [T(x), T(planes), I(cin), I(tiles),
-                       I(xt * (_round16(h.value * w.value) // 16)), I(16),
-                       self.derived("tmgather", tab), I(1), I(nb), I(per_sample), I(16),
-                       I(ps)],
-                      lift(nb) * tiles, float(16 * cin * tab.shape[1]))
+            self._gather(x, planes, g, 1, (per_sample, ps))
         return True
+
+    def _gather(self, x: str, out: str, g, block: int,
+                planes: tuple[int, int] | None = None) -> None:
+        """A native.tmgather call (inside the caller's awareness contexts): x's positions
+        of g's one phase (base + i x sh W + j x sw) into ``out``, tile-major in blocks of
+        ``block`` samples (channels 16 floats apart), or with ``planes`` (floats a sample,
+        floats a channel) as plain phase planes. x plain or tile-major (Lowering.tm: its
+        lines C x 16 floats apart, its channels 16); a sample of it C x its channel stride
+        floats either way."""
+        nb, cin, _, w = self.shape(x)
+        c, w = cin.value, w.value
+        xt, xcs = self._tiled(x), self._cstride(x)
+        tab = TG.table(g.ho, g.wo, g.sh * w, g.sw, int(g.pys[0]) * w + int(g.pxs[0]),
+                       xt or 16, block, c * xcs)
+        tiles = tab.shape[0]
+        ons, ots, ocs = (planes[0], 16, planes[1]) if planes else (tiles * c * 16, c * 16, 16)
+        self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
+                  [T(x), T(out), I(c), I(tiles), I(c * xcs), I(16 if xt else xcs),
+                   self.derived("tmgather", tab), I(block), I(nb), I(ons), I(ots), I(ocs)],
+                  (lift(nb) if block == 1 else lift(nb).cdiv(block)) * tiles,
+                  float(16 * c * tab.shape[1]))
 
     def _shifted_direct_pk(self, op: Op, swt, x: str, out: str, bslot: Slot, act, g,
                            res) -> str:
@@ -2941,19 +2939,11 @@ class Lowering:
         # (x tile-major, Lowering.tm: only the LLVM gather reads it; else the retry untiles it)
         xt = self._tiled(x) if TM_GATHER and self.vw == 16 and g.ph == 0 and g.pw == 0 and \
             len(g.pys) == 1 and len(g.pxs) == 1 else 0
-        if xt or xts and TM_GATHER and TM_GATHER_PACKED and self.vw == 16 and xcs % 16 == 0:
+        if xt or (xts and TM_GATHER and TM_GATHER_PACKED and self.vw == 16 and xcs % 16 == 0):
             # (the LLVM gather, as in the head: _tm_gather)
             xts = cin_ * 16
-            xns = xt * (_round16(self.shape(x)[2].value * w) // 16) if xt else cin_ * xcs
-            tab = TG.table(g.ho, g.wo, g.sh * w, g.sw, int(g.pys[0]) * w + int(g.pxs[0]),
-                           xt or 16, PACK_B, xns)
-            tiles = tab.shape[0]
             with self._packed(), self._tm_aware(planes, x):
-                self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
-                          [T(x), T(planes), I(cin_), I(tiles), I(xns), I(16 if xt else xcs),
-                           self.derived("tmgather", tab), I(PACK_B), I(nb),
-                           I(tiles * cin_ * 16), I(cin_ * 16), I(16)],
-                          blocks * tiles, float(16 * cin_ * tab.shape[1]))
+                self._gather(x, planes, g, PACK_B)
         elif xts:
             self._to_tiles("k_gather_pktm", x, planes, nb, cin_, xcs, g.ho, g.wo,
                            g.sh * w, g.sw, g.pys[0] * w + g.pxs[0])
@@ -3864,6 +3854,13 @@ def _small_maps_start(plan: ExecutionPlan) -> int:
             set(plan.users().get(x, [])) == {f}:
         return w
     return f
+
+
+def _gatherable(g) -> bool:
+    """Whether the shifted conv of geometry ``g`` is a stride-2 1x1 conv without padding
+    whose one phase plane has no wrap columns: what native.tmgather gathers."""
+    return (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw) == (1, 1, 2, 2, 0, 0, 1, 1) and \
+        g.wq == g.wo and len(g.pys) == 1 and len(g.pxs) == 1
 
 
 def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = "") -> Program:
