@@ -24,10 +24,6 @@ from tests.native.test_channel_strides import Bottleneck, _sparse, matches
 _AVX512 = pytest.mark.skipif(jit.host().vector_width != 16, reason="an AVX-512 kernel")
 
 
-def _r16(v: int) -> int:
-    return -(-v // 16) * 16
-
-
 def _gather_fn(pieces: int):
     mod = ir.Module("tmgather_test")
     TG.GatherSpec(pieces).emit(mod, "s")
@@ -52,7 +48,7 @@ def test_gather_kernel(rng, h, w, tiled, c, block, n):
     ho, wo = (h + 1) // 2, (w + 1) // 2
     L = ho * wo
     full = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    lines = _r16(hw) // 16
+    lines = NL._round16(hw) // 16
     if tiled:
         xt = c * 16
         pos = np.full((n, c, lines * 16), np.nan, np.float32)
@@ -60,7 +56,7 @@ def test_gather_kernel(rng, h, w, tiled, c, block, n):
         x = np.ascontiguousarray(pos.reshape(n, c, lines, 16).transpose(0, 2, 1, 3))
         xns, xcs = lines * xt, 16
     else:
-        xcs = _r16(hw)
+        xcs = NL._round16(hw)
         x = np.full((n, c, xcs), np.nan, np.float32)
         x[:, :, :hw] = full.reshape(n, c, hw)
         xns = c * xcs
