@@ -3068,7 +3068,8 @@ class Lowering:
         xslot = T(planes, 16 - base) if g.sh == 2 else T(planes, -base)
         return self._pk_grouped(op, swt, xslot, out, other, res_slot, bslot, act, 2 * wo + 2,
                                 blocks, span, offs.astype(np.uint32), rows, 0, (wo, ho),
-                                None if PKM_PANELS else 0, " over the packed maps, taps masked")
+                                None if PKM_PANELS and 4 * rows * span > PKM_PANELS * l2_bytes()
+                                else 0, " over the packed maps, taps masked")
 
     def _phase_args(self, x: str, planes: str, g, per_sample: int) -> list[Slot]:
         """The phase pass's first arguments (phase.py's kernels, k_phase): x, the planes
@@ -3643,7 +3644,15 @@ PACK_PANEL_BYTES = 1 << 20
 # sample), no crop or phase pass runs at stride 1, and the residual add is fused
 # (Lowering._shifted_pkm). Off: those convs read per-sample planes and crop into the layout.
 PACK_MASKED = True
-PKM_PANELS = False  # (True: a block's tiles in panels, as the 1x1 convs; else column blocks)
+# A masked conv whose block of x (its rows planes over a block's maps) is over PKM_PANELS x a
+# core's L2 runs the block's tiles in panels (as the packed 1x1 convs: every row group over a
+# panel's x before the next panel) instead of every group over the whole block; the others
+# keep that (0: never panels). Xeon (Emerald Rapids, L2 2 MB), 2026-12-05, bench/op_ab.py
+# per op at batch 16, panels / whole: ResNet-50 layer4.0.conv2 (3x3 / 2, four planes a
+# channel: 6.4 MB a block) 0.74x the time, ResNet-18 layer4.0.conv1 (3.2 MB) 0.88x; the
+# stride-1 ones (1.6 MB) 1.01-1.16x slower, so they stay whole (on the Zen 4, L2 1 MB, all of
+# them in panels measured level: ResNet-18 layer4 0.91-1.04x).
+PKM_PANELS = 1.0
 
 
 def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> None:

@@ -1412,8 +1412,9 @@ class _DownBasic(torch.nn.Module):
         return torch.relu(y + (x if self.ds is None else self.ds(x)))
 
 
-@pytest.mark.parametrize("hw,kblock", [((28, 20), None), ((24, 24), 18)])
-def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock):
+@pytest.mark.parametrize("hw,kblock,panels", [((28, 20), None, False), ((24, 24), 18, False),
+                                              ((28, 20), None, True)])
+def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock, panels):
     """ResNet-18's tail packed (PACK_MASKED): basic blocks over maps of 7 x 5 and 6 x 6
     positions (not square; H and W told apart), each 3x3 conv one grouped call over the
     packed maps with the taps off a map's edge masked per lane, the stride-2 conv over packed
@@ -1423,7 +1424,9 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock):
     NaN in one sample's input reaches no other sample (a masked tap reads a neighbour's
     floats and must not add them); saved, loaded and exported as a C library alike; the same
     values as with PACK_MASKED off. ``kblock``: the tail's column blocks (KBLOCK_TAIL) of 2
-    channels, so the masked convs run column-blocked too."""
+    channels, so the masked convs run column-blocked too. ``panels``: every masked conv's
+    block in panels of 2-3 tiles (lower.PKM_PANELS, in models only where a block's x is over
+    L2)."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),
@@ -1436,6 +1439,9 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock):
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "14K")
     if kblock:
         monkeypatch.setattr(lower, "KBLOCK_TAIL", kblock)
+    if panels:
+        monkeypatch.setattr(lower, "PKM_PANELS", 1e-9)
+        monkeypatch.setattr(lower, "PACK_PANEL_BYTES", 4096)
     shape = (3, *hw)
     cm = _native_csr(model, torch.randn(1, *shape))
     prog = cm.native.lib.program
@@ -1452,6 +1458,9 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock):
         assert not ds & {"k_gather_pktm", "phase_v16_s2_pk"}, ds
         masked_kcols = [k.spec.kcols for k in prog.kernels.values()
                         if k.spec is not None and k.spec.edge_h]
+        in_panels = [k.spec.panels for k in prog.kernels.values()
+                     if k.spec is not None and k.spec.edge_h]
+        assert all(in_panels) if panels else not any(in_panels), in_panels
         # (the stride-1 ones; a stride-2 conv's four planes a channel stay in one block)
         assert masked_kcols and sum(1 for c in masked_kcols if c) == (3 if kblock else 0), \
             masked_kcols
