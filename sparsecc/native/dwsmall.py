@@ -97,6 +97,15 @@ class DepthwiseSpec:
     # ex_block a group); for expand convs dense enough that the union of a group's rows is
     # about all of cin (native.lower.EXPAND_BLOCK_DENSITY)
     ex_block: int = 1
+    # floats from one channel of x (of the expand's input, with ``expand``) to the next and
+    # from one output channel to the next (0: a plane's h x w / ho x wo; native.lower's
+    # channel strides, Lowering.cs)
+    xcs: int = 0
+    ocs: int = 0
+    # > 0: out tile-major (Lowering.tm), floats from one 16-position tile to the next (C x
+    # 16), a channel's line 16 floats into its tile; stride 1 over planes of at most
+    # MAX_VECTORS vectors (each output vector then is one tile's line), not q8
+    ots: int = 0
 
     @property
     def key(self) -> str:
@@ -107,7 +116,22 @@ class DepthwiseSpec:
                 + (f"_s{self.stride}" if self.stride != 1 else "") + ("_q8" if self.q8 else "")
                 + (f"_x{self.expand}{self.ex_a:g}_{self.ex_b:g}{'b' if self.ex_bias else ''}"
                    if self.expand else "")
-                + (f"_xb{self.ex_block}" if self.ex_block > 1 else ""))
+                + (f"_xb{self.ex_block}" if self.ex_block > 1 else "")
+                + (f"_xcs{self.xcs}" if self.xcs else "")
+                + (f"_ocs{self.ocs}" if self.ocs else "")
+                + (f"_ots{self.ots}" if self.ots else ""))
+
+    @property
+    def tile_out(self) -> bool:
+        """Whether ``ots`` may be taken: vw 16, stride 1, no bands, float32 out."""
+        return self.vw == 16 and self.stride == 1 and self.vectors <= MAX_VECTORS and \
+            not self.q8
+
+    def whole_out(self, hw_out: int) -> bool:
+        """Whether an output plane has room for whole vectors (tile-major, or channels at
+        least the vectors' floats apart): the last vector is then stored whole, its lanes past
+        the plane finite (the bias and the activation of zeros), not left as they were."""
+        return bool(self.ots) or self.ocs >= -(-hw_out // self.vw) * self.vw
 
     @property
     def ho(self) -> int:
@@ -257,6 +281,8 @@ def row_run(k: _K, rowp, col: int, m: int, w: int, stride: int):
 
 def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> None:
     vw, hw = spec.vw, spec.h * spec.w
+    if spec.ots and (not spec.tile_out or spec.ho * spec.wo != hw):
+        raise ValueError(f"tile-major out needs stride 1 over at most {MAX_VECTORS} vectors")
     k = _K(module, name, vw)
     b = k.b
     taps = spec.kh * spec.kw
@@ -284,9 +310,10 @@ def emit_depthwise_small(module: ir.Module, name: str, spec: DepthwiseSpec) -> N
                     xv = k.vload(b.gep(xb, [I64(vecs[n] * vw + off)]),
                                  lane_mask(vw, spec.mask(ti, at[n])))
                     b.store(k.fma(ws, xv, b.load(acc[n])), acc[n])
+        whole = spec.whole_out(hw)
         for n, v in enumerate(vecs):
-            lanes = at[n] * vw + np.arange(vw) < hw
-            store(b.load(acc[n]), b.gep(ob, [I64(v * vw)]), lanes)
+            lanes = (at[n] * vw + np.arange(vw) < hw) | whole
+            store(b.load(acc[n]), b.gep(ob, [I64(v * (spec.ots or vw))]), lanes)
 
     with _planes(k, spec, hw, hw) as (xb, ob, wvals, init, store):
         if spec.vectors <= MAX_VECTORS:
@@ -317,6 +344,8 @@ def emit_depthwise_s2(module: ir.Module, name: str, spec: DepthwiseSpec) -> None
     edges are unrolled with their own row checks; the interior ones are a loop over groups
     of units sharing one set of masks."""
     vw, sw = spec.vw, 2
+    if spec.ots:
+        raise ValueError("tile-major out needs stride 1")
     k = _K(module, name, vw)
     b = k.b
     taps = spec.kh * spec.kw
@@ -425,7 +454,7 @@ def _planes(k: _K, spec: DepthwiseSpec, hw_in: int, hw_out: int):
             # output plane t = (n, c) reads input plane n * cin + c // mult = t // mult
             xb = expand.plane(t, c) if expand else \
                 b.gep(x, [b.mul(b.sdiv(t, I64(spec.mult)) if spec.mult > 1 else t,
-                                I64(hw_in))])
+                                I64(spec.xcs or hw_in))])
         ob = store.plane(out, t, c, C, hw_out)
         wrow = b.gep(wt, [b.mul(c, I64(taps))])
         init = k.splat(b.load(b.gep(bias, [c]))) if spec.has_bias else \
@@ -458,10 +487,16 @@ class _Store:
                                           I1, 4 * vw)])
 
     def plane(self, out, t, c, C, hw: int):
-        """Output plane t = (sample, channel c)'s base."""
+        """Output plane t = (sample, channel c)'s base (tile-major: its line in the
+        sample's first tile)."""
         b = self.k.b
+        if self.spec.ots:
+            n = b.sdiv(t, C)
+            tiles = -(-hw // self.spec.vw)
+            return b.gep(out, [b.add(b.mul(n, b.mul(C, I64(tiles * 16))),
+                                     b.mul(c, I64(16)))])
         if not self.spec.q8:
-            return b.gep(out, [b.mul(t, I64(hw))])
+            return b.gep(out, [b.mul(t, I64(self.spec.ocs or hw))])
         n = b.sdiv(t, C)
         dword = b.add(b.mul(n, self.qstride), b.mul(b.sdiv(c, I64(4)), I64(hw)))
         byte = b.add(b.mul(dword, I64(4)), b.srem(c, I64(4)))
@@ -519,6 +554,7 @@ class _Expand:
         b = k.b
         self.k, self.spec, self.x, self.C = k, spec, x, C
         self.hw = spec.h * spec.w
+        self.xcs = spec.xcs or self.hw  # (floats from one input channel to the next)
         self.indptr = b.inttoptr(k.arg_i64(D_EX_INDPTR, "ex_indptr"), I64.as_pointer())
         self.idx = b.inttoptr(k.arg_i64(D_EX_IDX, "ex_idx"), I32.as_pointer())
         self.data = k.arg_ptr(D_EX_DATA, "ex_data")
@@ -545,7 +581,7 @@ class _Expand:
         k, spec, hw, vw = self.k, self.spec, self.hw, self.spec.vw
         b = k.b
         M = spec.ex_block
-        xn = b.gep(self.x, [b.mul(b.mul(n, self.cin), I64(hw))])
+        xn = b.gep(self.x, [b.mul(b.mul(n, self.cin), I64(self.xcs))])
         wg = b.gep(self.data, [b.mul(b.mul(g, self.cin), I64(M))])
         c0 = b.mul(g, I64(M))
         inits = [k.splat(b.load(b.gep(self.bias, [b.add(c0, I64(m))]))) if spec.ex_bias else
@@ -559,7 +595,7 @@ class _Expand:
             masks = [None] * nvec
             masks[-1] = lane_mask(vw, np.arange(vw) < last_lanes)
             with k.loop(I64(0), self.cin, "xk") as kk:
-                row = b.gep(xn, [b.add(b.mul(kk, I64(hw)), pos)])
+                row = b.gep(xn, [b.add(b.mul(kk, I64(self.xcs)), pos)])
                 xs = [k.vload(b.gep(row, [I64(q * vw)]), masks[q]) for q in range(nvec)]
                 wk = b.gep(wg, [b.mul(kk, I64(M))])
                 for m in range(M):
@@ -595,7 +631,7 @@ class _Expand:
         k, spec, hw, vw = self.k, self.spec, self.hw, self.spec.vw
         b = k.b
         n = b.sdiv(t, self.C)
-        xn = b.gep(self.x, [b.mul(b.mul(n, self.cin), I64(hw))])
+        xn = b.gep(self.x, [b.mul(b.mul(n, self.cin), I64(self.xcs))])
         init = k.splat(b.load(b.gep(self.bias, [c]))) if spec.ex_bias else \
             ir.Constant(k.vty, [0.0] * vw)
         p0 = b.load(b.gep(self.indptr, [c]))
@@ -610,7 +646,7 @@ class _Expand:
             with k.loop(p0, p1, "exp") as p:
                 col = b.sext(b.load(b.gep(self.idx, [p])), I64)
                 ws = k.splat(b.load(b.gep(self.data, [p])))
-                row = b.gep(xn, [b.add(b.mul(col, I64(hw)), pos)])
+                row = b.gep(xn, [b.add(b.mul(col, I64(self.xcs)), pos)])
                 for q in range(nvec):
                     xv = k.vload(b.gep(row, [I64(q * vw)]), masks[q])
                     b.store(k.fma(ws, xv, b.load(acc[q])), acc[q])

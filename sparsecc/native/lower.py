@@ -217,6 +217,14 @@ KBLOCK_ITEMS = 2
 KBLOCK_HALVES = 1024
 
 
+# The depthwise kernel (native.dwsmall) writes its output tile-major (Lowering.tm) where the
+# output's readers take it so (MobileNetV2's projection 1x1 convs, grouped kernels): a tile's
+# channels then lie in consecutive lines, which the whole-batch tail's projections, reading x
+# from L3, stream (its channels H x W floats apart were as many streams as channels).
+DW_TILE_MAJOR = True
+# ... and reads x and writes out through their channel strides (Lowering.cs; False: the
+# tensors it touches stay dense, as before 2026-12-05)
+DW_STRIDES = True
 # A 1x1 expand conv denser than this stays a conv of its own (its grouped kernel) instead of
 # being computed inside the depthwise conv after it a channel at a time. MobileNetV2 with
 # ImageNet weights at the global profile (expand convs 6-59 % dense), same process, every
@@ -2287,7 +2295,14 @@ class Lowering:
             ecin = self.shape(ex[0].inputs[0])[1].value if ex else 0
             block = self._expand_block(len(ex[2][2]), cout_, ecin, h.value * w.value) \
                 if ex else 1
-            spec = replace(spec, ex_block=block)
+            # x's (the expand's input's) and out's channel strides (Lowering.cs), out
+            # tile-major where the kernel can write it so (DW_TILE_MAJOR)
+            xin = ex[0].inputs[0] if ex else x
+            xcs = self.cs.get(xin, 0) if DW_STRIDES else 0
+            ocs = self.cs.get(out, 0) if q8 is None and DW_STRIDES else 0
+            spec = replace(spec, ex_block=block, xcs=xcs, ocs=ocs)
+            ots = self._tiled(out) if DW_TILE_MAJOR and q8 is None and spec.tile_out else 0
+            spec = replace(spec, ots=ots, ocs=0 if ots else ocs)
             if sparse:  # the kernel skips zero taps itself: its weights as a dense table
                 csr = SP.as_csr(op, {r: self.plan.constants[c] for r, c in op.params.items()})
                 wslot = self.derived("wplanar", csr_to_dense(*csr, (cout_, kh * kw)))
@@ -2312,8 +2327,9 @@ class Lowering:
             per = DW.expand_scratch(spec)
             if per:
                 args += [SCRATCH, I(per), THREADS]
-            self.call(self.ir_kernel(spec), args, nb * (cout_ // block), cost * block,
-                      scratch=per)
+            with self._aware(DW_STRIDES), self._tm_aware(out if ots else None):
+                self.call(self.ir_kernel(spec), args, nb * (cout_ // block), cost * block,
+                          scratch=per)
             return ("native depthwise (plane in registers)" if cin_ > 1 else
                     "native direct conv (1 input channel, planes in registers)") + \
                 (" -> int8 codes" if q8 is not None else "") + \

@@ -92,8 +92,10 @@ def matches(cm, other, model, shape, batches=(1, 2, 5)) -> None:
 
 
 class _Pooled(nn.Module):
-    """A 1x1 conv whose output a 3x3 max pool (stride 1) and a depthwise conv read: calls
-    that do not take channel strides, so those maps go back to dense."""
+    """A 1x1 conv whose output a 3x3 max pool (stride 1) reads, and a depthwise conv's
+    input that an add reads too: calls that do not take channel strides (the pool, the add
+    and the generic sparse kernel; the depthwise kernel takes them), so those maps go back
+    to dense."""
 
     def __init__(self):
         super().__init__()

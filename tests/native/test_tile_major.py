@@ -8,6 +8,7 @@ same model lowered without the layout (same kernels, same sums)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -103,3 +104,81 @@ def test_avx2_lowers_without_tile_major(monkeypatch):
     assert cm.native is not None, cm.native_status
     assert NL.lower_program(cm.plan, 8, 2).tile_major == {}
     assert NL.lower_program(cm.plan, 16, 2).tile_major
+
+
+class _Inverted(nn.Module):
+    """MobileNetV2's block: 1x1 expand -> ReLU6 -> 3x3 depthwise (stride s) -> ReLU6 -> 1x1
+    project, + the input when the shape stays."""
+
+    def __init__(self, c: int, e: int, co: int, stride: int):
+        super().__init__()
+        self.expand = nn.Conv2d(c, e, 1)
+        self.dw = nn.Conv2d(e, e, 3, stride, 1, groups=e)
+        self.project = nn.Conv2d(e, co, 1)
+        self.skip = stride == 1 and c == co
+
+    def forward(self, x):
+        y = self.project(nn.functional.relu6(self.dw(nn.functional.relu6(self.expand(x)))))
+        return x + y if self.skip else y
+
+
+_HASWELL = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
+                               "-avx512f,-avx512bw,-avx512dq,-avx512vl")
+
+
+@pytest.mark.parametrize("hw,avx2", [(14, False), (13, False), (14, True)])
+def test_depthwise_writes_tile_major(hw, avx2, monkeypatch, tmp_path):
+    """The depthwise kernel (native.dwsmall) writes its output tile-major for the grouped
+    projection after it (lower.DW_TILE_MAJOR: each output vector one tile's line, the last
+    one whole), reads x (and the expand conv's input, computed inside) through channel
+    strides (DepthwiseSpec.xcs), and the stride-2 one writes a channel-strided output
+    (ocs). Against torch, and bit for bit against the lowering without tile-major depthwise
+    outputs and against the one without channel strides. ``avx2``: the AVX2 kernels (no
+    tile-major layout there; the channel strides alike)."""
+    if avx2:
+        monkeypatch.setattr(jit, "host", lambda: _HASWELL)
+        monkeypatch.setattr(NL, "AVX2_WIDE", False)  # (test_channel_strides._same_kernels)
+    elif jit.host().vector_width != 16:
+        pytest.skip("tile-major is AVX-512")
+    torch.manual_seed(hw)
+    model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), _Inverted(16, 96, 16, 1),
+                          _Inverted(16, 96, 16, 1), _Inverted(16, 96, 32, 2),
+                          _Inverted(32, 96, 32, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = _sparse(model, 0.1, hw)
+    with torch.no_grad():  # (a dense expand stays a conv: its depthwise conv reads x)
+        model[2].expand.weight.normal_()
+    x0 = torch.randn(2, 8, hw, hw)
+    cm = _compile(model, x0, monkeypatch, True)
+    specs = [k.ir_spec for k in cm.native.lib.program.kernels.values()
+             if k.ir_spec is not None and k.ir_spec.key.startswith("dws_")]
+    # the expand computed inside, and not
+    assert any(s.expand for s in specs) and any(not s.expand for s in specs), specs
+    assert any(s.xcs and not s.expand for s in specs), specs
+    tiles = -(-hw * hw // 16)
+    assert any(s.xcs == tiles * 16 for s in specs), specs
+    assert any(s.ocs and s.stride == 2 for s in specs), specs
+    if avx2:
+        assert not any(s.ots for s in specs), specs
+        monkeypatch.setenv("SPARSECC_CHANNEL_STRIDE", "0")
+        dense = _compile(model, x0, monkeypatch, True)
+        assert not dense.native.lib.program.channel_strides
+        matches(cm, dense, model, (8, hw, hw), batches=(1, 3, 16))
+        return
+    assert any(s.ots == 96 * 16 and s.stride == 1 for s in specs), specs
+    tm = cm.native.lib.program.tile_major
+    dw_out = {op.output for op in cm.plan.ops if op.kind == "conv2d" and
+              int(op.attrs["groups"]) > 1 and tuple(op.attrs["stride"]) == (1, 1)}
+    assert {cm.plan.storage_root(n) for n in dw_out} & set(tm), (dw_out, tm)
+    monkeypatch.setattr(NL, "DW_TILE_MAJOR", False)
+    plain = _compile(model, x0, monkeypatch, True)
+    assert not any(k.ir_spec.ots for k in plain.native.lib.program.kernels.values()
+                   if k.ir_spec is not None and k.ir_spec.key.startswith("dws_"))
+    matches(cm, plain, model, (8, hw, hw), batches=(1, 3, 16))
+    rt = sparsecc.load(cm.save(tmp_path / "m.scc"), native=True)  # (saved, loaded alike)
+    assert rt.native is not None, rt.native_status
+    x = torch.randn(4, 8, hw, hw)
+    np.testing.assert_array_equal(np.asarray(rt(x)), np.asarray(cm(x)))
+    monkeypatch.setenv("SPARSECC_CHANNEL_STRIDE", "0")
+    dense = _compile(model, x0, monkeypatch, True)
+    assert not dense.native.lib.program.channel_strides
+    matches(cm, dense, model, (8, hw, hw), batches=(2, 5))
