@@ -490,10 +490,9 @@ class _Store:
         """Output plane t = (sample, channel c)'s base (tile-major: its line in the
         sample's first tile)."""
         b = self.k.b
-        if self.spec.ots:
-            n = b.sdiv(t, C)
+        if self.spec.ots:  # (a sample: its tiles, ots floats each)
             tiles = -(-hw // self.spec.vw)
-            return b.gep(out, [b.add(b.mul(n, b.mul(C, I64(tiles * 16))),
+            return b.gep(out, [b.add(b.mul(b.sdiv(t, C), I64(tiles * self.spec.ots)),
                                      b.mul(c, I64(16)))])
         if not self.spec.q8:
             return b.gep(out, [b.mul(t, I64(self.spec.ocs or hw))])

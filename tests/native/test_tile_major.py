@@ -17,6 +17,7 @@ import sparsecc
 from sparsecc.codegen.llvm import jit
 from sparsecc.native import lower as NL
 from tests.native.test_channel_strides import Bottleneck, _sparse, matches
+from tests.native.test_kernels import _HASWELL
 
 
 def _compile(model, x, monkeypatch, tiled: bool):
@@ -120,10 +121,6 @@ class _Inverted(nn.Module):
     def forward(self, x):
         y = self.project(nn.functional.relu6(self.dw(nn.functional.relu6(self.expand(x)))))
         return x + y if self.skip else y
-
-
-_HASWELL = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
-                               "-avx512f,-avx512bw,-avx512dq,-avx512vl")
 
 
 @pytest.mark.parametrize("hw,avx2", [(14, False), (13, False), (14, True)])
