@@ -302,6 +302,9 @@ def band_calls(p, stop: int, l2: int, layout: dict[str, int]) -> int:
         for b in p.buffers.values():
             if b.first <= hi and b.last >= lo:
                 b.first, b.last = min(b.first, lo), max(b.last, hi)
+                # (a residual sum over its addend, lower.RES_IN_PLACE: a band of the sum
+                # would overwrite rows a 3x3 conv's later band still reads)
+                b.share = ""
         for r, k in ring.items():  # (band_layout's tensors: never a model input or output)
             p.buffers[r].nbytes = k * _channels(p, r, h, w) * rows * w * 4 * N
     p.calls = out + calls[pos:]

@@ -226,6 +226,11 @@ DW_STRIDES = True
 # plain calls, MobileNetV2 both off / both on: global b16 1.080x, b1 1.095x, uniform b16
 # 1.075x, b1 1.092x; DW_TILE_MAJOR alone 1.009x / 1.021x (global), level (uniform b16).
 DW_TILE_MAJOR = True
+# A residual sum written in place of its addend where the conv's kernel allows it
+# (Lowering._in_place): its stores hit the lines the epilogue has just read instead of lines
+# fetched for ownership. Emerald Rapids Xeon, paired plain calls, off / on: ResNet-50 b16
+# 1.016-1.022x, ResNet-18 b16 1.033x, MobileNetV2 global b16 1.016x, b1 level.
+RES_IN_PLACE = True
 
 # A 1x1 expand conv denser than this stays a conv of its own (its grouped kernel) instead of
 # being computed inside the depthwise conv after it a channel at a time. MobileNetV2 with
@@ -331,6 +336,9 @@ class Buffer:
     last: int  # op index of the last use
     offset: tuple[int, int] = (0, 0)  # (a, b): arena byte offset a*N + b
     lead: int = 0  # bytes of slack the buffer holds before the tensor (within nbytes)
+    # another buffer whose bytes this one takes over (_pack: at its offset, which stays this
+    # one's until its last use): a residual sum written in place of its addend (RES_IN_PLACE)
+    share: str = ""
 
 
 @dataclass(frozen=True)
@@ -541,6 +549,9 @@ class Lowering:
         # residual adds fused into the conv before them: add op index -> (conv op index, the
         # conv's own output, which is never written)
         self.fused: dict[int, tuple[int, str]] = {}
+        # calls that read a residual only at the offsets they write the sum, each element
+        # read before it is written, so the sum may take the residual's bytes (RES_IN_PLACE)
+        self.res_in_place: list[Call] = []
         # int8 1x1 convs whose input codes the kernel writing that input wrote (their input
         # pass disappears): reader op index -> (the codes' temporary, dwords a sample)
         self.q8_in: dict[int, tuple[str, int]] = {}
@@ -1024,8 +1035,42 @@ class Lowering:
                 B, H, S, D = self.shape(r)
                 nbytes = H * D * self.kn_heads[r] * 4
             self.p.buffers[r] = Buffer(r, nbytes, f, last[r], lead=lead)
+        if RES_IN_PLACE:
+            self._in_place(roots, first, last)
         self.p.arena = _pack(list(self.p.buffers.values()))
         self.p.scratch_per_thread = max((c.scratch for c in self.p.calls), default=0)
+
+    def _in_place(self, roots: dict[str, str], first: dict[str, int],
+                  last: dict[str, int]) -> None:
+        """Residual sums written over their addend (Buffer.share): a fused add's output
+        whose only writer is its conv, the addend's last use that conv, both laid out alike
+        in buffers of one size, and every call of the conv touching the addend one that reads
+        each residual element only where it then writes the sum (res_in_place). The conv's
+        output lines are then the ones its epilogue has just read, not lines fetched for
+        ownership from L3 or DRAM (ResNet-50's conv3s: their sum and residual are 6-26 MB at
+        batch 16)."""
+        plan, bufs = self.plan, self.p.buffers
+        safe = {id(c) for c in self.res_in_place}
+        for j, (i, made) in self.fused.items():
+            add = plan.ops[j]
+            if add.kind != "binary" or len(add.inputs) != 2 or made not in add.inputs:
+                continue
+            other = add.inputs[1] if add.inputs[0] == made else add.inputs[0]
+            o, r = add.output, other
+            if roots.get(o) != o or roots.get(r) != r or o == r or o not in bufs or \
+                    r not in bufs or o in plan.outputs or first.get(o) != i or \
+                    last.get(r) != i or bufs[o].share:
+                continue
+            if any(n in self.kn_buffers or n in self.band_major for n in (o, r)) or \
+                    self.cs.get(o) != self.cs.get(r) or self.tm.get(o) != self.tm.get(r) or \
+                    (o in self.pk) != (r in self.pk) or \
+                    self.pktm.get(o) != self.pktm.get(r) or \
+                    bufs[o].lead != bufs[r].lead or str(bufs[o].nbytes) != str(bufs[r].nbytes):
+                continue
+            touching = [c for c in self.p.calls if c.op == i and
+                        any(a.kind == "tensor" and roots.get(a.name) == r for a in c.args)]
+            if touching and all(id(c) in safe for c in touching):
+                bufs[o].share = r
 
     # ---- elementwise ----------------------------------------------------------------------
     def op_reshape(self, op: Op):
@@ -2168,6 +2213,12 @@ class Lowering:
                                      indptr=self.derived("indptr", indptr))
             if res is not None:
                 args[E_.A_RES] = res
+            # (grouped, or the generic CSR kernel in one column panel: each item's rows'
+            # residual read in the epilogue, then the sum stored over it at out's offsets;
+            # no partial sums through out. Row bands: native.bands drops the share)
+            in_place = res is not None and npanel == 1 and not spec.kcols and \
+                not spec.res_rs and spec.rts == spec.ots and \
+                (spec.group > 1 if baked is not None else sw.family == "spmm")
             if spec.dual_out:
                 args[E_.A_ODS] = I(ods)
             args[E_.A_NB] = I(n)
@@ -2194,6 +2245,8 @@ class Lowering:
                     args[E_.A_GXB] = I(lift(xns).value if grr else gxb // 4)
                     args[E_.A_GRR] = I(-1 if outer else grr)
             self.call(sym, args, items, per_item, only_if=cond)
+            if in_place:
+                self.res_in_place.append(self.p.calls[-1])
         if spec.group > 1:
             return f"native sparse specialised (rows in groups of {spec.group}, assembly)"
         return "native sparse specialised" if baked is not None else "native sparse generic"
@@ -3803,10 +3856,32 @@ def head_segments(p: Program, kn: set[str]) -> None:
     if not cuts:
         return
     bounds = set(p.boundary)
-    _to_boundary(p, [b for b in bufs if b.name not in bounds and b.first < t_op and
-                     any(b.first < x <= b.last for x in cuts)], reuse=BOUNDARY_REUSE)
+    crossing = [b for b in bufs if b.name not in bounds and b.first < t_op and
+                any(b.first < x <= b.last for x in cuts)]
+    # (with them the head's residual sums over their addends, Buffer.share, when they can
+    # take their partner's place there: ResNet-50's layer3 outputs, one segment's and the
+    # next's, in one region)
+    chain = _share_chain(p, crossing, lambda b: b.name not in bounds and b.first < t_op)
+    _to_boundary(p, sorted(crossing + chain, key=lambda b: b.first), reuse=BOUNDARY_REUSE,
+                 optional={b.name for b in chain})
     _pack_head(p, t_op)
     p.segments = cuts
+
+
+def _share_chain(p: Program, bufs: list[Buffer], allowed) -> list[Buffer]:
+    """The buffers ``allowed`` accepts linked to ``bufs`` by Buffer.share (either way, on
+    and on), not among them."""
+    taker = {b.share: b for b in p.buffers.values() if b.share in p.buffers}
+    seen = {b.name for b in bufs}
+    todo, out = list(bufs), []
+    while todo:
+        b = todo.pop()
+        for n in (p.buffers[b.share] if b.share in p.buffers else None, taker.get(b.name)):
+            if n is not None and n.name not in seen and allowed(n):
+                seen.add(n.name)
+                out.append(n)
+                todo.append(n)
+    return out
 
 
 def _ordered(p: Program, before: int, after: int) -> bool:
@@ -3816,7 +3891,8 @@ def _ordered(p: Program, before: int, after: int) -> bool:
     return all(c.op < after for c in p.calls[:last + 1])
 
 
-def _to_boundary(p: Program, bufs: list[Buffer], reuse: bool = False) -> None:
+def _to_boundary(p: Program, bufs: list[Buffer], reuse: bool = False,
+                 optional: set[str] = frozenset()) -> None:
     """Place ``bufs`` in the boundary region after what it holds: N x a sample's bytes each,
     a sample's bytes rounded up to 64 apart (offset (pos, 0): pos x N).
 
@@ -3826,12 +3902,22 @@ def _to_boundary(p: Program, bufs: list[Buffer], reuse: bool = False) -> None:
     tensor's sample j over them (chunks hold whole samples and every head part takes the
     same ones), and a segment's conv then stores into lines it has just read instead of
     lines it must fetch from DRAM. ResNet-50's layer3.0, 3.2 and 3.4 outputs share one
-    N x 832 KB region (the tail's layer3.5 output keeps its own: its writer reads 3.4's)."""
+    N x 832 KB region (the tail's layer3.5 output keeps its own: its writer reads 3.4's).
+    With ``reuse`` a buffer also takes the place of its Buffer.share partner (either way)
+    when nothing else there is live meanwhile; one in ``optional`` goes to the region only
+    so, else it stays where it was (the head's arena)."""
     pos = p.boundary_bytes
-    for b in bufs:
+    todo, again = list(bufs), []
+    while todo:
+        b = todo.pop(0)
         size = linear(b.nbytes)[0]
-        slot = None
-        if reuse:
+        slot = _partner_slot(p, b, size) if reuse else None
+        if slot is None and b.name in optional:
+            if b not in again:  # (once more after the rest: its partner may go there)
+                again.append(b)
+                todo.append(b)
+            continue
+        if reuse and slot is None:
             for k, name in enumerate(p.boundary):
                 old = p.buffers[name]
                 if p.boundary_sizes[k] >= size and old.last < b.first and \
@@ -3850,6 +3936,26 @@ def _to_boundary(p: Program, bufs: list[Buffer], reuse: bool = False) -> None:
         b.offset = (pos, 0)
         pos += -(-size // 64) * 64
     p.boundary_bytes = pos
+
+
+def _partner_slot(p: Program, b: Buffer, size: int) -> int | None:
+    """The boundary entry whose place ``b`` may take as a buffer of its Buffer.share chain
+    (_share_chain: a residual sum over its addend, the next block's over that, ...): the
+    same size, and every tensor there b's direct partner or live before or after b, in op
+    order. None if there is none."""
+    chain = {c.name for c in _share_chain(p, [b], lambda _: True)}
+    direct = {b.share} | {c.name for c in p.buffers.values() if c.share == b.name}
+    for k, name in enumerate(p.boundary):
+        if name not in chain or p.boundary_sizes[k] != size:
+            continue
+        off = p.boundary_offsets[k]
+        if all(n in direct or n == b.name or
+               (o.last < b.first and _ordered(p, o.last, b.first)) or
+               (b.last < o.first and _ordered(p, b.last, o.first))
+               for n, at in zip(p.boundary, p.boundary_offsets) if at == off
+               for o in (p.buffers[n],)):
+            return k
+    return None
 
 
 def _pack_head(p: Program, t_op: int) -> None:
@@ -4061,6 +4167,12 @@ def _pack(bufs: list[Buffer]) -> tuple[int, int]:
     """Arena offsets by lifetime (greedy, largest first): a buffer may share bytes with one
     whose lifetime does not overlap. Sizes a*N + b are bounded per coefficient, so offsets
     valid at one N are valid at all. Returns the arena's size as (a, b)."""
+    names = {buf.name: buf for buf in bufs}
+    # (Buffer.share: placed with the buffer it takes over, that one live until its last use)
+    takers = {buf.share: buf for buf in bufs if buf.share in names and
+              str(buf.nbytes) == str(names[buf.share].nbytes)}
+    taken = {id(buf) for buf in takers.values()}
+    bufs = [buf for buf in bufs if id(buf) not in taken]
     sized = []
     for buf in bufs:
         a, b = linear(buf.nbytes)
@@ -4068,8 +4180,14 @@ def _pack(bufs: list[Buffer]) -> tuple[int, int]:
     sized.sort(key=lambda t: (t[1], t[2]), reverse=True)
     placed: list[tuple[Buffer, int, int, int, int]] = []  # buf, oa, ob, a, b
     top = (0, 0)
+
+    def last(buf):
+        while buf.name in takers:
+            buf = takers[buf.name]
+        return buf.last
+
     for buf, a, b in sized:
-        live = [p for p in placed if not (p[0].last < buf.first or buf.last < p[0].first)]
+        live = [p for p in placed if not (last(p[0]) < buf.first or last(buf) < p[0].first)]
         ends = [(p[1] + p[3], p[2] + p[4]) for p in live]
         worst = (max((e[0] for e in ends), default=0), max((e[1] for e in ends), default=0))
         for oa, ob in sorted({(0, 0), *ends}) + [worst]:
@@ -4078,6 +4196,10 @@ def _pack(bufs: list[Buffer]) -> tuple[int, int]:
         buf.offset = (oa, ob)
         placed.append((buf, oa, ob, a, b))
         top = (max(top[0], oa + a), max(top[1], ob + b))
+        taker = buf
+        while taker.name in takers:
+            taker = takers[taker.name]
+            taker.offset = (oa, ob)
     return top
 
 
