@@ -2202,6 +2202,12 @@ class Lowering:
             if panels is not None and panels[1] > 1:
                 npanel = panels[1]
                 indptr, idx, data = LK.panelize(indptr, idx, data, panels[0], npanel)
+        # (grouped, or the generic CSR kernel in one column panel: each item's rows' residual
+        # read in the epilogue, then the sum stored over it at out's offsets; no partial sums
+        # through out. Row bands: native.bands drops the share)
+        in_place = res is not None and npanel == 1 and not spec.kcols and \
+            not spec.res_rs and spec.rts == spec.ots and \
+            (spec.group > 1 if baked is not None else sw.family == "spmm")
         for nrb, cond in variants:
             rsplit = driver.nnz_splits(sw.indptr if row_bounds is None else
                                        sw.indptr[row_bounds], nrb)
@@ -2213,12 +2219,6 @@ class Lowering:
                                      indptr=self.derived("indptr", indptr))
             if res is not None:
                 args[E_.A_RES] = res
-            # (grouped, or the generic CSR kernel in one column panel: each item's rows'
-            # residual read in the epilogue, then the sum stored over it at out's offsets;
-            # no partial sums through out. Row bands: native.bands drops the share)
-            in_place = res is not None and npanel == 1 and not spec.kcols and \
-                not spec.res_rs and spec.rts == spec.ots and \
-                (spec.group > 1 if baked is not None else sw.family == "spmm")
             if spec.dual_out:
                 args[E_.A_ODS] = I(ods)
             args[E_.A_NB] = I(n)
@@ -3907,14 +3907,14 @@ def _to_boundary(p: Program, bufs: list[Buffer], reuse: bool = False,
     when nothing else there is live meanwhile; one in ``optional`` goes to the region only
     so, else it stays where it was (the head's arena)."""
     pos = p.boundary_bytes
-    todo, again = list(bufs), []
+    todo, again = list(bufs), set()
     while todo:
         b = todo.pop(0)
         size = linear(b.nbytes)[0]
         slot = _partner_slot(p, b, size) if reuse else None
         if slot is None and b.name in optional:
-            if b not in again:  # (once more after the rest: its partner may go there)
-                again.append(b)
+            if b.name not in again:  # (once more after the rest: its partner may go there)
+                again.add(b.name)
                 todo.append(b)
             continue
         if reuse and slot is None:
@@ -4180,14 +4180,15 @@ def _pack(bufs: list[Buffer]) -> tuple[int, int]:
     sized.sort(key=lambda t: (t[1], t[2]), reverse=True)
     placed: list[tuple[Buffer, int, int, int, int]] = []  # buf, oa, ob, a, b
     top = (0, 0)
-
-    def last(buf):
-        while buf.name in takers:
-            buf = takers[buf.name]
-        return buf.last
-
+    last = {}  # a buffer's last use, or its chain of takers' last one
+    for buf in bufs:
+        end = buf
+        while end.name in takers:
+            end = takers[end.name]
+        last[buf.name] = end.last
     for buf, a, b in sized:
-        live = [p for p in placed if not (last(p[0]) < buf.first or last(buf) < p[0].first)]
+        live = [p for p in placed
+                if not (last[p[0].name] < buf.first or last[buf.name] < p[0].first)]
         ends = [(p[1] + p[3], p[2] + p[4]) for p in live]
         worst = (max((e[0] for e in ends), default=0), max((e[1] for e in ends), default=0))
         for oa, ob in sorted({(0, 0), *ends}) + [worst]:
