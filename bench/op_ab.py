@@ -20,6 +20,11 @@ change does to the time users see (bench/perf_ops.py splits that time by op). No
 (``--plain 150 --aa``, ResNet-50 b16, Zen 4, 2026-12-04): 0.997x on the medians, 1.000x the
 median of paired calls (p10-p90 0.93-1.06).
 
+``--block CALLS`` (with ``--plain``) runs that many calls of a build in a row (after an
+untimed one) before the other build's, the way the bench times an engine; call by call,
+each build meets the other's caches. MobileNetV2 global b1 (2026-12-05): the same ratio
+both ways (0.985x for a depthwise layout change).
+
 ``--probe`` (with ``--plain``) times a core round trip before every round (native.probe) and
 prints the figures again for the rounds with the vCPUs near and apart: the host moves them
 now and then, so a long run catches both placements in one process.
@@ -127,17 +132,25 @@ def plain_calls(builds, x, args) -> None:
     trips = []
     for b in builds:
         b.native.run(x)
-    for _ in range(args.plain):
+    block = max(1, args.block)
+    for r in range(-(-args.plain // block)):
         if args.probe:
             trips.append(probe.core_round_trip_ns(2000) or 0.0)
         for i, b in enumerate(builds):
-            t0 = time.perf_counter()
-            b.native.run(x)
-            times[i].append(time.perf_counter() - t0)
+            if block > 1:  # a block's first call meets the other build's caches: untimed
+                b.native.run(x)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                b.native.run(x)
+                times[i].append(time.perf_counter() - t0)
+        if trips and block > 1:
+            trips += [trips[-1]] * (block - 1)
     print(f"{args.model} {args.profile} {args.sparsity:.0%} batch {args.batch}, "
-          f"{args.plain} alternating plain calls; {suite.machine_line()}")
+          f"{len(times[0])} plain calls a build, alternating "
+          + (f"in blocks of {block}" if block > 1 else "call by call")
+          + f"; {suite.machine_line()}")
     times = [np.array(ts) for ts in times]
-    groups = [("", np.ones(args.plain, bool))]
+    groups = [("", np.ones(len(times[0]), bool))]
     if trips:
         apart = np.array(trips) >= APART_NS
         groups += [(f"near (< {APART_NS} ns), {int((~apart).sum())} rounds", ~apart),
@@ -174,6 +187,10 @@ def main() -> None:
     ap.add_argument("--probe", action="store_true",
                     help="with --plain: the core round trip before every round, the figures "
                          "split by the vCPUs' placement (near / apart)")
+    ap.add_argument("--block", type=int, default=1, metavar="CALLS",
+                    help="with --plain: this many calls of a build in a row (after an untimed "
+                         "one) before the other's, as the bench times an engine; the paired "
+                         "ratios pair the i-th calls of two blocks")
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
     if args.split and (args.set or args.aa):
