@@ -133,7 +133,7 @@ def plain_calls(builds, x, args) -> None:
     for b in builds:
         b.native.run(x)
     block = max(1, args.block)
-    for r in range(-(-args.plain // block)):
+    for _ in range(-(-args.plain // block)):
         if args.probe:
             trips.append(probe.core_round_trip_ns(2000) or 0.0)
         for i, b in enumerate(builds):
@@ -153,8 +153,8 @@ def plain_calls(builds, x, args) -> None:
     groups = [("", np.ones(len(times[0]), bool))]
     if trips:
         apart = np.array(trips) >= APART_NS
-        groups += [(f"near (< {APART_NS} ns), {int((~apart).sum())} rounds", ~apart),
-                   (f"apart, {int(apart.sum())} rounds", apart)]
+        groups += [(f"near (< {APART_NS} ns), {int((~apart).sum())} calls", ~apart),
+                   (f"apart, {int(apart.sum())} calls", apart)]
     for label, sel in groups:
         if not sel.any():
             continue
