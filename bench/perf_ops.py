@@ -23,6 +23,13 @@ the whole call (waiting shows as scc_team_worker) and carry the sampling's noise
 share at 20 s). First run (2026-12-04, Zen 4, ResNet-50 uniform 90 % batch 16, 104 ms a
 call): the sparse kernels 86 % of the time, the stem 8.7 %, phase passes 2.4 %.
 
+A share is where the samples landed, not what an op costs the call. MobileNetV2 global batch 1
+on 2 threads (2026-12-05): features.7.conv.2 had 0.12 ms of a 1.9 ms call (0.014 ms on one
+thread); a layout change took it to 0.02 ms and the paired whole calls did not move
+(`bench/op_ab.py --plain`, 0.985x), and a build without that op's calls was 50-56 us
+faster with either layout. Check a share against paired whole calls before acting on it
+(docs/native.md, "MobileNetV2 at batch 1").
+
 Usage (needs `perf`; sampling a process of one's own needs perf_event_paranoid <= 2):
   .venv/bin/python bench/perf_ops.py --model resnet50 --batch 16 [--seconds 20] [--top 40] \\
       [--set sparsecc.native.bands.BANDS=False]
