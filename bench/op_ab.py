@@ -23,7 +23,7 @@ median of paired calls (p10-p90 0.93-1.06).
 ``--block CALLS`` (with ``--plain``) runs that many calls of a build in a row (after an
 untimed one) before the other build's, the way the bench times an engine; call by call,
 each build meets the other's caches. MobileNetV2 global b1 (2026-12-05): the same ratio
-both ways (0.985x for a depthwise layout change).
+both ways (a depthwise layout change: the variant without it 0.985x the time).
 
 ``--probe`` (with ``--plain``) times a core round trip before every round (native.probe) and
 prints the figures again for the rounds with the vCPUs near and apart: the host moves them

@@ -25,8 +25,8 @@ call): the sparse kernels 86 % of the time, the stem 8.7 %, phase passes 2.4 %.
 
 A share is where the samples landed, not what an op costs the call. MobileNetV2 global batch 1
 on 2 threads (2026-12-05): features.7.conv.2 had 0.12 ms of a 1.9 ms call (0.014 ms on one
-thread); a layout change took it to 0.02 ms and the paired whole calls did not move
-(`bench/op_ab.py --plain`, 0.985x), and a build without that op's calls was 50-56 us
+thread); a layout change took it to 0.02 ms and the paired whole calls got 1.015x slower
+(`bench/op_ab.py --plain`), and a build without that op's calls was 50-56 us
 faster with either layout. Check a share against paired whole calls before acting on it
 (docs/native.md, "MobileNetV2 at batch 1").
 
