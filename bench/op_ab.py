@@ -134,8 +134,8 @@ def plain_calls(builds, x, args) -> None:
         b.native.run(x)
     block = max(1, args.block)
     for _ in range(-(-args.plain // block)):
-        if args.probe:
-            trips.append(probe.core_round_trip_ns(2000) or 0.0)
+        if args.probe:  # (one round trip a round, for each call of its blocks)
+            trips += [probe.core_round_trip_ns(2000) or 0.0] * block
         for i, b in enumerate(builds):
             if block > 1:  # a block's first call meets the other build's caches: untimed
                 b.native.run(x)
@@ -143,8 +143,6 @@ def plain_calls(builds, x, args) -> None:
                 t0 = time.perf_counter()
                 b.native.run(x)
                 times[i].append(time.perf_counter() - t0)
-        if trips and block > 1:
-            trips += [trips[-1]] * (block - 1)
     print(f"{args.model} {args.profile} {args.sparsity:.0%} batch {args.batch}, "
           f"{len(times[0])} plain calls a build, alternating "
           + (f"in blocks of {block}" if block > 1 else "call by call")
