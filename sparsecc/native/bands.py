@@ -31,6 +31,15 @@ its residual add, and the 1x1 convs there ran at 20-45 GFLOP/s against 90-130 on
   (Program.alt_head) for those runs, with its own arena layout; both give the same floats.
 * Every buffer live during a run stays live over all of it (no arena reuse while bands are
   in flight).
+* A stride-2 gather of a run's tensor (native.tmgather: a ResNet downsample's x, its even
+  rows and columns tile-major, ``GATHER``) joins the run: its call moves up to just after the
+  run's last call touching that tensor (``_ordered``), and runs a range of output tiles a
+  band, those whose rows the band completed. The tensor is then read only inside the run,
+  so it too is band-major, a ring that never leaves L2; before, the stage's last output
+  (ResNet-50 layer1's, 3.2 MB a sample) went whole to L3 or DRAM and the gather read it
+  back. The gather's table names each position's place in the ring (``ring_offset``), so
+  the ring's length is fixed when the run is planned (``band_layout``'s ``rings``), counting
+  the bands a band's tiles reach back (a tile spans two output rows).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import math
 from dataclasses import dataclass
 
 from sparsecc.codegen.llvm import emit as E_
+from sparsecc.native import tmgather as TG
 from sparsecc.native.expr import N, lift, linear
 
 # Rows in a band: the fewest whole-tile rows, times as many as fit this many bytes of a row
@@ -57,6 +67,8 @@ BANDS = True
 # bands (paired, same process, seven runs), 0.995x with layer1's alone. On the Xeon (2 MB)
 # layer1's bands stay (1.066x faster there, docs/native.md).
 BAND_L2_SHARE = 0.5
+GATHER = True  # (a run's stride-2 gathers inside the run; A/B)
+GATHER_HALO = -2  # Band.halo of a gather call
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,20 @@ class Band:
     h: int
     w: int
     halo: int
+    # a gather (halo GATHER_HALO): its output maps' rows and columns, and the rows of x its
+    # output rows read, first + i x step (native.tmgather's positions)
+    gather: tuple[int, int, int, int] | None = None  # (ho, wo, first, step)
+
+    def tiles_done(self, r1: int) -> int:
+        """A gather's output tiles of 16 positions whose x rows all lie below row r1."""
+        ho, wo, first, step = self.gather
+        done = 0 if r1 <= first else min(ho, (r1 - 1 - first) // step + 1)
+        return done * wo // 16 if done < ho else -(-ho * wo // 16)
+
+    def first_row(self, t: int) -> int:
+        """The first x row output tile t reads."""
+        ho, wo, first, step = self.gather
+        return first + (16 * t // wo) * step
 
 
 def _root(plan, name: str) -> str:
@@ -89,7 +115,8 @@ def _runs(p, calls, stop: int):
         c = calls[ci] if ci < stop else None
         # (a tile-major tensor's bands are not whole rows: its calls run whole)
         ok = c is not None and c.band is not None and not c.only_if and \
-            (c.band.halo < 0 or _grouped(p, c)) and \
+            (c.band.halo == -1 or c.band.halo == GATHER_HALO and GATHER or
+             c.band.halo >= 0 and _grouped(p, c)) and \
             not any(a.kind == "tensor" and _root(p.plan, a.name) in tiled for a in c.args)
         if ok and s is not None and (c.band.h, c.band.w) != (calls[s].band.h, calls[s].band.w):
             yield s, ci
@@ -119,15 +146,15 @@ def _plan_run(p, calls, s: int, e: int, l2: int):
     touched: set[str] = set()
     edges: list[tuple[int, int, int]] = []  # (call, producer, halo)
     for k, c in enumerate(run):
-        if c.band.halo < 0:
+        if c.band.halo == -1:
             continue
-        xr, orr = _root(plan, c.args[E_.A_X].name), _root(plan, c.args[E_.A_OUT].name)
+        xr, orr = (_root(plan, c.args[a].name) for a in _io(c))
         ins = [xr]
-        if c.args[E_.A_RES].kind == "tensor":
+        if c.band.halo >= 0 and c.args[E_.A_RES].kind == "tensor":
             ins.append(_root(plan, c.args[E_.A_RES].name))
         if orr in written or orr in read or orr in ins:
             return None
-        edges += [(k, written[r], c.band.halo if j == 0 else 0)
+        edges += [(k, written[r], max(c.band.halo, 0) if j == 0 else 0)
                   for j, r in enumerate(ins) if r in written]
         written[orr] = k
         read.update(ins)
@@ -139,10 +166,83 @@ def _plan_run(p, calls, s: int, e: int, l2: int):
     rows = q * max(1, int(BAND_BYTES // (q * row_bytes)))
     if rows >= h or rows * row_bytes > BAND_L2_SHARE * l2:
         return None
-    lags = [-1 if c.band.halo < 0 else 0 for c in run]
+    lags = [-1 if c.band.halo == -1 else 0 for c in run]
     for k, j, halo in edges:  # (in call order: producers first)
         lags[k] = max(lags[k], lags[j] + -(-halo // rows) * rows)
     return lags, rows
+
+
+def _io(call) -> tuple[int, int]:
+    """The arg indices of a band call's x and output."""
+    return (TG.G_X, TG.G_OUT) if call.band.halo == GATHER_HALO else (E_.A_X, E_.A_OUT)
+
+
+def _reach(band: Band, rows: int, lag: int) -> int:
+    """Rows a gather's bands read behind their own first row (its ring needs them): over
+    its steps, how far the first row of a step's first tile lies before the step's rows."""
+    h, back, done = band.h, 0, 0
+    for step in range(-(-(h + lag) // rows)):
+        r0, r1 = max(0, step * rows - lag), min(h, (step + 1) * rows - lag)
+        if r1 <= r0:
+            continue
+        upto = band.tiles_done(r1)
+        if upto > done:
+            back = max(back, r0 - band.first_row(done))
+        done = upto
+    return back
+
+
+def _rings(p, calls, s: int, e: int, lags, rows: int, roots) -> dict[str, int]:
+    """Bands in the ring of each band-major tensor of ``roots`` the run calls[s:e] touches:
+    from the band its writer is at to the oldest band a reader (at its lag) still reads."""
+    access = _access(p, calls)
+    ring = {}
+    for r in roots:
+        uses = [(ci, ai) for ci, ai in access.get(r, []) if s <= ci < e]
+        wrote = [lags[ci - s] for ci, ai in uses if ai == _io(calls[ci])[1]]
+        read = [lags[ci - s] + (-(-_reach(calls[ci].band, rows, lags[ci - s]) // rows) * rows
+                                if calls[ci].band.halo == GATHER_HALO else 0)
+                for ci, ai in uses if ai != _io(calls[ci])[1]]
+        if wrote:
+            ring[r] = (max(read, default=wrote[0]) - wrote[0]) // rows + 1
+    return ring
+
+
+def ring_offset(rows: int, ring: int, c: int, w: int):
+    """Position (y x w + x) of a band-major tensor's channel 0 -> its float in the ring
+    (``ring`` bands of C x rows x w floats, a channel's rows of a band rows x w floats)."""
+    def where(pos: int) -> int:
+        y, x = divmod(pos, w)
+        return (y // rows % ring) * c * rows * w + (y % rows) * w + x
+    return where
+
+
+def _ordered(p, calls, stop: int, only: dict[str, int] | None = None) -> list:
+    """``calls`` with each gather (Band.halo GATHER_HALO) of calls[:stop] (whose x is in
+    ``only``, if given) moved up to just after the last call before it touching its x, where
+    that call is in a band run of the same maps (a band call or a zero-row pass) and no call
+    between touches the gather's output: the gather then joins the run."""
+    if not GATHER:
+        return calls
+    out = list(calls[:stop])
+    for c in calls[:stop]:
+        if c.band is None or c.band.halo != GATHER_HALO:
+            continue
+        at = next(i for i, d in enumerate(out) if d is c)
+        xr, orr = (_root(p.plan, c.args[a].name) for a in _io(c))
+        if only is not None and xr not in only:
+            continue
+        j = at - 1
+        while j >= 0 and not any(a.kind == "tensor" and _root(p.plan, a.name) in (xr, orr)
+                                 for a in out[j].args):
+            j -= 1
+        d = out[j] if j >= 0 else None
+        if d is None or d.band is None or d.band.halo == GATHER_HALO or \
+                (d.band.h, d.band.w) != (c.band.h, c.band.w) or \
+                any(a.kind == "tensor" and _root(p.plan, a.name) == orr for a in d.args):
+            continue
+        out.insert(j + 1, out.pop(at))
+    return out + list(calls[stop:])
 
 
 def _access(p, calls):
@@ -155,47 +255,63 @@ def _access(p, calls):
     return seen
 
 
-def band_layout(p, l2: int, strided) -> dict[str, int]:
+def band_layout(p, l2: int, strided, rings: dict[str, int] | None = None) -> dict[str, int]:
     """Tensors of ``p`` (lowered without band-major tensors, so its calls are not in bands)
     to hold band-major (root -> rows a band) in the next lowering: those every
-    access of which lies in one band run, as a conv's output or residual or a 1x1 conv's x
-    (a 3x3 conv's x rows are read beside its own: NCHW planes), not a model input or
-    output, not channel-strided (``strided``), in runs whose bands are whole rows of h."""
-    calls, plan = p.calls, p.plan
-    access = _access(p, calls)
+    access of which lies in one band run, as a conv's output or residual, a 1x1 conv's x
+    or a gather's x (a 3x3 conv's x rows are read beside its own: NCHW planes), not a model
+    input or output, not channel-strided (``strided``), in runs whose bands are whole rows
+    of h. ``rings`` gets the ring's bands of each that a gather reads (its table's)."""
+    plan = p.plan
     out: dict[str, int] = {}
-    for s, e, rows in _planned_runs(p, l2):
+    for calls, s, e, lags, rows in _planned_runs(p, l2):
+        access = _access(p, calls)
+        mine = []
         for r, uses in access.items():
             if r in plan.inputs or r in strided or r not in p.buffers or \
                     any(plan.storage_root(o) == r for o in plan.outputs):
                 continue
-            # (a 3x3 conv's x rows are read beside its output rows: NCHW planes)
-            if all(s <= ci < e and calls[ci].band.halo >= 0 and
-                   (ai in (E_.A_OUT, E_.A_RES) or ai == E_.A_X and calls[ci].band.halo == 0)
-                   for ci, ai in uses):
+            if all(s <= ci < e and _in_band(calls[ci], ai) for ci, ai in uses):
                 out[r] = rows
+                mine.append(r)
+        if rings is not None:
+            gathered = [r for r in mine if any(calls[ci].band.halo == GATHER_HALO
+                                               for ci, _ in access[r])]
+            rings.update(_rings(p, calls, s, e, lags, rows, gathered))
     return out
+
+
+def _in_band(call, ai: int) -> bool:
+    """Whether arg ``ai`` of a run's ``call`` may be a band-major tensor: a conv's output or
+    residual, a 1x1 conv's x (a 3x3 conv's x rows are read beside its output rows: NCHW
+    planes), a gather's x (its table knows the ring)."""
+    halo = call.band.halo
+    if halo == GATHER_HALO:
+        return ai == TG.G_X
+    return halo >= 0 and (ai in (E_.A_OUT, E_.A_RES) or ai == E_.A_X and halo == 0)
 
 
 def run_tensors(p, l2: int) -> set[str]:
     """The tensors the calls of ``p``'s band runs touch (the runs band_layout plans on): the
     lowering keeps them out of the tile-major layout (native.lower.TILE_MAJOR), whose
     tiles are not whole rows, so the runs stay."""
-    return {_root(p.plan, a.name) for s, e, _ in _planned_runs(p, l2)
-            for c in p.calls[s:e] for a in c.args if a.kind == "tensor"}
+    return {_root(p.plan, a.name) for calls, s, e, _, _ in _planned_runs(p, l2)
+            for c in calls[s:e] for a in c.args if a.kind == "tensor"}
 
 
 def _planned_runs(p, l2: int):
-    """The runs [s, e) of ``p``'s head that band in rows a band (_plan_run), whole rows of
-    h and whole tiles a band: (s, e, rows)."""
+    """The runs [s, e) of ``p``'s head (its calls with the gathers moved up: _ordered) that
+    band in rows a band (_plan_run), whole rows of h and whole tiles a band: (calls, s, e,
+    lags, rows)."""
     if not BANDS:
         return
-    calls = p.calls
-    for s, e in _runs(p, calls, p.tail or len(calls)):
+    stop = p.tail or len(p.calls)
+    calls = _ordered(p, p.calls, stop)
+    for s, e in _runs(p, calls, stop):
         planned = _plan_run(p, calls, s, e, l2)
         h, w = calls[s].band.h, calls[s].band.w
         if planned is not None and not h % planned[1] and not (planned[1] * w) % 16:
-            yield s, e, planned[1]
+            yield calls, s, e, planned[0], planned[1]
 
 
 def _band_call(p, call, r0: int, r1: int, h: int, w: int, layout: dict[str, int],
@@ -237,16 +353,30 @@ def _channels(p, root: str, h: int, w: int) -> int:
     return linear(p.buffers[root].nbytes)[0] // (4 * h * w)
 
 
-def band_calls(p, stop: int, l2: int, layout: dict[str, int]) -> int:
+def _gather_call(call, t0: int, t1: int):
+    """A gather over its output tiles [t0, t1) (native.tmgather's first-tile arg)."""
+    from sparsecc.native.lower import Call, I
+
+    args = list(call.args)
+    args[TG.G_T], args[TG.G_T0] = I(t1 - t0), I(t0)
+    items = lift(args[TG.G_N].expr).cdiv(args[TG.G_B].expr) * (t1 - t0)
+    return Call(call.kernel, args, items, call.cost, call.scratch, None, call.op, None)
+
+
+def band_calls(p, stop: int, l2: int, layout: dict[str, int],
+               rings: dict[str, int] | None = None) -> int:
     """Rewrite the runs of p.calls[:stop] that hold a band-major tensor (``layout``,
     band_layout's) into bands. The program then runs its head one sample at a time on one
     thread only (Program.alt_head runs the rest). Every buffer live during a run is kept live
     over all of it (no arena reuse between bands in flight); a band-major tensor only the
     run touches shrinks to a ring of the bands between its write and its last read. Returns
-    how many calls were added (the caller moves indices after ``stop`` by that many)."""
+    how many calls were added (the caller moves indices after ``stop`` by that many). A
+    gather of a band-major tensor joins its run (_ordered), its ring the length ``rings``
+    gives (band_layout's, which its table assumed)."""
     if not BANDS or not layout:
         return 0
-    calls, plan = p.calls, p.plan
+    plan = p.plan
+    calls = _ordered(p, p.calls, stop, layout)
     access = _access(p, calls)
     out, pos, added = [], 0, 0
     made: set[int] = set()
@@ -261,30 +391,38 @@ def band_calls(p, stop: int, l2: int, layout: dict[str, int]) -> int:
             raise AssertionError(f"band-major tensors of {sorted(roots & set(layout))}: not "
                                  f"{rows} rows a band")
         h, w = run[0].band.h, run[0].band.w
-        ring = {}
+        ring = _rings(p, calls, s, e, lags, rows, roots & set(layout))
         for r in roots & set(layout):
-            wrote = [lags[ci - s] for ci, ai in access[r] if ai == E_.A_OUT]
-            read = [lags[ci - s] for ci, ai in access[r] if ai != E_.A_OUT]
-            ring[r] = (max(read, default=wrote[0]) - wrote[0]) // rows + 1
+            if any(calls[ci].band.halo == GATHER_HALO for ci, _ in access[r]) and \
+                    (rings or {}).get(r) != ring.get(r):
+                raise AssertionError(f"{r}: a ring of {ring.get(r)} bands, its gather's "
+                                     f"table assumed {(rings or {}).get(r)}")
         out += calls[pos:s]
         pos = e
-        new = [c for c in run if c.band.halo < 0]  # zero rows first
+        new = [c for c in run if c.band.halo == -1]  # zero rows first
         last_of: dict[int, list] = {}  # and again after their planes' last band
         for k, c in enumerate(run):
-            if c.band.halo < 0:
+            if c.band.halo == -1:
                 planes = _root(plan, c.args[0].name)
                 j = max((j for j in range(k) if run[j].band.halo >= 0 and
                          _root(plan, run[j].args[E_.A_OUT].name) == planes), default=None)
                 if j is not None:
                     last_of.setdefault(j, []).append(c)
         steps = -(-(h + max(lags)) // rows)
+        done = [0] * len(run)  # (a gather's tiles so far)
         for step in range(steps):
             for k, c in enumerate(run):
-                if c.band.halo < 0:
+                if c.band.halo == -1:
                     continue
                 r0 = max(0, step * rows - lags[k])
                 r1 = min(h, (step + 1) * rows - lags[k])
                 if r1 <= r0:
+                    continue
+                if c.band.halo == GATHER_HALO:
+                    upto = c.band.tiles_done(r1)
+                    if upto > done[k]:
+                        new.append(_gather_call(c, done[k], upto))
+                    done[k] = upto
                     continue
                 new.append(_band_call(p, c, r0, r1, h, w, layout, ring))
                 if r1 >= h:
@@ -292,9 +430,12 @@ def band_calls(p, stop: int, l2: int, layout: dict[str, int]) -> int:
         made.update(id(c) for c in new)
         labelled = set()
         for k, c in enumerate(run):  # (the report's kernel column)
-            if c.band.halo >= 0 and c.op in p.labels and c.op not in labelled:
-                labelled.add(c.op)
-                p.labels[c.op] += f" in row bands of {rows} rows ({lags[k]} behind)"
+            if c.band.halo == -1 or c.op not in p.labels or c.op in labelled:
+                continue
+            labelled.add(c.op)
+            p.labels[c.op] += " (x gathered in the row bands that write it)" \
+                if c.band.halo == GATHER_HALO else \
+                f" in row bands of {rows} rows ({lags[k]} behind)"
         out += new
         added += len(new) - len(run)
         ops = [c.op for c in run]

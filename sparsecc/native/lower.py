@@ -483,7 +483,8 @@ class Lowering:
                  tail_from: int | None = None, dense: frozenset[str] = frozenset(),
                  band_major: dict[str, int] | None = None, nopack: frozenset[str] = frozenset(),
                  untiled: frozenset[str] = frozenset(),
-                 pk_untiled: frozenset[str] = frozenset()):
+                 pk_untiled: frozenset[str] = frozenset(),
+                 band_rings: dict[str, int] | None = None):
         self.plan, self.vw, self.threads = plan, vw, max(1, threads)
         # packed tensors a packed call did not take tile-major (lower_program's retries)
         self.pk_untiled = pk_untiled
@@ -508,6 +509,9 @@ class Lowering:
         self.pkm_x: dict[str, str] = {}
         # tensors held band-major (native.bands.band_layout): root -> rows a band
         self.band_major = band_major or {}
+        # ... and the bands in the ring of each that a gather reads in its run (the table
+        # names each position's place in the ring: _tm_gather)
+        self.band_rings = band_rings or {}
         # the op the whole-batch tail starts at (lower_program's second pass), else None
         self.tail_from = tail_from
         # activations whose channels lie a multiple of 16 floats apart (name -> that
@@ -982,7 +986,7 @@ class Lowering:
             return
         head = p.tail or len(p.calls)
         t_op = p.calls[p.tail].op if p.tail else None
-        added = BD.band_calls(p, head, l2_bytes(), self.band_major)
+        added = BD.band_calls(p, head, l2_bytes(), self.band_major, self.band_rings)
         if not added:
             return
         if p.tail:
@@ -2914,23 +2918,30 @@ class Lowering:
         per-sample head, run by the grouped kernel, reads its x's even rows and columns
         gathered tile-major (native.tmgather) instead of a phase plane; x may be plain or
         tile-major (Lowering.tm) itself. None where it does not apply."""
+        root = self.plan.storage_root(x)
         if not TM_GATHER or self.vw != 16 or self.pk_on or self.guard or \
                 self.band is not None or self.i in self.planes_in or not SHIFT_DIRECT or \
                 not _gatherable(g) or self._pk(x) or \
-                self.plan.storage_root(x) in self.band_major or self._dtype(x) != "float32":
+                root in self.band_major and root not in self.band_rings or \
+                self._dtype(x) != "float32":
             return None
         L = g.ho * g.wo
         if self._grouped(op, swt, L) != "always":
             return None
         nb, cin, h, w = self.shape(x)
         cin_ = cin.value
-        if not self._tiled(x) and self._cstride(x) < _round16(h.value * w.value):
+        ring = None
+        if root in self.band_major:  # (its run's bands: native.bands.ring_offset)
+            ring = (self.band_major[root], self.band_rings[root])
+        elif not self._tiled(x) and self._cstride(x) < _round16(h.value * w.value):
             return None  # (a last line would read past the channel)
         tiles = -(-L // 16)
         # (a line of slack: the grouped kernel's aligned x loads may read one past a tile)
         planes = self.temp("tm_planes", nb * tiles * cin_ * 64 + 256)
-        with self._aware(), self._tm_aware(x):  # (x's channel stride or tile-major layout)
-            self._gather(x, planes, g, 1)
+        # (x's rows band by band in a row-band run that writes x: native.bands, GATHER)
+        band = BD.Band(h.value, w.value, BD.GATHER_HALO, (g.ho, g.wo, int(g.pys[0]), g.sh))
+        with self._aware(), self._tm_aware(x), self._banded(band):
+            self._gather(x, planes, g, 1, ring=ring)  # (x's channel stride, tile-major)
         offs = (swt.indices.astype(np.int64) * 16).astype(np.uint32)
         tile = LK.spmm_tile(L, self.vw, swt.block_rows)
         return self._shifted_direct(op, swt, tile, planes, out, bslot, act, g, cin_,
@@ -2952,23 +2963,31 @@ class Lowering:
         return True
 
     def _gather(self, x: str, out: str, g, block: int,
-                planes: tuple[int, int] | None = None) -> None:
+                planes: tuple[int, int] | None = None,
+                ring: tuple[int, int] | None = None) -> None:
         """A native.tmgather call (inside the caller's awareness contexts): x's positions
         of g's one phase (base + i x sh W + j x sw) into ``out``, tile-major in blocks of
         ``block`` samples (channels 16 floats apart), or with ``planes`` (floats a sample,
         floats a channel) as plain phase planes. x plain or tile-major (Lowering.tm: its
         lines C x 16 floats apart, its channels 16); a sample of it C x its channel stride
-        floats either way."""
-        nb, cin, _, w = self.shape(x)
+        floats either way. ``ring`` (rows a band, bands): x band-major, a ring of bands
+        (native.bands.ring_offset; block 1)."""
+        nb, cin, h, w = self.shape(x)
         c, w = cin.value, w.value
         xt, xcs = self._tiled(x), self._cstride(x)
+        where, xns = None, c * xcs
+        if ring is not None:
+            assert block == 1 and not xt and planes is None
+            where = BD.ring_offset(ring[0], ring[1], c, w)
+            xcs, xns = ring[0] * w, ring[1] * c * ring[0] * w
         tab = TG.table(g.ho, g.wo, g.sh * w, g.sw, int(g.pys[0]) * w + int(g.pxs[0]),
-                       xt or 16, block, c * xcs)
+                       xt or 16, block, xns, where)
         tiles = tab.shape[0]
         ons, ots, ocs = (planes[0], 16, planes[1]) if planes else (tiles * c * 16, c * 16, 16)
         self.call(self.ir_kernel(TG.GatherSpec(tab.shape[1])),
-                  [T(x), T(out), I(c), I(tiles), I(c * xcs), I(16 if xt else xcs),
-                   self.derived("tmgather", tab), I(block), I(nb), I(ons), I(ots), I(ocs)],
+                  [T(x), T(out), I(c), I(tiles), I(xns), I(16 if xt else xcs),
+                   self.derived("tmgather", tab), I(block), I(nb), I(ons), I(ots), I(ocs),
+                   I(0)],
                   (lift(nb) if block == 1 else lift(nb).cdiv(block)) * tiles,
                   float(16 * c * tab.shape[1]))
 
@@ -4008,14 +4027,15 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
     untiled: frozenset[str] = frozenset()
     pk_untiled: frozenset[str] = frozenset()
 
-    def lower(tail_from=None, band_major=None, tiled=True):
+    def lower(tail_from=None, band_major=None, tiled=True, rings=None):
         nonlocal dense, nopack, untiled, pk_untiled
         while True:  # (each retry makes at least one more tensor dense, plain or untiled)
             try:
                 return Lowering(plan, vw, threads, features, tail_from, dense,
                                 band_major, nopack,
                                 untiled if tiled else frozenset(plan.tensors),
-                                pk_untiled if tiled else frozenset(plan.tensors)).run()
+                                pk_untiled if tiled else frozenset(plan.tensors),
+                                rings).run()
             except _Untile as exc:
                 untiled = untiled | exc.names
                 pk_untiled = pk_untiled | exc.pk
@@ -4041,10 +4061,12 @@ def lower_program(plan: ExecutionPlan, vw: int, threads: int, features: str = ""
             untiled = untiled | keep
             again = lower(tail_op(prog))
             prog = again if again.tail or not prog.tail else prog
-    layout = BD.band_layout(prog, l2_bytes(), set(prog.channel_strides) | set(prog.tile_major))
+    rings: dict[str, int] = {}
+    layout = BD.band_layout(prog, l2_bytes(), set(prog.channel_strides) | set(prog.tile_major),
+                            rings)
     if not layout:
         return prog
-    banded = lower(tail_op(prog), layout)
+    banded = lower(tail_op(prog), layout, rings=rings)
     same = ("chunk", "sample_bytes", "min_chunk", "split", "boundary", "boundary_offsets",
             "boundary_sizes", "boundary_bytes", "tail_outputs", "segments", "tile_major")
     if tail_op(banded) != tail_op(prog) or \

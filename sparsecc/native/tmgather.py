@@ -28,11 +28,17 @@ The output may also be plain planes (a phase pass's one phase plane a channel, c
 ``ocs`` floats apart, its lines 16 floats apart): the stride-2 1x1 convs that do not run the
 grouped kernel (the tail's plain variant at small batches) read those from a tile-major x.
 
-ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, C, tiles (a block's output
-tiles), xns (floats from one sample of x to the next), xcs (from one channel of x to the
-next), table, B, N (the batch), ons, ots, ocs (out's floats from one block to the next, one
-tile to the next, one channel to the next: tiles x C x 16, C x 16, 16 tile-major)]. Items
-ceil(N / B) x tiles.
+x may also be band-major (native.bands: a band's rows of all channels together, a ring of
+bands; channels ``rows x W`` floats apart): the table's lines are then where each position
+lies in the ring (``table(..., where=)``), and the call runs inside the row-band run that
+writes x, a range of output tiles a band (native.bands, ``GATHER``) while x's rows are in L2.
+
+ABI ``void k(i64 start, i64 stop, i64* args)``; args [x, out, C, tiles (the call's output
+tiles of a block), xns (floats from one sample of x to the next), xcs (from one channel of x
+to the next), table, B, N (the batch), ons, ots, ocs (out's floats from one block to the
+next, one tile to the next, one channel to the next: tiles x C x 16, C x 16, 16
+tile-major), t0 (the call's first tile: its table rows and output tiles from t0 on)].
+Items ceil(N / B) x tiles.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from llvmlite import ir
 from sparsecc.codegen.llvm.emit import I32, I64
 from sparsecc.native.vmath import _K
 
-G_X, G_OUT, G_C, G_T, G_XNS, G_XCS, G_TABLE, G_B, G_N, G_ONS, G_OTS, G_OCS = range(12)
+G_X, G_OUT, G_C, G_T, G_XNS, G_XCS, G_TABLE, G_B, G_N, G_ONS, G_OTS, G_OCS, G_T0 = range(13)
 WIDTH = 4 + 16  # a piece: line a, line b, lane mask, sample in the block, 16 lane indices
 
 
@@ -62,11 +68,14 @@ class GatherSpec:
 
 
 def table(ho: int, wo: int, row: int, step: int, base: int, line: int, block: int = 1,
-          xns: int = 0) -> np.ndarray:
+          xns: int = 0, where=None) -> np.ndarray:
     """The pieces of every output tile of a block (int32, tiles x pieces x WIDTH): output
     position (i, j) of sample s of the block from position base + i x row + j x step of
     x's channel, that sample ``xns`` floats after the block's first; x's lines of 16
-    positions ``line`` floats apart (16: plain, C x 16: tile-major)."""
+    positions ``line`` floats apart (16: plain, C x 16: tile-major). ``where``: position ->
+    its float in channel 0 (band-major x: native.bands.ring_offset), with ``line`` 16; a
+    position's line and its neighbour's must then lie 16 floats apart wherever a piece
+    takes both (a run of a row inside one band)."""
     L = ho * wo
     tiles = -(-block * L // 16)
     per: list[list[list]] = []
@@ -77,7 +86,8 @@ def table(ho: int, wo: int, row: int, step: int, base: int, line: int, block: in
             if p >= block * L:
                 break
             s, q = divmod(p, L)
-            li, r = divmod(base + (q // wo) * row + (q % wo) * step, 16)
+            pos = base + (q // wo) * row + (q % wo) * step
+            li, r = divmod(pos if where is None else where(pos), 16)
             if got and got[-1][0] == s and li - got[-1][1] in (0, 1):
                 g = got[-1]
                 g[2], g[3] = max(g[2], li), g[3] | 1 << lane
@@ -109,9 +119,10 @@ def emit_gather(module: ir.Module, name: str, pieces: int) -> None:
     zero = ir.Constant(k.vty, [0.0] * 16)
     nb, batch = k.arg_i64(G_B, "block"), k.arg_i64(G_N, "n")
     ons, ots, ocs = k.arg_i64(G_ONS, "ons"), k.arg_i64(G_OTS, "ots"), k.arg_i64(G_OCS, "ocs")
+    t0 = k.arg_i64(G_T0, "t0")
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         blk = b.sdiv(t, nt)
-        tt = b.sub(t, b.mul(blk, nt))
+        tt = b.add(b.sub(t, b.mul(blk, nt)), t0)
         first = b.mul(blk, nb)
         real = b.sub(batch, first)  # (the block's samples from this one on are padding)
         xs = b.gep(x0, [b.mul(first, xns)])

@@ -192,3 +192,51 @@ def test_banded_artifact_loads_and_exports(tmp_path, seed, monkeypatch):
         x = torch.randn(batch, 3, 16, 24)
         assert np.array_equal(np.asarray(rt(x)), cm(x).numpy())
     exported_matches_torch(path, model, (3, 16, 24), (1, 8), tmp_path)
+
+
+# (h, w): bands of 2 rows (w 24, 40), 4 (w 20) and 1 (w 32); the downsample's output maps
+# 12 x 12 to 24 x 10, whole tiles or not, big enough for the grouped kernel
+@pytest.mark.parametrize("h,w", [(24, 40), (48, 20), (40, 24), (32, 32)])
+def test_downsample_gather_joins_the_run(h, w, seed, monkeypatch):
+    """A stage's last output read by the next stage's first 1x1 conv (in the run) and by its
+    1x1 / 2 downsample (native.tmgather, GATHER): the gather's calls move into the run, a
+    range of output tiles a band, so that output is band-major too, a ring of a few bands
+    (it was whole, NCHW, with the gather after the run). Bit for bit against the same
+    lowering with the gather after the run (GATHER off) and against torch, on every path a
+    batch takes."""
+    from tests.native.test_channel_strides import Bottleneck
+
+    torch.manual_seed(seed)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "0")
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 24, 3, 1, 1), torch.nn.ReLU(),
+        _Down(24, 16, 48), _Bottleneck(48, 16), Bottleneck(48, 16, 2, 64),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    _prune_convs(model)
+    monkeypatch.setattr(BD, "GATHER", False)
+    after = _compiled(model, h, w, True, monkeypatch)
+    monkeypatch.setattr(BD, "GATHER", True)
+    cm = _compiled(model, h, w, True, monkeypatch)
+    prog, old = cm.native.lib.program, after.native.lib.program
+    assert prog.alt_head is not None and old.alt_head is not None
+    ds = next(i for i, op in enumerate(prog.plan.ops) if op.layer == "4.short")
+    gathers = [k for k, c in enumerate(prog.calls) if c.kernel.startswith("tmgather")]
+    assert len(gathers) > 1 and {prog.calls[k].op for k in gathers} == {ds}
+    assert sorted(prog.calls[k].args[12].expr.value for k in gathers)[0] == 0  # (t0)
+    # inside the run: before the stride-2 conv's calls, after the first band calls
+    conv_b = next(i for i, op in enumerate(prog.plan.ops) if op.layer == "4.b")
+    first_b = min(k for k, c in enumerate(prog.calls) if c.op == conv_b)
+    assert max(gathers) < first_b
+    assert any(c.kernel.startswith("sp_") and c.op < ds for c in prog.calls[gathers[0]:])
+    x = prog.plan.storage_root(prog.plan.ops[ds].inputs[0])
+    assert x not in old.buffers or prog.buffers[x].nbytes(1) < old.buffers[x].nbytes(1)
+    assert "(x gathered in the row bands that write it)" in cm.native.lib.labels[ds]
+    # (GATHER off: one gather over every tile, after the stride-2 conv's calls)
+    assert [c.args[12].expr.value for c in old.calls if c.kernel.startswith("tmgather")] == [0]
+    for batch, threads in ((1, 2), (1, 1), (3, 2), (16, 2), (5, 1)):
+        x = torch.randn(batch, 3, h, w)
+        with torch.no_grad():
+            want = model(x)
+        got = _run(cm, x, threads)
+        assert_matches(got, want)
+        assert np.array_equal(got.numpy(), _run(after, x, threads).numpy()), (batch, threads)

@@ -17,6 +17,7 @@ from torch import nn
 import sparsecc
 from sparsecc.codegen.llvm import emit_specialized as ES
 from sparsecc.codegen.llvm import jit
+from sparsecc.native import bands as BD
 from sparsecc.native import lower as NL
 from sparsecc.native import tmgather as TG
 from tests.native.test_channel_strides import Bottleneck, _sparse, matches
@@ -71,7 +72,7 @@ def test_gather_kernel(rng, h, w, tiled, c, block, n):
     blocks = -(-n // block)
     out = np.full((blocks, tiles, c, 16), np.nan, np.float32)
     args = np.array([x.ctypes.data, out.ctypes.data, c, tiles, xns, xcs, tab.ctypes.data,
-                     block, n, tiles * c * 16, c * 16, 16], np.int64)
+                     block, n, tiles * c * 16, c * 16, 16, 0], np.int64)
     _gather_fn(tab.shape[1])(0, blocks * tiles, args.ctypes.data)
     sub = np.zeros((blocks * block, c, L), np.float32)
     sub[:n] = full[:, :, ::2, ::2].reshape(n, c, L)
@@ -80,6 +81,54 @@ def test_gather_kernel(rng, h, w, tiled, c, block, n):
         .reshape(blocks, c, block * L)
     got = out.transpose(0, 2, 1, 3).reshape(blocks, c, tiles * 16)
     np.testing.assert_array_equal(got, want)
+
+
+@_AVX512
+@pytest.mark.parametrize("h,w,rows", [(56, 56, 2), (16, 24, 2), (12, 28, 4), (32, 9, 16),
+                                      (20, 20, 4), (24, 20, 4), (8, 8, 2)])
+@pytest.mark.parametrize("c", [1, 5])
+def test_gather_over_a_ring_band_by_band(rng, h, w, rows, c):
+    """x band-major in a ring of bands (native.bands: a band's rows of every channel
+    together, ``ring`` bands reused in turn), written a band at a time as a row-band run
+    writes it; after each band the gather runs the output tiles that band completed
+    (Band.tiles_done, native.tmgather's first-tile arg), the table placing each position in
+    the ring (bands.ring_offset). The ring is bands.GATHER's length: one band more than the
+    tiles reach back (_reach), and no more. Every line the table names lies in the ring."""
+    ho, wo = (h + 1) // 2, (w + 1) // 2
+    L = ho * wo
+    tiles = -(-L // 16)
+    band = BD.Band(h, w, BD.GATHER_HALO, (ho, wo, 0, 2))
+    ring = -(-BD._reach(band, rows, 0) // rows) + 1
+    full = rng.standard_normal((c, h, w)).astype(np.float32)
+    want = np.zeros((c, tiles * 16), np.float32)
+    want[:, :L] = full[:, ::2, ::2].reshape(c, L)
+
+    def run(ring: int) -> np.ndarray:
+        chunk = c * rows * w  # (a band of every channel)
+        x = np.full(ring * chunk, np.nan, np.float32)
+        tab = TG.table(ho, wo, 2 * w, 2, 0, 16, 1, 0, BD.ring_offset(rows, ring, c, w))
+        used = tab[:, :, 2] != 0  # (channel 0's lines: the others rows x w floats on)
+        assert (tab[:, :, :2][used] >= 0).all()
+        assert (tab[:, :, :2][used] + 16 + (c - 1) * rows * w <= ring * chunk).all()
+        out = np.full((tiles, c, 16), np.nan, np.float32)
+        fn = _gather_fn(tab.shape[1])
+        done = 0
+        for b0 in range(0, h, rows):
+            slot = (b0 // rows) % ring
+            x[slot * chunk:(slot + 1) * chunk] = full[:, b0:b0 + rows].reshape(-1)
+            upto = band.tiles_done(b0 + rows)
+            if upto > done:
+                args = np.array([x.ctypes.data, out.ctypes.data, c, upto - done,
+                                 ring * chunk, rows * w, tab.ctypes.data, 1, 1,
+                                 tiles * c * 16, c * 16, 16, done], np.int64)
+                fn(0, upto - done, args.ctypes.data)
+            done = upto
+        assert done == tiles
+        return out.transpose(1, 0, 2).reshape(c, tiles * 16)
+
+    np.testing.assert_array_equal(run(ring), want)
+    if ring > 1:  # (one band fewer: a band's first tile reads rows already overwritten)
+        assert not np.array_equal(run(ring - 1), want)
 
 
 def _net(hw: int) -> nn.Module:
