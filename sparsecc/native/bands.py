@@ -81,20 +81,24 @@ class Band:
     h: int
     w: int
     halo: int
-    # a gather (halo GATHER_HALO): its output maps' rows and columns, and the rows of x its
-    # output rows read, first + i x step (native.tmgather's positions)
-    gather: tuple[int, int, int, int] | None = None  # (ho, wo, first, step)
+    # a gather (halo GATHER_HALO): its output maps' rows and columns, the row of x its
+    # output row i reads, first + i x step (off the maps: none, a zero row), and its output
+    # tiles of 16 positions (native.tmgather's)
+    gather: tuple[int, int, int, int, int] | None = None  # (ho, wo, first, step, tiles)
 
     def tiles_done(self, r1: int) -> int:
-        """A gather's output tiles of 16 positions whose x rows all lie below row r1."""
-        ho, wo, first, step = self.gather
+        """A gather's output tiles whose x rows all lie below row r1 (all at r1 = h)."""
+        ho, wo, first, step, tiles = self.gather
+        if r1 >= self.h:
+            return tiles
         done = 0 if r1 <= first else min(ho, (r1 - 1 - first) // step + 1)
-        return done * wo // 16 if done < ho else -(-ho * wo // 16)
+        return min(tiles, done * wo // 16)
 
     def first_row(self, t: int) -> int:
-        """The first x row output tile t reads."""
-        ho, wo, first, step = self.gather
-        return first + (16 * t // wo) * step
+        """The first x row output tile t reads (h: none)."""
+        ho, wo, first, step, _ = self.gather
+        i = 16 * t // wo
+        return self.h if i >= ho else max(0, first + i * step)
 
 
 def _root(plan, name: str) -> str:
@@ -208,11 +212,13 @@ def _rings(p, calls, s: int, e: int, lags, rows: int, roots) -> dict[str, int]:
     return ring
 
 
-def ring_offset(rows: int, ring: int, c: int, w: int):
-    """Position (y x w + x) of a band-major tensor's channel 0 -> its float in the ring
-    (``ring`` bands of C x rows x w floats, a channel's rows of a band rows x w floats)."""
-    def where(pos: int) -> int:
-        y, x = divmod(pos, w)
+def ring_offset(rows: int, ring: int, c: int, w: int, h: int):
+    """(y, x) of a band-major tensor's channel 0 -> its float in the ring (``ring`` bands
+    of C x rows x w floats, a channel's rows of a band rows x w floats), None off the
+    h x w maps."""
+    def where(y: int, x: int) -> int | None:
+        if not (0 <= y < h and 0 <= x < w):
+            return None
         return (y // rows % ring) * c * rows * w + (y % rows) * w + x
     return where
 
@@ -220,8 +226,8 @@ def ring_offset(rows: int, ring: int, c: int, w: int):
 def _ordered(p, calls, stop: int, only: dict[str, int] | None = None) -> list:
     """``calls`` with each gather (Band.halo GATHER_HALO) of calls[:stop] (whose x is in
     ``only``, if given) moved up to just after the last call before it touching its x, where
-    that call is in a band run of the same maps (a band call or a zero-row pass) and no call
-    between touches the gather's output: the gather then joins the run."""
+    that call is in a band run of the same maps (a band call, a zero-row pass or a gather)
+    and no call between touches the gather's output: the gather then joins the run."""
     if not GATHER:
         return calls
     out = list(calls[:stop])
@@ -237,7 +243,7 @@ def _ordered(p, calls, stop: int, only: dict[str, int] | None = None) -> list:
                                  for a in out[j].args):
             j -= 1
         d = out[j] if j >= 0 else None
-        if d is None or d.band is None or d.band.halo == GATHER_HALO or \
+        if d is None or d.band is None or \
                 (d.band.h, d.band.w) != (c.band.h, c.band.w) or \
                 any(a.kind == "tensor" and _root(p.plan, a.name) == orr for a in d.args):
             continue
@@ -452,5 +458,5 @@ def band_calls(p, stop: int, l2: int, layout: dict[str, int],
     for c in p.calls:  # a band-major tensor is only ever touched a band at a time
         if id(c) not in made and any(s.kind == "tensor" and _root(plan, s.name) in layout
                                      for s in c.args):
-            raise AssertionError(f"band-major tensor outside its band run: {c.kernel}")
+            raise AssertionError(f"band-major tensor outside its band run: {c.kernel} (op {c.op})")
     return added

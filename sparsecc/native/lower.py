@@ -2939,7 +2939,8 @@ class Lowering:
         # (a line of slack: the grouped kernel's aligned x loads may read one past a tile)
         planes = self.temp("tm_planes", nb * tiles * cin_ * 64 + 256)
         # (x's rows band by band in a row-band run that writes x: native.bands, GATHER)
-        band = BD.Band(h.value, w.value, BD.GATHER_HALO, (g.ho, g.wo, int(g.pys[0]), g.sh))
+        band = BD.Band(h.value, w.value, BD.GATHER_HALO,
+                       (g.ho, g.wo, int(g.pys[0]), g.sh, tiles))
         with self._aware(), self._tm_aware(x), self._banded(band):
             self._gather(x, planes, g, 1, ring=ring)  # (x's channel stride, tile-major)
         offs = (swt.indices.astype(np.int64) * 16).astype(np.uint32)
@@ -2978,7 +2979,11 @@ class Lowering:
         where, xns = None, c * xcs
         if ring is not None:
             assert block == 1 and not xt and planes is None
-            where = BD.ring_offset(ring[0], ring[1], c, w)
+            off = BD.ring_offset(ring[0], ring[1], c, w, h.value)
+            y0, x0 = divmod(int(g.pys[0]) * w + int(g.pxs[0]), w)
+
+            def where(i: int, j: int) -> int | None:
+                return off(y0 + i * g.sh, x0 + j * g.sw)
             xcs, xns = ring[0] * w, ring[1] * c * ring[0] * w
         tab = TG.table(g.ho, g.wo, g.sh * w, g.sw, int(g.pys[0]) * w + int(g.pxs[0]),
                        xt or 16, block, xns, where)

@@ -72,10 +72,11 @@ def table(ho: int, wo: int, row: int, step: int, base: int, line: int, block: in
     """The pieces of every output tile of a block (int32, tiles x pieces x WIDTH): output
     position (i, j) of sample s of the block from position base + i x row + j x step of
     x's channel, that sample ``xns`` floats after the block's first; x's lines of 16
-    positions ``line`` floats apart (16: plain, C x 16: tile-major). ``where``: position ->
-    its float in channel 0 (band-major x: native.bands.ring_offset), with ``line`` 16; a
-    position's line and its neighbour's must then lie 16 floats apart wherever a piece
-    takes both (a run of a row inside one band)."""
+    positions ``line`` floats apart (16: plain, C x 16: tile-major). ``where`` (block 1,
+    ``line`` 16): output position (i, j) -> its x float in channel 0, or None for a zero
+    lane (band-major x: native.bands.ring_offset; a phase plane's padding); a position's
+    line and its neighbour's must then lie 16 floats apart wherever a piece takes both (a
+    run of a row inside one band)."""
     L = ho * wo
     tiles = -(-block * L // 16)
     per: list[list[list]] = []
@@ -86,8 +87,13 @@ def table(ho: int, wo: int, row: int, step: int, base: int, line: int, block: in
             if p >= block * L:
                 break
             s, q = divmod(p, L)
-            pos = base + (q // wo) * row + (q % wo) * step
-            li, r = divmod(pos if where is None else where(pos), 16)
+            if where is None:
+                off = base + (q // wo) * row + (q % wo) * step
+            else:
+                off = where(q // wo, q % wo)
+                if off is None:
+                    continue
+            li, r = divmod(off, 16)
             if got and got[-1][0] == s and li - got[-1][1] in (0, 1):
                 g = got[-1]
                 g[2], g[3] = max(g[2], li), g[3] | 1 << lane

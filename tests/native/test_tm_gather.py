@@ -87,26 +87,36 @@ def test_gather_kernel(rng, h, w, tiled, c, block, n):
 @pytest.mark.parametrize("h,w,rows", [(56, 56, 2), (16, 24, 2), (12, 28, 4), (32, 9, 16),
                                       (20, 20, 4), (24, 20, 4), (8, 8, 2)])
 @pytest.mark.parametrize("c", [1, 5])
-def test_gather_over_a_ring_band_by_band(rng, h, w, rows, c):
+@pytest.mark.parametrize("plane", [None, (0, 0), (1, 1)])
+def test_gather_over_a_ring_band_by_band(rng, h, w, rows, c, plane):
     """x band-major in a ring of bands (native.bands: a band's rows of every channel
     together, ``ring`` bands reused in turn), written a band at a time as a row-band run
     writes it; after each band the gather runs the output tiles that band completed
     (Band.tiles_done, native.tmgather's first-tile arg), the table placing each position in
     the ring (bands.ring_offset). The ring is bands.GATHER's length: one band more than the
-    tiles reach back (_reach), and no more. Every line the table names lies in the ring."""
-    ho, wo = (h + 1) // 2, (w + 1) // 2
+    tiles reach back (_reach), and no more. Every line the table names lies in the ring.
+    ``plane`` (py, px): a 3x3 / 2 conv's rows plane's geometry instead (``where`` giving
+    None off x's maps, zero lanes): row i of x's row py - 1 + 2i, column j of px + 2j, two
+    zero rows more than x has (the first row of plane py 0, the last column of px 1 at odd
+    w); the gathers stay done at the last band (Band.tiles_done) with rows past x's."""
+    py, px = plane or (1, 0)
+    ho, wo = (h + 1) // 2 + (2 if plane else 0), (w + 1) // 2
     L = ho * wo
     tiles = -(-L // 16)
-    band = BD.Band(h, w, BD.GATHER_HALO, (ho, wo, 0, 2))
+    band = BD.Band(h, w, BD.GATHER_HALO, (ho, wo, py - 1, 2, tiles))
     ring = -(-BD._reach(band, rows, 0) // rows) + 1
     full = rng.standard_normal((c, h, w)).astype(np.float32)
+    padded = np.zeros((c, 2 * ho + 2, 2 * wo + 2), np.float32)
+    padded[:, 1:h + 1, :w] = full  # (a zero row above x)
     want = np.zeros((c, tiles * 16), np.float32)
-    want[:, :L] = full[:, ::2, ::2].reshape(c, L)
+    want[:, :L] = padded[:, py:py + 2 * ho:2, px:px + 2 * wo:2].reshape(c, L)
 
     def run(ring: int) -> np.ndarray:
         chunk = c * rows * w  # (a band of every channel)
         x = np.full(ring * chunk, np.nan, np.float32)
-        tab = TG.table(ho, wo, 2 * w, 2, 0, 16, 1, 0, BD.ring_offset(rows, ring, c, w))
+        off = BD.ring_offset(rows, ring, c, w, h)
+        tab = TG.table(ho, wo, 2 * w, 2, 0, 16, 1, 0,
+                       lambda i, j: off(py - 1 + 2 * i, px + 2 * j))
         used = tab[:, :, 2] != 0  # (channel 0's lines: the others rows x w floats on)
         assert (tab[:, :, :2][used] >= 0).all()
         assert (tab[:, :, :2][used] + 16 + (c - 1) * rows * w <= ring * chunk).all()
