@@ -196,10 +196,10 @@ def _reach(band: Band, rows: int, lag: int) -> int:
     return back
 
 
-def _rings(p, calls, s: int, e: int, lags, rows: int, roots) -> dict[str, int]:
-    """Bands in the ring of each band-major tensor of ``roots`` the run calls[s:e] touches:
-    from the band its writer is at to the oldest band a reader (at its lag) still reads."""
-    access = _access(p, calls)
+def _rings(calls, access, s: int, e: int, lags, rows: int, roots) -> dict[str, int]:
+    """Bands in the ring of each band-major tensor of ``roots`` the run calls[s:e] touches
+    (``access``: _access of ``calls``): from the band its writer is at to the oldest band a
+    reader (at its lag) still reads."""
     ring = {}
     for r in roots:
         uses = [(ci, ai) for ci, ai in access.get(r, []) if s <= ci < e]
@@ -283,7 +283,7 @@ def band_layout(p, l2: int, strided, rings: dict[str, int] | None = None) -> dic
         if rings is not None:
             gathered = [r for r in mine if any(calls[ci].band.halo == GATHER_HALO
                                                for ci, _ in access[r])]
-            rings.update(_rings(p, calls, s, e, lags, rows, gathered))
+            rings.update(_rings(calls, access, s, e, lags, rows, gathered))
     return out
 
 
@@ -397,12 +397,13 @@ def band_calls(p, stop: int, l2: int, layout: dict[str, int],
             raise AssertionError(f"band-major tensors of {sorted(roots & set(layout))}: not "
                                  f"{rows} rows a band")
         h, w = run[0].band.h, run[0].band.w
-        ring = _rings(p, calls, s, e, lags, rows, roots & set(layout))
+        ring = _rings(calls, access, s, e, lags, rows, roots & set(layout))
         for r in roots & set(layout):
+            given = (rings or {}).get(r)
             if any(calls[ci].band.halo == GATHER_HALO for ci, _ in access[r]) and \
-                    (rings or {}).get(r) != ring.get(r):
+                    given != ring.get(r):
                 raise AssertionError(f"{r}: a ring of {ring.get(r)} bands, its gather's "
-                                     f"table assumed {(rings or {}).get(r)}")
+                                     f"table assumed {given}")
         out += calls[pos:s]
         pos = e
         new = [c for c in run if c.band.halo == -1]  # zero rows first

@@ -2980,7 +2980,7 @@ class Lowering:
         if ring is not None:
             assert block == 1 and not xt and planes is None
             off = BD.ring_offset(ring[0], ring[1], c, w, h.value)
-            y0, x0 = divmod(int(g.pys[0]) * w + int(g.pxs[0]), w)
+            y0, x0 = int(g.pys[0]), int(g.pxs[0])
 
             def where(i: int, j: int) -> int | None:
                 return off(y0 + i * g.sh, x0 + j * g.sw)

@@ -17,6 +17,7 @@ from sparsecc.codegen.llvm import jit
 from sparsecc.native import bands as BD
 from sparsecc.native import expr as NX
 from sparsecc.native import lower as NL
+from sparsecc.native import tmgather as TG
 from tests.conftest import assert_matches
 from tests.native.test_kernels import _Bottleneck, _native_csr, _prune_convs
 
@@ -228,7 +229,7 @@ def test_downsample_gather_joins_the_run(h, w, seed, monkeypatch):
     ds = next(i for i, op in enumerate(prog.plan.ops) if op.layer == "4.short")
     gathers = [k for k, c in enumerate(prog.calls) if c.kernel.startswith("tmgather")]
     assert len(gathers) > 1 and {prog.calls[k].op for k in gathers} == {ds}
-    assert sorted(prog.calls[k].args[12].expr.value for k in gathers)[0] == 0  # (t0)
+    assert sorted(prog.calls[k].args[TG.G_T0].expr.value for k in gathers)[0] == 0
     # inside the run: before the stride-2 conv's calls, after the first band calls
     conv_b = next(i for i, op in enumerate(prog.plan.ops) if op.layer == "4.b")
     first_b = min(k for k, c in enumerate(prog.calls) if c.op == conv_b)
@@ -238,5 +239,6 @@ def test_downsample_gather_joins_the_run(h, w, seed, monkeypatch):
     assert prog.buffers[x].nbytes(1) < old.buffers[x].nbytes(1)  # (a ring)
     assert "(x gathered in the row bands that write it)" in cm.native.lib.labels[ds]
     # (GATHER off: one gather call over every tile)
-    assert [c.args[12].expr.value for c in old.calls if c.kernel.startswith("tmgather")] == [0]
+    assert [c.args[TG.G_T0].expr.value for c in old.calls
+            if c.kernel.startswith("tmgather")] == [0]
     _matches_on_every_path(cm, after, model, h, w)
