@@ -81,6 +81,21 @@ class CompiledModel:
             return dict(zip(self.plan.info["output_keys"], outs))
         return outs[0] if self.plan.output_kind == "single" else tuple(outs)
 
+    def warmup(self, *inputs: Any, calls: int | None = None):
+        """The calls a service makes before it takes requests, at the batch size of
+        ``inputs``: the first calls page the code and weights in, and the native library's
+        thread choice (native.model.ThreadChoice) takes its first probe, a call or two on one
+        thread, on them. ``calls`` defaults to ThreadChoice.START_CALLS (natively; 2 on the
+        executor). Returns the last call's outputs."""
+        if calls is None:
+            from sparsecc.native.model import ThreadChoice
+
+            calls = ThreadChoice.START_CALLS if self.native is not None else 2
+        out = None
+        for _ in range(max(1, int(calls))):
+            out = self(*inputs)
+        return out
+
     def example_inputs(self, seed: int = 0, batch: int | None = None,
                        int_high: int = 0) -> list[np.ndarray]:
         """Random inputs of the compiled shapes at ``batch``; integer and bool inputs are zeros,

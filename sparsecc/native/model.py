@@ -103,13 +103,28 @@ class ThreadChoice:
     kept it on 2), and the call after a probe is not timed either. Calls under
     ``MIN_SECONDS`` (a few us of floor) stay on all threads, untimed after the first. Results
     do not depend on the choice (the work items are the same; only who runs them changes).
-    SPARSECC_ADAPTIVE_THREADS=0 turns it off."""
+    SPARSECC_ADAPTIVE_THREADS=0 turns it off.
+
+    The first probe comes right after the warm calls and one timed call (``FIRST_PROBE``), so
+    a process is past it within its first ``START_CALLS`` calls (``CompiledModel.warmup``);
+    it came after 16 calls before, inside the first requests a service timed. A probe on
+    one thread that takes over ``FAR`` x the current choice's time backs off to
+    ``PROBE_MAX`` at once: one thread is then far from winning, and a tenant arriving still
+    triggers a probe at once (the current choice getting slower than the other's estimate).
+    ResNet-50 at batch 16 (2026-12-06, Xeon, 75 ms calls): probes on one thread took 147 ms,
+    at calls 15-16, 48-49, ... (gaps doubling from 16); now at calls 3-4, then 516-517."""
 
     # 20 us: the MNIST CNN's 70-130 us calls are timed (at 200 us they were not, and in the
     # far core placement stayed on 2 threads at 129 us against 98 on 1)
     MIN_SECONDS = 2e-5
     PROBE_MIN, PROBE_MAX = 16, 512
     WARM = 2
+    # the first probe's countdown (from the first call, which counts): calls 0-1 warm, 2
+    # timed on all threads, 3-4 the probe (its first call untimed), 5 untimed (the data
+    # moves back)
+    FIRST_PROBE = WARM + 2
+    START_CALLS = FIRST_PROBE + 2
+    FAR = 1.5
 
     def __init__(self, enabled: bool | None = None):
         self.enabled = env_adaptive_threads() if enabled is None else enabled
@@ -123,8 +138,8 @@ class ThreadChoice:
             return cap
         st = self.state.get((n, cap))
         if st is None:  # the first calls (cold caches, code paging in) are not timed
-            st = self.state[(n, cap)] = [cap, {}, self.PROBE_MIN, self.PROBE_MIN, self.WARM,
-                                         0]
+            st = self.state[(n, cap)] = [cap, {}, self.FIRST_PROBE, self.PROBE_MIN,
+                                         self.WARM, 0]
         elif st[3] == 0:  # small calls
             return cap
         st[2] -= 1
@@ -158,6 +173,8 @@ class ThreadChoice:
         est[threads] = seconds  # a probe
         if cur in est and seconds < 0.9 * est[cur]:
             st[0], st[3] = threads, self.PROBE_MIN
+        elif cur == cap and cur in est and seconds > self.FAR * est[cur]:
+            st[3] = self.PROBE_MAX  # one thread far behind: probe seldom
         else:  # on one thread, keep probing often: the other tenant's spell ends unannounced
             st[3] = min(2 * st[3], self.PROBE_MAX if cur == cap else 4 * self.PROBE_MIN)
         st[2] = st[3]

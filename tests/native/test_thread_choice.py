@@ -23,9 +23,55 @@ def _run(tc: ThreadChoice, calls: int, cost: dict[int, float], n: int = 1, cap: 
 def test_stays_on_all_threads_when_they_are_faster():
     tc = ThreadChoice(enabled=True)
     ran = _run(tc, 3000, {2: 4e-3, 1: 7e-3})
-    # probes only (two calls each): 16, 32, ... then 512 apart
-    assert ran[-1] == 2 and ran.count(1) <= 20
+    # probes only (two calls each): the first within the start-up calls, then, losing by
+    # over FAR x, PROBE_MAX apart
+    ones = [i for i, t in enumerate(ran) if t == 1]
+    assert ones[:2] == [ThreadChoice.FIRST_PROBE - 1, ThreadChoice.FIRST_PROBE]
+    assert ones[1] < ThreadChoice.START_CALLS - 1
+    gaps = [b - a for a, b in zip(ones[1::2], ones[2::2])]
+    assert gaps and all(g >= ThreadChoice.PROBE_MAX for g in gaps), gaps
+    assert ran[-1] == 2 and len(ones) <= 2 * (3000 // ThreadChoice.PROBE_MAX + 1)
     assert tc.state[(1, 2)][3] == ThreadChoice.PROBE_MAX
+
+
+def test_a_close_probe_keeps_probing_often():
+    """One thread losing by less than FAR x (1.2x here) is probed again at gaps doubling from
+    PROBE_MIN: it may win soon."""
+    tc = ThreadChoice(enabled=True)
+    ran = _run(tc, 400, {2: 5e-3, 1: 6e-3})
+    starts = [i for i, t in enumerate(ran) if t == 1][::2]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert starts[0] == ThreadChoice.FIRST_PROBE - 1 and len(gaps) >= 3, starts
+    assert gaps[0] <= 2 * ThreadChoice.PROBE_MIN + 2 and gaps == sorted(gaps), gaps
+    assert max(gaps) < ThreadChoice.PROBE_MAX
+
+
+def test_warmup_takes_the_first_probe(seed):
+    """CompiledModel.warmup runs the start-up calls: the thread choice's first probe is
+    behind it, and the next one PROBE_MAX calls away on a machine where one thread is far
+    behind (made so here by the clock the choice reads)."""
+    torch.manual_seed(seed)
+    model = sparsecc.prune(torch.nn.Sequential(torch.nn.Linear(32, 16),
+                                               torch.nn.ReLU()).eval(), 0.8)
+    cm = sparsecc.compile(model, torch.randn(2, 32))
+    assert cm.native is not None, cm.native_status
+    tc = cm.native.threads
+    tc.enabled = True
+    seen = []
+    real = tc.record
+
+    def record(n, cap, threads, seconds):  # one thread 3x slower; calls long enough to time
+        seen.append(threads)
+        real(n, cap, threads, 1e-3 * (3.0 if threads == 1 else 1.0))
+
+    tc.record = record
+    x = torch.randn(3, 32)
+    out = cm.warmup(x.numpy())
+    assert_matches(out, model(x).detach().numpy())
+    cap = cm.native.runner.max_threads
+    assert len(seen) == ThreadChoice.START_CALLS
+    if cap > 1:
+        assert seen.count(1) == 2 and tc.state[(3, cap)][2] >= ThreadChoice.PROBE_MAX - 1
 
 
 def test_moves_to_one_thread_in_a_slow_spell_and_back():
