@@ -172,6 +172,39 @@ def group_ranges(nnz: int, groups: int, x_sample_bytes: int) -> int:
     return math.ceil(groups / ranges) if ranges > 1 else 0
 
 
+# Grouped kernels' row blocks (an item: a block's groups one after another over one tile):
+# consecutive groups of about GROUP_BLOCK_NNZ values together, at most GROUP_BLOCK_MAX, so
+# the tile's x lines come from L2 once for the block's groups and the block's code stays in
+# L1i over the tiles (one group a block before: its x read from L2 by every group). Only
+# where a sample still has GROUP_BLOCK_ITEMS items a thread (batch 1's small maps keep
+# their items). bench/grouped_samples.py (the emitted code over 16 samples' x, one core,
+# 2026-12-06 Xeon): 256 -> 1024 channels 98 -> 105 GFLOP/s in blocks of 3, 128 -> 512 71 ->
+# 82, 1024 -> 256 83 -> 87 (1 group = 3072 values: no block).
+GROUP_BLOCK_NNZ = 2400
+GROUP_BLOCK_MAX = 4
+GROUP_BLOCK_ITEMS = 8
+# ... and a block's output rows span at most this many bytes (a group's rows times out's row
+# stride; 0: unknown, no blocks): over (N, C, H, W) maps of 56 x 56 a group's 30 rows are 30
+# pages apart, and blocks of them missed the TLB (ResNet-50 b1's layer1 convs slower)
+GROUP_BLOCK_SPAN = 256 << 10
+
+
+def group_blocks(groups: int, nnz: int, tiles: int, threads: int, group_span: int) -> int:
+    """Row blocks of a grouped call of ``groups`` groups and ``nnz`` values over samples of
+    ``tiles`` tiles, a group's output rows ``group_span`` bytes apart (GROUP_BLOCK_NNZ):
+    ``groups`` for one group a block."""
+    if groups <= 1 or nnz <= 0 or group_span <= 0:
+        return max(groups, 1)
+    k = min(GROUP_BLOCK_MAX, int(GROUP_BLOCK_NNZ * groups // nnz),
+            GROUP_BLOCK_SPAN // group_span)
+    if k <= 1:
+        return groups
+    nrb = -(-groups // k)
+    if tiles * nrb < GROUP_BLOCK_ITEMS * max(threads, 1):
+        return groups
+    return nrb
+
+
 # Tiles outer (emit.A_GRR < 0): every group over a tile before the next tile, for a call
 # whose sample's x and code overflow GROUP_OUTER_L2 of L2 (each group would read the
 # sample's x from L3 again) while the code alone fits GROUP_OUTER_CODE of it (it streams
@@ -2184,9 +2217,12 @@ class Lowering:
             # a few row blocks of groups, an item one of them over a set of samples
             variants = [(min(nunits, KBLOCK_ITEMS * self.threads), guard)]
         elif spec.group > 1:
-            # every group its own row block (the kernel runs row blocks slowest, then
-            # samples, then tiles: a group's code is reused over the call's positions)
-            variants = [(nunits, guard)]
+            # row blocks of a few groups, or one group each (the kernel runs row blocks
+            # slowest, then samples, then tiles: a block's code is reused over the call's
+            # positions; group_blocking)
+            ob = 64 if spec.ots else 4 * lift(ors).value if lift(ors).is_const() else 0
+            variants = [(group_blocks(nunits, sw.data.size, tiles_1, self.threads,
+                                      spec.group * ob), guard)]
         elif nrb_few > 1:
             variants = [(nrb_few, _conds(guard or []) + [(tiles, "<", want)]),
                         (1, _conds(guard or []) + [(tiles, ">=", want)])]
@@ -2246,6 +2282,8 @@ class Lowering:
                     outer = group_tiles_outer(sw.data.size, xsb)
                     grr = group_ranges(sw.data.size, nunits, xsb) \
                         if gxb == GROUP_X_WHOLE and not outer else 0
+                    if grr and nrb < nunits:  # (a range counts row blocks)
+                        grr = max(1, -(-grr * nrb // nunits))
                     args[E_.A_GXB] = I(lift(xns).value if grr else gxb // 4)
                     args[E_.A_GRR] = I(-1 if outer else grr)
             self.call(sym, args, items, per_item, only_if=cond)

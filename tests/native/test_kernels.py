@@ -1896,6 +1896,72 @@ def test_grouped_column_blocks(seed, monkeypatch, request, cols, halves, x_bytes
     _matches_torch_and_bitwise(cms, model, (3, 24, 24), (1, 2, 5))
 
 
+class _Pointwise(torch.nn.Module):
+    """1x1 conv -> ReLU -> 1x1 conv back, + the input, ReLU (the residual fused into the
+    second conv)."""
+
+    def __init__(self, c, m):
+        super().__init__()
+        self.a = torch.nn.Conv2d(c, m, 1)
+        self.b = torch.nn.Conv2d(m, c, 1)
+
+    def forward(self, x):
+        return torch.relu(self.b(torch.relu(self.a(x))) + x)
+
+
+@pytest.mark.parametrize("avx2", [False, True])
+def test_grouped_row_blocks(seed, monkeypatch, request, avx2):
+    """Grouped calls whose groups are small run a few of them an item (lower.group_blocks:
+    an item's row block holds up to GROUP_BLOCK_MAX groups, run one after another over its
+    tile): 1x1 convs of 7 and 4 groups, a fused residual, 13 x 13 maps (a part tile), against
+    torch at batches 1, 2 and 5 (row blocks split between the threads mid sample) and bit for
+    bit against one group a block."""
+    from sparsecc.native import lower
+
+    if avx2:
+        request.getfixturevalue("avx2_grouped")
+    elif jit.host().vector_width != 16:
+        pytest.skip("the AVX-512 grouped kernel")
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 200, 1), torch.nn.ReLU(), _Pointwise(200, 96),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(200, 10)).eval()
+    _prune_convs(model, 0.1)
+    cms, nrbs = {}, {}
+    for on in (False, True):
+        monkeypatch.setattr(lower, "GROUP_BLOCK_MAX", 4 if on else 1)
+        cm = _native_csr(model, torch.randn(1, 3, 13, 13))
+        prog = cm.native.lib.program
+        nrbs[on] = [c.args[E.A_NRB].expr.value for c in prog.calls
+                    if c.kernel in prog.kernels and prog.kernels[c.kernel].spec is not None
+                    and prog.kernels[c.kernel].spec.group > 1 and not
+                    prog.kernels[c.kernel].spec.kcols]
+        cms[on] = cm
+    assert len(nrbs[False]) >= 3 and len(nrbs[True]) == len(nrbs[False]), nrbs
+    assert all(a <= b for a, b in zip(nrbs[True], nrbs[False])), nrbs
+    assert sum(a < b for a, b in zip(nrbs[True], nrbs[False])) >= 2, nrbs
+    _matches_torch_and_bitwise(cms, model, (3, 13, 13), (1, 2, 5))
+
+
+def test_group_blocks_rule():
+    """lower.group_blocks: about GROUP_BLOCK_NNZ values a block, at most GROUP_BLOCK_MAX
+    groups; one group a block for big groups, rows far apart (GROUP_BLOCK_SPAN), too few
+    items a sample, or an unknown row stride."""
+    from sparsecc.native import lower
+
+    span = 30 * 208 * 4  # (30 rows of a 14 x 14 map's channel stride)
+    assert lower.group_blocks(35, 35 * 768, 13, 2, span) == 12    # ResNet-50 layer3 conv3
+    assert lower.group_blocks(9, 9 * 384, 49, 2, span) == 3       # 128 -> 256 cols: 4 a block
+    assert lower.group_blocks(9, 9 * 1200, 49, 2, span) == 5      # 2 a block
+    assert lower.group_blocks(9, 9 * 3072, 13, 2, span) == 9      # 1024 columns: one
+    assert lower.group_blocks(9, 9 * 384, 49, 2, 30 * 3136 * 4) == 9  # 56 x 56 NCHW
+    assert lower.group_blocks(9, 9 * 384, 49, 2, 30 * 784 * 4) == 5   # 28 x 28: 2 a block
+    assert lower.group_blocks(9, 9 * 384, 4, 2, span) == 9        # 4 tiles x 3 blocks < 16
+    assert lower.group_blocks(9, 9 * 384, 49, 2, 0) == 9
+    assert lower.group_blocks(1, 100, 49, 2, span) == 1
+
+
 def test_group_tiles_outer_rule(monkeypatch):
     """lower.group_tiles_outer: tiles outer for a sample's x that, with the code, overflows
     the L2 share, while the code alone fits GROUP_OUTER_CODE of L2; not for small x or big
