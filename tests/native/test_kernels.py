@@ -1629,6 +1629,15 @@ def _matches_torch_and_bitwise(cms: dict, model, shape, batches) -> None:
         assert np.array_equal(got.numpy(), cms[False](x).numpy()), batch
 
 
+def _grouped_isa(request, avx2: bool) -> None:
+    """The grouped kernel's AVX2 assembly (the avx2_grouped fixture), or its AVX-512 one
+    (skipped without AVX-512)."""
+    if avx2:
+        request.getfixturevalue("avx2_grouped")
+    elif jit.host().vector_width != 16:
+        pytest.skip("the AVX-512 grouped kernel")
+
+
 class _BasicBlock(torch.nn.Module):
     """conv -> ReLU -> conv, + the input, ReLU (a ResNet basic block, no downsample)."""
 
@@ -1862,10 +1871,7 @@ def test_grouped_column_blocks(seed, monkeypatch, request, cols, halves, x_bytes
     reloaded through vmaskmovps."""
     from sparsecc.native import lower
 
-    if avx2:
-        request.getfixturevalue("avx2_grouped")
-    elif jit.host().vector_width != 16:
-        pytest.skip("the AVX-512 grouped kernel")
+    _grouped_isa(request, avx2)
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, 1, 1), torch.nn.ReLU(),
@@ -1918,10 +1924,7 @@ def test_grouped_row_blocks(seed, monkeypatch, request, avx2):
     bit against one group a block."""
     from sparsecc.native import lower
 
-    if avx2:
-        request.getfixturevalue("avx2_grouped")
-    elif jit.host().vector_width != 16:
-        pytest.skip("the AVX-512 grouped kernel")
+    _grouped_isa(request, avx2)
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, 1, 1), torch.nn.ReLU(),
