@@ -185,7 +185,8 @@ GROUP_BLOCK_MAX = 4
 GROUP_BLOCK_ITEMS = 8
 # ... and a block's output rows span at most this many bytes (a group's rows times out's row
 # stride; 0: unknown, no blocks): over (N, C, H, W) maps of 56 x 56 a group's 30 rows are 30
-# pages apart, and blocks of them missed the TLB (ResNet-50 b1's layer1 convs slower)
+# pages apart. Without this bound, paired whole calls ran 0.3-1.5 % slower (ResNet-50 b1 /
+# b16, MobileNetV2 global b1 / b16).
 GROUP_BLOCK_SPAN = 256 << 10
 
 
@@ -2219,7 +2220,7 @@ class Lowering:
         elif spec.group > 1:
             # row blocks of a few groups, or one group each (the kernel runs row blocks
             # slowest, then samples, then tiles: a block's code is reused over the call's
-            # positions; group_blocking)
+            # positions; group_blocks)
             ob = 64 if spec.ots else 4 * lift(ors).value if lift(ors).is_const() else 0
             variants = [(group_blocks(nunits, sw.data.size, tiles_1, self.threads,
                                       spec.group * ob), guard)]
