@@ -181,19 +181,32 @@ def _io(call) -> tuple[int, int]:
     return (TG.G_X, TG.G_OUT) if call.band.halo == GATHER_HALO else (E_.A_X, E_.A_OUT)
 
 
-def _reach(band: Band, rows: int, lag: int) -> int:
-    """Rows a gather's bands read behind their own first row (its ring needs them): over
-    its steps, how far the first row of a step's first tile lies before the step's rows."""
-    h, back, done = band.h, 0, 0
-    for step in range(-(-(h + lag) // rows)):
-        r0, r1 = max(0, step * rows - lag), min(h, (step + 1) * rows - lag)
+def _window(step: int, rows: int, lag: int, h: int) -> tuple[int, int]:
+    """The rows [r0, r1) a call ``lag`` rows behind the band front runs at ``step`` (empty
+    when r1 <= r0)."""
+    return max(0, step * rows - lag), min(h, (step + 1) * rows - lag)
+
+
+def _gather_steps(band: Band, rows: int, lag: int) -> dict[int, tuple[int, int, int]]:
+    """A gather's calls in its run: step -> (its rows' first, first tile, end tile), at the
+    steps that complete tiles (Band.tiles_done)."""
+    out, done = {}, 0
+    for step in range(-(-(band.h + lag) // rows)):
+        r0, r1 = _window(step, rows, lag, band.h)
         if r1 <= r0:
             continue
         upto = band.tiles_done(r1)
         if upto > done:
-            back = max(back, r0 - band.first_row(done))
+            out[step] = (r0, done, upto)
         done = upto
-    return back
+    return out
+
+
+def _reach(band: Band, rows: int, lag: int) -> int:
+    """Rows a gather's bands read behind their own first row (its ring needs them): over
+    its steps, how far the first row of a step's first tile lies before the step's rows."""
+    return max((r0 - band.first_row(t0) for r0, t0, _ in
+                _gather_steps(band, rows, lag).values()), default=0)
 
 
 def _rings(calls, access, s: int, e: int, lags, rows: int, roots) -> dict[str, int]:
@@ -416,20 +429,18 @@ def band_calls(p, stop: int, l2: int, layout: dict[str, int],
                 if j is not None:
                     last_of.setdefault(j, []).append(c)
         steps = -(-(h + max(lags)) // rows)
-        done = [0] * len(run)  # (a gather's tiles so far)
+        gathers = {k: _gather_steps(c.band, rows, lags[k]) for k, c in enumerate(run)
+                   if c.band.halo == GATHER_HALO}
         for step in range(steps):
             for k, c in enumerate(run):
                 if c.band.halo == -1:
                     continue
-                r0 = max(0, step * rows - lags[k])
-                r1 = min(h, (step + 1) * rows - lags[k])
-                if r1 <= r0:
+                if k in gathers:
+                    if step in gathers[k]:
+                        new.append(_gather_call(c, *gathers[k][step][1:]))
                     continue
-                if c.band.halo == GATHER_HALO:
-                    upto = c.band.tiles_done(r1)
-                    if upto > done[k]:
-                        new.append(_gather_call(c, done[k], upto))
-                    done[k] = upto
+                r0, r1 = _window(step, rows, lags[k], h)
+                if r1 <= r0:
                     continue
                 new.append(_band_call(p, c, r0, r1, h, w, layout, ring))
                 if r1 >= h:
