@@ -244,6 +244,12 @@ KBLOCK = 576
 # (256 channels at 14 x 14) 0.76-0.88x the time with two blocks of 128 channels against four
 # of 64, in three same-process runs (bench/op_ab.py), layer4 level (KBLOCK 0 turns both off)
 KBLOCK_TAIL = 1152
+# ... and at most this many values an item runs over a tile (its row block's nonzeros in one
+# column block), so the code an item runs tile after tile stays near ~55 KB: ResNet-18 b16's
+# layer3 3x3 convs (59k values, four row blocks) keep two blocks of 128 channels, layer4's
+# (236k) take eight of 64. KBLOCK_TAIL=576 for all (bench/op_ab.py, one process, profiled
+# calls): layer4's 3x3 convs 0.87-0.96x the time, layer3's 1.12-1.20x. 0: off.
+KBLOCK_TAIL_NNZ = 7500
 KBLOCK_X_BYTES = 512 << 10
 KBLOCK_TILES = 64
 KBLOCK_TILES_S2 = 16
@@ -2175,7 +2181,8 @@ class Lowering:
             if spec.group > 1 and panels > 1:
                 spec = replace(spec, panels=True)
             elif spec.group > 1:
-                spec = replace(spec, kcols=self._kcols(indices, spec.span))
+                groups = -(-sw.rows // spec.group)
+                spec = replace(spec, kcols=self._kcols(indices, spec.span, groups))
             baked = E_.Pattern(sw.indptr, indices)
         # the generic AVX2 kernel over a conv's positions in whole vectors: tiles of 5-8
         # vectors, and column panels whose x fits what the tile's partial sums and the
@@ -2294,12 +2301,13 @@ class Lowering:
             return f"native sparse specialised (rows in groups of {spec.group}, assembly)"
         return "native sparse specialised" if baked is not None else "native sparse generic"
 
-    def _kcols(self, indices: np.ndarray, span: int) -> int:
+    def _kcols(self, indices: np.ndarray, span: int, groups: int) -> int:
         """KernelSpec.kcols of the op's grouped call: blocks of whole input channels (with
         all their planes: a stride-2 conv has four), KBLOCK columns (channels x taps;
-        KBLOCK_TAIL in the whole-batch tail) or a little more, or two blocks (KBLOCK_HALVES);
-        in index units (a shifted conv's indices are float offsets, a pointwise one's
-        channel rows). Only when that makes
+        KBLOCK_TAIL in the whole-batch tail, fewer where an item's code would pass
+        KBLOCK_TAIL_NNZ values: a row block of ``groups`` groups over a column block) or a
+        little more, or two blocks (KBLOCK_HALVES); in index units (a shifted conv's indices
+        are float offsets, a pointwise one's channel rows). Only when that makes
         two blocks or more over maps of at most KBLOCK_TILES vectors (KBLOCK_TILES_S2 for a
         strided conv; ``span`` floats a sample); else 0."""
         op = self.plan.ops[self.i]
@@ -2311,6 +2319,9 @@ class Lowering:
         taps = int(np.prod([int(v) for v in kernel]))
         cin = self.shape(op.inputs[0])[1].value
         per = -(-cols // taps)  # channels a block
+        if tail and KBLOCK_TAIL_NNZ > 0:  # (the row blocks _spmm_one makes: KBLOCK_ITEMS)
+            nrb = max(1, min(groups, KBLOCK_ITEMS * self.threads))
+            per = max(1, min(per, KBLOCK_TAIL_NNZ * nrb * cin // indices.size))
         if cin < 2 * per and cin * taps >= KBLOCK_HALVES > 0:
             per = cin // 2  # (two blocks of half the channels)
         strided = any(int(v) > 1 for v in op.attrs.get("stride", (1,))) \

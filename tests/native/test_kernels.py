@@ -1412,9 +1412,11 @@ class _DownBasic(torch.nn.Module):
         return torch.relu(y + (x if self.ds is None else self.ds(x)))
 
 
-@pytest.mark.parametrize("hw,kblock,panels", [((28, 20), None, False), ((24, 24), 18, False),
-                                              ((28, 20), None, True)])
-def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock, panels):
+@pytest.mark.parametrize("hw,kblock,panels,nnz", [((28, 20), None, False, None),
+                                                  ((24, 24), 18, False, None),
+                                                  ((28, 20), None, True, None),
+                                                  ((24, 24), None, False, 60)])
+def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock, panels, nnz):
     """ResNet-18's tail packed (PACK_MASKED): basic blocks over maps of 7 x 5 and 6 x 6
     positions (not square; H and W told apart), each 3x3 conv one grouped call over the
     packed maps with the taps off a map's edge masked per lane, the stride-2 conv over packed
@@ -1424,7 +1426,8 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock, pan
     NaN in one sample's input reaches no other sample (a masked tap reads a neighbour's
     floats and must not add them); saved, loaded and exported as a C library alike; the same
     values as with PACK_MASKED off. ``kblock``: the tail's column blocks (KBLOCK_TAIL) of 2
-    channels, so the masked convs run column-blocked too. ``panels``: every masked conv's
+    channels, so the masked convs run column-blocked too; ``nnz``: the same from the bound on
+    an item's values (KBLOCK_TAIL_NNZ), KBLOCK_TAIL as it is. ``panels``: every masked conv's
     block in panels of 2-3 tiles (lower.PKM_PANELS, in models only where a block's x is over
     L2)."""
     torch.manual_seed(seed)
@@ -1439,6 +1442,8 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock, pan
     monkeypatch.setenv("SPARSECC_TAIL_BYTES", "14K")
     if kblock:
         monkeypatch.setattr(lower, "KBLOCK_TAIL", kblock)
+    if nnz:
+        monkeypatch.setattr(lower, "KBLOCK_TAIL_NNZ", nnz)
     if panels:
         monkeypatch.setattr(lower, "PKM_PANELS", 1e-9)
         monkeypatch.setattr(lower, "PACK_PANEL_BYTES", 4096)
@@ -1462,8 +1467,8 @@ def test_packed_masked_basic_blocks(seed, monkeypatch, tmp_path, hw, kblock, pan
                      if k.spec is not None and k.spec.edge_h]
         assert all(in_panels) if panels else not any(in_panels), in_panels
         # (the stride-1 ones; a stride-2 conv's four planes a channel stay in one block)
-        assert masked_kcols and sum(1 for c in masked_kcols if c) == (3 if kblock else 0), \
-            masked_kcols
+        assert masked_kcols and \
+            sum(1 for c in masked_kcols if c) == (3 if kblock or nnz else 0), masked_kcols
     _matches_after_junk(cm, model, shape, (16, 13, 19, 1), junk=14)
     x = torch.randn(16, *shape)
     x[5, 1, 3, 4] = float("nan")
