@@ -1970,6 +1970,34 @@ def test_group_blocks_rule():
     assert lower.group_blocks(1, 100, 49, 2, span) == 1
 
 
+@pytest.mark.parametrize("vw", [16, 8])
+def test_group_asm_values_after_epilogue(vw):
+    """A grouped chunk of several groups (the models' chunks hold one each): a clamp's bounds
+    go through eax in a group's epilogue, so the next group's values must set their window
+    (rax) up again before its first FMA reads one."""
+    from sparsecc.codegen.llvm import emit_specialized as es
+    from sparsecc.codegen.llvm.emit import KernelSpec, Pattern
+
+    rng = np.random.default_rng(0)
+    group = 30 if vw == 16 else 14
+    mask = rng.random((3 * group, 40)) < 0.2
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
+    spec = KernelSpec("spmm", vw, 1, "clamp", 0.0, 6.0, True, 16, pattern_hash="t", xrs=16,
+                      span=vw, group=group)
+    lines = es._group_asm("f", spec, Pattern(indptr, np.nonzero(mask)[1].astype(np.int64)),
+                          0, 3 * group, es.pieces(vw, vw, 1, False))
+    valid, reads = False, 0
+    for line in lines:
+        if line.startswith("lea rax"):
+            valid = True
+        elif line.startswith("mov eax"):
+            valid = False
+        elif "[rax" in line:
+            assert valid, line
+            reads += 1
+    assert reads == int(indptr[-1])
+
+
 def test_group_tiles_outer_rule(monkeypatch):
     """lower.group_tiles_outer: tiles outer for a sample's x that, with the code, overflows
     the L2 share, while the code alone fits GROUP_OUTER_CODE of L2; not for small x or big

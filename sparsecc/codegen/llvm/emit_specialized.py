@@ -344,6 +344,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
                         emit_(f"vfmadd231ps ymm{i * nv + v}, {xv[v]}, {bcast}")
                 q += 1
         act = spec.act if last else "none"
+        window = None  # (the epilogue may use rax: the next group's values set it up again)
         if act == "relu":
             emit_(f"vxorps {lo}, {lo}, {lo}")
         elif act == "clamp":
