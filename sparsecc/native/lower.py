@@ -247,7 +247,7 @@ KBLOCK_TAIL = 1152
 # ... and at most this many values an item runs over a tile (its row block's nonzeros in one
 # column block), so the code an item runs tile after tile stays near ~55 KB: ResNet-18 b16's
 # layer3 3x3 convs (59k values, four row blocks) keep two blocks of 128 channels, layer4's
-# (236k) take eight of 64. KBLOCK_TAIL=576 for all (bench/op_ab.py, one process, profiled
+# (236k) eight of 65. KBLOCK_TAIL=576 for all (bench/op_ab.py, one process, profiled
 # calls): layer4's 3x3 convs 0.87-0.96x the time, layer3's 1.12-1.20x. 0: off.
 KBLOCK_TAIL_NNZ = 7500
 KBLOCK_X_BYTES = 512 << 10
