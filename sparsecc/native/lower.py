@@ -2223,7 +2223,7 @@ class Lowering:
         variants = [(1, guard)]
         if spec.kcols:
             # a few row blocks of groups, an item one of them over a set of samples
-            variants = [(min(nunits, KBLOCK_ITEMS * self.threads), guard)]
+            variants = [(self._kblock_row_blocks(nunits), guard)]
         elif spec.group > 1:
             # row blocks of a few groups, or one group each (the kernel runs row blocks
             # slowest, then samples, then tiles: a block's code is reused over the call's
@@ -2301,6 +2301,11 @@ class Lowering:
             return f"native sparse specialised (rows in groups of {spec.group}, assembly)"
         return "native sparse specialised" if baked is not None else "native sparse generic"
 
+    def _kblock_row_blocks(self, groups: int) -> int:
+        """Row blocks of a column-blocked grouped call of ``groups`` row groups (an item is
+        one of them over a set of samples): KBLOCK_ITEMS a thread."""
+        return max(1, min(groups, KBLOCK_ITEMS * self.threads))
+
     def _kcols(self, indices: np.ndarray, span: int, groups: int) -> int:
         """KernelSpec.kcols of the op's grouped call: blocks of whole input channels (with
         all their planes: a stride-2 conv has four), KBLOCK columns (channels x taps;
@@ -2319,8 +2324,8 @@ class Lowering:
         taps = int(np.prod([int(v) for v in kernel]))
         cin = self.shape(op.inputs[0])[1].value
         per = -(-cols // taps)  # channels a block
-        if tail and KBLOCK_TAIL_NNZ > 0:  # (the row blocks _spmm_one makes: KBLOCK_ITEMS)
-            nrb = max(1, min(groups, KBLOCK_ITEMS * self.threads))
+        if tail and KBLOCK_TAIL_NNZ > 0:
+            nrb = self._kblock_row_blocks(groups)
             per = max(1, min(per, KBLOCK_TAIL_NNZ * nrb * cin // indices.size))
         if cin < 2 * per and cin * taps >= KBLOCK_HALVES > 0:
             per = cin // 2  # (two blocks of half the channels)
