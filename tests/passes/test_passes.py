@@ -196,3 +196,87 @@ def test_prune_recipe_section(seed):
     assert all(op.attrs["fmt"] == "csr" for op in cm.plan.ops if op.kind == "linear")
     assert np.isclose(np.mean([op.attrs["density"] for op in cm.plan.ops
                                if op.kind == "linear"]), 0.2, atol=2e-3)
+
+
+class _Inverted(nn.Module):
+    """MobileNetV2's block: 1x1 expand + ReLU6, depthwise 3x3 + ReLU6, 1x1 project; the
+    depthwise channels ``empty`` have only zero taps. ``tap`` returns the expanded tensor too
+    (a second reader of it), ``pad`` pads the project conv (its input is then not constant
+    at the border)."""
+
+    def __init__(self, empty, tap=False, pad=0, stride=1):
+        super().__init__()
+        self.tap = tap
+        self.expand = nn.Conv2d(4, 6, 1)
+        self.dw = nn.Conv2d(6, 6, 3, stride=stride, padding=1, groups=6)
+        self.project = nn.Conv2d(6, 5, 1, padding=pad)
+        with torch.no_grad():
+            self.dw.bias.uniform_(-1, 8)  # some past ReLU6's clamp on either side
+            self.dw.weight[list(empty)] = 0.0
+
+    def forward(self, x):
+        e = nn.functional.relu6(self.expand(x))
+        y = self.project(nn.functional.relu6(self.dw(e)))
+        return (y, e) if self.tap else y
+
+
+def _fused_plan(m, x):
+    cap = capture(m, x)
+    run_pass("normalize", cap.gm)
+    plan = lower(cap)
+    res = run_pass("fuse", plan)
+    ops = {op.layer or op.name: op for op in plan.ops if op.kind == "conv2d"}
+    return plan, res, {k: plan.constants[op.params["weight"]] for k, op in ops.items()}
+
+
+@pytest.mark.parametrize("tap,pad,stride", [(False, 0, 1), (False, 0, 2), (True, 0, 2),
+                                            (False, 1, 1)])
+def test_fuse_empty_depthwise_channels(seed, tap, pad, stride):
+    from sparsecc.api import CompiledModel
+
+    empty = [0, 3, 4]
+    m = _Inverted(empty, tap, pad, stride).eval()
+    x = torch.randn(2, 4, 7, 5)
+    plan, res, w = _fused_plan(m, x)
+    gone = not tap and not pad  # nothing computes or reads the empty channels
+    assert w["dw"].shape[0] == (3 if gone else 6)
+    assert w["expand"].shape[0] == w["dw"].shape[0] == w["project"].shape[1]
+    if not gone:
+        rows = ~w["expand"].reshape(6, -1).any(axis=1)
+        cols = ~w["project"].reshape(5, 6).any(axis=0)
+        # the expand rows die only when the depthwise conv is their one reader; the project
+        # columns fold only without padding
+        assert list(np.flatnonzero(rows)) == ([] if tap else empty)
+        assert list(np.flatnonzero(cols)) == ([] if pad else empty)
+    else:  # the kept channels' weights as they were
+        np.testing.assert_array_equal(w["dw"], m.dw.weight.detach().numpy()[[1, 2, 5]])
+    assert any("empty depthwise" in n for n in res.notes)
+    assert not run_pass("fuse", plan).changed
+    assert m.expand.weight.abs().sum(dim=(1, 2, 3)).min() > 0  # the user's module untouched
+    cm = CompiledModel(plan)
+    for batch in (1, 3):
+        xb = torch.randn(batch, 4, 7, 5)
+        with torch.no_grad():
+            got, ref = cm(xb), m(xb)
+        for g, r in zip(got, ref) if tap else [(got, ref)]:
+            assert_matches(g, r)
+        with torch.no_grad():  # and the native library's
+            got = sparsecc.compile(m, xb)(xb)
+        for g, r in zip(got, ref) if tap else [(got, ref)]:
+            assert_matches(g, r)
+
+
+def test_fuse_empty_depthwise_edges(seed):
+    """Every channel empty (one stays, and the project conv is its bias), a 1 x 1 map, and a
+    NaN tap (not zero: its channel is kept)."""
+    m = _Inverted(range(6)).eval()
+    for x in (torch.randn(2, 4, 1, 1), torch.randn(1, 4, 6, 9)):
+        plan, _, w = _fused_plan(m, x)
+        assert w["dw"].shape[0] == 1 and not w["expand"].any() and not w["project"].any()
+        with torch.no_grad():
+            assert_matches(sparsecc.compile(m, x)(x), m(x))
+    m = _Inverted([1, 2]).eval()
+    with torch.no_grad():
+        m.dw.weight[2, 0, 1, 1] = float("nan")
+    _, _, w = _fused_plan(m, torch.randn(1, 4, 5, 5))
+    assert w["dw"].shape[0] == 5 and np.isnan(w["dw"][1]).any()

@@ -525,6 +525,9 @@ def _kblocked_items(k: _Fn, spec, pattern, row_fns, rsplit, ntiles, nrb, tile) -
                         tile(n, t, ci, b.add(ci, I64(1)))
 
 
+TAIL_PLAIN_WHOLE = True
+
+
 def _masked_tail(k: _Fn, spec, rem, lanes, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors):
     """The last tile of a generic kernel, ``rem`` floats wide: lane l of vector v is live when
     v*vw + l < rem."""
@@ -545,8 +548,9 @@ def _masked_tail(k: _Fn, spec, rem, lanes, indptr, idx, data, xb, ob, bias, r0, 
         blk = k.fn.append_basic_block(f"tail{nv}")
         sw.add_case(I64(nv), blk)
         b.position_at_end(blk)
-        _spmm_tile(k, replace(spec, tile=nv), masks[:nv], indptr, idx, data, xb, ob, bias, r0,
-                   r1, xrs, ors, None)
+        vmasks = [None] * (nv - 1) + masks[nv - 1:nv] if TAIL_PLAIN_WHOLE else masks[:nv]
+        _spmm_tile(k, replace(spec, tile=nv), vmasks, indptr, idx, data, xb, ob, bias, r0, r1,
+                   xrs, ors, None)
         b.branch(done)
     b.position_at_end(done)
 
