@@ -21,14 +21,16 @@ _FUSABLE_BINARY = ("add", "sub", "mul", "div")  # float arithmetic (a residual a
 @dataclass(frozen=True)
 class FuseOptions:
     epilogues: bool = True
-    # a depthwise conv's channels whose taps are all zero: their producer's rows emptied and
-    # their constant outputs folded into a 1x1 consumer's bias (empty_channels)
+    # a depthwise conv's channels whose taps are all zero: their producer's rows emptied,
+    # their constant outputs folded into 1x1 readers' biases, and the channels removed where
+    # no one then computes or reads them (empty_channels)
     empty_channels: bool = True
 
 
 @register_pass("fuse", options=FuseOptions, level="plan")
 def fuse(plan: ExecutionPlan, opts: FuseOptions) -> PassResult:
-    """Fuse act ops into their producer's epilogue, then eliminate dead ops and constants."""
+    """Fuse act ops into their producer's epilogue, take a depthwise conv's empty channels
+    out (empty_channels), then eliminate dead ops and constants."""
     fused = fuse_epilogues(plan) if opts.epilogues else 0
     rows, cols, removed = empty_channels(plan) if opts.empty_channels else (0, 0, 0)
     dead = eliminate_dead(plan)
