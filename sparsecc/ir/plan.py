@@ -100,6 +100,11 @@ class ExecutionPlan:
     def spec(self, name: str) -> TensorSpec:
         return self.tensors[name]
 
+    def add_constant(self, name: str, value: np.ndarray) -> None:
+        """``value`` as constant ``name``, with its tensor spec (plain, batch-free)."""
+        self.constants[name] = value
+        self.tensors[name] = TensorSpec(name, tuple(value.shape), str(value.dtype))
+
     def users(self) -> dict[str, list[int]]:
         """Map each value name to the indices of the ops that read it."""
         out: dict[str, list[int]] = {}

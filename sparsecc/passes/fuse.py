@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsecc.ir.plan import ExecutionPlan, Op, TensorSpec
+from sparsecc.ir.plan import ExecutionPlan, Op
 from sparsecc.passes.registry import PassResult, register_pass
 
 FUSABLE_PRODUCERS = ("linear", "conv2d", "binary")
@@ -107,8 +107,7 @@ def _set_constant(plan: ExecutionPlan, op: Op, role: str, value: np.ndarray) -> 
     name = f"{op.name}.{role}.folded"
     while name in plan.constants or name in plan.tensors:
         name += "_"
-    plan.constants[name] = value
-    plan.tensors[name] = TensorSpec(name, tuple(value.shape), str(value.dtype))
+    plan.add_constant(name, value)
     op.params[role] = name
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from sparsecc.errors import PassError
 from sparsecc.formats import qint8 as Q
-from sparsecc.ir.plan import ExecutionPlan, Op, TensorSpec
+from sparsecc.ir.plan import ExecutionPlan, Op
 from sparsecc.passes.registry import PassResult, register_pass
 
 METHODS = ("minmax", "percentile", "mse", "entropy")
@@ -326,8 +326,7 @@ def _rewrite(plan: ExecutionPlan, i: int, qw: Q.QWeight, bias, scale: float, zer
     for role, arr in (("indptr", qw.indptr), ("indices", qw.groups), ("data", qw.data),
                       ("mult", mult), ("bias", b2)):
         name = params[role] = f"{base}.q8_{role}"
-        plan.constants[name] = arr = np.ascontiguousarray(arr)
-        plan.tensors[name] = TensorSpec(name, tuple(arr.shape), str(arr.dtype))
+        plan.add_constant(name, np.ascontiguousarray(arr))
     for name in op.params.values():
         if not any(name == c for j, o in enumerate(plan.ops) if j != i
                    for c in o.params.values()):

@@ -22,7 +22,7 @@ import numpy as np
 from sparsecc.formats import cost
 from sparsecc.formats.csr import density
 from sparsecc.formats.pack import candidates, pack, stored_values
-from sparsecc.ir.plan import ExecutionPlan, Op, TensorSpec, resolve_shape
+from sparsecc.ir.plan import ExecutionPlan, Op, resolve_shape
 from sparsecc.passes.registry import PassResult, register_pass
 from sparsecc.runtime.ops.sparse import Shift
 
@@ -253,8 +253,7 @@ def _to_sparse(plan: ExecutionPlan, op: Op, w: np.ndarray, fmt: str) -> None:
     base = op.params.pop("weight")
     for role, arr in pack(fmt, w.reshape(w.shape[0], -1)).items():
         name = f"{base}.{role}"
-        plan.constants[name] = arr
-        plan.tensors[name] = TensorSpec(name, tuple(arr.shape), str(arr.dtype))
+        plan.add_constant(name, arr)
         op.params[role] = name
     op.attrs["fmt"] = fmt
     op.attrs["weight_shape"] = [int(d) for d in w.shape]

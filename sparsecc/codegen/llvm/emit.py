@@ -525,6 +525,9 @@ def _kblocked_items(k: _Fn, spec, pattern, row_fns, rsplit, ntiles, nrb, tile) -
                         tile(n, t, ci, b.add(ci, I64(1)))
 
 
+# A masked tail variant of n live vectors masks only its last one (the n - 1 before it are
+# whole: plain loads and stores). MobileNetV2 global b1 plain calls level against masking
+# every vector (0.993x, Zen 3, bench/op_ab.py --plain 600); kept for the simpler loop.
 TAIL_PLAIN_WHOLE = True
 
 
