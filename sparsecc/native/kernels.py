@@ -405,6 +405,23 @@ def k_pads(start, stop, a):
 
 
 @_kernel
+def k_endpads(start, stop, a):
+    """[planes, N, C, hq, wq, stride, ps]: zero the first run of each (hq, wq) plane (row 0
+    and row 1's first float) and its last (row hq - 1 and the gap to the next plane, ``ps``
+    floats apart); samples ``stride`` floats apart, items N*C. The conv before wrote its wide
+    rows into the interiors with zeros at the wrap columns (KernelSpec.wrap), which land on
+    the other border floats."""
+    hq, wq = a[3], a[4]
+    out = _strided3(a[0], a[1], a[2], a[6], a[5])
+    for t in range(start, stop):
+        row = out[t // a[2], t % a[2]]
+        for j in range(wq + 1):
+            row[j] = 0.0
+        for j in range((hq - 1) * wq, a[6]):
+            row[j] = 0.0
+
+
+@_kernel
 def k_rowpads(start, stop, a):
     """[planes, N, C, W, H, stride, ps]: zero the rows planes' padding (row 0, and rows H + 1
     on up to ps floats: the conv before wrote the interiors, rows 1..H), channels ``ps``

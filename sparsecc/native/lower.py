@@ -585,6 +585,7 @@ class Lowering:
         # last spmm asked for that could not (Lowering.spmm's ``ods``)
         self.dual_written: set[str] = set()
         self.ods_missed = False
+        self.wrap_missed = False  # (the same for KernelSpec.wrap: Lowering.spmm's ``wrap``)
         self._rows_memo: dict[int, RowsGeom | None] = {}
         # stride-2 rows planes a phase pass made of a tensor: name -> (the temporary, its
         # geometry, the op): a stride-2 1x1 conv of the same tensor reads their (1, 0)
@@ -2119,13 +2120,15 @@ class Lowering:
              x: Slot, out: Slot, *, n, L, xrs, ors, xns, ons, indices, x_rows, reach=0,
              guard=None, panel_of=None, res: Slot | None = None, xalign: bool = False,
              whole: bool = False, panels: int = 0, dual: np.ndarray | None = None,
-             ods: int = 0):
+             ods: int = 0, wrap: tuple[int, int] = (0, 0)):
         """``whole``: x's, out's (and res's) rows have room for L rounded up to whole vectors
         (their strides, or slack after them), whose extra lanes nothing else reads.
         ``dual``: the indices' pairs for dual planes (_dual_offsets), which the generic AVX2
         conv kernel takes (the others read the first copy at ``indices``). ``ods``: out is
         dual planes, the second copy ``ods`` floats past the first; the generic kernel
-        writes both (KernelSpec.dual_out), else self.ods_missed is set.
+        writes both (KernelSpec.dual_out), else self.ods_missed is set. ``wrap``: (W', W),
+        the generic kernel stores zero at out's wrap columns (KernelSpec.wrap), else
+        self.wrap_missed is set.
         ``panels`` > 1: the grouped kernel runs a sample's tiles in that many panels, every
         row group over a panel before the next (emit.A_PANELS; the packed tail's blocks)."""
         fixed = lift(L).is_const() and lift(xrs).is_const()
@@ -2145,7 +2148,7 @@ class Lowering:
             L = const(-(-lift(L).value // self.vw) * self.vw)
         kw = dict(n=n, L=L, xrs=xrs, ors=ors, xns=xns, ons=ons, indices=indices,
                   x_rows=x_rows, reach=reach, panel_of=panel_of, res=res, xalign=xalign,
-                  panels=panels, dual=dual, ods=ods)
+                  panels=panels, dual=dual, ods=ods, wrap=wrap)
         if mode != "batch":
             return self._spmm_one(op, sw, spec, specialise, bias, x, out, mode == "always",
                                   guard, **kw)
@@ -2163,7 +2166,7 @@ class Lowering:
     def _spmm_one(self, op: Op, sw: SP.SparseWeight, spec: E_.KernelSpec, specialise: bool,
                   bias: Slot, x: Slot, out: Slot, grouped: bool, guard, *, n, L, xrs, ors,
                   xns, ons, indices, x_rows, reach, panel_of, res, xalign, panels, dual,
-                  ods):
+                  ods, wrap):
         from sparsecc.codegen.llvm import driver
 
         baked = None
@@ -2200,6 +2203,10 @@ class Lowering:
             spec = replace(spec, dual_out=True)
         elif ods:
             self.ods_missed = True
+        if wrap[0] and avx2_conv and spec.act in E_.FUSED_ACTS and not spec.ots:
+            spec = replace(spec, wrap=wrap)
+        elif wrap[0]:
+            self.wrap_missed = True
         sym = self.sparse_kernel(spec, baked)
         L = lift(L)
         ntiles = L.cdiv(spec.vw * spec.tile)
@@ -2749,8 +2756,13 @@ class Lowering:
                 return self._shifted_direct_pk(op, swt, x, out, bslot, act, g, res)
         rows = cin.value * g.phases
         ps = self._plane_stride(g)
+        written = self.i in self.planes_in
+        # dual planes the phase pass would write both copies of (PHASE_DUAL; AVX2 only,
+        # where the gather of _gather_planes never runs)
+        by_phase = PHASE_DUAL and not written and g.sw in PH.STRIDES and not self._pk(x) \
+            and self.vw == 8
         # a sample's planes on a cache line, as the grouped kernel's aligned x loads want
-        per_a, per_sample = self._sample_floats(op, rows, ps, g, self.i in self.planes_in)
+        per_a, per_sample = self._sample_floats(op, rows, ps, g, written or by_phase)
         given = self.planes_in.pop(self.i, None)
         if given is not None:  # the conv before wrote them (see below)
             planes = given
@@ -2761,11 +2773,16 @@ class Lowering:
             if self._gather_planes(x, planes, g, cin.value, ps, per_sample):
                 pass
             elif g.sw in PH.STRIDES:  # vectorised; an item is a sample's channel's row phase
+                dual_phase = by_phase and per_sample != per_a
                 with self._packed():
-                    self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, self._pk(x))),
-                              args + [I(ps)] + self._phase_io(x, nb),
+                    self.call(self.ir_kernel(PH.PhaseSpec(self.vw, g.sw, self._pk(x),
+                                                          dual_phase)),
+                              args + [I(ps)] + self._phase_io(x, nb) +
+                              ([I(per_a + 8)] if dual_phase else []),
                               PH.items(self._phase_n(x, nb), cin, len(g.pys)),
-                              float(ps * len(g.pxs)))
+                              float(ps * len(g.pxs) * (2 if dual_phase else 1)))
+                if dual_phase:
+                    self.dual_written.add(planes)
             else:
                 self.call(self.numba("k_phase"), args, nb * rows, float(g.plane))
         L = g.ho * g.wq
@@ -2793,6 +2810,7 @@ class Lowering:
             self.planes_in[j] = cplanes
             ods = nxa + 8 if nxs != nxa and DUAL_WRITE else 0
             self.ods_missed = False
+            self.wrap_missed = not WRAP_ZEROS
             # (whole tiles when the extra positions stay in the channel's own plane: its
             # bottom border, zeroed after, or the gap to the next; x's reads stay in its
             # planes' slack)
@@ -2800,12 +2818,18 @@ class Lowering:
                               n=nb, L=L, xrs=1, ors=psj, xns=per_sample,
                               ons=nxs, indices=offs, x_rows=rows, reach=g.reach,
                               panel_of=offs // ps, xalign=True,
-                              whole=gj.wq + _round16(L) <= psj, dual=dual, ods=ods)
+                              whole=gj.wq + _round16(L) <= psj, dual=dual, ods=ods,
+                              wrap=(gj.wq, g.wo) if WRAP_ZEROS else (0, 0))
             for at in (0, ods) if ods and not self.ods_missed else (0,):
-                self.call(self.numba("k_pads"), [T(cplanes, at), I(nb), I(cout), I(gj.hq),
-                                                 I(gj.wq), I(nxs), I(psj),
-                                                 I(int(not gj.share))],
-                          nb * cout, float(2 * (gj.hq + gj.wq) + psj - gj.plane))
+                if self.wrap_missed:  # every border float
+                    self.call(self.numba("k_pads"), [T(cplanes, at), I(nb), I(cout),
+                                                     I(gj.hq), I(gj.wq), I(nxs), I(psj),
+                                                     I(int(not gj.share))],
+                              nb * cout, float(2 * (gj.hq + gj.wq) + psj - gj.plane))
+                else:  # the zeros at the wrap columns stored: the first and last runs
+                    self.call(self.numba("k_endpads"), [T(cplanes, at), I(nb), I(cout),
+                                                        I(gj.hq), I(gj.wq), I(nxs), I(psj)],
+                              nb * cout, float(2 * gj.wq + psj - gj.plane))
             if ods and not self.ods_missed:
                 self.dual_written.add(cplanes)
             dop = self.plan.ops[j]
@@ -3724,6 +3748,15 @@ DUAL_MIN_TAPS = 80
 # those 1.11x faster, the sum 0.991x.
 DUAL_WRITE = True
 DUAL_MIN_TAPS_WRITTEN = 40
+# Dual planes a phase pass makes are written twice by it (phase.PhaseSpec.dual: each item
+# copies its planes while they are in L1), so they too need only DUAL_MIN_TAPS_WRITTEN, and
+# no copy pass reads them back.
+PHASE_DUAL = True
+# A conv writing the next one's padded planes stores zeros at its wrap columns (the generic
+# AVX2 kernel, KernelSpec.wrap), which land on the planes' side borders, so the pass after
+# it (k_endpads) clears only each plane's first and last runs, not a float of every row
+# (k_pads) from lines already out of L2.
+WRAP_ZEROS = True
 # 3x3 / 1 convs over rows planes (Lowering._rows_geom): the input padded by zero rows only,
 # the taps across a row's edge masked per lane, the output dense: no wrap columns, no crop,
 # and the conv before (a 1x1, or another rows conv) writes straight into them, so no copy

@@ -47,8 +47,8 @@ ResNet-50 b16's downsample phase pass, the 3x3 convs' phase passes and the globa
 
 ABI ``void k(i64 start, i64 stop, i64* args)``; args as k_phase's (x, planes, N, C, H, W, ph,
 pw, sh, sw, pys, npy, pxs, npx, hq, wq, stride) then ps, x's channel stride (floats, >= H*W),
-xb, xss, ob, oss, nreal; items: N * C * npy (N rounded up to a block when either side is
-packed).
+xb, xss, ob, oss, nreal, and (PhaseSpec.dual) the floats from the planes to their copy;
+items: N * C * npy (N rounded up to a block when either side is packed).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from sparsecc.codegen.llvm.emit import I32, I64
 from sparsecc.native.vmath import _K
 
 (P_X, P_OUT, P_N, P_C, P_H, P_W, P_PH, P_PW, P_SH, P_SW, P_PYS, P_NPY, P_PXS, P_NPX, P_HQ,
- P_WQ, P_STRIDE, P_PS, P_XCS, P_XB, P_XSS, P_OB, P_OSS, P_NREAL) = range(24)
+ P_WQ, P_STRIDE, P_PS, P_XCS, P_XB, P_XSS, P_OB, P_OSS, P_NREAL, P_ODS) = range(25)
 STRIDES = (1, 2)  # along x; other strides take the numba kernel
 COPY_ROWS = True  # (_copy_rows)
 PLAIN_INSIDE = True  # (_columns: plain loads and stores inside the rows; A/B)
@@ -89,18 +89,25 @@ class PhaseSpec:
     # either side may be packed (xb, ob read); without it both are plain and the kernel has
     # none of the packed layout's arithmetic (3 more divisions an item)
     packed: bool = False
+    # plain planes held twice (native.lower's dual planes): each item copies the planes it
+    # wrote, still in L1, P_ODS floats further on (no copy pass over them after)
+    dual: bool = False
 
     @property
     def key(self) -> str:
-        return f"phase_v{self.vw}_s{self.sw}" + ("_pk" if self.packed else "")
+        return f"phase_v{self.vw}_s{self.sw}" + ("_pk" if self.packed else "") + \
+            ("_do" if self.dual else "")
 
     def emit(self, module: ir.Module, name: str) -> None:
-        emit_phase(module, name, self.vw, self.sw, self.packed)
+        emit_phase(module, name, self.vw, self.sw, self.packed, self.dual)
 
 
-def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = False) -> None:
+def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = False,
+               dual: bool = False) -> None:
     if sw not in STRIDES:
         raise ValueError(f"phase kernel: stride {sw} along x")
+    if dual and packed:
+        raise ValueError("phase kernel: dual planes are plain")
     k = _K(module, name, vw)
     b = k.b
     x0, out0 = k.arg_ptr(P_X, "x"), k.arg_ptr(P_OUT, "out")
@@ -171,6 +178,12 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = Fa
         else:
             _columns(k, sw, xc, oc, py, ph, pw, sh, h, w, hq, wq, ps, pxs, npx, plane, real,
                      gaps)
+        if dual:  # the item's npx planes (gaps included) again, ods floats on
+            p8 = ir.IntType(8).as_pointer()
+            memcpy = module.declare_intrinsic("llvm.memcpy", [p8, p8, I64])
+            b.call(memcpy, [b.bitcast(b.gep(oc, [k.arg_i64(P_ODS, "ods")]), p8),
+                            b.bitcast(oc, p8), b.mul(b.mul(npx, ps), I64(4)),
+                            ir.Constant(ir.IntType(1), 0)])
         b.branch(done)
         b.position_at_end(done)
     b.ret_void()

@@ -1523,18 +1523,22 @@ def test_conv_writes_next_convs_planes(seed, c, hw, act, force):
             assert_matches(cm(x), model(x))
 
 
+@pytest.mark.parametrize("wrap", [True, False])
 @pytest.mark.parametrize("hw", [1, 2, 7, 14, 15])
-def test_shared_pad_column(seed, monkeypatch, hw):
+def test_shared_pad_column(seed, monkeypatch, hw, wrap):
     """With AVX2 (lower.SHIFT_SHARE) a 3x3 / 1 conv's planes keep one padded column a row,
     shared by a row's right edge and the next row's left (Shift.share): the phase pass
     writes them wo + 1 wide, a conv writing the next one's planes leaves their last column
     alone (k_pads' ``right`` 0), a stride-2 conv's rows (wo + 1 wide already) go straight
     into them unwidened, and a zero float after each plane serves the last position's
-    bottom-right tap. 1-wide to odd 15-wide maps, a stride-2 conv in the chain, NaN and
-    huge values left in the arena first; against torch at batches 1 and 3."""
+    bottom-right tap. With lower.WRAP_ZEROS the generic kernel writing them stores zeros at
+    its wrap columns (KernelSpec.wrap) and k_endpads clears only each plane's first and
+    last runs. 1-wide to odd 15-wide maps, a stride-2 conv in the chain, NaN and huge
+    values left in the arena first; against torch at batches 1 and 3."""
     from sparsecc.native import lower as NLW
 
     monkeypatch.setattr(jit, "host", lambda: _HASWELL)
+    monkeypatch.setattr(NLW, "WRAP_ZEROS", wrap)
     monkeypatch.setattr(NLW, "DUAL_PLANES", False)  # (dual planes: test_dual_planes)
     torch.manual_seed(seed)
     c = 8
@@ -1549,29 +1553,35 @@ def test_shared_pad_column(seed, monkeypatch, hw):
     if hw >= 7:  # (smaller maps: no planes where the wrap columns would waste too much)
         phase = [c_ for c_ in prog.calls if c_.kernel.startswith("phase_v8_s1")]
         assert [c_.args[15].expr.value for c_ in phase] == [hw + 1], phase
+        # (k_endpads: the writer stored zeros at its wrap columns, lower.WRAP_ZEROS)
         pads = [c_.args[7].expr.value for c_ in prog.calls if c_.kernel == "k_pads"]
-        assert pads == [0, 0], pads
+        ends = sum(c_.kernel == "k_endpads" for c_ in prog.calls)
+        assert set(pads) <= {0} and len(pads) + ends == 2 and (ends >= 1) == wrap, \
+            (pads, ends)
         labels = cm.native.lib.labels
         assert sum("padded planes of" in v for v in labels.values()) == 2, labels
     _matches_after_junk(cm, model, (c, hw, hw), (1, 3))
 
 
-@pytest.mark.parametrize("write", [True, False])
+@pytest.mark.parametrize("write,phase", [(True, True), (False, True), (True, False),
+                                         (False, False)])
 @pytest.mark.parametrize("hw", [1, 2, 7, 9, 14, 15])
-def test_dual_planes(seed, monkeypatch, hw, write):
+def test_dual_planes(seed, monkeypatch, hw, write, phase):
     """With AVX2 (lower.DUAL_PLANES) a 3x3 / 1 conv's planes are held twice, the copy 8
     floats past the first's end, and the generic kernel reads each vector from the copy
     where it lies on one cache line (offset pairs, KernelSpec.idx_bits 64), tiles at both
-    parities: planes from the phase pass get a copy pass; those a conv wrote get both
-    copies from it (KernelSpec.dual_out, both copies' borders zeroed) or, without
-    DUAL_WRITE, a copy pass too. 1-wide to 15-wide maps with junk in the arena first,
-    against torch at batches 1 and 3, and bit for bit against the same model with single
-    planes (the same FMAs in the same order)."""
+    parities: planes from the phase pass get both copies from it (PhaseSpec.dual,
+    lower.PHASE_DUAL) or, without it, a copy pass; those a conv wrote get both copies from
+    it (KernelSpec.dual_out, both copies' borders zeroed) or, without DUAL_WRITE, a copy
+    pass too. 1-wide to 15-wide maps with junk in the arena first, against torch at
+    batches 1 and 3, and bit for bit against the same model with single planes (the same
+    FMAs in the same order)."""
     from sparsecc.native import lower as NLW
 
     monkeypatch.setattr(jit, "host", lambda: _HASWELL)
     monkeypatch.setattr(NLW, "DUAL_MIN_TAPS", 1)
     monkeypatch.setattr(NLW, "DUAL_WRITE", write)
+    monkeypatch.setattr(NLW, "PHASE_DUAL", phase)
     torch.manual_seed(seed)
     c = 8
     model = torch.nn.Sequential(
@@ -1589,14 +1599,17 @@ def test_dual_planes(seed, monkeypatch, hw, write):
     pairs = [k.spec for k in prog.kernels.values()
              if k.spec is not None and k.spec.idx_bits == 64]
     copies = [c_ for c_ in prog.calls if c_.kernel == "k_copy32"]
-    writers = {c_.op for c_ in prog.calls if c_.kernel in prog.kernels and
-               prog.kernels[c_.kernel].spec is not None and
-               prog.kernels[c_.kernel].spec.dual_out}
+    specs = [(c_.op, prog.kernels[c_.kernel].spec) for c_ in prog.calls
+             if c_.kernel in prog.kernels and prog.kernels[c_.kernel].spec is not None]
+    writers = {op for op, sp in specs if getattr(sp, "dual_out", False)}
+    by_phase = {c_.op for c_ in prog.calls if c_.kernel in prog.kernels and
+                getattr(prog.kernels[c_.kernel].ir_spec, "dual", False)}
     if hw >= 7:  # (smaller maps: no planes)
         # (a writer on small maps may take the grouped kernel at some batches: a copy
         # pass after it)
-        assert pairs and (1 <= len(copies) < 3 if write else len(copies) == 3), \
-            (pairs, copies, writers)
+        assert pairs and len(by_phase) == int(phase), by_phase
+        assert (1 - phase <= len(copies) < 3 - phase if write else
+                len(copies) == 3 - phase), (pairs, copies, writers)
         assert bool(writers) == write, writers
     assert not any(k.spec is not None and k.spec.idx_bits == 64
                    for k in cms[False].native.lib.program.kernels.values())

@@ -140,6 +140,11 @@ class KernelSpec:
     # (the dual planes of the conv after, native.lower.DUAL_PLANES, written by the conv
     # before them instead of copied)
     dual_out: bool = False
+    # generic spmm over a conv's wide rows (W' floats a row, W of them real): (W', W) stores
+    # zero at the positions p with p % W' >= W, the wrap columns, which land on the padding
+    # columns of the next conv's planes (native.lower: k_endpads then clears only the planes'
+    # first and last runs); (0, 0): none
+    wrap: tuple[int, int] = (0, 0)
 
     @property
     def key(self) -> str:
@@ -174,6 +179,8 @@ class KernelSpec:
             parts.append(f"ts{self.xts}.{self.ots}.{self.rts}")
         if self.dual_out:
             parts.append("do")
+        if self.wrap[0]:
+            parts.append(f"wr{self.wrap[0]}.{self.wrap[1]}")
         return "_".join(parts)
 
 
@@ -413,6 +420,23 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
                 live = b.icmp_signed("!=", v, _const_i64_vec(spec.vw, c))
                 bits = b.zext(b.bitcast(live, ir.IntType(spec.vw)), I64)
                 k.edge_masks = b.or_(k.edge_masks, b.shl(bits, I64(16 * at)))
+        if spec.wrap[0]:  # lanes at a wrap column, per vector (_csr_rows stores 0 there)
+            i32v = ir.VectorType(I32, spec.vw)
+            p32 = b.trunc(j0, I32)
+            start = b.shuffle_vector(b.insert_element(ir.Constant(i32v, ir.Undefined), p32,
+                                                      I32(0)),
+                                     ir.Constant(i32v, ir.Undefined),
+                                     ir.Constant(i32v, [0] * spec.vw))
+            k.wrap_keep = []
+            for v in range(spec.tile):
+                pos = b.add(start, ir.Constant(i32v, [v * spec.vw + i for i in range(spec.vw)]))
+                col = b.urem(pos, ir.Constant(i32v, [spec.wrap[0]] * spec.vw))
+                keep = b.sext(b.icmp_unsigned("<", col, ir.Constant(i32v, [spec.wrap[1]] *
+                                                                      spec.vw)), i32v)
+                # (an empty asm: the mask made here, once a tile, not its compare sunk
+                # into every row's epilogue; there one and, its operand from the stack)
+                k.wrap_keep.append(b.asm(ir.FunctionType(i32v, [i32v]), "", "=x,0", [keep],
+                                         False))
         odd = None
         if spec.idx_bits == 64:  # the tile's first vector at an odd vector of its line
             odd = b.icmp_signed("!=", b.and_(b.lshr(j0, I64(3)), I64(1)), I64(0))
@@ -695,6 +719,9 @@ def _csr_rows(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs,
                 res = k.act(total, spec)
                 if last is not None and spec.act != "none":
                     res = b.select(last, res, total)
+            if spec.wrap[0]:  # (a partial sum there is garbage too: the last panel's zero)
+                res = b.bitcast(b.and_(b.bitcast(res, k.wrap_keep[v].type), k.wrap_keep[v]),
+                                k.vty)
             ptr = b.gep(orow, [I64(v * spec.vw)], inbounds=True)
             k.vstore(res, ptr, mask)
             if spec.dual_out and last is None:
