@@ -131,6 +131,7 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = Fa
         q = b.sdiv(n, blk)
         return b.add(b.mul(q, per_block), b.mul(b.sub(n, b.mul(q, blk)), ss))
 
+    ods = k.arg_i64(P_ODS, "ods") if dual else None
     true = ir.Constant(ir.IntType(1), 1)
     with k.loop(k.fn.args[0], k.fn.args[1], "t") as t:
         if packed:  # t = ((block * c + ch) * npy + iy) * blk + sample in block
@@ -181,7 +182,7 @@ def emit_phase(module: ir.Module, name: str, vw: int, sw: int, packed: bool = Fa
         if dual:  # the item's npx planes (gaps included) again, ods floats on
             p8 = ir.IntType(8).as_pointer()
             memcpy = module.declare_intrinsic("llvm.memcpy", [p8, p8, I64])
-            b.call(memcpy, [b.bitcast(b.gep(oc, [k.arg_i64(P_ODS, "ods")]), p8),
+            b.call(memcpy, [b.bitcast(b.gep(oc, [ods]), p8),
                             b.bitcast(oc, p8), b.mul(b.mul(npx, ps), I64(4)),
                             ir.Constant(ir.IntType(1), 0)])
         b.branch(done)

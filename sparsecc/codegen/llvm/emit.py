@@ -422,11 +422,7 @@ def emit_spmm(module: ir.Module, name: str, spec: KernelSpec,
                 k.edge_masks = b.or_(k.edge_masks, b.shl(bits, I64(16 * at)))
         if spec.wrap[0]:  # lanes at a wrap column, per vector (_csr_rows stores 0 there)
             i32v = ir.VectorType(I32, spec.vw)
-            p32 = b.trunc(j0, I32)
-            start = b.shuffle_vector(b.insert_element(ir.Constant(i32v, ir.Undefined), p32,
-                                                      I32(0)),
-                                     ir.Constant(i32v, ir.Undefined),
-                                     ir.Constant(i32v, [0] * spec.vw))
+            start = _splat_val(b, i32v, b.trunc(j0, I32))
             k.wrap_keep = []
             for v in range(spec.tile):
                 pos = b.add(start, ir.Constant(i32v, [v * spec.vw + i for i in range(spec.vw)]))
@@ -587,10 +583,15 @@ def _const_i64_vec(vw, c):
 
 
 def _splat_i64_val(b, vw, v):
-    vty = ir.VectorType(I64, vw)
+    return _splat_val(b, ir.VectorType(I64, vw), v)
+
+
+def _splat_val(b, vty, v):
+    """The scalar ``v`` in every lane of a ``vty`` vector."""
     undef = ir.Constant(vty, ir.Undefined)
     v0 = b.insert_element(undef, v, I32(0))
-    return b.shuffle_vector(v0, undef, ir.Constant(ir.VectorType(I32, vw), [0] * vw))
+    zeros = ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count)
+    return b.shuffle_vector(v0, undef, zeros)
 
 
 def _spmm_tile(k: _Fn, spec, masks, indptr, idx, data, xb, ob, bias, r0, r1, xrs, ors,
