@@ -80,6 +80,23 @@ def test_spec_fields_added_later_take_their_defaults():
         kernels.spec_from_dict({**saved, "lanes": 3})
 
 
+def test_spec_from_an_artifacts_json():
+    """The index is JSON: a spec's pairs come back as lists and are made tuples again, so
+    the spec equals (and hashes as) the one saved; ``wrap`` and the tile strides, added
+    after the first indexes, take their defaults; a wrap that is not a pair is refused."""
+    spec = emit.KernelSpec("spmm", 8, tile=7, idx_bits=64, dual_out=True, wrap=(57, 56),
+                           act="relu", ots=57)
+    saved = json.loads(json.dumps(dataclasses.asdict(spec)))
+    assert isinstance(saved["wrap"], list)
+    back = kernels.spec_from_dict(saved)
+    assert back == spec and hash(back) == hash(spec) and back.key == spec.key
+    old = {k: v for k, v in saved.items() if k not in ("wrap", "xts", "ots", "rts")}
+    assert kernels.spec_from_dict(old) == dataclasses.replace(spec, wrap=(0, 0), ots=0)
+    for bad in ([57], [57, 56, 1], ["x", 1]):
+        with pytest.raises(ValueError):
+            kernels.spec_from_dict({**saved, "wrap": bad})
+
+
 def test_native_load_links_and_matches(saved):
     path, x, ref = saved
     assert api._link_native(path)  # the library's main object, by its cache key

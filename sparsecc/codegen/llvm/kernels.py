@@ -87,13 +87,19 @@ def spec_from_dict(d: dict) -> emit.KernelSpec:
     fields = {f.name: f.type for f in dataclasses.fields(emit.KernelSpec)}
     # indexes written before a field existed: its default (the kernel the key names did not
     # have it either)
-    d = {"residual": False, "panels": False, "kcols": 0, "edge_h": 0, "dual_out": False, **d}
+    d = {"residual": False, "panels": False, "kcols": 0, "edge_h": 0, "dual_out": False,
+         "wrap": (0, 0), "xts": 0, "ots": 0, "rts": 0, **d}
     if set(d) != set(fields):
         raise ValueError(f"kernel spec fields {sorted(d)} != {sorted(fields)}")
     vals = dict(d)
     vals["block"] = tuple(int(v) for v in d["block"])
-    for name in ("vw", "tile", "idx_bits", "xrs", "span", "kcols", "edge", "edge_h"):
+    for name in ("vw", "tile", "idx_bits", "xrs", "span", "kcols", "edge", "edge_h", "xts",
+                 "ots", "rts"):
         vals[name] = int(d[name])
+    # (a pair, as block: JSON gives it back as a list, which a frozen spec cannot hash)
+    vals["wrap"] = tuple(int(v) for v in d["wrap"])
+    if len(vals["wrap"]) != 2:
+        raise ValueError(f"kernel spec wrap {d['wrap']!r} is not a pair")
     for name in ("act_a", "act_b"):
         vals[name] = float(d[name])
     vals["has_bias"] = bool(d["has_bias"])
