@@ -303,7 +303,9 @@ def test_expand_inside_depthwise(seed, cin, c, hw, stride, act):
 
 def _expand_block(cin, c, stride, act, density):
     """expand 1x1 (``density`` of its weights kept, exactly; channel 0 its bias alone) ->
-    depthwise 3x3 (half its taps) -> project 1x1."""
+    depthwise 3x3 (about half its taps, the centre always: a channel with none would be
+    taken out of the plan, passes.fuse.empty_channels, and the channel count with it) ->
+    project 1x1."""
     model = torch.nn.Sequential(torch.nn.Conv2d(cin, c, 1), act(),
                                 torch.nn.Conv2d(c, c, 3, stride, 1, groups=c), torch.nn.ReLU6(),
                                 torch.nn.Conv2d(c, cin, 1)).eval()
@@ -313,7 +315,9 @@ def _expand_block(cin, c, stride, act, density):
         keep[torch.randperm(w.numel())[:max(1, int(density * w.numel()))]] = 1.0
         w.mul_(keep.view_as(w))
         w[0] = 0.0  # an expanded channel that is its bias alone
-        model[2].weight.mul_((torch.rand_like(model[2].weight) < 0.5).float())
+        taps = torch.rand_like(model[2].weight) < 0.5
+        taps[:, :, 1, 1] = True
+        model[2].weight.mul_(taps.float())
     return model
 
 
