@@ -1,14 +1,15 @@
 """One op's sparse kernel call replayed alone, on one thread: a kernel's rate without the
 rest of the model, under several lowering settings compared in one process.
 
-The suite's model (``--model``, ``--profile``, 90 %) is compiled once per setting (module
-constants, ``package.module.NAME=value;...``, "" for the code as it stands). For each build
+The suite's model (``--model``, ``--profile``, 90 %) is compiled once per setting
+(``NAME=value;...``, op_ab's ``--set`` items: module constants by dotted name, else
+environment variables; "" for the code as it stands). For each build
 the first sparse-kernel call of op ``--op`` is taken with its own weights (the constants the
 lowering derived) and its geometry evaluated at ``--n`` samples (default 1: the per-sample
 head runs its calls on one sample a thread at a time), its tensors on fresh aligned buffers
 of random values. The builds' calls then run in turn, ``--rounds`` times, on this thread.
-Prints each one's median time and FMAs a cycle at the core's measured FMA rate
-(native.probe, one thread), and its ratio to the first setting.
+Prints each one's median time, its share of one core's measured FMA peak (native.probe),
+and its ratio to the first setting.
 
 What it shows and what it does not (2026-12-06, Zen 3): the loop's own limits. With x's
 offsets confined to a few lines (a hacked build) ResNet-18 b16's layer1 3x3 kernels ran
@@ -27,12 +28,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import ast
 import ctypes
-import importlib
 import os
 import time
-from contextlib import contextmanager
 
 os.environ.setdefault("SPARSECC_ADAPTIVE_THREADS", "0")
 
@@ -47,31 +45,16 @@ from sparsecc.native.expr import lift  # noqa: E402
 from sparsecc.native.probe import fma_peak_gflops  # noqa: E402
 from sparsecc.runtime.ops.registry import aligned_empty  # noqa: E402
 
+from op_ab import applied  # noqa: E402  (bench/ is the script's directory)
+
 KERNEL = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
-
-
-@contextmanager
-def settings(text: str):
-    """Module constants set from ``a.b.NAME=value;...`` while the block runs."""
-    old = []
-    try:
-        for item in filter(None, text.split(";")):
-            key, value = item.split("=", 1)
-            mod, attr = key.strip().rsplit(".", 1)
-            m = importlib.import_module(mod)
-            old.append((m, attr, getattr(m, attr)))
-            setattr(m, attr, ast.literal_eval(value.strip()))
-        yield
-    finally:
-        for m, attr, value in reversed(old):
-            setattr(m, attr, value)
 
 
 class Replay:
     """The op's first sparse call of one build, bound to buffers of its own."""
 
     def __init__(self, model, inputs, op: int, n: int, setting: str, rng):
-        with settings(setting):
+        with applied([item.strip() for item in setting.split(";") if item.strip()]):
             prog = sparsecc.compile(model, inputs).native.lib.program
             calls = [c for c in prog.calls
                      if c.op == op and prog.kernels[c.kernel].kind == "sparse"]
