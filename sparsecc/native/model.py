@@ -94,9 +94,9 @@ class ThreadChoice:
     minutes; every parallel region then waits for the slowed thread, and a MiniLM batch-1
     call took 8.7 ms on 2 threads against 7.0 on 1 (4.1 on 2 otherwise). So calls are timed:
     now and then one runs on the other choice (a probe), and the choice flips when the probe
-    beats the current choice's recent time (an exponential average) by 10 %. Probes back off
-    while they keep losing (16 -> 512 calls apart on all threads, -> 64 on one) and come at
-    once when the current choice gets slower than the other's last estimate. A probe is two
+    beats the current choice's recent time by 10 %. Probes back off while they keep losing
+    (16 -> 512 calls apart on all threads, -> 64 on one) and come at once when the current
+    choice's running average gets over 1.1x the other's recent time. A probe is two
     calls, the second one timed: the first after a switch pulls the activations over to the
     other core(s) (MNIST CNN batch 1 with the vCPUs on different CCDs: a first 1-thread call
     took 210-345 us, the next ones 91-98, against 129-145 on 2 threads, so single-call probes
@@ -105,32 +105,40 @@ class ThreadChoice:
     do not depend on the choice (the work items are the same; only who runs them changes).
     SPARSECC_ADAPTIVE_THREADS=0 turns it off.
 
-    The first probe comes right after the warm calls and one timed call (``FIRST_PROBE``), so
+    A probe is weighed against the lower median of the current choice's last ``HISTORY``
+    timed calls, not their running average, and only once two of them are timed: one slow
+    call (a tenant's spike) no longer moves the choice. (2026-12-07, the Zen 3: the bench's
+    first probe on ResNet-18 b16, weighed against the one timed call before it, most likely
+    moved the cell to one thread for 16 calls: its median came out at 184.8 ms, p10 105.8,
+    against DeepSparse's 137.2; 109-115 ms a call on two threads, 216-232 on one.)
+
+    The first probe comes right after the warm calls and two timed calls (``FIRST_PROBE``), so
     a process is past it within its first ``START_CALLS`` calls (``CompiledModel.warmup``);
     it came after 16 calls before, inside the first requests a service timed. A probe on
     one thread that takes over ``FAR`` x the current choice's time backs off to
     ``PROBE_MAX`` at once: one thread is then far from winning, and a tenant arriving still
     triggers a probe at once (the current choice getting slower than the other's estimate).
     ResNet-50 at batch 16 (2026-12-06, Xeon, 75 ms calls): probes on one thread took 147 ms,
-    at calls 15-16, 48-49, ... (gaps doubling from 16); now at calls 3-4, then 516-517."""
+    at calls 15-16, 48-49, ... (gaps doubling from 16); now at calls 4-5, then 517-518."""
 
     # 20 us: the MNIST CNN's 70-130 us calls are timed (at 200 us they were not, and in the
     # far core placement stayed on 2 threads at 129 us against 98 on 1)
     MIN_SECONDS = 2e-5
     PROBE_MIN, PROBE_MAX = 16, 512
     WARM = 2
-    # the first probe's countdown (from the first call, which counts): calls 0-1 warm, 2
-    # timed on all threads, 3-4 the probe (its first call untimed), 5 untimed (the data
+    # the first probe's countdown (from the first call, which counts): calls 0-1 warm, 2-3
+    # timed on all threads, 4-5 the probe (its first call untimed), 6 untimed (the data
     # moves back)
-    FIRST_PROBE = WARM + 2
+    FIRST_PROBE = WARM + 3
     START_CALLS = FIRST_PROBE + 2
     FAR = 1.5
+    HISTORY = 3  # timed calls a choice's median is taken over
 
     def __init__(self, enabled: bool | None = None):
         self.enabled = env_adaptive_threads() if enabled is None else enabled
         # (n, cap) -> [current choice, {threads: seconds}, calls to the next probe, the gap
         # between probes (0: small calls, never probed), calls left untimed, whether this
-        # probe's untimed first call ran]
+        # probe's untimed first call ran, {threads: its last HISTORY timed calls}]
         self.state: dict[tuple[int, int], list] = {}
 
     def pick(self, n: int, cap: int) -> int:
@@ -139,7 +147,7 @@ class ThreadChoice:
         st = self.state.get((n, cap))
         if st is None:  # the first calls (cold caches, code paging in) are not timed
             st = self.state[(n, cap)] = [cap, {}, self.FIRST_PROBE, self.PROBE_MIN,
-                                         self.WARM, 0]
+                                         self.WARM, 0, {}]
         elif st[3] == 0:  # small calls
             return cap
         st[2] -= 1
@@ -160,10 +168,12 @@ class ThreadChoice:
         if threads == cur and cur == cap and seconds < self.MIN_SECONDS:
             st[3] = 0  # small calls: not worth timing (a call's floor is a few us)
             return
+        hist = st[6]
         if threads == cur:
             est[cur] = seconds if cur not in est else 0.7 * est[cur] + 0.3 * seconds
-            other = 1 if cur == cap else cap
-            if other in est and est[cur] > 1.1 * est[other]:
+            self._note(hist, cur, seconds)
+            other = self._median(hist, 1 if cur == cap else cap)
+            if other is not None and est[cur] > 1.1 * other:
                 st[2] = min(st[2], 1)  # the current choice got slower: probe now
             return
         if not st[5]:  # a probe's first call: caches still hold the other choice's data
@@ -171,13 +181,32 @@ class ThreadChoice:
             return
         st[5], st[4] = 0, 1  # the call after the probe moves the data back: untimed too
         est[threads] = seconds  # a probe
-        if cur in est and seconds < 0.9 * est[cur]:
+        self._note(hist, threads, seconds)
+        ref = self._median(hist, cur) if len(hist.get(cur, ())) >= 2 else None
+        if ref is not None and seconds < 0.9 * ref:
             st[0], st[3] = threads, self.PROBE_MIN
-        elif cur == cap and cur in est and seconds > self.FAR * est[cur]:
+        elif cur == cap and ref is not None and seconds > self.FAR * ref:
             st[3] = self.PROBE_MAX  # one thread far behind: probe seldom
         else:  # on one thread, keep probing often: the other tenant's spell ends unannounced
             st[3] = min(2 * st[3], self.PROBE_MAX if cur == cap else 4 * self.PROBE_MIN)
         st[2] = st[3]
+
+    def pin(self, n: int, cap: int, threads: int) -> None:
+        """Calls of batch ``n`` (up to ``cap`` threads) on ``threads``, with no probe for a
+        long while: tests comparing the choices."""
+        self.state[(n, cap)] = [threads, {}, 10**9, self.PROBE_MIN, 0, 0, {}]
+
+    @classmethod
+    def _note(cls, hist: dict, threads: int, seconds: float) -> None:
+        h = hist.setdefault(threads, [])
+        h.append(seconds)
+        del h[:-cls.HISTORY]
+
+    @staticmethod
+    def _median(hist: dict, threads: int) -> float | None:
+        """The lower median of a choice's last timed calls (of two, the faster)."""
+        h = sorted(hist.get(threads, ()))
+        return h[(len(h) - 1) // 2] if h else None
 
 
 class NativeModel:

@@ -122,14 +122,13 @@ def test_small_samples_split_by_the_batch(monkeypatch, seed):
     model = sparsecc.prune(Net().eval(), 0.7, scope="layer")
     cm, prog = _compile(model, torch.randn(1, 3, 8, 8), monkeypatch, 1 << 40)
     assert prog.chunk > 64 and prog.min_chunk == 1
-    state = cm.native.threads.state
     for batch in (3, 4, 5, 16, 37):
         xb = torch.randn(batch, 3, 8, 8)
         with torch.no_grad():
             ref = model(xb).numpy()
         got = []
         for threads in (1, 2):
-            state[(batch, cm.native.runner.max_threads)] = [threads, {}, 10**9, 16, 0, 0]
+            cm.native.threads.pin(batch, cm.native.runner.max_threads, threads)
             got.append(cm(xb.numpy()))
             assert_matches(got[-1], ref)
         assert (got[0] == got[1]).all(), batch

@@ -1240,11 +1240,10 @@ def test_tail_in_sample_chunks(seed, monkeypatch):
         pytest.skip("one thread: the tail runs whole")
     assert prog.tail_chunks == threads and prog.tail_min_chunk == NLW.TAIL_MIN_CHUNK
     _matches_after_junk(cm, model, (3, 20, 20), (3, 2 * NLW.TAIL_MIN_CHUNK + 1), junk=11)
-    state = cm.native.threads.state
     xb = torch.randn(19, 3, 20, 20)
     got = []
     for t in (1, 2):
-        state[(19, threads)] = [t, {}, 10**9, 16, 0, 0]
+        cm.native.threads.pin(19, threads, t)
         got.append(cm(xb.numpy()))
     with torch.no_grad():
         assert_matches(got[1], model(xb))
