@@ -27,7 +27,7 @@ reads three rows of x a channel for 7 positions, where the model's tile reads a 
 whole 9 x 8 plane for its 49, so x's lines are fetched into L1 more often.
 
 Usage: .venv/bin/python bench/lanes_avx2.py [--layers layer4.1.conv2,layer3.1.conv2]
-           [--panels 0] [--rounds 40]
+           [--panels 8,13,20] [--tiles 7,14] [--rounds 40]
 """
 
 from __future__ import annotations
