@@ -66,7 +66,7 @@ class Lanes:
                  residual: bool, rng):
         o, c = w.shape[:2]
         wp = h + 2
-        self.h, self.groups, self.o, self.c = h, groups, o, c
+        self.h, self.o, self.c = h, o, c
         plane = wp * wp * LANES
         if (plane // 16) % 2 == 0:  # an odd number of lines a channel (no set aliasing)
             plane += 16
@@ -76,7 +76,6 @@ class Lanes:
         np.cumsum(np.bincount(nz_o, minlength=o), out=indptr[1:])
         offs = nz_c * plane + (nz_dy * wp + nz_dx) * LANES  # padded (y + dy, x + dx)
         data = w[nz_o, nz_c, nz_dy, nz_dx].astype(np.float32)
-        self.nnz = len(data)
         tpr = h // tile  # tiles a row: one call each (x and out moved on by its columns)
         if tpr * tile != h:
             raise SystemExit(f"tiles of {tile} positions do not split rows of {h}")
@@ -173,7 +172,7 @@ def main() -> None:
     for layer in a.layers.split(","):
         op = next(i for i, o in enumerate(plan.ops) if (o.layer or o.name) == layer)
         w = mods[layer].weight.detach().numpy().astype(np.float32)
-        h = 14 if layer.startswith("layer3") else 7
+        h = int(plan.tensors[plan.ops[op].output].shape[2])  # (square maps)
         real = Replay(model, inputs, op, a.batch, "", rng)
         runs = [("model", real)]
         for tile in [int(v) for v in a.tiles.split(",") if h % int(v) == 0]:
