@@ -161,10 +161,14 @@ def test_depthwise_writes_tile_major(hw, avx2, monkeypatch, tmp_path):
         assert not dense.native.lib.program.channel_strides
         matches(cm, dense, model, (8, hw, hw), batches=(1, 3, 16))
         return
-    assert any(s.ots == 96 * 16 and s.stride == 1 for s in specs), specs
     tm = cm.native.lib.program.tile_major
     dw_out = {op.output for op in cm.plan.ops if op.kind == "conv2d" and
               int(op.attrs["groups"]) > 1 and tuple(op.attrs["stride"]) == (1, 1)}
+    # a tile is C x 16 floats, C the channels the plan kept (at 10 % a depthwise channel
+    # is empty with p = 0.9^9 and leaves the plan: passes.fuse.empty_channels)
+    kept = {int(cm.plan.tensors[n].shape[1]) for n in dw_out}
+    assert kept and all(c < 96 for c in kept), kept
+    assert any(s.ots in {c * 16 for c in kept} and s.stride == 1 for s in specs), specs
     assert {cm.plan.storage_root(n) for n in dw_out} & set(tm), (dw_out, tm)
     monkeypatch.setattr(NL, "DW_TILE_MAJOR", False)
     plain = _compile(model, x0, monkeypatch, True)
