@@ -35,9 +35,8 @@ import time
 os.environ.setdefault("SPARSECC_ADAPTIVE_THREADS", "0")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from op_ab import applied  # noqa: E402  (bench/ is the script's directory)
 
-import sparsecc  # noqa: E402
 from sparsecc.benchmarks import suite  # noqa: E402
 from sparsecc.codegen.llvm import emit as E  # noqa: E402
 from sparsecc.codegen.llvm import kernels as LK  # noqa: E402
@@ -45,17 +44,16 @@ from sparsecc.native.expr import lift  # noqa: E402
 from sparsecc.native.probe import fma_peak_gflops  # noqa: E402
 from sparsecc.runtime.ops.registry import aligned_empty  # noqa: E402
 
-from op_ab import applied  # noqa: E402  (bench/ is the script's directory)
-
 KERNEL = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
 
 
 class Replay:
     """The op's first sparse call of one build, bound to buffers of its own."""
 
-    def __init__(self, model, inputs, op: int, n: int, setting: str, rng):
+    def __init__(self, spec, model, inputs, op: int, n: int, setting: str, rng):
         with applied([item.strip() for item in setting.split(";") if item.strip()]):
-            prog = sparsecc.compile(model, inputs).native.lib.program
+            # (the suite's compile: Hugging Face models traced by their input names)
+            prog = suite._compile(spec, model, inputs, False).native.lib.program
             calls = [c for c in prog.calls
                      if c.op == op and prog.kernels[c.kernel].kind == "sparse"]
             if not calls:
@@ -113,9 +111,9 @@ def main() -> None:
     a = ap.parse_args()
     spec = suite.model_specs()[a.model]
     model = suite.prune_profile(spec.build(), 0.9, a.profile)
-    inputs = tuple(torch.from_numpy(x) for x in spec.inputs(a.batch))
+    inputs = spec.inputs(a.batch)
     rng = np.random.default_rng(0)
-    runs = [Replay(model, inputs, a.op, a.n, s, rng) for s in a.settings or [""]]
+    runs = [Replay(spec, model, inputs, a.op, a.n, s, rng) for s in a.settings or [""]]
     peak = (fma_peak_gflops(1) or 0.0) * 1e9  # one core's FLOP/s
     for s, r in zip(a.settings, runs):
         print(f"[{s or 'as is'}] op {a.op}: {r.label}")
