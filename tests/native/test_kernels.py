@@ -2400,3 +2400,35 @@ def test_global_mean_kernel(seed, planes, hw, gap, vw, blk):
     assert out[0] == 7.0
     np.testing.assert_allclose(out[1:], x[1:, :hw].astype(np.float64).mean(axis=1),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kcols", [0, 128])
+def test_grouped_kernel_prefetches_its_chunks_code(kcols, monkeypatch):
+    """emit.CODE_PREFETCH: every grouped chunk body ends in an end label (the extent the
+    dispatcher prefetches), the dispatcher (row blocks, or column blocks with ``kcols``)
+    issues prefetcht1 over it, and the kernel's key tells the two builds apart; off, no
+    prefetch is emitted."""
+    from sparsecc.codegen.llvm import emit, emit_specialized, jit, kernels
+
+    rng = np.random.default_rng(3)
+    vw = jit.host().vector_width
+    if vw not in (8, 16):
+        pytest.skip("grouped kernels are AVX2 / AVX-512 assembly")
+    mask = rng.random((90, 400)) < 0.2
+    ip = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
+    ix = np.nonzero(mask)[1].astype(np.int64)
+    spec = emit.KernelSpec("spmm", vw, 1, "relu", 0.0, 0.0, True, 16,
+                           pattern_hash=kernels.pattern_hash(ip, ix), xrs=vw, span=vw,
+                           group=30 if vw == 16 else 14, kcols=kcols)
+    chunks = (len(emit_specialized.spmm_bounds(ip, spec.group)) - 1) * \
+        emit_specialized.kblock_count(ix, kcols)
+    assert chunks >= 3
+    text = jit.assembly(kernels.kernel_ir(spec, emit.Pattern(ip, ix)), opt=0)
+    for c in range(chunks):
+        body = text.index(f"kernel_c{c}_f:")
+        end = text.index(f"kernel_c{c}_f_end:")
+        assert body < text.index("ret", body) < end
+    assert "prefetcht1" in text and "cp" in spec.key.split("_")
+    monkeypatch.setattr(emit, "CODE_PREFETCH", False)
+    assert "cp" not in spec.key.split("_")
+    assert "prefetch" not in jit.assembly(kernels.kernel_ir(spec, emit.Pattern(ip, ix)), opt=0)

@@ -110,6 +110,8 @@ def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
                 ir.Function(module, ir.FunctionType(ret, args), iname)
     bodies = module.__dict__.setdefault("sparsecc_bodies", [])
     asm = module.__dict__.setdefault("sparsecc_asm", [])
+    # each grouped body's end label by its name (the code's extent, for emit.CODE_PREFETCH)
+    ends = module.__dict__.setdefault("sparsecc_ends", {})
     blocks = kblocks(pattern, spec.kcols) if spec.group > 1 else [(pattern, 0)]
     pairs = []
     for kb, (part, base) in enumerate(blocks):
@@ -124,6 +126,7 @@ def spmm_row_chunks(module, name, spec: KernelSpec, pattern: Pattern):
                     asm.extend(_group_asm(fname, spec, part, int(bounds[c]),
                                           int(bounds[c + 1]), ps, base, first=kb == 0,
                                           last=kb == len(blocks) - 1))
+                    ends[fname] = ir.GlobalVariable(module, ir.IntType(8), f"{fname}_end")
                 else:
                     bodies.append(_row_chunk_text(fname, spec, pattern, int(bounds[c]),
                                                   int(bounds[c + 1]), ps))
@@ -381,6 +384,7 @@ def _group_asm(name: str, spec: KernelSpec, pattern: Pattern, r0: int, r1: int,
         raise AssertionError("grouped chunk did not read its values")
     emit_("vzeroupper")
     emit_("ret")
+    emit_(f"{name}_end:")  # (where the body's code ends: emit.CODE_PREFETCH reads it)
     return out
 
 
