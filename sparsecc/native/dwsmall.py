@@ -577,7 +577,7 @@ class _Expand:
         scratch planes, expand_step vectors at a time: for each input channel, its x vectors
         loaded once and multiplied by the group's M weights (the dense table (C / M, cin, M)
         in ex_data, zeros included)."""
-        k, spec, hw, vw = self.k, self.spec, self.hw, self.spec.vw
+        k, spec, vw = self.k, self.spec, self.spec.vw
         b = k.b
         M = spec.ex_block
         xn = b.gep(self.x, [b.mul(b.mul(n, self.cin), I64(self.xcs))])
@@ -627,7 +627,7 @@ class _Expand:
 
     def plane(self, t, c):
         """Compute expanded channel c of sample t // C into the stack plane; its pointer."""
-        k, spec, hw, vw = self.k, self.spec, self.hw, self.spec.vw
+        k, spec, vw = self.k, self.spec, self.spec.vw
         b = k.b
         n = b.sdiv(t, self.C)
         xn = b.gep(self.x, [b.mul(b.mul(n, self.cin), I64(self.xcs))])

@@ -598,7 +598,8 @@ def _segment_reversed(k: int, segments: int) -> bool:
     (SERPENTINE): the last segment does, and every other one before it. A segment's
     boundary tensors are read by the next part in the order it takes its chunks; read
     in the order they were written, the oldest (the first to leave the L3) come first,
-    while in the opposite order the first reads find the newest samples still cached. The tail reads its batch from sample 0."""
+    while in the opposite order the first reads find the newest samples still cached. The
+    tail reads its batch from sample 0."""
     return SERPENTINE and (segments - 1 - k) % 2 == 0
 
 

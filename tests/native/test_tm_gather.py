@@ -201,8 +201,8 @@ class _Down(nn.Module):
 @_AVX512
 def test_tail_downsample_reads_a_tile_major_x(monkeypatch):
     """A downsample in the whole-batch tail whose x, the head's last output (a 3x3 / 2
-    conv's, 14 x 14 through 16-float channel strides), crosses into the tail tile-major: its packed variant gathers
-    tile-major planes, its plain variant (other batches) plain phase planes
+    conv's, 14 x 14 through 16-float channel strides), crosses into the tail tile-major: its
+    packed variant gathers tile-major planes, its plain variant (other batches) plain phase planes
     (Lowering._gather_planes), both from that x. Bit for bit against the lowering with the
     phase pass (x plain) at batches 16 and 13 (packed, a part block) and 5 and 1 (plain),
     and against torch."""
