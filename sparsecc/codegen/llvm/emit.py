@@ -50,9 +50,8 @@ KEY_VERSION = "k7"
 # layer3.0.conv3 / layer3.4.conv2, one sample, 2026-12-07 Zen 4): caches evicted 0.91x /
 # 0.88x the time, data re-read but code evicted 0.79x / 0.90x, everything warm 1.08x /
 # 1.07x (the code lines also fill L1d, pushing x out). Whole plain calls, same process
-# (bench/op_ab.py --plain): ResNet-50 b1 / b16 1.032x / 1.011x faster (paired medians),
-# ResNet-18 b16 1.007x, MobileNetV2 global b1 1.012x. Prefetcht2 and prefetchnta measured
-# level with prefetcht1.
+# (bench/op_ab.py --plain, paired medians): ResNet-50 b1 / b16 1.032x / 1.032x faster,
+# ResNet-18 b16 level, MobileNetV2 global b1 1.012x (docs/native.md, "Code prefetch").
 CODE_PREFETCH = True
 
 # AVX2 stores under a constant lane mask as plain 4-float and 1-float stores (_Fn.vstore)
