@@ -87,9 +87,13 @@ class Replay:
         self.keep.append(tensors)
         self.items = value(call.items)
         nnz = prog.weights[call.args[E.A_DATA].name].size
-        # (FLOPs: a nonzero is tile FMAs of vw lanes an item of a row block)
-        self.flops = 2.0 * self.items * nnz * spec.tile * spec.vw / max(int(self.args[E.A_NRB]),
-                                                                         1)
+        # (FLOPs: a nonzero is tile FMAs of vw lanes an item of a row block; a column-blocked
+        # call's item covers every tile of its samples, so there the n samples' tiles count)
+        if spec.kcols:
+            self.flops = 2.0 * n * int(self.args[E.A_NTILES]) * nnz * spec.tile * spec.vw
+        else:
+            self.flops = 2.0 * self.items * nnz * spec.tile * spec.vw / max(
+                int(self.args[E.A_NRB]), 1)
         self.label = (f"{prog.labels.get(op, '')}; tile {spec.tile}, "
                       f"{int(self.args[E.A_NPANEL])} panels, {self.items} items")
 
