@@ -547,8 +547,7 @@ def _prefetch_code(k: _Fn, row_fns, c: ir.Value) -> None:
     lasts = [tail if tail is not None else full for full, tail in row_fns]
     if any(f is None for f in firsts) or any(f.name not in ends for f in lasts):
         return
-    lo = _nth_address(k, c, firsts, "pf_lo")
-    hi = _nth_address(k, c, [ends[f.name] for f in lasts], "pf_hi")
+    lo, hi = _nth_extent(k, c, list(zip(firsts, [ends[f.name] for f in lasts])))
     pf = k.intrinsic("llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
     # (8 lines a step, up to 7 past the end: the next chunk's, or padding; a prefetch of
     # any address is harmless)
@@ -558,21 +557,24 @@ def _prefetch_code(k: _Fn, row_fns, c: ir.Value) -> None:
             b.call(pf, [b.inttoptr(b.add(a, I64(64 * i)), PTR), I32(0), I32(2), I32(1)])
 
 
-def _nth_address(k: _Fn, c: ir.Value, syms, name: str) -> ir.Value:
-    """The address of ``syms[c]`` (functions or labels) as an i64, through a switch."""
+def _nth_extent(k: _Fn, c: ir.Value, extents) -> tuple[ir.Value, ir.Value]:
+    """The addresses (i64) of ``extents[c]``'s two symbols (a body's first function and its
+    last one's end label), through one switch; (0, 0) for a c past them."""
     b = k.b
-    slot = k.alloca(I64, name)
-    b.store(I64(0), slot)
-    after = k.fn.append_basic_block(name + "_next")
+    slots = k.alloca(I64, "pf_lo"), k.alloca(I64, "pf_hi")
+    for slot in slots:
+        b.store(I64(0), slot)
+    after = k.fn.append_basic_block("pf_next")
     sw = b.switch(c, after)
-    for ci, sym in enumerate(syms):
-        blk = k.fn.append_basic_block(f"{name}{ci}")
+    for ci, syms in enumerate(extents):
+        blk = k.fn.append_basic_block(f"pf{ci}")
         sw.add_case(I64(ci), blk)
         b.position_at_end(blk)
-        b.store(b.ptrtoint(sym, I64), slot)
+        for slot, sym in zip(slots, syms):
+            b.store(b.ptrtoint(sym, I64), slot)
         b.branch(after)
     b.position_at_end(after)
-    return b.load(slot)
+    return b.load(slots[0]), b.load(slots[1])
 
 
 def _kblocked_items(k: _Fn, spec, pattern, row_fns, rsplit, ntiles, nrb, tile) -> None:
@@ -596,14 +598,13 @@ def _kblocked_items(k: _Fn, spec, pattern, row_fns, rsplit, ntiles, nrb, tile) -
         n1 = b.select(b.icmp_signed(">", n1, nb), nb, n1)
         r0 = b.load(b.gep(rsplit, [rb], inbounds=True))
         r1 = b.load(b.gep(rsplit, [b.add(rb, I64(1))], inbounds=True))
-        prefetch = CODE_PREFETCH and spec.group > 1
-        if prefetch:  # (CODE_PREFETCH) the item's first chunk, then each chunk's next
+        if CODE_PREFETCH:  # the item's first chunk, then each chunk's next
             with b.if_then(b.icmp_signed("<", r0, r1)):
                 _prefetch_code(k, row_fns, r0)
         with k.loop(I64(0), I64(nk), "kb") as kb:
             with k.loop(r0, r1, "g") as g:
                 ci = b.add(b.mul(kb, I64(ng)), g)
-                if prefetch:
+                if CODE_PREFETCH:
                     last_g = b.icmp_signed("==", b.add(g, I64(1)), r1)
                     nxt = b.select(last_g, b.add(b.mul(b.add(kb, I64(1)), I64(ng)), r0),
                                    b.add(ci, I64(1)))
