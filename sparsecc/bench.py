@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def bench_command(args) -> int:
         ENGINES,
         FULL,
         QUICK,
+        WRONG_REL_ERR,
         SuiteConfig,
         machine_info,
         peak,
@@ -110,6 +112,14 @@ def bench_command(args) -> int:
     print("\n" + versus)
     print(f"\nwrote {out}/results.jsonl, table.md, versus.md, *.png in "
           f"{time.perf_counter() - t0:.0f} s")
+    wrong = [r for r in rows if r.get("wrong")]
+    if wrong:
+        print(f"error: {len(wrong)} cell(s) with wrong output (max rel. error against torch "
+              f"over {WRONG_REL_ERR:g}): " + "; ".join(
+                  f"{r['engine']} {r['model']} {r['sparsity']:.0%} b{r['batch']} "
+                  f"t{r['threads']} {r['max_rel_err']:.1e}" for r in wrong[:10]),
+              file=sys.stderr)
+        return 1
     return 0
 
 

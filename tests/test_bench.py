@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from sparsecc.benchmarks.engines import MIN_CALLS, time_call
@@ -75,6 +76,45 @@ def test_suite_correctness_column_uses_torchs_own_output_as_reference(tmp_path):
 def test_suite_without_torch_engine_still_checks_correctness(tmp_path):
     rows = _tiny_suite(tmp_path, ["sparsecc"])
     assert all("speedup_vs_torch" not in r for r in rows)
+
+
+@pytest.mark.parametrize("scale,wrong", [(1.001, True), (1.00001, False), (np.nan, True)])
+def test_suite_flags_a_wrong_output(tmp_path, monkeypatch, scale, wrong):
+    """A sparsecc cell whose output is off torch's by more than WRONG_REL_ERR (or NaN) is
+    marked in its row, logged as it happens, flagged in table.md, and `sparsecc bench`
+    exits with status 1; within the limit nothing is said."""
+    from sparsecc import bench as B
+    from sparsecc import zoo
+    from sparsecc.benchmarks import engines as E
+    from sparsecc.benchmarks import report
+    from sparsecc.benchmarks import suite as S
+    from sparsecc.cli import make_parser
+
+    real = E.sparsecc_engine
+
+    def off(cm, inputs, threads):
+        fn = real(cm, inputs, threads)
+        return lambda: np.asarray(fn()) * np.float32(scale)
+
+    monkeypatch.setattr(E, "sparsecc_engine", off)
+    spec = S.ModelSpec("tiny", lambda: zoo.mlp((24, 40, 7)), S._randn((24,)))
+    cfg = S.SuiteConfig(models=["tiny"], sparsities=[0.8], batches=[3], threads=[1],
+                        engines=["torch", "sparsecc"], min_runs=2, min_time=0.01, out=tmp_path)
+    logs: list[str] = []
+    rows = S.run_suite(cfg, {"tiny": spec}, log=logs.append)
+    ours = [r for r in rows if r["engine"] == "sparsecc"]
+    assert len(ours) == 1 and bool(ours[0].get("wrong")) == wrong, ours
+    assert not any(r.get("wrong") for r in rows if r["engine"] == "torch")
+    said = [m for m in logs if "WRONG OUTPUT" in m]
+    assert (len(said) == 1 and "tiny" in said[0] and "batch 3" in said[0]) if wrong else \
+        not said, logs
+    assert ("**wrong**" in report.markdown(rows)) == wrong
+    # the command's exit status (the suite's rows as computed above)
+    monkeypatch.setattr(S, "run_suite", lambda cfg, specs: rows)
+    args = make_parser().parse_args(["bench", "--models", "mlp", "--sparsities", "0.8",
+                                     "--batch", "3", "--threads", "1", "--vs", "torch",
+                                     "--out", str(tmp_path / "cli")])
+    assert B.bench_command(args) == (1 if wrong else 0)
 
 
 def test_uniform_profile_keeps_first_conv_and_classifier_dense(seed):

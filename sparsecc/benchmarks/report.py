@@ -42,7 +42,8 @@ def markdown(rows: list[dict], engines: list[str] | None = None) -> str:
         err = by.get("sparsecc", {}).get("max_rel_err")
         lines.append(f"| {m} | {s:.0%} | {b} | {t} | "
                      + " | ".join(_cell(by.get(e)) for e in present)
-                     + f" | {'' if err is None else f'{err:.1e}'} |")
+                     + f" | {'' if err is None else f'{err:.1e}'}"
+                     + (" **wrong**" if by.get("sparsecc", {}).get("wrong") else "") + " |")
     notes = sorted({f"{r['engine']}: {r['skipped']}" for r in rows if "skipped" in r})
     if notes:
         lines += ["", "Skipped cells:"] + [f"- {n}" for n in notes[:20]]
