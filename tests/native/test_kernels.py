@@ -1443,6 +1443,38 @@ def test_packed_masked_conv_beside_a_dense_downsample(seed, monkeypatch):
     _matches_after_junk(cm, model, shape, (16, 13, 1), junk=14)
 
 
+@pytest.mark.parametrize("dense", [("4.a",), ("4.b",), ("5.a",), ("5.b",), ("4.ds", "5.a"),
+                                   ("4.a", "4.b", "5.b"), ("4.ds", "5.b")])
+def test_packed_tail_with_dense_convs_among_sparse(seed, monkeypatch, dense):
+    """ResNet-18's packed tail (lower.PACK, PACK_MASKED, PACK_TILE_MAJOR) with some of its
+    convs dense (GEMMs, which take neither the packed nor the tile-major layout) among the
+    sparse ones: the layouts each tensor ends up in must agree between every writer and
+    reader, whatever the mix (a dense downsample once left a masked conv writing a plain
+    tensor with the packed geometry). Against torch at batches 16, 13 and 1, after junk."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(),  # 14 x 10
+        _DownBasic(16, 24, 2), _DownBasic(24, 24, 1),  # 7 x 5
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    _prune_convs(model)
+    convs = dict(model.named_modules())
+    with torch.no_grad():  # over csr_max_density: these stay dense
+        for name in dense:
+            convs[name].weight.copy_(torch.randn_like(convs[name].weight) * 0.2)
+    monkeypatch.setenv("SPARSECC_TAIL_BYTES", "14K")
+    shape = (3, 28, 20)
+    cm = sparsecc.compile(model, torch.randn(1, *shape),
+                          recipe={"formats": {"force": "csr", "csr_max_density": 0.5}})
+    assert cm.native is not None, cm.native_status
+    prog = cm.native.lib.program
+    assert prog.chunk and prog.tail, (prog.chunk, prog.tail)
+    labels = {prog.plan.ops[i].layer: v for i, v in cm.native.lib.labels.items()}
+    for name in ("4.a", "4.b", "4.ds", "5.a", "5.b"):
+        assert labels[name].startswith("native dense") == (name in dense), (name, labels)
+    _matches_after_junk(cm, model, shape, (16, 13, 1), junk=14)
+
+
 @pytest.mark.parametrize("hw,kblock,panels,nnz", [((28, 20), None, False, None),
                                                   ((24, 24), 18, False, None),
                                                   ((28, 20), None, True, None),
