@@ -3215,8 +3215,8 @@ class Lowering:
             # other input plain: ResNet-18 at 50 %): _pkm saw only the conv's own output, so
             # that one goes plain too and the conv takes the path that writes out's layout
             own = frozenset({self.plan.storage_root(op.output)}) & self.pk
-            if not own:
-                raise AssertionError(f"{op.layer or op.name}: masked conv, output not packed")
+            if not own:  # (_pkm's rule says it is; never seen)
+                raise Unsupported("a masked conv over packed maps whose output is not packed")
             raise _Unpack(own)
         res_slot = None if other is None else T(other)
         col = swt.indices.astype(np.int64)
