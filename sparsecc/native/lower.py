@@ -33,6 +33,7 @@ from sparsecc.native import dwsmall as DW
 from sparsecc.native import gemm as G
 from sparsecc.native import gmean as GM
 from sparsecc.native import phase as PH
+from sparsecc.native import pool2 as PL2
 from sparsecc.native import qlinear as QL
 from sparsecc.native import smallconv as SC
 from sparsecc.native import tmgather as TG
@@ -1665,9 +1666,14 @@ class Lowering:
                 if x in self.wide:  # the conv before left its rows wq wide (no crop)
                     full, w = self.wide[x]
                     src = T(full)
-                self.call(self.numba("k_maxpool_rows"), [src, T(out), I(h), I(w), I(ho),
-                                                         I(wo), I(kh), I(sh)],
-                          planes * ho, float(kh * kw * wo(1)))
+                if POOL2_IR and (kh, sh) == (2, 2):  # (native/pool2.py: vectorised)
+                    self.call(self.ir_kernel(PL2.MaxPool2Spec(self.vw)),
+                              [src, T(out), I(h), I(w), I(ho), I(wo)], planes * ho,
+                              float(kh * kw * wo(1)))
+                else:
+                    self.call(self.numba("k_maxpool_rows"), [src, T(out), I(h), I(w), I(ho),
+                                                             I(wo), I(kh), I(sh)],
+                              planes * ho, float(kh * kw * wo(1)))
                 return "native (fused crop)" if x in self.wide else None
             w = self.example(x)[3]
             self.call(self.numba("k_maxpool"), [T(x), T(out), *self._nchw(x), I(ho), I(wo),
@@ -3809,6 +3815,8 @@ LINEAR_PANELS = True
 # The global average pool as a vectorised LLVM kernel (native.gmean) instead of numba's
 # loop: batch 16, same process, per op, ResNet-50 1.15 -> 0.54 ms, ResNet-18 0.23 -> 0.10.
 GLOBAL_MEAN_IR = True
+# 2x2 / 2 max pools through native/pool2.py's vectorised kernel, not k_maxpool_rows (A/B)
+POOL2_IR = True
 
 
 # The whole-batch tail's small maps with the batch packed into the positions (Lowering._pack_set):

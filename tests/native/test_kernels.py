@@ -21,6 +21,7 @@ from sparsecc.formats.csr import dense_to_csr
 from sparsecc.native import gemm as G
 from sparsecc.native import gmean as GM
 from sparsecc.native import phase as PH
+from sparsecc.native import pool2 as PL2
 from tests.conftest import assert_matches
 
 _HASWELL = jit.Host("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,"
@@ -2460,6 +2461,67 @@ def test_global_mean_kernel(seed, planes, hw, gap, vw, blk):
     assert out[0] == 7.0
     np.testing.assert_allclose(out[1:], x[1:, :hw].astype(np.float64).mean(axis=1),
                                rtol=1e-5, atol=1e-5)
+
+
+_POOL2: dict = {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), planes=st.integers(1, 5), h=st.integers(2, 40),
+       w=st.integers(2, 70), extra=st.integers(0, 5),
+       vw=st.sampled_from(sorted({jit.host().vector_width, 8})), nan=st.booleans())
+@example(seed=0, planes=3, h=28, w=28, extra=0, vw=16, nan=False)
+@example(seed=1, planes=2, h=14, w=14, extra=2, vw=8, nan=True)
+def test_maxpool2_kernel(seed, planes, h, w, extra, vw, nan):
+    """The vectorised 2x2 / 2 max pool (native.pool2, AVX-512 and AVX2) against torch's
+    max_pool2d, bit for bit: maps 2-40 x 2-70 (odd sizes drop their last row / column; rows
+    under one vector, a part vector after whole ones), rows ``extra`` floats wider than the
+    map (a conv's uncropped rows; NaN there, never read), NaN inputs reaching their windows
+    only, items from the second output row on (the first left as it was)."""
+    if vw not in _POOL2:
+        mod = ir.Module("pool2_test")
+        PL2.MaxPool2Spec(vw).emit(mod, "p")
+        obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
+                             else _HASWELL)
+        _POOL2[vw] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
+                                      ctypes.c_void_p)(jit.load_object(obj, ["p"])["p"])
+    rng = np.random.default_rng(seed)
+    x = np.full((planes, h, w + extra), np.nan, np.float32)
+    x[:, :, :w] = rng.standard_normal((planes, h, w)).astype(np.float32)
+    if nan:
+        x[0, rng.integers(h), rng.integers(w)] = np.nan
+    ho, wo = h // 2, w // 2
+    out = np.full((planes, ho, wo), 7.0, np.float32)
+    args = np.array([x.ctypes.data, out.ctypes.data, h, w + extra, ho, wo], np.int64)
+    _POOL2[vw](1, planes * ho, args.ctypes.data)
+    ref = torch.nn.functional.max_pool2d(torch.from_numpy(x[:, :, :w]), 2).numpy()
+    rows = out.reshape(planes * ho, wo)
+    assert (rows[:1] == 7.0).all()
+    np.testing.assert_array_equal(rows[1:], ref.reshape(planes * ho, wo)[1:])
+
+
+def test_maxpool2_in_models(seed, monkeypatch):
+    """A CNN's 2x2 / 2 pools (28 -> 14 -> 7 -> 3: MNIST's) run the vectorised kernel, one
+    after an uncropped conv, against torch at batches 1, 5 and 16; the numba kernel
+    (POOL2_IR off) gives the same bits."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, 1, 1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, 1, 1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 24, 3, 1, 1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(24 * 9, 10)).eval()
+    _prune_convs(model)
+    cm = _native_csr(model, torch.randn(1, 1, 28, 28))
+    kernels = [c.kernel for c in cm.native.lib.program.calls]
+    assert sum(k.startswith("maxpool2_v") for k in kernels) == 3, kernels
+    _matches_after_junk(cm, model, (1, 28, 28), (1, 5, 16), huge=0)
+    monkeypatch.setattr(lower, "POOL2_IR", False)
+    plain = _native_csr(model, torch.randn(1, 1, 28, 28))
+    assert "k_maxpool_rows" in [c.kernel for c in plain.native.lib.program.calls]
+    x = torch.randn(16, 1, 28, 28)
+    np.testing.assert_array_equal(cm(x), plain(x))
 
 
 @pytest.mark.parametrize("kcols", [0, 128])
