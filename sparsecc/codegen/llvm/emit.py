@@ -255,18 +255,23 @@ class _Fn:
         b.branch(head)
         b.position_at_end(done)
 
-    def call_nth(self, c: ir.Value, fns: Sequence[ir.Function], args: list) -> None:
-        """Call ``fns[c]`` (a specialised kernel's row-chunk functions) through a switch."""
+    def cases(self, c: ir.Value, count: int, name: str, case) -> None:
+        """A switch over ``c``: ``case(ci)`` emitted in its own block for ci in [0, count),
+        nothing for other values; the builder after it."""
         b = self.b
-        after = self.fn.append_basic_block("c_next")
+        after = self.fn.append_basic_block(f"{name}_next")
         sw = b.switch(c, after)
-        for ci, fn in enumerate(fns):
-            blk = self.fn.append_basic_block(f"c{ci}")
+        for ci in range(count):
+            blk = self.fn.append_basic_block(f"{name}{ci}")
             sw.add_case(I64(ci), blk)
             b.position_at_end(blk)
-            b.call(fn, args)
+            case(ci)
             b.branch(after)
         b.position_at_end(after)
+
+    def call_nth(self, c: ir.Value, fns: Sequence[ir.Function], args: list) -> None:
+        """Call ``fns[c]`` (a specialised kernel's row-chunk functions) through a switch."""
+        self.cases(c, len(fns), "c", lambda ci: self.b.call(fns[ci], args))
 
     def intrinsic(self, name: str, ret, args: Sequence) -> ir.Function:
         if name in self.module.globals:
@@ -564,16 +569,12 @@ def _nth_extent(k: _Fn, c: ir.Value, extents) -> tuple[ir.Value, ir.Value]:
     slots = k.alloca(I64, "pf_lo"), k.alloca(I64, "pf_hi")
     for slot in slots:
         b.store(I64(0), slot)
-    after = k.fn.append_basic_block("pf_next")
-    sw = b.switch(c, after)
-    for ci, syms in enumerate(extents):
-        blk = k.fn.append_basic_block(f"pf{ci}")
-        sw.add_case(I64(ci), blk)
-        b.position_at_end(blk)
-        for slot, sym in zip(slots, syms):
+
+    def case(ci: int) -> None:
+        for slot, sym in zip(slots, extents[ci]):
             b.store(b.ptrtoint(sym, I64), slot)
-        b.branch(after)
-    b.position_at_end(after)
+
+    k.cases(c, len(extents), "pf", case)
     return b.load(slots[0]), b.load(slots[1])
 
 
