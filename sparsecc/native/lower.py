@@ -887,8 +887,16 @@ class Lowering:
         for j in set(after[0]) - set(before[0]) - set(after_pk[0]):
             if self._pkm(j):
                 after[0].pop(j)
-        grew = any(set(a) - set(b) for k, (a, b) in enumerate(zip(after, before)) if k != 2)
-        if grew or [set(d) for d in after] != [set(d) for d in after_pk] or \
+        # (and a packed tensor's wide rows the plain variant left for a 2 x 2 max pool: its
+        # packed variant reads the packed maps, op_pool2d; kept, but not compared)
+        seen = [dict(d) for d in after]
+        for t in set(after[1]) - set(before[1]) - set(after_pk[1]):
+            j = self._pool_reader(t)
+            if POOL2_IR and j is not None and plan.storage_root(t) in self.pk and \
+                    tuple(int(v) for v in plan.ops[j].attrs["kernel"]) == (2, 2):
+                seen[1].pop(t)
+        grew = any(set(a) - set(b) for k, (a, b) in enumerate(zip(seen, before)) if k != 2)
+        if grew or [set(d) for d in seen] != [set(d) for d in after_pk] or \
                 after[2] != after_pk[2]:
             raise _Unpack(touched)
         if packed == plain:
@@ -1663,14 +1671,21 @@ class Lowering:
             if self._rows_pool(op):
                 h, w = self.shape(x)[2:]
                 src = T(x)
-                if x in self.wide:  # the conv before left its rows wq wide (no crop)
-                    full, w = self.wide[x]
+                pkx, pko = self._pk(x), self._pk(out)
+                if x in self.wide and not pkx:  # the conv before left its rows wq wide
+                    full, w = self.wide[x]  # (no crop; its packed variant wrote x packed)
                     src = T(full)
                 if POOL2_IR and (kh, sh) == (2, 2):  # (native/pool2.py: vectorised)
-                    self.call(self.ir_kernel(PL2.MaxPool2Spec(self.vw)),
-                              [src, T(out), I(h), I(w), I(ho), I(wo)], planes * ho,
-                              float(kh * kw * wo(1)))
+                    nb, c = self.shape(out)[:2]
+                    spec = PL2.MaxPool2Spec(self.vw, PACK_B if pkx else 1, PACK_B if pko else 1)
+                    self.call(self.ir_kernel(spec),
+                              [src, T(out), I(h), I(w), I(ho), I(wo), I(c), I(nb)],
+                              self._phase_n(out, nb) * c * ho, float(kh * kw * wo(1)))
+                    # (either side may be packed, PACK; planes h x w floats apart, never
+                    # at a channel stride of Lowering.cs)
+                    self.pk_aware.add(len(self.p.calls) - 1)
                 else:
+                    self._pk_unpack(x, out)
                     self.call(self.numba("k_maxpool_rows"), [src, T(out), I(h), I(w), I(ho),
                                                              I(wo), I(kh), I(sh)],
                               planes * ho, float(kh * kw * wo(1)))
@@ -3740,6 +3755,12 @@ TAIL_AFTER_READS = True
 # time on a quiet machine (the model 0.915x) and 1.10-1.32x slower on a loaded one (12.8 MB of
 # the batch's x in a shared L3; the model 1.03x slower), so not taken.
 TAIL_MAPS = 256
+# ... and a model with no activation over the limit (every layer fits a chunk) gets a tail
+# from that conv as well: its small maps' convs run the grouped kernel over the whole batch
+# instead of row by row a sample. MNIST CNN 90 % global (its 7 x 7 conv, 64 -> 128, 4 vectors
+# of positions a sample), bench/op_ab.py --plain, paired medians: batch 16 0.83x the time
+# (0.64 -> 0.52 ms), 5 0.80x, 64 0.89x, 1 level (0.99x).
+TAIL_SMALL_MAPS_ONLY = True
 # Columns a shifted conv's phase planes may be widened by (zeros) so its wide rows go
 # straight into the next conv's padded planes (a stride-2 3x3 conv before a stride-1 one):
 # the crop and the next conv's phase pass disappear for a few extra FMAs. Same process,
@@ -3856,10 +3877,10 @@ PKM_PANELS = 1.0
 def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> None:
     """Split a chunked program (Program.tail): the tail starts at the first call after the
     last write of a buffer over ``limit`` bytes a sample (TAIL_AFTER_READS: or its last
-    read) and, when there is such a buffer, not before _small_maps_start's conv (TAIL_MAPS);
-    or at op ``at``. No split when that leaves no call on either side, the tail holds int8
-    layers, or a buffer crossing it is not a whole number of sample-sized blocks (N x bytes,
-    sample-major: a features x batch layout is not)."""
+    read) and not before _small_maps_start's conv (TAIL_MAPS; with no such buffer, at that
+    conv: TAIL_SMALL_MAPS_ONLY); or at op ``at``. No split when that leaves no call on
+    either side, the tail holds int8 layers, or a buffer crossing it is not a whole number
+    of sample-sized blocks (N x bytes, sample-major: a features x batch layout is not)."""
     if limit <= 0 or not p.calls:
         return
 
@@ -3885,7 +3906,7 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
 
     big = [end(b) for b in p.buffers.values() if linear(b.nbytes)[0] > limit and not own(b)]
     t_op = at if at is not None else max(big) + 1 if big else 0
-    if at is None and TAIL_MAPS and big:
+    if at is None and TAIL_MAPS and (big or TAIL_SMALL_MAPS_ONLY):
         t_op = max(t_op, _small_maps_start(p.plan))
     tail = next((ci for ci, c in enumerate(p.calls) if c.op >= t_op), len(p.calls))
     if tail == 0 or tail == len(p.calls):

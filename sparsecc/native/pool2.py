@@ -14,8 +14,14 @@ bench/op_ab.py --plain): batch 16 1.117x / 1.101x faster (medians / paired; 0.74
 batch 1 1.046x / 1.047x.
 
 ABI ``void k(i64 start, i64 stop, i64* args)``; args as k_maxpool_rows's first six [x, out,
-H, W, ho, wo] (W may be a wider row than 2 wo: a conv's uncropped rows); items planes x ho,
-output row r of plane t = r // ho from input rows 2 (r % ho) and 2 (r % ho) + 1.
+H, W, ho, wo] (W may be a wider row than 2 wo: a conv's uncropped rows), then [C, N]; items
+planes x ho, output row r of plane t = r // ho from input rows 2 (r % ho) and 2 (r % ho) + 1.
+
+Either side may hold the batch packed into the positions (native.lower.PACK: (N / B, C, B x
+H x W), sample n's map of channel c at plane (n // B x C + c) x B + n % B). The items then
+follow out's planes: with out packed, N rounded up to B, the rows of a last block's padding
+samples zeros (as the other packed writers leave them); x's plane is found from the item's
+sample and channel. MaxPool2Spec.xb / ob: B for a packed side, 1 for a plain one.
 """
 
 from __future__ import annotations
@@ -27,19 +33,22 @@ from llvmlite import ir
 from sparsecc.codegen.llvm.emit import I64
 from sparsecc.native.vmath import _K
 
-Q_X, Q_OUT, Q_H, Q_W, Q_HO, Q_WO = range(6)
+Q_X, Q_OUT, Q_H, Q_W, Q_HO, Q_WO, Q_C, Q_N = range(8)
 
 
 @dataclass(frozen=True)
 class MaxPool2Spec:
     vw: int
+    xb: int = 1  # x's samples packed in blocks of xb (1: plain)
+    ob: int = 1  # out's
 
     @property
     def key(self) -> str:
-        return f"maxpool2_v{self.vw}"
+        pk = f"_x{self.xb}o{self.ob}" if (self.xb, self.ob) != (1, 1) else ""
+        return f"maxpool2_v{self.vw}{pk}"
 
     def emit(self, module: ir.Module, name: str) -> None:
-        emit_maxpool2(module, name, self.vw)
+        emit_maxpool2(module, name, self.vw, self.xb, self.ob)
 
 
 def _pick(k: _K, v, best):
@@ -66,7 +75,19 @@ def _step(k: _K, rows, o, j, cols, wo, even, odd, masked: bool) -> None:
     k.vstore(_pick(k, od, ev), b.gep(o, [j]), k.lanes_lt(j, wo) if masked else None)
 
 
-def emit_maxpool2(module: ir.Module, name: str, vw: int) -> None:
+def _row(k: _K, rows, o, cols, wo, even, odd) -> None:
+    b, vw = k.b, k.vw
+    with k.loop(I64(0), wo, "j", step=vw) as j:
+        whole = b.icmp_signed("<=", b.add(j, I64(vw)), wo)
+        # (whole steps with plain loads and stores: AVX2's masked ones are slow on AMD)
+        with b.if_else(whole) as (plain, part):
+            with plain:
+                _step(k, rows, o, j, cols, wo, even, odd, False)
+            with part:
+                _step(k, rows, o, j, cols, wo, even, odd, True)
+
+
+def emit_maxpool2(module: ir.Module, name: str, vw: int, xb: int = 1, ob: int = 1) -> None:
     k = _K(module, name, vw)
     b = k.b
     x0, out0 = k.arg_ptr(Q_X, "x"), k.arg_ptr(Q_OUT, "out")
@@ -76,18 +97,32 @@ def emit_maxpool2(module: ir.Module, name: str, vw: int) -> None:
     i32 = ir.IntType(32)
     even = ir.Constant(ir.VectorType(i32, vw), [2 * i for i in range(vw)])
     odd = ir.Constant(ir.VectorType(i32, vw), [2 * i + 1 for i in range(vw)])
+    packed = (xb, ob) != (1, 1)
+    if packed:
+        ch, n_all = k.arg_i64(Q_C, "c"), k.arg_i64(Q_N, "n")
     with k.loop(k.fn.args[0], k.fn.args[1], "r") as r:
-        t = b.sdiv(r, ho)
+        t = b.sdiv(r, ho)  # out's plane
         oh = b.sub(r, b.mul(t, ho))
-        base = b.add(b.mul(b.mul(t, h), w), b.mul(b.mul(oh, I64(2)), w))
-        rows = (b.gep(x0, [base]), b.gep(x0, [b.add(base, w)]))
         o = b.gep(out0, [b.mul(r, wo)])
-        with k.loop(I64(0), wo, "j", step=vw) as j:
-            whole = b.icmp_signed("<=", b.add(j, I64(vw)), wo)
-            # (whole steps with plain loads and stores: AVX2's masked ones are slow on AMD)
-            with b.if_else(whole) as (plain, part):
-                with plain:
-                    _step(k, rows, o, j, cols, wo, even, odd, False)
-                with part:
-                    _step(k, rows, o, j, cols, wo, even, odd, True)
+        xt, real = t, None
+        if packed:  # t = (blk x C + c) x ob + s: sample blk x ob + s, channel c
+            per = b.mul(ch, I64(ob))
+            blk = b.sdiv(t, per)
+            rem = b.sub(t, b.mul(blk, per))
+            c = b.sdiv(rem, I64(ob))
+            n = b.add(b.mul(blk, I64(ob)), b.sub(rem, b.mul(c, I64(ob))))
+            xq = b.sdiv(n, I64(xb))
+            xt = b.add(b.mul(b.add(b.mul(xq, ch), c), I64(xb)), b.sub(n, b.mul(xq, I64(xb))))
+            real = b.icmp_signed("<", n, n_all)
+        base = b.add(b.mul(b.mul(xt, h), w), b.mul(b.mul(oh, I64(2)), w))
+        rows = (b.gep(x0, [base]), b.gep(x0, [b.add(base, w)]))
+        if real is None:
+            _row(k, rows, o, cols, wo, even, odd)
+        else:
+            with b.if_else(real) as (live, pad):
+                with live:
+                    _row(k, rows, o, cols, wo, even, odd)
+                with pad:  # (a last block's padding sample: zeros)
+                    with k.loop(I64(0), wo, "j", step=vw) as j:
+                        k.vstore(k.c(0.0), b.gep(o, [j]), k.lanes_lt(j, wo))
     b.ret_void()

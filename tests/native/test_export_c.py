@@ -58,24 +58,28 @@ def exported_matches_torch(path: Path, model, shape: tuple, batches, tmp: Path) 
                                    rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,sparsity,tail", [("mnist_cnn", 0.9, None),
-                                                ("tiny_transformer", 0.9, None),
-                                                ("mobilenet_v2_block", None, None),
-                                                ("mnist_cnn", 0.9, "16K")])
-def test_c_example_matches_torch(name, sparsity, tail, tmp_path, seed, monkeypatch):
-    """tail: SPARSECC_TAIL_BYTES, so the program runs its last layers over the whole batch
-    after the chunks (module._emit_run's boundary region)."""
+@pytest.mark.parametrize("name,sparsity,tail,split", [("mnist_cnn", 0.9, "0", False),
+                                                      ("tiny_transformer", 0.9, None, False),
+                                                      ("mobilenet_v2_block", None, None, True),
+                                                      ("mnist_cnn", 0.9, None, True),
+                                                      ("mnist_cnn", 0.9, "16K", True)])
+def test_c_example_matches_torch(name, sparsity, tail, split, tmp_path, seed, monkeypatch):
+    """tail: SPARSECC_TAIL_BYTES ("0": no tail); ``split``: the program runs its last layers
+    over the whole batch after the chunks (module._emit_run's boundary region; MNIST's CNN
+    from its 14 x 14 maps and the MobileNetV2 block from its 16 x 16 ones,
+    lower.TAIL_SMALL_MAPS_ONLY, MNIST's earlier at 16K), MNIST's 7 x 7 maps packed at batch
+    16 with AVX-512 (lower.PACK)."""
     if tail:
         monkeypatch.setenv("SPARSECC_TAIL_BYTES", tail)
     model = zoo.ZOO[name]()
     if sparsity:
         model = sparsecc.prune(model, sparsity, scope="layer")
     cm = sparsecc.compile(model, zoo.example_input(model, 1, seed=seed))
-    assert bool(tail) == bool(cm.native.lib.program.tail), cm.native.lib.program.tail
+    assert split == bool(cm.native.lib.program.tail), cm.native.lib.program.tail
     art = cm.save(tmp_path / "m.scc")
     assert cli_main(["export-c", str(art), str(tmp_path / "lib")]) == 0
     exe = _build_example(tmp_path / "lib")
-    for batch in (1, 8):
+    for batch in (1, 8, 16):
         x = zoo.example_input(model, batch, seed=seed + batch)
         with torch.no_grad():
             ref = model(x)

@@ -1942,6 +1942,9 @@ def test_grouped_column_blocks(seed, monkeypatch, request, cols, halves, x_bytes
     cms = {}
     monkeypatch.setattr(lower, "KBLOCK_HALVES", halves)
     monkeypatch.setattr(lower, "KBLOCK_X_BYTES", x_bytes)
+    # (its activations all fit a chunk: no whole-batch tail from its 12 x 12 maps either,
+    # so every conv runs in the chunks' sample sets)
+    monkeypatch.setattr(lower, "TAIL_SMALL_MAPS_ONLY", False)
     for on in (False, True):
         monkeypatch.setattr(lower, "KBLOCK", cols if on else 0)
         cm = _native_csr(model, torch.randn(1, 3, 24, 24))
@@ -2475,10 +2478,59 @@ def test_maxpool2_kernel(seed, planes, h, w, extra, vw, nan):
     np.testing.assert_array_equal(rows[1:], ref.reshape(planes * ho, wo)[1:])
 
 
+def _pack(a: np.ndarray, nb: int) -> np.ndarray:
+    """(N, C, H, W) as native.lower.PACK holds it: (N / nb, C, nb x H x W), N rounded up to
+    nb with zero samples."""
+    n, c, h, w = a.shape
+    n2 = -(-n // nb) * nb
+    p = np.zeros((n2, c, h * w), a.dtype)
+    p[:n] = a.reshape(n, c, h * w)
+    return np.ascontiguousarray(p.reshape(n2 // nb, nb, c, h * w).transpose(0, 2, 1, 3)
+                                .reshape(n2 // nb, c, nb * h * w))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 35), c=st.integers(1, 4),
+       h=st.integers(2, 17), w=st.integers(2, 17), sides=st.sampled_from([(1, 16), (16, 1),
+                                                                          (16, 16), (4, 1)]),
+       vw=st.sampled_from(sorted({jit.host().vector_width, 8})))
+@example(seed=0, n=13, c=3, h=14, w=14, sides=(1, 16), vw=16)
+@example(seed=1, n=20, c=2, h=7, w=7, sides=(16, 1), vw=16)
+def test_maxpool2_kernel_packed(seed, n, c, h, w, sides, vw):
+    """The pool with x, out or both held with the batch packed into the positions (PACK):
+    bit for bit torch's result, packed the same way, a last block's padding samples zeros in
+    a packed out (written over junk); x's padding samples NaN, never read."""
+    xb, ob = sides
+    spec = PL2.MaxPool2Spec(vw, xb, ob)
+    if spec not in _POOL2:
+        mod = ir.Module("pool2_test")
+        spec.emit(mod, "p")
+        obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
+                             else _HASWELL)
+        _POOL2[spec] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
+                                        ctypes.c_void_p)(jit.load_object(obj, ["p"])["p"])
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    ref = torch.nn.functional.max_pool2d(torch.from_numpy(x), 2).numpy()
+    ho, wo = h // 2, w // 2
+    if xb > 1:
+        xs = _pack(x, xb)
+        xs.reshape(-1, c, xb, h * w)[-1, :, n % xb or xb:] = np.nan
+    else:
+        xs = x
+    want = _pack(ref, ob) if ob > 1 else ref
+    out = np.full(want.shape, 7.0, np.float32)
+    args = np.array([xs.ctypes.data, out.ctypes.data, h, w, ho, wo, c, n], np.int64)
+    _POOL2[spec](0, out.size // wo, args.ctypes.data)
+    np.testing.assert_array_equal(out, want)
+
+
 def test_maxpool2_in_models(seed, monkeypatch):
     """A CNN's 2x2 / 2 pools (28 -> 14 -> 7 -> 3: MNIST's) run the vectorised kernel, one
-    after an uncropped conv, against torch at batches 1, 5 and 16; the numba kernel
-    (POOL2_IR off) gives the same bits."""
+    after an uncropped conv, against torch at batches 1 to 32; with AVX-512 the 7 x 7 maps
+    are packed (PACK: the first pool writes them, the last reads them) at the batches that
+    fill more lanes so (13, 16, 32), plain at the others. The numba kernel (POOL2_IR off)
+    gives the same bits as the vectorised one, both plain."""
     from sparsecc.native import lower
 
     torch.manual_seed(seed)
@@ -2489,14 +2541,46 @@ def test_maxpool2_in_models(seed, monkeypatch):
         torch.nn.Flatten(), torch.nn.Linear(24 * 9, 10)).eval()
     _prune_convs(model)
     cm = _native_csr(model, torch.randn(1, 1, 28, 28))
-    kernels = [c.kernel for c in cm.native.lib.program.calls]
-    assert sum(k.startswith("maxpool2_v") for k in kernels) == 3, kernels
-    _matches_after_junk(cm, model, (1, 28, 28), (1, 5, 16), huge=0)
+    calls = cm.native.lib.program.calls
+    assert len({c.op for c in calls if c.kernel.startswith("maxpool2_v")}) == 3
+    assert not any("maxpool" in c.kernel and not c.kernel.startswith("maxpool2_v")
+                   for c in calls)
+    if jit.host().vector_width == 16:
+        assert {"maxpool2_v16_x1o16", "maxpool2_v16_x16o1"} <= {c.kernel for c in calls}
+    _matches_after_junk(cm, model, (1, 28, 28), (1, 5, 13, 16, 20, 32), huge=0)
+    monkeypatch.setattr(lower, "PACK", False)
+    ir_plain = _native_csr(model, torch.randn(1, 1, 28, 28))
     monkeypatch.setattr(lower, "POOL2_IR", False)
     plain = _native_csr(model, torch.randn(1, 1, 28, 28))
     assert "k_maxpool_rows" in [c.kernel for c in plain.native.lib.program.calls]
     x = torch.randn(16, 1, 28, 28)
-    np.testing.assert_array_equal(cm(x), plain(x))
+    np.testing.assert_array_equal(ir_plain(x), plain(x))
+
+
+def test_small_maps_tail_without_big_activations(monkeypatch):
+    """A model whose activations all fit a chunk (MNIST's CNN) still runs its small maps
+    over the whole batch (TAIL_SMALL_MAPS_ONLY): the tail starts at the first conv with
+    fewer than TAIL_MAPS positions a sample (14 x 14 here), whose grouped kernels then take
+    the batch's positions; off, no tail. Both match torch."""
+    from sparsecc.native import lower
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, 1, 1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, 1, 1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 24, 3, 1, 1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(24 * 49, 10)).eval()
+    _prune_convs(model)
+    cm = _native_csr(model, torch.randn(1, 1, 28, 28))
+    prog = cm.native.lib.program
+    assert prog.tail, "no whole-batch tail"
+    first = prog.plan.ops[prog.calls[prog.tail].op]
+    assert first.kind == "conv2d" and first.attrs["weight_shape"][0] == 16
+    _matches_after_junk(cm, model, (1, 28, 28), (1, 3, 16), huge=0)
+    monkeypatch.setattr(lower, "TAIL_SMALL_MAPS_ONLY", False)
+    off = _native_csr(model, torch.randn(1, 1, 28, 28))
+    assert not off.native.lib.program.tail
+    _matches_after_junk(off, model, (1, 28, 28), (3, 16), huge=0)
 
 
 @pytest.mark.parametrize("kcols", [0, 128])
