@@ -12,6 +12,8 @@ batch tail's 16-sample packing (lower.PACK); 16 a whole one; 1 no packing and no
 Written after the 2026-12-07 grid (docs/bench/uniform_grid_1207.md) found ResNet-18 at 50 %,
 batch 16, 0.65 off torch: 72 cells there after the fix, ResNet-18/50 and MobileNetV2,
 uniform and global, 50-95 %, batches 16 / 13 / 1, the largest error 1.9e-6 (~10 minutes).
+``zoo:NAME`` takes a model of sparsecc.zoo (zoo:mnist_cnn: the demo's, whose small maps run
+over the batch, packed between its max pools at 13-16, since 2026-12-07).
 """
 
 from __future__ import annotations
@@ -26,16 +28,27 @@ import torch
 from sparsecc.benchmarks import suite
 
 
+def _zoo_spec(name: str) -> suite.ModelSpec:
+    """A suite spec for sparsecc.zoo.ZOO[name]: inputs of its example input's shape."""
+    from sparsecc import zoo
+
+    build = zoo.ZOO[name]
+    shape = tuple(zoo.example_input(build(), 1).shape[1:])
+    return suite.ModelSpec(name, build, suite._randn(shape))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="resnet18,resnet50,mobilenet_v2")
+    ap.add_argument("--models", default="resnet18,resnet50,mobilenet_v2",
+                    help="the suite's models, or zoo:NAME for sparsecc.zoo.ZOO's (its example "
+                    "input's shape)")
     ap.add_argument("--profiles", default="uniform,global")
     ap.add_argument("--sparsities", default="0.5,0.7,0.8,0.95")
     ap.add_argument("--batches", default="16,13,1")
     args = ap.parse_args()
     wrong = []
     for name in args.models.split(","):
-        spec = suite.model_specs()[name]
+        spec = _zoo_spec(name[4:]) if name.startswith("zoo:") else suite.model_specs()[name]
         base = spec.build()
         for profile in args.profiles.split(","):
             for sp in (float(v) for v in args.sparsities.split(",")):

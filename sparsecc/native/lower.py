@@ -1020,7 +1020,8 @@ class Lowering:
         if self.p.chunk:
             limit = env_tail_bytes()
             tail_split(self.p, TAIL_SAMPLE_BYTES if limit is None else limit,
-                       self.kn_buffers, self.tail_from)
+                       self.kn_buffers, self.tail_from,
+                       small_only=TAIL_SMALL_MAPS_ONLY and self.vw == 16)
         self._bands()
         if self.p.tail:
             head_segments(self.p, self.kn_buffers)
@@ -3759,7 +3760,9 @@ TAIL_MAPS = 256
 # from that conv as well: its small maps' convs run the grouped kernel over the whole batch
 # instead of row by row a sample. MNIST CNN 90 % global (its 7 x 7 conv, 64 -> 128, 4 vectors
 # of positions a sample), bench/op_ab.py --plain, paired medians: batch 16 0.83x the time
-# (0.64 -> 0.52 ms), 5 0.80x, 64 0.89x, 1 level (0.99x).
+# (0.64 -> 0.52 ms), 5 0.80x, 64 0.89x, 1 level (0.99x). With AVX-512 only: the AVX2 build
+# (haswell features on the same Zen 4) ran batch 16 1.08-1.10x slower with it (paired
+# medians of 1500 / 2500 calls; its 7 x 7 maps are 7 vectors of 8 a sample, no packing).
 TAIL_SMALL_MAPS_ONLY = True
 # Columns a shifted conv's phase planes may be widened by (zeros) so its wide rows go
 # straight into the next conv's padded planes (a stride-2 3x3 conv before a stride-1 one):
@@ -3874,11 +3877,12 @@ PACK_MASKED = True
 PKM_PANELS = 1.0
 
 
-def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> None:
+def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None,
+               small_only: bool = False) -> None:
     """Split a chunked program (Program.tail): the tail starts at the first call after the
     last write of a buffer over ``limit`` bytes a sample (TAIL_AFTER_READS: or its last
     read) and not before _small_maps_start's conv (TAIL_MAPS; with no such buffer, at that
-    conv: TAIL_SMALL_MAPS_ONLY); or at op ``at``. No split when that leaves no call on
+    conv if ``small_only``: TAIL_SMALL_MAPS_ONLY); or at op ``at``. No split when that leaves no call on
     either side, the tail holds int8 layers, or a buffer crossing it is not a whole number
     of sample-sized blocks (N x bytes, sample-major: a features x batch layout is not)."""
     if limit <= 0 or not p.calls:
@@ -3906,7 +3910,7 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None) -> N
 
     big = [end(b) for b in p.buffers.values() if linear(b.nbytes)[0] > limit and not own(b)]
     t_op = at if at is not None else max(big) + 1 if big else 0
-    if at is None and TAIL_MAPS and (big or TAIL_SMALL_MAPS_ONLY):
+    if at is None and TAIL_MAPS and (big or small_only):
         t_op = max(t_op, _small_maps_start(p.plan))
     tail = next((ci for ci, c in enumerate(p.calls) if c.op >= t_op), len(p.calls))
     if tail == 0 or tail == len(p.calls):
