@@ -3882,9 +3882,10 @@ def tail_split(p: Program, limit: int, kn: set[str], at: int | None = None,
     """Split a chunked program (Program.tail): the tail starts at the first call after the
     last write of a buffer over ``limit`` bytes a sample (TAIL_AFTER_READS: or its last
     read) and not before _small_maps_start's conv (TAIL_MAPS; with no such buffer, at that
-    conv if ``small_only``: TAIL_SMALL_MAPS_ONLY); or at op ``at``. No split when that leaves no call on
-    either side, the tail holds int8 layers, or a buffer crossing it is not a whole number
-    of sample-sized blocks (N x bytes, sample-major: a features x batch layout is not)."""
+    conv if ``small_only``: TAIL_SMALL_MAPS_ONLY); or at op ``at``. No split when that leaves
+    no call on either side, the tail holds int8 layers, or a buffer crossing it is not a
+    whole number of sample-sized blocks (N x bytes, sample-major: a features x batch layout
+    is not)."""
     if limit <= 0 or not p.calls:
         return
 

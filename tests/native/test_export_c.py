@@ -14,8 +14,8 @@ import torch
 
 import sparsecc
 from sparsecc import zoo
-from sparsecc.codegen.llvm import jit
 from sparsecc.cli import main as cli_main
+from sparsecc.codegen.llvm import jit
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no system C compiler")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "c" / "run_model.c"
