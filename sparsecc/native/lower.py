@@ -892,8 +892,7 @@ class Lowering:
         seen = [dict(d) for d in after]
         for t in set(after[1]) - set(before[1]) - set(after_pk[1]):
             j = self._pool_reader(t)
-            if POOL2_IR and j is not None and plan.storage_root(t) in self.pk and \
-                    tuple(int(v) for v in plan.ops[j].attrs["kernel"]) == (2, 2):
+            if j is not None and self._pool2_ir(plan.ops[j]) and plan.storage_root(t) in self.pk:
                 seen[1].pop(t)
         grew = any(set(a) - set(b) for k, (a, b) in enumerate(zip(seen, before)) if k != 2)
         if grew or [set(d) for d in seen] != [set(d) for d in after_pk] or \
@@ -1676,7 +1675,7 @@ class Lowering:
                 if x in self.wide and not pkx:  # the conv before left its rows wq wide
                     full, w = self.wide[x]  # (no crop; its packed variant wrote x packed)
                     src = T(full)
-                if POOL2_IR and (kh, sh) == (2, 2):  # (native/pool2.py: vectorised)
+                if self._pool2_ir(op):
                     nb, c = self.shape(out)[:2]
                     spec = PL2.MaxPool2Spec(self.vw, PACK_B if pkx else 1, PACK_B if pko else 1)
                     self.call(self.ir_kernel(spec),
@@ -3600,6 +3599,13 @@ class Lowering:
         if other not in plan.inputs and (not made or made[0] >= self.i):
             return None  # computed after the conv (a ResNet's downsample branch)
         return j, other, _act(add)
+
+    def _pool2_ir(self, op: Op) -> bool:
+        """Whether native/pool2.py's vectorised kernel runs this pool (a 2 x 2 / 2 rows pool,
+        POOL2_IR), which reads and writes the packed layout too."""
+        return POOL2_IR and self._rows_pool(op) and \
+            tuple(int(v) for v in op.attrs["kernel"]) == (2, 2) and \
+            tuple(int(v) for v in op.attrs["stride"]) == (2, 2)
 
     def _rows_pool(self, op: Op) -> bool:
         """Whether k_maxpool_rows runs this pool: max, square window = stride, no padding or

@@ -2307,7 +2307,23 @@ def test_dense_conv_fuses_the_residual_add(seed, cin, c, hw, act):
             assert_matches(cm(x), model(x))
 
 
-_PHASE: dict = {}
+_SPEC_FNS: dict = {}
+
+
+def _spec_fn(spec):
+    """The kernel an emitter spec (its ``vw`` and ``emit``: native.phase, gmean, pool2 ...)
+    builds, compiled for its vector width (AVX2 features for 8 on an AVX-512 host) and kept
+    per spec, as a callable ``k(start, stop, args)``."""
+    if spec not in _SPEC_FNS:
+        mod = ir.Module("spec_test")
+        spec.emit(mod, "k")
+        obj = jit.compile_ir(ES.module_text(mod), h=None if spec.vw == jit.host().vector_width
+                             else _HASWELL)
+        _SPEC_FNS[spec] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
+                                           ctypes.c_void_p)(jit.load_object(obj, ["k"])["k"])
+    return _SPEC_FNS[spec]
+
+
 
 
 @settings(max_examples=80, deadline=None)
@@ -2336,13 +2352,7 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, v
     blocks of ``blk`` (lower.PACK): the last block's padding samples get zero planes, or
     (x packed) none."""
     packed = {"": False, "x": True, "out": True}[layout]
-    if (vw, sw, packed) not in _PHASE:
-        mod = ir.Module("phase_test")
-        PH.PhaseSpec(vw, sw, packed).emit(mod, "p")
-        obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
-                             else _HASWELL)
-        _PHASE[vw, sw, packed] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
-                                          ctypes.c_void_p)(jit.load_object(obj, ["p"])["p"])
+    phase = _spec_fn(PH.PhaseSpec(vw, sw, packed))
     rng = np.random.default_rng(seed)
     n = 3
     nblk = -(-n // blk)
@@ -2378,7 +2388,7 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, v
     args = np.array([xbig.ctypes.data, out.ctypes.data, n, c, h, w, ph, pw, sh, sw,
                      pys.ctypes.data, len(pys), pxs.ctypes.data, len(pxs), hq, wq, per, ps,
                      xcs] + tail, np.int64)
-    _PHASE[vw, sw, packed](0, PH.items(nblk * blk if layout else n, c, len(pys)),
+    phase(0, PH.items(nblk * blk if layout else n, c, len(pys)),
                            args.ctypes.data)
     if layout == "out":
         got = out[:-5].reshape(nblk, nplanes, blk, hq * wq).transpose(0, 2, 1, 3)
@@ -2394,9 +2404,6 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, v
     assert np.isnan(out.reshape(nblk * blk, per)[n:]).all()  # (none for x's padding)
 
 
-_MEAN: dict = {}
-
-
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31), planes=st.integers(1, 9), hw=st.integers(1, 70),
        gap=st.integers(0, 17), vw=st.sampled_from(sorted({jit.host().vector_width, 8})),
@@ -2409,13 +2416,7 @@ def test_global_mean_kernel(seed, planes, hw, gap, vw, blk):
     packed into the positions in blocks of blk (lower.PACK), NaN in the padding samples
     (skipped)."""
     packed = blk > 0
-    if (vw, packed) not in _MEAN:
-        mod = ir.Module("mean_test")
-        GM.MeanSpec(vw, packed).emit(mod, "m")
-        obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
-                             else _HASWELL)
-        _MEAN[vw, packed] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
-                                     ctypes.c_void_p)(jit.load_object(obj, ["m"])["m"])
+    mean = _spec_fn(GM.MeanSpec(vw, packed))
     rng = np.random.default_rng(seed)
     if blk:
         n, nblk = 3, -(-3 // blk)
@@ -2425,7 +2426,7 @@ def test_global_mean_kernel(seed, planes, hw, gap, vw, blk):
         out = np.full(n * planes + 1, 7.0, np.float32)
         args = np.array([xp.ctypes.data, out.ctypes.data, hw, blk * hw, planes, blk, hw, n],
                         np.int64)
-        _MEAN[vw, packed](0, nblk * blk * planes, args.ctypes.data)
+        mean(0, nblk * blk * planes, args.ctypes.data)
         assert out[-1] == 7.0
         np.testing.assert_allclose(out[:-1], xs[:n].astype(np.float64).mean(axis=2).ravel(),
                                    rtol=1e-5, atol=1e-5)
@@ -2435,13 +2436,10 @@ def test_global_mean_kernel(seed, planes, hw, gap, vw, blk):
     out = np.full(planes, 7.0, np.float32)
     args = np.array([x.ctypes.data, out.ctypes.data, hw, hw + gap, planes, 1, 0, 1],
                     np.int64)
-    _MEAN[vw, packed](1, planes, args.ctypes.data)
+    mean(1, planes, args.ctypes.data)
     assert out[0] == 7.0
     np.testing.assert_allclose(out[1:], x[1:, :hw].astype(np.float64).mean(axis=1),
                                rtol=1e-5, atol=1e-5)
-
-
-_POOL2: dict = {}
 
 
 @settings(max_examples=40, deadline=None)
@@ -2456,13 +2454,6 @@ def test_maxpool2_kernel(seed, planes, h, w, extra, vw, nan):
     under one vector, a part vector after whole ones), rows ``extra`` floats wider than the
     map (a conv's uncropped rows; NaN there, never read), NaN inputs reaching their windows
     only, items from the second output row on (the first left as it was)."""
-    if vw not in _POOL2:
-        mod = ir.Module("pool2_test")
-        PL2.MaxPool2Spec(vw).emit(mod, "p")
-        obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
-                             else _HASWELL)
-        _POOL2[vw] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
-                                      ctypes.c_void_p)(jit.load_object(obj, ["p"])["p"])
     rng = np.random.default_rng(seed)
     x = np.full((planes, h, w + extra), np.nan, np.float32)
     x[:, :, :w] = rng.standard_normal((planes, h, w)).astype(np.float32)
@@ -2471,7 +2462,7 @@ def test_maxpool2_kernel(seed, planes, h, w, extra, vw, nan):
     ho, wo = h // 2, w // 2
     out = np.full((planes, ho, wo), 7.0, np.float32)
     args = np.array([x.ctypes.data, out.ctypes.data, h, w + extra, ho, wo], np.int64)
-    _POOL2[vw](1, planes * ho, args.ctypes.data)
+    _spec_fn(PL2.MaxPool2Spec(vw))(1, planes * ho, args.ctypes.data)
     ref = torch.nn.functional.max_pool2d(torch.from_numpy(x[:, :, :w]), 2).numpy()
     rows = out.reshape(planes * ho, wo)
     assert (rows[:1] == 7.0).all()
@@ -2501,14 +2492,6 @@ def test_maxpool2_kernel_packed(seed, n, c, h, w, sides, vw):
     bit for bit torch's result, packed the same way, a last block's padding samples zeros in
     a packed out (written over junk); x's padding samples NaN, never read."""
     xb, ob = sides
-    spec = PL2.MaxPool2Spec(vw, xb, ob)
-    if spec not in _POOL2:
-        mod = ir.Module("pool2_test")
-        spec.emit(mod, "p")
-        obj = jit.compile_ir(ES.module_text(mod), h=None if vw == jit.host().vector_width
-                             else _HASWELL)
-        _POOL2[spec] = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64,
-                                        ctypes.c_void_p)(jit.load_object(obj, ["p"])["p"])
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     ref = torch.nn.functional.max_pool2d(torch.from_numpy(x), 2).numpy()
@@ -2521,7 +2504,7 @@ def test_maxpool2_kernel_packed(seed, n, c, h, w, sides, vw):
     want = _pack(ref, ob) if ob > 1 else ref
     out = np.full(want.shape, 7.0, np.float32)
     args = np.array([xs.ctypes.data, out.ctypes.data, h, w, ho, wo, c, n], np.int64)
-    _POOL2[spec](0, out.size // wo, args.ctypes.data)
+    _spec_fn(PL2.MaxPool2Spec(vw, xb, ob))(0, out.size // wo, args.ctypes.data)
     np.testing.assert_array_equal(out, want)
 
 
