@@ -229,3 +229,69 @@ def test_bench_results_folders_never_shared(tmp_path, monkeypatch):
     assert second == tmp_path / "20261204-1900-2"
     second.mkdir()
     assert bench._fresh_dir(tmp_path) == tmp_path / "20261204-1900-3"
+
+
+def test_suite_rounds_rewarm_only_fast_engines(monkeypatch, tmp_path):
+    """Later rounds warm an engine up again only when its calls are shorter than WARM_S: a
+    call that long reloads the caches in its first moments, and warming it every round
+    doubled the default grid's batch-64 cells."""
+    from sparsecc import zoo
+    from sparsecc.benchmarks import engines as E
+    from sparsecc.benchmarks import suite as S
+
+    monkeypatch.setattr(E, "WARM_S", 0.02)
+    spec = S.ModelSpec("tiny", lambda: zoo.mlp((24, 40, 7)), S._randn((24,)))
+    counts = {}
+    for seconds in (0.0, 0.03):
+        fn, calls = _counter(seconds)
+        monkeypatch.setattr(E, "torch_eager",
+                            lambda model, inputs, threads, fn=fn: lambda: (fn(), np.ones(3))[1])
+        cfg = S.SuiteConfig(models=["tiny"], sparsities=[0.8], batches=[1], threads=[1],
+                            engines=["torch"], min_runs=3, min_time=1e-4, rounds=3,
+                            out=tmp_path)
+        rows = S.run_suite(cfg, {"tiny": spec}, log=lambda m: None)
+        assert rows[0]["runs"] == 3
+        counts[seconds] = len(calls)
+    # the correctness call, then per round up to 2 warm-up calls (the first round counts the
+    # correctness call) and 1 timed call
+    assert counts[0.0] == 1 + (1 + 1) + 2 * (2 + 1)
+    assert counts[0.03] == 1 + 3 * 1
+
+
+def test_deepsparse_worker_warmup_and_output_call(monkeypatch, tmp_path):
+    """The DeepSparse worker (run here on a stand-in `deepsparse` package): with an output
+    file its first call saves the output and counts as warm-up; without one it makes only
+    the warm-up calls ``warm_s`` asks for (none at 0) and the timed ones."""
+    import sys
+
+    from sparsecc.benchmarks import engines as E
+
+    pkg = tmp_path / "fake" / "deepsparse"
+    pkg.mkdir(parents=True)
+    log = tmp_path / "calls.txt"
+    (pkg / "__init__.py").write_text(
+        "class Engine:\n"
+        "    def __init__(self, model, batch_size, num_cores):\n"
+        "        pass\n"
+        "    def run(self, xs):\n"
+        f"        open({str(log)!r}, 'a').write('x')\n"
+        "        return [xs[0] * 2]\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    ds = E.DeepSparse()
+    ds.python = sys.executable
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    def calls(*args, **kw):
+        log.write_text("")
+        times, out = ds.samples(str(tmp_path / "m.onnx"), [x], 1, *args, **kw)
+        return len(log.read_text()), len(times), out
+
+    try:
+        n, timed, out = calls(3, 60.0)
+        assert (n, timed) == (1 + 1 + 3, 3) and np.array_equal(out, 2 * x)
+        assert calls(3, 60.0, output=False)[:3] == (2 + 3, 3, None)
+        assert calls(3, 60.0, warm_s=0.0, output=False)[:2] == (3, 3)
+        assert calls(1, 0.0, warm_s=0.0, output=False)[:2] == (1, 1)
+    finally:
+        ds.proc.stdin.close()
+        ds.proc.wait(timeout=30)

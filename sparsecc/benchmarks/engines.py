@@ -237,8 +237,11 @@ class DeepSparse:
                                              stdout=subprocess.PIPE, stderr=err, text=True,
                                              env=env)
 
-    def samples(self, onnx_path, inputs, threads, min_runs, min_time):
-        """The worker's timed calls (ms; its engine is compiled once and kept) and output."""
+    def samples(self, onnx_path, inputs, threads, min_runs, min_time, warm_s=WARM_S,
+                output=True):
+        """The worker's timed calls (ms; its engine is compiled once and kept) and, with
+        ``output``, its output (that call is also the first warm-up; without it, up to 2
+        warm-up calls within ``warm_s``, none when 0)."""
         if not self.available:
             raise Skip("DeepSparse is not set up (./dev peers creates .venv-deepsparse)")
         if onnx_path is None:
@@ -251,9 +254,8 @@ class DeepSparse:
             paths.append(str(p))
         out = self.tmp / "out.npy"
         cmd = {"onnx": str(onnx_path), "batch": int(inputs[0].shape[0]), "threads": threads,
-               "inputs": paths, "min_runs": min_runs, "min_time": min_time, "warm_s": WARM_S,
-               "min_calls": MIN_CALLS,
-               "out": str(out)}
+               "inputs": paths, "min_runs": min_runs, "min_time": min_time, "warm_s": warm_s,
+               "min_calls": MIN_CALLS, "out": str(out) if output else None}
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -264,7 +266,7 @@ class DeepSparse:
         res = json.loads(line)
         if not res["ok"]:
             raise Skip(f"DeepSparse: {res['error'][:200]}")
-        return list(res["times_ms"]), np.load(out)
+        return list(res["times_ms"]), np.load(out) if output else None
 
     def _why(self) -> str:
         """The worker's last words: its crash report's signal line, else its last line."""
