@@ -22,7 +22,7 @@ from sparsecc.benchmarks import engines as E
 
 # sparsecc runs its native library; sparsecc-executor runs the same plan op by op from Python
 # (numba kernels, BLAS: the path before the library, kept for this comparison; opt-in with
-# --vs since 2026-12-08: it took a sixth of the default grid's time).
+# --vs since 2026-12-07: it took a sixth of the default grid's time).
 # The -int8 engines (opt-in: --vs) run the model quantized: sparsecc's quantize pass, and the
 # peers on a QDQ ONNX file quantized by ONNX Runtime from the same calibration batches.
 ENGINES = ["torch", "torch.compile", "onnxruntime", "deepsparse", "sparsecc-dense",
@@ -66,10 +66,10 @@ class SuiteConfig:
 QUICK = dict(models=["mlp", "resnet18"], sparsities=[0.0, 0.9], batches=[1, 16], threads=[2],
              min_runs=10, min_time=0.3, rounds=1,
              engines=[e for e in DEFAULT_ENGINES if e != "torch.compile"])
-# The default grid. Batch 64 is opt-in (--batch 1,16,64): its cells were three quarters of
-# the grid's time (ResNet-50 at 1 thread, torch ~8 s a call), and with them the grid ran
-# ~2.5 h on the 2026-12-07 Zen 4 against the ~30 min it had taken on 2026-11-25 (before the
-# timing rounds and the executor engine).
+# The default grid: 100 cells, 25 min on the 2026-12-07 Zen 4. Batch 64 is opt-in (--batch
+# 1,16,64): with it the grid was stopped after 41 min in ResNet-50 that day (an estimated
+# ~2.5 h in all; ~30 min on 2026-11-25, before the timing rounds and the executor engine),
+# the batch-64 cells most of it (ResNet-18 at 1 thread: torch 3.7 s a call).
 FULL = dict(models=["mlp", "resnet18", "resnet50", "mobilenet_v2", "minilm"],
             sparsities=[0.0, 0.5, 0.8, 0.9, 0.95], batches=[1, 16], threads=[1, 2],
             dense_cells="zero", engines=DEFAULT_ENGINES)
@@ -539,9 +539,9 @@ def _prepare(engine, model, inputs, compiled, onnx, spec, ds, threads):
 def _rewarm(last_s: float) -> float:
     """The warm-up budget of a later round, whose engine last ran ``last_s`` seconds a call:
     other engines ran in between, so a fast call warms up again (E.WARM_S); a call that long
-    or longer does not (0: its first moments reload the caches, under 1 % of it). Warming
-    every round cost the default grid a call per engine and round at batch 64 (R50 at 1
-    thread: 4 x 1.5-3.5 s a cell and engine)."""
+    or longer does not (0: reloading the caches, tens of MB, takes a few ms of it). Warming
+    every round cost a slow engine one more call a round: ResNet-18 at batch 64, 0 / 90 %,
+    1 and 2 threads took the engines 332 s with it and 237 s without, medians alike."""
     return 0.0 if last_s >= E.WARM_S else E.WARM_S
 
 
