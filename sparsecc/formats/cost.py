@@ -28,6 +28,17 @@ DRAM_BYTES = 24e9
 OTHER_FLOPS = 8e9
 
 
+# CSR convs with AVX-512 run the grouped assembly kernels (native.lower._grouped: 8 vectors of
+# positions a sample or more, or over a batch's small maps): the pattern is in the code, so
+# no index is loaded, and a group of rows shares each x vector. Their rate per core, in this
+# model's vector FMAs (a sample's positions rounded up to whole vectors), at densities up to
+# GROUPED_MAX_DENSITY; past it the estimate stays the generic kernel's (no measurement there).
+# ResNet-50 uniform 50 %, batch 16 (2026-12-08, Zen 4): layer4's 1x1 convs took 4.1-4.7 ms as
+# CSR against the generic estimate's 9.7 (so they ran dense, 10.0-10.7 ms), the 7 x 7 3x3
+# convs 9.5-11.3 against 22.5-23.2: 3.9-4.4e9 a core in these units.
+GROUPED_VEC_FMAS = 4.0e9
+GROUPED_MAX_DENSITY = 0.6
+
 # Weights up to this many bytes are read from the caches (L2s) by a batch-1 layer called
 # again; larger ones stream from L3/DRAM (the calibrated GEMV and SpMV rates differ 3-7x).
 CACHED_BYTES = 4 << 20
@@ -66,6 +77,7 @@ class LayerGeom:
     conv_kxk: bool = False  # needs im2col (dense) or padding into shifted planes (sparse)
     shift_waste: float = 0.0  # extra positions the shifted conv computes (wrap columns)
     planes: float = 0.0  # floats of padded (phase) planes the shifted conv fills per sample
+    conv: bool = False  # a conv (the grouped kernels' candidate), not a linear layer
 
 
 def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int,
@@ -104,14 +116,26 @@ def estimate(fmt: str, g: LayerGeom, stored: int, threads: int, vw: int,
         gain = r_.bsr8_gain if r == 8 else BSR_GAIN.get(r, 2.0)
         rate *= gain if c == 1 else 1.1
         rows = -(-g.rows // r)
+    if fmt == "csr" and grouped(g, stored, vw):
+        rate, index = max(rate, GROUPED_VEC_FMAS), 0.0
+    else:
+        index = (stored * INDEX_NS + rows * r_.row_ns * 1e-9) * tiles * g.n / t
     fma = stored * vecs * g.n / (rate * t)
-    index = (stored * INDEX_NS + rows * r_.row_ns * 1e-9) * tiles * g.n / t
     copy = 0.0
     if g.conv_kxk:
         # im2col: k x L floats; shifted: planes in + crop out
         moved = (g.planes + g.rows * L) if shifted else g.k * g.L
         copy = g.n * moved * 8 / (COPY_BYTES * t)
     return fma + index + copy + LAUNCH_S
+
+
+def grouped(g: LayerGeom, stored: int, vw: int) -> bool:
+    """Whether a CSR conv of ``stored`` values likely runs the grouped AVX-512 kernel (see
+    GROUPED_VEC_FMAS; native.lower.GROUP_MIN_TILES: 8 vectors a sample, or a batch of them
+    over small maps), at a density the grouped rate was measured at."""
+    vecs = -(-g.L // 16)
+    return g.conv and vw == 16 and (vecs >= 8 or g.n * vecs >= 8) and \
+        stored <= GROUPED_MAX_DENSITY * g.rows * g.k
 
 
 def spmm_vectors(L: int, vw: int) -> int:

@@ -115,7 +115,7 @@ def layer_geom(op: Op, in_shape, out_shape) -> cost.LayerGeom:
     shift = Shift.of(op, out_shape)
     return cost.LayerGeom(rows=int(out_shape[1]), k=cin * kh * kw, n=n, L=ho * wo,
                           conv_kxk=kxk, shift_waste=(shift.wq - wo) / max(wo, 1),
-                          planes=cin * shift.phases * shift.plane)
+                          planes=cin * shift.phases * shift.plane, conv=True)
 
 
 def _choose(plan: ExecutionPlan, op: Op, w: np.ndarray, batch: int,
