@@ -35,7 +35,7 @@ OTHER_FLOPS = 8e9
 # GROUPED_MAX_DENSITY; past it the estimate stays the generic kernel's (no measurement there).
 # ResNet-50 uniform 50 %, batch 16 (2026-12-08, Zen 4): layer4's 1x1 convs took 4.1-4.7 ms as
 # CSR against the generic estimate's 9.7 (so they ran dense, 10.0-10.7 ms), the 7 x 7 3x3
-# convs 9.5-11.3 against 22.5-23.2: 3.9-4.4e9 a core in these units.
+# convs 9.5-11.3 against 22.5-23.2: 3.3-4.1e9 a core in these units.
 GROUPED_VEC_FMAS = 4.0e9
 GROUPED_MAX_DENSITY = 0.6
 
