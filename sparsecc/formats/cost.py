@@ -133,8 +133,9 @@ def grouped(g: LayerGeom, stored: int, vw: int) -> bool:
     """Whether a CSR conv of ``stored`` values likely runs the grouped AVX-512 kernel (see
     GROUPED_VEC_FMAS; native.lower.GROUP_MIN_TILES: 8 vectors a sample, or a batch of them
     over small maps), at a density the grouped rate was measured at."""
-    vecs = -(-g.L // 16)
-    return g.conv and vw == 16 and (vecs >= 8 or g.n * vecs >= 8) and \
+    from sparsecc.native.lower import GROUP_MIN_TILES
+
+    return g.conv and vw == 16 and g.n * -(-g.L // vw) >= GROUP_MIN_TILES and \
         stored <= GROUPED_MAX_DENSITY * g.rows * g.k
 
 

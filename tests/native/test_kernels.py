@@ -2324,8 +2324,6 @@ def _spec_fn(spec):
     return _SPEC_FNS[spec]
 
 
-
-
 @settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 2**31), c=st.integers(1, 3), h=st.integers(1, 37),
        w=st.integers(1, 37), sh=st.integers(1, 3), sw=st.sampled_from(PH.STRIDES),
@@ -2388,8 +2386,7 @@ def test_phase_kernel(seed, c, h, w, sh, sw, ph, pw, extra, phases, gap, xgap, v
     args = np.array([xbig.ctypes.data, out.ctypes.data, n, c, h, w, ph, pw, sh, sw,
                      pys.ctypes.data, len(pys), pxs.ctypes.data, len(pxs), hq, wq, per, ps,
                      xcs] + tail, np.int64)
-    phase(0, PH.items(nblk * blk if layout else n, c, len(pys)),
-                           args.ctypes.data)
+    phase(0, PH.items(nblk * blk if layout else n, c, len(pys)), args.ctypes.data)
     if layout == "out":
         got = out[:-5].reshape(nblk, nplanes, blk, hq * wq).transpose(0, 2, 1, 3)
         got = got.reshape(nblk * blk, nplanes, hq * wq)
